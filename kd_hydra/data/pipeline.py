@@ -1,0 +1,363 @@
+"""Training and evaluation batches: augmented per an epoch plan, normalised on the target device.
+
+Both pipelines draw one `EpochPlan` per epoch from a generator seeded by (seed, epoch) only, so
+sample i of epoch e gets the same crop/flip whatever the batch size, device or worker count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision.transforms.v2 import functional as TF
+
+from kd_hydra.data.augment import (
+    channel_mean_std,
+    crop_flip,
+    normalization_constants,
+    normalize,
+    sample_crop_flip,
+)
+from kd_hydra.data.types import ArrayData, DatasetSpec, FolderData
+from kd_hydra.errors import ConfigError, DataError
+
+#: Part of every epoch seed: bump it when the way plans are drawn changes.
+PLAN_VERSION = 1
+_SEED_BITS = 63
+MAX_DEFAULT_WORKERS = 4
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Random crop with zero padding and horizontal flip, as torchvision RandomCrop + RandomHorizontalFlip."""
+
+    enabled: bool = True
+    crop_padding: int = 4
+    horizontal_flip: bool = True
+
+    @property
+    def padding(self) -> int:
+        """The padding actually applied (0 when disabled)."""
+        return self.crop_padding if self.enabled else 0
+
+    @property
+    def flip(self) -> bool:
+        """Whether flips are actually drawn."""
+        return self.enabled and self.horizontal_flip
+
+    @property
+    def active(self) -> bool:
+        """Whether any image can change."""
+        return self.padding > 0 or self.flip
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """One epoch on CPU: `order` (N,) is the sample order; dy[i], dx[i], flip[i] belong to sample i."""
+
+    epoch: int
+    order: torch.Tensor
+    dy: torch.Tensor
+    dx: torch.Tensor
+    flip: torch.Tensor
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A stable 63-bit seed from (seed, epoch) alone (same on every platform and Python run)."""
+    digest = hashlib.blake2b(f"kd-hydra/epoch-plan/v{PLAN_VERSION}/{seed}/{epoch}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> (64 - _SEED_BITS)
+
+
+def make_epoch_plan(num: int, augment: AugmentConfig, seed: int, epoch: int) -> EpochPlan:
+    """The permutation and per-sample crop/flip of `epoch`, drawn in that order from `epoch_seed(seed, epoch)`."""
+    generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+    order = torch.randperm(num, generator=generator)
+    dy, dx, flip = sample_crop_flip(num, augment.padding, augment.flip, generator)
+    return EpochPlan(epoch=epoch, order=order, dy=dy, dx=dx, flip=flip)
+
+
+def _check_batch_size(key: str, value: int) -> int:
+    if isinstance(value, bool) or int(value) != value or value < 1:
+        raise ConfigError(key, f"is {value!r}; expected a positive integer")
+    return int(value)
+
+
+def _check_stats(spec: DatasetSpec, mean: Sequence[float], std: Sequence[float]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+    for key, values in (("mean", mean), ("std", std)):
+        if len(values) != spec.channels:
+            raise ConfigError(f"dataset.normalize.{key}", f"has {len(values)} values; expected {spec.channels} (one per channel of {spec.name})")
+        if not all(math.isfinite(v) for v in values):
+            raise ConfigError(f"dataset.normalize.{key}", f"is {list(values)}; expected finite numbers")
+    if min(std) <= 0:
+        raise ConfigError("dataset.normalize.std", f"is {list(std)}; expected every std > 0")
+    return mean, std
+
+
+def _num_batches(num: int, batch_size: int, drop_last: bool) -> int:
+    return num // batch_size if drop_last else -(-num // batch_size)
+
+
+class InMemoryPipeline:
+    """The whole split as one uint8 tensor on `device`; batches are augmented and normalised there."""
+
+    supports_logit_cache = True
+
+    def __init__(
+        self,
+        data: ArrayData,
+        augment: AugmentConfig,
+        mean: Sequence[float],
+        std: Sequence[float],
+        batch_size: int,
+        device: torch.device | str,
+        seed: int,
+        channels_last: bool = False,
+        eval_batch_size: int | None = None,
+        drop_last: bool = False,
+    ) -> None:
+        self.spec = data.spec
+        self.augment = augment
+        self.mean, self.std = _check_stats(data.spec, mean, std)
+        self.batch_size = _check_batch_size("trainer.batch_size", batch_size)
+        self.eval_batch_size = _check_batch_size("trainer.eval_batch_size", eval_batch_size or batch_size)
+        self.device = torch.device(device)
+        self.seed = int(seed)
+        self.channels_last = channels_last
+        self.drop_last = drop_last
+        self.num_train = data.spec.num_train
+        self.num_test = data.spec.num_test
+        self._x_train = data.x_train.to(self.device)
+        self._y_train = data.y_train.to(self.device)
+        self._x_test = data.x_test.to(self.device)
+        self._y_test = data.y_test.to(self.device)
+        self._scale, self._shift = normalization_constants(self.mean, self.std, self.device)
+
+    @property
+    def num_train_batches(self) -> int:
+        """Number of batches `train_batches` yields per epoch."""
+        return _num_batches(self.num_train, self.batch_size, self.drop_last)
+
+    def epoch_plan(self, epoch: int) -> EpochPlan:
+        """The sample order and per-sample crop/flip of `epoch` (a function of seed and epoch only)."""
+        return make_epoch_plan(self.num_train, self.augment, self.seed, epoch)
+
+    def train_batches(self, epoch: int) -> Iterator[Batch]:
+        """(x normalised, y, sample idx) on the device, in plan order, `batch_size` at a time."""
+        return self._planned_batches(epoch, self.batch_size, self.drop_last)
+
+    def augmented_train_batches(self, epoch: int, batch_size: int) -> Iterator[Batch]:
+        """Like `train_batches` (same per-sample inputs) with another batch size; never drops a sample."""
+        return self._planned_batches(epoch, _check_batch_size("batch_size", batch_size), drop_last=False)
+
+    def test_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(x normalised, y) of the test split in order, `eval_batch_size` at a time, no augmentation."""
+        for start in range(0, self.num_test, self.eval_batch_size):
+            x = self._x_test[start:start + self.eval_batch_size]
+            yield self._normalize(x), self._y_test[start:start + self.eval_batch_size]
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return normalize(x, self._scale, self._shift, torch.float32, self.channels_last)
+
+    def _planned_batches(self, epoch: int, batch_size: int, drop_last: bool) -> Iterator[Batch]:
+        plan = self.epoch_plan(epoch)
+        order = plan.order.to(self.device)
+        augment = self.augment.active
+        if augment:
+            # Crop/flip parameters re-ordered into plan order once, so each batch takes a slice.
+            dy, dx, flip = (t[plan.order].to(self.device) for t in (plan.dy, plan.dx, plan.flip))
+        stop = self.num_train - self.num_train % batch_size if drop_last else self.num_train
+        for start in range(0, stop, batch_size):
+            batch = slice(start, start + batch_size)
+            idx = order[batch]
+            x = self._x_train.index_select(0, idx)
+            if augment:
+                x = crop_flip(x, dy[batch], dx[batch], flip[batch], self.augment.padding)
+            yield self._normalize(x), self._y_train.index_select(0, idx), idx
+
+
+class _PlanSampler(Sampler[tuple[int, int, int, bool]]):
+    """Yields (sample index, dy, dx, flip) in plan order for the epoch set by `set_epoch`."""
+
+    def __init__(self, num: int, augment: AugmentConfig, seed: int, epoch: int = 0) -> None:
+        self.num, self.augment, self.seed, self.epoch = num, augment, seed, epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num
+
+    def __iter__(self) -> Iterator[tuple[int, int, int, bool]]:
+        plan = make_epoch_plan(self.num, self.augment, self.seed, self.epoch)
+        order = plan.order
+        return zip(order.tolist(), plan.dy[order].tolist(), plan.dx[order].tolist(), plan.flip[order].tolist())
+
+
+class _PlannedItems(Dataset):
+    """Item (index, dy, dx, flip) -> (image cropped/flipped with torchvision's v2 ops, label, index)."""
+
+    def __init__(self, base: Dataset, image_size: int, padding: int) -> None:
+        self.base, self.image_size, self.padding = base, image_size, padding
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, key: tuple[int, int, int, bool] | int) -> tuple[torch.Tensor, int, int]:
+        index, dy, dx, flip = (key, 0, 0, False) if isinstance(key, int) else key
+        image, label = self.base[index]
+        if tuple(image.shape[-2:]) != (self.image_size, self.image_size):
+            where = self.base.path(index) if hasattr(self.base, "path") else f"item {index}"
+            raise DataError(f"{where}: image is {image.shape[-1]}x{image.shape[-2]}; "
+                            f"expected {self.image_size}x{self.image_size} like the rest of the dataset")
+        if self.padding:
+            image = TF.crop(TF.pad(image, [self.padding], fill=0), dy, dx, self.image_size, self.image_size)
+        if flip:
+            image = TF.horizontal_flip(image)
+        return image, label, index
+
+
+class LoaderPipeline:
+    """Image files decoded and cropped/flipped in DataLoader workers; batches are normalised on `device`.
+
+    Per-sample augmentation follows the same `EpochPlan` as `InMemoryPipeline` (the sampler sends it).
+    """
+
+    supports_logit_cache = False
+
+    def __init__(
+        self,
+        data: FolderData,
+        augment: AugmentConfig,
+        mean: Sequence[float],
+        std: Sequence[float],
+        batch_size: int,
+        device: torch.device | str,
+        seed: int,
+        channels_last: bool = False,
+        eval_batch_size: int | None = None,
+        drop_last: bool = False,
+        num_workers: int | None = None,
+    ) -> None:
+        self.spec = data.spec
+        self.augment = augment
+        self.mean, self.std = _check_stats(data.spec, mean, std)
+        self.batch_size = _check_batch_size("trainer.batch_size", batch_size)
+        self.eval_batch_size = _check_batch_size("trainer.eval_batch_size", eval_batch_size or batch_size)
+        self.device = torch.device(device)
+        self.seed = int(seed)
+        self.channels_last = channels_last
+        self.drop_last = drop_last
+        self.num_train = data.spec.num_train
+        self.num_test = data.spec.num_test
+        self.num_workers = min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1) if num_workers is None else int(num_workers)
+        if self.num_workers < 0:
+            raise ConfigError("trainer.num_workers", f"is {self.num_workers}; expected >= 0 (0 loads in the main process)")
+        self._scale, self._shift = normalization_constants(self.mean, self.std, self.device)
+        self._train_items = _PlannedItems(data.train, data.spec.image_size, augment.padding)
+        self._test_items = _PlannedItems(data.test, data.spec.image_size, 0)
+        self._sampler = _PlanSampler(self.num_train, augment, self.seed)
+        self._train_loader = self._loader(self._train_items, self._sampler, self.batch_size, drop_last, persistent=True)
+        self._test_loader = self._loader(self._test_items, None, self.eval_batch_size, False, persistent=True)
+
+    @property
+    def num_train_batches(self) -> int:
+        """Number of batches `train_batches` yields per epoch."""
+        return _num_batches(self.num_train, self.batch_size, self.drop_last)
+
+    def epoch_plan(self, epoch: int) -> EpochPlan:
+        """The sample order and per-sample crop/flip of `epoch` (a function of seed and epoch only)."""
+        return make_epoch_plan(self.num_train, self.augment, self.seed, epoch)
+
+    def train_batches(self, epoch: int) -> Iterator[Batch]:
+        """(x normalised, y, sample idx) on the device, in plan order, `batch_size` at a time."""
+        self._sampler.set_epoch(epoch)
+        return self._to_device(self._train_loader)
+
+    def augmented_train_batches(self, epoch: int, batch_size: int) -> Iterator[Batch]:
+        """Like `train_batches` (same per-sample inputs) with another batch size, through a one-off loader."""
+        sampler = _PlanSampler(self.num_train, self.augment, self.seed, epoch)
+        loader = self._loader(self._train_items, sampler, _check_batch_size("batch_size", batch_size), False, persistent=False)
+        return self._to_device(loader)
+
+    def test_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(x normalised, y) of the test split in order, `eval_batch_size` at a time, no augmentation."""
+        for x, y, _ in self._to_device(self._test_loader):
+            yield x, y
+
+    def _loader(self, items: Dataset, sampler: Sampler | None, batch_size: int, drop_last: bool, persistent: bool) -> DataLoader:
+        return DataLoader(
+            items,
+            batch_size=batch_size,
+            sampler=sampler,
+            shuffle=False,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=persistent and self.num_workers > 0,
+        )
+
+    def _to_device(self, loader: DataLoader) -> Iterator[Batch]:
+        for x, y, idx in loader:
+            x = x.to(self.device, non_blocking=True)
+            x = normalize(x, self._scale, self._shift, torch.float32, self.channels_last)
+            yield x, y.to(self.device, non_blocking=True), idx.to(self.device, non_blocking=True)
+
+
+def _augment_config(node: Mapping[str, Any] | None) -> AugmentConfig:
+    node = {} if node is None else node
+    defaults = AugmentConfig()
+    enabled = node.get("enabled", defaults.enabled)
+    padding = node.get("crop_padding", defaults.crop_padding)
+    flip = node.get("horizontal_flip", defaults.horizontal_flip)
+    for key, value in (("enabled", enabled), ("horizontal_flip", flip)):
+        if not isinstance(value, bool):
+            raise ConfigError(f"dataset.augment.{key}", f"is {value!r}; expected true or false")
+    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+        raise ConfigError("dataset.augment.crop_padding", f"is {padding!r}; expected an integer >= 0 (pixels)")
+    return AugmentConfig(enabled=enabled, crop_padding=padding, horizontal_flip=flip)
+
+
+def _normalize_stats(node: Mapping[str, Any] | None, data: ArrayData | FolderData) -> tuple[Sequence[float], Sequence[float]]:
+    node = {} if node is None else node
+    mean, std = node.get("mean"), node.get("std")
+    if (mean is None) != (std is None):
+        missing = "mean" if mean is None else "std"
+        raise ConfigError(f"dataset.normalize.{missing}", "is null while the other is set; expected both lists or both null (computed)")
+    if mean is not None:
+        return list(mean), list(std)
+    if isinstance(data, FolderData):
+        raise ConfigError("dataset.normalize.mean",
+                          f"is null; {data.spec.name} is read from image files, so give per-channel mean and std lists")
+    return channel_mean_std(data.x_train)
+
+
+def build_pipeline(
+    data: ArrayData | FolderData,
+    dataset_cfg: Mapping[str, Any],
+    batch_size: int,
+    device: torch.device | str,
+    seed: int,
+    channels_last: bool = False,
+    eval_batch_size: int | None = None,
+    num_workers: int | None = None,
+    drop_last: bool = False,
+) -> InMemoryPipeline | LoaderPipeline:
+    """The pipeline for `data` configured by the dataset node's `augment` and `normalize` (null stats computed)."""
+    augment = _augment_config(dataset_cfg.get("augment"))
+    mean, std = _normalize_stats(dataset_cfg.get("normalize"), data)
+    common = dict(augment=augment, mean=mean, std=std, batch_size=batch_size, device=device, seed=seed,
+                  channels_last=channels_last, eval_batch_size=eval_batch_size, drop_last=drop_last)
+    if isinstance(data, ArrayData):
+        return InMemoryPipeline(data, **common)
+    if isinstance(data, FolderData):
+        return LoaderPipeline(data, num_workers=num_workers, **common)
+    raise DataError(f"dataset loader returned a {type(data).__name__}; expected ArrayData or FolderData")

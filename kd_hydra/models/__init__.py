@@ -1,0 +1,61 @@
+"""Model zoo: CIFAR-style distillation architectures by name, plus any torchvision classifier.
+
+Public API: :func:`build_model` (the Hydra ``_target_`` of ``conf/teacher`` and ``conf/student``),
+:func:`list_models` and :func:`count_parameters`. Every model maps NCHW float images to
+``(N, num_classes)`` logits (no softmax).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from kd_hydra.errors import ConfigError
+
+# Importing the architecture modules registers them in the zoo.
+from . import mobilenetv2, resnet_cifar, tutorial_cnn, wide_resnet  # noqa: F401
+from .registry import build_zoo_model, list_models
+from .torchvision_models import build_torchvision_model, list_torchvision_models
+
+__all__ = ["build_model", "count_parameters", "list_models", "list_torchvision_models"]
+
+SOURCES = ("torchvision", "zoo")
+
+
+def build_model(
+    name: str,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    source: str = "zoo",
+    weights: str | None = None,
+    checkpoint: str | None = None,
+    **arch_kwargs: Any,
+) -> nn.Module:
+    """Build an untrained classifier for ``(N, in_channels, image_size, image_size)`` images.
+
+    ``source="zoo"`` builds :func:`list_models` archs (``arch_kwargs`` are their options, no weights);
+    ``source="torchvision"`` calls ``torchvision.models.get_model`` (RGB only) and, with ``weights``,
+    loads them and replaces the final classifier layer when ``num_classes`` differs from the
+    pretrained head. ``checkpoint`` is ignored: the trainer loads teacher checkpoints itself.
+    Bad names, sources, options or input sizes raise :class:`~kd_hydra.errors.ConfigError`.
+    """
+    del checkpoint  # accepted so that a teacher config node can be passed as-is
+    for argument, value in (("num_classes", num_classes), ("in_channels", in_channels), ("image_size", image_size)):
+        if value < 1:
+            raise ValueError(f"{argument} must be >= 1, got {value}")
+    if source == "zoo":
+        if weights is not None:
+            raise ConfigError(
+                "weights", f"zoo models have no pretrained weights, got '{weights}'; use weights: null"
+            )
+        return build_zoo_model(name, num_classes, in_channels, image_size, **arch_kwargs)
+    if source == "torchvision":
+        return build_torchvision_model(name, num_classes, in_channels, weights, **arch_kwargs)
+    raise ConfigError("source", f"unknown model source '{source}'; choose one of: {', '.join(SOURCES)}")
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameter elements in ``model``, trainable or not."""
+    return sum(parameter.numel() for parameter in model.parameters())

@@ -1,0 +1,139 @@
+"""CIFAR ResNets (He et al., 2016) with the definitions used by CRD / RepDistiller.
+
+A 3x3 stride-1 stem, then stages of basic blocks; the first stage keeps the resolution and each
+later one halves it. Shortcuts are identity, or 1x1 conv + BatchNorm where the shape changes.
+Adaptive average pooling makes the head independent of the image size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .layers import conv1x1, conv3x3, init_conv_bn_
+from .registry import register_model
+
+DOWNSAMPLING_STRIDE = 2
+# A depth-(6n+2) net has 3 stages of n two-conv blocks, plus the stem conv and the classifier.
+THIN_STAGE_COUNT = 3
+CONVS_PER_BLOCK = 2
+NON_BLOCK_LAYERS = 2
+
+THIN_WIDTHS = (16, 16, 32, 64)  # stem, stages: resnet20 ... resnet110
+WIDE_WIDTHS = (32, 64, 128, 256)  # stem, stages: resnet8x4, resnet32x4
+RESNET18_WIDTHS = (64, 64, 128, 256, 512)
+RESNET18_BLOCKS = (2, 2, 2, 2)
+
+
+class BasicBlock(nn.Module):
+    """conv3x3-BN-ReLU-conv3x3-BN plus shortcut, then ReLU; ``stride`` 2 halves the resolution."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = conv3x3(in_channels, out_channels, stride)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = conv3x3(out_channels, out_channels)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                conv1x1(in_channels, out_channels, stride), nn.BatchNorm2d(out_channels)
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """Stem conv, ``len(stage_widths)`` stages of basic blocks, global average pool, linear logits."""
+
+    def __init__(
+        self,
+        stem_width: int,
+        stage_widths: Sequence[int],
+        blocks_per_stage: Sequence[int],
+        num_classes: int,
+        in_channels: int,
+    ) -> None:
+        super().__init__()
+        if len(stage_widths) != len(blocks_per_stage):
+            raise ValueError("stage_widths and blocks_per_stage must have the same length")
+        self.stem = nn.Sequential(
+            conv3x3(in_channels, stem_width), nn.BatchNorm2d(stem_width), nn.ReLU(inplace=True)
+        )
+        stages: list[nn.Module] = []
+        width = stem_width
+        for index, (stage_width, block_count) in enumerate(zip(stage_widths, blocks_per_stage)):
+            stride = 1 if index == 0 else DOWNSAMPLING_STRIDE
+            blocks = [BasicBlock(width, stage_width, stride)]
+            blocks += [BasicBlock(stage_width, stage_width) for _ in range(block_count - 1)]
+            stages.append(nn.Sequential(*blocks))
+            width = stage_width
+        self.stages = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(width, num_classes)
+        init_conv_bn_(self)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.stages(self.stem(x))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def _resnet_6n_plus_2(depth: int, widths: Sequence[int], num_classes: int, in_channels: int) -> CifarResNet:
+    """Three-stage ResNet of ``depth = 6n + 2`` layers: n basic blocks per stage."""
+    convs_in_blocks = depth - NON_BLOCK_LAYERS
+    blocks_per_stage, remainder = divmod(convs_in_blocks, THIN_STAGE_COUNT * CONVS_PER_BLOCK)
+    if remainder or blocks_per_stage < 1:
+        raise ValueError(f"CIFAR ResNet depth must be 6n+2 with n >= 1, got {depth}")
+    stem_width, *stage_widths = widths
+    return CifarResNet(
+        stem_width, stage_widths, [blocks_per_stage] * THIN_STAGE_COUNT, num_classes, in_channels
+    )
+
+
+@register_model("resnet20")
+def resnet20(num_classes: int, in_channels: int, image_size: int) -> CifarResNet:
+    """ResNet-20 (3 blocks per stage, widths 16/32/64): ~0.27M parameters."""
+    return _resnet_6n_plus_2(20, THIN_WIDTHS, num_classes, in_channels)
+
+
+@register_model("resnet32")
+def resnet32(num_classes: int, in_channels: int, image_size: int) -> CifarResNet:
+    """ResNet-32 (5 blocks per stage, widths 16/32/64): ~0.47M parameters."""
+    return _resnet_6n_plus_2(32, THIN_WIDTHS, num_classes, in_channels)
+
+
+@register_model("resnet56")
+def resnet56(num_classes: int, in_channels: int, image_size: int) -> CifarResNet:
+    """ResNet-56 (9 blocks per stage, widths 16/32/64): ~0.86M parameters."""
+    return _resnet_6n_plus_2(56, THIN_WIDTHS, num_classes, in_channels)
+
+
+@register_model("resnet110")
+def resnet110(num_classes: int, in_channels: int, image_size: int) -> CifarResNet:
+    """ResNet-110 (18 blocks per stage, widths 16/32/64): ~1.7M parameters."""
+    return _resnet_6n_plus_2(110, THIN_WIDTHS, num_classes, in_channels)
+
+
+@register_model("resnet8x4")
+def resnet8x4(num_classes: int, in_channels: int, image_size: int) -> CifarResNet:
+    """RepDistiller's ResNet-8x4 (1 block per stage, stem 32, widths 64/128/256): ~1.2M parameters."""
+    return _resnet_6n_plus_2(8, WIDE_WIDTHS, num_classes, in_channels)
+
+
+@register_model("resnet32x4")
+def resnet32x4(num_classes: int, in_channels: int, image_size: int) -> CifarResNet:
+    """RepDistiller's ResNet-32x4 (5 blocks per stage, stem 32, widths 64/128/256): ~7.4M parameters."""
+    return _resnet_6n_plus_2(32, WIDE_WIDTHS, num_classes, in_channels)
+
+
+@register_model("resnet18")
+def resnet18(num_classes: int, in_channels: int, image_size: int) -> CifarResNet:
+    """CIFAR ResNet-18: stride-1 3x3 stem, no max-pool, 2 blocks in each of 4 stages: ~11.2M parameters."""
+    stem_width, *stage_widths = RESNET18_WIDTHS
+    return CifarResNet(stem_width, stage_widths, RESNET18_BLOCKS, num_classes, in_channels)

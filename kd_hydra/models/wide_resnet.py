@@ -1,0 +1,94 @@
+"""Wide ResNets (Zagoruyko & Komodakis, 2016) as used by CRD / RepDistiller.
+
+``wrn_d_k``: a 3x3 stem of 16 channels, then 3 stages of ``(d - 4) / 6`` pre-activation blocks of
+widths 16k, 32k, 64k (the last two halve the resolution), a final BN-ReLU, global average pool and
+a linear classifier.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from kd_hydra.errors import ConfigError
+
+from .layers import conv1x1, conv3x3, init_conv_bn_
+from .registry import register_model
+
+STEM_WIDTH = 16
+BASE_STAGE_WIDTHS = (16, 32, 64)  # multiplied by the widen factor k
+STAGE_STRIDES = (1, 2, 2)
+# depth = 6n + 4: 3 stages of n two-conv blocks, plus the stem, the classifier and the 2 projection convs.
+CONVS_PER_STAGE_BLOCK = 6
+NON_BLOCK_LAYERS = 4
+
+
+class PreActBlock(nn.Module):
+    """BN-ReLU-conv3x3-BN-ReLU-(dropout)-conv3x3 plus shortcut, which is identity or a 1x1 conv.
+
+    When the shape changes the projection shortcut reads the pre-activated input, as in the paper's code.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, dropout: float) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_channels)
+        self.conv1 = conv3x3(in_channels, out_channels, stride)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = conv3x3(out_channels, out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.projection: nn.Module | None = None
+        if stride != 1 or in_channels != out_channels:
+            self.projection = conv1x1(in_channels, out_channels, stride)
+
+    def forward(self, x: Tensor) -> Tensor:
+        activated = self.relu(self.bn1(x))
+        shortcut = x if self.projection is None else self.projection(activated)
+        out = self.relu(self.bn2(self.conv1(activated)))
+        out = self.conv2(self.dropout(out))
+        return out + shortcut
+
+
+class WideResNet(nn.Module):
+    """WRN-``depth``-``widen_factor`` classifier mapping images of any size to logits."""
+
+    def __init__(
+        self, depth: int, widen_factor: int, num_classes: int, in_channels: int, dropout: float = 0.0
+    ) -> None:
+        super().__init__()
+        blocks_per_stage, remainder = divmod(depth - NON_BLOCK_LAYERS, CONVS_PER_STAGE_BLOCK)
+        if remainder or blocks_per_stage < 1:
+            raise ValueError(f"Wide ResNet depth must be 6n+4 with n >= 1, got {depth}")
+        if not 0.0 <= dropout < 1.0:
+            raise ConfigError("dropout", f"must be in [0, 1), got {dropout}")
+        self.stem = conv3x3(in_channels, STEM_WIDTH)
+        stages: list[nn.Module] = []
+        width = STEM_WIDTH
+        for base_width, stride in zip(BASE_STAGE_WIDTHS, STAGE_STRIDES):
+            stage_width = base_width * widen_factor
+            blocks = [PreActBlock(width, stage_width, stride, dropout)]
+            blocks += [PreActBlock(stage_width, stage_width, 1, dropout) for _ in range(blocks_per_stage - 1)]
+            stages.append(nn.Sequential(*blocks))
+            width = stage_width
+        self.stages = nn.Sequential(*stages)
+        self.final_activation = nn.Sequential(nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(width, num_classes)
+        init_conv_bn_(self)
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.final_activation(self.stages(self.stem(x)))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+@register_model("wrn_16_2")
+def wrn_16_2(num_classes: int, in_channels: int, image_size: int, dropout: float = 0.0) -> WideResNet:
+    """WRN-16-2: 2 blocks per stage, widths 32/64/128: ~0.70M parameters on 100 classes."""
+    return WideResNet(16, 2, num_classes, in_channels, dropout)
+
+
+@register_model("wrn_40_2")
+def wrn_40_2(num_classes: int, in_channels: int, image_size: int, dropout: float = 0.0) -> WideResNet:
+    """WRN-40-2: 6 blocks per stage, widths 32/64/128: ~2.25M parameters on 100 classes."""
+    return WideResNet(40, 2, num_classes, in_channels, dropout)

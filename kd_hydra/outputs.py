@@ -1,0 +1,88 @@
+"""Run-directory files (see :mod:`kd_hydra.schema`), each written atomically: temp file, then rename."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from kd_hydra import schema
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_json(path: Path, payload: Mapping[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(_json_safe(payload), indent=2, sort_keys=False) + "\n")
+
+
+def metrics_record(**values: Any) -> dict[str, Any]:
+    """A metrics.json payload: every key of ``schema.METRICS_KEYS``, None where not given."""
+    unknown = set(values) - set(schema.METRICS_KEYS)
+    if unknown:
+        raise KeyError(f"not metrics.json keys: {sorted(unknown)}")
+    record = {key: None for key in schema.METRICS_KEYS}
+    record.update(values)
+    record["schema_version"] = schema.SCHEMA_VERSION
+    return record
+
+
+class HistoryLog:
+    """Per-epoch rows of history.csv; the whole file is rewritten atomically after each row."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = Path(path) if path is not None else None
+        self.rows: list[dict[str, Any]] = []
+
+    def append(self, row: Mapping[str, Any]) -> None:
+        unknown = set(row) - set(schema.HISTORY_COLUMNS)
+        if unknown:
+            raise KeyError(f"not history.csv columns: {sorted(unknown)}")
+        self.rows.append({column: row.get(column) for column in schema.HISTORY_COLUMNS})
+        if self.path is not None:
+            self.write(self.path)
+
+    def write(self, path: Path) -> None:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=schema.HISTORY_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for row in self.rows:
+            writer.writerow({k: ("" if v is None else _format_cell(v)) for k, v in row.items()})
+        atomic_write_text(path, buffer.getvalue())
+
+
+def _format_cell(value: Any) -> Any:
+    return f"{value:.6g}" if isinstance(value, float) else value

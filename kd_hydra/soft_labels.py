@@ -1,0 +1,185 @@
+"""Teacher soft-label cache: the teacher's logits for every augmented sample of an epoch, on disk.
+
+Every job of a temperature x alpha grid with the same seed sees the same augmented batches
+(:class:`~kd_hydra.data.pipeline.InMemoryPipeline` draws them from ``(seed, epoch)`` only), so the
+teacher's logits for an epoch are computed once, by whichever job gets there first, and read by
+all the others. An entry is ``<cache_dir>/soft_labels/<key>/epoch_NNNN.pt``; ``key`` hashes the
+teacher checkpoint's SHA-256, the dataset content, augmentation, normalisation, seed, storage
+dtype, top-k and the teacher's precision.
+
+A run that computes the logits uses exactly what it stores (rounded to the storage dtype), so a
+run that reads the cache trains the identical student.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import shutil
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from filelock import FileLock
+from torch import Tensor, nn
+
+from kd_hydra.outputs import atomic_write_bytes
+from kd_hydra.teachers import config_digest
+from kd_hydra.train import Runtime
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = "kd-hydra/soft-labels-v1"
+EVICTION_LOCK = ".eviction.lock"
+
+
+def encode_logits(logits: Tensor, dtype: torch.dtype, top_k: int | None) -> dict[str, Tensor]:
+    """Compact form of ``(N, C)`` logits: all of them in ``dtype``, or the top-k plus the mean of the rest."""
+    logits = logits.float()
+    num_classes = logits.shape[1]
+    if top_k is None or top_k >= num_classes:
+        return {"values": logits.to(dtype).cpu()}
+    values, indices = logits.topk(top_k, dim=1)
+    rest_mean = (logits.sum(dim=1) - values.sum(dim=1)) / (num_classes - top_k)
+    index_dtype = torch.int16 if num_classes <= torch.iinfo(torch.int16).max else torch.int32
+    return {"values": values.to(dtype).cpu(), "indices": indices.to(index_dtype).cpu(),
+            "rest_mean": rest_mean.to(dtype).cpu()}
+
+
+def decode_logits(stored: Mapping[str, Tensor], num_classes: int) -> Tensor:
+    """Float32 ``(N, C)`` logits from :func:`encode_logits`' output (top-k: the rest get their mean)."""
+    values = stored["values"].float()
+    if "indices" not in stored:
+        return values
+    logits = stored["rest_mean"].float()[:, None].expand(-1, num_classes).clone()
+    return logits.scatter_(1, stored["indices"].long(), values)
+
+
+def _checksum(stored: Mapping[str, Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(stored):
+        digest.update(name.encode())
+        digest.update(stored[name].contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _directory_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+class AugmentedBatches(Protocol):
+    num_train: int
+
+    def augmented_train_batches(self, epoch: int, batch_size: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]: ...
+
+
+class CachedTeacher:
+    """Teacher logits served from the cache; missing epochs are computed (under a lock) and stored."""
+
+    def __init__(
+        self,
+        root: Path,
+        description: Mapping[str, Any],
+        teacher: nn.Module,
+        pipeline: AugmentedBatches,
+        runtime: Runtime,
+        num_classes: int,
+        dtype: torch.dtype,
+        top_k: int | None,
+        batch_size: int,
+        max_bytes: int,
+    ) -> None:
+        self.root = Path(root)
+        self.entry = self.root / config_digest(description)[:24]
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.pipeline = pipeline
+        self.runtime = runtime
+        self.num_classes = num_classes
+        self.dtype = dtype
+        self.top_k = top_k
+        self.batch_size = batch_size
+        self.max_bytes = max_bytes
+        self.epochs_computed = 0
+        self.epochs_read = 0
+        self._current: Tensor | None = None
+
+    @property
+    def status(self) -> str:
+        """``cold`` if this run computed any epoch's logits, else ``warm``."""
+        return "cold" if self.epochs_computed else "warm"
+
+    def begin_epoch(self, epoch: int) -> None:
+        path = self.entry / f"epoch_{epoch:04d}.pt"
+        self.entry.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock"):
+            stored = self._read(path)
+            if stored is None:
+                stored = encode_logits(self._compute(epoch), self.dtype, self.top_k)
+                self._write(path, stored)
+                self.epochs_computed += 1
+            else:
+                self.epochs_read += 1
+        os.utime(self.entry)  # recency for eviction
+        self._current = decode_logits(stored, self.num_classes).to(self.runtime.device)
+
+    def __call__(self, images: Tensor, sample_indices: Tensor) -> Tensor:
+        assert self._current is not None, "begin_epoch() must be called first"
+        return self._current[sample_indices]
+
+    def _compute(self, epoch: int) -> Tensor:
+        logits = torch.empty(self.pipeline.num_train, self.num_classes, device=self.runtime.device)
+        with torch.no_grad(), self.runtime.autocast():
+            for images, _, sample_indices in self.pipeline.augmented_train_batches(epoch, self.batch_size):
+                logits[sample_indices] = self.teacher(images).float()
+        return logits
+
+    def _read(self, path: Path) -> dict[str, Tensor] | None:
+        if not path.is_file():
+            return None
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+            stored = payload["tensors"]
+            if payload["format"] != CACHE_FORMAT or payload["checksum"] != _checksum(stored):
+                raise ValueError("checksum mismatch")
+            if stored["values"].shape[0] != self.pipeline.num_train:
+                raise ValueError("sample count mismatch")
+        except Exception as error:  # unreadable or corrupt entry: recompute, never use
+            log.warning("soft-label cache entry %s is corrupt (%s); recomputing it", path, error)
+            return None
+        return stored
+
+    def _write(self, path: Path, stored: dict[str, Tensor]) -> None:
+        payload = {"format": CACHE_FORMAT, "checksum": _checksum(stored), "tensors": stored}
+        buffer = _serialize(payload)
+        try:
+            atomic_write_bytes(path, buffer)
+        except OSError as error:  # e.g. evicted by another job meanwhile: keep going without storing
+            log.warning("could not store soft labels at %s (%s)", path, error)
+            return
+        self._evict()
+
+    def _evict(self) -> None:
+        """Delete least recently used entries (never this one) until the cache fits ``max_bytes``."""
+        with FileLock(str(self.root / EVICTION_LOCK)):
+            entries = [p for p in self.root.iterdir() if p.is_dir()]
+            sizes = {p: _directory_bytes(p) for p in entries}
+            total = sum(sizes.values())
+            for entry in sorted(entries, key=lambda p: p.stat().st_mtime):
+                if total <= self.max_bytes:
+                    break
+                if entry == self.entry:
+                    continue
+                shutil.rmtree(entry, ignore_errors=True)
+                total -= sizes[entry]
+                log.info("soft-label cache over its limit: evicted %s", entry.name)
+            if total > self.max_bytes:
+                log.warning("soft-label cache entry %s alone exceeds soft_label_cache.max_gb", self.entry.name)
+
+
+def _serialize(payload: Mapping[str, Any]) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(dict(payload), buffer)
+    return buffer.getvalue()

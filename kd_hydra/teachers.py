@@ -1,0 +1,194 @@
+"""Model checkpoints and the content-addressed teacher store.
+
+A teacher is stored under ``<cache_dir>/teachers/<arch>-<dataset>-<key>/`` where ``key`` hashes
+everything that determines it (dataset content, augmentation, arch, training settings, seed).
+The directory holds ``model.pt``, ``history.csv`` and, written last, ``meta.json`` with the
+SHA-256 of ``model.pt``: an entry without a matching ``meta.json`` is never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import shutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from filelock import FileLock
+from torch import nn
+
+from kd_hydra.errors import CheckpointError
+from kd_hydra.outputs import atomic_write_bytes, write_json
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "kd-hydra/model-v1"
+MODEL_FILE = "model.pt"
+META_FILE = "meta.json"
+HASH_CHUNK_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class ArchSignature:
+    """What a checkpoint must match: architecture name and the dataset-derived shape."""
+
+    name: str
+    source: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+
+    def describe(self) -> str:
+        return f"{self.name} with {self.num_classes} classes on {self.in_channels}x{self.image_size}x{self.image_size} images"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def config_digest(description: Mapping[str, Any]) -> str:
+    """SHA-256 of a JSON-serialisable description, independent of key order."""
+    canonical = json.dumps(description, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _unwrapped_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    inner = getattr(model, "_orig_mod", model)  # torch.compile wrapper
+    return inner.state_dict()
+
+
+def save_checkpoint(path: Path, model: nn.Module, arch: ArchSignature) -> str:
+    """Write ``model``'s weights with their arch signature atomically; return the file's SHA-256."""
+    payload = {"format": CHECKPOINT_FORMAT, "arch": arch.__dict__.copy(), "state_dict": _unwrapped_state_dict(model)}
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    data = buffer.getvalue()
+    atomic_write_bytes(Path(path), data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def _state_dict_of(payload: Any, path: Path, arch: ArchSignature, key: str) -> Mapping[str, torch.Tensor]:
+    if isinstance(payload, Mapping) and payload.get("format") == CHECKPOINT_FORMAT:
+        stored = payload.get("arch", {})
+        for field in ("name", "num_classes", "in_channels"):
+            if stored.get(field) != getattr(arch, field):
+                raise CheckpointError(
+                    f"{key}={path}: checkpoint is {stored.get('name')} with {stored.get('num_classes')} classes and "
+                    f"{stored.get('in_channels')} channels, but the config asks for {arch.describe()}")
+        return payload["state_dict"]
+    if isinstance(payload, Mapping):
+        for wrapper in ("state_dict", "model", "model_state_dict"):
+            if isinstance(payload.get(wrapper), Mapping):
+                return payload[wrapper]
+        if payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
+            return payload
+    raise CheckpointError(f"{key}={path}: not a state dict (expected a kd-hydra checkpoint or a mapping of tensors)")
+
+
+def _strip_prefixes(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    cleaned = {}
+    for name, tensor in state.items():
+        for prefix in ("module.", "_orig_mod."):
+            if name.startswith(prefix):
+                name = name[len(prefix):]
+        cleaned[name] = tensor
+    return cleaned
+
+
+def load_checkpoint(model: nn.Module, path: Path, arch: ArchSignature, key: str = "teacher.checkpoint") -> None:
+    """Load weights into ``model`` (``weights_only=True``); a file that does not fit raises CheckpointError."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for unreadable files
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{key}={path}: cannot be loaded with weights_only=True: {first_line}") from error
+    state = _strip_prefixes(_state_dict_of(payload, Path(path), arch, key))
+    target = getattr(model, "_orig_mod", model)
+    try:
+        target.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        details = " ".join(line.strip() for line in str(error).splitlines()[1:3])
+        raise CheckpointError(f"{key}={path}: does not fit {arch.describe()}: {details}") from error
+
+
+@dataclass(frozen=True)
+class StoredTeacher:
+    """A teacher ready to use: where its weights are, their hash, its test accuracy and origin."""
+
+    model_path: Path
+    sha256: str
+    result: Mapping[str, Any]  # the training summary; at least "final_test_acc"
+    source: str  # "trained" | "store"
+
+    @property
+    def test_acc(self) -> float:
+        return float(self.result["final_test_acc"])
+
+
+TrainTeacher = Callable[[nn.Module, Path], Mapping[str, Any]]
+
+
+class TeacherStore:
+    """Find a teacher by its description, or train it exactly once (across processes) and keep it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def entry_dir(self, description: Mapping[str, Any], label: str) -> Path:
+        return self.root / f"{label}-{config_digest(description)[:16]}"
+
+    def get_or_train(
+        self, description: Mapping[str, Any], label: str, model: nn.Module, arch: ArchSignature, train: TrainTeacher
+    ) -> StoredTeacher:
+        """Load the stored teacher into ``model``; if there is none (or it is corrupt), ``train`` it and store it.
+
+        ``train(model, entry_dir)`` trains in place, may write files into ``entry_dir`` and returns a
+        summary with at least ``final_test_acc``. A lock per entry makes concurrent callers wait for one training.
+        """
+        entry = self.entry_dir(description, label)
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(entry) + ".lock"):
+            stored = self._load_valid(entry, model, arch)
+            if stored is not None:
+                log.info("teacher found in store: %s (test acc %.2f%%)", entry, stored.test_acc)
+                return stored
+            if entry.exists():
+                shutil.rmtree(entry)
+            entry.mkdir(parents=True)
+            log.info("teacher not in store: training %s once, to be stored at %s", arch.name, entry)
+            result = dict(train(model, entry))
+            sha256 = save_checkpoint(entry / MODEL_FILE, model, arch)
+            write_json(entry / META_FILE, {
+                "sha256": sha256,
+                "result": result,
+                "arch": arch.__dict__,
+                "description": description,
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            })
+            stored = StoredTeacher(entry / MODEL_FILE, sha256, result, "trained")
+            log.info("teacher stored: %s (test acc %.2f%%)", entry, stored.test_acc)
+            return stored
+
+    def _load_valid(self, entry: Path, model: nn.Module, arch: ArchSignature) -> StoredTeacher | None:
+        meta_path, model_path = entry / META_FILE, entry / MODEL_FILE
+        if not meta_path.is_file():
+            return None
+        try:
+            meta = json.loads(meta_path.read_text())
+            if not model_path.is_file() or file_sha256(model_path) != meta["sha256"]:
+                raise CheckpointError(f"{model_path}: SHA-256 does not match {meta_path}")
+            load_checkpoint(model, model_path, arch, key="teacher store")
+        except (CheckpointError, ValueError, KeyError) as error:
+            log.warning("discarding corrupt teacher store entry (%s); it will be retrained", error)
+            return None
+        return StoredTeacher(model_path, meta["sha256"], meta["result"], "store")

@@ -1,0 +1,200 @@
+"""Hand-made run directories for the analysis tests (no training, no torch).
+
+``write_run`` writes one run directory the way ``run.py`` + Hydra do; ``write_fake_sweep``
+writes a small multirun with known accuracies (see ``DISTILL_ACC``) and every kind of status.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import OmegaConf
+
+from kd_hydra import schema
+
+DATASET = "cifar10"
+TEACHER = "resnet56"
+STUDENT = "resnet8"
+TEACHER_ACC = 93.0
+TEACHER_PARAMS = 850_000
+STUDENT_PARAMS = 78_000
+EPOCHS = 3
+SEEDS = (0, 1)
+TEMPERATURES = (1.0, 4.0)
+ALPHAS = (0.5, 0.9)
+
+#: Final test accuracy of each distill run, keyed by (temperature, alpha, seed).
+DISTILL_ACC = {
+    (1.0, 0.5, 0): 80.0, (1.0, 0.5, 1): 82.0,
+    (1.0, 0.9, 0): 81.0, (1.0, 0.9, 1): 81.5,
+    (4.0, 0.5, 0): 83.0, (4.0, 0.5, 1): 84.0,
+    (4.0, 0.9, 0): 85.0, (4.0, 0.9, 1): 86.5,
+}  # fmt: skip
+#: Final test accuracy of the baseline student of each seed.
+BASELINE_ACC = {0: 79.0, 1: 80.0}
+FAILED_REASON = "CUDA out of memory while training the student"
+EXTRA_KEY = "trainer.grad_clip"
+MISSING_KEY = "scheduler.warmup_epochs"
+
+
+def make_config(mode: str, seed: int, temperature: float = 4.0, alpha: float = 0.9) -> dict[str, Any]:
+    """A resolved config like run.py's, nested (as in .hydra/config.yaml)."""
+    return {
+        "mode": mode,
+        "dataset": {"name": DATASET, "root": "/data/cifar10", "num_classes": 10},
+        "teacher": {"name": TEACHER, "checkpoint": None},
+        "student": {"name": STUDENT},
+        "loss": {"name": "kd" if mode == schema.MODE_DISTILL else "ce", "temperature": temperature, "alpha": alpha},
+        "trainer": {"epochs": EPOCHS, "batch_size": 128, "seed": seed, "precision": "fp32", "milestones": [2, 3]},
+        "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
+        "scheduler": {"name": "cosine", "warmup_epochs": 0},
+        "paths": {"output_dir": "/tmp/somewhere", "cache_dir": "${paths.output_dir}/cache"},
+    }
+
+
+def overrides_of(config: dict[str, Any]) -> list[str]:
+    """The override strings a sweep over mode, seed, T and alpha would record."""
+    items = [f"mode={config['mode']}", f"trainer.seed={config['trainer']['seed']}"]
+    if config["mode"] == schema.MODE_DISTILL:
+        items += [f"loss.temperature={config['loss']['temperature']:g}", f"loss.alpha={config['loss']['alpha']:g}"]
+    return items
+
+
+def make_metrics(config: dict[str, Any], final_test_acc: float | None, status: str = schema.STATUS_COMPLETED,
+                 reason: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """metrics.json content with exactly the keys of schema.METRICS_KEYS, in order."""
+    mode = config["mode"]
+    distill = mode == schema.MODE_DISTILL
+    flat = _flatten(config)
+    known = {
+        "schema_version": schema.SCHEMA_VERSION,
+        "status": status,
+        "reason": reason,
+        "mode": mode,
+        "dataset": DATASET,
+        "model": TEACHER if mode == schema.MODE_TEACHER else STUDENT,
+        "teacher": TEACHER if distill else None,
+        "final_test_acc": final_test_acc,
+        "best_test_acc": final_test_acc,
+        "best_epoch": EPOCHS if final_test_acc is not None else None,
+        "teacher_test_acc": TEACHER_ACC if distill else None,
+        "teacher_source": "store" if distill else None,
+        "model_params": TEACHER_PARAMS if mode == schema.MODE_TEACHER else STUDENT_PARAMS,
+        "teacher_params": TEACHER_PARAMS if distill else None,
+        "epochs": EPOCHS if status == schema.STATUS_COMPLETED else 0,
+        "wall_seconds": 12.5,
+        "train_images_per_second": 5000.0,
+        "soft_label_cache": "warm" if distill else None,
+        "settings": {key: flat.get(key) for key in schema.SETTINGS_KEYS},
+    }
+    return {key: known.get(key) for key in schema.METRICS_KEYS}  # keys the test does not know: None
+
+
+def make_history(final_test_acc: float, epochs: int = EPOCHS, distill: bool = True) -> list[dict[str, Any]]:
+    """history.csv rows (schema.HISTORY_COLUMNS) climbing to ``final_test_acc`` at the last epoch."""
+    rows = []
+    for epoch in range(1, epochs + 1):
+        acc = final_test_acc - 10.0 * (epochs - epoch)
+        known = {
+            "epoch": epoch, "lr": 0.1 / epoch, "train_loss": 2.0 / epoch, "train_ce": 1.5 / epoch,
+            "train_kd": (0.5 / epoch) if distill else None, "train_acc": acc - 2.0,
+            "test_acc": acc if epoch != 2 else None,  # epoch 2 not evaluated
+            "test_loss": 1.0 / epoch, "seconds": 3.0,
+        }  # fmt: skip
+        rows.append({column: known.get(column) for column in schema.HISTORY_COLUMNS})
+    return rows
+
+
+def write_run(run_dir: Path, config: dict[str, Any], metrics: dict[str, Any] | None = None,
+              history: list[dict[str, Any]] | None = None, overrides: list[str] | None = None) -> Path:  # fmt: skip
+    """Write one run directory: .hydra/{config,overrides}.yaml, then history.csv and metrics.json if given."""
+    hydra_dir = run_dir / schema.HYDRA_DIR
+    hydra_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.create(config), hydra_dir / schema.CONFIG_FILE)
+    (hydra_dir / schema.OVERRIDES_FILE).write_text(yaml.safe_dump(overrides or []))
+    (hydra_dir / "hydra.yaml").write_text("hydra:\n  mode: MULTIRUN\n")
+    if history is not None:
+        lines = [",".join(schema.HISTORY_COLUMNS)]
+        for row in history:
+            lines.append(",".join("" if row[c] is None else f"{row[c]}" for c in schema.HISTORY_COLUMNS))
+        (run_dir / schema.HISTORY_FILE).write_text("\n".join(lines) + "\n")
+    if metrics is not None:
+        (run_dir / schema.METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    return run_dir
+
+
+@dataclass(frozen=True)
+class FakeSweep:
+    """Where the fake sweep lies and which run directory is which."""
+
+    root: Path
+    distill_dirs: dict[tuple[float, float, int], Path]
+    baseline_dirs: dict[int, Path]
+    teacher_dir: Path
+    failed_dir: Path
+    unfinished_dir: Path
+    corrupt_dir: Path
+    odd_schema_dir: Path
+
+    @property
+    def n_runs(self) -> int:
+        """Number of run directories in the sweep."""
+        return len(self.distill_dirs) + len(self.baseline_dirs) + 4
+
+
+def write_fake_sweep(root: Path) -> FakeSweep:
+    """A multirun at ``root``: 8 distill runs (2 seeds × T{1,4} × α{.5,.9}), one failed, one
+    unfinished, one with a corrupt metrics.json, and nested sweeps of 2 baselines and 1 teacher.
+
+    Run (T=4, α=0.9, seed 1) has an extra config key and lacks another (schema drift).
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "multirun.yaml").write_text("hydra:\n  mode: MULTIRUN\n")
+    distill_dirs = {}
+    for index, (key, acc) in enumerate(sorted(DISTILL_ACC.items())):
+        temperature, alpha, seed = key
+        config = make_config(schema.MODE_DISTILL, seed, temperature, alpha)
+        if key == (4.0, 0.9, 1):
+            config["trainer"]["grad_clip"] = 1.0
+            del config["scheduler"]["warmup_epochs"]
+        distill_dirs[key] = write_run(root / str(index), config, make_metrics(config, acc),
+                                      make_history(acc), overrides_of(config))  # fmt: skip
+    failed_config = make_config(schema.MODE_DISTILL, 0, 8.0, 0.5)
+    failed_dir = write_run(root / "8", failed_config,
+                           make_metrics(failed_config, None, schema.STATUS_FAILED, FAILED_REASON),
+                           None, overrides_of(failed_config))  # fmt: skip
+    unfinished_config = make_config(schema.MODE_DISTILL, 1, 8.0, 0.5)
+    unfinished_dir = write_run(root / "9", unfinished_config, None, make_history(70.0, epochs=2),
+                               overrides_of(unfinished_config))  # fmt: skip
+    corrupt_config = make_config(schema.MODE_DISTILL, 1, 8.0, 0.9)
+    corrupt_dir = write_run(root / "10", corrupt_config, None, None, overrides_of(corrupt_config))
+    (corrupt_dir / schema.METRICS_FILE).write_text('{"status": "completed", "final_te')
+    baselines_root = root / "baselines"
+    baselines_root.mkdir()
+    (baselines_root / "multirun.yaml").write_text("hydra:\n  mode: MULTIRUN\n")
+    baseline_dirs = {}
+    for seed, acc in BASELINE_ACC.items():
+        config = make_config(schema.MODE_STUDENT, seed)
+        baseline_dirs[seed] = write_run(baselines_root / str(seed), config, make_metrics(config, acc),
+                                        make_history(acc, distill=False), overrides_of(config))  # fmt: skip
+    teacher_config = make_config(schema.MODE_TEACHER, 0)
+    teacher_dir = write_run(root / "teachers" / "0", teacher_config, make_metrics(teacher_config, TEACHER_ACC),
+                            make_history(TEACHER_ACC, distill=False), overrides_of(teacher_config))  # fmt: skip
+    return FakeSweep(root, distill_dirs, baseline_dirs, teacher_dir, failed_dir, unfinished_dir, corrupt_dir,
+                     distill_dirs[(4.0, 0.9, 1)])  # fmt: skip
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted keys of a nested dict (helper for metrics["settings"])."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = copy.deepcopy(value)
+    return flat
