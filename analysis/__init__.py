@@ -1,52 +1,69 @@
 """Analysis of kd-hydra run directories: load them into pandas, aggregate, plot, report.
 
-Reads only what :mod:`kd_hydra.schema` defines (never imports torch). Typical use::
+Reads only what :mod:`kd_hydra.schema` defines (never imports torch). Names are imported on
+first use, so ``import analysis`` (and the Hydra callback) stays cheap. Typical use::
 
     runs = load_runs("multirun/2024-01-01/12-00-00")
-    aggregate(runs[runs["mode"] == "distill"], by=["loss.temperature", "loss.alpha"])
+    aggregate(completed_runs(runs, "distill"), by=["loss.temperature", "loss.alpha"])
     write_report(["multirun/2024-01-01/12-00-00"], "report_dir")
 """
 
-from .aggregate import (
-    Setup,
-    aggregate,
-    baseline_accuracy,
-    ci95_half_width,
-    completed_runs,
-    distill_setups,
-    kd_gain,
-    runs_of_setup,
-    teacher_accuracy,
-)
-from .load import NoRunsError, find_run_dirs, history_of, load_history, load_runs
-from .plots import (
-    plot_accuracy_vs_temperature,
-    plot_heatmap,
-    plot_kd_gain,
-    plot_learning_curves,
-    save_figure,
-)
-from .report import write_report
+from __future__ import annotations
 
-__all__ = [
-    "NoRunsError",
-    "Setup",
-    "aggregate",
-    "baseline_accuracy",
-    "ci95_half_width",
-    "completed_runs",
-    "distill_setups",
-    "find_run_dirs",
-    "history_of",
-    "kd_gain",
-    "load_history",
-    "load_runs",
-    "plot_accuracy_vs_temperature",
-    "plot_heatmap",
-    "plot_kd_gain",
-    "plot_learning_curves",
-    "runs_of_setup",
-    "save_figure",
-    "teacher_accuracy",
-    "write_report",
-]
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+#: Public name -> submodule that defines it.
+_EXPORTS = {
+    "NoRunsError": "load",
+    "find_run_dirs": "load",
+    "history_of": "load",
+    "load_history": "load",
+    "load_runs": "load",
+    "Setup": "aggregate",
+    "aggregate": "aggregate",
+    "baseline_accuracy": "aggregate",
+    "ci95_half_width": "aggregate",
+    "completed_runs": "aggregate",
+    "distill_setups": "aggregate",
+    "kd_gain": "aggregate",
+    "runs_of_setup": "aggregate",
+    "teacher_accuracy": "aggregate",
+    "plot_accuracy_vs_temperature": "plots",
+    "plot_heatmap": "plots",
+    "plot_kd_gain": "plots",
+    "plot_learning_curves": "plots",
+    "save_figure": "plots",
+    "write_report": "report",
+}
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load lazily
+    from .aggregate import (
+        Setup,
+        aggregate,
+        baseline_accuracy,
+        ci95_half_width,
+        completed_runs,
+        distill_setups,
+        kd_gain,
+        runs_of_setup,
+        teacher_accuracy,
+    )
+    from .load import NoRunsError, find_run_dirs, history_of, load_history, load_runs
+    from .plots import plot_accuracy_vs_temperature, plot_heatmap, plot_kd_gain, plot_learning_curves, save_figure
+    from .report import write_report
+
+
+def __getattr__(name: str) -> Any:
+    """Import the submodule defining ``name`` on first access (PEP 562)."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'analysis' has no attribute {name!r}")
+    value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """Module attributes plus the lazily imported public names."""
+    return sorted({*globals(), *__all__})

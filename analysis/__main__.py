@@ -13,8 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: never open a window
 
-from .load import NoRunsError  # noqa: E402 - after choosing the backend
-from .report import write_report  # noqa: E402
+from .load import NoRunsError, find_run_dirs  # noqa: E402 - after choosing the backend
 
 EXIT_NO_RUNS = 2
 
@@ -34,6 +33,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the analysis; returns the process exit status."""
     args = parse_args(argv)
     try:
+        for path in args.paths:  # fail fast, before importing the plotting stack
+            find_run_dirs(path)
+        from .report import write_report
+
         written = write_report(args.paths, args.out)
     except NoRunsError as error:
         print(f"error: {error}", file=sys.stderr)

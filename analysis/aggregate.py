@@ -31,7 +31,9 @@ AGGREGATE_COLUMNS = ("mean", "std", "n", "ci95")
 GAIN_COLUMNS = ("baseline_test_acc", "baseline_n", "baseline_run_dirs", "gain")
 
 #: Config columns that may differ between a distill run and its baseline (see :func:`kd_gain`).
-DEFAULT_UNMATCHED_PREFIXES = ("mode", "loss.", "teacher.", "paths.", "hydra.")
+DEFAULT_UNMATCHED_PREFIXES = (
+    "mode", "loss.", "teacher.", "teacher_training.", "soft_label_cache.", "paths.", "hydra.",
+)  # fmt: skip
 #: Leaf-name endings of config columns that name places, not settings (ignored by matching).
 PATH_LIKE_SUFFIXES = ("dir", "path", "file")
 
@@ -58,6 +60,11 @@ class Setup(NamedTuple):
         """A file-name-safe ``dataset_teacher_student``."""
         raw = f"{self.dataset}_{self.teacher}_{self.student}"
         return "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in raw)
+
+
+def as_float(values: pd.Series) -> pd.Series:
+    """``values`` as float64: numbers kept, anything else (None, NA, text) NaN."""
+    return pd.to_numeric(values, errors="coerce").astype(float)
 
 
 def t_quantile_975(dof: int) -> float:
@@ -95,7 +102,7 @@ def aggregate(df: pd.DataFrame, by: str | Sequence[str], metric: str = FINAL_TES
     missing = [column for column in (*by, metric, STATUS) if column not in df.columns]
     if missing:
         raise KeyError(f"aggregate: no column(s) {', '.join(map(repr, missing))} in the runs table")
-    done = completed_runs(df).assign(**{metric: lambda d: pd.to_numeric(d[metric], errors="coerce")})
+    done = completed_runs(df).assign(**{metric: lambda d: as_float(d[metric])})
     done = done.dropna(subset=[metric])
     if done.empty:
         return pd.DataFrame(columns=[*by, *AGGREGATE_COLUMNS])
@@ -136,7 +143,7 @@ def _column(df: pd.DataFrame, column: str) -> pd.Series:
 def baseline_accuracy(df: pd.DataFrame, setup: Setup) -> float:
     """Mean final_test_acc of the completed baseline (mode=student) runs of ``setup``; NaN if none."""
     baselines = completed_runs(runs_of_setup(df, setup), schema.MODE_STUDENT)
-    return float(pd.to_numeric(baselines[FINAL_TEST_ACC], errors="coerce").mean())
+    return float(as_float(baselines[FINAL_TEST_ACC]).mean())
 
 
 def teacher_accuracy(df: pd.DataFrame, setup: Setup) -> float:
@@ -145,11 +152,11 @@ def teacher_accuracy(df: pd.DataFrame, setup: Setup) -> float:
     runs = runs_of_setup(df, setup)
     distill = completed_runs(runs, schema.MODE_DISTILL)
     if TEACHER_TEST_ACC in distill.columns:
-        from_distill = pd.to_numeric(distill[TEACHER_TEST_ACC], errors="coerce").dropna()
+        from_distill = as_float(distill[TEACHER_TEST_ACC]).dropna()
         if not from_distill.empty:
             return float(from_distill.mean())
     teachers = completed_runs(runs, schema.MODE_TEACHER)
-    return float(pd.to_numeric(teachers[FINAL_TEST_ACC], errors="coerce").mean())
+    return float(as_float(teachers[FINAL_TEST_ACC]).mean())
 
 
 def matching_columns(df: pd.DataFrame, unmatched_prefixes: Sequence[str] = DEFAULT_UNMATCHED_PREFIXES) -> list[str]:
@@ -164,12 +171,18 @@ def matching_columns(df: pd.DataFrame, unmatched_prefixes: Sequence[str] = DEFAU
     ]
 
 
+def _equal_or_missing(column: pd.Series, value: object) -> np.ndarray:
+    """Boolean mask: the cell equals ``value`` or is missing (NA-safe for nullable dtypes)."""
+    return (column.isna() | (column == value).fillna(False)).to_numpy(dtype=bool)
+
+
 def kd_gain(df: pd.DataFrame, unmatched_prefixes: Sequence[str] = DEFAULT_UNMATCHED_PREFIXES) -> pd.DataFrame:
     """The completed distill runs of ``df`` with their matched baseline and ``gain`` (percentage points).
 
     Matching rule: a baseline is a completed mode=student run whose config equals the distill
-    run's on every config column except ``mode``, ``loss.*``, ``teacher.*``, ``paths.*``,
-    ``hydra.*`` (``unmatched_prefixes``) and path-like keys (leaf name ending in dir/path/file);
+    run's on every config column except ``mode``, ``loss.*``, ``teacher.*``, ``teacher_training.*``,
+    ``soft_label_cache.*``, ``paths.*``, ``hydra.*`` (``unmatched_prefixes``: what only shapes the
+    teacher side) and path-like keys (leaf name ending in dir/path/file);
     so dataset.name, student.name, trainer.* (seed included), optimizer.* and scheduler.* must
     be equal. A key missing from either config does not distinguish them. Several matches are
     averaged (``baseline_n`` counts them); ``gain = final_test_acc - baseline_test_acc``, NaN
@@ -178,15 +191,14 @@ def kd_gain(df: pd.DataFrame, unmatched_prefixes: Sequence[str] = DEFAULT_UNMATC
     distill = completed_runs(df, schema.MODE_DISTILL).copy()
     baselines = completed_runs(df, schema.MODE_STUDENT)
     keys = matching_columns(df, unmatched_prefixes)
-    baseline_acc = pd.to_numeric(baselines[FINAL_TEST_ACC], errors="coerce") if len(baselines) else None
+    baseline_acc = as_float(baselines[FINAL_TEST_ACC]) if len(baselines) else None
     means, counts, dirs = [], [], []
     for _, run in distill.iterrows():
         matched = np.ones(len(baselines), dtype=bool)
         for key in keys:
             if pd.isna(run[key]):
                 continue
-            column = baselines[key]
-            matched &= (column.isna() | (column == run[key])).to_numpy(dtype=bool)
+            matched &= _equal_or_missing(baselines[key], run[key])
         accuracies = baseline_acc[matched].dropna() if baseline_acc is not None else pd.Series(dtype=float)
         means.append(float(accuracies.mean()) if len(accuracies) else math.nan)
         counts.append(len(accuracies))
@@ -194,5 +206,6 @@ def kd_gain(df: pd.DataFrame, unmatched_prefixes: Sequence[str] = DEFAULT_UNMATC
     distill["baseline_test_acc"] = pd.Series(means, index=distill.index, dtype=float)
     distill["baseline_n"] = pd.Series(counts, index=distill.index, dtype=int)
     distill["baseline_run_dirs"] = pd.Series(dirs, index=distill.index, dtype=object)
-    distill["gain"] = pd.to_numeric(distill[FINAL_TEST_ACC], errors="coerce") - distill["baseline_test_acc"]
+    final = as_float(distill[FINAL_TEST_ACC])
+    distill["gain"] = final - distill["baseline_test_acc"]
     return distill.sort_values(RUN_DIR).reset_index(drop=True)

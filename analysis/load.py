@@ -103,7 +103,22 @@ def load_runs(*paths: str | os.PathLike[str]) -> pd.DataFrame:
     run_dirs = sorted({run_dir.resolve() for path in paths for run_dir in find_run_dirs(path)})
     rows = [read_run(run_dir) for run_dir in run_dirs]
     table = pd.DataFrame.from_records(rows)
+    for column in _integer_columns(rows):
+        table[column] = table[column].astype("Int64")  # ints with gaps stay ints (not 3.0)
     return table[_ordered_columns(table.columns)].reset_index(drop=True)
+
+
+def _integer_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """Keys whose present values are all ints (not bools) but that some rows lack or leave None."""
+    candidates: dict[str, bool] = {}
+    for row in rows:
+        for key, value in row.items():
+            if value is not None:
+                candidates[key] = candidates.get(key, True) and isinstance(value, int) and not isinstance(value, bool)
+    return [
+        key for key, all_int in candidates.items()
+        if all_int and any(row.get(key) is None for row in rows)
+    ]  # fmt: skip
 
 
 def read_run(run_dir: Path) -> dict[str, Any]:

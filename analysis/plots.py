@@ -14,10 +14,19 @@ from pathlib import Path
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from kd_hydra import schema
 
-from .aggregate import Setup, baseline_accuracy, completed_runs, distill_setups, kd_gain, teacher_accuracy
+from .aggregate import (
+    Setup,
+    as_float,
+    baseline_accuracy,
+    completed_runs,
+    distill_setups,
+    kd_gain,
+    teacher_accuracy,
+)
 from .load import (
     ALPHA,
     EPOCH,
@@ -68,7 +77,7 @@ def _distill_runs(df: pd.DataFrame) -> tuple[pd.DataFrame, Setup]:
     for column in (TEMPERATURE, ALPHA, FINAL_TEST_ACC):
         if column not in runs.columns:
             raise ValueError(f"the distill runs have no {column!r} column")
-        runs[column] = pd.to_numeric(runs[column], errors="coerce")
+        runs[column] = as_float(runs[column])
     runs = runs.dropna(subset=[TEMPERATURE, ALPHA, FINAL_TEST_ACC])
     if runs.empty:
         raise ValueError(f"no completed distill run has {TEMPERATURE}, {ALPHA} and {FINAL_TEST_ACC}")
@@ -136,7 +145,7 @@ def plot_accuracy_vs_temperature(df: pd.DataFrame) -> Figure:
     ax.set_xticks(sorted(runs[TEMPERATURE].unique()))
     ax.set_xlabel(TEMPERATURE_LABEL)
     ax.set_ylabel(ACCURACY_LABEL)
-    ax.set_title(f"KD student accuracy vs temperature (bands: 95% CI over seeds)\n{setup.title()}")
+    fig.suptitle(f"KD student accuracy vs temperature (bands: 95% CI over seeds)\n{setup.title()}")
     ax.legend(title=ALPHA_LABEL, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small")
     return fig
 
@@ -146,7 +155,7 @@ def plot_kd_gain(df: pd.DataFrame) -> Figure:
     with a zero line; ValueError when no distill run has a matched baseline."""
     _, setup = _distill_runs(df)
     gains = kd_gain(df)
-    gains = gains.assign(**{c: pd.to_numeric(gains[c], errors="coerce") for c in (TEMPERATURE, ALPHA)})
+    gains = gains.assign(**{c: as_float(gains[c]) for c in (TEMPERATURE, ALPHA)})
     gains = gains.dropna(subset=["gain", TEMPERATURE, ALPHA])
     if gains.empty:
         raise ValueError(
@@ -164,7 +173,7 @@ def plot_kd_gain(df: pd.DataFrame) -> Figure:
     ax.set_xticks(sorted(gains[TEMPERATURE].unique()))
     ax.set_xlabel(TEMPERATURE_LABEL)
     ax.set_ylabel(GAIN_LABEL)
-    ax.set_title(f"KD gain over the same-seed baseline student (bands: 95% CI)\n{setup.title()}")
+    fig.suptitle(f"KD gain over the same-seed baseline student (bands: 95% CI over seeds)\n{setup.title()}")
     ax.legend(title=ALPHA_LABEL, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small")
     return fig
 
@@ -181,16 +190,17 @@ def default_curve_runs(history: pd.DataFrame) -> list[str]:
 
 
 def curve_labels(history: pd.DataFrame, run_dirs: Sequence[str]) -> dict[str, str]:
-    """A legend label per run: its mode and the overrides that differ between the chosen runs."""
+    """A legend label per run: its mode and the overrides that differ between the chosen runs
+    (loss.* left out for teacher and student runs, which train on CE only)."""
     firsts = history.drop_duplicates(RUN_DIR).set_index(RUN_DIR)
-    tokens = {
-        run: str(firsts.at[run, OVERRIDES]).split() if OVERRIDES in firsts.columns else [] for run in run_dirs
-    }
+    overrides = firsts[OVERRIDES] if OVERRIDES in firsts.columns else pd.Series("", index=firsts.index)
+    tokens = {run: ("" if pd.isna(overrides[run]) else str(overrides[run])).split() for run in run_dirs}
     shared = set.intersection(*(set(t) for t in tokens.values())) if len(run_dirs) > 1 else set()
     labels = {}
     for run in run_dirs:
         mode = str(firsts.at[run, MODE]) if MODE in firsts.columns else ""
-        distinct = [token for token in tokens[run] if token not in shared and not token.startswith("mode=")]
+        irrelevant = ("mode=",) if mode == schema.MODE_DISTILL else ("mode=", "loss.")  # CE-only runs ignore loss.*
+        distinct = [token for token in tokens[run] if token not in shared and not token.startswith(irrelevant)]
         labels[run] = f"{mode}: {' '.join(distinct)}".strip(": ") or Path(run).name
     return labels
 
@@ -225,6 +235,7 @@ def plot_learning_curves(history_long_df: pd.DataFrame, run_dirs: Sequence[str] 
     loss_ax.set_ylabel("mean training loss (nats)")
     for ax in (acc_ax, loss_ax):
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     handles, names = acc_ax.get_legend_handles_labels()
     fig.legend(handles, names, loc="outside lower center", ncols=1, fontsize="small", title="run (overrides)")
     fig.suptitle("Learning curves")

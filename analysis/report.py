@@ -14,6 +14,7 @@ from kd_hydra import schema
 
 from .aggregate import (
     Setup,
+    as_float,
     aggregate,
     completed_runs,
     distill_setups,
@@ -98,12 +99,14 @@ def draw_figures(runs: pd.DataFrame, out_dir: Path) -> FigureOutcome:
 
 
 def _draw(outcome: FigureOutcome, key: str, caption: str, out_dir: Path, make: Callable[[], Figure]) -> None:
-    """Save ``make()`` as ``<key>.png`` into ``outcome.written``, or its error into ``outcome.skipped``."""
+    """Save ``make()`` as ``<key>.png`` into ``outcome.written``, or its error into ``outcome.skipped``
+    (removing a stale ``<key>.png`` of an earlier analysis)."""
     try:
         figure = make()
     except Exception as error:  # noqa: BLE001 - a figure that cannot be drawn must not stop the report
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         outcome.skipped[f"{key}.png"] = reason if isinstance(error, ValueError) else f"{type(error).__name__}: {reason}"
+        (out_dir / f"{key}.png").unlink(missing_ok=True)
         return
     outcome.written[key] = (save_figure(figure, out_dir / f"{key}.png"), caption)
 
@@ -160,7 +163,7 @@ def _format_accuracy(mean: float, ci95: float, n: int) -> str:
 
 def _format_count(values: pd.Series) -> str:
     """The (median) parameter count of ``values`` with thousands separators, or an em dash."""
-    numbers = pd.to_numeric(values, errors="coerce").dropna()
+    numbers = as_float(values).dropna()
     return f"{int(numbers.median()):,}" if len(numbers) else "—"
 
 
@@ -193,8 +196,9 @@ def _best_section(runs: pd.DataFrame) -> list[str]:
     setup, top, settings = best
     t, alpha = top[TEMPERATURE], top[ALPHA]
     lines.append(
-        f"Highest mean {FINAL_TEST_ACC} over seeds among distill runs: **T = {t:g}, α = {alpha:g}** "
-        f"({setup.title()}): {_format_accuracy(top['mean'], top['ci95'], int(top['n']))} %."
+        f"Highest mean {FINAL_TEST_ACC} over seeds among the distill runs: **T = {t:g}, α = {alpha:g}** "
+        f"({setup.title()}), test accuracy {_format_accuracy(top['mean'], top['ci95'], int(top['n']))} "
+        "(percent; mean ± 95% CI half-width over n seeds)."
     )
     lines += ["", *_comparison_table(runs, setup, t, alpha)]
     lines += [f"All KD settings of {setup.title()}, best first:", ""]
@@ -210,19 +214,19 @@ def _comparison_table(runs: pd.DataFrame, setup: Setup, temperature: float, alph
     subset = runs_of_setup(runs, setup)
     distill = completed_runs(subset, schema.MODE_DISTILL)
     best_runs = distill[
-        (pd.to_numeric(distill[TEMPERATURE], errors="coerce") == temperature)
-        & (pd.to_numeric(distill[ALPHA], errors="coerce") == alpha)
+        (as_float(distill[TEMPERATURE]) == temperature)
+        & (as_float(distill[ALPHA]) == alpha)
     ]
     baselines = completed_runs(subset, schema.MODE_STUDENT)
     teachers = completed_runs(subset, schema.MODE_TEACHER)
     teacher_params = distill[TEACHER_PARAMS] if TEACHER_PARAMS in distill.columns else pd.Series(dtype=float)
-    if pd.to_numeric(teacher_params, errors="coerce").isna().all():
+    if as_float(teacher_params).isna().all():
         teacher_params = teachers[MODEL_PARAMS] if MODEL_PARAMS in teachers.columns else teacher_params
     teacher_acc = teacher_accuracy(runs, setup)
     baseline = _summary(baselines)
     best = _summary(best_runs)
     gains = kd_gain(subset)
-    gains = pd.to_numeric(gains.loc[gains[RUN_DIR].isin(best_runs[RUN_DIR]), "gain"], errors="coerce")
+    gains = gains.loc[gains[RUN_DIR].isin(best_runs[RUN_DIR]), "gain"]
     gain_text = f"{gains.mean():+.2f} (n={gains.count()})" if gains.count() else "— (no matched baseline)"
     params = (lambda frame: frame[MODEL_PARAMS] if MODEL_PARAMS in frame.columns else pd.Series(dtype=float))
     rows = [

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -33,7 +34,7 @@ from kd_hydra.teachers import (
     load_checkpoint,
     save_checkpoint,
 )
-from kd_hydra.train import FitResult, LiveTeacher, Runtime, evaluate, fit, resolve_runtime
+from kd_hydra.train import FitResult, LiveTeacher, evaluate, fit, resolve_runtime
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ def build_network(model_cfg: DictConfig, key: str, spec: Any, seed: int) -> nn.M
     """Instantiate ``model_cfg`` for the dataset's shape and check it with a probe forward pass."""
     torch.manual_seed(seed)
     try:
-        model = instantiate(model_cfg, num_classes=spec.num_classes, in_channels=spec.channels,
+        model = build(model_cfg, num_classes=spec.num_classes, in_channels=spec.channels,
                             image_size=spec.image_size)
     except ConfigError as error:
         raise ConfigError(f"{key}.{error.key}", str(error).split(": ", 1)[-1]) from error
@@ -111,6 +112,19 @@ def build_network(model_cfg: DictConfig, key: str, spec: Any, seed: int) -> nn.M
         raise ConfigError(key, f"{model_cfg.name} gives logits of shape {tuple(logits.shape)[1:]} on dataset "
                                f"{spec.name} ({shape}); expected ({spec.num_classes},)")
     return model
+
+
+def build(node: DictConfig, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate``, but our own errors come out as themselves, not wrapped by Hydra."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as error:
+        cause = error.__cause__
+        while cause is not None and not isinstance(cause, KDHydraError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise
 
 
 def arch_signature(model_cfg: DictConfig, spec: Any) -> ArchSignature:
@@ -139,7 +153,7 @@ class Job:
                                        cfg.trainer.compile)
         log.info("mode=%s device=%s precision=%s threads=%d output=%s", self.mode.value, self.runtime.device,
                  self.runtime.autocast_dtype or "fp32", threads, self.out_dir)
-        self.data = instantiate(cfg.dataset.loader)
+        self.data = build(cfg.dataset.loader)
         self.spec = self.data.spec
         log.info("dataset %s: %d train / %d test images, %dx%dx%d, %d classes", self.spec.name, self.spec.num_train,
                  self.spec.num_test, self.spec.channels, self.spec.image_size, self.spec.image_size,

@@ -95,9 +95,10 @@ def test_channels_last_gives_the_same_logits(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["light_cnn", "resnet8x4", "wrn_16_2", "mobilenetv2"])
 def test_compiles_as_one_graph_in_training(name: str) -> None:
+    """Dynamo captures forward without graph breaks (the eager backend keeps it fast on CPU)."""
     torch._dynamo.reset()
     model = build_model(name, 10, 1, DIGITS_SIZE).train()
-    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
     logits = compiled(torch.randn(BATCH, 1, DIGITS_SIZE, DIGITS_SIZE))
     logits.sum().backward()
     assert logits.shape == (BATCH, 10)
@@ -157,7 +158,9 @@ def test_torchvision_rejects_grayscale_and_unknown_names() -> None:
     assert caught.value.key == "weights"
 
 
-def test_torchvision_pretrained_weights_are_loaded_then_head_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_torchvision_pretrained_weights_are_loaded_then_head_replaced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     pretrained = torchvision.models.resnet18().state_dict()  # stands in for the download
     monkeypatch.setattr(WeightsEnum, "get_state_dict", lambda self, *args, **kwargs: pretrained)
     model = build_model("resnet18", 10, 3, CIFAR_SIZE, source="torchvision", weights="DEFAULT")

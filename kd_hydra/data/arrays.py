@@ -15,6 +15,10 @@ REQUIRED_KEYS = ("x_train", "y_train", "x_test", "y_test")
 _KEYS_TEXT = "x_train, y_train, x_test, y_test (optional classes)"
 
 
+def _is_positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def _check_images(path: str, key: str, x: np.ndarray) -> None:
     if x.ndim != 4:
         raise DataError(f"{path}: key '{key}' has shape {x.shape}; expected 4-D (N, H, W, C) NHWC images")
@@ -47,12 +51,13 @@ def load_arrays(name: str = "arrays", *, path: str, num_classes: int | None = No
     path = os.path.expanduser(str(path))
     if not os.path.isfile(path):
         raise DataError(f"{path}: file not found; dataset.path must name an .npz with keys {_KEYS_TEXT}")
-    if num_classes is not None and (isinstance(num_classes, bool) or int(num_classes) != num_classes or num_classes < 1):
+    if num_classes is not None and not _is_positive_int(num_classes):
         raise ConfigError("dataset.num_classes", f"is {num_classes!r}; expected a positive integer or null (inferred)")
     try:
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile) as error:
-        raise DataError(f"{path}: cannot read as .npz ({type(error).__name__}); expected an .npz with keys {_KEYS_TEXT}") from error
+        reason = type(error).__name__
+        raise DataError(f"{path}: cannot read as .npz ({reason}); expected an .npz with keys {_KEYS_TEXT}") from error
     with archive:
         if not isinstance(archive, np.lib.npyio.NpzFile):
             raise DataError(f"{path}: holds a single array; expected an .npz with keys {_KEYS_TEXT}")
@@ -62,7 +67,7 @@ def load_arrays(name: str = "arrays", *, path: str, num_classes: int | None = No
         try:
             arrays = {key: archive[key] for key in REQUIRED_KEYS}
         except ValueError as error:  # object arrays need pickle, which is refused
-            raise DataError(f"{path}: cannot read arrays without pickle ({error}); expected plain numeric arrays") from error
+            raise DataError(f"{path}: holds object arrays ({error}); expected plain numeric arrays") from error
 
         for split in ("train", "test"):
             _check_images(path, f"x_{split}", arrays[f"x_{split}"])

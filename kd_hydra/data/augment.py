@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
 UINT8_MAX = 255
 FLIP_PROBABILITY = 0.5
@@ -36,19 +35,32 @@ def sample_crop_flip(
     return dy, dx, flips
 
 
-def crop_flip(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor, padding: int) -> torch.Tensor:
+def crop_flip(
+    x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor | None, padding: int
+) -> torch.Tensor:
     """Zero-pad each (C, H, W) image by `padding`, crop H x W at (dy, dx), then mirror it where `flip`.
 
-    One gather over the batch; `dy`, `dx` (int64) and `flip` (bool) have shape (N,) on x's device.
+    `dy`, `dx` (int64) and `flip` (bool, or None for no flips) have shape (N,) on x's device.
     """
     n, c, h, w = x.shape
-    padded_w = w + 2 * padding
-    padded = F.pad(x, (padding, padding, padding, padding)) if padding else x
-    rows = dy.view(n, 1) + torch.arange(h, device=x.device)
-    columns = torch.arange(w, device=x.device)
-    columns = torch.where(flip.view(n, 1), (w - 1) - columns, columns) + dx.view(n, 1)
-    flat_index = (rows.view(n, h, 1) * padded_w + columns.view(n, 1, w)).view(n, 1, h * w).expand(n, c, h * w)
-    return padded.reshape(n, c, -1).gather(2, flat_index).view(n, c, h, w)
+    padded_h, padded_w = h + 2 * padding, w + 2 * padding
+    interior = (slice(None), slice(None), slice(padding, padding + h), slice(padding, padding + w))
+    # Plane 0 holds the padded images; plane 1 the padded mirrored images, where a mirrored crop
+    # at dx is a plain crop at 2 * padding - dx. Every output row is then one contiguous source run.
+    planes = 1 if flip is None else 2
+    source = x.new_zeros(planes, n, c, padded_h, padded_w)
+    source[0][interior] = x
+    image = torch.arange(n, device=x.device)
+    if flip is not None:
+        source[1][interior] = x.flip(3)
+        image = image + flip.long() * n
+        dx = torch.where(flip, 2 * padding - dx, dx)
+    flat = source.view(-1)
+    runs = flat.as_strided((flat.numel() - w + 1, w), (1, 1))  # runs[i] = flat[i : i + w]
+    plane_row = (image.view(n, 1) * c + torch.arange(c, device=x.device)).view(n, c, 1) * padded_h
+    row = plane_row + dy.view(n, 1, 1) + torch.arange(h, device=x.device).view(1, 1, h)
+    starts = row * padded_w + dx.view(n, 1, 1)
+    return runs.index_select(0, starts.view(-1)).view(n, c, h, w)
 
 
 def normalization_constants(
@@ -69,10 +81,15 @@ def normalize(
     dtype: torch.dtype = torch.float32,
     channels_last: bool = False,
 ) -> torch.Tensor:
-    """x * scale + shift per channel, as `dtype`, in one fused op; uint8 (N, C, H, W) in."""
+    """x * scale + shift per channel, as `dtype`; uint8 (N, C, H, W) in, one fused op on accelerators."""
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    scale, shift = scale.view(1, -1, 1, 1), shift.view(1, -1, 1, 1)
+    if x.device.type == "cpu":
+        # CPU kernels cast mixed dtypes element by element; converting first keeps them vectorised.
+        out = x.to(torch.float32, memory_format=memory_format).mul_(scale).add_(shift)
+        return out.to(dtype)
     out = torch.empty(x.shape, dtype=dtype, device=x.device, memory_format=memory_format)
-    return torch.addcmul(shift.view(1, -1, 1, 1), x, scale.view(1, -1, 1, 1), out=out)
+    return torch.addcmul(shift, x, scale, out=out)
 
 
 def channel_mean_std(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -65,7 +65,8 @@ def _unpickle(path: str) -> dict:
         with open(path, "rb") as handle:
             content = pickle.load(handle, encoding="bytes")
     except (OSError, pickle.UnpicklingError, EOFError, ValueError) as error:
-        raise DataError(f"{path}: cannot unpickle ({type(error).__name__}); expected a CIFAR python-version batch file") from error
+        reason = type(error).__name__
+        raise DataError(f"{path}: cannot unpickle ({reason}); expected a CIFAR python-version batch file") from error
     if not isinstance(content, dict):
         raise DataError(f"{path}: holds a {type(content).__name__}; expected a dict of a CIFAR python-version batch")
     return content
@@ -102,7 +103,8 @@ def _download(variant: str, root: str, layout: _Layout, folder: str) -> None:
         dataset_class(root, train=True, download=True)
     except Exception as error:  # any failure (network, disk, checksum) gets the same remedy
         reason = " ".join(f"{type(error).__name__}: {error}".split())
-        raise DataError(f"{layout.title} download into {root} failed ({reason}): {_where_to_put(layout, folder)}") from error
+        remedy = _where_to_put(layout, folder)
+        raise DataError(f"{layout.title} download into {root} failed ({reason}): {remedy}") from error
 
 
 def load_cifar(name: str | None = None, *, root: str, variant: str = "cifar10", download: bool = False) -> ArrayData:
@@ -118,7 +120,8 @@ def load_cifar(name: str | None = None, *, root: str, variant: str = "cifar10", 
     needed = (*layout.train_files, layout.test_file, layout.meta_file)
     if not all(os.path.isfile(os.path.join(folder, file)) for file in needed):
         if not download:
-            raise DataError(f"{layout.title} not found: {_where_to_put(layout, folder)} or set dataset.loader.download=true")
+            remedy = _where_to_put(layout, folder)
+            raise DataError(f"{layout.title} not found: {remedy} or set dataset.loader.download=true")
         _download(variant, root, layout, folder)
 
     x_train, y_train = _read_split(folder, layout.train_files, layout.label_key)

@@ -37,4 +37,4 @@ def load_digits(name: str = "digits", *, test_fraction: float = 0.25, split_seed
         num_train=len(train_idx),
         num_test=len(test_idx),
     )
-    return ArrayData(images[train_idx].contiguous(), labels[train_idx], images[test_idx].contiguous(), labels[test_idx], spec)
+    return ArrayData(images[train_idx], labels[train_idx], images[test_idx], labels[test_idx], spec)

@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
-from torchvision.transforms.v2 import functional as TF
 
 from kd_hydra.data.augment import (
     channel_mean_std,
@@ -90,11 +89,14 @@ def _check_batch_size(key: str, value: int) -> int:
     return int(value)
 
 
-def _check_stats(spec: DatasetSpec, mean: Sequence[float], std: Sequence[float]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def _check_stats(
+    spec: DatasetSpec, mean: Sequence[float], std: Sequence[float]
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
     mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
     for key, values in (("mean", mean), ("std", std)):
         if len(values) != spec.channels:
-            raise ConfigError(f"dataset.normalize.{key}", f"has {len(values)} values; expected {spec.channels} (one per channel of {spec.name})")
+            raise ConfigError(f"dataset.normalize.{key}",
+                              f"has {len(values)} values; expected {spec.channels} (one per channel of {spec.name})")
         if not all(math.isfinite(v) for v in values):
             raise ConfigError(f"dataset.normalize.{key}", f"is {list(values)}; expected finite numbers")
     if min(std) <= 0:
@@ -156,7 +158,8 @@ class InMemoryPipeline:
 
     def augmented_train_batches(self, epoch: int, batch_size: int) -> Iterator[Batch]:
         """Like `train_batches` (same per-sample inputs) with another batch size; never drops a sample."""
-        return self._planned_batches(epoch, _check_batch_size("batch_size", batch_size), drop_last=False)
+        batch_size = _check_batch_size("soft_label_cache.batch_size", batch_size)
+        return self._planned_batches(epoch, batch_size, drop_last=False)
 
     def test_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(x normalised, y) of the test split in order, `eval_batch_size` at a time, no augmentation."""
@@ -180,7 +183,7 @@ class InMemoryPipeline:
             idx = order[batch]
             x = self._x_train.index_select(0, idx)
             if augment:
-                x = crop_flip(x, dy[batch], dx[batch], flip[batch], self.augment.padding)
+                x = crop_flip(x, dy[batch], dx[batch], flip[batch] if self.augment.flip else None, self.augment.padding)
             yield self._normalize(x), self._y_train.index_select(0, idx), idx
 
 
@@ -212,6 +215,8 @@ class _PlannedItems(Dataset):
         return len(self.base)
 
     def __getitem__(self, key: tuple[int, int, int, bool] | int) -> tuple[torch.Tensor, int, int]:
+        from torchvision.transforms.v2 import functional as TF  # on use (workers only): slow to import
+
         index, dy, dx, flip = (key, 0, 0, False) if isinstance(key, int) else key
         image, label = self.base[index]
         if tuple(image.shape[-2:]) != (self.image_size, self.image_size):
@@ -260,7 +265,8 @@ class LoaderPipeline:
         self.num_test = data.spec.num_test
         self.num_workers = min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1) if num_workers is None else int(num_workers)
         if self.num_workers < 0:
-            raise ConfigError("trainer.num_workers", f"is {self.num_workers}; expected >= 0 (0 loads in the main process)")
+            raise ConfigError("trainer.num_workers",
+                              f"is {self.num_workers}; expected >= 0 (0 loads in the main process)")
         self._scale, self._shift = normalization_constants(self.mean, self.std, self.device)
         self._train_items = _PlannedItems(data.train, data.spec.image_size, augment.padding)
         self._test_items = _PlannedItems(data.test, data.spec.image_size, 0)
@@ -285,7 +291,8 @@ class LoaderPipeline:
     def augmented_train_batches(self, epoch: int, batch_size: int) -> Iterator[Batch]:
         """Like `train_batches` (same per-sample inputs) with another batch size, through a one-off loader."""
         sampler = _PlanSampler(self.num_train, self.augment, self.seed, epoch)
-        loader = self._loader(self._train_items, sampler, _check_batch_size("batch_size", batch_size), False, persistent=False)
+        batch_size = _check_batch_size("soft_label_cache.batch_size", batch_size)
+        loader = self._loader(self._train_items, sampler, batch_size, drop_last=False, persistent=False)
         return self._to_device(loader)
 
     def test_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -293,7 +300,9 @@ class LoaderPipeline:
         for x, y, _ in self._to_device(self._test_loader):
             yield x, y
 
-    def _loader(self, items: Dataset, sampler: Sampler | None, batch_size: int, drop_last: bool, persistent: bool) -> DataLoader:
+    def _loader(
+        self, items: Dataset, sampler: Sampler | None, batch_size: int, drop_last: bool, persistent: bool
+    ) -> DataLoader:
         return DataLoader(
             items,
             batch_size=batch_size,
@@ -326,12 +335,15 @@ def _augment_config(node: Mapping[str, Any] | None) -> AugmentConfig:
     return AugmentConfig(enabled=enabled, crop_padding=padding, horizontal_flip=flip)
 
 
-def _normalize_stats(node: Mapping[str, Any] | None, data: ArrayData | FolderData) -> tuple[Sequence[float], Sequence[float]]:
+def _normalize_stats(
+    node: Mapping[str, Any] | None, data: ArrayData | FolderData
+) -> tuple[Sequence[float], Sequence[float]]:
     node = {} if node is None else node
     mean, std = node.get("mean"), node.get("std")
     if (mean is None) != (std is None):
         missing = "mean" if mean is None else "std"
-        raise ConfigError(f"dataset.normalize.{missing}", "is null while the other is set; expected both lists or both null (computed)")
+        raise ConfigError(f"dataset.normalize.{missing}",
+                          "is null while the other is set; expected both lists or both null (computed)")
     if mean is not None:
         return list(mean), list(std)
     if isinstance(data, FolderData):

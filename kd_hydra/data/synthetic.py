@@ -37,7 +37,8 @@ def load_synthetic(
         raise ConfigError("dataset.loader.noise", f"is {noise}; expected a standard deviation >= 0 (fraction of 255)")
     generator = torch.Generator().manual_seed(int(seed))
     patterns = torch.rand(num_classes, channels, PROTOTYPE_GRID, PROTOTYPE_GRID, generator=generator)
-    prototypes = F.interpolate(patterns, size=(image_size, image_size), mode="bilinear", align_corners=False) * UINT8_MAX
+    prototypes = F.interpolate(patterns, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    prototypes = prototypes * UINT8_MAX
 
     def draw(count: int) -> tuple[torch.Tensor, torch.Tensor]:
         labels = (torch.arange(count) % num_classes)[torch.randperm(count, generator=generator)]

@@ -15,7 +15,9 @@ RGB_CHANNELS = 3
 
 def _require(path: str, root: str) -> str:
     if not os.path.exists(path):
-        raise DataError(f"Tiny ImageNet not found: expected {path}; download {TINY_IMAGENET_URL} and unzip it into {root}")
+        raise DataError(
+            f"Tiny ImageNet not found: expected {path}; download {TINY_IMAGENET_URL} and unzip it into {root}"
+        )
     return path
 
 

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from torchvision.io import ImageReadMode, decode_image, read_file
 
 from kd_hydra.errors import DataError
 
@@ -42,7 +41,7 @@ class DatasetSpec:
                 raise DataError(f"dataset {self.name}: {field} is {value}; expected a positive integer")
 
 
-def _hash_tensor(hasher: "hashlib._Hash", name: str, tensor: torch.Tensor) -> None:
+def _hash_tensor(hasher: "hashlib.blake2b", name: str, tensor: torch.Tensor) -> None:
     array = tensor.detach().cpu().contiguous().numpy()
     hasher.update(f"{name}:{array.dtype.str}:{tuple(array.shape)};".encode())
     hasher.update(memoryview(array).cast("B"))
@@ -102,6 +101,8 @@ class ImageFileDataset(Dataset):
         return os.path.join(self.root, str(self.files[index]))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        from torchvision.io import ImageReadMode, decode_image, read_file  # on use: slow to import
+
         path = self.path(index)
         try:
             image = decode_image(read_file(path), mode=ImageReadMode.RGB)
@@ -110,14 +111,15 @@ class ImageFileDataset(Dataset):
             raise DataError(f"{path}: cannot read image ({reason}); expected a readable JPEG/PNG file") from error
         return image, int(self.labels[index])
 
-    def fingerprint_into(self, hasher: "hashlib._Hash") -> None:
+    def fingerprint_into(self, hasher: "hashlib.blake2b") -> None:
         """Feed the sorted (relative path, size, label) triples to `hasher`; reads no pixels."""
         for index in np.argsort(self.files, kind="stable"):
             relative = str(self.files[index])
+            path = os.path.join(self.root, relative)
             try:
-                size = os.stat(os.path.join(self.root, relative)).st_size
+                size = os.stat(path).st_size
             except OSError as error:
-                raise DataError(f"{os.path.join(self.root, relative)}: cannot stat image file ({error.strerror})") from error
+                raise DataError(f"{path}: cannot stat ({error.strerror}); expected a readable image file") from error
             hasher.update(f"{relative}\t{size}\t{int(self.labels[index])}\n".encode())
 
 

@@ -33,7 +33,7 @@ def build_model(
     checkpoint: str | None = None,
     **arch_kwargs: Any,
 ) -> nn.Module:
-    """Build an untrained classifier for ``(N, in_channels, image_size, image_size)`` images.
+    """Build a classifier mapping ``(N, in_channels, image_size, image_size)`` images to logits.
 
     ``source="zoo"`` builds :func:`list_models` archs (``arch_kwargs`` are their options, no weights);
     ``source="torchvision"`` calls ``torchvision.models.get_model`` (RGB only) and, with ``weights``,
@@ -42,7 +42,8 @@ def build_model(
     Bad names, sources, options or input sizes raise :class:`~kd_hydra.errors.ConfigError`.
     """
     del checkpoint  # accepted so that a teacher config node can be passed as-is
-    for argument, value in (("num_classes", num_classes), ("in_channels", in_channels), ("image_size", image_size)):
+    dataset_arguments = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size}
+    for argument, value in dataset_arguments.items():
         if value < 1:
             raise ValueError(f"{argument} must be >= 1, got {value}")
     if source == "zoo":

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import torchvision
 from torch import nn
-from torchvision.models import get_model, get_model_weights
 
 from kd_hydra.errors import ConfigError
 
@@ -17,6 +15,8 @@ MODELS_WITH_AUX_LOGITS = frozenset({"googlenet", "inception_v3"})
 
 def list_torchvision_models() -> list[str]:
     """Names of the torchvision classification models, sorted."""
+    import torchvision  # imported on use: it costs seconds at start-up and most runs never need it
+
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
@@ -39,6 +39,8 @@ def build_torchvision_model(
             f"torchvision model '{name}' takes {RGB_CHANNELS}-channel RGB images, dataset has "
             f"{in_channels} channel(s); use a zoo architecture (source: zoo) instead",
         )
+    from torchvision.models import get_model
+
     if name in MODELS_WITH_AUX_LOGITS:
         options.setdefault("aux_logits", False)
     if weights is None:
@@ -54,12 +56,15 @@ def build_torchvision_model(
 
 def _resolve_weights(name: str, weights: str) -> Any:
     """The ``WeightsEnum`` member named ``weights`` (bare, ``"DEFAULT"`` or ``"Enum.MEMBER"``)."""
+    from torchvision.models import get_model_weights
+
     weights_enum = get_model_weights(name)
     try:
         return weights_enum.verify(weights)
     except (KeyError, ValueError, TypeError):
         choices = ", ".join(["DEFAULT", *(member.name for member in weights_enum)])
-        raise ConfigError("weights", f"unknown weights '{weights}' for {name}; choose one of: {choices}") from None
+        message = f"unknown weights '{weights}' for {name}; choose one of: {choices}"
+        raise ConfigError("weights", message) from None
 
 
 def replace_classifier(model: nn.Module, old_classes: int, num_classes: int) -> None:

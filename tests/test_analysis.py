@@ -1,0 +1,502 @@
+"""Tests of the ``analysis`` package on hand-made run directories (see analysis_fixtures.py)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TESTS_DIR = Path(__file__).resolve().parent
+if str(REPO_ROOT) not in sys.path:  # the tests run without installing the package
+    sys.path.insert(0, str(REPO_ROOT))
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import matplotlib.image  # noqa: E402
+import nbclient  # noqa: E402
+import nbformat  # noqa: E402
+import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import analysis  # noqa: E402
+from analysis import (  # noqa: E402
+    NoRunsError,
+    aggregate,
+    completed_runs,
+    kd_gain,
+    load_history,
+    load_runs,
+    plot_accuracy_vs_temperature,
+    plot_heatmap,
+    plot_kd_gain,
+    plot_learning_curves,
+    save_figure,
+    write_report,
+)
+from analysis.callback import AnalysisCallback  # noqa: E402
+from analysis_fixtures import (  # noqa: E402
+    BASELINE_ACC,
+    DISTILL_ACC,
+    FAILED_REASON,
+    TEACHER_ACC,
+    FakeSweep,
+    make_config,
+    make_history,
+    make_metrics,
+    overrides_of,
+    write_fake_sweep,
+    write_run,
+)
+from kd_hydra import schema  # noqa: E402
+
+T = "loss.temperature"
+ALPHA = "loss.alpha"
+SEED = "trainer.seed"
+ACC = "final_test_acc"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+T_975_DF1 = 12.706204736174696  # t_{0.975, 1}, from a t table
+T_975_DF2 = 4.302652729749464  # t_{0.975, 2}
+FIGURES = ("heatmap.png", "accuracy_vs_temperature.png", "kd_gain.png", "learning_curves.png")
+
+
+def subprocess_env() -> dict[str, str]:
+    """Environment for child processes: the repo and the fixtures importable, no display."""
+    paths = [str(REPO_ROOT), str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p), "MPLBACKEND": "Agg"}
+
+
+def assert_png(path: Path) -> None:
+    """``path`` is a non-empty PNG that both PIL and matplotlib can decode."""
+    assert path.is_file() and path.stat().st_size > 0, path
+    assert path.read_bytes()[:8] == PNG_SIGNATURE, path
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.width > 100 and image.height > 100
+    pixels = matplotlib.image.imread(path)
+    assert pixels.ndim == 3 and pixels.shape[0] > 100 and pixels.shape[1] > 100
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> FakeSweep:
+    """A read-only fake multirun shared by the tests that only read it."""
+    return write_fake_sweep(tmp_path_factory.mktemp("sweep") / "multirun")
+
+
+@pytest.fixture(scope="module")
+def runs(sweep: FakeSweep) -> pd.DataFrame:
+    """``load_runs`` of the shared fake sweep."""
+    return load_runs(sweep.root)
+
+
+def row_of(runs: pd.DataFrame, run_dir: Path) -> pd.Series:
+    """The row of ``run_dir`` in a load_runs table."""
+    rows = runs[runs["run_dir"] == str(run_dir.resolve())]
+    assert len(rows) == 1, run_dir
+    return rows.iloc[0]
+
+
+# --- load_runs ------------------------------------------------------------------------------
+
+
+def test_load_runs_has_one_row_per_run_sorted_with_nested_sweeps(sweep: FakeSweep, runs: pd.DataFrame) -> None:
+    assert len(runs) == sweep.n_runs == 14
+    assert list(runs["run_dir"]) == sorted(runs["run_dir"])
+    for nested in (*sweep.baseline_dirs.values(), sweep.teacher_dir):
+        row_of(runs, nested)
+    assert (runs["mode"].value_counts() == pd.Series({"distill": 11, "student": 2, "teacher": 1})).all()
+
+
+def test_load_runs_columns(runs: pd.DataFrame) -> None:
+    expected = {"run_dir", "status", "reason", "overrides", "mode", "dataset.name", "teacher.name",
+                "student.name", T, ALPHA, SEED, "trainer.epochs", "optimizer.lr", "scheduler.name"}  # fmt: skip
+    expected |= {key for key in schema.METRICS_KEYS if key != "settings"}
+    assert expected <= set(runs.columns)
+    assert not any(column.startswith("settings") for column in runs.columns)
+    assert runs.columns.is_unique
+
+
+def test_config_is_flattened_and_interpolations_resolved(sweep: FakeSweep, runs: pd.DataFrame) -> None:
+    row = row_of(runs, sweep.distill_dirs[(4.0, 0.5, 0)])
+    assert row[T] == 4.0 and row[ALPHA] == 0.5 and row[SEED] == 0
+    assert row["trainer.milestones"] == "[2, 3]"
+    assert row["paths.cache_dir"] == "/tmp/somewhere/cache"
+    assert row["overrides"] == "mode=distill trainer.seed=0 loss.temperature=4 loss.alpha=0.5"
+    assert row[ACC] == 83.0 and row["teacher_test_acc"] == TEACHER_ACC and row["status"] == "completed"
+    assert pd.isna(row["reason"])
+
+
+def test_failed_unfinished_and_corrupt_runs_stay_in_the_table(sweep: FakeSweep, runs: pd.DataFrame) -> None:
+    failed = row_of(runs, sweep.failed_dir)
+    assert failed["status"] == schema.STATUS_FAILED and failed["reason"] == FAILED_REASON
+    unfinished = row_of(runs, sweep.unfinished_dir)
+    assert unfinished["status"] == schema.STATUS_UNFINISHED and schema.METRICS_FILE in unfinished["reason"]
+    assert unfinished[T] == 8.0  # the config is still read
+    corrupt = row_of(runs, sweep.corrupt_dir)
+    assert corrupt["status"] == schema.STATUS_UNFINISHED and corrupt["reason"] == "metrics.json unreadable"
+    assert (runs["status"] == schema.STATUS_COMPLETED).sum() == 11
+
+
+def test_runs_with_a_different_config_schema_still_load(sweep: FakeSweep, runs: pd.DataFrame) -> None:
+    odd = row_of(runs, sweep.odd_schema_dir)
+    assert odd["trainer.grad_clip"] == 1.0 and pd.isna(odd["scheduler.warmup_epochs"])
+    others = runs[runs["run_dir"] != str(sweep.odd_schema_dir.resolve())]
+    assert others["trainer.grad_clip"].isna().all()
+    assert (others["scheduler.warmup_epochs"] == 0).all()
+
+
+def test_load_runs_accepts_single_runs_and_several_overlapping_paths(sweep: FakeSweep) -> None:
+    single = load_runs(sweep.teacher_dir)
+    assert len(single) == 1 and single.at[0, "mode"] == "teacher"
+    several = load_runs(sweep.root / "baselines", sweep.teacher_dir, sweep.root / "baselines" / "0")
+    assert len(several) == 3
+
+
+def test_no_runs_is_a_one_line_error(tmp_path: Path) -> None:
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    with pytest.raises(NoRunsError, match="no run directories under") as caught:
+        load_runs(tmp_path / "empty")
+    assert isinstance(caught.value, ValueError) and "\n" not in str(caught.value)
+    with pytest.raises(NoRunsError):
+        load_runs(tmp_path / "does-not-exist")
+
+
+def test_hidden_folders_are_not_searched(tmp_path: Path) -> None:
+    config = make_config("student", 0)
+    write_run(tmp_path / "sweep" / "0", config, make_metrics(config, 70.0))
+    write_run(tmp_path / "sweep" / ".ipynb_checkpoints" / "0", config, make_metrics(config, 70.0))
+    assert len(load_runs(tmp_path / "sweep")) == 1
+
+
+# --- load_history ---------------------------------------------------------------------------
+
+
+def test_load_history_is_long_form(sweep: FakeSweep) -> None:
+    history = load_history(sweep.root)
+    assert list(history.columns[:4]) == ["run_dir", "epoch", "metric", "value"]
+    assert {"mode", "student.name", T, ALPHA, SEED} <= set(history.columns)
+    assert set(history["metric"]) == set(schema.HISTORY_COLUMNS) - {"epoch"}
+    odd = history[history["run_dir"] == str(sweep.odd_schema_dir.resolve())]
+    per_epoch_metrics = len(schema.HISTORY_COLUMNS) - 1
+    assert len(odd) == 3 * per_epoch_metrics - 1  # epoch 2 was not evaluated: no test_acc
+    last = odd[(odd["metric"] == "test_acc") & (odd["epoch"] == 3)]
+    assert last["value"].tolist() == [DISTILL_ACC[(4.0, 0.9, 1)]]
+    assert set(odd[T]) == {4.0} and set(odd[SEED]) == {1}
+    unfinished = history[history["run_dir"] == str(sweep.unfinished_dir.resolve())]
+    assert sorted(unfinished["epoch"].unique()) == [1, 2]  # partial history of an unfinished run
+    assert history["value"].notna().all()
+
+
+# --- aggregate and kd_gain ------------------------------------------------------------------
+
+
+def test_aggregate_matches_hand_computed_statistics(runs: pd.DataFrame) -> None:
+    table = aggregate(completed_runs(runs, "distill"), by=[T, ALPHA])
+    assert list(table.columns) == [T, ALPHA, "mean", "std", "n", "ci95"]
+    assert len(table) == 4 and (table["n"] == 2).all()
+    best = table[(table[T] == 4.0) & (table[ALPHA] == 0.9)].iloc[0]
+    # values 85.0 and 86.5: mean 85.75, std |a-b|/sqrt(2), CI t_{.975,1} * std / sqrt(2)
+    assert best["mean"] == pytest.approx(85.75)
+    assert best["std"] == pytest.approx(1.5 / math.sqrt(2))
+    assert best["ci95"] == pytest.approx(T_975_DF1 * 0.75)
+    low = table[(table[T] == 1.0) & (table[ALPHA] == 0.5)].iloc[0]
+    assert low["mean"] == pytest.approx(81.0) and low["ci95"] == pytest.approx(T_975_DF1 * 1.0)
+
+
+def test_aggregate_counts_only_completed_runs(runs: pd.DataFrame) -> None:
+    by_mode = aggregate(runs, by="mode").set_index("mode")
+    assert by_mode.at["distill", "n"] == 8  # failed, unfinished and corrupt runs left out
+    assert by_mode.at["student", "mean"] == pytest.approx(79.5)
+    assert math.isnan(by_mode.at["teacher", "ci95"])  # n = 1: no interval
+
+
+def test_aggregate_three_values_by_hand() -> None:
+    df = pd.DataFrame({"status": ["completed"] * 3 + ["failed"], "g": ["a"] * 4, ACC: [70.0, 72.0, 77.0, 10.0]})
+    row = aggregate(df, by=["g"]).iloc[0]
+    # mean 73; deviations -3, -1, 4 -> variance 26 / 2 = 13
+    assert row["mean"] == pytest.approx(73.0) and row["std"] == pytest.approx(math.sqrt(13.0))
+    assert row["n"] == 3 and row["ci95"] == pytest.approx(T_975_DF2 * math.sqrt(13.0) / math.sqrt(3.0))
+    with pytest.raises(KeyError, match="no column"):
+        aggregate(df, by=["missing"])
+
+
+def test_kd_gain_against_same_seed_baselines(sweep: FakeSweep, runs: pd.DataFrame) -> None:
+    gains = kd_gain(runs)
+    assert len(gains) == 8 and set(gains["mode"]) == {"distill"}
+    for key, run_dir in sweep.distill_dirs.items():
+        row = row_of(gains, run_dir)
+        expected = DISTILL_ACC[key] - BASELINE_ACC[key[2]]
+        assert row["gain"] == pytest.approx(expected), key
+        assert row["baseline_n"] == 1
+        assert row["baseline_run_dirs"] == str(sweep.baseline_dirs[key[2]].resolve())
+    assert row_of(gains, sweep.odd_schema_dir)["gain"] == pytest.approx(86.5 - 80.0)
+
+
+def test_kd_gain_is_nan_without_a_matching_baseline(sweep: FakeSweep, runs: pd.DataFrame) -> None:
+    changed = runs.copy()
+    baseline0 = changed["run_dir"] == str(sweep.baseline_dirs[0].resolve())
+    changed.loc[baseline0, "optimizer.lr"] = 0.05  # a training setting differs: not a baseline
+    baseline1 = changed["run_dir"] == str(sweep.baseline_dirs[1].resolve())
+    changed.loc[baseline1, "paths.output_dir"] = "/elsewhere"  # paths do not matter
+    changed.loc[baseline1, "teacher.name"] = "none"  # nor does the teacher
+    changed["soft_label_cache.enabled"] = changed["mode"] == "distill"  # nor the teacher-logit cache
+    gains = kd_gain(changed).set_index(SEED)
+    assert gains.loc[0, "gain"].isna().all() and (gains.loc[0, "baseline_n"] == 0).all()
+    assert gains.loc[1, "gain"].notna().all()
+
+
+# --- plots ----------------------------------------------------------------------------------
+
+
+def texts_of(fig: Figure) -> str:
+    """Every title, axis label, legend entry and annotation of ``fig``, joined."""
+    parts = [fig.get_suptitle()]
+    for ax in fig.axes:
+        parts += [ax.get_title(), ax.get_xlabel(), ax.get_ylabel(), *(t.get_text() for t in ax.texts)]
+        if ax.get_legend():
+            parts += [t.get_text() for t in ax.get_legend().get_texts()]
+    for legend in fig.legends:
+        parts += [t.get_text() for t in legend.get_texts()]
+    return "\n".join(parts)
+
+
+def test_plot_heatmap(runs: pd.DataFrame, tmp_path: Path) -> None:
+    fig = plot_heatmap(runs)
+    text = texts_of(fig)
+    assert "temperature T" in text and "α" in text and "cifar10: resnet56 → resnet8" in text
+    assert {"85.8", "83.5", "81.2", "81.0"} <= set(text.split("\n"))
+    assert "test accuracy (%)" in text  # the colorbar label
+    assert fig.get_size_inches().tolist() == [7.0, 4.5]
+    assert_png(save_figure(fig, tmp_path / "deep" / "heatmap.png"))
+
+
+def test_plot_accuracy_vs_temperature(runs: pd.DataFrame) -> None:
+    fig = plot_accuracy_vs_temperature(runs)
+    text = texts_of(fig)
+    assert "temperature T" in text and "student test accuracy (%)" in text
+    assert "baseline student resnet8 (79.5)" in text and "teacher resnet56 (93.0)" in text
+    assert "0.5" in text and "0.9" in text
+    reference_levels = {line.get_ydata()[0] for line in fig.axes[0].lines if len(set(line.get_ydata())) == 1}
+    assert {79.5, 93.0} <= reference_levels
+
+
+def test_plot_kd_gain(runs: pd.DataFrame, sweep: FakeSweep) -> None:
+    fig = plot_kd_gain(runs)
+    assert "KD gain over baseline (percentage points)" in texts_of(fig)
+    no_baselines = runs[runs["mode"] != "student"]
+    with pytest.raises(ValueError, match="no distill run has a matched baseline"):
+        plot_kd_gain(no_baselines)
+
+
+def test_plots_refuse_what_they_cannot_draw(runs: pd.DataFrame) -> None:
+    with pytest.raises(ValueError, match="no completed distill runs"):
+        plot_heatmap(runs[runs["mode"] != "distill"])
+    with pytest.raises(ValueError, match="at least two temperatures"):
+        plot_accuracy_vs_temperature(runs[runs[T] == 4.0])
+    other_student = runs.copy()
+    other_student.loc[other_student.index[:2], "student.name"] = "resnet14"
+    with pytest.raises(ValueError, match="setups"):
+        plot_heatmap(other_student)
+
+
+def test_plot_learning_curves(sweep: FakeSweep) -> None:
+    history = load_history(sweep.root)
+    chosen = [str(sweep.distill_dirs[(4.0, 0.9, 0)].resolve()), str(sweep.baseline_dirs[0].resolve())]
+    fig = plot_learning_curves(history, chosen)
+    assert len(fig.axes) == 2
+    text = texts_of(fig)
+    assert "epoch" in text and "test accuracy (%)" in text and "training loss" in text
+    assert "loss.temperature=4 loss.alpha=0.9" in text and "student" in text
+    assert all(len(ax.lines) == 2 for ax in fig.axes)
+    default = plot_learning_curves(history)  # best run of each mode
+    assert len(default.axes[0].lines) == 3
+    with pytest.raises(ValueError, match="no history"):
+        plot_learning_curves(history, ["/not/a/run"])
+
+
+# --- report, CLI, callback, notebook ---------------------------------------------------------
+
+
+def run_cli(*args: str, python_flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    """``python -m analysis ARGS`` from the repo root."""
+    return subprocess.run([sys.executable, *python_flags, "-m", "analysis", *args], cwd=REPO_ROOT,
+                          env=subprocess_env(), capture_output=True, text=True, timeout=120)  # fmt: skip
+
+
+def test_cli_writes_results_report_and_figures(sweep: FakeSweep, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    done = run_cli(str(sweep.root), "--out", str(out), python_flags=("-X", "importtime"))
+    assert done.returncode == 0, done.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line}
+    assert "seaborn" in imported and not {"torch", "kd_hydra.losses"} & imported  # analysis never imports torch
+    results = pd.read_csv(out / "results.csv")
+    assert len(results) == 14 and "final_test_acc" in results.columns
+    for name in FIGURES:
+        assert_png(out / name)
+    report = (out / "report.md").read_text()
+    assert "| distill | 8 | 1 | 2 |" in report and "| **all** | 11 | 1 | 2 |" in report
+    assert "**T = 4, α = 0.9**" in report and "85.75" in report
+    assert "| teacher | resnet56 | 850,000 | 93.00 |" in report
+    assert "| baseline student (CE only) | resnet8 | 78,000 | 79.50" in report
+    assert "+6.25 (n=2)" in report  # mean KD gain of the best setting: (6.0 + 6.5) / 2
+    assert FAILED_REASON in report
+    for name in FIGURES:
+        assert f"]({name})" in report
+
+
+def test_report_skips_figures_it_cannot_draw(tmp_path: Path) -> None:
+    for seed in (0, 1):  # one temperature, no baselines, one run without history
+        config = make_config("distill", seed, 4.0, 0.9)
+        write_run(tmp_path / "sweep" / str(seed), config, make_metrics(config, 80.0 + seed),
+                  make_history(80.0 + seed) if seed else None, overrides_of(config))  # fmt: skip
+    written = write_report([tmp_path / "sweep"], None)
+    assert written["report"] == tmp_path / "sweep" / "report.md"
+    assert {"heatmap", "learning_curves"} <= set(written) and "kd_gain" not in written
+    report = written["report"].read_text()
+    assert "`accuracy_vs_temperature.png` skipped: needs at least two temperatures" in report
+    assert "`kd_gain.png` skipped: no distill run has a matched baseline" in report
+    assert "— (no baseline runs)" in report
+
+
+def test_report_draws_one_set_of_figures_per_setup(tmp_path: Path) -> None:
+    for index, (student, temperature) in enumerate([(s, t) for s in ("resnet8", "resnet14") for t in (1.0, 4.0)]):
+        config = make_config("distill", 0, temperature, 0.9)
+        config["student"]["name"] = student
+        write_run(tmp_path / "sweep" / str(index), config, make_metrics(config, 80.0 + index))
+    written = write_report(tmp_path / "sweep", tmp_path / "out")
+    for student in ("resnet8", "resnet14"):
+        assert_png(written[f"heatmap_cifar10_resnet56_{student}"])
+        assert f"accuracy_vs_temperature_cifar10_resnet56_{student}" in written
+    report = written["report"].read_text()
+    assert "**T = 4, α = 0.9** (cifar10: resnet56 → resnet14)" in report  # 83.0, the best of both setups
+    assert "`learning_curves.png` skipped: no history rows" in report
+
+
+def test_report_on_a_sweep_without_distill_runs(tmp_path: Path) -> None:
+    config = make_config("teacher", 0)
+    write_run(tmp_path / "t", config, make_metrics(config, TEACHER_ACC), make_history(TEACHER_ACC, distill=False))
+    written = write_report(tmp_path / "t", tmp_path / "out")
+    report = written["report"].read_text()
+    assert "No completed distill runs" in report and "`heatmap.png` skipped: no completed distill runs" in report
+    assert_png(written["learning_curves"])
+
+
+def test_cli_on_an_empty_dir_exits_2_with_one_line(tmp_path: Path) -> None:
+    done = run_cli(str(tmp_path))
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"error: no run directories under {tmp_path}"
+    assert not (tmp_path / "report.md").exists()
+
+
+def test_callback_writes_into_the_sweep_dir(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    fake = write_fake_sweep(tmp_path / "sweep")
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(fake.root)}}})
+    AnalysisCallback(enabled=False).on_multirun_end(config)
+    assert not (fake.root / "report.md").exists()
+    with caplog.at_level(logging.INFO, logger="analysis.callback"):
+        AnalysisCallback().on_multirun_end(config)
+    for name in ("results.csv", "report.md", *FIGURES):
+        assert (fake.root / name).is_file(), name
+    assert "analysis written to" in caplog.text
+    assert len(load_runs(fake.root)) == fake.n_runs  # its outputs are not mistaken for runs
+
+
+def test_callback_never_raises(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "nothing")}}})
+    with caplog.at_level(logging.ERROR, logger="analysis.callback"):
+        AnalysisCallback().on_multirun_end(config)
+    assert "analysis of the sweep failed: NoRunsError: no run directories under" in caplog.text
+    AnalysisCallback().on_multirun_end(OmegaConf.create({}))  # no hydra node at all: logged too
+
+
+def test_callback_config_instantiates() -> None:
+    from hydra.utils import instantiate
+
+    node = OmegaConf.load(REPO_ROOT / "conf" / "hydra" / "callbacks" / "analysis.yaml")
+    assert (REPO_ROOT / "conf/hydra/callbacks/analysis.yaml").read_text().startswith("# @package hydra.callbacks")
+    callback = instantiate(node.analysis)
+    assert isinstance(callback, AnalysisCallback) and callback.enabled is True and callback.out_subdir == ""
+
+
+HYDRA_APP = '''
+import json
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
+
+from analysis_fixtures import make_history, make_metrics
+
+ACC = {(1.0, 0): 80.0, (1.0, 1): 81.0, (4.0, 0): 84.0, (4.0, 1): 86.0}
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg) -> None:
+    out = Path(HydraConfig.get().runtime.output_dir)
+    acc = ACC[(float(cfg.loss.temperature), int(cfg.trainer.seed))]
+    history = make_history(acc)
+    lines = [",".join(history[0])] + [",".join("" if v is None else str(v) for v in row.values()) for row in history]
+    (out / "history.csv").write_text("\\n".join(lines) + "\\n")
+    (out / "metrics.json").write_text(json.dumps(make_metrics(OmegaConf.to_container(cfg), acc)))
+
+
+main()
+'''
+
+
+def test_callback_in_a_real_hydra_multirun(tmp_path: Path) -> None:
+    app = tmp_path / "app"
+    (app / "conf" / "hydra" / "callbacks").mkdir(parents=True)
+    shutil.copy(REPO_ROOT / "conf" / "hydra" / "callbacks" / "analysis.yaml", app / "conf" / "hydra" / "callbacks")
+    config = {"defaults": ["_self_", {"override hydra/callbacks": "analysis"}], **make_config("distill", 0)}
+    config["hydra"] = {"sweep": {"dir": "${oc.env:SWEEP_OUT}", "subdir": "${hydra.job.num}"}}
+    (app / "conf" / "config.yaml").write_text(yaml.safe_dump(config))
+    (app / "app.py").write_text(textwrap.dedent(HYDRA_APP))
+    sweep_args = ["-m", "loss.temperature=1,4", "trainer.seed=0,1"]
+
+    def run_app(sweep_dir: Path, *extra: str) -> None:
+        env = {**subprocess_env(), "SWEEP_OUT": str(sweep_dir)}
+        done = subprocess.run([sys.executable, "app.py", *sweep_args, *extra], cwd=app, env=env,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+
+    run_app(tmp_path / "sweep")
+    for name in ("results.csv", "report.md", "heatmap.png", "accuracy_vs_temperature.png", "learning_curves.png"):
+        assert (tmp_path / "sweep" / name).is_file(), name  # no baselines in this sweep: no kd_gain.png
+    assert (pd.read_csv(tmp_path / "sweep" / "results.csv")["status"] == "completed").sum() == 4
+    assert "**T = 4, α = 0.9**" in (tmp_path / "sweep" / "report.md").read_text()
+    run_app(tmp_path / "off", "hydra.callbacks.analysis.enabled=false")
+    assert (tmp_path / "off" / "0").is_dir() and not (tmp_path / "off" / "report.md").exists()
+
+
+def test_notebook_runs_end_to_end(sweep: FakeSweep, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in subprocess_env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("KD_HYDRA_SWEEP_DIR", str(sweep.root))
+    nb = nbformat.read(REPO_ROOT / "analysis" / "explore.ipynb", as_version=4)
+    assert "parameters" in nb.cells[1].metadata.get("tags", []) and "SWEEP_DIR" in nb.cells[1].source
+    client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=120,
+                                     resources={"metadata": {"path": str(tmp_path)}})  # fmt: skip
+    client.execute()
+    outputs = [output for cell in nb.cells if cell.cell_type == "code" for output in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"], [o.get("evalue") for o in outputs]
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) == 4  # heatmap, accuracy vs T, KD gain, learning curves
+    assert any("85.75" in o.get("data", {}).get("text/plain", "") for o in outputs)
+
+
+def test_public_api() -> None:
+    expected = {"load_runs", "load_history", "aggregate", "kd_gain", "write_report", "save_figure",
+                "plot_heatmap", "plot_accuracy_vs_temperature", "plot_kd_gain", "plot_learning_curves"}  # fmt: skip
+    assert expected <= set(analysis.__all__) and all(callable(getattr(analysis, name)) for name in expected)
+    with pytest.raises(AttributeError):
+        analysis.not_a_name  # noqa: B018

@@ -1,0 +1,184 @@
+"""Every option of every config group composes (Hydra compose API) and builds its object."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from conftest import REPO
+from kd_hydra.config import register_configs, validate
+from kd_hydra.errors import ConfigError
+from kd_hydra.models import list_models
+
+CONF = REPO / "conf"
+register_configs()
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def composed(*overrides: str, hydra: bool = False):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra)
+
+
+def test_default_config_is_valid_and_has_the_public_keys():
+    cfg = composed()
+    validate(cfg)
+    for key in ("mode", "loss.temperature", "loss.alpha", "trainer.epochs", "trainer.batch_size", "trainer.seed",
+                "trainer.device", "paths.data_dir", "paths.output_dir", "paths.cache_dir", "teacher.checkpoint"):
+        assert OmegaConf.select(cfg, key, throw_on_missing=False) is not None or key == "teacher.checkpoint", key
+    assert cfg.mode == "distill" and cfg.teacher.checkpoint is None
+    assert composed("dataset=arrays", "dataset.path=x.npz").dataset.path == "x.npz"
+
+
+@pytest.mark.parametrize("group", ["teacher", "student"])
+def test_model_groups_offer_the_whole_zoo(group):
+    assert set(list_models()) <= set(options(group))
+    assert options("teacher") == options("student")
+
+
+@pytest.mark.parametrize("arch", options("student"))
+def test_every_model_option_builds_for_cifar_shapes(arch):
+    for group in ("teacher", "student"):
+        cfg = composed(f"{group}={arch}")
+        model = instantiate(cfg[group], num_classes=10, in_channels=3, image_size=32)
+        assert isinstance(model, torch.nn.Module)
+
+
+@pytest.mark.parametrize("name", options("loss"))
+def test_every_loss_option_builds(name):
+    mode = "distill" if name == "kd" else "student"
+    cfg = composed(f"loss={name}", f"mode={mode}")
+    validate(cfg)
+    loss = instantiate(cfg.loss)
+    logits, targets = torch.randn(4, 10), torch.randint(0, 10, (4,))
+    assert loss(logits, targets, torch.randn(4, 10)).total.ndim == 0
+
+
+@pytest.mark.parametrize("optimizer", options("optimizer"))
+@pytest.mark.parametrize("scheduler", options("scheduler"))
+def test_every_optimizer_and_scheduler_option_builds(optimizer, scheduler):
+    cfg = composed(f"optimizer={optimizer}", f"scheduler={scheduler}")
+    model = torch.nn.Linear(3, 2)
+    opt = instantiate(cfg.optimizer, _convert_="all")(model.parameters())
+    schedule = instantiate(cfg.scheduler, _convert_="all")(opt, epochs=10)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        schedule.step()
+    assert lrs[0] == pytest.approx(cfg.optimizer.lr)
+    if scheduler == "cosine":
+        assert lrs == sorted(lrs, reverse=True) and lrs[-1] < 0.05 * lrs[0]
+    elif scheduler == "step":
+        assert lrs[4] == pytest.approx(cfg.optimizer.lr) and lrs[5] == pytest.approx(0.1 * cfg.optimizer.lr)
+        assert lrs[8] == pytest.approx(0.01 * cfg.optimizer.lr)
+    else:
+        assert len(set(lrs)) == 1
+
+
+@pytest.mark.parametrize("name", options("dataset"))
+def test_every_dataset_option_composes_with_a_loader_target(name):
+    cfg = composed(f"dataset={name}", *(["dataset.path=x.npz"] if name == "arrays" else []))
+    assert cfg.dataset.name == name
+    assert cfg.dataset.loader._target_.startswith("kd_hydra.data")
+    assert set(cfg.dataset.augment) >= {"enabled", "crop_padding", "horizontal_flip"}
+    assert set(cfg.dataset.normalize) == {"mean", "std"}
+
+
+@pytest.mark.parametrize("name", ["synthetic", "digits"])
+def test_offline_datasets_build(name):
+    data = instantiate(composed(f"dataset={name}").dataset.loader)
+    assert data.spec.name == name and data.x_train.dtype == torch.uint8
+
+
+@pytest.mark.parametrize("name", options("experiment"))
+def test_every_experiment_composes_and_validates(name):
+    cfg = composed(f"experiment={name}", hydra=True)
+    validate(cfg)
+    assert cfg.hydra.sweeper._target_.endswith("KDSweeper")
+
+
+def test_experiment_presets_set_what_they_promise():
+    hinton = composed("experiment=hinton_cifar10")
+    assert (hinton.loss.temperature, hinton.loss.alpha, hinton.trainer.epochs, hinton.trainer.batch_size) == \
+        (4.0, 0.1, 200, 128)
+    assert hinton.teacher.name.startswith("resnet") and hinton.student.name == "light_cnn"
+    tutorial = composed("experiment=tutorial_cifar10")
+    assert (tutorial.teacher.name, tutorial.student.name) == ("deep_cnn", "light_cnn")
+    sweep = composed("experiment=temperature_sweep", hydra=True)
+    assert sweep.hydra.sweeper.params["loss.temperature"] == "1,2,3,4,5,6,8,10"
+    assert sweep.loss.alpha == 0.3 and sweep.trainer.epochs == 15 and sweep.hydra.mode.name == "MULTIRUN"
+    quick = composed("experiment=quickstart", hydra=True)
+    assert quick.dataset.name == "digits" and quick.hydra.mode.name == "MULTIRUN"
+    tiny = composed("experiment=tiny_imagenet_resnet50")
+    assert tiny.dataset.name == "tiny_imagenet" and tiny.teacher.name == "resnet50"
+
+
+@pytest.mark.parametrize("launcher", options("hydra/launcher"))
+def test_launcher_presets_compose(launcher):
+    cfg = composed(f"hydra/launcher={launcher}", hydra=True)
+    assert "hydra_plugins" in cfg.hydra.launcher._target_
+
+
+def test_paths_follow_environment_variables(monkeypatch, tmp_path):
+    monkeypatch.setenv("KD_HYDRA_CACHE_DIR", str(tmp_path / "c"))
+    monkeypatch.setenv("KD_HYDRA_DATA_DIR", str(tmp_path / "d"))
+    monkeypatch.setenv("KD_HYDRA_OUTPUT_DIR", str(tmp_path / "o"))
+    paths = composed().paths
+    assert (paths.cache_dir, paths.data_dir, paths.output_dir) == (str(tmp_path / "c"), str(tmp_path / "d"),
+                                                                  str(tmp_path / "o"))
+
+
+def test_teacher_training_follows_the_run_unless_overridden():
+    cfg = composed("trainer.epochs=7", "trainer.seed=3")
+    assert (cfg.teacher_training.epochs, cfg.teacher_training.seed) == (7, 3)
+    assert composed("teacher_training.epochs=30").teacher_training.epochs == 30
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["loss.temperature=0"], "loss.temperature"),
+        (["loss.alpha=2"], "loss.alpha"),
+        (["trainer.epochs=0"], "trainer.epochs"),
+        (["trainer.eval_every=0"], "trainer.eval_every"),
+        (["trainer.device=tpu"], "trainer.device"),
+        (["optimizer.lr=0"], "optimizer.lr"),
+        (["loss=ce"], "loss"),
+        (["soft_label_cache.top_k=0"], "soft_label_cache.top_k"),
+        (["teacher.checkpoint=/no/such/file.pt"], "teacher.checkpoint"),
+    ],
+)
+def test_validate_names_the_bad_key(overrides, key):
+    with pytest.raises(ConfigError) as raised:
+        validate(composed(*overrides))
+    assert str(raised.value).startswith(key + ":")
+
+
+def test_wrong_types_fail_at_composition():
+    with pytest.raises(Exception, match="trainer.epochs"):
+        composed("trainer.epochs=many")
+    with pytest.raises(Exception, match="mode"):
+        composed("mode=everything")
+
+
+def test_readme_documents_every_group_option():
+    readme = (REPO / "README.md").read_text()
+    for group in ("dataset", "loss", "optimizer", "scheduler", "experiment", "hydra/launcher"):
+        for option in options(group):
+            assert f"`{option}`" in readme, f"{group}={option} is not in the README"
+    trainer_keys = OmegaConf.load(CONF / "trainer" / "default.yaml").keys()
+    for key in trainer_keys:
+        assert f"`trainer.{key}`" in readme, f"trainer.{key} is not in the README"
+
+
+def test_no_dataset_files_are_tracked():
+    assert not list(Path(REPO).glob("**/*.npz"))

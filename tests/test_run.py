@@ -1,0 +1,228 @@
+"""End to end through ``run.py``: sweeps, the teacher store, determinism, and every bad input's error."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from conftest import TINY, Workspace, read_metrics
+from kd_hydra import schema
+
+
+def job_dirs(sweep_dir):
+    return sorted((p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()), key=lambda p: int(p.name))
+
+
+def history_rows(run_dir):
+    with open(run_dir / schema.HISTORY_FILE) as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_multirun_of_four_jobs_trains_the_teacher_once(workspace: Workspace):
+    sweep_dir, process = workspace.sweep("grid", *TINY, "loss.temperature=1,4", "loss.alpha=0.5,0.9")
+    jobs = job_dirs(sweep_dir)
+    metrics = [read_metrics(job) for job in jobs]
+    distill = [m for m in metrics if m["mode"] == "distill"]
+    baselines = [m for m in metrics if m["mode"] == "student"]
+    assert len(distill) == 4 and len(baselines) == 1, "4 distill jobs plus one matched baseline"
+    for job, record in zip(jobs, metrics):
+        assert record["status"] == "completed", record
+        assert set(record) == set(schema.METRICS_KEYS)
+        rows = history_rows(job)
+        assert [int(r["epoch"]) for r in rows] == [1, 2]
+        assert list(rows[0]) == list(schema.HISTORY_COLUMNS)
+        assert 0 <= record["final_test_acc"] <= 100
+    assert sorted(m["teacher_source"] for m in distill) == ["store", "store", "store", "trained"]
+    assert len({m["teacher_test_acc"] for m in distill}) == 1
+    grid = {(m["settings"]["loss.temperature"], m["settings"]["loss.alpha"]) for m in distill}
+    assert grid == {(1.0, 0.5), (1.0, 0.9), (4.0, 0.5), (4.0, 0.9)}
+    # one teacher entry in the store, one soft-label entry (same seed) written cold once per epoch
+    assert len([p for p in (workspace.root / "cache" / "teachers").iterdir() if p.is_dir()]) == 1
+    assert sorted(m["soft_label_cache"] for m in distill) == ["cold", "warm", "warm", "warm"]
+    assert process.stdout.count("[kd-hydra]") == 5
+
+
+def test_same_seed_gives_identical_metrics_on_cpu(workspace: Workspace):
+    first, _ = workspace.single("a", *TINY, "mode=student")
+    second, _ = workspace.single("b", *TINY, "mode=student")
+    other, _ = workspace.single("c", *TINY, "mode=student", "trainer.seed=1")
+    assert history_rows(first) != [] and [
+        {k: v for k, v in r.items() if k != "seconds"} for r in history_rows(first)
+    ] == [{k: v for k, v in r.items() if k != "seconds"} for r in history_rows(second)]
+    assert read_metrics(first)["final_test_acc"] == read_metrics(second)["final_test_acc"]
+    assert history_rows(first)[0]["train_loss"] != history_rows(other)[0]["train_loss"]
+
+
+def test_warm_cache_trains_the_same_student_as_cold_and_close_to_live_teacher(workspace: Workspace):
+    cold, _ = workspace.single("cold", *TINY)
+    warm, _ = workspace.single("warm", *TINY)
+    live, _ = workspace.single("live", *TINY, "soft_label_cache.enabled=false")
+    assert read_metrics(cold)["soft_label_cache"] == "cold"
+    assert read_metrics(warm)["soft_label_cache"] == "warm"
+    assert read_metrics(live)["soft_label_cache"] == "off"
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(history_rows(cold)) == strip(history_rows(warm))
+    cold_loss = [float(r["train_loss"]) for r in history_rows(cold)]
+    live_loss = [float(r["train_loss"]) for r in history_rows(live)]
+    np.testing.assert_allclose(cold_loss, live_loss, rtol=2e-2)
+
+
+def test_teacher_mode_then_distill_uses_the_stored_teacher(workspace: Workspace):
+    teacher_dir, _ = workspace.single("teacher", *TINY, "mode=teacher")
+    teacher = read_metrics(teacher_dir)
+    assert teacher["mode"] == "teacher" and teacher["teacher_source"] == "trained"
+    assert teacher["model"] == "deep_cnn" and len(history_rows(teacher_dir)) == 2
+    distill_dir, _ = workspace.single("distill", *TINY)
+    distill = read_metrics(distill_dir)
+    assert distill["teacher_source"] == "store"
+    assert distill["teacher_test_acc"] == pytest.approx(teacher["final_test_acc"])
+    again_dir, _ = workspace.single("teacher-again", *TINY, "mode=teacher")
+    assert read_metrics(again_dir)["teacher_source"] == "store"
+
+
+def test_corrupt_store_entry_is_detected_and_retrained(workspace: Workspace):
+    workspace.single("first", *TINY, "mode=teacher")
+    (model_file,) = (workspace.root / "cache" / "teachers").glob("*/model.pt")
+    model_file.write_bytes(model_file.read_bytes()[:1000])  # truncated
+    run_dir, process = workspace.single("second", *TINY, "mode=teacher")
+    assert read_metrics(run_dir)["teacher_source"] == "trained"
+    assert "corrupt" in (run_dir / "run.log").read_text()
+
+
+def test_external_teacher_checkpoint_is_loaded_and_checked(workspace: Workspace):
+    teacher_dir, _ = workspace.single("teacher", *TINY, "mode=teacher")
+    checkpoint = read_metrics(teacher_dir)["checkpoint"]
+    run_dir, _ = workspace.single("from-file", *TINY, f"teacher.checkpoint={checkpoint}")
+    record = read_metrics(run_dir)
+    assert record["teacher_source"] == "checkpoint"
+    assert record["teacher_test_acc"] == pytest.approx(read_metrics(teacher_dir)["final_test_acc"])
+    _, process = workspace.single("wrong-arch", *TINY, "teacher=light_cnn", f"teacher.checkpoint={checkpoint}",
+                                  expect=2)
+    assert "teacher.checkpoint" in process.stderr and "deep_cnn" in process.stderr
+    garbage = workspace.root / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    _, process = workspace.single("garbage", *TINY, f"teacher.checkpoint={garbage}", expect=2)
+    assert "weights_only" in process.stderr
+
+
+def one_line_error(process) -> str:
+    lines = [line for line in process.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, process.stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def write_npz(path, **overrides):
+    rng = np.random.default_rng(0)
+    arrays = {
+        "x_train": rng.integers(0, 256, (32, 8, 8, 3), dtype=np.uint8),
+        "y_train": rng.integers(0, 4, 32),
+        "x_test": rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8),
+        "y_test": rng.integers(0, 4, 16),
+    }
+    arrays.update(overrides)
+    np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+    return path
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["loss.temperature=0"], "loss.temperature"),
+        (["loss.temperature=-2"], "loss.temperature"),
+        (["loss.alpha=1.5"], "loss.alpha"),
+        (["loss.alpha=-0.1"], "loss.alpha"),
+        (["trainer.epochs=0"], "trainer.epochs"),
+        (["trainer.batch_size=0"], "trainer.batch_size"),
+        (["student.name=no_such_net"], "student.name"),
+        (["teacher.name=no_such_net"], "teacher.name"),
+        (["loss=ce"], "loss"),
+        (["teacher=resnet50"], "teacher"),  # torchvision ResNet-50 needs 3 channels; digits has 1
+        (["dataset=cifar10", "dataset.loader.download=false"], "cifar-10-batches-py"),
+        (["teacher.checkpoint=/nonexistent/teacher.pt"], "teacher.checkpoint"),
+    ],
+)
+def test_bad_input_fails_in_one_line_before_training(workspace: Workspace, overrides, key):
+    base = [o for o in TINY if not o.startswith("dataset")]
+    if not any(o.startswith("dataset=") for o in overrides):
+        base.append("dataset=digits")
+    run_dir, process = workspace.single("bad", *base, *overrides, expect=2)
+    line = one_line_error(process)
+    assert key in line
+    assert not (run_dir / schema.HISTORY_FILE).exists(), "no training happened"
+    assert not (workspace.root / "cache" / "teachers").exists(), "no teacher was trained"
+    assert read_metrics(run_dir)["status"] == "failed"
+
+
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        ({"y_test": None}, "y_test"),
+        ({"x_train": np.zeros((32, 8, 8, 3), dtype=np.float32)}, "x_train"),
+        ({"y_train": np.arange(5)}, "y_train"),
+    ],
+)
+def test_malformed_npz_is_reported_with_file_and_key(workspace: Workspace, arrays, message):
+    path = write_npz(workspace.root / "bad.npz", **arrays)
+    base = [o for o in TINY if not o.startswith("dataset")]
+    _, process = workspace.single("npz", *base, "dataset=arrays", f"dataset.path={path}", expect=2)
+    line = one_line_error(process)
+    assert "bad.npz" in line and message in line
+
+
+def test_arrays_dataset_trains_from_a_user_npz(workspace: Workspace):
+    path = write_npz(workspace.root / "mine.npz")
+    base = [o for o in TINY if not o.startswith("dataset")]
+    run_dir, _ = workspace.single("npz", *base, "dataset=arrays", f"dataset.path={path}", "mode=student")
+    record = read_metrics(run_dir)
+    assert record["status"] == "completed" and record["dataset"] == "arrays"
+
+
+def test_sweep_with_a_bad_value_starts_no_job(workspace: Workspace):
+    sweep_dir, process = workspace.sweep("bad", *TINY, "loss.temperature=2,-1", expect=2)
+    assert "loss.temperature" in process.stderr and "no job was started" in process.stderr
+    assert not sweep_dir.exists() or not any(p.is_dir() for p in sweep_dir.iterdir())
+
+
+def test_failed_job_in_a_sweep_is_reported_and_the_others_run(workspace: Workspace, tmp_path):
+    good = write_npz(tmp_path / "good.npz")
+    bad = write_npz(tmp_path / "broken.npz", y_test=None)
+    base = [o for o in TINY if not o.startswith("dataset")]
+    sweep_dir, process = workspace.sweep("mixed", *base, "mode=student", "dataset=arrays",
+                                         f"dataset.path={good},{bad}", expect=1)
+    statuses = sorted(read_metrics(job)["status"] for job in job_dirs(sweep_dir))
+    assert statuses == ["completed", "failed"]
+    assert "1 of 2 jobs did not complete" in process.stderr
+
+
+def test_parallel_launcher_runs_a_sweep_in_worker_processes(workspace: Workspace):
+    sweep_dir, _ = workspace.sweep("parallel", *TINY, "hydra/launcher=parallel", "hydra.launcher.n_jobs=2",
+                                   "loss.temperature=1,4")
+    metrics = [read_metrics(job) for job in job_dirs(sweep_dir)]
+    assert len(metrics) == 3 and all(m["status"] == "completed" for m in metrics)
+    assert sum(m["teacher_source"] == "trained" for m in metrics) == 1
+    multirun = (sweep_dir / "multirun.yaml").read_text()
+    assert "joblib" in multirun
+
+
+def test_sweep_directory_holds_the_analysis(workspace: Workspace):
+    sweep_dir, _ = workspace.sweep("analysed", *TINY, "loss.temperature=1,4", "loss.alpha=0.5")
+    for name in ("results.csv", "report.md", "heatmap.png"):
+        assert (sweep_dir / name).is_file(), name
+    results = (sweep_dir / "results.csv").read_text().splitlines()
+    assert len(results) == 1 + 3
+    _, process = workspace.sweep("no-analysis", *TINY, "loss.temperature=1", "hydra.callbacks.analysis.enabled=false")
+    assert not (workspace.root / "sweeps" / "no-analysis" / "results.csv").exists()
+
+
+def test_metrics_json_is_valid_json_with_the_schema(workspace: Workspace):
+    run_dir, process = workspace.single("schema", *TINY, "mode=student")
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert record["schema_version"] == schema.SCHEMA_VERSION
+    assert set(record["settings"]) == set(schema.SETTINGS_KEYS)
+    assert record["model_params"] > 0 and record["train_images_per_second"] > 0
+    assert (run_dir / "model.pt").is_file()
+    assert process.stdout.strip().splitlines()[-1].startswith("[kd-hydra] student light_cnn on synthetic")
