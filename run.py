@@ -21,6 +21,14 @@ register_configs()
 log = logging.getLogger("kd_hydra")
 
 
+def log_to_file_only(message: str) -> None:
+    """Record ``message`` in the run log without repeating it on the console."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     from kd_hydra.app import run  # imported here so `--help` and composition errors stay fast
@@ -28,10 +36,12 @@ def main(cfg: DictConfig) -> None:
     try:
         run(cfg)
     except KDHydraError as error:
-        log.error("error: %s", error)
+        message = f"error: {str(error).strip().splitlines()[-1]}"  # errors from DataLoader workers carry a traceback
         if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # the sweeper records the failed job and the others go on
-        print(f"error: {error}", file=sys.stderr)
+            log.error(message)
+            raise  # the job is recorded as failed and the sweep goes on
+        log_to_file_only(message)
+        print(message, file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
 
 

@@ -7,6 +7,7 @@ import os
 import shutil
 import time
 from collections.abc import Mapping
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     except BaseException as error:
         reason = str(error) if isinstance(error, KDHydraError) else f"{type(error).__name__}: {error}"
         write_json(out_dir / schema.METRICS_FILE, metrics_record(
-            status=schema.STATUS_FAILED, reason=reason or type(error).__name__, mode=str(cfg.get("mode")),
+            status=schema.STATUS_FAILED, reason=reason or type(error).__name__, mode=plain_value(cfg.get("mode")),
             dataset=OmegaConf.select(cfg, "dataset.name"), settings=settings_of(cfg),
             wall_seconds=time.perf_counter() - started))
         raise
@@ -72,8 +73,13 @@ def settings_of(cfg: DictConfig) -> dict[str, Any]:
             value = OmegaConf.select(cfg, key, default=None)
         except Exception:  # an interpolation that cannot resolve in a broken config
             value = None
-        values[key] = value.value if hasattr(value, "value") else value
+        values[key] = plain_value(value)
     return values
+
+
+def plain_value(value: Any) -> Any:
+    """Enum config values (mode, precision) as their plain strings."""
+    return value.value if isinstance(value, Enum) else value
 
 
 def configure_threads(num_threads: int | None) -> int:

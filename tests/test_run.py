@@ -154,7 +154,8 @@ def test_bad_input_fails_in_one_line_before_training(workspace: Workspace, overr
     assert key in line
     assert not (run_dir / schema.HISTORY_FILE).exists(), "no training happened"
     assert not (workspace.root / "cache" / "teachers").exists(), "no teacher was trained"
-    assert read_metrics(run_dir)["status"] == "failed"
+    failed = read_metrics(run_dir)
+    assert failed["status"] == "failed" and key in failed["reason"] and failed["mode"] == "distill"
 
 
 @pytest.mark.parametrize(
@@ -196,6 +197,7 @@ def test_failed_job_in_a_sweep_is_reported_and_the_others_run(workspace: Workspa
     statuses = sorted(read_metrics(job)["status"] for job in job_dirs(sweep_dir))
     assert statuses == ["completed", "failed"]
     assert "1 of 2 jobs did not complete" in process.stderr
+    assert (sweep_dir / "results.csv").is_file(), "the analysis is written before the failure is reported"
 
 
 def test_parallel_launcher_runs_a_sweep_in_worker_processes(workspace: Workspace):

@@ -108,7 +108,45 @@ def _num_batches(num: int, batch_size: int, drop_last: bool) -> int:
     return num // batch_size if drop_last else -(-num // batch_size)
 
 
-class InMemoryPipeline:
+class _Pipeline:
+    """What both pipelines share: statistics, batch sizes, device, seed, and the per-epoch plan."""
+
+    def __init__(
+        self,
+        spec: DatasetSpec,
+        augment: AugmentConfig,
+        mean: Sequence[float],
+        std: Sequence[float],
+        batch_size: int,
+        device: torch.device | str,
+        seed: int,
+        channels_last: bool,
+        eval_batch_size: int | None,
+        drop_last: bool,
+    ) -> None:
+        self.spec = spec
+        self.augment = augment
+        self.mean, self.std = _check_stats(spec, mean, std)
+        self.batch_size = _check_batch_size("trainer.batch_size", batch_size)
+        self.eval_batch_size = _check_batch_size("trainer.eval_batch_size", eval_batch_size or batch_size)
+        self.device = torch.device(device)
+        self.seed = int(seed)
+        self.channels_last = channels_last
+        self.drop_last = drop_last
+        self.num_train = spec.num_train
+        self.num_test = spec.num_test
+
+    @property
+    def num_train_batches(self) -> int:
+        """Number of batches `train_batches` yields per epoch."""
+        return _num_batches(self.num_train, self.batch_size, self.drop_last)
+
+    def epoch_plan(self, epoch: int) -> EpochPlan:
+        """The sample order and per-sample crop/flip of `epoch` (a function of seed and epoch only)."""
+        return make_epoch_plan(self.num_train, self.augment, self.seed, epoch)
+
+
+class InMemoryPipeline(_Pipeline):
     """The whole split as one uint8 tensor on `device`; batches are augmented and normalised there."""
 
     supports_logit_cache = True
@@ -126,31 +164,13 @@ class InMemoryPipeline:
         eval_batch_size: int | None = None,
         drop_last: bool = False,
     ) -> None:
-        self.spec = data.spec
-        self.augment = augment
-        self.mean, self.std = _check_stats(data.spec, mean, std)
-        self.batch_size = _check_batch_size("trainer.batch_size", batch_size)
-        self.eval_batch_size = _check_batch_size("trainer.eval_batch_size", eval_batch_size or batch_size)
-        self.device = torch.device(device)
-        self.seed = int(seed)
-        self.channels_last = channels_last
-        self.drop_last = drop_last
-        self.num_train = data.spec.num_train
-        self.num_test = data.spec.num_test
+        super().__init__(data.spec, augment, mean, std, batch_size, device, seed, channels_last, eval_batch_size,
+                         drop_last)
         self._x_train = data.x_train.to(self.device)
         self._y_train = data.y_train.to(self.device)
         self._x_test = data.x_test.to(self.device)
         self._y_test = data.y_test.to(self.device)
         self._scale, self._shift = normalization_constants(self.mean, self.std, self.device)
-
-    @property
-    def num_train_batches(self) -> int:
-        """Number of batches `train_batches` yields per epoch."""
-        return _num_batches(self.num_train, self.batch_size, self.drop_last)
-
-    def epoch_plan(self, epoch: int) -> EpochPlan:
-        """The sample order and per-sample crop/flip of `epoch` (a function of seed and epoch only)."""
-        return make_epoch_plan(self.num_train, self.augment, self.seed, epoch)
 
     def train_batches(self, epoch: int) -> Iterator[Batch]:
         """(x normalised, y, sample idx) on the device, in plan order, `batch_size` at a time."""
@@ -230,7 +250,7 @@ class _PlannedItems(Dataset):
         return image, label, index
 
 
-class LoaderPipeline:
+class LoaderPipeline(_Pipeline):
     """Image files decoded and cropped/flipped in DataLoader workers; batches are normalised on `device`.
 
     Per-sample augmentation follows the same `EpochPlan` as `InMemoryPipeline` (the sampler sends it).
@@ -252,17 +272,8 @@ class LoaderPipeline:
         drop_last: bool = False,
         num_workers: int | None = None,
     ) -> None:
-        self.spec = data.spec
-        self.augment = augment
-        self.mean, self.std = _check_stats(data.spec, mean, std)
-        self.batch_size = _check_batch_size("trainer.batch_size", batch_size)
-        self.eval_batch_size = _check_batch_size("trainer.eval_batch_size", eval_batch_size or batch_size)
-        self.device = torch.device(device)
-        self.seed = int(seed)
-        self.channels_last = channels_last
-        self.drop_last = drop_last
-        self.num_train = data.spec.num_train
-        self.num_test = data.spec.num_test
+        super().__init__(data.spec, augment, mean, std, batch_size, device, seed, channels_last, eval_batch_size,
+                         drop_last)
         self.num_workers = min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1) if num_workers is None else int(num_workers)
         if self.num_workers < 0:
             raise ConfigError("trainer.num_workers",
@@ -273,15 +284,6 @@ class LoaderPipeline:
         self._sampler = _PlanSampler(self.num_train, augment, self.seed)
         self._train_loader = self._loader(self._train_items, self._sampler, self.batch_size, drop_last, persistent=True)
         self._test_loader = self._loader(self._test_items, None, self.eval_batch_size, False, persistent=True)
-
-    @property
-    def num_train_batches(self) -> int:
-        """Number of batches `train_batches` yields per epoch."""
-        return _num_batches(self.num_train, self.batch_size, self.drop_last)
-
-    def epoch_plan(self, epoch: int) -> EpochPlan:
-        """The sample order and per-sample crop/flip of `epoch` (a function of seed and epoch only)."""
-        return make_epoch_plan(self.num_train, self.augment, self.seed, epoch)
 
     def train_batches(self, epoch: int) -> Iterator[Batch]:
         """(x normalised, y, sample idx) on the device, in plan order, `batch_size` at a time."""
