@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import subprocess
 
 import numpy as np
 import pytest
@@ -192,5 +192,6 @@ def test_readme_documents_every_group_option():
         assert f"`trainer.{key}`" in readme, f"trainer.{key} is not in the README"
 
 
-def test_no_dataset_files_are_tracked():
-    assert not list(Path(REPO).glob("**/*.npz"))
+def test_no_dataset_or_checkpoint_files_are_tracked():
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert not [f for f in tracked.splitlines() if f.endswith((".npz", ".pt", ".pth", ".ckpt"))]
