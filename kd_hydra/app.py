@@ -66,9 +66,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 def settings_of(cfg: DictConfig) -> dict[str, Any]:
-    """The dotted keys of ``schema.SETTINGS_KEYS`` with their resolved values (None where absent)."""
+    """The dotted keys of ``schema.SETTINGS_KEYS`` with their resolved values (None where absent or unused).
+
+    Teacher and baseline runs train with CE: their ``loss.*`` settings are None, not the unused kd values.
+    """
+    uses_loss_group = plain_value(cfg.get("mode")) == Mode.distill.value
     values = {}
     for key in schema.SETTINGS_KEYS:
+        if key.startswith("loss.") and not uses_loss_group:
+            values[key] = None
+            continue
         try:
             value = OmegaConf.select(cfg, key, default=None)
         except Exception:  # an interpolation that cannot resolve in a broken config

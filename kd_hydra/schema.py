@@ -55,7 +55,8 @@ METRICS_KEYS = (
     "train_images_per_second",  # training images / training-loop seconds (evaluation excluded)
     "soft_label_cache",  # "off" | "cold" | "warm" | None (not distill)
     "checkpoint",  # path of the trained weights (run dir model.pt, or the teacher store) or None
-    "settings",  # dict of dotted key -> value: the resolved settings that define the run
+    "settings",  # dict of dotted key -> value: the resolved settings that define the run (loss.* None
+    #              unless mode=distill: teachers and baselines train with CE)
 )
 
 #: Dotted keys copied into metrics.json["settings"].

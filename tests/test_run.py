@@ -225,6 +225,7 @@ def test_metrics_json_is_valid_json_with_the_schema(workspace: Workspace):
     record = json.loads((run_dir / "metrics.json").read_text())
     assert record["schema_version"] == schema.SCHEMA_VERSION
     assert set(record["settings"]) == set(schema.SETTINGS_KEYS)
+    assert record["settings"]["loss.temperature"] is None, "a baseline does not use the kd loss"
     assert record["model_params"] > 0 and record["train_images_per_second"] > 0
     assert (run_dir / "model.pt").is_file()
     assert process.stdout.strip().splitlines()[-1].startswith("[kd-hydra] student light_cnn on synthetic")

@@ -1,0 +1,404 @@
+"""kd-hydra vs a tutorial-style KD loop on CPU: same data, archs, batch size, epochs, optimizer, schedule.
+
+One invocation measures, in this order (every step a subprocess started with cwd = the repo root):
+
+a. teacher: ``run.py mode=teacher`` trains deep_cnn once into the teacher store (not timed in any
+   comparison); the suite finds it there, the reference loads its ``model.pt`` weights.
+b. one KD run at (``--kd-temperature``, ``--kd-alpha``): the suite with the soft-label cache cold
+   (cache cleared first), the identical run again (cache warm), and ``reference_kd.py``; images/second
+   and per-epoch seconds (target: warm suite epoch >= 10x faster than the reference epoch).
+c. the T x alpha grid: wall time of one ``run.py -m`` (teacher in store, soft-label cache cleared, so
+   it starts cold) vs the nine reference runs, one ``reference_kd.py`` process each, run one after the
+   other (target >= 5x). Both sides' wall times include process start-up.
+d. mean test accuracy of the grid's students, suite vs reference (target within 1.5 points), per cell too.
+
+Prints a table with PASS/MISS per target and writes everything as JSON to ``--out``.
+Wall-clock numbers on a shared machine are noisy: the load average before and after is recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_NPZ = (REPO_ROOT / ".." / "shared" / "data" / "cifar10-prefix.npz").resolve()
+REFERENCE_SCRIPT = REPO_ROOT / "benchmarks" / "reference_kd.py"
+
+EPOCH_SPEEDUP_TARGET = 10.0
+SWEEP_SPEEDUP_TARGET = 5.0
+ACCURACY_GAP_TARGET = 1.5  # percentage points
+LOG_TAIL_CHARS = 3000
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The temperatures and alphas of the sweep (their product is the set of cells)."""
+
+    temperatures: tuple[float, ...]
+    alphas: tuple[float, ...]
+
+    @property
+    def cells(self) -> list[tuple[float, float]]:
+        return [(t, a) for t in self.temperatures for a in self.alphas]
+
+
+def parse_numbers(text: str) -> tuple[float, ...]:
+    """``"1,4,8"`` -> ``(1.0, 4.0, 8.0)``; raises ValueError on an empty or malformed list."""
+    values = tuple(float(part) for part in text.split(",") if part.strip())
+    if not values:
+        raise ValueError(f"no numbers in {text!r}")
+    return values
+
+
+def parse_grid(text: str) -> Grid:
+    """``"1,4,8x0.1,0.5,0.9"`` -> temperatures (1, 4, 8) and alphas (0.1, 0.5, 0.9)."""
+    temperatures, separator, alphas = text.partition("x")
+    if not separator:
+        raise ValueError(f"grid {text!r} has no 'x'; expected TEMPERATURESxALPHAS, e.g. 1,4,8x0.1,0.5,0.9")
+    return Grid(parse_numbers(temperatures), parse_numbers(alphas))
+
+
+def number_text(value: float) -> str:
+    """A float as Hydra and file names like it: 4.0 -> '4', 0.5 -> '0.5'."""
+    return format(value, "g")
+
+
+def cell_key(temperature: float, alpha: float) -> str:
+    return f"T={number_text(temperature)},alpha={number_text(alpha)}"
+
+
+class CommandFailed(RuntimeError):
+    """A benchmark subprocess exited non-zero; the message holds the tail of its output."""
+
+
+def run_timed(command: Sequence[str], env: Mapping[str, str], log_path: Path) -> float:
+    """Run ``command`` with cwd = repo root, output to ``log_path``; return its wall seconds (start-up included)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log:
+        log.write("$ " + " ".join(command) + "\n")
+        log.flush()
+        started = time.perf_counter()
+        completed = subprocess.run(list(command), cwd=REPO_ROOT, env=dict(env), stdout=log, stderr=subprocess.STDOUT)
+        seconds = time.perf_counter() - started
+    if completed.returncode != 0:
+        tail = log_path.read_text()[-LOG_TAIL_CHARS:]
+        raise CommandFailed(f"exit status {completed.returncode}: {' '.join(command)}\n--- {log_path} ---\n{tail}")
+    return seconds
+
+
+def read_metrics(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def read_epoch_seconds(run_dir: Path) -> list[float]:
+    """The ``seconds`` column of a run's history.csv (training, cache work and evaluation of each epoch)."""
+    with open(run_dir / "history.csv", newline="") as handle:
+        return [float(row["seconds"]) for row in csv.DictReader(handle)]
+
+
+def clear_soft_labels(cache_dir: Path) -> None:
+    """Delete the soft-label cache (never the teacher store), so the next distill run starts cold."""
+    shutil.rmtree(cache_dir / "soft_labels", ignore_errors=True)
+
+
+def mean(values: Sequence[float]) -> float:
+    return statistics.fmean(values) if values else float("nan")
+
+
+def ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator > 0 else float("nan")
+
+
+class Benchmark:
+    """The workdir, environment and common settings shared by every step of one comparison."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.workdir = Path(args.workdir).resolve()
+        self.cache_dir = self.workdir / "cache"
+        self.logs = self.workdir / "logs"
+        self.env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "KD_HYDRA_CACHE_DIR": str(self.cache_dir),
+                    "KD_HYDRA_OUTPUT_DIR": str(self.workdir / "outputs")}
+        self.python = sys.executable
+
+    # -- command lines ---------------------------------------------------------------------------
+
+    def suite_overrides(self) -> list[str]:
+        """Overrides common to the teacher, the single KD runs and the sweep (so the teacher store key matches)."""
+        a = self.args
+        return [
+            "dataset=arrays", f"dataset.path={a.npz}", "teacher=deep_cnn", "student=light_cnn",
+            f"trainer.epochs={a.epochs}", f"trainer.batch_size={a.batch_size}", f"trainer.seed={a.seed}",
+            "trainer.device=cpu", f"trainer.num_threads={a.threads}", "trainer.progress=false",
+            "optimizer=sgd", f"optimizer.lr={a.lr}", "scheduler=cosine",
+            f"teacher_training.epochs={a.teacher_epochs}", "hydra.callbacks.analysis.enabled=false",
+        ]
+
+    def suite_command(self, *overrides: str, multirun: bool = False) -> list[str]:
+        return [self.python, "run.py", *(["-m"] if multirun else []), *self.suite_overrides(), *overrides]
+
+    def reference_command(self, checkpoint: str, temperature: float, alpha: float, out: Path) -> list[str]:
+        a = self.args
+        return [self.python, str(REFERENCE_SCRIPT), "--teacher-checkpoint", checkpoint, "--npz", str(a.npz),
+                "--temperature", number_text(temperature), "--alpha", number_text(alpha), "--epochs", str(a.epochs),
+                "--seed", str(a.seed), "--batch-size", str(a.batch_size), "--num-workers", str(a.num_workers),
+                "--lr", str(a.lr), "--threads", str(a.threads), "--out", str(out)]
+
+    # -- steps -----------------------------------------------------------------------------------
+
+    def train_teacher(self) -> dict[str, Any]:
+        """Step a: the teacher in the store (trained now unless the workdir already holds it)."""
+        run_dir = self.workdir / "runs" / "teacher"
+        seconds = run_timed(self.suite_command("mode=teacher", f"hydra.run.dir={run_dir}"), self.env,
+                            self.logs / "teacher.log")
+        metrics = read_metrics(run_dir)
+        return {"checkpoint": metrics["checkpoint"], "test_acc": metrics["final_test_acc"],
+                "source": metrics["teacher_source"], "epochs": metrics["epochs"], "wall_seconds": seconds}
+
+    def suite_single(self, name: str, temperature: float, alpha: float) -> dict[str, Any]:
+        run_dir = self.workdir / "runs" / name
+        command = self.suite_command("mode=distill", f"loss.temperature={number_text(temperature)}",
+                                     f"loss.alpha={number_text(alpha)}", f"hydra.run.dir={run_dir}")
+        seconds = run_timed(command, self.env, self.logs / f"{name}.log")
+        metrics = read_metrics(run_dir)
+        epoch_seconds = read_epoch_seconds(run_dir)
+        return {"process_wall_seconds": seconds, "run_wall_seconds": metrics["wall_seconds"],
+                "reported_images_per_second": metrics["train_images_per_second"],
+                "epoch_seconds": epoch_seconds, "mean_epoch_seconds": mean(epoch_seconds),
+                "final_test_acc": metrics["final_test_acc"], "soft_label_cache": metrics["soft_label_cache"]}
+
+    def reference_single(self, checkpoint: str, temperature: float, alpha: float, name: str) -> dict[str, Any]:
+        out = self.workdir / "reference" / f"{name}.json"
+        seconds = run_timed(self.reference_command(checkpoint, temperature, alpha, out), self.env,
+                            self.logs / f"{name}.log")
+        result = json.loads(out.read_text())
+        return {"process_wall_seconds": seconds, "run_wall_seconds": result["wall_seconds"],
+                "reported_images_per_second": result["images_per_second"],
+                "epoch_seconds": result["epoch_seconds"], "mean_epoch_seconds": mean(result["epoch_seconds"]),
+                "final_test_acc": result["final_test_acc"]}
+
+    def single_kd(self, checkpoint: str, num_train: int) -> dict[str, Any]:
+        """Step b: suite cold, suite warm, reference, at the same (T, alpha)."""
+        t, alpha = self.args.kd_temperature, self.args.kd_alpha
+        clear_soft_labels(self.cache_dir)
+        cold = self.suite_single("kd_cold", t, alpha)
+        warm = self.suite_single("kd_warm", t, alpha)
+        reference = self.reference_single(checkpoint, t, alpha, "reference_single")
+        for side in (cold, warm, reference):
+            side["epoch_images_per_second"] = ratio(num_train, side["mean_epoch_seconds"])
+        return {"temperature": t, "alpha": alpha, "suite_cold": cold, "suite_warm": warm, "reference": reference,
+                "epoch_speedup_warm_vs_reference": ratio(reference["mean_epoch_seconds"], warm["mean_epoch_seconds"]),
+                "epoch_speedup_cold_vs_reference": ratio(reference["mean_epoch_seconds"], cold["mean_epoch_seconds"])}
+
+    def sweep(self, checkpoint: str, grid: Grid) -> dict[str, Any]:
+        """Steps c and d: one suite multirun (cache cleared first) vs one reference process per cell."""
+        sweep_dir = self.workdir / "sweep"
+        shutil.rmtree(sweep_dir, ignore_errors=True)
+        clear_soft_labels(self.cache_dir)
+        temperatures = ",".join(number_text(t) for t in grid.temperatures)
+        alphas = ",".join(number_text(a) for a in grid.alphas)
+        command = self.suite_command("mode=distill", f"loss.temperature={temperatures}", f"loss.alpha={alphas}",
+                                     "hydra.sweeper.add_baselines=false", f"hydra.sweep.dir={sweep_dir}",
+                                     multirun=True)
+        suite_seconds = run_timed(command, self.env, self.logs / "sweep.log")
+        suite_cells: dict[str, dict[str, Any]] = {}
+        for metrics_path in sorted(sweep_dir.glob("*/metrics.json")):
+            metrics = json.loads(metrics_path.read_text())
+            settings = metrics["settings"]
+            key = cell_key(float(settings["loss.temperature"]), float(settings["loss.alpha"]))
+            suite_cells[key] = {"final_test_acc": metrics["final_test_acc"], "wall_seconds": metrics["wall_seconds"],
+                                "soft_label_cache": metrics["soft_label_cache"]}
+        missing = [cell_key(t, a) for t, a in grid.cells if cell_key(t, a) not in suite_cells]
+        if missing:
+            raise CommandFailed(f"the sweep in {sweep_dir} has no metrics for {', '.join(missing)}")
+
+        reference_cells: dict[str, dict[str, Any]] = {}
+        reference_seconds = 0.0
+        for t, alpha in grid.cells:
+            name = f"reference_T{number_text(t)}_a{number_text(alpha)}"
+            result = self.reference_single(checkpoint, t, alpha, name)
+            reference_seconds += result["process_wall_seconds"]
+            reference_cells[cell_key(t, alpha)] = {"final_test_acc": result["final_test_acc"],
+                                                   "wall_seconds": result["process_wall_seconds"]}
+
+        keys = [cell_key(t, a) for t, a in grid.cells]
+        suite_mean = mean([suite_cells[k]["final_test_acc"] for k in keys])
+        reference_mean = mean([reference_cells[k]["final_test_acc"] for k in keys])
+        return {"cells": keys, "suite_wall_seconds": suite_seconds, "reference_wall_seconds": reference_seconds,
+                "sweep_speedup": ratio(reference_seconds, suite_seconds), "suite": suite_cells,
+                "reference": reference_cells, "suite_mean_acc": suite_mean, "reference_mean_acc": reference_mean,
+                "mean_acc_gap": suite_mean - reference_mean}
+
+
+def verdict(passed: bool) -> str:
+    return "PASS" if passed else "MISS"
+
+
+def format_report(results: Mapping[str, Any]) -> str:
+    """The human-readable table of one comparison (see benchmarks/README.md for how to read it)."""
+    lines: list[str] = []
+    conf = results["config"]
+    lines.append(f"kd-hydra vs tutorial-style reference on CPU ({conf['threads']} threads, "
+                 f"{conf['num_train']} train / {conf['num_test']} test images, batch {conf['batch_size']}, "
+                 f"{conf['epochs']} epochs, SGD lr {conf['lr']} + cosine, reference num_workers={conf['num_workers']})")
+    lines.append(f"load average before / after: {conf['load_before']} / {results.get('load_after')}  "
+                 "(shared machine: wall-clock numbers are noisy)")
+    teacher = results["teacher"]
+    lines.append(f"a. teacher deep_cnn: test acc {teacher['test_acc']:.2f}% after {teacher['epochs']} epochs "
+                 f"({teacher['source']}, {teacher['wall_seconds']:.1f}s, not part of any comparison)")
+
+    single = results["single_kd"]
+    lines.append("")
+    lines.append(f"b. one KD run deep_cnn -> light_cnn, T={number_text(single['temperature'])} "
+                 f"alpha={number_text(single['alpha'])}")
+    header = f"   {'':<22}{'loop img/s':>11}{'epoch img/s':>12}{'epoch s (mean)':>15}{'process s':>11}{'test acc':>10}"
+    lines.append(header)
+    for label, side in (("suite, cache cold", single["suite_cold"]), ("suite, cache warm", single["suite_warm"]),
+                        ("reference", single["reference"])):
+        lines.append(f"   {label:<22}{side['reported_images_per_second']:>11.0f}{side['epoch_images_per_second']:>12.0f}"
+                     f"{side['mean_epoch_seconds']:>15.2f}{side['process_wall_seconds']:>11.1f}"
+                     f"{side['final_test_acc']:>9.2f}%")
+    lines.append("   loop img/s: as each side reports it (training loop only; the suite's cold run computes the "
+                 "teacher logits before the loop, so they are not in it)")
+    lines.append("   epoch img/s: train images / mean epoch seconds (everything in the epoch: teacher or cache, "
+                 "training, evaluation)")
+    speedup = single["epoch_speedup_warm_vs_reference"]
+    lines.append(f"   epoch speed-up, warm suite vs reference: {speedup:.1f}x  (target >= {EPOCH_SPEEDUP_TARGET:g}x)"
+                 f"  {verdict(speedup >= EPOCH_SPEEDUP_TARGET)}")
+    lines.append(f"   epoch speed-up, cold suite vs reference: {single['epoch_speedup_cold_vs_reference']:.2f}x "
+                 "(information only)")
+
+    sweep = results.get("sweep")
+    if sweep is None:
+        lines.append("")
+        lines.append("c./d. sweep skipped (--skip-sweep)")
+        return "\n".join(lines)
+    lines.append("")
+    lines.append(f"c. {len(sweep['cells'])}-cell T x alpha sweep, wall time with process start-up "
+                 "(suite: one run.py -m, cache cold at start; reference: one process per cell, sequential)")
+    lines.append(f"   suite {sweep['suite_wall_seconds']:.1f}s   reference {sweep['reference_wall_seconds']:.1f}s   "
+                 f"speed-up {sweep['sweep_speedup']:.1f}x  (target >= {SWEEP_SPEEDUP_TARGET:g}x)  "
+                 f"{verdict(sweep['sweep_speedup'] >= SWEEP_SPEEDUP_TARGET)}")
+    lines.append("")
+    lines.append("d. final test accuracy of the students (%)")
+    lines.append(f"   {'cell':<20}{'suite':>8}{'reference':>11}{'diff':>8}")
+    for key in sweep["cells"]:
+        suite_acc, reference_acc = sweep["suite"][key]["final_test_acc"], sweep["reference"][key]["final_test_acc"]
+        lines.append(f"   {key:<20}{suite_acc:>8.2f}{reference_acc:>11.2f}{suite_acc - reference_acc:>+8.2f}")
+    gap = sweep["mean_acc_gap"]
+    lines.append(f"   {'mean':<20}{sweep['suite_mean_acc']:>8.2f}{sweep['reference_mean_acc']:>11.2f}{gap:>+8.2f}"
+                 f"  (target |diff| <= {ACCURACY_GAP_TARGET:g})  {verdict(abs(gap) <= ACCURACY_GAP_TARGET)}")
+    return "\n".join(lines)
+
+
+def dataset_sizes(npz: Path) -> tuple[int, int]:
+    import numpy as np  # here: keeps `--help` fast
+
+    with np.load(npz, allow_pickle=False) as archive:
+        return len(archive["y_train"]), len(archive["y_test"])
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{value:.2f}" for value in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--npz", type=Path, default=DEFAULT_NPZ, help="dataset .npz (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=3, help="student epochs, both sides (default: %(default)s)")
+    parser.add_argument("--teacher-epochs", type=int, default=None, help="teacher epochs (default: --epochs)")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=0.05, help="SGD lr, both sides (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="torch threads of both sides' main process (default: cores, %(default)s)")
+    parser.add_argument("--num-workers", type=int, default=2, help="reference DataLoader workers (tutorial: 2)")
+    parser.add_argument("--grid", default="1,4,8x0.1,0.5,0.9", help="TEMPERATURESxALPHAS (default: %(default)s)")
+    parser.add_argument("--temperatures", default=None, help="comma list; overrides the grid's temperatures")
+    parser.add_argument("--alphas", default=None, help="comma list; overrides the grid's alphas")
+    parser.add_argument("--kd-temperature", type=float, default=4.0, help="T of the single KD run (step b)")
+    parser.add_argument("--kd-alpha", type=float, default=0.9, help="alpha of the single KD run (step b)")
+    parser.add_argument("--workdir", default=None, help="runs, caches and logs (default: a new temp dir)")
+    parser.add_argument("--out", default=None, help="results JSON (default: WORKDIR/results.json)")
+    parser.add_argument("--skip-sweep", action="store_true", help="steps a and b only")
+    args = parser.parse_args(argv)
+    if args.teacher_epochs is None:
+        args.teacher_epochs = args.epochs
+    if args.workdir is None:
+        args.workdir = tempfile.mkdtemp(prefix="kd_hydra_compare_cpu_")
+    if args.out is None:
+        args.out = str(Path(args.workdir) / "results.json")
+    args.npz = args.npz.resolve()
+    grid = parse_grid(args.grid)
+    args.grid_parsed = Grid(parse_numbers(args.temperatures) if args.temperatures else grid.temperatures,
+                            parse_numbers(args.alphas) if args.alphas else grid.alphas)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not args.npz.is_file():
+        print(f"error: {args.npz}: no such file; pass --npz", file=sys.stderr)
+        return 2
+    bench = Benchmark(args)
+    num_train, num_test = dataset_sizes(args.npz)
+    grid: Grid = args.grid_parsed
+    results: dict[str, Any] = {"config": {
+        "npz": str(args.npz), "num_train": num_train, "num_test": num_test, "epochs": args.epochs,
+        "teacher_epochs": args.teacher_epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+        "threads": args.threads, "num_workers": args.num_workers, "grid": {"temperatures": grid.temperatures,
+                                                                             "alphas": grid.alphas},
+        "workdir": str(bench.workdir), "python": sys.executable, "platform": platform.platform(),
+        "cpu_count": os.cpu_count(), "load_before": load_average(),
+        "suite_common_overrides": bench.suite_overrides()}}
+    started = time.perf_counter()
+    print(f"workdir {bench.workdir} (logs in {bench.logs})", flush=True)
+    try:
+        print("a. training the teacher (run.py mode=teacher) ...", flush=True)
+        results["teacher"] = bench.train_teacher()
+        checkpoint = results["teacher"]["checkpoint"]
+        print("b. single KD run: suite cold, suite warm, reference ...", flush=True)
+        results["single_kd"] = bench.single_kd(checkpoint, num_train)
+        if not args.skip_sweep:
+            print(f"c. {len(grid.cells)}-cell sweep: suite multirun, then the reference runs ...", flush=True)
+            results["sweep"] = bench.sweep(checkpoint, grid)
+    except CommandFailed as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    results["load_after"] = load_average()
+    results["total_seconds"] = time.perf_counter() - started
+    if "sweep" in results:
+        results["targets"] = {
+            "epoch_speedup": {"value": results["single_kd"]["epoch_speedup_warm_vs_reference"],
+                              "target": EPOCH_SPEEDUP_TARGET},
+            "sweep_speedup": {"value": results["sweep"]["sweep_speedup"], "target": SWEEP_SPEEDUP_TARGET},
+            "mean_acc_gap": {"value": results["sweep"]["mean_acc_gap"], "target": ACCURACY_GAP_TARGET},
+        }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    print()
+    print(format_report(results))
+    print(f"\ntotal {results['total_seconds']:.0f}s; results written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
