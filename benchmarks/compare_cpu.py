@@ -146,6 +146,7 @@ class Benchmark:
             "trainer.device=cpu", f"trainer.num_threads={a.threads}", "trainer.progress=false",
             "optimizer=sgd", f"optimizer.lr={a.lr}", "scheduler=cosine",
             f"teacher_training.epochs={a.teacher_epochs}", "hydra.callbacks.analysis.enabled=false",
+            *a.suite_override,
         ]
 
     def suite_command(self, *overrides: str, multirun: bool = False) -> list[str]:
@@ -255,6 +256,8 @@ def format_report(results: Mapping[str, Any]) -> str:
     lines.append(f"kd-hydra vs tutorial-style reference on CPU ({conf['threads']} threads, "
                  f"{conf['num_train']} train / {conf['num_test']} test images, batch {conf['batch_size']}, "
                  f"{conf['epochs']} epochs, SGD lr {conf['lr']} + cosine, reference num_workers={conf['num_workers']})")
+    if conf.get("suite_extra_overrides"):
+        lines.append(f"extra suite overrides: {' '.join(conf['suite_extra_overrides'])}")
     lines.append(f"load average before / after: {conf['load_before']} / {results.get('load_after')}  "
                  "(shared machine: wall-clock numbers are noisy)")
     teacher = results["teacher"]
@@ -324,7 +327,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--npz", type=Path, default=DEFAULT_NPZ, help="dataset .npz (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=3, help="student epochs, both sides (default: %(default)s)")
-    parser.add_argument("--teacher-epochs", type=int, default=None, help="teacher epochs (default: --epochs)")
+    parser.add_argument("--teacher-epochs", type=int, default=5,
+                        help="teacher epochs, trained once and untimed (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.05, help="SGD lr, both sides (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
@@ -339,9 +343,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workdir", default=None, help="runs, caches and logs (default: a new temp dir)")
     parser.add_argument("--out", default=None, help="results JSON (default: WORKDIR/results.json)")
     parser.add_argument("--skip-sweep", action="store_true", help="steps a and b only")
+    parser.add_argument("--suite-override", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra run.py override for every suite run (repeatable), e.g. trainer.channels_last=true")
     args = parser.parse_args(argv)
-    if args.teacher_epochs is None:
-        args.teacher_epochs = args.epochs
     if args.workdir is None:
         args.workdir = tempfile.mkdtemp(prefix="kd_hydra_compare_cpu_")
     if args.out is None:
@@ -368,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                                              "alphas": grid.alphas},
         "workdir": str(bench.workdir), "python": sys.executable, "platform": platform.platform(),
         "cpu_count": os.cpu_count(), "load_before": load_average(),
-        "suite_common_overrides": bench.suite_overrides()}}
+        "suite_common_overrides": bench.suite_overrides(), "suite_extra_overrides": args.suite_override}}
     started = time.perf_counter()
     print(f"workdir {bench.workdir} (logs in {bench.logs})", flush=True)
     try:
