@@ -164,8 +164,8 @@ def format_report(results: Mapping[str, Any]) -> str:
              f"{conf['num_train']} synthetic {conf['image_size']}x{conf['image_size']} images, "
              f"{conf['num_classes']} classes, batch {conf['batch_size']}",
              f"   {'':<34}{'loop img/s':>11}{'last-epoch img/s':>18}",]
-    for label, key in (("suite bf16+channels_last, cold", "suite_cold"),
-                       ("suite bf16+channels_last, warm", "suite_warm"),
+    suite = "suite bf16+channels_last" if str(conf["device"]).startswith("cuda") else "suite fp32"
+    for label, key in ((f"{suite}, cold", "suite_cold"), (f"{suite}, warm", "suite_warm"),
                        (f"reference fp32, {conf['workers']} workers", "reference")):
         side = results[key]
         lines.append(f"   {label:<34}{side['images_per_second']:>11.0f}{side['last_epoch_images_per_second']:>18.0f}")
