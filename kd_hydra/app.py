@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -179,6 +180,11 @@ class Job:
 
     # -- building blocks -------------------------------------------------------------------------
 
+    @functools.cached_property
+    def data_fingerprint(self) -> str:
+        """Content hash of the dataset (part of the teacher-store and soft-label-cache keys)."""
+        return self.data.fingerprint()
+
     def pipeline(self, batch_size: int, seed: int) -> Any:
         trainer = self.cfg.trainer
         return build_pipeline(self.data, self.cfg.dataset, batch_size=batch_size, device=self.runtime.device,
@@ -204,7 +210,7 @@ class Job:
         return {
             "format": 1,
             "dataset": self.spec.name,
-            "dataset_content": self.data.fingerprint(),
+            "dataset_content": self.data_fingerprint,
             "augment": plain(cfg.dataset.augment),
             "normalize": plain(cfg.dataset.normalize),
             "arch": arch,
@@ -304,7 +310,7 @@ class Job:
         description = {
             "format": 1,
             "teacher_sha256": teacher_sha,
-            "dataset_content": self.data.fingerprint(),
+            "dataset_content": self.data_fingerprint,
             "augment": plain(cfg.dataset.augment),
             "normalize": plain(cfg.dataset.normalize),
             "seed": cfg.trainer.seed,
