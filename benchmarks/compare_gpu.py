@@ -28,40 +28,19 @@ import csv
 import json
 import os
 import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from compare_cpu import CommandFailed, run_timed  # benchmarks/ is on sys.path when run as a script
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REFERENCE_SCRIPT = REPO_ROOT / "benchmarks" / "reference_kd.py"
 EXIT_NO_CUDA = 2
-LOG_TAIL_CHARS = 3000
 SYNTHETIC_SEED = 0
 CROP_PADDING = 4  # the reference's RandomCrop(32, padding=4); the synthetic config's default is 2
-
-
-class CommandFailed(RuntimeError):
-    """A benchmark subprocess exited non-zero; the message holds the tail of its output."""
-
-
-def run_logged(command: Sequence[str], env: Mapping[str, str], log_path: Path) -> float:
-    """Run ``command`` with cwd = repo root, output to ``log_path``; return its wall seconds."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w") as log:
-        log.write("$ " + " ".join(command) + "\n")
-        log.flush()
-        started = time.perf_counter()
-        completed = subprocess.run(list(command), cwd=REPO_ROOT, env=dict(env), stdout=log, stderr=subprocess.STDOUT)
-        seconds = time.perf_counter() - started
-    if completed.returncode != 0:
-        tail = log_path.read_text()[-LOG_TAIL_CHARS:]
-        raise CommandFailed(f"exit status {completed.returncode}: {' '.join(command)}\n--- {log_path} ---\n{tail}")
-    return seconds
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -135,7 +114,7 @@ def suite_command(args: argparse.Namespace, checkpoint: Path, run_dir: Path) -> 
 def suite_run(args: argparse.Namespace, checkpoint: Path, workdir: Path, env: Mapping[str, str],
               name: str) -> dict[str, Any]:
     run_dir = workdir / "runs" / name
-    seconds = run_logged(suite_command(args, checkpoint, run_dir), env, workdir / "logs" / f"{name}.log")
+    seconds = run_timed(suite_command(args, checkpoint, run_dir), env, workdir / "logs" / f"{name}.log")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     with open(run_dir / "history.csv", newline="") as handle:
         epoch_seconds = [float(row["seconds"]) for row in csv.DictReader(handle)]
@@ -151,7 +130,7 @@ def reference_run(args: argparse.Namespace, npz: Path, checkpoint: Path, workdir
                "--teacher-arch", args.teacher, "--student-arch", args.student, "--epochs", str(args.reference_epochs),
                "--batch-size", str(args.batch_size), "--num-workers", str(args.workers), "--lr", str(args.lr),
                "--device", args.device, "--out", str(out)]
-    seconds = run_logged(command, env, workdir / "logs" / "reference.log")
+    seconds = run_timed(command, env, workdir / "logs" / "reference.log")
     result = json.loads(out.read_text())
     return {"images_per_second": result["images_per_second"], "epoch_seconds": result["epoch_seconds"],
             "last_epoch_images_per_second": args.num_train / result["epoch_seconds"][-1],
