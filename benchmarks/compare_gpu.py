@@ -34,9 +34,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from compare_cpu import CommandFailed, run_timed  # benchmarks/ is on sys.path when run as a script
-
 REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT / "benchmarks") not in sys.path:  # compare_cpu sits beside this file, also when imported
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+
+from compare_cpu import CommandFailed, run_timed  # noqa: E402
+
 REFERENCE_SCRIPT = REPO_ROOT / "benchmarks" / "reference_kd.py"
 EXIT_NO_CUDA = 2
 SYNTHETIC_SEED = 0

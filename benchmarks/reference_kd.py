@@ -26,7 +26,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +118,6 @@ class ReferenceSettings:
     student_arch: str = "light_cnn"
     device: str = "cpu"
     threads: int | None = None  # torch.set_num_threads in the main process; None leaves torch's default
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
 
 def build_loaders(splits: Splits, settings: ReferenceSettings, seed: int) -> tuple[DataLoader, DataLoader]:
@@ -253,7 +252,7 @@ def train_reference_student(
         "alpha": alpha,
         "epochs": epochs,
         "seed": seed,
-        "settings": {k: v for k, v in asdict(settings).items() if k != "extra"},
+        "settings": asdict(settings),
         "threads": torch.get_num_threads(),
     }
 

@@ -52,7 +52,7 @@ METRICS_KEYS = (
     "teacher_params",  # parameter count of the teacher (distill) or None
     "epochs",  # epochs trained
     "wall_seconds",  # wall time of the whole run, data loading and teacher included
-    "train_images_per_second",  # training images / training-loop seconds (evaluation excluded)
+    "train_images_per_second",  # training images / training-loop seconds (teacher logits included, evaluation excluded)
     "soft_label_cache",  # "off" | "cold" | "warm" | None (not distill)
     "checkpoint",  # path of the trained weights (run dir model.pt, or the teacher store) or None
     "settings",  # dict of dotted key -> value: the resolved settings that define the run (loss.* None

@@ -209,10 +209,10 @@ def fit(
     for epoch in range(1, epochs + 1):
         epoch_start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
+        runtime.synchronize()
+        loop_start = time.perf_counter()  # teacher logits computed for the cache count as training work
         if teacher_logits is not None:
             teacher_logits.begin_epoch(epoch - 1)
-        runtime.synchronize()
-        loop_start = time.perf_counter()
         batches = _progress(pipeline.train_batches(epoch - 1), progress, num_batches, f"{label} {epoch}/{epochs}")
         stats = train_epoch(model, batches, loss_fn, optimizer, scaler, runtime, teacher_logits)
         runtime.synchronize()
