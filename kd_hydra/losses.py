@@ -38,6 +38,14 @@ def soft_target_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: 
     return kl * (temperature**2)
 
 
+def standardize_logits(logits: Tensor, eps: float = 1e-7) -> Tensor:
+    """Per-sample z-score over classes, ``(z - mean) / (eps + std)`` with the unbiased std (Sun et al., CVPR 2024)."""
+    logits = _full_precision(logits)
+    mean = logits.mean(dim=-1, keepdim=True)
+    std = logits.std(dim=-1, keepdim=True)
+    return (logits - mean) / (eps + std)
+
+
 def ce_loss(student_logits: Tensor, targets: Tensor) -> LossParts:
     """Plain cross-entropy on the labels: the teacher and baseline-student objective."""
     ce = F.cross_entropy(_full_precision(student_logits), targets)

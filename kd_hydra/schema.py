@@ -4,18 +4,20 @@ Pure Python (no torch) so that ``analysis`` can import it without importing the 
 Every run directory written by ``run.py`` holds:
 
 - ``.hydra/config.yaml``, ``.hydra/overrides.yaml``, ``.hydra/hydra.yaml`` (written by Hydra);
-- ``history.csv``: one row per finished epoch, columns :data:`HISTORY_COLUMNS`, rewritten
-  atomically after every epoch (an unfinished run keeps the epochs it finished);
+- ``history.csv``: one row per finished epoch, columns :func:`history_columns` of the method's loss
+  parts, rewritten atomically after every epoch (an unfinished run keeps the epochs it finished);
+- ``checkpoint.pt``: the training state after the last finished epoch (resume), removed when the run completes;
 - ``metrics.json``: the keys of :data:`METRICS_KEYS`, written atomically, last of all.
   A directory with ``.hydra/config.yaml`` but no ``metrics.json`` is an unfinished run.
 """
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"
+TRAIN_STATE_FILE = "checkpoint.pt"
 HYDRA_DIR = ".hydra"
 CONFIG_FILE = "config.yaml"
 OVERRIDES_FILE = "overrides.yaml"
@@ -32,6 +34,12 @@ MODES = (MODE_TEACHER, MODE_STUDENT, MODE_DISTILL)
 
 #: Where a distill run's teacher came from.
 TEACHER_SOURCES = ("trained", "store", "checkpoint")
+#: How a distill run got its teacher's outputs: the soft-label cache (logit methods) or a live forward pass.
+TEACHER_OUTPUTS = ("cache", "live")
+SOFT_LABEL_CACHE_STATES = ("off", "cold", "warm")
+
+#: Datasets with more classes than this also report top-5 accuracy.
+TOP5_MIN_CLASSES = 11
 
 #: Keys of metrics.json. Accuracies are percentages in [0, 100]; None where not applicable
 #: (for instance every accuracy of a run that failed before training).
@@ -40,26 +48,34 @@ METRICS_KEYS = (
     "status",  # "completed" | "failed"
     "reason",  # str | None: one-line reason of a failure
     "mode",  # "teacher" | "student" | "distill"
+    "method",  # loss.name of a distill run ("kd", "dkd", ...); "ce" for teachers and baselines
     "dataset",  # dataset.name
     "model",  # arch of the model this run trained (the teacher in mode=teacher)
     "teacher",  # teacher arch (distill) or None
     "final_test_acc",  # test accuracy after the last epoch
     "best_test_acc",  # best test accuracy over the evaluated epochs
     "best_epoch",  # epoch (1-based) of best_test_acc
+    "final_test_acc_top5",  # top-5 test accuracy after the last epoch (datasets of >= TOP5_MIN_CLASSES classes)
+    "final_val_acc",  # validation accuracy after the last epoch (dataset.val_fraction > 0) or None
+    "best_val_acc",  # best validation accuracy over the evaluated epochs or None
+    "best_val_epoch",  # epoch (1-based) of best_val_acc or None
     "teacher_test_acc",  # test accuracy of the teacher used (distill) or None
     "teacher_source",  # one of TEACHER_SOURCES (distill) or None
+    "teacher_outputs",  # one of TEACHER_OUTPUTS (distill) or None
     "model_params",  # parameter count of the trained model
+    "method_params",  # parameter count of the method's own trainable parts (connectors, embeddings) or None
     "teacher_params",  # parameter count of the teacher (distill) or None
     "epochs",  # epochs trained
+    "resumed_from_epoch",  # last epoch of the checkpoint this run resumed from, or None
     "wall_seconds",  # wall time of the whole run, data loading and teacher included
     "train_images_per_second",  # training images / training-loop seconds (teacher logits included, evaluation excluded)
     "soft_label_cache",  # "off" | "cold" | "warm" | None (not distill)
     "checkpoint",  # path of the trained weights (run dir model.pt, or the teacher store) or None
-    "settings",  # dict of dotted key -> value: the resolved settings that define the run (loss.* None
-    #              unless mode=distill: teachers and baselines train with CE)
+    "settings",  # dict of dotted key -> value: SETTINGS_KEYS plus every loss.* key (None unless
+    #              mode=distill: teachers and baselines train with CE)
 )
 
-#: Dotted keys copied into metrics.json["settings"].
+#: Dotted keys copied into metrics.json["settings"] (plus every ``loss.*`` key of the run's method).
 SETTINGS_KEYS = (
     "mode",
     "dataset.name",
@@ -77,17 +93,31 @@ SETTINGS_KEYS = (
     "scheduler._target_",
 )
 
-#: Columns of history.csv, in order. Losses are means over the epoch's training batches;
-#: ``train_ce``/``train_kd`` are the unweighted CE and T^2-scaled KL parts (``train_kd`` empty
-#: without a teacher). ``test_acc`` is empty for epochs that were not evaluated.
-HISTORY_COLUMNS = (
+#: Prefix of the history columns of a method's loss parts: ``train_ce``, ``train_kd``, ``train_dkd``, ...
+LOSS_PART_PREFIX = "train_"
+
+#: Columns of history.csv around the loss-part columns. Losses are means over the epoch's training
+#: batches; ``train_<part>`` are the method's unweighted parts. Evaluation columns are empty for
+#: epochs that were not evaluated; ``test_acc_top5`` for datasets of >= TOP5_MIN_CLASSES classes;
+#: ``val_*`` with a validation split.
+HISTORY_LEADING_COLUMNS = (
     "epoch",  # 1-based
     "lr",  # learning rate used during the epoch
     "train_loss",  # the optimised loss
-    "train_ce",
-    "train_kd",
+)
+HISTORY_TRAILING_COLUMNS = (
     "train_acc",  # percent, on the augmented training batches
     "test_acc",  # percent
+    "test_acc_top5",  # percent
     "test_loss",  # mean cross-entropy on the test split
+    "val_acc",  # percent, on the held-out validation split
+    "val_loss",
     "seconds",  # wall seconds of the epoch, evaluation included
 )
+#: The columns every history.csv has (a method adds ``train_<part>`` columns between them).
+HISTORY_COLUMNS = HISTORY_LEADING_COLUMNS + HISTORY_TRAILING_COLUMNS
+
+
+def history_columns(parts: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """The history.csv columns of a run whose method reports loss ``parts`` (e.g. ``("ce", "kd")``)."""
+    return HISTORY_LEADING_COLUMNS + tuple(LOSS_PART_PREFIX + part for part in parts) + HISTORY_TRAILING_COLUMNS
