@@ -91,9 +91,13 @@ class DistillMethod(nn.Module):
         """Whether any feature point is read (then the teacher runs live, never from the cache)."""
         return type(self).feature_request is not DistillMethod.feature_request
 
-    def setup(self, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes, num_train: int,
+    def setup(self, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes, train_targets: Tensor,
               num_classes: int) -> None:
-        """Build trainable parts sized to the probed feature shapes (called once, before the optimizer)."""
+        """Build trainable parts sized to the probed feature shapes (called once, before the optimizer).
+
+        ``train_targets`` are the labels of the training split by sample index (CPU int64), for methods
+        that keep per-sample state (CRD's memory bank and its negatives).
+        """
 
     def begin_epoch(self, epoch: int, epochs: int) -> None:
         """Called before each training epoch (1-based); for schedules such as DKD's warm-up."""
