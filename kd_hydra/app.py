@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import shutil
@@ -20,23 +21,25 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from kd_hydra import schema
-from kd_hydra.config import CacheDtype, Mode, validate
+from kd_hydra.config import CacheDtype, Mode, Resume, validate
 from kd_hydra.data import build_pipeline
 from kd_hydra.errors import ConfigError, KDHydraError
-from kd_hydra.losses import CELoss
+from kd_hydra.methods import DistillMethod, FeatureRequest
+from kd_hydra.methods.ce import CrossEntropy
 from kd_hydra.models import count_parameters
 from kd_hydra.outputs import HistoryLog, metrics_record, write_json
-from kd_hydra.soft_labels import CachedTeacher
+from kd_hydra.soft_labels import CachedTeacher, cache_description
 from kd_hydra.teachers import (
     MODEL_FILE,
     ArchSignature,
     StoredTeacher,
     TeacherStore,
+    config_digest,
     file_sha256,
     load_checkpoint,
     save_checkpoint,
 )
-from kd_hydra.train import FitResult, LiveTeacher, evaluate, fit, resolve_runtime
+from kd_hydra.train import Checkpointing, FitResult, LiveTeacher, TeacherSource, evaluate, fit, resolve_runtime
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,10 @@ CACHE_DTYPES = {CacheDtype.float16: torch.float16, CacheDtype.bfloat16: torch.bf
                 CacheDtype.float32: torch.float32}
 BYTES_PER_GB = 1024**3
 PROBE_BATCH = 2
+#: Config keys that do not change what a run computes: they may differ between a run and its resumption.
+NON_TRAINING_KEYS = ("paths", "logger", "hydra", "optimized_metric", "trainer.resume", "trainer.checkpoint_every",
+                     "trainer.progress", "trainer.num_threads", "trainer.num_workers", "trainer.save_checkpoint",
+                     "trainer.eval_batch_size", "soft_label_cache.max_gb")
 
 
 def output_dir() -> Path:
@@ -52,9 +59,16 @@ def output_dir() -> Path:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Run one job and write its files; a failure still writes ``metrics.json`` (status failed), then re-raises."""
+    """Run one job and write its files; a failure still writes ``metrics.json`` (status failed), then re-raises.
+
+    A run directory that already holds a completed run of the same settings is reported and left alone.
+    """
     started = time.perf_counter()
     out_dir = output_dir()
+    completed = completed_run(cfg, out_dir)
+    if completed is not None:
+        print(headline(completed, out_dir, prefix="already completed, left alone: "), flush=True)
+        return completed
     try:
         return Job(cfg, out_dir, started).run()
     except BaseException as error:
@@ -62,18 +76,66 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         write_json(out_dir / schema.METRICS_FILE, metrics_record(
             status=schema.STATUS_FAILED, reason=reason or type(error).__name__, mode=plain_value(cfg.get("mode")),
             dataset=OmegaConf.select(cfg, "dataset.name"), settings=settings_of(cfg),
-            wall_seconds=time.perf_counter() - started))
+            config_digest=safe_digest(cfg), wall_seconds=time.perf_counter() - started))
         raise
 
 
-def settings_of(cfg: DictConfig) -> dict[str, Any]:
-    """The dotted keys of ``schema.SETTINGS_KEYS`` with their resolved values (None where absent or unused).
+def completed_run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
+    """The metrics of a completed run in ``out_dir`` with this config's settings (None: train).
 
-    Teacher and baseline runs train with CE: their ``loss.*`` settings are None, not the unused kd values.
+    A completed run of other settings is refused (its results are never overwritten) unless
+    ``trainer.resume=never``.
+    """
+    path = out_dir / schema.METRICS_FILE
+    if OmegaConf.select(cfg, "trainer.resume") == Resume.never or not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("status") != schema.STATUS_COMPLETED:
+        return None
+    if record.get("config_digest") != safe_digest(cfg):
+        raise ConfigError("trainer.resume", f"{out_dir} already holds a completed run of other settings; use another "
+                                            "run directory, or trainer.resume=never to overwrite it")
+    return record
+
+
+def training_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as dotted keys, without the keys that do not change what is computed."""
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        for key, value in node.items():
+            dotted = f"{prefix}{key}"
+            if any(dotted == skip or dotted.startswith(skip + ".") for skip in NON_TRAINING_KEYS):
+                continue
+            if isinstance(value, dict):
+                walk(value, dotted + ".")
+            else:
+                flat[dotted] = value
+
+    walk(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), "")
+    return flat
+
+
+def safe_digest(cfg: DictConfig) -> str | None:
+    """``config_digest`` of the training settings, or None for a config that cannot be resolved."""
+    try:
+        return config_digest(training_settings(cfg))
+    except Exception:  # a broken config (e.g. a missing interpolation) still gets its failed metrics.json
+        return None
+
+
+def settings_of(cfg: DictConfig) -> dict[str, Any]:
+    """``schema.SETTINGS_KEYS`` plus every ``loss.*`` key, resolved (None where absent or unused).
+
+    Teacher and baseline runs train with CE: their ``loss.*`` settings are None, not the unused method's values.
     """
     uses_loss_group = plain_value(cfg.get("mode")) == Mode.distill.value
+    loss_keys = [f"loss.{key}" for key in (cfg.get("loss") or {}) if key != "_target_"]
     values = {}
-    for key in schema.SETTINGS_KEYS:
+    for key in dict.fromkeys((*schema.SETTINGS_KEYS, *loss_keys)):
         if key.startswith("loss.") and not uses_loss_group:
             values[key] = None
             continue
@@ -109,7 +171,7 @@ def build_network(model_cfg: DictConfig, key: str, spec: Any, seed: int) -> nn.M
     torch.manual_seed(seed)
     try:
         model = build(model_cfg, num_classes=spec.num_classes, in_channels=spec.channels,
-                            image_size=spec.image_size)
+                      image_size=spec.image_size)
     except ConfigError as error:
         raise ConfigError(f"{key}.{error.key}", str(error).split(": ", 1)[-1]) from error
     except Exception as error:
@@ -150,6 +212,13 @@ def plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
+def train_targets(data: Any) -> torch.Tensor:
+    """Labels of the training split by sample index (CPU int64), for methods with per-sample state."""
+    if hasattr(data, "y_train"):
+        return data.y_train
+    return torch.as_tensor(data.train.labels, dtype=torch.int64)
+
+
 class Job:
     """The work of one run directory, in the order: validate, data, models, teacher, training, files."""
 
@@ -175,7 +244,7 @@ class Job:
         if self.mode is Mode.teacher:
             return self.run_teacher()
         if self.mode is Mode.student:
-            return self.run_student(teacher=None)
+            return self.run_student(CrossEntropy())
         return self.run_distill()
 
     # -- building blocks -------------------------------------------------------------------------
@@ -185,23 +254,39 @@ class Job:
         """Content hash of the dataset (part of the teacher-store and soft-label-cache keys)."""
         return self.data.fingerprint()
 
+    @property
+    def top5(self) -> bool:
+        return self.spec.num_classes >= schema.TOP5_MIN_CLASSES
+
     def pipeline(self, batch_size: int, seed: int) -> Any:
         trainer = self.cfg.trainer
         return build_pipeline(self.data, self.cfg.dataset, batch_size=batch_size, device=self.runtime.device,
                               seed=seed, channels_last=self.runtime.channels_last,
                               eval_batch_size=trainer.eval_batch_size, num_workers=trainer.num_workers)
 
-    def train(self, model: nn.Module, pipeline: Any, loss_fn: nn.Module, optimizer_cfg: DictConfig,
+    def train(self, model: nn.Module, pipeline: Any, method: DistillMethod, optimizer_cfg: DictConfig,
               scheduler_cfg: DictConfig, epochs: int, seed: int, history: HistoryLog, label: str,
-              teacher_logits: Any = None) -> FitResult:
+              checkpointing: Checkpointing, teacher: TeacherSource | None = None, student_features: Any = None,
+              lr_key: str = "optimizer.lr") -> FitResult:
         model = self.runtime.prepare(model)
-        optimizer = instantiate(optimizer_cfg, _convert_="all")(model.parameters())
+        method.to(self.runtime.device)
+        groups = [{"params": list(model.parameters())}]
+        method_parameters = [p for p in method.parameters() if p.requires_grad]
+        if method_parameters:
+            groups.append({"params": method_parameters})
+        optimizer = instantiate(optimizer_cfg, _convert_="all")(groups)
         scheduler = instantiate(scheduler_cfg, _convert_="all")(optimizer, epochs=epochs)
         step_model = torch.compile(model) if self.runtime.compile else model
         torch.manual_seed(seed)  # dropout draws do not depend on what ran before in this process
-        return fit(step_model, pipeline, loss_fn, optimizer, scheduler, epochs, self.runtime, history,
-                   teacher_logits=teacher_logits, eval_every=self.cfg.trainer.eval_every,
-                   progress=self.cfg.trainer.progress, label=label)
+        return fit(step_model, pipeline, method, optimizer, scheduler, epochs, self.runtime, history,
+                   teacher=teacher, student_features=student_features, eval_every=self.cfg.trainer.eval_every,
+                   progress=self.cfg.trainer.progress, label=label, checkpointing=checkpointing, lr_key=lr_key,
+                   top5=self.top5)
+
+    def checkpointing(self, path: Path, settings: Mapping[str, Any]) -> Checkpointing:
+        trainer = self.cfg.trainer
+        return Checkpointing(path=path, settings=settings, every=trainer.checkpoint_every,
+                             resume=Resume(trainer.resume) is Resume.auto)
 
     def teacher_description(self) -> dict[str, Any]:
         """Everything that determines a trained teacher: its key in the store."""
@@ -218,20 +303,29 @@ class Job:
         }
 
     def obtain_teacher(self, teacher: nn.Module) -> StoredTeacher:
-        """The stored teacher for this config, trained now (once, under a lock) if the store has none."""
+        """The stored teacher for this config, trained now (once, under a lock) if the store has none.
+
+        Its training checkpoints into the store entry, so a killed teacher training resumes there.
+        """
         cfg = self.cfg
         training = cfg.teacher_training
+        description = self.teacher_description()
 
         def train_teacher(model: nn.Module, entry_dir: Path) -> Mapping[str, Any]:
             pipeline = self.pipeline(training.batch_size, training.seed)
-            result = self.train(model, pipeline, CELoss(), training.optimizer, training.scheduler, training.epochs,
-                                training.seed, HistoryLog(entry_dir / schema.HISTORY_FILE), label="teacher")
+            method = CrossEntropy()
+            history = HistoryLog(entry_dir / schema.HISTORY_FILE, schema.history_columns(method.parts))
+            result = self.train(model, pipeline, method, training.optimizer, training.scheduler, training.epochs,
+                                training.seed, history, label="teacher",
+                                checkpointing=self.checkpointing(entry_dir / schema.TRAIN_STATE_FILE, description),
+                                lr_key="teacher_training.optimizer.lr")
             return summary_of(result)
 
         store = TeacherStore(Path(cfg.paths.cache_dir) / "teachers")
         label = f"{cfg.teacher.name}-{self.spec.name}"
-        return store.get_or_train(self.teacher_description(), label, teacher,
-                                  arch_signature(cfg.teacher, self.spec), train_teacher)
+        stored = store.get_or_train(description, label, teacher, arch_signature(cfg.teacher, self.spec), train_teacher)
+        (stored.model_path.parent / schema.TRAIN_STATE_FILE).unlink(missing_ok=True)
+        return stored
 
     # -- modes -----------------------------------------------------------------------------------
 
@@ -242,24 +336,24 @@ class Job:
         store_history = stored.model_path.parent / schema.HISTORY_FILE
         if store_history.is_file():
             shutil.copyfile(store_history, self.out_dir / schema.HISTORY_FILE)
-        result = stored.result
+        result = dict(stored.result)
         return self.finish(
-            model=cfg.teacher.name, teacher=None, final_test_acc=result["final_test_acc"],
-            best_test_acc=result["best_test_acc"], best_epoch=result["best_epoch"], epochs=result["epochs"],
-            train_images_per_second=result["train_images_per_second"], model_params=count_parameters(teacher),
-            teacher_source=stored.source, checkpoint=str(stored.model_path))
+            model=cfg.teacher.name, teacher=None, method=CrossEntropy.name, model_params=count_parameters(teacher),
+            teacher_source=stored.source, checkpoint=str(stored.model_path),
+            **{key: result.get(key) for key in SUMMARY_KEYS if key != "resumed_from_epoch"})
 
     def run_distill(self) -> dict[str, Any]:
         cfg = self.cfg
         teacher = build_network(cfg.teacher, "teacher", self.spec, cfg.teacher_training.seed)
         student = build_network(cfg.student, "student", self.spec, cfg.trainer.seed)  # probe before training
+        method = build(cfg.loss)
         checkpoint = cfg.teacher.get("checkpoint")
         if checkpoint:
             load_checkpoint(teacher, Path(checkpoint), arch_signature(cfg.teacher, self.spec))
             teacher_sha = file_sha256(Path(checkpoint))
             teacher = self.runtime.prepare(teacher)
-            teacher_acc, _ = evaluate(teacher, self.pipeline(cfg.trainer.batch_size, cfg.trainer.seed).test_batches(),
-                                      self.runtime)
+            teacher_acc = evaluate(teacher, self.pipeline(cfg.trainer.batch_size, cfg.trainer.seed).test_batches(),
+                                   self.runtime).acc
             source = "checkpoint"
             log.info("teacher loaded from %s (test acc %.2f%%)", checkpoint, teacher_acc)
         else:
@@ -267,88 +361,135 @@ class Job:
             teacher_sha, teacher_acc, source = stored.sha256, stored.test_acc, stored.source
             teacher = self.runtime.prepare(teacher)
         teacher.eval().requires_grad_(False)
-        if self.runtime.compile:
-            teacher = torch.compile(teacher)
-        return self.run_student(teacher=teacher, student=student, teacher_sha=teacher_sha,
-                                teacher_info={"teacher": cfg.teacher.name, "teacher_test_acc": teacher_acc,
-                                              "teacher_source": source,
-                                              "teacher_params": count_parameters(teacher)})
+        teacher_info = {"teacher": cfg.teacher.name, "teacher_test_acc": teacher_acc, "teacher_source": source,
+                        "teacher_params": count_parameters(teacher)}
+        return self.run_student(method, student=student, teacher=teacher, teacher_sha=teacher_sha,
+                                teacher_info=teacher_info)
 
-    def run_student(self, teacher: nn.Module | None, student: nn.Module | None = None, teacher_sha: str = "",
-                    teacher_info: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def run_student(self, method: DistillMethod, student: nn.Module | None = None, teacher: nn.Module | None = None,
+                    teacher_sha: str = "", teacher_info: Mapping[str, Any] | None = None) -> dict[str, Any]:
         cfg = self.cfg
         trainer = cfg.trainer
         if student is None:
             student = build_network(cfg.student, "student", self.spec, trainer.seed)
+        request = self.setup_method(method, student, teacher)
         pipeline = self.pipeline(trainer.batch_size, trainer.seed)
-        loss_fn = instantiate(cfg.loss) if teacher is not None else CELoss()
-        teacher_logits, cache_status = None, None
+        teacher_source, cache_status, outputs = None, None, None
         if teacher is not None:
-            teacher_logits, cache_status = self.teacher_logits(teacher, teacher_sha, pipeline)
-        history = HistoryLog(self.out_dir / schema.HISTORY_FILE)
-        result = self.train(student, pipeline, loss_fn, cfg.optimizer, cfg.scheduler, trainer.epochs, trainer.seed,
-                            history, label="student", teacher_logits=teacher_logits)
-        if isinstance(teacher_logits, CachedTeacher):
-            cache_status = teacher_logits.status
+            teacher_source, cache_status, outputs = self.teacher_source(teacher, teacher_sha, pipeline, method,
+                                                                        request)
+            if self.runtime.compile:
+                teacher_source.teacher = torch.compile(teacher_source.teacher)
+        recorder = None
+        if request.student:
+            from kd_hydra.models.features import FeatureRecorder
+
+            recorder = FeatureRecorder(student, list(request.student))
+        history = HistoryLog(self.out_dir / schema.HISTORY_FILE, schema.history_columns(method.parts))
+        checkpointing = self.checkpointing(self.out_dir / schema.TRAIN_STATE_FILE, training_settings(cfg))
+        result = self.train(student, pipeline, method, cfg.optimizer, cfg.scheduler, trainer.epochs, trainer.seed,
+                            history, label="student", checkpointing=checkpointing, teacher=teacher_source,
+                            student_features=(lambda: recorder.features) if recorder is not None else None)
+        if isinstance(teacher_source, CachedTeacher):
+            cache_status = teacher_source.status
         checkpoint = None
         if trainer.save_checkpoint:
             checkpoint = self.out_dir / MODEL_FILE
-            save_checkpoint(checkpoint, student, arch_signature(cfg.student, self.spec))
-        return self.finish(model=cfg.student.name, **summary_of(result), model_params=count_parameters(student),
-                           soft_label_cache=cache_status, checkpoint=str(checkpoint) if checkpoint else None,
-                           **(teacher_info or {}))
+            has_parts = any(True for _ in method.state_dict())
+            save_checkpoint(checkpoint, student, arch_signature(cfg.student, self.spec),
+                            method=method if has_parts else None)
+        record = self.finish(model=cfg.student.name, method=method.name, **summary_of(result),
+                             model_params=count_parameters(student), method_params=count_parameters(method),
+                             soft_label_cache=cache_status, teacher_outputs=outputs,
+                             checkpoint=str(checkpoint) if checkpoint else None, **(teacher_info or {}))
+        checkpointing.remove()
+        return record
 
-    def teacher_logits(self, teacher: nn.Module, teacher_sha: str, pipeline: Any) -> tuple[Any, str]:
-        """The soft-label cache when it applies (in-memory data, enabled), else the live teacher."""
+    def setup_method(self, method: DistillMethod, student: nn.Module, teacher: nn.Module | None) -> FeatureRequest:
+        """Ask the method which feature points it reads, probe their shapes, and let it build its parts."""
+        request = FeatureRequest()
+        student_shapes: dict[str, tuple[int, ...]] = {}
+        teacher_shapes: dict[str, tuple[int, ...]] = {}
+        if method.uses_features and teacher is not None:
+            from kd_hydra.models.features import feature_points, probe_feature_shapes
+
+            request = method.feature_request(list(feature_points(student)), list(feature_points(teacher)))
+            image_shape = (self.spec.channels, self.spec.image_size, self.spec.image_size)
+            student_shapes = probe_feature_shapes(student, list(request.student), image_shape)
+            teacher_shapes = probe_feature_shapes(teacher, list(request.teacher), image_shape)
+        torch.manual_seed(self.cfg.trainer.seed)  # the method's own parts start the same in every run
+        method.setup(student_shapes, teacher_shapes, train_targets(self.data), self.spec.num_classes)
+        return request
+
+    def teacher_source(self, teacher: nn.Module, teacher_sha: str, pipeline: Any, method: DistillMethod,
+                       request: FeatureRequest) -> tuple[TeacherSource, str, str]:
+        """The soft-label cache for logit methods on in-memory data (when enabled), else the live teacher.
+
+        Returns the source, the cache status (off/cold) and which teacher outputs were used (cache/live).
+        """
         cfg = self.cfg
         cache = cfg.soft_label_cache
+        if request.teacher or method.uses_features:
+            log.info("%s reads teacher features: the teacher runs on every batch", method.name)
+            return LiveTeacher(teacher, self.runtime, list(request.teacher)), "off", "live"
         if not cache.enabled:
-            return LiveTeacher(teacher, self.runtime), "off"
+            return LiveTeacher(teacher, self.runtime), "off", "live"
         if not getattr(pipeline, "supports_logit_cache", False):
-            log.info("soft-label cache does not apply to folder datasets: the teacher runs on every batch")
-            return LiveTeacher(teacher, self.runtime), "off"
-        description = {
-            "format": 1,
-            "teacher_sha256": teacher_sha,
-            "dataset_content": self.data_fingerprint,
-            "augment": plain(cfg.dataset.augment),
-            "normalize": plain(cfg.dataset.normalize),
-            "seed": cfg.trainer.seed,
-            "dtype": CacheDtype(cache.dtype).value,
-            "top_k": cache.top_k,
-            "teacher_precision": str(self.runtime.autocast_dtype),
-        }
+            log.info("soft-label cache does not apply to this dataset pipeline: the teacher runs on every batch")
+            return LiveTeacher(teacher, self.runtime), "off", "live"
+        dtype = CACHE_DTYPES[CacheDtype(cache.dtype)]
+        description = cache_description(teacher_sha, self.data_fingerprint, plain(cfg.dataset.augment),
+                                        plain(cfg.dataset.normalize), cfg.trainer.seed, dtype, cache.top_k,
+                                        self.runtime.autocast_dtype)
         cached = CachedTeacher(Path(cfg.paths.cache_dir) / "soft_labels", description, teacher, pipeline,
-                               self.runtime, num_classes=self.spec.num_classes,
-                               dtype=CACHE_DTYPES[CacheDtype(cache.dtype)], top_k=cache.top_k,
+                               self.runtime, num_classes=self.spec.num_classes, dtype=dtype, top_k=cache.top_k,
                                batch_size=cache.batch_size, max_bytes=int(cache.max_gb * BYTES_PER_GB))
-        return cached, "cold"
+        return cached, "cold", "cache"
 
     def finish(self, **values: Any) -> dict[str, Any]:
         """Write metrics.json (last file of the run) and print the run's one-line summary."""
         record = metrics_record(status=schema.STATUS_COMPLETED, mode=self.mode.value, dataset=self.spec.name,
-                                settings=settings_of(self.cfg), wall_seconds=time.perf_counter() - self.started,
-                                **values)
+                                settings=settings_of(self.cfg), config_digest=safe_digest(self.cfg),
+                                wall_seconds=time.perf_counter() - self.started, **values)
         write_json(self.out_dir / schema.METRICS_FILE, record)
         print(headline(record, self.out_dir), flush=True)
         return record
 
 
+SUMMARY_KEYS = ("final_test_acc", "best_test_acc", "best_epoch", "epochs", "train_images_per_second",
+                "final_test_acc_top5", "final_val_acc", "best_val_acc", "best_val_epoch", "resumed_from_epoch")
+
+
 def summary_of(result: FitResult) -> dict[str, Any]:
-    return {"final_test_acc": result.final_test_acc, "best_test_acc": result.best_test_acc,
-            "best_epoch": result.best_epoch, "epochs": result.epochs,
-            "train_images_per_second": result.train_images_per_second}
+    return {key: getattr(result, key) for key in SUMMARY_KEYS}
 
 
-def headline(record: Mapping[str, Any], out_dir: Path) -> str:
+#: Short names of loss keys in the headline.
+HEADLINE_KEY_NAMES = {"temperature": "T"}
+
+
+def method_description(settings: Mapping[str, Any]) -> str:
+    """``kd T=4 alpha=0.9`` from the ``loss.*`` settings of a distill run (true booleans by name only)."""
+    parts = [str(settings.get("loss.name"))]
+    for key, value in settings.items():
+        name = key.removeprefix("loss.")
+        if not key.startswith("loss.") or name == "name" or value is None or value is False:
+            continue
+        shown = HEADLINE_KEY_NAMES.get(name, name)
+        parts.append(shown if value is True else f"{shown}={value:g}" if isinstance(value, float) else
+                     f"{shown}={value}")
+    return " ".join(parts)
+
+
+def headline(record: Mapping[str, Any], out_dir: Path, prefix: str = "") -> str:
     """One line with the numbers that matter, e.g. for the end of a terminal session or a CI log."""
     what = record["model"] if record["teacher"] is None else f"{record['teacher']} -> {record['model']}"
-    settings = record["settings"]
     loss = ""
     if record["mode"] == Mode.distill.value:
-        loss = f" T={settings['loss.temperature']:g} alpha={settings['loss.alpha']:g}"
+        loss = " " + method_description(record["settings"])
     teacher = "" if record["teacher_test_acc"] is None else f", teacher {record['teacher_test_acc']:.2f}%"
-    return (f"[kd-hydra] {record['mode']} {what} on {record['dataset']}{loss}: test acc "
+    val = "" if record.get("final_val_acc") is None else f", val {record['final_val_acc']:.2f}%"
+    return (f"[kd-hydra] {prefix}{record['mode']} {what} on {record['dataset']}{loss}: test acc "
             f"{record['final_test_acc']:.2f}% (best {record['best_test_acc']:.2f}% @ epoch {record['best_epoch']})"
-            f"{teacher}, {record['epochs']} epochs, {record['wall_seconds']:.1f}s, "
+            f"{val}{teacher}, {record['epochs']} epochs, {record['wall_seconds']:.1f}s, "
             f"{record['train_images_per_second']:.0f} img/s -> {out_dir}")

@@ -6,6 +6,7 @@ catches values out of range and combinations that do not fit, before any data is
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -43,18 +44,11 @@ class CacheDtype(str, Enum):
     float32 = "float32"
 
 
-@dataclass
-class KDLossConfig:
-    _target_: str = "kd_hydra.losses.KDLoss"
-    name: str = "kd"
-    temperature: float = 4.0
-    alpha: float = 0.9
+class Resume(str, Enum):
+    """Whether a run continues from the training state in its directory (``auto``) or starts over."""
 
-
-@dataclass
-class CELossConfig:
-    _target_: str = "kd_hydra.losses.CELoss"
-    name: str = "ce"
+    auto = "auto"
+    never = "never"
 
 
 @dataclass
@@ -71,6 +65,8 @@ class TrainerConfig:
     num_threads: Optional[int] = None
     num_workers: Optional[int] = None
     save_checkpoint: bool = True
+    checkpoint_every: int = 1
+    resume: Resume = Resume.auto
     progress: bool = True
 
 
@@ -96,7 +92,7 @@ class TeacherTrainingConfig:
 
     epochs: int = II("trainer.epochs")
     batch_size: int = II("trainer.batch_size")
-    seed: int = II("trainer.seed")
+    seed: int = 0
     optimizer: Any = II("optimizer")
     scheduler: Any = II("scheduler")
 
@@ -117,11 +113,13 @@ class RootConfig:
 
 
 def register_configs() -> None:
-    """Store the schemas (``base_config`` for the root, ``loss/*_schema``) and the ``kd_cpu_count`` resolver."""
+    """Store the schemas (``base_config`` for the root, ``loss/<method>_schema``) and the ``kd_cpu_count`` resolver."""
+    from kd_hydra.methods import method_schemas  # the method registry (imports torch)
+
     store = ConfigStore.instance()
     store.store(name="base_config", node=RootConfig)
-    store.store(group="loss", name="kd_schema", node=KDLossConfig)
-    store.store(group="loss", name="ce_schema", node=CELossConfig)
+    for name, schema in method_schemas().items():
+        store.store(group="loss", name=f"{name}_schema", node=schema)
     OmegaConf.register_new_resolver("kd_cpu_count", lambda: os.cpu_count() or 1, replace=True)
 
 
@@ -133,22 +131,40 @@ def _require(condition: bool, key: str, message: str) -> None:
         raise ConfigError(key, message)
 
 
+def _require_number(node: Any, key: str, prefix: str, positive: bool = False) -> None:
+    """``node[key]`` is a finite number (and > 0 when ``positive``) or ConfigError naming ``prefix.key``."""
+    value = node.get(key) if isinstance(node, DictConfig) else None
+    if value is None and not positive:
+        return
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    wanted = "a finite number > 0" if positive else "a finite number"
+    _require(is_number and math.isfinite(value) and (not positive or value > 0), f"{prefix}.{key}",
+             f"must be {wanted} (got {value!r})")
+
+
+def _validate_optimizer(node: Any, prefix: str) -> None:
+    _require_number(node, "lr", prefix, positive=True)
+    for key in ("weight_decay", "momentum"):
+        _require_number(node, key, prefix)
+
+
 def validate(cfg: DictConfig) -> None:
     """Check values and combinations of a composed config; raise :class:`ConfigError` on the first bad one.
 
     Only cheap checks that need no data: safe to run on every job of a sweep before any starts.
     """
+    from kd_hydra.methods import method_class
+
     mode = Mode(cfg.mode)
     loss = cfg.loss
+    method = method_class(loss.name)
     if mode is Mode.distill:
-        _require(loss.name == "kd", "loss", f"mode=distill needs loss=kd (got loss={loss.name}); "
+        _require(method.uses_teacher, "loss", f"mode=distill needs a distillation method (got loss={loss.name}); "
                  "for a labels-only baseline use mode=student")
-    if loss.name == "kd":
-        _require(loss.temperature > 0, "loss.temperature", f"must be > 0 (got {loss.temperature})")
-        _require(0.0 <= loss.alpha <= 1.0, "loss.alpha", f"must be in [0, 1] (got {loss.alpha})")
+        method.validate_config(loss)
 
     trainer = cfg.trainer
-    for key in ("epochs", "batch_size", "eval_batch_size", "eval_every"):
+    for key in ("epochs", "batch_size", "eval_batch_size", "eval_every", "checkpoint_every"):
         value = trainer[key]
         _require(value >= 1, f"trainer.{key}", f"must be >= 1 (got {value})")
     _require(bool(_DEVICE_PATTERN.match(trainer.device)), "trainer.device",
@@ -158,11 +174,12 @@ def validate(cfg: DictConfig) -> None:
     _require(trainer.num_workers is None or trainer.num_workers >= 0, "trainer.num_workers",
              f"must be >= 0 or null (got {trainer.num_workers})")
 
-    _require(cfg.optimizer.lr > 0, "optimizer.lr", f"must be > 0 (got {cfg.optimizer.lr})")
+    _validate_optimizer(cfg.optimizer, "optimizer")
     if mode is Mode.distill:
         tt = cfg.teacher_training
         for key in ("epochs", "batch_size"):
             _require(tt[key] >= 1, f"teacher_training.{key}", f"must be >= 1 (got {tt[key]})")
+        _validate_optimizer(tt.optimizer, "teacher_training.optimizer")
         checkpoint = cfg.teacher.get("checkpoint")
         if checkpoint is not None:
             _require(os.path.isfile(checkpoint), "teacher.checkpoint", f"no such file: {checkpoint}")
@@ -170,5 +187,6 @@ def validate(cfg: DictConfig) -> None:
     cache = cfg.soft_label_cache
     _require(cache.top_k is None or cache.top_k >= 1, "soft_label_cache.top_k",
              f"must be >= 1 or null (got {cache.top_k})")
-    _require(cache.max_gb > 0, "soft_label_cache.max_gb", f"must be > 0 (got {cache.max_gb})")
+    _require(math.isfinite(cache.max_gb) and cache.max_gb > 0, "soft_label_cache.max_gb",
+             f"must be a finite number > 0 (got {cache.max_gb})")
     _require(cache.batch_size >= 1, "soft_label_cache.batch_size", f"must be >= 1 (got {cache.batch_size})")

@@ -8,7 +8,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,23 +61,31 @@ def metrics_record(**values: Any) -> dict[str, Any]:
 
 
 class HistoryLog:
-    """Per-epoch rows of history.csv; the whole file is rewritten atomically after each row."""
+    """Per-epoch rows of history.csv (``columns``: :func:`schema.history_columns` of the method's parts);
+    the whole file is rewritten atomically after each row."""
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, columns: Sequence[str] = schema.HISTORY_COLUMNS) -> None:
         self.path = Path(path) if path is not None else None
+        self.columns = tuple(columns)
         self.rows: list[dict[str, Any]] = []
 
     def append(self, row: Mapping[str, Any]) -> None:
-        unknown = set(row) - set(schema.HISTORY_COLUMNS)
+        unknown = set(row) - set(self.columns)
         if unknown:
             raise KeyError(f"not history.csv columns: {sorted(unknown)}")
-        self.rows.append({column: row.get(column) for column in schema.HISTORY_COLUMNS})
+        self.rows.append({column: row.get(column) for column in self.columns})
         if self.path is not None:
             self.write(self.path)
 
+    def restore(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Start from ``rows`` (a resumed run's finished epochs) and rewrite the file with them."""
+        self.rows = []
+        for row in rows:
+            self.append(row)
+
     def write(self, path: Path) -> None:
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=schema.HISTORY_COLUMNS, lineterminator="\n")
+        writer = csv.DictWriter(buffer, fieldnames=self.columns, lineterminator="\n")
         writer.writeheader()
         for row in self.rows:
             writer.writerow({k: ("" if v is None else _format_cell(v)) for k, v in row.items()})

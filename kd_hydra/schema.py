@@ -71,6 +71,7 @@ METRICS_KEYS = (
     "train_images_per_second",  # training images / training-loop seconds (teacher logits included, evaluation excluded)
     "soft_label_cache",  # "off" | "cold" | "warm" | None (not distill)
     "checkpoint",  # path of the trained weights (run dir model.pt, or the teacher store) or None
+    "config_digest",  # hash of the training settings (resolved config without paths, loggers, resume keys)
     "settings",  # dict of dotted key -> value: SETTINGS_KEYS plus every loss.* key (None unless
     #              mode=distill: teachers and baselines train with CE)
 )

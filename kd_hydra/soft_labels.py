@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from kd_hydra.outputs import atomic_write_bytes
 from kd_hydra.teachers import config_digest
-from kd_hydra.train import Runtime
+from kd_hydra.train import Runtime, TeacherOutput
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,22 @@ def _checksum(stored: Mapping[str, Tensor]) -> str:
 
 def _directory_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def cache_description(teacher_sha256: str, dataset_content: str, augment: Any, normalize: Any, seed: int,
+                      dtype: torch.dtype, top_k: int | None, teacher_precision: torch.dtype | None) -> dict[str, Any]:
+    """Everything that determines an entry's logits: its key (hashed by :class:`CachedTeacher`)."""
+    return {
+        "format": 1,
+        "teacher_sha256": teacher_sha256,
+        "dataset_content": dataset_content,
+        "augment": augment,
+        "normalize": normalize,
+        "seed": seed,
+        "dtype": str(dtype).removeprefix("torch."),
+        "top_k": top_k,
+        "teacher_precision": str(teacher_precision),
+    }
 
 
 class AugmentedBatches(Protocol):
@@ -125,9 +141,9 @@ class CachedTeacher:
         os.utime(self.entry)  # recency for eviction
         self._current = decode_logits(stored, self.num_classes).to(self.runtime.device)
 
-    def __call__(self, images: Tensor, sample_indices: Tensor) -> Tensor:
+    def __call__(self, images: Tensor, sample_indices: Tensor) -> TeacherOutput:
         assert self._current is not None, "begin_epoch() must be called first"
-        return self._current[sample_indices]
+        return TeacherOutput(self._current[sample_indices])
 
     def _compute(self, epoch: int) -> Tensor:
         logits = torch.empty(self.pipeline.num_train, self.num_classes, device=self.runtime.device)

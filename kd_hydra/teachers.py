@@ -67,9 +67,14 @@ def _unwrapped_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return inner.state_dict()
 
 
-def save_checkpoint(path: Path, model: nn.Module, arch: ArchSignature) -> str:
-    """Write ``model``'s weights with their arch signature atomically; return the file's SHA-256."""
+def save_checkpoint(path: Path, model: nn.Module, arch: ArchSignature, method: nn.Module | None = None) -> str:
+    """Write ``model``'s weights with their arch signature (and a method's trainable parts) atomically.
+
+    Returns the file's SHA-256. ``method`` is stored under ``"method"`` as ``{"name", "state_dict"}``.
+    """
     payload = {"format": CHECKPOINT_FORMAT, "arch": arch.__dict__.copy(), "state_dict": _unwrapped_state_dict(model)}
+    if method is not None:
+        payload["method"] = {"name": getattr(method, "name", type(method).__name__), "state_dict": method.state_dict()}
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     data = buffer.getvalue()
