@@ -295,8 +295,14 @@ class ContrastMemory(nn.Module):
 
     def _scores(self, anchor: Tensor, memory: Tensor, contrast_indices: Tensor) -> Tensor:
         """``exp(<anchor_i, memory[j]> / T)`` for each row's contrast indices j, shape ``(N, 1 + K)``."""
-        weights = memory[contrast_indices].detach()  # (N, 1 + K, D)
-        return torch.exp(torch.bmm(weights, anchor.unsqueeze(2)).squeeze(2) / self.temperature)
+        memory = memory.detach()
+        if memory.shape[0] <= contrast_indices.shape[1] * memory.shape[1]:
+            # Score every sample once (N x num_data) and pick: less memory than gathering N x (1+K) x D rows.
+            # (a copy: autograd keeps it, and the rows are updated in place right after)
+            dots = torch.mm(anchor, memory.clone().t()).gather(1, contrast_indices)
+        else:
+            dots = torch.bmm(memory[contrast_indices], anchor.unsqueeze(2)).squeeze(2)
+        return torch.exp(dots / self.temperature)
 
     def forward(self, student_embed: Tensor, teacher_embed: Tensor, indices: Tensor,
                 contrast_indices: Tensor | None = None) -> tuple[Tensor, Tensor]:

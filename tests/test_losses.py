@@ -332,12 +332,13 @@ def test_contrast_memory_clamps_k_to_the_available_negatives():
         ContrastMemory(4, torch.zeros(10, dtype=torch.long), 5)
 
 
-def test_contrast_memory_scores_z_and_momentum_update_match_independent_computation():
-    bank, _ = _bank()
+@pytest.mark.parametrize("feat_dim", [8, 2])  # 8: one N x num_data product; 2: per-row gather (40 > 11 * 2)
+def test_contrast_memory_scores_z_and_momentum_update_match_independent_computation(feat_dim):
+    bank, _ = _bank(feat_dim=feat_dim)
     memory_s, memory_t = bank.memory_student.double().numpy().copy(), bank.memory_teacher.double().numpy().copy()
     generator = torch.Generator().manual_seed(4)
-    v_s = F.normalize(torch.randn(3, 8, generator=generator), dim=1)
-    v_t = F.normalize(torch.randn(3, 8, generator=generator), dim=1)
+    v_s = F.normalize(torch.randn(3, feat_dim, generator=generator), dim=1)
+    v_t = F.normalize(torch.randn(3, feat_dim, generator=generator), dim=1)
     indices = torch.tensor([2, 7, 21])
     contrast = bank.draw_contrast_indices(indices)
     out_s, out_t = bank(v_s, v_t, indices, contrast)
