@@ -306,7 +306,7 @@ class ContrastMemory(nn.Module):
 
     def forward(self, student_embed: Tensor, teacher_embed: Tensor, indices: Tensor,
                 contrast_indices: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Normalised scores ``(student anchor vs teacher memory, teacher anchor vs student memory)``; updates the bank."""
+        """Scores of (student anchor vs teacher memory, teacher anchor vs student memory); then updates the bank."""
         if contrast_indices is None:
             contrast_indices = self.draw_contrast_indices(indices)
         indices = indices.to(self.memory_student.device)

@@ -224,7 +224,7 @@ def test_dkd_matches_independent_formula(logits100, temperature, alpha, beta):
     assert dkd_loss(s, t, y, alpha, beta, temperature).item() == pytest.approx(expected, rel=1e-9, abs=1e-12)
 
 
-def test_dkd_with_alpha_equal_beta_one_is_close_to_but_not_kd(logits100):
+def test_dkd_with_unit_weights_exceeds_kd(logits100):
     """Zhao et al. eq. (4): KD = TCKD + (1 - p_t) NCKD, so TCKD + NCKD exceeds KD unless p_t = 0."""
     s, t, y = logits100
     kd = soft_target_kl(s, t, 2.0).item()
