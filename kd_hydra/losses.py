@@ -1,6 +1,10 @@
-"""Distillation losses as pure functions (no Hydra, no state).
+"""Distillation losses as pure functions (no Hydra, no state), plus CRD's memory bank.
 
-Convention (Hinton et al., 2015)::
+Each public function returns one method's distillation term (no cross-entropy, no warm-up), with the
+semantics of the authors' reference code; ``tests/test_losses.py`` pins each against an independent
+float64 implementation of the paper's equations.
+
+Hinton et al. (2015)::
 
     loss = alpha * T^2 * KL(softmax(t / T) || softmax(s / T)) + (1 - alpha) * CE(s, y)
 
@@ -10,11 +14,14 @@ the same scale as the hard-target gradients whatever the temperature.
 
 from __future__ import annotations
 
+import logging
+import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def _full_precision(logits: Tensor) -> Tensor:
@@ -96,3 +103,235 @@ class KDLoss(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, alpha={self.alpha}"
+
+
+# -- logit methods ---------------------------------------------------------------------------------------
+
+#: Subtracted from the target logit (after the temperature) to drop it from NCKD's softmax, as in
+#: mdistiller's reference (``exp(-1000)`` is 0 in every float type; no host sync, unlike boolean indexing).
+NCKD_MASK_OFFSET = 1000.0
+
+#: Added to the norms' product in DIST's Pearson correlation (the official code's value).
+DIST_EPS = 1e-8
+
+
+def _target_mask(logits: Tensor, targets: Tensor) -> Tensor:
+    """1.0 at each row's target class, 0.0 elsewhere (same dtype and shape as ``logits``)."""
+    return torch.zeros_like(logits).scatter_(1, targets.reshape(-1, 1), 1.0)
+
+
+def dkd_loss(student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, alpha: float, beta: float,
+             temperature: float) -> Tensor:
+    """Decoupled KD (Zhao et al., CVPR 2022): ``alpha * TCKD + beta * NCKD``, each ``T^2 * sum KL / N``.
+
+    TCKD is the KL between the binary distributions ``[p_target, 1 - p_target]`` of teacher and student
+    (softmax at temperature T); NCKD the KL between their softmaxes over the non-target classes only.
+    """
+    student = _full_precision(student_logits) / temperature
+    teacher = _full_precision(teacher_logits) / temperature
+    mask = _target_mask(student, targets)
+    masked_student = student - NCKD_MASK_OFFSET * mask
+    masked_teacher = teacher - NCKD_MASK_OFFSET * mask
+    # Binary log-probabilities, exact in log space: log p_target and log(1 - p_target) = lse(others) - lse(all).
+    student_all, teacher_all = student.logsumexp(1, keepdim=True), teacher.logsumexp(1, keepdim=True)
+    student_binary = torch.cat([(student * mask).sum(1, keepdim=True) - student_all,
+                                masked_student.logsumexp(1, keepdim=True) - student_all], dim=1)
+    teacher_binary = torch.cat([(teacher * mask).sum(1, keepdim=True) - teacher_all,
+                                masked_teacher.logsumexp(1, keepdim=True) - teacher_all], dim=1)
+    batch = student.shape[0]
+    scale = temperature**2 / batch
+    tckd = F.kl_div(student_binary, teacher_binary, reduction="sum", log_target=True) * scale
+    nckd = F.kl_div(F.log_softmax(masked_student, 1), F.softmax(masked_teacher, 1), reduction="sum") * scale
+    return alpha * tckd + beta * nckd
+
+
+def _mean_pearson(a: Tensor, b: Tensor, eps: float = DIST_EPS) -> Tensor:
+    """Mean over rows of the Pearson correlation of ``a[i]`` and ``b[i]`` (cosine of the mean-centred rows)."""
+    a = a - a.mean(1, keepdim=True)
+    b = b - b.mean(1, keepdim=True)
+    return ((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + eps)).mean()
+
+
+def dist_loss(student_logits: Tensor, teacher_logits: Tensor, beta: float, gamma: float,
+              temperature: float) -> Tensor:
+    """DIST (Huang et al., NeurIPS 2022): ``T^2 * (beta * inter + gamma * intra)`` on ``y = softmax(z / T)``.
+
+    ``inter = 1 - mean_i pearson(y_s[i, :], y_t[i, :])`` (per sample, across classes);
+    ``intra = 1 - mean_c pearson(y_s[:, c], y_t[:, c])`` (per class, across the batch).
+    """
+    y_s = F.softmax(_full_precision(student_logits) / temperature, dim=1)
+    y_t = F.softmax(_full_precision(teacher_logits) / temperature, dim=1)
+    inter = 1.0 - _mean_pearson(y_s, y_t)
+    intra = 1.0 - _mean_pearson(y_s.transpose(0, 1), y_t.transpose(0, 1))
+    return temperature**2 * (beta * inter + gamma * intra)
+
+
+# -- feature methods -------------------------------------------------------------------------------------
+
+
+def attention_map(feature: Tensor, p: float) -> Tensor:
+    """Zagoruyko & Komodakis' spatial attention: ``normalize(mean_c |f|^p)``, flattened per sample, unit L2 norm."""
+    return F.normalize(feature.abs().pow(p).mean(1).reshape(feature.shape[0], -1), dim=1)
+
+
+def attention_transfer_loss(student_features: Sequence[Tensor], teacher_features: Sequence[Tensor],
+                            p: float = 2.0) -> Tensor:
+    """Attention transfer (ICLR 2017): ``sum over stage pairs of mean((at(f_s) - at(f_t))^2)``.
+
+    Features are ``(N, C, H, W)``; channel counts may differ. Where spatial sizes differ, the larger map is
+    adaptive-average-pooled to the smaller one first (as mdistiller/RepDistiller do).
+    """
+    if len(student_features) != len(teacher_features) or not student_features:
+        raise ValueError(f"attention transfer needs matching, non-empty stage lists "
+                         f"(got {len(student_features)} student and {len(teacher_features)} teacher maps)")
+    total = None
+    for f_s, f_t in zip(student_features, teacher_features):
+        f_s, f_t = _full_precision(f_s), _full_precision(f_t)
+        size = (min(f_s.shape[2], f_t.shape[2]), min(f_s.shape[3], f_t.shape[3]))
+        if tuple(f_s.shape[2:]) != size:
+            f_s = F.adaptive_avg_pool2d(f_s, size)
+        if tuple(f_t.shape[2:]) != size:
+            f_t = F.adaptive_avg_pool2d(f_t, size)
+        term = (attention_map(f_s, p) - attention_map(f_t, p)).pow(2).mean()
+        total = term if total is None else total + term
+    return total
+
+
+def hint_loss(student_regressed: Tensor, teacher_feature: Tensor) -> Tensor:
+    """FitNets (Romero et al., ICLR 2015): mean squared error between the regressed student hint and the teacher's."""
+    if student_regressed.shape != teacher_feature.shape:
+        raise ValueError(f"hint shapes differ: student {tuple(student_regressed.shape)}, "
+                         f"teacher {tuple(teacher_feature.shape)}")
+    return F.mse_loss(_full_precision(student_regressed), _full_precision(teacher_feature))
+
+
+# -- CRD (Tian et al., ICLR 2020) ------------------------------------------------------------------------
+
+#: RepDistiller's epsilon in the NCE ratios.
+CRD_EPS = 1e-7
+
+_logger = logging.getLogger(__name__)
+
+
+def crd_nce_loss(scores: Tensor, num_data: int, eps: float = CRD_EPS) -> Tensor:
+    """CRD's NCE objective for one view, averaged over the batch (RepDistiller's ``ContrastLoss``).
+
+    ``scores`` is ``(N, 1 + K)``: column 0 the positive's normalised score ``P_pos``, then K negatives'.
+    With the noise probability ``Pn = 1 / num_data``::
+
+        -[log(P_pos / (P_pos + K Pn + eps)) + sum_k log(K Pn / (P_neg_k + K Pn + eps))]
+    """
+    scores = _full_precision(scores)
+    k = scores.shape[1] - 1
+    noise = k / float(num_data)
+    positive = scores[:, 0]
+    negatives = scores[:, 1:]
+    log_positive = torch.log(positive / (positive + noise + eps))
+    log_negatives = torch.log(noise / (negatives + noise + eps))
+    return -(log_positive.sum() + log_negatives.sum()) / scores.shape[0]
+
+
+class CRDEmbed(nn.Module):
+    """CRD's embedding head: flatten, ``Linear(in_dim, feat_dim)``, L2-normalise each row."""
+
+    def __init__(self, in_dim: int, feat_dim: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_dim, feat_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.normalize(self.linear(x.reshape(x.shape[0], -1)), dim=1)
+
+
+#: The value of a normalisation constant not yet estimated (constants are positive once set).
+Z_UNSET = -1.0
+
+#: Sort key given to same-class samples so they are never drawn as negatives (uniform draws are < 1).
+_EXCLUDED = 2.0
+
+
+class ContrastMemory(nn.Module):
+    """CRD's memory bank over sample indices (RepDistiller's ``ContrastMemory``, 'exact' negatives).
+
+    Two memories of L2-normalised embeddings, ``memory_student`` and ``memory_teacher`` (num_data x feat_dim,
+    initialised uniformly in ``[-s, s]``, ``s = 1 / sqrt(feat_dim / 3)``). :meth:`forward` scores each anchor
+    against its own memory row and K negatives, ``exp(<v, m> / T) / Z``, then updates the rows of the batch
+    (``m * old + (1 - m) * new``, renormalised). ``Z`` per view is estimated once, on the first batch, as
+    ``mean(exp(score / T)) * num_data`` and kept in a buffer, so a resumed run continues exactly. Negatives
+    are K distinct samples of other classes (``train_targets``), drawn with torch's RNG on the bank's device.
+    """
+
+    def __init__(self, feat_dim: int, train_targets: Tensor, nce_k: int, temperature: float = 0.07,
+                 momentum: float = 0.5) -> None:
+        super().__init__()
+        targets = train_targets.reshape(-1).long().cpu()
+        num_data = targets.numel()
+        counts = torch.bincount(targets)
+        fewest_negatives = int(num_data - counts[counts > 0].max())
+        if fewest_negatives < 1:
+            raise ValueError("CRD needs training samples of at least two classes (negatives come from other classes)")
+        self.nce_k = min(int(nce_k), fewest_negatives)
+        if self.nce_k < nce_k:
+            _logger.info("CRD: nce_k %d clamped to %d (the fewest other-class samples any class has)",
+                         nce_k, self.nce_k)
+        self.num_data = num_data
+        self.temperature = float(temperature)
+        self.momentum = float(momentum)
+        bound = 1.0 / math.sqrt(feat_dim / 3.0)
+        self.register_buffer("memory_student", torch.rand(num_data, feat_dim).mul_(2 * bound).sub_(bound))
+        self.register_buffer("memory_teacher", torch.rand(num_data, feat_dim).mul_(2 * bound).sub_(bound))
+        self.register_buffer("z_student", torch.tensor(Z_UNSET))
+        self.register_buffer("z_teacher", torch.tensor(Z_UNSET))
+        # Labels by sample index: derived from the data at setup, so not part of the state dict.
+        self.register_buffer("train_targets", targets, persistent=False)
+
+    def draw_contrast_indices(self, indices: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """``(N, 1 + K)`` sample indices: each row's own index, then K distinct samples of other classes."""
+        indices = indices.to(self.train_targets.device)
+        same_class = self.train_targets.unsqueeze(0) == self.train_targets[indices].unsqueeze(1)
+        keys = torch.rand(same_class.shape, device=same_class.device, generator=generator)
+        keys = keys.masked_fill(same_class, _EXCLUDED)
+        negatives = keys.topk(self.nce_k, dim=1, largest=False, sorted=False).indices
+        return torch.cat([indices.unsqueeze(1), negatives], dim=1)
+
+    def _scores(self, anchor: Tensor, memory: Tensor, contrast_indices: Tensor) -> Tensor:
+        """``exp(<anchor_i, memory[j]> / T)`` for each row's contrast indices j, shape ``(N, 1 + K)``."""
+        memory = memory.detach()
+        if memory.shape[0] <= contrast_indices.shape[1] * memory.shape[1]:
+            # Score every sample once (N x num_data) and pick: less memory than gathering N x (1+K) x D rows.
+            # (a copy: autograd keeps it, and the rows are updated in place right after)
+            dots = torch.mm(anchor, memory.clone().t()).gather(1, contrast_indices)
+        else:
+            dots = torch.bmm(memory[contrast_indices], anchor.unsqueeze(2)).squeeze(2)
+        return torch.exp(dots / self.temperature)
+
+    def forward(self, student_embed: Tensor, teacher_embed: Tensor, indices: Tensor,
+                contrast_indices: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Scores of (student anchor vs teacher memory, teacher anchor vs student memory); then updates the bank."""
+        if contrast_indices is None:
+            contrast_indices = self.draw_contrast_indices(indices)
+        indices = indices.to(self.memory_student.device)
+        contrast_indices = contrast_indices.to(self.memory_student.device)
+        with torch.autocast(device_type=student_embed.device.type, enabled=False):
+            student_embed, teacher_embed = student_embed.float(), teacher_embed.float()
+            student_scores = self._scores(student_embed, self.memory_teacher, contrast_indices)
+            teacher_scores = self._scores(teacher_embed, self.memory_student, contrast_indices)
+            with torch.no_grad():
+                # Estimated once (first batch); torch.where keeps it free of host syncs.
+                self.z_student.copy_(torch.where(self.z_student < 0, student_scores.mean() * self.num_data,
+                                                 self.z_student))
+                self.z_teacher.copy_(torch.where(self.z_teacher < 0, teacher_scores.mean() * self.num_data,
+                                                 self.z_teacher))
+            student_scores = student_scores / self.z_student.detach().clone()
+            teacher_scores = teacher_scores / self.z_teacher.detach().clone()
+            with torch.no_grad():
+                self._update(self.memory_student, student_embed.detach(), indices)
+                self._update(self.memory_teacher, teacher_embed.detach(), indices)
+        return student_scores, teacher_scores
+
+    def _update(self, memory: Tensor, embed: Tensor, indices: Tensor) -> None:
+        rows = memory[indices] * self.momentum + embed * (1.0 - self.momentum)
+        memory.index_copy_(0, indices, F.normalize(rows, dim=1))
+
+    def extra_repr(self) -> str:
+        return (f"num_data={self.num_data}, feat_dim={self.memory_student.shape[1]}, nce_k={self.nce_k}, "
+                f"temperature={self.temperature}, momentum={self.momentum}")

@@ -50,7 +50,7 @@ def method_schemas() -> dict[str, type]:
 
 
 # Importing the method modules registers them.
-from . import ce, kd  # noqa: E402,F401
+from . import at, ce, crd, dist, dkd, fitnet, kd  # noqa: E402,F401
 
 __all__ = ["DistillMethod", "FeatureRequest", "LossOutput", "MethodBatch", "method_class", "method_names",
            "method_schemas", "register_method"]
