@@ -1,0 +1,184 @@
+"""Epoch checkpoints: an interrupted run resumes to exactly the weights of an uninterrupted one."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import REPO, TINY, Workspace, read_metrics
+from kd_hydra import schema
+from kd_hydra.data import build_pipeline, load_synthetic
+from kd_hydra.errors import ConfigError
+from kd_hydra.methods import LossOutput, MethodBatch
+from kd_hydra.methods.base import DistillMethod
+from kd_hydra.methods.ce import CrossEntropy
+from kd_hydra.methods.kd import KD
+from kd_hydra.models import build_model
+from kd_hydra.optim import cosine_schedule
+from kd_hydra.outputs import HistoryLog
+from kd_hydra.train import Checkpointing, DivergedError, LiveTeacher, fit, resolve_runtime
+
+EPOCHS = 4
+RUNTIME = resolve_runtime("cpu", "fp32", False, False)
+
+
+class Interrupt(Exception):
+    """Stands in for a kill right after an epoch's checkpoint."""
+
+
+class DropoutKD(KD):
+    """KD with a trainable part that draws from the global RNG, so resume must restore RNG and method state."""
+
+    def setup(self, student_shapes, teacher_shapes, train_targets, num_classes) -> None:
+        self.scale = nn.Parameter(torch.ones(num_classes))
+        self.dropout = nn.Dropout(0.3)
+
+    def forward(self, batch: MethodBatch) -> LossOutput:
+        scaled = batch.student_logits * self.dropout(self.scale)
+        return super().forward(MethodBatch(scaled, batch.targets, batch.sample_indices, batch.teacher_logits))
+
+
+def train_run(tmp: Path, interrupt_after: int | None = None, settings: dict | None = None):
+    torch.manual_seed(0)
+    data = load_synthetic(num_train=96, num_test=32, image_size=8)
+    pipeline = build_pipeline(data, {"augment": {"crop_padding": 1}}, batch_size=32, device="cpu", seed=0)
+    teacher = build_model("light_cnn", 10, 3, 8).eval()
+    student = build_model("light_cnn", 10, 3, 8)
+    method = DropoutKD(temperature=2.0, alpha=0.5)
+    method.setup({}, {}, data.y_train, 10)
+    optimizer = torch.optim.SGD([{"params": student.parameters()}, {"params": method.parameters()}], lr=0.05,
+                                momentum=0.9)
+    scheduler = cosine_schedule(optimizer, epochs=EPOCHS)
+    history = HistoryLog(tmp / schema.HISTORY_FILE, schema.history_columns(method.parts))
+    checkpointing = Checkpointing(tmp / schema.TRAIN_STATE_FILE, settings or {"run": 1})
+
+    def stop(row):
+        if interrupt_after is not None and row["epoch"] == interrupt_after:
+            # the checkpoint of this epoch is written after the hook: write it, then "die"
+            raise Interrupt
+
+    torch.manual_seed(1)
+    try:
+        result = fit(student, pipeline, method, optimizer, scheduler, EPOCHS, RUNTIME, history,
+                     teacher=LiveTeacher(teacher, RUNTIME), checkpointing=checkpointing, on_epoch=stop)
+    except Interrupt:
+        return None
+    return result, student, method
+
+
+def test_resumed_fit_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
+    full, student, method = train_run(tmp_path / "full")
+    interrupted = tmp_path / "resumed"
+    # interrupt during epoch 3 (after epoch 2's checkpoint): emulate by keeping the epoch-2 checkpoint
+    assert train_run(interrupted, interrupt_after=3) is None
+    state = torch.load(interrupted / schema.TRAIN_STATE_FILE, weights_only=True)
+    assert state["epoch"] == 2, "epoch 3 was interrupted before its checkpoint"
+    resumed, resumed_student, resumed_method = train_run(interrupted)
+    assert resumed.resumed_from_epoch == 2
+    for key, value in student.state_dict().items():
+        assert torch.equal(value, resumed_student.state_dict()[key]), key
+    assert torch.equal(method.scale, resumed_method.scale)
+    assert not torch.equal(method.scale, torch.ones_like(method.scale)), "the method's part was trained"
+    assert resumed.final_test_acc == full.final_test_acc
+    with open(interrupted / schema.HISTORY_FILE) as handle:
+        assert [int(row["epoch"]) for row in csv.DictReader(handle)] == [1, 2, 3, 4]
+
+
+def test_checkpoint_of_other_settings_is_refused_naming_the_keys(tmp_path):
+    assert train_run(tmp_path, interrupt_after=2, settings={"loss.temperature": 2.0, "trainer.seed": 0}) is None
+    with pytest.raises(ConfigError) as error:
+        train_run(tmp_path, settings={"loss.temperature": 4.0, "trainer.seed": 0})
+    message = str(error.value)
+    assert message.startswith("trainer.resume: ") and "loss.temperature: 2.0 -> 4.0" in message
+    assert "trainer.seed" not in message and "\n" not in message
+
+
+class Diverging(CrossEntropy):
+    def forward(self, batch: MethodBatch) -> LossOutput:
+        out = super().forward(batch)
+        return LossOutput(out.total * float("nan"), out.parts)
+
+
+def test_a_nan_loss_ends_the_fit_naming_the_learning_rate(tmp_path):
+    data = load_synthetic(num_train=64, num_test=16, image_size=8)
+    pipeline = build_pipeline(data, {}, batch_size=32, device="cpu", seed=0)
+    student = build_model("light_cnn", 10, 3, 8)
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
+    with pytest.raises(DivergedError, match=r"^teacher_training\.optimizer\.lr: the x training loss became nan"):
+        fit(student, pipeline, Diverging(), optimizer, cosine_schedule(optimizer, epochs=2), 2, RUNTIME,
+            HistoryLog(None), label="x", lr_key="teacher_training.optimizer.lr")
+
+
+def test_base_method_has_no_features():
+    assert not DistillMethod().uses_features
+
+
+def history_epochs(run_dir: Path) -> list[int]:
+    with open(run_dir / schema.HISTORY_FILE) as handle:
+        return [int(row["epoch"]) for row in csv.DictReader(handle)]
+
+
+def test_distill_run_killed_after_epoch_4_of_8_resumes_to_the_uninterrupted_result(workspace: Workspace):
+    args = [*TINY, "trainer.epochs=8", "soft_label_cache.enabled=false"]
+    full, _ = workspace.single("full", *args)
+    killed = workspace.root / "runs" / "killed"
+    process = subprocess.Popen([sys.executable, str(REPO / "run.py"), *args, f"hydra.run.dir={killed}"],
+                               cwd=workspace.root, env=workspace.env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        state = killed / schema.TRAIN_STATE_FILE
+        if state.is_file() and torch.load(state, weights_only=True)["epoch"] >= 4:
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (killed / schema.METRICS_FILE).exists()
+    _, rerun = workspace.single("killed", *args)
+    assert "resuming from" in rerun.stdout + rerun.stderr or "resuming from" in (killed / "run.log").read_text()
+    assert history_epochs(killed) == list(range(1, 9))
+    resumed, uninterrupted = read_metrics(killed), read_metrics(full)
+    assert resumed["resumed_from_epoch"] >= 4
+    assert resumed["final_test_acc"] == uninterrupted["final_test_acc"]
+    full_weights = torch.load(full / "model.pt", weights_only=True)["state_dict"]
+    resumed_weights = torch.load(killed / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(full_weights[k], resumed_weights[k]) for k in full_weights)
+    assert not (killed / schema.TRAIN_STATE_FILE).exists(), "a completed run keeps no training state"
+
+
+def test_completed_run_is_left_alone_and_other_settings_are_refused(workspace: Workspace):
+    run_dir, _ = workspace.single("done", *TINY, "mode=student")
+    before = (run_dir / schema.METRICS_FILE).read_text()
+    _, again = workspace.single("done", *TINY, "mode=student")
+    assert "already completed, left alone" in again.stdout
+    assert (run_dir / schema.METRICS_FILE).read_text() == before
+    _, other = workspace.single("done", *TINY, "mode=student", "trainer.seed=3", expect=2)
+    assert other.stderr.strip().splitlines()[-1].startswith("error: trainer.resume: ")
+    assert (run_dir / schema.METRICS_FILE).read_text() == before, "nothing lost"
+    _, forced = workspace.single("done", *TINY, "mode=student", "trainer.seed=3", "trainer.resume=never")
+    assert json.loads((run_dir / schema.METRICS_FILE).read_text())["settings"]["trainer.seed"] == 3
+
+
+@pytest.mark.parametrize("override, key", [("optimizer.lr=inf", "optimizer.lr"), ("loss.temperature=inf",
+                                                                                     "loss.temperature"),
+                                           ("optimizer.lr=abc", "optimizer.lr"), ("loss.alpha=nan", "loss.alpha")])
+def test_non_finite_and_non_numeric_values_are_refused_before_training(override, key):
+    from hydra import compose, initialize_config_dir
+
+    from kd_hydra.config import register_configs, validate
+
+    register_configs()
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[override])
+    with pytest.raises(ConfigError, match=rf"^{key}: must be a finite number"):
+        validate(cfg)
