@@ -164,7 +164,8 @@ class FeatureRecorder:
 
         def record(module: nn.Module, inputs: Any, output: Any) -> None:
             if not isinstance(output, Tensor):
-                raise TypeError(f"feature point '{name}' ({type(module).__name__}) returned {type(output).__name__}, not a tensor")
+                kind = type(output).__name__
+                raise TypeError(f"feature point '{name}' ({type(module).__name__}) returned a {kind}, not a tensor")
             self.features[name] = torch.flatten(output, 1) if flatten else output
 
         return record
