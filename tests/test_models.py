@@ -366,16 +366,19 @@ def test_torchvision_default_feature_points() -> None:
         "pre_logit": "avgpool",
     }  # fmt: skip
     assert probe_feature_shapes(resnet, ["stage4", "pre_logit"], (3, 64, 64)) == {"stage4": (512, 2, 2), "pre_logit": (512,)}
-    vgg = build_model("vgg11", 10, 3, CIFAR_SIZE, source="torchvision")
-    vgg_points = feature_points(vgg)
-    assert [vgg_points[f"stage{i}"] for i in range(1, 6)] == [
-        f"features.{i}" for i, m in enumerate(vgg.features) if isinstance(m, nn.MaxPool2d)
-    ]
-    efficientnet = build_model("efficientnet_b0", 10, 3, CIFAR_SIZE, source="torchvision")
-    points = feature_points(efficientnet)
+    vgg_like = nn.Module()  # torchvision's VGG/AlexNet layout, small
+    vgg_like.features = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.ReLU(inplace=True), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.MaxPool2d(2)
+    )
+    vgg_like.avgpool = nn.AdaptiveAvgPool2d(1)
+    assert feature_points(vgg_like) == {
+        "stem": "features.1", "stage1": "features.2", "stage2": "features.5", "pre_logit": "avgpool",
+    }  # fmt: skip
+    mobilenet = build_model("mobilenet_v3_small", 10, 3, CIFAR_SIZE, source="torchvision")
+    points = feature_points(mobilenet)
     assert points["stem"] == "features.0" and points["pre_logit"] == "avgpool"
-    assert [points[f"stage{i}"] for i in range(1, len(efficientnet.features))] == [
-        f"features.{i}" for i in range(1, len(efficientnet.features))
+    assert [points[f"stage{i}"] for i in range(1, len(mobilenet.features))] == [
+        f"features.{i}" for i in range(1, len(mobilenet.features))
     ]
 
 
