@@ -14,6 +14,7 @@ from torchvision.models._api import WeightsEnum
 
 from kd_hydra.errors import ConfigError
 from kd_hydra.models import build_model, count_parameters, list_models
+from kd_hydra.models.features import FeatureRecorder, feature_points, probe_feature_shapes
 from kd_hydra.models.torchvision_models import replace_classifier
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -195,3 +196,207 @@ def test_group_files_instantiate(group_dir: Path) -> None:
             assert node.name == path.stem, path
         model = hydra.utils.instantiate(node, num_classes=10, in_channels=3, image_size=CIFAR_SIZE)
         assert _logits(model, 3, CIFAR_SIZE).shape == (BATCH, 10), path
+
+
+# --- Feature points --------------------------------------------------------------------------------
+
+RESNET_THIN_SHAPES = {
+    "stem": (16, 32, 32), "stage1": (16, 32, 32), "stage2": (32, 16, 16), "stage3": (64, 8, 8), "pre_logit": (64,),
+}  # fmt: skip
+RESNET_WIDE_SHAPES = {
+    "stem": (32, 32, 32), "stage1": (64, 32, 32), "stage2": (128, 16, 16), "stage3": (256, 8, 8), "pre_logit": (256,),
+}  # fmt: skip
+WRN_2_SHAPES = {
+    "stem": (16, 32, 32), "stage1": (32, 32, 32), "stage2": (64, 16, 16), "stage3": (128, 8, 8), "pre_logit": (128,),
+}  # fmt: skip
+# Shapes of RepDistiller's / mdistiller's feats + pooled feature at 32x32 (mobilenetv2: our 8x-downsampling variant).
+FEATURE_SHAPES_32 = {
+    "deep_cnn": {"stem": (128, 32, 32), "stage1": (64, 16, 16), "stage2": (32, 8, 8), "pre_logit": (512,)},
+    "light_cnn": {"stem": (16, 32, 32), "stage1": (16, 16, 16), "stage2": (16, 8, 8), "pre_logit": (256,)},
+    "resnet20": RESNET_THIN_SHAPES,
+    "resnet32": RESNET_THIN_SHAPES,
+    "resnet56": RESNET_THIN_SHAPES,
+    "resnet110": RESNET_THIN_SHAPES,
+    "resnet8x4": RESNET_WIDE_SHAPES,
+    "resnet32x4": RESNET_WIDE_SHAPES,
+    "resnet18": {
+        "stem": (64, 32, 32), "stage1": (64, 32, 32), "stage2": (128, 16, 16), "stage3": (256, 8, 8),
+        "stage4": (512, 4, 4), "pre_logit": (512,),
+    },
+    "wrn_16_2": WRN_2_SHAPES,
+    "wrn_40_2": WRN_2_SHAPES,
+    "mobilenetv2": {
+        "stem": (32, 32, 32), "stage1": (24, 32, 32), "stage2": (32, 16, 16), "stage3": (96, 8, 8),
+        "stage4": (320, 4, 4), "pre_logit": (1280,),
+    },
+}  # fmt: skip
+
+
+def test_every_zoo_model_has_feature_points() -> None:
+    assert set(FEATURE_SHAPES_32) == set(ZOO)
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_feature_points_are_in_forward_order_with_reference_shapes(name: str) -> None:
+    model = build_model(name, 100, 3, CIFAR_SIZE)
+    points = feature_points(model)
+    assert list(points) == list(FEATURE_SHAPES_32[name])
+    assert probe_feature_shapes(model, list(points), (3, CIFAR_SIZE, CIFAR_SIZE)) == FEATURE_SHAPES_32[name]
+
+
+@pytest.mark.parametrize("name", ["resnet8x4", "wrn_16_2", "mobilenetv2", "deep_cnn"])
+def test_pre_logit_is_what_the_classifier_reads(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, 10, 3, CIFAR_SIZE).eval()
+    recorder = FeatureRecorder(model, ["pre_logit"])
+    with torch.no_grad():
+        logits = model(torch.randn(BATCH, 3, CIFAR_SIZE, CIFAR_SIZE))
+    head = model.classifier if name == "mobilenetv2" else model.fc if hasattr(model, "fc") else model.classifier[3]
+    torch.testing.assert_close(head(recorder.features["pre_logit"]), logits)
+
+
+def test_resnet_stage_features_match_a_manual_forward() -> None:
+    torch.manual_seed(0)
+    model = build_model("resnet20", 10, 3, CIFAR_SIZE).eval()
+    images = torch.randn(BATCH, 3, CIFAR_SIZE, CIFAR_SIZE)
+    recorder = FeatureRecorder(model, ["stem", "stage2", "stage3", "pre_logit"])
+    with torch.no_grad():
+        model(images)
+        stem = model.stem(images)
+        stage2 = model.stages[1](model.stages[0](stem))
+        stage3 = model.stages[2](stage2)
+    features = recorder.features
+    torch.testing.assert_close(features["stem"], stem)
+    assert features["stem"].min() >= 0  # post-activation
+    torch.testing.assert_close(features["stage2"], stage2)
+    torch.testing.assert_close(features["stage3"], stage3)
+    torch.testing.assert_close(features["pre_logit"], stage3.mean(dim=(2, 3)))
+
+
+def test_wrn_last_stage_is_taken_after_the_final_bn_relu() -> None:
+    """RepDistiller's WRN: f1, f2 are raw block outputs, f3 follows the final BN-ReLU."""
+    torch.manual_seed(0)
+    model = build_model("wrn_16_2", 10, 3, CIFAR_SIZE).eval()
+    images = torch.randn(BATCH, 3, CIFAR_SIZE, CIFAR_SIZE)
+    recorder = FeatureRecorder(model, ["stage2", "stage3"])
+    with torch.no_grad():
+        model(images)
+        raw = model.stages(model.stem(images))
+        stage2 = model.stages[1](model.stages[0](model.stem(images)))
+    torch.testing.assert_close(recorder.features["stage3"], torch.relu(model.final_activation[0](raw)))
+    torch.testing.assert_close(recorder.features["stage2"], stage2)
+    assert recorder.features["stage2"].min() < 0  # pre-activation, as RepDistiller's f2
+
+
+def test_recorder_refreshes_every_forward_keeps_grads_and_removes_its_hooks() -> None:
+    torch.manual_seed(0)
+    model = build_model("resnet8x4", 10, 3, CIFAR_SIZE).train()
+    recorder = FeatureRecorder(model, ["stage1", "pre_logit"])
+    first = torch.randn(BATCH, 3, CIFAR_SIZE, CIFAR_SIZE)
+    logits = model(first)
+    assert logits.shape == (BATCH, 10)
+    first_stage1 = recorder.features["stage1"]
+    (recorder.features["stage1"].square().mean() + recorder.features["pre_logit"].sum()).backward()
+    assert model.stem[0].weight.grad is not None and model.stem[0].weight.grad.abs().sum() > 0
+    model(torch.randn(BATCH, 3, CIFAR_SIZE, CIFAR_SIZE))
+    assert not recorder.features["stage1"].equal(first_stage1)
+    recorder.remove()
+    assert recorder.features == {}
+    model(first)
+    assert recorder.features == {}
+    assert all(not module._forward_hooks for module in model.modules())
+
+
+def test_recorder_under_autocast() -> None:
+    model = build_model("resnet20", 10, 3, CIFAR_SIZE).eval()
+    recorder = FeatureRecorder(model, ["stage3", "pre_logit"])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(torch.randn(BATCH, 3, CIFAR_SIZE, CIFAR_SIZE))
+    assert logits.shape == (BATCH, 10)
+    assert recorder.features["stage3"].dtype == torch.bfloat16
+    assert recorder.features["pre_logit"].shape == (BATCH, 64)
+
+
+@pytest.mark.parametrize("hook_first", [True, False], ids=["hooks-then-compile", "compile-then-hooks"])
+def test_recorder_on_a_compiled_model(hook_first: bool) -> None:
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = build_model("resnet8x4", 10, 1, DIGITS_SIZE).eval()
+    images = torch.randn(BATCH, 1, DIGITS_SIZE, DIGITS_SIZE)
+    with torch.no_grad():
+        expected_logits = model(images)
+        expected_stage2 = model.stages[1](model.stages[0](model.stem(images)))
+    if hook_first:
+        recorder = FeatureRecorder(model, ["stage2", "pre_logit"])
+        compiled = torch.compile(model, fullgraph=True, backend="eager")
+    else:
+        compiled = torch.compile(model, fullgraph=True, backend="eager")
+        recorder = FeatureRecorder(compiled, ["stage2", "pre_logit"])
+    assert feature_points(compiled) == feature_points(model)
+    with torch.no_grad():
+        logits = compiled(images)
+    torch.testing.assert_close(logits, expected_logits)
+    torch.testing.assert_close(recorder.features["stage2"], expected_stage2)
+    assert recorder.features["pre_logit"].shape == (BATCH, 256)
+    recorder.remove()
+
+
+def test_probe_restores_the_mode_and_leaves_batchnorm_statistics_alone() -> None:
+    model = build_model("wrn_16_2", 10, 3, CIFAR_SIZE).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    shapes = probe_feature_shapes(model, ["stage1", "pre_logit"], (3, 16, 16))
+    assert shapes == {"stage1": (32, 16, 16), "pre_logit": (128,)}
+    assert model.training and all(m.training for m in model.modules())
+    assert all(before[k].equal(v) for k, v in model.state_dict().items())
+    assert all(not module._forward_hooks for module in model.modules())
+    model.eval()
+    probe_feature_shapes(model, ["stem"], (3, CIFAR_SIZE, CIFAR_SIZE))
+    assert not model.training
+
+
+def test_unknown_feature_point_request_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="has no feature point\\(s\\) stage4; it offers: stem, stage1, stage2, stage3, pre_logit"):
+        FeatureRecorder(build_model("resnet20", 10, 3, CIFAR_SIZE), ["stage4"])
+
+
+def test_torchvision_default_feature_points() -> None:
+    resnet = build_model("resnet18", 10, 3, CIFAR_SIZE, source="torchvision")
+    assert feature_points(resnet) == {
+        "stem": "maxpool", "stage1": "layer1", "stage2": "layer2", "stage3": "layer3", "stage4": "layer4",
+        "pre_logit": "avgpool",
+    }  # fmt: skip
+    assert probe_feature_shapes(resnet, ["stage4", "pre_logit"], (3, 64, 64)) == {"stage4": (512, 2, 2), "pre_logit": (512,)}
+    vgg_like = nn.Module()  # torchvision's VGG/AlexNet layout, small
+    vgg_like.features = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.ReLU(inplace=True), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.MaxPool2d(2)
+    )
+    vgg_like.avgpool = nn.AdaptiveAvgPool2d(1)
+    assert feature_points(vgg_like) == {
+        "stem": "features.1", "stage1": "features.2", "stage2": "features.5", "pre_logit": "avgpool",
+    }  # fmt: skip
+    mobilenet = build_model("mobilenet_v3_small", 10, 3, CIFAR_SIZE, source="torchvision")
+    points = feature_points(mobilenet)
+    assert points["stem"] == "features.0" and points["pre_logit"] == "avgpool"
+    assert [points[f"stage{i}"] for i in range(1, len(mobilenet.features))] == [
+        f"features.{i}" for i in range(1, len(mobilenet.features))
+    ]
+
+
+def test_feature_points_override_from_the_model_config() -> None:
+    node = OmegaConf.load(TEACHER_DIR / "torchvision.yaml")
+    node.feature_points = {"pre_logit": "avgpool", "stage2": "layer4", "stage1": "layer2.1.relu"}
+    model = hydra.utils.instantiate(node, num_classes=10, in_channels=3, image_size=CIFAR_SIZE)
+    assert feature_points(model) == {"stage1": "layer2.1.relu", "stage2": "layer4", "pre_logit": "avgpool"}
+    assert list(feature_points(model)) == ["stage1", "stage2", "pre_logit"]
+    zoo = build_model("resnet20", 10, 3, CIFAR_SIZE, feature_points={"stage1": "stages.0.0"})
+    assert feature_points(zoo) == {"stage1": "stages.0.0"}
+    assert _logits(zoo, 3, CIFAR_SIZE).shape == (BATCH, 10)
+
+
+def test_feature_points_override_errors_name_the_key() -> None:
+    with pytest.raises(ConfigError, match="has no module 'layer9'") as caught:
+        build_model("resnet18", 10, 3, CIFAR_SIZE, source="torchvision", feature_points={"stage3": "layer9"})
+    assert caught.value.key == "feature_points.stage3"
+    with pytest.raises(ConfigError, match="not a feature point name") as caught:
+        build_model("resnet18", 10, 3, CIFAR_SIZE, source="torchvision", feature_points={"block3": "layer3"})
+    assert caught.value.key == "feature_points.block3"

@@ -7,6 +7,7 @@ Public API: :func:`build_model` (the Hydra ``_target_`` of ``conf/teacher`` and 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
@@ -15,6 +16,7 @@ from kd_hydra.errors import ConfigError
 
 # Importing the architecture modules registers them in the zoo.
 from . import mobilenetv2, resnet_cifar, tutorial_cnn, wide_resnet  # noqa: F401
+from .features import OVERRIDE_ATTRIBUTE, validate_feature_points
 from .registry import build_zoo_model, list_models
 from .torchvision_models import build_torchvision_model, list_torchvision_models
 
@@ -31,6 +33,7 @@ def build_model(
     source: str = "zoo",
     weights: str | None = None,
     checkpoint: str | None = None,
+    feature_points: Mapping[str, str] | None = None,
     **arch_kwargs: Any,
 ) -> nn.Module:
     """Build a classifier mapping ``(N, in_channels, image_size, image_size)`` images to logits.
@@ -39,7 +42,9 @@ def build_model(
     ``source="torchvision"`` calls ``torchvision.models.get_model`` (RGB only) and, with ``weights``,
     loads them and replaces the final classifier layer when ``num_classes`` differs from the
     pretrained head. ``checkpoint`` is ignored: the trainer loads teacher checkpoints itself.
-    Bad names, sources, options or input sizes raise :class:`~kd_hydra.errors.ConfigError`.
+    ``feature_points`` (``{name: module.path}``) overrides the model's feature points
+    (:mod:`kd_hydra.models.features`). Bad names, sources, options, input sizes or feature-point
+    paths raise :class:`~kd_hydra.errors.ConfigError`.
     """
     del checkpoint  # accepted so that a teacher config node can be passed as-is
     dataset_arguments = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size}
@@ -51,10 +56,14 @@ def build_model(
             raise ConfigError(
                 "weights", f"zoo models have no pretrained weights, got '{weights}'; use weights: null"
             )
-        return build_zoo_model(name, num_classes, in_channels, image_size, **arch_kwargs)
-    if source == "torchvision":
-        return build_torchvision_model(name, num_classes, in_channels, weights, **arch_kwargs)
-    raise ConfigError("source", f"unknown model source '{source}'; choose one of: {', '.join(SOURCES)}")
+        model = build_zoo_model(name, num_classes, in_channels, image_size, **arch_kwargs)
+    elif source == "torchvision":
+        model = build_torchvision_model(name, num_classes, in_channels, weights, **arch_kwargs)
+    else:
+        raise ConfigError("source", f"unknown model source '{source}'; choose one of: {', '.join(SOURCES)}")
+    if feature_points is not None:
+        setattr(model, OVERRIDE_ATTRIBUTE, validate_feature_points(model, feature_points))
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -32,6 +32,9 @@ INVERTED_RESIDUAL_SETTINGS: tuple[tuple[int, int, int, int], ...] = (
     (6, 160, 3, 2),
     (6, 320, 1, 1),
 )
+# Feature stages end after these setting rows (0-based: the 24, 32, 96 and 320-channel groups), the
+# last block before each resolution change and the last block, as RepDistiller's ``feats``.
+FEATURE_STAGE_ROWS = (1, 2, 4, 6)
 
 
 def make_divisible(value: float, divisor: int = CHANNEL_DIVISOR) -> int:
@@ -88,12 +91,15 @@ class MobileNetV2Cifar(nn.Module):
         width = make_divisible(STEM_WIDTH * width_mult)
         last_width = make_divisible(LAST_WIDTH * max(1.0, width_mult))
         layers: list[nn.Module] = [conv_bn_relu6(in_channels, width, kernel_size=3)]
+        row_ends: list[int] = []  # index in ``features`` of the last block of each settings row
         for expansion, channels, repeats, first_stride in INVERTED_RESIDUAL_SETTINGS:
             out_width = make_divisible(channels * width_mult)
             for index in range(repeats):
                 stride = first_stride if index == 0 else 1
                 layers.append(InvertedResidual(width, out_width, stride, expansion))
                 width = out_width
+            row_ends.append(len(layers) - 1)
+        self._stage_ends = tuple(row_ends[row] for row in FEATURE_STAGE_ROWS)
         layers.append(conv_bn_relu6(width, last_width, kernel_size=1))
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -101,6 +107,11 @@ class MobileNetV2Cifar(nn.Module):
         init_conv_bn_(self)
         nn.init.normal_(self.classifier.weight, std=CLASSIFIER_INIT_STD)
         nn.init.zeros_(self.classifier.bias)
+
+    def feature_points(self) -> dict[str, str]:
+        """Feature point -> module path: stem, the ends of the 24/32/96/320-channel groups, pooled feature."""
+        stages = {f"stage{number}": f"features.{end}" for number, end in enumerate(self._stage_ends, 1)}
+        return {"stem": "features.0", **stages, "pre_logit": "pool"}
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.features(x)

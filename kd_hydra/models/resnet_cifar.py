@@ -79,6 +79,11 @@ class CifarResNet(nn.Module):
         self.fc = nn.Linear(width, num_classes)
         init_conv_bn_(self)
 
+    def feature_points(self) -> dict[str, str]:
+        """Feature point -> module path: post-ReLU stem and stage outputs, the pooled feature."""
+        stages = {f"stage{index + 1}": f"stages.{index}" for index in range(len(self.stages))}
+        return {"stem": "stem", **stages, "pre_logit": "pool"}
+
     def forward(self, x: Tensor) -> Tensor:
         x = self.stages(self.stem(x))
         return self.fc(torch.flatten(self.pool(x), 1))

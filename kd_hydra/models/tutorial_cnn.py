@@ -19,6 +19,7 @@ POOL_SIZE = 2
 KERNEL_SIZE = 3
 PADDING = 1
 DROPOUT = 0.1
+HIDDEN_ACTIVATION_INDEX = 1  # classifier = Linear, ReLU, Dropout, Linear
 
 DEEP_CONV_WIDTHS = (128, 64, 64, 32)
 DEEP_HIDDEN_UNITS = 512
@@ -45,6 +46,18 @@ class TutorialCNN(nn.Module):
             nn.Dropout(DROPOUT),
             nn.Linear(hidden_units, num_classes),
         )
+
+    def feature_points(self) -> dict[str, str]:
+        """Feature point -> module path: the first conv's ReLU, each max-pool (a stage), the hidden
+        ReLU of the classifier (its input to the final layers; there is no pooling layer)."""
+        points: dict[str, str] = {}
+        for index, module in enumerate(self.features):
+            if isinstance(module, nn.ReLU) and not points:
+                points["stem"] = f"features.{index}"
+            elif isinstance(module, nn.MaxPool2d):
+                points[f"stage{len(points)}"] = f"features.{index}"
+        points["pre_logit"] = f"classifier.{HIDDEN_ACTIVATION_INDEX}"
+        return points
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.features(x)

@@ -77,6 +77,13 @@ class WideResNet(nn.Module):
         init_conv_bn_(self)
         nn.init.zeros_(self.fc.bias)
 
+    def feature_points(self) -> dict[str, str]:
+        """Feature point -> module path, as RepDistiller's ``feats``: stem conv, raw (pre-activation)
+        outputs of the first stages, the last stage after the final BN-ReLU, the pooled feature."""
+        last = len(self.stages)
+        stages = {f"stage{index + 1}": f"stages.{index}" for index in range(last - 1)}
+        return {"stem": "stem", **stages, f"stage{last}": "final_activation", "pre_logit": "pool"}
+
     def forward(self, x: Tensor) -> Tensor:
         x = self.final_activation(self.stages(self.stem(x)))
         return self.fc(torch.flatten(self.pool(x), 1))
