@@ -223,7 +223,7 @@ def plot_accuracy_vs_temperature(df: pd.DataFrame) -> Figure:
     fig, (ax,) = _new_figure()
     sns.lineplot(
         data=runs, x=TEMPERATURE, y=FINAL_TEST_ACC, hue=hue, hue_order=hue_order or None,
-        errorbar=("ci", 95), seed=0, marker="o", ax=ax, label=None if hue else method,
+        errorbar=("ci", 95), seed=0, marker="o", ax=ax, **({} if hue else {"label": method}),
     )  # fmt: skip
     baseline = baseline_accuracy(df, setup)
     if not pd.isna(baseline):
@@ -259,7 +259,7 @@ def plot_kd_gain(df: pd.DataFrame) -> Figure:
     ax.axhline(0.0, color="0.35", linestyle="--", label="no gain (baseline student)")
     sns.lineplot(
         data=gains, x=TEMPERATURE, y="gain", hue=hue, hue_order=hue_order or None,
-        errorbar=("ci", 95), seed=0, marker="o", ax=ax, label=None if hue else method,
+        errorbar=("ci", 95), seed=0, marker="o", ax=ax, **({} if hue else {"label": method}),
     )  # fmt: skip
     ax.set_xticks(sorted(gains[TEMPERATURE].unique()))
     ax.set_xlabel(TEMPERATURE_LABEL)
