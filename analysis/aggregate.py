@@ -335,7 +335,7 @@ def rank_settings(df: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataF
     matched same-seed baselines (:func:`kd_gain`) and ``gain_n``, and the ``run_dirs`` (a tuple).
     """
     distill = completed_runs(df, schema.MODE_DISTILL)
-    by = _ordered(varying_columns(distill)) if by is None else list(by)
+    by = _ordered([c for c in varying_columns(distill) if c != LOSS_TARGET]) if by is None else list(by)
     selected_on = selection_metric(df)
     with_val, with_top5 = selected_on == FINAL_VAL_ACC, has_top5(distill)
     gains = kd_gain(df).set_index(RUN_DIR)["gain"] if len(distill) else pd.Series(dtype=float)
@@ -348,7 +348,7 @@ def rank_settings(df: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataF
         label_columns = [*by, *(k for k in HEADLINE_LOSS_KEYS if k in group.columns and k not in by)]
         headline = {c: group[c].dropna().iloc[0] if group[c].notna().any() else None for c in label_columns}
         row = {c: first[c] for c in by}
-        row["setting"] = setting_label(headline, _ordered(label_columns)) or "(one setting)"
+        row["setting"] = setting_label(headline, _ordered(label_columns)) or "(its only setting)"
         row["mean"], row["std"], row["ci95"], row["n"] = mean_ci(group[FINAL_TEST_ACC])
         if with_val:
             row["val_mean"], _, _, row["val_n"] = mean_ci(group[FINAL_VAL_ACC])

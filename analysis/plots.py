@@ -243,10 +243,8 @@ def plot_kd_gain(df: pd.DataFrame) -> Figure:
     """Gain (distilled minus matched baseline accuracy, see ``kd_gain``) vs T, one line per combination
     of the other varying settings (per α for Hinton KD), with a zero line; ValueError when no distill
     run has a matched baseline. Runs of one setup and one method."""
-    _, setup, method = _distill_runs(df)
+    _, setup, method = _distill_runs(df, numeric=(TEMPERATURE,))
     gains = kd_gain(df)
-    if TEMPERATURE not in gains.columns:
-        raise ValueError(f"the distill runs have no {TEMPERATURE!r} column")
     gains = gains.assign(**{TEMPERATURE: as_float(gains[TEMPERATURE])}).dropna(subset=["gain", TEMPERATURE])
     if gains.empty:
         raise ValueError(
@@ -281,7 +279,7 @@ def plot_method_comparison(df: pd.DataFrame) -> Figure:
     table = table[table["n"] > 0]
     if table.empty:
         raise ValueError(f"no completed distill run has a {FINAL_TEST_ACC}")
-    fig, (ax,) = _new_figure()
+    fig, (ax,) = _new_figure(WIDE_FIGSIZE if len(table) > 4 else FIGSIZE)
     positions = range(len(table))
     by_dir = df.set_index(RUN_DIR)
     palette = sns.color_palette(n_colors=len(table))
@@ -296,8 +294,8 @@ def plot_method_comparison(df: pd.DataFrame) -> Figure:
     teacher = teacher_accuracy(df, setup)
     if not pd.isna(teacher):
         ax.axhline(teacher, color="black", linestyle=":", label=f"teacher {setup.teacher} ({teacher:.1f})")
-    ax.set_xticks(list(positions), [f"{m}\n{s}" if s != m else m for m, s in zip(table[METHOD], table["setting"], strict=True)],
-                  fontsize="small")  # fmt: skip
+    ticks = [f"{method}\n{setting.replace(', ', chr(10))}" for method, setting in zip(table[METHOD], table["setting"], strict=True)]  # noqa: E501
+    ax.set_xticks(list(positions), ticks, fontsize="x-small")
     ax.set_xlim(-0.6, len(table) - 0.4)
     ax.set_xlabel("method (its best setting)")
     ax.set_ylabel(ACCURACY_LABEL)

@@ -75,7 +75,7 @@ SELECTED_ON_TEST = "selected on the test split (no validation split: optimistic)
 
 #: Per-setup, per-method figures: output stem -> (caption, plotting function of the runs table).
 SETUP_FIGURES: dict[str, tuple[str, Callable[[pd.DataFrame], Figure]]] = {
-    "heatmap": ("test accuracy over two swept loss keys", plot_heatmap),
+    "heatmap": ("test accuracy over the two swept loss keys", plot_heatmap),
     "accuracy_vs_temperature": ("accuracy vs temperature", plot_accuracy_vs_temperature),
     "kd_gain": ("gain over the baseline", plot_kd_gain),
 }
@@ -273,7 +273,7 @@ def _best_section(runs: pd.DataFrame) -> list[str]:
     top = rankings[best_setup].iloc[0]
     val_text = f", validation accuracy {top['val_mean']:.2f} (n={int(top['val_n'])})" if key == "val_mean" else ""
     lines.append(
-        f"Highest mean {selected_on} over seeds among the distill runs ({_selected_on_text(selected_on)}): "
+        f"Highest mean {selected_on} over seeds among the distill runs, {_selected_on_text(selected_on)}: "
         f"**{escape_text(top['setting'])}** ({escape_text(best_setup.title())}), test accuracy "
         f"{_format_accuracy(top['mean'], top['ci95'], int(top['n']))}{val_text} "
         "(percent; mean ± 95% CI half-width over n seeds)."
@@ -367,7 +367,7 @@ def _ranking_table(setup: Setup, ranked: pd.DataFrame) -> list[str]:
     header += ["gain (pp)"] * with_gain
     rows = []
     for row in ranked.head(MAX_RANKED_SETTINGS).to_dict("records"):
-        cells = [format_value(row[c]) for c in by] or [row["setting"]]
+        cells = ["—" if pd.isna(row[c]) else format_value(row[c]) for c in by] or [row["setting"]]
         cells.append(_format_accuracy(row["mean"], row["ci95"], int(row["n"])))
         if with_top5:
             cells.append(_format_accuracy(row["top5_mean"], row["top5_ci95"], int(row["n"])))

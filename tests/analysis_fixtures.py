@@ -233,3 +233,61 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = copy.deepcopy(value)
     return flat
+
+
+#: Method sweep on a 100-class dataset with a validation split: (method, loss keys) -> per seed
+#: (test accuracy, validation accuracy). Top-5 accuracy is test + TOP5_OFFSET.
+METHOD_SWEEP_DATASET = "cifar100"
+METHOD_SWEEP = {
+    ("kd", (("temperature", 1.0),)): ((70.0, 69.0), (72.0, 71.0)),
+    ("kd", (("temperature", 4.0),)): ((74.0, 73.0), (76.0, 75.0)),
+    ("dkd", (("beta", 1.0), ("warmup", 5))): ((80.0, 70.0), (82.0, 70.0)),  # best on test
+    ("dkd", (("beta", 8.0), ("warmup", 5))): ((78.0, 77.0), (78.0, 79.0)),  # best on validation
+    ("dkd", (("beta", 1.0), ("warmup", 20))): ((76.0, 72.0), (76.0, 72.0)),
+    ("dkd", (("beta", 8.0), ("warmup", 20))): ((77.0, 75.0), (79.0, 75.0)),
+    ("fitnet", ()): ((73.0, 74.0), (75.0, 74.0)),
+}  # fmt: skip
+#: (test, validation) accuracy of the baseline student of each seed in the method sweep.
+METHOD_SWEEP_BASELINE = {0: (70.0, 69.0), 1: (71.0, 70.0)}
+TOP5_OFFSET = 10.0
+
+
+def method_sweep_config(mode: str, seed: int, method: str = "kd", **loss_keys: Any) -> dict[str, Any]:
+    """A config of the method sweep: cifar100 with a validation split, kd at alpha 0.9."""
+    temperature = loss_keys.pop("temperature", 4.0)
+    config = make_config(mode, seed, temperature, 0.9, method, **loss_keys)
+    config["dataset"].update(name=METHOD_SWEEP_DATASET, num_classes=100, val_fraction=0.1)
+    return config
+
+
+def write_method_sweep(root: Path) -> Path:
+    """Distill runs of kd (T 1, 4), dkd (beta × warmup grid) and fitnet, 2 seeds each, plus baselines;
+    job directories named from their settings (not numbers)."""
+    for (method, keys), per_seed in METHOD_SWEEP.items():
+        for seed, (test, val) in enumerate(per_seed):
+            config = method_sweep_config(schema.MODE_DISTILL, seed, method, **dict(keys))
+            name = ",".join([f"loss={method}", *(f"loss.{k}={v:g}" for k, v in keys), f"trainer.seed={seed}"])
+            write_run(root / name, config, make_metrics(config, test, final_val_acc=val, top5=test + TOP5_OFFSET),
+                      make_history(test, method=method))  # fmt: skip
+    for seed, (test, val) in METHOD_SWEEP_BASELINE.items():
+        config = method_sweep_config(schema.MODE_STUDENT, seed)
+        write_run(root / f"mode=student,trainer.seed={seed}", config,
+                  make_metrics(config, test, final_val_acc=val, top5=test + TOP5_OFFSET),
+                  make_history(test, distill=False))  # fmt: skip
+    return root
+
+
+#: Two .npz datasets that share dataset.name: path -> (distill accuracy per seed, baseline accuracy per seed).
+TWO_DATASETS = {"/data/a.npz": ((60.0, 62.0), (55.0, 56.0)), "/data/b.npz": ((90.0, 92.0), (85.0, 86.0))}
+
+
+def write_two_dataset_sweep(root: Path) -> Path:
+    """kd runs (T=4, α=0.9, seeds 0 and 1) and baselines on two ``arrays`` datasets of the same name."""
+    for path, (distill, baseline) in TWO_DATASETS.items():
+        for mode, accuracies in ((schema.MODE_DISTILL, distill), (schema.MODE_STUDENT, baseline)):
+            for seed, acc in enumerate(accuracies):
+                config = make_config(mode, seed)
+                config["dataset"] = {"name": "arrays", "path": path, "num_classes": 10,
+                                     "loader": {"path": "${..path}"}}  # fmt: skip
+                write_run(root / f"{Path(path).stem}_{mode}_{seed}", config, make_metrics(config, acc))
+    return root
