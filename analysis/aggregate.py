@@ -294,8 +294,10 @@ def short_name(column: str) -> str:
 
 
 def setting_label(values: pd.Series | dict, columns: Sequence[str]) -> str:
-    """``"T = 4, α = 0.9"``; with the method among ``columns``: ``"dkd: T = 4, beta = 8"`` (missing values left out)."""
-    parts = [f"{short_name(c)} = {format_value(values[c])}" for c in columns if c != METHOD and not _is_missing(values[c])]
+    """``"T = 4, α = 0.9"``; with the method among ``columns``: ``"dkd: T = 4, beta = 8"`` (missing values
+    left out)."""
+    present = [c for c in columns if c != METHOD and not _is_missing(values[c])]
+    parts = [f"{short_name(c)} = {format_value(values[c])}" for c in present]
     text = ", ".join(parts)
     if METHOD in columns and not _is_missing(values[METHOD]):
         return f"{values[METHOD]}: {text}" if text else str(values[METHOD])
@@ -303,7 +305,8 @@ def setting_label(values: pd.Series | dict, columns: Sequence[str]) -> str:
 
 
 def selection_metric(df: pd.DataFrame) -> str:
-    """``final_val_acc`` when a completed distill run of ``df`` has one (choose on validation), else ``final_test_acc``."""
+    """``final_val_acc`` when a completed distill run of ``df`` has one (choose on validation), else
+    ``final_test_acc``."""
     distill = completed_runs(df, schema.MODE_DISTILL)
     if FINAL_VAL_ACC in distill.columns and as_float(distill[FINAL_VAL_ACC]).notna().any():
         return FINAL_VAL_ACC
@@ -359,8 +362,9 @@ def rank_settings(df: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataF
         row["gain_n"] = len(own_gains)
         row["run_dirs"] = tuple(group[RUN_DIR])
         rows.append(row)
-    columns = [*by, *(c for c in RANK_COLUMNS
-                      if (with_val or not c.startswith("val_")) and (with_top5 or not c.startswith("top5_")))]  # fmt: skip
+    dropped = ("val_",) * (not with_val) + ("top5_",) * (not with_top5)
+    wanted = [c for c in RANK_COLUMNS if not (dropped and c.startswith(dropped))]
+    columns = [*by, *wanted]
     table = pd.DataFrame(rows, columns=columns)
     if not table.empty:
         key = "val_mean" if with_val else "mean"
@@ -433,7 +437,8 @@ def kd_gain(df: pd.DataFrame, unmatched_prefixes: Sequence[str] = DEFAULT_UNMATC
     ``soft_label_cache.*``, ``paths.*``, ``hydra.*`` (``unmatched_prefixes``: what only shapes the
     teacher side) and bookkeeping (:func:`is_bookkeeping`: places, devices, threads, ...);
     so every dataset.* key (dataset.path included), student.name, trainer.* (seed included),
-    optimizer.* and scheduler.* must be equal. A key missing from either config does not distinguish them. Several matches are
+    optimizer.* and scheduler.* must be equal. A key missing from either config does not distinguish them.
+    Several matches are
     averaged (``baseline_n`` counts them); ``gain = final_test_acc - baseline_test_acc``, NaN
     where no baseline matches.
     """

@@ -33,7 +33,6 @@ from .aggregate import (
     distill_methods,
     distill_setups,
     kd_gain,
-    runs_of_method,
     setting_label,
     short_name,
     swept_loss_keys,
@@ -294,7 +293,8 @@ def plot_method_comparison(df: pd.DataFrame) -> Figure:
     teacher = teacher_accuracy(df, setup)
     if not pd.isna(teacher):
         ax.axhline(teacher, color="black", linestyle=":", label=f"teacher {setup.teacher} ({teacher:.1f})")
-    ticks = [f"{method}\n{setting.replace(', ', chr(10))}" for method, setting in zip(table[METHOD], table["setting"], strict=True)]  # noqa: E501
+    pairs = zip(table[METHOD], table["setting"], strict=True)
+    ticks = [f"{method}\n{setting.replace(', ', chr(10))}" for method, setting in pairs]
     ax.set_xticks(list(positions), ticks, fontsize="x-small")
     ax.set_xlim(-0.6, len(table) - 0.4)
     ax.set_xlabel("method (its best setting)")

@@ -49,7 +49,6 @@ from analysis_fixtures import (  # noqa: E402
     METHOD_SWEEP,
     METHOD_SWEEP_BASELINE,
     TOP5_OFFSET,
-    TWO_DATASETS,
     write_method_sweep,
     write_two_dataset_sweep,
     BASELINE_ACC,
@@ -395,7 +394,8 @@ def test_report_on_a_sweep_without_distill_runs(tmp_path: Path) -> None:
     write_run(tmp_path / "t", config, make_metrics(config, TEACHER_ACC), make_history(TEACHER_ACC, distill=False))
     written = write_report(tmp_path / "t", tmp_path / "out")
     report = written["report"].read_text()
-    assert "No completed distill runs" in report and "<code>heatmap.png</code> skipped: no completed distill runs" in report
+    assert "No completed distill runs" in report
+    assert "<code>heatmap.png</code> skipped: no completed distill runs" in report
     assert_png(written["learning_curves"])
 
 
