@@ -5,6 +5,7 @@ first use, so ``import analysis`` (and the Hydra callback) stays cheap. Typical 
 
     runs = load_runs("multirun/2024-01-01/12-00-00")
     aggregate(completed_runs(runs, "distill"), by=["loss.temperature", "loss.alpha"])
+    rank_settings(runs)  # every setting that varies, best first (validation accuracy when present)
     write_report(["multirun/2024-01-01/12-00-00"], "report_dir")
 """
 
@@ -22,6 +23,14 @@ _EXPORTS = {
     "load_runs": "load",
     "Setup": "aggregate",
     "aggregate": "aggregate",
+    "compare_methods": "aggregate",
+    "distill_methods": "aggregate",
+    "rank_settings": "aggregate",
+    "runs_of_method": "aggregate",
+    "selection_metric": "aggregate",
+    "setting_columns": "aggregate",
+    "swept_loss_keys": "aggregate",
+    "varying_columns": "aggregate",
     "baseline_accuracy": "aggregate",
     "ci95_half_width": "aggregate",
     "completed_runs": "aggregate",
@@ -33,7 +42,9 @@ _EXPORTS = {
     "plot_heatmap": "plots",
     "plot_kd_gain": "plots",
     "plot_learning_curves": "plots",
+    "plot_method_comparison": "plots",
     "save_figure": "plots",
+    "csv_safe": "report",
     "write_report": "report",
 }
 __all__ = sorted(_EXPORTS)
@@ -44,15 +55,30 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load lazily
         aggregate,
         baseline_accuracy,
         ci95_half_width,
+        compare_methods,
         completed_runs,
+        distill_methods,
         distill_setups,
         kd_gain,
+        rank_settings,
+        runs_of_method,
         runs_of_setup,
+        selection_metric,
+        setting_columns,
+        swept_loss_keys,
         teacher_accuracy,
+        varying_columns,
     )
     from .load import NoRunsError, find_run_dirs, history_of, load_history, load_runs
-    from .plots import plot_accuracy_vs_temperature, plot_heatmap, plot_kd_gain, plot_learning_curves, save_figure
-    from .report import write_report
+    from .plots import (
+        plot_accuracy_vs_temperature,
+        plot_heatmap,
+        plot_kd_gain,
+        plot_learning_curves,
+        plot_method_comparison,
+        save_figure,
+    )
+    from .report import csv_safe, write_report
 
 
 def __getattr__(name: str) -> Any:

@@ -1,7 +1,13 @@
-"""Summaries of a :func:`analysis.load_runs` table: means with 95% CIs, setups, and KD gain."""
+"""Summaries of a :func:`analysis.load_runs` table: means with 95% CIs, setups, settings, methods, KD gain.
+
+A *setting* is every config value that may change a result except the seed: config columns minus
+bookkeeping (:func:`is_bookkeeping`). Runs are averaged as seeds only when their settings are equal;
+a key that some runs lack does not distinguish them (schema drift) unless the runs that have it differ.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -12,16 +18,23 @@ import pandas as pd
 from kd_hydra import schema
 
 from .load import (
+    ALPHA,
     DATASET,
     FINAL_TEST_ACC,
+    FINAL_TEST_ACC_TOP5,
+    FINAL_VAL_ACC,
+    LOSS,
     META_COLUMNS,
+    METHOD_METRIC,
     METRIC_COLUMNS,
     MODE,
     RUN_DIR,
+    SEED,
     STATUS,
     STUDENT,
     TEACHER,
     TEACHER_TEST_ACC,
+    TEMPERATURE,
 )
 
 #: Columns of :func:`aggregate`'s result after the ``by`` columns.
@@ -34,8 +47,33 @@ GAIN_COLUMNS = ("baseline_test_acc", "baseline_n", "baseline_run_dirs", "gain")
 DEFAULT_UNMATCHED_PREFIXES = (
     "mode", "loss.", "teacher.", "teacher_training.", "soft_label_cache.", "paths.", "hydra.",
 )  # fmt: skip
-#: Leaf-name endings of config columns that name places, not settings (ignored by matching).
+#: Leaf-name endings of config columns that name places, not settings (except under DATA_PREFIX).
 PATH_LIKE_SUFFIXES = ("dir", "path", "file")
+#: Config columns under this prefix say which data a run used: always settings, paths included.
+DATA_PREFIX = "dataset."
+#: Config prefixes and keys that never change a result (outputs, caches, logging, run bookkeeping).
+BOOKKEEPING_PREFIXES = ("hydra.", "paths.", "logger.")
+BOOKKEEPING_KEYS = (
+    "trainer.eval_batch_size", "trainer.eval_every", "trainer.device", "trainer.num_threads",
+    "trainer.num_workers", "trainer.save_checkpoint", "trainer.progress",
+    "soft_label_cache.max_gb", "soft_label_cache.batch_size",
+)  # fmt: skip
+#: Leaf names of resume bookkeeping keys (a resumed run is the same setting).
+BOOKKEEPING_LEAVES = ("resume", "resume_from", "ckpt_path")
+
+#: The method of a distill run is its ``loss.name``.
+METHOD = LOSS
+LOSS_PREFIX = "loss."
+#: Loss columns that name the method's class rather than a setting.
+LOSS_TARGET = "loss._target_"
+#: Loss keys of schema.SETTINGS_KEYS (temperature, alpha): named in a setting's label whenever set.
+HEADLINE_LOSS_KEYS = tuple(k for k in schema.SETTINGS_KEYS if k.startswith(LOSS_PREFIX) and k != LOSS)
+#: Short names of columns in setting labels and table headers (loss.X is X, others stay dotted).
+SHORT_NAMES = {TEMPERATURE: "T", ALPHA: "α", METHOD: "method"}
+
+#: Columns of :func:`rank_settings` after the setting columns (val_* and top5_* only when present).
+RANK_COLUMNS = ("setting", "mean", "std", "n", "ci95", "val_mean", "val_n", "top5_mean", "top5_ci95",
+                "gain", "gain_n", "run_dirs")  # fmt: skip
 
 # Two-sided 95% Student-t quantiles t_{0.975, df} for df = 1..30 (used only without scipy).
 _T975 = (
@@ -46,20 +84,33 @@ _T975 = (
 
 
 class Setup(NamedTuple):
-    """What a distillation experiment distils: dataset, teacher arch and student arch."""
+    """What a distillation experiment distils: dataset, teacher arch and student arch.
+
+    ``data``: ``(key, value)`` pairs of the ``dataset.*`` keys that tell apart datasets of the same
+    name (e.g. two ``.npz`` files), empty when the name alone identifies the data.
+    """
 
     dataset: str
     teacher: str
     student: str
+    data: tuple[tuple[str, str], ...] = ()
 
     def title(self) -> str:
-        """``"cifar10: resnet56 → resnet8"``, for figure titles."""
-        return f"{self.dataset}: {self.teacher} → {self.student}"
+        """``"cifar10: resnet56 → resnet8"`` (``"arrays [path=/a.npz]: ..."`` with data keys), for titles."""
+        data = ", ".join(f"{key.removeprefix(DATA_PREFIX)}={value}" for key, value in self.data)
+        return f"{self.dataset}{f' [{data}]' if data else ''}: {self.teacher} → {self.student}"
 
     def slug(self) -> str:
-        """A file-name-safe ``dataset_teacher_student``."""
+        """A file-name-safe ``dataset_teacher_student`` (plus a short hash of ``data`` when set)."""
         raw = f"{self.dataset}_{self.teacher}_{self.student}"
-        return "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in raw)
+        if self.data:
+            raw += "_" + hashlib.sha1(repr(self.data).encode()).hexdigest()[:8]
+        return safe_name(raw)
+
+
+def safe_name(raw: str) -> str:
+    """``raw`` with every character but letters, digits, ``-`` and ``.`` replaced by ``_``."""
+    return "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in raw)
 
 
 def as_float(values: pd.Series) -> pd.Series:
@@ -106,22 +157,39 @@ def aggregate(df: pd.DataFrame, by: str | Sequence[str], metric: str = FINAL_TES
     done = done.dropna(subset=[metric])
     if done.empty:
         return pd.DataFrame(columns=[*by, *AGGREGATE_COLUMNS])
-    grouped = done.groupby(by, dropna=False, sort=True)[metric]
-    table = grouped.agg(mean="mean", std="std", n="count").reset_index()
+    try:
+        table = done.groupby(by, dropna=False, sort=True)[metric].agg(mean="mean", std="std", n="count")
+    except TypeError:  # values of mixed types cannot be sorted: keep the order of appearance
+        table = done.groupby(by, dropna=False, sort=False)[metric].agg(mean="mean", std="std", n="count")
+    table = table.reset_index()
     table["ci95"] = [ci95_half_width(std, n) for std, n in zip(table["std"], table["n"], strict=True)]
     return table
+
+
+def data_columns(df: pd.DataFrame, dataset: str) -> list[str]:
+    """``dataset.*`` setting columns (but the name) that differ between the runs of ``df`` named ``dataset``."""
+    named = df[_column(df, DATASET) == dataset]
+    candidates = [c for c in setting_columns(named) if c.startswith(DATA_PREFIX) and c != DATASET]
+    return varying_columns(named, candidates)
 
 
 def distill_setups(df: pd.DataFrame) -> list[Setup]:
     """The distinct setups of the completed distill runs of ``df``, sorted."""
     distill = completed_runs(df, schema.MODE_DISTILL)
-    columns = zip(*(_column(distill, c) for c in (DATASET, TEACHER, STUDENT)), strict=True)
-    return sorted({Setup(*values) for values in columns})
+    data_keys = {name: data_columns(df, name) for name in set(_column(distill, DATASET))}
+    names = pd.DataFrame({c: _column(distill, c) for c in (DATASET, TEACHER, STUDENT)})
+    setups = set()
+    for (_, run), (dataset, teacher, student) in zip(distill.iterrows(), names.itertuples(index=False), strict=True):
+        data = tuple((key, format_value(run[key])) for key in data_keys[dataset])
+        setups.add(Setup(dataset, teacher, student, data))
+    return sorted(setups)
 
 
 def runs_of_setup(df: pd.DataFrame, setup: Setup) -> pd.DataFrame:
     """Runs of ``df`` that belong to ``setup``: its distill runs, baselines and teachers."""
     dataset = _column(df, DATASET) == setup.dataset
+    for key, value in setup.data:
+        dataset &= _column(df, key) == value
     student = _column(df, STUDENT) == setup.student
     teacher = _column(df, TEACHER) == setup.teacher
     mode = _column(df, MODE)
@@ -133,11 +201,198 @@ def runs_of_setup(df: pd.DataFrame, setup: Setup) -> pd.DataFrame:
     return df[keep]
 
 
+def format_value(value: object) -> str:
+    """``value`` as text for labels and equality tests: "?" when missing, ``4`` for 4.0, ``0.001`` for 1e-3."""
+    if _is_missing(value):
+        return "?"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _is_missing(value: object) -> bool:
+    """True for None, NaN and pd.NA (False for lists and other non-scalars)."""
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
 def _column(df: pd.DataFrame, column: str) -> pd.Series:
-    """``df[column]`` as strings (missing column: all "?"), for equality tests with a Setup."""
+    """``df[column]`` as text (missing column: all "?"), for equality tests with a Setup."""
     if column not in df.columns:
         return pd.Series("?", index=df.index)
-    return df[column].astype(object).map(lambda value: "?" if pd.isna(value) else str(value))
+    return df[column].astype(object).map(format_value)
+
+
+def config_columns(df: pd.DataFrame) -> list[str]:
+    """The columns of ``df`` that come from the runs' configs (``mode`` included, metrics left out)."""
+    not_config = ({*META_COLUMNS, *METRIC_COLUMNS, "settings"} - {MODE}) | set(GAIN_COLUMNS)
+    return [column for column in df.columns if column not in not_config]
+
+
+def is_bookkeeping(column: str) -> bool:
+    """True for config keys that cannot change a result: ``hydra.*``, ``paths.*``, ``logger.*``, places
+    (leaf ending in dir/path/file, except under ``dataset.``), devices, threads, progress, resume keys."""
+    leaf = column.rsplit(".", 1)[-1].lower()
+    return (
+        column.startswith(BOOKKEEPING_PREFIXES)
+        or column in BOOKKEEPING_KEYS
+        or leaf in BOOKKEEPING_LEAVES
+        or (leaf.endswith(PATH_LIKE_SUFFIXES) and not column.startswith(DATA_PREFIX))
+    )
+
+
+def setting_columns(df: pd.DataFrame) -> list[str]:
+    """Config columns that define a run's setting: all but ``mode``, the seed and bookkeeping."""
+    return [c for c in config_columns(df) if c not in (MODE, SEED) and not is_bookkeeping(c)]
+
+
+def varying_columns(df: pd.DataFrame, columns: Sequence[str] | None = None) -> list[str]:
+    """The ``columns`` (default: :func:`setting_columns`) with two or more distinct present values in ``df``."""
+    columns = setting_columns(df) if columns is None else [c for c in columns if c in df.columns]
+    return [c for c in columns if df[c].dropna().astype(object).map(format_value).nunique() > 1]
+
+
+def method_of(df: pd.DataFrame) -> pd.Series:
+    """The method of each run: ``loss.name`` (``metrics.method`` where the config lacks it), "?" if neither."""
+    method = _column(df, METHOD)
+    if METHOD_METRIC in df.columns:
+        method = method.where(method != "?", _column(df, METHOD_METRIC))
+    return method
+
+
+def distill_methods(df: pd.DataFrame) -> list[str]:
+    """The distinct methods of the completed distill runs of ``df``, sorted."""
+    return sorted(set(method_of(completed_runs(df, schema.MODE_DISTILL))))
+
+
+def runs_of_method(df: pd.DataFrame, method: str) -> pd.DataFrame:
+    """The distill runs of ``df`` with ``method`` plus every non-distill run (baselines, teachers)."""
+    mode = _column(df, MODE)
+    return df[(mode != schema.MODE_DISTILL) | (method_of(df) == method)]
+
+
+def swept_loss_keys(df: pd.DataFrame) -> list[str]:
+    """``loss.*`` setting columns (not the name or target) that vary among the completed distill runs of ``df``;
+    temperature and alpha first, then the others sorted."""
+    distill = completed_runs(df, schema.MODE_DISTILL)
+    loss_keys = [c for c in setting_columns(distill) if c.startswith(LOSS_PREFIX) and c not in (METHOD, LOSS_TARGET)]
+    return _ordered(varying_columns(distill, loss_keys))
+
+
+def _ordered(columns: Sequence[str]) -> list[str]:
+    """Method, temperature, alpha, other loss keys, then the rest, each part sorted."""
+    first = [c for c in (METHOD, TEMPERATURE, ALPHA) if c in columns]
+    loss = sorted(c for c in columns if c.startswith(LOSS_PREFIX) and c not in first)
+    return first + loss + sorted(c for c in columns if c not in first and c not in loss)
+
+
+def short_name(column: str) -> str:
+    """``T`` for the temperature, ``α`` for alpha, ``beta`` for ``loss.beta``, other keys as they are."""
+    return SHORT_NAMES.get(column, column.removeprefix(LOSS_PREFIX) if column.startswith(LOSS_PREFIX) else column)
+
+
+def setting_label(values: pd.Series | dict, columns: Sequence[str]) -> str:
+    """``"T = 4, α = 0.9"``; with the method among ``columns``: ``"dkd: T = 4, beta = 8"`` (missing values
+    left out)."""
+    present = [c for c in columns if c != METHOD and not _is_missing(values[c])]
+    parts = [f"{short_name(c)} = {format_value(values[c])}" for c in present]
+    text = ", ".join(parts)
+    if METHOD in columns and not _is_missing(values[METHOD]):
+        return f"{values[METHOD]}: {text}" if text else str(values[METHOD])
+    return text
+
+
+def selection_metric(df: pd.DataFrame) -> str:
+    """``final_val_acc`` when a completed distill run of ``df`` has one (choose on validation), else
+    ``final_test_acc``."""
+    distill = completed_runs(df, schema.MODE_DISTILL)
+    if FINAL_VAL_ACC in distill.columns and as_float(distill[FINAL_VAL_ACC]).notna().any():
+        return FINAL_VAL_ACC
+    return FINAL_TEST_ACC
+
+
+def has_top5(df: pd.DataFrame) -> bool:
+    """True when a completed run of ``df`` reports top-5 accuracy (datasets of more than 10 classes)."""
+    done = completed_runs(df)
+    return FINAL_TEST_ACC_TOP5 in done.columns and as_float(done[FINAL_TEST_ACC_TOP5]).notna().any()
+
+
+def mean_ci(values: pd.Series) -> tuple[float, float, float, int]:
+    """Mean, std (ddof=1), 95% CI half-width and count of the present (numeric) values."""
+    numbers = as_float(values).dropna()
+    n = len(numbers)
+    mean = float(numbers.mean()) if n else math.nan
+    std = float(numbers.std()) if n > 1 else math.nan
+    return mean, std, ci95_half_width(std, n), n
+
+
+def rank_settings(df: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataFrame:
+    """One row per setting of the completed distill runs of ``df``, best first; ``attrs["selected_on"]``
+    names the metric that ranks them (:func:`selection_metric`: validation accuracy when present).
+
+    ``by`` defaults to the setting columns that vary (the method first); then ``setting`` (a label,
+    temperature and alpha always named), final_test_acc ``mean``/``std``/``n``/``ci95``,
+    ``val_mean``/``val_n`` and ``top5_mean``/``top5_ci95`` (when present), mean ``gain`` over the
+    matched same-seed baselines (:func:`kd_gain`) and ``gain_n``, and the ``run_dirs`` (a tuple).
+    """
+    distill = completed_runs(df, schema.MODE_DISTILL)
+    by = _ordered([c for c in varying_columns(distill) if c != LOSS_TARGET]) if by is None else list(by)
+    selected_on = selection_metric(df)
+    with_val, with_top5 = selected_on == FINAL_VAL_ACC, has_top5(distill)
+    gains = kd_gain(df).set_index(RUN_DIR)["gain"] if len(distill) else pd.Series(dtype=float)
+    groups = distill.groupby(by, dropna=False, sort=False) if by else [((), distill)]
+    rows = []
+    for _, group in groups:
+        if group.empty:
+            continue
+        first = group.iloc[0]
+        label_columns = [*by, *(k for k in HEADLINE_LOSS_KEYS if k in group.columns and k not in by)]
+        headline = {c: group[c].dropna().iloc[0] if group[c].notna().any() else None for c in label_columns}
+        row = {c: first[c] for c in by}
+        row["setting"] = setting_label(headline, _ordered(label_columns)) or "(its only setting)"
+        row["mean"], row["std"], row["ci95"], row["n"] = mean_ci(group[FINAL_TEST_ACC])
+        if with_val:
+            row["val_mean"], _, _, row["val_n"] = mean_ci(group[FINAL_VAL_ACC])
+        if with_top5:
+            row["top5_mean"], _, row["top5_ci95"], _ = mean_ci(group[FINAL_TEST_ACC_TOP5])
+        own_gains = gains.reindex(group[RUN_DIR]).dropna()
+        row["gain"] = float(own_gains.mean()) if len(own_gains) else math.nan
+        row["gain_n"] = len(own_gains)
+        row["run_dirs"] = tuple(group[RUN_DIR])
+        rows.append(row)
+    dropped = ("val_",) * (not with_val) + ("top5_",) * (not with_top5)
+    wanted = [c for c in RANK_COLUMNS if not (dropped and c.startswith(dropped))]
+    columns = [*by, *wanted]
+    table = pd.DataFrame(rows, columns=columns)
+    if not table.empty:
+        key = "val_mean" if with_val else "mean"
+        table = table.sort_values([key, "mean"], ascending=False, na_position="last", kind="stable")
+    table = table.reset_index(drop=True)
+    table.attrs["selected_on"] = selected_on
+    return table
+
+
+def compare_methods(df: pd.DataFrame) -> pd.DataFrame:
+    """Each method's best setting (the top row of :func:`rank_settings` of its runs), best method first.
+
+    Columns: ``method`` then those of :func:`rank_settings` (``setting`` labels the method's setting);
+    ``attrs["selected_on"]`` as there.
+    """
+    rows = []
+    for method in distill_methods(df):
+        ranked = rank_settings(runs_of_method(df, method))
+        if not ranked.empty:
+            rows.append({METHOD: method, **{c: ranked.iloc[0][c] for c in ranked.columns if c in RANK_COLUMNS}})
+    table = pd.DataFrame(rows)
+    selected_on = selection_metric(df)
+    if not table.empty:
+        key = "val_mean" if selected_on == FINAL_VAL_ACC else "mean"
+        table = table.sort_values([key, "mean"], ascending=False, na_position="last", kind="stable")
+    table = table.reset_index(drop=True)
+    table.attrs["selected_on"] = selected_on
+    return table
 
 
 def baseline_accuracy(df: pd.DataFrame, setup: Setup) -> float:
@@ -161,13 +416,11 @@ def teacher_accuracy(df: pd.DataFrame, setup: Setup) -> float:
 
 def matching_columns(df: pd.DataFrame, unmatched_prefixes: Sequence[str] = DEFAULT_UNMATCHED_PREFIXES) -> list[str]:
     """Config columns a baseline must share with a distill run (see :func:`kd_gain`)."""
-    not_config = {*META_COLUMNS, *METRIC_COLUMNS, "settings"}
     return [
         column
-        for column in df.columns
-        if column not in not_config
-        and not any(column == p.rstrip(".") or column.startswith(p) for p in unmatched_prefixes)
-        and not column.rsplit(".", 1)[-1].lower().endswith(PATH_LIKE_SUFFIXES)
+        for column in config_columns(df)
+        if not any(column == p.rstrip(".") or column.startswith(p) for p in unmatched_prefixes)
+        and not is_bookkeeping(column)
     ]
 
 
@@ -182,9 +435,10 @@ def kd_gain(df: pd.DataFrame, unmatched_prefixes: Sequence[str] = DEFAULT_UNMATC
     Matching rule: a baseline is a completed mode=student run whose config equals the distill
     run's on every config column except ``mode``, ``loss.*``, ``teacher.*``, ``teacher_training.*``,
     ``soft_label_cache.*``, ``paths.*``, ``hydra.*`` (``unmatched_prefixes``: what only shapes the
-    teacher side) and path-like keys (leaf name ending in dir/path/file);
-    so dataset.name, student.name, trainer.* (seed included), optimizer.* and scheduler.* must
-    be equal. A key missing from either config does not distinguish them. Several matches are
+    teacher side) and bookkeeping (:func:`is_bookkeeping`: places, devices, threads, ...);
+    so every dataset.* key (dataset.path included), student.name, trainer.* (seed included),
+    optimizer.* and scheduler.* must be equal. A key missing from either config does not distinguish them.
+    Several matches are
     averaged (``baseline_n`` counts them); ``gain = final_test_acc - baseline_test_acc``, NaN
     where no baseline matches.
     """

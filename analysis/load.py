@@ -39,6 +39,9 @@ def _schema_name(name: str, names: tuple[str, ...]) -> str:
 
 
 FINAL_TEST_ACC = _schema_name("final_test_acc", schema.METRICS_KEYS)
+FINAL_TEST_ACC_TOP5 = _schema_name("final_test_acc_top5", schema.METRICS_KEYS)
+FINAL_VAL_ACC = _schema_name("final_val_acc", schema.METRICS_KEYS)
+METHOD_METRIC = _schema_name("method", schema.METRICS_KEYS)
 TEACHER_TEST_ACC = _schema_name("teacher_test_acc", schema.METRICS_KEYS)
 MODEL_PARAMS = _schema_name("model_params", schema.METRICS_KEYS)
 TEACHER_PARAMS = _schema_name("teacher_params", schema.METRICS_KEYS)

@@ -7,6 +7,8 @@ notebook a returned Figure displays itself.
 
 from __future__ import annotations
 
+import io
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,15 +19,25 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from kd_hydra import schema
+from kd_hydra.outputs import atomic_write_bytes
 
 from .aggregate import (
+    METHOD,
     Setup,
+    format_value,
+    aggregate,
     as_float,
     baseline_accuracy,
+    compare_methods,
     completed_runs,
+    distill_methods,
     distill_setups,
     kd_gain,
+    setting_label,
+    short_name,
+    swept_loss_keys,
     teacher_accuracy,
+    varying_columns,
 )
 from .load import (
     ALPHA,
@@ -43,18 +55,24 @@ FIGSIZE = (7.0, 4.5)
 WIDE_FIGSIZE = (11.0, 4.5)
 DPI = 120
 MAX_DEFAULT_CURVES = 8
+#: A heatmap axis with more distinct values than this is a continuous search, not a grid.
+MAX_HEATMAP_LEVELS = 15
+#: At most this many lines (combinations of the other varying settings) in a line plot.
+MAX_HUE_LEVELS = 10
 
 TEMPERATURE_LABEL = "temperature T"
 ALPHA_LABEL = "α (weight of the KD term)"
 ACCURACY_LABEL = "student test accuracy (%)"
 GAIN_LABEL = "KD gain over baseline (percentage points)"
+AXIS_LABELS = {TEMPERATURE: TEMPERATURE_LABEL, ALPHA: ALPHA_LABEL}
 
 
 def save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
     """Write ``fig`` to ``path`` as a PNG at 120 dpi (parent folders created); returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, format="png")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=DPI, format="png")
+    atomic_write_bytes(path, buffer.getvalue())
     return path
 
 
@@ -65,23 +83,34 @@ def _new_figure(figsize: tuple[float, float] = FIGSIZE, ncols: int = 1) -> tuple
     return fig, list(axes)
 
 
-def _distill_runs(df: pd.DataFrame) -> tuple[pd.DataFrame, Setup]:
-    """Completed distill runs of ``df`` with numeric T, alpha and accuracy, and their one setup."""
+def _one_setup(df: pd.DataFrame) -> Setup:
+    """The one setup of the completed distill runs of ``df``; ValueError for none or several."""
     setups = distill_setups(df)
     if not setups:
         raise ValueError("no completed distill runs to plot")
     if len(setups) > 1:
         listed = "; ".join(setup.title() for setup in setups)
         raise ValueError(f"runs of {len(setups)} setups ({listed}): plot one at a time (analysis.runs_of_setup)")
+    return setups[0]
+
+
+def _distill_runs(df: pd.DataFrame, numeric: Sequence[str] = ()) -> tuple[pd.DataFrame, Setup, str]:
+    """Completed distill runs of ``df`` with numeric accuracy (and ``numeric`` columns), their one
+    setup and their one method; ValueError when there are none, or several setups or methods."""
+    setup = _one_setup(df)
+    methods = distill_methods(df)
+    if len(methods) > 1:
+        raise ValueError(f"runs of {len(methods)} methods ({', '.join(methods)}): plot one at a time "
+                         "(analysis.runs_of_method)")  # fmt: skip
     runs = completed_runs(df, schema.MODE_DISTILL).copy()
-    for column in (TEMPERATURE, ALPHA, FINAL_TEST_ACC):
+    for column in (*numeric, FINAL_TEST_ACC):
         if column not in runs.columns:
             raise ValueError(f"the distill runs have no {column!r} column")
         runs[column] = as_float(runs[column])
-    runs = runs.dropna(subset=[TEMPERATURE, ALPHA, FINAL_TEST_ACC])
+    runs = runs.dropna(subset=[*numeric, FINAL_TEST_ACC])
     if runs.empty:
-        raise ValueError(f"no completed distill run has {TEMPERATURE}, {ALPHA} and {FINAL_TEST_ACC}")
-    return runs, setups[0]
+        raise ValueError(f"no completed distill run has {', '.join([*numeric, FINAL_TEST_ACC])}")
+    return runs, setup, methods[0]
 
 
 def _require_temperatures(runs: pd.DataFrame) -> None:
@@ -92,11 +121,24 @@ def _require_temperatures(runs: pd.DataFrame) -> None:
         raise ValueError(f"needs at least two temperatures (found {len(temperatures)}: {found})")
 
 
-def _alpha_hue(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """``runs`` with a categorical "α" column ("0.5", ...) and its numeric order, for hue."""
-    alphas = sorted(runs[ALPHA].unique())
-    labels = [f"{alpha:g}" for alpha in alphas]
-    return runs.assign(**{"α": runs[ALPHA].map(lambda a: f"{a:g}")}), labels
+def _hue(runs: pd.DataFrame, x: str) -> tuple[pd.DataFrame, str | None, list[str], str]:
+    """``runs`` with a categorical "setting" column naming the other varying settings (besides ``x``),
+    its order and legend title; (runs, None, [], "") when nothing else varies. The α values alone
+    when only alpha varies. ValueError for more than MAX_HUE_LEVELS lines."""
+    others = [c for c in varying_columns(runs) if c != x]
+    if not others:
+        return runs, None, [], ""
+    if others == [ALPHA]:
+        labels = runs[ALPHA].map(format_value)
+        order = [format_value(value) for value in _sorted_levels(runs[ALPHA])]
+    else:
+        labels = runs.apply(lambda run: setting_label(run, others), axis=1)
+        order = sorted(set(labels))
+    if len(order) > MAX_HUE_LEVELS:
+        raise ValueError(f"{len(order)} combinations of other settings ({', '.join(others)}) would be "
+                         f"{len(order)} lines (at most {MAX_HUE_LEVELS}): plot a subset")  # fmt: skip
+    title = ALPHA_LABEL if others == [ALPHA] else ", ".join(short_name(c) for c in others)
+    return runs.assign(setting=labels), "setting", order, title
 
 
 def _seed_count_text(counts: pd.Series) -> str:
@@ -105,36 +147,82 @@ def _seed_count_text(counts: pd.Series) -> str:
     return f"n = {low} seed{'s' if high > 1 else ''}" if low == high else f"n = {low}–{high} seeds"
 
 
-def plot_heatmap(df: pd.DataFrame) -> Figure:
-    """Heatmap of the mean (over seeds) final test accuracy of the KD student, T (x) × α (y)."""
-    runs, setup = _distill_runs(df)
-    cells = runs.groupby([ALPHA, TEMPERATURE])[FINAL_TEST_ACC]
-    grid = cells.mean().unstack(TEMPERATURE).sort_index(ascending=False)
-    grid.index = [f"{alpha:g}" for alpha in grid.index]
-    grid.columns = [f"{temperature:g}" for temperature in grid.columns]
+def heatmap_axes(df: pd.DataFrame) -> tuple[str, str]:
+    """The (x, y) loss keys of the default heatmap: T × α when both are swept, else the first two
+    swept loss keys; ValueError when fewer than two loss keys vary or one is not a grid."""
+    swept = swept_loss_keys(df)
+    if len(swept) < 2:
+        found = ", ".join(swept) or "none"
+        raise ValueError(f"needs two swept loss keys (found {len(swept)}: {found})")
+    x, y = (TEMPERATURE, ALPHA) if {TEMPERATURE, ALPHA} <= set(swept) else (swept[0], swept[1])
+    return x, y
+
+
+def _axis_label(column: str) -> str:
+    """Axis label of a setting column: the T and α labels, otherwise the dotted key."""
+    return AXIS_LABELS.get(column, column)
+
+
+def _sorted_levels(values: pd.Series) -> list:
+    """Distinct present values, numerically sorted when they are all numbers."""
+    distinct = list(dict.fromkeys(values.dropna()))
+    numeric = as_float(pd.Series(distinct, dtype=object))
+    if numeric.notna().all():
+        return [v for _, v in sorted(zip(numeric, distinct, strict=True), key=lambda pair: pair[0])]
+    return sorted(distinct, key=str)
+
+
+def plot_heatmap(df: pd.DataFrame, x: str | None = None, y: str | None = None) -> Figure:
+    """Heatmap of the mean (over seeds) final test accuracy of the distilled student over two setting
+    columns ``x`` × ``y`` (default :func:`heatmap_axes`: T × α for a Hinton-KD grid).
+
+    Runs of one setup and one method. When other settings vary too, each cell shows the best of
+    them (named in the title). ValueError when the runs cannot make the figure.
+    """
+    if (x is None) != (y is None):
+        raise ValueError("give both x and y, or neither")
+    runs, setup, method = _distill_runs(df)
+    x, y = heatmap_axes(runs) if x is None else (x, y)
+    for column in (x, y):
+        if column not in runs.columns:
+            raise ValueError(f"the distill runs have no {column!r} column")
+        levels = runs[column].dropna().map(format_value).nunique()
+        if levels > MAX_HEATMAP_LEVELS:
+            raise ValueError(f"{column} has {levels} distinct values (at most {MAX_HEATMAP_LEVELS}): not a grid")
+    runs = runs.dropna(subset=[x, y])
+    others = [c for c in varying_columns(runs) if c not in (x, y)]
+    cells = aggregate(runs, by=[y, x, *others])
+    if others:  # the best setting of the other varying columns in each cell
+        cells = cells.loc[cells.groupby([y, x], dropna=False)["mean"].idxmax()]
+    grid = cells.pivot(index=y, columns=x, values="mean")
+    grid = grid.reindex(index=_sorted_levels(cells[y])[::-1], columns=_sorted_levels(cells[x]))
+    grid.index = [format_value(v) for v in grid.index]
+    grid.columns = [format_value(v) for v in grid.columns]
     fig, (ax,) = _new_figure()
     sns.heatmap(
         grid, ax=ax, annot=True, fmt=".1f", cmap="viridis", linewidths=0.5,
         cbar_kws={"label": "test accuracy (%)"},
     )  # fmt: skip
-    ax.set_xlabel(TEMPERATURE_LABEL)
-    ax.set_ylabel(ALPHA_LABEL)
+    ax.set_xlabel(_axis_label(x))
+    ax.set_ylabel(_axis_label(y))
+    best_over = f", best over {', '.join(short_name(c) for c in others)}" if others else ""
     ax.set_title(
-        f"KD student test accuracy, mean over seeds ({_seed_count_text(cells.count())})\n{setup.title()}"
+        f"{method} student test accuracy, mean over seeds ({_seed_count_text(cells['n'])}){best_over}\n{setup.title()}"
     )
     return fig
 
 
 def plot_accuracy_vs_temperature(df: pd.DataFrame) -> Figure:
-    """KD student accuracy vs T, one line per α with a 95% CI band over seeds, plus the
-    baseline-student and teacher accuracies as horizontal reference lines."""
-    runs, setup = _distill_runs(df)
+    """Distilled-student accuracy vs T with a 95% CI band over seeds, one line per combination of the
+    other varying settings (per α for a Hinton-KD grid), plus the baseline-student and teacher
+    accuracies as horizontal reference lines. Runs of one setup and one method."""
+    runs, setup, method = _distill_runs(df, numeric=(TEMPERATURE,))
     _require_temperatures(runs)
-    runs, alpha_order = _alpha_hue(runs)
+    runs, hue, hue_order, hue_title = _hue(runs, TEMPERATURE)
     fig, (ax,) = _new_figure()
     sns.lineplot(
-        data=runs, x=TEMPERATURE, y=FINAL_TEST_ACC, hue="α", hue_order=alpha_order,
-        errorbar=("ci", 95), seed=0, marker="o", ax=ax,
+        data=runs, x=TEMPERATURE, y=FINAL_TEST_ACC, hue=hue, hue_order=hue_order or None,
+        errorbar=("ci", 95), seed=0, marker="o", ax=ax, **({} if hue else {"label": method}),
     )  # fmt: skip
     baseline = baseline_accuracy(df, setup)
     if not pd.isna(baseline):
@@ -145,36 +233,76 @@ def plot_accuracy_vs_temperature(df: pd.DataFrame) -> Figure:
     ax.set_xticks(sorted(runs[TEMPERATURE].unique()))
     ax.set_xlabel(TEMPERATURE_LABEL)
     ax.set_ylabel(ACCURACY_LABEL)
-    fig.suptitle(f"KD student accuracy vs temperature (bands: 95% CI over seeds)\n{setup.title()}")
-    ax.legend(title=ALPHA_LABEL, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small")
+    fig.suptitle(f"{method} student accuracy vs temperature (bands: 95% CI over seeds)\n{setup.title()}")
+    ax.legend(title=hue_title or None, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small")
     return fig
 
 
 def plot_kd_gain(df: pd.DataFrame) -> Figure:
-    """KD gain (distill minus matched baseline accuracy, see ``kd_gain``) vs T, one line per α,
-    with a zero line; ValueError when no distill run has a matched baseline."""
-    _, setup = _distill_runs(df)
+    """Gain (distilled minus matched baseline accuracy, see ``kd_gain``) vs T, one line per combination
+    of the other varying settings (per α for Hinton KD), with a zero line; ValueError when no distill
+    run has a matched baseline. Runs of one setup and one method."""
+    _, setup, method = _distill_runs(df, numeric=(TEMPERATURE,))
     gains = kd_gain(df)
-    gains = gains.assign(**{c: as_float(gains[c]) for c in (TEMPERATURE, ALPHA)})
-    gains = gains.dropna(subset=["gain", TEMPERATURE, ALPHA])
+    gains = gains.assign(**{TEMPERATURE: as_float(gains[TEMPERATURE])}).dropna(subset=["gain", TEMPERATURE])
     if gains.empty:
         raise ValueError(
             "no distill run has a matched baseline (a completed mode=student run with the same "
             "dataset, student, trainer/optimizer/scheduler settings and seed)"
         )
     _require_temperatures(gains)
-    gains, alpha_order = _alpha_hue(gains)
+    gains, hue, hue_order, hue_title = _hue(gains, TEMPERATURE)
     fig, (ax,) = _new_figure()
     ax.axhline(0.0, color="0.35", linestyle="--", label="no gain (baseline student)")
     sns.lineplot(
-        data=gains, x=TEMPERATURE, y="gain", hue="α", hue_order=alpha_order,
-        errorbar=("ci", 95), seed=0, marker="o", ax=ax,
+        data=gains, x=TEMPERATURE, y="gain", hue=hue, hue_order=hue_order or None,
+        errorbar=("ci", 95), seed=0, marker="o", ax=ax, **({} if hue else {"label": method}),
     )  # fmt: skip
     ax.set_xticks(sorted(gains[TEMPERATURE].unique()))
     ax.set_xlabel(TEMPERATURE_LABEL)
     ax.set_ylabel(GAIN_LABEL)
-    fig.suptitle(f"KD gain over the same-seed baseline student (bands: 95% CI over seeds)\n{setup.title()}")
-    ax.legend(title=ALPHA_LABEL, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small")
+    fig.suptitle(f"{method} gain over the same-seed baseline student (bands: 95% CI over seeds)\n{setup.title()}")
+    ax.legend(title=hue_title or None, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small")
+    return fig
+
+
+def plot_method_comparison(df: pd.DataFrame) -> Figure:
+    """Final test accuracy of each method's best setting (see ``compare_methods``): the seeds as dots,
+    the mean with its 95% CI (Student t) as an error bar, the baseline student and the teacher as
+    reference lines. Runs of one setup and at least two methods; ValueError otherwise."""
+    setup = _one_setup(df)
+    methods = distill_methods(df)
+    if len(methods) < 2:
+        raise ValueError(f"needs at least two methods (found {len(methods)}: {', '.join(methods)})")
+    table = compare_methods(df)
+    table = table[table["n"] > 0]
+    if table.empty:
+        raise ValueError(f"no completed distill run has a {FINAL_TEST_ACC}")
+    fig, (ax,) = _new_figure(WIDE_FIGSIZE if len(table) > 4 else FIGSIZE)
+    positions = range(len(table))
+    by_dir = df.set_index(RUN_DIR)
+    palette = sns.color_palette(n_colors=len(table))
+    for position, color, row in zip(positions, palette, table.to_dict("records"), strict=True):
+        seeds = as_float(by_dir.loc[list(row["run_dirs"]), FINAL_TEST_ACC]).dropna()
+        ax.scatter([position] * len(seeds), seeds, color=color, alpha=0.5, s=18, zorder=2)
+        error = 0.0 if math.isnan(row["ci95"]) else row["ci95"]
+        ax.errorbar([position], [row["mean"]], yerr=[error], fmt="o", color=color, capsize=6, markersize=8, zorder=3)
+    baseline = baseline_accuracy(df, setup)
+    if not pd.isna(baseline):
+        ax.axhline(baseline, color="0.35", linestyle="--", label=f"baseline student {setup.student} ({baseline:.1f})")
+    teacher = teacher_accuracy(df, setup)
+    if not pd.isna(teacher):
+        ax.axhline(teacher, color="black", linestyle=":", label=f"teacher {setup.teacher} ({teacher:.1f})")
+    pairs = zip(table[METHOD], table["setting"], strict=True)
+    ticks = [f"{method}\n{setting.replace(', ', chr(10))}" for method, setting in pairs]
+    ax.set_xticks(list(positions), ticks, fontsize="x-small")
+    ax.set_xlim(-0.6, len(table) - 0.4)
+    ax.set_xlabel("method (its best setting)")
+    ax.set_ylabel(ACCURACY_LABEL)
+    ax.grid(axis="y", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small")
+    fig.suptitle(f"Methods compared: mean ± 95% CI over seeds (dots: seeds)\n{setup.title()}")
     return fig
 
 

@@ -1,7 +1,13 @@
-"""Write a sweep's analysis: results.csv, the figures and report.md (used by the CLI and callback)."""
+"""Write a sweep's analysis: results.csv, the figures and report.md (used by the CLI and callback).
+
+Every file is written atomically. Text copied from configs is escaped: results.csv cells that a
+spreadsheet would run as a formula get a leading quote (OWASP CSV injection), and report.md text is
+HTML-escaped (table cells also pipe-escaped).
+"""
 
 from __future__ import annotations
 
+import html
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -11,42 +17,69 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from kd_hydra import schema
+from kd_hydra.outputs import atomic_write_text
 
 from .aggregate import (
+    METHOD,
+    RANK_COLUMNS,
     Setup,
     as_float,
-    aggregate,
+    compare_methods,
     completed_runs,
+    distill_methods,
     distill_setups,
+    format_value,
+    has_top5,
     kd_gain,
+    mean_ci,
+    rank_settings,
+    runs_of_method,
     runs_of_setup,
+    safe_name,
+    short_name,
     teacher_accuracy,
 )
 from .load import (
-    ALPHA,
     FINAL_TEST_ACC,
+    FINAL_TEST_ACC_TOP5,
+    FINAL_VAL_ACC,
     MODE,
     MODEL_PARAMS,
     REASON,
     RUN_DIR,
     STATUS,
     TEACHER_PARAMS,
-    TEMPERATURE,
     history_of,
     load_runs,
 )
-from .plots import plot_accuracy_vs_temperature, plot_heatmap, plot_kd_gain, plot_learning_curves, save_figure
+from .plots import (
+    plot_accuracy_vs_temperature,
+    plot_heatmap,
+    plot_kd_gain,
+    plot_learning_curves,
+    plot_method_comparison,
+    save_figure,
+)
 
 RESULTS_FILE = "results.csv"
 REPORT_FILE = "report.md"
 MAX_LISTED_RUNS = 20
+#: At most this many settings in a ranking table (the rest are in results.csv).
+MAX_RANKED_SETTINGS = 30
+#: First characters that make a spreadsheet evaluate a cell (OWASP CSV injection).
+CSV_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+CSV_ESCAPE = "'"
 
-#: Per-setup figures: output stem -> (caption, plotting function of the runs table).
+SELECTED_ON_VALIDATION = "selected on the validation split"
+SELECTED_ON_TEST = "selected on the test split (no validation split: optimistic)"
+
+#: Per-setup, per-method figures: output stem -> (caption, plotting function of the runs table).
 SETUP_FIGURES: dict[str, tuple[str, Callable[[pd.DataFrame], Figure]]] = {
-    "heatmap": ("test accuracy over T × α", plot_heatmap),
+    "heatmap": ("test accuracy over the two swept loss keys", plot_heatmap),
     "accuracy_vs_temperature": ("accuracy vs temperature", plot_accuracy_vs_temperature),
-    "kd_gain": ("KD gain over the baseline", plot_kd_gain),
+    "kd_gain": ("gain over the baseline", plot_kd_gain),
 }
+METHOD_COMPARISON = "method_comparison"
 LEARNING_CURVES = "learning_curves"
 
 
@@ -70,30 +103,56 @@ def write_report(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]
     out = Path(out_dir) if out_dir is not None else sources[0]
     out.mkdir(parents=True, exist_ok=True)
     written = {"results": out / RESULTS_FILE}
-    runs.to_csv(written["results"], index=False)
+    atomic_write_text(written["results"], csv_safe(runs).to_csv(index=False))
     figures = draw_figures(runs, out)
     written.update({key: path for key, (path, _) in figures.written.items()})
     written["report"] = out / REPORT_FILE
-    written["report"].write_text(render_report(runs, figures, sources, out), encoding="utf-8")
+    atomic_write_text(written["report"], render_report(runs, figures, sources, out))
     return written
+
+
+def csv_safe(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with every text cell (and column name) that starts with ``= + - @``, tab or CR prefixed
+    by a single quote, so that spreadsheets show it instead of evaluating it; numbers are kept."""
+
+    def escape(value: object) -> object:
+        if isinstance(value, str) and value.startswith(CSV_FORMULA_PREFIXES):
+            return CSV_ESCAPE + value
+        return value
+
+    safe = df.copy()
+    for column in safe.columns:
+        if safe[column].dtype == object or pd.api.types.is_string_dtype(safe[column].dtype):
+            safe[column] = safe[column].astype(object).map(escape)
+    safe.columns = [escape(str(column)) for column in safe.columns]
+    return safe
 
 
 def draw_figures(runs: pd.DataFrame, out_dir: Path) -> FigureOutcome:
     """Draw every figure the runs allow into ``out_dir``; record why the others were skipped.
 
-    With several setups (dataset, teacher, student) each gets its own ``<stem>_<setup>.png``.
+    Per setup (dataset, teacher, student) and method: ``<stem>[_<method>][_<setup>].png`` (the
+    suffixes only when the sweep has several); per setup ``method_comparison[_<setup>].png``.
     """
     outcome = FigureOutcome()
     setups = distill_setups(runs)
     if not setups:
-        for stem in SETUP_FIGURES:
+        for stem in (*SETUP_FIGURES, METHOD_COMPARISON):
             outcome.skipped[f"{stem}.png"] = "no completed distill runs"
     for setup in setups:
-        suffix = "" if len(setups) == 1 else f"_{setup.slug()}"
+        setup_suffix = "" if len(setups) == 1 else f"_{setup.slug()}"
+        setup_title = "" if len(setups) == 1 else f", {setup.title()}"
         subset = runs_of_setup(runs, setup)
-        for stem, (caption, plot) in SETUP_FIGURES.items():
-            title = caption if len(setups) == 1 else f"{caption}, {setup.title()}"
-            _draw(outcome, f"{stem}{suffix}", title, out_dir, lambda plot=plot, subset=subset: plot(subset))
+        methods = distill_methods(subset)
+        for method in methods:
+            method_suffix = "" if len(methods) == 1 else f"_{safe_name(method)}"
+            method_runs = runs_of_method(subset, method)
+            for stem, (caption, plot) in SETUP_FIGURES.items():
+                title = f"{caption} ({method}){setup_title}"
+                _draw(outcome, f"{stem}{method_suffix}{setup_suffix}", title, out_dir,
+                      lambda plot=plot, subset=method_runs: plot(subset))  # fmt: skip
+        _draw(outcome, f"{METHOD_COMPARISON}{setup_suffix}", f"methods compared{setup_title}", out_dir,
+              lambda subset=subset: plot_method_comparison(subset))  # fmt: skip
     _draw(outcome, LEARNING_CURVES, "learning curves", out_dir, lambda: plot_learning_curves(history_of(runs)))
     return outcome
 
@@ -114,7 +173,7 @@ def _draw(outcome: FigureOutcome, key: str, caption: str, out_dir: Path, make: C
 def render_report(runs: pd.DataFrame, figures: FigureOutcome, sources: Iterable[Path], out_dir: Path) -> str:
     """The markdown text of report.md."""
     lines = ["# Knowledge-distillation sweep report", ""]
-    lines += ["Runs loaded from: " + ", ".join(f"`{source}`" for source in sources), ""]
+    lines += ["Runs loaded from: " + ", ".join(code(source) for source in sources), ""]
     lines += _status_section(runs)
     lines += _best_section(runs)
     lines += _figures_section(figures, out_dir)
@@ -122,11 +181,21 @@ def render_report(runs: pd.DataFrame, figures: FigureOutcome, sources: Iterable[
     return "\n".join(lines)
 
 
+def escape_text(value: object) -> str:
+    """``value`` as one line of report.md text: HTML-escaped, line breaks as spaces."""
+    return html.escape(str(value), quote=True).replace("\r", " ").replace("\n", " ")
+
+
+def code(value: object) -> str:
+    """``value`` as inline code (an HTML ``<code>`` element, so that backticks in it are harmless)."""
+    return f"<code>{escape_text(value)}</code>"
+
+
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]:
-    """Lines of a GitHub markdown table (cells converted with str, pipes escaped)."""
+    """Lines of a GitHub markdown table (cells converted with str, HTML-escaped, pipes escaped)."""
 
     def cells(values: Sequence[object]) -> str:
-        return "| " + " | ".join(str(v).replace("|", "\\|") for v in values) + " |"
+        return "| " + " | ".join(escape_text(v).replace("|", "\\|") for v in values) + " |"
 
     return [cells(header), cells(["---"] * len(header)), *(cells(row) for row in rows), ""]
 
@@ -146,7 +215,8 @@ def _status_section(runs: pd.DataFrame) -> list[str]:
     if not problems.empty:
         lines += ["Runs that did not complete:", ""]
         for run in problems.head(MAX_LISTED_RUNS).to_dict("records"):
-            lines.append(f"- `{run[RUN_DIR]}`: {run[STATUS]} ({run.get(REASON) or 'no reason given'})")
+            reason = run.get(REASON) if not pd.isna(run.get(REASON)) else "no reason given"
+            lines.append(f"- {code(run[RUN_DIR])}: {escape_text(run[STATUS])} ({escape_text(reason)})")
         if len(problems) > MAX_LISTED_RUNS:
             lines.append(f"- ... and {len(problems) - MAX_LISTED_RUNS} more (see {RESULTS_FILE})")
         lines.append("")
@@ -161,94 +231,167 @@ def _format_accuracy(mean: float, ci95: float, n: int) -> str:
     return f"{mean:.2f}{spread} (n={n})"
 
 
+def _format_gain(gain: float, n: int) -> str:
+    """``"+6.25 (n=2)"``, or a dash saying that no baseline matched."""
+    return f"{gain:+.2f} (n={n})" if n else "— (no matched baseline)"
+
+
 def _format_count(values: pd.Series) -> str:
     """The (median) parameter count of ``values`` with thousands separators, or an em dash."""
     numbers = as_float(values).dropna()
     return f"{int(numbers.median()):,}" if len(numbers) else "—"
 
 
-def _summary(runs: pd.DataFrame) -> tuple[float, float, int]:
-    """Mean, 95% CI half-width and count of final_test_acc over ``runs`` (completed ones)."""
-    table = aggregate(runs.assign(_all=0), by="_all")
-    if table.empty:
+def _summary(runs: pd.DataFrame, metric: str = FINAL_TEST_ACC) -> tuple[float, float, int]:
+    """Mean, 95% CI half-width and count of ``metric`` over the completed ``runs``."""
+    done = completed_runs(runs)
+    if metric not in done.columns:
         return float("nan"), float("nan"), 0
-    row = table.iloc[0]
-    return float(row["mean"]), float(row["ci95"]), int(row["n"])
+    mean, _, ci95, n = mean_ci(done[metric])
+    return mean, ci95, n
+
+
+def _selected_on_text(metric: str) -> str:
+    """Which split chose the best setting, for the report."""
+    return SELECTED_ON_VALIDATION if metric == FINAL_VAL_ACC else SELECTED_ON_TEST
 
 
 def _best_section(runs: pd.DataFrame) -> list[str]:
-    """The best distill setting (mean over seeds), the teacher / baseline / KD table and all settings."""
-    lines = ["## Best KD setting", ""]
+    """The best distill setting overall, then per setup: teacher / baseline / best student, the methods
+    compared (when the sweep varies them) and every setting ranked."""
+    lines = ["## Best distillation setting", ""]
     setups = distill_setups(runs)
-    distill = completed_runs(runs, schema.MODE_DISTILL)
-    if not setups or TEMPERATURE not in runs.columns or ALPHA not in runs.columns:
+    if not setups:
         return [*lines, "No completed distill runs: nothing to rank.", ""]
-    best = None
-    for setup in setups:
-        settings = aggregate(runs_of_setup(distill, setup), by=[TEMPERATURE, ALPHA])
-        if settings.empty:
-            continue
-        top = settings.loc[settings["mean"].idxmax()]
-        if best is None or top["mean"] > best[1]["mean"]:
-            best = (setup, top, settings)
-    if best is None:
+    rankings = {setup: rank_settings(runs_of_setup(runs, setup)) for setup in setups}
+    rankings = {setup: table for setup, table in rankings.items() if not table.empty and table["n"].iloc[0] > 0}
+    if not rankings:
         return [*lines, f"No completed distill run has a {FINAL_TEST_ACC}.", ""]
-    setup, top, settings = best
-    t, alpha = top[TEMPERATURE], top[ALPHA]
+    selected_on = rankings[next(iter(rankings))].attrs["selected_on"]
+    key = "val_mean" if selected_on == FINAL_VAL_ACC else "mean"
+    best_setup = max(rankings, key=lambda setup: _sort_key(rankings[setup].iloc[0], key))
+    top = rankings[best_setup].iloc[0]
+    val_text = f", validation accuracy {top['val_mean']:.2f} (n={int(top['val_n'])})" if key == "val_mean" else ""
     lines.append(
-        f"Highest mean {FINAL_TEST_ACC} over seeds among the distill runs: **T = {t:g}, α = {alpha:g}** "
-        f"({setup.title()}), test accuracy {_format_accuracy(top['mean'], top['ci95'], int(top['n']))} "
+        f"Highest mean {selected_on} over seeds among the distill runs, {_selected_on_text(selected_on)}: "
+        f"**{escape_text(top['setting'])}** ({escape_text(best_setup.title())}), test accuracy "
+        f"{_format_accuracy(top['mean'], top['ci95'], int(top['n']))}{val_text} "
         "(percent; mean ± 95% CI half-width over n seeds)."
     )
-    lines += ["", *_comparison_table(runs, setup, t, alpha)]
-    lines += [f"All KD settings of {setup.title()}, best first:", ""]
-    ranked = settings.sort_values("mean", ascending=False)
-    rows = [[f"{r[TEMPERATURE]:g}", f"{r[ALPHA]:g}", _format_accuracy(r["mean"], r["ci95"], int(r["n"]))]
-            for r in ranked.to_dict("records")]  # fmt: skip
-    lines += markdown_table(["T", "α", "test accuracy (%)"], rows)
+    lines.append("")
+    for setup, ranked in rankings.items():
+        lines += [f"### {escape_text(setup.title())}", ""]
+        lines += _comparison_table(runs, setup, ranked.iloc[0])
+        lines += _methods_table(runs_of_setup(runs, setup))
+        lines += _ranking_table(setup, ranked)
     return lines
 
 
-def _comparison_table(runs: pd.DataFrame, setup: Setup, temperature: float, alpha: float) -> list[str]:
-    """Teacher, baseline student and best KD student: architecture, parameters, accuracy, gain."""
+def _sort_key(row: pd.Series, key: str) -> tuple[float, float]:
+    """Rank of a setting: the selection metric, then the test accuracy (missing values lowest)."""
+    value = float("-inf") if pd.isna(row[key]) else float(row[key])
+    return value, float("-inf") if pd.isna(row["mean"]) else float(row["mean"])
+
+
+def _top5_cell(runs: pd.DataFrame) -> str:
+    """Mean ± CI of the top-5 test accuracy of ``runs``, or a dash."""
+    mean, ci95, n = _summary(runs, FINAL_TEST_ACC_TOP5)
+    return _format_accuracy(mean, ci95, n) if n else "—"
+
+
+def _comparison_table(runs: pd.DataFrame, setup: Setup, top: pd.Series) -> list[str]:
+    """Teacher, matched baseline student and best distilled student: architecture, parameters,
+    accuracy (top-5 too for many-class datasets), gain."""
     subset = runs_of_setup(runs, setup)
     distill = completed_runs(subset, schema.MODE_DISTILL)
-    best_runs = distill[
-        (as_float(distill[TEMPERATURE]) == temperature)
-        & (as_float(distill[ALPHA]) == alpha)
-    ]
-    baselines = completed_runs(subset, schema.MODE_STUDENT)
+    best_runs = distill[distill[RUN_DIR].isin(top["run_dirs"])]
     teachers = completed_runs(subset, schema.MODE_TEACHER)
+    baselines = completed_runs(subset, schema.MODE_STUDENT)
+    gains = kd_gain(subset)
+    matched_dirs = {d for dirs in gains.loc[gains[RUN_DIR].isin(top["run_dirs"]), "baseline_run_dirs"].dropna()
+                    for d in str(dirs).split(" ")}  # fmt: skip
+    matched = baselines[baselines[RUN_DIR].isin(matched_dirs)] if matched_dirs else baselines
     teacher_params = distill[TEACHER_PARAMS] if TEACHER_PARAMS in distill.columns else pd.Series(dtype=float)
     if as_float(teacher_params).isna().all():
         teacher_params = teachers[MODEL_PARAMS] if MODEL_PARAMS in teachers.columns else teacher_params
     teacher_acc = teacher_accuracy(runs, setup)
-    baseline = _summary(baselines)
-    best = _summary(best_runs)
-    gains = kd_gain(subset)
-    gains = gains.loc[gains[RUN_DIR].isin(best_runs[RUN_DIR]), "gain"]
-    gain_text = f"{gains.mean():+.2f} (n={gains.count()})" if gains.count() else "— (no matched baseline)"
+    baseline = _summary(matched)
     params = (lambda frame: frame[MODEL_PARAMS] if MODEL_PARAMS in frame.columns else pd.Series(dtype=float))
+    baseline_name = "baseline student (CE only)" + ("" if matched_dirs or matched.empty else ", not matched")
     rows = [
         ["teacher", setup.teacher, _format_count(teacher_params),
          "—" if pd.isna(teacher_acc) else f"{teacher_acc:.2f}", ""],
-        ["baseline student (CE only)", setup.student, _format_count(params(baselines)),
+        [baseline_name, setup.student, _format_count(params(matched)),
          _format_accuracy(*baseline) if baseline[2] else "— (no baseline runs)", ""],
-        [f"best KD student (T={temperature:g}, α={alpha:g})", setup.student, _format_count(params(best_runs)),
-         _format_accuracy(*best), gain_text],
+        [f"best distilled student ({top['setting']})", setup.student, _format_count(params(best_runs)),
+         _format_accuracy(top["mean"], top["ci95"], int(top["n"])), _format_gain(top["gain"], int(top["gain_n"]))],
     ]  # fmt: skip
-    header = ["model", "architecture", "parameters", "test accuracy (%)", "KD gain (pp, same-seed baseline)"]
+    header = ["model", "architecture", "parameters", "test accuracy (%)", "gain (pp, same-seed baseline)"]
+    if has_top5(subset):
+        header.insert(4, "top-5 test accuracy (%)")
+        for row, frame in zip(rows, (pd.DataFrame(), matched, best_runs), strict=True):
+            row.insert(4, _top5_cell(frame) if not frame.empty else "—")
     note = "Accuracies: mean over seeds ± 95% CI half-width (Student t); n = runs."
     return [*markdown_table(header, rows), note, ""]
+
+
+def _methods_table(subset: pd.DataFrame) -> list[str]:
+    """Each method's best setting with its test accuracy and gain, when the setup's runs vary the method."""
+    if len(distill_methods(subset)) < 2:
+        return []
+    table = compare_methods(subset)
+    selected_on = table.attrs["selected_on"]
+    with_top5 = "top5_mean" in table.columns
+    header = ["method", "best setting", "test accuracy (%)", "gain (pp, same-seed baseline)"]
+    if with_top5:
+        header.insert(3, "top-5 test accuracy (%)")
+    rows = []
+    for row in table.to_dict("records"):
+        cells = [row[METHOD], row["setting"], _format_accuracy(row["mean"], row["ci95"], int(row["n"])),
+                 _format_gain(row["gain"], int(row["gain_n"]))]  # fmt: skip
+        if with_top5:
+            cells.insert(3, _format_accuracy(row["top5_mean"], row["top5_ci95"], int(row["n"])))
+        rows.append(cells)
+    intro = f"Methods compared (each method's best setting, {_selected_on_text(selected_on)}), best first:"
+    return [intro, "", *markdown_table(header, rows)]
+
+
+def _ranking_table(setup: Setup, ranked: pd.DataFrame) -> list[str]:
+    """Every distill setting of ``setup``, best first (at most MAX_RANKED_SETTINGS rows)."""
+    by = [c for c in ranked.columns if c not in RANK_COLUMNS]
+    with_val, with_top5 = "val_mean" in ranked.columns, "top5_mean" in ranked.columns
+    with_gain = bool((ranked["gain_n"] > 0).any())
+    header = [short_name(c) for c in by] or ["setting"]
+    header.append("test accuracy (%)")
+    header += ["top-5 test accuracy (%)"] * with_top5 + ["validation accuracy (%)"] * with_val
+    header += ["gain (pp)"] * with_gain
+    rows = []
+    for row in ranked.head(MAX_RANKED_SETTINGS).to_dict("records"):
+        cells = ["—" if pd.isna(row[c]) else format_value(row[c]) for c in by] or [row["setting"]]
+        cells.append(_format_accuracy(row["mean"], row["ci95"], int(row["n"])))
+        if with_top5:
+            cells.append(_format_accuracy(row["top5_mean"], row["top5_ci95"], int(row["n"])))
+        if with_val:
+            cells.append(_format_accuracy(row["val_mean"], float("nan"), int(row["val_n"])))
+        if with_gain:
+            cells.append(_format_gain(row["gain"], int(row["gain_n"])))
+        rows.append(cells)
+    order = "validation" if with_val else "test"
+    lines = [f"All distillation settings of {escape_text(setup.title())}, best first (by mean {order} accuracy):", ""]
+    lines += markdown_table(header, rows)
+    if len(ranked) > MAX_RANKED_SETTINGS:
+        lines += [f"... and {len(ranked) - MAX_RANKED_SETTINGS} more settings (see {RESULTS_FILE}).", ""]
+    return lines
 
 
 def _figures_section(figures: FigureOutcome, out_dir: Path) -> list[str]:
     """Links to the written figures, then one line per skipped figure saying why."""
     lines = ["## Figures", ""]
     for path, caption in figures.written.values():
-        lines += [f"### {caption}", "", f"![{caption}]({path.relative_to(out_dir).as_posix()})", ""]
+        alt = escape_text(caption).replace("[", "\\[").replace("]", "\\]")
+        lines += [f"### {escape_text(caption)}", "", f"![{alt}]({path.relative_to(out_dir).as_posix()})", ""]
     if figures.skipped:
         lines += ["Figures not drawn:", ""]
-        lines += [f"- `{name}` skipped: {reason}" for name, reason in figures.skipped.items()]
+        lines += [f"- {code(name)} skipped: {escape_text(reason)}" for name, reason in figures.skipped.items()]
         lines.append("")
     return lines

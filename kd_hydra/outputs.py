@@ -8,6 +8,7 @@ import json
 import math
 import os
 import tempfile
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,13 +16,38 @@ from typing import Any
 from kd_hydra import schema
 
 
+#: Mode of a newly created file before the umask (what ``open(path, "w")`` would use).
+NEW_FILE_MODE = 0o666
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where /proc allows (else briefly set and restored)."""
+    try:
+        with open("/proc/self/status", encoding="utf-8", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        umask = os.umask(0o077)  # a strict mask meanwhile: a racing file is never too open
+        os.umask(umask)
+    return umask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part."""
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part.
+
+    The file gets mode ``0o666 & ~umask``, like a file opened for writing (not mkstemp's 0600).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
+            if hasattr(os, "fchmod"):  # POSIX only
+                os.fchmod(handle.fileno(), NEW_FILE_MODE & ~current_umask())
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())

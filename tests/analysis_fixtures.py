@@ -40,16 +40,37 @@ BASELINE_ACC = {0: 79.0, 1: 80.0}
 FAILED_REASON = "CUDA out of memory while training the student"
 EXTRA_KEY = "trainer.grad_clip"
 MISSING_KEY = "scheduler.warmup_epochs"
+#: Loss parts (history columns train_<part>) of each method.
+METHOD_PARTS = {"ce": ("ce",), "kd": ("ce", "kd"), "dkd": ("ce", "dkd"), "fitnet": ("ce", "hint")}
+#: loss.* keys (besides name) of each method, with their defaults.
+METHOD_KEYS = {
+    "ce": {},
+    "kd": {"temperature": 4.0, "alpha": 0.9},
+    "dkd": {"temperature": 4.0, "alpha": 1.0, "beta": 8.0, "warmup": 20},
+    "fitnet": {"hint_weight": 100.0, "hint_point": "stage2"},
+}
 
 
-def make_config(mode: str, seed: int, temperature: float = 4.0, alpha: float = 0.9) -> dict[str, Any]:
-    """A resolved config like run.py's, nested (as in .hydra/config.yaml)."""
+def make_config(mode: str, seed: int, temperature: float = 4.0, alpha: float = 0.9, method: str = "kd",
+                **loss_keys: Any) -> dict[str, Any]:  # fmt: skip
+    """A resolved config like run.py's, nested (as in .hydra/config.yaml).
+
+    ``method`` (distill runs; others train with "ce") picks the loss keys of METHOD_KEYS; kd's
+    temperature and alpha come from the arguments, any other loss key from ``loss_keys``.
+    """
+    method = method if mode == schema.MODE_DISTILL else "ce"
+    loss = {"_target_": f"kd_hydra.methods.{method}.Method", "name": method, **METHOD_KEYS[method]}
+    if "temperature" in loss:
+        loss["temperature"] = temperature
+    if "alpha" in loss and method == "kd":
+        loss["alpha"] = alpha
+    loss.update(loss_keys)
     return {
         "mode": mode,
         "dataset": {"name": DATASET, "root": "/data/cifar10", "num_classes": 10},
         "teacher": {"name": TEACHER, "checkpoint": None},
         "student": {"name": STUDENT},
-        "loss": {"name": "kd" if mode == schema.MODE_DISTILL else "ce", "temperature": temperature, "alpha": alpha},
+        "loss": loss,
         "trainer": {"epochs": EPOCHS, "batch_size": 128, "seed": seed, "precision": "fp32", "milestones": [2, 3]},
         "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
         "scheduler": {"name": "cosine", "warmup_epochs": 0},
@@ -66,47 +87,60 @@ def overrides_of(config: dict[str, Any]) -> list[str]:
 
 
 def make_metrics(config: dict[str, Any], final_test_acc: float | None, status: str = schema.STATUS_COMPLETED,
-                 reason: str | None = None) -> dict[str, Any]:  # fmt: skip
+                 reason: str | None = None, final_val_acc: float | None = None,
+                 top5: float | None = None) -> dict[str, Any]:  # fmt: skip
     """metrics.json content with exactly the keys of schema.METRICS_KEYS, in order."""
     mode = config["mode"]
     distill = mode == schema.MODE_DISTILL
     flat = _flatten(config)
+    settings = {key: flat.get(key) for key in schema.SETTINGS_KEYS}
+    settings |= {key: value for key, value in flat.items() if key.startswith("loss.")}
+    if not distill:  # teachers and baselines train with CE: their loss settings are null
+        settings |= {key: None for key in settings if key.startswith("loss.")}
     known = {
         "schema_version": schema.SCHEMA_VERSION,
         "status": status,
         "reason": reason,
         "mode": mode,
-        "dataset": DATASET,
+        "method": config["loss"]["name"],
+        "dataset": config["dataset"]["name"],
         "model": TEACHER if mode == schema.MODE_TEACHER else STUDENT,
         "teacher": TEACHER if distill else None,
         "final_test_acc": final_test_acc,
         "best_test_acc": final_test_acc,
         "best_epoch": EPOCHS if final_test_acc is not None else None,
+        "final_test_acc_top5": top5,
+        "final_val_acc": final_val_acc,
+        "best_val_acc": final_val_acc,
+        "best_val_epoch": EPOCHS if final_val_acc is not None else None,
         "teacher_test_acc": TEACHER_ACC if distill else None,
         "teacher_source": "store" if distill else None,
+        "teacher_outputs": "cache" if distill else None,
         "model_params": TEACHER_PARAMS if mode == schema.MODE_TEACHER else STUDENT_PARAMS,
         "teacher_params": TEACHER_PARAMS if distill else None,
         "epochs": EPOCHS if status == schema.STATUS_COMPLETED else 0,
         "wall_seconds": 12.5,
         "train_images_per_second": 5000.0,
         "soft_label_cache": "warm" if distill else None,
-        "settings": {key: flat.get(key) for key in schema.SETTINGS_KEYS},
+        "settings": settings,
     }
     return {key: known.get(key) for key in schema.METRICS_KEYS}  # keys the test does not know: None
 
 
-def make_history(final_test_acc: float, epochs: int = EPOCHS, distill: bool = True) -> list[dict[str, Any]]:
-    """history.csv rows (schema.HISTORY_COLUMNS) climbing to ``final_test_acc`` at the last epoch."""
+def make_history(final_test_acc: float, epochs: int = EPOCHS, distill: bool = True,
+                 method: str = "kd") -> list[dict[str, Any]]:  # fmt: skip
+    """history.csv rows (schema.history_columns of the method's parts) climbing to ``final_test_acc``."""
+    parts = METHOD_PARTS[method if distill else "ce"]
     rows = []
     for epoch in range(1, epochs + 1):
         acc = final_test_acc - 10.0 * (epochs - epoch)
         known = {
             "epoch": epoch, "lr": 0.1 / epoch, "train_loss": 2.0 / epoch, "train_ce": 1.5 / epoch,
-            "train_kd": (0.5 / epoch) if distill else None, "train_acc": acc - 2.0,
-            "test_acc": acc if epoch != 2 else None,  # epoch 2 not evaluated
+            "train_acc": acc - 2.0, "test_acc": acc if epoch != 2 else None,  # epoch 2 not evaluated
             "test_loss": 1.0 / epoch, "seconds": 3.0,
         }  # fmt: skip
-        rows.append({column: known.get(column) for column in schema.HISTORY_COLUMNS})
+        known |= {f"train_{part}": 0.5 / epoch for part in parts if part != "ce"}
+        rows.append({column: known.get(column) for column in schema.history_columns(parts)})
     return rows
 
 
@@ -119,9 +153,10 @@ def write_run(run_dir: Path, config: dict[str, Any], metrics: dict[str, Any] | N
     (hydra_dir / schema.OVERRIDES_FILE).write_text(yaml.safe_dump(overrides or []))
     (hydra_dir / "hydra.yaml").write_text("hydra:\n  mode: MULTIRUN\n")
     if history is not None:
-        lines = [",".join(schema.HISTORY_COLUMNS)]
+        columns = list(history[0]) if history else list(schema.HISTORY_COLUMNS)
+        lines = [",".join(columns)]
         for row in history:
-            lines.append(",".join("" if row[c] is None else f"{row[c]}" for c in schema.HISTORY_COLUMNS))
+            lines.append(",".join("" if row[c] is None else f"{row[c]}" for c in columns))
         (run_dir / schema.HISTORY_FILE).write_text("\n".join(lines) + "\n")
     if metrics is not None:
         (run_dir / schema.METRICS_FILE).write_text(json.dumps(metrics, indent=2))
@@ -198,3 +233,61 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = copy.deepcopy(value)
     return flat
+
+
+#: Method sweep on a 100-class dataset with a validation split: (method, loss keys) -> per seed
+#: (test accuracy, validation accuracy). Top-5 accuracy is test + TOP5_OFFSET.
+METHOD_SWEEP_DATASET = "cifar100"
+METHOD_SWEEP = {
+    ("kd", (("temperature", 1.0),)): ((70.0, 69.0), (72.0, 71.0)),
+    ("kd", (("temperature", 4.0),)): ((74.0, 73.0), (76.0, 75.0)),
+    ("dkd", (("beta", 1.0), ("warmup", 5))): ((80.0, 70.0), (82.0, 70.0)),  # best on test
+    ("dkd", (("beta", 8.0), ("warmup", 5))): ((78.0, 77.0), (78.0, 79.0)),  # best on validation
+    ("dkd", (("beta", 1.0), ("warmup", 20))): ((76.0, 72.0), (76.0, 72.0)),
+    ("dkd", (("beta", 8.0), ("warmup", 20))): ((77.0, 75.0), (79.0, 75.0)),
+    ("fitnet", ()): ((73.0, 74.0), (75.0, 74.0)),
+}  # fmt: skip
+#: (test, validation) accuracy of the baseline student of each seed in the method sweep.
+METHOD_SWEEP_BASELINE = {0: (70.0, 69.0), 1: (71.0, 70.0)}
+TOP5_OFFSET = 10.0
+
+
+def method_sweep_config(mode: str, seed: int, method: str = "kd", **loss_keys: Any) -> dict[str, Any]:
+    """A config of the method sweep: cifar100 with a validation split, kd at alpha 0.9."""
+    temperature = loss_keys.pop("temperature", 4.0)
+    config = make_config(mode, seed, temperature, 0.9, method, **loss_keys)
+    config["dataset"].update(name=METHOD_SWEEP_DATASET, num_classes=100, val_fraction=0.1)
+    return config
+
+
+def write_method_sweep(root: Path) -> Path:
+    """Distill runs of kd (T 1, 4), dkd (beta × warmup grid) and fitnet, 2 seeds each, plus baselines;
+    job directories named from their settings (not numbers)."""
+    for (method, keys), per_seed in METHOD_SWEEP.items():
+        for seed, (test, val) in enumerate(per_seed):
+            config = method_sweep_config(schema.MODE_DISTILL, seed, method, **dict(keys))
+            name = ",".join([f"loss={method}", *(f"loss.{k}={v:g}" for k, v in keys), f"trainer.seed={seed}"])
+            write_run(root / name, config, make_metrics(config, test, final_val_acc=val, top5=test + TOP5_OFFSET),
+                      make_history(test, method=method))  # fmt: skip
+    for seed, (test, val) in METHOD_SWEEP_BASELINE.items():
+        config = method_sweep_config(schema.MODE_STUDENT, seed)
+        write_run(root / f"mode=student,trainer.seed={seed}", config,
+                  make_metrics(config, test, final_val_acc=val, top5=test + TOP5_OFFSET),
+                  make_history(test, distill=False))  # fmt: skip
+    return root
+
+
+#: Two .npz datasets that share dataset.name: path -> (distill accuracy per seed, baseline accuracy per seed).
+TWO_DATASETS = {"/data/a.npz": ((60.0, 62.0), (55.0, 56.0)), "/data/b.npz": ((90.0, 92.0), (85.0, 86.0))}
+
+
+def write_two_dataset_sweep(root: Path) -> Path:
+    """kd runs (T=4, α=0.9, seeds 0 and 1) and baselines on two ``arrays`` datasets of the same name."""
+    for path, (distill, baseline) in TWO_DATASETS.items():
+        for mode, accuracies in ((schema.MODE_DISTILL, distill), (schema.MODE_STUDENT, baseline)):
+            for seed, acc in enumerate(accuracies):
+                config = make_config(mode, seed)
+                config["dataset"] = {"name": "arrays", "path": path, "num_classes": 10,
+                                     "loader": {"path": "${..path}"}}  # fmt: skip
+                write_run(root / f"{Path(path).stem}_{mode}_{seed}", config, make_metrics(config, acc))
+    return root

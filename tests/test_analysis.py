@@ -40,11 +40,17 @@ from analysis import (  # noqa: E402
     plot_heatmap,
     plot_kd_gain,
     plot_learning_curves,
+    plot_method_comparison,
     save_figure,
     write_report,
 )
 from analysis.callback import AnalysisCallback  # noqa: E402
 from analysis_fixtures import (  # noqa: E402
+    METHOD_SWEEP,
+    METHOD_SWEEP_BASELINE,
+    TOP5_OFFSET,
+    write_method_sweep,
+    write_two_dataset_sweep,
     BASELINE_ACC,
     DISTILL_ACC,
     FAILED_REASON,
@@ -183,9 +189,10 @@ def test_load_history_is_long_form(sweep: FakeSweep) -> None:
     history = load_history(sweep.root)
     assert list(history.columns[:4]) == ["run_dir", "epoch", "metric", "value"]
     assert {"mode", "student.name", T, ALPHA, SEED} <= set(history.columns)
-    assert set(history["metric"]) == set(schema.HISTORY_COLUMNS) - {"epoch"}
+    empty = {"epoch", "test_acc_top5", "val_acc", "val_loss"}  # no values in the fixture: no rows
+    assert set(history["metric"]) == set(schema.history_columns(("ce", "kd"))) - empty
     odd = history[history["run_dir"] == str(sweep.odd_schema_dir.resolve())]
-    per_epoch_metrics = len(schema.HISTORY_COLUMNS) - 1
+    per_epoch_metrics = len(schema.history_columns(("ce", "kd"))) - len(empty)
     assert len(odd) == 3 * per_epoch_metrics - 1  # epoch 2 was not evaluated: no test_acc
     last = odd[(odd["metric"] == "test_acc") & (odd["epoch"] == 3)]
     assert last["value"].tolist() == [DISTILL_ACC[(4.0, 0.9, 1)]]
@@ -359,10 +366,11 @@ def test_report_skips_figures_it_cannot_draw(tmp_path: Path) -> None:
                   make_history(80.0 + seed) if seed else None, overrides_of(config))  # fmt: skip
     written = write_report([tmp_path / "sweep"], None)
     assert written["report"] == tmp_path / "sweep" / "report.md"
-    assert {"heatmap", "learning_curves"} <= set(written) and "kd_gain" not in written
+    assert "learning_curves" in set(written) and not {"heatmap", "kd_gain"} & set(written)
     report = written["report"].read_text()
-    assert "`accuracy_vs_temperature.png` skipped: needs at least two temperatures" in report
-    assert "`kd_gain.png` skipped: no distill run has a matched baseline" in report
+    assert "<code>heatmap.png</code> skipped: needs two swept loss keys (found 0: none)" in report
+    assert "<code>accuracy_vs_temperature.png</code> skipped: needs at least two temperatures" in report
+    assert "<code>kd_gain.png</code> skipped: no distill run has a matched baseline" in report
     assert "— (no baseline runs)" in report
 
 
@@ -372,12 +380,13 @@ def test_report_draws_one_set_of_figures_per_setup(tmp_path: Path) -> None:
         config["student"]["name"] = student
         write_run(tmp_path / "sweep" / str(index), config, make_metrics(config, 80.0 + index))
     written = write_report(tmp_path / "sweep", tmp_path / "out")
-    for student in ("resnet8", "resnet14"):
-        assert_png(written[f"heatmap_cifar10_resnet56_{student}"])
-        assert f"accuracy_vs_temperature_cifar10_resnet56_{student}" in written
     report = written["report"].read_text()
+    for student in ("resnet8", "resnet14"):
+        assert_png(written[f"accuracy_vs_temperature_cifar10_resnet56_{student}"])
+        assert f"<code>heatmap_cifar10_resnet56_{student}.png</code> skipped: needs two swept loss keys (found 1: " \
+               "loss.temperature)" in report  # fmt: skip
     assert "**T = 4, α = 0.9** (cifar10: resnet56 → resnet14)" in report  # 83.0, the best of both setups
-    assert "`learning_curves.png` skipped: no history rows" in report
+    assert "<code>learning_curves.png</code> skipped: no history rows" in report
 
 
 def test_report_on_a_sweep_without_distill_runs(tmp_path: Path) -> None:
@@ -385,7 +394,8 @@ def test_report_on_a_sweep_without_distill_runs(tmp_path: Path) -> None:
     write_run(tmp_path / "t", config, make_metrics(config, TEACHER_ACC), make_history(TEACHER_ACC, distill=False))
     written = write_report(tmp_path / "t", tmp_path / "out")
     report = written["report"].read_text()
-    assert "No completed distill runs" in report and "`heatmap.png` skipped: no completed distill runs" in report
+    assert "No completed distill runs" in report
+    assert "<code>heatmap.png</code> skipped: no completed distill runs" in report
     assert_png(written["learning_curves"])
 
 
@@ -470,8 +480,9 @@ def test_callback_in_a_real_hydra_multirun(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stderr
 
     run_app(tmp_path / "sweep")
-    for name in ("results.csv", "report.md", "heatmap.png", "accuracy_vs_temperature.png", "learning_curves.png"):
-        assert (tmp_path / "sweep" / name).is_file(), name  # no baselines in this sweep: no kd_gain.png
+    for name in ("results.csv", "report.md", "accuracy_vs_temperature.png", "learning_curves.png"):
+        assert (tmp_path / "sweep" / name).is_file(), name  # no baselines: no kd_gain.png; one alpha: no heatmap
+    assert not (tmp_path / "sweep" / "heatmap.png").exists()
     assert (pd.read_csv(tmp_path / "sweep" / "results.csv")["status"] == "completed").sum() == 4
     assert "**T = 4, α = 0.9**" in (tmp_path / "sweep" / "report.md").read_text()
     run_app(tmp_path / "off", "hydra.callbacks.analysis.enabled=false")
@@ -500,3 +511,158 @@ def test_public_api() -> None:
     assert expected <= set(analysis.__all__) and all(callable(getattr(analysis, name)) for name in expected)
     with pytest.raises(AttributeError):
         analysis.not_a_name  # noqa: B018
+
+
+# --- schema v2: methods, validation selection, top-5, data identity, escaping, file modes --------
+
+
+@pytest.fixture(scope="module")
+def method_runs(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
+    """``load_runs`` of the fake kd / dkd / fitnet sweep (validation split, top-5)."""
+    return load_runs(write_method_sweep(tmp_path_factory.mktemp("methods") / "multirun"))
+
+
+def test_rank_settings_selects_on_validation_and_reports_test(method_runs: pd.DataFrame) -> None:
+    ranked = analysis.rank_settings(method_runs)
+    assert ranked.attrs["selected_on"] == "final_val_acc"
+    assert list(ranked.columns[:5]) == ["loss.name", T, ALPHA, "loss.beta", "loss.warmup"]
+    assert len(ranked) == len(METHOD_SWEEP)  # one row per setting: seeds averaged, methods apart
+    top = ranked.iloc[0]
+    assert (top["loss.name"], top["loss.beta"], top["loss.warmup"]) == ("dkd", 8.0, 5)
+    assert top["val_mean"] == pytest.approx(78.0) and top["mean"] == pytest.approx(78.0)  # not 81 (test-best)
+    assert top["top5_mean"] == pytest.approx(78.0 + TOP5_OFFSET)
+    baseline = {seed: acc for seed, (acc, _) in METHOD_SWEEP_BASELINE.items()}
+    assert top["gain"] == pytest.approx((78.0 - baseline[0] + 78.0 - baseline[1]) / 2) and top["gain_n"] == 2
+    assert top["setting"] == "dkd: T = 4, α = 1, beta = 8, warmup = 5"
+    test_only = method_runs.assign(final_val_acc=None)
+    assert analysis.rank_settings(test_only).iloc[0]["mean"] == pytest.approx(81.0)  # dkd beta=1, warmup=5
+
+
+def test_compare_methods_picks_each_methods_best_setting(method_runs: pd.DataFrame) -> None:
+    table = analysis.compare_methods(method_runs)
+    assert list(table["loss.name"]) == ["dkd", "kd", "fitnet"]  # by validation accuracy 78, 74, 74 then test
+    kd = table.set_index("loss.name").loc["kd"]
+    assert kd["setting"] == "T = 4, α = 0.9" and kd["mean"] == pytest.approx(75.0) and kd["n"] == 2
+    assert kd["ci95"] == pytest.approx(T_975_DF1 * math.sqrt(2.0) / math.sqrt(2.0))
+    assert kd["gain"] == pytest.approx(4.5)
+    assert analysis.distill_methods(method_runs) == ["dkd", "fitnet", "kd"]
+    assert analysis.swept_loss_keys(analysis.runs_of_method(method_runs, "dkd")) == ["loss.beta", "loss.warmup"]
+
+
+def test_method_sweep_report_and_figures(method_runs: pd.DataFrame, tmp_path: Path) -> None:
+    source = Path(method_runs["run_dir"].iloc[0]).parent
+    written = write_report(source, tmp_path / "out")
+    for key in ("method_comparison", "heatmap_dkd", "accuracy_vs_temperature_kd", "kd_gain_kd"):
+        assert_png(written[key])
+    report = written["report"].read_text()
+    assert "selected on the validation split: **dkd: T = 4, α = 1, beta = 8, warmup = 5**" in report
+    assert "test accuracy 78.00 ± 0.00 (n=2), validation accuracy 78.00 (n=2)" in report
+    assert "| kd | T = 4, α = 0.9 | 75.00 ± 12.71 (n=2) | 85.00 ± 12.71 (n=2) | +4.50 (n=2) |" in report
+    assert "top-5 test accuracy (%)" in report
+    assert "<code>heatmap_kd.png</code> skipped: needs two swept loss keys (found 1: loss.temperature)" in report
+    assert "<code>kd_gain_fitnet.png</code> skipped: no completed distill run has loss.temperature" in report
+    results = pd.read_csv(written["results"])
+    assert len(results) == 16 and results["run_dir"].is_unique  # one row per run directory
+
+
+def test_plot_method_comparison_and_heatmap_of_any_two_keys(method_runs: pd.DataFrame) -> None:
+    fig = plot_method_comparison(method_runs)
+    ax = fig.axes[0]
+    assert [t.get_text().split("\n")[0] for t in ax.get_xticklabels()] == ["dkd", "kd", "fitnet"]
+    reference_levels = {line.get_ydata()[0] for line in ax.lines if len(set(line.get_ydata())) == 1}
+    assert 70.5 in reference_levels and "baseline student resnet8 (70.5)" in texts_of(fig)
+    with pytest.raises(ValueError, match="needs at least two methods"):
+        plot_method_comparison(analysis.runs_of_method(method_runs, "kd"))
+    with pytest.raises(ValueError, match="2 methods|3 methods"):
+        plot_heatmap(method_runs)
+    dkd = analysis.runs_of_method(method_runs, "dkd")
+    text = texts_of(plot_heatmap(dkd))
+    assert "loss.beta" in text and "loss.warmup" in text and {"81.0", "78.0", "76.0"} <= set(text.split("\n"))
+    swapped = texts_of(plot_heatmap(dkd, x="loss.warmup", y="loss.beta"))
+    assert "dkd student test accuracy" in swapped
+    with pytest.raises(ValueError, match="both x and y"):
+        plot_heatmap(dkd, x="loss.beta")
+    best_over = texts_of(plot_heatmap(dkd, x="loss.beta", y=T))  # warmup varies too: best of it per cell
+    assert "best over warmup" in best_over and "81.0" in best_over and "78.0" in best_over
+
+
+def test_datasets_with_the_same_name_are_not_averaged(tmp_path: Path) -> None:
+    root = write_two_dataset_sweep(tmp_path / "sweep")
+    runs = load_runs(root)
+    setups = analysis.distill_setups(runs)
+    assert [dict(setup.data)["dataset.path"] for setup in setups] == ["/data/a.npz", "/data/b.npz"]
+    gains = kd_gain(runs)
+    assert (gains["baseline_n"] == 1).all()  # the baseline of the same data file only
+    assert sorted(gains["gain"]) == pytest.approx([5.0, 5.0, 6.0, 6.0])
+    ranked = analysis.rank_settings(runs)
+    assert sorted(ranked["mean"]) == pytest.approx([61.0, 91.0]) and set(ranked["n"]) == {2}
+    report = write_report(root, tmp_path / "out")["report"].read_text()
+    assert "91.00 ± 12.71 (n=2)" in report and "76.00" not in report  # not (60 + 62 + 90 + 92) / 4
+    assert "| baseline student (CE only) | resnet8 | 78,000 | 85.50" in report
+
+
+def test_optuna_like_search_without_baselines(tmp_path: Path) -> None:
+    trials = [(0.5 + 0.7 * i, 10 ** (-1 - i / 4), 60.0 + i, 70.0 - abs(i - 5)) for i in range(12)]
+    for index, (temperature, lr, test, val) in enumerate(trials):
+        config = make_config("distill", 0, temperature, 0.9)
+        config["optimizer"]["lr"] = lr
+        write_run(tmp_path / "search" / str(index), config, make_metrics(config, test, final_val_acc=val))
+    written = write_report(tmp_path / "search", tmp_path / "out")
+    report = written["report"].read_text()
+    best = trials[5]
+    assert f"selected on the validation split: **T = {best[0]:g}, α = 0.9, optimizer.lr = {best[1]:g}**" in report
+    assert f"test accuracy {best[2]:.2f} (n=1)" in report
+    assert "<code>heatmap.png</code> skipped: needs two swept loss keys" in report
+    assert "would be 12 lines" in report  # accuracy vs T: one line per learning rate is too many
+
+
+def test_results_csv_and_report_escape_config_text(tmp_path: Path) -> None:
+    formula, markup = "=HYPERLINK(\"http://x\",\"y\")", "<img src=x onerror=alert(1)>"
+    for seed in (0, 1):
+        config = make_config("distill", seed)
+        config["student"]["name"] = markup
+        config["trainer"].update(note=formula, at="@cmd", offset=-0.5, tab="\tx")
+        write_run(tmp_path / "sweep" / str(seed), config, make_metrics(config, 80.0 + seed),
+                  overrides=["+trainer.note=1", f"trainer.seed={seed}"])  # fmt: skip
+    written = write_report(tmp_path / "sweep", tmp_path / "out")
+    results = pd.read_csv(written["results"], dtype=str, keep_default_na=False)
+    assert set(results["trainer.note"]) == {"'" + formula} and set(results["trainer.at"]) == {"'@cmd"}
+    assert set(results["trainer.tab"]) == {"'\tx"}
+    assert set(results["overrides"]) == {"'+trainer.note=1 trainer.seed=0", "'+trainer.note=1 trainer.seed=1"}
+    assert set(results["trainer.offset"]) == {"-0.5"}  # numbers are not text: unchanged
+    assert set(results["final_test_acc"]) == {"80.0", "81.0"}
+    report = written["report"].read_text()
+    assert markup not in report and html_escaped(markup) in report
+
+
+def html_escaped(text: str) -> str:
+    """``text`` with &, <, >, " and ' as HTML entities (an independent spelling of html.escape)."""
+    for raw, entity in (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"), ('"', "&quot;"), ("'", "&#x27;")):
+        text = text.replace(raw, entity)
+    return text
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_atomic_writes_follow_the_umask(tmp_path: Path, umask: int) -> None:
+    from kd_hydra.outputs import atomic_write_bytes, current_umask
+
+    previous = os.umask(umask)
+    try:
+        assert current_umask() == umask
+        atomic_write_bytes(tmp_path / "file.bin", b"data")
+        plain = tmp_path / "plain.bin"
+        plain.write_bytes(b"data")  # what open() gives, for comparison
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "file.bin").stat().st_mode & 0o777 == 0o666 & ~umask == plain.stat().st_mode & 0o777
+    assert (tmp_path / "file.bin").read_bytes() == b"data" and len(list(tmp_path.iterdir())) == 2
+
+
+def test_report_files_are_not_private(sweep: FakeSweep, tmp_path: Path) -> None:
+    previous = os.umask(0o022)
+    try:
+        written = write_report(sweep.root, tmp_path / "out")
+    finally:
+        os.umask(previous)
+    for path in written.values():
+        assert path.stat().st_mode & 0o777 == 0o644, path
