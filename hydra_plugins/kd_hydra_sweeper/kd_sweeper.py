@@ -81,6 +81,7 @@ class KDSweeper(BasicSweeper):
         second = [Planned(job) for job, mode in zip(jobs, modes) if mode is not Mode.teacher]
         if self.teacher_stage:
             first += self._teacher_jobs(jobs, configs, modes, first, second)
+        first = [p for p in first if p.is_teacher] + [p for p in first if not p.is_teacher]  # teachers start first
         shown = varying_keys(jobs)
         first, second = self._deduplicated(first), self._deduplicated(second, exclude=first)
         for planned in first + second:
