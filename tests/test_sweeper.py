@@ -191,7 +191,8 @@ class FakeSweeps:
         self.app = workspace.root / "fake_app.py"
         self.app.write_text(FAKE_APP.format(repo=str(REPO), conf=str(REPO / "conf")))
         self.calls_file = workspace.root / "calls.txt"
-        self.env = {**workspace.env, "FAKE_CALLS": str(self.calls_file)}
+        pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))  # submitit's workers
+        self.env = {**workspace.env, "FAKE_CALLS": str(self.calls_file), "PYTHONPATH": pythonpath}
 
     def run(self, name: str, *args: str, expect: int = 0, env: dict | None = None) -> subprocess.CompletedProcess:
         self.calls_file.write_text("")
@@ -302,7 +303,7 @@ def test_preempted_job_is_requeued_into_the_same_directory(fake: FakeSweeps):
     attempts = (job_dir / "attempts.txt").read_text().split()
     assert len(attempts) == 2 and attempts[0] != attempts[1], "requeued as a new process into the same directory"
     assert read_metrics(job_dir)["status"] == "completed"
-    logs = "".join(p.read_text() for p in (fake.workspace.root / "sweeps" / "preempt" / ".submitit").rglob("*.err"))
+    logs = "".join(p.read_text() for p in (fake.workspace.root / "sweeps" / "preempt" / ".submitit").rglob("*_log.*"))
     assert "Requeued job" in logs
 
 
