@@ -12,6 +12,8 @@ import hashlib
 import io
 import json
 import logging
+import math
+import os
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -20,18 +22,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from torch import nn
 
-from kd_hydra.errors import CheckpointError
+from kd_hydra.errors import CheckpointError, ConfigError
 from kd_hydra.models.published import IncompatiblePublishedCheckpoint, detect_published_layout, to_zoo_layout
 from kd_hydra.outputs import atomic_write_bytes, write_json
+from kd_hydra.schema import TRAIN_STATE_FILE
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "kd-hydra/model-v1"
 MODEL_FILE = "model.pt"
 META_FILE = "meta.json"
+LOCK_SUFFIX = ".lock"
 HASH_CHUNK_BYTES = 1 << 20
 
 
@@ -209,11 +213,26 @@ class StoredTeacher:
 TrainTeacher = Callable[[nn.Module, Path], Mapping[str, Any]]
 
 
-class TeacherStore:
-    """Find a teacher by its description, or train it exactly once (across processes) and keep it."""
+#: How long a job waits for another process's training of the same teacher before giving up.
+DEFAULT_LOCK_TIMEOUT_S = 24 * 3600.0
+#: The config key that most often makes a teacher's training diverge.
+DIVERGENCE_KEY = "teacher_training.optimizer.lr"
+_META_FIELDS = {"sha256": str, "result": Mapping}
 
-    def __init__(self, root: Path) -> None:
+
+class TeacherStore:
+    """Find a teacher by its description, or train it exactly once (across processes) and keep it.
+
+    Verified entries are read without the lock (a read-only store works); training happens under a
+    per-entry file lock (``flock``: released by the OS when its holder dies), and an interrupted
+    training continues from the entry's ``checkpoint.pt``.
+    """
+
+    def __init__(self, root: Path, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+                 root_key: str = "paths.cache_dir") -> None:
         self.root = Path(root)
+        self.lock_timeout_s = lock_timeout_s
+        self.root_key = root_key
 
     def entry_dir(self, description: Mapping[str, Any], label: str) -> Path:
         return self.root / f"{label}-{config_digest(description)[:16]}"
@@ -223,21 +242,34 @@ class TeacherStore:
     ) -> StoredTeacher:
         """Load the stored teacher into ``model``; if there is none (or it is corrupt), ``train`` it and store it.
 
-        ``train(model, entry_dir)`` trains in place, may write files into ``entry_dir`` and returns a
-        summary with at least ``final_test_acc``. A lock per entry makes concurrent callers wait for one training.
+        ``train(model, entry_dir)`` trains in place, may write files into ``entry_dir`` (resuming from
+        ``entry_dir/checkpoint.pt`` when it exists) and returns a summary with at least ``final_test_acc``.
+        A lock per entry makes concurrent callers wait for one training.
         """
         entry = self.entry_dir(description, label)
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(entry) + ".lock"):
+        stored = self._load_valid(entry, model, arch, quiet=True)
+        if stored is not None:
+            log.info("teacher found in store: %s (test acc %.2f%%)", entry, stored.test_acc)
+            return stored
+        self._make_writable_root()
+        lock = FileLock(str(entry) + LOCK_SUFFIX, timeout=self.lock_timeout_s)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise CheckpointError(
+                f"{lock.lock_file}: another job has been training this teacher for over {self.lock_timeout_s:.0f} s "
+                f"(the lock is freed when it ends or dies); wait for it or remove that job") from None
+        except OSError as error:
+            raise ConfigError(self.root_key, f"{self.root}: cannot create the teacher lock file "
+                                             f"({error.strerror or error}); use a writable directory") from None
+        try:
             stored = self._load_valid(entry, model, arch)
             if stored is not None:
                 log.info("teacher found in store: %s (test acc %.2f%%)", entry, stored.test_acc)
                 return stored
-            if entry.exists():
-                shutil.rmtree(entry)
-            entry.mkdir(parents=True)
-            log.info("teacher not in store: training %s once, to be stored at %s", arch.name, entry)
+            self._prepare_entry(entry)
             result = dict(train(model, entry))
+            self._require_finite(entry, model, result)
             sha256 = save_checkpoint(entry / MODEL_FILE, model, arch)
             write_json(entry / META_FILE, {
                 "sha256": sha256,
@@ -246,20 +278,75 @@ class TeacherStore:
                 "description": description,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             })
+            (entry / TRAIN_STATE_FILE).unlink(missing_ok=True)
             stored = StoredTeacher(entry / MODEL_FILE, sha256, result, "trained")
             log.info("teacher stored: %s (test acc %.2f%%)", entry, stored.test_acc)
             return stored
+        finally:
+            lock.release()
 
-    def _load_valid(self, entry: Path, model: nn.Module, arch: ArchSignature) -> StoredTeacher | None:
+    def _make_writable_root(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f".write-probe-{os.getpid()}"
+            probe.touch()
+            probe.unlink()
+        except OSError as error:
+            raise ConfigError(self.root_key, f"{self.root}: cannot be written ({error.strerror or error}); "
+                                             f"set it to a writable directory") from None
+
+    @staticmethod
+    def _prepare_entry(entry: Path) -> None:
+        """Keep an interrupted training's checkpoint; clear a corrupt or empty entry."""
+        if (entry / TRAIN_STATE_FILE).is_file() and not (entry / META_FILE).exists():
+            log.info("teacher training was interrupted: continuing from %s", entry / TRAIN_STATE_FILE)
+            return
+        if entry.exists():
+            shutil.rmtree(entry)
+        entry.mkdir(parents=True)
+        log.info("teacher not in store: training it once, to be stored at %s", entry)
+
+    @staticmethod
+    def _require_finite(entry: Path, model: nn.Module, result: Mapping[str, Any]) -> None:
+        """A teacher with non-finite weights or accuracy is never stored (and its checkpoint is dropped)."""
+        accuracy = result.get("final_test_acc")
+        finite_acc = isinstance(accuracy, (int, float)) and math.isfinite(accuracy)
+        finite_weights = all(bool(torch.isfinite(t).all()) for t in _unwrapped_state_dict(model).values()
+                             if t.is_floating_point())
+        if finite_acc and finite_weights:
+            return
+        shutil.rmtree(entry, ignore_errors=True)
+        what = "weights" if not finite_weights else "test accuracy"
+        raise ConfigError(DIVERGENCE_KEY, f"the teacher's training diverged (non-finite {what}); it was not "
+                                          f"stored: lower the learning rate")
+
+    def _load_valid(self, entry: Path, model: nn.Module, arch: ArchSignature,
+                    quiet: bool = False) -> StoredTeacher | None:
         meta_path, model_path = entry / META_FILE, entry / MODEL_FILE
         if not meta_path.is_file():
             return None
+        backup = {name: tensor.clone() for name, tensor in _unwrapped_state_dict(model).items()}
         try:
             meta = json.loads(meta_path.read_text())
+            _check_meta(meta, meta_path)
             if not model_path.is_file() or file_sha256(model_path) != meta["sha256"]:
                 raise CheckpointError(f"{model_path}: SHA-256 does not match {meta_path}")
             load_checkpoint(model, model_path, arch, key="teacher store")
-        except (CheckpointError, ValueError, KeyError) as error:
-            log.warning("discarding corrupt teacher store entry (%s); it will be retrained", error)
+        except (CheckpointError, OSError, ValueError, KeyError, TypeError) as error:
+            getattr(model, "_orig_mod", model).load_state_dict(backup)
+            if not quiet:
+                log.warning("discarding corrupt teacher store entry (%s); it will be retrained", error)
             return None
         return StoredTeacher(model_path, meta["sha256"], meta["result"], "store")
+
+
+def _check_meta(meta: Any, meta_path: Path) -> None:
+    """A store entry's meta.json must be an object with the fields this module writes."""
+    if not isinstance(meta, Mapping):
+        raise CheckpointError(f"{meta_path}: not a JSON object")
+    for name, kind in _META_FIELDS.items():
+        if not isinstance(meta.get(name), kind):
+            raise CheckpointError(f"{meta_path}: field {name!r} missing or of the wrong type")
+    accuracy = meta["result"].get("final_test_acc")
+    if not isinstance(accuracy, (int, float)) or not math.isfinite(accuracy):
+        raise CheckpointError(f"{meta_path}: result.final_test_acc missing or not a finite number")

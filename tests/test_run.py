@@ -13,7 +13,7 @@ from kd_hydra import schema
 
 
 def job_dirs(sweep_dir):
-    return sorted((p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()), key=lambda p: int(p.name))
+    return sorted(p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir())  # named by settings, not numbers
 
 
 def history_rows(run_dir):
@@ -27,7 +27,9 @@ def test_multirun_of_four_jobs_trains_the_teacher_once(workspace: Workspace):
     metrics = [read_metrics(job) for job in jobs]
     distill = [m for m in metrics if m["mode"] == "distill"]
     baselines = [m for m in metrics if m["mode"] == "student"]
-    assert len(distill) == 4 and len(baselines) == 1, "4 distill jobs plus one matched baseline"
+    teachers = [m for m in metrics if m["mode"] == "teacher"]
+    assert len(distill) == 4 and len(baselines) == 1 and len(teachers) == 1, \
+        "4 distill jobs plus one matched baseline and the teacher job that runs first"
     for job, record in zip(jobs, metrics):
         assert record["status"] == "completed", record
         assert set(record) == set(schema.METRICS_KEYS)
@@ -35,14 +37,14 @@ def test_multirun_of_four_jobs_trains_the_teacher_once(workspace: Workspace):
         assert [int(r["epoch"]) for r in rows] == [1, 2]
         assert list(rows[0]) == list(schema.HISTORY_COLUMNS)
         assert 0 <= record["final_test_acc"] <= 100
-    assert sorted(m["teacher_source"] for m in distill) == ["store", "store", "store", "trained"]
+    assert [m["teacher_source"] for m in teachers + distill] == ["trained"] + ["store"] * 4
     assert len({m["teacher_test_acc"] for m in distill}) == 1
     grid = {(m["settings"]["loss.temperature"], m["settings"]["loss.alpha"]) for m in distill}
     assert grid == {(1.0, 0.5), (1.0, 0.9), (4.0, 0.5), (4.0, 0.9)}
     # one teacher entry in the store, one soft-label entry (same seed) written cold once per epoch
     assert len([p for p in (workspace.root / "cache" / "teachers").iterdir() if p.is_dir()]) == 1
     assert sorted(m["soft_label_cache"] for m in distill) == ["cold", "warm", "warm", "warm"]
-    assert process.stdout.count("[kd-hydra]") == 5
+    assert process.stdout.count("[kd-hydra]") == 6
 
 
 def test_same_seed_gives_identical_metrics_on_cpu(workspace: Workspace):
@@ -204,7 +206,7 @@ def test_parallel_launcher_runs_a_sweep_in_worker_processes(workspace: Workspace
     sweep_dir, _ = workspace.sweep("parallel", *TINY, "hydra/launcher=parallel", "hydra.launcher.n_jobs=2",
                                    "loss.temperature=1,4")
     metrics = [read_metrics(job) for job in job_dirs(sweep_dir)]
-    assert len(metrics) == 3 and all(m["status"] == "completed" for m in metrics)
+    assert len(metrics) == 4 and all(m["status"] == "completed" for m in metrics)  # teacher, baseline, 2 distill
     assert sum(m["teacher_source"] == "trained" for m in metrics) == 1
     multirun = (sweep_dir / "multirun.yaml").read_text()
     assert "joblib" in multirun
@@ -215,7 +217,7 @@ def test_sweep_directory_holds_the_analysis(workspace: Workspace):
     for name in ("results.csv", "report.md", "heatmap.png"):
         assert (sweep_dir / name).is_file(), name
     results = (sweep_dir / "results.csv").read_text().splitlines()
-    assert len(results) == 1 + 3
+    assert len(results) == 1 + 4  # the teacher job, the baseline and 2 distill jobs
     _, process = workspace.sweep("no-analysis", *TINY, "loss.temperature=1", "hydra.callbacks.analysis.enabled=false")
     assert not (workspace.root / "sweeps" / "no-analysis" / "results.csv").exists()
 

@@ -1,8 +1,13 @@
-"""kd-hydra's grid sweeper: Hydra's basic sweeper, made for KD grids.
+"""kd-hydra's grid sweeper: Hydra's basic sweeper, made for KD grids that resume and grow.
 
-It composes and validates every job of the grid before the first one starts, adds one matched
+Before anything runs it composes and validates every job of the grid, adds one matched
 baseline-student job (``mode=student``) for each distinct non-loss setting of a distill grid, and
-runs every job even when some fail (``kd_hydra.sweeper.JobStatusCallback`` reports them).
+one ``mode=teacher`` job for each distinct teacher the distill jobs need. Each job's directory is
+named from its settings (``kd_hydra.sweeper.job_dir_name``), so a rerun into the same
+``hydra.sweep.dir`` skips the jobs that already completed (``rerun``), continues interrupted ones
+and trains only new settings. Jobs run in two stages through the configured launcher: teachers
+and baselines first, then the distill jobs, which find their teacher in the store. A failed job
+never stops the others (``kd_hydra.sweeper.JobStatusCallback`` reports them).
 """
 
 from __future__ import annotations
@@ -20,7 +25,22 @@ from omegaconf import DictConfig, OmegaConf
 
 from kd_hydra.config import Mode, validate
 from kd_hydra.errors import KDHydraError
-from kd_hydra.sweeper import baseline_overrides
+from kd_hydra.sweeper import (
+    Job,
+    JobState,
+    Planned,
+    Rerun,
+    baseline_overrides,
+    clear_job,
+    existing_jobs,
+    job_dir_name,
+    job_state,
+    job_status,
+    settings_hash,
+    teacher_job_overrides,
+    teacher_key,
+    varying_keys,
+)
 
 log = logging.getLogger(__name__)
 
@@ -28,26 +48,47 @@ EXIT_BAD_CONFIG = 2
 
 
 class KDSweeper(BasicSweeper):
-    """Grid sweeper: validate all jobs first, add matched baselines, never stop at a failed job."""
+    """Grid sweeper: validate all jobs first, add baselines and teacher jobs, skip what already completed."""
 
     def __init__(self, max_batch_size: int | None = None, params: dict[str, str] | None = None,
-                 add_baselines: bool = True) -> None:
+                 add_baselines: bool = True, teacher_stage: bool = True, rerun: str = Rerun.none.value) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
         self.add_baselines = add_baselines
+        self.teacher_stage = teacher_stage
+        try:
+            self.rerun = Rerun(str(rerun))
+        except ValueError:
+            print(f"error: hydra.sweeper.rerun: must be one of {', '.join(r.value for r in Rerun)} (got {rerun})",
+                  file=sys.stderr)
+            sys.exit(EXIT_BAD_CONFIG)
 
-    def split_arguments(self, overrides: list[Override], max_batch_size: int | None) -> list[list[list[str]]]:
-        (jobs,) = BasicSweeper.split_arguments(overrides, None)
-        configs = [self._compose(job) for job in jobs]
-        self._validate_all(jobs, configs)
-        if self.add_baselines:
-            jobs = self._baselines(jobs, configs) + jobs
-        return [list(chunk) for chunk in self.split_overrides_to_chunks(jobs, max_batch_size)]
+    # -- planning --------------------------------------------------------------------------------
 
     def _compose(self, job: Sequence[str]) -> DictConfig:
         assert self.hydra_context is not None and self.config is not None
         return self.hydra_context.config_loader.load_sweep_config(self.config, list(job))
 
-    def _validate_all(self, jobs: Sequence[Sequence[str]], configs: Sequence[DictConfig]) -> None:
+    def plan(self, overrides: list[Override]) -> tuple[list[Planned], list[Planned]]:
+        """The two stages of the sweep: (teachers and baselines, the other jobs); validated, named, deduplicated."""
+        (grid,) = BasicSweeper.split_arguments(overrides, None)
+        jobs = [tuple(job) for job in grid]
+        configs = [self._compose(job) for job in jobs]
+        self._validate_all(jobs, configs)
+        modes = [Mode(cfg.mode) for cfg in configs]
+        baselines = self._baselines(jobs, modes) if self.add_baselines else []
+        first = [Planned(job, is_teacher=True) for job, mode in zip(jobs, modes) if mode is Mode.teacher]
+        first += [Planned(job) for job in baselines]
+        second = [Planned(job) for job, mode in zip(jobs, modes) if mode is not Mode.teacher]
+        if self.teacher_stage:
+            first += self._teacher_jobs(jobs, configs, modes, first, second)
+        first = [p for p in first if p.is_teacher] + [p for p in first if not p.is_teacher]  # teachers start first
+        shown = varying_keys(jobs)
+        first, second = self._deduplicated(first), self._deduplicated(second, exclude=first)
+        for planned in first + second:
+            planned.dir_name = job_dir_name(planned.overrides, shown)
+        return first, second
+
+    def _validate_all(self, jobs: Sequence[Job], configs: Sequence[DictConfig]) -> None:
         errors = []
         for number, (job, cfg) in enumerate(zip(jobs, configs)):
             try:
@@ -60,28 +101,140 @@ class KDSweeper(BasicSweeper):
                   file=sys.stderr)
             sys.exit(EXIT_BAD_CONFIG)
 
-    def _baselines(self, jobs: Sequence[Sequence[str]], configs: Sequence[DictConfig]) -> list[list[str]]:
-        modes = [Mode(cfg.mode) for cfg in configs]
+    def _baselines(self, jobs: Sequence[Job], modes: Sequence[Mode]) -> list[Job]:
         if Mode.student in modes:  # the grid brings its own baselines
             return []
-        unique = dict.fromkeys(baseline_overrides(job) for job, mode in zip(jobs, modes) if mode is Mode.distill)
+        unique = list(dict.fromkeys(baseline_overrides(job) for job, mode in zip(jobs, modes) if mode is Mode.distill))
         if unique:
             log.info("adding %d matched baseline-student job(s) to the sweep (hydra.sweeper.add_baselines=false "
                      "to skip)", len(unique))
-        return [list(job) for job in unique]
+        return unique
+
+    def _teacher_jobs(self, jobs: Sequence[Job], configs: Sequence[DictConfig], modes: Sequence[Mode],
+                      first: list[Planned], second: list[Planned]) -> list[Planned]:
+        """One mode=teacher job per distinct teacher of the distill jobs (none for external checkpoints)."""
+        keys: dict[Job, str | None] = {}
+        for job, cfg, mode in zip(jobs, configs, modes):
+            keys[job] = self._teacher_key_or_none(cfg) if mode is not Mode.student else None
+        given = {keys[p.overrides]: p.overrides for p in first if keys.get(p.overrides)}  # the grid's own teachers
+        groups: dict[str, list[Job]] = {}
+        for job, mode in zip(jobs, modes):
+            key = keys[job]
+            if mode is Mode.distill and key is not None and OmegaConf.select(
+                    configs[jobs.index(job)], "teacher.checkpoint", default=None) is None:
+                groups.setdefault(key, []).append(job)
+        added, teacher_of = [], dict(given)
+        for key, members in groups.items():
+            if key not in teacher_of:
+                teacher_of[key] = self._teacher_job(key, members)
+                added.append(Planned(teacher_of[key], is_teacher=True))
+        for planned in second:
+            key = keys.get(planned.overrides)
+            if key in groups and planned.overrides in groups[key]:
+                planned.teacher = teacher_of[key]
+        if added:
+            log.info("adding %d teacher job(s) (mode=teacher) that run before the distill jobs "
+                     "(hydra.sweeper.teacher_stage=false to skip)", len(added))
+        return added
+
+    @staticmethod
+    def _teacher_key_or_none(cfg: DictConfig) -> str | None:
+        try:
+            return teacher_key(cfg)
+        except Exception as error:  # a node that cannot resolve here: that job finds its teacher itself
+            log.debug("no teacher key for a job: %s", error)
+            return None
+
+    def _teacher_job(self, key: str, members: Sequence[Job]) -> Job:
+        """The overrides of the teacher job of ``members``: the common ones if they give the same teacher."""
+        candidates = [teacher_job_overrides(members), teacher_job_overrides(members[:1])]
+        for candidate in candidates:
+            try:
+                if teacher_key(self._compose(candidate)) == key:
+                    return candidate
+            except Exception:  # the reduced overrides do not compose: try the next candidate
+                continue
+        return tuple(o for o in members[0] if not o.startswith("mode=")) + (f"mode={Mode.teacher.value}",)
+
+    @staticmethod
+    def _deduplicated(planned: list[Planned], exclude: Sequence[Planned] = ()) -> list[Planned]:
+        seen = {settings_hash(p.overrides) for p in exclude}
+        unique = []
+        for job in planned:
+            digest = settings_hash(job.overrides)
+            if digest not in seen:
+                seen.add(digest)
+                unique.append(job)
+        return unique
+
+    # -- running ---------------------------------------------------------------------------------
 
     def sweep(self, arguments: list[str]) -> Any:
-        """Like :meth:`BasicSweeper.sweep`, but a failed job neither stops nor hides the others."""
+        """Plan, skip what already ran, then launch the teacher/baseline stage and the distill stage."""
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         overrides = parser.parse_overrides(self._parse_config() + list(arguments))
-        self.overrides = self.split_arguments(overrides, self.max_batch_size)
+        first, second = self.plan(overrides)
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        returns, initial_job_idx = [], 0
-        while not self.is_done():
-            batch = self.get_job_batch()
-            returns.append(self.launcher.launch(batch, initial_job_idx=initial_job_idx))
-            initial_job_idx += len(batch)
+        existing = existing_jobs(sweep_dir)
+        for planned in first + second:  # a setting that ran before keeps its directory, even if named otherwise
+            planned.dir_name = existing.get(settings_hash(planned.overrides), planned.dir_name)
+        first_run, second_run = self._to_run(sweep_dir, first + second, first)
+        returns: list[Any] = []
+        next_idx = self._launch(first_run, returns, 0)
+        failed_teachers = self._failed_teachers(sweep_dir, first)
+        blocked = [p for p in second_run if p.teacher is not None and p.teacher in failed_teachers]
+        for teacher, (dir_name, reason) in failed_teachers.items():
+            count = sum(p.teacher == teacher for p in blocked)
+            if count:
+                print(f"error: teacher job {dir_name} did not complete ({reason}); its {count} distill job(s) "
+                      f"were not started", file=sys.stderr)
+        self._launch([p for p in second_run if p not in blocked], returns, next_idx)
         return returns
+
+    def _to_run(self, sweep_dir: Path, planned: list[Planned], first: list[Planned]) -> tuple[list[Planned], list[Planned]]:
+        """The jobs of each stage that run now; completed (and, by default, failed) jobs are skipped."""
+        completed, failed, run = [], [], []
+        for job in planned:
+            run_dir = sweep_dir / job.dir_name
+            state = job_state(run_dir)
+            if state is JobState.completed and self.rerun is not Rerun.all:
+                completed.append(job)
+            elif state is JobState.failed and self.rerun is Rerun.none:
+                failed.append(job)
+            else:
+                if state in (JobState.completed, JobState.failed):
+                    clear_job(run_dir)
+                run.append(job)
+        if completed:
+            log.info("skipping %d completed jobs (hydra.sweeper.rerun=all runs them again)", len(completed))
+        for job in failed:
+            log.warning("skipping failed job %s (hydra.sweeper.rerun=failed runs it again)", job.dir_name)
+        return [j for j in run if j in first], [j for j in run if j not in first]
+
+    def _failed_teachers(self, sweep_dir: Path, first: list[Planned]) -> dict[Job, tuple[str, str]]:
+        """Teacher jobs of the first stage that did not complete: overrides -> (dir name, reason)."""
+        failed = {}
+        for job in first:
+            if job.is_teacher:
+                if job_state(sweep_dir / job.dir_name) is not JobState.completed:
+                    status, reason = job_status(sweep_dir / job.dir_name)
+                    failed[job.overrides] = (job.dir_name, f"{status}: {reason}")
+        return failed
+
+    def _launch(self, jobs: list[Planned], returns: list[Any], initial_job_idx: int) -> int:
+        """Launch ``jobs`` in batches through the configured launcher; a launcher error stops no other batch."""
+        assert self.launcher is not None
+        if not jobs:
+            return initial_job_idx
+        lists = [list(job.overrides) + [f"hydra.sweep.subdir='{job.dir_name}'"] for job in jobs]
+        for batch in self.split_overrides_to_chunks(lists, self.max_batch_size):
+            try:
+                returns.append(self.launcher.launch(batch, initial_job_idx=initial_job_idx))
+            except Exception as error:  # e.g. a submitit job that was killed: its directory tells the rest
+                log.error("the launcher failed on %d job(s): %s", len(batch), str(error).strip().splitlines()[0]
+                          if str(error).strip() else type(error).__name__)
+            initial_job_idx += len(batch)
+        return initial_job_idx
