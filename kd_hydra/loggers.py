@@ -13,6 +13,7 @@ warning; training never stops because of a tracker.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
 import json
 import logging
@@ -38,6 +39,9 @@ TRACKING_EXTRA_HINT = "needs the 'tracking' extra: pip install -e \".[tracking]\
 SINGLE_RUN_GROUP = "runs"
 #: Name of a run whose overrides and directory name are both empty.
 DEFAULT_RUN_NAME = "run"
+#: Longest run-directory name (bytes); most file systems allow 255.
+MAX_DIR_NAME_BYTES = 200
+_NAME_HASH_CHARS = 10
 #: History column used as the step of every per-epoch value.
 STEP_COLUMN = "epoch"
 #: TensorBoard tag prefix of the final (metrics.json) numbers.
@@ -105,9 +109,15 @@ def numeric_values(record: Mapping[str, Any], skip: Sequence[str] = ()) -> dict[
 
 
 def safe_dir_name(name: str) -> str:
-    """``name`` usable as one directory level (path separators replaced)."""
+    """``name`` usable as one directory level: separators replaced, long names cut and suffixed with a hash."""
     cleaned = name.replace("/", "_").replace("\\", "_").strip()
-    return cleaned if cleaned not in ("", ".", "..") else DEFAULT_RUN_NAME
+    if cleaned in ("", ".", ".."):
+        return DEFAULT_RUN_NAME
+    if len(cleaned.encode("utf-8")) <= MAX_DIR_NAME_BYTES:
+        return cleaned
+    digest = hashlib.sha1(cleaned.encode("utf-8")).hexdigest()[:_NAME_HASH_CHARS]
+    head = cleaned.encode("utf-8")[:MAX_DIR_NAME_BYTES - _NAME_HASH_CHARS - 1].decode("utf-8", "ignore")
+    return f"{head}-{digest}"
 
 
 def run_identity(hydra_cfg: DictConfig, output_root: str | Path | None = None) -> tuple[str, str]:

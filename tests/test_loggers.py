@@ -70,6 +70,15 @@ def test_flatten_config_gives_dotted_scalars():
     assert flatten_config(OmegaConf.create({"a": {"b": "${c}"}, "c": 2})) == {"a.b": 2, "c": 2}
 
 
+def test_safe_dir_name_keeps_long_override_lists_unique():
+    assert loggers.safe_dir_name("dataset.path=/data/x.npz,seed=1") == "dataset.path=_data_x.npz,seed=1"
+    assert loggers.safe_dir_name("") == loggers.DEFAULT_RUN_NAME
+    long_a, long_b = "a=1," * 100 + "seed=1", "a=1," * 100 + "seed=2"
+    short_a, short_b = loggers.safe_dir_name(long_a), loggers.safe_dir_name(long_b)
+    assert len(short_a) == loggers.MAX_DIR_NAME_BYTES and short_a != short_b
+    assert short_a.startswith("a=1,a=1,")
+
+
 def test_run_identity_from_hydra_node(tmp_path):
     sweep = tmp_path / "outputs" / "multiruns" / "day" / "time"
     hydra = OmegaConf.create({"mode": "MULTIRUN", "sweep": {"dir": str(sweep)},
