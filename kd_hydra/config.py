@@ -110,6 +110,7 @@ class RootConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     teacher_training: TeacherTrainingConfig = field(default_factory=TeacherTrainingConfig)
     soft_label_cache: SoftLabelCacheConfig = field(default_factory=SoftLabelCacheConfig)
+    logger: Any = None  # {tracker name: its node} from conf/logger (kd_hydra.loggers)
 
 
 def register_configs() -> None:
