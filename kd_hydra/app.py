@@ -24,6 +24,7 @@ from kd_hydra import schema
 from kd_hydra.config import CacheDtype, Mode, Resume, validate
 from kd_hydra.data import build_pipeline
 from kd_hydra.errors import ConfigError, KDHydraError
+from kd_hydra.loggers import RunLoggers, build_loggers, run_identity
 from kd_hydra.methods import DistillMethod, FeatureRequest
 from kd_hydra.methods.ce import CrossEntropy
 from kd_hydra.models import count_parameters
@@ -69,14 +70,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if completed is not None:
         print(headline(completed, out_dir, prefix="already completed, left alone: "), flush=True)
         return completed
+    job = Job(cfg, out_dir, started)
     try:
-        return Job(cfg, out_dir, started).run()
-    except BaseException as error:
+        return job.run()
+    except Exception as error:  # interrupts (Ctrl-C, a scheduler's preemption) are not failures: no metrics.json
         reason = str(error) if isinstance(error, KDHydraError) else f"{type(error).__name__}: {error}"
         write_json(out_dir / schema.METRICS_FILE, metrics_record(
             status=schema.STATUS_FAILED, reason=reason or type(error).__name__, mode=plain_value(cfg.get("mode")),
             dataset=OmegaConf.select(cfg, "dataset.name"), settings=settings_of(cfg),
             config_digest=safe_digest(cfg), wall_seconds=time.perf_counter() - started))
+        job.trackers.close(schema.STATUS_FAILED)
         raise
 
 
@@ -226,10 +229,14 @@ class Job:
         self.cfg = cfg
         self.out_dir = out_dir
         self.started = started
+        self.trackers = RunLoggers()
 
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
         validate(cfg)
+        run_name, group = run_identity(HydraConfig.get(), cfg.paths.output_dir)
+        self.trackers = build_loggers(cfg.get("logger"), run_name, group, self.out_dir)
+        self.trackers.log_hparams(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
         self.mode = Mode(cfg.mode)
         threads = configure_threads(cfg.trainer.num_threads)
         self.runtime = resolve_runtime(cfg.trainer.device, cfg.trainer.precision, cfg.trainer.channels_last,
@@ -281,7 +288,7 @@ class Job:
         return fit(step_model, pipeline, method, optimizer, scheduler, epochs, self.runtime, history,
                    teacher=teacher, student_features=student_features, eval_every=self.cfg.trainer.eval_every,
                    progress=self.cfg.trainer.progress, label=label, checkpointing=checkpointing, lr_key=lr_key,
-                   top5=self.top5)
+                   top5=self.top5, on_epoch=self.trackers.log_epoch if label == "student" else None)
 
     def checkpointing(self, path: Path, settings: Mapping[str, Any]) -> Checkpointing:
         trainer = self.cfg.trainer
@@ -323,9 +330,7 @@ class Job:
 
         store = TeacherStore(Path(cfg.paths.cache_dir) / "teachers")
         label = f"{cfg.teacher.name}-{self.spec.name}"
-        stored = store.get_or_train(description, label, teacher, arch_signature(cfg.teacher, self.spec), train_teacher)
-        (stored.model_path.parent / schema.TRAIN_STATE_FILE).unlink(missing_ok=True)
-        return stored
+        return store.get_or_train(description, label, teacher, arch_signature(cfg.teacher, self.spec), train_teacher)
 
     # -- modes -----------------------------------------------------------------------------------
 
@@ -452,6 +457,8 @@ class Job:
                                 settings=settings_of(self.cfg), config_digest=safe_digest(self.cfg),
                                 wall_seconds=time.perf_counter() - self.started, **values)
         write_json(self.out_dir / schema.METRICS_FILE, record)
+        self.trackers.log_summary(record)
+        self.trackers.close(schema.STATUS_COMPLETED)
         print(headline(record, self.out_dir), flush=True)
         return record
 

@@ -185,6 +185,10 @@ def validate(cfg: DictConfig) -> None:
         if checkpoint is not None:
             _require(os.path.isfile(checkpoint), "teacher.checkpoint", f"no such file: {checkpoint}")
 
+    from kd_hydra.loggers import check_loggers
+
+    check_loggers(cfg.get("logger"))
+
     cache = cfg.soft_label_cache
     _require(cache.top_k is None or cache.top_k >= 1, "soft_label_cache.top_k",
              f"must be >= 1 or null (got {cache.top_k})")
