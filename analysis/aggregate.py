@@ -56,7 +56,7 @@ BOOKKEEPING_PREFIXES = ("hydra.", "paths.", "logger.")
 BOOKKEEPING_KEYS = (
     "trainer.eval_batch_size", "trainer.eval_every", "trainer.device", "trainer.num_threads",
     "trainer.num_workers", "trainer.save_checkpoint", "trainer.progress",
-    "soft_label_cache.max_gb", "soft_label_cache.batch_size",
+    "soft_label_cache.max_gb", "soft_label_cache.batch_size", "trainer.checkpoint_every", "optimized_metric",
 )  # fmt: skip
 #: Leaf names of resume bookkeeping keys (a resumed run is the same setting).
 BOOKKEEPING_LEAVES = ("resume", "resume_from", "ckpt_path")

@@ -156,10 +156,11 @@ def test_paths_follow_environment_variables(monkeypatch, tmp_path):
                                                                   str(tmp_path / "o"))
 
 
-def test_teacher_training_follows_the_run_unless_overridden():
+def test_teacher_training_follows_the_run_except_its_fixed_seed():
     cfg = composed("trainer.epochs=7", "trainer.seed=3")
-    assert (cfg.teacher_training.epochs, cfg.teacher_training.seed) == (7, 3)
+    assert (cfg.teacher_training.epochs, cfg.teacher_training.seed) == (7, 0), "one teacher for a seed sweep"
     assert composed("teacher_training.epochs=30").teacher_training.epochs == 30
+    assert composed("trainer.seed=3", "teacher_training.seed=${trainer.seed}").teacher_training.seed == 3
 
 
 @pytest.mark.parametrize(

@@ -367,3 +367,45 @@ def test_summary_skips_non_finite_numbers():
     tracker = RecordingTracker()
     RunLoggers({"rec": tracker}).log_summary({"final_test_acc": math.nan, "best_test_acc": 50.0, "mode": "distill"})
     assert tracker.calls == [("log_summary", {"best_test_acc": 50.0})]
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def test_a_sweep_logs_every_job_s_test_acc_to_all_three_trackers(workspace, wandb_home):
+    """``run.py -m ... logger=[tensorboard,mlflow,wandb]``: each job's per-epoch test_acc reads back from each."""
+    import csv
+
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from conftest import TINY, read_metrics
+
+    workspace.env.update({k: v for k, v in __import__("os").environ.items() if k.startswith("WANDB_")})
+    sweep_dir, _ = workspace.sweep("tracked", *TINY, "mode=student", "trainer.seed=0,1",
+                                   "logger=[tensorboard,mlflow,wandb]", "hydra.sweeper.add_baselines=false")
+    jobs = [p for p in sweep_dir.iterdir() if (p / "metrics.json").is_file() and read_metrics(p)["mode"] == "student"]
+    assert len(jobs) == 2
+    client = MlflowClient(tracking_uri=f"sqlite:///{workspace.root / 'outputs' / loggers.MLFLOW_DB_FILE}")
+    mlflow_runs = {run.data.tags["kd_hydra.run_dir"]: run for run in client.search_runs(
+        [e.experiment_id for e in client.search_experiments()])}
+    for job in jobs:
+        with open(job / "history.csv") as handle:
+            expected = {int(row["epoch"]): float(row["test_acc"]) for row in csv.DictReader(handle)}
+        (log_dir,) = (job / "tensorboard").iterdir()
+        events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+        events.Reload()
+        assert {e.step: e.value for e in events.Scalars("test_acc")} == pytest.approx(expected, rel=1e-5)
+        run = mlflow_runs[str(job)]
+        assert run.info.status == "FINISHED"
+        history = client.get_metric_history(run.info.run_id, "test_acc")
+        assert {m.step: m.value for m in history} == pytest.approx(expected, rel=1e-5)
+        (run_file,) = (job / "wandb").glob("offline-run-*/run-*.wandb")
+        records = wait_for_exit_record(run_file)
+        logged = {}
+        for record in records:
+            if record.WhichOneof("record_type") == "history":
+                items = {_key(item): json.loads(item.value_json) for item in record.history.item}
+                if "test_acc" in items:
+                    logged[items["_step"]] = items["test_acc"]
+        assert logged == pytest.approx(expected, rel=1e-5)

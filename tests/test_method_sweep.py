@@ -45,6 +45,10 @@ def test_every_method_completes_and_reports_its_parts(method_sweep):
     with open(sweep_dir / "results.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert sorted(row["loss.name"] for row in rows if row["mode"] == "distill") == sorted(METHODS)
+    report = (sweep_dir / "report.md").read_text()
+    assert "Methods compared" in report and (sweep_dir / "method_comparison.png").is_file()
+    compared = report.split("Methods compared", 1)[1].split("\n\n", 2)[1]
+    assert all(f"| {method} |" in compared for method in METHODS), "the report compares every method"
 
 
 def test_a_method_s_own_parts_are_trained_and_saved(method_sweep):
