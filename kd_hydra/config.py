@@ -114,6 +114,7 @@ class RootConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     teacher_training: TeacherTrainingConfig = field(default_factory=TeacherTrainingConfig)
     soft_label_cache: SoftLabelCacheConfig = field(default_factory=SoftLabelCacheConfig)
+    optimized_metric: str = "val_acc"  # what a sweep that optimises (Optuna) maximises; see kd_hydra.cli
 
 
 def register_configs() -> None:
