@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from kd_hydra.config import register_configs
 from kd_hydra.errors import KDHydraError
 from kd_hydra.objective import FAILED_TRIAL_VALUE, objective
-from kd_hydra.preflight import CONFIG_NAME, check_command_line, config_source
+from kd_hydra.preflight import CLONE_CONFIGS, CONFIG_NAME, check_command_line, config_source
 
 EXIT_BAD_INPUT = 2
 #: Sweepers that read the task function's return value: a failed job returns FAILED_TRIAL_VALUE there.
@@ -67,7 +67,7 @@ def task(cfg: DictConfig) -> float:
         log_to_file_only(one_line(error))
         print(one_line(error), file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
-    return objective(metrics, str(cfg.optimized_metric))
+    return objective(metrics, str(cfg.optimized_metric), warn=sweeper_reads_objective())
 
 
 def needs_check(args: object) -> bool:
@@ -76,9 +76,21 @@ def needs_check(args: object) -> bool:
     return not any(getattr(args, name, None) for name in skip)
 
 
+def expose_clone_plugins() -> None:
+    """In a clone (an editable install too), put its root on ``sys.path`` as ``python run.py`` does.
+
+    Hydra finds sweepers by scanning the ``hydra_plugins`` folders on ``sys.path``; an editable install's
+    import hook is invisible to that scan, so ``kd-hydra -m`` from another directory would miss ours.
+    """
+    root = str(CLONE_CONFIGS.parent)
+    if config_source() == str(CLONE_CONFIGS) and root not in sys.path:
+        sys.path.append(root)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """The console script: check the command line, then hand it to ``hydra.main``."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    expose_clone_plugins()
     register_configs()
     args = get_args_parser().parse_args(argv)
     if needs_check(args):

@@ -33,14 +33,17 @@ def check_optimized_metric(name: str) -> None:
         raise ConfigError("optimized_metric", f"unknown metric '{name}'; choose one of: {', '.join(OPTIMIZED_METRICS)}")
 
 
-def objective(metrics: Mapping[str, Any], name: str) -> float:
-    """The value of ``optimized_metric`` ``name`` in a run's ``metrics`` (NaN when the run has none)."""
+def objective(metrics: Mapping[str, Any], name: str, warn: bool = True) -> float:
+    """The value of ``optimized_metric`` ``name`` in a run's ``metrics`` (NaN when the run has none).
+
+    ``warn``: log a warning when a ``val_*`` metric falls back to the test split.
+    """
     check_optimized_metric(name)
     keys = OPTIMIZED_METRICS[name]
     for position, key in enumerate(keys):
         value = metrics.get(key)
         if value is not None:
-            if position > 0:
+            if position > 0 and warn:
                 log.warning("optimized_metric=%s: the run has no %s (no validation split); using %s", name,
                             keys[0], key)
             return float(value)
