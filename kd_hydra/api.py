@@ -29,8 +29,11 @@ LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
 LOGGED_PACKAGES = ("kd_hydra", "analysis")
 
 
-def run_experiment(overrides: Sequence[str] = (), output_dir: str | os.PathLike | None = None,
-                   config_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+def run_experiment(
+    overrides: Sequence[str] = (),
+    output_dir: str | os.PathLike | None = None,
+    config_dir: str | os.PathLike | None = None,
+) -> dict[str, Any]:
     """Run one job with command-line style ``overrides``; return its metrics.json record.
 
     ``output_dir``: the run directory (default: ``hydra.run.dir``, i.e. ``<paths.output_dir>/runs/<date>/<time>``).
@@ -59,8 +62,14 @@ def run_experiment(overrides: Sequence[str] = (), output_dir: str | os.PathLike 
 
         context = HydraContext(config_loader=hydra.config_loader, callbacks=Callbacks(cfg))
         with _run_log(Path(str(OmegaConf.select(cfg, "hydra.run.dir")))):
-            result = run_job(task_function=task, config=cfg, job_dir_key="hydra.run.dir", job_subdir_key=None,
-                             hydra_context=context, configure_logging=False)
+            result = run_job(
+                task_function=task,
+                config=cfg,
+                job_dir_key="hydra.run.dir",
+                job_subdir_key=None,
+                hydra_context=context,
+                configure_logging=False,
+            )
     if failure:
         raise failure[0]
     assert result.status is JobStatus.COMPLETED

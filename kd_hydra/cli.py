@@ -9,6 +9,7 @@ The task function returns ``optimized_metric`` (what an Optuna sweep maximises).
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from collections.abc import Sequence
 
@@ -20,11 +21,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from kd_hydra.config import register_configs
 from kd_hydra.errors import KDHydraError
-from kd_hydra.objective import FAILED_TRIAL_VALUE, objective
+from kd_hydra.objective import failed_trial_value, objective
 from kd_hydra.preflight import CLONE_CONFIGS, CONFIG_NAME, check_command_line, config_source
 
 EXIT_BAD_INPUT = 2
-#: Sweepers that read the task function's return value: a failed job returns FAILED_TRIAL_VALUE there.
+#: Sweepers that read the task function's return value: a failed job returns the worst value there.
 OBJECTIVE_SWEEPERS = ("hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper",)
 
 log = logging.getLogger("kd_hydra")
@@ -49,6 +50,11 @@ def sweeper_reads_objective() -> bool:
     return HydraConfig.get().mode == RunMode.MULTIRUN and target in OBJECTIVE_SWEEPERS
 
 
+def worst_value() -> float:
+    direction = OmegaConf.select(HydraConfig.get(), "sweeper.direction", default="maximize")
+    return failed_trial_value(direction[0] if OmegaConf.is_list(direction) else direction)
+
+
 def task(cfg: DictConfig) -> float:
     """One job through :func:`kd_hydra.app.run`; returns the ``optimized_metric`` value of its metrics."""
     from kd_hydra.app import run  # imported here so `--help` and composition errors stay fast
@@ -56,9 +62,9 @@ def task(cfg: DictConfig) -> float:
     try:
         metrics = run(cfg)
     except Exception as error:
-        if sweeper_reads_objective():  # an Optuna trial: FAILED, and the study goes on
-            log.error("%s (the trial is recorded as failed)", one_line(error))
-            return FAILED_TRIAL_VALUE
+        if sweeper_reads_objective():  # an Optuna trial: the worst value, and the study goes on
+            log.error("%s (the trial reports %s)", one_line(error), worst_value())
+            return worst_value()
         if not isinstance(error, KDHydraError):
             raise
         if HydraConfig.get().mode == RunMode.MULTIRUN:
@@ -67,7 +73,8 @@ def task(cfg: DictConfig) -> float:
         log_to_file_only(one_line(error))
         print(one_line(error), file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
-    return objective(metrics, str(cfg.optimized_metric), warn=sweeper_reads_objective())
+    value = objective(metrics, str(cfg.optimized_metric), warn=sweeper_reads_objective())
+    return worst_value() if math.isnan(value) and sweeper_reads_objective() else value
 
 
 def needs_check(args: object) -> bool:
@@ -95,8 +102,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
     if needs_check(args):
         try:
-            check_command_line(args.overrides, multirun=args.multirun, config_dir=args.config_dir,
-                               config_name=args.config_name or CONFIG_NAME)
+            check_command_line(
+                args.overrides,
+                multirun=args.multirun,
+                config_dir=args.config_dir,
+                config_name=args.config_name or CONFIG_NAME,
+            )
         except KDHydraError as error:
             print(one_line(error), file=sys.stderr)
             sys.exit(EXIT_BAD_INPUT)

@@ -23,8 +23,17 @@ OPTIMIZED_METRICS: dict[str, tuple[str, ...]] = {
     "best_test_acc": ("best_test_acc",),
 }
 
-#: What a failed trial reports: Optuna records a NaN objective as a FAILED trial and the study goes on.
-FAILED_TRIAL_VALUE = math.nan
+#: Value of a run without the metric (``objective``); never returned to Optuna (see ``failed_trial_value``).
+MISSING_VALUE = math.nan
+
+
+def failed_trial_value(direction: str) -> float:
+    """The worst value for a study that goes in ``direction`` (``maximize``/``minimize``): a failed trial's result.
+
+    Not NaN: hydra-optuna-sweeper 1.3.0 crashes the study on a NaN result (it tells Optuna FAIL *with* the
+    value, which Optuna rejects); an infinite value is a COMPLETE trial that can never be the best one.
+    """
+    return -math.inf if str(direction).lower().endswith("maximize") else math.inf
 
 
 def check_optimized_metric(name: str) -> None:
@@ -44,7 +53,8 @@ def objective(metrics: Mapping[str, Any], name: str, warn: bool = True) -> float
         value = metrics.get(key)
         if value is not None:
             if position > 0 and warn:
-                log.warning("optimized_metric=%s: the run has no %s (no validation split); using %s", name,
-                            keys[0], key)
+                log.warning(
+                    "optimized_metric=%s: the run has no %s (no validation split); using %s", name, keys[0], key
+                )
             return float(value)
-    return FAILED_TRIAL_VALUE
+    return MISSING_VALUE

@@ -101,7 +101,7 @@ def composition_error(error: Exception) -> ConfigError:
         return ConfigError(key, f"'{value}' is a sweep: add -m (--multirun), or write a list as {key}=[{value}]")
     already = _ALREADY_THERE.search(str(error))
     if already:
-        return ConfigError(already.group(1), "exists already: override it without '+' (or with '++' to add or override)")
+        return ConfigError(already.group(1), "exists already: override it without '+' (or with '++')")
     if isinstance(cause, OmegaConfBaseException):
         return ConfigError(getattr(cause, "full_key", None) or "overrides", first_line(cause))
     return ConfigError("overrides", first_line(error) or type(error).__name__)
@@ -110,8 +110,9 @@ def composition_error(error: Exception) -> ConfigError:
 def compose(hydra: Hydra, overrides: Sequence[str], config_name: str = CONFIG_NAME) -> DictConfig:
     """The full config of one job (the ``hydra`` node included); Hydra's errors as :class:`ConfigError`."""
     try:
-        return hydra.compose_config(config_name=config_name, overrides=list(overrides), run_mode=RunMode.RUN,
-                                    with_log_configuration=False)
+        return hydra.compose_config(
+            config_name=config_name, overrides=list(overrides), run_mode=RunMode.RUN, with_log_configuration=False
+        )
     except (HydraException, OmegaConfBaseException, OSError) as error:
         raise composition_error(error) from error
 
@@ -127,14 +128,19 @@ def representative_jobs(overrides: Sequence[str]) -> list[list[str]]:
     """Jobs that together use every value of every enumerable sweep (``a,b``, ``range``) once.
 
     The first job takes the first value of each sweep; each further job changes one sweep to another
-    value. Sweeps that cannot be enumerated (``interval``, ``glob``) are left to the sweeper.
+    value. Sweeps that cannot be enumerated (``interval``, ``glob``) and sweeps of ``hydra.*`` keys are left
+    to the sweeper.
     """
     fixed: list[str] = []
     sweeps: list[tuple[str, list[str]]] = []
     for override in parse_overrides(overrides):
         if not override.is_sweep_override():
             fixed.append(override.input_line or "")
-        elif override.is_discrete_sweep() and override.value_type is not ValueType.GLOB_CHOICE_SWEEP:
+        elif (
+            override.is_discrete_sweep()
+            and override.value_type is not ValueType.GLOB_CHOICE_SWEEP
+            and not override.is_hydra_override()
+        ):
             values = [f"{override.get_key_element()}={value}" for value in override.sweep_string_iterator()]
             if values:
                 sweeps.append((override.key_or_group, values))
@@ -179,8 +185,9 @@ def check_directories(cfg: DictConfig, overrides: Sequence[str], multirun: bool)
             raise ConfigError(key, f"{path} is not writable ({reason}); choose a directory you can write")
 
 
-def check_command_line(overrides: Sequence[str], multirun: bool, config_dir: str | None = None,
-                       config_name: str = CONFIG_NAME) -> None:
+def check_command_line(
+    overrides: Sequence[str], multirun: bool, config_dir: str | None = None, config_name: str = CONFIG_NAME
+) -> None:
     """Compose every distinct value of the command line's sweeps and check the directories; raise ConfigError."""
     jobs = representative_jobs(overrides)
     with hydra_session(config_dir) as hydra:
@@ -191,7 +198,9 @@ def check_command_line(overrides: Sequence[str], multirun: bool, config_dir: str
         for override in parse_overrides(overrides):
             if override.is_sweep_override():
                 value = (override.input_line or "").split("=", 1)[-1]
-                raise ConfigError(override.key_or_group, f"'{value}' is a sweep: add -m (--multirun), or write a "
-                                                         f"list as {override.key_or_group}=[{value}]")
+                raise ConfigError(
+                    override.key_or_group,
+                    f"'{value}' is a sweep: add -m (--multirun), or write a list as {override.key_or_group}=[{value}]",
+                )
     check_optimized_metric(str(base.optimized_metric))
     check_directories(base, overrides, multirun)
