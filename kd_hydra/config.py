@@ -111,6 +111,7 @@ class RootConfig:
     teacher_training: TeacherTrainingConfig = field(default_factory=TeacherTrainingConfig)
     soft_label_cache: SoftLabelCacheConfig = field(default_factory=SoftLabelCacheConfig)
     logger: Any = None  # {tracker name: its node} from conf/logger (kd_hydra.loggers)
+    optimized_metric: str = "val_acc"  # what a sweep that optimises (Optuna) maximises; see kd_hydra.objective
 
 
 def register_configs() -> None:

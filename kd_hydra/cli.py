@@ -1,0 +1,119 @@
+"""kd-hydra's command line: ``kd-hydra [group=option ...] [key=value ...]``; ``-m`` sweeps (also ``python run.py``).
+
+Before Hydra takes over, the command line is composed and checked (every value of every sweep, the
+output and cache directories): a bad one ends with one line ``error: <key>: <what is allowed>`` and
+exit status 2, before any work. ``--help``, ``--cfg``, ``--info`` and ``--multirun`` are Hydra's.
+The task function returns ``optimized_metric`` (what an Optuna sweep maximises).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from collections.abc import Sequence
+
+import hydra
+from hydra._internal.utils import get_args_parser
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from kd_hydra.config import register_configs
+from kd_hydra.errors import KDHydraError
+from kd_hydra.objective import failed_trial_value, objective
+from kd_hydra.preflight import CLONE_CONFIGS, CONFIG_NAME, check_command_line, config_source
+
+EXIT_BAD_INPUT = 2
+#: Sweepers that read the task function's return value: a failed job returns the worst value there.
+OBJECTIVE_SWEEPERS = ("hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper",)
+
+log = logging.getLogger("kd_hydra")
+
+
+def log_to_file_only(message: str) -> None:
+    """Record ``message`` in the run log without repeating it on the console."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+def one_line(error: BaseException) -> str:
+    """``error: ...``: the last line (errors from DataLoader workers carry a traceback)."""
+    lines = str(error).strip().splitlines()
+    return f"error: {lines[-1] if lines else type(error).__name__}"
+
+
+def sweeper_reads_objective() -> bool:
+    target = OmegaConf.select(HydraConfig.get(), "sweeper._target_", default="")
+    return HydraConfig.get().mode == RunMode.MULTIRUN and target in OBJECTIVE_SWEEPERS
+
+
+def worst_value() -> float:
+    direction = OmegaConf.select(HydraConfig.get(), "sweeper.direction", default="maximize")
+    return failed_trial_value(direction[0] if OmegaConf.is_list(direction) else direction)
+
+
+def task(cfg: DictConfig) -> float:
+    """One job through :func:`kd_hydra.app.run`; returns the ``optimized_metric`` value of its metrics."""
+    from kd_hydra.app import run  # imported here so `--help` and composition errors stay fast
+
+    try:
+        metrics = run(cfg)
+    except Exception as error:
+        if sweeper_reads_objective():  # an Optuna trial: the worst value, and the study goes on
+            log.error("%s (the trial reports %s)", one_line(error), worst_value())
+            return worst_value()
+        if not isinstance(error, KDHydraError):
+            raise
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            log.error(one_line(error))
+            raise  # the job is recorded as failed and the sweep goes on
+        log_to_file_only(one_line(error))
+        print(one_line(error), file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    value = objective(metrics, str(cfg.optimized_metric), warn=sweeper_reads_objective())
+    return worst_value() if math.isnan(value) and sweeper_reads_objective() else value
+
+
+def needs_check(args: object) -> bool:
+    """Whether the command composes a config (not --help, --hydra-help, --version, shell completion)."""
+    skip = ("help", "hydra_help", "version", "shell_completion", "experimental_rerun", "config_path")
+    return not any(getattr(args, name, None) for name in skip)
+
+
+def expose_clone_plugins() -> None:
+    """In a clone (an editable install too), put its root on ``sys.path`` as ``python run.py`` does.
+
+    Hydra finds sweepers by scanning the ``hydra_plugins`` folders on ``sys.path``; an editable install's
+    import hook is invisible to that scan, so ``kd-hydra -m`` from another directory would miss ours.
+    """
+    root = str(CLONE_CONFIGS.parent)
+    if config_source() == str(CLONE_CONFIGS) and root not in sys.path:
+        sys.path.append(root)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """The console script: check the command line, then hand it to ``hydra.main``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    expose_clone_plugins()
+    register_configs()
+    args = get_args_parser().parse_args(argv)
+    if needs_check(args):
+        try:
+            check_command_line(
+                args.overrides,
+                multirun=args.multirun,
+                config_dir=args.config_dir,
+                config_name=args.config_name or CONFIG_NAME,
+            )
+        except KDHydraError as error:
+            print(one_line(error), file=sys.stderr)
+            sys.exit(EXIT_BAD_INPUT)
+    sys.argv = [sys.argv[0], *argv]
+    hydra.main(version_base="1.3", config_path=config_source(), config_name=CONFIG_NAME)(task)()
+
+
+if __name__ == "__main__":
+    main()
