@@ -19,8 +19,9 @@ LOGIT_METHODS = ("kd", "dkd", "dist")
 
 
 @pytest.fixture(scope="module")
-def method_sweep(tmp_path_factory):
+def method_sweep(tmp_path_factory, teacher_workspace):
     workspace = Workspace(tmp_path_factory.mktemp("methods"))
+    workspace.copy_from(teacher_workspace, "cache")  # the teacher job finds the TINY teacher stored
     sweep_dir, process = workspace.sweep("methods", *TINY, f"loss={','.join(METHODS)}")
     runs = [p for p in sweep_dir.iterdir() if (p / schema.METRICS_FILE).is_file()]
     return sweep_dir, {read_metrics(p)["method"]: p for p in runs}, process

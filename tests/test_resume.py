@@ -127,10 +127,12 @@ def history_epochs(run_dir: Path) -> list[int]:
         return [int(row["epoch"]) for row in csv.DictReader(handle)]
 
 
-def test_distill_run_killed_after_epoch_4_of_8_resumes_to_the_uninterrupted_result(workspace: Workspace):
-    args = [*TINY, "trainer.epochs=8", "soft_label_cache.enabled=false"]
+def test_distill_run_killed_after_epoch_4_of_8_resumes_to_the_uninterrupted_result(workspace: Workspace,
+                                                                                   teacher_workspace: Workspace):
+    workspace.copy_from(teacher_workspace, "cache")  # the stored 2-epoch TINY teacher
+    args = [*TINY, "trainer.epochs=8", "teacher_training.epochs=2", "soft_label_cache.enabled=false"]
     full, _ = workspace.single("full", *args)
-    killed = workspace.root / "runs" / "killed"
+    killed = workspace.root / "runs" / "killed"  # a real process, to be killed
     process = subprocess.Popen([sys.executable, str(REPO / "run.py"), *args, f"hydra.run.dir={killed}"],
                                cwd=workspace.root, env=workspace.env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)

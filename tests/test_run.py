@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,8 +22,16 @@ def history_rows(run_dir):
         return list(csv.DictReader(handle))
 
 
-def test_multirun_of_four_jobs_trains_the_teacher_once(workspace: Workspace):
+@pytest.fixture(scope="module")
+def grid_sweep(tmp_path_factory) -> tuple[Workspace, Path, object]:
+    """``run.py -m`` of a 2x2 kd grid in a fresh workspace (the teacher is trained there); read only."""
+    workspace = Workspace(tmp_path_factory.mktemp("grid"))
     sweep_dir, process = workspace.sweep("grid", *TINY, "loss.temperature=1,4", "loss.alpha=0.5,0.9")
+    return workspace, sweep_dir, process
+
+
+def test_multirun_of_four_jobs_trains_the_teacher_once(grid_sweep):
+    workspace, sweep_dir, process = grid_sweep
     jobs = job_dirs(sweep_dir)
     metrics = [read_metrics(job) for job in jobs]
     distill = [m for m in metrics if m["mode"] == "distill"]
@@ -58,7 +67,9 @@ def test_same_seed_gives_identical_metrics_on_cpu(workspace: Workspace):
     assert history_rows(first)[0]["train_loss"] != history_rows(other)[0]["train_loss"]
 
 
-def test_warm_cache_trains_the_same_student_as_cold_and_close_to_live_teacher(workspace: Workspace):
+def test_warm_cache_trains_the_same_student_as_cold_and_close_to_live_teacher(workspace: Workspace,
+                                                                             teacher_workspace: Workspace):
+    workspace.copy_from(teacher_workspace, "cache")  # the stored teacher; no soft labels yet
     cold, _ = workspace.single("cold", *TINY)
     warm, _ = workspace.single("warm", *TINY)
     live, _ = workspace.single("live", *TINY, "soft_label_cache.enabled=false")
@@ -72,8 +83,9 @@ def test_warm_cache_trains_the_same_student_as_cold_and_close_to_live_teacher(wo
     np.testing.assert_allclose(cold_loss, live_loss, rtol=2e-2)
 
 
-def test_teacher_mode_then_distill_uses_the_stored_teacher(workspace: Workspace):
-    teacher_dir, _ = workspace.single("teacher", *TINY, "mode=teacher")
+def test_teacher_mode_then_distill_uses_the_stored_teacher(workspace: Workspace, teacher_workspace: Workspace):
+    teacher_dir = teacher_workspace.root / "runs" / "teacher"  # run.py mode=teacher in a fresh workspace
+    workspace.copy_from(teacher_workspace, "cache")
     teacher = read_metrics(teacher_dir)
     assert teacher["mode"] == "teacher" and teacher["teacher_source"] == "trained"
     assert teacher["model"] == "deep_cnn" and len(history_rows(teacher_dir)) == 2
@@ -85,8 +97,8 @@ def test_teacher_mode_then_distill_uses_the_stored_teacher(workspace: Workspace)
     assert read_metrics(again_dir)["teacher_source"] == "store"
 
 
-def test_corrupt_store_entry_is_detected_and_retrained(workspace: Workspace):
-    workspace.single("first", *TINY, "mode=teacher")
+def test_corrupt_store_entry_is_detected_and_retrained(workspace: Workspace, teacher_workspace: Workspace):
+    workspace.copy_from(teacher_workspace, "cache")  # as left by a first mode=teacher run
     (model_file,) = (workspace.root / "cache" / "teachers").glob("*/model.pt")
     model_file.write_bytes(model_file.read_bytes()[:1000])  # truncated
     run_dir, process = workspace.single("second", *TINY, "mode=teacher")
@@ -94,8 +106,8 @@ def test_corrupt_store_entry_is_detected_and_retrained(workspace: Workspace):
     assert "corrupt" in (run_dir / "run.log").read_text()
 
 
-def test_external_teacher_checkpoint_is_loaded_and_checked(workspace: Workspace):
-    teacher_dir, _ = workspace.single("teacher", *TINY, "mode=teacher")
+def test_external_teacher_checkpoint_is_loaded_and_checked(workspace: Workspace, teacher_workspace: Workspace):
+    teacher_dir = teacher_workspace.root / "runs" / "teacher"  # read only: its model.pt is the checkpoint
     checkpoint = read_metrics(teacher_dir)["checkpoint"]
     run_dir, _ = workspace.single("from-file", *TINY, f"teacher.checkpoint={checkpoint}")
     record = read_metrics(run_dir)
@@ -203,8 +215,9 @@ def test_failed_job_in_a_sweep_is_reported_and_the_others_run(workspace: Workspa
 
 
 def test_parallel_launcher_runs_a_sweep_in_worker_processes(workspace: Workspace):
+    # the one sweep started as a real `python run.py -m` (the others run the command line in this process)
     sweep_dir, _ = workspace.sweep("parallel", *TINY, "hydra/launcher=parallel", "hydra.launcher.n_jobs=2",
-                                   "loss.temperature=1,4")
+                                   "loss.temperature=1,4", subprocess=True)
     metrics = [read_metrics(job) for job in job_dirs(sweep_dir)]
     assert len(metrics) == 4 and all(m["status"] == "completed" for m in metrics)  # teacher, baseline, 2 distill
     assert sum(m["teacher_source"] == "trained" for m in metrics) == 1
@@ -212,13 +225,14 @@ def test_parallel_launcher_runs_a_sweep_in_worker_processes(workspace: Workspace
     assert "joblib" in multirun
 
 
-def test_sweep_directory_holds_the_analysis(workspace: Workspace):
-    sweep_dir, _ = workspace.sweep("analysed", *TINY, "loss.temperature=1,4", "loss.alpha=0.5")
+def test_sweep_directory_holds_the_analysis(grid_sweep, workspace: Workspace):
+    _, sweep_dir, _ = grid_sweep
     for name in ("results.csv", "report.md", "heatmap.png"):
         assert (sweep_dir / name).is_file(), name
     results = (sweep_dir / "results.csv").read_text().splitlines()
-    assert len(results) == 1 + 4  # the teacher job, the baseline and 2 distill jobs
-    _, process = workspace.sweep("no-analysis", *TINY, "loss.temperature=1", "hydra.callbacks.analysis.enabled=false")
+    assert len(results) == 1 + 6  # the teacher job, the baseline and 4 distill jobs
+    _, process = workspace.sweep("no-analysis", *TINY, "mode=student", "trainer.epochs=1",
+                                 "hydra.callbacks.analysis.enabled=false")
     assert not (workspace.root / "sweeps" / "no-analysis" / "results.csv").exists()
 
 

@@ -23,7 +23,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import setup_globals
 from hydra.types import HydraContext
 
-from conftest import REPO, TINY, Workspace, read_metrics
+from conftest import REPO, TINY, Workspace, call_main, isolated_process_state, read_metrics
 import hydra_plugins.kd_hydra_sweeper.kd_sweeper as kd_sweeper_module
 from kd_hydra import schema
 from kd_hydra.config import register_configs
@@ -184,7 +184,10 @@ if __name__ == "__main__":
 
 
 class FakeSweeps:
-    """``FAKE_APP -m`` in a workspace: every call of the task is recorded as ``(mode, dir name)``."""
+    """``FAKE_APP -m`` in a workspace: every call of the task is recorded as ``(mode, dir name)``.
+
+    ``run`` runs the app's ``main`` in this process, as ``python fake_app.py`` would (see ``conftest.call_main``).
+    """
 
     def __init__(self, workspace: Workspace) -> None:
         self.workspace = workspace
@@ -193,15 +196,20 @@ class FakeSweeps:
         self.calls_file = workspace.root / "calls.txt"
         pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))  # submitit's workers
         self.env = {**workspace.env, "FAKE_CALLS": str(self.calls_file), "PYTHONPATH": pythonpath}
+        self.namespace: dict[str, Any] = {"__name__": "fake_app"}  # not __main__: defines main, does not call it
+        exec(compile(self.app.read_text(), str(self.app), "exec"), self.namespace)
+
+    def main(self, args: list[str]) -> None:
+        sys.argv = [str(self.app), *args]
+        self.namespace["main"]()
 
     def run(self, name: str, *args: str, expect: int = 0, env: dict | None = None) -> subprocess.CompletedProcess:
         self.calls_file.write_text("")
-        process = subprocess.run(
-            [sys.executable, str(self.app), "-m", *TINY, *args, NO_ANALYSIS,
-             f"hydra.sweep.dir={self.workspace.root / 'sweeps' / name}"],
-            cwd=self.workspace.root, env={**self.env, **(env or {})}, capture_output=True, text=True, timeout=120)
-        assert process.returncode == expect, f"exit {process.returncode}\n{process.stdout[-3000:]}\n{process.stderr[-3000:]}"
-        return process
+        argv = ["-m", *TINY, *args, NO_ANALYSIS, f"hydra.sweep.dir={self.workspace.root / 'sweeps' / name}"]
+        with isolated_process_state({**self.env, **(env or {})}, self.workspace.root):
+            code, stdout, stderr = call_main(argv, self.main)
+        assert code == expect, f"exit {code}\n{stdout[-3000:]}\n{stderr[-3000:]}"
+        return subprocess.CompletedProcess([str(self.app), *argv], code, stdout, stderr)
 
     def calls(self) -> list[tuple[str, str]]:
         return [tuple(line.split(" ", 1)) for line in self.calls_file.read_text().splitlines()]
