@@ -141,8 +141,10 @@ class Workspace:
                 code, stdout, stderr = call_main(list(args))
             process = CompletedProcess(["run.py", *args], code, stdout, stderr)
         if expect is not None and process.returncode != expect:
-            raise AssertionError(f"run.py {' '.join(args)} exited {process.returncode}, expected {expect}\n"
-                                 f"--- stdout\n{process.stdout[-4000:]}\n--- stderr\n{process.stderr[-4000:]}")
+            raise AssertionError(
+                f"run.py {' '.join(args)} exited {process.returncode}, expected {expect}\n"
+                f"--- stdout\n{process.stdout[-4000:]}\n--- stderr\n{process.stderr[-4000:]}"
+            )
         return process
 
     def single(self, name: str, *args: str, expect: int | None = 0,
