@@ -372,7 +372,7 @@ def test_summary_skips_non_finite_numbers():
 # ----------------------------------------------------------------------------- end to end
 
 
-def test_a_sweep_logs_every_job_s_test_acc_to_all_three_trackers(workspace, wandb_home):
+def test_a_sweep_logs_every_job_s_test_acc_to_all_three_trackers(workspace, wandb_home, mlflow_store):
     """``run.py -m ... logger=[tensorboard,mlflow,wandb]``: each job's per-epoch test_acc reads back from each."""
     import csv
 
@@ -383,10 +383,11 @@ def test_a_sweep_logs_every_job_s_test_acc_to_all_three_trackers(workspace, wand
 
     workspace.env.update({k: v for k, v in __import__("os").environ.items() if k.startswith("WANDB_")})
     sweep_dir, _ = workspace.sweep("tracked", *TINY, "mode=student", "trainer.seed=0,1",
-                                   "logger=[tensorboard,mlflow,wandb]", "hydra.sweeper.add_baselines=false")
+                                   "logger=[tensorboard,mlflow,wandb]", "hydra.sweeper.add_baselines=false",
+                                   f"logger.mlflow.store_dir={mlflow_store}")  # the module's store: created once
     jobs = [p for p in sweep_dir.iterdir() if (p / "metrics.json").is_file() and read_metrics(p)["mode"] == "student"]
     assert len(jobs) == 2
-    client = MlflowClient(tracking_uri=f"sqlite:///{workspace.root / 'outputs' / loggers.MLFLOW_DB_FILE}")
+    client = MlflowClient(tracking_uri=f"sqlite:///{mlflow_store / loggers.MLFLOW_DB_FILE}")
     mlflow_runs = {run.data.tags["kd_hydra.run_dir"]: run for run in client.search_runs(
         [e.experiment_id for e in client.search_experiments()])}
     for job in jobs:

@@ -22,7 +22,8 @@ LOGIT_METHODS = ("kd", "dkd", "dist")
 def method_sweep(tmp_path_factory, teacher_workspace):
     workspace = Workspace(tmp_path_factory.mktemp("methods"))
     workspace.copy_from(teacher_workspace, "cache")  # the teacher job finds the TINY teacher stored
-    sweep_dir, process = workspace.sweep("methods", *TINY, f"loss={','.join(METHODS)}")
+    sweep_dir, process = workspace.sweep("methods", *TINY, f"loss={','.join(METHODS)}", "trainer.epochs=1",
+                                         "teacher_training.epochs=2")  # the stored teacher's epochs
     runs = [p for p in sweep_dir.iterdir() if (p / schema.METRICS_FILE).is_file()]
     return sweep_dir, {read_metrics(p)["method"]: p for p in runs}, process
 

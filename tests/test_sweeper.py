@@ -323,7 +323,7 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
 
 
 def test_real_sweep_resumes_and_trains_one_teacher_for_a_seed_grid(workspace: Workspace):
-    base = (*TINY, "teacher_training.seed=0", "loss.alpha=0.5")
+    base = (*TINY, "trainer.epochs=1", "teacher_training.seed=0", "loss.alpha=0.5")
     sweep_dir, _ = workspace.sweep("grid", *base, "trainer.seed=0,1", "loss.temperature=4")
     before = {p.name: (p / "metrics.json").stat().st_mtime_ns for p in job_dirs(sweep_dir)}
     assert len(before) == 1 + 2 + 2, "one teacher for both seeds, two baselines, two distill jobs"
