@@ -83,7 +83,9 @@ def _images_under(folder: str, root: str) -> list[str]:
     return sorted(found)
 
 
-def list_image_folder(root: str, split_folder: str, classes: list[str] | None) -> tuple[list[str], list[int], list[str]]:
+def list_image_folder(
+    root: str, split_folder: str, classes: list[str] | None
+) -> tuple[list[str], list[int], list[str]]:
     """(files relative to root, labels, class names) of `<root>/<split_folder>/<class>/...`.
 
     With `classes` None the class folders define the classes (sorted); otherwise each folder must be one of them.
