@@ -126,6 +126,18 @@ def write_fake_tiny_imagenet(root: Path) -> Path:
     return root
 
 
+def write_fake_folder(root: Path) -> Path:
+    """An ImageFolder layout with 2 classes: 2 random-pixel PNGs each under train/, 1 under val/."""
+    generator = torch.Generator().manual_seed(0)
+    for split, count in (("train", 2), ("val", 1)):
+        for label in range(2):
+            (root / split / f"class{label}").mkdir(parents=True)
+            for i in range(count):
+                noise = torch.randint(0, 256, (3, TINY_SIZE, TINY_SIZE), dtype=torch.uint8, generator=generator)
+                write_png(noise, str(root / split / f"class{label}" / f"{i}.png"))
+    return root
+
+
 def array_arrays(num_train: int = 20, num_test: int = 10, size: int = 8, channels: int = 3) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(1)
     return {
@@ -668,13 +680,7 @@ def test_dataset_configs_instantiate(tmp_path: Path) -> None:
     write_fake_tiny_imagenet(tmp_path)
     npz = tmp_path / "mine.npz"
     np.savez(npz, **array_arrays())
-    images = tmp_path / "my_images"
-    for split, count in (("train", 2), ("val", 1)):
-        for label in range(2):
-            (images / split / f"class{label}").mkdir(parents=True)
-            for i in range(count):
-                noise = torch.randint(0, 256, (3, TINY_SIZE, TINY_SIZE), dtype=torch.uint8)
-                write_png(noise, str(images / split / f"class{label}" / f"{i}.png"))
+    images = write_fake_folder(tmp_path / "my_images")
     expected = {"cifar10": 10, "cifar100": 100, "tiny_imagenet": 3, "folder": 2, "arrays": 4, "digits": 10,
                 "synthetic": 10}
     overrides = {"arrays": {"path": str(npz)}, "folder": {"path": str(images)},

@@ -71,8 +71,9 @@ class ArrayData:
         name, spec = self.spec.name, self.spec
         expected_image = (spec.channels, spec.image_size, spec.image_size)
         if (self.x_val is None) != (self.y_val is None) or (self.x_val is None and spec.num_val):
+            kinds = f"{type(self.x_val).__name__}/{type(self.y_val).__name__}"
             raise DataError(f"dataset {name}: spec says {spec.num_val} validation images but x_val/y_val are "
-                            f"{type(self.x_val).__name__}/{type(self.y_val).__name__}; expected both tensors or both None")
+                            f"{kinds}; expected both tensors or both None")
         splits = [("train", self.x_train, self.y_train, spec.num_train),
                   ("test", self.x_test, self.y_test, spec.num_test)]
         if self.x_val is not None:
