@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from kd_hydra.data.images import file_digests, read_image
+from kd_hydra.data.images import FILE_DIGEST_BYTES, file_digests, read_image
 from kd_hydra.errors import DataError
 
 #: Digest size in bytes of every fingerprint (hex string of twice this length).
@@ -121,7 +121,7 @@ class ImageFileDataset(Dataset):
         # numpy arrays instead of lists of objects: forked DataLoader workers share them copy-free.
         self.files = np.asarray(files, dtype=np.str_)
         self.labels = np.asarray(labels, dtype=np.int64)
-        self._digests: list[bytes] | None = None
+        self._digests: np.ndarray | None = None  # (N, FILE_DIGEST_BYTES) uint8, once computed
 
     def __len__(self) -> int:
         return len(self.files)
@@ -137,10 +137,11 @@ class ImageFileDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return read_image(self.path(index), self.image_size), int(self.labels[index])
 
-    def content_digests(self, workers: int | None = None) -> list[bytes]:
-        """Digest of each file's bytes, in item order (computed once, in parallel, then kept)."""
+    def content_digests(self, workers: int | None = None) -> np.ndarray:
+        """(N, FILE_DIGEST_BYTES) uint8: row i digests file i's bytes (computed once, in parallel, then kept)."""
         if self._digests is None:
-            self._digests = file_digests(self.paths(), workers)
+            digests = file_digests(self.paths(), workers)
+            self._digests = np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(len(digests), FILE_DIGEST_BYTES)
         return self._digests
 
     def subset(self, indices: Sequence[int]) -> "ImageFileDataset":
@@ -149,13 +150,13 @@ class ImageFileDataset(Dataset):
         part = ImageFileDataset(self.root, [str(self.files[i]) for i in indices],
                                 [int(self.labels[i]) for i in indices], self.image_size)
         if self._digests is not None:
-            part._digests = [self._digests[i] for i in indices]
+            part._digests = self._digests[indices]
         return part
 
     def fingerprint_into(self, hasher: "hashlib.blake2b") -> None:
         """Feed the (relative path, label, content digest) of every item, in item order, to `hasher`."""
         for relative, label, digest in zip(self.files, self.labels, self.content_digests()):
-            hasher.update(f"{relative}\t{int(label)}\t{digest.hex()}\n".encode())
+            hasher.update(f"{relative}\t{int(label)}\t{digest.tobytes().hex()}\n".encode())
 
 
 @dataclass
