@@ -5,7 +5,7 @@ from kd_hydra.data.augment import channel_mean_std, crop_flip, normalization_con
 from kd_hydra.data.cifar import load_cifar
 from kd_hydra.data.digits import load_digits
 from kd_hydra.data.folder import load_folder
-from kd_hydra.data.load import instantiate_loader, load_dataset
+from kd_hydra.data.load import check_required, instantiate_loader, load_dataset
 from kd_hydra.data.pipeline import (
     AugmentConfig,
     EpochPlan,
@@ -31,6 +31,7 @@ __all__ = [
     "LoaderPipeline",
     "build_pipeline",
     "channel_mean_std",
+    "check_required",
     "crop_flip",
     "epoch_seed",
     "instantiate_loader",

@@ -19,8 +19,8 @@ DEFAULT_VAL_FRACTION = 0.0
 DEFAULT_VAL_SEED = 0
 
 
-def _check_required(node: DictConfig, prefix: str) -> None:
-    """A ConfigError naming the first `???` key of `node` (or one its values interpolate)."""
+def check_required(node: DictConfig, prefix: str = "dataset") -> None:
+    """A ConfigError naming the first `???` key of `node` (or one its values interpolate); call before resolving."""
     for key in node:
         full = f"{prefix}.{key}"
         if OmegaConf.is_missing(node, key):
@@ -34,7 +34,7 @@ def _check_required(node: DictConfig, prefix: str) -> None:
             raise ConfigError(missing, f"is required but not set (???); give it on the command line, e.g. "
                                        f"{missing}=...") from None
         if isinstance(value, DictConfig):
-            _check_required(value, full)
+            check_required(value, full)
 
 
 def instantiate_loader(loader_cfg: DictConfig) -> ArrayData | FolderData:
@@ -61,7 +61,7 @@ def load_dataset(dataset_cfg: Mapping[str, Any] | DictConfig) -> ArrayData | Fol
     """
     if not isinstance(dataset_cfg, DictConfig):
         dataset_cfg = OmegaConf.create(dict(dataset_cfg))
-    _check_required(dataset_cfg, "dataset")
+    check_required(dataset_cfg, "dataset")
     if "loader" not in dataset_cfg:
         raise ConfigError("dataset.loader", "is missing; expected a node with _target_ naming a loader function")
     data = instantiate_loader(dataset_cfg.loader)
