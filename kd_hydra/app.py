@@ -22,7 +22,7 @@ from torch import nn
 
 from kd_hydra import schema
 from kd_hydra.config import CacheDtype, Mode, Resume, validate
-from kd_hydra.data import build_pipeline
+from kd_hydra.data import build_pipeline, load_dataset
 from kd_hydra.errors import ConfigError, KDHydraError
 from kd_hydra.loggers import RunLoggers, build_loggers, run_identity
 from kd_hydra.methods import DistillMethod, FeatureRequest
@@ -243,11 +243,11 @@ class Job:
                                        cfg.trainer.compile)
         log.info("mode=%s device=%s precision=%s threads=%d output=%s", self.mode.value, self.runtime.device,
                  self.runtime.autocast_dtype or "fp32", threads, self.out_dir)
-        self.data = build(cfg.dataset.loader)
+        self.data = load_dataset(cfg.dataset)
         self.spec = self.data.spec
-        log.info("dataset %s: %d train / %d test images, %dx%dx%d, %d classes", self.spec.name, self.spec.num_train,
-                 self.spec.num_test, self.spec.channels, self.spec.image_size, self.spec.image_size,
-                 self.spec.num_classes)
+        log.info("dataset %s: %d train / %d validation / %d test images, %dx%dx%d, %d classes", self.spec.name,
+                 self.spec.num_train, self.spec.num_val, self.spec.num_test, self.spec.channels, self.spec.image_size,
+                 self.spec.image_size, self.spec.num_classes)
         if self.mode is Mode.teacher:
             return self.run_teacher()
         if self.mode is Mode.student:
