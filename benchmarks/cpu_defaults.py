@@ -30,7 +30,6 @@ off on CPU, cache batch 1024) is printed too. No timing target: this script choo
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -159,7 +158,7 @@ def measure_passes(name: str, image_size: int, num_classes: int, num_images: int
                 seconds[layout][str(batch)] = []
             for _ in range(repeats.pass_repeats):
                 for layout, model in models.items():
-                    seconds[layout][str(batch)].append(timed(lambda model=model: [model(c) for c in chunks]))
+                    seconds[layout][str(batch)].append(timed(lambda model=model, chunks=chunks: [model(c) for c in chunks]))
     return seconds
 
 
@@ -259,8 +258,8 @@ def format_report(report: Mapping[str, Any], results: Sequence[ModelResult], mar
     conf = report["config"]
     batches, images = conf["cache_batches"], conf["images"]
     analysis = report["analysis"]
-    lines = [f"CPU defaults: {conf['threads']} threads, {conf['cpu_count']} cores, torch {conf['torch']}, "
-             f"load average before / after {conf['load_before']} / {report.get('load_after')}", ""]
+    lines = [(f"CPU defaults: {conf['threads']} threads, {conf['cpu_count']} cores, torch {conf['torch']}, "
+              f"load average before / after {conf['load_before']} / {report.get('load_after')}"), ""]
     lines.append(f"a. student training step, batch {conf['batch_size']}, median of {conf['repeats']['steps']} "
                  "steps (ms); ratio = off / on (> 1: channels_last faster)")
     rows = []
@@ -269,8 +268,8 @@ def format_report(report: Mapping[str, Any], results: Sequence[ModelResult], mar
         rows.append([r.name, f"{r.image_size}", f"{row['step_ms_off']:.1f}", f"{row['step_ms_on']:.1f}",
                      f"{row['step_speedup_channels_last']:.2f}x", row["channels_last_verdict"]["step"]])
     lines += table(["model", "input", "step ms off", "step ms on", "ratio", "channels_last"], rows, markdown)
-    lines += ["", f"b. cache-filling teacher pass over {images} images, no_grad, images/s at each "
-              f"soft_label_cache.batch_size, median of {conf['repeats']['pass_repeats']} passes"]
+    lines += ["", (f"b. cache-filling teacher pass over {images} images, no_grad, images/s at each "
+                   f"soft_label_cache.batch_size, median of {conf['repeats']['pass_repeats']} passes")]
     header = ["model", *(f"{layout} b{b}" for layout in ("off", "on") for b in batches), "best off", "best on",
               "on/off at best", "channels_last"]
     rows = []
@@ -282,8 +281,8 @@ def format_report(report: Mapping[str, Any], results: Sequence[ModelResult], mar
                      f"{row['pass_speedup_channels_last']:.2f}x", row["channels_last_verdict"]["teacher_pass"]])
     lines += table(header, rows, markdown)
 
-    lines += ["", "c. recommended settings vs today's CPU defaults (channels_last off, cache batch "
-              f"{CURRENT_CACHE_BATCH}); speed-up = current time / recommended time"]
+    lines += ["", ("c. recommended settings vs today's CPU defaults (channels_last off, cache batch "
+                   f"{CURRENT_CACHE_BATCH}); speed-up = current time / recommended time")]
     rows = []
     for r in results:
         row = analysis["per_model"][r.name]
