@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_cpu import (  # noqa: E402
+from compare_cpu import (
     REPO_ROOT,
     CommandFailed,
     clear_soft_labels,
@@ -166,11 +166,11 @@ class Benchmark:
 
 def format_report(results: Mapping[str, Any]) -> str:
     conf, teacher = results["config"], results["teacher"]
-    lines = [f"kd-hydra vs tutorial-style reference on Tiny ImageNet, CPU ({conf['threads']} threads): "
+    lines = [(f"kd-hydra vs tutorial-style reference on Tiny ImageNet, CPU ({conf['threads']} threads): "
              f"{conf['teacher']} -> {conf['student']}, {conf['num_train']} train / {conf['num_test']} val images, "
              f"64x64, batch {conf['batch_size']}, {conf['epochs']} epoch(s), SGD lr {conf['lr']} + cosine, "
              f"T={number_text(conf['temperature'])} alpha={number_text(conf['alpha'])}, "
-             f"reference num_workers={conf['num_workers']}"]
+             f"reference num_workers={conf['num_workers']}")]
     if conf["suite_extra_overrides"]:
         lines.append(f"extra suite overrides: {' '.join(conf['suite_extra_overrides'])}")
     lines.append(f"load average before / after: {conf['load_before']} / {results.get('load_after')}  "

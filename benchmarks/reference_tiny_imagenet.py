@@ -93,9 +93,9 @@ def train_reference_student(data_dir: str | Path, teacher_checkpoint: str | Path
                             seed: int, settings: Any) -> dict[str, Any]:
     """Distil ``settings.student_arch`` from the checkpoint's weights on Tiny ImageNet under ``data_dir``."""
     import torch
+    from reference_kd import distill_loop, load_teacher_state_dict
 
     from kd_hydra.models import build_model
-    from reference_kd import distill_loop, load_teacher_state_dict
 
     started = time.perf_counter()
     if settings.threads is not None:
