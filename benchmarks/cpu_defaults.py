@@ -11,8 +11,8 @@ b. the teacher pass that fills the soft-label cache (eval mode, ``torch.no_grad(
    on interleaved, median of ``--repeats`` passes after one untimed batch of each shape.
 
 channels_last is applied as ``trainer.channels_last=true`` applies it: the model is converted with
-``model.to(memory_format=torch.channels_last)``, the input batches are left as the pipeline makes
-them (contiguous NCHW). Inputs are CIFAR-shaped (3x32x32, ``--num-classes`` 100); ``resnet50``
+``model.to(memory_format=torch.channels_last)`` and the input batches come channels_last too (the
+pipeline's fused normalisation writes them in that memory format). Inputs are CIFAR-shaped (3x32x32, ``--num-classes`` 100); ``resnet50``
 (an ImageNet ResNet, meant for Tiny ImageNet) gets 64x64.
 
 The recommendation at the end: channels_last as the CPU default when it is not slower (beyond
@@ -123,8 +123,10 @@ def measure_steps(name: str, image_size: int, num_classes: int, batch_size: int,
         model = build(name, num_classes, image_size, channels_last, seed).train()
         optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
 
-        def step(model: nn.Module = model, optimizer: torch.optim.Optimizer = optimizer) -> None:
-            loss = loss_fn(model(images), targets)
+        batch = images.contiguous(memory_format=torch.channels_last) if channels_last else images
+
+        def step(model: nn.Module = model, optimizer: torch.optim.Optimizer = optimizer, batch=batch) -> None:
+            loss = loss_fn(model(batch), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -147,18 +149,21 @@ def measure_passes(name: str, image_size: int, num_classes: int, num_images: int
 
     images = torch.randn(num_images, CHANNELS, image_size, image_size, generator=torch.Generator().manual_seed(seed))
     models = {layout_name(cl): build(name, num_classes, image_size, cl, seed).eval() for cl in (False, True)}
+    inputs = {layout_name(cl): images.contiguous(memory_format=torch.channels_last) if cl else images
+              for cl in (False, True)}
     seconds: dict[str, dict[str, list[float]]] = {layout: {} for layout in models}
     with torch.no_grad():
         for batch in batches:
-            chunks = list(torch.split(images, batch))
-            for model in models.values():  # untimed: one batch of each shape (kernel selection, allocator)
-                for shape in {tuple(chunk.shape) for chunk in chunks}:
-                    model(next(chunk for chunk in chunks if tuple(chunk.shape) == shape))
+            chunks = {layout: list(torch.split(inputs[layout], batch)) for layout in models}
+            for layout, model in models.items():  # untimed: one batch of each shape (kernel selection, allocator)
+                for shape in {tuple(chunk.shape) for chunk in chunks[layout]}:
+                    model(next(chunk for chunk in chunks[layout] if tuple(chunk.shape) == shape))
             for layout in models:
                 seconds[layout][str(batch)] = []
             for _ in range(repeats.pass_repeats):
                 for layout, model in models.items():
-                    seconds[layout][str(batch)].append(timed(lambda model=model, chunks=chunks: [model(c) for c in chunks]))
+                    seconds[layout][str(batch)].append(
+                        timed(lambda model=model, parts=chunks[layout]: [model(c) for c in parts]))
     return seconds
 
 
