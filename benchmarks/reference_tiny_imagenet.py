@@ -7,8 +7,11 @@ What a PyTorch user writes first: ``torchvision.datasets.ImageFolder`` over ``tr
 statistics of ``conf/dataset/tiny_imagenet.yaml``), ``DataLoader(num_workers=2)``, the teacher in eval
 mode under ``torch.no_grad()`` on every batch, ``.item()`` per step, SGD with a per-epoch cosine
 schedule. The training loop is ``reference_kd.distill_loop`` (the CIFAR reference's). Only the
-architectures (``kd_hydra.models.build_model``) come from kd-hydra; the teacher weights are a kd-hydra
-``model.pt``. Result keys as ``reference_kd.train_reference_student``'s.
+architectures (``kd_hydra.models.build_model``) come from kd-hydra; the teacher weights are the
+``state_dict`` of a kd-hydra ``model.pt`` or ``kd_hydra.teachers.save_checkpoint`` file (also the
+untrained one of ``compare_tiny_imagenet.py --untrained-teacher``). Result keys as
+``reference_kd.train_reference_student``'s; ``images_per_second`` covers the training loop only
+(DataLoader, teacher forward, step; evaluation excluded), ``epoch_seconds`` include evaluation.
 
     python benchmarks/reference_tiny_imagenet.py --data-dir ROOT --teacher-checkpoint model.pt \\
         --teacher-arch resnet56 --student-arch resnet20 --epochs 1
@@ -116,7 +119,7 @@ def train_reference_student(data_dir: str | Path, teacher_checkpoint: str | Path
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Tutorial-style KD on Tiny ImageNet (one run; JSON result).")
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help=f"folder holding {TINY_IMAGENET_FOLDER}/")
-    parser.add_argument("--teacher-checkpoint", required=True, help="kd-hydra teacher model.pt (has 'state_dict')")
+    parser.add_argument("--teacher-checkpoint", required=True, help="kd-hydra teacher checkpoint (has 'state_dict')")
     parser.add_argument("--teacher-arch", default="resnet56")
     parser.add_argument("--student-arch", default="resnet20")
     parser.add_argument("--temperature", type=float, default=4.0)
