@@ -172,32 +172,22 @@ def test_accuracy(model: nn.Module, loader: DataLoader, device: str) -> float:
     return 100.0 * correct / total
 
 
-def train_reference_student(
-    teacher_state_dict: Mapping[str, Tensor],
+def distill_loop(
+    teacher: nn.Module,
+    student: nn.Module,
+    train_loader: DataLoader,
+    test_loader: DataLoader,
     T: float,
     alpha: float,
     epochs: int,
-    seed: int,
-    splits: Splits | None = None,
-    npz_path: str | Path = DEFAULT_NPZ,
-    settings: ReferenceSettings = ReferenceSettings(),
+    settings: ReferenceSettings,
 ) -> dict[str, Any]:
-    """Distil ``settings.student_arch`` from the given teacher weights; see the module doc for the result keys.
+    """The tutorial's training loop (teacher forward on every batch); keys as :func:`train_reference_student`'s.
 
-    Loss per batch: ``alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y)``, the KL
-    summed over classes and averaged over the batch, written inline as in the tutorial. The student
-    is initialised from ``torch.manual_seed(seed)`` exactly as kd-hydra initialises it.
+    Shared with ``reference_tiny_imagenet.py``. The optimizer (SGD, ``settings``' lr, momentum, weight
+    decay, Nesterov) and the per-epoch cosine schedule are built here.
     """
-    started = time.perf_counter()
-    if settings.threads is not None:
-        torch.set_num_threads(settings.threads)
-    splits = load_npz(npz_path) if splits is None else splits
     device = settings.device
-    teacher = build_teacher(teacher_state_dict, splits, settings)
-    torch.manual_seed(seed)
-    student = build_model(settings.student_arch, splits.num_classes, splits.channels, splits.image_size).to(device)
-    train_loader, test_loader = build_loaders(splits, settings, seed)
-
     ce_loss = nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(student.parameters(), lr=settings.lr, momentum=settings.momentum,
                                 weight_decay=settings.weight_decay, nesterov=settings.nesterov)
@@ -244,10 +234,42 @@ def train_reference_student(
     return {
         "final_test_acc": test_accs[-1],
         "images_per_second": train_images / train_seconds if train_seconds > 0 else float("nan"),
-        "wall_seconds": time.perf_counter() - started,
         "epoch_seconds": epoch_seconds,
         "epoch_losses": epoch_losses,
         "test_accs": test_accs,
+    }
+
+
+def train_reference_student(
+    teacher_state_dict: Mapping[str, Tensor],
+    T: float,
+    alpha: float,
+    epochs: int,
+    seed: int,
+    splits: Splits | None = None,
+    npz_path: str | Path = DEFAULT_NPZ,
+    settings: ReferenceSettings = ReferenceSettings(),
+) -> dict[str, Any]:
+    """Distil ``settings.student_arch`` from the given teacher weights; see the module doc for the result keys.
+
+    Loss per batch: ``alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y)``, the KL
+    summed over classes and averaged over the batch, written inline as in the tutorial. The student
+    is initialised from ``torch.manual_seed(seed)`` exactly as kd-hydra initialises it.
+    """
+    started = time.perf_counter()
+    if settings.threads is not None:
+        torch.set_num_threads(settings.threads)
+    splits = load_npz(npz_path) if splits is None else splits
+    device = settings.device
+    teacher = build_teacher(teacher_state_dict, splits, settings)
+    torch.manual_seed(seed)
+    student = build_model(settings.student_arch, splits.num_classes, splits.channels, splits.image_size).to(device)
+    train_loader, test_loader = build_loaders(splits, settings, seed)
+
+    result = distill_loop(teacher, student, train_loader, test_loader, T, alpha, epochs, settings)
+    return {
+        **result,
+        "wall_seconds": time.perf_counter() - started,
         "temperature": T,
         "alpha": alpha,
         "epochs": epochs,

@@ -22,7 +22,7 @@ from torch import nn
 
 from kd_hydra import schema
 from kd_hydra.config import CacheDtype, Mode, Resume, validate
-from kd_hydra.data import build_pipeline
+from kd_hydra.data import build_pipeline, load_dataset
 from kd_hydra.errors import ConfigError, KDHydraError
 from kd_hydra.loggers import RunLoggers, build_loggers, run_identity
 from kd_hydra.methods import DistillMethod, FeatureRequest
@@ -243,11 +243,11 @@ class Job:
                                        cfg.trainer.compile)
         log.info("mode=%s device=%s precision=%s threads=%d output=%s", self.mode.value, self.runtime.device,
                  self.runtime.autocast_dtype or "fp32", threads, self.out_dir)
-        self.data = build(cfg.dataset.loader)
+        self.data = load_dataset(cfg.dataset)
         self.spec = self.data.spec
-        log.info("dataset %s: %d train / %d test images, %dx%dx%d, %d classes", self.spec.name, self.spec.num_train,
-                 self.spec.num_test, self.spec.channels, self.spec.image_size, self.spec.image_size,
-                 self.spec.num_classes)
+        log.info("dataset %s: %d train / %d validation / %d test images, %dx%dx%d, %d classes", self.spec.name,
+                 self.spec.num_train, self.spec.num_val, self.spec.num_test, self.spec.channels, self.spec.image_size,
+                 self.spec.image_size, self.spec.num_classes)
         if self.mode is Mode.teacher:
             return self.run_teacher()
         if self.mode is Mode.student:
@@ -357,8 +357,7 @@ class Job:
             load_checkpoint(teacher, Path(checkpoint), arch_signature(cfg.teacher, self.spec))
             teacher_sha = file_sha256(Path(checkpoint))
             teacher = self.runtime.prepare(teacher)
-            teacher_acc = evaluate(teacher, self.pipeline(cfg.trainer.batch_size, cfg.trainer.seed).test_batches(),
-                                   self.runtime).acc
+            teacher_acc = self.checkpoint_teacher_accuracy(teacher, teacher_sha)
             source = "checkpoint"
             log.info("teacher loaded from %s (test acc %.2f%%)", checkpoint, teacher_acc)
         else:
@@ -370,6 +369,24 @@ class Job:
                         "teacher_params": count_parameters(teacher)}
         return self.run_student(method, student=student, teacher=teacher, teacher_sha=teacher_sha,
                                 teacher_info=teacher_info)
+
+    def checkpoint_teacher_accuracy(self, teacher: nn.Module, teacher_sha: str) -> float:
+        """Test accuracy of an external teacher, evaluated once per (checkpoint, data) and kept in the cache dir."""
+        cfg = self.cfg
+        key = config_digest({"teacher_sha256": teacher_sha, "dataset_content": self.data_fingerprint,
+                             "normalize": plain(cfg.dataset.normalize)})
+        record = Path(cfg.paths.cache_dir) / "teacher_evals" / f"{key[:24]}.json"
+        try:
+            return float(json.loads(record.read_text())["test_acc"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        accuracy = evaluate(teacher, self.pipeline(cfg.trainer.batch_size, cfg.trainer.seed).test_batches(),
+                            self.runtime).acc
+        try:
+            write_json(record, {"test_acc": accuracy, "teacher_sha256": teacher_sha})
+        except OSError as error:  # a read-only cache: evaluate again next time
+            log.warning("could not keep the teacher's test accuracy at %s (%s)", record, error)
+        return accuracy
 
     def run_student(self, method: DistillMethod, student: nn.Module | None = None, teacher: nn.Module | None = None,
                     teacher_sha: str = "", teacher_info: Mapping[str, Any] | None = None) -> dict[str, Any]:

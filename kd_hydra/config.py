@@ -155,8 +155,10 @@ def validate(cfg: DictConfig) -> None:
 
     Only cheap checks that need no data: safe to run on every job of a sweep before any starts.
     """
+    from kd_hydra.data.load import check_required
     from kd_hydra.methods import method_class
 
+    check_required(cfg.dataset, "dataset")
     mode = Mode(cfg.mode)
     loss = cfg.loss
     method = method_class(loss.name)

@@ -53,9 +53,14 @@ def standardize_logits(logits: Tensor, eps: float = 1e-7) -> Tensor:
     return (logits - mean) / (eps + std)
 
 
+def cross_entropy(student_logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean cross-entropy on the labels, computed in at least float32 (autocast logits are upcast)."""
+    return F.cross_entropy(_full_precision(student_logits), targets)
+
+
 def ce_loss(student_logits: Tensor, targets: Tensor) -> LossParts:
     """Plain cross-entropy on the labels: the teacher and baseline-student objective."""
-    ce = F.cross_entropy(_full_precision(student_logits), targets)
+    ce = cross_entropy(student_logits, targets)
     return LossParts(total=ce, ce=ce, kd=None)
 
 
@@ -67,42 +72,9 @@ def kd_loss(
     alpha: float,
 ) -> LossParts:
     """Hinton's distillation loss: ``alpha * T^2 * KL + (1 - alpha) * CE`` (see module doc)."""
-    ce = F.cross_entropy(_full_precision(student_logits), targets)
+    ce = cross_entropy(student_logits, targets)
     kd = soft_target_kl(student_logits, teacher_logits, temperature)
     return LossParts(total=alpha * kd + (1.0 - alpha) * ce, ce=ce, kd=kd)
-
-
-class CELoss(torch.nn.Module):
-    """Cross-entropy objective; ``uses_teacher`` is False so no teacher is run or loaded."""
-
-    uses_teacher = False
-
-    def __init__(self, name: str = "ce") -> None:
-        super().__init__()
-        self.name = name
-
-    def forward(self, student_logits: Tensor, targets: Tensor, teacher_logits: Tensor | None = None) -> LossParts:
-        return ce_loss(student_logits, targets)
-
-
-class KDLoss(torch.nn.Module):
-    """Hinton distillation objective with fixed ``temperature`` and ``alpha`` (see :func:`kd_loss`)."""
-
-    uses_teacher = True
-
-    def __init__(self, temperature: float, alpha: float, name: str = "kd") -> None:
-        super().__init__()
-        self.name = name
-        self.temperature = float(temperature)
-        self.alpha = float(alpha)
-
-    def forward(self, student_logits: Tensor, targets: Tensor, teacher_logits: Tensor | None = None) -> LossParts:
-        if teacher_logits is None:
-            raise ValueError("KDLoss needs teacher logits")
-        return kd_loss(student_logits, teacher_logits, targets, self.temperature, self.alpha)
-
-    def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, alpha={self.alpha}"
 
 
 # -- logit methods ---------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from conftest import REPO
 from kd_hydra.config import register_configs, validate
 from kd_hydra.errors import ConfigError
 from kd_hydra.models import list_models
-from test_data import array_arrays, write_fake_cifar, write_fake_tiny_imagenet
+from test_data import array_arrays, write_fake_cifar, write_fake_folder, write_fake_tiny_imagenet
 
 CONF = REPO / "conf"
 register_configs()
@@ -95,7 +95,7 @@ def test_every_optimizer_and_scheduler_option_builds(optimizer, scheduler):
 
 @pytest.mark.parametrize("name", options("dataset"))
 def test_every_dataset_option_composes_with_a_loader_target(name):
-    cfg = composed(f"dataset={name}", *(["dataset.path=x.npz"] if name == "arrays" else []))
+    cfg = composed(f"dataset={name}", *(["dataset.path=x"] if name in ("arrays", "folder") else []))
     assert cfg.dataset.name == name
     assert cfg.dataset.loader._target_.startswith("kd_hydra.data")
     assert set(cfg.dataset.augment) >= {"enabled", "crop_padding", "horizontal_flip"}
@@ -105,12 +105,15 @@ def test_every_dataset_option_composes_with_a_loader_target(name):
 @pytest.mark.parametrize("name", options("dataset"))
 def test_every_dataset_option_builds_its_data(name, tmp_path):
     """Through the config, as run.py does; file-based datasets read generated files in the real layouts."""
-    overrides = [f"dataset={name}", f"paths.data_dir={tmp_path}"]
+    overrides = [f"dataset={name}", f"paths.data_dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}"]
     if name in ("cifar10", "cifar100"):
         write_fake_cifar(tmp_path, name)
-        overrides.append("dataset.loader.download=false")
+        overrides += ["dataset.loader.download=false", "dataset.loader.verify_checksums=false"]  # fake files
     elif name == "tiny_imagenet":
         write_fake_tiny_imagenet(tmp_path)
+    elif name == "folder":
+        write_fake_folder(tmp_path / "images")
+        overrides.append(f"dataset.path={tmp_path / 'images'}")
     elif name == "arrays":
         np.savez(tmp_path / "a.npz", **array_arrays())
         overrides.append(f"dataset.path={tmp_path / 'a.npz'}")

@@ -14,7 +14,7 @@ import torch
 import torchvision.datasets
 from omegaconf import OmegaConf
 from scipy import stats
-from torchvision.io import encode_jpeg, write_file
+from torchvision.io import encode_jpeg, write_file, write_png
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
@@ -30,6 +30,7 @@ from kd_hydra.data import (
     crop_flip,
     load_arrays,
     load_cifar,
+    load_dataset,
     load_digits,
     load_synthetic,
     load_tiny_imagenet,
@@ -40,7 +41,7 @@ from kd_hydra.data import (
 from kd_hydra.errors import ConfigError, DataError
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "dataset"
-DATASET_CONFIGS = ("cifar10", "cifar100", "tiny_imagenet", "arrays", "digits", "synthetic")
+DATASET_CONFIGS = ("cifar10", "cifar100", "tiny_imagenet", "folder", "arrays", "digits", "synthetic")
 # torchvision 0.29 deprecates its image codecs in favour of TorchCodec; they still work.
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
 
@@ -125,6 +126,18 @@ def write_fake_tiny_imagenet(root: Path) -> Path:
     return root
 
 
+def write_fake_folder(root: Path) -> Path:
+    """An ImageFolder layout with 2 classes: 2 random-pixel PNGs each under train/, 1 under val/."""
+    generator = torch.Generator().manual_seed(0)
+    for split, count in (("train", 2), ("val", 1)):
+        for label in range(2):
+            (root / split / f"class{label}").mkdir(parents=True)
+            for i in range(count):
+                noise = torch.randint(0, 256, (3, TINY_SIZE, TINY_SIZE), dtype=torch.uint8, generator=generator)
+                write_png(noise, str(root / split / f"class{label}" / f"{i}.png"))
+    return root
+
+
 def array_arrays(num_train: int = 20, num_test: int = 10, size: int = 8, channels: int = 3) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(1)
     return {
@@ -154,7 +167,7 @@ def per_sample(batches) -> dict[int, torch.Tensor]:
 @pytest.mark.parametrize("variant", ["cifar10", "cifar100"])
 def test_cifar_reads_pickle_layout(tmp_path: Path, variant: str) -> None:
     written = write_fake_cifar(tmp_path, variant)
-    data = load_cifar(root=str(tmp_path), variant=variant)
+    data = load_cifar(root=str(tmp_path), variant=variant, verify_checksums=False)  # fake files: no published MD5
     train_files = [name for name in written if name not in ("test_batch", "test")]
     expected_x = np.concatenate([written[name][0] for name in train_files])
     expected_y = np.concatenate([written[name][1] for name in train_files])
@@ -187,6 +200,49 @@ def test_cifar_failed_download_says_where(tmp_path: Path, monkeypatch: pytest.Mo
     assert "\n" not in str(info.value)
 
 
+class _Planted:
+    """Unpickling this touches `marker`: stands for a pickle that runs code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_cifar_refuses_planted_file_unread(tmp_path: Path) -> None:
+    write_fake_cifar(tmp_path, "cifar10")
+    marker = tmp_path / "code_ran"
+    planted = tmp_path / "cifar-10-batches-py" / "data_batch_1"
+    _dump(planted, _Planted(marker))
+    with pytest.raises(DataError) as info:
+        load_cifar(root=str(tmp_path), variant="cifar10")
+    message = str(info.value)
+    assert message.startswith(f"{planted}: MD5") and "verify_checksums=false" in message and "\n" not in message
+    assert not marker.exists()
+    # Control: the same file with checks off is unpickled, and runs its code.
+    with pytest.raises(DataError, match="data_batch_1"):
+        load_cifar(root=str(tmp_path), variant="cifar10", verify_checksums=False)
+    assert marker.exists()
+
+
+def test_cifar_checksums_accept_matching_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+
+    from kd_hydra.data import cifar
+
+    written = write_fake_cifar(tmp_path, "cifar100")
+    folder = tmp_path / "cifar-100-python"
+    published = {f.name: hashlib.md5(f.read_bytes()).hexdigest() for f in folder.iterdir()}
+    monkeypatch.setattr(cifar, "_published_md5", lambda variant: published)
+    data = load_cifar(root=str(tmp_path), variant="cifar100")
+    assert data.y_test.tolist() == written["test"][1].tolist()
+    with open(folder / "meta", "ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(DataError, match=r"cifar-100-python/meta: MD5"):
+        load_cifar(root=str(tmp_path), variant="cifar100")
+
+
 def test_cifar_bad_variant(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="dataset.loader.variant"):
         load_cifar(root=str(tmp_path), variant="cifar1000")
@@ -196,7 +252,8 @@ def test_cifar_bad_variant(tmp_path: Path) -> None:
 
 
 def test_tiny_imagenet_labels_and_gray(tmp_path: Path) -> None:
-    data = load_tiny_imagenet(root=str(write_fake_tiny_imagenet(tmp_path)))
+    data = load_tiny_imagenet(root=str(write_fake_tiny_imagenet(tmp_path)), in_memory=False)
+    assert isinstance(data, FolderData)
     assert data.spec.classes == tuple(sorted(WNIDS))
     assert (data.spec.num_train, data.spec.num_test, data.spec.image_size, data.spec.channels) == (6, 3, TINY_SIZE, 3)
     for i in range(len(data.train)):
@@ -211,13 +268,15 @@ def test_tiny_imagenet_labels_and_gray(tmp_path: Path) -> None:
     assert gray.shape == (3, TINY_SIZE, TINY_SIZE) and torch.equal(gray[0], gray[1])
 
 
-def test_tiny_imagenet_fingerprint_reads_file_list(tmp_path: Path) -> None:
+def test_tiny_imagenet_folder_fingerprint_reads_content(tmp_path: Path) -> None:
     root = write_fake_tiny_imagenet(tmp_path)
-    before = load_tiny_imagenet(root=str(root)).fingerprint()
-    assert before == load_tiny_imagenet(root=str(root)).fingerprint()
-    with open(root / "tiny-imagenet-200" / "val" / "images" / "val_0.JPEG", "ab") as handle:
-        handle.write(b"\0")  # a changed size is a changed dataset
-    assert load_tiny_imagenet(root=str(root)).fingerprint() != before
+    before = load_tiny_imagenet(root=str(root), in_memory=False).fingerprint()
+    assert before == load_tiny_imagenet(root=str(root), in_memory=False).fingerprint()
+    image = root / "tiny-imagenet-200" / "val" / "images" / "val_0.JPEG"
+    content = bytearray(image.read_bytes())
+    content[-3] ^= 0xFF  # same size, other bytes (a stat-based fingerprint misses this)
+    image.write_bytes(bytes(content))
+    assert load_tiny_imagenet(root=str(root), in_memory=False).fingerprint() != before
 
 
 def test_tiny_imagenet_missing(tmp_path: Path) -> None:
@@ -277,6 +336,34 @@ def test_arrays_malformed(tmp_path: Path, case: str) -> None:
         load_arrays(path=str(path), num_classes=4 if case == "label out of range" else None)
     message = str(info.value)
     assert str(path) in message and f"'{key}'" in message and "\n" not in message
+
+
+def test_arrays_zero_byte_file(tmp_path: Path) -> None:
+    path = tmp_path / "empty.npz"
+    path.write_bytes(b"")
+    with pytest.raises(DataError, match="empty file.*expected an .npz") as info:
+        load_arrays(path=str(path))
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_arrays_single_array_renamed(tmp_path: Path) -> None:
+    saved = tmp_path / "one.npy"
+    np.save(saved, array_arrays()["x_train"])
+    path = tmp_path / "one.npz"
+    saved.rename(path)
+    with pytest.raises(DataError, match=r"single uint8 array of shape \(20, 8, 8, 3\).*np.savez") as info:
+        load_arrays(path=str(path))
+    assert str(info.value).startswith(str(path)) and "\n" not in str(info.value)
+
+
+def test_arrays_without_path(tmp_path: Path) -> None:
+    for path in (None, ""):
+        with pytest.raises(ConfigError, match=r"^dataset\.path: is not set; expected the .npz"):
+            load_arrays(path=path)
+    cfg = compose("arrays", tmp_path)
+    with pytest.raises(ConfigError, match=r"^dataset\.path: is required") as info:
+        load_dataset(cfg.dataset)
+    assert "\n" not in str(info.value)
 
 
 def test_arrays_missing_file(tmp_path: Path) -> None:
@@ -536,7 +623,7 @@ def folder_as_arrays(data: FolderData) -> ArrayData:
 
 @pytest.mark.parametrize("num_workers", [0, 1])
 def test_loader_pipeline_matches_in_memory(tmp_path: Path, num_workers: int) -> None:
-    data = load_tiny_imagenet(root=str(write_fake_tiny_imagenet(tmp_path)))
+    data = load_tiny_imagenet(root=str(write_fake_tiny_imagenet(tmp_path)), in_memory=False)
     augment = AugmentConfig(crop_padding=2)
     loader = LoaderPipeline(data, augment, MEAN3, STD3, 4, "cpu", seed=7, eval_batch_size=2, num_workers=num_workers)
     memory = InMemoryPipeline(folder_as_arrays(data), augment, MEAN3, STD3, 4, torch.device("cpu"), seed=7)
@@ -557,7 +644,7 @@ def test_loader_pipeline_matches_in_memory(tmp_path: Path, num_workers: int) -> 
 
 
 def test_build_pipeline_for_folders_needs_stats(tmp_path: Path) -> None:
-    data = load_tiny_imagenet(root=str(write_fake_tiny_imagenet(tmp_path)))
+    data = load_tiny_imagenet(root=str(write_fake_tiny_imagenet(tmp_path)), in_memory=False)
     cfg = OmegaConf.load(CONF_DIR / "tiny_imagenet.yaml")
     assert isinstance(build_pipeline(data, cfg, batch_size=4, device="cpu", seed=0, num_workers=0), LoaderPipeline)
     cfg.normalize.mean = None
@@ -570,7 +657,8 @@ def test_build_pipeline_for_folders_needs_stats(tmp_path: Path) -> None:
 
 
 def compose(name: str, data_dir: Path, **overrides) -> OmegaConf:
-    cfg = OmegaConf.create({"paths": {"data_dir": str(data_dir)}, "dataset": OmegaConf.load(CONF_DIR / f"{name}.yaml")})
+    paths = {"data_dir": str(data_dir), "cache_dir": str(data_dir / "cache")}
+    cfg = OmegaConf.create({"paths": paths, "dataset": OmegaConf.load(CONF_DIR / f"{name}.yaml")})
     for key, value in overrides.items():
         OmegaConf.update(cfg, f"dataset.{key}", value)
     return cfg
@@ -583,6 +671,7 @@ def test_dataset_config_shape(name: str, tmp_path: Path) -> None:
     assert set(node.augment) == {"enabled", "crop_padding", "horizontal_flip"}
     assert set(node.normalize) == {"mean", "std"}
     assert node.loader.name == name
+    assert node.val_fraction == 0.0 and node.val_seed == 0
 
 
 def test_dataset_configs_instantiate(tmp_path: Path) -> None:
@@ -591,10 +680,15 @@ def test_dataset_configs_instantiate(tmp_path: Path) -> None:
     write_fake_tiny_imagenet(tmp_path)
     npz = tmp_path / "mine.npz"
     np.savez(npz, **array_arrays())
-    expected = {"cifar10": 10, "cifar100": 100, "tiny_imagenet": 3, "arrays": 4, "digits": 10, "synthetic": 10}
+    images = write_fake_folder(tmp_path / "my_images")
+    expected = {"cifar10": 10, "cifar100": 100, "tiny_imagenet": 3, "folder": 2, "arrays": 4, "digits": 10,
+                "synthetic": 10}
+    overrides = {"arrays": {"path": str(npz)}, "folder": {"path": str(images)},
+                 "cifar10": {"loader.verify_checksums": False}, "cifar100": {"loader.verify_checksums": False}}
     for name in DATASET_CONFIGS:
-        cfg = compose(name, tmp_path, **({"path": str(npz)} if name == "arrays" else {}))
+        cfg = compose(name, tmp_path, **overrides.get(name, {}))
         data = hydra.utils.instantiate(cfg.dataset.loader)
+        assert isinstance(data, ArrayData), name  # folder datasets too: decoded into the store
         assert data.spec.name == name and data.spec.num_classes == expected[name], name
         pipeline = build_pipeline(data, cfg.dataset, batch_size=2, device="cpu", seed=0, num_workers=0)
         x, y, idx = next(iter(pipeline.train_batches(0)))

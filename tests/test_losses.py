@@ -5,7 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kd_hydra.losses import CELoss, KDLoss, ce_loss, kd_loss, soft_target_kl
+from kd_hydra.losses import ce_loss, kd_loss, soft_target_kl
+from kd_hydra.methods import MethodBatch
+from kd_hydra.methods.ce import CrossEntropy
+from kd_hydra.methods.kd import KD
 
 
 def np_softmax(z: np.ndarray) -> np.ndarray:
@@ -99,15 +102,16 @@ def test_gradient_weights_follow_alpha(batch):
     torch.testing.assert_close(grads[0.3], 0.7 * grads[0.0] + 0.3 * grads[1.0])
 
 
-def test_modules_wrap_the_functions(batch):
+def test_kd_and_ce_methods_wrap_the_functions(batch):
     s, t, y = batch
-    module = KDLoss(temperature=2.0, alpha=0.25)
-    assert module.uses_teacher and not CELoss.uses_teacher
-    assert module(s, y, t).total.item() == pytest.approx(kd_loss(s, t, y, 2.0, 0.25).total.item())
-    assert CELoss()(s, y).total.item() == pytest.approx(ce_loss(s, y).total.item())
-    assert CELoss()(s, y).kd is None
-    with pytest.raises(ValueError):
-        module(s, y, None)
+    method = KD(temperature=2.0, alpha=0.25)
+    assert method.uses_teacher and not CrossEntropy.uses_teacher
+    output = method(MethodBatch(s, y, torch.arange(len(y)), t))
+    expected = kd_loss(s, t, y, 2.0, 0.25)
+    assert output.total.item() == pytest.approx(expected.total.item())
+    assert output.parts["kd"].item() == pytest.approx(expected.kd.item())
+    ce = CrossEntropy()(MethodBatch(s, y, torch.arange(len(y))))
+    assert ce.total.item() == pytest.approx(ce_loss(s, y).total.item()) and list(ce.parts) == ["ce"]
 
 
 def test_low_precision_logits_are_computed_in_float32(batch):

@@ -184,3 +184,30 @@ def test_non_finite_and_non_numeric_values_are_refused_before_training(override,
         cfg = compose("config", overrides=[override])
     with pytest.raises(ConfigError, match=rf"^{key}: must be a finite number"):
         validate(cfg)
+
+
+def test_teacher_training_killed_in_the_store_resumes_there(workspace: Workspace):
+    """A teacher killed after epoch 2 of 5 continues inside the store entry and is stored once, complete."""
+    args = [*TINY, "mode=teacher", "trainer.epochs=5"]
+    full, _ = workspace.single("full-teacher", *args, "paths.cache_dir=" + str(workspace.root / "other-cache"))
+    killed_dir = workspace.root / "runs" / "teacher"
+    process = subprocess.Popen([sys.executable, str(REPO / "run.py"), *args, f"hydra.run.dir={killed_dir}"],
+                               cwd=workspace.root, env=workspace.env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    store = workspace.root / "cache" / "teachers"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        states = list(store.glob(f"*/{schema.TRAIN_STATE_FILE}")) if store.is_dir() else []
+        if states and torch.load(states[0], weights_only=True)["epoch"] >= 2:
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the teacher finished before it could be killed"
+    (entry,) = [p for p in store.iterdir() if p.is_dir()]
+    assert not (entry / "meta.json").exists()
+    _, rerun = workspace.single("teacher", *args)
+    assert "teacher training was interrupted: continuing" in (killed_dir / "run.log").read_text()
+    assert history_epochs(entry) == [1, 2, 3, 4, 5]
+    assert not (entry / schema.TRAIN_STATE_FILE).exists(), "the stored teacher keeps no training state"
+    assert read_metrics(killed_dir)["final_test_acc"] == read_metrics(full)["final_test_acc"]

@@ -46,21 +46,26 @@ def _class_names(path: str, archive: np.lib.npyio.NpzFile, num_classes: int) -> 
     return tuple(str(name) for name in classes)
 
 
-def load_arrays(name: str = "arrays", *, path: str, num_classes: int | None = None) -> ArrayData:
+def load_arrays(name: str = "arrays", *, path: str | None, num_classes: int | None = None) -> ArrayData:
     """A dataset from an `.npz` with x_train, y_train, x_test, y_test; num_classes defaults to max label + 1."""
+    if path is None or not str(path).strip():
+        raise ConfigError("dataset.path", f"is not set; expected the .npz file with keys {_KEYS_TEXT}")
     path = os.path.expanduser(str(path))
     if not os.path.isfile(path):
         raise DataError(f"{path}: file not found; dataset.path must name an .npz with keys {_KEYS_TEXT}")
+    if os.path.getsize(path) == 0:
+        raise DataError(f"{path}: empty file (0 bytes); expected an .npz with keys {_KEYS_TEXT}")
     if num_classes is not None and not _is_positive_int(num_classes):
         raise ConfigError("dataset.num_classes", f"is {num_classes!r}; expected a positive integer or null (inferred)")
     try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as error:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         reason = type(error).__name__
         raise DataError(f"{path}: cannot read as .npz ({reason}); expected an .npz with keys {_KEYS_TEXT}") from error
+    if not isinstance(archive, np.lib.npyio.NpzFile):  # np.save output (one array) under an .npz name
+        what = f"a single {getattr(archive, 'dtype', '')} array of shape {getattr(archive, 'shape', '?')}"
+        raise DataError(f"{path}: holds {what} (np.save output); expected an .npz (np.savez) with keys {_KEYS_TEXT}")
     with archive:
-        if not isinstance(archive, np.lib.npyio.NpzFile):
-            raise DataError(f"{path}: holds a single array; expected an .npz with keys {_KEYS_TEXT}")
         for key in REQUIRED_KEYS:
             if key not in archive.files:
                 raise DataError(f"{path}: missing key '{key}'; expected keys {_KEYS_TEXT}")

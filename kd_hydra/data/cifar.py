@@ -1,4 +1,4 @@
-"""CIFAR-10 / CIFAR-100 from the python-pickle layout, read without torchvision's md5 checks."""
+"""CIFAR-10 / CIFAR-100 from the python-pickle layout; every file's published MD5 is checked before unpickling."""
 
 from __future__ import annotations
 
@@ -60,6 +60,29 @@ def _where_to_put(layout: _Layout, folder: str) -> str:
     )
 
 
+def _published_md5(variant: str) -> dict[str, str]:
+    """File name -> published MD5 of every batch and meta file (torchvision keeps the list)."""
+    import torchvision.datasets  # on use: slow to import
+
+    dataset_class = torchvision.datasets.CIFAR10 if variant == "cifar10" else torchvision.datasets.CIFAR100
+    listed = {name: md5 for name, md5 in (*dataset_class.train_list, *dataset_class.test_list)}
+    listed[dataset_class.meta["filename"]] = dataset_class.meta["md5"]
+    return listed
+
+
+def _verify_checksums(variant: str, layout: _Layout, folder: str, files: tuple[str, ...]) -> None:
+    """Refuse (one line naming the file) any file whose MD5 differs from the published one; unpickles nothing."""
+    from torchvision.datasets.utils import check_integrity
+
+    published = _published_md5(variant)
+    for file in files:
+        path = os.path.join(folder, file)
+        if not check_integrity(path, published[file]):
+            raise DataError(f"{path}: MD5 differs from the published {layout.title} file (md5 {published[file]}); "
+                            f"expected the original file from {layout.url} (refused unread: pickle files can run "
+                            "code), or set dataset.loader.verify_checksums=false for a file you trust")
+
+
 def _unpickle(path: str) -> dict:
     try:
         with open(path, "rb") as handle:
@@ -107,10 +130,14 @@ def _download(variant: str, root: str, layout: _Layout, folder: str) -> None:
         raise DataError(f"{layout.title} download into {root} failed ({reason}): {remedy}") from error
 
 
-def load_cifar(name: str | None = None, *, root: str, variant: str = "cifar10", download: bool = False) -> ArrayData:
+def load_cifar(
+    name: str | None = None, *, root: str, variant: str = "cifar10", download: bool = False,
+    verify_checksums: bool = True,
+) -> ArrayData:
     """CIFAR-10 or CIFAR-100 (fine labels) from `<root>/cifar-10-batches-py` or `<root>/cifar-100-python`.
 
-    Missing files are downloaded through torchvision (with its md5 check) when `download` is true.
+    Missing files are downloaded through torchvision when `download` is true. Unless `verify_checksums` is
+    false, each file's MD5 must match the published one before anything is unpickled.
     """
     if variant not in _LAYOUTS:
         raise ConfigError("dataset.loader.variant", f"is {variant!r}; expected one of {sorted(_LAYOUTS)}")
@@ -123,6 +150,10 @@ def load_cifar(name: str | None = None, *, root: str, variant: str = "cifar10", 
             remedy = _where_to_put(layout, folder)
             raise DataError(f"{layout.title} not found: {remedy} or set dataset.loader.download=true")
         _download(variant, root, layout, folder)
+    if not isinstance(verify_checksums, bool):
+        raise ConfigError("dataset.loader.verify_checksums", f"is {verify_checksums!r}; expected true or false")
+    if verify_checksums:
+        _verify_checksums(variant, layout, folder, needed)
 
     x_train, y_train = _read_split(folder, layout.train_files, layout.label_key)
     x_test, y_test = _read_split(folder, (layout.test_file,), layout.label_key)

@@ -135,6 +135,17 @@ class _Pipeline:
         self.drop_last = drop_last
         self.num_train = spec.num_train
         self.num_test = spec.num_test
+        self.num_val = spec.num_val
+
+    @property
+    def has_val(self) -> bool:
+        """Whether the data has a validation part (`dataset.val_fraction` > 0): `val_batches` needs one."""
+        return self.num_val > 0
+
+    def _require_val(self) -> None:
+        if not self.has_val:
+            raise ConfigError("dataset.val_fraction", f"is 0, so {self.spec.name} has no validation split; "
+                                                      "expected a fraction in (0, 1) to evaluate on one")
 
     @property
     def num_train_batches(self) -> int:
@@ -170,6 +181,8 @@ class InMemoryPipeline(_Pipeline):
         self._y_train = data.y_train.to(self.device)
         self._x_test = data.x_test.to(self.device)
         self._y_test = data.y_test.to(self.device)
+        self._x_val = None if data.x_val is None else data.x_val.to(self.device)
+        self._y_val = None if data.y_val is None else data.y_val.to(self.device)
         self._scale, self._shift = normalization_constants(self.mean, self.std, self.device)
 
     def train_batches(self, epoch: int) -> Iterator[Batch]:
@@ -183,9 +196,17 @@ class InMemoryPipeline(_Pipeline):
 
     def test_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(x normalised, y) of the test split in order, `eval_batch_size` at a time, no augmentation."""
-        for start in range(0, self.num_test, self.eval_batch_size):
-            x = self._x_test[start:start + self.eval_batch_size]
-            yield self._normalize(x), self._y_test[start:start + self.eval_batch_size]
+        return self._eval_batches(self._x_test, self._y_test)
+
+    def val_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(x normalised, y) of the validation part in order, like `test_batches`; needs `has_val`."""
+        self._require_val()
+        return self._eval_batches(self._x_val, self._y_val)
+
+    def _eval_batches(self, x_all: torch.Tensor, y_all: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for start in range(0, len(x_all), self.eval_batch_size):
+            x = x_all[start:start + self.eval_batch_size]
+            yield self._normalize(x), y_all[start:start + self.eval_batch_size]
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         return normalize(x, self._scale, self._shift, torch.float32, self.channels_last)
@@ -284,6 +305,10 @@ class LoaderPipeline(_Pipeline):
         self._sampler = _PlanSampler(self.num_train, augment, self.seed)
         self._train_loader = self._loader(self._train_items, self._sampler, self.batch_size, drop_last, persistent=True)
         self._test_loader = self._loader(self._test_items, None, self.eval_batch_size, False, persistent=True)
+        self._val_loader = None
+        if data.val is not None:
+            val_items = _PlannedItems(data.val, data.spec.image_size, 0)
+            self._val_loader = self._loader(val_items, None, self.eval_batch_size, False, persistent=True)
 
     def train_batches(self, epoch: int) -> Iterator[Batch]:
         """(x normalised, y, sample idx) on the device, in plan order, `batch_size` at a time."""
@@ -301,6 +326,11 @@ class LoaderPipeline(_Pipeline):
         """(x normalised, y) of the test split in order, `eval_batch_size` at a time, no augmentation."""
         for x, y, _ in self._to_device(self._test_loader):
             yield x, y
+
+    def val_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(x normalised, y) of the validation part in order, like `test_batches`; needs `has_val`."""
+        self._require_val()
+        return ((x, y) for x, y, _ in self._to_device(self._val_loader))
 
     def _loader(
         self, items: Dataset, sampler: Sampler | None, batch_size: int, drop_last: bool, persistent: bool
@@ -365,7 +395,10 @@ def build_pipeline(
     num_workers: int | None = None,
     drop_last: bool = False,
 ) -> InMemoryPipeline | LoaderPipeline:
-    """The pipeline for `data` configured by the dataset node's `augment` and `normalize` (null stats computed)."""
+    """The pipeline for `data` configured by the dataset node's `augment` and `normalize`.
+
+    Null statistics are computed from the training split (without any validation part).
+    """
     augment = _augment_config(dataset_cfg.get("augment"))
     mean, std = _normalize_stats(dataset_cfg.get("normalize"), data)
     common = dict(augment=augment, mean=mean, std=std, batch_size=batch_size, device=device, seed=seed,

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 
-from kd_hydra.data.types import DatasetSpec, FolderData, ImageFileDataset
+from kd_hydra.data.folder import folder_dataset
+from kd_hydra.data.types import ArrayData, FolderData, ImageFileDataset
 from kd_hydra.errors import DataError
 
 TINY_IMAGENET_FOLDER = "tiny-imagenet-200"
 TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 IMAGE_SUFFIX = ".JPEG"
-RGB_CHANNELS = 3
 
 
 def _require(path: str, root: str) -> str:
@@ -63,24 +63,25 @@ def _val_files(folder: str, index: dict[str, int], root: str) -> tuple[list[str]
     return files, labels
 
 
-def load_tiny_imagenet(name: str = "tiny_imagenet", *, root: str) -> FolderData:
-    """Tiny ImageNet under `<root>/tiny-imagenet-200`; class index = position in sorted(wnids)."""
+def load_tiny_imagenet(
+    name: str = "tiny_imagenet",
+    *,
+    root: str,
+    cache_dir: str | None = None,
+    in_memory: bool = True,
+    image_size: int | None = None,
+    max_memory_gb: float | None = None,
+    decode_workers: int | None = None,
+) -> ArrayData | FolderData:
+    """Tiny ImageNet under `<root>/tiny-imagenet-200`; class index = position in sorted(wnids).
+
+    Decoded once into the store under `cache_dir` (ArrayData) or, with in_memory false, FolderData.
+    """
     root = os.path.expanduser(str(root))
     folder = os.path.join(root, TINY_IMAGENET_FOLDER)
     wnids = _read_wnids(_require(os.path.join(folder, "wnids.txt"), root))
     train = ImageFileDataset(folder, *_train_files(folder, wnids, root))
     test = ImageFileDataset(folder, *_val_files(folder, {wnid: i for i, wnid in enumerate(wnids)}, root))
     _require(test.path(0), root)
-    first, _ = train[0]
-    if first.shape[1] != first.shape[2]:
-        raise DataError(f"{train.path(0)}: image is {first.shape[2]}x{first.shape[1]}; expected square images")
-    spec = DatasetSpec(
-        name=name,
-        num_classes=len(wnids),
-        channels=RGB_CHANNELS,
-        image_size=int(first.shape[1]),
-        classes=tuple(wnids),
-        num_train=len(train),
-        num_test=len(test),
-    )
-    return FolderData(train=train, test=test, spec=spec)
+    return folder_dataset(name, train, test, tuple(wnids), cache_dir=cache_dir, in_memory=in_memory,
+                          image_size=image_size, max_memory_gb=max_memory_gb, decode_workers=decode_workers)

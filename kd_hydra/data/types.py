@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from kd_hydra.data.images import FILE_DIGEST_BYTES, file_digests, read_image
 from kd_hydra.errors import DataError
 
 #: Digest size in bytes of every fingerprint (hex string of twice this length).
@@ -27,6 +29,7 @@ class DatasetSpec:
     classes: tuple[str, ...]
     num_train: int
     num_test: int
+    num_val: int = 0  # held out of the training split (dataset.val_fraction); num_train excludes them
 
     def __post_init__(self) -> None:
         if len(self.classes) != self.num_classes:
@@ -39,6 +42,8 @@ class DatasetSpec:
                              ("num_test", self.num_test)):
             if value < 1:
                 raise DataError(f"dataset {self.name}: {field} is {value}; expected a positive integer")
+        if self.num_val < 0:
+            raise DataError(f"dataset {self.name}: num_val is {self.num_val}; expected an integer >= 0")
 
 
 def _hash_tensor(hasher: "hashlib.blake2b", name: str, tensor: torch.Tensor) -> None:
@@ -49,19 +54,31 @@ def _hash_tensor(hasher: "hashlib.blake2b", name: str, tensor: torch.Tensor) -> 
 
 @dataclass
 class ArrayData:
-    """An array-sized dataset fully in memory: uint8 (N, C, H, W) images and int64 (N,) labels on CPU."""
+    """An array-sized dataset in memory (or memory-mapped): uint8 (N, C, H, W) images, int64 (N,) labels, CPU.
+
+    `x_val`/`y_val` are the validation part held out of the training split (both None when there is none).
+    """
 
     x_train: torch.Tensor
     y_train: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
     spec: DatasetSpec
+    x_val: torch.Tensor | None = None
+    y_val: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         name, spec = self.spec.name, self.spec
         expected_image = (spec.channels, spec.image_size, spec.image_size)
-        for split, x, y, count in (("train", self.x_train, self.y_train, spec.num_train),
-                                   ("test", self.x_test, self.y_test, spec.num_test)):
+        if (self.x_val is None) != (self.y_val is None) or (self.x_val is None and spec.num_val):
+            kinds = f"{type(self.x_val).__name__}/{type(self.y_val).__name__}"
+            raise DataError(f"dataset {name}: spec says {spec.num_val} validation images but x_val/y_val are "
+                            f"{kinds}; expected both tensors or both None")
+        splits = [("train", self.x_train, self.y_train, spec.num_train),
+                  ("test", self.x_test, self.y_test, spec.num_test)]
+        if self.x_val is not None:
+            splits.append(("val", self.x_val, self.y_val, spec.num_val))
+        for split, x, y, count in splits:
             if x.dtype != torch.uint8 or x.dim() != 4 or tuple(x.shape[1:]) != expected_image:
                 raise DataError(
                     f"dataset {name}: x_{split} is {x.dtype} {tuple(x.shape)}; "
@@ -73,25 +90,38 @@ class ArrayData:
                     f"(spec says {count}); expected torch.int64 ({count},)"
                 )
         self.x_train, self.x_test = self.x_train.contiguous(), self.x_test.contiguous()
+        if self.x_val is not None:
+            self.x_val = self.x_val.contiguous()
+
+    @property
+    def has_val(self) -> bool:
+        """Whether a validation part was held out."""
+        return self.x_val is not None
 
     def fingerprint(self) -> str:
-        """Content address of the four tensors (bytes, dtypes and shapes): a cache key."""
+        """Content address of the tensors (bytes, dtypes and shapes; the val part when present): a cache key."""
         hasher = hashlib.blake2b(digest_size=FINGERPRINT_BYTES)
-        for name in ("x_train", "y_train", "x_test", "y_test"):
+        names = ["x_train", "y_train", "x_test", "y_test"] + (["x_val", "y_val"] if self.has_val else [])
+        for name in names:
             _hash_tensor(hasher, name, getattr(self, name))
         return hasher.hexdigest()
 
 
 class ImageFileDataset(Dataset):
-    """Image files under `root` with integer labels; item i is (uint8 RGB (3, H, W) tensor, label)."""
+    """Image files under `root` with integer labels; item i is (uint8 RGB (3, S, S) tensor, label).
 
-    def __init__(self, root: str, files: list[str], labels: list[int]) -> None:
+    Images of another size are resized (antialiased) to S = `image_size` on read; None keeps them as they are.
+    """
+
+    def __init__(self, root: str, files: list[str], labels: list[int], image_size: int | None = None) -> None:
         if len(files) != len(labels):
             raise DataError(f"{root}: {len(files)} image files but {len(labels)} labels; expected one label per file")
         self.root = root
+        self.image_size = image_size
         # numpy arrays instead of lists of objects: forked DataLoader workers share them copy-free.
         self.files = np.asarray(files, dtype=np.str_)
         self.labels = np.asarray(labels, dtype=np.int64)
+        self._digests: np.ndarray | None = None  # (N, FILE_DIGEST_BYTES) uint8, once computed
 
     def __len__(self) -> int:
         return len(self.files)
@@ -100,41 +130,57 @@ class ImageFileDataset(Dataset):
         """Absolute path of item `index`."""
         return os.path.join(self.root, str(self.files[index]))
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        from torchvision.io import ImageReadMode, decode_image, read_file  # on use: slow to import
+    def paths(self) -> list[str]:
+        """Absolute paths of every item, in order."""
+        return [self.path(i) for i in range(len(self))]
 
-        path = self.path(index)
-        try:
-            image = decode_image(read_file(path), mode=ImageReadMode.RGB)
-        except (OSError, RuntimeError) as error:
-            reason = " ".join(str(error).split())
-            raise DataError(f"{path}: cannot read image ({reason}); expected a readable JPEG/PNG file") from error
-        return image, int(self.labels[index])
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return read_image(self.path(index), self.image_size), int(self.labels[index])
+
+    def content_digests(self, workers: int | None = None) -> np.ndarray:
+        """(N, FILE_DIGEST_BYTES) uint8: row i digests file i's bytes (computed once, in parallel, then kept)."""
+        if self._digests is None:
+            digests = file_digests(self.paths(), workers)
+            self._digests = np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(len(digests), FILE_DIGEST_BYTES)
+        return self._digests
+
+    def subset(self, indices: Sequence[int]) -> "ImageFileDataset":
+        """The items at `indices` (in that order), keeping already computed digests."""
+        indices = [int(i) for i in indices]
+        part = ImageFileDataset(self.root, [str(self.files[i]) for i in indices],
+                                [int(self.labels[i]) for i in indices], self.image_size)
+        if self._digests is not None:
+            part._digests = self._digests[indices]
+        return part
 
     def fingerprint_into(self, hasher: "hashlib.blake2b") -> None:
-        """Feed the sorted (relative path, size, label) triples to `hasher`; reads no pixels."""
-        for index in np.argsort(self.files, kind="stable"):
-            relative = str(self.files[index])
-            path = os.path.join(self.root, relative)
-            try:
-                size = os.stat(path).st_size
-            except OSError as error:
-                raise DataError(f"{path}: cannot stat ({error.strerror}); expected a readable image file") from error
-            hasher.update(f"{relative}\t{size}\t{int(self.labels[index])}\n".encode())
+        """Feed the (relative path, label, content digest) of every item, in item order, to `hasher`."""
+        for relative, label, digest in zip(self.files, self.labels, self.content_digests()):
+            hasher.update(f"{relative}\t{int(label)}\t{digest.tobytes().hex()}\n".encode())
 
 
 @dataclass
 class FolderData:
-    """A dataset of image files read through a DataLoader; items are (uint8 (C, H, W) tensor, int label)."""
+    """A dataset of image files read through a DataLoader; items are (uint8 (C, H, W) tensor, int label).
+
+    `val` is the validation part held out of the training split (None when there is none).
+    """
 
     train: ImageFileDataset
     test: ImageFileDataset
     spec: DatasetSpec
+    val: ImageFileDataset | None = None
+
+    @property
+    def has_val(self) -> bool:
+        """Whether a validation part was held out."""
+        return self.val is not None
 
     def fingerprint(self) -> str:
-        """Digest of each split's sorted relative file list, file sizes and labels (no pixel reading)."""
+        """Digest of each split's relative paths, labels and file contents (the val part when present)."""
         hasher = hashlib.blake2b(digest_size=FINGERPRINT_BYTES)
-        for split, dataset in (("train", self.train), ("test", self.test)):
+        splits = [("train", self.train), ("test", self.test)] + ([("val", self.val)] if self.has_val else [])
+        for split, dataset in splits:
             hasher.update(f"[{split}]\n".encode())
             dataset.fingerprint_into(hasher)
         return hasher.hexdigest()

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kd_hydra.errors import ConfigError
+from kd_hydra.losses import cross_entropy  # noqa: F401  (re-exported for the methods)
 
 #: Feature shapes from the probe forward, per feature point, without the batch dimension.
 FeatureShapes = Mapping[str, tuple[int, ...]]
@@ -52,16 +53,6 @@ class LossOutput(NamedTuple):
 
     total: Tensor
     parts: dict[str, Tensor]
-
-
-def full_precision(tensor: Tensor) -> Tensor:
-    """Half-precision tensors (autocast output) as float32; float32/float64 as they are."""
-    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
-
-
-def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
-    """Mean cross-entropy, computed in at least float32."""
-    return F.cross_entropy(full_precision(logits), targets)
 
 
 class DistillMethod(nn.Module):

@@ -1,0 +1,144 @@
+"""Folder datasets: your own images in ImageFolder layout, and what every image-file dataset shares.
+
+A listed folder dataset becomes ArrayData through the decode-once store (`dataset.in_memory=true`)
+or stays FolderData for the DataLoader path, after every image was checked to decode.
+"""
+
+from __future__ import annotations
+
+import os
+
+from kd_hydra.data.images import IMAGE_SUFFIXES, RGB_CHANNELS, is_image_name, read_image
+from kd_hydra.data.store import check_decodable, check_memory_budget, decoded_store
+from kd_hydra.data.types import ArrayData, DatasetSpec, FolderData, ImageFileDataset
+from kd_hydra.errors import ConfigError, DataError
+
+TRAIN_FOLDER = "train"
+#: Accepted names of the test split's folder, in order of preference.
+TEST_FOLDERS = ("test", "val")
+_LAYOUT = "<path>/train/<class>/*.jpg|png|... and <path>/test/<class>/... (or val/)"
+
+
+def _check_image_size(image_size: int | None) -> None:
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
+        raise ConfigError("dataset.image_size", f"is {image_size!r}; expected a positive integer (pixels) or null "
+                                                "(the size of the first training image)")
+
+
+def _first_image_size(train: ImageFileDataset) -> int:
+    first = read_image(train.path(0))
+    height, width = int(first.shape[1]), int(first.shape[2])
+    if height != width:
+        raise ConfigError("dataset.image_size", f"is null and {train.path(0)} is {width}x{height}; expected square "
+                                                "images, or set dataset.image_size to resize every image to S x S")
+    return height
+
+
+def folder_dataset(
+    name: str,
+    train: ImageFileDataset,
+    test: ImageFileDataset,
+    classes: tuple[str, ...],
+    *,
+    cache_dir: str | None,
+    in_memory: bool,
+    image_size: int | None,
+    max_memory_gb: float | None,
+    decode_workers: int | None,
+) -> ArrayData | FolderData:
+    """Listed image files as ArrayData (decoded once into the store) or, with in_memory false, checked FolderData.
+
+    Images of another size are resized to `image_size` (None: the first training image's size).
+    """
+    if not isinstance(in_memory, bool):
+        raise ConfigError("dataset.in_memory", f"is {in_memory!r}; expected true (decode once into memory) or "
+                                               "false (stream the files through DataLoader workers)")
+    _check_image_size(image_size)
+    if decode_workers is not None and (isinstance(decode_workers, bool) or not isinstance(decode_workers, int)
+                                       or decode_workers < 1):
+        raise ConfigError("dataset.loader.decode_workers",
+                          f"is {decode_workers!r}; expected a positive integer or null (one per core)")
+    size = _first_image_size(train) if image_size is None else int(image_size)
+    train.image_size = test.image_size = size
+    spec = DatasetSpec(name=name, num_classes=len(classes), channels=RGB_CHANNELS, image_size=size, classes=classes,
+                       num_train=len(train), num_test=len(test))
+    cache_dir = None if cache_dir is None else os.path.expanduser(str(cache_dir))
+    if in_memory:
+        check_memory_budget(name, len(train) + len(test), size, max_memory_gb)
+        return decoded_store(train, test, spec, cache_dir, decode_workers)
+    check_decodable(train, test, spec, cache_dir, decode_workers)
+    return FolderData(train=train, test=test, spec=spec)
+
+
+def _class_folders(folder: str) -> list[str]:
+    return sorted(entry.name for entry in os.scandir(folder) if entry.is_dir() and not entry.name.startswith("."))
+
+
+def _images_under(folder: str, root: str) -> list[str]:
+    """Relative (to root) paths of the image files anywhere below `folder`, sorted."""
+    found = []
+    for parent, dirs, names in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found.extend(os.path.relpath(os.path.join(parent, n), root) for n in names if is_image_name(n))
+    return sorted(found)
+
+
+def list_image_folder(
+    root: str, split_folder: str, classes: list[str] | None
+) -> tuple[list[str], list[int], list[str]]:
+    """(files relative to root, labels, class names) of `<root>/<split_folder>/<class>/...`.
+
+    With `classes` None the class folders define the classes (sorted); otherwise each folder must be one of them.
+    """
+    folder = os.path.join(root, split_folder)
+    found = _class_folders(folder)
+    if classes is None:
+        if not found:
+            raise DataError(f"{folder}: no class folders; expected {_LAYOUT}")
+        classes = found
+    index = {name: label for label, name in enumerate(classes)}
+    files: list[str] = []
+    labels: list[int] = []
+    for name in found:
+        if name not in index:
+            raise DataError(f"{os.path.join(folder, name)}: class '{name}' has no folder in "
+                            f"{os.path.join(root, TRAIN_FOLDER)}; expected the same class folders in every split")
+        images = _images_under(os.path.join(folder, name), root)
+        if not images and split_folder == TRAIN_FOLDER:
+            raise DataError(f"{os.path.join(folder, name)}: no image files ({', '.join(IMAGE_SUFFIXES)}); "
+                            "expected at least one training image per class folder")
+        files.extend(images)
+        labels.extend([index[name]] * len(images))
+    if not files:
+        raise DataError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)}); expected {_LAYOUT}")
+    return files, labels, classes
+
+
+def load_folder(
+    name: str = "folder",
+    *,
+    path: str | None,
+    cache_dir: str | None = None,
+    in_memory: bool = True,
+    image_size: int | None = None,
+    max_memory_gb: float | None = None,
+    decode_workers: int | None = None,
+) -> ArrayData | FolderData:
+    """Your images in ImageFolder layout: `<path>/train/<class>/*` and `<path>/test/<class>/*` (or `val/`).
+
+    Class index = position of the class folder name in sorted order. See `folder_dataset` for the rest.
+    """
+    if path is None or not str(path).strip():
+        raise ConfigError("dataset.path", f"is not set; expected a folder laid out as {_LAYOUT}")
+    root = os.path.expanduser(str(path))
+    if not os.path.isdir(os.path.join(root, TRAIN_FOLDER)):
+        raise DataError(f"{root}: no '{TRAIN_FOLDER}' folder; expected {_LAYOUT}")
+    test_folder = next((f for f in TEST_FOLDERS if os.path.isdir(os.path.join(root, f))), None)
+    if test_folder is None:
+        raise DataError(f"{root}: no '{TEST_FOLDERS[0]}' or '{TEST_FOLDERS[1]}' folder; expected {_LAYOUT}")
+    train_files, train_labels, classes = list_image_folder(root, TRAIN_FOLDER, None)
+    test_files, test_labels, _ = list_image_folder(root, test_folder, classes)
+    train = ImageFileDataset(root, train_files, train_labels)
+    test = ImageFileDataset(root, test_files, test_labels)
+    return folder_dataset(name, train, test, tuple(classes), cache_dir=cache_dir, in_memory=in_memory,
+                          image_size=image_size, max_memory_gb=max_memory_gb, decode_workers=decode_workers)

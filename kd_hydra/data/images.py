@@ -1,0 +1,103 @@
+"""Image files: content digests, decoding to uint8 RGB tensors, and parallel passes over many files.
+
+Decoding and hashing release the GIL, so a thread pool scales over cores without copying data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from kd_hydra.errors import DataError
+
+#: Suffixes (lower case) taken as images; torchvision decodes JPEG, PNG, WebP and GIF.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif")
+RGB_CHANNELS = 3
+#: Digest size in bytes of one file's content digest.
+FILE_DIGEST_BYTES = 16
+#: Images (or files) per task handed to a worker thread: amortises scheduling, keeps progress smooth.
+CHUNK = 256
+MAX_DEFAULT_WORKERS = 8
+
+
+def default_workers() -> int:
+    """Threads for decoding and hashing: one per core, at most MAX_DEFAULT_WORKERS."""
+    return max(1, min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1))
+
+
+def is_image_name(name: str) -> bool:
+    """Whether a file name has one of IMAGE_SUFFIXES (any case) and is not hidden."""
+    return not name.startswith(".") and name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def file_digest(path: str) -> bytes:
+    """blake2b digest of the file's bytes, read in streaming fashion."""
+    try:
+        with open(path, "rb") as handle:
+            return hashlib.file_digest(handle, lambda: hashlib.blake2b(digest_size=FILE_DIGEST_BYTES)).digest()
+    except OSError as error:
+        raise DataError(f"{path}: cannot read ({error.strerror}); expected a readable image file") from error
+
+
+def read_image(path: str, image_size: int | None = None) -> torch.Tensor:
+    """The file as uint8 RGB (3, H, W); resized (antialiased) to image_size x image_size unless None."""
+    from torchvision.io import ImageReadMode, decode_image, read_file  # on use: slow to import
+
+    try:
+        image = decode_image(read_file(path), mode=ImageReadMode.RGB)
+    except (OSError, RuntimeError, ValueError) as error:
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise DataError(f"{path}: cannot decode image ({reason}); "
+                        "expected a readable JPEG/PNG/WebP/GIF file") from error
+    if image_size is not None and tuple(image.shape[-2:]) != (image_size, image_size):
+        from torchvision.transforms.v2 import functional as TF
+
+        image = TF.resize(image, [image_size, image_size], antialias=True)
+    return image
+
+
+def parallel_map(
+    function: Callable[[int], None], count: int, workers: int | None = None, description: str | None = None
+) -> None:
+    """Call function(i) for i in range(count) on a thread pool; the first exception stops the rest and is raised.
+
+    Shows a tqdm bar named `description` when stderr is a terminal.
+    """
+    workers = default_workers() if workers is None else max(1, int(workers))
+    chunks = [range(start, min(start + CHUNK, count)) for start in range(0, count, CHUNK)]
+
+    def run(chunk: range) -> int:
+        for index in chunk:
+            function(index)
+        return len(chunk)
+
+    bar = None
+    if description is not None and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=count, desc=description, unit="img", file=sys.stderr)
+    executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kd-hydra-decode")
+    try:
+        for done in executor.map(run, chunks):
+            if bar is not None:
+                bar.update(done)
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+        if bar is not None:
+            bar.close()
+
+
+def file_digests(paths: Sequence[str], workers: int | None = None) -> list[bytes]:
+    """file_digest of every path, in order, computed in parallel."""
+    digests: list[bytes] = [b""] * len(paths)
+
+    def one(index: int) -> None:
+        digests[index] = file_digest(paths[index])
+
+    parallel_map(one, len(paths), workers)
+    return digests

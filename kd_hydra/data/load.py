@@ -1,0 +1,71 @@
+"""One call from a `dataset` config node to the data a run trains on (loader + validation split)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+from kd_hydra.data.split import with_validation
+from kd_hydra.data.types import ArrayData, FolderData
+from kd_hydra.errors import ConfigError, DataError, KDHydraError
+
+DEFAULT_VAL_FRACTION = 0.0
+DEFAULT_VAL_SEED = 0
+
+
+def check_required(node: DictConfig, prefix: str = "dataset") -> None:
+    """A ConfigError naming the first `???` key of `node` (or one its values interpolate); call before resolving."""
+    for key in node:
+        full = f"{prefix}.{key}"
+        if OmegaConf.is_missing(node, key):
+            raise ConfigError(full, "is required but not set (???); give it on the command line, e.g. "
+                                    f"{full}=...")
+        try:
+            value = node[key]
+        except MissingMandatoryValue as error:  # an interpolation to a ??? key
+            match = re.search(r"Missing mandatory value: (\S+)", str(error))
+            missing = match.group(1) if match else full
+            raise ConfigError(missing, f"is required but not set (???); give it on the command line, e.g. "
+                                       f"{missing}=...") from None
+        if isinstance(value, DictConfig):
+            check_required(value, full)
+
+
+def instantiate_loader(loader_cfg: DictConfig) -> ArrayData | FolderData:
+    """hydra.utils.instantiate of the loader node; our own errors come out as themselves, not wrapped by Hydra."""
+    try:
+        data = instantiate(loader_cfg)
+    except InstantiationException as error:
+        cause = error.__cause__
+        while cause is not None and not isinstance(cause, KDHydraError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise
+    if not isinstance(data, (ArrayData, FolderData)):
+        raise DataError(f"dataset.loader: {loader_cfg.get('_target_')} returned a {type(data).__name__}; "
+                        "expected ArrayData or FolderData")
+    return data
+
+
+def load_dataset(dataset_cfg: Mapping[str, Any] | DictConfig) -> ArrayData | FolderData:
+    """The dataset of a run: `dataset_cfg.loader` instantiated, then `val_fraction`/`val_seed` applied.
+
+    `dataset_cfg` is the composed `dataset` node (interpolations such as `${paths.cache_dir}` resolvable).
+    """
+    if not isinstance(dataset_cfg, DictConfig):
+        dataset_cfg = OmegaConf.create(dict(dataset_cfg))
+    check_required(dataset_cfg, "dataset")
+    if "loader" not in dataset_cfg:
+        raise ConfigError("dataset.loader", "is missing; expected a node with _target_ naming a loader function")
+    data = instantiate_loader(dataset_cfg.loader)
+    fraction = dataset_cfg.get("val_fraction", DEFAULT_VAL_FRACTION)
+    seed = dataset_cfg.get("val_seed", DEFAULT_VAL_SEED)
+    return with_validation(data, DEFAULT_VAL_FRACTION if fraction is None else fraction,
+                           DEFAULT_VAL_SEED if seed is None else seed)
