@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import runpy
 import shutil
 import subprocess
 import sys
@@ -45,6 +46,7 @@ from analysis import (  # noqa: E402
     write_report,
 )
 from analysis.callback import AnalysisCallback  # noqa: E402
+from conftest import call_main, isolated_process_state  # noqa: E402
 from analysis_fixtures import (  # noqa: E402
     METHOD_SWEEP,
     METHOD_SWEEP_BASELINE,
@@ -474,10 +476,16 @@ def test_callback_in_a_real_hydra_multirun(tmp_path: Path) -> None:
     sweep_args = ["-m", "loss.temperature=1,4", "trainer.seed=0,1"]
 
     def run_app(sweep_dir: Path, *extra: str) -> None:
+        """``python app.py ARGS``, run in this process (see conftest.call_main)."""
         env = {**subprocess_env(), "SWEEP_OUT": str(sweep_dir)}
-        done = subprocess.run([sys.executable, "app.py", *sweep_args, *extra], cwd=app, env=env,
-                              capture_output=True, text=True, timeout=120)  # fmt: skip
-        assert done.returncode == 0, done.stderr
+
+        def main(args: list[str]) -> None:
+            sys.argv = ["app.py", *args]
+            runpy.run_path(str(app / "app.py"), run_name="__main__")
+
+        with isolated_process_state(env, app):
+            code, _, stderr = call_main([*sweep_args, *extra], main)
+        assert code == 0, stderr
 
     run_app(tmp_path / "sweep")
     for name in ("results.csv", "report.md", "accuracy_vs_temperature.png", "learning_curves.png"):
