@@ -26,7 +26,7 @@ def test_unknown_group_option_names_the_group_and_its_options():
     assert error_of("teacher=nope").startswith(f"error: teacher: unknown option 'nope'; choose one of: {TEACHERS}")
     line = error_of("dataset=nope")
     assert (
-        line == "error: dataset: unknown option 'nope'; choose one of: arrays, cifar10, cifar100, digits, "
+        line == "error: dataset: unknown option 'nope'; choose one of: arrays, cifar10, cifar100, digits, folder, "
         "synthetic, tiny_imagenet"
     )
 
