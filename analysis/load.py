@@ -267,4 +267,3 @@ def read_history(run_dir: Path) -> pd.DataFrame | None:
         warnings.warn(f"skipping {path}: no {EPOCH!r} column", stacklevel=2)
         return None
     return history
-

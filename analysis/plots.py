@@ -24,7 +24,6 @@ from kd_hydra.outputs import atomic_write_bytes
 from .aggregate import (
     METHOD,
     Setup,
-    format_value,
     aggregate,
     as_float,
     baseline_accuracy,
@@ -32,6 +31,7 @@ from .aggregate import (
     completed_runs,
     distill_methods,
     distill_setups,
+    format_value,
     kd_gain,
     setting_label,
     short_name,

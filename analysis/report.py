@@ -316,7 +316,10 @@ def _comparison_table(runs: pd.DataFrame, setup: Setup, top: pd.Series) -> list[
         teacher_params = teachers[MODEL_PARAMS] if MODEL_PARAMS in teachers.columns else teacher_params
     teacher_acc = teacher_accuracy(runs, setup)
     baseline = _summary(matched)
-    params = (lambda frame: frame[MODEL_PARAMS] if MODEL_PARAMS in frame.columns else pd.Series(dtype=float))
+
+    def params(frame: pd.DataFrame) -> pd.Series:
+        return frame[MODEL_PARAMS] if MODEL_PARAMS in frame.columns else pd.Series(dtype=float)
+
     baseline_name = "baseline student (CE only)" + ("" if matched_dirs or matched.empty else ", not matched")
     rows = [
         ["teacher", setup.teacher, _format_count(teacher_params),

@@ -72,8 +72,10 @@ def cuda_problem(device: str) -> str | None:
     if not device.startswith("cuda"):
         return None
     if not torch.cuda.is_available():
-        return ("no CUDA device is available: compare_gpu.py measures GPU throughput and needs a CUDA machine "
-                "(compare_cpu.py is the CPU benchmark; --device cpu only checks this script's plumbing)")
+        return (
+            "no CUDA device is available: compare_gpu.py measures GPU throughput and needs a CUDA machine "
+            "(compare_cpu.py is the CPU benchmark; --device cpu only checks this script's plumbing)"
+        )
     return None
 
 
@@ -87,11 +89,21 @@ def write_inputs(args: argparse.Namespace, workdir: Path) -> tuple[Path, Path]:
     from kd_hydra.data import load_synthetic
     from kd_hydra.models import build_model
 
-    data = load_synthetic(num_train=args.num_train, num_test=args.num_test, num_classes=args.num_classes,
-                          image_size=args.image_size, seed=SYNTHETIC_SEED)
+    data = load_synthetic(
+        num_train=args.num_train,
+        num_test=args.num_test,
+        num_classes=args.num_classes,
+        image_size=args.image_size,
+        seed=SYNTHETIC_SEED,
+    )
     npz = workdir / "synthetic.npz"
-    np.savez(npz, x_train=data.x_train.permute(0, 2, 3, 1).numpy(), y_train=data.y_train.numpy(),
-             x_test=data.x_test.permute(0, 2, 3, 1).numpy(), y_test=data.y_test.numpy())
+    np.savez(
+        npz,
+        x_train=data.x_train.permute(0, 2, 3, 1).numpy(),
+        y_train=data.y_train.numpy(),
+        x_test=data.x_test.permute(0, 2, 3, 1).numpy(),
+        y_test=data.y_test.numpy(),
+    )
     torch.manual_seed(0)
     teacher = build_model(args.teacher, args.num_classes, 3, args.image_size)
     checkpoint = workdir / "teacher.pt"
@@ -102,58 +114,110 @@ def write_inputs(args: argparse.Namespace, workdir: Path) -> tuple[Path, Path]:
 def suite_command(args: argparse.Namespace, checkpoint: Path, run_dir: Path) -> list[str]:
     on_cuda = args.device.startswith("cuda")
     return [
-        sys.executable, "run.py", "mode=distill", "dataset=synthetic",
-        f"dataset.loader.num_train={args.num_train}", f"dataset.loader.num_test={args.num_test}",
-        f"dataset.loader.num_classes={args.num_classes}", f"dataset.loader.image_size={args.image_size}",
-        f"dataset.loader.seed={SYNTHETIC_SEED}", f"dataset.augment.crop_padding={CROP_PADDING}",
-        f"teacher={args.teacher}", f"student={args.student}", f"teacher.checkpoint={checkpoint}",
-        f"trainer.epochs={args.epochs}", f"trainer.batch_size={args.batch_size}", f"trainer.device={args.device}",
-        f"trainer.precision={'bf16' if on_cuda else 'fp32'}", f"trainer.channels_last={str(on_cuda).lower()}",
-        "trainer.progress=false", "trainer.save_checkpoint=false", "optimizer=sgd", f"optimizer.lr={args.lr}",
-        "scheduler=cosine", "hydra.callbacks.analysis.enabled=false", f"hydra.run.dir={run_dir}",
+        sys.executable,
+        "run.py",
+        "mode=distill",
+        "dataset=synthetic",
+        f"dataset.loader.num_train={args.num_train}",
+        f"dataset.loader.num_test={args.num_test}",
+        f"dataset.loader.num_classes={args.num_classes}",
+        f"dataset.loader.image_size={args.image_size}",
+        f"dataset.loader.seed={SYNTHETIC_SEED}",
+        f"dataset.augment.crop_padding={CROP_PADDING}",
+        f"teacher={args.teacher}",
+        f"student={args.student}",
+        f"teacher.checkpoint={checkpoint}",
+        f"trainer.epochs={args.epochs}",
+        f"trainer.batch_size={args.batch_size}",
+        f"trainer.device={args.device}",
+        f"trainer.precision={'bf16' if on_cuda else 'fp32'}",
+        f"trainer.channels_last={str(on_cuda).lower()}",
+        "trainer.progress=false",
+        "trainer.save_checkpoint=false",
+        "optimizer=sgd",
+        f"optimizer.lr={args.lr}",
+        "scheduler=cosine",
+        "hydra.callbacks.analysis.enabled=false",
+        f"hydra.run.dir={run_dir}",
     ]
 
 
-def suite_run(args: argparse.Namespace, checkpoint: Path, workdir: Path, env: Mapping[str, str],
-              name: str) -> dict[str, Any]:
+def suite_run(
+    args: argparse.Namespace, checkpoint: Path, workdir: Path, env: Mapping[str, str], name: str
+) -> dict[str, Any]:
     run_dir = workdir / "runs" / name
     seconds = run_timed(suite_command(args, checkpoint, run_dir), env, workdir / "logs" / f"{name}.log")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     with open(run_dir / "history.csv", newline="") as handle:
         epoch_seconds = [float(row["seconds"]) for row in csv.DictReader(handle)]
-    return {"images_per_second": metrics["train_images_per_second"], "epoch_seconds": epoch_seconds,
-            "last_epoch_images_per_second": args.num_train / epoch_seconds[-1],
-            "soft_label_cache": metrics["soft_label_cache"], "process_wall_seconds": seconds}
+    return {
+        "images_per_second": metrics["train_images_per_second"],
+        "epoch_seconds": epoch_seconds,
+        "last_epoch_images_per_second": args.num_train / epoch_seconds[-1],
+        "soft_label_cache": metrics["soft_label_cache"],
+        "process_wall_seconds": seconds,
+    }
 
 
-def reference_run(args: argparse.Namespace, npz: Path, checkpoint: Path, workdir: Path,
-                  env: Mapping[str, str]) -> dict[str, Any]:
+def reference_run(
+    args: argparse.Namespace, npz: Path, checkpoint: Path, workdir: Path, env: Mapping[str, str]
+) -> dict[str, Any]:
     out = workdir / "reference.json"
-    command = [sys.executable, str(REFERENCE_SCRIPT), "--teacher-checkpoint", str(checkpoint), "--npz", str(npz),
-               "--teacher-arch", args.teacher, "--student-arch", args.student, "--epochs", str(args.reference_epochs),
-               "--batch-size", str(args.batch_size), "--num-workers", str(args.workers), "--lr", str(args.lr),
-               "--device", args.device, "--out", str(out)]
+    command = [
+        sys.executable,
+        str(REFERENCE_SCRIPT),
+        "--teacher-checkpoint",
+        str(checkpoint),
+        "--npz",
+        str(npz),
+        "--teacher-arch",
+        args.teacher,
+        "--student-arch",
+        args.student,
+        "--epochs",
+        str(args.reference_epochs),
+        "--batch-size",
+        str(args.batch_size),
+        "--num-workers",
+        str(args.workers),
+        "--lr",
+        str(args.lr),
+        "--device",
+        args.device,
+        "--out",
+        str(out),
+    ]
     seconds = run_timed(command, env, workdir / "logs" / "reference.log")
     result = json.loads(out.read_text())
-    return {"images_per_second": result["images_per_second"], "epoch_seconds": result["epoch_seconds"],
-            "last_epoch_images_per_second": args.num_train / result["epoch_seconds"][-1],
-            "process_wall_seconds": seconds}
+    return {
+        "images_per_second": result["images_per_second"],
+        "epoch_seconds": result["epoch_seconds"],
+        "last_epoch_images_per_second": args.num_train / result["epoch_seconds"][-1],
+        "process_wall_seconds": seconds,
+    }
 
 
 def format_report(results: Mapping[str, Any]) -> str:
     conf = results["config"]
-    lines = [f"kd-hydra vs tutorial-style reference on {conf['device_name']}: {conf['teacher']} -> {conf['student']}, "
-             f"{conf['num_train']} synthetic {conf['image_size']}x{conf['image_size']} images, "
-             f"{conf['num_classes']} classes, batch {conf['batch_size']}",
-             f"   {'':<34}{'loop img/s':>11}{'last-epoch img/s':>18}",]
+    lines = [
+        f"kd-hydra vs tutorial-style reference on {conf['device_name']}: {conf['teacher']} -> {conf['student']}, "
+        f"{conf['num_train']} synthetic {conf['image_size']}x{conf['image_size']} images, "
+        f"{conf['num_classes']} classes, batch {conf['batch_size']}",
+        f"   {'':<34}{'loop img/s':>11}{'last-epoch img/s':>18}",
+    ]
     suite = "suite bf16+channels_last" if str(conf["device"]).startswith("cuda") else "suite fp32"
-    for label, key in ((f"{suite}, cold", "suite_cold"), (f"{suite}, warm", "suite_warm"),
-                       (f"reference fp32, {conf['workers']} workers", "reference")):
+    for label, key in (
+        (f"{suite}, cold", "suite_cold"),
+        (f"{suite}, warm", "suite_warm"),
+        (f"reference fp32, {conf['workers']} workers", "reference"),
+    ):
         side = results[key]
         lines.append(f"   {label:<34}{side['images_per_second']:>11.0f}{side['last_epoch_images_per_second']:>18.0f}")
     lines.append(f"   speed-up, warm suite vs reference (loop img/s): {results['speedup']:.1f}x")
-    lines.append("   loop img/s: training loop only (the cold run fills the cache before its loops); "
-                 "last-epoch img/s: train images / the last epoch's seconds, evaluation included")
+    lines.append(
+        "   loop img/s: training loop only (the cold run fills the cache before its loops); "
+        "last-epoch img/s: train images / the last epoch's seconds, evaluation included"
+    )
     return "\n".join(lines)
 
 
@@ -168,8 +232,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="kd_hydra_compare_gpu_")).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     out = Path(args.out) if args.out else workdir / "results.json"
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "KD_HYDRA_CACHE_DIR": str(workdir / "cache"),
-           "KD_HYDRA_OUTPUT_DIR": str(workdir / "outputs")}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO_ROOT),
+        "KD_HYDRA_CACHE_DIR": str(workdir / "cache"),
+        "KD_HYDRA_OUTPUT_DIR": str(workdir / "outputs"),
+    }
     device_name = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") else "cpu"
     print(f"workdir {workdir}; device {device_name}", flush=True)
     results: dict[str, Any] = {"config": {**vars(args), "device_name": device_name, "torch": torch.__version__}}

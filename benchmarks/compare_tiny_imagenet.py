@@ -69,8 +69,9 @@ DECODE_LINE = re.compile(r"decoded (\S+) once: (\d+) images in ([0-9.]+) s")
 REUSED_LINE = re.compile(r"decoded store \S+ reused")
 
 
-def make_subset(source_root: Path, target_root: Path, classes: int | None, per_class: int | None,
-                val_per_class: int | None = None) -> Path:
+def make_subset(
+    source_root: Path, target_root: Path, classes: int | None, per_class: int | None, val_per_class: int | None = None
+) -> Path:
     """A Tiny ImageNet layout under ``target_root``: the first ``classes`` wnids, ``per_class`` train images each.
 
     Files are symlinks to ``source_root``'s; val keeps the first ``val_per_class`` images of each kept class
@@ -96,8 +97,11 @@ def make_subset(source_root: Path, target_root: Path, classes: int | None, per_c
     lines = []
     for line in (source / "val" / "val_annotations.txt").read_text().splitlines():
         fields = line.split("\t")
-        if len(fields) >= 2 and fields[1] in val_counts and (val_per_class is None
-                                                             or val_counts[fields[1]] < val_per_class):
+        if (
+            len(fields) >= 2
+            and fields[1] in val_counts
+            and (val_per_class is None or val_counts[fields[1]] < val_per_class)
+        ):
             val_counts[fields[1]] += 1
             lines.append(line + "\n")
             (target / "val" / "images" / fields[0]).symlink_to(source / "val" / "images" / fields[0])
@@ -122,8 +126,9 @@ def save_untrained_teacher(path: Path, arch: str, num_classes: int, seed: int) -
 
     torch.manual_seed(seed)
     model = build_model(arch, num_classes, RGB_CHANNELS, IMAGE_SIZE)
-    signature = ArchSignature(name=arch, source="zoo", num_classes=num_classes, in_channels=RGB_CHANNELS,
-                              image_size=IMAGE_SIZE)
+    signature = ArchSignature(
+        name=arch, source="zoo", num_classes=num_classes, in_channels=RGB_CHANNELS, image_size=IMAGE_SIZE
+    )
     return save_checkpoint(path, model, signature)
 
 
@@ -145,16 +150,30 @@ class Benchmark:
         self.cache_dir = self.workdir / "cache"
         self.logs = self.workdir / "logs"
         self.teacher_checkpoint: str | None = None  # set by untrained_teacher: every suite run loads it
-        self.env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "KD_HYDRA_CACHE_DIR": str(self.cache_dir),
-                    "KD_HYDRA_OUTPUT_DIR": str(self.workdir / "outputs")}
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO_ROOT),
+            "KD_HYDRA_CACHE_DIR": str(self.cache_dir),
+            "KD_HYDRA_OUTPUT_DIR": str(self.workdir / "outputs"),
+        }
 
     def suite_overrides(self) -> list[str]:
         a = self.args
         return [
-            "dataset=tiny_imagenet", f"paths.data_dir={a.data_root}", f"teacher={a.teacher}", f"student={a.student}",
-            f"trainer.epochs={a.epochs}", f"trainer.batch_size={a.batch_size}", f"trainer.seed={a.seed}",
-            "trainer.device=cpu", f"trainer.num_threads={a.threads}", "trainer.progress=false",
-            "optimizer=sgd", f"optimizer.lr={a.lr}", "scheduler=cosine", f"teacher_training.epochs={a.teacher_epochs}",
+            "dataset=tiny_imagenet",
+            f"paths.data_dir={a.data_root}",
+            f"teacher={a.teacher}",
+            f"student={a.student}",
+            f"trainer.epochs={a.epochs}",
+            f"trainer.batch_size={a.batch_size}",
+            f"trainer.seed={a.seed}",
+            "trainer.device=cpu",
+            f"trainer.num_threads={a.threads}",
+            "trainer.progress=false",
+            "optimizer=sgd",
+            f"optimizer.lr={a.lr}",
+            "scheduler=cosine",
+            f"teacher_training.epochs={a.teacher_epochs}",
             "hydra.callbacks.analysis.enabled=false",
             *([f"teacher.checkpoint={self.teacher_checkpoint}"] if self.teacher_checkpoint else []),
             *a.suite_override,
@@ -168,9 +187,14 @@ class Benchmark:
     def train_teacher(self) -> dict[str, Any]:
         run_dir, seconds = self.suite("teacher", "mode=teacher")
         metrics = read_metrics(run_dir)
-        return {"checkpoint": metrics["checkpoint"], "test_acc": metrics["final_test_acc"],
-                "epochs": metrics["epochs"], "source": metrics["teacher_source"], "process_wall_seconds": seconds,
-                "decode": decode_seconds_from_log(self.logs / "teacher.log")}
+        return {
+            "checkpoint": metrics["checkpoint"],
+            "test_acc": metrics["final_test_acc"],
+            "epochs": metrics["epochs"],
+            "source": metrics["teacher_source"],
+            "process_wall_seconds": seconds,
+            "decode": decode_seconds_from_log(self.logs / "teacher.log"),
+        }
 
     def untrained_teacher(self) -> dict[str, Any]:
         """Step a without training: a seeded, untrained teacher checkpoint in the workdir, used by every run."""
@@ -179,39 +203,87 @@ class Benchmark:
         started = time.perf_counter()
         sha256 = save_untrained_teacher(path, a.teacher, count_classes(a.data_root), a.seed)
         self.teacher_checkpoint = str(path)
-        return {"checkpoint": str(path), "sha256": sha256, "test_acc": None, "epochs": 0, "source": "untrained",
-                "process_wall_seconds": time.perf_counter() - started, "decode": None}
+        return {
+            "checkpoint": str(path),
+            "sha256": sha256,
+            "test_acc": None,
+            "epochs": 0,
+            "source": "untrained",
+            "process_wall_seconds": time.perf_counter() - started,
+            "decode": None,
+        }
 
     def suite_kd(self, name: str) -> dict[str, Any]:
         a = self.args
-        run_dir, seconds = self.suite(name, "mode=distill", "loss=kd", f"loss.temperature={number_text(a.temperature)}",
-                                      f"loss.alpha={number_text(a.alpha)}")
+        run_dir, seconds = self.suite(
+            name,
+            "mode=distill",
+            "loss=kd",
+            f"loss.temperature={number_text(a.temperature)}",
+            f"loss.alpha={number_text(a.alpha)}",
+        )
         metrics = read_metrics(run_dir)
         epochs = read_epoch_seconds(run_dir)
-        return {"process_wall_seconds": seconds, "run_wall_seconds": metrics["wall_seconds"],
-                "reported_images_per_second": metrics["train_images_per_second"], "epoch_seconds": epochs,
-                "mean_epoch_seconds": mean(epochs), "final_test_acc": metrics["final_test_acc"],
-                "soft_label_cache": metrics.get("soft_label_cache"), "teacher_outputs": metrics.get("teacher_outputs"),
-                "teacher_test_acc": metrics.get("teacher_test_acc"),
-                "decode": decode_seconds_from_log(self.logs / f"{name}.log")}
+        return {
+            "process_wall_seconds": seconds,
+            "run_wall_seconds": metrics["wall_seconds"],
+            "reported_images_per_second": metrics["train_images_per_second"],
+            "epoch_seconds": epochs,
+            "mean_epoch_seconds": mean(epochs),
+            "final_test_acc": metrics["final_test_acc"],
+            "soft_label_cache": metrics.get("soft_label_cache"),
+            "teacher_outputs": metrics.get("teacher_outputs"),
+            "teacher_test_acc": metrics.get("teacher_test_acc"),
+            "decode": decode_seconds_from_log(self.logs / f"{name}.log"),
+        }
 
     def reference(self, checkpoint: str) -> dict[str, Any]:
         import json
 
         a = self.args
         out = self.workdir / "reference" / "reference.json"
-        command = [sys.executable, str(REFERENCE_SCRIPT), "--data-dir", str(a.data_root), "--teacher-checkpoint",
-                   checkpoint, "--teacher-arch", a.teacher, "--student-arch", a.student,
-                   "--temperature", number_text(a.temperature), "--alpha", number_text(a.alpha),
-                   "--epochs", str(a.epochs), "--seed", str(a.seed), "--batch-size", str(a.batch_size),
-                   "--num-workers", str(a.num_workers), "--lr", str(a.lr), "--threads", str(a.threads),
-                   "--out", str(out)]
+        command = [
+            sys.executable,
+            str(REFERENCE_SCRIPT),
+            "--data-dir",
+            str(a.data_root),
+            "--teacher-checkpoint",
+            checkpoint,
+            "--teacher-arch",
+            a.teacher,
+            "--student-arch",
+            a.student,
+            "--temperature",
+            number_text(a.temperature),
+            "--alpha",
+            number_text(a.alpha),
+            "--epochs",
+            str(a.epochs),
+            "--seed",
+            str(a.seed),
+            "--batch-size",
+            str(a.batch_size),
+            "--num-workers",
+            str(a.num_workers),
+            "--lr",
+            str(a.lr),
+            "--threads",
+            str(a.threads),
+            "--out",
+            str(out),
+        ]
         seconds = run_timed(command, self.env, self.logs / "reference.log")
         result = json.loads(out.read_text())
-        return {"process_wall_seconds": seconds, "run_wall_seconds": result["wall_seconds"],
-                "reported_images_per_second": result["images_per_second"], "epoch_seconds": result["epoch_seconds"],
-                "mean_epoch_seconds": mean(result["epoch_seconds"]), "final_test_acc": result["final_test_acc"],
-                "num_train": result["num_train"], "num_test": result["num_test"]}
+        return {
+            "process_wall_seconds": seconds,
+            "run_wall_seconds": result["wall_seconds"],
+            "reported_images_per_second": result["images_per_second"],
+            "epoch_seconds": result["epoch_seconds"],
+            "mean_epoch_seconds": mean(result["epoch_seconds"]),
+            "final_test_acc": result["final_test_acc"],
+            "num_train": result["num_train"],
+            "num_test": result["num_test"],
+        }
 
 
 def accuracy_text(value: float | None) -> str:
@@ -220,72 +292,111 @@ def accuracy_text(value: float | None) -> str:
 
 def decode_text(decode: Mapping[str, Any], source: str) -> str:
     if decode["seconds"] is not None:
-        return (f"{decode['seconds']:.1f}s for {decode['images']} images "
-                f"({decode['images'] / decode['seconds']:.0f} img/s), from the {source} log")
-    return f"n/a (no decode line in the {source} log: " + \
-        ("the store was already warm)" if decode["reused"] else "is the decode-once store on this branch?)")
+        return (
+            f"{decode['seconds']:.1f}s for {decode['images']} images "
+            f"({decode['images'] / decode['seconds']:.0f} img/s), from the {source} log"
+        )
+    return f"n/a (no decode line in the {source} log: " + (
+        "the store was already warm)" if decode["reused"] else "is the decode-once store on this branch?)"
+    )
 
 
 def format_report(results: Mapping[str, Any]) -> str:
     conf, teacher = results["config"], results["teacher"]
-    lines = [(f"kd-hydra vs tutorial-style reference on Tiny ImageNet, CPU ({conf['threads']} threads): "
-             f"{conf['teacher']} -> {conf['student']}, {conf['num_train']} train / {conf['num_test']} val images, "
-             f"64x64, batch {conf['batch_size']}, {conf['epochs']} epoch(s), SGD lr {conf['lr']} + cosine, "
-             f"T={number_text(conf['temperature'])} alpha={number_text(conf['alpha'])}, "
-             f"reference num_workers={conf['num_workers']}")]
+    lines = [
+        (
+            f"kd-hydra vs tutorial-style reference on Tiny ImageNet, CPU ({conf['threads']} threads): "
+            f"{conf['teacher']} -> {conf['student']}, {conf['num_train']} train / {conf['num_test']} val images, "
+            f"64x64, batch {conf['batch_size']}, {conf['epochs']} epoch(s), SGD lr {conf['lr']} + cosine, "
+            f"T={number_text(conf['temperature'])} alpha={number_text(conf['alpha'])}, "
+            f"reference num_workers={conf['num_workers']}"
+        )
+    ]
     if conf["suite_extra_overrides"]:
         lines.append(f"extra suite overrides: {' '.join(conf['suite_extra_overrides'])}")
-    lines.append(f"load average before / after: {conf['load_before']} / {results.get('load_after')}  "
-                 "(shared machine: wall-clock numbers are noisy)")
-    lines.append(f"a. one-time decode into the decode store (first run): "
-                 f"{decode_text(results['decode'], results['decode_source'])}")
+    lines.append(
+        f"load average before / after: {conf['load_before']} / {results.get('load_after')}  "
+        "(shared machine: wall-clock numbers are noisy)"
+    )
+    lines.append(
+        f"a. one-time decode into the decode store (first run): "
+        f"{decode_text(results['decode'], results['decode_source'])}"
+    )
     if conf["untrained_teacher"]:
-        lines.append(f"   teacher {conf['teacher']}: UNTRAINED (seed {conf['seed']}, {teacher['checkpoint']}): "
-                     "accuracies below are meaningless, the times are valid (they do not depend on the weights)")
+        lines.append(
+            f"   teacher {conf['teacher']}: UNTRAINED (seed {conf['seed']}, {teacher['checkpoint']}): "
+            "accuracies below are meaningless, the times are valid (they do not depend on the weights)"
+        )
     else:
-        lines.append(f"   teacher {conf['teacher']}: test acc {accuracy_text(teacher['test_acc'])} after "
-                     f"{teacher['epochs']} epoch(s), process {teacher['process_wall_seconds']:.1f}s "
-                     "(decode included; not compared)")
+        lines.append(
+            f"   teacher {conf['teacher']}: test acc {accuracy_text(teacher['test_acc'])} after "
+            f"{teacher['epochs']} epoch(s), process {teacher['process_wall_seconds']:.1f}s "
+            "(decode included; not compared)"
+        )
     lines.append("")
-    lines.append(f"   {'':<22}{'loop img/s':>11}{'loop s/epoch':>13}{'epoch s (+eval)':>16}{'process s':>11}"
-                 f"{'test acc':>10}")
-    for label, key in (("b. suite, cache cold", "suite_cold"), ("b. suite, cache warm", "suite_warm"),
-                       ("c. reference", "reference")):
+    lines.append(
+        f"   {'':<22}{'loop img/s':>11}{'loop s/epoch':>13}{'epoch s (+eval)':>16}{'process s':>11}{'test acc':>10}"
+    )
+    for label, key in (
+        ("b. suite, cache cold", "suite_cold"),
+        ("b. suite, cache warm", "suite_warm"),
+        ("c. reference", "reference"),
+    ):
         side = results[key]
-        lines.append(f"   {label:<22}{side['reported_images_per_second']:>11.0f}{side['loop_seconds_per_epoch']:>13.2f}"
-                     f"{side['mean_epoch_seconds']:>16.2f}{side['process_wall_seconds']:>11.1f}"
-                     f"{accuracy_text(side['final_test_acc']):>10}")
-    lines.append("   compared: the training loop of one epoch, evaluation excluded, on both sides = loop img/s "
-                 "(suite: train_images_per_second, teacher logits / cache included; reference: images_per_second, "
-                 "DataLoader + teacher forward included); loop s/epoch = train images / loop img/s. "
-                 "'epoch s (+eval)' adds evaluation on the val images (information only).")
+        lines.append(
+            f"   {label:<22}{side['reported_images_per_second']:>11.0f}{side['loop_seconds_per_epoch']:>13.2f}"
+            f"{side['mean_epoch_seconds']:>16.2f}{side['process_wall_seconds']:>11.1f}"
+            f"{accuracy_text(side['final_test_acc']):>10}"
+        )
+    lines.append(
+        "   compared: the training loop of one epoch, evaluation excluded, on both sides = loop img/s "
+        "(suite: train_images_per_second, teacher logits / cache included; reference: images_per_second, "
+        "DataLoader + teacher forward included); loop s/epoch = train images / loop img/s. "
+        "'epoch s (+eval)' adds evaluation on the val images (information only)."
+    )
     warm = results["suite_warm"]
-    lines.append(f"   warm run's teacher outputs / soft-label cache: {warm.get('teacher_outputs')}/"
-                 f"{warm.get('soft_label_cache')}  {verdict(results['warm_cache_used'])} "
-                 "(expected: cache/warm; live means the soft-label cache was not used)")
+    lines.append(
+        f"   warm run's teacher outputs / soft-label cache: {warm.get('teacher_outputs')}/"
+        f"{warm.get('soft_label_cache')}  {verdict(results['warm_cache_used'])} "
+        "(expected: cache/warm; live means the soft-label cache was not used)"
+    )
     speedup = results["loop_speedup_warm_vs_reference"]
-    lines.append(f"   training-loop speed-up, warm suite vs reference: {speedup:.2f}x  "
-                 f"(target >= {LOOP_SPEEDUP_TARGET:g}x)  {verdict(speedup >= LOOP_SPEEDUP_TARGET)}")
-    lines.append(f"   training-loop speed-up, cold suite vs reference: {results['loop_speedup_cold_vs_reference']:.2f}x"
-                 f"; whole-epoch (+eval) warm vs reference: {results['epoch_speedup_warm_vs_reference']:.2f}x "
-                 "(information only)")
+    lines.append(
+        f"   training-loop speed-up, warm suite vs reference: {speedup:.2f}x  "
+        f"(target >= {LOOP_SPEEDUP_TARGET:g}x)  {verdict(speedup >= LOOP_SPEEDUP_TARGET)}"
+    )
+    lines.append(
+        f"   training-loop speed-up, cold suite vs reference: {results['loop_speedup_cold_vs_reference']:.2f}x"
+        f"; whole-epoch (+eval) warm vs reference: {results['epoch_speedup_warm_vs_reference']:.2f}x "
+        "(information only)"
+    )
     payback = results.get("decode_payback_epochs")
     if payback is not None:
-        lines.append(f"   the one-time decode is paid back after {payback:.2f} warm epoch(s) "
-                     "(decode s / (reference loop s/epoch - warm suite loop s/epoch))")
+        lines.append(
+            f"   the one-time decode is paid back after {payback:.2f} warm epoch(s) "
+            "(decode s / (reference loop s/epoch - warm suite loop s/epoch))"
+        )
     return "\n".join(lines)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
-                        help=f"folder holding {TINY_IMAGENET_FOLDER}/ (default: %(default)s)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=DEFAULT_DATA_DIR,
+        help=f"folder holding {TINY_IMAGENET_FOLDER}/ (default: %(default)s)",
+    )
     parser.add_argument("--teacher", default="resnet56", help="zoo arch of the teacher (default: %(default)s)")
     parser.add_argument("--student", default="resnet20", help="zoo arch of the student (default: %(default)s)")
-    parser.add_argument("--untrained-teacher", action="store_true",
-                        help="do not train the teacher: a seeded, untrained checkpoint in the workdir "
-                             "(teacher.checkpoint of every suite run; accuracies meaningless, times valid)")
+    parser.add_argument(
+        "--untrained-teacher",
+        action="store_true",
+        help="do not train the teacher: a seeded, untrained checkpoint in the workdir "
+        "(teacher.checkpoint of every suite run; accuracies meaningless, times valid)",
+    )
     parser.add_argument("--epochs", type=int, default=1, help="student epochs, both sides (default: %(default)s)")
     parser.add_argument("--teacher-epochs", type=int, default=1, help="teacher epochs, untimed (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=128)
@@ -293,18 +404,37 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--temperature", type=float, default=4.0)
     parser.add_argument("--alpha", type=float, default=0.9)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                        help="torch threads of both sides' main process (default: cores, %(default)s)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="torch threads of both sides' main process (default: cores, %(default)s)",
+    )
     parser.add_argument("--num-workers", type=int, default=2, help="reference DataLoader workers (tutorial: 2)")
     parser.add_argument("--classes", type=int, default=None, help="keep only the first C classes (smoke tests)")
-    parser.add_argument("--train-limit", type=int, default=None, metavar="N",
-                        help="keep only N training images per class (the compared numbers are per image)")
-    parser.add_argument("--val-limit", type=int, default=None, metavar="V",
-                        help="keep only V val images per class (evaluation is not compared; shortens the runs)")
+    parser.add_argument(
+        "--train-limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="keep only N training images per class (the compared numbers are per image)",
+    )
+    parser.add_argument(
+        "--val-limit",
+        type=int,
+        default=None,
+        metavar="V",
+        help="keep only V val images per class (evaluation is not compared; shortens the runs)",
+    )
     parser.add_argument("--workdir", default=None, help="runs, caches, logs (default: a new temp dir)")
     parser.add_argument("--out", default=None, help="results JSON (default: WORKDIR/results.json)")
-    parser.add_argument("--suite-override", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra run.py override for every suite run (repeatable)")
+    parser.add_argument(
+        "--suite-override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra run.py override for every suite run (repeatable)",
+    )
     args = parser.parse_args(argv)
     if args.workdir is None:
         args.workdir = tempfile.mkdtemp(prefix="kd_hydra_compare_tiny_")
@@ -323,28 +453,53 @@ def add_loop_numbers(side: dict[str, Any], num_train: int) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if not (args.data_dir / TINY_IMAGENET_FOLDER / "wnids.txt").is_file():
-        print(f"error: --data-dir: {args.data_dir} has no {TINY_IMAGENET_FOLDER}/wnids.txt; pass the folder that "
-              f"holds {TINY_IMAGENET_FOLDER}", file=sys.stderr)
+        print(
+            f"error: --data-dir: {args.data_dir} has no {TINY_IMAGENET_FOLDER}/wnids.txt; pass the folder that "
+            f"holds {TINY_IMAGENET_FOLDER}",
+            file=sys.stderr,
+        )
         return 2
-    for key, value in (("--classes", args.classes), ("--train-limit", args.train_limit),
-                       ("--val-limit", args.val_limit)):
+    for key, value in (
+        ("--classes", args.classes),
+        ("--train-limit", args.train_limit),
+        ("--val-limit", args.val_limit),
+    ):
         if value is not None and value < 1:
             print(f"error: {key}: must be a positive integer", file=sys.stderr)
             return 2
     args.data_root = args.data_dir
     if args.classes is not None or args.train_limit is not None or args.val_limit is not None:
-        args.data_root = make_subset(args.data_dir, Path(args.workdir).resolve() / "data", args.classes,
-                                     args.train_limit, args.val_limit)
+        args.data_root = make_subset(
+            args.data_dir, Path(args.workdir).resolve() / "data", args.classes, args.train_limit, args.val_limit
+        )
     bench = Benchmark(args)
-    results: dict[str, Any] = {"config": {
-        "data_dir": str(args.data_dir), "data_root": str(args.data_root), "classes": args.classes,
-        "train_limit": args.train_limit, "val_limit": args.val_limit, "teacher": args.teacher,
-        "student": args.student, "untrained_teacher": args.untrained_teacher, "epochs": args.epochs,
-        "teacher_epochs": 0 if args.untrained_teacher else args.teacher_epochs, "batch_size": args.batch_size,
-        "lr": args.lr, "seed": args.seed, "temperature": args.temperature, "alpha": args.alpha,
-        "threads": args.threads, "num_workers": args.num_workers, "workdir": str(bench.workdir),
-        "python": sys.executable, "platform": platform.platform(), "cpu_count": os.cpu_count(),
-        "load_before": load_average(), "suite_extra_overrides": args.suite_override}}
+    results: dict[str, Any] = {
+        "config": {
+            "data_dir": str(args.data_dir),
+            "data_root": str(args.data_root),
+            "classes": args.classes,
+            "train_limit": args.train_limit,
+            "val_limit": args.val_limit,
+            "teacher": args.teacher,
+            "student": args.student,
+            "untrained_teacher": args.untrained_teacher,
+            "epochs": args.epochs,
+            "teacher_epochs": 0 if args.untrained_teacher else args.teacher_epochs,
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "seed": args.seed,
+            "temperature": args.temperature,
+            "alpha": args.alpha,
+            "threads": args.threads,
+            "num_workers": args.num_workers,
+            "workdir": str(bench.workdir),
+            "python": sys.executable,
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "load_before": load_average(),
+            "suite_extra_overrides": args.suite_override,
+        }
+    }
     started = time.perf_counter()
     print(f"workdir {bench.workdir} (logs in {bench.logs})", flush=True)
     try:
@@ -375,16 +530,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     reference, warm, cold = results["reference"], results["suite_warm"], results["suite_cold"]
     speedup = ratio(warm["reported_images_per_second"], reference["reported_images_per_second"])
     results["loop_speedup_warm_vs_reference"] = speedup
-    results["loop_speedup_cold_vs_reference"] = ratio(cold["reported_images_per_second"],
-                                                      reference["reported_images_per_second"])
+    results["loop_speedup_cold_vs_reference"] = ratio(
+        cold["reported_images_per_second"], reference["reported_images_per_second"]
+    )
     results["epoch_speedup_warm_vs_reference"] = ratio(reference["mean_epoch_seconds"], warm["mean_epoch_seconds"])
     results["warm_cache_used"] = warm.get("teacher_outputs") == "cache" and warm.get("soft_label_cache") == "warm"
     decode_seconds = results["decode"]["seconds"]
     saved = reference["loop_seconds_per_epoch"] - warm["loop_seconds_per_epoch"]
     results["decode_payback_epochs"] = decode_seconds / saved if decode_seconds is not None and saved > 0 else None
-    results["targets"] = {"loop_speedup": {"value": speedup, "target": LOOP_SPEEDUP_TARGET,
-                                           "passed": speedup >= LOOP_SPEEDUP_TARGET},
-                          "warm_cache_used": {"passed": results["warm_cache_used"]}}
+    results["targets"] = {
+        "loop_speedup": {"value": speedup, "target": LOOP_SPEEDUP_TARGET, "passed": speedup >= LOOP_SPEEDUP_TARGET},
+        "warm_cache_used": {"passed": results["warm_cache_used"]},
+    }
     results["load_after"] = load_average()
     results["total_seconds"] = time.perf_counter() - started
     from kd_hydra.outputs import write_json

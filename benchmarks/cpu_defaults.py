@@ -12,8 +12,8 @@ b. the teacher pass that fills the soft-label cache (eval mode, ``torch.no_grad(
 
 channels_last is applied as ``trainer.channels_last=true`` applies it: the model is converted with
 ``model.to(memory_format=torch.channels_last)`` and the input batches come channels_last too (the
-pipeline's fused normalisation writes them in that memory format). Inputs are CIFAR-shaped (3x32x32, ``--num-classes`` 100); ``resnet50``
-(an ImageNet ResNet, meant for Tiny ImageNet) gets 64x64.
+pipeline's fused normalisation writes them in that memory format). Inputs are CIFAR-shaped
+(3x32x32, ``--num-classes`` 100); ``resnet50`` (an ImageNet ResNet, meant for Tiny ImageNet) gets 64x64.
 
 The recommendation at the end: channels_last as the CPU default when it is not slower (beyond
 ``--tolerance``) for any model on either measure and faster for at least one, off when it is faster
@@ -108,8 +108,9 @@ def timed(work: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
-def measure_steps(name: str, image_size: int, num_classes: int, batch_size: int, repeats: Repeats,
-                  seed: int) -> dict[str, list[float]]:
+def measure_steps(
+    name: str, image_size: int, num_classes: int, batch_size: int, repeats: Repeats, seed: int
+) -> dict[str, list[float]]:
     """Seconds of each timed training step, channels_last off and on (same weights, interleaved)."""
     import torch
     from torch import nn
@@ -142,15 +143,17 @@ def measure_steps(name: str, image_size: int, num_classes: int, batch_size: int,
     return seconds
 
 
-def measure_passes(name: str, image_size: int, num_classes: int, num_images: int, batches: Sequence[int],
-                   repeats: Repeats, seed: int) -> dict[str, dict[str, list[float]]]:
+def measure_passes(
+    name: str, image_size: int, num_classes: int, num_images: int, batches: Sequence[int], repeats: Repeats, seed: int
+) -> dict[str, dict[str, list[float]]]:
     """Seconds of each no-grad teacher pass over ``num_images`` images, per layout and batch size."""
     import torch
 
     images = torch.randn(num_images, CHANNELS, image_size, image_size, generator=torch.Generator().manual_seed(seed))
     models = {layout_name(cl): build(name, num_classes, image_size, cl, seed).eval() for cl in (False, True)}
-    inputs = {layout_name(cl): images.contiguous(memory_format=torch.channels_last) if cl else images
-              for cl in (False, True)}
+    inputs = {
+        layout_name(cl): images.contiguous(memory_format=torch.channels_last) if cl else images for cl in (False, True)
+    }
     seconds: dict[str, dict[str, list[float]]] = {layout: {} for layout in models}
     with torch.no_grad():
         for batch in batches:
@@ -163,7 +166,8 @@ def measure_passes(name: str, image_size: int, num_classes: int, num_images: int
             for _ in range(repeats.pass_repeats):
                 for layout, model in models.items():
                     seconds[layout][str(batch)].append(
-                        timed(lambda model=model, parts=chunks[layout]: [model(c) for c in parts]))
+                        timed(lambda model=model, parts=chunks[layout]: [model(c) for c in parts])
+                    )
     return seconds
 
 
@@ -188,28 +192,47 @@ def analyse(results: Sequence[ModelResult], batches: Sequence[int], images: int,
     per_model: dict[str, dict[str, Any]] = {}
     for result in results:
         step_speedup = result.step_ms("off") / result.step_ms("on")
-        best = {layout: max(batches, key=lambda b, layout=layout: result.images_per_second(layout, b, images))
-                for layout in ("off", "on")}
-        pass_speedup = (result.images_per_second("on", best["on"], images)
-                        / result.images_per_second("off", best["off"], images))
+        best = {
+            layout: max(batches, key=lambda b, layout=layout: result.images_per_second(layout, b, images))
+            for layout in ("off", "on")
+        }
+        pass_speedup = result.images_per_second("on", best["on"], images) / result.images_per_second(
+            "off", best["off"], images
+        )
         verdicts = {"step": classify(step_speedup, tolerance), "teacher_pass": classify(pass_speedup, tolerance)}
-        per_model[result.name] = {"step_ms_off": result.step_ms("off"), "step_ms_on": result.step_ms("on"),
-                                  "step_speedup_channels_last": step_speedup,
-                                  "best_cache_batch": best, "pass_speedup_channels_last": pass_speedup,
-                                  "channels_last_verdict": verdicts}
+        per_model[result.name] = {
+            "step_ms_off": result.step_ms("off"),
+            "step_ms_on": result.step_ms("on"),
+            "step_speedup_channels_last": step_speedup,
+            "best_cache_batch": best,
+            "pass_speedup_channels_last": pass_speedup,
+            "channels_last_verdict": verdicts,
+        }
 
     all_verdicts = [v for row in per_model.values() for v in row["channels_last_verdict"].values()]
-    helps = [name for name, row in per_model.items()
-             if "faster" in row["channels_last_verdict"].values() and "slower" not in row["channels_last_verdict"].values()]
+    helps = [
+        name
+        for name, row in per_model.items()
+        if "faster" in row["channels_last_verdict"].values() and "slower" not in row["channels_last_verdict"].values()
+    ]
     if "faster" in all_verdicts and "slower" not in all_verdicts:
-        channels_last: dict[str, Any] = {"default": "on", "per_model": None,
-                                         "reason": "faster or equal for every model, on both measures"}
+        channels_last: dict[str, Any] = {
+            "default": "on",
+            "per_model": None,
+            "reason": "faster or equal for every model, on both measures",
+        }
     elif not helps:
-        channels_last = {"default": "off", "per_model": None,
-                         "reason": "faster for no model without being slower on the other measure"}
+        channels_last = {
+            "default": "off",
+            "per_model": None,
+            "reason": "faster for no model without being slower on the other measure",
+        }
     else:
-        channels_last = {"default": "per model", "per_model": {name: name in helps for name in per_model},
-                         "reason": f"faster for {len(helps)} of {len(per_model)} models, slower for some"}
+        channels_last = {
+            "default": "per model",
+            "per_model": {name: name in helps for name in per_model},
+            "reason": f"faster for {len(helps)} of {len(per_model)} models, slower for some",
+        }
 
     def chosen_layout(name: str) -> str:
         if channels_last["default"] == "per model":
@@ -225,17 +248,23 @@ def analyse(results: Sequence[ModelResult], batches: Sequence[int], images: int,
     scores = {batch: geometric_mean(list(models.values())) for batch, models in relative.items()}
     best_batch = max(scores, key=lambda b: scores[b])
     near_best_for_all = all(value >= 1.0 - tolerance for value in relative[best_batch].values())
-    cache_batch = {"default": int(best_batch), "geomean_relative_throughput": scores,
-                   "within_tolerance_for_every_model": near_best_for_all,
-                   "per_model": {r.name: per_model[r.name]["best_cache_batch"][chosen_layout(r.name)] for r in results}}
+    cache_batch = {
+        "default": int(best_batch),
+        "geomean_relative_throughput": scores,
+        "within_tolerance_for_every_model": near_best_for_all,
+        "per_model": {r.name: per_model[r.name]["best_cache_batch"][chosen_layout(r.name)] for r in results},
+    }
 
     for result in results:  # the recommendation against today's defaults, per model
         layout = chosen_layout(result.name)
         row = per_model[result.name]
         row["recommended_layout"] = layout
         row["step_speedup_vs_current"] = result.step_ms(layout_name(CURRENT_CHANNELS_LAST)) / result.step_ms(layout)
-        current = result.images_per_second(layout_name(CURRENT_CHANNELS_LAST), CURRENT_CACHE_BATCH, images) \
-            if str(CURRENT_CACHE_BATCH) in result.pass_seconds["off"] else float("nan")
+        current = (
+            result.images_per_second(layout_name(CURRENT_CHANNELS_LAST), CURRENT_CACHE_BATCH, images)
+            if str(CURRENT_CACHE_BATCH) in result.pass_seconds["off"]
+            else float("nan")
+        )
         row["pass_speedup_vs_current"] = result.images_per_second(layout, int(best_batch), images) / current
     return {"per_model": per_model, "channels_last": channels_last, "cache_batch_size": cache_batch}
 
@@ -246,11 +275,16 @@ def analyse(results: Sequence[ModelResult], batches: Sequence[int], images: int,
 def table(header: Sequence[str], rows: Sequence[Sequence[str]], markdown: bool) -> list[str]:
     """Rows as a markdown table or as right-aligned plain columns (first column left-aligned)."""
     if markdown:
-        return ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|",
-                *("| " + " | ".join(row) + " |" for row in rows)]
+        return [
+            "| " + " | ".join(header) + " |",
+            "|" + "|".join(" --- " for _ in header) + "|",
+            *("| " + " | ".join(row) + " |" for row in rows),
+        ]
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+
     def line(cells: Sequence[str]) -> str:
         return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
     return [line(header), *(line(row) for row in rows)]
 
 
@@ -263,36 +297,80 @@ def format_report(report: Mapping[str, Any], results: Sequence[ModelResult], mar
     conf = report["config"]
     batches, images = conf["cache_batches"], conf["images"]
     analysis = report["analysis"]
-    lines = [(f"CPU defaults: {conf['threads']} threads, {conf['cpu_count']} cores, torch {conf['torch']}, "
-              f"load average before / after {conf['load_before']} / {report.get('load_after')}"), ""]
-    lines.append(f"a. student training step, batch {conf['batch_size']}, median of {conf['repeats']['steps']} "
-                 "steps (ms); ratio = off / on (> 1: channels_last faster)")
+    lines = [
+        (
+            f"CPU defaults: {conf['threads']} threads, {conf['cpu_count']} cores, torch {conf['torch']}, "
+            f"load average before / after {conf['load_before']} / {report.get('load_after')}"
+        ),
+        "",
+    ]
+    lines.append(
+        f"a. student training step, batch {conf['batch_size']}, median of {conf['repeats']['steps']} "
+        "steps (ms); ratio = off / on (> 1: channels_last faster)"
+    )
     rows = []
     for r in results:
         row = analysis["per_model"][r.name]
-        rows.append([r.name, f"{r.image_size}", f"{row['step_ms_off']:.1f}", f"{row['step_ms_on']:.1f}",
-                     f"{row['step_speedup_channels_last']:.2f}x", row["channels_last_verdict"]["step"]])
+        rows.append(
+            [
+                r.name,
+                f"{r.image_size}",
+                f"{row['step_ms_off']:.1f}",
+                f"{row['step_ms_on']:.1f}",
+                f"{row['step_speedup_channels_last']:.2f}x",
+                row["channels_last_verdict"]["step"],
+            ]
+        )
     lines += table(["model", "input", "step ms off", "step ms on", "ratio", "channels_last"], rows, markdown)
-    lines += ["", (f"b. cache-filling teacher pass over {images} images, no_grad, images/s at each "
-                   f"soft_label_cache.batch_size, median of {conf['repeats']['pass_repeats']} passes")]
-    header = ["model", *(f"{layout} b{b}" for layout in ("off", "on") for b in batches), "best off", "best on",
-              "on/off at best", "channels_last"]
+    lines += [
+        "",
+        (
+            f"b. cache-filling teacher pass over {images} images, no_grad, images/s at each "
+            f"soft_label_cache.batch_size, median of {conf['repeats']['pass_repeats']} passes"
+        ),
+    ]
+    header = [
+        "model",
+        *(f"{layout} b{b}" for layout in ("off", "on") for b in batches),
+        "best off",
+        "best on",
+        "on/off at best",
+        "channels_last",
+    ]
     rows = []
     for r in results:
         row = analysis["per_model"][r.name]
-        rows.append([r.name, *(f"{r.images_per_second(layout, b, images):.0f}" for layout in ("off", "on")
-                               for b in batches),
-                     f"b{row['best_cache_batch']['off']}", f"b{row['best_cache_batch']['on']}",
-                     f"{row['pass_speedup_channels_last']:.2f}x", row["channels_last_verdict"]["teacher_pass"]])
+        rows.append(
+            [
+                r.name,
+                *(f"{r.images_per_second(layout, b, images):.0f}" for layout in ("off", "on") for b in batches),
+                f"b{row['best_cache_batch']['off']}",
+                f"b{row['best_cache_batch']['on']}",
+                f"{row['pass_speedup_channels_last']:.2f}x",
+                row["channels_last_verdict"]["teacher_pass"],
+            ]
+        )
     lines += table(header, rows, markdown)
 
-    lines += ["", ("c. recommended settings vs today's CPU defaults (channels_last off, cache batch "
-                   f"{CURRENT_CACHE_BATCH}); speed-up = current time / recommended time")]
+    lines += [
+        "",
+        (
+            "c. recommended settings vs today's CPU defaults (channels_last off, cache batch "
+            f"{CURRENT_CACHE_BATCH}); speed-up = current time / recommended time"
+        ),
+    ]
     rows = []
     for r in results:
         row = analysis["per_model"][r.name]
-        rows.append([r.name, row["recommended_layout"], f"b{analysis['cache_batch_size']['default']}",
-                     ratio_text(row["step_speedup_vs_current"]), ratio_text(row["pass_speedup_vs_current"])])
+        rows.append(
+            [
+                r.name,
+                row["recommended_layout"],
+                f"b{analysis['cache_batch_size']['default']}",
+                ratio_text(row["step_speedup_vs_current"]),
+                ratio_text(row["pass_speedup_vs_current"]),
+            ]
+        )
     lines += table(["model", "channels_last", "cache batch", "step speed-up", "teacher-pass speed-up"], rows, markdown)
 
     cl, cache = analysis["channels_last"], analysis["cache_batch_size"]
@@ -304,12 +382,16 @@ def format_report(report: Mapping[str, Any], results: Sequence[ModelResult], mar
         lines.append(f"- trainer.channels_last on CPU: {cl['default']} for all models ({cl['reason']})")
     scores = ", ".join(f"b{b} {s:.2f}" for b, s in cache["geomean_relative_throughput"].items())
     if cache["within_tolerance_for_every_model"]:
-        lines.append(f"- soft_label_cache.batch_size: {cache['default']} for all models "
-                     f"(geomean throughput relative to each model's best: {scores})")
+        lines.append(
+            f"- soft_label_cache.batch_size: {cache['default']} for all models "
+            f"(geomean throughput relative to each model's best: {scores})"
+        )
     else:
         per = ", ".join(f"{name} {batch}" for name, batch in cache["per_model"].items())
-        lines.append(f"- soft_label_cache.batch_size: {cache['default']} is best on the geometric mean ({scores}) "
-                     f"but not within the tolerance for every model; fastest per model: {per}")
+        lines.append(
+            f"- soft_label_cache.batch_size: {cache['default']} is best on the geometric mean ({scores}) "
+            f"but not within the tolerance for every model; fastest per model: {per}"
+        )
     return "\n".join(lines)
 
 
@@ -321,23 +403,28 @@ def load_average() -> str:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default=None,
-                        help="comma list (default: every zoo model and resnet50)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", default=None, help="comma list (default: every zoo model and resnet50)")
     parser.add_argument("--batch-size", type=int, default=128, help="student step batch (default: %(default)s)")
     parser.add_argument("--images", type=int, default=1024, help="images of the teacher pass (default: %(default)s)")
-    parser.add_argument("--cache-batches", default=",".join(map(str, DEFAULT_CACHE_BATCHES)),
-                        help="soft_label_cache.batch_size values (default: %(default)s)")
+    parser.add_argument(
+        "--cache-batches",
+        default=",".join(map(str, DEFAULT_CACHE_BATCHES)),
+        help="soft_label_cache.batch_size values (default: %(default)s)",
+    )
     parser.add_argument("--num-classes", type=int, default=100)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                        help="torch.set_num_threads (default: cores, %(default)s)")
+    parser.add_argument(
+        "--threads", type=int, default=os.cpu_count() or 1, help="torch.set_num_threads (default: cores, %(default)s)"
+    )
     parser.add_argument("--warmup", type=int, default=Repeats.warmup_steps, help="untimed steps per layout")
     parser.add_argument("--steps", type=int, default=Repeats.steps, help="timed steps per layout (median)")
     parser.add_argument("--repeats", type=int, default=Repeats.pass_repeats, help="timed teacher passes (median)")
     parser.add_argument("--quick", action="store_true", help="1 warm-up step, 2 timed steps, 1 pass (smoke test)")
-    parser.add_argument("--tolerance", type=float, default=0.05,
-                        help="ratios within 1 +- this count as 'same' (default: %(default)s)")
+    parser.add_argument(
+        "--tolerance", type=float, default=0.05, help="ratios within 1 +- this count as 'same' (default: %(default)s)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--markdown", action="store_true", help="print the tables as markdown (for README.md)")
     parser.add_argument("--out", default=None, help="write every timing and the recommendation as JSON here")
@@ -362,11 +449,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: --cache-batches/--images/--batch-size: must be positive integers", file=sys.stderr)
         return 2
     repeats: Repeats = args.repeats_parsed
-    report: dict[str, Any] = {"config": {
-        "models": models, "batch_size": args.batch_size, "images": args.images, "cache_batches": args.cache_batches,
-        "num_classes": args.num_classes, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-        "repeats": asdict(repeats), "tolerance": args.tolerance, "seed": args.seed, "torch": torch.__version__,
-        "platform": platform.platform(), "processor": platform.processor(), "load_before": load_average()}}
+    report: dict[str, Any] = {
+        "config": {
+            "models": models,
+            "batch_size": args.batch_size,
+            "images": args.images,
+            "cache_batches": args.cache_batches,
+            "num_classes": args.num_classes,
+            "threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+            "repeats": asdict(repeats),
+            "tolerance": args.tolerance,
+            "seed": args.seed,
+            "torch": torch.__version__,
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "load_before": load_average(),
+        }
+    }
     results: list[ModelResult] = []
     started = time.perf_counter()
     for name in models:
@@ -375,15 +475,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = ModelResult(name, size)
         result.step_seconds = measure_steps(name, size, args.num_classes, args.batch_size, repeats, args.seed)
         print("teacher passes ...", end=" ", flush=True)
-        result.pass_seconds = measure_passes(name, size, args.num_classes, args.images, args.cache_batches,
-                                             repeats, args.seed)
+        result.pass_seconds = measure_passes(
+            name, size, args.num_classes, args.images, args.cache_batches, repeats, args.seed
+        )
         print(f"done ({time.perf_counter() - started:.0f}s so far)", flush=True)
         results.append(result)
     report["load_after"] = load_average()
     report["total_seconds"] = time.perf_counter() - started
     report["analysis"] = analyse(results, args.cache_batches, args.images, args.tolerance)
-    report["timings"] = {r.name: {"image_size": r.image_size, "step_seconds": r.step_seconds,
-                                  "pass_seconds": r.pass_seconds} for r in results}
+    report["timings"] = {
+        r.name: {"image_size": r.image_size, "step_seconds": r.step_seconds, "pass_seconds": r.pass_seconds}
+        for r in results
+    }
     print()
     print(format_report(report, results, args.markdown))
     if args.out:

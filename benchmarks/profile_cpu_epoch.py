@@ -31,8 +31,10 @@ from kd_hydra.losses import kd_loss  # noqa: E402
 from kd_hydra.models import build_model  # noqa: E402
 
 DEFAULT_NPZ = REPO_ROOT.parent / "shared" / "data" / "cifar10-prefix.npz"
-DATASET_NODE = {"augment": {"enabled": True, "crop_padding": 4, "horizontal_flip": True},
-                "normalize": {"mean": None, "std": None}}
+DATASET_NODE = {
+    "augment": {"enabled": True, "crop_padding": 4, "horizontal_flip": True},
+    "normalize": {"mean": None, "std": None},
+}
 
 
 def best_of(repeats: int, work: Callable[[], object]) -> float:
@@ -49,8 +51,7 @@ def profile(npz: Path, batch_size: int, teacher_batches: Sequence[int], repeats:
     """Seconds per epoch of each piece (see the module doc), keyed by a short description."""
     data = load_arrays(path=str(npz))
     spec = data.spec
-    pipeline = build_pipeline(data, DATASET_NODE, batch_size=batch_size, device="cpu", seed=0,
-                              eval_batch_size=1024)
+    pipeline = build_pipeline(data, DATASET_NODE, batch_size=batch_size, device="cpu", seed=0, eval_batch_size=1024)
     batches = list(pipeline.train_batches(0))
     num_train = spec.num_train
     torch.manual_seed(0)
@@ -75,8 +76,9 @@ def profile(npz: Path, batch_size: int, teacher_batches: Sequence[int], repeats:
                 with torch.no_grad():
                     correct = (logits.argmax(dim=1) == targets).sum()
                     n = targets.shape[0]
-                    sums += torch.stack((parts.total.detach() * n, parts.ce.detach() * n, parts.kd.detach() * n,
-                                         correct.to(sums.dtype)))
+                    sums += torch.stack(
+                        (parts.total.detach() * n, parts.ce.detach() * n, parts.kd.detach() * n, correct.to(sums.dtype))
+                    )
 
     results["student fwd+loss+bwd+SGD step (no bookkeeping)"] = best_of(repeats, lambda: student_steps(False))
     results["student steps + train_epoch bookkeeping"] = best_of(repeats, lambda: student_steps(True))
@@ -97,6 +99,7 @@ def profile(npz: Path, batch_size: int, teacher_batches: Sequence[int], repeats:
     results["evaluation of the student on the test split"] = best_of(repeats, evaluate_student)
 
     for teacher_batch in teacher_batches:
+
         def teacher_pass(size: int = teacher_batch) -> None:
             with torch.no_grad():
                 for images, _, _ in pipeline.augmented_train_batches(0, size):

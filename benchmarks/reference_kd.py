@@ -74,8 +74,12 @@ class Splits:
 def load_npz(path: str | Path) -> Splits:
     """The four arrays of an ``.npz`` with keys x_train, y_train, x_test, y_test (NHWC uint8 images)."""
     with np.load(path, allow_pickle=False) as archive:
-        return Splits(archive["x_train"], archive["y_train"].astype(np.int64),
-                      archive["x_test"], archive["y_test"].astype(np.int64))
+        return Splits(
+            archive["x_train"],
+            archive["y_train"].astype(np.int64),
+            archive["x_test"],
+            archive["y_test"].astype(np.int64),
+        )
 
 
 def channel_mean_std(x_nhwc: np.ndarray) -> tuple[list[float], list[float]]:
@@ -124,20 +128,31 @@ def build_loaders(splits: Splits, settings: ReferenceSettings, seed: int) -> tup
     """The tutorial's loaders: augmented shuffled train split, plain test split, ``num_workers`` each."""
     mean, std = channel_mean_std(splits.x_train)
     size = splits.image_size
-    train_transform = transforms.Compose([
-        transforms.RandomCrop(size, padding=CROP_PADDING),
-        transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(),
-        transforms.Normalize(mean, std),
-    ])
+    train_transform = transforms.Compose(
+        [
+            transforms.RandomCrop(size, padding=CROP_PADDING),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(mean, std),
+        ]
+    )
     test_transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
     pin = settings.device.startswith("cuda")
-    train_loader = DataLoader(PILImageDataset(splits.x_train, splits.y_train, train_transform),
-                              batch_size=settings.batch_size, shuffle=True, num_workers=settings.num_workers,
-                              pin_memory=pin, generator=torch.Generator().manual_seed(seed))
-    test_loader = DataLoader(PILImageDataset(splits.x_test, splits.y_test, test_transform),
-                             batch_size=settings.eval_batch_size, shuffle=False, num_workers=settings.num_workers,
-                             pin_memory=pin)
+    train_loader = DataLoader(
+        PILImageDataset(splits.x_train, splits.y_train, train_transform),
+        batch_size=settings.batch_size,
+        shuffle=True,
+        num_workers=settings.num_workers,
+        pin_memory=pin,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    test_loader = DataLoader(
+        PILImageDataset(splits.x_test, splits.y_test, test_transform),
+        batch_size=settings.eval_batch_size,
+        shuffle=False,
+        num_workers=settings.num_workers,
+        pin_memory=pin,
+    )
     return train_loader, test_loader
 
 
@@ -189,8 +204,13 @@ def distill_loop(
     """
     device = settings.device
     ce_loss = nn.CrossEntropyLoss()
-    optimizer = torch.optim.SGD(student.parameters(), lr=settings.lr, momentum=settings.momentum,
-                                weight_decay=settings.weight_decay, nesterov=settings.nesterov)
+    optimizer = torch.optim.SGD(
+        student.parameters(),
+        lr=settings.lr,
+        momentum=settings.momentum,
+        weight_decay=settings.weight_decay,
+        nesterov=settings.nesterov,
+    )
     decay = (lambda epoch: 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))) if settings.cosine else (lambda _: 1.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, decay)
     soft_target_loss_weight, ce_loss_weight = alpha, 1.0 - alpha
@@ -216,8 +236,9 @@ def distill_loop(
             soft_targets = nn.functional.softmax(teacher_logits / T, dim=-1)
             soft_prob = nn.functional.log_softmax(student_logits / T, dim=-1)
             # KL(teacher || student), scaled by T^2 as in "Distilling the knowledge in a neural network"
-            soft_targets_loss = torch.sum(soft_targets * (soft_targets.log() - soft_prob)) / soft_prob.size()[0] \
-                * (T**2)
+            soft_targets_loss = (
+                torch.sum(soft_targets * (soft_targets.log() - soft_prob)) / soft_prob.size()[0] * (T**2)
+            )
             label_loss = ce_loss(student_logits, labels)
             loss = soft_target_loss_weight * soft_targets_loss + ce_loss_weight * label_loss
             loss.backward()
@@ -301,11 +322,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    settings = ReferenceSettings(batch_size=args.batch_size, num_workers=args.num_workers, lr=args.lr,
-                                 cosine=not args.no_cosine, teacher_arch=args.teacher_arch,
-                                 student_arch=args.student_arch, device=args.device, threads=args.threads)
-    result = train_reference_student(load_teacher_state_dict(args.teacher_checkpoint), args.temperature, args.alpha,
-                                     args.epochs, args.seed, npz_path=args.npz, settings=settings)
+    settings = ReferenceSettings(
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        lr=args.lr,
+        cosine=not args.no_cosine,
+        teacher_arch=args.teacher_arch,
+        student_arch=args.student_arch,
+        device=args.device,
+        threads=args.threads,
+    )
+    result = train_reference_student(
+        load_teacher_state_dict(args.teacher_checkpoint),
+        args.temperature,
+        args.alpha,
+        args.epochs,
+        args.seed,
+        npz_path=args.npz,
+        settings=settings,
+    )
     text = json.dumps(result)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

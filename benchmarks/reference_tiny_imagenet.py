@@ -77,23 +77,31 @@ def build_loaders(folder: str, batch_size: int, num_workers: int, seed: int) -> 
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
-    train_transform = transforms.Compose([
-        transforms.RandomCrop(IMAGE_SIZE, padding=CROP_PADDING),
-        transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(),
-        transforms.Normalize(MEAN, STD),
-    ])
+    train_transform = transforms.Compose(
+        [
+            transforms.RandomCrop(IMAGE_SIZE, padding=CROP_PADDING),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(MEAN, STD),
+        ]
+    )
     test_transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
     train_set = datasets.ImageFolder(os.path.join(folder, "train"), transform=train_transform)
     test_set = TinyImageNetVal(folder, train_set.class_to_idx, test_transform)
-    train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, num_workers=num_workers,
-                              generator=torch.Generator().manual_seed(seed))
+    train_loader = DataLoader(
+        train_set,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=num_workers,
+        generator=torch.Generator().manual_seed(seed),
+    )
     test_loader = DataLoader(test_set, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     return train_loader, test_loader, len(train_set.classes)
 
 
-def train_reference_student(data_dir: str | Path, teacher_checkpoint: str | Path, T: float, alpha: float, epochs: int,
-                            seed: int, settings: Any) -> dict[str, Any]:
+def train_reference_student(
+    data_dir: str | Path, teacher_checkpoint: str | Path, T: float, alpha: float, epochs: int, seed: int, settings: Any
+) -> dict[str, Any]:
     """Distil ``settings.student_arch`` from the checkpoint's weights on Tiny ImageNet under ``data_dir``."""
     import torch
     from reference_kd import distill_loop, load_teacher_state_dict
@@ -111,9 +119,18 @@ def train_reference_student(data_dir: str | Path, teacher_checkpoint: str | Path
     torch.manual_seed(seed)
     student = build_model(settings.student_arch, num_classes, RGB_CHANNELS, IMAGE_SIZE).to(settings.device)
     result = distill_loop(teacher, student, train_loader, test_loader, T, alpha, epochs, settings)
-    return {**result, "wall_seconds": time.perf_counter() - started, "temperature": T, "alpha": alpha,
-            "epochs": epochs, "seed": seed, "num_train": len(train_loader.dataset),
-            "num_test": len(test_loader.dataset), "settings": asdict(settings), "threads": torch.get_num_threads()}
+    return {
+        **result,
+        "wall_seconds": time.perf_counter() - started,
+        "temperature": T,
+        "alpha": alpha,
+        "epochs": epochs,
+        "seed": seed,
+        "num_train": len(train_loader.dataset),
+        "num_test": len(test_loader.dataset),
+        "settings": asdict(settings),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -139,11 +156,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     from reference_kd import ReferenceSettings
 
-    settings = ReferenceSettings(batch_size=args.batch_size, eval_batch_size=args.batch_size,
-                                 num_workers=args.num_workers, lr=args.lr, teacher_arch=args.teacher_arch,
-                                 student_arch=args.student_arch, device=args.device, threads=args.threads)
-    result = train_reference_student(args.data_dir, args.teacher_checkpoint, args.temperature, args.alpha,
-                                     args.epochs, args.seed, settings)
+    settings = ReferenceSettings(
+        batch_size=args.batch_size,
+        eval_batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        lr=args.lr,
+        teacher_arch=args.teacher_arch,
+        student_arch=args.student_arch,
+        device=args.device,
+        threads=args.threads,
+    )
+    result = train_reference_student(
+        args.data_dir, args.teacher_checkpoint, args.temperature, args.alpha, args.epochs, args.seed, settings
+    )
     text = json.dumps(result)
     if args.out:
         from kd_hydra.outputs import atomic_write_text

@@ -44,14 +44,28 @@ from kd_hydra.train import Checkpointing, FitResult, LiveTeacher, TeacherSource,
 
 log = logging.getLogger(__name__)
 
-CACHE_DTYPES = {CacheDtype.float16: torch.float16, CacheDtype.bfloat16: torch.bfloat16,
-                CacheDtype.float32: torch.float32}
+CACHE_DTYPES = {
+    CacheDtype.float16: torch.float16,
+    CacheDtype.bfloat16: torch.bfloat16,
+    CacheDtype.float32: torch.float32,
+}
 BYTES_PER_GB = 1024**3
 PROBE_BATCH = 2
 #: Config keys that do not change what a run computes: they may differ between a run and its resumption.
-NON_TRAINING_KEYS = ("paths", "logger", "hydra", "optimized_metric", "trainer.resume", "trainer.checkpoint_every",
-                     "trainer.progress", "trainer.num_threads", "trainer.num_workers", "trainer.save_checkpoint",
-                     "trainer.eval_batch_size", "soft_label_cache.max_gb")
+NON_TRAINING_KEYS = (
+    "paths",
+    "logger",
+    "hydra",
+    "optimized_metric",
+    "trainer.resume",
+    "trainer.checkpoint_every",
+    "trainer.progress",
+    "trainer.num_threads",
+    "trainer.num_workers",
+    "trainer.save_checkpoint",
+    "trainer.eval_batch_size",
+    "soft_label_cache.max_gb",
+)
 
 
 def output_dir() -> Path:
@@ -75,10 +89,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         return job.run()
     except Exception as error:  # interrupts (Ctrl-C, a scheduler's preemption) are not failures: no metrics.json
         reason = str(error) if isinstance(error, KDHydraError) else f"{type(error).__name__}: {error}"
-        write_json(out_dir / schema.METRICS_FILE, metrics_record(
-            status=schema.STATUS_FAILED, reason=reason or type(error).__name__, mode=plain_value(cfg.get("mode")),
-            dataset=OmegaConf.select(cfg, "dataset.name"), settings=settings_of(cfg),
-            config_digest=safe_digest(cfg), wall_seconds=time.perf_counter() - started))
+        write_json(
+            out_dir / schema.METRICS_FILE,
+            metrics_record(
+                status=schema.STATUS_FAILED,
+                reason=reason or type(error).__name__,
+                mode=plain_value(cfg.get("mode")),
+                dataset=OmegaConf.select(cfg, "dataset.name"),
+                settings=settings_of(cfg),
+                config_digest=safe_digest(cfg),
+                wall_seconds=time.perf_counter() - started,
+            ),
+        )
         job.trackers.close(schema.STATUS_FAILED)
         raise
 
@@ -99,8 +121,11 @@ def completed_run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     if not isinstance(record, dict) or record.get("status") != schema.STATUS_COMPLETED:
         return None
     if record.get("config_digest") != safe_digest(cfg):
-        raise ConfigError("trainer.resume", f"{out_dir} already holds a completed run of other settings; use another "
-                                            "run directory, or trainer.resume=never to overwrite it")
+        raise ConfigError(
+            "trainer.resume",
+            f"{out_dir} already holds a completed run of other settings; use another "
+            "run directory, or trainer.resume=never to overwrite it",
+        )
     return record
 
 
@@ -173,8 +198,7 @@ def build_network(model_cfg: DictConfig, key: str, spec: Any, seed: int) -> nn.M
     """Instantiate ``model_cfg`` for the dataset's shape and check it with a probe forward pass."""
     torch.manual_seed(seed)
     try:
-        model = build(model_cfg, num_classes=spec.num_classes, in_channels=spec.channels,
-                      image_size=spec.image_size)
+        model = build(model_cfg, num_classes=spec.num_classes, in_channels=spec.channels, image_size=spec.image_size)
     except ConfigError as error:
         raise ConfigError(f"{key}.{error.key}", str(error).split(": ", 1)[-1]) from error
     except Exception as error:
@@ -188,8 +212,11 @@ def build_network(model_cfg: DictConfig, key: str, spec: Any, seed: int) -> nn.M
     except Exception as error:
         raise ConfigError(key, f"{model_cfg.name} does not fit dataset {spec.name} ({shape}): {error}") from error
     if tuple(logits.shape) != (PROBE_BATCH, spec.num_classes):
-        raise ConfigError(key, f"{model_cfg.name} gives logits of shape {tuple(logits.shape)[1:]} on dataset "
-                               f"{spec.name} ({shape}); expected ({spec.num_classes},)")
+        raise ConfigError(
+            key,
+            f"{model_cfg.name} gives logits of shape {tuple(logits.shape)[1:]} on dataset "
+            f"{spec.name} ({shape}); expected ({spec.num_classes},)",
+        )
     return model
 
 
@@ -207,8 +234,13 @@ def build(node: DictConfig, **kwargs: Any) -> Any:
 
 
 def arch_signature(model_cfg: DictConfig, spec: Any) -> ArchSignature:
-    return ArchSignature(name=model_cfg.name, source=model_cfg.get("source", "zoo"), num_classes=spec.num_classes,
-                         in_channels=spec.channels, image_size=spec.image_size)
+    return ArchSignature(
+        name=model_cfg.name,
+        source=model_cfg.get("source", "zoo"),
+        num_classes=spec.num_classes,
+        in_channels=spec.channels,
+        image_size=spec.image_size,
+    )
 
 
 def plain(node: Any) -> Any:
@@ -239,15 +271,30 @@ class Job:
         self.trackers.log_hparams(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
         self.mode = Mode(cfg.mode)
         threads = configure_threads(cfg.trainer.num_threads)
-        self.runtime = resolve_runtime(cfg.trainer.device, cfg.trainer.precision, cfg.trainer.channels_last,
-                                       cfg.trainer.compile)
-        log.info("mode=%s device=%s precision=%s threads=%d output=%s", self.mode.value, self.runtime.device,
-                 self.runtime.autocast_dtype or "fp32", threads, self.out_dir)
+        self.runtime = resolve_runtime(
+            cfg.trainer.device, cfg.trainer.precision, cfg.trainer.channels_last, cfg.trainer.compile
+        )
+        log.info(
+            "mode=%s device=%s precision=%s threads=%d output=%s",
+            self.mode.value,
+            self.runtime.device,
+            self.runtime.autocast_dtype or "fp32",
+            threads,
+            self.out_dir,
+        )
         self.data = load_dataset(cfg.dataset)
         self.spec = self.data.spec
-        log.info("dataset %s: %d train / %d validation / %d test images, %dx%dx%d, %d classes", self.spec.name,
-                 self.spec.num_train, self.spec.num_val, self.spec.num_test, self.spec.channels, self.spec.image_size,
-                 self.spec.image_size, self.spec.num_classes)
+        log.info(
+            "dataset %s: %d train / %d validation / %d test images, %dx%dx%d, %d classes",
+            self.spec.name,
+            self.spec.num_train,
+            self.spec.num_val,
+            self.spec.num_test,
+            self.spec.channels,
+            self.spec.image_size,
+            self.spec.image_size,
+            self.spec.num_classes,
+        )
         if self.mode is Mode.teacher:
             return self.run_teacher()
         if self.mode is Mode.student:
@@ -267,14 +314,33 @@ class Job:
 
     def pipeline(self, batch_size: int, seed: int) -> Any:
         trainer = self.cfg.trainer
-        return build_pipeline(self.data, self.cfg.dataset, batch_size=batch_size, device=self.runtime.device,
-                              seed=seed, channels_last=self.runtime.channels_last,
-                              eval_batch_size=trainer.eval_batch_size, num_workers=trainer.num_workers)
+        return build_pipeline(
+            self.data,
+            self.cfg.dataset,
+            batch_size=batch_size,
+            device=self.runtime.device,
+            seed=seed,
+            channels_last=self.runtime.channels_last,
+            eval_batch_size=trainer.eval_batch_size,
+            num_workers=trainer.num_workers,
+        )
 
-    def train(self, model: nn.Module, pipeline: Any, method: DistillMethod, optimizer_cfg: DictConfig,
-              scheduler_cfg: DictConfig, epochs: int, seed: int, history: HistoryLog, label: str,
-              checkpointing: Checkpointing, teacher: TeacherSource | None = None, student_features: Any = None,
-              lr_key: str = "optimizer.lr") -> FitResult:
+    def train(
+        self,
+        model: nn.Module,
+        pipeline: Any,
+        method: DistillMethod,
+        optimizer_cfg: DictConfig,
+        scheduler_cfg: DictConfig,
+        epochs: int,
+        seed: int,
+        history: HistoryLog,
+        label: str,
+        checkpointing: Checkpointing,
+        teacher: TeacherSource | None = None,
+        student_features: Any = None,
+        lr_key: str = "optimizer.lr",
+    ) -> FitResult:
         model = self.runtime.prepare(model)
         method.to(self.runtime.device)
         groups = [{"params": list(model.parameters())}]
@@ -285,15 +351,31 @@ class Job:
         scheduler = instantiate(scheduler_cfg, _convert_="all")(optimizer, epochs=epochs)
         step_model = torch.compile(model) if self.runtime.compile else model
         torch.manual_seed(seed)  # dropout draws do not depend on what ran before in this process
-        return fit(step_model, pipeline, method, optimizer, scheduler, epochs, self.runtime, history,
-                   teacher=teacher, student_features=student_features, eval_every=self.cfg.trainer.eval_every,
-                   progress=self.cfg.trainer.progress, label=label, checkpointing=checkpointing, lr_key=lr_key,
-                   top5=self.top5, on_epoch=self.trackers.log_epoch if label == "student" else None)
+        return fit(
+            step_model,
+            pipeline,
+            method,
+            optimizer,
+            scheduler,
+            epochs,
+            self.runtime,
+            history,
+            teacher=teacher,
+            student_features=student_features,
+            eval_every=self.cfg.trainer.eval_every,
+            progress=self.cfg.trainer.progress,
+            label=label,
+            checkpointing=checkpointing,
+            lr_key=lr_key,
+            top5=self.top5,
+            on_epoch=self.trackers.log_epoch if label == "student" else None,
+        )
 
     def checkpointing(self, path: Path, settings: Mapping[str, Any]) -> Checkpointing:
         trainer = self.cfg.trainer
-        return Checkpointing(path=path, settings=settings, every=trainer.checkpoint_every,
-                             resume=Resume(trainer.resume) is Resume.auto)
+        return Checkpointing(
+            path=path, settings=settings, every=trainer.checkpoint_every, resume=Resume(trainer.resume) is Resume.auto
+        )
 
     def teacher_description(self) -> dict[str, Any]:
         """Everything that determines a trained teacher: its key in the store."""
@@ -322,10 +404,19 @@ class Job:
             pipeline = self.pipeline(training.batch_size, training.seed)
             method = CrossEntropy()
             history = HistoryLog(entry_dir / schema.HISTORY_FILE, schema.history_columns(method.parts))
-            result = self.train(model, pipeline, method, training.optimizer, training.scheduler, training.epochs,
-                                training.seed, history, label="teacher",
-                                checkpointing=self.checkpointing(entry_dir / schema.TRAIN_STATE_FILE, description),
-                                lr_key="teacher_training.optimizer.lr")
+            result = self.train(
+                model,
+                pipeline,
+                method,
+                training.optimizer,
+                training.scheduler,
+                training.epochs,
+                training.seed,
+                history,
+                label="teacher",
+                checkpointing=self.checkpointing(entry_dir / schema.TRAIN_STATE_FILE, description),
+                lr_key="teacher_training.optimizer.lr",
+            )
             return summary_of(result)
 
         store = TeacherStore(Path(cfg.paths.cache_dir) / "teachers")
@@ -343,9 +434,14 @@ class Job:
             shutil.copyfile(store_history, self.out_dir / schema.HISTORY_FILE)
         result = dict(stored.result)
         return self.finish(
-            model=cfg.teacher.name, teacher=None, method=CrossEntropy.name, model_params=count_parameters(teacher),
-            teacher_source=stored.source, checkpoint=str(stored.model_path),
-            **{key: result.get(key) for key in SUMMARY_KEYS if key != "resumed_from_epoch"})
+            model=cfg.teacher.name,
+            teacher=None,
+            method=CrossEntropy.name,
+            model_params=count_parameters(teacher),
+            teacher_source=stored.source,
+            checkpoint=str(stored.model_path),
+            **{key: result.get(key) for key in SUMMARY_KEYS if key != "resumed_from_epoch"},
+        )
 
     def run_distill(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -365,31 +461,48 @@ class Job:
             teacher_sha, teacher_acc, source = stored.sha256, stored.test_acc, stored.source
             teacher = self.runtime.prepare(teacher)
         teacher.eval().requires_grad_(False)
-        teacher_info = {"teacher": cfg.teacher.name, "teacher_test_acc": teacher_acc, "teacher_source": source,
-                        "teacher_params": count_parameters(teacher)}
-        return self.run_student(method, student=student, teacher=teacher, teacher_sha=teacher_sha,
-                                teacher_info=teacher_info)
+        teacher_info = {
+            "teacher": cfg.teacher.name,
+            "teacher_test_acc": teacher_acc,
+            "teacher_source": source,
+            "teacher_params": count_parameters(teacher),
+        }
+        return self.run_student(
+            method, student=student, teacher=teacher, teacher_sha=teacher_sha, teacher_info=teacher_info
+        )
 
     def checkpoint_teacher_accuracy(self, teacher: nn.Module, teacher_sha: str) -> float:
         """Test accuracy of an external teacher, evaluated once per (checkpoint, data) and kept in the cache dir."""
         cfg = self.cfg
-        key = config_digest({"teacher_sha256": teacher_sha, "dataset_content": self.data_fingerprint,
-                             "normalize": plain(cfg.dataset.normalize)})
+        key = config_digest(
+            {
+                "teacher_sha256": teacher_sha,
+                "dataset_content": self.data_fingerprint,
+                "normalize": plain(cfg.dataset.normalize),
+            }
+        )
         record = Path(cfg.paths.cache_dir) / "teacher_evals" / f"{key[:24]}.json"
         try:
             return float(json.loads(record.read_text())["test_acc"])
         except (OSError, ValueError, KeyError, TypeError):
             pass
-        accuracy = evaluate(teacher, self.pipeline(cfg.trainer.batch_size, cfg.trainer.seed).test_batches(),
-                            self.runtime).acc
+        accuracy = evaluate(
+            teacher, self.pipeline(cfg.trainer.batch_size, cfg.trainer.seed).test_batches(), self.runtime
+        ).acc
         try:
             write_json(record, {"test_acc": accuracy, "teacher_sha256": teacher_sha})
         except OSError as error:  # a read-only cache: evaluate again next time
             log.warning("could not keep the teacher's test accuracy at %s (%s)", record, error)
         return accuracy
 
-    def run_student(self, method: DistillMethod, student: nn.Module | None = None, teacher: nn.Module | None = None,
-                    teacher_sha: str = "", teacher_info: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def run_student(
+        self,
+        method: DistillMethod,
+        student: nn.Module | None = None,
+        teacher: nn.Module | None = None,
+        teacher_sha: str = "",
+        teacher_info: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
         cfg = self.cfg
         trainer = cfg.trainer
         if student is None:
@@ -398,8 +511,7 @@ class Job:
         pipeline = self.pipeline(trainer.batch_size, trainer.seed)
         teacher_source, cache_status, outputs = None, None, None
         if teacher is not None:
-            teacher_source, cache_status, outputs = self.teacher_source(teacher, teacher_sha, pipeline, method,
-                                                                        request)
+            teacher_source, cache_status, outputs = self.teacher_source(teacher, teacher_sha, pipeline, method, request)
             if self.runtime.compile:
                 teacher_source.teacher = torch.compile(teacher_source.teacher)
         recorder = None
@@ -409,21 +521,40 @@ class Job:
             recorder = FeatureRecorder(student, list(request.student))
         history = HistoryLog(self.out_dir / schema.HISTORY_FILE, schema.history_columns(method.parts))
         checkpointing = self.checkpointing(self.out_dir / schema.TRAIN_STATE_FILE, training_settings(cfg))
-        result = self.train(student, pipeline, method, cfg.optimizer, cfg.scheduler, trainer.epochs, trainer.seed,
-                            history, label="student", checkpointing=checkpointing, teacher=teacher_source,
-                            student_features=(lambda: recorder.features) if recorder is not None else None)
+        result = self.train(
+            student,
+            pipeline,
+            method,
+            cfg.optimizer,
+            cfg.scheduler,
+            trainer.epochs,
+            trainer.seed,
+            history,
+            label="student",
+            checkpointing=checkpointing,
+            teacher=teacher_source,
+            student_features=(lambda: recorder.features) if recorder is not None else None,
+        )
         if isinstance(teacher_source, CachedTeacher):
             cache_status = teacher_source.status
         checkpoint = None
         if trainer.save_checkpoint:
             checkpoint = self.out_dir / MODEL_FILE
             has_parts = any(True for _ in method.state_dict())
-            save_checkpoint(checkpoint, student, arch_signature(cfg.student, self.spec),
-                            method=method if has_parts else None)
-        record = self.finish(model=cfg.student.name, method=method.name, **summary_of(result),
-                             model_params=count_parameters(student), method_params=count_parameters(method),
-                             soft_label_cache=cache_status, teacher_outputs=outputs,
-                             checkpoint=str(checkpoint) if checkpoint else None, **(teacher_info or {}))
+            save_checkpoint(
+                checkpoint, student, arch_signature(cfg.student, self.spec), method=method if has_parts else None
+            )
+        record = self.finish(
+            model=cfg.student.name,
+            method=method.name,
+            **summary_of(result),
+            model_params=count_parameters(student),
+            method_params=count_parameters(method),
+            soft_label_cache=cache_status,
+            teacher_outputs=outputs,
+            checkpoint=str(checkpoint) if checkpoint else None,
+            **(teacher_info or {}),
+        )
         checkpointing.remove()
         return record
 
@@ -443,8 +574,9 @@ class Job:
         method.setup(student_shapes, teacher_shapes, train_targets(self.data), self.spec.num_classes)
         return request
 
-    def teacher_source(self, teacher: nn.Module, teacher_sha: str, pipeline: Any, method: DistillMethod,
-                       request: FeatureRequest) -> tuple[TeacherSource, str, str]:
+    def teacher_source(
+        self, teacher: nn.Module, teacher_sha: str, pipeline: Any, method: DistillMethod, request: FeatureRequest
+    ) -> tuple[TeacherSource, str, str]:
         """The soft-label cache for logit methods on in-memory data (when enabled), else the live teacher.
 
         Returns the source, the cache status (off/cold) and which teacher outputs were used (cache/live).
@@ -460,19 +592,41 @@ class Job:
             log.info("soft-label cache does not apply to this dataset pipeline: the teacher runs on every batch")
             return LiveTeacher(teacher, self.runtime), "off", "live"
         dtype = CACHE_DTYPES[CacheDtype(cache.dtype)]
-        description = cache_description(teacher_sha, self.data_fingerprint, plain(cfg.dataset.augment),
-                                        plain(cfg.dataset.normalize), cfg.trainer.seed, dtype, cache.top_k,
-                                        self.runtime.autocast_dtype)
-        cached = CachedTeacher(Path(cfg.paths.cache_dir) / "soft_labels", description, teacher, pipeline,
-                               self.runtime, num_classes=self.spec.num_classes, dtype=dtype, top_k=cache.top_k,
-                               batch_size=cache.batch_size, max_bytes=int(cache.max_gb * BYTES_PER_GB))
+        description = cache_description(
+            teacher_sha,
+            self.data_fingerprint,
+            plain(cfg.dataset.augment),
+            plain(cfg.dataset.normalize),
+            cfg.trainer.seed,
+            dtype,
+            cache.top_k,
+            self.runtime.autocast_dtype,
+        )
+        cached = CachedTeacher(
+            Path(cfg.paths.cache_dir) / "soft_labels",
+            description,
+            teacher,
+            pipeline,
+            self.runtime,
+            num_classes=self.spec.num_classes,
+            dtype=dtype,
+            top_k=cache.top_k,
+            batch_size=cache.batch_size,
+            max_bytes=int(cache.max_gb * BYTES_PER_GB),
+        )
         return cached, "cold", "cache"
 
     def finish(self, **values: Any) -> dict[str, Any]:
         """Write metrics.json (last file of the run) and print the run's one-line summary."""
-        record = metrics_record(status=schema.STATUS_COMPLETED, mode=self.mode.value, dataset=self.spec.name,
-                                settings=settings_of(self.cfg), config_digest=safe_digest(self.cfg),
-                                wall_seconds=time.perf_counter() - self.started, **values)
+        record = metrics_record(
+            status=schema.STATUS_COMPLETED,
+            mode=self.mode.value,
+            dataset=self.spec.name,
+            settings=settings_of(self.cfg),
+            config_digest=safe_digest(self.cfg),
+            wall_seconds=time.perf_counter() - self.started,
+            **values,
+        )
         write_json(self.out_dir / schema.METRICS_FILE, record)
         self.trackers.log_summary(record)
         self.trackers.close(schema.STATUS_COMPLETED)
@@ -480,8 +634,18 @@ class Job:
         return record
 
 
-SUMMARY_KEYS = ("final_test_acc", "best_test_acc", "best_epoch", "epochs", "train_images_per_second",
-                "final_test_acc_top5", "final_val_acc", "best_val_acc", "best_val_epoch", "resumed_from_epoch")
+SUMMARY_KEYS = (
+    "final_test_acc",
+    "best_test_acc",
+    "best_epoch",
+    "epochs",
+    "train_images_per_second",
+    "final_test_acc_top5",
+    "final_val_acc",
+    "best_val_acc",
+    "best_val_epoch",
+    "resumed_from_epoch",
+)
 
 
 def summary_of(result: FitResult) -> dict[str, Any]:
@@ -500,8 +664,9 @@ def method_description(settings: Mapping[str, Any]) -> str:
         if not key.startswith("loss.") or name == "name" or value is None or value is False:
             continue
         shown = HEADLINE_KEY_NAMES.get(name, name)
-        parts.append(shown if value is True else f"{shown}={value:g}" if isinstance(value, float) else
-                     f"{shown}={value}")
+        parts.append(
+            shown if value is True else f"{shown}={value:g}" if isinstance(value, float) else f"{shown}={value}"
+        )
     return " ".join(parts)
 
 
@@ -513,7 +678,9 @@ def headline(record: Mapping[str, Any], out_dir: Path, prefix: str = "") -> str:
         loss = " " + method_description(record["settings"])
     teacher = "" if record["teacher_test_acc"] is None else f", teacher {record['teacher_test_acc']:.2f}%"
     val = "" if record.get("final_val_acc") is None else f", val {record['final_val_acc']:.2f}%"
-    return (f"[kd-hydra] {prefix}{record['mode']} {what} on {record['dataset']}{loss}: test acc "
-            f"{record['final_test_acc']:.2f}% (best {record['best_test_acc']:.2f}% @ epoch {record['best_epoch']})"
-            f"{val}{teacher}, {record['epochs']} epochs, {record['wall_seconds']:.1f}s, "
-            f"{record['train_images_per_second']:.0f} img/s -> {out_dir}")
+    return (
+        f"[kd-hydra] {prefix}{record['mode']} {what} on {record['dataset']}{loss}: test acc "
+        f"{record['final_test_acc']:.2f}% (best {record['best_test_acc']:.2f}% @ epoch {record['best_epoch']})"
+        f"{val}{teacher}, {record['epochs']} epochs, {record['wall_seconds']:.1f}s, "
+        f"{record['train_images_per_second']:.0f} img/s -> {out_dir}"
+    )

@@ -11,7 +11,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import II, MISSING, DictConfig, OmegaConf
@@ -59,11 +59,11 @@ class TrainerConfig:
     eval_every: int = 1
     device: str = "auto"
     precision: Precision = Precision.auto
-    channels_last: Optional[bool] = None
+    channels_last: bool | None = None
     compile: bool = False
     seed: int = 0
-    num_threads: Optional[int] = None
-    num_workers: Optional[int] = None
+    num_threads: int | None = None
+    num_workers: int | None = None
     save_checkpoint: bool = True
     checkpoint_every: int = 1
     resume: Resume = Resume.auto
@@ -81,7 +81,7 @@ class PathsConfig:
 class SoftLabelCacheConfig:
     enabled: bool = True
     dtype: CacheDtype = CacheDtype.float16
-    top_k: Optional[int] = None
+    top_k: int | None = None
     max_gb: float = 20.0
     batch_size: int = 1024
 
@@ -140,8 +140,11 @@ def _require_number(node: Any, key: str, prefix: str, positive: bool = False) ->
         return
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
     wanted = "a finite number > 0" if positive else "a finite number"
-    _require(is_number and math.isfinite(value) and (not positive or value > 0), f"{prefix}.{key}",
-             f"must be {wanted} (got {value!r})")
+    _require(
+        is_number and math.isfinite(value) and (not positive or value > 0),
+        f"{prefix}.{key}",
+        f"must be {wanted} (got {value!r})",
+    )
 
 
 def _validate_optimizer(node: Any, prefix: str) -> None:
@@ -163,20 +166,33 @@ def validate(cfg: DictConfig) -> None:
     loss = cfg.loss
     method = method_class(loss.name)
     if mode is Mode.distill:
-        _require(method.uses_teacher, "loss", f"mode=distill needs a distillation method (got loss={loss.name}); "
-                 "for a labels-only baseline use mode=student")
+        _require(
+            method.uses_teacher,
+            "loss",
+            f"mode=distill needs a distillation method (got loss={loss.name}); "
+            "for a labels-only baseline use mode=student",
+        )
         method.validate_config(loss)
 
     trainer = cfg.trainer
     for key in ("epochs", "batch_size", "eval_batch_size", "eval_every", "checkpoint_every"):
         value = trainer[key]
         _require(value >= 1, f"trainer.{key}", f"must be >= 1 (got {value})")
-    _require(bool(_DEVICE_PATTERN.match(trainer.device)), "trainer.device",
-             f"must be auto, cpu, cuda, cuda:N or mps (got '{trainer.device}')")
-    _require(trainer.num_threads is None or trainer.num_threads >= 1, "trainer.num_threads",
-             f"must be >= 1 or null (got {trainer.num_threads})")
-    _require(trainer.num_workers is None or trainer.num_workers >= 0, "trainer.num_workers",
-             f"must be >= 0 or null (got {trainer.num_workers})")
+    _require(
+        bool(_DEVICE_PATTERN.match(trainer.device)),
+        "trainer.device",
+        f"must be auto, cpu, cuda, cuda:N or mps (got '{trainer.device}')",
+    )
+    _require(
+        trainer.num_threads is None or trainer.num_threads >= 1,
+        "trainer.num_threads",
+        f"must be >= 1 or null (got {trainer.num_threads})",
+    )
+    _require(
+        trainer.num_workers is None or trainer.num_workers >= 0,
+        "trainer.num_workers",
+        f"must be >= 0 or null (got {trainer.num_workers})",
+    )
 
     _validate_optimizer(cfg.optimizer, "optimizer")
     if mode is Mode.distill:
@@ -193,8 +209,12 @@ def validate(cfg: DictConfig) -> None:
     check_loggers(cfg.get("logger"))
 
     cache = cfg.soft_label_cache
-    _require(cache.top_k is None or cache.top_k >= 1, "soft_label_cache.top_k",
-             f"must be >= 1 or null (got {cache.top_k})")
-    _require(math.isfinite(cache.max_gb) and cache.max_gb > 0, "soft_label_cache.max_gb",
-             f"must be a finite number > 0 (got {cache.max_gb})")
+    _require(
+        cache.top_k is None or cache.top_k >= 1, "soft_label_cache.top_k", f"must be >= 1 or null (got {cache.top_k})"
+    )
+    _require(
+        math.isfinite(cache.max_gb) and cache.max_gb > 0,
+        "soft_label_cache.max_gb",
+        f"must be a finite number > 0 (got {cache.max_gb})",
+    )
     _require(cache.batch_size >= 1, "soft_label_cache.batch_size", f"must be >= 1 (got {cache.batch_size})")

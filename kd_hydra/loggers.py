@@ -74,6 +74,7 @@ def _import(module: str) -> Any:
 
 # ----------------------------------------------------------------------------- pure helpers
 
+
 def _scalar(value: Any) -> Scalar:
     if value is None or isinstance(value, (str, bool, int, float)):
         return value
@@ -104,8 +105,11 @@ def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Sca
 
 def numeric_values(record: Mapping[str, Any], skip: Sequence[str] = ()) -> dict[str, float]:
     """The top-level real numbers of ``record`` as floats (None, text, bools and nested values left out)."""
-    return {key: float(value) for key, value in record.items()
-            if key not in skip and isinstance(value, numbers.Real) and not isinstance(value, bool)}
+    return {
+        key: float(value)
+        for key, value in record.items()
+        if key not in skip and isinstance(value, numbers.Real) and not isinstance(value, bool)
+    }
 
 
 def safe_dir_name(name: str) -> str:
@@ -116,7 +120,7 @@ def safe_dir_name(name: str) -> str:
     if len(cleaned.encode("utf-8")) <= MAX_DIR_NAME_BYTES:
         return cleaned
     digest = hashlib.sha1(cleaned.encode("utf-8")).hexdigest()[:_NAME_HASH_CHARS]
-    head = cleaned.encode("utf-8")[:MAX_DIR_NAME_BYTES - _NAME_HASH_CHARS - 1].decode("utf-8", "ignore")
+    head = cleaned.encode("utf-8")[: MAX_DIR_NAME_BYTES - _NAME_HASH_CHARS - 1].decode("utf-8", "ignore")
     return f"{head}-{digest}"
 
 
@@ -140,6 +144,7 @@ def run_identity(hydra_cfg: DictConfig, output_root: str | Path | None = None) -
 
 
 # ----------------------------------------------------------------------------- trackers
+
 
 class Tracker(Protocol):
     """What :class:`RunLoggers` calls; ``__init__`` only checks options and imports the library."""
@@ -200,8 +205,9 @@ class MLflowTracker:
     (writes to it are serialised with a file lock so parallel jobs do not collide).
     """
 
-    def __init__(self, tracking_uri: str | None = None, store_dir: str = "outputs",
-                 experiment: str | None = None) -> None:
+    def __init__(
+        self, tracking_uri: str | None = None, store_dir: str = "outputs", experiment: str | None = None
+    ) -> None:
         self._client_cls = _import("mlflow.tracking").MlflowClient
         self._entities = _import("mlflow.entities")
         self.tracking_uri = tracking_uri
@@ -228,20 +234,27 @@ class MLflowTracker:
             if found is not None:
                 experiment_id = found.experiment_id
             else:
-                artifacts = (self.store_dir.resolve() / MLFLOW_ARTIFACTS_DIR).as_uri() if self.tracking_uri.startswith(
-                    "sqlite:") else None
+                artifacts = (
+                    (self.store_dir.resolve() / MLFLOW_ARTIFACTS_DIR).as_uri()
+                    if self.tracking_uri.startswith("sqlite:")
+                    else None
+                )
                 experiment_id = self._client.create_experiment(name, artifact_location=artifacts)
-            run = self._client.create_run(experiment_id, run_name=run_name,
-                                          tags={"kd_hydra.run_dir": str(out_dir), "kd_hydra.group": group})
+            run = self._client.create_run(
+                experiment_id, run_name=run_name, tags={"kd_hydra.run_dir": str(out_dir), "kd_hydra.group": group}
+            )
         self.run_id = run.info.run_id
 
     def log_hparams(self, flat_config: dict[str, Scalar]) -> None:
-        params = [self._entities.Param(_MLFLOW_BAD_KEY_CHARS.sub("_", key)[:_MLFLOW_MAX_KEY],
-                                       str(value)[:_MLFLOW_MAX_PARAM_VALUE])
-                  for key, value in flat_config.items()]
+        params = [
+            self._entities.Param(
+                _MLFLOW_BAD_KEY_CHARS.sub("_", key)[:_MLFLOW_MAX_KEY], str(value)[:_MLFLOW_MAX_PARAM_VALUE]
+            )
+            for key, value in flat_config.items()
+        ]
         with self._lock:
             for start in range(0, len(params), _MLFLOW_MAX_PARAMS_PER_BATCH):
-                self._client.log_batch(self.run_id, params=params[start:start + _MLFLOW_MAX_PARAMS_PER_BATCH])
+                self._client.log_batch(self.run_id, params=params[start : start + _MLFLOW_MAX_PARAMS_PER_BATCH])
 
     def _log_metrics(self, values: dict[str, float], step: int) -> None:
         stamp = int(time.time() * 1000)
@@ -265,8 +278,9 @@ class WandbTracker:
     """A Weights & Biases run (offline by default): group = the group, name = the job's overrides,
     files under ``<run dir>/wandb/``; final metrics go to the run summary."""
 
-    def __init__(self, mode: str = "offline", project: str = "kd-hydra", entity: str | None = None,
-                 tags: Sequence[str] = ()) -> None:
+    def __init__(
+        self, mode: str = "offline", project: str = "kd-hydra", entity: str | None = None, tags: Sequence[str] = ()
+    ) -> None:
         if mode not in WANDB_MODES:
             raise ConfigError("mode", f"must be one of {', '.join(WANDB_MODES)} (got '{mode}')")
         self._wandb = _import("wandb")
@@ -279,9 +293,17 @@ class WandbTracker:
     def start(self, run_name: str, group: str, out_dir: Path) -> None:
         settings = self._wandb.Settings(silent=True, console="off", disable_git=True, x_disable_stats=True)
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        self.run = self._wandb.init(mode=self.mode, project=self.project, entity=self.entity, group=group,
-                                    name=run_name, dir=str(out_dir), tags=self.tags or None,
-                                    reinit="finish_previous", settings=settings)
+        self.run = self._wandb.init(
+            mode=self.mode,
+            project=self.project,
+            entity=self.entity,
+            group=group,
+            name=run_name,
+            dir=str(out_dir),
+            tags=self.tags or None,
+            reinit="finish_previous",
+            settings=settings,
+        )
 
     def log_hparams(self, flat_config: dict[str, Scalar]) -> None:
         self.run.config.update(flat_config, allow_val_change=True)
@@ -297,6 +319,7 @@ class WandbTracker:
 
 
 # ----------------------------------------------------------------------------- fan-out
+
 
 class RunLoggers:
     """Fans each call out to every configured tracker; a no-op when there is none.
@@ -319,8 +342,13 @@ class RunLoggers:
             try:
                 call(tracker)
             except Exception as exc:  # a tracker must never stop training
-                LOG.warning("logger.%s: %s failed (%s: %s); this tracker is off for the rest of the run",
-                            name, action, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+                LOG.warning(
+                    "logger.%s: %s failed (%s: %s); this tracker is off for the rest of the run",
+                    name,
+                    action,
+                    type(exc).__name__,
+                    str(exc).splitlines()[0] if str(exc) else "",
+                )
                 self._failed[name] = self._active.pop(name)
 
     def log_hparams(self, config: Mapping[str, Any]) -> None:
@@ -336,8 +364,11 @@ class RunLoggers:
 
     def log_summary(self, metrics: Mapping[str, Any]) -> None:
         """Log the numbers of a metrics.json record (top-level keys) as the run's final metrics."""
-        values = {key: value for key, value in numeric_values(metrics, skip=("schema_version",)).items()
-                  if math.isfinite(value)}
+        values = {
+            key: value
+            for key, value in numeric_values(metrics, skip=("schema_version",)).items()
+            if math.isfinite(value)
+        }
         self._each("log_summary", lambda tracker: tracker.log_summary(values))
 
     def close(self, status: str) -> None:
@@ -395,7 +426,9 @@ def _instantiate(name: str, node: DictConfig) -> Tracker:
 
 
 def check_loggers(logger_cfg: DictConfig | None) -> None:
-    """Raise :class:`ConfigError` if a configured tracker cannot be built (missing package, bad option); starts nothing."""
+    """Raise :class:`ConfigError` if a configured tracker cannot be built (missing package, bad option).
+
+    Starts nothing: safe to call for every job of a sweep before any runs."""
     for name, node in _tracker_nodes(logger_cfg):
         _instantiate(name, node)
 
@@ -414,8 +447,12 @@ def build_loggers(logger_cfg: DictConfig | None, run_name: str, group: str, out_
         try:
             tracker.start(run_name, group, Path(out_dir))
         except Exception as exc:  # a tracker must never stop training
-            LOG.warning("logger.%s: could not start (%s: %s); the run goes on without it",
-                        name, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            LOG.warning(
+                "logger.%s: could not start (%s: %s); the run goes on without it",
+                name,
+                type(exc).__name__,
+                str(exc).splitlines()[0] if str(exc) else "",
+            )
             continue
         started[name] = tracker
     return RunLoggers(started)

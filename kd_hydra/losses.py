@@ -92,8 +92,9 @@ def _target_mask(logits: Tensor, targets: Tensor) -> Tensor:
     return torch.zeros_like(logits).scatter_(1, targets.reshape(-1, 1), 1.0)
 
 
-def dkd_loss(student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, alpha: float, beta: float,
-             temperature: float) -> Tensor:
+def dkd_loss(
+    student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, alpha: float, beta: float, temperature: float
+) -> Tensor:
     """Decoupled KD (Zhao et al., CVPR 2022): ``alpha * TCKD + beta * NCKD``, each ``T^2 * sum KL / N``.
 
     TCKD is the KL between the binary distributions ``[p_target, 1 - p_target]`` of teacher and student
@@ -106,10 +107,14 @@ def dkd_loss(student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, al
     masked_teacher = teacher - NCKD_MASK_OFFSET * mask
     # Binary log-probabilities, exact in log space: log p_target and log(1 - p_target) = lse(others) - lse(all).
     student_all, teacher_all = student.logsumexp(1, keepdim=True), teacher.logsumexp(1, keepdim=True)
-    student_binary = torch.cat([(student * mask).sum(1, keepdim=True) - student_all,
-                                masked_student.logsumexp(1, keepdim=True) - student_all], dim=1)
-    teacher_binary = torch.cat([(teacher * mask).sum(1, keepdim=True) - teacher_all,
-                                masked_teacher.logsumexp(1, keepdim=True) - teacher_all], dim=1)
+    student_binary = torch.cat(
+        [(student * mask).sum(1, keepdim=True) - student_all, masked_student.logsumexp(1, keepdim=True) - student_all],
+        dim=1,
+    )
+    teacher_binary = torch.cat(
+        [(teacher * mask).sum(1, keepdim=True) - teacher_all, masked_teacher.logsumexp(1, keepdim=True) - teacher_all],
+        dim=1,
+    )
     batch = student.shape[0]
     scale = temperature**2 / batch
     tckd = F.kl_div(student_binary, teacher_binary, reduction="sum", log_target=True) * scale
@@ -124,8 +129,7 @@ def _mean_pearson(a: Tensor, b: Tensor, eps: float = DIST_EPS) -> Tensor:
     return ((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + eps)).mean()
 
 
-def dist_loss(student_logits: Tensor, teacher_logits: Tensor, beta: float, gamma: float,
-              temperature: float) -> Tensor:
+def dist_loss(student_logits: Tensor, teacher_logits: Tensor, beta: float, gamma: float, temperature: float) -> Tensor:
     """DIST (Huang et al., NeurIPS 2022): ``T^2 * (beta * inter + gamma * intra)`` on ``y = softmax(z / T)``.
 
     ``inter = 1 - mean_i pearson(y_s[i, :], y_t[i, :])`` (per sample, across classes);
@@ -146,16 +150,19 @@ def attention_map(feature: Tensor, p: float) -> Tensor:
     return F.normalize(feature.abs().pow(p).mean(1).reshape(feature.shape[0], -1), dim=1)
 
 
-def attention_transfer_loss(student_features: Sequence[Tensor], teacher_features: Sequence[Tensor],
-                            p: float = 2.0) -> Tensor:
+def attention_transfer_loss(
+    student_features: Sequence[Tensor], teacher_features: Sequence[Tensor], p: float = 2.0
+) -> Tensor:
     """Attention transfer (ICLR 2017): ``sum over stage pairs of mean((at(f_s) - at(f_t))^2)``.
 
     Features are ``(N, C, H, W)``; channel counts may differ. Where spatial sizes differ, the larger map is
     adaptive-average-pooled to the smaller one first (as mdistiller/RepDistiller do).
     """
     if len(student_features) != len(teacher_features) or not student_features:
-        raise ValueError(f"attention transfer needs matching, non-empty stage lists "
-                         f"(got {len(student_features)} student and {len(teacher_features)} teacher maps)")
+        raise ValueError(
+            f"attention transfer needs matching, non-empty stage lists "
+            f"(got {len(student_features)} student and {len(teacher_features)} teacher maps)"
+        )
     total = None
     for f_s, f_t in zip(student_features, teacher_features):
         f_s, f_t = _full_precision(f_s), _full_precision(f_t)
@@ -172,8 +179,9 @@ def attention_transfer_loss(student_features: Sequence[Tensor], teacher_features
 def hint_loss(student_regressed: Tensor, teacher_feature: Tensor) -> Tensor:
     """FitNets (Romero et al., ICLR 2015): mean squared error between the regressed student hint and the teacher's."""
     if student_regressed.shape != teacher_feature.shape:
-        raise ValueError(f"hint shapes differ: student {tuple(student_regressed.shape)}, "
-                         f"teacher {tuple(teacher_feature.shape)}")
+        raise ValueError(
+            f"hint shapes differ: student {tuple(student_regressed.shape)}, teacher {tuple(teacher_feature.shape)}"
+        )
     return F.mse_loss(_full_precision(student_regressed), _full_precision(teacher_feature))
 
 
@@ -232,8 +240,9 @@ class ContrastMemory(nn.Module):
     are K distinct samples of other classes (``train_targets``), drawn with torch's RNG on the bank's device.
     """
 
-    def __init__(self, feat_dim: int, train_targets: Tensor, nce_k: int, temperature: float = 0.07,
-                 momentum: float = 0.5) -> None:
+    def __init__(
+        self, feat_dim: int, train_targets: Tensor, nce_k: int, temperature: float = 0.07, momentum: float = 0.5
+    ) -> None:
         super().__init__()
         targets = train_targets.reshape(-1).long().cpu()
         num_data = targets.numel()
@@ -243,8 +252,9 @@ class ContrastMemory(nn.Module):
             raise ValueError("CRD needs training samples of at least two classes (negatives come from other classes)")
         self.nce_k = min(int(nce_k), fewest_negatives)
         if self.nce_k < nce_k:
-            _logger.info("CRD: nce_k %d clamped to %d (the fewest other-class samples any class has)",
-                         nce_k, self.nce_k)
+            _logger.info(
+                "CRD: nce_k %d clamped to %d (the fewest other-class samples any class has)", nce_k, self.nce_k
+            )
         self.num_data = num_data
         self.temperature = float(temperature)
         self.momentum = float(momentum)
@@ -276,8 +286,9 @@ class ContrastMemory(nn.Module):
             dots = torch.bmm(memory[contrast_indices], anchor.unsqueeze(2)).squeeze(2)
         return torch.exp(dots / self.temperature)
 
-    def forward(self, student_embed: Tensor, teacher_embed: Tensor, indices: Tensor,
-                contrast_indices: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, student_embed: Tensor, teacher_embed: Tensor, indices: Tensor, contrast_indices: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Scores of (student anchor vs teacher memory, teacher anchor vs student memory); then updates the bank."""
         if contrast_indices is None:
             contrast_indices = self.draw_contrast_indices(indices)
@@ -289,10 +300,12 @@ class ContrastMemory(nn.Module):
             teacher_scores = self._scores(teacher_embed, self.memory_student, contrast_indices)
             with torch.no_grad():
                 # Estimated once (first batch); torch.where keeps it free of host syncs.
-                self.z_student.copy_(torch.where(self.z_student < 0, student_scores.mean() * self.num_data,
-                                                 self.z_student))
-                self.z_teacher.copy_(torch.where(self.z_teacher < 0, teacher_scores.mean() * self.num_data,
-                                                 self.z_teacher))
+                self.z_student.copy_(
+                    torch.where(self.z_student < 0, student_scores.mean() * self.num_data, self.z_student)
+                )
+                self.z_teacher.copy_(
+                    torch.where(self.z_teacher < 0, teacher_scores.mean() * self.num_data, self.z_teacher)
+                )
             student_scores = student_scores / self.z_student.detach().clone()
             teacher_scores = teacher_scores / self.z_teacher.detach().clone()
             with torch.no_grad():
@@ -305,5 +318,7 @@ class ContrastMemory(nn.Module):
         memory.index_copy_(0, indices, F.normalize(rows, dim=1))
 
     def extra_repr(self) -> str:
-        return (f"num_data={self.num_data}, feat_dim={self.memory_student.shape[1]}, nce_k={self.nce_k}, "
-                f"temperature={self.temperature}, momentum={self.momentum}")
+        return (
+            f"num_data={self.num_data}, feat_dim={self.memory_student.shape[1]}, nce_k={self.nce_k}, "
+            f"temperature={self.temperature}, momentum={self.momentum}"
+        )

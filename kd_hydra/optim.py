@@ -24,8 +24,9 @@ def cosine_schedule(optimizer: Optimizer, epochs: int, min_lr: float = 0.0, warm
     return LambdaLR(optimizer, [lambda epoch, lr=lr: factor(epoch, lr) for lr in base_lrs])
 
 
-def step_schedule(optimizer: Optimizer, epochs: int, milestones: Sequence[float] = (0.5, 0.75),
-                  gamma: float = 0.1) -> LRScheduler:
+def step_schedule(
+    optimizer: Optimizer, epochs: int, milestones: Sequence[float] = (0.5, 0.75), gamma: float = 0.1
+) -> LRScheduler:
     """Multiply the lr by ``gamma`` at each milestone, a fraction of ``epochs`` in (0, 1)."""
     milestone_epochs = sorted({max(1, round(fraction * epochs)) for fraction in milestones})
     return MultiStepLR(optimizer, milestones=milestone_epochs, gamma=gamma)

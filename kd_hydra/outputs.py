@@ -15,7 +15,6 @@ from typing import Any
 
 from kd_hydra import schema
 
-
 #: Mode of a newly created file before the umask (what ``open(path, "w")`` would use).
 NEW_FILE_MODE = 0o666
 _UMASK_LOCK = threading.Lock()

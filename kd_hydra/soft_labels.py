@@ -45,8 +45,11 @@ def encode_logits(logits: Tensor, dtype: torch.dtype, top_k: int | None) -> dict
     values, indices = logits.topk(top_k, dim=1)
     rest_mean = (logits.sum(dim=1) - values.sum(dim=1)) / (num_classes - top_k)
     index_dtype = torch.int16 if num_classes <= torch.iinfo(torch.int16).max else torch.int32
-    return {"values": values.to(dtype).cpu(), "indices": indices.to(index_dtype).cpu(),
-            "rest_mean": rest_mean.to(dtype).cpu()}
+    return {
+        "values": values.to(dtype).cpu(),
+        "indices": indices.to(index_dtype).cpu(),
+        "rest_mean": rest_mean.to(dtype).cpu(),
+    }
 
 
 def decode_logits(stored: Mapping[str, Tensor], num_classes: int) -> Tensor:
@@ -70,8 +73,16 @@ def _directory_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def cache_description(teacher_sha256: str, dataset_content: str, augment: Any, normalize: Any, seed: int,
-                      dtype: torch.dtype, top_k: int | None, teacher_precision: torch.dtype | None) -> dict[str, Any]:
+def cache_description(
+    teacher_sha256: str,
+    dataset_content: str,
+    augment: Any,
+    normalize: Any,
+    seed: int,
+    dtype: torch.dtype,
+    top_k: int | None,
+    teacher_precision: torch.dtype | None,
+) -> dict[str, Any]:
     """Everything that determines an entry's logits: its key (hashed by :class:`CachedTeacher`)."""
     return {
         "format": 1,

@@ -93,7 +93,7 @@ def baseline_overrides(job: Sequence[str]) -> tuple[str, ...]:
 
 
 def teacher_job_overrides(members: Sequence[Sequence[str]]) -> tuple[str, ...]:
-    """A ``mode=teacher`` job for distill jobs sharing one teacher: the overrides they all have, minus student-only ones."""
+    """The ``mode=teacher`` job of distill jobs sharing a teacher: their common overrides minus student-only ones."""
     common = [o for o in members[0] if all(o in other for other in members[1:])]
     return tuple(o for o in common if not _has_prefix(o, STUDENT_ONLY_PREFIXES)) + (f"mode={Mode.teacher.value}",)
 
@@ -201,7 +201,10 @@ class JobStatusCallback(Callback):
         if problems:
             for line in problems:
                 print(f"error: {line}", file=sys.stderr)
-            print(f"error: {len(problems)} of {len(run_dirs)} jobs did not complete (sweep: {sweep_dir}; "
-                  f"hydra.sweeper.rerun=failed reruns the failed ones)", file=sys.stderr)
+            print(
+                f"error: {len(problems)} of {len(run_dirs)} jobs did not complete (sweep: {sweep_dir}; "
+                f"hydra.sweeper.rerun=failed reruns the failed ones)",
+                file=sys.stderr,
+            )
             sys.exit(EXIT_FAILED_JOBS)
         log.info("all %d jobs completed (sweep: %s)", len(run_dirs), sweep_dir)

@@ -50,7 +50,8 @@ class ArchSignature:
     image_size: int
 
     def describe(self) -> str:
-        return f"{self.name} with {self.num_classes} classes on {self.in_channels}x{self.image_size}x{self.image_size} images"
+        size = f"{self.in_channels}x{self.image_size}x{self.image_size}"
+        return f"{self.name} with {self.num_classes} classes on {size} images"
 
 
 def file_sha256(path: Path) -> str:
@@ -94,7 +95,8 @@ def _state_dict_of(payload: Any, path: Path, arch: ArchSignature, key: str) -> M
             if stored.get(field) != getattr(arch, field):
                 raise CheckpointError(
                     f"{key}={path}: checkpoint is {stored.get('name')} with {stored.get('num_classes')} classes and "
-                    f"{stored.get('in_channels')} channels, but the config asks for {arch.describe()}")
+                    f"{stored.get('in_channels')} channels, but the config asks for {arch.describe()}"
+                )
         return payload["state_dict"]
     if isinstance(payload, Mapping):
         for wrapper in ("state_dict", "model", "model_state_dict"):
@@ -110,7 +112,7 @@ def _strip_prefixes(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
     for name, tensor in state.items():
         for prefix in ("module.", "_orig_mod."):
             if name.startswith(prefix):
-                name = name[len(prefix):]
+                name = name[len(prefix) :]
         cleaned[name] = tensor
     return cleaned
 
@@ -122,7 +124,8 @@ NUM_BATCHES_TRACKED = "num_batches_tracked"
 def _first_non_finite(state: Mapping[str, torch.Tensor]) -> tuple[str | None, int]:
     """Name of the first floating-point tensor holding NaN or inf, and how many tensors do."""
     bad = [
-        name for name, tensor in state.items()
+        name
+        for name, tensor in state.items()
         if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
     ]
     return (bad[0] if bad else None), len(bad)
@@ -168,7 +171,8 @@ def load_checkpoint(model: nn.Module, path: Path, arch: ArchSignature, key: str 
     if non_finite is not None:
         raise CheckpointError(
             f"{key}={path}: tensor '{non_finite}' holds NaN or inf ({non_finite_count} non-finite tensor(s)); "
-            "the weights are corrupt or come from a diverged run")
+            "the weights are corrupt or come from a diverged run"
+        )
     published_layout = detect_published_layout(state)
     if arch.source == "zoo":
         try:
@@ -188,7 +192,8 @@ def load_checkpoint(model: nn.Module, path: Path, arch: ArchSignature, key: str 
                 parts.append(f"{len(keys)} {label} key(s) ({_first_keys(keys)})")
         layout_note = f"; the file is in the {published_layout} layout" if published_layout else ""
         raise CheckpointError(
-            f"{key}={path}: does not fit {arch.describe()}: {'; '.join(parts)}{layout_note} (full lists in the log)")
+            f"{key}={path}: does not fit {arch.describe()}: {'; '.join(parts)}{layout_note} (full lists in the log)"
+        )
     try:
         target.load_state_dict(state, strict=True)
     except RuntimeError as error:
@@ -228,8 +233,9 @@ class TeacherStore:
     training continues from the entry's ``checkpoint.pt``.
     """
 
-    def __init__(self, root: Path, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
-                 root_key: str = "paths.cache_dir") -> None:
+    def __init__(
+        self, root: Path, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S, root_key: str = "paths.cache_dir"
+    ) -> None:
         self.root = Path(root)
         self.lock_timeout_s = lock_timeout_s
         self.root_key = root_key
@@ -258,10 +264,14 @@ class TeacherStore:
         except Timeout:
             raise CheckpointError(
                 f"{lock.lock_file}: another job has been training this teacher for over {self.lock_timeout_s:.0f} s "
-                f"(the lock is freed when it ends or dies); wait for it or remove that job") from None
+                f"(the lock is freed when it ends or dies); wait for it or remove that job"
+            ) from None
         except OSError as error:
-            raise ConfigError(self.root_key, f"{self.root}: cannot create the teacher lock file "
-                                             f"({error.strerror or error}); use a writable directory") from None
+            raise ConfigError(
+                self.root_key,
+                f"{self.root}: cannot create the teacher lock file "
+                f"({error.strerror or error}); use a writable directory",
+            ) from None
         try:
             stored = self._load_valid(entry, model, arch)
             if stored is not None:
@@ -271,13 +281,16 @@ class TeacherStore:
             result = dict(train(model, entry))
             self._require_finite(entry, model, result)
             sha256 = save_checkpoint(entry / MODEL_FILE, model, arch)
-            write_json(entry / META_FILE, {
-                "sha256": sha256,
-                "result": result,
-                "arch": arch.__dict__,
-                "description": description,
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            })
+            write_json(
+                entry / META_FILE,
+                {
+                    "sha256": sha256,
+                    "result": result,
+                    "arch": arch.__dict__,
+                    "description": description,
+                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                },
+            )
             (entry / TRAIN_STATE_FILE).unlink(missing_ok=True)
             stored = StoredTeacher(entry / MODEL_FILE, sha256, result, "trained")
             log.info("teacher stored: %s (test acc %.2f%%)", entry, stored.test_acc)
@@ -292,8 +305,10 @@ class TeacherStore:
             probe.touch()
             probe.unlink()
         except OSError as error:
-            raise ConfigError(self.root_key, f"{self.root}: cannot be written ({error.strerror or error}); "
-                                             f"set it to a writable directory") from None
+            raise ConfigError(
+                self.root_key,
+                f"{self.root}: cannot be written ({error.strerror or error}); set it to a writable directory",
+            ) from None
 
     @staticmethod
     def _prepare_entry(entry: Path) -> None:
@@ -311,17 +326,21 @@ class TeacherStore:
         """A teacher with non-finite weights or accuracy is never stored (and its checkpoint is dropped)."""
         accuracy = result.get("final_test_acc")
         finite_acc = isinstance(accuracy, (int, float)) and math.isfinite(accuracy)
-        finite_weights = all(bool(torch.isfinite(t).all()) for t in _unwrapped_state_dict(model).values()
-                             if t.is_floating_point())
+        finite_weights = all(
+            bool(torch.isfinite(t).all()) for t in _unwrapped_state_dict(model).values() if t.is_floating_point()
+        )
         if finite_acc and finite_weights:
             return
         shutil.rmtree(entry, ignore_errors=True)
         what = "weights" if not finite_weights else "test accuracy"
-        raise ConfigError(DIVERGENCE_KEY, f"the teacher's training diverged (non-finite {what}); it was not "
-                                          f"stored: lower the learning rate")
+        raise ConfigError(
+            DIVERGENCE_KEY,
+            f"the teacher's training diverged (non-finite {what}); it was not stored: lower the learning rate",
+        )
 
-    def _load_valid(self, entry: Path, model: nn.Module, arch: ArchSignature,
-                    quiet: bool = False) -> StoredTeacher | None:
+    def _load_valid(
+        self, entry: Path, model: nn.Module, arch: ArchSignature, quiet: bool = False
+    ) -> StoredTeacher | None:
         meta_path, model_path = entry / META_FILE, entry / MODEL_FILE
         if not meta_path.is_file():
             return None

@@ -166,8 +166,13 @@ def evaluate(model: nn.Module, batches: Iterator[tuple[Tensor, Tensor]], runtime
         logits = logits.float()
         top = logits.topk(min(TOP5, logits.shape[1]), dim=1).indices
         hits = top == targets[:, None]
-        sums += torch.stack((F.cross_entropy(logits, targets, reduction="sum").double(),
-                             hits[:, 0].sum().double(), hits.any(dim=1).sum().double()))
+        sums += torch.stack(
+            (
+                F.cross_entropy(logits, targets, reduction="sum").double(),
+                hits[:, 0].sum().double(),
+                hits.any(dim=1).sum().double(),
+            )
+        )
         count += targets.shape[0]
     if count == 0:
         raise ValueError("evaluation split is empty")
@@ -201,11 +206,16 @@ def train_epoch(
         teacher_out = teacher(images, sample_indices) if teacher is not None else None
         with runtime.autocast():
             logits = model(images)
-            output = method(MethodBatch(
-                student_logits=logits, targets=targets, sample_indices=sample_indices,
-                teacher_logits=teacher_out.logits if teacher_out is not None else None,
-                student_features=student_features() if student_features is not None else {},
-                teacher_features=teacher_out.features if teacher_out is not None else {}))
+            output = method(
+                MethodBatch(
+                    student_logits=logits,
+                    targets=targets,
+                    sample_indices=sample_indices,
+                    teacher_logits=teacher_out.logits if teacher_out is not None else None,
+                    student_features=student_features() if student_features is not None else {},
+                    teacher_features=teacher_out.features if teacher_out is not None else {},
+                )
+            )
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(output.total).backward()
         scaler.step(optimizer)
@@ -262,12 +272,16 @@ class Checkpointing:
             if not isinstance(state, dict) or state.get("format") != TRAIN_STATE_FORMAT:
                 raise ValueError("not a kd-hydra training state")
         except Exception as error:  # unreadable: the atomic write makes this a foreign or damaged file
-            raise CheckpointError(f"{self.path}: cannot resume from it ({type(error).__name__}); delete it or use "
-                                  "trainer.resume=never") from error
+            raise CheckpointError(
+                f"{self.path}: cannot resume from it ({type(error).__name__}); delete it or use trainer.resume=never"
+            ) from error
         differences = settings_differences(state.get("settings", {}), self.settings)
         if differences:
-            raise ConfigError("trainer.resume", f"{self.path} was written with other settings ({differences}); rerun "
-                                                "with the same settings, or trainer.resume=never to start over")
+            raise ConfigError(
+                "trainer.resume",
+                f"{self.path} was written with other settings ({differences}); rerun "
+                "with the same settings, or trainer.resume=never to start over",
+            )
         return state
 
     def remove(self) -> None:
@@ -334,8 +348,17 @@ def fit(
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.autocast_dtype == torch.float16)
     num_batches = getattr(pipeline, "num_train_batches", None)
     has_val = bool(getattr(pipeline, "has_val", False))
-    track = {"best_acc": float("-inf"), "best_epoch": 0, "final_acc": float("nan"), "final_top5": None,
-             "best_val": None, "best_val_epoch": None, "final_val": None, "train_seconds": 0.0, "train_images": 0}
+    track = {
+        "best_acc": float("-inf"),
+        "best_epoch": 0,
+        "final_acc": float("nan"),
+        "final_top5": None,
+        "best_val": None,
+        "best_val_epoch": None,
+        "final_val": None,
+        "train_seconds": 0.0,
+        "train_images": 0,
+    }
     start_epoch, resumed_from = 1, None
     saved = checkpointing.load() if checkpointing is not None else None
     if saved is not None:
@@ -365,8 +388,10 @@ def fit(
         track["train_seconds"] += time.perf_counter() - loop_start
         track["train_images"] += int(stats.pop("images"))
         if not math.isfinite(stats["train_loss"]):
-            raise DivergedError(f"{lr_key}: the {label} training loss became {stats['train_loss']} in epoch {epoch} "
-                                f"(lr {lr:g}); the run diverged: lower {lr_key} or check the loss.* settings")
+            raise DivergedError(
+                f"{lr_key}: the {label} training loss became {stats['train_loss']} in epoch {epoch} "
+                f"(lr {lr:g}); the run diverged: lower {lr_key} or check the loss.* settings"
+            )
         scheduler.step()
 
         row: dict[str, Any] = {"epoch": epoch, "lr": lr, **stats}
@@ -387,14 +412,32 @@ def fit(
         if on_epoch is not None:
             on_epoch(history.rows[-1])
         shown_acc = "-" if row.get("test_acc") is None else f"{row['test_acc']:.2f}%"
-        log.info("%s epoch %d/%d: loss %.4f, train acc %.2f%%, test acc %s, lr %.3g, %.1fs",
-                 label, epoch, epochs, stats["train_loss"], stats["train_acc"], shown_acc, lr, row["seconds"])
+        log.info(
+            "%s epoch %d/%d: loss %.4f, train acc %.2f%%, test acc %s, lr %.3g, %.1fs",
+            label,
+            epoch,
+            epochs,
+            stats["train_loss"],
+            stats["train_acc"],
+            shown_acc,
+            lr,
+            row["seconds"],
+        )
         if checkpointing is not None and (epoch % checkpointing.every == 0 or epoch == epochs):
-            checkpointing.save({
-                "epoch": epoch, "model": _unwrapped(model).state_dict(), "method": method.state_dict(),
-                "method_extra": method.extra_state_for_checkpoint(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "track": dict(track),
-                "history": list(history.rows), "rng": _rng_state()})
+            checkpointing.save(
+                {
+                    "epoch": epoch,
+                    "model": _unwrapped(model).state_dict(),
+                    "method": method.state_dict(),
+                    "method_extra": method.extra_state_for_checkpoint(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "track": dict(track),
+                    "history": list(history.rows),
+                    "rng": _rng_state(),
+                }
+            )
     seconds = track["train_seconds"]
     return FitResult(
         final_test_acc=track["final_acc"],

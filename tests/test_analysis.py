@@ -46,25 +46,25 @@ from analysis import (  # noqa: E402
     write_report,
 )
 from analysis.callback import AnalysisCallback  # noqa: E402
-from conftest import call_main, isolated_process_state  # noqa: E402
 from analysis_fixtures import (  # noqa: E402
-    METHOD_SWEEP,
-    METHOD_SWEEP_BASELINE,
-    TOP5_OFFSET,
-    write_method_sweep,
-    write_two_dataset_sweep,
     BASELINE_ACC,
     DISTILL_ACC,
     FAILED_REASON,
+    METHOD_SWEEP,
+    METHOD_SWEEP_BASELINE,
     TEACHER_ACC,
+    TOP5_OFFSET,
     FakeSweep,
     make_config,
     make_history,
     make_metrics,
     overrides_of,
     write_fake_sweep,
+    write_method_sweep,
     write_run,
+    write_two_dataset_sweep,
 )
+from conftest import call_main, isolated_process_state  # noqa: E402
 from kd_hydra import schema  # noqa: E402
 
 T = "loss.temperature"
@@ -438,7 +438,7 @@ def test_callback_config_instantiates() -> None:
     assert isinstance(callback, AnalysisCallback) and callback.enabled is True and callback.out_subdir == ""
 
 
-HYDRA_APP = '''
+HYDRA_APP = """
 import json
 from pathlib import Path
 
@@ -462,7 +462,7 @@ def main(cfg) -> None:
 
 
 main()
-'''
+"""
 
 
 def test_callback_in_a_real_hydra_multirun(tmp_path: Path) -> None:
@@ -625,7 +625,7 @@ def test_optuna_like_search_without_baselines(tmp_path: Path) -> None:
 
 
 def test_results_csv_and_report_escape_config_text(tmp_path: Path) -> None:
-    formula, markup = "=HYPERLINK(\"http://x\",\"y\")", "<img src=x onerror=alert(1)>"
+    formula, markup = '=HYPERLINK("http://x","y")', "<img src=x onerror=alert(1)>"
     for seed in (0, 1):
         config = make_config("distill", seed)
         config["student"]["name"] = markup

@@ -7,17 +7,16 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-
-from kd_hydra.methods import DistillMethod, MethodBatch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from test_data import array_arrays, write_fake_cifar, write_fake_folder, write_fake_tiny_imagenet
 
 from conftest import REPO
 from kd_hydra.config import register_configs, validate
 from kd_hydra.errors import ConfigError
+from kd_hydra.methods import DistillMethod, MethodBatch
 from kd_hydra.models import list_models
-from test_data import array_arrays, write_fake_cifar, write_fake_folder, write_fake_tiny_imagenet
 
 CONF = REPO / "conf"
 register_configs()
@@ -35,8 +34,19 @@ def composed(*overrides: str, hydra: bool = False):
 def test_default_config_is_valid_and_has_the_public_keys():
     cfg = composed()
     validate(cfg)
-    for key in ("mode", "loss.temperature", "loss.alpha", "trainer.epochs", "trainer.batch_size", "trainer.seed",
-                "trainer.device", "paths.data_dir", "paths.output_dir", "paths.cache_dir", "teacher.checkpoint"):
+    for key in (
+        "mode",
+        "loss.temperature",
+        "loss.alpha",
+        "trainer.epochs",
+        "trainer.batch_size",
+        "trainer.seed",
+        "trainer.device",
+        "paths.data_dir",
+        "paths.output_dir",
+        "paths.cache_dir",
+        "teacher.checkpoint",
+    ):
         assert OmegaConf.select(cfg, key, throw_on_missing=False) is not None or key == "teacher.checkpoint", key
     assert cfg.mode == "distill" and cfg.teacher.checkpoint is None
     assert composed("dataset=arrays", "dataset.path=x.npz").dataset.path == "x.npz"
@@ -130,8 +140,12 @@ def test_every_experiment_composes_and_validates(name):
 
 def test_experiment_presets_set_what_they_promise():
     hinton = composed("experiment=hinton_cifar10")
-    assert (hinton.loss.temperature, hinton.loss.alpha, hinton.trainer.epochs, hinton.trainer.batch_size) == \
-        (4.0, 0.1, 200, 128)
+    assert (hinton.loss.temperature, hinton.loss.alpha, hinton.trainer.epochs, hinton.trainer.batch_size) == (
+        4.0,
+        0.1,
+        200,
+        128,
+    )
     assert hinton.teacher.name.startswith("resnet") and hinton.student.name == "light_cnn"
     tutorial = composed("experiment=tutorial_cifar10")
     assert (tutorial.teacher.name, tutorial.student.name) == ("deep_cnn", "light_cnn")
@@ -155,8 +169,11 @@ def test_paths_follow_environment_variables(monkeypatch, tmp_path):
     monkeypatch.setenv("KD_HYDRA_DATA_DIR", str(tmp_path / "d"))
     monkeypatch.setenv("KD_HYDRA_OUTPUT_DIR", str(tmp_path / "o"))
     paths = composed().paths
-    assert (paths.cache_dir, paths.data_dir, paths.output_dir) == (str(tmp_path / "c"), str(tmp_path / "d"),
-                                                                  str(tmp_path / "o"))
+    assert (paths.cache_dir, paths.data_dir, paths.output_dir) == (
+        str(tmp_path / "c"),
+        str(tmp_path / "d"),
+        str(tmp_path / "o"),
+    )
 
 
 def test_teacher_training_follows_the_run_except_its_fixed_seed():

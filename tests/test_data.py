@@ -80,15 +80,24 @@ def write_fake_cifar(root: Path, variant: str) -> dict[str, tuple[np.ndarray, np
     else:
         folder, label_key, num_classes = root / "cifar-100-python", b"fine_labels", 100
         files = ["train", "test"]
-        meta_name, meta = "meta", {b"fine_label_names": [f"f{i}".encode() for i in range(num_classes)],
-                                   b"coarse_label_names": [f"k{i}".encode() for i in range(20)]}
+        meta_name, meta = (
+            "meta",
+            {
+                b"fine_label_names": [f"f{i}".encode() for i in range(num_classes)],
+                b"coarse_label_names": [f"k{i}".encode() for i in range(20)],
+            },
+        )
     folder.mkdir(parents=True)
     written = {}
     for name in files:
         data = rng.integers(0, 256, (PER_BATCH, CIFAR_PIXELS), dtype=np.uint8)
         labels = [int(v) for v in rng.integers(0, num_classes, PER_BATCH)]
-        content = {b"batch_label": name.encode(), label_key: labels, b"data": data,
-                   b"filenames": [f"{name}_{i}.png".encode() for i in range(PER_BATCH)]}
+        content = {
+            b"batch_label": name.encode(),
+            label_key: labels,
+            b"data": data,
+            b"filenames": [f"{name}_{i}.png".encode() for i in range(PER_BATCH)],
+        }
         if variant == "cifar100":
             content[b"coarse_labels"] = [v // 5 for v in labels]
         _dump(folder / name, content)
@@ -496,8 +505,12 @@ def test_channel_mean_std() -> None:
 # -- in-memory pipeline ----------------------------------------------------------------------
 
 
-def memory_pipeline(data: ArrayData, batch_size: int, augment: AugmentConfig = AugmentConfig(crop_padding=2),
-                    seed: int = 0, **kwargs) -> InMemoryPipeline:
+SMALL_CROP = AugmentConfig(crop_padding=2)
+
+
+def memory_pipeline(
+    data: ArrayData, batch_size: int, augment: AugmentConfig = SMALL_CROP, seed: int = 0, **kwargs
+) -> InMemoryPipeline:
     return InMemoryPipeline(data, augment, MEAN3, STD3, batch_size, torch.device("cpu"), seed, **kwargs)
 
 
@@ -562,8 +575,12 @@ def test_pipeline_drop_last_and_test_batches() -> None:
 
 def test_build_pipeline_computes_missing_stats() -> None:
     data = small_data()
-    cfg = OmegaConf.create({"augment": {"enabled": False, "crop_padding": 4, "horizontal_flip": True},
-                            "normalize": {"mean": None, "std": None}})
+    cfg = OmegaConf.create(
+        {
+            "augment": {"enabled": False, "crop_padding": 4, "horizontal_flip": True},
+            "normalize": {"mean": None, "std": None},
+        }
+    )
     pipeline = build_pipeline(data, cfg, batch_size=1000, device="cpu", seed=0)
     assert isinstance(pipeline, InMemoryPipeline) and pipeline.supports_logit_cache
     assert pipeline.mean == pytest.approx(channel_mean_std(data.x_train)[0])
@@ -572,13 +589,16 @@ def test_build_pipeline_computes_missing_stats() -> None:
     torch.testing.assert_close(x.std(dim=(0, 2, 3), unbiased=False), torch.ones(3), rtol=0, atol=1e-4)
 
 
-@pytest.mark.parametrize("node, key", [
-    ({"augment": {"crop_padding": -1}}, "dataset.augment.crop_padding"),
-    ({"augment": {"enabled": "yes"}}, "dataset.augment.enabled"),
-    ({"normalize": {"mean": [0.5], "std": [0.2]}}, "dataset.normalize.mean"),
-    ({"normalize": {"mean": [0.5] * 3, "std": [0.2, 0.0, 0.2]}}, "dataset.normalize.std"),
-    ({"normalize": {"mean": [0.5] * 3, "std": None}}, "dataset.normalize.std"),
-])
+@pytest.mark.parametrize(
+    "node, key",
+    [
+        ({"augment": {"crop_padding": -1}}, "dataset.augment.crop_padding"),
+        ({"augment": {"enabled": "yes"}}, "dataset.augment.enabled"),
+        ({"normalize": {"mean": [0.5], "std": [0.2]}}, "dataset.normalize.mean"),
+        ({"normalize": {"mean": [0.5] * 3, "std": [0.2, 0.0, 0.2]}}, "dataset.normalize.std"),
+        ({"normalize": {"mean": [0.5] * 3, "std": None}}, "dataset.normalize.std"),
+    ],
+)
 def test_build_pipeline_rejects_bad_config(node: dict, key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         build_pipeline(small_data(), OmegaConf.create(node), batch_size=8, device="cpu", seed=0)
@@ -681,10 +701,21 @@ def test_dataset_configs_instantiate(tmp_path: Path) -> None:
     npz = tmp_path / "mine.npz"
     np.savez(npz, **array_arrays())
     images = write_fake_folder(tmp_path / "my_images")
-    expected = {"cifar10": 10, "cifar100": 100, "tiny_imagenet": 3, "folder": 2, "arrays": 4, "digits": 10,
-                "synthetic": 10}
-    overrides = {"arrays": {"path": str(npz)}, "folder": {"path": str(images)},
-                 "cifar10": {"loader.verify_checksums": False}, "cifar100": {"loader.verify_checksums": False}}
+    expected = {
+        "cifar10": 10,
+        "cifar100": 100,
+        "tiny_imagenet": 3,
+        "folder": 2,
+        "arrays": 4,
+        "digits": 10,
+        "synthetic": 10,
+    }
+    overrides = {
+        "arrays": {"path": str(npz)},
+        "folder": {"path": str(images)},
+        "cifar10": {"loader.verify_checksums": False},
+        "cifar100": {"loader.verify_checksums": False},
+    }
     for name in DATASET_CONFIGS:
         cfg = compose(name, tmp_path, **overrides.get(name, {}))
         data = hydra.utils.instantiate(cfg.dataset.loader)

@@ -24,10 +24,10 @@ from kd_hydra.data import (
     load_dataset,
     load_folder,
     load_synthetic,
+    store,
     stratified_split,
     with_validation,
 )
-from kd_hydra.data import store
 from kd_hydra.errors import ConfigError, DataError
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
@@ -189,8 +189,7 @@ def test_streaming_path_checks_then_reads_files(tmp_path: Path, monkeypatch: pyt
     again = load_folder(path=str(root), cache_dir=str(cache), image_size=SIZE, in_memory=False)
     assert decoder.calls == len(CLASSES) * (TRAIN_PER_CLASS + TEST_PER_CLASS)  # the passed check is recorded
     assert entries(cache) == [] and again.fingerprint() == data.fingerprint()
-    pipeline = LoaderPipeline(data, AugmentConfig(enabled=False), MEAN3, STD3, 4,
-                              "cpu", seed=0, num_workers=0)
+    pipeline = LoaderPipeline(data, AugmentConfig(enabled=False), MEAN3, STD3, 4, "cpu", seed=0, num_workers=0)
     x_test, _ = stacked(written["test"])
     expected = v2.Normalize(list(MEAN3), list(STD3))(x_test.float() / 255)
     torch.testing.assert_close(torch.cat([x for x, _ in pipeline.test_batches()]), expected, **TOLERANCE)
@@ -204,18 +203,22 @@ def test_memory_budget_suggests_streaming(tmp_path: Path) -> None:
     message = str(info.value)
     assert "dataset.in_memory=false" in message and "\n" not in message
     assert f"{12 * 3 * SIZE * SIZE / 1e9:.2f} GB" in message
-    data = load_folder(path=str(root), cache_dir=str(tmp_path / "cache"), image_size=SIZE, max_memory_gb=1e-6,
-                       in_memory=False)
+    data = load_folder(
+        path=str(root), cache_dir=str(tmp_path / "cache"), image_size=SIZE, max_memory_gb=1e-6, in_memory=False
+    )
     assert isinstance(data, FolderData)
     assert store.memory_budget_bytes(None) == pytest.approx(0.5 * store.physical_memory_bytes())
 
 
-@pytest.mark.parametrize("case,message", [
-    ("no train", "no 'train' folder"),
-    ("no test", "no 'test' or 'val' folder"),
-    ("foreign test class", "class 'yak' has no folder in"),
-    ("empty class", "no image files"),
-])
+@pytest.mark.parametrize(
+    "case,message",
+    [
+        ("no train", "no 'train' folder"),
+        ("no test", "no 'test' or 'val' folder"),
+        ("foreign test class", "class 'yak' has no folder in"),
+        ("empty class", "no image files"),
+    ],
+)
 def test_folder_layout_errors(tmp_path: Path, case: str, message: str) -> None:
     root = tmp_path / "images"
     write_folder(root)
@@ -265,10 +268,20 @@ def dataset_cfg(name: str, tmp_path: Path, **overrides):
 
 
 def test_load_dataset_holds_out_a_stratified_part(tmp_path: Path) -> None:
-    cfg = dataset_cfg("synthetic", tmp_path, **{"loader.num_train": 100, "loader.num_classes": 5,
-                                                "loader.image_size": 6, "val_fraction": 0.2, "val_seed": 3})
-    full = load_dataset(dataset_cfg("synthetic", tmp_path, **{"loader.num_train": 100, "loader.num_classes": 5,
-                                                             "loader.image_size": 6}))
+    cfg = dataset_cfg(
+        "synthetic",
+        tmp_path,
+        **{
+            "loader.num_train": 100,
+            "loader.num_classes": 5,
+            "loader.image_size": 6,
+            "val_fraction": 0.2,
+            "val_seed": 3,
+        },
+    )
+    full = load_dataset(
+        dataset_cfg("synthetic", tmp_path, **{"loader.num_train": 100, "loader.num_classes": 5, "loader.image_size": 6})
+    )
     data = load_dataset(cfg)
     assert not full.has_val and data.has_val and (data.spec.num_train, data.spec.num_val) == (80, 20)
     train_idx, val_idx = stratified_split(full.y_train.numpy(), 0.2, 3)
@@ -281,8 +294,11 @@ def test_load_dataset_holds_out_a_stratified_part(tmp_path: Path) -> None:
 
 
 def test_val_batches_and_stats_from_the_remaining_part(tmp_path: Path) -> None:
-    cfg = dataset_cfg("synthetic", tmp_path, **{"loader.num_train": 60, "loader.num_classes": 3,
-                                                "loader.image_size": 6, "val_fraction": 0.25})
+    cfg = dataset_cfg(
+        "synthetic",
+        tmp_path,
+        **{"loader.num_train": 60, "loader.num_classes": 3, "loader.image_size": 6, "val_fraction": 0.25},
+    )
     data = load_dataset(cfg)
     pipeline = build_pipeline(data, cfg, batch_size=8, device="cpu", seed=0, eval_batch_size=4)
     assert isinstance(pipeline, InMemoryPipeline) and pipeline.has_val and pipeline.num_val == 15
@@ -309,14 +325,17 @@ def test_folder_config_with_validation_in_both_modes(tmp_path: Path) -> None:
     assert memory.spec == files.spec and memory.spec.num_val == len(CLASSES)
     assert [files.val[i][1] for i in range(len(files.val))] == memory.y_val.tolist() == [0, 1, 2]
     assert torch.equal(torch.stack([files.val[i][0] for i in range(len(files.val))]), memory.x_val)
-    cfg = dataset_cfg("folder", tmp_path, **common, in_memory=False, **{"normalize.mean": list(MEAN3),
-                                                                         "normalize.std": list(STD3)})
+    cfg = dataset_cfg(
+        "folder", tmp_path, **common, in_memory=False, **{"normalize.mean": list(MEAN3), "normalize.std": list(STD3)}
+    )
     pipeline = build_pipeline(files, cfg, batch_size=2, device="cpu", seed=0, num_workers=0)
     assert pipeline.has_val
     expected = v2.Normalize(list(MEAN3), list(STD3))(memory.x_val.float() / 255)
     torch.testing.assert_close(torch.cat([x for x, _ in pipeline.val_batches()]), expected, **TOLERANCE)
-    assert files.fingerprint() != load_dataset(dataset_cfg("folder", tmp_path, path=str(root), image_size=SIZE,
-                                                           in_memory=False)).fingerprint()
+    assert (
+        files.fingerprint()
+        != load_dataset(dataset_cfg("folder", tmp_path, path=str(root), image_size=SIZE, in_memory=False)).fingerprint()
+    )
     with pytest.raises(ConfigError, match=r"^dataset\.val_fraction: is 0\.1; class 'cat' has 3"):
         load_dataset(dataset_cfg("folder", tmp_path, **{**common, "val_fraction": 0.1}))
 

@@ -21,17 +21,28 @@ from kd_hydra.loggers import RunLoggers, build_loggers, check_loggers, flatten_c
 CONF = Path(__file__).resolve().parents[1] / "conf"
 RUN_NAME = "loss.alpha=0.5,loss.temperature=4"
 GROUP = "multiruns/sweep-a"
-CONFIG = {"mode": "distill", "loss": {"name": "kd", "temperature": 4.0, "alpha": 0.5},
-          "trainer": {"epochs": 3, "seed": 0, "channels_last": None},
-          "scheduler": {"milestones": [0.5, 0.75]}}
+CONFIG = {
+    "mode": "distill",
+    "loss": {"name": "kd", "temperature": 4.0, "alpha": 0.5},
+    "trainer": {"epochs": 3, "seed": 0, "channels_last": None},
+    "scheduler": {"milestones": [0.5, 0.75]},
+}
 #: Three history rows; epoch 2 was not evaluated (test_* empty).
 ROWS = [
     {"epoch": 1, "lr": 0.1, "train_loss": 2.0, "train_acc": 30.0, "test_acc": 40.0, "test_loss": 1.5, "seconds": 1.0},
     {"epoch": 2, "lr": 0.05, "train_loss": 1.5, "train_acc": 50.0, "test_acc": None, "test_loss": None, "seconds": 1.0},
     {"epoch": 3, "lr": 0.01, "train_loss": 1.0, "train_acc": 70.0, "test_acc": 65.5, "test_loss": 0.9, "seconds": 1.0},
 ]
-METRICS = {"schema_version": 2, "status": "completed", "final_test_acc": 65.5, "best_test_acc": 65.5,
-           "best_epoch": 3, "teacher_test_acc": None, "wall_seconds": 3.5, "settings": {"loss.alpha": 0.5}}
+METRICS = {
+    "schema_version": 2,
+    "status": "completed",
+    "final_test_acc": 65.5,
+    "best_test_acc": 65.5,
+    "best_epoch": 3,
+    "teacher_test_acc": None,
+    "wall_seconds": 3.5,
+    "settings": {"loss.alpha": 0.5},
+}
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:mlflow.*")
 EVALUATED = {row["epoch"]: row["test_acc"] for row in ROWS if row["test_acc"] is not None}
 
@@ -62,11 +73,19 @@ def feed(run: RunLoggers, status: str = "completed") -> None:
 
 # ----------------------------------------------------------------------------- pure helpers
 
+
 def test_flatten_config_gives_dotted_scalars():
     flat = flatten_config(CONFIG)
-    assert flat == {"mode": "distill", "loss.name": "kd", "loss.temperature": 4.0, "loss.alpha": 0.5,
-                    "trainer.epochs": 3, "trainer.seed": 0, "trainer.channels_last": None,
-                    "scheduler.milestones": "[0.5, 0.75]"}
+    assert flat == {
+        "mode": "distill",
+        "loss.name": "kd",
+        "loss.temperature": 4.0,
+        "loss.alpha": 0.5,
+        "trainer.epochs": 3,
+        "trainer.seed": 0,
+        "trainer.channels_last": None,
+        "scheduler.milestones": "[0.5, 0.75]",
+    }
     assert flatten_config(OmegaConf.create({"a": {"b": "${c}"}, "c": 2})) == {"a.b": 2, "c": 2}
 
 
@@ -81,8 +100,14 @@ def test_safe_dir_name_keeps_long_override_lists_unique():
 
 def test_run_identity_from_hydra_node(tmp_path):
     sweep = tmp_path / "outputs" / "multiruns" / "day" / "time"
-    hydra = OmegaConf.create({"mode": "MULTIRUN", "sweep": {"dir": str(sweep)},
-                              "runtime": {"output_dir": str(sweep / "3")}, "job": {"override_dirname": RUN_NAME}})
+    hydra = OmegaConf.create(
+        {
+            "mode": "MULTIRUN",
+            "sweep": {"dir": str(sweep)},
+            "runtime": {"output_dir": str(sweep / "3")},
+            "job": {"override_dirname": RUN_NAME},
+        }
+    )
     assert run_identity(hydra, tmp_path / "outputs") == (RUN_NAME, "multiruns/day/time")
     assert run_identity(hydra) == (RUN_NAME, "time")
     hydra.mode, hydra.job.override_dirname = "RUN", ""
@@ -93,8 +118,9 @@ def test_default_is_csv_and_several_compose(tmp_path, mlflow_store):
     register_configs()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         default = compose(config_name="config")
-        both = compose(config_name="config", overrides=["logger=[tensorboard,mlflow]",
-                                                        f"paths.output_dir={mlflow_store}"])
+        both = compose(
+            config_name="config", overrides=["logger=[tensorboard,mlflow]", f"paths.output_dir={mlflow_store}"]
+        )
     assert OmegaConf.to_container(default.logger) == {"csv": None}
     assert list(both.logger) == ["tensorboard", "mlflow"]
     run = build_loggers(both.logger, RUN_NAME, "composed", tmp_path / "job")
@@ -113,6 +139,7 @@ def test_no_tracker_is_a_no_op(tmp_path):
 
 
 # ----------------------------------------------------------------------------- TensorBoard
+
 
 def test_tensorboard_scalars_final_metrics_and_hparams(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -140,6 +167,7 @@ def test_tensorboard_scalars_final_metrics_and_hparams(tmp_path):
 
 
 # ----------------------------------------------------------------------------- MLflow
+
 
 def test_mlflow_metric_history_params_and_final_metrics(tmp_path, mlflow_store):
     from mlflow.tracking import MlflowClient
@@ -197,11 +225,11 @@ def wandb_records(path: Path) -> list:
         if left < _WANDB_HEADER:
             pos += left
             continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + _WANDB_HEADER])
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + _WANDB_HEADER])
         pos += _WANDB_HEADER
         if kind == 0 and length == 0:
             break
-        pending += data[pos:pos + length]
+        pending += data[pos : pos + length]
         pos += length
         if kind in (_FULL, _LAST):
             records.append(wandb_internal_pb2.Record.FromString(pending))
@@ -271,8 +299,10 @@ def test_wandb_bad_mode_is_one_line_config_error():
 
 # ----------------------------------------------------------------------------- errors and failures
 
-@pytest.mark.parametrize("name, module", [("tensorboard", "torch.utils.tensorboard"), ("mlflow", "mlflow.tracking"),
-                                          ("wandb", "wandb")])
+
+@pytest.mark.parametrize(
+    "name, module", [("tensorboard", "torch.utils.tensorboard"), ("mlflow", "mlflow.tracking"), ("wandb", "wandb")]
+)
 def test_missing_package_names_the_extra(monkeypatch, tmp_path, name, module):
     real_import = loggers.importlib.import_module
 
@@ -355,8 +385,12 @@ def test_failing_tracker_warns_once_and_the_others_go_on(caplog):
 
 
 def test_tracker_that_cannot_start_is_left_out(tmp_path, caplog):
-    cfg = OmegaConf.create({"bad": {"_target_": "test_loggers.RecordingTracker", "fail_on": "start"},
-                            "good": {"_target_": "test_loggers.RecordingTracker"}})
+    cfg = OmegaConf.create(
+        {
+            "bad": {"_target_": "test_loggers.RecordingTracker", "fail_on": "start"},
+            "good": {"_target_": "test_loggers.RecordingTracker"},
+        }
+    )
     with caplog.at_level(logging.WARNING, logger="kd_hydra.loggers"):
         run = build_loggers(cfg, RUN_NAME, GROUP, tmp_path)
     assert run.names == ("good",)
@@ -382,14 +416,22 @@ def test_a_sweep_logs_every_job_s_test_acc_to_all_three_trackers(workspace, wand
     from conftest import TINY, read_metrics
 
     workspace.env.update({k: v for k, v in __import__("os").environ.items() if k.startswith("WANDB_")})
-    sweep_dir, _ = workspace.sweep("tracked", *TINY, "mode=student", "trainer.seed=0,1",
-                                   "logger=[tensorboard,mlflow,wandb]", "hydra.sweeper.add_baselines=false",
-                                   f"logger.mlflow.store_dir={mlflow_store}")  # the module's store: created once
+    sweep_dir, _ = workspace.sweep(
+        "tracked",
+        *TINY,
+        "mode=student",
+        "trainer.seed=0,1",
+        "logger=[tensorboard,mlflow,wandb]",
+        "hydra.sweeper.add_baselines=false",
+        f"logger.mlflow.store_dir={mlflow_store}",
+    )  # the module's store: created once
     jobs = [p for p in sweep_dir.iterdir() if (p / "metrics.json").is_file() and read_metrics(p)["mode"] == "student"]
     assert len(jobs) == 2
     client = MlflowClient(tracking_uri=f"sqlite:///{mlflow_store / loggers.MLFLOW_DB_FILE}")
-    mlflow_runs = {run.data.tags["kd_hydra.run_dir"]: run for run in client.search_runs(
-        [e.experiment_id for e in client.search_experiments()])}
+    mlflow_runs = {
+        run.data.tags["kd_hydra.run_dir"]: run
+        for run in client.search_runs([e.experiment_id for e in client.search_experiments()])
+    }
     for job in jobs:
         with open(job / "history.csv") as handle:
             expected = {int(row["epoch"]): float(row["test_acc"]) for row in csv.DictReader(handle)}

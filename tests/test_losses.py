@@ -252,10 +252,14 @@ def test_dist_is_near_zero_for_identical_logits_and_positive_otherwise(logits100
 @pytest.fixture
 def feature_pairs():
     generator = torch.Generator().manual_seed(2)
-    student = [torch.randn(3, 4, 8, 8, generator=generator, dtype=torch.float64),
-               torch.randn(3, 5, 4, 4, generator=generator, dtype=torch.float64)]
-    teacher = [torch.randn(3, 6, 4, 4, generator=generator, dtype=torch.float64),   # smaller: student pooled
-               torch.randn(3, 2, 8, 8, generator=generator, dtype=torch.float64)]   # larger: teacher pooled
+    student = [
+        torch.randn(3, 4, 8, 8, generator=generator, dtype=torch.float64),
+        torch.randn(3, 5, 4, 4, generator=generator, dtype=torch.float64),
+    ]
+    teacher = [
+        torch.randn(3, 6, 4, 4, generator=generator, dtype=torch.float64),  # smaller: student pooled
+        torch.randn(3, 2, 8, 8, generator=generator, dtype=torch.float64),
+    ]  # larger: teacher pooled
     return student, teacher
 
 

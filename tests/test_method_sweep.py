@@ -22,8 +22,9 @@ LOGIT_METHODS = ("kd", "dkd", "dist")
 def method_sweep(tmp_path_factory, teacher_workspace):
     workspace = Workspace(tmp_path_factory.mktemp("methods"))
     workspace.copy_from(teacher_workspace, "cache")  # the teacher job finds the TINY teacher stored
-    sweep_dir, process = workspace.sweep("methods", *TINY, f"loss={','.join(METHODS)}", "trainer.epochs=1",
-                                         "teacher_training.epochs=2")  # the stored teacher's epochs
+    sweep_dir, process = workspace.sweep(
+        "methods", *TINY, f"loss={','.join(METHODS)}", "trainer.epochs=1", "teacher_training.epochs=2"
+    )  # the stored teacher's epochs
     runs = [p for p in sweep_dir.iterdir() if (p / schema.METRICS_FILE).is_file()]
     return sweep_dir, {read_metrics(p)["method"]: p for p in runs}, process
 
@@ -63,9 +64,12 @@ def test_a_method_s_own_parts_are_trained_and_saved(method_sweep):
     method = FitNet(hint_point=config["loss.hint_point"])
     request = method.feature_request(list(feature_points(student)), list(feature_points(teacher)))
     torch.manual_seed(config["trainer.seed"])
-    method.setup(probe_feature_shapes(student, list(request.student), (3, 16, 16)),
-                 probe_feature_shapes(teacher, list(request.teacher), (3, 16, 16)), torch.zeros(4, dtype=torch.long),
-                 10)
+    method.setup(
+        probe_feature_shapes(student, list(request.student), (3, 16, 16)),
+        probe_feature_shapes(teacher, list(request.teacher), (3, 16, 16)),
+        torch.zeros(4, dtype=torch.long),
+        10,
+    )
     initial = method.state_dict()
     trained = saved["method"]["state_dict"]
     assert set(trained) == set(initial)

@@ -15,10 +15,20 @@ from kd_hydra.methods.dkd import DKD
 from kd_hydra.methods.fitnet import FitNet
 
 N, CLASSES, NUM_DATA = 6, 5, 30
-STUDENT_SHAPES = {"stem": (4, 16, 16), "stage1": (4, 16, 16), "stage2": (8, 8, 8), "stage3": (16, 4, 4),
-                  "pre_logit": (16,)}
-TEACHER_SHAPES = {"stem": (8, 16, 16), "stage1": (8, 16, 16), "stage2": (16, 4, 4), "stage3": (32, 2, 2),
-                  "pre_logit": (32,)}
+STUDENT_SHAPES = {
+    "stem": (4, 16, 16),
+    "stage1": (4, 16, 16),
+    "stage2": (8, 8, 8),
+    "stage3": (16, 4, 4),
+    "pre_logit": (16,),
+}
+TEACHER_SHAPES = {
+    "stem": (8, 16, 16),
+    "stage1": (8, 16, 16),
+    "stage2": (16, 4, 4),
+    "stage3": (32, 2, 2),
+    "pre_logit": (32,),
+}
 POINTS = tuple(STUDENT_SHAPES)
 
 
@@ -60,10 +70,18 @@ def test_every_method_is_registered_with_its_schema():
 EXPECTED = {
     DKD: lambda m, b: (dkd_loss(b.student_logits, b.teacher_logits, b.targets, 1.0, 8.0, 4.0), m.dkd_weight),
     DIST: lambda m, b: (dist_loss(b.student_logits, b.teacher_logits, 2.0, 2.0, 4.0), m.dist_weight),
-    FitNet: lambda m, b: (hint_loss(m.regressor(b.student_features["stage2"]), b.teacher_features["stage2"]),
-                          m.hint_weight),
-    AT: lambda m, b: (attention_transfer_loss([b.student_features[f"stage{i}"] for i in (1, 2, 3)],
-                                              [b.teacher_features[f"stage{i}"] for i in (1, 2, 3)], 2.0), m.at_weight),
+    FitNet: lambda m, b: (
+        hint_loss(m.regressor(b.student_features["stage2"]), b.teacher_features["stage2"]),
+        m.hint_weight,
+    ),
+    AT: lambda m, b: (
+        attention_transfer_loss(
+            [b.student_features[f"stage{i}"] for i in (1, 2, 3)],
+            [b.teacher_features[f"stage{i}"] for i in (1, 2, 3)],
+            2.0,
+        ),
+        m.at_weight,
+    ),
 }
 
 
@@ -92,8 +110,12 @@ def test_logit_methods_read_teacher_logits_and_feature_methods_features():
 def test_standardize_z_scores_the_logits_first(cls):
     batch = fake_batch()
     plain, standardized = build(cls), build(cls, standardize=True)
-    scaled = MethodBatch(student_logits=batch.student_logits * 3 + 1, targets=batch.targets,
-                         sample_indices=batch.sample_indices, teacher_logits=batch.teacher_logits * 0.5 - 2)
+    scaled = MethodBatch(
+        student_logits=batch.student_logits * 3 + 1,
+        targets=batch.targets,
+        sample_indices=batch.sample_indices,
+        teacher_logits=batch.teacher_logits * 0.5 - 2,
+    )
     name = cls.parts[1]
     assert standardized(scaled).parts[name].item() == pytest.approx(standardized(batch).parts[name].item(), rel=1e-5)
     assert plain(scaled).parts[name].item() != pytest.approx(plain(batch).parts[name].item(), rel=1e-3)
@@ -112,8 +134,12 @@ def test_dkd_warmup_factor(epoch, factor):
 
 
 def test_fitnet_regressor_maps_student_hint_to_teacher_shape_and_learns():
-    for point, kind in [("stage2", torch.nn.Conv2d), ("stage3", torch.nn.Conv2d), ("stage1", torch.nn.Conv2d),
-                        ("pre_logit", torch.nn.Linear)]:
+    for point, kind in [
+        ("stage2", torch.nn.Conv2d),
+        ("stage3", torch.nn.Conv2d),
+        ("stage1", torch.nn.Conv2d),
+        ("pre_logit", torch.nn.Linear),
+    ]:
         method = build(FitNet, hint_point=point)
         batch = fake_batch()
         regressed = method.regressor(batch.student_features[point])
@@ -186,8 +212,14 @@ def test_crd_state_round_trips_so_a_resumed_run_is_exact():
     torch.manual_seed(1)
     method(fake_batch(0))
     state = method.state_dict()
-    for key in ("memory.memory_student", "memory.memory_teacher", "memory.z_student", "memory.z_teacher",
-                "embed_student.linear.weight", "embed_teacher.linear.bias"):
+    for key in (
+        "memory.memory_student",
+        "memory.memory_teacher",
+        "memory.z_student",
+        "memory.z_teacher",
+        "embed_student.linear.weight",
+        "embed_teacher.linear.bias",
+    ):
         assert key in state
     assert "memory.train_targets" not in state  # rebuilt from the data by setup
     torch.manual_seed(99)
@@ -213,13 +245,30 @@ def _loss(cls, **overrides):
 
 
 BAD = [
-    (DKD, "temperature", 0.0), (DKD, "temperature", float("nan")), (DKD, "alpha", -1.0), (DKD, "beta", float("inf")),
-    (DKD, "warmup", -1), (DKD, "warmup", 2.5), (DKD, "ce_weight", -0.1), (DKD, "dkd_weight", float("nan")),
-    (DIST, "temperature", -1.0), (DIST, "beta", float("nan")), (DIST, "gamma", -2.0), (DIST, "dist_weight", -1.0),
-    (FitNet, "hint_weight", float("inf")), (FitNet, "ce_weight", "x"), (FitNet, "hint_point", ""),
-    (AT, "p", 0.0), (AT, "p", float("nan")), (AT, "at_weight", -5.0),
-    (CRD, "nce_t", 0.0), (CRD, "momentum", 1.0), (CRD, "momentum", -0.1), (CRD, "nce_k", 0),
-    (CRD, "feat_dim", 0), (CRD, "crd_weight", float("nan")),
+    (DKD, "temperature", 0.0),
+    (DKD, "temperature", float("nan")),
+    (DKD, "alpha", -1.0),
+    (DKD, "beta", float("inf")),
+    (DKD, "warmup", -1),
+    (DKD, "warmup", 2.5),
+    (DKD, "ce_weight", -0.1),
+    (DKD, "dkd_weight", float("nan")),
+    (DIST, "temperature", -1.0),
+    (DIST, "beta", float("nan")),
+    (DIST, "gamma", -2.0),
+    (DIST, "dist_weight", -1.0),
+    (FitNet, "hint_weight", float("inf")),
+    (FitNet, "ce_weight", "x"),
+    (FitNet, "hint_point", ""),
+    (AT, "p", 0.0),
+    (AT, "p", float("nan")),
+    (AT, "at_weight", -5.0),
+    (CRD, "nce_t", 0.0),
+    (CRD, "momentum", 1.0),
+    (CRD, "momentum", -0.1),
+    (CRD, "nce_k", 0),
+    (CRD, "feat_dim", 0),
+    (CRD, "crd_weight", float("nan")),
 ]
 
 

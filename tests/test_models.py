@@ -355,7 +355,9 @@ def test_probe_restores_the_mode_and_leaves_batchnorm_statistics_alone() -> None
 
 
 def test_unknown_feature_point_request_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="has no feature point\\(s\\) stage4; it offers: stem, stage1, stage2, stage3, pre_logit"):
+    with pytest.raises(
+        ConfigError, match="has no feature point\\(s\\) stage4; it offers: stem, stage1, stage2, stage3, pre_logit"
+    ):
         FeatureRecorder(build_model("resnet20", 10, 3, CIFAR_SIZE), ["stage4"])
 
 
@@ -365,7 +367,10 @@ def test_torchvision_default_feature_points() -> None:
         "stem": "maxpool", "stage1": "layer1", "stage2": "layer2", "stage3": "layer3", "stage4": "layer4",
         "pre_logit": "avgpool",
     }  # fmt: skip
-    assert probe_feature_shapes(resnet, ["stage4", "pre_logit"], (3, 64, 64)) == {"stage4": (512, 2, 2), "pre_logit": (512,)}
+    assert probe_feature_shapes(resnet, ["stage4", "pre_logit"], (3, 64, 64)) == {
+        "stage4": (512, 2, 2),
+        "pre_logit": (512,),
+    }
     vgg_like = nn.Module()  # torchvision's VGG/AlexNet layout, small
     vgg_like.features = nn.Sequential(
         nn.Conv2d(3, 4, 3), nn.ReLU(inplace=True), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.MaxPool2d(2)

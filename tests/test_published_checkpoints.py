@@ -118,7 +118,9 @@ class RefResNet18(nn.Module):
         self.bn1 = nn.BatchNorm2d(64)
         layers, in_planes = [], 64
         for planes, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
-            layers.append(nn.Sequential(RefResNetV2Block(in_planes, planes, stride), RefResNetV2Block(planes, planes, 1)))
+            layers.append(
+                nn.Sequential(RefResNetV2Block(in_planes, planes, stride), RefResNetV2Block(planes, planes, 1))
+            )
             in_planes = planes
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
@@ -159,7 +161,10 @@ class RefNetworkBlock(nn.Module):
     def __init__(self, blocks: int, in_planes: int, out_planes: int, stride: int) -> None:
         super().__init__()
         self.layer = nn.Sequential(
-            *(RefWRNBlock(in_planes if i == 0 else out_planes, out_planes, stride if i == 0 else 1) for i in range(blocks))
+            *(
+                RefWRNBlock(in_planes if i == 0 else out_planes, out_planes, stride if i == 0 else 1)
+                for i in range(blocks)
+            )
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -276,14 +281,20 @@ def test_published_checkpoint_of_another_depth_is_a_short_error(
     message = str(caught.value)
     # resnet32x4 has 4 more blocks per stage; each: 2 convs + 2 BNs of 4 tensors (num_batches_tracked is filled in)
     missing = 3 * 4 * (2 + 2 * 4)
-    assert f"{missing} missing key(s) (stages.0.1.conv1.weight, stages.0.1.bn1.weight, stages.0.1.bn1.bias, ...)" in message
+    assert (
+        f"{missing} missing key(s) (stages.0.1.conv1.weight, stages.0.1.bn1.weight, stages.0.1.bn1.bias, ...)"
+        in message
+    )
     assert "CIFAR ResNet (models/resnet.py) layout" in message
     assert "\n" not in message and len(message) < MAX_ERROR_CHARS
 
 
 def test_published_mobilenetv2_is_refused_with_the_reason(tmp_path: Path) -> None:
     path = tmp_path / "mobile_half.pth"
-    torch.save({"model": {"conv1.0.weight": torch.zeros(16, 3, 3, 3), "blocks.0.0.conv.0.weight": torch.zeros(16, 16, 1, 1)}}, path)
+    torch.save(
+        {"model": {"conv1.0.weight": torch.zeros(16, 3, 3, 3), "blocks.0.0.conv.0.weight": torch.zeros(16, 16, 1, 1)}},
+        path,
+    )
     with pytest.raises(CheckpointError, match=r"mobile_half\) do not fit kd-hydra's mobilenetv2: .*stride-2 stem"):
         load_checkpoint(build_model("mobilenetv2", CLASSES, 3, CIFAR_SIZE), path, _signature("mobilenetv2"))
 
@@ -314,7 +325,9 @@ def test_key_layout_mismatch_is_one_readable_line_and_the_full_lists_are_logged(
 def test_shape_mismatch_names_both_shapes(tmp_path: Path) -> None:
     path = tmp_path / "hundred.pt"
     torch.save(build_model("resnet20", 100, 3, CIFAR_SIZE).state_dict(), path)
-    with pytest.raises(CheckpointError, match=r"2 shape-mismatched key\(s\) \(fc.weight: file \[100, 64\] vs model \[10, 64\]"):
+    with pytest.raises(
+        CheckpointError, match=r"2 shape-mismatched key\(s\) \(fc.weight: file \[100, 64\] vs model \[10, 64\]"
+    ):
         load_checkpoint(build_model("resnet20", 10, 3, CIFAR_SIZE), path, _signature("resnet20", 10))
 
 

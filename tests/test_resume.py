@@ -55,8 +55,9 @@ def train_run(tmp: Path, interrupt_after: int | None = None, settings: dict | No
     student = build_model("light_cnn", 10, 3, 8)
     method = DropoutKD(temperature=2.0, alpha=0.5)
     method.setup({}, {}, data.y_train, 10)
-    optimizer = torch.optim.SGD([{"params": student.parameters()}, {"params": method.parameters()}], lr=0.05,
-                                momentum=0.9)
+    optimizer = torch.optim.SGD(
+        [{"params": student.parameters()}, {"params": method.parameters()}], lr=0.05, momentum=0.9
+    )
     scheduler = cosine_schedule(optimizer, epochs=EPOCHS)
     history = HistoryLog(tmp / schema.HISTORY_FILE, schema.history_columns(method.parts))
     checkpointing = Checkpointing(tmp / schema.TRAIN_STATE_FILE, settings or {"run": 1})
@@ -68,8 +69,19 @@ def train_run(tmp: Path, interrupt_after: int | None = None, settings: dict | No
 
     torch.manual_seed(1)
     try:
-        result = fit(student, pipeline, method, optimizer, scheduler, EPOCHS, RUNTIME, history,
-                     teacher=LiveTeacher(teacher, RUNTIME), checkpointing=checkpointing, on_epoch=stop)
+        result = fit(
+            student,
+            pipeline,
+            method,
+            optimizer,
+            scheduler,
+            EPOCHS,
+            RUNTIME,
+            history,
+            teacher=LiveTeacher(teacher, RUNTIME),
+            checkpointing=checkpointing,
+            on_epoch=stop,
+        )
     except Interrupt:
         return None
     return result, student, method
@@ -114,8 +126,18 @@ def test_a_nan_loss_ends_the_fit_naming_the_learning_rate(tmp_path):
     student = build_model("light_cnn", 10, 3, 8)
     optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
     with pytest.raises(DivergedError, match=r"^teacher_training\.optimizer\.lr: the x training loss became nan"):
-        fit(student, pipeline, Diverging(), optimizer, cosine_schedule(optimizer, epochs=2), 2, RUNTIME,
-            HistoryLog(None), label="x", lr_key="teacher_training.optimizer.lr")
+        fit(
+            student,
+            pipeline,
+            Diverging(),
+            optimizer,
+            cosine_schedule(optimizer, epochs=2),
+            2,
+            RUNTIME,
+            HistoryLog(None),
+            label="x",
+            lr_key="teacher_training.optimizer.lr",
+        )
 
 
 def test_base_method_has_no_features():
@@ -127,15 +149,20 @@ def history_epochs(run_dir: Path) -> list[int]:
         return [int(row["epoch"]) for row in csv.DictReader(handle)]
 
 
-def test_distill_run_killed_after_epoch_4_of_8_resumes_to_the_uninterrupted_result(workspace: Workspace,
-                                                                                   teacher_workspace: Workspace):
+def test_distill_run_killed_after_epoch_4_of_8_resumes_to_the_uninterrupted_result(
+    workspace: Workspace, teacher_workspace: Workspace
+):
     workspace.copy_from(teacher_workspace, "cache")  # the stored 2-epoch TINY teacher
     args = [*TINY, "trainer.epochs=8", "teacher_training.epochs=2", "soft_label_cache.enabled=false"]
     full, _ = workspace.single("full", *args)
     killed = workspace.root / "runs" / "killed"  # a real process, to be killed
-    process = subprocess.Popen([sys.executable, str(REPO / "run.py"), *args, f"hydra.run.dir={killed}"],
-                               cwd=workspace.root, env=workspace.env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "run.py"), *args, f"hydra.run.dir={killed}"],
+        cwd=workspace.root,
+        env=workspace.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
         state = killed / schema.TRAIN_STATE_FILE
@@ -171,9 +198,15 @@ def test_completed_run_is_left_alone_and_other_settings_are_refused(workspace: W
     assert json.loads((run_dir / schema.METRICS_FILE).read_text())["settings"]["trainer.seed"] == 3
 
 
-@pytest.mark.parametrize("override, key", [("optimizer.lr=inf", "optimizer.lr"), ("loss.temperature=inf",
-                                                                                     "loss.temperature"),
-                                           ("optimizer.lr=abc", "optimizer.lr"), ("loss.alpha=nan", "loss.alpha")])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("optimizer.lr=inf", "optimizer.lr"),
+        ("loss.temperature=inf", "loss.temperature"),
+        ("optimizer.lr=abc", "optimizer.lr"),
+        ("loss.alpha=nan", "loss.alpha"),
+    ],
+)
 def test_non_finite_and_non_numeric_values_are_refused_before_training(override, key):
     from hydra import compose, initialize_config_dir
 
@@ -191,9 +224,13 @@ def test_teacher_training_killed_in_the_store_resumes_there(workspace: Workspace
     args = [*TINY, "mode=teacher", "trainer.epochs=5"]
     full, _ = workspace.single("full-teacher", *args, "paths.cache_dir=" + str(workspace.root / "other-cache"))
     killed_dir = workspace.root / "runs" / "teacher"
-    process = subprocess.Popen([sys.executable, str(REPO / "run.py"), *args, f"hydra.run.dir={killed_dir}"],
-                               cwd=workspace.root, env=workspace.env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "run.py"), *args, f"hydra.run.dir={killed_dir}"],
+        cwd=workspace.root,
+        env=workspace.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     store = workspace.root / "cache" / "teachers"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:

@@ -37,8 +37,9 @@ def test_multirun_of_four_jobs_trains_the_teacher_once(grid_sweep):
     distill = [m for m in metrics if m["mode"] == "distill"]
     baselines = [m for m in metrics if m["mode"] == "student"]
     teachers = [m for m in metrics if m["mode"] == "teacher"]
-    assert len(distill) == 4 and len(baselines) == 1 and len(teachers) == 1, \
+    assert len(distill) == 4 and len(baselines) == 1 and len(teachers) == 1, (
         "4 distill jobs plus one matched baseline and the teacher job that runs first"
+    )
     for job, record in zip(jobs, metrics):
         assert record["status"] == "completed", record
         assert set(record) == set(schema.METRICS_KEYS)
@@ -68,8 +69,9 @@ def test_same_seed_gives_identical_metrics_on_cpu(workspace: Workspace):
     assert history_rows(first)[0]["train_loss"] != history_rows(other)[0]["train_loss"]
 
 
-def test_warm_cache_trains_the_same_student_as_cold_and_close_to_live_teacher(workspace: Workspace,
-                                                                             teacher_workspace: Workspace):
+def test_warm_cache_trains_the_same_student_as_cold_and_close_to_live_teacher(
+    workspace: Workspace, teacher_workspace: Workspace
+):
     workspace.copy_from(teacher_workspace, "cache")  # the stored teacher; no soft labels yet
     cold, _ = workspace.single("cold", *TINY)
     warm, _ = workspace.single("warm", *TINY)
@@ -114,8 +116,9 @@ def test_external_teacher_checkpoint_is_loaded_and_checked(workspace: Workspace,
     record = read_metrics(run_dir)
     assert record["teacher_source"] == "checkpoint"
     assert record["teacher_test_acc"] == pytest.approx(read_metrics(teacher_dir)["final_test_acc"])
-    _, process = workspace.single("wrong-arch", *TINY, "teacher=light_cnn", f"teacher.checkpoint={checkpoint}",
-                                  expect=2)
+    _, process = workspace.single(
+        "wrong-arch", *TINY, "teacher=light_cnn", f"teacher.checkpoint={checkpoint}", expect=2
+    )
     assert "teacher.checkpoint" in process.stderr and "deep_cnn" in process.stderr
     garbage = workspace.root / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint")
@@ -207,8 +210,9 @@ def test_failed_job_in_a_sweep_is_reported_and_the_others_run(workspace: Workspa
     good = write_npz(tmp_path / "good.npz")
     bad = write_npz(tmp_path / "broken.npz", y_test=None)
     base = [o for o in TINY if not o.startswith("dataset")]
-    sweep_dir, process = workspace.sweep("mixed", *base, "mode=student", "dataset=arrays",
-                                         f"dataset.path={good},{bad}", expect=1)
+    sweep_dir, process = workspace.sweep(
+        "mixed", *base, "mode=student", "dataset=arrays", f"dataset.path={good},{bad}", expect=1
+    )
     statuses = sorted(read_metrics(job)["status"] for job in job_dirs(sweep_dir))
     assert statuses == ["completed", "failed"]
     assert "1 of 2 jobs did not complete" in process.stderr
@@ -217,8 +221,15 @@ def test_failed_job_in_a_sweep_is_reported_and_the_others_run(workspace: Workspa
 
 def test_parallel_launcher_runs_a_sweep_in_worker_processes(workspace: Workspace):
     # the one sweep started as a real `python run.py -m` (the others run the command line in this process)
-    sweep_dir, _ = workspace.sweep("parallel", *TINY, "hydra/launcher=parallel", "hydra.launcher.n_jobs=2",
-                                   "loss.temperature=1,4", "trainer.epochs=1", subprocess=True)
+    sweep_dir, _ = workspace.sweep(
+        "parallel",
+        *TINY,
+        "hydra/launcher=parallel",
+        "hydra.launcher.n_jobs=2",
+        "loss.temperature=1,4",
+        "trainer.epochs=1",
+        subprocess=True,
+    )
     metrics = [read_metrics(job) for job in job_dirs(sweep_dir)]
     assert len(metrics) == 4 and all(m["status"] == "completed" for m in metrics)  # teacher, baseline, 2 distill
     assert sum(m["teacher_source"] == "trained" for m in metrics) == 1
@@ -232,8 +243,9 @@ def test_sweep_directory_holds_the_analysis(grid_sweep, workspace: Workspace):
         assert (sweep_dir / name).is_file(), name
     results = (sweep_dir / "results.csv").read_text().splitlines()
     assert len(results) == 1 + 6  # the teacher job, the baseline and 4 distill jobs
-    _, process = workspace.sweep("no-analysis", *TINY, "mode=student", "trainer.epochs=1",
-                                 "hydra.callbacks.analysis.enabled=false")
+    _, process = workspace.sweep(
+        "no-analysis", *TINY, "mode=student", "trainer.epochs=1", "hydra.callbacks.analysis.enabled=false"
+    )
     assert not (workspace.root / "sweeps" / "no-analysis" / "results.csv").exists()
 
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from kd_hydra.errors import CheckpointError, ConfigError
 from kd_hydra.schema import TRAIN_STATE_FILE
-from kd_hydra.teachers import META_FILE, MODEL_FILE, ArchSignature, TeacherStore
+from kd_hydra.teachers import META_FILE, ArchSignature, TeacherStore
 
 ARCH = ArchSignature(name="tiny", source="zoo", num_classes=3, in_channels=2, image_size=1)
 DESCRIPTION = {"arch": "tiny", "seed": 0}
@@ -84,8 +84,17 @@ def test_entry_without_checkpoint_or_meta_starts_fresh(tmp_path: Path):
     assert train.resumed == [False] and not (entry / "history.csv").exists()
 
 
-@pytest.mark.parametrize("meta", ["[1, 2]", '"text"', '{"result": {"final_test_acc": 90}}',
-                                  '{"sha256": "x"}', '{"sha256": "x", "result": {}}', "{not json"])
+@pytest.mark.parametrize(
+    "meta",
+    [
+        "[1, 2]",
+        '"text"',
+        '{"result": {"final_test_acc": 90}}',
+        '{"sha256": "x"}',
+        '{"sha256": "x", "result": {}}',
+        "{not json",
+    ],
+)
 def test_corrupt_meta_is_retrained(tmp_path: Path, meta: str):
     store, train = TeacherStore(tmp_path), Trainer()
     first = store.get_or_train(DESCRIPTION, LABEL, tiny_model(), ARCH, train)

@@ -23,8 +23,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import setup_globals
 from hydra.types import HydraContext
 
-from conftest import REPO, TINY, Workspace, call_main, isolated_process_state, read_metrics
 import hydra_plugins.kd_hydra_sweeper.kd_sweeper as kd_sweeper_module
+from conftest import REPO, TINY, Workspace, call_main, isolated_process_state, read_metrics
 from kd_hydra import schema
 from kd_hydra.config import register_configs
 from kd_hydra.sweeper import (
@@ -63,8 +63,10 @@ def test_varying_keys_are_those_that_differ():
 
 
 def test_teacher_job_keeps_common_teacher_relevant_overrides():
-    members = [("dataset=digits", "trainer.seed=0", "loss.alpha=0.5", "mode=distill", "student=resnet20"),
-               ("dataset=digits", "trainer.seed=1", "loss.alpha=0.5", "mode=distill", "student=resnet20")]
+    members = [
+        ("dataset=digits", "trainer.seed=0", "loss.alpha=0.5", "mode=distill", "student=resnet20"),
+        ("dataset=digits", "trainer.seed=1", "loss.alpha=0.5", "mode=distill", "student=resnet20"),
+    ]
     assert teacher_job_overrides(members) == ("dataset=digits", "mode=teacher")
 
 
@@ -119,7 +121,8 @@ def test_seed_sweep_needs_one_teacher_when_the_teacher_seed_is_fixed(sweeper: An
     names = [p.dir_name for p in first + second]
     assert len(set(names)) == len(names) == 10
     assert {n.rsplit("-", 1)[0] for n in names if n.startswith("mode=student")} == {
-        f"mode=student,trainer.seed={s}" for s in range(3)}
+        f"mode=student,trainer.seed={s}" for s in range(3)
+    }
 
 
 def test_seed_following_teachers_are_one_per_seed(sweeper: Any):
@@ -226,8 +229,12 @@ def test_rerun_skips_completed_jobs_and_a_grown_grid_runs_only_new_settings(fake
     first = fake.calls()
     assert [mode for mode, _ in first] == ["teacher", "student", "distill", "distill"], "teacher stage first"
     names = {name for _, name in first}
-    assert {n.rsplit("-", 1)[0] for n in names} == {"mode=teacher", "mode=student", "loss.temperature=1",
-                                                     "loss.temperature=4"}
+    assert {n.rsplit("-", 1)[0] for n in names} == {
+        "mode=teacher",
+        "mode=student",
+        "loss.temperature=1",
+        "loss.temperature=4",
+    }
     mtimes = {n: (sweep_dir / n / "metrics.json").stat().st_mtime_ns for n in names}
 
     again = fake.run("grid", "loss.temperature=1,4", "loss.alpha=0.5")
@@ -273,15 +280,15 @@ def test_rerun_switch(fake: FakeSweeps):
     assert not (failed_dir / schema.TRAIN_STATE_FILE).exists(), "a failed job reruns from scratch"
 
     fake.run("grid", *args, "hydra.sweeper.rerun=all", expect=1)
-    assert sorted(name for _, name in fake.calls()) == sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()
-                                                               and not p.name.startswith("."))
+    assert sorted(name for _, name in fake.calls()) == sorted(
+        p.name for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
+    )
     process = fake.run("grid", *args, "hydra.sweeper.rerun=sometimes", expect=2)
     assert process.stderr.strip().splitlines()[-1].startswith("error: hydra.sweeper.rerun: must be one of none")
 
 
 def test_failed_teacher_stops_its_distill_jobs_once(fake: FakeSweeps):
-    process = fake.run("grid", "loss.temperature=1,4", "loss.alpha=0.5", expect=1,
-                       env={"FAKE_FAIL_TEACHER": "1"})
+    process = fake.run("grid", "loss.temperature=1,4", "loss.alpha=0.5", expect=1, env={"FAKE_FAIL_TEACHER": "1"})
     assert sorted(mode for mode, _ in fake.calls()) == ["student", "teacher"]
     lines = [line for line in process.stderr.splitlines() if "its 2 distill job(s) were not started" in line]
     assert len(lines) == 1 and lines[0].startswith("error: teacher job mode=teacher-")
@@ -290,11 +297,27 @@ def test_failed_teacher_stops_its_distill_jobs_once(fake: FakeSweeps):
 def test_preempted_job_is_requeued_into_the_same_directory(fake: FakeSweeps):
     """submitit's local executor: SIGUSR2 (the scheduler's preemption/time-limit signal) requeues the job."""
     pid_file = fake.workspace.root / "job.pid"
-    command = [sys.executable, str(fake.app), "-m", *TINY, "mode=student", "hydra/launcher=local_gpu",
-               "hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
-               NO_ANALYSIS, f"hydra.sweep.dir={fake.workspace.root / 'sweeps' / 'preempt'}"]
-    sweep = subprocess.Popen(command, cwd=fake.workspace.root, env={**fake.env, "FAKE_PREEMPT": str(pid_file)},
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    command = [
+        sys.executable,
+        str(fake.app),
+        "-m",
+        *TINY,
+        "mode=student",
+        "hydra/launcher=local_gpu",
+        "hydra.launcher.gpus_per_node=0",
+        "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.mem_gb=1",
+        NO_ANALYSIS,
+        f"hydra.sweep.dir={fake.workspace.root / 'sweeps' / 'preempt'}",
+    ]
+    sweep = subprocess.Popen(
+        command,
+        cwd=fake.workspace.root,
+        env={**fake.env, "FAKE_PREEMPT": str(pid_file)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while not pid_file.exists() and time.monotonic() < deadline and sweep.poll() is None:

@@ -50,16 +50,24 @@ EXIT_BAD_CONFIG = 2
 class KDSweeper(BasicSweeper):
     """Grid sweeper: validate all jobs first, add baselines and teacher jobs, skip what already completed."""
 
-    def __init__(self, max_batch_size: int | None = None, params: dict[str, str] | None = None,
-                 add_baselines: bool = True, teacher_stage: bool = True, rerun: str = Rerun.none.value) -> None:
+    def __init__(
+        self,
+        max_batch_size: int | None = None,
+        params: dict[str, str] | None = None,
+        add_baselines: bool = True,
+        teacher_stage: bool = True,
+        rerun: str = Rerun.none.value,
+    ) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
         self.add_baselines = add_baselines
         self.teacher_stage = teacher_stage
         try:
             self.rerun = Rerun(str(rerun))
         except ValueError:
-            print(f"error: hydra.sweeper.rerun: must be one of {', '.join(r.value for r in Rerun)} (got {rerun})",
-                  file=sys.stderr)
+            print(
+                f"error: hydra.sweeper.rerun: must be one of {', '.join(r.value for r in Rerun)} (got {rerun})",
+                file=sys.stderr,
+            )
             sys.exit(EXIT_BAD_CONFIG)
 
     # -- planning --------------------------------------------------------------------------------
@@ -97,8 +105,9 @@ class KDSweeper(BasicSweeper):
                 errors.append(f"error: job {number} ({' '.join(job)}): {error}")
         if errors:
             print("\n".join(errors), file=sys.stderr)
-            print(f"error: {len(errors)} of {len(jobs)} jobs have invalid settings; no job was started",
-                  file=sys.stderr)
+            print(
+                f"error: {len(errors)} of {len(jobs)} jobs have invalid settings; no job was started", file=sys.stderr
+            )
             sys.exit(EXIT_BAD_CONFIG)
 
     def _baselines(self, jobs: Sequence[Job], modes: Sequence[Mode]) -> list[Job]:
@@ -106,12 +115,20 @@ class KDSweeper(BasicSweeper):
             return []
         unique = list(dict.fromkeys(baseline_overrides(job) for job, mode in zip(jobs, modes) if mode is Mode.distill))
         if unique:
-            log.info("adding %d matched baseline-student job(s) to the sweep (hydra.sweeper.add_baselines=false "
-                     "to skip)", len(unique))
+            log.info(
+                "adding %d matched baseline-student job(s) to the sweep (hydra.sweeper.add_baselines=false to skip)",
+                len(unique),
+            )
         return unique
 
-    def _teacher_jobs(self, jobs: Sequence[Job], configs: Sequence[DictConfig], modes: Sequence[Mode],
-                      first: list[Planned], second: list[Planned]) -> list[Planned]:
+    def _teacher_jobs(
+        self,
+        jobs: Sequence[Job],
+        configs: Sequence[DictConfig],
+        modes: Sequence[Mode],
+        first: list[Planned],
+        second: list[Planned],
+    ) -> list[Planned]:
         """One mode=teacher job per distinct teacher of the distill jobs (none for external checkpoints)."""
         keys: dict[Job, str | None] = {}
         for job, cfg, mode in zip(jobs, configs, modes):
@@ -120,8 +137,11 @@ class KDSweeper(BasicSweeper):
         groups: dict[str, list[Job]] = {}
         for job, mode in zip(jobs, modes):
             key = keys[job]
-            if mode is Mode.distill and key is not None and OmegaConf.select(
-                    configs[jobs.index(job)], "teacher.checkpoint", default=None) is None:
+            if (
+                mode is Mode.distill
+                and key is not None
+                and OmegaConf.select(configs[jobs.index(job)], "teacher.checkpoint", default=None) is None
+            ):
                 groups.setdefault(key, []).append(job)
         added, teacher_of = [], dict(given)
         for key, members in groups.items():
@@ -133,8 +153,11 @@ class KDSweeper(BasicSweeper):
             if key in groups and planned.overrides in groups[key]:
                 planned.teacher = teacher_of[key]
         if added:
-            log.info("adding %d teacher job(s) (mode=teacher) that run before the distill jobs "
-                     "(hydra.sweeper.teacher_stage=false to skip)", len(added))
+            log.info(
+                "adding %d teacher job(s) (mode=teacher) that run before the distill jobs "
+                "(hydra.sweeper.teacher_stage=false to skip)",
+                len(added),
+            )
         return added
 
     @staticmethod
@@ -189,12 +212,17 @@ class KDSweeper(BasicSweeper):
         for teacher, (dir_name, reason) in failed_teachers.items():
             count = sum(p.teacher == teacher for p in blocked)
             if count:
-                print(f"error: teacher job {dir_name} did not complete ({reason}); its {count} distill job(s) "
-                      f"were not started", file=sys.stderr)
+                print(
+                    f"error: teacher job {dir_name} did not complete ({reason}); its {count} distill job(s) "
+                    f"were not started",
+                    file=sys.stderr,
+                )
         self._launch([p for p in second_run if p not in blocked], returns, next_idx)
         return returns
 
-    def _to_run(self, sweep_dir: Path, planned: list[Planned], first: list[Planned]) -> tuple[list[Planned], list[Planned]]:
+    def _to_run(
+        self, sweep_dir: Path, planned: list[Planned], first: list[Planned]
+    ) -> tuple[list[Planned], list[Planned]]:
         """The jobs of each stage that run now; completed (and, by default, failed) jobs are skipped."""
         completed, failed, run = [], [], []
         for job in planned:
@@ -234,7 +262,10 @@ class KDSweeper(BasicSweeper):
             try:
                 returns.append(self.launcher.launch(batch, initial_job_idx=initial_job_idx))
             except Exception as error:  # e.g. a submitit job that was killed: its directory tells the rest
-                log.error("the launcher failed on %d job(s): %s", len(batch), str(error).strip().splitlines()[0]
-                          if str(error).strip() else type(error).__name__)
+                log.error(
+                    "the launcher failed on %d job(s): %s",
+                    len(batch),
+                    str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__,
+                )
             initial_job_idx += len(batch)
         return initial_job_idx

@@ -78,16 +78,20 @@ def load_arrays(name: str = "arrays", *, path: str | None, num_classes: int | No
             _check_images(path, f"x_{split}", arrays[f"x_{split}"])
             _check_labels(path, f"y_{split}", arrays[f"y_{split}"], len(arrays[f"x_{split}"]))
         if arrays["x_test"].shape[1:] != arrays["x_train"].shape[1:]:
-            raise DataError(f"{path}: key 'x_test' has images of shape {arrays['x_test'].shape[1:]}; "
-                            f"expected the (H, W, C) of x_train, {arrays['x_train'].shape[1:]}")
+            raise DataError(
+                f"{path}: key 'x_test' has images of shape {arrays['x_test'].shape[1:]}; "
+                f"expected the (H, W, C) of x_train, {arrays['x_train'].shape[1:]}"
+            )
 
         highest = max(int(arrays["y_train"].max()), int(arrays["y_test"].max()))
         num_classes = highest + 1 if num_classes is None else int(num_classes)
         for key in ("y_train", "y_test"):
             y = arrays[key]
             if int(y.min()) < 0 or int(y.max()) >= num_classes:
-                raise DataError(f"{path}: key '{key}' has labels in [{int(y.min())}, {int(y.max())}]; "
-                                f"expected labels in [0, {num_classes})")
+                raise DataError(
+                    f"{path}: key '{key}' has labels in [{int(y.min())}, {int(y.max())}]; "
+                    f"expected labels in [0, {num_classes})"
+                )
         classes = _class_names(path, archive, num_classes)
 
     x_train, x_test = (torch.from_numpy(arrays[k]).permute(0, 3, 1, 2).contiguous() for k in ("x_train", "x_test"))

@@ -98,7 +98,7 @@ def channel_mean_std(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, .
     total = torch.zeros(channels, dtype=torch.float64)
     total_sq = torch.zeros(channels, dtype=torch.float64)
     for start in range(0, len(x), STATS_CHUNK):
-        chunk = x[start:start + STATS_CHUNK].to(torch.float64) / UINT8_MAX
+        chunk = x[start : start + STATS_CHUNK].to(torch.float64) / UINT8_MAX
         total += chunk.sum(dim=(0, 2, 3))
         total_sq += chunk.square().sum(dim=(0, 2, 3))
     count = x.numel() // channels

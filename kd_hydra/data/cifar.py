@@ -78,9 +78,11 @@ def _verify_checksums(variant: str, layout: _Layout, folder: str, files: tuple[s
     for file in files:
         path = os.path.join(folder, file)
         if not check_integrity(path, published[file]):
-            raise DataError(f"{path}: MD5 differs from the published {layout.title} file (md5 {published[file]}); "
-                            f"expected the original file from {layout.url} (refused unread: pickle files can run "
-                            "code), or set dataset.loader.verify_checksums=false for a file you trust")
+            raise DataError(
+                f"{path}: MD5 differs from the published {layout.title} file (md5 {published[file]}); "
+                f"expected the original file from {layout.url} (refused unread: pickle files can run "
+                "code), or set dataset.loader.verify_checksums=false for a file you trust"
+            )
 
 
 def _unpickle(path: str) -> dict:
@@ -131,7 +133,11 @@ def _download(variant: str, root: str, layout: _Layout, folder: str) -> None:
 
 
 def load_cifar(
-    name: str | None = None, *, root: str, variant: str = "cifar10", download: bool = False,
+    name: str | None = None,
+    *,
+    root: str,
+    variant: str = "cifar10",
+    download: bool = False,
     verify_checksums: bool = True,
 ) -> ArrayData:
     """CIFAR-10 or CIFAR-100 (fine labels) from `<root>/cifar-10-batches-py` or `<root>/cifar-100-python`.
@@ -164,8 +170,10 @@ def load_cifar(
     classes = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in meta[layout.names_key])
     for split, labels in (("train", y_train), ("test", y_test)):
         if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= len(classes)):
-            raise DataError(f"{folder}: {split} labels span [{int(labels.min())}, {int(labels.max())}]; "
-                            f"expected [0, {len(classes)}) as {meta_path} names {len(classes)} classes")
+            raise DataError(
+                f"{folder}: {split} labels span [{int(labels.min())}, {int(labels.max())}]; "
+                f"expected [0, {len(classes)}) as {meta_path} names {len(classes)} classes"
+            )
     spec = DatasetSpec(
         name=variant if name is None else name,
         num_classes=len(classes),

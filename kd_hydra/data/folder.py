@@ -21,16 +21,21 @@ _LAYOUT = "<path>/train/<class>/*.jpg|png|... and <path>/test/<class>/... (or va
 
 def _check_image_size(image_size: int | None) -> None:
     if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
-        raise ConfigError("dataset.image_size", f"is {image_size!r}; expected a positive integer (pixels) or null "
-                                                "(the size of the first training image)")
+        raise ConfigError(
+            "dataset.image_size",
+            f"is {image_size!r}; expected a positive integer (pixels) or null (the size of the first training image)",
+        )
 
 
 def _first_image_size(train: ImageFileDataset) -> int:
     first = read_image(train.path(0))
     height, width = int(first.shape[1]), int(first.shape[2])
     if height != width:
-        raise ConfigError("dataset.image_size", f"is null and {train.path(0)} is {width}x{height}; expected square "
-                                                "images, or set dataset.image_size to resize every image to S x S")
+        raise ConfigError(
+            "dataset.image_size",
+            f"is null and {train.path(0)} is {width}x{height}; expected square "
+            "images, or set dataset.image_size to resize every image to S x S",
+        )
     return height
 
 
@@ -51,17 +56,30 @@ def folder_dataset(
     Images of another size are resized to `image_size` (None: the first training image's size).
     """
     if not isinstance(in_memory, bool):
-        raise ConfigError("dataset.in_memory", f"is {in_memory!r}; expected true (decode once into memory) or "
-                                               "false (stream the files through DataLoader workers)")
+        raise ConfigError(
+            "dataset.in_memory",
+            f"is {in_memory!r}; expected true (decode once into memory) or "
+            "false (stream the files through DataLoader workers)",
+        )
     _check_image_size(image_size)
-    if decode_workers is not None and (isinstance(decode_workers, bool) or not isinstance(decode_workers, int)
-                                       or decode_workers < 1):
-        raise ConfigError("dataset.loader.decode_workers",
-                          f"is {decode_workers!r}; expected a positive integer or null (one per core)")
+    if decode_workers is not None and (
+        isinstance(decode_workers, bool) or not isinstance(decode_workers, int) or decode_workers < 1
+    ):
+        raise ConfigError(
+            "dataset.loader.decode_workers",
+            f"is {decode_workers!r}; expected a positive integer or null (one per core)",
+        )
     size = _first_image_size(train) if image_size is None else int(image_size)
     train.image_size = test.image_size = size
-    spec = DatasetSpec(name=name, num_classes=len(classes), channels=RGB_CHANNELS, image_size=size, classes=classes,
-                       num_train=len(train), num_test=len(test))
+    spec = DatasetSpec(
+        name=name,
+        num_classes=len(classes),
+        channels=RGB_CHANNELS,
+        image_size=size,
+        classes=classes,
+        num_train=len(train),
+        num_test=len(test),
+    )
     cache_dir = None if cache_dir is None else os.path.expanduser(str(cache_dir))
     if in_memory:
         check_memory_budget(name, len(train) + len(test), size, max_memory_gb)
@@ -101,12 +119,16 @@ def list_image_folder(
     labels: list[int] = []
     for name in found:
         if name not in index:
-            raise DataError(f"{os.path.join(folder, name)}: class '{name}' has no folder in "
-                            f"{os.path.join(root, TRAIN_FOLDER)}; expected the same class folders in every split")
+            raise DataError(
+                f"{os.path.join(folder, name)}: class '{name}' has no folder in "
+                f"{os.path.join(root, TRAIN_FOLDER)}; expected the same class folders in every split"
+            )
         images = _images_under(os.path.join(folder, name), root)
         if not images and split_folder == TRAIN_FOLDER:
-            raise DataError(f"{os.path.join(folder, name)}: no image files ({', '.join(IMAGE_SUFFIXES)}); "
-                            "expected at least one training image per class folder")
+            raise DataError(
+                f"{os.path.join(folder, name)}: no image files ({', '.join(IMAGE_SUFFIXES)}); "
+                "expected at least one training image per class folder"
+            )
         files.extend(images)
         labels.extend([index[name]] * len(images))
     if not files:
@@ -140,5 +162,14 @@ def load_folder(
     test_files, test_labels, _ = list_image_folder(root, test_folder, classes)
     train = ImageFileDataset(root, train_files, train_labels)
     test = ImageFileDataset(root, test_files, test_labels)
-    return folder_dataset(name, train, test, tuple(classes), cache_dir=cache_dir, in_memory=in_memory,
-                          image_size=image_size, max_memory_gb=max_memory_gb, decode_workers=decode_workers)
+    return folder_dataset(
+        name,
+        train,
+        test,
+        tuple(classes),
+        cache_dir=cache_dir,
+        in_memory=in_memory,
+        image_size=image_size,
+        max_memory_gb=max_memory_gb,
+        decode_workers=decode_workers,
+    )

@@ -52,8 +52,9 @@ def read_image(path: str, image_size: int | None = None) -> torch.Tensor:
         image = decode_image(read_file(path), mode=ImageReadMode.RGB)
     except (OSError, RuntimeError, ValueError) as error:
         reason = " ".join(str(error).split()) or type(error).__name__
-        raise DataError(f"{path}: cannot decode image ({reason}); "
-                        "expected a readable JPEG/PNG/WebP/GIF file") from error
+        raise DataError(
+            f"{path}: cannot decode image ({reason}); expected a readable JPEG/PNG/WebP/GIF file"
+        ) from error
     if image_size is not None and tuple(image.shape[-2:]) != (image_size, image_size):
         from torchvision.transforms.v2 import functional as TF
 

@@ -24,15 +24,15 @@ def check_required(node: DictConfig, prefix: str = "dataset") -> None:
     for key in node:
         full = f"{prefix}.{key}"
         if OmegaConf.is_missing(node, key):
-            raise ConfigError(full, "is required but not set (???); give it on the command line, e.g. "
-                                    f"{full}=...")
+            raise ConfigError(full, f"is required but not set (???); give it on the command line, e.g. {full}=...")
         try:
             value = node[key]
         except MissingMandatoryValue as error:  # an interpolation to a ??? key
             match = re.search(r"Missing mandatory value: (\S+)", str(error))
             missing = match.group(1) if match else full
-            raise ConfigError(missing, f"is required but not set (???); give it on the command line, e.g. "
-                                       f"{missing}=...") from None
+            raise ConfigError(
+                missing, f"is required but not set (???); give it on the command line, e.g. {missing}=..."
+            ) from None
         if isinstance(value, DictConfig):
             check_required(value, full)
 
@@ -49,8 +49,10 @@ def instantiate_loader(loader_cfg: DictConfig) -> ArrayData | FolderData:
             raise cause from None
         raise
     if not isinstance(data, (ArrayData, FolderData)):
-        raise DataError(f"dataset.loader: {loader_cfg.get('_target_')} returned a {type(data).__name__}; "
-                        "expected ArrayData or FolderData")
+        raise DataError(
+            f"dataset.loader: {loader_cfg.get('_target_')} returned a {type(data).__name__}; "
+            "expected ArrayData or FolderData"
+        )
     return data
 
 
@@ -67,5 +69,6 @@ def load_dataset(dataset_cfg: Mapping[str, Any] | DictConfig) -> ArrayData | Fol
     data = instantiate_loader(dataset_cfg.loader)
     fraction = dataset_cfg.get("val_fraction", DEFAULT_VAL_FRACTION)
     seed = dataset_cfg.get("val_seed", DEFAULT_VAL_SEED)
-    return with_validation(data, DEFAULT_VAL_FRACTION if fraction is None else fraction,
-                           DEFAULT_VAL_SEED if seed is None else seed)
+    return with_validation(
+        data, DEFAULT_VAL_FRACTION if fraction is None else fraction, DEFAULT_VAL_SEED if seed is None else seed
+    )

@@ -95,8 +95,10 @@ def _check_stats(
     mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
     for key, values in (("mean", mean), ("std", std)):
         if len(values) != spec.channels:
-            raise ConfigError(f"dataset.normalize.{key}",
-                              f"has {len(values)} values; expected {spec.channels} (one per channel of {spec.name})")
+            raise ConfigError(
+                f"dataset.normalize.{key}",
+                f"has {len(values)} values; expected {spec.channels} (one per channel of {spec.name})",
+            )
         if not all(math.isfinite(v) for v in values):
             raise ConfigError(f"dataset.normalize.{key}", f"is {list(values)}; expected finite numbers")
     if min(std) <= 0:
@@ -144,8 +146,10 @@ class _Pipeline:
 
     def _require_val(self) -> None:
         if not self.has_val:
-            raise ConfigError("dataset.val_fraction", f"is 0, so {self.spec.name} has no validation split; "
-                                                      "expected a fraction in (0, 1) to evaluate on one")
+            raise ConfigError(
+                "dataset.val_fraction",
+                f"is 0, so {self.spec.name} has no validation split; expected a fraction in (0, 1) to evaluate on one",
+            )
 
     @property
     def num_train_batches(self) -> int:
@@ -175,8 +179,9 @@ class InMemoryPipeline(_Pipeline):
         eval_batch_size: int | None = None,
         drop_last: bool = False,
     ) -> None:
-        super().__init__(data.spec, augment, mean, std, batch_size, device, seed, channels_last, eval_batch_size,
-                         drop_last)
+        super().__init__(
+            data.spec, augment, mean, std, batch_size, device, seed, channels_last, eval_batch_size, drop_last
+        )
         self._x_train = data.x_train.to(self.device)
         self._y_train = data.y_train.to(self.device)
         self._x_test = data.x_test.to(self.device)
@@ -205,8 +210,8 @@ class InMemoryPipeline(_Pipeline):
 
     def _eval_batches(self, x_all: torch.Tensor, y_all: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for start in range(0, len(x_all), self.eval_batch_size):
-            x = x_all[start:start + self.eval_batch_size]
-            yield self._normalize(x), y_all[start:start + self.eval_batch_size]
+            x = x_all[start : start + self.eval_batch_size]
+            yield self._normalize(x), y_all[start : start + self.eval_batch_size]
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         return normalize(x, self._scale, self._shift, torch.float32, self.channels_last)
@@ -262,8 +267,10 @@ class _PlannedItems(Dataset):
         image, label = self.base[index]
         if tuple(image.shape[-2:]) != (self.image_size, self.image_size):
             where = self.base.path(index) if hasattr(self.base, "path") else f"item {index}"
-            raise DataError(f"{where}: image is {image.shape[-1]}x{image.shape[-2]}; "
-                            f"expected {self.image_size}x{self.image_size} like the rest of the dataset")
+            raise DataError(
+                f"{where}: image is {image.shape[-1]}x{image.shape[-2]}; "
+                f"expected {self.image_size}x{self.image_size} like the rest of the dataset"
+            )
         if self.padding:
             image = TF.crop(TF.pad(image, [self.padding], fill=0), dy, dx, self.image_size, self.image_size)
         if flip:
@@ -293,12 +300,14 @@ class LoaderPipeline(_Pipeline):
         drop_last: bool = False,
         num_workers: int | None = None,
     ) -> None:
-        super().__init__(data.spec, augment, mean, std, batch_size, device, seed, channels_last, eval_batch_size,
-                         drop_last)
+        super().__init__(
+            data.spec, augment, mean, std, batch_size, device, seed, channels_last, eval_batch_size, drop_last
+        )
         self.num_workers = min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1) if num_workers is None else int(num_workers)
         if self.num_workers < 0:
-            raise ConfigError("trainer.num_workers",
-                              f"is {self.num_workers}; expected >= 0 (0 loads in the main process)")
+            raise ConfigError(
+                "trainer.num_workers", f"is {self.num_workers}; expected >= 0 (0 loads in the main process)"
+            )
         self._scale, self._shift = normalization_constants(self.mean, self.std, self.device)
         self._train_items = _PlannedItems(data.train, data.spec.image_size, augment.padding)
         self._test_items = _PlannedItems(data.test, data.spec.image_size, 0)
@@ -374,13 +383,17 @@ def _normalize_stats(
     mean, std = node.get("mean"), node.get("std")
     if (mean is None) != (std is None):
         missing = "mean" if mean is None else "std"
-        raise ConfigError(f"dataset.normalize.{missing}",
-                          "is null while the other is set; expected both lists or both null (computed)")
+        raise ConfigError(
+            f"dataset.normalize.{missing}",
+            "is null while the other is set; expected both lists or both null (computed)",
+        )
     if mean is not None:
         return list(mean), list(std)
     if isinstance(data, FolderData):
-        raise ConfigError("dataset.normalize.mean",
-                          f"is null; {data.spec.name} is read from image files, so give per-channel mean and std lists")
+        raise ConfigError(
+            "dataset.normalize.mean",
+            f"is null; {data.spec.name} is read from image files, so give per-channel mean and std lists",
+        )
     return channel_mean_std(data.x_train)
 
 
@@ -401,8 +414,17 @@ def build_pipeline(
     """
     augment = _augment_config(dataset_cfg.get("augment"))
     mean, std = _normalize_stats(dataset_cfg.get("normalize"), data)
-    common = dict(augment=augment, mean=mean, std=std, batch_size=batch_size, device=device, seed=seed,
-                  channels_last=channels_last, eval_batch_size=eval_batch_size, drop_last=drop_last)
+    common = dict(
+        augment=augment,
+        mean=mean,
+        std=std,
+        batch_size=batch_size,
+        device=device,
+        seed=seed,
+        channels_last=channels_last,
+        eval_batch_size=eval_batch_size,
+        drop_last=drop_last,
+    )
     if isinstance(data, ArrayData):
         return InMemoryPipeline(data, **common)
     if isinstance(data, FolderData):

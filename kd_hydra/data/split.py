@@ -15,10 +15,15 @@ from kd_hydra.errors import ConfigError
 
 def check_val_settings(fraction: object, seed: object) -> tuple[float, int]:
     """`dataset.val_fraction` in [0, 1) and `dataset.val_seed` an integer, or a ConfigError naming the key."""
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction < 1.0 \
-            or not math.isfinite(fraction):
-        raise ConfigError("dataset.val_fraction", f"is {fraction!r}; expected a fraction in [0, 1) "
-                                                  "(0: no validation split)")
+    if (
+        isinstance(fraction, bool)
+        or not isinstance(fraction, (int, float))
+        or not 0.0 <= fraction < 1.0
+        or not math.isfinite(fraction)
+    ):
+        raise ConfigError(
+            "dataset.val_fraction", f"is {fraction!r}; expected a fraction in [0, 1) (0: no validation split)"
+        )
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError("dataset.val_seed", f"is {seed!r}; expected an integer >= 0")
     return float(fraction), int(seed)
@@ -39,10 +44,12 @@ def stratified_split(
         count = int(round(fraction * len(members)))
         if count < 1 or count >= len(members):
             name = classes[int(label)] if classes is not None else str(int(label))
-            raise ConfigError("dataset.val_fraction",
-                              f"is {fraction:g}; class '{name}' has {len(members)} training images, which gives "
-                              f"{count} for validation and {len(members) - count} for training; expected at least "
-                              "one on each side (change the fraction, or 0 for no validation split)")
+            raise ConfigError(
+                "dataset.val_fraction",
+                f"is {fraction:g}; class '{name}' has {len(members)} training images, which gives "
+                f"{count} for validation and {len(members) - count} for training; expected at least "
+                "one on each side (change the fraction, or 0 for no validation split)",
+            )
         val_parts.append(generator.permutation(members)[:count])
     val = np.sort(np.concatenate(val_parts))
     keep = np.ones(len(labels), dtype=bool)
@@ -56,8 +63,9 @@ def with_validation(data: ArrayData | FolderData, fraction: float, seed: int) ->
     if fraction == 0.0:
         return data
     if data.has_val:
-        raise ConfigError("dataset.val_fraction", f"is {fraction:g} but {data.spec.name} already has a validation "
-                                                  "part; expected 0")
+        raise ConfigError(
+            "dataset.val_fraction", f"is {fraction:g} but {data.spec.name} already has a validation part; expected 0"
+        )
     if isinstance(data, ArrayData):
         labels = data.y_train.numpy()
     else:
@@ -66,6 +74,13 @@ def with_validation(data: ArrayData | FolderData, fraction: float, seed: int) ->
     spec = dataclasses.replace(data.spec, num_train=len(train_idx), num_val=len(val_idx))
     if isinstance(data, ArrayData):
         train_t, val_t = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
-        return ArrayData(data.x_train[train_t], data.y_train[train_t], data.x_test, data.y_test, spec,
-                         x_val=data.x_train[val_t], y_val=data.y_train[val_t])
+        return ArrayData(
+            data.x_train[train_t],
+            data.y_train[train_t],
+            data.x_test,
+            data.y_test,
+            spec,
+            x_val=data.x_train[val_t],
+            y_val=data.y_train[val_t],
+        )
     return FolderData(train=data.train.subset(train_idx), test=data.test, spec=spec, val=data.train.subset(val_idx))

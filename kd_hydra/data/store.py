@@ -53,8 +53,11 @@ def memory_budget_bytes(max_memory_gb: float | None) -> float:
         physical = physical_memory_bytes()
         return DEFAULT_MEMORY_FRACTION * physical if physical else float("inf")
     if isinstance(max_memory_gb, bool) or not isinstance(max_memory_gb, (int, float)) or not max_memory_gb > 0:
-        raise ConfigError("dataset.max_memory_gb", f"is {max_memory_gb!r}; expected a positive number of GB or null "
-                                                   f"({DEFAULT_MEMORY_FRACTION:g} of the physical memory)")
+        raise ConfigError(
+            "dataset.max_memory_gb",
+            f"is {max_memory_gb!r}; expected a positive number of GB or null "
+            f"({DEFAULT_MEMORY_FRACTION:g} of the physical memory)",
+        )
     return float(max_memory_gb) * BYTES_PER_GB
 
 
@@ -63,8 +66,11 @@ def check_memory_budget(name: str, num_images: int, image_size: int, max_memory_
     needed = num_images * RGB_CHANNELS * image_size * image_size
     budget = memory_budget_bytes(max_memory_gb)
     if needed > budget:
-        origin = "dataset.max_memory_gb" if max_memory_gb is not None else \
-            f"{DEFAULT_MEMORY_FRACTION:g} of the physical memory, dataset.max_memory_gb=null"
+        origin = (
+            "dataset.max_memory_gb"
+            if max_memory_gb is not None
+            else f"{DEFAULT_MEMORY_FRACTION:g} of the physical memory, dataset.max_memory_gb=null"
+        )
         raise ConfigError(
             "dataset.in_memory",
             f"decoding {name} in memory needs {needed / BYTES_PER_GB:.2f} GB ({num_images} images of "
@@ -74,7 +80,10 @@ def check_memory_budget(name: str, num_images: int, image_size: int, max_memory_
 
 
 def content_key(
-    train: ImageFileDataset, test: ImageFileDataset, classes: tuple[str, ...], image_size: int,
+    train: ImageFileDataset,
+    test: ImageFileDataset,
+    classes: tuple[str, ...],
+    image_size: int,
     workers: int | None = None,
 ) -> str:
     """Digest of the decode settings, class names and every (relative path, label, file bytes), in item order."""
@@ -93,8 +102,9 @@ def entry_path(cache_dir: str | os.PathLike, name: str, key: str) -> Path:
     return Path(cache_dir).expanduser() / STORE_FOLDER / f"{name}-{key}"
 
 
-def decode_split(dataset: ImageFileDataset, out: np.ndarray, image_size: int, workers: int | None,
-                 description: str | None) -> None:
+def decode_split(
+    dataset: ImageFileDataset, out: np.ndarray, image_size: int, workers: int | None, description: str | None
+) -> None:
     """Decode every item of `dataset` into `out` (N, 3, S, S) uint8, in parallel; `out=None` only checks."""
 
     def one(index: int) -> None:
@@ -105,8 +115,9 @@ def decode_split(dataset: ImageFileDataset, out: np.ndarray, image_size: int, wo
     parallel_map(one, len(dataset), workers, description)
 
 
-def _write_entry(final: Path, train: ImageFileDataset, test: ImageFileDataset, spec: DatasetSpec,
-                 workers: int | None) -> None:
+def _write_entry(
+    final: Path, train: ImageFileDataset, test: ImageFileDataset, spec: DatasetSpec, workers: int | None
+) -> None:
     temporary = final.with_name(f".tmp-{final.name}-{os.getpid()}")
     shutil.rmtree(temporary, ignore_errors=True)
     temporary.mkdir(parents=True)
@@ -114,16 +125,26 @@ def _write_entry(final: Path, train: ImageFileDataset, test: ImageFileDataset, s
         started = time.perf_counter()
         size = spec.image_size
         for split, dataset in zip(_SPLITS, (train, test)):
-            x = np.lib.format.open_memmap(temporary / f"x_{split}.npy", mode="w+", dtype=np.uint8,
-                                          shape=(len(dataset), RGB_CHANNELS, size, size))
+            x = np.lib.format.open_memmap(
+                temporary / f"x_{split}.npy", mode="w+", dtype=np.uint8, shape=(len(dataset), RGB_CHANNELS, size, size)
+            )
             decode_split(dataset, x, size, workers, f"decoding {spec.name} {split}")
             x.flush()
             del x
             np.save(temporary / f"y_{split}.npy", dataset.labels.astype(np.int64))
         seconds = time.perf_counter() - started
-        write_json(temporary / META_FILE, {"version": STORE_VERSION, "name": spec.name, "classes": list(spec.classes),
-                                           "image_size": size, "num_train": spec.num_train,
-                                           "num_test": spec.num_test, "decode_seconds": round(seconds, 3)})
+        write_json(
+            temporary / META_FILE,
+            {
+                "version": STORE_VERSION,
+                "name": spec.name,
+                "classes": list(spec.classes),
+                "image_size": size,
+                "num_train": spec.num_train,
+                "num_test": spec.num_test,
+                "decode_seconds": round(seconds, 3),
+            },
+        )
         for file in temporary.iterdir():
             with open(file, "rb") as handle:
                 os.fsync(handle.fileno())
@@ -138,8 +159,11 @@ def _read_entry(final: Path, spec: DatasetSpec) -> ArrayData | None:
     """The entry memory-mapped (copy-on-write, so tensors share the pages), or None when incomplete or foreign."""
     try:
         meta = json.loads((final / META_FILE).read_text())
-        arrays = {f"{kind}_{split}": np.load(final / f"{kind}_{split}.npy", mmap_mode="c" if kind == "x" else None)
-                  for kind in ("x", "y") for split in _SPLITS}
+        arrays = {
+            f"{kind}_{split}": np.load(final / f"{kind}_{split}.npy", mmap_mode="c" if kind == "x" else None)
+            for kind in ("x", "y")
+            for split in _SPLITS
+        }
     except (OSError, ValueError):
         return None
     if meta.get("version") != STORE_VERSION or tuple(meta.get("classes", ())) != spec.classes:
@@ -152,7 +176,10 @@ def _read_entry(final: Path, spec: DatasetSpec) -> ArrayData | None:
 
 
 def decoded_store(
-    train: ImageFileDataset, test: ImageFileDataset, spec: DatasetSpec, cache_dir: str | os.PathLike | None,
+    train: ImageFileDataset,
+    test: ImageFileDataset,
+    spec: DatasetSpec,
+    cache_dir: str | os.PathLike | None,
     workers: int | None = None,
 ) -> ArrayData:
     """The splits as ArrayData, decoded once into the store (or only in memory when cache_dir is None)."""
@@ -164,8 +191,12 @@ def decoded_store(
             x = np.empty((len(dataset), RGB_CHANNELS, size, size), dtype=np.uint8)
             decode_split(dataset, x, size, workers, f"decoding {spec.name} {split}")
             arrays += [torch.from_numpy(x), torch.from_numpy(dataset.labels.astype(np.int64))]
-        log.info("decoded %s in memory (no cache_dir): %d images in %.1f s", spec.name,
-                 spec.num_train + spec.num_test, time.perf_counter() - started)
+        log.info(
+            "decoded %s in memory (no cache_dir): %d images in %.1f s",
+            spec.name,
+            spec.num_train + spec.num_test,
+            time.perf_counter() - started,
+        )
         return ArrayData(*arrays, spec)
     key = content_key(train, test, spec.classes, spec.image_size, workers)
     final = entry_path(cache_dir, spec.name, key)
@@ -186,7 +217,10 @@ def decoded_store(
 
 
 def check_decodable(
-    train: ImageFileDataset, test: ImageFileDataset, spec: DatasetSpec, cache_dir: str | os.PathLike | None,
+    train: ImageFileDataset,
+    test: ImageFileDataset,
+    spec: DatasetSpec,
+    cache_dir: str | os.PathLike | None,
     workers: int | None = None,
 ) -> str:
     """Decode every image once without keeping it (a DataError names the first bad file); returns the content key.
@@ -204,6 +238,14 @@ def check_decodable(
     seconds = time.perf_counter() - started
     log.info("checked %s: %d images decode (%.1f s)", spec.name, spec.num_train + spec.num_test, seconds)
     if marker is not None:
-        write_json(marker, {"version": STORE_VERSION, "name": spec.name, "num_train": spec.num_train,
-                            "num_test": spec.num_test, "check_seconds": round(seconds, 3)})
+        write_json(
+            marker,
+            {
+                "version": STORE_VERSION,
+                "name": spec.name,
+                "num_train": spec.num_train,
+                "num_test": spec.num_test,
+                "check_seconds": round(seconds, 3),
+            },
+        )
     return key

@@ -30,8 +30,13 @@ def load_synthetic(
     noise: float = 0.2,
 ) -> ArrayData:
     """Balanced classes, deterministic given `seed`; `noise` is the noise std as a fraction of 255."""
-    for key, value in (("num_train", num_train), ("num_test", num_test), ("num_classes", num_classes),
-                       ("image_size", image_size), ("channels", channels)):
+    for key, value in (
+        ("num_train", num_train),
+        ("num_test", num_test),
+        ("num_classes", num_classes),
+        ("image_size", image_size),
+        ("channels", channels),
+    ):
         _check_positive(key, value)
     if noise < 0:
         raise ConfigError("dataset.loader.noise", f"is {noise}; expected a standard deviation >= 0 (fraction of 255)")

@@ -54,8 +54,10 @@ def _val_files(folder: str, index: dict[str, int], root: str) -> tuple[list[str]
                 continue
             fields = line.rstrip("\n").split("\t")
             if len(fields) < 2 or fields[1] not in index:
-                raise DataError(f"{annotations}:{number}: expected 'filename<TAB>wnid<TAB>x0<TAB>y0<TAB>x1<TAB>y1' "
-                                f"with a wnid listed in wnids.txt, got {line.strip()!r}")
+                raise DataError(
+                    f"{annotations}:{number}: expected 'filename<TAB>wnid<TAB>x0<TAB>y0<TAB>x1<TAB>y1' "
+                    f"with a wnid listed in wnids.txt, got {line.strip()!r}"
+                )
             files.append(os.path.join("val", "images", fields[0]))
             labels.append(index[fields[1]])
     if not files:
@@ -83,5 +85,14 @@ def load_tiny_imagenet(
     train = ImageFileDataset(folder, *_train_files(folder, wnids, root))
     test = ImageFileDataset(folder, *_val_files(folder, {wnid: i for i, wnid in enumerate(wnids)}, root))
     _require(test.path(0), root)
-    return folder_dataset(name, train, test, tuple(wnids), cache_dir=cache_dir, in_memory=in_memory,
-                          image_size=image_size, max_memory_gb=max_memory_gb, decode_workers=decode_workers)
+    return folder_dataset(
+        name,
+        train,
+        test,
+        tuple(wnids),
+        cache_dir=cache_dir,
+        in_memory=in_memory,
+        image_size=image_size,
+        max_memory_gb=max_memory_gb,
+        decode_workers=decode_workers,
+    )

@@ -37,16 +37,20 @@ class DatasetSpec:
                 f"dataset {self.name}: {len(self.classes)} class names for {self.num_classes} classes; "
                 "expected one name per class"
             )
-        for field, value in (("num_classes", self.num_classes), ("channels", self.channels),
-                             ("image_size", self.image_size), ("num_train", self.num_train),
-                             ("num_test", self.num_test)):
+        for field, value in (
+            ("num_classes", self.num_classes),
+            ("channels", self.channels),
+            ("image_size", self.image_size),
+            ("num_train", self.num_train),
+            ("num_test", self.num_test),
+        ):
             if value < 1:
                 raise DataError(f"dataset {self.name}: {field} is {value}; expected a positive integer")
         if self.num_val < 0:
             raise DataError(f"dataset {self.name}: num_val is {self.num_val}; expected an integer >= 0")
 
 
-def _hash_tensor(hasher: "hashlib.blake2b", name: str, tensor: torch.Tensor) -> None:
+def _hash_tensor(hasher: hashlib.blake2b, name: str, tensor: torch.Tensor) -> None:
     array = tensor.detach().cpu().contiguous().numpy()
     hasher.update(f"{name}:{array.dtype.str}:{tuple(array.shape)};".encode())
     hasher.update(memoryview(array).cast("B"))
@@ -72,10 +76,14 @@ class ArrayData:
         expected_image = (spec.channels, spec.image_size, spec.image_size)
         if (self.x_val is None) != (self.y_val is None) or (self.x_val is None and spec.num_val):
             kinds = f"{type(self.x_val).__name__}/{type(self.y_val).__name__}"
-            raise DataError(f"dataset {name}: spec says {spec.num_val} validation images but x_val/y_val are "
-                            f"{kinds}; expected both tensors or both None")
-        splits = [("train", self.x_train, self.y_train, spec.num_train),
-                  ("test", self.x_test, self.y_test, spec.num_test)]
+            raise DataError(
+                f"dataset {name}: spec says {spec.num_val} validation images but x_val/y_val are "
+                f"{kinds}; expected both tensors or both None"
+            )
+        splits = [
+            ("train", self.x_train, self.y_train, spec.num_train),
+            ("test", self.x_test, self.y_test, spec.num_test),
+        ]
         if self.x_val is not None:
             splits.append(("val", self.x_val, self.y_val, spec.num_val))
         for split, x, y, count in splits:
@@ -144,16 +152,17 @@ class ImageFileDataset(Dataset):
             self._digests = np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(len(digests), FILE_DIGEST_BYTES)
         return self._digests
 
-    def subset(self, indices: Sequence[int]) -> "ImageFileDataset":
+    def subset(self, indices: Sequence[int]) -> ImageFileDataset:
         """The items at `indices` (in that order), keeping already computed digests."""
         indices = [int(i) for i in indices]
-        part = ImageFileDataset(self.root, [str(self.files[i]) for i in indices],
-                                [int(self.labels[i]) for i in indices], self.image_size)
+        part = ImageFileDataset(
+            self.root, [str(self.files[i]) for i in indices], [int(self.labels[i]) for i in indices], self.image_size
+        )
         if self._digests is not None:
             part._digests = self._digests[indices]
         return part
 
-    def fingerprint_into(self, hasher: "hashlib.blake2b") -> None:
+    def fingerprint_into(self, hasher: hashlib.blake2b) -> None:
         """Feed the (relative path, label, content digest) of every item, in item order, to `hasher`."""
         for relative, label, digest in zip(self.files, self.labels, self.content_digests()):
             hasher.update(f"{relative}\t{int(label)}\t{digest.tobytes().hex()}\n".encode())

@@ -52,5 +52,13 @@ def method_schemas() -> dict[str, type]:
 # Importing the method modules registers them.
 from . import at, ce, crd, dist, dkd, fitnet, kd  # noqa: E402,F401
 
-__all__ = ["DistillMethod", "FeatureRequest", "LossOutput", "MethodBatch", "method_class", "method_names",
-           "method_schemas", "register_method"]
+__all__ = [
+    "DistillMethod",
+    "FeatureRequest",
+    "LossOutput",
+    "MethodBatch",
+    "method_class",
+    "method_names",
+    "method_schemas",
+    "register_method",
+]

@@ -14,8 +14,16 @@ from kd_hydra.errors import ConfigError
 from kd_hydra.losses import attention_transfer_loss
 
 from . import register_method
-from .base import (DistillMethod, FeatureRequest, LossOutput, MethodBatch, cross_entropy, require_finite,
-                   require_weights, stage_points)
+from .base import (
+    DistillMethod,
+    FeatureRequest,
+    LossOutput,
+    MethodBatch,
+    cross_entropy,
+    require_finite,
+    require_weights,
+    stage_points,
+)
 
 
 @dataclass
@@ -50,17 +58,21 @@ class AT(DistillMethod):
     def feature_request(self, student_points: Sequence[str], teacher_points: Sequence[str]) -> FeatureRequest:
         student, teacher = stage_points(student_points), stage_points(teacher_points)
         if not student or student != teacher:
-            raise ConfigError("loss.name", f"at pairs stages one to one: the student has {len(student)} stage "
-                                           f"outputs and the teacher {len(teacher)}; pick archs with the same "
-                                           f"number of stages")
+            raise ConfigError(
+                "loss.name",
+                f"at pairs stages one to one: the student has {len(student)} stage "
+                f"outputs and the teacher {len(teacher)}; pick archs with the same "
+                f"number of stages",
+            )
         self.stages = tuple(student)
         return FeatureRequest(student=self.stages, teacher=self.stages)
 
     def forward(self, batch: MethodBatch) -> LossOutput:
         ce = cross_entropy(batch.student_logits, batch.targets)
         stages = self.stages or tuple(stage_points(list(batch.student_features)))
-        at = attention_transfer_loss([batch.student_features[s] for s in stages],
-                                     [batch.teacher_features[s].detach() for s in stages], self.p)
+        at = attention_transfer_loss(
+            [batch.student_features[s] for s in stages], [batch.teacher_features[s].detach() for s in stages], self.p
+        )
         return LossOutput(total=self.ce_weight * ce + self.at_weight * at, parts={"ce": ce, "at": at})
 
     def extra_repr(self) -> str:

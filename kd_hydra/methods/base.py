@@ -14,8 +14,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kd_hydra.errors import ConfigError
@@ -82,8 +80,9 @@ class DistillMethod(nn.Module):
         """Whether any feature point is read (then the teacher runs live, never from the cache)."""
         return type(self).feature_request is not DistillMethod.feature_request
 
-    def setup(self, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes, train_targets: Tensor,
-              num_classes: int) -> None:
+    def setup(
+        self, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes, train_targets: Tensor, num_classes: int
+    ) -> None:
         """Build trainable parts sized to the probed feature shapes (called once, before the optimizer).
 
         ``train_targets`` are the labels of the training split by sample index (CPU int64), for methods
@@ -111,8 +110,13 @@ class DistillMethod(nn.Module):
 # -- helpers for validate_config --------------------------------------------------------------------------
 
 
-def require_finite(loss: Mapping[str, Any], key: str, minimum: float | None = None, maximum: float | None = None,
-                   strict_minimum: bool = False) -> float:
+def require_finite(
+    loss: Mapping[str, Any],
+    key: str,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    strict_minimum: bool = False,
+) -> float:
     """``loss[key]`` as a finite float within the bounds, else ConfigError naming ``loss.<key>``."""
     value = loss[key]
     if isinstance(value, bool) or not isinstance(value, (int, float)):

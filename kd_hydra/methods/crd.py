@@ -18,8 +18,17 @@ from kd_hydra.errors import ConfigError, DataError
 from kd_hydra.losses import ContrastMemory, CRDEmbed, crd_nce_loss
 
 from . import register_method
-from .base import (DistillMethod, FeatureRequest, FeatureShapes, LossOutput, MethodBatch, cross_entropy,
-                   require_finite, require_positive_int, require_weights)
+from .base import (
+    DistillMethod,
+    FeatureRequest,
+    FeatureShapes,
+    LossOutput,
+    MethodBatch,
+    cross_entropy,
+    require_finite,
+    require_positive_int,
+    require_weights,
+)
 
 #: The feature point CRD embeds (the flattened pooled feature, as RepDistiller and mdistiller do).
 CRD_POINT = "pre_logit"
@@ -46,8 +55,16 @@ class CRD(DistillMethod):
     parts = ("ce", "crd")
     needs_teacher_logits = False
 
-    def __init__(self, ce_weight: float = 1.0, crd_weight: float = 0.8, feat_dim: int = 128, nce_k: int = 16384,
-                 nce_t: float = 0.07, momentum: float = 0.5, name: str = "crd") -> None:
+    def __init__(
+        self,
+        ce_weight: float = 1.0,
+        crd_weight: float = 0.8,
+        feat_dim: int = 128,
+        nce_k: int = 16384,
+        nce_t: float = 0.07,
+        momentum: float = 0.5,
+        name: str = "crd",
+    ) -> None:
         super().__init__()
         self.ce_weight = float(ce_weight)
         self.crd_weight = float(crd_weight)
@@ -73,8 +90,9 @@ class CRD(DistillMethod):
             raise ConfigError("loss.name", f"crd needs the {CRD_POINT} feature of both networks")
         return FeatureRequest(student=(CRD_POINT,), teacher=(CRD_POINT,))
 
-    def setup(self, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes, train_targets: Tensor,
-              num_classes: int) -> None:
+    def setup(
+        self, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes, train_targets: Tensor, num_classes: int
+    ) -> None:
         self.embed_student = CRDEmbed(math.prod(student_shapes[CRD_POINT]), self.feat_dim)
         self.embed_teacher = CRDEmbed(math.prod(teacher_shapes[CRD_POINT]), self.feat_dim)
         try:
@@ -94,5 +112,7 @@ class CRD(DistillMethod):
         return LossOutput(total=self.ce_weight * ce + self.crd_weight * crd, parts={"ce": ce, "crd": crd})
 
     def extra_repr(self) -> str:
-        return (f"ce_weight={self.ce_weight}, crd_weight={self.crd_weight}, feat_dim={self.feat_dim}, "
-                f"nce_k={self.nce_k}, nce_t={self.nce_t}, momentum={self.momentum}")
+        return (
+            f"ce_weight={self.ce_weight}, crd_weight={self.crd_weight}, feat_dim={self.feat_dim}, "
+            f"nce_k={self.nce_k}, nce_t={self.nce_t}, momentum={self.momentum}"
+        )

@@ -35,8 +35,16 @@ class DIST(DistillMethod):
     name = "dist"
     parts = ("ce", "dist")
 
-    def __init__(self, ce_weight: float = 1.0, dist_weight: float = 1.0, beta: float = 2.0, gamma: float = 2.0,
-                 temperature: float = 4.0, standardize: bool = False, name: str = "dist") -> None:
+    def __init__(
+        self,
+        ce_weight: float = 1.0,
+        dist_weight: float = 1.0,
+        beta: float = 2.0,
+        gamma: float = 2.0,
+        temperature: float = 4.0,
+        standardize: bool = False,
+        name: str = "dist",
+    ) -> None:
         super().__init__()
         self.ce_weight = float(ce_weight)
         self.dist_weight = float(dist_weight)
@@ -59,5 +67,7 @@ class DIST(DistillMethod):
         return LossOutput(total=self.ce_weight * ce + self.dist_weight * dist, parts={"ce": ce, "dist": dist})
 
     def extra_repr(self) -> str:
-        return (f"ce_weight={self.ce_weight}, dist_weight={self.dist_weight}, beta={self.beta}, gamma={self.gamma}, "
-                f"temperature={self.temperature}, standardize={self.standardize}")
+        return (
+            f"ce_weight={self.ce_weight}, dist_weight={self.dist_weight}, beta={self.beta}, gamma={self.gamma}, "
+            f"temperature={self.temperature}, standardize={self.standardize}"
+        )

@@ -13,8 +13,15 @@ from typing import Any
 from kd_hydra.losses import dkd_loss, standardize_logits
 
 from . import register_method
-from .base import DistillMethod, LossOutput, MethodBatch, cross_entropy, require_finite, require_positive_int, \
-    require_weights
+from .base import (
+    DistillMethod,
+    LossOutput,
+    MethodBatch,
+    cross_entropy,
+    require_finite,
+    require_positive_int,
+    require_weights,
+)
 
 
 @dataclass
@@ -42,8 +49,17 @@ class DKD(DistillMethod):
     name = "dkd"
     parts = ("ce", "dkd")
 
-    def __init__(self, ce_weight: float = 1.0, dkd_weight: float = 1.0, alpha: float = 1.0, beta: float = 8.0,
-                 temperature: float = 4.0, warmup: int = 20, standardize: bool = False, name: str = "dkd") -> None:
+    def __init__(
+        self,
+        ce_weight: float = 1.0,
+        dkd_weight: float = 1.0,
+        alpha: float = 1.0,
+        beta: float = 8.0,
+        temperature: float = 4.0,
+        warmup: int = 20,
+        standardize: bool = False,
+        name: str = "dkd",
+    ) -> None:
         super().__init__()
         self.ce_weight = float(ce_weight)
         self.dkd_weight = float(dkd_weight)
@@ -73,5 +89,7 @@ class DKD(DistillMethod):
         return LossOutput(total=total, parts={"ce": ce, "dkd": dkd})
 
     def extra_repr(self) -> str:
-        return (f"ce_weight={self.ce_weight}, dkd_weight={self.dkd_weight}, alpha={self.alpha}, beta={self.beta}, "
-                f"temperature={self.temperature}, warmup={self.warmup}, standardize={self.standardize}")
+        return (
+            f"ce_weight={self.ce_weight}, dkd_weight={self.dkd_weight}, alpha={self.alpha}, beta={self.beta}, "
+            f"temperature={self.temperature}, warmup={self.warmup}, standardize={self.standardize}"
+        )

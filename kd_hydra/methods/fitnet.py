@@ -18,8 +18,7 @@ from kd_hydra.errors import ConfigError
 from kd_hydra.losses import hint_loss
 
 from . import register_method
-from .base import (DistillMethod, FeatureRequest, FeatureShapes, LossOutput, MethodBatch, cross_entropy,
-                   require_weights)
+from .base import DistillMethod, FeatureRequest, FeatureShapes, LossOutput, MethodBatch, cross_entropy, require_weights
 
 _IMAGE_DIMS = 3  # (C, H, W) without the batch dimension
 _VECTOR_DIMS = 1  # (C,)
@@ -43,8 +42,10 @@ def _spatial_map(student: tuple[int, ...], teacher: tuple[int, ...]) -> nn.Modul
         return nn.ConvTranspose2d(s_c, t_c, kernel_size=4, stride=2, padding=1)
     if s_h >= t_h and s_w >= t_w:
         return nn.Conv2d(s_c, t_c, kernel_size=(1 + s_h - t_h, 1 + s_w - t_w))
-    return nn.Sequential(nn.Upsample(size=(t_h, t_w), mode="bilinear", align_corners=False),
-                         nn.Conv2d(s_c, t_c, kernel_size=3, padding=1))
+    return nn.Sequential(
+        nn.Upsample(size=(t_h, t_w), mode="bilinear", align_corners=False),
+        nn.Conv2d(s_c, t_c, kernel_size=3, padding=1),
+    )
 
 
 def hint_regressor(student: tuple[int, ...], teacher: tuple[int, ...], key: str = "loss.hint_point") -> nn.Module:
@@ -53,8 +54,7 @@ def hint_regressor(student: tuple[int, ...], teacher: tuple[int, ...], key: str 
         return nn.Sequential(_spatial_map(student, teacher), nn.BatchNorm2d(teacher[0]), nn.ReLU())
     if len(student) == len(teacher) == _VECTOR_DIMS:
         return nn.Sequential(nn.Linear(student[0], teacher[0]), nn.BatchNorm1d(teacher[0]), nn.ReLU())
-    raise ConfigError(key, f"needs (C, H, W) maps or (C,) vectors on both sides (student {student}, "
-                           f"teacher {teacher})")
+    raise ConfigError(key, f"needs (C, H, W) maps or (C,) vectors on both sides (student {student}, teacher {teacher})")
 
 
 @register_method(FitNetConfig)
@@ -65,8 +65,9 @@ class FitNet(DistillMethod):
     parts = ("ce", "hint")
     needs_teacher_logits = False
 
-    def __init__(self, ce_weight: float = 1.0, hint_weight: float = 100.0, hint_point: str = "stage2",
-                 name: str = "fitnet") -> None:
+    def __init__(
+        self, ce_weight: float = 1.0, hint_weight: float = 100.0, hint_point: str = "stage2", name: str = "fitnet"
+    ) -> None:
         super().__init__()
         self.ce_weight = float(ce_weight)
         self.hint_weight = float(hint_weight)
@@ -77,20 +78,23 @@ class FitNet(DistillMethod):
     def validate_config(cls, loss: Mapping[str, Any]) -> None:
         require_weights(loss, "ce_weight", "hint_weight")
         if not isinstance(loss["hint_point"], str) or not loss["hint_point"]:
-            raise ConfigError("loss.hint_point", f"must be a feature point name such as stage2 "
-                                                 f"(got {loss['hint_point']!r})")
+            raise ConfigError(
+                "loss.hint_point", f"must be a feature point name such as stage2 (got {loss['hint_point']!r})"
+            )
 
     def feature_request(self, student_points: Sequence[str], teacher_points: Sequence[str]) -> FeatureRequest:
         common = [p for p in student_points if p in teacher_points]
         if self.hint_point not in common:
-            raise ConfigError("loss.hint_point", f"must be a feature point of both networks: {', '.join(common)} "
-                                                 f"(got {self.hint_point})")
+            raise ConfigError(
+                "loss.hint_point",
+                f"must be a feature point of both networks: {', '.join(common)} (got {self.hint_point})",
+            )
         return FeatureRequest(student=(self.hint_point,), teacher=(self.hint_point,))
 
-    def setup(self, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes, train_targets: Any,
-              num_classes: int) -> None:
-        self.regressor = hint_regressor(tuple(student_shapes[self.hint_point]),
-                                        tuple(teacher_shapes[self.hint_point]))
+    def setup(
+        self, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes, train_targets: Any, num_classes: int
+    ) -> None:
+        self.regressor = hint_regressor(tuple(student_shapes[self.hint_point]), tuple(teacher_shapes[self.hint_point]))
 
     def forward(self, batch: MethodBatch) -> LossOutput:
         if self.regressor is None:

@@ -31,8 +31,9 @@ class KD(DistillMethod):
     name = "kd"
     parts = ("ce", "kd")
 
-    def __init__(self, temperature: float = 4.0, alpha: float = 0.9, standardize: bool = False,
-                 name: str = "kd") -> None:
+    def __init__(
+        self, temperature: float = 4.0, alpha: float = 0.9, standardize: bool = False, name: str = "kd"
+    ) -> None:
         super().__init__()
         self.temperature = float(temperature)
         self.alpha = float(alpha)

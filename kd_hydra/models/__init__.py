@@ -53,9 +53,7 @@ def build_model(
             raise ValueError(f"{argument} must be >= 1, got {value}")
     if source == "zoo":
         if weights is not None:
-            raise ConfigError(
-                "weights", f"zoo models have no pretrained weights, got '{weights}'; use weights: null"
-            )
+            raise ConfigError("weights", f"zoo models have no pretrained weights, got '{weights}'; use weights: null")
         model = build_zoo_model(name, num_classes, in_channels, image_size, **arch_kwargs)
     elif source == "torchvision":
         model = build_torchvision_model(name, num_classes, in_channels, weights, **arch_kwargs)

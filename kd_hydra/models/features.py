@@ -48,7 +48,7 @@ def _point_order(name: str) -> tuple[int, int]:
         return (0, 0)
     if name == PRE_LOGIT:
         return (2, 0)
-    return (1, int(name[len(STAGE_PREFIX):]))
+    return (1, int(name[len(STAGE_PREFIX) :]))
 
 
 def validate_feature_points(model: nn.Module, points: Mapping[str, str]) -> dict[str, str]:
@@ -98,11 +98,7 @@ def default_feature_points(model: nn.Module) -> dict[str, str]:
     max-pools, others at each child); ``avgpool`` gives ``pre_logit``."""
     children = dict(model.named_children())
     points: dict[str, str] = {}
-    layers = sorted(
-        (int(match.group(1)), name)
-        for name in children
-        if (match := RESNET_LAYER.fullmatch(name))
-    )
+    layers = sorted((int(match.group(1)), name) for name in children if (match := RESNET_LAYER.fullmatch(name)))
     features = children.get("features")
     trunk = children.get("trunk_output")
     if layers:
@@ -155,8 +151,7 @@ class FeatureRecorder:
             )
         self.features: dict[str, Tensor] = {}
         self._handles: list[RemovableHandle] = [
-            inner.get_submodule(points[name]).register_forward_hook(self._hook(name))
-            for name in self.names
+            inner.get_submodule(points[name]).register_forward_hook(self._hook(name)) for name in self.names
         ]
 
     def _hook(self, name: str) -> Callable[[nn.Module, Any, Any], None]:

@@ -32,9 +32,7 @@ def init_conv_bn_(model: nn.Module) -> None:
 def require_image_size(arch: str, image_size: int, minimum: int, multiple_of: int = 1) -> None:
     """Raise :class:`ConfigError` unless ``image_size >= minimum`` and divisible by ``multiple_of``."""
     if image_size < minimum:
-        raise ConfigError(
-            "name", f"{arch} needs images of at least {minimum} px, dataset has {image_size} px"
-        )
+        raise ConfigError("name", f"{arch} needs images of at least {minimum} px, dataset has {image_size} px")
     if image_size % multiple_of != 0:
         raise ConfigError(
             "name",

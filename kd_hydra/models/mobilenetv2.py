@@ -51,8 +51,13 @@ def conv_bn_relu6(
     """Convolution (same padding, no bias), BatchNorm, ReLU6."""
     return nn.Sequential(
         nn.Conv2d(
-            in_channels, out_channels, kernel_size, stride,
-            padding=kernel_size // 2, groups=groups, bias=False,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding=kernel_size // 2,
+            groups=groups,
+            bias=False,
         ),
         nn.BatchNorm2d(out_channels),
         nn.ReLU6(inplace=True),
@@ -119,8 +124,6 @@ class MobileNetV2Cifar(nn.Module):
 
 
 @register_model("mobilenetv2")
-def mobilenetv2(
-    num_classes: int, in_channels: int, image_size: int, width_mult: float = 1.0
-) -> MobileNetV2Cifar:
+def mobilenetv2(num_classes: int, in_channels: int, image_size: int, width_mult: float = 1.0) -> MobileNetV2Cifar:
     """CIFAR MobileNetV2 (8x downsampling): ~2.24M parameters on 10 classes at ``width_mult=1.0``."""
     return MobileNetV2Cifar(num_classes, in_channels, width_mult)

@@ -44,9 +44,7 @@ def architecture_options(name: str) -> list[str]:
     return [option for option in parameters if option not in _DATASET_ARGUMENTS]
 
 
-def build_zoo_model(
-    name: str, num_classes: int, in_channels: int, image_size: int, **options: Any
-) -> nn.Module:
+def build_zoo_model(name: str, num_classes: int, in_channels: int, image_size: int, **options: Any) -> nn.Module:
     """Build zoo architecture ``name``; unknown names or options raise :class:`ConfigError`."""
     builder = _get_builder(name)
     allowed = architecture_options(name)
@@ -61,6 +59,4 @@ def _get_builder(name: str) -> ModelBuilder:
     try:
         return _ZOO[name]
     except KeyError:
-        raise ConfigError(
-            "name", f"unknown architecture '{name}'; choose one of: {', '.join(list_models())}"
-        ) from None
+        raise ConfigError("name", f"unknown architecture '{name}'; choose one of: {', '.join(list_models())}") from None

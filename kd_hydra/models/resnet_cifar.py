@@ -39,9 +39,7 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_channels != out_channels:
-            self.shortcut = nn.Sequential(
-                conv1x1(in_channels, out_channels, stride), nn.BatchNorm2d(out_channels)
-            )
+            self.shortcut = nn.Sequential(conv1x1(in_channels, out_channels, stride), nn.BatchNorm2d(out_channels))
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
@@ -63,9 +61,7 @@ class CifarResNet(nn.Module):
         super().__init__()
         if len(stage_widths) != len(blocks_per_stage):
             raise ValueError("stage_widths and blocks_per_stage must have the same length")
-        self.stem = nn.Sequential(
-            conv3x3(in_channels, stem_width), nn.BatchNorm2d(stem_width), nn.ReLU(inplace=True)
-        )
+        self.stem = nn.Sequential(conv3x3(in_channels, stem_width), nn.BatchNorm2d(stem_width), nn.ReLU(inplace=True))
         stages: list[nn.Module] = []
         width = stem_width
         for index, (stage_width, block_count) in enumerate(zip(stage_widths, blocks_per_stage)):
@@ -96,9 +92,7 @@ def _resnet_6n_plus_2(depth: int, widths: Sequence[int], num_classes: int, in_ch
     if remainder or blocks_per_stage < 1:
         raise ValueError(f"CIFAR ResNet depth must be 6n+2 with n >= 1, got {depth}")
     stem_width, *stage_widths = widths
-    return CifarResNet(
-        stem_width, stage_widths, [blocks_per_stage] * THIN_STAGE_COUNT, num_classes, in_channels
-    )
+    return CifarResNet(stem_width, stage_widths, [blocks_per_stage] * THIN_STAGE_COUNT, num_classes, in_channels)
 
 
 @register_model("resnet20")

@@ -35,9 +35,7 @@ def _conv_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
 class TutorialCNN(nn.Module):
     """``features`` -> flatten -> ``classifier`` (Linear, ReLU, Dropout, Linear): maps images to logits."""
 
-    def __init__(
-        self, features: nn.Sequential, feature_count: int, hidden_units: int, num_classes: int
-    ) -> None:
+    def __init__(self, features: nn.Sequential, feature_count: int, hidden_units: int, num_classes: int) -> None:
         super().__init__()
         self.features = features
         self.classifier = nn.Sequential(

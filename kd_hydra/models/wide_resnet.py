@@ -52,9 +52,7 @@ class PreActBlock(nn.Module):
 class WideResNet(nn.Module):
     """WRN-``depth``-``widen_factor`` classifier mapping images of any size to logits."""
 
-    def __init__(
-        self, depth: int, widen_factor: int, num_classes: int, in_channels: int, dropout: float = 0.0
-    ) -> None:
+    def __init__(self, depth: int, widen_factor: int, num_classes: int, in_channels: int, dropout: float = 0.0) -> None:
         super().__init__()
         blocks_per_stage, remainder = divmod(depth - NON_BLOCK_LAYERS, CONVS_PER_STAGE_BLOCK)
         if remainder or blocks_per_stage < 1:
