@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -24,6 +23,7 @@ from kd_hydra import schema
 from kd_hydra.config import CacheDtype, Mode, Resume, validate
 from kd_hydra.data import build_pipeline, load_dataset
 from kd_hydra.errors import ConfigError, KDHydraError
+from kd_hydra.instantiate import build
 from kd_hydra.loggers import RunLoggers, build_loggers, run_identity
 from kd_hydra.methods import DistillMethod, FeatureRequest
 from kd_hydra.methods.ce import CrossEntropy
@@ -218,19 +218,6 @@ def build_network(model_cfg: DictConfig, key: str, spec: Any, seed: int) -> nn.M
             f"{spec.name} ({shape}); expected ({spec.num_classes},)",
         )
     return model
-
-
-def build(node: DictConfig, **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate``, but our own errors come out as themselves, not wrapped by Hydra."""
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as error:
-        cause = error.__cause__
-        while cause is not None and not isinstance(cause, KDHydraError):
-            cause = cause.__cause__
-        if cause is not None:
-            raise cause from None
-        raise
 
 
 def arch_signature(model_cfg: DictConfig, spec: Any) -> ArchSignature:

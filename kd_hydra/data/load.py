@@ -6,14 +6,13 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from kd_hydra.data.split import with_validation
 from kd_hydra.data.types import ArrayData, FolderData
-from kd_hydra.errors import ConfigError, DataError, KDHydraError
+from kd_hydra.errors import ConfigError, DataError
+from kd_hydra.instantiate import build
 
 DEFAULT_VAL_FRACTION = 0.0
 DEFAULT_VAL_SEED = 0
@@ -39,15 +38,7 @@ def check_required(node: DictConfig, prefix: str = "dataset") -> None:
 
 def instantiate_loader(loader_cfg: DictConfig) -> ArrayData | FolderData:
     """hydra.utils.instantiate of the loader node; our own errors come out as themselves, not wrapped by Hydra."""
-    try:
-        data = instantiate(loader_cfg)
-    except InstantiationException as error:
-        cause = error.__cause__
-        while cause is not None and not isinstance(cause, KDHydraError):
-            cause = cause.__cause__
-        if cause is not None:
-            raise cause from None
-        raise
+    data = build(loader_cfg)
     if not isinstance(data, (ArrayData, FolderData)):
         raise DataError(
             f"dataset.loader: {loader_cfg.get('_target_')} returned a {type(data).__name__}; "
