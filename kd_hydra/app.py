@@ -29,7 +29,7 @@ from kd_hydra.methods import DistillMethod, FeatureRequest
 from kd_hydra.methods.ce import CrossEntropy
 from kd_hydra.models import count_parameters
 from kd_hydra.outputs import HistoryLog, metrics_record, write_json
-from kd_hydra.soft_labels import CachedTeacher, cache_description
+from kd_hydra.soft_labels import CachedTeacher, cache_description, fill_batch_size
 from kd_hydra.teachers import (
     MODEL_FILE,
     ArchSignature,
@@ -588,6 +588,7 @@ class Job:
             dtype,
             cache.top_k,
             self.runtime.autocast_dtype,
+            self.runtime.channels_last,
         )
         cached = CachedTeacher(
             Path(cfg.paths.cache_dir) / "soft_labels",
@@ -598,7 +599,7 @@ class Job:
             num_classes=self.spec.num_classes,
             dtype=dtype,
             top_k=cache.top_k,
-            batch_size=cache.batch_size,
+            batch_size=fill_batch_size(cache.batch_size, self.runtime.device),
             max_bytes=int(cache.max_gb * BYTES_PER_GB),
         )
         return cached, "cold", "cache"

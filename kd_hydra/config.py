@@ -83,7 +83,7 @@ class SoftLabelCacheConfig:
     dtype: CacheDtype = CacheDtype.float16
     top_k: int | None = None
     max_gb: float = 20.0
-    batch_size: int = 1024
+    batch_size: int | None = None
 
 
 @dataclass
@@ -217,4 +217,8 @@ def validate(cfg: DictConfig) -> None:
         "soft_label_cache.max_gb",
         f"must be a finite number > 0 (got {cache.max_gb})",
     )
-    _require(cache.batch_size >= 1, "soft_label_cache.batch_size", f"must be >= 1 (got {cache.batch_size})")
+    _require(
+        cache.batch_size is None or cache.batch_size >= 1,
+        "soft_label_cache.batch_size",
+        f"must be >= 1 or null (got {cache.batch_size})",
+    )

@@ -33,6 +33,17 @@ from kd_hydra.train import Runtime, TeacherOutput
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = "kd-hydra/soft-labels-v1"
+#: Teacher batch size of the cache-filling pass when ``soft_label_cache.batch_size`` is null, by device type:
+#: 64 was the fastest on the CPU for every zoo model (benchmarks/cpu_defaults.py); large batches elsewhere.
+DEFAULT_FILL_BATCH = {"cpu": 64}
+ACCELERATOR_FILL_BATCH = 1024
+
+
+def fill_batch_size(configured: int | None, device: torch.device) -> int:
+    """``soft_label_cache.batch_size``, or the measured default for ``device`` when it is null."""
+    return configured if configured is not None else DEFAULT_FILL_BATCH.get(device.type, ACCELERATOR_FILL_BATCH)
+
+
 EVICTION_LOCK = ".eviction.lock"
 
 
@@ -82,8 +93,12 @@ def cache_description(
     dtype: torch.dtype,
     top_k: int | None,
     teacher_precision: torch.dtype | None,
+    channels_last: bool,
 ) -> dict[str, Any]:
-    """Everything that determines an entry's logits: its key (hashed by :class:`CachedTeacher`)."""
+    """Everything that determines an entry's logits: its key (hashed by :class:`CachedTeacher`).
+
+    The teacher's memory format is part of it: convolution kernels differ in the last bits between layouts.
+    """
     return {
         "format": 1,
         "teacher_sha256": teacher_sha256,
@@ -94,6 +109,7 @@ def cache_description(
         "dtype": str(dtype).removeprefix("torch."),
         "top_k": top_k,
         "teacher_precision": str(teacher_precision),
+        "channels_last": channels_last,
     }
 
 

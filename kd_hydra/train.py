@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 TRAIN_STATE_FORMAT = "kd-hydra/train-state-v1"
 TOP5 = 5
+#: Devices where ``trainer.channels_last=null`` means on: CUDA, and the CPU, where it made the training step of
+#: every zoo model 1.13-1.63x faster (benchmarks/cpu_defaults.py, benchmarks/README.md).
+CHANNELS_LAST_DEVICES = ("cuda", "cpu")
 MAX_LISTED_DIFFERENCES = 4
 
 
@@ -92,7 +95,7 @@ def resolve_runtime(device: str, precision: str, channels_last: bool | None, com
     return Runtime(
         device=resolved,
         autocast_dtype=dtype,
-        channels_last=on_cuda if channels_last is None else bool(channels_last),
+        channels_last=resolved.type in CHANNELS_LAST_DEVICES if channels_last is None else bool(channels_last),
         compile=compile,
     )
 
