@@ -102,6 +102,34 @@ def run_timed(command: Sequence[str], env: Mapping[str, str], log_path: Path) ->
     return seconds
 
 
+def reference_loop_args(a: argparse.Namespace, out: Path) -> list[str]:
+    """The command-line arguments every reference loop shares: schedule, seed, loader, threads, output file."""
+    return [
+        "--epochs",
+        str(a.epochs),
+        "--seed",
+        str(a.seed),
+        "--batch-size",
+        str(a.batch_size),
+        "--num-workers",
+        str(a.num_workers),
+        "--lr",
+        str(a.lr),
+        "--threads",
+        str(a.threads),
+        "--out",
+        str(out),
+    ]
+
+
+def default_workdir_and_out(args: argparse.Namespace, prefix: str) -> None:
+    """Fill ``--workdir`` (a new temp dir named ``prefix*``) and ``--out`` (WORKDIR/results.json) when not given."""
+    if args.workdir is None:
+        args.workdir = tempfile.mkdtemp(prefix=prefix)
+    if args.out is None:
+        args.out = str(Path(args.workdir) / "results.json")
+
+
 def read_metrics(run_dir: Path) -> dict[str, Any]:
     return json.loads((run_dir / "metrics.json").read_text())
 
@@ -181,20 +209,7 @@ class Benchmark:
             number_text(temperature),
             "--alpha",
             number_text(alpha),
-            "--epochs",
-            str(a.epochs),
-            "--seed",
-            str(a.seed),
-            "--batch-size",
-            str(a.batch_size),
-            "--num-workers",
-            str(a.num_workers),
-            "--lr",
-            str(a.lr),
-            "--threads",
-            str(a.threads),
-            "--out",
-            str(out),
+            *reference_loop_args(a, out),
         ]
 
     # -- steps -----------------------------------------------------------------------------------
@@ -493,10 +508,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="extra run.py override for every suite run (repeatable), e.g. trainer.channels_last=true",
     )
     args = parser.parse_args(argv)
-    if args.workdir is None:
-        args.workdir = tempfile.mkdtemp(prefix="kd_hydra_compare_cpu_")
-    if args.out is None:
-        args.out = str(Path(args.workdir) / "results.json")
+    default_workdir_and_out(args, "kd_hydra_compare_cpu_")
     args.npz = args.npz.resolve()
     grid = parse_grid(args.grid)
     args.grid_parsed = Grid(

@@ -36,7 +36,6 @@ import platform
 import re
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -47,12 +46,14 @@ from compare_cpu import (
     REPO_ROOT,
     CommandFailed,
     clear_soft_labels,
+    default_workdir_and_out,
     load_average,
     mean,
     number_text,
     ratio,
     read_epoch_seconds,
     read_metrics,
+    reference_loop_args,
     run_timed,
     verdict,
 )
@@ -257,20 +258,7 @@ class Benchmark:
             number_text(a.temperature),
             "--alpha",
             number_text(a.alpha),
-            "--epochs",
-            str(a.epochs),
-            "--seed",
-            str(a.seed),
-            "--batch-size",
-            str(a.batch_size),
-            "--num-workers",
-            str(a.num_workers),
-            "--lr",
-            str(a.lr),
-            "--threads",
-            str(a.threads),
-            "--out",
-            str(out),
+            *reference_loop_args(a, out),
         ]
         seconds = run_timed(command, self.env, self.logs / "reference.log")
         result = json.loads(out.read_text())
@@ -436,10 +424,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="extra run.py override for every suite run (repeatable)",
     )
     args = parser.parse_args(argv)
-    if args.workdir is None:
-        args.workdir = tempfile.mkdtemp(prefix="kd_hydra_compare_tiny_")
-    if args.out is None:
-        args.out = str(Path(args.workdir) / "results.json")
+    default_workdir_and_out(args, "kd_hydra_compare_tiny_")
     args.data_dir = args.data_dir.resolve()
     return args
 
