@@ -24,6 +24,7 @@ register_configs()
 
 MDISTILLER = "megvii-research/mdistiller"
 MDISTILLER_CFG = f"{MDISTILLER} mdistiller/engine/cfg.py"
+MDISTILLER_DATA = f"{MDISTILLER} mdistiller/dataset/cifar100.py"
 REPDISTILLER = "HobbitLong/RepDistiller"
 REPDISTILLER_STUDENT = f"{REPDISTILLER} train_student.py"
 REPDISTILLER_SCRIPT = f"{REPDISTILLER} scripts/run_cifar_distill.sh"
@@ -104,6 +105,12 @@ def _solver_rows(pair: Pair) -> list[Published]:
         ("teacher.name", pair.teacher, "DISTILLER.TEACHER", src),
         ("student.name", pair.student, "DISTILLER.STUDENT", src),
         ("dataset.name", "cifar100", "DATASET.TYPE", MDISTILLER_CFG),
+        ("dataset.val_fraction", 0.0, "the whole training split", MDISTILLER_DATA),
+        ("dataset.augment.crop_padding", 4, "RandomCrop(32, padding=4)", MDISTILLER_DATA),
+        ("dataset.augment.horizontal_flip", True, "RandomHorizontalFlip()", MDISTILLER_DATA),
+        ("dataset.normalize.mean", [0.5071, 0.4867, 0.4408], "transforms.Normalize mean", MDISTILLER_DATA),
+        ("dataset.normalize.std", [0.2675, 0.2565, 0.2761], "transforms.Normalize std", MDISTILLER_DATA),
+        ("trainer.eval_every", 1, "validate() after every epoch", f"{MDISTILLER} mdistiller/engine/trainer.py"),
         ("optimizer.lr", pair.lr, "SOLVER.LR", src),
         ("optimizer.momentum", 0.9, "SOLVER.MOMENTUM", src),
         ("optimizer.weight_decay", 5.0e-4, "SOLVER.WEIGHT_DECAY", src),
