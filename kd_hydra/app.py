@@ -1,8 +1,8 @@
-"""One job of kd-hydra, as a short recipe per mode: ``train_teacher``, ``train_baseline``, ``distill``.
+"""One job of kd-hydra, as a short recipe per mode: ``train_teacher``, ``train_baseline``, ``distill``, ``evaluate``.
 
-:func:`run` checks everything it can before any work (values, data, networks, the method's feature
-points, the run directory's record), claims the directory, then runs the mode's recipe. A failure writes a
-failed ``metrics.json`` (never over another run's record) and re-raises.
+:func:`run` checks everything it can before any work (values, data, networks, the method's feature points,
+the run directory's record), claims the directory, then runs the mode's recipe. A failure writes a failed
+``metrics.json`` (never over another run's record) and re-raises.
 """
 
 from __future__ import annotations
@@ -25,20 +25,21 @@ from kd_hydra.checkpoints import save_checkpoint
 from kd_hydra.config import Mode, Resume, validate
 from kd_hydra.context import RunContext, open_context
 from kd_hydra.errors import KDHydraError
-from kd_hydra.identity import digest, plain, recorded_settings, run_identity, teacher_id, training_settings
+from kd_hydra.evaluation import evaluate_classes, write_evaluation
+from kd_hydra.identity import dataset_config_digest, digest, plain, run_identity, teacher_id, training_settings
 from kd_hydra.instantiate import build
 from kd_hydra.loggers import build_loggers
 from kd_hydra.loggers import run_identity as tracker_identity
 from kd_hydra.methods import DistillMethod, FeatureRequest
 from kd_hydra.methods.ce import CrossEntropy
 from kd_hydra.models import count_parameters
-from kd_hydra.outputs import HistoryLog, headline, metrics_record, write_json
-from kd_hydra.records import MODEL_FILE, RunDirectory
+from kd_hydra.outputs import HistoryLog, headline
+from kd_hydra.records import CHECKPOINTS_DIR, MODEL_FILE, RunDirectory, failure_reason, write_completed, write_failed
 from kd_hydra.runtime import with_precision
-from kd_hydra.sweeper import record_outcome
+from kd_hydra.sweeper import announce_job, record_outcome
 from kd_hydra.teacher_outputs import teacher_outputs
-from kd_hydra.teachers import Teacher, acquire_teacher, teacher_identity_of
-from kd_hydra.train import Checkpointing, DivergedError, FitResult, Trainer
+from kd_hydra.teachers import Teacher, acquire_teacher, load_external, teacher_identity_of
+from kd_hydra.train import Checkpointing, DivergedError, FitResult, Snapshots, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ SUMMARY_KEYS = (
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """What a run trains, built and checked before any training: networks, method, teacher identity."""
+    """What a run trains, built and checked before any training: networks, method, the run's identity."""
 
     mode: Mode
     identity: dict[str, Any]
@@ -73,25 +74,26 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Run one job and write its files; a completed run of the same identity is reported and left alone."""
     started = time.perf_counter()
     directory = RunDirectory(Path(HydraConfig.get().runtime.output_dir))
+    never = Resume(cfg.trainer.resume) is Resume.never
     try:
         validate(cfg)
         ctx = open_context(cfg, directory.path, started)
         plan = plan_run(ctx)
-        never = Resume(cfg.trainer.resume) is Resume.never
         completed = directory.completed_record(plan.identity, overwrite=never)
-        if completed is not None:
-            print(headline(completed, directory.path, prefix="already completed, left alone: "), flush=True)
-            record_outcome(directory.path, schema.STATUS_COMPLETED, None)
-            return completed
-        checkpointing(ctx, directory.path / schema.TRAIN_STATE_FILE, plan.identity).load()
+        if completed is None:
+            checkpointing(ctx, directory.path / schema.TRAIN_STATE_FILE, plan.identity).load()
     except Exception as error:  # nothing of another run's record changes: a failed record only in a new directory
-        if directory.holds_record():
-            record_outcome(directory.path, schema.STATUS_FAILED, failure_reason(error))
-        else:
+        if not directory.holds_record():
             claim(directory, cfg, fresh=False)
-            write_failure(cfg, directory.path, started, error)
+            write_failed(directory.path, cfg, time.perf_counter() - started, failure_reason(error))
+        record_outcome(directory.path, schema.STATUS_FAILED, failure_reason(error))
         raise
+    if completed is not None:
+        print(headline(completed, directory.path, prefix="already completed, left alone: "), flush=True)
+        record_outcome(directory.path, schema.STATUS_COMPLETED, None)
+        return completed
     claim(directory, cfg, fresh=never)
+    announce_job(directory.path)
     ctx = dataclasses.replace(ctx, trackers=start_trackers(cfg, directory.path))
     try:
         return RECIPES[plan.mode](ctx, plan)
@@ -99,7 +101,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if isinstance(error, DivergedError):  # nothing a diverged run trained is kept
             for name in (schema.TRAIN_STATE_FILE, MODEL_FILE):
                 (directory.path / name).unlink(missing_ok=True)
-        write_failure(cfg, directory.path, started, error, plan.identity)
+        write_failed(directory.path, cfg, time.perf_counter() - started, failure_reason(error), plan.identity)
+        record_outcome(directory.path, schema.STATUS_FAILED, failure_reason(error))
         ctx.trackers.close(schema.STATUS_FAILED)
         raise
 
@@ -108,36 +111,55 @@ def plan_run(ctx: RunContext) -> Plan:
     """Build the untrained networks and the method (feature points and shapes checked); name the teacher."""
     cfg, mode = ctx.cfg, Mode(ctx.cfg.mode)
     settings = training_settings(cfg)
-    if mode is Mode.teacher:
-        teacher = ctx.network("teacher")
-        identity = run_identity(settings, ctx.data_digest, teacher_id(cfg, ctx.data_digest))
-        return Plan(mode, identity, teacher=teacher)
     if mode is Mode.student:
-        student = ctx.network("student")
-        method = CrossEntropy()
+        student, method = ctx.network("student"), CrossEntropy()
         request = setup_method(ctx, method, student, None)
-        return Plan(
-            mode, run_identity(settings, ctx.data_digest, None), student=student, method=method, request=request
-        )
-    teacher, student = ctx.network("teacher"), ctx.network("student")
-    method = build(cfg.loss)
-    request = setup_method(ctx, method, student, teacher)
+        identity = run_identity(settings, ctx.data_digest, None)
+        return Plan(mode, identity, student=student, method=method, request=request)
+    teacher = ctx.network("teacher")
+    student = method = None
+    request = FeatureRequest()
+    if mode is Mode.distill:
+        student, method = ctx.network("student"), build(cfg.loss)
+        request = setup_method(ctx, method, student, teacher)
     sha256 = None
-    if cfg.teacher.get("checkpoint"):
-        from kd_hydra.teachers import load_external
-
+    if cfg.teacher.get("checkpoint") and mode is not Mode.teacher:
         sha256 = load_external(teacher, Path(cfg.teacher.checkpoint), ctx.arch("teacher"))
     identity = run_identity(settings, ctx.data_digest, teacher_id(cfg, ctx.data_digest, sha256))
     return Plan(mode, identity, student, teacher, sha256, method, request)
+
+
+def check_plans(configs: list[DictConfig]) -> dict[int, KDHydraError]:
+    """Plan every distill job on its data without training (networks, method, feature points and shapes).
+
+    For a sweep's pre-validation: job number -> error. Each distinct dataset is loaded once.
+    """
+    contexts: dict[str, RunContext] = {}
+    outcomes: dict[str, KDHydraError | None] = {}
+    errors: dict[int, KDHydraError] = {}
+    for number, cfg in enumerate(configs):
+        if Mode(cfg.mode) is not Mode.distill:
+            continue
+        key = digest([plain(cfg[node]) for node in ("dataset", "teacher", "student", "loss")])
+        if key not in outcomes:
+            try:
+                data_key = dataset_config_digest(cfg.dataset)
+                if data_key not in contexts:
+                    contexts[data_key] = open_context(cfg, Path.cwd())
+                plan_run(dataclasses.replace(contexts[data_key], cfg=cfg))
+                outcomes[key] = None
+            except KDHydraError as error:
+                outcomes[key] = error
+        if outcomes[key] is not None:
+            errors[number] = outcomes[key]
+    return errors
 
 
 def setup_method(
     ctx: RunContext, method: DistillMethod, student: nn.Module, teacher: nn.Module | None
 ) -> FeatureRequest:
     """Ask the method which feature points it reads, probe their shapes, and let it build its parts."""
-    request = FeatureRequest()
-    student_shapes: dict[str, tuple[int, ...]] = {}
-    teacher_shapes: dict[str, tuple[int, ...]] = {}
+    request, student_shapes, teacher_shapes = FeatureRequest(), {}, {}
     if method.uses_features and teacher is not None:
         from kd_hydra.models.features import feature_points, probe_feature_shapes
 
@@ -161,13 +183,14 @@ def train_teacher(ctx: RunContext, plan: Plan) -> dict[str, Any]:
     if teacher.history_path is not None:
         (ctx.out_dir / schema.HISTORY_FILE).write_bytes(teacher.history_path.read_bytes())
     summary = {key: teacher.summary.get(key) for key in SUMMARY_KEYS if key != "resumed_from_epoch"}
+    params = count_parameters(teacher.model)
     return finish(
         ctx,
         plan,
         model=ctx.cfg.teacher.name,
         method=CrossEntropy.name,
         teacher_source=teacher.source,
-        model_params=count_parameters(teacher.model),
+        model_params=params,
         checkpoint=str(teacher.weights_path),
         **summary,
     )
@@ -183,7 +206,27 @@ def distill(ctx: RunContext, plan: Plan) -> dict[str, Any]:
     return train_student(ctx, plan, teacher=obtain_teacher(ctx, plan))
 
 
-RECIPES = {Mode.teacher: train_teacher, Mode.student: train_baseline, Mode.distill: distill}
+def evaluate(ctx: RunContext, plan: Plan) -> dict[str, Any]:
+    """mode=eval: ``teacher.checkpoint`` on the test split: top-1, top-5, per-class accuracy, confusion matrix."""
+    model = ctx.runtime.prepare(plan.teacher)
+    batches = ctx.pipeline(ctx.cfg.trainer.eval_batch_size, ctx.cfg.trainer.seed).test_batches()
+    result = evaluate_classes(model, batches, ctx.runtime, ctx.spec.num_classes)
+    write_evaluation(ctx.out_dir, result, ctx.spec.classes)
+    top5 = result.top5 if ctx.top5 else None
+    return finish(
+        ctx,
+        plan,
+        model=ctx.cfg.teacher.name,
+        final_test_acc=result.top1,
+        final_test_acc_top5=top5,
+        model_params=count_parameters(model),
+        checkpoint=str(ctx.cfg.teacher.checkpoint),
+        epochs=0,
+        teacher_source="checkpoint",
+    )
+
+
+RECIPES = {Mode.teacher: train_teacher, Mode.student: train_baseline, Mode.distill: distill, Mode.eval: evaluate}
 
 
 # -- building blocks -------------------------------------------------------------------------------------
@@ -193,19 +236,15 @@ def obtain_teacher(ctx: RunContext, plan: Plan) -> Teacher:
     """The run's teacher, frozen on the run's device: an external checkpoint, or the store's (trained once)."""
 
     def train(model: nn.Module, entry_dir: Path) -> Mapping[str, Any]:
-        recipe = ctx.cfg.teacher_training
-        identity = teacher_identity_of(ctx)
+        recipe, started = ctx.cfg.teacher_training, time.perf_counter()
+        log.info("training the teacher %s: %d epochs, stored for every later run", ctx.cfg.teacher.name, recipe.epochs)
         history = HistoryLog(entry_dir / schema.HISTORY_FILE, schema.history_columns(CrossEntropy.parts))
-        trainer = make_trainer(
-            ctx,
-            recipe.epochs,
-            "teacher",
-            "teacher_training.optimizer.lr",
-            checkpointing(ctx, entry_dir / schema.TRAIN_STATE_FILE, identity),
-            runtime=with_precision(ctx.runtime, plain(recipe.precision)),
-        )
+        state = checkpointing(ctx, entry_dir / schema.TRAIN_STATE_FILE, teacher_identity_of(ctx))
+        runtime = with_precision(ctx.runtime, plain(recipe.precision))
+        trainer = make_trainer(ctx, recipe.epochs, "teacher", "teacher_training.optimizer.lr", state, runtime=runtime)
         pipeline = ctx.pipeline(recipe.batch_size, recipe.seed)
-        result = fit_model(ctx, trainer, model, CrossEntropy(), pipeline, recipe, recipe.seed, history)
+        result = fit_model(trainer, model, CrossEntropy(), pipeline, recipe, recipe.seed, history)
+        log.info("teacher trained in %.1fs (test acc %.2f%%)", time.perf_counter() - started, result.final_test_acc)
         return summary_of(result)
 
     teacher = acquire_teacher(ctx, plan.teacher, plan.teacher_sha256, train)
@@ -217,59 +256,70 @@ def train_student(ctx: RunContext, plan: Plan, teacher: Teacher | None) -> dict[
     """Train the student through the plan's method (reading ``teacher``'s outputs when there is one)."""
     cfg, method, student = ctx.cfg, plan.method, plan.student
     pipeline = ctx.pipeline(cfg.trainer.batch_size, cfg.trainer.seed)
-    outputs = None
+    sources: dict[str, Any] = {}
     if teacher is not None:
         outputs = teacher_outputs(
             teacher.model, teacher.sha256, method.uses_features, plan.request.teacher, pipeline, ctx
         )
-    recorder = None
+        sources["teacher"] = outputs.source
     if plan.request.student:
         from kd_hydra.models.features import FeatureRecorder
 
         recorder = FeatureRecorder(student, list(plan.request.student))
+        sources["student_features"] = lambda: recorder.features
     history = HistoryLog(ctx.out_dir / schema.HISTORY_FILE, schema.history_columns(method.parts))
     state = checkpointing(ctx, ctx.out_dir / schema.TRAIN_STATE_FILE, plan.identity)
-    trainer = make_trainer(ctx, cfg.trainer.epochs, "student", "optimizer.lr", state, on_epoch=ctx.trackers.log_epoch)
-    result = fit_model(
-        ctx,
-        trainer,
-        student,
-        method,
-        pipeline,
-        cfg,
-        cfg.trainer.seed,
-        history,
-        teacher=outputs.source if outputs else None,
-        student_features=(lambda: recorder.features) if recorder is not None else None,
+    keep = snapshots(ctx, student, method)
+    trainer = make_trainer(
+        ctx, cfg.trainer.epochs, "student", "optimizer.lr", state, snapshots=keep, on_epoch=ctx.trackers.log_epoch
     )
+    result = fit_model(trainer, student, method, pipeline, cfg, cfg.trainer.seed, history, **sources)
     model_file = None
     if cfg.trainer.save_checkpoint:
         model_file = ctx.out_dir / MODEL_FILE
-        has_parts = any(True for _ in method.state_dict())
-        save_checkpoint(model_file, student, ctx.arch("student"), method=method if has_parts else None)
-    teacher_info = {}
+        keep.save(model_file)
+    values = {**summary_of(result), **snapshot_values(keep, result)}
     if teacher is not None:
-        teacher_info = {
-            "teacher": cfg.teacher.name,
-            "teacher_test_acc": teacher.test_acc,
-            "teacher_source": teacher.source,
-            "teacher_params": count_parameters(teacher.model),
-            "soft_label_cache": outputs.cache_status,
-            "teacher_outputs": outputs.kind,
-        }
+        values.update(
+            teacher=cfg.teacher.name,
+            teacher_test_acc=teacher.test_acc,
+            teacher_source=teacher.source,
+            teacher_params=count_parameters(teacher.model),
+            soft_label_cache=outputs.cache_status,
+            teacher_outputs=outputs.kind,
+        )
     record = finish(
         ctx,
         plan,
         model=cfg.student.name,
         method=method.name,
-        **summary_of(result),
         model_params=count_parameters(student),
         method_params=count_parameters(method),
         checkpoint=str(model_file) if model_file else None,
-        **teacher_info,
+        **values,
     )
     state.remove()
     return record
+
+
+def snapshots(ctx: RunContext, student: nn.Module, method: DistillMethod) -> Snapshots:
+    """Where the student's weights go: ``model.pt``, and ``checkpoints/`` when ``trainer.save_best/save_every``."""
+    arch = ctx.arch("student")
+    has_parts = any(True for _ in method.state_dict())
+
+    def save(path: Path) -> None:
+        save_checkpoint(path, student, arch, method=method if has_parts else None)
+
+    trainer = ctx.cfg.trainer
+    return Snapshots(ctx.out_dir / CHECKPOINTS_DIR, save, best=trainer.save_best, every=trainer.save_every)
+
+
+def snapshot_values(keep: Snapshots, result: FitResult) -> dict[str, Any]:
+    if not keep.best:
+        return {}
+    split, epoch = ("val", result.best_val_epoch) if result.best_val_acc is not None else ("test", result.best_epoch)
+    path = keep.directory / Snapshots.BEST_FILE
+    return {"best_checkpoint": str(path), "best_checkpoint_split": split, "best_checkpoint_epoch": epoch}
 
 
 def make_trainer(
@@ -290,7 +340,6 @@ def make_trainer(
 
 
 def fit_model(
-    ctx: RunContext,
     trainer: Trainer,
     model: nn.Module,
     method: DistillMethod,
@@ -343,52 +392,10 @@ def start_trackers(cfg: DictConfig, out_dir: Path) -> Any:
     return trackers
 
 
-def safe_settings(cfg: DictConfig) -> dict[str, Any] | None:
-    try:
-        return training_settings(cfg)
-    except Exception:  # a broken config (e.g. a missing interpolation) still gets its failed metrics.json
-        return None
-
-
-def failure_reason(error: BaseException) -> str:
-    reason = str(error) if isinstance(error, KDHydraError) else f"{type(error).__name__}: {error}"
-    return reason or type(error).__name__
-
-
-def write_failure(
-    cfg: DictConfig, out_dir: Path, started: float, error: BaseException, identity: Mapping[str, Any] | None = None
-) -> None:
-    reason = failure_reason(error)
-    settings = safe_settings(cfg)
-    write_json(
-        out_dir / schema.METRICS_FILE,
-        metrics_record(
-            status=schema.STATUS_FAILED,
-            reason=reason,
-            mode=plain(cfg.get("mode")),
-            dataset=OmegaConf.select(cfg, "dataset.name", default=None),
-            settings=recorded_settings(settings) if settings is not None else None,
-            config_digest=digest(identity) if identity is not None else None,
-            wall_seconds=time.perf_counter() - started,
-        ),
-    )
-    record_outcome(out_dir, schema.STATUS_FAILED, reason)
-
-
 def finish(ctx: RunContext, plan: Plan, **values: Any) -> dict[str, Any]:
-    """Write metrics.json (last file of the run) and print the run's one-line summary."""
-    record = metrics_record(
-        status=schema.STATUS_COMPLETED,
-        mode=plan.mode.value,
-        dataset=ctx.spec.name,
-        settings=recorded_settings(training_settings(ctx.cfg)),
-        config_digest=digest(plan.identity),
-        data_digest=ctx.data_digest,
-        teacher_id=plan.identity["teacher_id"],
-        wall_seconds=time.perf_counter() - ctx.started,
-        **values,
-    )
-    write_json(ctx.out_dir / schema.METRICS_FILE, record)
+    """Write metrics.json (last file of the run), tell the trackers and print the run's one-line summary."""
+    wall = time.perf_counter() - ctx.started
+    record = write_completed(ctx.out_dir, ctx.cfg, plan.identity, dataset=ctx.spec.name, wall_seconds=wall, **values)
     record_outcome(ctx.out_dir, schema.STATUS_COMPLETED, None)
     ctx.trackers.log_summary(record)
     ctx.trackers.close(schema.STATUS_COMPLETED)

@@ -20,11 +20,13 @@ from kd_hydra.errors import ConfigError
 
 
 class Mode(str, Enum):
-    """What a run trains: a teacher, a labels-only student (baseline) or a distilled student."""
+    """What a run does: train a teacher, a labels-only student (baseline) or a distilled student, or evaluate
+    ``teacher.checkpoint`` on the dataset without training (``eval``)."""
 
     teacher = "teacher"
     student = "student"
     distill = "distill"
+    eval = "eval"
 
 
 class Precision(str, Enum):
@@ -65,6 +67,8 @@ class TrainerConfig:
     num_threads: int | None = None
     num_workers: int | None = None
     save_checkpoint: bool = True
+    save_best: bool = False
+    save_every: int = 0
     checkpoint_every: int = 1
     resume: Resume = Resume.auto
     progress: bool = True
@@ -179,6 +183,13 @@ def validate(cfg: DictConfig) -> None:
     for key in ("epochs", "batch_size", "eval_batch_size", "eval_every", "checkpoint_every"):
         value = trainer[key]
         _require(value >= 1, f"trainer.{key}", f"must be >= 1 (got {value})")
+    _require(trainer.save_every >= 0, "trainer.save_every", f"must be >= 0, 0: off (got {trainer.save_every})")
+    if mode is Mode.eval:
+        _require(
+            cfg.teacher.get("checkpoint") is not None,
+            "teacher.checkpoint",
+            "mode=eval evaluates a checkpoint: give teacher.checkpoint=<a model.pt or published checkpoint>",
+        )
     _require(
         bool(_DEVICE_PATTERN.match(trainer.device)),
         "trainer.device",
@@ -196,14 +207,15 @@ def validate(cfg: DictConfig) -> None:
     )
 
     _validate_optimizer(cfg.optimizer, "optimizer")
+    if mode in (Mode.distill, Mode.eval):
+        checkpoint = cfg.teacher.get("checkpoint")
+        if checkpoint is not None:
+            _require(os.path.isfile(checkpoint), "teacher.checkpoint", f"no such file: {checkpoint}")
     if mode is Mode.distill:
         tt = cfg.teacher_training
         for key in ("epochs", "batch_size"):
             _require(tt[key] >= 1, f"teacher_training.{key}", f"must be >= 1 (got {tt[key]})")
         _validate_optimizer(tt.optimizer, "teacher_training.optimizer")
-        checkpoint = cfg.teacher.get("checkpoint")
-        if checkpoint is not None:
-            _require(os.path.isfile(checkpoint), "teacher.checkpoint", f"no such file: {checkpoint}")
 
     from kd_hydra.loggers import check_loggers
 

@@ -42,6 +42,7 @@ MODE_GROUPS = {
     "teacher": ("mode", "dataset", "teacher", "teacher_training"),
     "student": ("mode", "dataset", "student", "optimizer", "scheduler", "trainer"),
     "distill": None,  # everything
+    "eval": ("mode", "dataset", "teacher"),
 }
 #: Dataset keys that say where the data is or how it is read, not what it is (the content digest says that).
 DATA_LOCATION_KEYS = ("loader", "path", "root", "in_memory", "max_memory_gb", "download", "verify_checksums")

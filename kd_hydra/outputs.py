@@ -141,6 +141,12 @@ def method_description(settings: Mapping[str, Any]) -> str:
 
 def headline(record: Mapping[str, Any], out_dir: Path, prefix: str = "") -> str:
     """One line with the numbers that matter, e.g. for the end of a terminal session or a CI log."""
+    if record["mode"] == schema.MODE_EVAL:
+        top5 = "" if record.get("final_test_acc_top5") is None else f", top-5 {record['final_test_acc_top5']:.2f}%"
+        return (
+            f"[kd-hydra] {prefix}eval {record['model']} on {record['dataset']}: test acc "
+            f"{record['final_test_acc']:.2f}%{top5} ({record['checkpoint']}) -> {out_dir}"
+        )
     what = record["model"] if record["teacher"] is None else f"{record['teacher']} -> {record['model']}"
     loss = ""
     if record["mode"] == schema.MODE_DISTILL:

@@ -21,8 +21,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from kd_hydra import schema
 from kd_hydra.errors import ConfigError
-from kd_hydra.identity import identity_differences, run_identity
-from kd_hydra.outputs import atomic_write_text
+from kd_hydra.identity import (
+    digest,
+    identity_differences,
+    plain,
+    recorded_settings,
+    run_identity,
+    training_settings,
+)
+from kd_hydra.outputs import atomic_write_text, metrics_record, write_json
 
 MODEL_FILE = "model.pt"
 CHECKPOINTS_DIR = "checkpoints"
@@ -110,3 +117,46 @@ class RunDirectory:
         if hydra_node is not None:
             atomic_write_text(folder / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_node})))
         atomic_write_text(folder / schema.OVERRIDES_FILE, OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
+
+
+def failure_reason(error: BaseException) -> str:
+    """The one-line reason of a failed run: a kd-hydra error's message, else ``Type: message``."""
+    from kd_hydra.errors import KDHydraError
+
+    reason = str(error) if isinstance(error, KDHydraError) else f"{type(error).__name__}: {error}"
+    return reason or type(error).__name__
+
+
+def write_failed(out_dir: Path, cfg: DictConfig, wall_seconds: float, reason: str, identity: Any = None) -> None:
+    """A failed run's metrics.json: its reason and whatever of its settings resolve."""
+    try:
+        settings = recorded_settings(training_settings(cfg))
+    except Exception:  # a broken config (e.g. a missing interpolation) still gets its failed record
+        settings = None
+    write_json(
+        Path(out_dir) / schema.METRICS_FILE,
+        metrics_record(
+            status=schema.STATUS_FAILED,
+            reason=reason,
+            mode=plain(cfg.get("mode")),
+            dataset=OmegaConf.select(cfg, "dataset.name", default=None),
+            settings=settings,
+            config_digest=digest(identity) if identity is not None else None,
+            wall_seconds=wall_seconds,
+        ),
+    )
+
+
+def write_completed(out_dir: Path, cfg: DictConfig, identity: Mapping[str, Any], **values: Any) -> dict[str, Any]:
+    """A completed run's metrics.json (the last file it writes); returns the record."""
+    record = metrics_record(
+        status=schema.STATUS_COMPLETED,
+        mode=plain(cfg.mode),
+        settings=recorded_settings(training_settings(cfg)),
+        config_digest=digest(identity),
+        data_digest=identity["data_digest"],
+        teacher_id=identity["teacher_id"],
+        **values,
+    )
+    write_json(Path(out_dir) / schema.METRICS_FILE, record)
+    return record

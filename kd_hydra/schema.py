@@ -30,6 +30,7 @@ STATUS_UNFINISHED = "unfinished"
 MODE_TEACHER = "teacher"
 MODE_STUDENT = "student"
 MODE_DISTILL = "distill"
+MODE_EVAL = "eval"
 
 #: Where a distill run's teacher came from.
 TEACHER_SOURCES = ("trained", "store", "checkpoint")
@@ -46,10 +47,10 @@ METRICS_KEYS = (
     "schema_version",  # int, SCHEMA_VERSION
     "status",  # "completed" | "failed"
     "reason",  # str | None: one-line reason of a failure
-    "mode",  # "teacher" | "student" | "distill"
+    "mode",  # "teacher" | "student" | "distill" | "eval" (evaluation of teacher.checkpoint, no training)
     "method",  # loss.name of a distill run ("kd", "dkd", ...); "ce" for teachers and baselines
     "dataset",  # dataset.name
-    "model",  # arch of the model this run trained (the teacher in mode=teacher)
+    "model",  # arch of the model this run trained (the teacher in mode=teacher, the evaluated one in mode=eval)
     "teacher",  # teacher arch (distill) or None
     "final_test_acc",  # test accuracy after the last epoch
     "best_test_acc",  # best test accuracy over the evaluated epochs
@@ -69,13 +70,22 @@ METRICS_KEYS = (
     "wall_seconds",  # wall time of the whole run, data loading and teacher included
     "train_images_per_second",  # training images / training-loop seconds (teacher logits included, evaluation excluded)
     "soft_label_cache",  # "off" | "cold" | "warm" | None (not distill)
-    "checkpoint",  # path of the trained weights (run dir model.pt, or the teacher store) or None
+    "checkpoint",  # path of the trained weights (run dir model.pt, or the teacher store; mode=eval: the evaluated file)
+    "best_checkpoint",  # path of checkpoints/best.pt (trainer.save_best) or None
+    "best_checkpoint_split",  # "val" | "test": the split that chose best.pt (validation when the run has one)
+    "best_checkpoint_epoch",  # epoch of best.pt or None
     "config_digest",  # digest of the run's identity: the settings its mode reads, data_digest and teacher_id
     "data_digest",  # content digest of the dataset the run read (train, validation and test splits)
     "teacher_id",  # the teacher's identity digest (store teachers) or "sha256:<file>" (teacher.checkpoint)
     "settings",  # dict of dotted key -> value: every training setting of the resolved config (the
     #              authoritative record of what ran); None for the keys the run's mode does not read
 )
+
+#: Files of a mode=eval run beside metrics.json: accuracy per class, and the confusion matrix (rows: true class,
+#: columns: predicted class, counts), both CSV with a header.
+PER_CLASS_FILE = "per_class.csv"
+CONFUSION_FILE = "confusion_matrix.csv"
+PER_CLASS_COLUMNS = ("class", "name", "images", "correct", "accuracy")
 
 #: Dotted keys copied into metrics.json["settings"] (plus every ``loss.*`` key of the run's method).
 SETTINGS_KEYS = (

@@ -16,6 +16,7 @@ import json
 import logging
 import re
 import sys
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,11 +185,37 @@ def _ledger(sweep_dir: Path) -> Path:
     return Path(sweep_dir) / LEDGER_DIR
 
 
-def write_plan(sweep_dir: Path, dir_names: Sequence[str]) -> None:
-    """Record the job directories this multirun is meant to finish (the sweeper calls it before launching)."""
+def write_plan(sweep_dir: Path, dir_names: Sequence[str], to_run: Sequence[str]) -> None:
+    """Record the job directories this multirun must finish, and those it runs now in launch order."""
     from kd_hydra.outputs import write_json
 
-    write_json(_ledger(sweep_dir) / PLAN_FILE, {"jobs": list(dir_names)})
+    plan = {"jobs": list(dir_names), "to_run": list(to_run), "started": time.time()}
+    write_json(_ledger(sweep_dir) / PLAN_FILE, plan)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def announce_job(run_dir: Path) -> None:
+    """Log ``job k of N`` of the current multirun with an ETA from the jobs done so far (nothing in a single run)."""
+    try:
+        if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+            return
+        sweep_dir = Path(HydraConfig.get().sweep.dir)
+        plan = json.loads((_ledger(sweep_dir) / PLAN_FILE).read_text())
+        to_run, started = list(plan["to_run"]), float(plan["started"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    name = Path(run_dir).name
+    position = to_run.index(name) + 1 if name in to_run else len(read_outcomes(sweep_dir)) + 1
+    done = len(read_outcomes(sweep_dir))
+    eta = "ETA unknown until a job ends"
+    if done:
+        eta = f"ETA {_duration((time.time() - started) / done * max(len(to_run) - done, 0))}"
+    log.info("job %d of %d (%s): %s", position, len(to_run), eta, name)
 
 
 def record_outcome(run_dir: Path, status: str, reason: str | None) -> None:

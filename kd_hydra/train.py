@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from kd_hydra.errors import CheckpointError, ConfigError, KDHydraError
 from kd_hydra.identity import identity_differences
@@ -87,9 +87,16 @@ def evaluate(model: nn.Module, batches: Iterator[tuple[Tensor, Tensor]], runtime
     return EvalResult(acc=100.0 * top1, top5=100.0 * top5, loss=loss)
 
 
+def interactive() -> bool:
+    """Whether progress bars have a reader: stderr is a terminal, or this runs in a Jupyter kernel."""
+    if sys.stderr.isatty():
+        return True
+    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
+    return type(shell).__name__ == "ZMQInteractiveShell"
+
+
 def _progress(iterable: Iterator, enabled: bool, total: int | None, description: str) -> Iterator:
-    show = enabled and sys.stderr.isatty()
-    return tqdm(iterable, total=total, desc=description, leave=False, disable=not show, dynamic_ncols=True)
+    return tqdm(iterable, total=total, desc=description, leave=False, disable=not enabled, dynamic_ncols=True)
 
 
 def train_epoch(
@@ -244,6 +251,10 @@ class Progress:
     train_seconds: float = 0.0
     train_images: int = 0
 
+    def selected_epoch(self) -> int | None:
+        """The best epoch on validation, or on test for a run without a validation split."""
+        return self.best_val_epoch if self.best_val is not None else (self.best_epoch or None)
+
     def record(self, epoch: int, test: EvalResult, top5: float | None, val: EvalResult | None) -> None:
         self.final_acc, self.final_top5 = test.acc, top5
         if test.acc > self.best_acc:
@@ -293,6 +304,25 @@ class Fit:
 
 
 @dataclass(frozen=True)
+class Snapshots:
+    """Checkpoints worth keeping, written at evaluated epochs only: ``best.pt`` (the best epoch on validation,
+    else on test) and ``epoch_NNNN.pt`` every ``every`` epochs; ``save(path)`` writes the model's weights."""
+
+    directory: Path
+    save: Callable[[Path], None]
+    best: bool = False
+    every: int = 0
+
+    BEST_FILE = "best.pt"
+
+    def after_epoch(self, epoch: int, track: Progress) -> None:
+        if self.every and epoch % self.every == 0:
+            self.save(self.directory / f"epoch_{epoch:04d}.pt")
+        if self.best and track.selected_epoch() == epoch:
+            self.save(self.directory / self.BEST_FILE)
+
+
+@dataclass(frozen=True)
 class Trainer:
     """The epoch loop for one model, with its settings fixed; :meth:`fit` gets what it trains.
 
@@ -308,6 +338,7 @@ class Trainer:
     progress: bool = True
     top5: bool = False
     checkpointing: Checkpointing | None = None
+    snapshots: Snapshots | None = None
     on_epoch: Callable[[Mapping[str, Any]], None] | None = None
 
     def fit(
@@ -326,8 +357,13 @@ class Trainer:
         scaler = torch.amp.GradScaler(self.runtime.device.type, enabled=self.runtime.autocast_dtype == torch.float16)
         run = Fit(model, method, optimizer, scheduler, scaler, history)
         resumed_from = self._resume(run)
-        for epoch in range((resumed_from or 0) + 1, self.epochs + 1):
-            self._epoch(run, epoch, data, teacher, student_features)
+        show = self.progress and interactive()
+        bar = tqdm(total=self.epochs, initial=resumed_from or 0, desc=self.label, unit="epoch", disable=not show)
+        with bar:
+            for epoch in range((resumed_from or 0) + 1, self.epochs + 1):
+                self._epoch(run, epoch, data, teacher, student_features, show)
+                bar.set_postfix_str(_summary(run.history.rows[-1]), refresh=False)
+                bar.update(1)
         track = run.track
         seconds = track.train_seconds
         return FitResult(
@@ -363,6 +399,7 @@ class Trainer:
         data: BatchSource,
         teacher: TeacherSource | None,
         student_features: Callable[[], Mapping[str, Tensor]] | None,
+        show: bool,
     ) -> None:
         epoch_start = time.perf_counter()
         lr = run.optimizer.param_groups[0]["lr"]
@@ -372,7 +409,7 @@ class Trainer:
         if teacher is not None:
             teacher.begin_epoch(epoch - 1)
         total = getattr(data, "num_train_batches", None)
-        batches = _progress(data.train_batches(epoch - 1), self.progress, total, f"{self.label} {epoch}/{self.epochs}")
+        batches = _progress(data.train_batches(epoch - 1), show, total, f"{self.label} {epoch}/{self.epochs}")
         stats = train_epoch(
             run.model, batches, run.method, run.optimizer, run.scaler, self.runtime, teacher, student_features
         )
@@ -392,7 +429,11 @@ class Trainer:
         run.history.append(row)
         if self.on_epoch is not None:
             self.on_epoch(run.history.rows[-1])
-        self._log(epoch, row)
+        if self.snapshots is not None and "test_acc" in row:
+            self.snapshots.after_epoch(epoch, run.track)
+        log.info(
+            "%s epoch %d/%d: %s, lr %.3g, %.1fs", self.label, epoch, self.epochs, _summary(row), lr, row["seconds"]
+        )
         if self.checkpointing is not None and (epoch % self.checkpointing.every == 0 or epoch == self.epochs):
             self.checkpointing.save(run.state(epoch))
 
@@ -410,24 +451,16 @@ class Trainer:
         run.track.record(epoch, test, values["test_acc_top5"], val)
         return values
 
-    def _log(self, epoch: int, row: Mapping[str, Any]) -> None:
-        parts = ", ".join(
-            f"{key.removeprefix('train_')} {value:.4f}"
-            for key, value in row.items()
-            if key.startswith("train_") and key not in ("train_loss", "train_acc") and value is not None
-        )
-        shown = {key: "-" if row.get(key) is None else f"{row[key]:.2f}%" for key in ("test_acc", "val_acc")}
-        val = "" if row.get("val_acc") is None else f", val acc {shown['val_acc']}"
-        log.info(
-            "%s epoch %d/%d: loss %.4f (%s), train acc %.2f%%%s, test acc %s, lr %.3g, %.1fs",
-            self.label,
-            epoch,
-            self.epochs,
-            row["train_loss"],
-            parts,
-            row["train_acc"],
-            val,
-            shown["test_acc"],
-            row["lr"],
-            row["seconds"],
-        )
+
+def _summary(row: Mapping[str, Any]) -> str:
+    """``loss 0.41 (ce 0.52, kd 0.30), train acc 88.1%, val acc 90.2%, test acc 89.5%`` of a history row."""
+    parts = ", ".join(
+        f"{key.removeprefix('train_')} {value:.4f}"
+        for key, value in row.items()
+        if key.startswith("train_") and key not in ("train_loss", "train_acc") and value is not None
+    )
+    text = f"loss {row['train_loss']:.4f} ({parts}), train acc {row['train_acc']:.2f}%"
+    for key, name in (("val_acc", "val"), ("test_acc", "test")):
+        if row.get(key) is not None:
+            text += f", {name} acc {row[key]:.2f}%"
+    return text

@@ -98,12 +98,18 @@ class KDSweeper(BasicSweeper):
         return first, second
 
     def _validate_all(self, jobs: Sequence[Job], configs: Sequence[DictConfig]) -> None:
+        """Every value of every job, then every distill job's networks and method on its data: before any work."""
         errors = []
         for number, (job, cfg) in enumerate(zip(jobs, configs)):
             try:
                 validate(cfg)
             except KDHydraError as error:
                 errors.append(f"error: job {number} ({' '.join(job)}): {error}")
+        if not errors:
+            from kd_hydra.app import check_plans
+
+            for number, error in check_plans(list(configs)).items():
+                errors.append(f"error: job {number} ({' '.join(jobs[number])}): {error}")
         if errors:
             print("\n".join(errors), file=sys.stderr)
             print(
@@ -205,8 +211,8 @@ class KDSweeper(BasicSweeper):
         existing = existing_jobs(sweep_dir)
         for planned in first + second:  # a setting that ran before keeps its directory, even if named otherwise
             planned.dir_name = existing.get(settings_hash(planned.overrides), planned.dir_name)
-        write_plan(sweep_dir, [p.dir_name for p in first + second])
         first_run, second_run = self._to_run(sweep_dir, first + second, first)
+        write_plan(sweep_dir, [p.dir_name for p in first + second], [p.dir_name for p in first_run + second_run])
         returns: list[Any] = []
         next_idx = self._launch(first_run, returns, 0)
         failed_teachers = self._failed_teachers(sweep_dir, first)
