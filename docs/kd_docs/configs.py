@@ -1,0 +1,271 @@
+"""kd-hydra's config as the code composes it: groups, their options, and every key with its type and default.
+
+Everything is read from a live composition (``kd_hydra.preflight``), so the description follows the
+structured configs (``kd_hydra/config.py``) and the YAML groups (``conf/``) as they are at build time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.nodes import AnyNode, BooleanNode, EnumNode, FloatNode, IntegerNode, StringNode
+
+from kd_hydra.preflight import CLONE_CONFIGS, compose, hydra_session
+
+from .yaml_notes import YamlNotes, option_notes, read_notes
+
+#: Groups whose options are set at the top level (``# @package _global_``): presets, not key tables.
+GLOBAL_PACKAGE = "@package _global_"
+#: Hydra groups documented with kd-hydra's own options (the rest are Hydra's internals).
+HYDRA_GROUPS = ("hydra/sweeper", "hydra/launcher")
+
+_TYPE_NAMES = {IntegerNode: "int", FloatNode: "float", BooleanNode: "bool", StringNode: "str"}
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """One leaf key: dotted path from the root, type, default as YAML text, allowed values, the YAML note."""
+
+    key: str
+    type: str
+    default: str
+    allowed: str
+    note: str
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of a group: its override (``dataset=digits``), summary and the keys it gives the config."""
+
+    group: str
+    name: str
+    override: str
+    summary: str
+    keys: tuple[KeyInfo, ...]
+    is_preset: bool
+
+
+@dataclass(frozen=True)
+class Group:
+    """A config group: where it lands in the config (``package``), its default option and its options."""
+
+    name: str
+    choice_key: str
+    package: str
+    default: str | None
+    options: tuple[Option, ...]
+
+
+class Composer:
+    """Composes configs from overrides inside one Hydra session (about 0.1 s each)."""
+
+    def __init__(self, hydra: Any) -> None:
+        self.hydra = hydra
+        self._cache: dict[tuple[str, ...], DictConfig] = {}
+
+    def __call__(self, overrides: Sequence[str] = ()) -> DictConfig:
+        key = tuple(overrides)
+        if key not in self._cache:
+            self._cache[key] = compose(self.hydra, list(overrides))
+        return self._cache[key]
+
+    def options(self, group: str) -> list[str]:
+        """The options a user can pick: the group's YAML files and plugin presets, never ``*_schema`` nodes."""
+        schemas = {name.removesuffix(".yaml") for name in _store_names(group)}
+        loader = self.hydra.config_loader
+        found = loader.get_group_options(group)
+        if group.startswith("hydra/"):
+            return [name for name in found if (CLONE_CONFIGS / group / f"{name}.yaml").is_file()]
+        return [name for name in found if name not in schemas and not name.endswith("_schema")]
+
+
+@contextlib.contextmanager
+def composer() -> Iterator[Composer]:
+    """A :class:`Composer` over kd-hydra's own configs; Hydra's global state is restored afterwards."""
+    with hydra_session() as hydra:
+        yield Composer(hydra)
+
+
+def _store_names(group: str) -> list[str]:
+    try:
+        return list(ConfigStore.instance().list(group))
+    except OSError:
+        return []
+
+
+def yaml_text(value: Any) -> str:
+    """A value as it would be written on the command line or in YAML."""
+    if isinstance(value, Enum):
+        return value.name
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, default=str).replace('"', "")
+    return str(value)
+
+
+def _type_name(node: Any) -> str:
+    if isinstance(node, DictConfig):
+        name = "dict"
+    elif isinstance(node, ListConfig):
+        name = "list"
+    elif isinstance(node, EnumNode):
+        name = node._metadata.ref_type.__name__
+    elif type(node) in _TYPE_NAMES:
+        name = _TYPE_NAMES[type(node)]
+    elif isinstance(node, AnyNode):
+        value = node._value()
+        if value is None or (isinstance(value, str) and value.startswith("${")):
+            return "any"
+        return {bool: "bool", int: "int", float: "float", str: "str"}.get(type(value), type(value).__name__)
+    else:
+        name = type(node).__name__.removesuffix("Node").lower()
+    if node._is_optional() and not isinstance(node, AnyNode):
+        name += " | null"
+    return name
+
+
+def _allowed(node: Any) -> str:
+    if isinstance(node, EnumNode):
+        return ", ".join(member.name for member in node._metadata.ref_type)
+    return ""
+
+
+def _default(node: Any) -> str:
+    if isinstance(node, (DictConfig, ListConfig)):
+        if node._is_none():
+            return "null"
+        if node._is_interpolation():
+            return str(node._value())
+        return yaml_text(OmegaConf.to_container(node, resolve=False))
+    value = node._value()
+    return "???" if value == "???" else yaml_text(value)
+
+
+def leaf_keys(node: DictConfig, prefix: str, notes: YamlNotes | None = None, note_prefix: str = "") -> list[KeyInfo]:
+    """Every leaf under ``node`` (dicts are walked; lists, empty and null dicts are leaves), as :class:`KeyInfo`."""
+    found: list[KeyInfo] = []
+    for key in node.keys():
+        child = node._get_node(key)
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        relative = f"{note_prefix}.{key}" if note_prefix else str(key)
+        walk = isinstance(child, DictConfig) and not child._is_none() and not child._is_interpolation() and len(child)
+        if walk:
+            found.extend(leaf_keys(child, dotted, notes, relative))
+            continue
+        note = notes.keys.get(relative, "") if notes else ""
+        found.append(KeyInfo(dotted, _type_name(child), _default(child), _allowed(child), note))
+    return found
+
+
+def choices(cfg: DictConfig) -> dict[str, str | None]:
+    """The composed config's group choices (``hydra.runtime.choices``)."""
+    return dict(OmegaConf.to_container(cfg.hydra.runtime.choices))
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, str]:
+    if isinstance(node, DictConfig) and not node._is_none() and not node._is_interpolation() and len(node):
+        flat: dict[str, str] = {}
+        for key in node.keys():
+            flat.update(_flat(node._get_node(key), f"{prefix}.{key}" if prefix else str(key)))
+        return flat
+    return {prefix: _default(node)}
+
+
+def preset_changes(comp: Composer, preset_override: str) -> list[tuple[str, str]]:
+    """What a preset changes: group choices (``dataset: digits``), then every key that differs from those options.
+
+    Hydra's own settings are left out except the run mode and the sweep parameters (what a preset sweeps).
+    """
+    base, preset = comp(), comp([preset_override])
+    base_choices, preset_choices = choices(base), choices(preset)
+    picked = [
+        (group, option)
+        for group, option in preset_choices.items()
+        if not group.startswith("hydra/") and group not in ("experiment", "hparams_search")
+        if option != base_choices.get(group)
+    ]
+    reference = comp([f"{group}={option}" for group, option in picked]) if picked else base
+    changes = [(group, yaml_text(option)) for group, option in picked]
+    before, after = _flat(reference), _flat(preset)
+    for key, value in after.items():
+        if key.startswith("hydra.") and not (key == "hydra.mode" or key.startswith("hydra.sweeper.")):
+            continue
+        if before.get(key, _MISSING) != value:
+            changes.append((key, value))
+    return changes
+
+
+def _package_node(cfg: DictConfig, package: str) -> Any:
+    return OmegaConf.select(cfg, package, default=None, throw_on_missing=False)
+
+
+def describe_groups(comp: Composer) -> list[Group]:
+    """Every group of the default composition (plus kd-hydra's sweeper and launchers) with all its options."""
+    base = comp()
+    groups: list[Group] = []
+    for choice_key, default in choices(base).items():
+        if choice_key == "hydra" or (choice_key.startswith("hydra/") and choice_key not in HYDRA_GROUPS):
+            continue
+        group, _, package = choice_key.partition("@")
+        package = package or group.replace("/", ".")
+        options = []
+        for name in comp.options(group):
+            override = f"{choice_key}={name}"
+            notes = option_notes(CLONE_CONFIGS, group, name)
+            is_preset = any(line.startswith(GLOBAL_PACKAGE) for line in notes.header)
+            keys: tuple[KeyInfo, ...] = ()
+            if not is_preset:
+                cfg = base if name == default else comp([override])
+                node = _package_node(cfg, package)
+                if isinstance(node, DictConfig) and not node._is_none():
+                    keys = tuple(leaf_keys(node, package, notes))
+            options.append(Option(group, name, override, notes.summary, keys, is_preset))
+        groups.append(Group(group, choice_key, package, default, tuple(options)))
+    return groups
+
+
+def root_keys(comp: Composer, groups: Sequence[Group]) -> list[KeyInfo]:
+    """Top-level keys that no group sets (``mode``, ``teacher_training.*``, ``soft_label_cache.*``, ...)."""
+    base = comp()
+    packages = {group.package.split(".", 1)[0] for group in groups} | {"hydra"}
+    notes = read_notes(CLONE_CONFIGS / "config.yaml")
+    found = []
+    for key in base.keys():
+        if key in packages:
+            continue
+        child = base._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_none() and len(child):
+            found.extend(leaf_keys(child, str(key), notes, str(key)))
+        else:
+            note = notes.keys.get(str(key), "")
+            found.append(KeyInfo(str(key), _type_name(child), _default(child), _allowed(child), note))
+    return found
+
+
+def callback_keys(comp: Composer) -> list[KeyInfo]:
+    """The end-of-job and end-of-sweep callbacks' keys (``hydra.callbacks.*``)."""
+    node = _package_node(comp(), "hydra.callbacks")
+    if not isinstance(node, DictConfig):
+        return []
+    keys = []
+    for name in node.keys():
+        notes = read_notes(CLONE_CONFIGS / "hydra" / "callbacks" / f"{name}.yaml")
+        keys.extend(leaf_keys(node[name], f"hydra.callbacks.{name}", notes, str(name)))
+    return keys
+
+
+def conf_dir() -> Path:
+    """The config directory the docs describe (the clone's ``conf/``)."""
+    return CLONE_CONFIGS

@@ -1,0 +1,34 @@
+"""Every generated page of the site, by its path under ``docs/``, and the fragments hand-written pages include."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .configs import composer
+from .method_pages import describe_methods, method_page, methods_index
+from .reference_page import presets_page, reference_page
+from .schema_page import history_table, metrics_table, settings_list
+
+#: The nav section that the method pages are listed under (mkdocs.yml).
+METHODS_SECTION = "Methods"
+
+#: ``<!-- kd-docs: NAME -->`` in a hand-written page is replaced by ``FRAGMENTS[NAME]()``.
+FRAGMENTS: dict[str, Callable[[], str]] = {
+    "metrics-keys": metrics_table,
+    "history-columns": history_table,
+    "settings-keys": settings_list,
+}
+
+
+def build_pages() -> dict[str, str]:
+    """Path under ``docs/`` -> Markdown of every generated page."""
+    with composer() as comp:
+        pages = {
+            "reference/configuration.md": reference_page(comp),
+            "reference/presets.md": presets_page(comp),
+        }
+        methods = describe_methods(comp)
+    pages["methods/index.md"] = methods_index(methods)
+    for doc in methods:
+        pages[f"methods/{doc.name}.md"] = method_page(doc)
+    return pages
