@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,7 @@ class Option:
     summary: str
     keys: tuple[KeyInfo, ...]
     is_preset: bool
+    node: Any = field(default=None, compare=False, repr=False)  # the composed node (None for presets)
 
 
 @dataclass(frozen=True)
@@ -183,28 +184,37 @@ def _flat(node: Any, prefix: str = "") -> dict[str, str]:
     return {prefix: _default(node)}
 
 
-def preset_changes(comp: Composer, preset_override: str) -> list[tuple[str, str]]:
+def preset_changes(comp: Composer, preset_override: str, groups: Sequence[Group]) -> list[tuple[str, str]]:
     """What a preset changes: group choices (``dataset: digits``), then every key that differs from those options.
 
-    Hydra's own settings are left out except the run mode and the sweep parameters (what a preset sweeps).
+    Hydra's own settings are left out except the run mode and the sweeper (what a preset sweeps).
     """
     base, preset = comp(), comp([preset_override])
     base_choices, preset_choices = choices(base), choices(preset)
+    by_key = {group.choice_key: group for group in groups}
     picked = [
         (group, option)
         for group, option in preset_choices.items()
-        if not group.startswith("hydra/") and group not in ("experiment", "hparams_search")
+        if group in by_key and not all(o.is_preset for o in by_key[group].options)
         if option != base_choices.get(group)
     ]
-    reference = comp([f"{group}={option}" for group, option in picked]) if picked else base
     changes = [(group, yaml_text(option)) for group, option in picked]
-    before, after = _flat(reference), _flat(preset)
-    for key, value in after.items():
+    before = _flat(base)
+    for choice_key, option in picked:
+        package = by_key[choice_key].package
+        before = {key: value for key, value in before.items() if not _under(key, package)}
+        node = next((o.node for o in by_key[choice_key].options if o.name == option), None)
+        before.update(_flat(node, package) if node is not None else {})
+    for key, value in _flat(preset).items():
         if key.startswith("hydra.") and not (key == "hydra.mode" or key.startswith("hydra.sweeper.")):
             continue
         if before.get(key, _MISSING) != value:
             changes.append((key, value))
     return changes
+
+
+def _under(key: str, package: str) -> bool:
+    return key == package or key.startswith(package + ".")
 
 
 def _package_node(cfg: DictConfig, package: str) -> Any:
@@ -214,26 +224,54 @@ def _package_node(cfg: DictConfig, package: str) -> Any:
 def describe_groups(comp: Composer) -> list[Group]:
     """Every group of the default composition (plus kd-hydra's sweeper and launchers) with all its options."""
     base = comp()
-    groups: list[Group] = []
+    plans = []
     for choice_key, default in choices(base).items():
         if choice_key == "hydra" or (choice_key.startswith("hydra/") and choice_key not in HYDRA_GROUPS):
             continue
         group, _, package = choice_key.partition("@")
         package = package or group.replace("/", ".")
-        options = []
+        entries = []
         for name in comp.options(group):
-            override = f"{choice_key}={name}"
             notes = option_notes(CLONE_CONFIGS, group, name)
             is_preset = any(line.startswith(GLOBAL_PACKAGE) for line in notes.header)
-            keys: tuple[KeyInfo, ...] = ()
-            if not is_preset:
-                cfg = base if name == default else comp([override])
-                node = _package_node(cfg, package)
-                if isinstance(node, DictConfig) and not node._is_none():
-                    keys = tuple(leaf_keys(node, package, notes))
-            options.append(Option(group, name, override, notes.summary, keys, is_preset))
+            entries.append((name, notes, is_preset))
+        plans.append((choice_key, group, package, default, entries))
+    nodes = _option_nodes(comp, plans)
+    groups: list[Group] = []
+    for choice_key, group, package, default, entries in plans:
+        options = []
+        for name, notes, is_preset in entries:
+            override = f"{choice_key}={name}"
+            node = nodes.get(override)
+            keys = tuple(leaf_keys(node, package, notes)) if node is not None else ()
+            options.append(Option(group, name, override, notes.summary, keys, is_preset, node))
         groups.append(Group(group, choice_key, package, default, tuple(options)))
     return groups
+
+
+def _option_nodes(comp: Composer, plans: list) -> dict[str, DictConfig]:
+    """override -> the option's composed node; the k-th option of every group is composed in one go."""
+    base = comp()
+    queues: dict[str, list[str]] = {}
+    packages: dict[str, str] = {}
+    nodes: dict[str, DictConfig] = {}
+    for choice_key, _, package, default, entries in plans:
+        packages[choice_key] = package
+        for name, _, is_preset in entries:
+            if is_preset:
+                continue
+            if name == default:
+                nodes[f"{choice_key}={name}"] = _package_node(base, package)
+            else:
+                queues.setdefault(choice_key, []).append(name)
+    for index in range(max((len(names) for names in queues.values()), default=0)):
+        batch = {key: names[index] for key, names in queues.items() if index < len(names)}
+        cfg = comp([f"{key}={name}" for key, name in batch.items()])
+        picked = choices(cfg)
+        for key, name in batch.items():
+            own = cfg if picked.get(key) == name else comp([f"{key}={name}"])  # options that interact: alone
+            nodes[f"{key}={name}"] = _package_node(own, packages[key])
+    return {key: node for key, node in nodes.items() if isinstance(node, DictConfig) and not node._is_none()}
 
 
 def root_keys(comp: Composer, groups: Sequence[Group]) -> list[KeyInfo]:

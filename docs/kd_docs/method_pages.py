@@ -10,10 +10,11 @@ from __future__ import annotations
 import inspect
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .configs import Composer, KeyInfo, conf_dir, leaf_keys
-from .reference_page import key_table, text
+from .configs import Composer, Group, KeyInfo, conf_dir, leaf_keys
+from .reference_page import OPTIONS_PREFIX, key_table, text
 from .yaml_notes import option_notes
 
 #: The pair the "what it reads" section asks each method about (CIFAR-100-shaped images).
@@ -86,8 +87,11 @@ def _reads(method: object, teacher: object, student: object) -> Reads:
     return Reads(student_shapes, teacher_shapes, trainable_parameters=trainable)
 
 
-def describe_methods(comp: Composer) -> list[MethodDoc]:
-    """Every registered method (the registry of ``kd_hydra.methods``), documented from the code."""
+def describe_methods(comp: Composer, groups: Sequence[Group]) -> list[MethodDoc]:
+    """Every registered method (the registry of ``kd_hydra.methods``), documented from the code.
+
+    ``groups``: from :func:`~kd_docs.configs.describe_groups`; a method's defaults are its ``loss`` option's keys.
+    """
     import logging
 
     from hydra.utils import instantiate
@@ -95,15 +99,19 @@ def describe_methods(comp: Composer) -> list[MethodDoc]:
     from kd_hydra.methods import method_class, method_names
 
     teacher, student = _example_models()
+    loss_options = {option.name: option for group in groups if group.name == "loss" for option in group.options}
     docs = []
     logging.getLogger("kd_hydra").setLevel(logging.WARNING)
     for name in method_names():
         cls = method_class(name)
-        cfg = comp([f"loss={name}"])
-        notes = option_notes(conf_dir(), "loss", name)
-        keys = tuple(leaf_keys(cfg.loss, "loss", notes))
+        option = loss_options.get(name)
+        if option is None:  # registered without a conf/loss YAML of the same name: compose it by name
+            node = comp([f"loss={name}"]).loss
+            keys = tuple(leaf_keys(node, "loss", option_notes(conf_dir(), "loss", name)))
+        else:
+            node, keys = option.node, option.keys
         uses_teacher = bool(getattr(cls, "uses_teacher", True))
-        reads = _reads(instantiate(cfg.loss), teacher, student) if uses_teacher else None
+        reads = _reads(instantiate(node), teacher, student) if uses_teacher else None
         module = sys.modules[cls.__module__]
         docs.append(
             MethodDoc(
@@ -151,7 +159,7 @@ def method_page(doc: MethodDoc) -> str:
         "",
         "## Defaults",
         "",
-        f"Valid with: `loss={doc.name}`",
+        OPTIONS_PREFIX + f"`loss={doc.name}`",
         "",
     ]
     lines += key_table(doc.keys)

@@ -12,7 +12,6 @@ from .configs import (
     Option,
     callback_keys,
     conf_dir,
-    describe_groups,
     preset_changes,
     root_keys,
 )
@@ -86,9 +85,9 @@ def _ordered(groups: Sequence[Group]) -> list[Group]:
     return sorted(groups, key=lambda group: (group.name.startswith("hydra/"), rank.get(group.name, len(rank))))
 
 
-def reference_page(comp: Composer) -> str:
+def reference_page(comp: Composer, groups: Sequence[Group]) -> str:
     """The whole configuration reference: groups, top-level keys, then every group's keys per option."""
-    groups = _ordered(describe_groups(comp))
+    groups = _ordered(groups)
     keyed = [group for group in groups if not all(option.is_preset for option in group.options)]
     presets = [group for group in groups if group not in keyed]
     lines = [
@@ -126,9 +125,10 @@ def reference_page(comp: Composer) -> str:
     return "\n".join(lines) + "\n"
 
 
-def presets_page(comp: Composer) -> str:
+def presets_page(comp: Composer, groups: Sequence[Group]) -> str:
     """Every preset (experiment, hparams_search) with its description and what it changes."""
-    groups = _ordered(describe_groups(comp))
+    groups = _ordered(groups)
+    choice_keys = {group.choice_key for group in groups}
     lines = [
         "# Presets",
         "",
@@ -143,14 +143,17 @@ def presets_page(comp: Composer) -> str:
             continue
         lines += [f"## {group.choice_key}", ""]
         for option in group.options:
-            lines += [f"### {option.name}", ""]
+            lines += [f"### {option.name}", "", OPTIONS_PREFIX + f"`{option.override}`", ""]
             notes = read_notes(conf_dir() / option.group / f"{option.name}.yaml")
             if notes.summary:
                 lines += [text(notes.summary), ""]
             if notes.commands:
                 lines += ["```bash", *notes.commands, "```", ""]
+            changes = preset_changes(comp, option.override, groups)
+            picks = [f"`{key}={value}`" for key, value in changes if key in choice_keys]
+            if picks:
+                lines += ["Picks " + ", ".join(picks) + ", and sets:", ""]
             lines += ["| key | value |", "| --- | --- |"]
-            for key, value in preset_changes(comp, option.override):
-                lines.append(f"| {code(key)} | {code(value)} |")
+            lines += [f"| {code(key)} | {code(value)} |" for key, value in changes if key not in choice_keys]
             lines.append("")
     return "\n".join(lines) + "\n"

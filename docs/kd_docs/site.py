@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .configs import composer
+from .configs import Composer, composer, describe_groups
 from .method_pages import describe_methods, method_page, methods_index
 from .reference_page import presets_page, reference_page
 from .schema_page import history_table, metrics_table, settings_list
@@ -20,14 +20,17 @@ FRAGMENTS: dict[str, Callable[[], str]] = {
 }
 
 
-def build_pages() -> dict[str, str]:
-    """Path under ``docs/`` -> Markdown of every generated page."""
-    with composer() as comp:
-        pages = {
-            "reference/configuration.md": reference_page(comp),
-            "reference/presets.md": presets_page(comp),
-        }
-        methods = describe_methods(comp)
+def build_pages(comp: Composer | None = None) -> dict[str, str]:
+    """Path under ``docs/`` -> Markdown of every generated page (``comp``: an open session to reuse)."""
+    if comp is None:
+        with composer() as own:
+            return build_pages(own)
+    groups = describe_groups(comp)
+    pages = {
+        "reference/configuration.md": reference_page(comp, groups),
+        "reference/presets.md": presets_page(comp, groups),
+    }
+    methods = describe_methods(comp, groups)
     pages["methods/index.md"] = methods_index(methods)
     for doc in methods:
         pages[f"methods/{doc.name}.md"] = method_page(doc)
