@@ -14,7 +14,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.nodes import AnyNode, BooleanNode, EnumNode, FloatNode, IntegerNode, StringNode
 
@@ -80,13 +79,11 @@ class Composer:
         return self._cache[key]
 
     def options(self, group: str) -> list[str]:
-        """The options a user can pick: the group's YAML files and plugin presets, never ``*_schema`` nodes."""
-        schemas = {name.removesuffix(".yaml") for name in _store_names(group)}
-        loader = self.hydra.config_loader
-        found = loader.get_group_options(group)
+        """The options a user can pick: never a ``*_schema`` node; for Hydra's groups, kd-hydra's own files."""
+        found = self.hydra.config_loader.get_group_options(group)
         if group.startswith("hydra/"):
             return [name for name in found if (CLONE_CONFIGS / group / f"{name}.yaml").is_file()]
-        return [name for name in found if name not in schemas and not name.endswith("_schema")]
+        return [name for name in found if not name.endswith("_schema")]
 
 
 @contextlib.contextmanager
@@ -94,13 +91,6 @@ def composer() -> Iterator[Composer]:
     """A :class:`Composer` over kd-hydra's own configs; Hydra's global state is restored afterwards."""
     with hydra_session() as hydra:
         yield Composer(hydra)
-
-
-def _store_names(group: str) -> list[str]:
-    try:
-        return list(ConfigStore.instance().list(group))
-    except OSError:
-        return []
 
 
 def yaml_text(value: Any) -> str:
