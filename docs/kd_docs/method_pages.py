@@ -1,6 +1,6 @@
-"""One page per registered distillation method, from its module and class docstrings and its composed config.
+"""One page per distillation method (each option of the ``loss`` group), from its docstrings and its config.
 
-A method added to ``kd_hydra/methods`` (with its ``conf/loss/<name>.yaml``) gets its page without any
+A method added to ``kd_hydra/methods`` with its ``conf/loss/<name>.yaml`` gets its page without any
 edit here: the equation and source come from the docstrings, the defaults from ``loss=<name>``, what it
 reads from the teacher from the method itself, asked on an example pair of architectures.
 """
@@ -13,9 +13,10 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .configs import Composer, Group, KeyInfo, conf_dir, leaf_keys
+from omegaconf import DictConfig
+
+from .configs import Composer, Group, KeyInfo
 from .reference_page import OPTIONS_PREFIX, key_table, text
-from .yaml_notes import option_notes
 
 #: The pair the "what it reads" section asks each method about (CIFAR-100-shaped images).
 EXAMPLE_TEACHER, EXAMPLE_STUDENT = "resnet32x4", "resnet8x4"
@@ -79,6 +80,8 @@ def _reads(method: object, teacher: object, student: object) -> Reads:
     teacher_shapes = probe_feature_shapes(teacher, request.teacher, EXAMPLE_IMAGES)
     trainable = None
     try:
+        if hasattr(method, "setup_teacher"):
+            method.setup_teacher(teacher)
         targets = torch.arange(EXAMPLE_TRAIN_SAMPLES) % EXAMPLE_CLASSES
         method.setup(student_shapes, teacher_shapes, targets, EXAMPLE_CLASSES)
         trainable = sum(p.numel() for p in method.parameters() if p.requires_grad)
@@ -87,41 +90,43 @@ def _reads(method: object, teacher: object, student: object) -> Reads:
     return Reads(student_shapes, teacher_shapes, trainable_parameters=trainable)
 
 
+def build_method(node: DictConfig) -> object:
+    """The method of a ``loss`` node, as training builds it (``kd_hydra.methods.build_method`` where it exists)."""
+    from hydra.utils import instantiate
+
+    import kd_hydra.methods as methods
+
+    builder = getattr(methods, "build_method", None)
+    return builder(node) if builder is not None else instantiate(node)
+
+
 def describe_methods(comp: Composer, groups: Sequence[Group]) -> list[MethodDoc]:
-    """Every registered method (the registry of ``kd_hydra.methods``), documented from the code.
+    """Every option of the ``loss`` group (each names its class in ``_target_``), documented from the code.
 
     ``groups``: from :func:`~kd_docs.configs.describe_groups`; a method's defaults are its ``loss`` option's keys.
     """
     import logging
 
-    from hydra.utils import instantiate
-
-    from kd_hydra.methods import method_class, method_names
+    from hydra.utils import get_class
 
     teacher, student = _example_models()
-    loss_options = {option.name: option for group in groups if group.name == "loss" for option in group.options}
+    options = [option for group in groups if group.name == "loss" for option in group.options if option.node]
     docs = []
     logging.getLogger("kd_hydra").setLevel(logging.WARNING)
-    for name in method_names():
-        cls = method_class(name)
-        option = loss_options.get(name)
-        if option is None:  # registered without a conf/loss YAML of the same name: compose it by name
-            node = comp([f"loss={name}"]).loss
-            keys = tuple(leaf_keys(node, "loss", option_notes(conf_dir(), "loss", name)))
-        else:
-            node, keys = option.node, option.keys
+    for option in options:
+        cls = get_class(option.node._target_)
         uses_teacher = bool(getattr(cls, "uses_teacher", True))
-        reads = _reads(instantiate(node), teacher, student) if uses_teacher else None
+        reads = _reads(build_method(option.node), teacher, student) if uses_teacher else None
         module = sys.modules[cls.__module__]
         docs.append(
             MethodDoc(
-                name=name,
+                name=option.name,
                 class_path=f"{cls.__module__}.{cls.__qualname__}",
                 module_doc=inspect.cleandoc(module.__doc__ or ""),
                 class_doc=inspect.cleandoc(cls.__doc__ or ""),
                 parts=tuple(getattr(cls, "parts", ())),
                 uses_teacher=uses_teacher,
-                keys=keys,
+                keys=option.keys,
                 reads=reads,
             )
         )
@@ -197,16 +202,17 @@ def methods_index(docs: list[MethodDoc]) -> str:
     lines = [
         "# Methods",
         "",
-        "`loss=<name>` picks a method: one module in `kd_hydra/methods/` (registered by name) and one",
-        "YAML in `conf/loss/`. This list and every method page are generated from the code when the site",
-        "is built. The default method is `kd`.",
+        "`loss=<name>` picks a method: one YAML in `conf/loss/` whose `_target_` names its class (one module",
+        "in `kd_hydra/methods/`, or your own). This list and every method page are generated from the code",
+        "when the site is built. The default method is `kd`.",
         "",
         "| `loss=` | method | loss parts | reads from the teacher |",
         "| --- | --- | --- | --- |",
     ]
     for doc in docs:
-        title = doc.module_doc.partition("\n")[0].partition(": ")[0].rstrip(".")
+        title = rst_to_markdown(doc.module_doc.partition("\n")[0].partition(": ")[0].rstrip("."))
+        title = text(title) if "|" in title or "<" in title else title
         parts = ", ".join(f"`{part}`" for part in doc.parts)
-        lines.append(f"| [`{doc.name}`]({doc.name}.md) | {text(title)} | {parts} | {text(reads_summary(doc))} |")
+        lines.append(f"| [`{doc.name}`]({doc.name}.md) | {title} | {parts} | {text(reads_summary(doc))} |")
     lines += ["", "Every method's total includes its cross-entropy term on the labels (`ce`)."]
     return "\n".join(lines) + "\n"
