@@ -7,7 +7,10 @@ structured configs (``kd_hydra/config.py``) and the YAML groups (``conf/``) as t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import inspect
 import json
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -28,6 +31,7 @@ HYDRA_GROUPS = ("hydra/sweeper", "hydra/launcher")
 
 _TYPE_NAMES = {IntegerNode: "int", FloatNode: "float", BooleanNode: "bool", StringNode: "str"}
 _MISSING = object()
+_FIELD_LINE = re.compile(r"^\s+(?P<name>\w+)\s*:[^#]*#\s*(?P<note>.+)$")
 
 
 @dataclass(frozen=True)
@@ -144,9 +148,30 @@ def _default(node: Any) -> str:
     return "???" if value == "???" else yaml_text(value)
 
 
+def field_notes(node: DictConfig) -> dict[str, str]:
+    """The comment beside each field of the structured config (dataclass) behind ``node``, if any."""
+    kind = OmegaConf.get_type(node)
+    if not dataclasses.is_dataclass(kind):
+        return {}
+    try:
+        source = inspect.getsource(kind)
+    except (OSError, TypeError):
+        return {}
+    found = {}
+    for line in source.splitlines():
+        match = _FIELD_LINE.match(line)
+        if match:
+            found[match["name"]] = match["note"].strip()
+    return found
+
+
 def leaf_keys(node: DictConfig, prefix: str, notes: YamlNotes | None = None, note_prefix: str = "") -> list[KeyInfo]:
-    """Every leaf under ``node`` (dicts are walked; lists, empty and null dicts are leaves), as :class:`KeyInfo`."""
+    """Every leaf under ``node`` (dicts are walked; lists, empty and null dicts are leaves), as :class:`KeyInfo`.
+
+    A key's note is its YAML comment, else the comment beside its field in the structured config.
+    """
     found: list[KeyInfo] = []
+    from_code = field_notes(node)
     for key in node.keys():
         child = node._get_node(key)
         dotted = f"{prefix}.{key}" if prefix else str(key)
@@ -155,7 +180,7 @@ def leaf_keys(node: DictConfig, prefix: str, notes: YamlNotes | None = None, not
         if walk:
             found.extend(leaf_keys(child, dotted, notes, relative))
             continue
-        note = notes.keys.get(relative, "") if notes else ""
+        note = (notes.keys.get(relative, "") if notes else "") or from_code.get(str(key), "")
         found.append(KeyInfo(dotted, _type_name(child), _default(child), _allowed(child), note))
     return found
 
@@ -269,6 +294,7 @@ def root_keys(comp: Composer, groups: Sequence[Group]) -> list[KeyInfo]:
     base = comp()
     packages = {group.package.split(".", 1)[0] for group in groups} | {"hydra"}
     notes = read_notes(CLONE_CONFIGS / "config.yaml")
+    from_code = field_notes(base)
     found = []
     for key in base.keys():
         if key in packages:
@@ -277,7 +303,7 @@ def root_keys(comp: Composer, groups: Sequence[Group]) -> list[KeyInfo]:
         if isinstance(child, DictConfig) and not child._is_none() and len(child):
             found.extend(leaf_keys(child, str(key), notes, str(key)))
         else:
-            note = notes.keys.get(str(key), "")
+            note = notes.keys.get(str(key), "") or from_code.get(str(key), "")
             found.append(KeyInfo(str(key), _type_name(child), _default(child), _allowed(child), note))
     return found
 

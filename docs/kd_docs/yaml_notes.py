@@ -94,7 +94,13 @@ def option_notes(conf_dir: Path, group: str, option: str) -> YamlNotes:
         return YamlNotes()
     notes = read_notes(path)
     for entry, choice in notes.defaults:
-        if entry == "_self_" or choice is not None:
+        if choice is not None:  # a nested group (``loader: image_files``): its notes under ``loader.``
+            nested = conf_dir / group / entry / f"{choice}.yaml"
+            if nested.is_file():
+                for key, note in read_notes(nested).keys.items():
+                    notes.keys.setdefault(f"{entry}.{key}", note)
+            continue
+        if entry == "_self_":
             continue
         name = entry.split("@", 1)[0]  # a package (``model/x@teacher``) does not change the file
         target = conf_dir / f"{name.lstrip('/')}.yaml" if name.startswith("/") else path.parent / f"{name}.yaml"
