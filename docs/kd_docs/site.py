@@ -8,6 +8,7 @@ from .configs import Composer, composer, describe_groups
 from .method_pages import describe_methods, method_page, methods_index
 from .reference_page import presets_page, reference_page
 from .schema_page import history_table, metrics_table, settings_list
+from .zoo_page import feature_points_table
 
 #: The nav section that the method pages are listed under (mkdocs.yml).
 METHODS_SECTION = "Methods"
@@ -17,6 +18,7 @@ FRAGMENTS: dict[str, Callable[[], str]] = {
     "metrics-keys": metrics_table,
     "history-columns": history_table,
     "settings-keys": settings_list,
+    "feature-points": feature_points_table,
 }
 
 
