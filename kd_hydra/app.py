@@ -150,6 +150,8 @@ def check_plans(configs: list[DictConfig]) -> dict[int, KDHydraError]:
                 outcomes[key] = None
             except KDHydraError as error:
                 outcomes[key] = error
+            except Exception as error:  # a network or method that cannot be built: one line, like the rest
+                outcomes[key] = KDHydraError(f"{type(error).__name__}: {error}")
         if outcomes[key] is not None:
             errors[number] = outcomes[key]
     return errors

@@ -65,7 +65,8 @@ def plain(node: Any) -> Any:
 def flatten(node: Mapping[str, Any] | DictConfig, prefix: str = "") -> dict[str, Any]:
     """Nested mappings as ``{"loss.temperature": 4.0, ...}``; lists and other leaves kept as they are."""
     flat: dict[str, Any] = {}
-    for key, value in plain(node).items():
+    items = node.items() if isinstance(node, Mapping) and not OmegaConf.is_config(node) else plain(node).items()
+    for key, value in items:
         dotted = f"{prefix}{key}"
         if isinstance(value, Mapping) and value:
             flat.update(flatten(value, dotted + "."))
@@ -80,7 +81,8 @@ def _excluded(dotted: str, prefixes: tuple[str, ...]) -> bool:
 
 def training_settings(cfg: DictConfig) -> dict[str, Any]:
     """Every resolved setting as dotted keys, without :data:`NON_TRAINING_KEYS` (the record in metrics.json)."""
-    return {k: v for k, v in flatten(cfg).items() if not _excluded(k, NON_TRAINING_KEYS)}
+    top = {key: cfg[key] for key in cfg if not _excluded(str(key), NON_TRAINING_KEYS)}  # never resolve hydra.*
+    return {k: v for k, v in flatten(top).items() if not _excluded(k, NON_TRAINING_KEYS)}
 
 
 def mode_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
