@@ -34,8 +34,8 @@ from kd_hydra.teacher_outputs import TeacherSource
 log = logging.getLogger(__name__)
 
 TRAIN_STATE_FORMAT = "kd-hydra/train-state-v1"
+MAX_DETAIL_CHARS = 200  # of an error quoted in a one-line message
 TOP5 = 5
-MAX_LISTED_DIFFERENCES = 4
 
 
 class DivergedError(KDHydraError):
@@ -208,8 +208,10 @@ class Checkpointing:
         self._loaded = None
 
     def unusable(self, error: BaseException) -> CheckpointError:
+        detail = " ".join(str(error).split())
+        detail = detail if len(detail) <= MAX_DETAIL_CHARS else detail[: MAX_DETAIL_CHARS - 3] + "..."
         return CheckpointError(
-            f"{self.path}: cannot resume from it ({type(error).__name__}: {error}); "
+            f"{self.path}: cannot resume from it ({type(error).__name__}: {detail}); "
             "delete it or use trainer.resume=never"
         )
 

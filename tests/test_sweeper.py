@@ -296,6 +296,18 @@ def test_failed_teacher_stops_its_distill_jobs_once(fake: FakeSweeps):
     assert sorted(mode for mode, _ in fake.calls()) == ["student", "teacher"]
     lines = [line for line in process.stderr.splitlines() if "its 2 distill job(s) were not started" in line]
     assert len(lines) == 1 and lines[0].startswith("error: teacher job mode=teacher-")
+    last = process.stderr.strip().splitlines()[-1]
+    assert "1 of 4 jobs did not complete and 2 never started" in last, "the last line counts never-started jobs"
+
+
+def test_a_damaged_job_directory_still_fails_the_sweep(fake: FakeSweeps):
+    """A failed job whose .hydra/overrides.yaml is gone: the status callback cannot fail, the exit status is 1."""
+    sweep_dir = fake.workspace.root / "sweeps" / "grid"
+    fake.run("grid", "mode=student", "trainer.seed=1,13", expect=1)
+    failed_dir = next(p for p in sweep_dir.iterdir() if "trainer.seed=13" in p.name)
+    (failed_dir / schema.HYDRA_DIR / schema.OVERRIDES_FILE).unlink()
+    process = fake.run("grid", "mode=student", "trainer.seed=1,13", expect=1)
+    assert process.stderr.strip().splitlines()[-1].startswith("error: 1 of 2 jobs did not complete")
 
 
 def test_preempted_job_is_requeued_into_the_same_directory(fake: FakeSweeps):
