@@ -322,3 +322,158 @@ class ContrastMemory(nn.Module):
             f"num_data={self.num_data}, feat_dim={self.memory_student.shape[1]}, nce_k={self.nce_k}, "
             f"temperature={self.temperature}, momentum={self.momentum}"
         )
+
+
+# -- AB, FT, FSP, OFD, ReviewKD (feature methods of RepDistiller and mdistiller) ------------------------
+
+#: RepDistiller's scale of each activation-boundary term (after dividing by the batch size).
+AB_SCALE = 3.0 / 1000.0
+
+#: OFD's margin rule: channels whose pre-activation is negative with probability <= this get ``-3 * std``.
+OFD_MIN_NEGATIVE_PROBABILITY = 0.001
+
+#: Pooled sizes of ReviewKD's hierarchical context loss (levels at least the map's size are skipped).
+HCL_LEVELS = (4, 2, 1)
+
+
+def _pool_to_smaller(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """Adaptive-average-pool the spatially larger of two ``(N, C, H, W)`` maps to the other's size."""
+    size = (min(a.shape[2], b.shape[2]), min(a.shape[3], b.shape[3]))
+    if tuple(a.shape[2:]) != size:
+        a = F.adaptive_avg_pool2d(a, size)
+    if tuple(b.shape[2:]) != size:
+        b = F.adaptive_avg_pool2d(b, size)
+    return a, b
+
+
+def _require_pairs(kind: str, student: Sequence[Tensor], teacher: Sequence[Tensor]) -> None:
+    if len(student) != len(teacher) or not student:
+        raise ValueError(f"{kind} needs matching, non-empty lists (got {len(student)} student, {len(teacher)} teacher)")
+
+
+def activation_boundary_loss(
+    student_preacts: Sequence[Tensor], teacher_preacts: Sequence[Tensor], margin: float = 1.0
+) -> Tensor:
+    """Activation boundaries (Heo et al., AAAI 2019) as in RepDistiller: ``sum_i 2^(i-n+1) * 3/1000 * L_i / N``.
+
+    ``L_i`` sums ``(s + m)^2`` where ``s > -m`` and ``t <= 0`` and ``(s - m)^2`` where ``s <= m`` and ``t > 0``
+    over the (connected) student pre-activation ``s`` and the teacher's ``t`` of pair i (same shapes).
+    """
+    _require_pairs("activation boundary loss", student_preacts, teacher_preacts)
+    count = len(student_preacts)
+    total = None
+    for index, (s, t) in enumerate(zip(student_preacts, teacher_preacts)):
+        s, t = _full_precision(s), _full_precision(t)
+        off = ((s > -margin) & (t <= 0)).to(s.dtype)
+        on = ((s <= margin) & (t > 0)).to(s.dtype)
+        term = ((s + margin).pow(2) * off + (s - margin).pow(2) * on).sum() / s.shape[0]
+        term = 2.0 ** (index - count + 1) * AB_SCALE * term
+        total = term if total is None else total + term
+    return total
+
+
+def factor_map(factor: Tensor, p: float = 2.0) -> Tensor:
+    """RepDistiller's factor descriptor: ``normalize(mean_c f^p)`` flattened per sample (unit L2 norm)."""
+    return F.normalize(factor.pow(p).mean(1).reshape(factor.shape[0], -1), dim=1)
+
+
+def factor_transfer_loss(student_factor: Tensor, teacher_factor: Tensor, p1: float = 2.0, p2: float = 1.0) -> Tensor:
+    """Factor transfer (Kim et al., NeurIPS 2018) as in RepDistiller: ``mean |F(s) - F(t)|^p2``, F = :func:`factor_map`.
+
+    The spatially larger factor is average-pooled to the other's size first; ``p2 == 1`` is the L1 distance.
+    """
+    s, t = _pool_to_smaller(_full_precision(student_factor), _full_precision(teacher_factor))
+    difference = factor_map(s, p1) - factor_map(t, p1)
+    return difference.abs().mean() if p2 == 1 else difference.pow(p2).mean()
+
+
+def fsp_matrix(bottom: Tensor, top: Tensor) -> Tensor:
+    """Yim et al.'s flow matrix ``G[n, j, i] = mean_hw top[n, j] * bottom[n, i]``, shape ``(N, C_top, C_bottom)``.
+
+    The spatially larger map is average-pooled to the other's size first.
+    """
+    bottom, top = _pool_to_smaller(_full_precision(bottom), _full_precision(top))
+    bottom, top = bottom.flatten(2), top.flatten(2)
+    return torch.bmm(top, bottom.transpose(1, 2)) / bottom.shape[2]
+
+
+def fsp_loss(student_maps: Sequence[Tensor], teacher_maps: Sequence[Tensor]) -> Tensor:
+    """FSP (CVPR 2017) as in RepDistiller: ``sum_i mean((G_s,i - G_t,i)^2)`` over consecutive map pairs (i, i+1)."""
+    _require_pairs("fsp loss", student_maps, teacher_maps)
+    if len(student_maps) < 2:
+        raise ValueError("fsp loss needs at least two feature maps per network")
+    total = None
+    for i in range(len(student_maps) - 1):
+        s = fsp_matrix(student_maps[i], student_maps[i + 1])
+        t = fsp_matrix(teacher_maps[i], teacher_maps[i + 1])
+        if s.shape != t.shape:
+            raise ValueError(f"fsp matrices differ in shape: student {tuple(s.shape)}, teacher {tuple(t.shape)}")
+        term = (s - t).pow(2).mean()
+        total = term if total is None else total + term
+    return total
+
+
+def ofd_margin(bn_weight: Tensor, bn_bias: Tensor) -> Tensor:
+    """OFD's per-channel margin ``E[x | x < 0]`` for ``x ~ N(beta, gamma^2)`` (Heo et al., ICCV 2019), float64.
+
+    Channels whose ``P(x < 0) <= 0.001`` get ``-3 |gamma|``; a zero ``gamma`` gives ``min(beta, 0)``.
+    """
+    std = bn_weight.detach().double().abs()
+    mean = bn_bias.detach().double()
+    safe_std = torch.where(std > 0, std, torch.ones_like(std))
+    z = mean / safe_std
+    negative = torch.special.ndtr(-z)
+    density = torch.exp(-(z**2) / 2) / math.sqrt(2 * math.pi)
+    truncated = -std * density / negative.clamp_min(torch.finfo(torch.float64).tiny) + mean
+    margin = torch.where(negative > OFD_MIN_NEGATIVE_PROBABILITY, truncated, -3 * std)
+    return torch.where(std > 0, margin, mean.clamp_max(0.0))
+
+
+def ofd_partial_l2(student: Tensor, teacher: Tensor, margin: Tensor) -> Tensor:
+    """OFD's partial L2 summed over ``(C, H, W)`` and averaged over the batch; ``margin`` is per channel ``(C,)``.
+
+    The teacher's response is ``max(t, margin)``; the squared difference counts where ``s > max(t, margin)``
+    or ``t > 0`` (no penalty where both are below the teacher's negative response).
+    """
+    student, teacher = _full_precision(student), _full_precision(teacher)
+    margin = margin.to(student).reshape(1, -1, 1, 1)
+    target = torch.maximum(teacher, margin)
+    mask = ((student > target) | (teacher > 0)).to(student.dtype)
+    return ((student - target).pow(2) * mask).sum() / student.shape[0]
+
+
+def ofd_loss(student_preacts: Sequence[Tensor], teacher_preacts: Sequence[Tensor], margins: Sequence[Tensor]) -> Tensor:
+    """OFD over n pairs: ``sum_i partial_l2(s_i, pool(t_i), m_i) / 2^(n-1-i)``, t_i pooled to s_i's size."""
+    _require_pairs("ofd loss", student_preacts, teacher_preacts)
+    count = len(student_preacts)
+    total = None
+    for index, (s, t, m) in enumerate(zip(student_preacts, teacher_preacts, margins)):
+        t = _full_precision(t)
+        if tuple(t.shape[2:]) != tuple(s.shape[2:]):
+            t = F.adaptive_avg_pool2d(t, tuple(s.shape[2:]))
+        term = ofd_partial_l2(s, t, m) / 2.0 ** (count - 1 - index)
+        total = term if total is None else total + term
+    return total
+
+
+def hierarchical_context_loss(student_maps: Sequence[Tensor], teacher_maps: Sequence[Tensor]) -> Tensor:
+    """ReviewKD's HCL (Chen et al., CVPR 2021): per pair, MSE at full size and at 4x4, 2x2, 1x1 average pools.
+
+    Levels not smaller than the map's height are skipped; the k-th level used weighs ``2^-k`` and each pair's
+    sum is divided by the sum of its weights. Pairs are summed.
+    """
+    _require_pairs("hierarchical context loss", student_maps, teacher_maps)
+    total = None
+    for s, t in zip(student_maps, teacher_maps):
+        s, t = _full_precision(s), _full_precision(t)
+        loss, weight, weights = F.mse_loss(s, t), 1.0, 1.0
+        for level in HCL_LEVELS:
+            if level >= s.shape[2]:
+                continue
+            weight /= 2.0
+            pooled = F.mse_loss(F.adaptive_avg_pool2d(s, (level, level)), F.adaptive_avg_pool2d(t, (level, level)))
+            loss = loss + weight * pooled
+            weights += weight
+        term = loss / weights
+        total = term if total is None else total + term
+    return total

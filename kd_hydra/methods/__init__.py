@@ -50,7 +50,7 @@ def method_schemas() -> dict[str, type]:
 
 
 # Importing the method modules registers them.
-from . import at, ce, crd, dist, dkd, fitnet, kd  # noqa: E402,F401
+from . import ab, at, ce, crd, dist, dkd, fitnet, fsp, ft, kd, ofd  # noqa: E402,F401
 
 __all__ = [
     "DistillMethod",

@@ -10,6 +10,7 @@ else about it.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
@@ -89,8 +90,31 @@ class DistillMethod(nn.Module):
         that keep per-sample state (CRD's memory bank and its negatives).
         """
 
+    def setup_teacher(self, teacher: nn.Module) -> None:
+        """Read what the method's parts need from the frozen teacher's weights (OFD: its BatchNorm statistics).
+
+        Called once, after :meth:`setup` and before the optimizer is built; the method keeps no reference to it.
+        """
+
     def begin_epoch(self, epoch: int, epochs: int) -> None:
         """Called before each training epoch (1-based); for schedules such as DKD's warm-up."""
+
+    # -- initialization stage (RepDistiller's ``init_epochs``: AB, FT's paraphraser, FSP) ----------------------
+
+    #: Epochs of the initialization stage run before distillation (0: none); set from ``loss.init_epochs``.
+    init_epochs: int = 0
+    #: Learning rate of the initialization stage; None: the main optimizer's.
+    init_lr: float | None = None
+    #: Whether the initialization stage runs (and trains) the student; False: only the teacher runs.
+    init_trains_student: ClassVar[bool] = False
+
+    def init_parameters(self, student: nn.Module) -> list[nn.Parameter]:
+        """The parameters the initialization stage trains (the student's and/or the method's own)."""
+        return []
+
+    def init_loss(self, student_features: Mapping[str, Tensor], teacher_features: Mapping[str, Tensor]) -> Tensor:
+        """The initialization stage's loss on one batch's requested feature points."""
+        raise NotImplementedError(f"{type(self).__name__} has no initialization stage")
 
     def forward(self, batch: MethodBatch) -> LossOutput:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -147,6 +171,28 @@ def require_positive_int(loss: Mapping[str, Any], key: str, minimum: int = 1) ->
     return value
 
 
+_STAGE = re.compile(r"stage[1-9][0-9]*")
+_PREACT = re.compile(r"stage[1-9][0-9]*_preact")
+
+
 def stage_points(points: Sequence[str]) -> list[str]:
-    """The ``stageN`` feature points of a network, in order."""
-    return [p for p in points if p.startswith("stage")]
+    """The ``stageN`` feature points of a network (stage outputs), in order."""
+    return [p for p in points if _STAGE.fullmatch(p)]
+
+
+def preact_points(points: Sequence[str]) -> list[str]:
+    """The ``stageN_preact`` feature points of a network (stage outputs before their last ReLU), in order."""
+    return [p for p in points if _PREACT.fullmatch(p)]
+
+
+def last_aligned(student: Sequence[str], teacher: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The last ``min(len)`` points of each list (mdistiller's ``_align_list``), paired from the deepest."""
+    count = min(len(student), len(teacher))
+    return tuple(student[len(student) - count :]), tuple(teacher[len(teacher) - count :])
+
+
+def require_init_stage(loss: Mapping[str, Any]) -> None:
+    """``loss.init_epochs`` an integer >= 0 and ``loss.init_lr`` null or a finite number > 0."""
+    require_positive_int(loss, "init_epochs", minimum=0)
+    if loss.get("init_lr") is not None:
+        require_finite(loss, "init_lr", minimum=0.0, strict_minimum=True)

@@ -1,0 +1,337 @@
+"""AB, FT, FSP, OFD, ReviewKD: loss functions against independent float64 numpy formulas (and gradcheck),
+the methods' parts, trainable parts, point checks, YAML defaults and one-line value checks."""
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from kd_hydra.errors import ConfigError
+from kd_hydra.losses import (
+    activation_boundary_loss,
+    factor_transfer_loss,
+    fsp_loss,
+    fsp_matrix,
+    hierarchical_context_loss,
+    ofd_loss,
+    ofd_margin,
+    ofd_partial_l2,
+)
+from kd_hydra.methods import MethodBatch, method_class, method_schemas
+from kd_hydra.methods.ab import AB
+from kd_hydra.methods.fsp import FSP
+from kd_hydra.methods.ft import FT
+from kd_hydra.methods.ofd import OFD
+from kd_hydra.models.features import probe_feature_shapes
+from tests.feature_nets import IMAGE_SHAPE, TinyResNet
+
+REPO = Path(__file__).resolve().parents[1]
+METHODS = {"ab": AB, "ft": FT, "fsp": FSP, "ofd": OFD}
+
+
+def rand(*shape, seed=0, scale=1.0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=generator, dtype=torch.float64) * scale
+
+
+def np_pool(f, size):
+    n, c, h, w = f.shape
+    return f.reshape(n, c, size[0], h // size[0], size[1], w // size[1]).mean(axis=(3, 5))
+
+
+def np_pool_smaller(a, b):
+    size = (min(a.shape[2], b.shape[2]), min(a.shape[3], b.shape[3]))
+    return np_pool(a, size), np_pool(b, size)
+
+
+# -- independent float64 formulas ------------------------------------------------------------------------
+
+
+def reference_ab(student, teacher, margin):
+    """Heo et al. eq. (5), RepDistiller's weights 2^(i-n+1) and scale 3 / 1000 / N."""
+    total, n = 0.0, len(student)
+    for i, (s, t) in enumerate(zip(student, teacher)):
+        value = np.where((s > -margin) & (t <= 0), (s + margin) ** 2, 0.0)
+        value = value + np.where((s <= margin) & (t > 0), (s - margin) ** 2, 0.0)
+        total += 2.0 ** (i - n + 1) * value.sum() / s.shape[0] / 1000 * 3
+    return total
+
+
+def reference_ft(s, t, p1, p2):
+    s, t = np_pool_smaller(s, t)
+    maps = []
+    for f in (s, t):
+        a = (f**p1).mean(axis=1).reshape(len(f), -1)
+        maps.append(a / np.linalg.norm(a, axis=1, keepdims=True))
+    return (np.abs(maps[0] - maps[1]) ** p2).mean()
+
+
+def reference_fsp(student, teacher):
+    total = 0.0
+    for i in range(len(student) - 1):
+        grams = []
+        for maps in (student, teacher):
+            bottom, top = np_pool_smaller(maps[i], maps[i + 1])
+            n, c_b, h, w = bottom.shape
+            g = np.zeros((n, top.shape[1], c_b))
+            for j in range(top.shape[1]):
+                for k in range(c_b):
+                    g[:, j, k] = (top[:, j] * bottom[:, k]).sum(axis=(1, 2)) / (h * w)
+            grams.append(g)
+        total += ((grams[0] - grams[1]) ** 2).mean()
+    return total
+
+
+def reference_margin(gamma, beta):
+    """E[x | x < 0] for x ~ N(beta, gamma^2), per channel (truncated normal mean), -3|gamma| when P(x<0) <= 1e-3."""
+    out = []
+    for g, b in zip(gamma, beta):
+        s = abs(g)
+        cdf = 0.5 * (1 + math.erf((-b / s) / math.sqrt(2)))
+        if cdf > 0.001:
+            out.append(b - s * math.exp(-((b / s) ** 2) / 2) / math.sqrt(2 * math.pi) / cdf)
+        else:
+            out.append(-3 * s)
+    return np.array(out)
+
+
+def reference_partial_l2(s, t, m):
+    """mdistiller's three cases: below-margin teacher, negative teacher above the margin, positive teacher."""
+    m = m.reshape(1, -1, 1, 1)
+    loss = np.where((s > m) & (t <= m), (s - m) ** 2, 0.0)
+    loss += np.where((s > t) & (t > m) & (t <= 0), (s - t) ** 2, 0.0)
+    loss += np.where(t > 0, (s - t) ** 2, 0.0)
+    return loss.mean(axis=0).sum()
+
+
+def reference_hcl(student, teacher):
+    total = 0.0
+    for s, t in zip(student, teacher):
+        h = s.shape[2]
+        loss, weight, weights = ((s - t) ** 2).mean(), 1.0, 1.0
+        for level in (4, 2, 1):
+            if level >= h:
+                continue
+            weight /= 2
+            loss += weight * ((np_pool(s, (level, level)) - np_pool(t, (level, level))) ** 2).mean()
+            weights += weight
+        total += loss / weights
+    return total
+
+
+# -- the pure functions ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("margin", [0.5, 1.0, 2.0])
+def test_activation_boundary_loss_matches_the_formula(margin):
+    student = [rand(3, 4, 8, 8, seed=1), rand(3, 6, 4, 4, seed=2), rand(3, 8, 2, 2, seed=3)]
+    teacher = [rand(3, 4, 8, 8, seed=4), rand(3, 6, 4, 4, seed=5), rand(3, 8, 2, 2, seed=6)]
+    got = activation_boundary_loss(student, teacher, margin).item()
+    expected = reference_ab([f.numpy() for f in student], [f.numpy() for f in teacher], margin)
+    assert got == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("p1,p2", [(2.0, 1.0), (2.0, 2.0), (1.0, 1.0)])
+def test_factor_transfer_loss_matches_the_formula(p1, p2):
+    s, t = rand(3, 5, 8, 8, seed=1).abs(), rand(3, 7, 4, 4, seed=2).abs()  # student pooled to the teacher's 4x4
+    expected = reference_ft(s.numpy(), t.numpy(), p1, p2)
+    assert factor_transfer_loss(s, t, p1, p2).item() == pytest.approx(expected, rel=1e-12)
+    assert factor_transfer_loss(t, s, p1, p2).item() == pytest.approx(reference_ft(t.numpy(), s.numpy(), p1, p2))
+
+
+def test_fsp_loss_matches_the_formula_and_needs_equal_channels():
+    student = [rand(2, 3, 8, 8, seed=1), rand(2, 4, 8, 8, seed=2), rand(2, 5, 4, 4, seed=3)]
+    teacher = [rand(2, 3, 8, 8, seed=4), rand(2, 4, 8, 8, seed=5), rand(2, 5, 4, 4, seed=6)]
+    expected = reference_fsp([f.numpy() for f in student], [f.numpy() for f in teacher])
+    assert fsp_loss(student, teacher).item() == pytest.approx(expected, rel=1e-12)
+    assert fsp_matrix(student[0], student[1]).shape == (2, 4, 3)
+    with pytest.raises(ValueError, match="fsp matrices differ"):
+        fsp_loss(student, [teacher[0], rand(2, 6, 8, 8), teacher[2]])
+
+
+def test_ofd_margin_is_the_negative_half_mean_of_the_batchnorm_gaussian():
+    gamma = torch.tensor([1.0, -0.5, 2.0, 0.3, 1e-3], dtype=torch.float64)
+    beta = torch.tensor([0.0, 0.2, -1.0, 2.0, 0.5], dtype=torch.float64)  # 4th: P(x < 0) ~ 1e-11 -> -3 |gamma|
+    np.testing.assert_allclose(ofd_margin(gamma, beta).numpy(), reference_margin(gamma.numpy(), beta.numpy()))
+    assert ofd_margin(gamma, beta)[3].item() == pytest.approx(-0.9)
+    # Monte Carlo check of the closed form on one channel
+    x = torch.randn(2_000_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 0.7 + 0.3
+    sampled = x[x < 0].mean().item()
+    assert ofd_margin(torch.tensor([0.7]), torch.tensor([0.3])).item() == pytest.approx(sampled, abs=2e-3)
+    zero = ofd_margin(torch.tensor([0.0, 0.0]), torch.tensor([-0.5, 0.5]))
+    assert zero.tolist() == [-0.5, 0.0] and (ofd_margin(gamma, beta) <= 0).all()
+
+
+def test_ofd_loss_matches_the_formula():
+    margins = [-rand(4, seed=7).abs(), -rand(6, seed=8).abs()]
+    student = [rand(3, 4, 8, 8, seed=1), rand(3, 6, 4, 4, seed=2)]
+    teacher = [rand(3, 4, 16, 16, seed=3), rand(3, 6, 4, 4, seed=4)]  # first teacher map pooled to 8x8
+    s, t, m = student[1].numpy(), teacher[1].numpy(), margins[1].numpy()
+    assert ofd_partial_l2(student[1], teacher[1], margins[1]).item() == pytest.approx(reference_partial_l2(s, t, m))
+    expected = reference_partial_l2(student[0].numpy(), np_pool(teacher[0].numpy(), (8, 8)), margins[0].numpy()) / 2
+    expected += reference_partial_l2(s, t, m)
+    assert ofd_loss(student, teacher, margins).item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_hierarchical_context_loss_matches_the_formula():
+    student = [rand(2, 3, 8, 8, seed=1), rand(2, 4, 4, 4, seed=2), rand(2, 5, 1, 1, seed=3)]
+    teacher = [rand(2, 3, 8, 8, seed=4), rand(2, 4, 4, 4, seed=5), rand(2, 5, 1, 1, seed=6)]
+    expected = reference_hcl([f.numpy() for f in student], [f.numpy() for f in teacher])
+    assert hierarchical_context_loss(student, teacher).item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_gradients_match_finite_differences():
+    s3 = [rand(2, 2, 4, 4, seed=1).requires_grad_(), rand(2, 3, 2, 2, seed=2).requires_grad_()]
+    t3 = [rand(2, 2, 4, 4, seed=3), rand(2, 3, 2, 2, seed=4)]
+    margins = [-rand(2, seed=5).abs(), -rand(3, seed=6).abs()]
+    checks = [
+        (lambda a, b: activation_boundary_loss([a, b], t3, 1.0), s3),
+        (lambda a: factor_transfer_loss(a, t3[0], 2.0, 2.0), s3[:1]),
+        (lambda a: factor_transfer_loss(a, t3[0].abs(), 2.0, 1.0), s3[:1]),
+        (lambda a, b: fsp_loss([a, b], [t3[0], rand(2, 3, 4, 4, seed=7)]), [s3[0], rand(2, 3, 4, 4).requires_grad_()]),
+        (lambda a, b: ofd_loss([a, b], t3, margins), s3),
+        (lambda a, b: hierarchical_context_loss([a, b], t3), s3),
+    ]
+    for function, inputs in checks:
+        assert torch.autograd.gradcheck(function, tuple(inputs))
+
+
+def test_losses_upcast_half_precision_inputs():
+    s, t = rand(2, 4, 4, 4, seed=1), rand(2, 4, 4, 4, seed=2)
+    for function in (
+        lambda a, b: activation_boundary_loss([a], [b]),
+        lambda a, b: factor_transfer_loss(a, b),
+        lambda a, b: hierarchical_context_loss([a], [b]),
+        lambda a, b: ofd_loss([a], [b], [torch.full((4,), -0.5)]),
+    ):
+        assert function(s.bfloat16(), t.bfloat16()).dtype == torch.float32
+
+
+# -- the methods -----------------------------------------------------------------------------------------
+
+STUDENT = TinyResNet((4, 8, 8, 16), seed=1)
+TEACHER = TinyResNet((8, 16, 16, 32), seed=2)
+POINTS = tuple(STUDENT.feature_points())
+
+
+def setup_method(method, student=STUDENT, teacher=TEACHER):
+    request = method.feature_request(tuple(student.feature_points()), tuple(teacher.feature_points()))
+    method.setup(
+        probe_feature_shapes(student, request.student, IMAGE_SHAPE),
+        probe_feature_shapes(teacher, request.teacher, IMAGE_SHAPE),
+        torch.zeros(10, dtype=torch.long),
+        5,
+    )
+    method.setup_teacher(teacher)
+    return request
+
+
+def batch_of(student, teacher):
+    images = torch.randn(4, *IMAGE_SHAPE, generator=torch.Generator().manual_seed(0))
+    s_logits, s_features = student.reference_features(images)
+    with torch.no_grad():
+        t_logits, t_features = teacher.reference_features(images)
+    return MethodBatch(s_logits, torch.tensor([0, 1, 2, 3]), torch.arange(4), t_logits, s_features, t_features)
+
+
+def test_registered_and_yaml_defaults_equal_the_schema():
+    for name, cls in METHODS.items():
+        assert method_class(name) is cls
+        schema = vars(method_schemas()[name]())
+        yaml = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "loss" / f"{name}.yaml"))
+        assert yaml.pop("defaults") == [f"{name}_schema", "_self_"]
+        assert yaml == {k: v for k, v in schema.items() if k not in ("_target_", "name")}, name
+        cls.validate_config(schema)
+
+
+def test_feature_requests_and_trainable_parts():
+    ab, ofd, fsp, ft = AB(ab_weight=1.0), OFD(), FSP(), FT()
+    preacts = ("stage1_preact", "stage2_preact", "stage3_preact")
+    assert setup_method(ab).teacher == preacts and setup_method(ofd).student == preacts
+    assert setup_method(ft).student == ("stage3",)
+    twin = TinyResNet((4, 8, 8, 16), seed=3)
+    assert setup_method(fsp, STUDENT, twin).student == ("stem", "stage1", "stage2", "stage3")
+    assert [type(c).__name__ for c in ab.connectors] == ["Sequential"] * 3  # channels differ: conv + BN
+    assert all(isinstance(c[0], torch.nn.Conv2d) and c[0].kernel_size == (1, 1) for c in ofd.connectors)
+    assert [m.shape for m in ofd.margins()] == [(16,), (16,), (32,)]
+    trainable = {n.split(".")[0] for n, p in ft.named_parameters() if p.requires_grad}
+    assert trainable == {"translator"}  # the paraphraser trains only in the initialization stage
+    assert "margin_stage3_preact" in ofd.state_dict()
+    assert not list(fsp.parameters())
+
+
+@pytest.mark.parametrize("name", ["ab", "ft", "fsp", "ofd"])
+def test_parts_and_weighted_total(name):
+    cls = METHODS[name]
+    weight_key = {"ab": "ab_weight", "ft": "ft_weight", "fsp": "fsp_weight", "ofd": "feat_weight"}[name]
+    method = cls(ce_weight=0.5, **{weight_key: 3.0})
+    teacher = TinyResNet((4, 8, 8, 16), seed=3) if name == "fsp" else TEACHER
+    setup_method(method, STUDENT, teacher)
+    batch = batch_of(STUDENT, teacher)
+    out = method(batch)
+    assert tuple(out.parts) == cls.parts
+    ce = torch.nn.functional.cross_entropy(batch.student_logits, batch.targets)
+    term = out.parts[cls.parts[1]]
+    torch.testing.assert_close(out.total, 0.5 * ce + 3.0 * term)
+    assert term.item() > 0
+    out.total.backward()
+    assert all(p.grad is not None for p in method.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("cls,weight_key", [(AB, "ab_weight"), (FSP, "fsp_weight")])
+def test_zero_weight_reports_the_term_but_trains_on_ce_only(cls, weight_key):
+    method = cls(**{weight_key: 0.0})
+    teacher = TinyResNet((4, 8, 8, 16), seed=3) if cls is FSP else TEACHER
+    setup_method(method, STUDENT, teacher)
+    out = method(batch_of(STUDENT, teacher))
+    assert out.parts[cls.parts[1]].item() > 0 and not out.parts[cls.parts[1]].requires_grad
+    torch.testing.assert_close(out.total, out.parts["ce"])
+
+
+def test_pairs_that_cannot_work_are_one_line_errors():
+    plain = ("stem", "stage1", "stage2", "stage3", "pre_logit")
+    for cls in (AB, OFD):
+        with pytest.raises(ConfigError, match="stageN_preact") as error:
+            cls().feature_request(plain, POINTS)
+        assert error.value.key == "loss.name"
+    with pytest.raises(ConfigError, match="same channel counts"):
+        setup_method(FSP())  # student 4/4/8/8/16 vs teacher 8/8/16/16/32
+    with pytest.raises(ConfigError, match="stageN"):
+        FT().feature_request(("stem", "pre_logit"), POINTS)
+
+    class NoBatchNorms(TinyResNet):
+        preact_batchnorms = None
+
+    with pytest.raises(ConfigError, match="preact_batchnorms"):
+        setup_method(OFD(), STUDENT, NoBatchNorms((8, 16, 16, 32), seed=2))
+
+
+BAD = [
+    ("ab", "ab_weight", -1.0),
+    ("ab", "margin", float("nan")),
+    ("ab", "init_epochs", -1),
+    ("ab", "init_epochs", 1.5),
+    ("ab", "init_lr", 0.0),
+    ("ft", "ft_weight", float("inf")),
+    ("ft", "p1", 0.0),
+    ("ft", "p2", -1.0),
+    ("ft", "rate", 1.5),
+    ("ft", "init_lr", float("nan")),
+    ("fsp", "fsp_weight", -0.5),
+    ("fsp", "init_epochs", "x"),
+    ("ofd", "feat_weight", float("nan")),
+    ("ofd", "kernel_size", 2),
+    ("ofd", "kernel_size", 0),
+]
+
+
+@pytest.mark.parametrize("name,key,value", BAD)
+def test_validate_config_rejects_bad_values_naming_the_key(name, key, value):
+    values = dict(vars(method_schemas()[name]()))
+    values[key] = value
+    with pytest.raises(ConfigError) as error:
+        METHODS[name].validate_config(values)
+    assert error.value.key == f"loss.{key}"
