@@ -25,7 +25,7 @@ from kd_hydra.data import build_pipeline, load_dataset
 from kd_hydra.errors import ConfigError, KDHydraError
 from kd_hydra.instantiate import build
 from kd_hydra.loggers import RunLoggers, build_loggers, run_identity
-from kd_hydra.methods import DistillMethod, FeatureRequest
+from kd_hydra.methods import DistillMethod, FeatureRequest, build_method
 from kd_hydra.methods.ce import CrossEntropy
 from kd_hydra.models import count_parameters
 from kd_hydra.outputs import HistoryLog, metrics_record, write_json
@@ -434,7 +434,7 @@ class Job:
         cfg = self.cfg
         teacher = build_network(cfg.teacher, "teacher", self.spec, cfg.teacher_training.seed)
         student = build_network(cfg.student, "student", self.spec, cfg.trainer.seed)  # probe before training
-        method = build(cfg.loss)
+        method = build_method(cfg.loss)
         checkpoint = cfg.teacher.get("checkpoint")
         if checkpoint:
             load_checkpoint(teacher, Path(checkpoint), arch_signature(cfg.teacher, self.spec))

@@ -1,4 +1,4 @@
-"""Distillation losses as pure functions (no Hydra, no state), plus CRD's memory bank.
+"""Distillation losses as pure functions (no Hydra, no state, no modules).
 
 Each public function returns one method's distillation term (no cross-entropy, no warm-up), with the
 semantics of the authors' reference code; ``tests/test_losses.py`` pins each against an independent
@@ -6,7 +6,7 @@ float64 implementation of the paper's equations.
 
 Hinton et al. (2015)::
 
-    loss = alpha * T^2 * KL(softmax(t / T) || softmax(s / T)) + (1 - alpha) * CE(s, y)
+    loss = kd_weight * T^2 * KL(softmax(t / T) || softmax(s / T)) + ce_weight * CE(s, y)
 
 The KL term is averaged over the batch; the ``T^2`` factor keeps the soft-target gradients on
 the same scale as the hard-target gradients whatever the temperature.
@@ -14,27 +14,17 @@ the same scale as the hard-target gradients whatever the temperature.
 
 from __future__ import annotations
 
-import logging
-import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 
 def _full_precision(logits: Tensor) -> Tensor:
     """Upcast half-precision logits (autocast output) to float32; leave float32/float64 alone."""
     return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
-
-
-class LossParts(NamedTuple):
-    """The optimised loss and its unweighted parts (``kd`` is None without a teacher)."""
-
-    total: Tensor
-    ce: Tensor
-    kd: Tensor | None
 
 
 def soft_target_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
@@ -58,10 +48,12 @@ def cross_entropy(student_logits: Tensor, targets: Tensor) -> Tensor:
     return F.cross_entropy(_full_precision(student_logits), targets)
 
 
-def ce_loss(student_logits: Tensor, targets: Tensor) -> LossParts:
-    """Plain cross-entropy on the labels: the teacher and baseline-student objective."""
-    ce = cross_entropy(student_logits, targets)
-    return LossParts(total=ce, ce=ce, kd=None)
+class KDLoss(NamedTuple):
+    """Hinton's loss: the weighted total and its unweighted parts."""
+
+    total: Tensor
+    ce: Tensor
+    kd: Tensor
 
 
 def kd_loss(
@@ -69,12 +61,17 @@ def kd_loss(
     teacher_logits: Tensor,
     targets: Tensor,
     temperature: float,
-    alpha: float,
-) -> LossParts:
-    """Hinton's distillation loss: ``alpha * T^2 * KL + (1 - alpha) * CE`` (see module doc)."""
+    ce_weight: float,
+    kd_weight: float,
+    standardize: bool = False,
+) -> KDLoss:
+    """Hinton's distillation loss ``kd_weight * T^2 * KL + ce_weight * CE`` (``alpha``: ``kd_weight = alpha``,
+    ``ce_weight = 1 - alpha``). ``standardize`` z-scores both logits for the KL term only (Sun et al.)."""
     ce = cross_entropy(student_logits, targets)
+    if standardize:
+        student_logits, teacher_logits = standardize_logits(student_logits), standardize_logits(teacher_logits)
     kd = soft_target_kl(student_logits, teacher_logits, temperature)
-    return LossParts(total=alpha * kd + (1.0 - alpha) * ce, ce=ce, kd=kd)
+    return KDLoss(total=kd_weight * kd + ce_weight * ce, ce=ce, kd=kd)
 
 
 # -- logit methods ---------------------------------------------------------------------------------------
@@ -190,8 +187,6 @@ def hint_loss(student_regressed: Tensor, teacher_feature: Tensor) -> Tensor:
 #: RepDistiller's epsilon in the NCE ratios.
 CRD_EPS = 1e-7
 
-_logger = logging.getLogger(__name__)
-
 
 def crd_nce_loss(scores: Tensor, num_data: int, eps: float = CRD_EPS) -> Tensor:
     """CRD's NCE objective for one view, averaged over the batch (RepDistiller's ``ContrastLoss``).
@@ -209,119 +204,6 @@ def crd_nce_loss(scores: Tensor, num_data: int, eps: float = CRD_EPS) -> Tensor:
     log_positive = torch.log(positive / (positive + noise + eps))
     log_negatives = torch.log(noise / (negatives + noise + eps))
     return -(log_positive.sum() + log_negatives.sum()) / scores.shape[0]
-
-
-class CRDEmbed(nn.Module):
-    """CRD's embedding head: flatten, ``Linear(in_dim, feat_dim)``, L2-normalise each row."""
-
-    def __init__(self, in_dim: int, feat_dim: int) -> None:
-        super().__init__()
-        self.linear = nn.Linear(in_dim, feat_dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.normalize(self.linear(x.reshape(x.shape[0], -1)), dim=1)
-
-
-#: The value of a normalisation constant not yet estimated (constants are positive once set).
-Z_UNSET = -1.0
-
-#: Sort key given to same-class samples so they are never drawn as negatives (uniform draws are < 1).
-_EXCLUDED = 2.0
-
-
-class ContrastMemory(nn.Module):
-    """CRD's memory bank over sample indices (RepDistiller's ``ContrastMemory``, 'exact' negatives).
-
-    Two memories of L2-normalised embeddings, ``memory_student`` and ``memory_teacher`` (num_data x feat_dim,
-    initialised uniformly in ``[-s, s]``, ``s = 1 / sqrt(feat_dim / 3)``). :meth:`forward` scores each anchor
-    against its own memory row and K negatives, ``exp(<v, m> / T) / Z``, then updates the rows of the batch
-    (``m * old + (1 - m) * new``, renormalised). ``Z`` per view is estimated once, on the first batch, as
-    ``mean(exp(score / T)) * num_data`` and kept in a buffer, so a resumed run continues exactly. Negatives
-    are K distinct samples of other classes (``train_targets``), drawn with torch's RNG on the bank's device.
-    """
-
-    def __init__(
-        self, feat_dim: int, train_targets: Tensor, nce_k: int, temperature: float = 0.07, momentum: float = 0.5
-    ) -> None:
-        super().__init__()
-        targets = train_targets.reshape(-1).long().cpu()
-        num_data = targets.numel()
-        counts = torch.bincount(targets)
-        fewest_negatives = int(num_data - counts[counts > 0].max())
-        if fewest_negatives < 1:
-            raise ValueError("CRD needs training samples of at least two classes (negatives come from other classes)")
-        self.nce_k = min(int(nce_k), fewest_negatives)
-        if self.nce_k < nce_k:
-            _logger.info(
-                "CRD: nce_k %d clamped to %d (the fewest other-class samples any class has)", nce_k, self.nce_k
-            )
-        self.num_data = num_data
-        self.temperature = float(temperature)
-        self.momentum = float(momentum)
-        bound = 1.0 / math.sqrt(feat_dim / 3.0)
-        self.register_buffer("memory_student", torch.rand(num_data, feat_dim).mul_(2 * bound).sub_(bound))
-        self.register_buffer("memory_teacher", torch.rand(num_data, feat_dim).mul_(2 * bound).sub_(bound))
-        self.register_buffer("z_student", torch.tensor(Z_UNSET))
-        self.register_buffer("z_teacher", torch.tensor(Z_UNSET))
-        # Labels by sample index: derived from the data at setup, so not part of the state dict.
-        self.register_buffer("train_targets", targets, persistent=False)
-
-    def draw_contrast_indices(self, indices: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """``(N, 1 + K)`` sample indices: each row's own index, then K distinct samples of other classes."""
-        indices = indices.to(self.train_targets.device)
-        same_class = self.train_targets.unsqueeze(0) == self.train_targets[indices].unsqueeze(1)
-        keys = torch.rand(same_class.shape, device=same_class.device, generator=generator)
-        keys = keys.masked_fill(same_class, _EXCLUDED)
-        negatives = keys.topk(self.nce_k, dim=1, largest=False, sorted=False).indices
-        return torch.cat([indices.unsqueeze(1), negatives], dim=1)
-
-    def _scores(self, anchor: Tensor, memory: Tensor, contrast_indices: Tensor) -> Tensor:
-        """``exp(<anchor_i, memory[j]> / T)`` for each row's contrast indices j, shape ``(N, 1 + K)``."""
-        memory = memory.detach()
-        if memory.shape[0] <= contrast_indices.shape[1] * memory.shape[1]:
-            # Score every sample once (N x num_data) and pick: less memory than gathering N x (1+K) x D rows.
-            # (a copy: autograd keeps it, and the rows are updated in place right after)
-            dots = torch.mm(anchor, memory.clone().t()).gather(1, contrast_indices)
-        else:
-            dots = torch.bmm(memory[contrast_indices], anchor.unsqueeze(2)).squeeze(2)
-        return torch.exp(dots / self.temperature)
-
-    def forward(
-        self, student_embed: Tensor, teacher_embed: Tensor, indices: Tensor, contrast_indices: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """Scores of (student anchor vs teacher memory, teacher anchor vs student memory); then updates the bank."""
-        if contrast_indices is None:
-            contrast_indices = self.draw_contrast_indices(indices)
-        indices = indices.to(self.memory_student.device)
-        contrast_indices = contrast_indices.to(self.memory_student.device)
-        with torch.autocast(device_type=student_embed.device.type, enabled=False):
-            student_embed, teacher_embed = student_embed.float(), teacher_embed.float()
-            student_scores = self._scores(student_embed, self.memory_teacher, contrast_indices)
-            teacher_scores = self._scores(teacher_embed, self.memory_student, contrast_indices)
-            with torch.no_grad():
-                # Estimated once (first batch); torch.where keeps it free of host syncs.
-                self.z_student.copy_(
-                    torch.where(self.z_student < 0, student_scores.mean() * self.num_data, self.z_student)
-                )
-                self.z_teacher.copy_(
-                    torch.where(self.z_teacher < 0, teacher_scores.mean() * self.num_data, self.z_teacher)
-                )
-            student_scores = student_scores / self.z_student.detach().clone()
-            teacher_scores = teacher_scores / self.z_teacher.detach().clone()
-            with torch.no_grad():
-                self._update(self.memory_student, student_embed.detach(), indices)
-                self._update(self.memory_teacher, teacher_embed.detach(), indices)
-        return student_scores, teacher_scores
-
-    def _update(self, memory: Tensor, embed: Tensor, indices: Tensor) -> None:
-        rows = memory[indices] * self.momentum + embed * (1.0 - self.momentum)
-        memory.index_copy_(0, indices, F.normalize(rows, dim=1))
-
-    def extra_repr(self) -> str:
-        return (
-            f"num_data={self.num_data}, feat_dim={self.memory_student.shape[1]}, nce_k={self.nce_k}, "
-            f"temperature={self.temperature}, momentum={self.momentum}"
-        )
 
 
 # -- AB, FT, FSP, OFD, ReviewKD (feature methods of RepDistiller and mdistiller) ------------------------
@@ -423,7 +305,7 @@ def ofd_margin(bn_weight: Tensor, bn_bias: Tensor) -> Tensor:
     safe_std = torch.where(std > 0, std, torch.ones_like(std))
     z = mean / safe_std
     negative = torch.special.ndtr(-z)
-    density = torch.exp(-(z**2) / 2) / math.sqrt(2 * math.pi)
+    density = torch.exp(-(z**2) / 2) / (2 * torch.pi) ** 0.5
     truncated = -std * density / negative.clamp_min(torch.finfo(torch.float64).tiny) + mean
     margin = torch.where(negative > OFD_MIN_NEGATIVE_PROBABILITY, truncated, -3 * std)
     return torch.where(std > 0, margin, mean.clamp_max(0.0))

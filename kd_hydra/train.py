@@ -367,7 +367,6 @@ def fit(
     if saved is not None:
         _unwrapped(model).load_state_dict(saved["model"])
         method.load_state_dict(saved["method"])
-        method.load_extra_state_from_checkpoint(saved.get("method_extra", {}))
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         scaler.load_state_dict(saved["scaler"])
@@ -432,7 +431,6 @@ def fit(
                     "epoch": epoch,
                     "model": _unwrapped(model).state_dict(),
                     "method": method.state_dict(),
-                    "method_extra": method.extra_state_for_checkpoint(),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict(),

@@ -15,7 +15,7 @@ from test_data import array_arrays, write_fake_cifar, write_fake_folder, write_f
 from conftest import REPO
 from kd_hydra.config import register_configs, validate
 from kd_hydra.errors import ConfigError
-from kd_hydra.methods import DistillMethod, MethodBatch
+from kd_hydra.methods import DistillMethod, MethodBatch, build_method
 from kd_hydra.models import list_models
 
 CONF = REPO / "conf"
@@ -71,7 +71,7 @@ def test_every_loss_option_builds(name):
     mode = "student" if name == "ce" else "distill"
     cfg = composed(f"loss={name}", f"mode={mode}")
     validate(cfg)
-    method = instantiate(cfg.loss)
+    method = build_method(cfg.loss)
     assert isinstance(method, DistillMethod) and method.name == name == cfg.loss.name
     if method.uses_features:
         return  # needs probed feature shapes: tests/test_methods.py

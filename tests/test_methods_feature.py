@@ -20,13 +20,14 @@ from kd_hydra.losses import (
     ofd_margin,
     ofd_partial_l2,
 )
-from kd_hydra.methods import MethodBatch, method_class, method_schemas
+from kd_hydra.methods import MethodBatch, builtin_methods, validate_method_config
 from kd_hydra.methods.ab import AB
 from kd_hydra.methods.fsp import FSP
 from kd_hydra.methods.ft import FT
 from kd_hydra.methods.ofd import OFD
 from kd_hydra.models.features import probe_feature_shapes
 from tests.feature_nets import IMAGE_SHAPE, TinyResNet
+from tests.method_helpers import loss_node, method_from_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = {"ab": AB, "ft": FT, "fsp": FSP, "ofd": OFD}
@@ -237,18 +238,25 @@ def batch_of(student, teacher):
     return MethodBatch(s_logits, torch.tensor([0, 1, 2, 3]), torch.arange(4), t_logits, s_features, t_features)
 
 
-def test_registered_and_yaml_defaults_equal_the_schema():
+AUTHORS = {  # the YAML values, from the sources their comments name
+    "ab": {"ce_weight": 1.0, "ab_weight": 0.0, "margin": 1.0, "init_epochs": 30, "init_lr": None},
+    "ft": {"ce_weight": 1.0, "ft_weight": 200.0, "p1": 2.0, "p2": 1.0, "rate": 0.5, "init_epochs": 30, "init_lr": 0.01},
+    "fsp": {"ce_weight": 1.0, "fsp_weight": 0.0, "init_epochs": 30, "init_lr": None},
+    "ofd": {"ce_weight": 1.0, "feat_weight": 0.001, "kernel_size": 1},
+}
+
+
+def test_found_without_a_list_and_yaml_holds_the_authors_values():
     for name, cls in METHODS.items():
-        assert method_class(name) is cls
-        schema = vars(method_schemas()[name]())
+        assert builtin_methods()[name] is cls
         yaml = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "loss" / f"{name}.yaml"))
-        assert yaml.pop("defaults") == [f"{name}_schema", "_self_"]
-        assert yaml == {k: v for k, v in schema.items() if k not in ("_target_", "name")}, name
-        cls.validate_config(schema)
+        assert yaml.pop("_target_") == f"kd_hydra.methods.{name}.{cls.__name__}" and yaml.pop("name") == name
+        assert yaml == AUTHORS[name]
+        assert validate_method_config(loss_node(name)) is cls
 
 
 def test_feature_requests_and_trainable_parts():
-    ab, ofd, fsp, ft = AB(ab_weight=1.0), OFD(), FSP(), FT()
+    ab, ofd, fsp, ft = (method_from_yaml(n) for n in ("ab", "ofd", "fsp", "ft"))
     preacts = ("stage1_preact", "stage2_preact", "stage3_preact")
     assert setup_method(ab).teacher == preacts and setup_method(ofd).student == preacts
     assert setup_method(ft).student == ("stage3",)
@@ -267,7 +275,7 @@ def test_feature_requests_and_trainable_parts():
 def test_parts_and_weighted_total(name):
     cls = METHODS[name]
     weight_key = {"ab": "ab_weight", "ft": "ft_weight", "fsp": "fsp_weight", "ofd": "feat_weight"}[name]
-    method = cls(ce_weight=0.5, **{weight_key: 3.0})
+    method = method_from_yaml(name, ce_weight=0.5, **{weight_key: 3.0})
     teacher = TinyResNet((4, 8, 8, 16), seed=3) if name == "fsp" else TEACHER
     setup_method(method, STUDENT, teacher)
     batch = batch_of(STUDENT, teacher)
@@ -283,7 +291,7 @@ def test_parts_and_weighted_total(name):
 
 @pytest.mark.parametrize("cls,weight_key", [(AB, "ab_weight"), (FSP, "fsp_weight")])
 def test_zero_weight_reports_the_term_but_trains_on_ce_only(cls, weight_key):
-    method = cls(**{weight_key: 0.0})
+    method = method_from_yaml(cls.name, **{weight_key: 0.0})
     teacher = TinyResNet((4, 8, 8, 16), seed=3) if cls is FSP else TEACHER
     setup_method(method, STUDENT, teacher)
     out = method(batch_of(STUDENT, teacher))
@@ -295,18 +303,18 @@ def test_pairs_that_cannot_work_are_one_line_errors():
     plain = ("stem", "stage1", "stage2", "stage3", "pre_logit")
     for cls in (AB, OFD):
         with pytest.raises(ConfigError, match="stageN_preact") as error:
-            cls().feature_request(plain, POINTS)
+            method_from_yaml(cls.name).feature_request(plain, POINTS)
         assert error.value.key == "loss.name"
     with pytest.raises(ConfigError, match="same channel counts"):
-        setup_method(FSP())  # student 4/4/8/8/16 vs teacher 8/8/16/16/32
+        setup_method(method_from_yaml("fsp"))  # student 4/4/8/8/16 vs teacher 8/8/16/16/32
     with pytest.raises(ConfigError, match="stageN"):
-        FT().feature_request(("stem", "pre_logit"), POINTS)
+        method_from_yaml("ft").feature_request(("stem", "pre_logit"), POINTS)
 
     class NoBatchNorms(TinyResNet):
         preact_batchnorms = None
 
     with pytest.raises(ConfigError, match="preact_batchnorms"):
-        setup_method(OFD(), STUDENT, NoBatchNorms((8, 16, 16, 32), seed=2))
+        setup_method(method_from_yaml("ofd"), STUDENT, NoBatchNorms((8, 16, 16, 32), seed=2))
 
 
 BAD = [
@@ -330,8 +338,6 @@ BAD = [
 
 @pytest.mark.parametrize("name,key,value", BAD)
 def test_validate_config_rejects_bad_values_naming_the_key(name, key, value):
-    values = dict(vars(method_schemas()[name]()))
-    values[key] = value
     with pytest.raises(ConfigError) as error:
-        METHODS[name].validate_config(values)
+        validate_method_config(loss_node(name, **{key: value}))
     assert error.value.key == f"loss.{key}"

@@ -10,23 +10,20 @@ The connector of each pair is the identity where channels and size agree, else a
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from kd_hydra.errors import ConfigError
-from kd_hydra.losses import activation_boundary_loss
+from kd_hydra.losses import activation_boundary_loss, cross_entropy
 
-from . import register_method
 from .base import (
     DistillMethod,
     FeatureRequest,
     FeatureShapes,
     LossOutput,
     MethodBatch,
-    cross_entropy,
     last_aligned,
     preact_points,
     require_finite,
@@ -34,17 +31,6 @@ from .base import (
     require_weights,
 )
 from .fitnet import _spatial_map
-
-
-@dataclass
-class ABConfig:
-    _target_: str = "kd_hydra.methods.ab.AB"
-    name: str = "ab"
-    ce_weight: float = 1.0
-    ab_weight: float = 0.0
-    margin: float = 1.0
-    init_epochs: int = 30
-    init_lr: float | None = None
 
 
 def ab_connector(student: tuple[int, ...], teacher: tuple[int, ...]) -> nn.Module:
@@ -64,23 +50,14 @@ def require_preact_pairs(student_points: Sequence[str], teacher_points: Sequence
     return student, teacher
 
 
-@register_method(ABConfig)
 class AB(DistillMethod):
     """Activation boundaries; parts ``ce`` and ``ab`` (the AB term, unweighted). Trainable: ``connectors``."""
 
-    name = "ab"
     parts = ("ce", "ab")
-    needs_teacher_logits = False
     init_trains_student = True
 
     def __init__(
-        self,
-        ce_weight: float = 1.0,
-        ab_weight: float = 0.0,
-        margin: float = 1.0,
-        init_epochs: int = 30,
-        init_lr: float | None = None,
-        name: str = "ab",
+        self, *, ce_weight: float, ab_weight: float, margin: float, init_epochs: int, init_lr: float | None
     ) -> None:
         super().__init__()
         self.ce_weight = float(ce_weight)
@@ -132,9 +109,3 @@ class AB(DistillMethod):
             return LossOutput(total=self.ce_weight * ce, parts={"ce": ce, "ab": ab})
         ab = self.boundary_loss(batch.student_features, batch.teacher_features)
         return LossOutput(total=self.ce_weight * ce + self.ab_weight * ab, parts={"ce": ce, "ab": ab})
-
-    def extra_repr(self) -> str:
-        return (
-            f"ce_weight={self.ce_weight}, ab_weight={self.ab_weight}, margin={self.margin}, "
-            f"init_epochs={self.init_epochs}, init_lr={self.init_lr}"
-        )

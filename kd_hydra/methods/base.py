@@ -1,14 +1,21 @@
 """The contract every distillation method follows (one module + one YAML per method).
 
-A method is an ``nn.Module`` built by ``hydra.utils.instantiate(cfg.loss)``. It says what it needs
-from the teacher (logits, named feature points), owns its trainable parts (connectors, embeddings,
-memory banks: ordinary submodules, so they follow the student to the device, into the optimizer and
-into checkpoints), and turns one batch into a :class:`LossOutput`. The training loop knows nothing
-else about it.
+A method is an ``nn.Module`` built from its ``loss`` node by :func:`kd_hydra.methods.build_method`. It says
+what it needs from the teacher (logits, named feature points), owns its trainable parts (connectors,
+embeddings, memory banks: ordinary submodules, so they follow the student to the device, into the
+optimizer and into checkpoints), and turns one batch into a :class:`LossOutput`. The training loop knows
+nothing else about it.
+
+Its settings are the keyword-only parameters of ``__init__``, typed and without defaults: the values are
+written once, in the method's YAML (``conf/loss/<name>.yaml``), and the signature gives the keys and their
+types (checked by :func:`kd_hydra.methods.validate_method_config`). Each parameter is kept as an attribute
+of the same name, which gives :meth:`DistillMethod.extra_repr`. Python-side state beyond parameters and
+buffers goes through torch's ``get_extra_state``/``set_extra_state`` (it travels inside ``state_dict``).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -18,10 +25,13 @@ from typing import Any, ClassVar, NamedTuple
 from torch import Tensor, nn
 
 from kd_hydra.errors import ConfigError
-from kd_hydra.losses import cross_entropy  # noqa: F401  (re-exported for the methods)
+from kd_hydra.losses import soft_target_kl
 
 #: Feature shapes from the probe forward, per feature point, without the batch dimension.
 FeatureShapes = Mapping[str, tuple[int, ...]]
+
+#: The history part of Hinton's term added to any method (``loss.add_kd_weight``).
+ADDED_KD_PART = "kd"
 
 
 @dataclass(frozen=True)
@@ -55,22 +65,57 @@ class LossOutput(NamedTuple):
 
 
 class DistillMethod(nn.Module):
-    """Base class of distillation methods: subclasses set ``name``/``parts`` and implement ``forward``.
+    """Base class of distillation methods: subclasses set ``parts`` and implement ``forward``.
 
     Class attributes describe the method to the trainer:
 
     - ``parts``: names of the loss parts ``forward`` returns, in order (history columns ``train_<part>``);
     - ``uses_teacher``: False only for plain cross-entropy (no teacher is built, loaded or run);
-    - ``needs_teacher_logits``: whether ``forward`` reads ``teacher_logits``.
+    - ``name``: the label in logs and metrics; ``loss.name`` when built from a config, else the module's name.
 
     Methods that read intermediate features override :meth:`feature_request`; they run the teacher
-    live, while logit-only methods can read the soft-label cache.
+    live, while logit-only methods can read the soft-label cache. Any method can add Hinton's term
+    (:meth:`add_hinton_term`, ``loss.add_kd_weight``/``loss.add_kd_temperature``).
     """
 
     name: ClassVar[str] = ""
     parts: ClassVar[tuple[str, ...]] = ("ce",)
     uses_teacher: ClassVar[bool] = True
-    needs_teacher_logits: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__:
+            cls.name = cls.__module__.rsplit(".", 1)[-1]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_kd_weight = 0.0
+        self.add_kd_temperature = 0.0
+
+    # -- the settings, from the signature ----------------------------------------------------------------
+
+    @classmethod
+    def config_keys(cls) -> tuple[str, ...]:
+        """The method's own ``loss.*`` keys: the keyword parameters of ``__init__``, in order."""
+        parameters = inspect.signature(cls.__init__).parameters.values()
+        return tuple(
+            p.name for p in parameters if p.name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+        )
+
+    def extra_repr(self) -> str:
+        settings = [f"{key}={getattr(self, key, '?')}" for key in self.config_keys()]
+        if self.add_kd_weight:
+            settings += [f"add_kd_weight={self.add_kd_weight}", f"add_kd_temperature={self.add_kd_temperature}"]
+        return ", ".join(settings)
+
+    @classmethod
+    def validate_config(cls, loss: Mapping[str, Any]) -> None:
+        """Check the method's ``loss.*`` values (ranges, finiteness); raise ConfigError on the first bad one.
+
+        Keys and types are already checked against the signature when this runs.
+        """
+
+    # -- what the trainer calls ------------------------------------------------------------------------
 
     def feature_request(self, student_points: Sequence[str], teacher_points: Sequence[str]) -> FeatureRequest:
         """The feature points to record, given the points each network offers (none by default)."""
@@ -119,16 +164,21 @@ class DistillMethod(nn.Module):
     def forward(self, batch: MethodBatch) -> LossOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def extra_state_for_checkpoint(self) -> dict[str, Any]:
-        """Python-side state to checkpoint besides the module's state dict (e.g. the current epoch)."""
-        return {}
+    # -- Hinton's term on top of any method (RepDistiller's -a weight) ------------------------------------
 
-    def load_extra_state_from_checkpoint(self, state: Mapping[str, Any]) -> None:
-        """Restore what :meth:`extra_state_for_checkpoint` returned."""
+    def add_hinton_term(self, weight: float, temperature: float) -> None:
+        """Add ``weight * T^2 KL(softmax(t/T) || softmax(s/T))`` to the total, as part ``kd``; weight 0: off."""
+        self.add_kd_weight = float(weight)
+        self.add_kd_temperature = float(temperature)
+        if self.add_kd_weight:
+            self.parts = (*type(self).parts, ADDED_KD_PART)  # type: ignore[misc]  (instance value)
 
-    @classmethod
-    def validate_config(cls, loss: Mapping[str, Any]) -> None:
-        """Check the method's ``loss.*`` values (ranges, finiteness); raise ConfigError on the first bad one."""
+    def __call__(self, batch: MethodBatch) -> LossOutput:
+        output: LossOutput = super().__call__(batch)
+        if not self.add_kd_weight:
+            return output
+        kd = soft_target_kl(batch.student_logits, batch.teacher_logits, self.add_kd_temperature)
+        return LossOutput(output.total + self.add_kd_weight * kd, {**output.parts, ADDED_KD_PART: kd})
 
 
 # -- helpers for validate_config --------------------------------------------------------------------------
@@ -171,13 +221,15 @@ def require_positive_int(loss: Mapping[str, Any], key: str, minimum: int = 1) ->
     return value
 
 
-_STAGE = re.compile(r"stage[1-9][0-9]*")
-_PREACT = re.compile(r"stage[1-9][0-9]*_preact")
+_STAGE_POINT = re.compile(r"^stage\d+$")
 
 
 def stage_points(points: Sequence[str]) -> list[str]:
-    """The ``stageN`` feature points of a network (stage outputs), in order."""
-    return [p for p in points if _STAGE.fullmatch(p)]
+    """The ``stageN`` feature points of a network, in order (not ``stageN_preact``)."""
+    return [p for p in points if _STAGE_POINT.match(p)]
+
+
+_PREACT = re.compile(r"stage[1-9][0-9]*_preact")
 
 
 def preact_points(points: Sequence[str]) -> list[str]:

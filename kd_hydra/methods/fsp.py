@@ -9,23 +9,20 @@ stage has no FSP term (``fsp_weight: 0``: the term is still computed, without gr
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from kd_hydra.errors import ConfigError
-from kd_hydra.losses import fsp_loss
+from kd_hydra.losses import cross_entropy, fsp_loss
 
-from . import register_method
 from .base import (
     DistillMethod,
     FeatureRequest,
     FeatureShapes,
     LossOutput,
     MethodBatch,
-    cross_entropy,
     last_aligned,
     require_init_stage,
     require_weights,
@@ -35,37 +32,17 @@ from .base import (
 STEM = "stem"
 
 
-@dataclass
-class FSPConfig:
-    _target_: str = "kd_hydra.methods.fsp.FSP"
-    name: str = "fsp"
-    ce_weight: float = 1.0
-    fsp_weight: float = 0.0
-    init_epochs: int = 30
-    init_lr: float | None = None
-
-
 def _maps(points: Sequence[str]) -> list[str]:
     return ([STEM] if STEM in points else []) + stage_points(points)
 
 
-@register_method(FSPConfig)
 class FSP(DistillMethod):
     """FSP; parts ``ce`` and ``fsp`` (the summed FSP terms, unweighted). No trainable parts."""
 
-    name = "fsp"
     parts = ("ce", "fsp")
-    needs_teacher_logits = False
     init_trains_student = True
 
-    def __init__(
-        self,
-        ce_weight: float = 1.0,
-        fsp_weight: float = 0.0,
-        init_epochs: int = 30,
-        init_lr: float | None = None,
-        name: str = "fsp",
-    ) -> None:
+    def __init__(self, *, ce_weight: float, fsp_weight: float, init_epochs: int, init_lr: float | None) -> None:
         super().__init__()
         self.ce_weight = float(ce_weight)
         self.fsp_weight = float(fsp_weight)
@@ -118,9 +95,3 @@ class FSP(DistillMethod):
             return LossOutput(total=self.ce_weight * ce, parts={"ce": ce, "fsp": fsp})
         fsp = self.flow_loss(batch.student_features, batch.teacher_features)
         return LossOutput(total=self.ce_weight * ce + self.fsp_weight * fsp, parts={"ce": ce, "fsp": fsp})
-
-    def extra_repr(self) -> str:
-        return (
-            f"ce_weight={self.ce_weight}, fsp_weight={self.fsp_weight}, init_epochs={self.init_epochs}, "
-            f"init_lr={self.init_lr}"
-        )

@@ -10,7 +10,6 @@ BatchNorm) trained with the student. FT is :func:`kd_hydra.losses.factor_transfe
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,16 +17,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kd_hydra.errors import ConfigError
-from kd_hydra.losses import factor_transfer_loss
+from kd_hydra.losses import cross_entropy, factor_transfer_loss
 
-from . import register_method
 from .base import (
     DistillMethod,
     FeatureRequest,
     FeatureShapes,
     LossOutput,
     MethodBatch,
-    cross_entropy,
     require_finite,
     require_init_stage,
     require_weights,
@@ -36,19 +33,6 @@ from .base import (
 
 #: Negative slope of the paraphraser's and translator's LeakyReLUs (RepDistiller).
 LEAKY_SLOPE = 0.1
-
-
-@dataclass
-class FTConfig:
-    _target_: str = "kd_hydra.methods.ft.FT"
-    name: str = "ft"
-    ce_weight: float = 1.0
-    ft_weight: float = 200.0
-    p1: float = 2.0
-    p2: float = 1.0
-    rate: float = 0.5
-    init_epochs: int = 30
-    init_lr: float | None = 0.01
 
 
 def _conv_stack(channels: Sequence[int], batch_norm: bool, transposed: bool = False) -> nn.Sequential:
@@ -83,26 +67,23 @@ def translator(student_channels: int, teacher_channels: int, rate: float) -> nn.
     return _conv_stack([student_channels, student_channels, factor, factor], batch_norm=True)
 
 
-@register_method(FTConfig)
 class FT(DistillMethod):
     """Factor transfer; parts ``ce`` and ``ft`` (unweighted). Trainable: ``translator``; ``paraphraser`` only
     in the initialization stage (frozen after it)."""
 
-    name = "ft"
     parts = ("ce", "ft")
-    needs_teacher_logits = False
     init_trains_student = False
 
     def __init__(
         self,
-        ce_weight: float = 1.0,
-        ft_weight: float = 200.0,
-        p1: float = 2.0,
-        p2: float = 1.0,
-        rate: float = 0.5,
-        init_epochs: int = 30,
-        init_lr: float | None = 0.01,
-        name: str = "ft",
+        *,
+        ce_weight: float,
+        ft_weight: float,
+        p1: float,
+        p2: float,
+        rate: float,
+        init_epochs: int,
+        init_lr: float | None,
     ) -> None:
         super().__init__()
         self.ce_weight = float(ce_weight)
@@ -160,9 +141,3 @@ class FT(DistillMethod):
             teacher_factor = self.paraphraser.encoder(batch.teacher_features[self.teacher_point])
         ft = factor_transfer_loss(student_factor, teacher_factor, self.p1, self.p2)
         return LossOutput(total=self.ce_weight * ce + self.ft_weight * ft, parts={"ce": ce, "ft": ft})
-
-    def extra_repr(self) -> str:
-        return (
-            f"ce_weight={self.ce_weight}, ft_weight={self.ft_weight}, p1={self.p1}, p2={self.p2}, rate={self.rate}, "
-            f"init_epochs={self.init_epochs}, init_lr={self.init_lr}"
-        )

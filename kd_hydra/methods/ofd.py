@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor, nn
 
 from kd_hydra.errors import ConfigError
-from kd_hydra.losses import ofd_loss, ofd_margin
+from kd_hydra.losses import cross_entropy, ofd_loss, ofd_margin
 from kd_hydra.models.features import unwrap
 
-from . import register_method
 from .ab import require_preact_pairs
 from .base import (
     DistillMethod,
@@ -32,22 +30,12 @@ from .base import (
     FeatureShapes,
     LossOutput,
     MethodBatch,
-    cross_entropy,
     require_positive_int,
     require_weights,
 )
 
 #: The model method that names the BatchNorm before each pre-activation point.
 PREACT_BATCHNORMS = "preact_batchnorms"
-
-
-@dataclass
-class OFDConfig:
-    _target_: str = "kd_hydra.methods.ofd.OFD"
-    name: str = "ofd"
-    ce_weight: float = 1.0
-    feat_weight: float = 0.001
-    kernel_size: int = 1
 
 
 def ofd_connector(student_channels: int, teacher_channels: int, kernel_size: int) -> nn.Sequential:
@@ -77,17 +65,12 @@ def preact_batchnorm(teacher: nn.Module, point: str) -> nn.BatchNorm2d:
     return module
 
 
-@register_method(OFDConfig)
 class OFD(DistillMethod):
     """OFD; parts ``ce`` and ``ofd`` (unweighted). Trainable: ``connectors``; buffers ``margin_<teacher point>``."""
 
-    name = "ofd"
     parts = ("ce", "ofd")
-    needs_teacher_logits = False
 
-    def __init__(
-        self, ce_weight: float = 1.0, feat_weight: float = 0.001, kernel_size: int = 1, name: str = "ofd"
-    ) -> None:
+    def __init__(self, *, ce_weight: float, feat_weight: float, kernel_size: int) -> None:
         super().__init__()
         self.ce_weight = float(ce_weight)
         self.feat_weight = float(feat_weight)
@@ -134,6 +117,3 @@ class OFD(DistillMethod):
         teacher = [batch.teacher_features[p].detach() for p in self.teacher_points]
         ofd = ofd_loss(connected, teacher, margins)
         return LossOutput(total=self.ce_weight * ce + self.feat_weight * ofd, parts={"ce": ce, "ofd": ofd})
-
-    def extra_repr(self) -> str:
-        return f"ce_weight={self.ce_weight}, feat_weight={self.feat_weight}, kernel_size={self.kernel_size}"
