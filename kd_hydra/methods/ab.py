@@ -3,7 +3,8 @@
 An initialization stage (``init_epochs``) trains the student with a connector on
 :func:`kd_hydra.losses.activation_boundary_loss` between the connected student pre-activations (``stageN_preact``)
 and the teacher's; the distillation stage then optimises ``ce_weight * CE + ab_weight * AB``. RepDistiller's
-distillation stage has no AB term (``ab_weight: 0``: the term is still computed, without gradient, for the history).
+distillation stage has no AB term (``ab_weight: 0``: the term is still computed for the history, without gradient
+and with the connectors in eval mode, so they stay as the initialization stage left them).
 The connector of each pair is the identity where channels and size agree, else a ConvReg conv + BatchNorm.
 """
 
@@ -103,9 +104,11 @@ class AB(DistillMethod):
 
     def forward(self, batch: MethodBatch) -> LossOutput:
         ce = cross_entropy(batch.student_logits, batch.targets)
-        if self.ab_weight == 0.0:
+        if self.ab_weight == 0.0:  # RepDistiller: the connector stays as the init stage left it (eval, untrained)
+            training = self.connectors.training if self.connectors is not None else False
             with torch.no_grad():
-                ab = self.boundary_loss(batch.student_features, batch.teacher_features)
+                ab = self.eval().boundary_loss(batch.student_features, batch.teacher_features)
+            self.train(training)
             return LossOutput(total=self.ce_weight * ce, parts={"ce": ce, "ab": ab})
         ab = self.boundary_loss(batch.student_features, batch.teacher_features)
         return LossOutput(total=self.ce_weight * ce + self.ab_weight * ab, parts={"ce": ce, "ab": ab})
