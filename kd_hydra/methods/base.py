@@ -149,4 +149,4 @@ def require_positive_int(loss: Mapping[str, Any], key: str, minimum: int = 1) ->
 
 def stage_points(points: Sequence[str]) -> list[str]:
     """The ``stageN`` feature points of a network, in order."""
-    return [p for p in points if p.startswith("stage")]
+    return [p for p in points if p.startswith("stage") and not p.endswith("_preact")]
