@@ -24,7 +24,7 @@ from kd_hydra.methods import MethodBatch, builtin_methods, validate_method_confi
 from kd_hydra.methods.ab import AB
 from kd_hydra.methods.fsp import FSP
 from kd_hydra.methods.ft import FT
-from kd_hydra.methods.ofd import OFD
+from kd_hydra.methods.ofd import OFD, preact_batchnorm
 from kd_hydra.models.features import probe_feature_shapes
 from tests.feature_nets import IMAGE_SHAPE, TinyResNet
 from tests.method_helpers import loss_node, method_from_yaml
@@ -313,8 +313,36 @@ def test_pairs_that_cannot_work_are_one_line_errors():
     class NoBatchNorms(TinyResNet):
         preact_batchnorms = None
 
+        def feature_points(self):
+            return {**super().feature_points(), **{f"stage{i}_preact": "pool" for i in (1, 2, 3)}}
+
     with pytest.raises(ConfigError, match="preact_batchnorms"):
         setup_method(method_from_yaml("ofd"), STUDENT, NoBatchNorms((8, 16, 16, 32), seed=2))
+
+
+def test_ofd_finds_the_batchnorm_before_each_relu_as_mdistiller_names_it():
+    """mdistiller's get_bn_before_relu: ResNets' last block bn2 (bn3 for bottlenecks), WRN's next bn1 / final bn."""
+    from kd_hydra.models.registry import build_zoo_model
+
+    def model(name):
+        return build_zoo_model(name, num_classes=10, in_channels=3, image_size=32)
+
+    resnet, bottleneck, wrn, mobile = (model(n) for n in ("resnet8x4", "resnet50_cifar", "wrn_16_2", "mobilenetv2"))
+    expected = {
+        resnet: [resnet.stages[i][-1].bn2 for i in range(3)],
+        bottleneck: [bottleneck.stages[i][-1].bn3 for i in range(4)],
+        wrn: [wrn.stages[1][0].bn1, wrn.stages[2][0].bn1, wrn.final_activation[0]],
+        mobile: [
+            [m for m in mobile.get_submodule(path).modules() if isinstance(m, torch.nn.BatchNorm2d)][-1]
+            for name, path in mobile.feature_points().items()
+            if name.endswith("_preact")
+        ],
+    }
+    for net, batchnorms in expected.items():
+        points = [p for p in net.feature_points() if p.endswith("_preact")]
+        assert [preact_batchnorm(net, p) for p in points] == batchnorms, type(net).__name__
+    tiny = TinyResNet((4, 8, 8, 16), seed=0)
+    assert [preact_batchnorm(tiny, f"stage{i}_preact") for i in (1, 2, 3)] == [b.bn2 for b in tiny.stages]
 
 
 BAD = [

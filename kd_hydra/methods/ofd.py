@@ -4,8 +4,8 @@ On the pre-activation stage outputs (``stageN_preact``, the deepest common numbe
 student map goes through a connector (conv ``kernel_size`` without bias + BatchNorm, He-normal init) to the
 teacher's channels; the loss is :func:`kd_hydra.losses.ofd_loss`, the partial L2 against ``max(t, margin)``
 where the margin is ``E[x | x < 0]`` of the teacher's BatchNorm before that ReLU (:func:`kd_hydra.losses.ofd_margin`).
-``ce_weight * CE + feat_weight * OFD``. The teacher names those BatchNorms with a ``preact_batchnorms()`` method
-(``{"stageN_preact": module path}``), the companion of its ``feature_points()``.
+``ce_weight * CE + feat_weight * OFD``. Those BatchNorms are found from the teacher's feature points
+(:func:`preact_batchnorm`), or named by its ``preact_batchnorms()`` method (``{"stageN_preact": module path}``).
 
 kd-hydra runs every teacher in eval mode; the reference code (clovaai's CIFAR script, mdistiller's ``OFD.train``)
 runs the teacher in train mode, so its maps use batch statistics there.
@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from kd_hydra.errors import ConfigError
 from kd_hydra.losses import cross_entropy, ofd_loss, ofd_margin
-from kd_hydra.models.features import unwrap
+from kd_hydra.models.features import feature_points, unwrap
 
 from .ab import require_preact_pairs
 from .base import (
@@ -49,20 +49,39 @@ def ofd_connector(student_channels: int, teacher_channels: int, kernel_size: int
 
 
 def preact_batchnorm(teacher: nn.Module, point: str) -> nn.BatchNorm2d:
-    """The BatchNorm before the ReLU at ``point`` of ``teacher``, as its ``preact_batchnorms()`` names it."""
+    """The BatchNorm before the ReLU at ``point`` of ``teacher`` (mdistiller's ``get_bn_before_relu``).
+
+    Named by the model's ``preact_batchnorms()`` when it has one; else found from the point's module: the
+    module itself if it is a BatchNorm (Wide ResNets), else the last BatchNorm inside it (MobileNetV2 blocks,
+    which end in a linear BatchNorm), else the last BatchNorm child of its block (ResNets' ``bn2``/``bn3``
+    before the ``preact`` marker on the residual sum).
+    """
     inner = unwrap(teacher)
     declared = getattr(inner, PREACT_BATCHNORMS, None)
-    paths = dict(declared()) if callable(declared) else {}
-    if point not in paths:
+    if callable(declared) and point in dict(declared()):
+        found = inner.get_submodule(dict(declared())[point])
+    else:
+        path = feature_points(inner).get(point)
+        found = None if path is None else _batchnorm_at(inner, path)
+    if not isinstance(found, nn.BatchNorm2d):
         raise ConfigError(
             "loss.name",
-            f"ofd takes its margins from the teacher's BatchNorm before {point}; "
-            f"{type(inner).__name__} does not name it ({PREACT_BATCHNORMS}())",
+            f"ofd takes its margins from the teacher's BatchNorm before {point}; none found in "
+            f"{type(inner).__name__} (name it with {PREACT_BATCHNORMS}())",
         )
-    module = inner.get_submodule(paths[point])
-    if not isinstance(module, nn.BatchNorm2d):
-        raise ConfigError("loss.name", f"{type(inner).__name__}.{paths[point]} is not a BatchNorm2d")
-    return module
+    return found
+
+
+def _batchnorm_at(model: nn.Module, path: str) -> nn.Module | None:
+    module = model.get_submodule(path)
+    if isinstance(module, nn.BatchNorm2d):
+        return module
+    inside = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
+    if inside:
+        return inside[-1]
+    parent = model.get_submodule(path.rpartition(".")[0]) if "." in path else model
+    children = [m for m in parent.children() if isinstance(m, nn.BatchNorm2d)]
+    return children[-1] if children else None
 
 
 class OFD(DistillMethod):
