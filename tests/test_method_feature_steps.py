@@ -315,3 +315,48 @@ def test_zero_init_epochs_is_a_no_op():
     before = copy.deepcopy(student)
     assert kd_hydra_init_stage(method, request, student, teacher, batches(1), method.init_epochs) == []
     assert_same_weights(student, before)
+
+
+def hcl_term(student_maps, teacher_maps):
+    """Chen et al. (CVPR 2021) eq. (6): per level, MSE at full size plus 4x4, 2x2, 1x1 pools weighted 1/2, 1/4, ..."""
+    total = 0.0
+    for s, t in zip(student_maps, teacher_maps):
+        terms = [F.mse_loss(s, t)] + [
+            F.mse_loss(F.adaptive_avg_pool2d(s, k), F.adaptive_avg_pool2d(t, k)) for k in (4, 2, 1) if k < s.shape[2]
+        ]
+        weights = [0.5**i for i in range(len(terms))]
+        total = total + sum(w * x for w, x in zip(weights, terms)) / sum(weights)
+    return total
+
+
+def review(abfs, student_maps, teacher_sizes):
+    """Eq. (3)-(5): from the deepest level up, fuse each map with the deeper result by two attention maps."""
+    results, deeper = [], None
+    for abf, x, size in zip(abfs, student_maps[::-1], teacher_sizes[::-1]):
+        x = abf.conv1(x)
+        if deeper is not None:
+            deeper = F.interpolate(deeper, x.shape[2:], mode="nearest")
+            weights = torch.sigmoid(abf.att_conv[0](torch.cat([x, deeper], 1)))
+            x = x * weights[:, 0:1] + deeper * weights[:, 1:2]
+        x = F.interpolate(x, size, mode="nearest") if tuple(x.shape[2:]) != size else x
+        results.insert(0, abf.conv2(x))
+        deeper = x
+    return results
+
+
+def test_reviewkd_steps_with_warm_up_equal_the_reference():
+    student, teacher = networks()
+    method, request = prepared("reviewkd", student, teacher, warmup=2)
+    reference_student, abfs = copy.deepcopy(student), copy.deepcopy(method.abfs)
+    data = batches(2)
+    kd_hydra_training(method, request, student, teacher, data, epochs=2)
+    sizes = [(16, 16), (8, 8), (4, 4), (1, 1)]
+
+    def term(s, t, epoch):
+        maps = [s["stage1"], s["stage2"], s["stage3"], s["pre_logit"][:, :, None, None]]
+        targets = [t["stage1_preact"], t["stage2_preact"], t["stage3_preact"], t["pre_logit"][:, :, None, None]]
+        return min(epoch / 2, 1.0) * 5.0 * hcl_term(review(abfs, maps, sizes), targets)
+
+    reference_training(reference_student, teacher, abfs, data, term, epochs=2)
+    assert_same_weights(student, reference_student)
+    assert_same_weights(method.abfs, abfs)

@@ -25,12 +25,13 @@ from kd_hydra.methods.ab import AB
 from kd_hydra.methods.fsp import FSP
 from kd_hydra.methods.ft import FT
 from kd_hydra.methods.ofd import OFD, preact_batchnorm
+from kd_hydra.methods.reviewkd import ReviewKD
 from kd_hydra.models.features import probe_feature_shapes
 from tests.feature_nets import IMAGE_SHAPE, TinyResNet
 from tests.method_helpers import loss_node, method_from_yaml
 
 REPO = Path(__file__).resolve().parents[1]
-METHODS = {"ab": AB, "ft": FT, "fsp": FSP, "ofd": OFD}
+METHODS = {"ab": AB, "ft": FT, "fsp": FSP, "ofd": OFD, "reviewkd": ReviewKD}
 
 
 def rand(*shape, seed=0, scale=1.0):
@@ -243,6 +244,13 @@ AUTHORS = {  # the YAML values, from the sources their comments name
     "ft": {"ce_weight": 1.0, "ft_weight": 200.0, "p1": 2.0, "p2": 1.0, "rate": 0.5, "init_epochs": 30, "init_lr": 0.01},
     "fsp": {"ce_weight": 1.0, "fsp_weight": 0.0, "init_epochs": 30, "init_lr": None},
     "ofd": {"ce_weight": 1.0, "feat_weight": 0.001, "kernel_size": 1},
+    "reviewkd": {
+        "ce_weight": 1.0,
+        "reviewkd_weight": 5.0,
+        "warmup": 20,
+        "student_preact": False,
+        "max_mid_channels": 512,
+    },
 }
 
 
@@ -271,11 +279,14 @@ def test_feature_requests_and_trainable_parts():
     assert not list(fsp.parameters())
 
 
-@pytest.mark.parametrize("name", ["ab", "ft", "fsp", "ofd"])
+WEIGHT_KEYS = {"ab": "ab_weight", "ft": "ft_weight", "fsp": "fsp_weight", "ofd": "feat_weight"}
+
+
+@pytest.mark.parametrize("name", ["ab", "ft", "fsp", "ofd", "reviewkd"])
 def test_parts_and_weighted_total(name):
     cls = METHODS[name]
-    weight_key = {"ab": "ab_weight", "ft": "ft_weight", "fsp": "fsp_weight", "ofd": "feat_weight"}[name]
-    method = method_from_yaml(name, ce_weight=0.5, **{weight_key: 3.0})
+    overrides = {"reviewkd_weight": 3.0, "warmup": 0} if name == "reviewkd" else {WEIGHT_KEYS[name]: 3.0}
+    method = method_from_yaml(name, ce_weight=0.5, **overrides)
     teacher = TinyResNet((4, 8, 8, 16), seed=3) if name == "fsp" else TEACHER
     setup_method(method, STUDENT, teacher)
     batch = batch_of(STUDENT, teacher)
@@ -361,6 +372,10 @@ BAD = [
     ("ofd", "feat_weight", float("nan")),
     ("ofd", "kernel_size", 2),
     ("ofd", "kernel_size", 0),
+    ("reviewkd", "reviewkd_weight", float("nan")),
+    ("reviewkd", "warmup", -1),
+    ("reviewkd", "max_mid_channels", 0),
+    ("reviewkd", "student_preact", "yes"),
 ]
 
 
@@ -369,3 +384,23 @@ def test_validate_config_rejects_bad_values_naming_the_key(name, key, value):
     with pytest.raises(ConfigError) as error:
         validate_method_config(loss_node(name, **{key: value}))
     assert error.value.key == f"loss.{key}"
+
+
+def test_reviewkd_fuses_deepest_first_to_the_teacher_shapes_and_warms_up():
+    method = method_from_yaml("reviewkd", ce_weight=1.0, reviewkd_weight=2.0, warmup=4)
+    request = setup_method(method)
+    assert request.student == ("stage1", "stage2", "stage3", "pre_logit")
+    assert request.teacher == ("stage1_preact", "stage2_preact", "stage3_preact", "pre_logit")
+    assert [abf.att_conv is None for abf in method.abfs] == [True, False, False, False]  # pooled level: no fusion
+    assert {abf.conv1[0].out_channels for abf in method.abfs} == {16}  # min(512, student's pooled channels)
+    batch = batch_of(STUDENT, TEACHER)
+    shapes = [tuple(r.shape) for r in method.review(batch.student_features)]
+    assert shapes == [(4, 16, 16, 16), (4, 16, 8, 8), (4, 32, 4, 4), (4, 32, 1, 1)]
+    for epoch, factor in [(1, 0.25), (2, 0.5), (4, 1.0), (9, 1.0)]:
+        method.begin_epoch(epoch, 10)
+        out = method(batch)
+        torch.testing.assert_close(out.total, out.parts["ce"] + factor * 2.0 * out.parts["reviewkd"])
+    preact = method_from_yaml("reviewkd", student_preact=True)
+    assert setup_method(preact).student == ("stage1_preact", "stage2_preact", "stage3_preact", "pre_logit")
+    with pytest.raises(ConfigError, match="stageN_preact"):
+        method_from_yaml("reviewkd").feature_request(POINTS, ("stem", "stage1", "stage2", "pre_logit"))
