@@ -359,3 +359,79 @@ def hierarchical_context_loss(student_maps: Sequence[Tensor], teacher_maps: Sequ
         term = loss / weights
         total = term if total is None else total + term
     return total
+
+
+# -- MLKD (Jin et al., CVPR 2023, as in the logit-standardization repository) ------------------------------
+
+#: MLKD's temperatures besides the base one, in the reference code's order.
+MLKD_EXTRA_TEMPERATURES = (3.0, 5.0, 2.0, 6.0)
+
+
+def class_correlation_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """MLKD's class-level term: ``sum((P_t^T P_t - P_s^T P_s)^2) / C``, ``P = softmax(z / T)`` of shape (N, C)."""
+    p_s = F.softmax(_full_precision(student_logits) / temperature, dim=1)
+    p_t = F.softmax(_full_precision(teacher_logits) / temperature, dim=1)
+    return (p_t.t() @ p_t - p_s.t() @ p_s).pow(2).sum() / p_s.shape[1]
+
+
+def batch_correlation_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """MLKD's instance-level term: ``sum((P_t P_t^T - P_s P_s^T)^2) / N``, ``P = softmax(z / T)`` of shape (N, C)."""
+    p_s = F.softmax(_full_precision(student_logits) / temperature, dim=1)
+    p_t = F.softmax(_full_precision(teacher_logits) / temperature, dim=1)
+    return (p_t @ p_t.t() - p_s @ p_s.t()).pow(2).sum() / p_s.shape[0]
+
+
+def below_median_fraction(values: Tensor) -> Tensor:
+    """The fraction of ``values`` at or below their median (linear interpolation, as ``numpy.percentile(v, 50)``)."""
+    values = values.detach().reshape(-1)
+    return (values <= torch.quantile(values, 0.5)).to(values.dtype).mean()
+
+
+class MLKDTerms(NamedTuple):
+    """MLKD's three unweighted terms (each summed over the five temperatures)."""
+
+    kd: Tensor
+    cc: Tensor
+    bc: Tensor
+
+
+def mlkd_loss(
+    student_weak: Tensor,
+    teacher_weak: Tensor,
+    student_strong: Tensor,
+    teacher_strong: Tensor,
+    temperature: float,
+    standardize: bool = False,
+) -> MLKDTerms:
+    """MLKD's distillation terms on a weak and a strong view, as the logit-standardization repository computes them.
+
+    Temperatures ``(T, 3, 5, 2, 6)``. ``kd = f * sum_T KL_T(weak) + KL_T, KL_3, KL_5 (strong) + KL_2, KL_6 (weak)``,
+    ``cc = g * sum_T class_correlation_T(weak)``, ``bc = f * sum_T batch_correlation_T(weak)``, where ``KL_T`` is
+    :func:`soft_target_kl` (on z-scored logits with ``standardize``), ``f`` the fraction of samples whose teacher
+    confidence (max softmax of the weak view at T = 1) is at or below the median and ``g`` the fraction of classes
+    whose summed teacher probability is: the reference multiplies batch-mean terms by these masks before averaging,
+    so they act as these scalars. The strong view's last two KL terms read the weak view, as in the reference.
+    """
+    temperatures = (temperature, *MLKD_EXTRA_TEMPERATURES)
+    teacher_probs = F.softmax(_full_precision(teacher_weak).detach(), dim=1)
+    sample_fraction = below_median_fraction(teacher_probs.max(dim=1).values)
+    class_fraction = below_median_fraction(teacher_probs.sum(dim=0))
+
+    def kl(student: Tensor, teacher: Tensor, t: float) -> Tensor:
+        if standardize:
+            student, teacher = standardize_logits(student), standardize_logits(teacher)
+        return soft_target_kl(student, teacher, t)
+
+    weak = [kl(student_weak, teacher_weak, t) for t in temperatures]
+    strong = [kl(student_strong, teacher_strong, t) for t in temperatures[:3]]
+    strong += [kl(student_weak, teacher_weak, t) for t in temperatures[3:]]
+    kd = sample_fraction * torch.stack(weak).sum() + torch.stack(strong).sum()
+    cc = (
+        class_fraction
+        * torch.stack([class_correlation_loss(student_weak, teacher_weak, t) for t in temperatures]).sum()
+    )
+    bc = (
+        sample_fraction
+        * torch.stack([batch_correlation_loss(student_weak, teacher_weak, t) for t in temperatures]).sum()
+    )
+    return MLKDTerms(kd=kd, cc=cc, bc=bc)

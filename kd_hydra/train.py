@@ -197,8 +197,13 @@ def train_epoch(
     runtime: Runtime,
     teacher: TeacherSource | None,
     student_features: Callable[[], Mapping[str, Tensor]] | None = None,
+    strong_view: Callable[[Tensor], Tensor] | None = None,
 ) -> dict[str, float]:
-    """One pass over ``batches``; returns the mean loss and parts (``train_<part>``), accuracy (%), image count."""
+    """One pass over ``batches``; returns the mean loss and parts (``train_<part>``), accuracy (%), image count.
+
+    With ``strong_view`` (methods whose ``needs_strong_view`` is set, MLKD) student and teacher also run on
+    ``strong_view(images)``, given to the method as ``strong_student_logits``/``strong_teacher_logits``.
+    """
     model.train()
     method.train()
     parts = method.parts
@@ -207,16 +212,22 @@ def train_epoch(
     seen = 0
     for images, targets, sample_indices in batches:
         teacher_out = teacher(images, sample_indices) if teacher is not None else None
+        strong_images = strong_view(images) if strong_view is not None else None
+        strong_teacher = teacher(strong_images, sample_indices) if strong_images is not None and teacher else None
         with runtime.autocast():
             logits = model(images)
+            features = dict(student_features()) if student_features is not None else {}
+            strong_logits = model(strong_images) if strong_images is not None else None
             output = method(
                 MethodBatch(
                     student_logits=logits,
                     targets=targets,
                     sample_indices=sample_indices,
                     teacher_logits=teacher_out.logits if teacher_out is not None else None,
-                    student_features=student_features() if student_features is not None else {},
+                    student_features=features,
                     teacher_features=teacher_out.features if teacher_out is not None else {},
+                    strong_student_logits=strong_logits,
+                    strong_teacher_logits=strong_teacher.logits if strong_teacher is not None else None,
                 )
             )
         optimizer.zero_grad(set_to_none=True)
@@ -342,6 +353,7 @@ def fit(
     on_epoch: Callable[[Mapping[str, Any]], None] | None = None,
     lr_key: str = "optimizer.lr",
     top5: bool = False,
+    strong_view: Callable[[Tensor], Tensor] | None = None,
 ) -> FitResult:
     """Train ``model`` with ``method`` for ``epochs``, evaluating every ``eval_every`` epochs and after the last.
 
@@ -385,7 +397,7 @@ def fit(
         if teacher is not None:
             teacher.begin_epoch(epoch - 1)
         batches = _progress(pipeline.train_batches(epoch - 1), progress, num_batches, f"{label} {epoch}/{epochs}")
-        stats = train_epoch(model, batches, method, optimizer, scaler, runtime, teacher, student_features)
+        stats = train_epoch(model, batches, method, optimizer, scaler, runtime, teacher, student_features, strong_view)
         runtime.synchronize()
         track["train_seconds"] += time.perf_counter() - loop_start
         track["train_images"] += int(stats.pop("images"))

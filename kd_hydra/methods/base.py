@@ -55,6 +55,8 @@ class MethodBatch:
     teacher_logits: Tensor | None = None
     student_features: Mapping[str, Tensor] = field(default_factory=dict)
     teacher_features: Mapping[str, Tensor] = field(default_factory=dict)
+    strong_student_logits: Tensor | None = None  # on the strongly augmented view (methods that need it)
+    strong_teacher_logits: Tensor | None = None
 
 
 class LossOutput(NamedTuple):
@@ -81,6 +83,9 @@ class DistillMethod(nn.Module):
     name: ClassVar[str] = ""
     parts: ClassVar[tuple[str, ...]] = ("ce",)
     uses_teacher: ClassVar[bool] = True
+    #: Whether student and teacher also run on a strongly augmented view of each batch (MLKD); the teacher
+    #: then runs live, and the batch carries ``strong_student_logits``/``strong_teacher_logits``.
+    needs_strong_view: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
