@@ -12,10 +12,13 @@ from omegaconf import OmegaConf
 from kd_hydra.errors import ConfigError
 from kd_hydra.losses import (
     activation_boundary_loss,
+    batch_correlation_loss,
+    class_correlation_loss,
     factor_transfer_loss,
     fsp_loss,
     fsp_matrix,
     hierarchical_context_loss,
+    mlkd_loss,
     ofd_loss,
     ofd_margin,
     ofd_partial_l2,
@@ -24,6 +27,7 @@ from kd_hydra.methods import MethodBatch, builtin_methods, validate_method_confi
 from kd_hydra.methods.ab import AB
 from kd_hydra.methods.fsp import FSP
 from kd_hydra.methods.ft import FT
+from kd_hydra.methods.mlkd import MLKD
 from kd_hydra.methods.ofd import OFD, preact_batchnorm
 from kd_hydra.methods.reviewkd import ReviewKD
 from kd_hydra.models.features import probe_feature_shapes
@@ -31,7 +35,7 @@ from tests.feature_nets import IMAGE_SHAPE, TinyResNet
 from tests.method_helpers import loss_node, method_from_yaml
 
 REPO = Path(__file__).resolve().parents[1]
-METHODS = {"ab": AB, "ft": FT, "fsp": FSP, "ofd": OFD, "reviewkd": ReviewKD}
+METHODS = {"ab": AB, "ft": FT, "fsp": FSP, "ofd": OFD, "reviewkd": ReviewKD, "mlkd": MLKD}
 
 
 def rand(*shape, seed=0, scale=1.0):
@@ -244,6 +248,7 @@ AUTHORS = {  # the YAML values, from the sources their comments name
     "ft": {"ce_weight": 1.0, "ft_weight": 200.0, "p1": 2.0, "p2": 1.0, "rate": 0.5, "init_epochs": 30, "init_lr": 0.01},
     "fsp": {"ce_weight": 1.0, "fsp_weight": 0.0, "init_epochs": 30, "init_lr": None},
     "ofd": {"ce_weight": 1.0, "feat_weight": 0.001, "kernel_size": 1},
+    "mlkd": {"ce_weight": 0.1, "kd_weight": 0.9, "temperature": 4.0, "standardize": False},
     "reviewkd": {
         "ce_weight": 1.0,
         "reviewkd_weight": 5.0,
@@ -376,6 +381,9 @@ BAD = [
     ("reviewkd", "warmup", -1),
     ("reviewkd", "max_mid_channels", 0),
     ("reviewkd", "student_preact", "yes"),
+    ("mlkd", "temperature", 0.0),
+    ("mlkd", "kd_weight", -1.0),
+    ("mlkd", "standardize", 1),
 ]
 
 
@@ -404,3 +412,85 @@ def test_reviewkd_fuses_deepest_first_to_the_teacher_shapes_and_warms_up():
     assert setup_method(preact).student == ("stage1_preact", "stage2_preact", "stage3_preact", "pre_logit")
     with pytest.raises(ConfigError, match="stageN_preact"):
         method_from_yaml("reviewkd").feature_request(POINTS, ("stem", "stage1", "stage2", "pre_logit"))
+
+
+# -- MLKD --------------------------------------------------------------------------------------------------
+
+
+def np_softmax(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def np_standardize(z):
+    return (z - z.mean(axis=1, keepdims=True)) / (1e-7 + z.std(axis=1, ddof=1, keepdims=True))
+
+
+def np_kl(s, t, temperature, standardize):
+    if standardize:
+        s, t = np_standardize(s), np_standardize(t)
+    p_s, p_t = np_softmax(s / temperature), np_softmax(t / temperature)
+    return (p_t * (np.log(p_t) - np.log(p_s))).sum(axis=1).mean() * temperature**2
+
+
+def reference_mlkd(sw, tw, ss, ts, temperature, standardize):
+    """Jin et al.'s code (logit-standardization repository MLKD.forward_train), term by term, unweighted."""
+    temps = [temperature, 3.0, 5.0, 2.0, 6.0]
+    p = np_softmax(tw)
+    confidence = p.max(axis=1)
+    mask = confidence <= np.percentile(confidence, 50)
+    class_mask = p.sum(axis=0) <= np.percentile(p.sum(axis=0), 50)
+
+    def cc(s, t, temp):
+        a, b = np_softmax(s / temp), np_softmax(t / temp)
+        return ((b.T @ b - a.T @ a) ** 2).sum() / s.shape[1]
+
+    def bc(s, t, temp):
+        a, b = np_softmax(s / temp), np_softmax(t / temp)
+        return ((b @ b.T - a @ a.T) ** 2).sum() / s.shape[0]
+
+    kd_weak = sum((np_kl(sw, tw, T, standardize) * mask).mean() for T in temps)
+    kd_strong = sum(np_kl(ss, ts, T, standardize) for T in temps[:3]) + sum(
+        np_kl(sw, tw, T, standardize) for T in temps[3:]
+    )
+    cc_weak = sum((cc(sw, tw, T) * class_mask).mean() for T in temps)
+    bc_weak = sum((bc(sw, tw, T) * mask).mean() for T in temps)
+    return kd_weak + kd_strong, cc_weak, bc_weak
+
+
+@pytest.mark.parametrize("temperature,standardize", [(4.0, False), (2.0, True)])
+def test_mlkd_loss_matches_the_reference_formulas(temperature, standardize):
+    sw, tw, ss, ts = (rand(9, 7, seed=i, scale=3.0) for i in range(4))
+    got = mlkd_loss(sw, tw, ss, ts, temperature, standardize)
+    expected = reference_mlkd(sw.numpy(), tw.numpy(), ss.numpy(), ts.numpy(), temperature, standardize)
+    for value, reference in zip(got, expected):
+        assert value.item() == pytest.approx(reference, rel=1e-10)
+    a, b = np_softmax(sw.numpy() / 3), np_softmax(tw.numpy() / 3)
+    assert class_correlation_loss(sw, tw, 3.0).item() == pytest.approx(((b.T @ b - a.T @ a) ** 2).sum() / 7)
+    assert batch_correlation_loss(sw, tw, 3.0).item() == pytest.approx(((b @ b.T - a @ a.T) ** 2).sum() / 9)
+
+
+def test_mlkd_loss_gradients_match_finite_differences():
+    tw, ts = rand(6, 5, seed=1, scale=2.0), rand(6, 5, seed=2, scale=2.0)
+
+    def total(sw, ss):
+        return sum(mlkd_loss(sw, tw, ss, ts, 4.0, True))
+
+    inputs = (rand(6, 5, seed=3).requires_grad_(), rand(6, 5, seed=4).requires_grad_())
+    assert torch.autograd.gradcheck(total, inputs)
+
+
+def test_mlkd_method_weights_both_views_and_needs_the_strong_one():
+    method = method_from_yaml("mlkd", ce_weight=0.5, kd_weight=2.0)
+    assert method.needs_strong_view and not method.uses_features
+    sw, tw, ss, ts = (rand(8, 5, seed=i, scale=2.0) for i in range(4))
+    targets = torch.arange(8) % 5
+    batch = MethodBatch(sw, targets, torch.arange(8), tw, strong_student_logits=ss, strong_teacher_logits=ts)
+    out = method(batch)
+    assert tuple(out.parts) == ("ce", "kd", "cc", "bc")
+    ce = torch.nn.functional.cross_entropy(sw, targets) + torch.nn.functional.cross_entropy(ss, targets)
+    torch.testing.assert_close(out.parts["ce"], ce)
+    terms = mlkd_loss(sw, tw, ss, ts, 4.0, False)
+    torch.testing.assert_close(out.total, 0.5 * ce + 2.0 * (terms.kd + terms.cc + terms.bc))
+    with pytest.raises(RuntimeError, match="strong"):
+        method(MethodBatch(sw, targets, torch.arange(8), tw))

@@ -52,7 +52,7 @@ def auto_contrast(img: Tensor, _: float) -> Tensor:
     low = img.amin(dim=(1, 2), keepdim=True)
     high = img.amax(dim=(1, 2), keepdim=True)
     scale = PIXEL_MAX / (high - low).clamp_min(1.0)
-    stretched = _truncate((img - low) * scale)
+    stretched = _truncate(img * scale - low * scale)  # PIL's ix * scale + offset, offset = -lo * scale
     return torch.where(high > low, stretched, img)
 
 
