@@ -204,3 +204,21 @@ _STAGE_POINT = re.compile(r"^stage\d+$")
 def stage_points(points: Sequence[str]) -> list[str]:
     """The ``stageN`` feature points of a network, in order (not ``stageN_preact``)."""
     return [p for p in points if _STAGE_POINT.match(p)]
+
+
+def paired_stages(method: str, student_points: Sequence[str], teacher_points: Sequence[str]) -> tuple[str, ...]:
+    """The ``stageN`` points of both networks when they pair one to one, else ConfigError naming ``loss.name``."""
+    student, teacher = stage_points(student_points), stage_points(teacher_points)
+    if not student or student != teacher:
+        raise ConfigError(
+            "loss.name",
+            f"{method} pairs stages one to one: the student has {len(student)} stage outputs and the teacher "
+            f"{len(teacher)}; pick archs with the same number of stages",
+        )
+    return tuple(student)
+
+
+def require_point(method: str, point: str, student_points: Sequence[str], teacher_points: Sequence[str]) -> None:
+    """Both networks offer feature point ``point``, else ConfigError naming ``loss.name``."""
+    if point not in student_points or point not in teacher_points:
+        raise ConfigError("loss.name", f"{method} needs the {point} feature of both networks")
