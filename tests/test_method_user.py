@@ -128,3 +128,13 @@ def test_a_user_method_with_parts_and_extra_state_checkpoints_and_checks_types(
     assert not torch.equal(saved["state_dict"]["scale"], torch.ones(10))  # trained with the student
     batches_per_epoch = 256 // 64
     assert saved["state_dict"]["_extra_state"] == {"batches": 2 * batches_per_epoch}
+
+
+def test_loss_options_are_the_yaml_files_only(workspace: Workspace):
+    """No ``*_schema`` entry is listed or selectable: the loss group holds exactly conf/loss/*.yaml."""
+    help_text = workspace.run("--help").stdout
+    (listed,) = [line for line in help_text.splitlines() if line.startswith("loss: ")]
+    assert listed.removeprefix("loss: ").split(", ") == sorted(p.stem for p in (REPO / "conf" / "loss").glob("*.yaml"))
+    assert "_schema" not in help_text
+    _, process = workspace.single("schema", *TINY, "loss=kd_schema", expect=2)
+    assert "kd_schema" in process.stderr and "_schema," not in process.stderr
