@@ -147,8 +147,8 @@ class DistillMethod(nn.Module):
         """Add ``weight * T^2 KL(softmax(t/T) || softmax(s/T))`` to the total, as part ``kd``; weight 0: off."""
         self.add_kd_weight = float(weight)
         self.add_kd_temperature = float(temperature)
-        if self.add_kd_weight:
-            self.parts = (*type(self).parts, ADDED_KD_PART)  # type: ignore[misc]  (instance value)
+        added = (ADDED_KD_PART,) if self.add_kd_weight else ()
+        self.parts = (*type(self).parts, *added)  # type: ignore[misc]  (an instance value)
 
     def __call__(self, batch: MethodBatch) -> LossOutput:
         output: LossOutput = super().__call__(batch)

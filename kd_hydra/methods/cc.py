@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from torch import Tensor, nn
 
-from kd_hydra.errors import ConfigError
 from kd_hydra.losses import correlation_congruence_gaussian_loss, correlation_congruence_loss, cross_entropy
 
 from .base import (
@@ -32,7 +31,6 @@ from .base import (
 
 #: The feature point CC embeds (the flattened pooled feature).
 CC_POINT = "pre_logit"
-KERNELS = ("repdistiller", "gaussian")
 
 
 class CC(DistillMethod):
@@ -41,7 +39,14 @@ class CC(DistillMethod):
     parts = ("ce", "cc")
 
     def __init__(
-        self, *, ce_weight: float, cc_weight: float, feat_dim: int, kernel: str, gamma: float, max_p: int
+        self,
+        *,
+        ce_weight: float,
+        cc_weight: float,
+        feat_dim: int,
+        kernel: Literal["repdistiller", "gaussian"],
+        gamma: float,
+        max_p: int,
     ) -> None:
         super().__init__()
         self.ce_weight = float(ce_weight)
@@ -57,8 +62,6 @@ class CC(DistillMethod):
     def validate_config(cls, loss: Mapping[str, Any]) -> None:
         require_weights(loss, "ce_weight", "cc_weight")
         require_positive_int(loss, "feat_dim")
-        if loss["kernel"] not in KERNELS:
-            raise ConfigError("loss.kernel", f"must be one of {', '.join(KERNELS)} (got {loss['kernel']!r})")
         require_finite(loss, "gamma", minimum=0.0, strict_minimum=True)
         require_positive_int(loss, "max_p")
 
