@@ -14,6 +14,7 @@ the same scale as the hard-target gradients whatever the temperature.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -206,6 +207,196 @@ def crd_nce_loss(scores: Tensor, num_data: int, eps: float = CRD_EPS) -> Tensor:
     return -(log_positive.sum() + log_negatives.sum()) / scores.shape[0]
 
 
+# -- relational and feature-statistics methods (RepDistiller / mdistiller semantics) ---------------------
+
+
+def match_spatial(f_s: Tensor, f_t: Tensor) -> tuple[Tensor, Tensor]:
+    """Adaptive-average-pool the larger of two ``(N, C, H, W)`` maps to the smaller one's ``H x W`` (by height)."""
+    if f_s.shape[2] > f_t.shape[2]:
+        f_s = F.adaptive_avg_pool2d(f_s, tuple(f_t.shape[2:]))
+    elif f_s.shape[2] < f_t.shape[2]:
+        f_t = F.adaptive_avg_pool2d(f_t, tuple(f_s.shape[2:]))
+    return f_s, f_t
+
+
+def similarity_preserving_loss(f_s: Tensor, f_t: Tensor) -> Tensor:
+    """SP (Tung & Mori, ICCV 2019): ``||rownorm(F_t F_t^T) - rownorm(F_s F_s^T)||_F^2 / N^2`` on flattened features.
+
+    ``rownorm`` L2-normalises each row of the ``N x N`` Gram matrix; channels and sizes may differ.
+    """
+    batch = f_s.shape[0]
+    f_s = _full_precision(f_s).reshape(batch, -1)
+    f_t = _full_precision(f_t).reshape(batch, -1)
+    gram_s = F.normalize(f_s @ f_s.t(), dim=1)
+    gram_t = F.normalize(f_t @ f_t.t(), dim=1)
+    return (gram_t - gram_s).pow(2).sum() / (batch * batch)
+
+
+def correlation_congruence_loss(e_s: Tensor, e_t: Tensor) -> Tensor:
+    """CC as RepDistiller's ``Correlation`` computes it (its CIFAR-100 table): with ``delta = |e_s - e_t|``,
+    ``mean_i sum_d delta[i, d] * delta[i + 1, d]`` over consecutive samples of the batch (``(N, D)`` embeddings).
+    """
+    delta = (_full_precision(e_s) - _full_precision(e_t)).abs()
+    return (delta[:-1] * delta[1:]).sum(1).mean()
+
+
+def gaussian_correlation_matrix(e: Tensor, gamma: float, max_p: int) -> Tensor:
+    """Peng et al.'s Gaussian-RBF correlation of the rows of ``e``, Taylor-expanded to order ``max_p``:
+    ``exp(-2 gamma) * sum_{p=0..max_p} (2 gamma)^p / p! * (e e^T)^p`` (elementwise powers)."""
+    dots = e @ e.t()
+    matrix = torch.ones_like(dots)
+    for p in range(1, max_p + 1):
+        matrix = matrix + (2.0 * gamma) ** p / math.factorial(p) * dots.pow(p)
+    return matrix * math.exp(-2.0 * gamma)
+
+
+def correlation_congruence_gaussian_loss(e_s: Tensor, e_t: Tensor, gamma: float, max_p: int) -> Tensor:
+    """CC as in the paper (Peng et al., ICCV 2019) and torchdistill: ``||C_s - C_t||_F / N^2`` (RBF C)."""
+    e_s, e_t = _full_precision(e_s), _full_precision(e_t)
+    difference = gaussian_correlation_matrix(e_s, gamma, max_p) - gaussian_correlation_matrix(e_t, gamma, max_p)
+    return difference.pow(2).sum().sqrt() / (e_s.shape[0] ** 2)
+
+
+#: RKD's floor on squared distances before the square root (RepDistiller/mdistiller).
+RKD_EPS = 1e-12
+
+
+def _pairwise_distances(e: Tensor, eps: float = RKD_EPS) -> Tensor:
+    """Euclidean distances between the rows of ``e`` (squared distances floored at ``eps``), 0 on the diagonal."""
+    squared = e.pow(2).sum(1)
+    distances = (squared.unsqueeze(1) + squared.unsqueeze(0) - 2.0 * e @ e.t()).clamp(min=eps).sqrt()
+    return distances * (1.0 - torch.eye(e.shape[0], dtype=e.dtype, device=e.device))
+
+
+def _mean_normalised_distances(e: Tensor) -> Tensor:
+    distances = _pairwise_distances(e)
+    positive = distances > 0
+    return distances / ((distances * positive).sum() / positive.sum())
+
+
+def _triplet_angles(e: Tensor) -> Tensor:
+    """``cos`` of the angle at j between i and k for every triplet (i, j, k), flattened (N^3 values)."""
+    directions = F.normalize(e.unsqueeze(0) - e.unsqueeze(1), p=2, dim=2)
+    return torch.bmm(directions, directions.transpose(1, 2)).reshape(-1)
+
+
+def rkd_loss(e_s: Tensor, e_t: Tensor, distance_weight: float, angle_weight: float) -> Tensor:
+    """RKD (Park et al., CVPR 2019): ``w_d * huber(psi_D) + w_a * huber(psi_A)`` on flattened ``(N, ...)`` embeddings.
+
+    ``psi_D``: pairwise distances divided by their mean over the non-zero ones; ``psi_A``: cosines of the
+    angles of every triplet; huber is the smooth L1 loss (beta 1), averaged. The teacher's side carries no gradient.
+    """
+    e_s = _full_precision(e_s).reshape(e_s.shape[0], -1)
+    e_t = _full_precision(e_t).reshape(e_t.shape[0], -1).detach()
+    distance = F.smooth_l1_loss(_mean_normalised_distances(e_s), _mean_normalised_distances(e_t))
+    angle = F.smooth_l1_loss(_triplet_angles(e_s), _triplet_angles(e_t))
+    return distance_weight * distance + angle_weight * angle
+
+
+#: PKT's epsilon in the norms and the KL (the authors' code).
+PKT_EPS = 1e-7
+
+
+def _cosine_probabilities(e: Tensor, eps: float) -> Tensor:
+    e = e / (e.pow(2).sum(1, keepdim=True).sqrt() + eps)
+    e = torch.where(torch.isnan(e), torch.zeros_like(e), e)
+    similarity = (e @ e.t() + 1.0) / 2.0
+    return similarity / similarity.sum(1, keepdim=True)
+
+
+def pkt_loss(e_s: Tensor, e_t: Tensor, eps: float = PKT_EPS) -> Tensor:
+    """PKT (Passalis & Tefas, ECCV 2018): ``mean_ij q_ij log((q_ij + eps) / (p_ij + eps))``.
+
+    ``p``/``q``: the student's/teacher's cosine similarities of ``(N, D)`` embeddings, mapped to [0, 1] by
+    ``(cos + 1) / 2`` and normalised per row into conditional probabilities.
+    """
+    p = _cosine_probabilities(_full_precision(e_s), eps)
+    q = _cosine_probabilities(_full_precision(e_t), eps)
+    return (q * torch.log((q + eps) / (p + eps))).mean()
+
+
+def vid_loss(predicted_mean: Tensor, f_t: Tensor, log_scale: Tensor, eps: float) -> Tensor:
+    """VID (Ahn et al., CVPR 2019): mean Gaussian negative log-likelihood ``0.5 ((mu - t)^2 / var + log var)``.
+
+    ``var = log(1 + exp(log_scale)) + eps`` per teacher channel; ``predicted_mean`` is the student regressor's output,
+    the same shape as ``f_t`` ``(N, C, H, W)``. The constant ``0.5 log 2 pi`` is left out, as in the reference.
+    """
+    variance = (torch.log(1.0 + torch.exp(_full_precision(log_scale))) + eps).reshape(1, -1, 1, 1)
+    mean, target = _full_precision(predicted_mean), _full_precision(f_t)
+    return (0.5 * ((mean - target).pow(2) / variance + torch.log(variance))).mean()
+
+
+def _polynomial_kernel_mean(a: Tensor, b: Tensor) -> Tensor:
+    """``mean_{n, i, j} (<a[n, i], b[n, j]>)^2`` over the rows (channels) of ``(N, C, HW)`` maps."""
+    return torch.bmm(a, b.transpose(1, 2)).pow(2).mean()
+
+
+def nst_loss(f_s: Tensor, f_t: Tensor) -> Tensor:
+    """NST (Huang & Wang, 2017): squared MMD with the kernel ``k(x, y) = (x^T y)^2`` between channel activations.
+
+    Each channel's ``H x W`` map is one sample, L2-normalised; the larger map is pooled to the smaller size first.
+    ``MMD^2 = mean k(t, t') + mean k(s, s') - 2 mean k(s, t)``; the teacher-only term carries no gradient.
+    """
+    f_s, f_t = match_spatial(_full_precision(f_s), _full_precision(f_t))
+    s = F.normalize(f_s.reshape(f_s.shape[0], f_s.shape[1], -1), dim=2)
+    t = F.normalize(f_t.reshape(f_t.shape[0], f_t.shape[1], -1), dim=2)
+    return _polynomial_kernel_mean(t, t).detach() + _polynomial_kernel_mean(s, s) - 2.0 * _polynomial_kernel_mean(s, t)
+
+
+def _finite_or_zero(x: Tensor) -> Tensor:
+    return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
+
+
+def leading_right_singular_vectors(feature: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """KDSVD's SVD of a ``(N, C, H, W)`` map seen as ``(N, HW, C)``: the first ``n`` right singular vectors
+    ``(N, C, n)`` and singular values ``(N, n)``, each L2-normalised (vectors over C, values over the n)."""
+    x = feature.float() if feature.dtype in (torch.float16, torch.bfloat16) else feature
+    x = x.reshape(x.shape[0], x.shape[1], -1).transpose(1, 2)
+    _, values, vectors_h = torch.linalg.svd(x, full_matrices=False)
+    vectors = _finite_or_zero(vectors_h.transpose(1, 2))[:, :, :n]
+    values = _finite_or_zero(values)[:, :n]
+    return F.normalize(vectors, dim=1), F.normalize(values, dim=1)
+
+
+def align_singular_vectors(student: Tensor, teacher: Tensor) -> Tensor:
+    """For each teacher vector, the student vector of largest ``|cos|``, signed to agree: ``(N, C, k)``."""
+    cosine = student.transpose(1, 2) @ teacher
+    best = cosine.abs().max(dim=1, keepdim=True).values
+    selection = torch.where(best == cosine.abs(), torch.sign(cosine), torch.zeros_like(cosine))
+    return student @ selection
+
+
+#: KDSVD's RBF bandwidth term: ``exp(-(a - b)^2 / 8)`` (the authors' code).
+KDSVD_RBF_DIVISOR = 8.0
+
+
+def kdsvd_loss(student_features: Sequence[Tensor], teacher_features: Sequence[Tensor], k: int) -> Tensor:
+    """KDSVD (Lee et al., ECCV 2018), as in RepDistiller: RBF relations between consecutive stages' singular vectors.
+
+    Per stage: the teacher's first ``k`` right singular vectors, the student's first ``k + 3`` aligned to them,
+    both scaled by the teacher's normalised singular values. For stages ``i > 0``:
+    ``sum (exp(-(v_s^i - v_s^{i-1})^2 / 8) - exp(-(v_t^i - v_t^{i-1})^2 / 8))^2 / N`` over channel pairs (c, c')
+    and the k vectors (non-finite terms count 0); summed over stages. Stage channel counts must match.
+    """
+    if len(student_features) != len(teacher_features) or len(student_features) < 2:
+        raise ValueError("kdsvd needs matching lists of at least two stage maps")
+    total = None
+    previous: tuple[Tensor, Tensor] | None = None
+    for f_s, f_t in zip(student_features, teacher_features):
+        v_t, s_t = leading_right_singular_vectors(f_t, k)
+        v_s, _ = leading_right_singular_vectors(f_s, k + 3)
+        v_s = align_singular_vectors(v_s, v_t)
+        v_t, v_s = v_t * s_t.unsqueeze(1), v_s * s_t.unsqueeze(1)
+        if previous is not None:
+            before_s, before_t = previous
+            rbf_s = torch.exp(-(v_s.unsqueeze(2) - before_s.unsqueeze(1)).pow(2) / KDSVD_RBF_DIVISOR)
+            rbf_t = torch.exp(-(v_t.unsqueeze(2) - before_t.unsqueeze(1)).pow(2) / KDSVD_RBF_DIVISOR)
+            term = _finite_or_zero((rbf_s - rbf_t.detach()).pow(2)).sum() / f_s.shape[0]
+            total = term if total is None else total + term
+        previous = (v_s, v_t)
+    return total
+
+
 # -- AB, FT, FSP, OFD, ReviewKD (feature methods of RepDistiller and mdistiller) ------------------------
 
 #: RepDistiller's scale of each activation-boundary term (after dividing by the batch size).
@@ -216,16 +407,6 @@ OFD_MIN_NEGATIVE_PROBABILITY = 0.001
 
 #: Pooled sizes of ReviewKD's hierarchical context loss (levels at least the map's size are skipped).
 HCL_LEVELS = (4, 2, 1)
-
-
-def _pool_to_smaller(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-    """Adaptive-average-pool the spatially larger of two ``(N, C, H, W)`` maps to the other's size."""
-    size = (min(a.shape[2], b.shape[2]), min(a.shape[3], b.shape[3]))
-    if tuple(a.shape[2:]) != size:
-        a = F.adaptive_avg_pool2d(a, size)
-    if tuple(b.shape[2:]) != size:
-        b = F.adaptive_avg_pool2d(b, size)
-    return a, b
 
 
 def _require_pairs(kind: str, student: Sequence[Tensor], teacher: Sequence[Tensor]) -> None:
@@ -264,7 +445,7 @@ def factor_transfer_loss(student_factor: Tensor, teacher_factor: Tensor, p1: flo
 
     The spatially larger factor is average-pooled to the other's size first; ``p2 == 1`` is the L1 distance.
     """
-    s, t = _pool_to_smaller(_full_precision(student_factor), _full_precision(teacher_factor))
+    s, t = match_spatial(_full_precision(student_factor), _full_precision(teacher_factor))
     difference = factor_map(s, p1) - factor_map(t, p1)
     return difference.abs().mean() if p2 == 1 else difference.pow(p2).mean()
 
@@ -274,7 +455,7 @@ def fsp_matrix(bottom: Tensor, top: Tensor) -> Tensor:
 
     The spatially larger map is average-pooled to the other's size first.
     """
-    bottom, top = _pool_to_smaller(_full_precision(bottom), _full_precision(top))
+    bottom, top = match_spatial(_full_precision(bottom), _full_precision(top))
     bottom, top = bottom.flatten(2), top.flatten(2)
     return torch.bmm(top, bottom.transpose(1, 2)) / bottom.shape[2]
 

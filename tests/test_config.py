@@ -77,6 +77,7 @@ def test_every_loss_option_builds(name):
         return  # needs probed feature shapes: tests/test_methods.py
     method.setup({}, {}, torch.randint(0, 10, (8,)), 10)
     batch = MethodBatch(torch.randn(4, 10), torch.randint(0, 10, (4,)), torch.arange(4), torch.randn(4, 10))
+    batch.strong_student_logits, batch.strong_teacher_logits = torch.randn(4, 10), torch.randn(4, 10)  # mlkd
     output = method(batch)
     assert output.total.ndim == 0 and list(output.parts) == list(method.parts)
 

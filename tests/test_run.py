@@ -253,7 +253,8 @@ def test_metrics_json_is_valid_json_with_the_schema(workspace: Workspace):
     run_dir, process = workspace.single("schema", *TINY, "mode=student")
     record = json.loads((run_dir / "metrics.json").read_text())
     assert record["schema_version"] == schema.SCHEMA_VERSION
-    assert set(record["settings"]) == set(schema.SETTINGS_KEYS) | {"loss.standardize"}, "every loss.* key of kd"
+    kd_keys = {"loss.standardize", "loss.ce_weight", "loss.kd_weight", "loss.add_kd_weight", "loss.add_kd_temperature"}
+    assert set(record["settings"]) == set(schema.SETTINGS_KEYS) | kd_keys, "every loss.* key of kd"
     assert record["settings"]["loss.temperature"] is None, "a baseline does not use the kd loss"
     assert record["model_params"] > 0 and record["train_images_per_second"] > 0
     assert (run_dir / "model.pt").is_file()

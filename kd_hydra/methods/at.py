@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from kd_hydra.errors import ConfigError
 from kd_hydra.losses import attention_transfer_loss, cross_entropy
 
 from .base import (
@@ -17,6 +16,7 @@ from .base import (
     FeatureRequest,
     LossOutput,
     MethodBatch,
+    paired_stages,
     require_finite,
     require_weights,
     stage_points,
@@ -41,15 +41,7 @@ class AT(DistillMethod):
         require_finite(loss, "p", minimum=0.0, strict_minimum=True)
 
     def feature_request(self, student_points: Sequence[str], teacher_points: Sequence[str]) -> FeatureRequest:
-        student, teacher = stage_points(student_points), stage_points(teacher_points)
-        if not student or student != teacher:
-            raise ConfigError(
-                "loss.name",
-                f"at pairs stages one to one: the student has {len(student)} stage "
-                f"outputs and the teacher {len(teacher)}; pick archs with the same "
-                f"number of stages",
-            )
-        self.stages = tuple(student)
+        self.stages = paired_stages("at", student_points, teacher_points)
         return FeatureRequest(student=self.stages, teacher=self.stages)
 
     def forward(self, batch: MethodBatch) -> LossOutput:

@@ -175,8 +175,8 @@ class DistillMethod(nn.Module):
         """Add ``weight * T^2 KL(softmax(t/T) || softmax(s/T))`` to the total, as part ``kd``; weight 0: off."""
         self.add_kd_weight = float(weight)
         self.add_kd_temperature = float(temperature)
-        if self.add_kd_weight:
-            self.parts = (*type(self).parts, ADDED_KD_PART)  # type: ignore[misc]  (instance value)
+        added = (ADDED_KD_PART,) if self.add_kd_weight else ()
+        self.parts = (*type(self).parts, *added)  # type: ignore[misc]  (an instance value)
 
     def __call__(self, batch: MethodBatch) -> LossOutput:
         output: LossOutput = super().__call__(batch)
@@ -253,3 +253,21 @@ def require_init_stage(loss: Mapping[str, Any]) -> None:
     require_positive_int(loss, "init_epochs", minimum=0)
     if loss.get("init_lr") is not None:
         require_finite(loss, "init_lr", minimum=0.0, strict_minimum=True)
+
+
+def paired_stages(method: str, student_points: Sequence[str], teacher_points: Sequence[str]) -> tuple[str, ...]:
+    """The ``stageN`` points of both networks when they pair one to one, else ConfigError naming ``loss.name``."""
+    student, teacher = stage_points(student_points), stage_points(teacher_points)
+    if not student or student != teacher:
+        raise ConfigError(
+            "loss.name",
+            f"{method} pairs stages one to one: the student has {len(student)} stage outputs and the teacher "
+            f"{len(teacher)}; pick archs with the same number of stages",
+        )
+    return tuple(student)
+
+
+def require_point(method: str, point: str, student_points: Sequence[str], teacher_points: Sequence[str]) -> None:
+    """Both networks offer feature point ``point``, else ConfigError naming ``loss.name``."""
+    if point not in student_points or point not in teacher_points:
+        raise ConfigError("loss.name", f"{method} needs the {point} feature of both networks")

@@ -14,7 +14,7 @@ import pkgutil
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 from omegaconf import OmegaConf
 
@@ -58,9 +58,15 @@ def _describe(hint: Any) -> str:
     origin = typing.get_origin(hint)
     if origin in (Union, types.UnionType):
         return " or ".join(_describe(arg) for arg in typing.get_args(hint))
-    if origin in (list, tuple) or origin is getattr(typing, "Sequence", None):
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(hint)))
+    if _is_sequence(origin):
         return "a list"
     return getattr(hint, "__name__", str(hint))
+
+
+def _is_sequence(origin: Any) -> bool:
+    return origin in (list, tuple) or (origin is not None and getattr(origin, "__name__", "") == "Sequence")
 
 
 def _matches(value: Any, hint: Any) -> bool:
@@ -80,7 +86,9 @@ def _matches(value: Any, hint: Any) -> bool:
     origin = typing.get_origin(hint)
     if origin in (Union, types.UnionType):
         return any(_matches(value, arg) for arg in typing.get_args(hint))
-    if origin in (list, tuple) or (origin is not None and getattr(origin, "__name__", "") == "Sequence"):
+    if origin is Literal:
+        return value in typing.get_args(hint)
+    if _is_sequence(origin):
         args = [a for a in typing.get_args(hint) if a is not Ellipsis]
         return isinstance(value, (list, tuple)) and all(_matches(v, args[0]) for v in value if args)
     return True
@@ -97,7 +105,10 @@ def check_keys_and_types(cls: type[DistillMethod], loss: Mapping[str, Any]) -> N
     missing = [key for key in keys if key not in loss]
     if missing:
         raise ConfigError(f"loss.{missing[0]}", f"missing: {loss['_target_']} needs a value for it in its YAML")
-    hints = typing.get_type_hints(cls.__init__)
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # an annotation that does not evaluate here (e.g. a TYPE_CHECKING import): keys only
+        hints = {}
     for key in keys:
         hint = hints.get(key, inspect.Parameter.empty)
         if not _matches(loss[key], hint):

@@ -26,6 +26,7 @@ from .base import (
     LossOutput,
     MethodBatch,
     require_finite,
+    require_point,
     require_positive_int,
     require_weights,
 )
@@ -179,8 +180,7 @@ class CRD(DistillMethod):
             raise ConfigError("loss.momentum", "must be >= 0 and < 1 (1 would never update the memory)")
 
     def feature_request(self, student_points: Sequence[str], teacher_points: Sequence[str]) -> FeatureRequest:
-        if CRD_POINT not in student_points or CRD_POINT not in teacher_points:
-            raise ConfigError("loss.name", f"crd needs the {CRD_POINT} feature of both networks")
+        require_point("crd", CRD_POINT, student_points, teacher_points)
         return FeatureRequest(student=(CRD_POINT,), teacher=(CRD_POINT,))
 
     def setup(
