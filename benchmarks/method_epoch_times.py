@@ -1,8 +1,8 @@
 """Each distillation method's epoch time against ``kd`` on one teacher/student pair (issue 8).
 
 Runs the method table as one sweep on the real CIFAR-10 prefix through ``dataset=arrays`` — the
-command of issue 8's acceptance check, ``run.py -m loss=kd,dkd,dist,fitnet,at,crd ...`` (teacher stage,
-matched baseline, six methods) — then ``kd`` twice more as single runs: with the soft-label cache
+command of issue 8's acceptance check, ``run.py -m loss=<every conf/loss option but ce> ...`` (teacher
+stage, matched baseline, every method) — then ``kd`` twice more as single runs: with the soft-label cache
 warm (its state in every sweep job after the first) and with the teacher live (what the feature
 methods always do). Reported per method: where its teacher outputs came from, training images per
 second (teacher work included, evaluation excluded), mean epoch seconds from history.csv, the ratio
@@ -33,7 +33,9 @@ from compare_cpu import (  # noqa: E402
     run_timed,
 )
 
-METHODS = ("kd", "dkd", "dist", "fitnet", "at", "crd")
+#: Every distillation method of ``conf/loss`` (the group's YAML files; ``ce`` is the baseline), ``kd`` first.
+METHODS = ("kd", *sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "loss").glob("*.yaml")
+                         if p.stem not in ("kd", "ce")))  # fmt: skip
 KD_WARM, KD_LIVE = "kd (cache warm)", "kd (teacher live)"
 
 

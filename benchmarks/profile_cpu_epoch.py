@@ -68,7 +68,7 @@ def profile(npz: Path, batch_size: int, teacher_batches: Sequence[int], repeats:
         sums = torch.zeros(4, dtype=torch.float64)
         for images, targets, idx in batches:
             logits = student(images)
-            parts = kd_loss(logits, soft[idx], targets, 4.0, 0.9)
+            parts = kd_loss(logits, soft[idx], targets, 4.0, ce_weight=0.1, kd_weight=0.9)
             optimizer.zero_grad(set_to_none=True)
             parts.total.backward()
             optimizer.step()

@@ -30,7 +30,7 @@ from kd_hydra.identity import dataset_config_digest, digest, plain, run_identity
 from kd_hydra.instantiate import build
 from kd_hydra.loggers import build_loggers
 from kd_hydra.loggers import run_identity as tracker_identity
-from kd_hydra.methods import DistillMethod, FeatureRequest
+from kd_hydra.methods import DistillMethod, FeatureRequest, build_method
 from kd_hydra.methods.ce import CrossEntropy
 from kd_hydra.models import count_parameters
 from kd_hydra.outputs import HistoryLog, headline
@@ -120,7 +120,7 @@ def plan_run(ctx: RunContext) -> Plan:
     student = method = None
     request = FeatureRequest()
     if mode is Mode.distill:
-        student, method = ctx.network("student"), build(cfg.loss)
+        student, method = ctx.network("student"), build_method(cfg.loss)
         request = setup_method(ctx, method, student, teacher)
     sha256 = None
     if cfg.teacher.get("checkpoint") and mode is not Mode.teacher:
@@ -260,10 +260,11 @@ def train_student(ctx: RunContext, plan: Plan, teacher: Teacher | None) -> dict[
     pipeline = ctx.pipeline(cfg.trainer.batch_size, cfg.trainer.seed)
     sources: dict[str, Any] = {}
     if teacher is not None:
-        outputs = teacher_outputs(
-            teacher.model, teacher.sha256, method.uses_features, plan.request.teacher, pipeline, ctx
-        )
+        live = method.uses_features or method.needs_strong_view  # a strong view's logits are never cached
+        outputs = teacher_outputs(teacher.model, teacher.sha256, live, plan.request.teacher, pipeline, ctx)
         sources["teacher"] = outputs.source
+    if method.needs_strong_view:
+        sources["strong_view"] = strong_views(pipeline, ctx.cfg.trainer.seed)
     if plan.request.student:
         from kd_hydra.models.features import FeatureRecorder
 
@@ -302,6 +303,14 @@ def train_student(ctx: RunContext, plan: Plan, teacher: Teacher | None) -> dict[
     )
     state.remove()
     return record
+
+
+def strong_views(pipeline: Any, seed: int) -> Any:
+    """The strongly augmented view of a training batch (MLKD), drawn from a generator seeded by the run."""
+    from kd_hydra.data.strong_augment import strong_view
+
+    generator = torch.Generator(device=pipeline.device).manual_seed(seed)
+    return lambda images: strong_view(images, pipeline.mean, pipeline.std, generator)
 
 
 def snapshots(ctx: RunContext, student: nn.Module, method: DistillMethod) -> Snapshots:

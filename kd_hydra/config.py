@@ -102,13 +102,18 @@ class TeacherTrainingConfig:
     scheduler: Any = MISSING
 
 
+#: ``loss.*`` keys every method takes besides its own (kd_hydra.methods.COMMON_KEYS): Hinton's term added
+#: to any method, ``add_kd_weight * T^2 KL`` at ``add_kd_temperature`` (RepDistiller's -a/--kd_T); 0: off.
+LOSS_COMMON_DEFAULTS = {"add_kd_weight": 0.0, "add_kd_temperature": 4.0}
+
+
 @dataclass
 class RootConfig:
     mode: Mode = Mode.distill
     dataset: Any = MISSING
     teacher: Any = MISSING
     student: Any = MISSING
-    loss: Any = MISSING
+    loss: Any = field(default_factory=lambda: dict(LOSS_COMMON_DEFAULTS))  # the method's keys merge in
     optimizer: Any = MISSING
     scheduler: Any = MISSING
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -120,14 +125,29 @@ class RootConfig:
 
 
 def register_configs() -> None:
-    """Store the schemas (``base_config`` for the root, ``loss/<method>_schema``) and the ``kd_cpu_count`` resolver."""
-    from kd_hydra.methods import method_schemas  # the method registry (imports torch)
+    """Store the root schema ``base_config`` and the ``kd_cpu_count`` resolver.
 
+    A method's ``loss.*`` keys have no schema here: they are checked against its class's signature in
+    :func:`validate` (so no ``loss`` option exists but the YAML files, and users' classes check the same way).
+    """
     store = ConfigStore.instance()
     store.store(name="base_config", node=RootConfig)
-    for name, schema in method_schemas().items():
-        store.store(group="loss", name=f"{name}_schema", node=schema)
     OmegaConf.register_new_resolver("kd_cpu_count", lambda: os.cpu_count() or 1, replace=True)
+
+
+def _validate_method(loss: Any, mode: Mode) -> None:
+    """``loss._target_`` names a method class; in a distill run, one with a teacher and valid ``loss.*`` values."""
+    from kd_hydra.methods import method_class, validate_method_config  # imports torch
+
+    method = method_class(loss)
+    if mode is Mode.distill:
+        _require(
+            method.uses_teacher,
+            "loss",
+            f"mode=distill needs a distillation method (got loss={loss.get('name')}); "
+            "for a labels-only baseline use mode=student",
+        )
+        validate_method_config(loss)
 
 
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -164,20 +184,10 @@ def validate(cfg: DictConfig) -> None:
     Only cheap checks that need no data: safe to run on every job of a sweep before any starts.
     """
     from kd_hydra.data.load import check_required
-    from kd_hydra.methods import method_class
 
     check_required(cfg.dataset, "dataset")
     mode = Mode(cfg.mode)
-    loss = cfg.loss
-    method = method_class(loss.name)
-    if mode is Mode.distill:
-        _require(
-            method.uses_teacher,
-            "loss",
-            f"mode=distill needs a distillation method (got loss={loss.name}); "
-            "for a labels-only baseline use mode=student",
-        )
-        method.validate_config(loss)
+    _validate_method(cfg.loss, mode)
 
     trainer = cfg.trainer
     for key in ("epochs", "batch_size", "eval_batch_size", "eval_every", "checkpoint_every"):

@@ -108,8 +108,13 @@ def train_epoch(
     runtime: Runtime,
     teacher: TeacherSource | None,
     student_features: Callable[[], Mapping[str, Tensor]] | None = None,
+    strong_view: Callable[[Tensor], Tensor] | None = None,
 ) -> dict[str, float]:
-    """One pass over ``batches``; returns the mean loss and parts (``train_<part>``), accuracy (%), image count."""
+    """One pass over ``batches``; returns the mean loss and parts (``train_<part>``), accuracy (%), image count.
+
+    With ``strong_view`` (methods whose ``needs_strong_view`` is set, MLKD) student and teacher also run on
+    ``strong_view(images)``, given to the method as ``strong_student_logits``/``strong_teacher_logits``.
+    """
     model.train()
     method.train()
     parts = method.parts
@@ -118,16 +123,22 @@ def train_epoch(
     seen = 0
     for images, targets, sample_indices in batches:
         teacher_out = teacher(images, sample_indices) if teacher is not None else None
+        strong_images = strong_view(images) if strong_view is not None else None
+        strong_teacher = teacher(strong_images, sample_indices) if strong_images is not None and teacher else None
         with runtime.autocast():
             logits = model(images)
+            features = dict(student_features()) if student_features is not None else {}
+            strong_logits = model(strong_images) if strong_images is not None else None
             output = method(
                 MethodBatch(
                     student_logits=logits,
                     targets=targets,
                     sample_indices=sample_indices,
                     teacher_logits=teacher_out.logits if teacher_out is not None else None,
-                    student_features=student_features() if student_features is not None else {},
+                    student_features=features,
                     teacher_features=teacher_out.features if teacher_out is not None else {},
+                    strong_student_logits=strong_logits,
+                    strong_teacher_logits=strong_teacher.logits if strong_teacher is not None else None,
                 )
             )
         optimizer.zero_grad(set_to_none=True)
@@ -353,6 +364,7 @@ class Trainer:
         history: HistoryLog,
         teacher: TeacherSource | None = None,
         student_features: Callable[[], Mapping[str, Tensor]] | None = None,
+        strong_view: Callable[[Tensor], Tensor] | None = None,
     ) -> FitResult:
         """Train ``model`` for ``epochs`` (resuming a saved state of the same identity); a NaN loss raises
         :class:`DivergedError`."""
@@ -363,7 +375,7 @@ class Trainer:
         bar = tqdm(total=self.epochs, initial=resumed_from or 0, desc=self.label, unit="epoch", disable=not show)
         with bar:
             for epoch in range((resumed_from or 0) + 1, self.epochs + 1):
-                self._epoch(run, epoch, data, teacher, student_features, show)
+                self._epoch(run, epoch, data, teacher, (student_features, strong_view), show)
                 bar.set_postfix_str(_summary(run.history.rows[-1]), refresh=False)
                 bar.update(1)
         track = run.track
@@ -400,7 +412,7 @@ class Trainer:
         epoch: int,
         data: BatchSource,
         teacher: TeacherSource | None,
-        student_features: Callable[[], Mapping[str, Tensor]] | None,
+        views: tuple[Callable[[], Mapping[str, Tensor]] | None, Callable[[Tensor], Tensor] | None],
         show: bool,
     ) -> None:
         epoch_start = time.perf_counter()
@@ -412,9 +424,7 @@ class Trainer:
             teacher.begin_epoch(epoch - 1)
         total = getattr(data, "num_train_batches", None)
         batches = _progress(data.train_batches(epoch - 1), show, total, f"{self.label} {epoch}/{self.epochs}")
-        stats = train_epoch(
-            run.model, batches, run.method, run.optimizer, run.scaler, self.runtime, teacher, student_features
-        )
+        stats = train_epoch(run.model, batches, run.method, run.optimizer, run.scaler, self.runtime, teacher, *views)
         self.runtime.synchronize()
         run.track.train_seconds += time.perf_counter() - loop_start
         run.track.train_images += int(stats.pop("images"))

@@ -15,7 +15,7 @@ from test_data import array_arrays, write_fake_cifar, write_fake_folder, write_f
 from conftest import REPO
 from kd_hydra.config import register_configs, validate
 from kd_hydra.errors import ConfigError
-from kd_hydra.methods import DistillMethod, MethodBatch
+from kd_hydra.methods import DistillMethod, MethodBatch, build_method
 from kd_hydra.models import list_models
 
 CONF = REPO / "conf"
@@ -71,12 +71,13 @@ def test_every_loss_option_builds(name):
     mode = "student" if name == "ce" else "distill"
     cfg = composed(f"loss={name}", f"mode={mode}")
     validate(cfg)
-    method = instantiate(cfg.loss)
+    method = build_method(cfg.loss)
     assert isinstance(method, DistillMethod) and method.name == name == cfg.loss.name
     if method.uses_features:
         return  # needs probed feature shapes: tests/test_methods.py
     method.setup({}, {}, torch.randint(0, 10, (8,)), 10)
     batch = MethodBatch(torch.randn(4, 10), torch.randint(0, 10, (4,)), torch.arange(4), torch.randn(4, 10))
+    batch.strong_student_logits, batch.strong_teacher_logits = torch.randn(4, 10), torch.randn(4, 10)  # mlkd
     output = method(batch)
     assert output.total.ndim == 0 and list(output.parts) == list(method.parts)
 

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from method_helpers import method_from_yaml
 
-from kd_hydra.losses import ce_loss, kd_loss, soft_target_kl
+from kd_hydra.losses import cross_entropy, kd_loss, soft_target_kl
 from kd_hydra.methods import MethodBatch
 from kd_hydra.methods.ce import CrossEntropy
 from kd_hydra.methods.kd import KD
@@ -40,7 +41,7 @@ def batch():
 def test_kd_loss_matches_independent_formula(batch, temperature, alpha):
     s, t, y = batch
     expected_total, expected_ce, expected_kd = reference_kd(s.numpy(), t.numpy(), y.numpy(), temperature, alpha)
-    parts = kd_loss(s, t, y, temperature, alpha)
+    parts = kd_loss(s, t, y, temperature, 1 - alpha, alpha)
     assert parts.total.item() == pytest.approx(expected_total, rel=1e-5)
     assert parts.ce.item() == pytest.approx(expected_ce, rel=1e-5)
     assert parts.kd.item() == pytest.approx(expected_kd, rel=1e-5)
@@ -48,14 +49,14 @@ def test_kd_loss_matches_independent_formula(batch, temperature, alpha):
 
 def test_alpha_zero_is_cross_entropy(batch):
     s, t, y = batch
-    assert kd_loss(s, t, y, 4.0, 0.0).total.item() == pytest.approx(F.cross_entropy(s, y).item(), rel=1e-6)
+    assert kd_loss(s, t, y, 4.0, 1.0, 0.0).total.item() == pytest.approx(F.cross_entropy(s, y).item(), rel=1e-6)
 
 
 def test_alpha_one_is_t_squared_kl(batch):
     s, t, y = batch
     temperature = 3.0
     kl = F.kl_div(F.log_softmax(s / temperature, 1), F.softmax(t / temperature, 1), reduction="batchmean")
-    assert kd_loss(s, t, y, temperature, 1.0).total.item() == pytest.approx(temperature**2 * kl.item(), rel=1e-5)
+    assert kd_loss(s, t, y, temperature, 0.0, 1.0).total.item() == pytest.approx(temperature**2 * kl.item(), rel=1e-5)
 
 
 def test_kd_term_is_zero_for_identical_logits_and_positive_otherwise(batch):
@@ -67,8 +68,8 @@ def test_kd_term_is_zero_for_identical_logits_and_positive_otherwise(batch):
 def test_invariant_to_per_sample_logit_shifts(batch):
     s, t, y = batch
     shift_s, shift_t = torch.randn(16, 1, dtype=s.dtype) * 5, torch.randn(16, 1, dtype=s.dtype) * 5
-    base = kd_loss(s, t, y, 2.0, 0.5).total
-    shifted = kd_loss(s + shift_s, t + shift_t, y, 2.0, 0.5).total
+    base = kd_loss(s, t, y, 2.0, 0.5, 0.5).total
+    shifted = kd_loss(s + shift_s, t + shift_t, y, 2.0, 0.5, 0.5).total
     assert shifted.item() == pytest.approx(base.item(), rel=1e-6)
 
 
@@ -97,33 +98,34 @@ def test_gradient_weights_follow_alpha(batch):
     grads = {}
     for alpha in (0.0, 0.3, 1.0):
         student = s.clone().requires_grad_(True)
-        kd_loss(student, t, y, 2.0, alpha).total.backward()
+        kd_loss(student, t, y, 2.0, 1 - alpha, alpha).total.backward()
         grads[alpha] = student.grad
     torch.testing.assert_close(grads[0.3], 0.7 * grads[0.0] + 0.3 * grads[1.0])
 
 
 def test_kd_and_ce_methods_wrap_the_functions(batch):
     s, t, y = batch
-    method = KD(temperature=2.0, alpha=0.25)
+    method = method_from_yaml(KD, temperature=2.0, alpha=0.25)
     assert method.uses_teacher and not CrossEntropy.uses_teacher
     output = method(MethodBatch(s, y, torch.arange(len(y)), t))
-    expected = kd_loss(s, t, y, 2.0, 0.25)
-    assert output.total.item() == pytest.approx(expected.total.item())
-    assert output.parts["kd"].item() == pytest.approx(expected.kd.item())
+    expected_total, expected_ce, expected_kd = reference_kd(s.numpy(), t.numpy(), y.numpy(), 2.0, 0.25)
+    assert output.total.item() == pytest.approx(expected_total, rel=1e-9)
+    assert output.parts["kd"].item() == pytest.approx(expected_kd, rel=1e-9)
+    assert output.parts["ce"].item() == pytest.approx(expected_ce, rel=1e-9)
     ce = CrossEntropy()(MethodBatch(s, y, torch.arange(len(y))))
-    assert ce.total.item() == pytest.approx(ce_loss(s, y).total.item()) and list(ce.parts) == ["ce"]
+    assert ce.total.item() == pytest.approx(expected_ce, rel=1e-9) and list(ce.parts) == ["ce"]
+    assert cross_entropy(s, y).item() == pytest.approx(expected_ce, rel=1e-9)
 
 
 def test_low_precision_logits_are_computed_in_float32(batch):
     s, t, y = batch
-    low = kd_loss(s.to(torch.bfloat16), t.to(torch.bfloat16), y, 4.0, 0.5).total
+    low = kd_loss(s.to(torch.bfloat16), t.to(torch.bfloat16), y, 4.0, 0.5, 0.5).total
     assert low.dtype == torch.float32
 
 
 # -- DKD, DIST, attention transfer, FitNets hints, CRD: independent float64 numpy implementations ------------
 
 from kd_hydra.losses import (  # noqa: E402
-    ContrastMemory,
     attention_transfer_loss,
     crd_nce_loss,
     dist_loss,
@@ -131,6 +133,7 @@ from kd_hydra.losses import (  # noqa: E402
     hint_loss,
     standardize_logits,
 )
+from kd_hydra.methods.crd import ContrastMemory  # noqa: E402
 
 TEMPERATURES = [0.5, 1.0, 2.0, 4.0, 8.0]
 

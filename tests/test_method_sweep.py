@@ -61,7 +61,9 @@ def test_a_method_s_own_parts_are_trained_and_saved(method_sweep):
     config = json.loads((runs["fitnet"] / schema.METRICS_FILE).read_text())["settings"]
     # rebuild the regressor as the run did before training: same seed, same probed shapes
     student, teacher = build_model("light_cnn", 10, 3, 16), build_model("deep_cnn", 10, 3, 16)
-    method = FitNet(hint_point=config["loss.hint_point"])
+    method = FitNet(
+        ce_weight=config["loss.ce_weight"], hint_weight=config["loss.hint_weight"], hint_point=config["loss.hint_point"]
+    )
     request = method.feature_request(list(feature_points(student)), list(feature_points(teacher)))
     torch.manual_seed(config["trainer.seed"])
     method.setup(

@@ -4,10 +4,11 @@ import math
 
 import pytest
 import torch
+from method_helpers import LOSS_DIR, loss_node, method_from_yaml
 
 from kd_hydra.errors import ConfigError, DataError
 from kd_hydra.losses import attention_transfer_loss, crd_nce_loss, dist_loss, dkd_loss, hint_loss
-from kd_hydra.methods import MethodBatch, method_class, method_schemas
+from kd_hydra.methods import MethodBatch, builtin_methods, method_class, validate_method_config
 from kd_hydra.methods.at import AT
 from kd_hydra.methods.crd import CRD
 from kd_hydra.methods.dist import DIST
@@ -49,7 +50,7 @@ def fake_batch(seed: int = 0) -> MethodBatch:
 
 
 def build(cls, **kwargs):
-    method = cls(**kwargs)
+    method = method_from_yaml(cls, **kwargs)
     method.feature_request(POINTS, POINTS)
     method.setup(STUDENT_SHAPES, TEACHER_SHAPES, torch.arange(NUM_DATA) % CLASSES, CLASSES)
     method.train()
@@ -60,11 +61,15 @@ def ce(batch):
     return torch.nn.functional.cross_entropy(batch.student_logits, batch.targets)
 
 
-def test_every_method_is_registered_with_its_schema():
-    for name, cls in [("dkd", DKD), ("dist", DIST), ("fitnet", FitNet), ("at", AT), ("crd", CRD)]:
-        assert method_class(name) is cls
-        schema = method_schemas()[name]()
-        assert schema.name == name and schema._target_ == f"{cls.__module__}.{cls.__name__}"
+def test_every_method_module_has_its_yaml_naming_its_class_and_keys():
+    found = builtin_methods()
+    assert {"ce", "kd", "dkd", "dist", "fitnet", "at", "crd"} <= set(found)
+    assert sorted(found) == sorted(path.stem for path in LOSS_DIR.glob("*.yaml"))
+    for name, cls in found.items():
+        node = loss_node(name)
+        assert method_class(node) is cls and node["name"] == name == cls.name
+        assert set(node) - {"_target_", "name", "add_kd_weight", "add_kd_temperature"} == set(cls.config_keys())
+        validate_method_config(node)
 
 
 EXPECTED = {
@@ -100,10 +105,9 @@ def test_parts_and_weighted_total(cls):
 
 
 def test_logit_methods_read_teacher_logits_and_feature_methods_features():
-    assert DKD().uses_features is False and DIST().uses_features is False
-    assert DKD.needs_teacher_logits and DIST.needs_teacher_logits
+    assert method_from_yaml(DKD).uses_features is False and method_from_yaml(DIST).uses_features is False
     for cls in (FitNet, AT, CRD):
-        assert cls().uses_features and not cls.needs_teacher_logits
+        assert method_from_yaml(cls).uses_features
 
 
 @pytest.mark.parametrize("cls", [DKD, DIST])
@@ -149,22 +153,24 @@ def test_fitnet_regressor_maps_student_hint_to_teacher_shape_and_learns():
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in method.regressor.parameters())
         assert batch.student_features[point].grad is not None
     # student half the teacher's size: transposed conv; other smaller sizes: upsample + conv
-    up = FitNet(hint_point="stage2")
+    up = method_from_yaml(FitNet, hint_point="stage2")
     up.setup({"stage2": (4, 4, 4)}, {"stage2": (8, 8, 8)}, torch.zeros(1), 2)
     assert any(isinstance(m, torch.nn.ConvTranspose2d) for m in up.regressor.modules())
-    odd = FitNet(hint_point="stage2")
+    odd = method_from_yaml(FitNet, hint_point="stage2")
     odd.setup({"stage2": (4, 3, 3)}, {"stage2": (8, 8, 8)}, torch.zeros(1), 2)
     assert odd.regressor(torch.randn(2, 4, 3, 3)).shape == (2, 8, 8, 8)
 
 
 def test_fitnet_and_at_check_the_feature_points():
     with pytest.raises(ConfigError, match="loss.hint_point"):
-        FitNet(hint_point="stage9").feature_request(POINTS, POINTS)
+        method_from_yaml(FitNet, hint_point="stage9").feature_request(POINTS, POINTS)
     with pytest.raises(ConfigError, match="loss.name"):
-        AT().feature_request(POINTS, ("stem", "stage1", "stage2", "stage3", "stage4", "pre_logit"))
-    assert AT().feature_request(POINTS, POINTS).student == ("stage1", "stage2", "stage3")
+        method_from_yaml(AT).feature_request(POINTS, ("stem", "stage1", "stage2", "stage3", "stage4", "pre_logit"))
+    assert method_from_yaml(AT).feature_request(POINTS, POINTS).student == ("stage1", "stage2", "stage3")
+    with_preact = (*POINTS, "stage1_preact", "stage2_preact", "stage3_preact")
+    assert method_from_yaml(AT).feature_request(with_preact, with_preact).student == ("stage1", "stage2", "stage3")
     with pytest.raises(ConfigError, match="loss.name"):
-        CRD().feature_request(("stage1",), POINTS)
+        method_from_yaml(CRD).feature_request(("stage1",), POINTS)
 
 
 def test_crd_parts_trainable_heads_and_memory_update():
@@ -233,15 +239,13 @@ def test_crd_state_round_trips_so_a_resumed_run_is_exact():
 
 
 def test_crd_needs_two_classes():
-    method = CRD(feat_dim=4, nce_k=5)
+    method = method_from_yaml(CRD, feat_dim=4, nce_k=5)
     with pytest.raises(DataError, match="crd"):
         method.setup(STUDENT_SHAPES, TEACHER_SHAPES, torch.zeros(10, dtype=torch.long), 1)
 
 
 def _loss(cls, **overrides):
-    values = {k: v for k, v in vars(method_schemas()[cls.name]()).items()}
-    values.update(overrides)
-    return values
+    return loss_node(cls, **overrides)
 
 
 BAD = [
@@ -274,7 +278,7 @@ BAD = [
 
 @pytest.mark.parametrize("cls,key,value", BAD)
 def test_validate_config_rejects_bad_values_naming_the_key(cls, key, value):
-    cls.validate_config(_loss(cls))  # defaults are valid
+    validate_method_config(_loss(cls))  # defaults are valid
     with pytest.raises(ConfigError) as error:
-        cls.validate_config(_loss(cls, **{key: value}))
+        validate_method_config(_loss(cls, **{key: value}))
     assert error.value.key == f"loss.{key}"

@@ -9,12 +9,14 @@ import pytest
 import torch
 import torchvision
 from omegaconf import OmegaConf
+from reference_cifar_models import REFERENCE_BUILDERS, ReferenceOutput, randomize_
 from torch import nn
 from torchvision.models._api import WeightsEnum
 
 from kd_hydra.errors import ConfigError
 from kd_hydra.models import build_model, count_parameters, list_models
 from kd_hydra.models.features import FeatureRecorder, feature_points, probe_feature_shapes
+from kd_hydra.models.published import to_zoo_layout
 from kd_hydra.models.torchvision_models import replace_classifier
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -24,11 +26,24 @@ TORCHVISION_PRESETS = {"torchvision.yaml", "resnet50.yaml"}
 
 ZOO = (
     "deep_cnn", "light_cnn", "mobilenetv2", "resnet110", "resnet18", "resnet20", "resnet32",
-    "resnet32x4", "resnet56", "resnet8x4", "wrn_16_2", "wrn_40_2",
+    "resnet32x4", "resnet50_cifar", "resnet56", "resnet8x4", "wrn_16_2", "wrn_40_2",
 )  # fmt: skip
 
 BATCH = 2
 CIFAR_SIZE = 32
+REFERENCE_CLASSES = 100
+REFERENCE_ARCHS = sorted(set(REFERENCE_BUILDERS) & set(ZOO))
+TRAIN_MODE_ARCHS = (
+    "resnet8",
+    "resnet20",
+    "resnet18",
+    "wrn_16_1",
+    "wrn_16_2",
+    "vgg8",
+    "mobile_half",
+    "shufflev1",
+    "shufflev2",
+)
 DIGITS_SIZE = 8
 
 # Parameter counts on 32x32 RGB: the tutorial's exact figures, and RepDistiller/kuangliu/torchvision
@@ -200,16 +215,28 @@ def test_group_files_instantiate(group_dir: Path) -> None:
 
 # --- Feature points --------------------------------------------------------------------------------
 
-RESNET_THIN_SHAPES = {
+
+def _with_preacts(shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """``shapes`` with a ``stageN_preact`` of the same shape before every ``stageN``, in forward order."""
+    ordered: dict[str, tuple[int, ...]] = {}
+    for name, shape in shapes.items():
+        if name.startswith("stage"):
+            ordered[f"{name}_preact"] = shape
+        ordered[name] = shape
+    return ordered
+
+
+RESNET_THIN_SHAPES = _with_preacts({
     "stem": (16, 32, 32), "stage1": (16, 32, 32), "stage2": (32, 16, 16), "stage3": (64, 8, 8), "pre_logit": (64,),
-}  # fmt: skip
-RESNET_WIDE_SHAPES = {
+})  # fmt: skip
+RESNET_WIDE_SHAPES = _with_preacts({
     "stem": (32, 32, 32), "stage1": (64, 32, 32), "stage2": (128, 16, 16), "stage3": (256, 8, 8), "pre_logit": (256,),
-}  # fmt: skip
-WRN_2_SHAPES = {
+})  # fmt: skip
+WRN_2_SHAPES = _with_preacts({
     "stem": (16, 32, 32), "stage1": (32, 32, 32), "stage2": (64, 16, 16), "stage3": (128, 8, 8), "pre_logit": (128,),
-}  # fmt: skip
-# Shapes of RepDistiller's / mdistiller's feats + pooled feature at 32x32 (mobilenetv2: our 8x-downsampling variant).
+})  # fmt: skip
+# Shapes of RepDistiller's / mdistiller's feats (+ preact_feats) and pooled feature at 32x32
+# (mobilenetv2: our 8x-downsampling variant; the tutorial CNNs have no pre-activation points).
 FEATURE_SHAPES_32 = {
     "deep_cnn": {"stem": (128, 32, 32), "stage1": (64, 16, 16), "stage2": (32, 8, 8), "pre_logit": (512,)},
     "light_cnn": {"stem": (16, 32, 32), "stage1": (16, 16, 16), "stage2": (16, 8, 8), "pre_logit": (256,)},
@@ -219,16 +246,20 @@ FEATURE_SHAPES_32 = {
     "resnet110": RESNET_THIN_SHAPES,
     "resnet8x4": RESNET_WIDE_SHAPES,
     "resnet32x4": RESNET_WIDE_SHAPES,
-    "resnet18": {
+    "resnet18": _with_preacts({
         "stem": (64, 32, 32), "stage1": (64, 32, 32), "stage2": (128, 16, 16), "stage3": (256, 8, 8),
         "stage4": (512, 4, 4), "pre_logit": (512,),
-    },
+    }),
+    "resnet50_cifar": _with_preacts({
+        "stem": (64, 32, 32), "stage1": (256, 32, 32), "stage2": (512, 16, 16), "stage3": (1024, 8, 8),
+        "stage4": (2048, 4, 4), "pre_logit": (2048,),
+    }),
     "wrn_16_2": WRN_2_SHAPES,
     "wrn_40_2": WRN_2_SHAPES,
-    "mobilenetv2": {
+    "mobilenetv2": _with_preacts({
         "stem": (32, 32, 32), "stage1": (24, 32, 32), "stage2": (32, 16, 16), "stage3": (96, 8, 8),
         "stage4": (320, 4, 4), "pre_logit": (1280,),
-    },
+    }),
 }  # fmt: skip
 
 
@@ -273,19 +304,71 @@ def test_resnet_stage_features_match_a_manual_forward() -> None:
     torch.testing.assert_close(features["pre_logit"], stage3.mean(dim=(2, 3)))
 
 
-def test_wrn_last_stage_is_taken_after_the_final_bn_relu() -> None:
-    """RepDistiller's WRN: f1, f2 are raw block outputs, f3 follows the final BN-ReLU."""
-    torch.manual_seed(0)
-    model = build_model("wrn_16_2", 10, 3, CIFAR_SIZE).eval()
-    images = torch.randn(BATCH, 3, CIFAR_SIZE, CIFAR_SIZE)
-    recorder = FeatureRecorder(model, ["stage2", "stage3"])
+def _reference_points(output: ReferenceOutput) -> dict[str, torch.Tensor]:
+    """The reference's feats / preact_feats / pooled_feat under kd-hydra's feature point names."""
+    points = {"stem": output.feats[0]}
+    for index in range(1, len(output.feats)):
+        points[f"stage{index}_preact"] = output.preact_feats[index]
+        points[f"stage{index}"] = output.feats[index]
+    return {**points, "pre_logit": output.pooled_feat}
+
+
+def _zoo_copy_of(arch: str, reference: nn.Module) -> nn.Module:
+    """kd-hydra's ``arch`` holding the reference's weights (renamed as a published checkpoint is)."""
+    state = reference.state_dict()
+    ours = build_model(arch, REFERENCE_CLASSES, 3, CIFAR_SIZE)
+    ours.load_state_dict(to_zoo_layout(arch, state) or state)
+    return ours
+
+
+def _check_points_against_the_reference(arch: str, training: bool) -> None:
+    generator = torch.Generator().manual_seed(sum(map(ord, arch)))
+    reference = REFERENCE_BUILDERS[arch](REFERENCE_CLASSES)
+    randomize_(reference, generator)
+    ours = _zoo_copy_of(arch, reference).train(training)
+    reference.train(training)
+    images = torch.randn(BATCH, 3, CIFAR_SIZE, CIFAR_SIZE, generator=generator)
     with torch.no_grad():
-        model(images)
-        raw = model.stages(model.stem(images))
-        stage2 = model.stages[1](model.stages[0](model.stem(images)))
-    torch.testing.assert_close(recorder.features["stage3"], torch.relu(model.final_activation[0](raw)))
-    torch.testing.assert_close(recorder.features["stage2"], stage2)
-    assert recorder.features["stage2"].min() < 0  # pre-activation, as RepDistiller's f2
+        expected = _reference_points(reference(images))
+        recorder = FeatureRecorder(ours, list(expected))
+        ours(images)
+    assert list(feature_points(ours)) == list(expected)
+    for name, tensor in expected.items():
+        torch.testing.assert_close(recorder.features[name], tensor, rtol=1e-4, atol=1e-4, msg=f"{arch} {name}")
+
+
+@pytest.mark.parametrize("arch", REFERENCE_ARCHS)
+def test_feature_points_equal_the_reference_feats(arch: str) -> None:
+    """Every point, pre-activation ones included, is the tensor the reference forward computes."""
+    _check_points_against_the_reference(arch, training=False)
+
+
+@pytest.mark.parametrize("arch", sorted(set(TRAIN_MODE_ARCHS) & set(REFERENCE_ARCHS)))
+def test_feature_points_equal_the_reference_feats_in_training(arch: str) -> None:
+    """The same with batch statistics, one arch per reference family (the reference re-runs a BatchNorm)."""
+    _check_points_against_the_reference(arch, training=True)
+
+
+def test_preact_points_precede_the_final_relu() -> None:
+    """The pre-activation points hold negative values; their post-ReLU stages do not (and vice versa on WRN)."""
+    torch.manual_seed(0)
+    model = build_model("resnet8x4", 10, 3, CIFAR_SIZE).eval()
+    recorder = FeatureRecorder(model, ["stage3_preact", "stage3"])
+    with torch.no_grad():
+        model(torch.randn(BATCH, 3, CIFAR_SIZE, CIFAR_SIZE))
+    assert recorder.features["stage3_preact"].min() < 0 <= recorder.features["stage3"].min()
+    torch.testing.assert_close(recorder.features["stage3_preact"].relu(), recorder.features["stage3"])
+    wrn = build_model("wrn_16_2", 10, 3, CIFAR_SIZE).eval()
+    recorder = FeatureRecorder(wrn, ["stage3", "pre_logit"])
+    with torch.no_grad():
+        wrn(torch.randn(BATCH, 3, CIFAR_SIZE, CIFAR_SIZE))
+    assert recorder.features["stage3"].min() < 0  # raw block output, before the final BN-ReLU
+    activated = torch.relu(wrn.final_activation[0](recorder.features["stage3"]))
+    torch.testing.assert_close(recorder.features["pre_logit"], activated.mean(dim=(2, 3)))
+
+
+def test_markers_leave_the_state_dict_alone() -> None:
+    assert not any("preact" in key for key in build_model("resnet20", 10, 3, CIFAR_SIZE).state_dict())
 
 
 def test_recorder_refreshes_every_forward_keeps_grads_and_removes_its_hooks() -> None:
@@ -356,7 +439,9 @@ def test_probe_restores_the_mode_and_leaves_batchnorm_statistics_alone() -> None
 
 def test_unknown_feature_point_request_is_a_config_error() -> None:
     with pytest.raises(
-        ConfigError, match="has no feature point\\(s\\) stage4; it offers: stem, stage1, stage2, stage3, pre_logit"
+        ConfigError,
+        match="has no feature point\\(s\\) stage4; it offers: stem, stage1_preact, stage1, stage2_preact, stage2, "
+        "stage3_preact, stage3, pre_logit",
     ):
         FeatureRecorder(build_model("resnet20", 10, 3, CIFAR_SIZE), ["stage4"])
 

@@ -55,7 +55,7 @@ def train_run(tmp: Path, interrupt_after: int | None = None, settings: dict | No
     pipeline = build_pipeline(data, {"augment": {"crop_padding": 1}}, batch_size=32, device="cpu", seed=0)
     teacher = build_model("light_cnn", 10, 3, 8).eval()
     student = build_model("light_cnn", 10, 3, 8)
-    method = DropoutKD(temperature=2.0, alpha=0.5)
+    method = DropoutKD(temperature=2.0, alpha=0.5, ce_weight=None, kd_weight=None, standardize=False)
     method.setup({}, {}, data.y_train, 10)
     optimizer = torch.optim.SGD(
         [{"params": student.parameters()}, {"params": method.parameters()}], lr=0.05, momentum=0.9

@@ -253,7 +253,8 @@ def test_metrics_json_is_valid_json_with_the_schema(workspace: Workspace):
     run_dir, process = workspace.single("schema", *TINY, "mode=student")
     record = json.loads((run_dir / "metrics.json").read_text())
     assert record["schema_version"] == schema.SCHEMA_VERSION
-    assert set(schema.SETTINGS_KEYS) | {"loss.standardize", "teacher_training.optimizer.lr"} <= set(record["settings"])
+    kd_keys = {"loss.standardize", "loss.ce_weight", "loss.kd_weight", "loss.add_kd_weight", "loss.add_kd_temperature"}
+    assert set(schema.SETTINGS_KEYS) | kd_keys | {"teacher_training.optimizer.lr"} <= set(record["settings"])
     assert record["settings"]["loss.temperature"] is None, "a baseline does not use the kd loss"
     assert record["settings"]["trainer.epochs"] == 2 and record["settings"]["dataset.loader.num_train"] == 256
     assert record["teacher_id"] is None and len(record["data_digest"]) > 16 and record["config_digest"]

@@ -1,64 +1,28 @@
-"""Distillation methods by name: ``loss=<name>`` picks ``conf/loss/<name>.yaml`` and this registry's class.
+"""Distillation methods: ``loss=<name>`` picks ``conf/loss/<name>.yaml``, whose ``_target_`` names the class.
 
-Adding a method is one module here (a :class:`~kd_hydra.methods.base.DistillMethod` subclass with a
-``@register_method`` decorator and its structured-config dataclass) and one YAML in ``conf/loss``.
+One source per method: the class (a :class:`~kd_hydra.methods.base.DistillMethod` subclass in one module)
+declares its settings as typed keyword parameters of ``__init__`` without defaults; the YAML holds their
+values (the authors' defaults, with the source in a comment). The keys and types of a ``loss`` node are
+checked against the signature (:func:`validate_method_config`), so there is no schema to keep in step and
+nothing to register: a class anywhere importable (a user's module on ``PYTHONPATH`` named by
+``loss._target_`` in a YAML under ``--config-dir``) runs, validates and checkpoints like the built-ins,
+which are found by walking this package (:func:`builtin_methods`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TypeVar
-
-from kd_hydra.errors import ConfigError
-
-from .base import DistillMethod, FeatureRequest, LossOutput, MethodBatch
-
-_MethodT = TypeVar("_MethodT", bound=type[DistillMethod])
-
-#: name -> (method class, structured-config dataclass for ``loss/<name>_schema``)
-_METHODS: dict[str, tuple[type[DistillMethod], type]] = {}
-
-
-def register_method(config: type) -> Callable[[_MethodT], _MethodT]:
-    """Class decorator: register a method under its ``name`` with its structured-config dataclass."""
-
-    def decorator(cls: _MethodT) -> _MethodT:
-        if not cls.name or cls.name in _METHODS:
-            raise ValueError(f"method name {cls.name!r} is empty or already registered")
-        _METHODS[cls.name] = (cls, config)
-        return cls
-
-    return decorator
-
-
-def method_names() -> list[str]:
-    """Registered method names, sorted."""
-    return sorted(_METHODS)
-
-
-def method_class(name: str) -> type[DistillMethod]:
-    """The class of method ``name``; an unknown name is a ConfigError naming ``loss.name``."""
-    try:
-        return _METHODS[name][0]
-    except KeyError:
-        raise ConfigError("loss.name", f"unknown method '{name}'; choose one of: {', '.join(method_names())}") from None
-
-
-def method_schemas() -> dict[str, type]:
-    """name -> structured-config dataclass, for Hydra's ConfigStore."""
-    return {name: config for name, (_, config) in _METHODS.items()}
-
-
-# Importing the method modules registers them.
-from . import at, ce, crd, dist, dkd, fitnet, kd  # noqa: E402,F401
+from .base import DistillMethod, FeatureRequest, FeatureShapes, LossOutput, MethodBatch
+from .build import COMMON_KEYS, build_method, builtin_methods, method_class, validate_method_config
 
 __all__ = [
+    "COMMON_KEYS",
     "DistillMethod",
     "FeatureRequest",
+    "FeatureShapes",
     "LossOutput",
     "MethodBatch",
+    "build_method",
+    "builtin_methods",
     "method_class",
-    "method_names",
-    "method_schemas",
-    "register_method",
+    "validate_method_config",
 ]

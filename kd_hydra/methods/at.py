@@ -7,43 +7,28 @@ Every ``stageN`` output of the student is paired with the teacher's (both need t
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from kd_hydra.errors import ConfigError
-from kd_hydra.losses import attention_transfer_loss
+from kd_hydra.losses import attention_transfer_loss, cross_entropy
 
-from . import register_method
 from .base import (
     DistillMethod,
     FeatureRequest,
     LossOutput,
     MethodBatch,
-    cross_entropy,
+    paired_stages,
     require_finite,
     require_weights,
     stage_points,
 )
 
 
-@dataclass
-class ATConfig:
-    _target_: str = "kd_hydra.methods.at.AT"
-    name: str = "at"
-    ce_weight: float = 1.0
-    at_weight: float = 1000.0
-    p: float = 2.0
-
-
-@register_method(ATConfig)
 class AT(DistillMethod):
     """Attention transfer over all stage pairs; parts ``ce`` and ``at`` (the summed AT terms, unweighted)."""
 
-    name = "at"
     parts = ("ce", "at")
-    needs_teacher_logits = False
 
-    def __init__(self, ce_weight: float = 1.0, at_weight: float = 1000.0, p: float = 2.0, name: str = "at") -> None:
+    def __init__(self, *, ce_weight: float, at_weight: float, p: float) -> None:
         super().__init__()
         self.ce_weight = float(ce_weight)
         self.at_weight = float(at_weight)
@@ -56,15 +41,7 @@ class AT(DistillMethod):
         require_finite(loss, "p", minimum=0.0, strict_minimum=True)
 
     def feature_request(self, student_points: Sequence[str], teacher_points: Sequence[str]) -> FeatureRequest:
-        student, teacher = stage_points(student_points), stage_points(teacher_points)
-        if not student or student != teacher:
-            raise ConfigError(
-                "loss.name",
-                f"at pairs stages one to one: the student has {len(student)} stage "
-                f"outputs and the teacher {len(teacher)}; pick archs with the same "
-                f"number of stages",
-            )
-        self.stages = tuple(student)
+        self.stages = paired_stages("at", student_points, teacher_points)
         return FeatureRequest(student=self.stages, teacher=self.stages)
 
     def forward(self, batch: MethodBatch) -> LossOutput:
@@ -74,6 +51,3 @@ class AT(DistillMethod):
             [batch.student_features[s] for s in stages], [batch.teacher_features[s].detach() for s in stages], self.p
         )
         return LossOutput(total=self.ce_weight * ce + self.at_weight * at, parts={"ce": ce, "at": at})
-
-    def extra_repr(self) -> str:
-        return f"ce_weight={self.ce_weight}, at_weight={self.at_weight}, p={self.p}"

@@ -1,15 +1,23 @@
 """The contract every distillation method follows (one module + one YAML per method).
 
-A method is an ``nn.Module`` built by ``hydra.utils.instantiate(cfg.loss)``. It says what it needs
-from the teacher (logits, named feature points), owns its trainable parts (connectors, embeddings,
-memory banks: ordinary submodules, so they follow the student to the device, into the optimizer and
-into checkpoints), and turns one batch into a :class:`LossOutput`. The training loop knows nothing
-else about it.
+A method is an ``nn.Module`` built from its ``loss`` node by :func:`kd_hydra.methods.build_method`. It says
+what it needs from the teacher (logits, named feature points), owns its trainable parts (connectors,
+embeddings, memory banks: ordinary submodules, so they follow the student to the device, into the
+optimizer and into checkpoints), and turns one batch into a :class:`LossOutput`. The training loop knows
+nothing else about it.
+
+Its settings are the keyword-only parameters of ``__init__``, typed and without defaults: the values are
+written once, in the method's YAML (``conf/loss/<name>.yaml``), and the signature gives the keys and their
+types (checked by :func:`kd_hydra.methods.validate_method_config`). Each parameter is kept as an attribute
+of the same name, which gives :meth:`DistillMethod.extra_repr`. Python-side state beyond parameters and
+buffers goes through torch's ``get_extra_state``/``set_extra_state`` (it travels inside ``state_dict``).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
@@ -17,10 +25,13 @@ from typing import Any, ClassVar, NamedTuple
 from torch import Tensor, nn
 
 from kd_hydra.errors import ConfigError
-from kd_hydra.losses import cross_entropy  # noqa: F401  (re-exported for the methods)
+from kd_hydra.losses import soft_target_kl
 
 #: Feature shapes from the probe forward, per feature point, without the batch dimension.
 FeatureShapes = Mapping[str, tuple[int, ...]]
+
+#: The history part of Hinton's term added to any method (``loss.add_kd_weight``).
+ADDED_KD_PART = "kd"
 
 
 @dataclass(frozen=True)
@@ -44,6 +55,8 @@ class MethodBatch:
     teacher_logits: Tensor | None = None
     student_features: Mapping[str, Tensor] = field(default_factory=dict)
     teacher_features: Mapping[str, Tensor] = field(default_factory=dict)
+    strong_student_logits: Tensor | None = None  # on the strongly augmented view (methods that need it)
+    strong_teacher_logits: Tensor | None = None
 
 
 class LossOutput(NamedTuple):
@@ -54,22 +67,60 @@ class LossOutput(NamedTuple):
 
 
 class DistillMethod(nn.Module):
-    """Base class of distillation methods: subclasses set ``name``/``parts`` and implement ``forward``.
+    """Base class of distillation methods: subclasses set ``parts`` and implement ``forward``.
 
     Class attributes describe the method to the trainer:
 
     - ``parts``: names of the loss parts ``forward`` returns, in order (history columns ``train_<part>``);
     - ``uses_teacher``: False only for plain cross-entropy (no teacher is built, loaded or run);
-    - ``needs_teacher_logits``: whether ``forward`` reads ``teacher_logits``.
+    - ``name``: the label in logs and metrics; ``loss.name`` when built from a config, else the module's name.
 
     Methods that read intermediate features override :meth:`feature_request`; they run the teacher
-    live, while logit-only methods can read the soft-label cache.
+    live, while logit-only methods can read the soft-label cache. Any method can add Hinton's term
+    (:meth:`add_hinton_term`, ``loss.add_kd_weight``/``loss.add_kd_temperature``).
     """
 
     name: ClassVar[str] = ""
     parts: ClassVar[tuple[str, ...]] = ("ce",)
     uses_teacher: ClassVar[bool] = True
-    needs_teacher_logits: ClassVar[bool] = True
+    #: Whether student and teacher also run on a strongly augmented view of each batch (MLKD); the teacher
+    #: then runs live, and the batch carries ``strong_student_logits``/``strong_teacher_logits``.
+    needs_strong_view: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__:
+            cls.name = cls.__module__.rsplit(".", 1)[-1]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_kd_weight = 0.0
+        self.add_kd_temperature = 0.0
+
+    # -- the settings, from the signature ----------------------------------------------------------------
+
+    @classmethod
+    def config_keys(cls) -> tuple[str, ...]:
+        """The method's own ``loss.*`` keys: the keyword parameters of ``__init__``, in order."""
+        parameters = inspect.signature(cls.__init__).parameters.values()
+        return tuple(
+            p.name for p in parameters if p.name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+        )
+
+    def extra_repr(self) -> str:
+        settings = [f"{key}={getattr(self, key, '?')}" for key in self.config_keys()]
+        if self.add_kd_weight:
+            settings += [f"add_kd_weight={self.add_kd_weight}", f"add_kd_temperature={self.add_kd_temperature}"]
+        return ", ".join(settings)
+
+    @classmethod
+    def validate_config(cls, loss: Mapping[str, Any]) -> None:
+        """Check the method's ``loss.*`` values (ranges, finiteness); raise ConfigError on the first bad one.
+
+        Keys and types are already checked against the signature when this runs.
+        """
+
+    # -- what the trainer calls ------------------------------------------------------------------------
 
     def feature_request(self, student_points: Sequence[str], teacher_points: Sequence[str]) -> FeatureRequest:
         """The feature points to record, given the points each network offers (none by default)."""
@@ -89,22 +140,50 @@ class DistillMethod(nn.Module):
         that keep per-sample state (CRD's memory bank and its negatives).
         """
 
+    def setup_teacher(self, teacher: nn.Module) -> None:
+        """Read what the method's parts need from the frozen teacher's weights (OFD: its BatchNorm statistics).
+
+        Called once, after :meth:`setup` and before the optimizer is built; the method keeps no reference to it.
+        """
+
     def begin_epoch(self, epoch: int, epochs: int) -> None:
         """Called before each training epoch (1-based); for schedules such as DKD's warm-up."""
+
+    # -- initialization stage (RepDistiller's ``init_epochs``: AB, FT's paraphraser, FSP) ----------------------
+
+    #: Epochs of the initialization stage run before distillation (0: none); set from ``loss.init_epochs``.
+    init_epochs: int = 0
+    #: Learning rate of the initialization stage; None: the main optimizer's.
+    init_lr: float | None = None
+    #: Whether the initialization stage runs (and trains) the student; False: only the teacher runs.
+    init_trains_student: ClassVar[bool] = False
+
+    def init_parameters(self, student: nn.Module) -> list[nn.Parameter]:
+        """The parameters the initialization stage trains (the student's and/or the method's own)."""
+        return []
+
+    def init_loss(self, student_features: Mapping[str, Tensor], teacher_features: Mapping[str, Tensor]) -> Tensor:
+        """The initialization stage's loss on one batch's requested feature points."""
+        raise NotImplementedError(f"{type(self).__name__} has no initialization stage")
 
     def forward(self, batch: MethodBatch) -> LossOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def extra_state_for_checkpoint(self) -> dict[str, Any]:
-        """Python-side state to checkpoint besides the module's state dict (e.g. the current epoch)."""
-        return {}
+    # -- Hinton's term on top of any method (RepDistiller's -a weight) ------------------------------------
 
-    def load_extra_state_from_checkpoint(self, state: Mapping[str, Any]) -> None:
-        """Restore what :meth:`extra_state_for_checkpoint` returned."""
+    def add_hinton_term(self, weight: float, temperature: float) -> None:
+        """Add ``weight * T^2 KL(softmax(t/T) || softmax(s/T))`` to the total, as part ``kd``; weight 0: off."""
+        self.add_kd_weight = float(weight)
+        self.add_kd_temperature = float(temperature)
+        added = (ADDED_KD_PART,) if self.add_kd_weight else ()
+        self.parts = (*type(self).parts, *added)  # type: ignore[misc]  (an instance value)
 
-    @classmethod
-    def validate_config(cls, loss: Mapping[str, Any]) -> None:
-        """Check the method's ``loss.*`` values (ranges, finiteness); raise ConfigError on the first bad one."""
+    def __call__(self, batch: MethodBatch) -> LossOutput:
+        output: LossOutput = super().__call__(batch)
+        if not self.add_kd_weight:
+            return output
+        kd = soft_target_kl(batch.student_logits, batch.teacher_logits, self.add_kd_temperature)
+        return LossOutput(output.total + self.add_kd_weight * kd, {**output.parts, ADDED_KD_PART: kd})
 
 
 # -- helpers for validate_config --------------------------------------------------------------------------
@@ -147,6 +226,48 @@ def require_positive_int(loss: Mapping[str, Any], key: str, minimum: int = 1) ->
     return value
 
 
+_STAGE_POINT = re.compile(r"^stage\d+$")
+
+
 def stage_points(points: Sequence[str]) -> list[str]:
-    """The ``stageN`` feature points of a network, in order."""
-    return [p for p in points if p.startswith("stage")]
+    """The ``stageN`` feature points of a network, in order (not ``stageN_preact``)."""
+    return [p for p in points if _STAGE_POINT.match(p)]
+
+
+_PREACT = re.compile(r"stage[1-9][0-9]*_preact")
+
+
+def preact_points(points: Sequence[str]) -> list[str]:
+    """The ``stageN_preact`` feature points of a network (stage outputs before their last ReLU), in order."""
+    return [p for p in points if _PREACT.fullmatch(p)]
+
+
+def last_aligned(student: Sequence[str], teacher: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The last ``min(len)`` points of each list (mdistiller's ``_align_list``), paired from the deepest."""
+    count = min(len(student), len(teacher))
+    return tuple(student[len(student) - count :]), tuple(teacher[len(teacher) - count :])
+
+
+def require_init_stage(loss: Mapping[str, Any]) -> None:
+    """``loss.init_epochs`` an integer >= 0 and ``loss.init_lr`` null or a finite number > 0."""
+    require_positive_int(loss, "init_epochs", minimum=0)
+    if loss.get("init_lr") is not None:
+        require_finite(loss, "init_lr", minimum=0.0, strict_minimum=True)
+
+
+def paired_stages(method: str, student_points: Sequence[str], teacher_points: Sequence[str]) -> tuple[str, ...]:
+    """The ``stageN`` points of both networks when they pair one to one, else ConfigError naming ``loss.name``."""
+    student, teacher = stage_points(student_points), stage_points(teacher_points)
+    if not student or student != teacher:
+        raise ConfigError(
+            "loss.name",
+            f"{method} pairs stages one to one: the student has {len(student)} stage outputs and the teacher "
+            f"{len(teacher)}; pick archs with the same number of stages",
+        )
+    return tuple(student)
+
+
+def require_point(method: str, point: str, student_points: Sequence[str], teacher_points: Sequence[str]) -> None:
+    """Both networks offer feature point ``point``, else ConfigError naming ``loss.name``."""
+    if point not in student_points or point not in teacher_points:
+        raise ConfigError("loss.name", f"{method} needs the {point} feature of both networks")

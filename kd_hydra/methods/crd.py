@@ -1,31 +1,32 @@
 """Contrastive representation distillation (Tian et al., ICLR 2020): ``ce_weight * CE + crd_weight * CRD``.
 
-On ``pre_logit`` of both networks: embedding heads (Linear + L2 norm) to ``feat_dim``, a memory bank over the
-training samples (:class:`kd_hydra.losses.ContrastMemory`, RepDistiller's 'exact' mode: K negatives of other
-classes per sample), and the NCE objective (:func:`kd_hydra.losses.crd_nce_loss`) on both views, summed.
+On ``pre_logit`` of both networks: embedding heads (:class:`CRDEmbed`, Linear + L2 norm) to ``feat_dim``, a
+memory bank over the training samples (:class:`ContrastMemory`, RepDistiller's 'exact' mode: K negatives of
+other classes per sample), and the NCE objective (:func:`kd_hydra.losses.crd_nce_loss`) on both views, summed.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from torch import Tensor
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from kd_hydra.errors import ConfigError, DataError
-from kd_hydra.losses import ContrastMemory, CRDEmbed, crd_nce_loss
+from kd_hydra.losses import crd_nce_loss, cross_entropy
 
-from . import register_method
 from .base import (
     DistillMethod,
     FeatureRequest,
     FeatureShapes,
     LossOutput,
     MethodBatch,
-    cross_entropy,
     require_finite,
+    require_point,
     require_positive_int,
     require_weights,
 )
@@ -33,37 +34,130 @@ from .base import (
 #: The feature point CRD embeds (the flattened pooled feature, as RepDistiller and mdistiller do).
 CRD_POINT = "pre_logit"
 
-
-@dataclass
-class CRDConfig:
-    _target_: str = "kd_hydra.methods.crd.CRD"
-    name: str = "crd"
-    ce_weight: float = 1.0
-    crd_weight: float = 0.8
-    feat_dim: int = 128
-    nce_k: int = 16384
-    nce_t: float = 0.07
-    momentum: float = 0.5
+_logger = logging.getLogger(__name__)
 
 
-@register_method(CRDConfig)
+class CRDEmbed(nn.Module):
+    """CRD's embedding head: flatten, ``Linear(in_dim, feat_dim)``, L2-normalise each row."""
+
+    def __init__(self, in_dim: int, feat_dim: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_dim, feat_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.normalize(self.linear(x.reshape(x.shape[0], -1)), dim=1)
+
+
+#: The value of a normalisation constant not yet estimated (constants are positive once set).
+Z_UNSET = -1.0
+
+#: Sort key given to same-class samples so they are never drawn as negatives (uniform draws are < 1).
+_EXCLUDED = 2.0
+
+
+class ContrastMemory(nn.Module):
+    """CRD's memory bank over sample indices (RepDistiller's ``ContrastMemory``, 'exact' negatives).
+
+    Two memories of L2-normalised embeddings, ``memory_student`` and ``memory_teacher`` (num_data x feat_dim,
+    initialised uniformly in ``[-s, s]``, ``s = 1 / sqrt(feat_dim / 3)``). :meth:`forward` scores each anchor
+    against its own memory row and K negatives, ``exp(<v, m> / T) / Z``, then updates the rows of the batch
+    (``m * old + (1 - m) * new``, renormalised). ``Z`` per view is estimated once, on the first batch, as
+    ``mean(exp(score / T)) * num_data`` and kept in a buffer, so a resumed run continues exactly. Negatives
+    are K distinct samples of other classes (``train_targets``), drawn with torch's RNG on the bank's device.
+    """
+
+    def __init__(
+        self, feat_dim: int, train_targets: Tensor, nce_k: int, temperature: float = 0.07, momentum: float = 0.5
+    ) -> None:
+        super().__init__()
+        targets = train_targets.reshape(-1).long().cpu()
+        num_data = targets.numel()
+        counts = torch.bincount(targets)
+        fewest_negatives = int(num_data - counts[counts > 0].max())
+        if fewest_negatives < 1:
+            raise ValueError("CRD needs training samples of at least two classes (negatives come from other classes)")
+        self.nce_k = min(int(nce_k), fewest_negatives)
+        if self.nce_k < nce_k:
+            _logger.info(
+                "CRD: nce_k %d clamped to %d (the fewest other-class samples any class has)", nce_k, self.nce_k
+            )
+        self.num_data = num_data
+        self.temperature = float(temperature)
+        self.momentum = float(momentum)
+        bound = 1.0 / math.sqrt(feat_dim / 3.0)
+        self.register_buffer("memory_student", torch.rand(num_data, feat_dim).mul_(2 * bound).sub_(bound))
+        self.register_buffer("memory_teacher", torch.rand(num_data, feat_dim).mul_(2 * bound).sub_(bound))
+        self.register_buffer("z_student", torch.tensor(Z_UNSET))
+        self.register_buffer("z_teacher", torch.tensor(Z_UNSET))
+        # Labels by sample index: derived from the data at setup, so not part of the state dict.
+        self.register_buffer("train_targets", targets, persistent=False)
+
+    def draw_contrast_indices(self, indices: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """``(N, 1 + K)`` sample indices: each row's own index, then K distinct samples of other classes."""
+        indices = indices.to(self.train_targets.device)
+        same_class = self.train_targets.unsqueeze(0) == self.train_targets[indices].unsqueeze(1)
+        keys = torch.rand(same_class.shape, device=same_class.device, generator=generator)
+        keys = keys.masked_fill(same_class, _EXCLUDED)
+        negatives = keys.topk(self.nce_k, dim=1, largest=False, sorted=False).indices
+        return torch.cat([indices.unsqueeze(1), negatives], dim=1)
+
+    def _scores(self, anchor: Tensor, memory: Tensor, contrast_indices: Tensor) -> Tensor:
+        """``exp(<anchor_i, memory[j]> / T)`` for each row's contrast indices j, shape ``(N, 1 + K)``."""
+        memory = memory.detach()
+        if memory.shape[0] <= contrast_indices.shape[1] * memory.shape[1]:
+            # Score every sample once (N x num_data) and pick: less memory than gathering N x (1+K) x D rows.
+            # (a copy: autograd keeps it, and the rows are updated in place right after)
+            dots = torch.mm(anchor, memory.clone().t()).gather(1, contrast_indices)
+        else:
+            dots = torch.bmm(memory[contrast_indices], anchor.unsqueeze(2)).squeeze(2)
+        return torch.exp(dots / self.temperature)
+
+    def forward(
+        self, student_embed: Tensor, teacher_embed: Tensor, indices: Tensor, contrast_indices: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Scores of (student anchor vs teacher memory, teacher anchor vs student memory); then updates the bank."""
+        if contrast_indices is None:
+            contrast_indices = self.draw_contrast_indices(indices)
+        indices = indices.to(self.memory_student.device)
+        contrast_indices = contrast_indices.to(self.memory_student.device)
+        with torch.autocast(device_type=student_embed.device.type, enabled=False):
+            student_embed, teacher_embed = student_embed.float(), teacher_embed.float()
+            student_scores = self._scores(student_embed, self.memory_teacher, contrast_indices)
+            teacher_scores = self._scores(teacher_embed, self.memory_student, contrast_indices)
+            with torch.no_grad():
+                # Estimated once (first batch); torch.where keeps it free of host syncs.
+                self.z_student.copy_(
+                    torch.where(self.z_student < 0, student_scores.mean() * self.num_data, self.z_student)
+                )
+                self.z_teacher.copy_(
+                    torch.where(self.z_teacher < 0, teacher_scores.mean() * self.num_data, self.z_teacher)
+                )
+            student_scores = student_scores / self.z_student.detach().clone()
+            teacher_scores = teacher_scores / self.z_teacher.detach().clone()
+            with torch.no_grad():
+                self._update(self.memory_student, student_embed.detach(), indices)
+                self._update(self.memory_teacher, teacher_embed.detach(), indices)
+        return student_scores, teacher_scores
+
+    def _update(self, memory: Tensor, embed: Tensor, indices: Tensor) -> None:
+        rows = memory[indices] * self.momentum + embed * (1.0 - self.momentum)
+        memory.index_copy_(0, indices, F.normalize(rows, dim=1))
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_data={self.num_data}, feat_dim={self.memory_student.shape[1]}, nce_k={self.nce_k}, "
+            f"temperature={self.temperature}, momentum={self.momentum}"
+        )
+
+
 class CRD(DistillMethod):
     """CRD; parts ``ce`` and ``crd`` (both views' NCE, unweighted). Trainable: ``embed_student``, ``embed_teacher``;
     state: ``memory`` (buffers ``memory_student``, ``memory_teacher``, ``z_student``, ``z_teacher``)."""
 
-    name = "crd"
     parts = ("ce", "crd")
-    needs_teacher_logits = False
 
     def __init__(
-        self,
-        ce_weight: float = 1.0,
-        crd_weight: float = 0.8,
-        feat_dim: int = 128,
-        nce_k: int = 16384,
-        nce_t: float = 0.07,
-        momentum: float = 0.5,
-        name: str = "crd",
+        self, *, ce_weight: float, crd_weight: float, feat_dim: int, nce_k: int, nce_t: float, momentum: float
     ) -> None:
         super().__init__()
         self.ce_weight = float(ce_weight)
@@ -86,8 +180,7 @@ class CRD(DistillMethod):
             raise ConfigError("loss.momentum", "must be >= 0 and < 1 (1 would never update the memory)")
 
     def feature_request(self, student_points: Sequence[str], teacher_points: Sequence[str]) -> FeatureRequest:
-        if CRD_POINT not in student_points or CRD_POINT not in teacher_points:
-            raise ConfigError("loss.name", f"crd needs the {CRD_POINT} feature of both networks")
+        require_point("crd", CRD_POINT, student_points, teacher_points)
         return FeatureRequest(student=(CRD_POINT,), teacher=(CRD_POINT,))
 
     def setup(
@@ -110,9 +203,3 @@ class CRD(DistillMethod):
         num_data = self.memory.num_data
         crd = crd_nce_loss(student_scores, num_data) + crd_nce_loss(teacher_scores, num_data)
         return LossOutput(total=self.ce_weight * ce + self.crd_weight * crd, parts={"ce": ce, "crd": crd})
-
-    def extra_repr(self) -> str:
-        return (
-            f"ce_weight={self.ce_weight}, crd_weight={self.crd_weight}, feat_dim={self.feat_dim}, "
-            f"nce_k={self.nce_k}, nce_t={self.nce_t}, momentum={self.momentum}"
-        )

@@ -7,43 +7,27 @@ Defaults follow the official CIFAR-100 setting (beta = gamma = 2, tau = 4, CE we
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from kd_hydra.losses import dist_loss, standardize_logits
+from kd_hydra.losses import cross_entropy, dist_loss, standardize_logits
 
-from . import register_method
-from .base import DistillMethod, LossOutput, MethodBatch, cross_entropy, require_finite, require_weights
-
-
-@dataclass
-class DISTConfig:
-    _target_: str = "kd_hydra.methods.dist.DIST"
-    name: str = "dist"
-    ce_weight: float = 1.0
-    dist_weight: float = 1.0
-    beta: float = 2.0
-    gamma: float = 2.0
-    temperature: float = 4.0
-    standardize: bool = False
+from .base import DistillMethod, LossOutput, MethodBatch, require_finite, require_weights
 
 
-@register_method(DISTConfig)
 class DIST(DistillMethod):
     """DIST's relational matching of predictions; parts ``ce`` and ``dist`` (unweighted by ``dist_weight``)."""
 
-    name = "dist"
     parts = ("ce", "dist")
 
     def __init__(
         self,
-        ce_weight: float = 1.0,
-        dist_weight: float = 1.0,
-        beta: float = 2.0,
-        gamma: float = 2.0,
-        temperature: float = 4.0,
-        standardize: bool = False,
-        name: str = "dist",
+        *,
+        ce_weight: float,
+        dist_weight: float,
+        beta: float,
+        gamma: float,
+        temperature: float,
+        standardize: bool,
     ) -> None:
         super().__init__()
         self.ce_weight = float(ce_weight)
@@ -65,9 +49,3 @@ class DIST(DistillMethod):
         ce = cross_entropy(batch.student_logits, batch.targets)
         dist = dist_loss(student, teacher, self.beta, self.gamma, self.temperature)
         return LossOutput(total=self.ce_weight * ce + self.dist_weight * dist, parts={"ce": ce, "dist": dist})
-
-    def extra_repr(self) -> str:
-        return (
-            f"ce_weight={self.ce_weight}, dist_weight={self.dist_weight}, beta={self.beta}, gamma={self.gamma}, "
-            f"temperature={self.temperature}, standardize={self.standardize}"
-        )

@@ -7,34 +7,18 @@ The warm-up factor is ``min(epoch / warmup, 1)`` (epoch 1-based), as in mdistill
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from kd_hydra.losses import dkd_loss, standardize_logits
+from kd_hydra.losses import cross_entropy, dkd_loss, standardize_logits
 
-from . import register_method
 from .base import (
     DistillMethod,
     LossOutput,
     MethodBatch,
-    cross_entropy,
     require_finite,
     require_positive_int,
     require_weights,
 )
-
-
-@dataclass
-class DKDConfig:
-    _target_: str = "kd_hydra.methods.dkd.DKD"
-    name: str = "dkd"
-    ce_weight: float = 1.0
-    dkd_weight: float = 1.0
-    alpha: float = 1.0
-    beta: float = 8.0
-    temperature: float = 4.0
-    warmup: int = 20
-    standardize: bool = False
 
 
 def warmup_factor(epoch: int, warmup: int) -> float:
@@ -42,23 +26,21 @@ def warmup_factor(epoch: int, warmup: int) -> float:
     return 1.0 if warmup <= 0 else min(epoch / warmup, 1.0)
 
 
-@register_method(DKDConfig)
 class DKD(DistillMethod):
     """Decoupled KD; parts ``ce`` and ``dkd`` (``alpha * TCKD + beta * NCKD``, unweighted, no warm-up)."""
 
-    name = "dkd"
     parts = ("ce", "dkd")
 
     def __init__(
         self,
-        ce_weight: float = 1.0,
-        dkd_weight: float = 1.0,
-        alpha: float = 1.0,
-        beta: float = 8.0,
-        temperature: float = 4.0,
-        warmup: int = 20,
-        standardize: bool = False,
-        name: str = "dkd",
+        *,
+        ce_weight: float,
+        dkd_weight: float,
+        alpha: float,
+        beta: float,
+        temperature: float,
+        warmup: int,
+        standardize: bool,
     ) -> None:
         super().__init__()
         self.ce_weight = float(ce_weight)
@@ -87,9 +69,3 @@ class DKD(DistillMethod):
         dkd = dkd_loss(student, teacher, batch.targets, self.alpha, self.beta, self.temperature)
         total = self.ce_weight * ce + self.warmup_factor * self.dkd_weight * dkd
         return LossOutput(total=total, parts={"ce": ce, "dkd": dkd})
-
-    def extra_repr(self) -> str:
-        return (
-            f"ce_weight={self.ce_weight}, dkd_weight={self.dkd_weight}, alpha={self.alpha}, beta={self.beta}, "
-            f"temperature={self.temperature}, warmup={self.warmup}, standardize={self.standardize}"
-        )

@@ -9,28 +9,17 @@ of any other size is upsampled bilinearly first). At ``pre_logit`` it is Linear 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
 from kd_hydra.errors import ConfigError
-from kd_hydra.losses import hint_loss
+from kd_hydra.losses import cross_entropy, hint_loss
 
-from . import register_method
-from .base import DistillMethod, FeatureRequest, FeatureShapes, LossOutput, MethodBatch, cross_entropy, require_weights
+from .base import DistillMethod, FeatureRequest, FeatureShapes, LossOutput, MethodBatch, require_weights
 
 _IMAGE_DIMS = 3  # (C, H, W) without the batch dimension
 _VECTOR_DIMS = 1  # (C,)
-
-
-@dataclass
-class FitNetConfig:
-    _target_: str = "kd_hydra.methods.fitnet.FitNet"
-    name: str = "fitnet"
-    ce_weight: float = 1.0
-    hint_weight: float = 100.0
-    hint_point: str = "stage2"
 
 
 def _spatial_map(student: tuple[int, ...], teacher: tuple[int, ...]) -> nn.Module:
@@ -57,17 +46,12 @@ def hint_regressor(student: tuple[int, ...], teacher: tuple[int, ...], key: str 
     raise ConfigError(key, f"needs (C, H, W) maps or (C,) vectors on both sides (student {student}, teacher {teacher})")
 
 
-@register_method(FitNetConfig)
 class FitNet(DistillMethod):
     """FitNets hints; parts ``ce`` and ``hint`` (the MSE, unweighted). Trainable part: ``regressor``."""
 
-    name = "fitnet"
     parts = ("ce", "hint")
-    needs_teacher_logits = False
 
-    def __init__(
-        self, ce_weight: float = 1.0, hint_weight: float = 100.0, hint_point: str = "stage2", name: str = "fitnet"
-    ) -> None:
+    def __init__(self, *, ce_weight: float, hint_weight: float, hint_point: str) -> None:
         super().__init__()
         self.ce_weight = float(ce_weight)
         self.hint_weight = float(hint_weight)
@@ -103,6 +87,3 @@ class FitNet(DistillMethod):
         regressed = self.regressor(batch.student_features[self.hint_point])
         hint = hint_loss(regressed, batch.teacher_features[self.hint_point].detach())
         return LossOutput(total=self.ce_weight * ce + self.hint_weight * hint, parts={"ce": ce, "hint": hint})
-
-    def extra_repr(self) -> str:
-        return f"ce_weight={self.ce_weight}, hint_weight={self.hint_weight}, hint_point={self.hint_point}"

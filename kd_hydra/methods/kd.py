@@ -1,56 +1,67 @@
 """Hinton et al. (2015): ``alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y)``.
 
-With ``standardize`` (Sun et al., CVPR 2024) both logits are z-scored per sample before the temperature.
+Instead of ``alpha``, ``ce_weight``/``kd_weight`` weigh the two terms freely (``ce_weight * CE + kd_weight *
+T^2 KL``, as in Sun et al.'s recipe: CE 0.1, KD 9). With ``standardize`` (Sun et al., CVPR 2024) both logits
+are z-scored per sample before the temperature (the CE reads the raw logits).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from kd_hydra.losses import soft_target_kl, standardize_logits
+from kd_hydra.errors import ConfigError
+from kd_hydra.losses import kd_loss
 
-from . import register_method
-from .base import DistillMethod, LossOutput, MethodBatch, cross_entropy, require_finite
-
-
-@dataclass
-class KDConfig:
-    _target_: str = "kd_hydra.methods.kd.KD"
-    name: str = "kd"
-    temperature: float = 4.0
-    alpha: float = 0.9
-    standardize: bool = False
+from .base import DistillMethod, LossOutput, MethodBatch, require_finite, require_weights
 
 
-@register_method(KDConfig)
 class KD(DistillMethod):
     """Hinton's soft-target distillation; parts ``ce`` and ``kd`` (the T²-scaled KL)."""
 
-    name = "kd"
     parts = ("ce", "kd")
 
     def __init__(
-        self, temperature: float = 4.0, alpha: float = 0.9, standardize: bool = False, name: str = "kd"
+        self,
+        *,
+        temperature: float,
+        alpha: float | None,
+        ce_weight: float | None,
+        kd_weight: float | None,
+        standardize: bool,
     ) -> None:
         super().__init__()
         self.temperature = float(temperature)
-        self.alpha = float(alpha)
+        self.alpha = None if alpha is None else float(alpha)
+        self.ce_weight = None if ce_weight is None else float(ce_weight)
+        self.kd_weight = None if kd_weight is None else float(kd_weight)
         self.standardize = bool(standardize)
+        if self.alpha is not None:
+            self.weights = (1.0 - self.alpha, self.alpha)
+        else:
+            self.weights = (float(ce_weight), float(kd_weight))  # type: ignore[arg-type]
 
     @classmethod
     def validate_config(cls, loss: Mapping[str, Any]) -> None:
         require_finite(loss, "temperature", minimum=0.0, strict_minimum=True)
-        require_finite(loss, "alpha", minimum=0.0, maximum=1.0)
+        weights = [key for key in ("ce_weight", "kd_weight") if loss[key] is not None]
+        if loss["alpha"] is not None:
+            if weights:
+                raise ConfigError(
+                    "loss.alpha",
+                    f"give alpha or ce_weight/kd_weight, not both (loss.alpha=null to use loss.{weights[0]})",
+                )
+            require_finite(loss, "alpha", minimum=0.0, maximum=1.0)
+            return
+        if len(weights) < 2:
+            missing = "kd_weight" if weights == ["ce_weight"] else "ce_weight"
+            raise ConfigError(f"loss.{missing}", "needs a weight >= 0 when loss.alpha is null (or set loss.alpha)")
+        require_weights(loss, "ce_weight", "kd_weight")
 
     def forward(self, batch: MethodBatch) -> LossOutput:
-        student, teacher = batch.student_logits, batch.teacher_logits
-        if self.standardize:
-            student, teacher = standardize_logits(student), standardize_logits(teacher)
-        ce = cross_entropy(batch.student_logits, batch.targets)
-        kd = soft_target_kl(student, teacher, self.temperature)
-        return LossOutput(total=self.alpha * kd + (1.0 - self.alpha) * ce, parts={"ce": ce, "kd": kd})
-
-    def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, alpha={self.alpha}, standardize={self.standardize}"
+        ce_weight, kd_weight = self.weights
+        loss = kd_loss(
+            batch.student_logits, batch.teacher_logits, batch.targets, self.temperature, ce_weight, kd_weight,
+            standardize=self.standardize,
+        )  # fmt: skip
+        return LossOutput(total=loss.total, parts={"ce": loss.ce, "kd": loss.kd})

@@ -1,8 +1,10 @@
 """Named feature points of a network, recorded with forward hooks (model code stays unchanged).
 
 A feature point is a name mapped to a module path of ``model.named_modules()``; its recorded value
-is that module's output. Names, in forward order: ``stem``, ``stage1``..``stageN`` (stage outputs)
-and ``pre_logit`` (the pooled feature, recorded flattened to ``(N, C)``). Zoo models declare their
+is that module's output. Names, in forward order: ``stem``, ``stage1``..``stageN`` (stage outputs),
+each ``stageN`` preceded by ``stageN_preact`` where the model offers it (the stage output before its
+final ReLU, as the reference suites' ``preact_feats``), and ``pre_logit`` (the pooled feature,
+recorded flattened to ``(N, C)``). Zoo models declare their
 points with a ``feature_points()`` method; torchvision models get defaults by module name, and a
 model config's ``feature_points: {name: module.path}`` overrides both (attached by ``build_model``).
 """
@@ -22,7 +24,10 @@ from kd_hydra.errors import ConfigError
 STEM = "stem"
 PRE_LOGIT = "pre_logit"
 STAGE_PREFIX = "stage"
-POINT_NAME = re.compile(rf"{STEM}|{STAGE_PREFIX}[1-9][0-9]*|{PRE_LOGIT}")
+PREACT_SUFFIX = "_preact"
+STAGE_POINT = re.compile(rf"{STAGE_PREFIX}([1-9][0-9]*)")
+PREACT_POINT = re.compile(rf"{STAGE_PREFIX}([1-9][0-9]*){PREACT_SUFFIX}")
+POINT_NAME = re.compile(rf"{STEM}|{STAGE_PREFIX}[1-9][0-9]*(?:{PREACT_SUFFIX})?|{PRE_LOGIT}")
 OVERRIDE_ATTRIBUTE = "kd_feature_points"  # where build_model attaches a config override
 CONFIG_KEY = "feature_points"
 PROBE_BATCH = 2
@@ -32,7 +37,9 @@ SHOWN_MODULES = 12  # module paths listed in an error message
 __all__ = [
     "FeatureRecorder",
     "feature_points",
+    "preact_points",
     "probe_feature_shapes",
+    "stage_points",
     "unwrap",
     "validate_feature_points",
 ]
@@ -43,16 +50,29 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
-def _point_order(name: str) -> tuple[int, int]:
+def _point_order(name: str) -> tuple[int, int, int]:
     if name == STEM:
-        return (0, 0)
+        return (0, 0, 0)
     if name == PRE_LOGIT:
-        return (2, 0)
-    return (1, int(name[len(STAGE_PREFIX) :]))
+        return (2, 0, 0)
+    preact = PREACT_POINT.fullmatch(name)
+    if preact is not None:
+        return (1, int(preact.group(1)), 0)
+    return (1, int(name[len(STAGE_PREFIX) :]), 1)
+
+
+def stage_points(points: Iterable[str]) -> list[str]:
+    """The ``stageN`` names among ``points`` (post-activation stage outputs), in the given order."""
+    return [name for name in points if STAGE_POINT.fullmatch(name)]
+
+
+def preact_points(points: Iterable[str]) -> list[str]:
+    """The ``stageN_preact`` names among ``points`` (stage outputs before their last ReLU), in order."""
+    return [name for name in points if PREACT_POINT.fullmatch(name)]
 
 
 def validate_feature_points(model: nn.Module, points: Mapping[str, str]) -> dict[str, str]:
-    """``points`` in forward order, checked: names ``stem|stageN|pre_logit``, paths naming submodules.
+    """``points`` in forward order, checked: names ``stem|stageN|stageN_preact|pre_logit``, paths naming submodules.
 
     A bad name or an unknown module path raises :class:`ConfigError` naming the key.
     """
@@ -63,7 +83,9 @@ def validate_feature_points(model: nn.Module, points: Mapping[str, str]) -> dict
         name, path = str(name), str(path)
         if not POINT_NAME.fullmatch(name):
             raise ConfigError(
-                f"{CONFIG_KEY}.{name}", f"not a feature point name; use {STEM}, {STAGE_PREFIX}1..N or {PRE_LOGIT}"
+                f"{CONFIG_KEY}.{name}",
+                f"not a feature point name; use {STEM}, {STAGE_PREFIX}1..N, "
+                f"{STAGE_PREFIX}1..N{PREACT_SUFFIX} or {PRE_LOGIT}",
             )
         if path not in module_paths:
             shown = ", ".join(list(dict.fromkeys(p.split(".")[0] for p in sorted(module_paths)))[:SHOWN_MODULES])

@@ -114,9 +114,15 @@ class MobileNetV2Cifar(nn.Module):
         nn.init.zeros_(self.classifier.bias)
 
     def feature_points(self) -> dict[str, str]:
-        """Feature point -> module path: stem, the ends of the 24/32/96/320-channel groups, pooled feature."""
-        stages = {f"stage{number}": f"features.{end}" for number, end in enumerate(self._stage_ends, 1)}
-        return {"stem": "features.0", **stages, "pre_logit": "pool"}
+        """Feature point -> module path: stem, the ends of the 24/32/96/320-channel groups, pooled feature.
+
+        Blocks end in a linear BatchNorm (no ReLU), so ``stageN_preact`` is ``stageN`` itself, as in
+        RepDistiller's MobileNetV2, whose ``preact_feats`` equal its ``feats``.
+        """
+        points = {"stem": "features.0"}
+        for number, end in enumerate(self._stage_ends, 1):
+            points[f"stage{number}_preact"] = points[f"stage{number}"] = f"features.{end}"
+        return {**points, "pre_logit": "pool"}
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.features(x)

@@ -1,11 +1,14 @@
 """CIFAR checkpoints published by RepDistiller and mdistiller, renamed to kd-hydra's key layout.
 
 Both projects save ``{"model": state_dict, "epoch": ..., "accuracy": ...}`` with their own module
-names. Their ResNets (``models/resnet.py``: resnet20/32/56/110/8x4/32x4), CIFAR ResNet18
-(``resnetv2.py``) and Wide ResNets (``wrn.py``: wrn_16_2, wrn_40_2) compute what kd-hydra's zoo
-archs of the same name compute (same layers, biases and BatchNorm settings; their fixed 8x8 average
-pool equals our global pool at 32x32), so only the names differ. Their MobileNetV2 (``mobile_half``)
-is another network than kd-hydra's ``mobilenetv2`` and is refused with the reason.
+names. Their ResNets (``models/resnet.py``: resnet8 ... resnet110, resnet8x4, resnet32x4), CIFAR
+ResNet18/ResNet50 (``resnetv2.py``) and Wide ResNets (``wrn.py``: wrn_16_1/2, wrn_40_1/2) compute what
+kd-hydra's zoo archs of the same name compute (same layers, biases and BatchNorm settings; their
+fixed average pools equal our global pool at 32x32), so only the names differ. Their VGGs
+(``vgg.py``, the ``_bn`` variants), ``mobile_half`` (``mobilenetv2.py``) and ShuffleNets
+(``ShuffleNetv1.py``, ``ShuffleNetv2.py``) are kd-hydra archs with their module names, so their
+checkpoints load as they are. kd-hydra's own ``mobilenetv2`` is another network than theirs and
+refuses their MobileNetV2 files with the reason.
 """
 
 from __future__ import annotations
@@ -25,17 +28,19 @@ class IncompatiblePublishedCheckpoint(ValueError):
 
 @dataclass(frozen=True)
 class PublishedLayout:
-    """One published key layout: a key only it has, and full-match rename rules (regex, template).
+    """One published key layout: keys that identify it, and full-match rename rules (regex, template).
 
     Templates are ``str.format`` strings over the regex's named groups; ``stage`` is shifted to 0-based.
+    No rules: kd-hydra's arch has the same module names, the keys are kept.
     """
 
     name: str
-    marker: str
-    rules: tuple[tuple[str, str], ...]
+    markers: tuple[str, ...]
+    rules: tuple[tuple[str, str], ...] = ()
+    absent: tuple[str, ...] = ()  # keys this layout never has (tells it from a look-alike)
 
     def matches(self, state: Mapping[str, Tensor]) -> bool:
-        return self.marker in state
+        return all(key in state for key in self.markers) and not any(key in state for key in self.absent)
 
     def rename(self, key: str) -> str:
         """Our name for their ``key``; a key no rule matches is kept (and later reported as unexpected)."""
@@ -54,7 +59,7 @@ _REST = r"(?P<rest>.+)"
 
 RESNET_LAYOUT = PublishedLayout(
     name="RepDistiller/mdistiller CIFAR ResNet (models/resnet.py)",
-    marker="layer1.0.conv1.weight",
+    markers=("layer1.0.conv1.weight", "fc.weight"),
     rules=(
         (rf"conv1\.{_REST}", "stem.0.{rest}"),
         (rf"bn1\.{_REST}", "stem.1.{rest}"),
@@ -65,10 +70,11 @@ RESNET_LAYOUT = PublishedLayout(
 )
 
 RESNET_V2_LAYOUT = PublishedLayout(
-    name="RepDistiller/mdistiller CIFAR ResNet18 (resnetv2.py)",
-    marker="linear.weight",
+    name="RepDistiller/mdistiller CIFAR ResNet18/ResNet50 (resnetv2.py)",
+    markers=("layer4.0.conv1.weight", "linear.weight"),
     rules=(
-        *RESNET_LAYOUT.rules[:3],
+        *RESNET_LAYOUT.rules[:2],
+        (rf"layer{_BLOCK}\.(?P<layer>conv[123]|bn[123])\.{_REST}", "stages.{stage}.{block}.{layer}.{rest}"),
         (rf"layer{_BLOCK}\.shortcut\.(?P<index>[01])\.{_REST}", "stages.{stage}.{block}.shortcut.{index}.{rest}"),
         (rf"linear\.{_REST}", "fc.{rest}"),
     ),
@@ -76,7 +82,7 @@ RESNET_V2_LAYOUT = PublishedLayout(
 
 WRN_LAYOUT = PublishedLayout(
     name="RepDistiller/mdistiller Wide ResNet (wrn.py)",
-    marker="block1.layer.0.conv1.weight",
+    markers=("block1.layer.0.conv1.weight",),
     rules=(
         (rf"conv1\.{_REST}", "stem.{rest}"),
         (
@@ -92,42 +98,67 @@ WRN_LAYOUT = PublishedLayout(
     ),
 )
 
-MOBILENETV2_MARKER = "blocks.0.0.conv.0.weight"
-MOBILENETV2_DIFFERENCE = (
-    "RepDistiller/mdistiller MobileNetV2 checkpoints (mobile_half) do not fit kd-hydra's mobilenetv2: "
-    "theirs has a stride-2 stem (16x downsampling), a 1x1 expansion conv in the first block and "
-    "int()-rounded widths, ours a stride-1 stem (8x), no expansion at t=1 and widths rounded to "
-    "multiples of 8; train the teacher with kd-hydra or use another arch"
+VGG_LAYOUT = PublishedLayout(name="RepDistiller/mdistiller VGG (vgg.py)", markers=("block0.0.weight",))
+MOBILENETV2_LAYOUT = PublishedLayout(
+    name="RepDistiller/mdistiller MobileNetV2 (mobilenetv2.py)", markers=("blocks.0.0.conv.0.weight",)
+)
+SHUFFLENETV2_LAYOUT = PublishedLayout(
+    name="RepDistiller/mdistiller ShuffleNetV2 (ShuffleNetv2.py)", markers=("layer1.0.conv5.weight", "linear.weight")
+)
+SHUFFLENETV1_LAYOUT = PublishedLayout(
+    name="RepDistiller/mdistiller ShuffleNetV1 (ShuffleNetv1.py)",
+    markers=("layer1.0.conv3.weight", "linear.weight"),
+    absent=("layer1.0.conv5.weight", "layer4.0.conv1.weight"),
 )
 
+MOBILENETV2_DIFFERENCE = (
+    "RepDistiller/mdistiller MobileNetV2 checkpoints do not fit kd-hydra's mobilenetv2: "
+    "theirs has a stride-2 stem (16x downsampling), a 1x1 expansion conv in the first block and "
+    "int()-rounded widths, ours a stride-1 stem (8x), no expansion at t=1 and widths rounded to "
+    "multiples of 8; their mobile_half is kd-hydra's arch mobile_half (teacher=mobile_half)"
+)
+
+RESNET_ARCHS = ("resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110")
+VGG_ARCHS = ("vgg8", "vgg11", "vgg13", "vgg16", "vgg19")
 PUBLISHED_LAYOUTS: dict[str, PublishedLayout] = {
-    **{name: RESNET_LAYOUT for name in ("resnet20", "resnet32", "resnet56", "resnet110", "resnet8x4", "resnet32x4")},
+    **{name: RESNET_LAYOUT for name in (*RESNET_ARCHS, "resnet8x4", "resnet32x4")},
     "resnet18": RESNET_V2_LAYOUT,
-    "wrn_16_2": WRN_LAYOUT,
-    "wrn_40_2": WRN_LAYOUT,
+    "resnet50_cifar": RESNET_V2_LAYOUT,
+    **{name: WRN_LAYOUT for name in ("wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2")},
+    **{name: VGG_LAYOUT for name in VGG_ARCHS},
+    "mobile_half": MOBILENETV2_LAYOUT,
+    "shufflev1": SHUFFLENETV1_LAYOUT,
+    "shufflev2": SHUFFLENETV2_LAYOUT,
 }
 """kd-hydra zoo arch -> the published layout whose checkpoints it loads."""
+
+# Most specific first: ResNet50 has the keys ShuffleNetV1 is told by, ShuffleNetV2 those of V1.
+DETECTION_ORDER = (
+    RESNET_V2_LAYOUT,
+    SHUFFLENETV2_LAYOUT,
+    SHUFFLENETV1_LAYOUT,
+    RESNET_LAYOUT,
+    WRN_LAYOUT,
+    VGG_LAYOUT,
+    MOBILENETV2_LAYOUT,
+)
 
 
 def detect_published_layout(state: Mapping[str, Tensor]) -> str | None:
     """Name of the published layout ``state`` is in (any arch), for error messages; None if none."""
-    for layout in (RESNET_V2_LAYOUT, RESNET_LAYOUT, WRN_LAYOUT):
-        if layout.matches(state):
-            return layout.name
-    if MOBILENETV2_MARKER in state:
-        return "RepDistiller/mdistiller MobileNetV2 (mobilenetv2.py)"
-    return None
+    return next((layout.name for layout in DETECTION_ORDER if layout.matches(state)), None)
 
 
 def to_zoo_layout(arch: str, state: Mapping[str, Tensor]) -> dict[str, Tensor] | None:
-    """``state`` renamed to kd-hydra's keys if it is in the published layout of zoo ``arch``, else None.
+    """``state`` renamed to kd-hydra's keys if it is in the published layout of zoo ``arch`` and that
+    layout has other names than kd-hydra's, else None (nothing to rename).
 
     Raises :class:`IncompatiblePublishedCheckpoint` for a published MobileNetV2 checkpoint loaded into
     ``mobilenetv2``.
     """
-    if arch == "mobilenetv2" and MOBILENETV2_MARKER in state:
+    if arch == "mobilenetv2" and MOBILENETV2_LAYOUT.matches(state):
         raise IncompatiblePublishedCheckpoint(MOBILENETV2_DIFFERENCE)
     layout = PUBLISHED_LAYOUTS.get(arch)
-    if layout is None or not layout.matches(state):
+    if layout is None or not layout.rules or not layout.matches(state):
         return None
     return {layout.rename(key): tensor for key, tensor in state.items()}

@@ -1,13 +1,16 @@
 """CIFAR ResNets (He et al., 2016) with the definitions used by CRD / RepDistiller.
 
-A 3x3 stride-1 stem, then stages of basic blocks; the first stage keeps the resolution and each
-later one halves it. Shortcuts are identity, or 1x1 conv + BatchNorm where the shape changes.
-Adaptive average pooling makes the head independent of the image size.
+A 3x3 stride-1 stem, then stages of basic (or bottleneck) blocks; the first stage keeps the
+resolution and each later one halves it. Shortcuts are identity, or 1x1 conv + BatchNorm where the
+shape changes. Adaptive average pooling makes the head independent of the image size. Each block
+passes its pre-activation sum through a parameter-free ``preact`` marker (an ``nn.Identity``) so the
+``stageN_preact`` feature points can hook it; the state dict is unchanged by it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -25,30 +28,64 @@ THIN_WIDTHS = (16, 16, 32, 64)  # stem, stages: resnet20 ... resnet110
 WIDE_WIDTHS = (32, 64, 128, 256)  # stem, stages: resnet8x4, resnet32x4
 RESNET18_WIDTHS = (64, 64, 128, 256, 512)
 RESNET18_BLOCKS = (2, 2, 2, 2)
+RESNET50_BLOCKS = (3, 4, 6, 3)  # RepDistiller's resnetv2.py ResNet50: bottlenecks, stage widths x4
+
+
+def _shortcut(in_channels: int, out_channels: int, stride: int) -> nn.Module:
+    """Identity, or 1x1 conv + BatchNorm where the stride or the width changes."""
+    if stride == 1 and in_channels == out_channels:
+        return nn.Identity()
+    return nn.Sequential(conv1x1(in_channels, out_channels, stride), nn.BatchNorm2d(out_channels))
 
 
 class BasicBlock(nn.Module):
     """conv3x3-BN-ReLU-conv3x3-BN plus shortcut, then ReLU; ``stride`` 2 halves the resolution."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
+    expansion: ClassVar[int] = 1
+
+    def __init__(self, in_channels: int, planes: int, stride: int = 1) -> None:
         super().__init__()
-        self.conv1 = conv3x3(in_channels, out_channels, stride)
-        self.bn1 = nn.BatchNorm2d(out_channels)
-        self.conv2 = conv3x3(out_channels, out_channels)
-        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.conv1 = conv3x3(in_channels, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or in_channels != out_channels:
-            self.shortcut = nn.Sequential(conv1x1(in_channels, out_channels, stride), nn.BatchNorm2d(out_channels))
+        self.shortcut = _shortcut(in_channels, planes, stride)
+        self.preact = nn.Identity()  # marker: its output is the sum before the last ReLU
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(out + self.shortcut(x))
+        return torch.relu(self.preact(out + self.shortcut(x)))  # not in place: keeps the marked sum
+
+
+class Bottleneck(nn.Module):
+    """1x1-BN-ReLU, 3x3 (``stride``)-BN-ReLU, 1x1 (x4 width)-BN plus shortcut, then ReLU."""
+
+    expansion: ClassVar[int] = 4
+
+    def __init__(self, in_channels: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        out_channels = planes * self.expansion
+        self.conv1 = conv1x1(in_channels, planes)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = conv3x3(planes, planes, stride)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = conv1x1(planes, out_channels)
+        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut = _shortcut(in_channels, out_channels, stride)
+        self.preact = nn.Identity()  # marker: its output is the sum before the last ReLU
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return torch.relu(self.preact(out + self.shortcut(x)))  # not in place: keeps the marked sum
 
 
 class CifarResNet(nn.Module):
-    """Stem conv, ``len(stage_widths)`` stages of basic blocks, global average pool, linear logits."""
+    """Stem conv, ``len(stage_widths)`` stages of ``block``s, global average pool, linear logits."""
 
     def __init__(
         self,
@@ -57,6 +94,7 @@ class CifarResNet(nn.Module):
         blocks_per_stage: Sequence[int],
         num_classes: int,
         in_channels: int,
+        block: type[BasicBlock | Bottleneck] = BasicBlock,
     ) -> None:
         super().__init__()
         if len(stage_widths) != len(blocks_per_stage):
@@ -66,19 +104,23 @@ class CifarResNet(nn.Module):
         width = stem_width
         for index, (stage_width, block_count) in enumerate(zip(stage_widths, blocks_per_stage)):
             stride = 1 if index == 0 else DOWNSAMPLING_STRIDE
-            blocks = [BasicBlock(width, stage_width, stride)]
-            blocks += [BasicBlock(stage_width, stage_width) for _ in range(block_count - 1)]
+            blocks = [block(width, stage_width, stride)]
+            width = stage_width * block.expansion
+            blocks += [block(width, stage_width) for _ in range(block_count - 1)]
             stages.append(nn.Sequential(*blocks))
-            width = stage_width
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(width, num_classes)
         init_conv_bn_(self)
 
     def feature_points(self) -> dict[str, str]:
-        """Feature point -> module path: post-ReLU stem and stage outputs, the pooled feature."""
-        stages = {f"stage{index + 1}": f"stages.{index}" for index in range(len(self.stages))}
-        return {"stem": "stem", **stages, "pre_logit": "pool"}
+        """Feature point -> module path, as RepDistiller's ``feats``/``preact_feats``: post-ReLU stem
+        and stage outputs, each stage's last pre-ReLU sum (``stageN_preact``), the pooled feature."""
+        points = {"stem": "stem"}
+        for index, stage in enumerate(self.stages):
+            points[f"stage{index + 1}_preact"] = f"stages.{index}.{len(stage) - 1}.preact"
+            points[f"stage{index + 1}"] = f"stages.{index}"
+        return {**points, "pre_logit": "pool"}
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.stages(self.stem(x))
@@ -136,3 +178,10 @@ def resnet18(num_classes: int, in_channels: int, image_size: int) -> CifarResNet
     """CIFAR ResNet-18: stride-1 3x3 stem, no max-pool, 2 blocks in each of 4 stages: ~11.2M parameters."""
     stem_width, *stage_widths = RESNET18_WIDTHS
     return CifarResNet(stem_width, stage_widths, RESNET18_BLOCKS, num_classes, in_channels)
+
+
+@register_model("resnet50_cifar")
+def resnet50_cifar(num_classes: int, in_channels: int, image_size: int) -> CifarResNet:
+    """RepDistiller's CIFAR ResNet50 (resnetv2.py): ResNet18's stem, 3/4/6/3 bottlenecks: ~23.7M parameters."""
+    stem_width, *stage_widths = RESNET18_WIDTHS
+    return CifarResNet(stem_width, stage_widths, RESNET50_BLOCKS, num_classes, in_channels, Bottleneck)

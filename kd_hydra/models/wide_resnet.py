@@ -2,7 +2,8 @@
 
 ``wrn_d_k``: a 3x3 stem of 16 channels, then 3 stages of ``(d - 4) / 6`` pre-activation blocks of
 widths 16k, 32k, 64k (the last two halve the resolution), a final BN-ReLU, global average pool and
-a linear classifier.
+a linear classifier. The ReLUs do not work in place, so that the BatchNorm outputs they read stay
+recordable as the ``stageN_preact`` feature points.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class PreActBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_channels)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = conv3x3(out_channels, out_channels)
-        self.relu = nn.ReLU(inplace=True)
+        self.relu = nn.ReLU()  # not in place: bn1's output is a feature point of the previous stage
         self.projection: nn.Module | None = None
         if stride != 1 or in_channels != out_channels:
             self.projection = conv1x1(in_channels, out_channels, stride)
@@ -69,18 +70,23 @@ class WideResNet(nn.Module):
             stages.append(nn.Sequential(*blocks))
             width = stage_width
         self.stages = nn.Sequential(*stages)
-        self.final_activation = nn.Sequential(nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        self.final_activation = nn.Sequential(nn.BatchNorm2d(width), nn.ReLU())
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(width, num_classes)
         init_conv_bn_(self)
         nn.init.zeros_(self.fc.bias)
 
     def feature_points(self) -> dict[str, str]:
-        """Feature point -> module path, as RepDistiller's ``feats``: stem conv, raw (pre-activation)
-        outputs of the first stages, the last stage after the final BN-ReLU, the pooled feature."""
-        last = len(self.stages)
-        stages = {f"stage{index + 1}": f"stages.{index}" for index in range(last - 1)}
-        return {"stem": "stem", **stages, f"stage{last}": "final_activation", "pre_logit": "pool"}
+        """Feature point -> module path, as RepDistiller's/mdistiller's ``feats`` and ``preact_feats``:
+        the stem conv, the raw output of each stage (the last one before the final BN-ReLU), the pooled
+        feature; ``stageN_preact`` is that output after the BatchNorm that follows it (the next
+        stage's first ``bn1``, or the final BatchNorm), before its ReLU."""
+        points = {"stem": "stem"}
+        for index in range(len(self.stages)):
+            is_last = index == len(self.stages) - 1
+            points[f"stage{index + 1}_preact"] = "final_activation.0" if is_last else f"stages.{index + 1}.0.bn1"
+            points[f"stage{index + 1}"] = f"stages.{index}"
+        return {**points, "pre_logit": "pool"}
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.final_activation(self.stages(self.stem(x)))

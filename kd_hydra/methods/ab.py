@@ -1,0 +1,114 @@
+"""Activation boundaries (Heo et al., AAAI 2019) as RepDistiller trains them (``--distill abound``).
+
+An initialization stage (``init_epochs``) trains the student with a connector on
+:func:`kd_hydra.losses.activation_boundary_loss` between the connected student pre-activations (``stageN_preact``)
+and the teacher's; the distillation stage then optimises ``ce_weight * CE + ab_weight * AB``. RepDistiller's
+distillation stage has no AB term (``ab_weight: 0``: the term is still computed for the history, without gradient
+and with the connectors in eval mode, so they stay as the initialization stage left them).
+The connector of each pair is the identity where channels and size agree, else a ConvReg conv + BatchNorm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from kd_hydra.errors import ConfigError
+from kd_hydra.losses import activation_boundary_loss, cross_entropy
+
+from .base import (
+    DistillMethod,
+    FeatureRequest,
+    FeatureShapes,
+    LossOutput,
+    MethodBatch,
+    last_aligned,
+    preact_points,
+    require_finite,
+    require_init_stage,
+    require_weights,
+)
+from .fitnet import _spatial_map
+
+
+def ab_connector(student: tuple[int, ...], teacher: tuple[int, ...]) -> nn.Module:
+    """RepDistiller's AB connector: identity for equal (C, H), else the ConvReg conv + BatchNorm (no ReLU)."""
+    if student[:2] == teacher[:2]:
+        return nn.Identity()
+    return nn.Sequential(_spatial_map(student, teacher), nn.BatchNorm2d(teacher[0]))
+
+
+def require_preact_pairs(student_points: Sequence[str], teacher_points: Sequence[str]) -> tuple[tuple[str, ...], ...]:
+    """The deepest common number of ``stageN_preact`` points of both networks, else a one-line ConfigError."""
+    student, teacher = last_aligned(preact_points(student_points), preact_points(teacher_points))
+    if not student:
+        raise ConfigError(
+            "loss.name", "this method reads pre-activation feature points (stageN_preact) that these networks lack"
+        )
+    return student, teacher
+
+
+class AB(DistillMethod):
+    """Activation boundaries; parts ``ce`` and ``ab`` (the AB term, unweighted). Trainable: ``connectors``."""
+
+    parts = ("ce", "ab")
+    init_trains_student = True
+
+    def __init__(
+        self, *, ce_weight: float, ab_weight: float, margin: float, init_epochs: int, init_lr: float | None
+    ) -> None:
+        super().__init__()
+        self.ce_weight = float(ce_weight)
+        self.ab_weight = float(ab_weight)
+        self.margin = float(margin)
+        self.init_epochs = int(init_epochs)
+        self.init_lr = None if init_lr is None else float(init_lr)
+        self.student_points: tuple[str, ...] = ()
+        self.teacher_points: tuple[str, ...] = ()
+        self.connectors: nn.ModuleList | None = None
+
+    @classmethod
+    def validate_config(cls, loss: Mapping[str, Any]) -> None:
+        require_weights(loss, "ce_weight", "ab_weight")
+        require_finite(loss, "margin", minimum=0.0)
+        require_init_stage(loss)
+
+    def feature_request(self, student_points: Sequence[str], teacher_points: Sequence[str]) -> FeatureRequest:
+        self.student_points, self.teacher_points = require_preact_pairs(student_points, teacher_points)
+        return FeatureRequest(student=self.student_points, teacher=self.teacher_points)
+
+    def setup(
+        self, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes, train_targets: Any, num_classes: int
+    ) -> None:
+        self.connectors = nn.ModuleList(
+            ab_connector(tuple(student_shapes[s]), tuple(teacher_shapes[t]))
+            for s, t in zip(self.student_points, self.teacher_points)
+        )
+
+    def boundary_loss(self, student_features: Mapping[str, Tensor], teacher_features: Mapping[str, Tensor]) -> Tensor:
+        """The AB term between the connected student pre-activations and the teacher's."""
+        if self.connectors is None:
+            raise RuntimeError("AB.setup() must run before the first batch")
+        connected = [c(student_features[p]) for c, p in zip(self.connectors, self.student_points)]
+        teacher = [teacher_features[p].detach() for p in self.teacher_points]
+        return activation_boundary_loss(connected, teacher, self.margin)
+
+    def init_parameters(self, student: nn.Module) -> list[nn.Parameter]:
+        return [*student.parameters(), *self.parameters()]
+
+    def init_loss(self, student_features: Mapping[str, Tensor], teacher_features: Mapping[str, Tensor]) -> Tensor:
+        return self.boundary_loss(student_features, teacher_features)
+
+    def forward(self, batch: MethodBatch) -> LossOutput:
+        ce = cross_entropy(batch.student_logits, batch.targets)
+        if self.ab_weight == 0.0:  # RepDistiller: the connector stays as the init stage left it (eval, untrained)
+            training = self.connectors.training if self.connectors is not None else False
+            with torch.no_grad():
+                ab = self.eval().boundary_loss(batch.student_features, batch.teacher_features)
+            self.train(training)
+            return LossOutput(total=self.ce_weight * ce, parts={"ce": ce, "ab": ab})
+        ab = self.boundary_loss(batch.student_features, batch.teacher_features)
+        return LossOutput(total=self.ce_weight * ce + self.ab_weight * ab, parts={"ce": ce, "ab": ab})

@@ -1,0 +1,97 @@
+"""Flow of solution procedure (Yim et al., CVPR 2017) as RepDistiller trains it (``--distill fsp``).
+
+FSP matrices between consecutive maps of ``stem, stage1..N`` (:func:`kd_hydra.losses.fsp_loss`; student and teacher
+need the same channel count at each point). An initialization stage (``init_epochs``) trains the student on the FSP
+loss alone; the distillation stage optimises ``ce_weight * CE + fsp_weight * FSP``. RepDistiller's distillation
+stage has no FSP term (``fsp_weight: 0``: the term is still computed, without gradient, for the history).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from kd_hydra.errors import ConfigError
+from kd_hydra.losses import cross_entropy, fsp_loss
+
+from .base import (
+    DistillMethod,
+    FeatureRequest,
+    FeatureShapes,
+    LossOutput,
+    MethodBatch,
+    last_aligned,
+    require_init_stage,
+    require_weights,
+    stage_points,
+)
+
+STEM = "stem"
+
+
+def _maps(points: Sequence[str]) -> list[str]:
+    return ([STEM] if STEM in points else []) + stage_points(points)
+
+
+class FSP(DistillMethod):
+    """FSP; parts ``ce`` and ``fsp`` (the summed FSP terms, unweighted). No trainable parts."""
+
+    parts = ("ce", "fsp")
+    init_trains_student = True
+
+    def __init__(self, *, ce_weight: float, fsp_weight: float, init_epochs: int, init_lr: float | None) -> None:
+        super().__init__()
+        self.ce_weight = float(ce_weight)
+        self.fsp_weight = float(fsp_weight)
+        self.init_epochs = int(init_epochs)
+        self.init_lr = None if init_lr is None else float(init_lr)
+        self.student_points: tuple[str, ...] = ()
+        self.teacher_points: tuple[str, ...] = ()
+
+    @classmethod
+    def validate_config(cls, loss: Mapping[str, Any]) -> None:
+        require_weights(loss, "ce_weight", "fsp_weight")
+        require_init_stage(loss)
+
+    def feature_request(self, student_points: Sequence[str], teacher_points: Sequence[str]) -> FeatureRequest:
+        self.student_points, self.teacher_points = last_aligned(_maps(student_points), _maps(teacher_points))
+        if len(self.student_points) < 2:
+            raise ConfigError("loss.name", "fsp needs at least two feature maps (stem, stageN) in both networks")
+        return FeatureRequest(student=self.student_points, teacher=self.teacher_points)
+
+    def setup(
+        self, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes, train_targets: Any, num_classes: int
+    ) -> None:
+        student = [student_shapes[p][0] for p in self.student_points]
+        teacher = [teacher_shapes[p][0] for p in self.teacher_points]
+        if student != teacher:
+            raise ConfigError(
+                "loss.name",
+                f"fsp needs the same channel counts in both networks (student {student}, teacher {teacher}); "
+                "pick a pair of the same family",
+            )
+
+    def flow_loss(self, student_features: Mapping[str, Tensor], teacher_features: Mapping[str, Tensor]) -> Tensor:
+        """The summed FSP terms of one batch."""
+        return fsp_loss(
+            [student_features[p] for p in self.student_points],
+            [teacher_features[p].detach() for p in self.teacher_points],
+        )
+
+    def init_parameters(self, student: nn.Module) -> list[nn.Parameter]:
+        return list(student.parameters())
+
+    def init_loss(self, student_features: Mapping[str, Tensor], teacher_features: Mapping[str, Tensor]) -> Tensor:
+        return self.flow_loss(student_features, teacher_features)
+
+    def forward(self, batch: MethodBatch) -> LossOutput:
+        ce = cross_entropy(batch.student_logits, batch.targets)
+        if self.fsp_weight == 0.0:
+            with torch.no_grad():
+                fsp = self.flow_loss(batch.student_features, batch.teacher_features)
+            return LossOutput(total=self.ce_weight * ce, parts={"ce": ce, "fsp": fsp})
+        fsp = self.flow_loss(batch.student_features, batch.teacher_features)
+        return LossOutput(total=self.ce_weight * ce + self.fsp_weight * fsp, parts={"ce": ce, "fsp": fsp})

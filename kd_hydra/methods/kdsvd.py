@@ -1,0 +1,74 @@
+"""KD with singular value decomposition (Lee et al., ECCV 2018): ``ce_weight * CE + kdsvd_weight * KDSVD``.
+
+Every ``stageN`` output of the student is paired with the teacher's (RepDistiller's ``feat[1:-1]``, mdistiller's
+``feats[1:]``); :func:`kd_hydra.losses.kdsvd_loss` relates consecutive stages through their leading right
+singular vectors, reshaped as RepDistiller does (``(N, HW, C)``; mdistiller reshapes to ``(N, C H, W)``).
+The singular vectors are compared channel by channel, so the paired stages need equal channel counts. No
+trainable parts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from torch import Tensor
+
+from kd_hydra.errors import ConfigError
+from kd_hydra.losses import cross_entropy, kdsvd_loss
+
+from .base import (
+    DistillMethod,
+    FeatureRequest,
+    FeatureShapes,
+    LossOutput,
+    MethodBatch,
+    paired_stages,
+    require_positive_int,
+    require_weights,
+)
+
+
+class KDSVD(DistillMethod):
+    """KDSVD over the stages; parts ``ce`` and ``kdsvd`` (unweighted)."""
+
+    parts = ("ce", "kdsvd")
+
+    def __init__(self, *, ce_weight: float, kdsvd_weight: float, k: int) -> None:
+        super().__init__()
+        self.ce_weight = float(ce_weight)
+        self.kdsvd_weight = float(kdsvd_weight)
+        self.k = int(k)
+        self.stages: tuple[str, ...] = ()
+
+    @classmethod
+    def validate_config(cls, loss: Mapping[str, Any]) -> None:
+        require_weights(loss, "ce_weight", "kdsvd_weight")
+        require_positive_int(loss, "k")
+
+    def feature_request(self, student_points: Sequence[str], teacher_points: Sequence[str]) -> FeatureRequest:
+        self.stages = paired_stages("kdsvd", student_points, teacher_points)
+        if len(self.stages) < 2:
+            raise ConfigError("loss.name", "kdsvd relates consecutive stages: both networks need at least two")
+        return FeatureRequest(student=self.stages, teacher=self.stages)
+
+    def setup(
+        self, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes, train_targets: Tensor, num_classes: int
+    ) -> None:
+        student = [student_shapes[s][0] for s in self.stages]
+        teacher = [teacher_shapes[s][0] for s in self.stages]
+        if student != teacher:
+            raise ConfigError(
+                "loss.name",
+                f"kdsvd compares singular vectors channel by channel: stage channels differ "
+                f"(student {student}, teacher {teacher}); pick archs of equal widths",
+            )
+
+    def forward(self, batch: MethodBatch) -> LossOutput:
+        ce = cross_entropy(batch.student_logits, batch.targets)
+        kdsvd = kdsvd_loss(
+            [batch.student_features[s] for s in self.stages],
+            [batch.teacher_features[s].detach() for s in self.stages],
+            self.k,
+        )
+        return LossOutput(total=self.ce_weight * ce + self.kdsvd_weight * kdsvd, parts={"ce": ce, "kdsvd": kdsvd})

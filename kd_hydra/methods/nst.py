@@ -1,0 +1,43 @@
+"""Neuron selectivity transfer (Huang & Wang, 2017): ``ce_weight * CE + nst_weight * sum_j NST_j``.
+
+Every ``stageN`` output of the student is paired with the teacher's (both need the same number of stages, as
+RepDistiller's ``feat[1:-1]`` and mdistiller's ``feats[1:]``); ``NST_j`` is :func:`kd_hydra.losses.nst_loss`
+on pair j (squared MMD with a degree-2 polynomial kernel). RepDistiller trains NST without an initialisation
+stage (``train_student.py`` runs ``init`` only for AB, FT and FSP), so there is no ``init_epochs``. No
+trainable parts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from kd_hydra.losses import cross_entropy, nst_loss
+
+from .base import DistillMethod, FeatureRequest, LossOutput, MethodBatch, paired_stages, require_weights
+
+
+class NST(DistillMethod):
+    """Neuron selectivity transfer over all stage pairs; parts ``ce`` and ``nst`` (the summed terms, unweighted)."""
+
+    parts = ("ce", "nst")
+
+    def __init__(self, *, ce_weight: float, nst_weight: float) -> None:
+        super().__init__()
+        self.ce_weight = float(ce_weight)
+        self.nst_weight = float(nst_weight)
+        self.stages: tuple[str, ...] = ()
+
+    @classmethod
+    def validate_config(cls, loss: Mapping[str, Any]) -> None:
+        require_weights(loss, "ce_weight", "nst_weight")
+
+    def feature_request(self, student_points: Sequence[str], teacher_points: Sequence[str]) -> FeatureRequest:
+        self.stages = paired_stages("nst", student_points, teacher_points)
+        return FeatureRequest(student=self.stages, teacher=self.stages)
+
+    def forward(self, batch: MethodBatch) -> LossOutput:
+        ce = cross_entropy(batch.student_logits, batch.targets)
+        terms = [nst_loss(batch.student_features[s], batch.teacher_features[s].detach()) for s in self.stages]
+        nst = sum(terms[1:], terms[0])
+        return LossOutput(total=self.ce_weight * ce + self.nst_weight * nst, parts={"ce": ce, "nst": nst})

@@ -1,0 +1,46 @@
+"""Similarity-preserving KD (Tung & Mori, ICCV 2019): ``ce_weight * CE + sp_weight * SP`` on the last stage.
+
+SP compares the row-normalised ``N x N`` Gram matrices of the flattened last ``stageN`` output of each
+network (:func:`kd_hydra.losses.similarity_preserving_loss`), as RepDistiller (``feat[-2]``) and mdistiller
+(``feats[-1]``) do; the stage counts and shapes of the two networks may differ. No trainable parts. (torchdistill's
+``SPKDLoss`` scales the Gram rows by their L1 norm, ``normalize(G, 1)``; the paper and both suites use L2.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from kd_hydra.errors import ConfigError
+from kd_hydra.losses import cross_entropy, similarity_preserving_loss
+
+from .base import DistillMethod, FeatureRequest, LossOutput, MethodBatch, require_weights, stage_points
+
+
+class SP(DistillMethod):
+    """Similarity preserving; parts ``ce`` and ``sp`` (unweighted)."""
+
+    parts = ("ce", "sp")
+
+    def __init__(self, *, ce_weight: float, sp_weight: float) -> None:
+        super().__init__()
+        self.ce_weight = float(ce_weight)
+        self.sp_weight = float(sp_weight)
+        self.request = FeatureRequest()
+
+    @classmethod
+    def validate_config(cls, loss: Mapping[str, Any]) -> None:
+        require_weights(loss, "ce_weight", "sp_weight")
+
+    def feature_request(self, student_points: Sequence[str], teacher_points: Sequence[str]) -> FeatureRequest:
+        student, teacher = stage_points(student_points), stage_points(teacher_points)
+        if not student or not teacher:
+            raise ConfigError("loss.name", "sp needs stage outputs (stageN feature points) of both networks")
+        self.request = FeatureRequest(student=(student[-1],), teacher=(teacher[-1],))
+        return self.request
+
+    def forward(self, batch: MethodBatch) -> LossOutput:
+        ce = cross_entropy(batch.student_logits, batch.targets)
+        (student,), (teacher,) = self.request.student, self.request.teacher
+        sp = similarity_preserving_loss(batch.student_features[student], batch.teacher_features[teacher].detach())
+        return LossOutput(total=self.ce_weight * ce + self.sp_weight * sp, parts={"ce": ce, "sp": sp})

@@ -1,0 +1,98 @@
+"""Variational information distillation (Ahn et al., CVPR 2019): ``ce_weight * CE + vid_weight * sum_j VID_j``.
+
+Every ``stageN`` output of the student is paired with the teacher's (RepDistiller's ``feat[1:-1]``). Per pair,
+the larger map is pooled to the smaller size, a regressor ``1x1 conv (C_s -> C_t), ReLU, 1x1 conv, ReLU, 1x1
+conv`` (no biases) predicts the teacher's map, and each teacher channel has a learned variance
+``log(1 + exp(log_scale)) + eps``, initialised to ``init_pred_var``; ``VID_j`` is
+:func:`kd_hydra.losses.vid_loss`. Regressors and log-scales are trained with the student, as in RepDistiller
+(mdistiller keeps its log-scales in a plain list, so they are never updated there).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from kd_hydra.losses import cross_entropy, match_spatial, vid_loss
+
+from .base import (
+    DistillMethod,
+    FeatureRequest,
+    FeatureShapes,
+    LossOutput,
+    MethodBatch,
+    paired_stages,
+    require_finite,
+    require_weights,
+)
+
+
+def vid_regressor(student_channels: int, teacher_channels: int) -> nn.Sequential:
+    """RepDistiller's VID regressor with ``num_mid_channel`` = the teacher's channels."""
+
+    def conv1x1(c_in: int, c_out: int) -> nn.Conv2d:
+        return nn.Conv2d(c_in, c_out, kernel_size=1, bias=False)
+
+    return nn.Sequential(
+        conv1x1(student_channels, teacher_channels),
+        nn.ReLU(),
+        conv1x1(teacher_channels, teacher_channels),
+        nn.ReLU(),
+        conv1x1(teacher_channels, teacher_channels),
+    )
+
+
+def initial_log_scale(init_pred_var: float, eps: float) -> float:
+    """The log-scale whose ``log(1 + exp(.)) + eps`` is ``init_pred_var``."""
+    return math.log(math.exp(init_pred_var - eps) - 1.0)
+
+
+class VID(DistillMethod):
+    """VID over all stage pairs; parts ``ce`` and ``vid`` (summed, unweighted). Trainable: ``regressors``,
+    ``log_scales``."""
+
+    parts = ("ce", "vid")
+
+    def __init__(self, *, ce_weight: float, vid_weight: float, init_pred_var: float, eps: float) -> None:
+        super().__init__()
+        self.ce_weight = float(ce_weight)
+        self.vid_weight = float(vid_weight)
+        self.init_pred_var = float(init_pred_var)
+        self.eps = float(eps)
+        self.stages: tuple[str, ...] = ()
+        self.regressors = nn.ModuleList()
+        self.log_scales = nn.ParameterList()
+
+    @classmethod
+    def validate_config(cls, loss: Mapping[str, Any]) -> None:
+        require_weights(loss, "ce_weight", "vid_weight")
+        eps = require_finite(loss, "eps", minimum=0.0)
+        require_finite(loss, "init_pred_var", minimum=eps, strict_minimum=True)
+
+    def feature_request(self, student_points: Sequence[str], teacher_points: Sequence[str]) -> FeatureRequest:
+        self.stages = paired_stages("vid", student_points, teacher_points)
+        return FeatureRequest(student=self.stages, teacher=self.stages)
+
+    def setup(
+        self, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes, train_targets: Tensor, num_classes: int
+    ) -> None:
+        start = initial_log_scale(self.init_pred_var, self.eps)
+        for stage in self.stages:
+            student_channels, teacher_channels = student_shapes[stage][0], teacher_shapes[stage][0]
+            self.regressors.append(vid_regressor(student_channels, teacher_channels))
+            self.log_scales.append(nn.Parameter(torch.full((teacher_channels,), start)))
+
+    def forward(self, batch: MethodBatch) -> LossOutput:
+        if len(self.regressors) != len(self.stages) or not self.stages:
+            raise RuntimeError("VID.setup() must run before the first batch")
+        ce = cross_entropy(batch.student_logits, batch.targets)
+        terms = []
+        for stage, regressor, log_scale in zip(self.stages, self.regressors, self.log_scales):
+            student, teacher = match_spatial(batch.student_features[stage], batch.teacher_features[stage].detach())
+            terms.append(vid_loss(regressor(student), teacher, log_scale, self.eps))
+        vid = sum(terms[1:], terms[0])
+        return LossOutput(total=self.ce_weight * ce + self.vid_weight * vid, parts={"ce": ce, "vid": vid})

@@ -1,0 +1,427 @@
+"""Step tests for AB, FT, FSP, OFD (and their initialization stage): a few SGD steps of kd-hydra's training
+(``kd_hydra.train.train_epoch`` with its hooks, the live teacher, the method's parts in the optimizer) equal a
+short reference loop written here from the papers' equations, on the same weights and float64 batches."""
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kd_hydra.methods.init_stage import run_init_stage
+from kd_hydra.models.features import FeatureRecorder, probe_feature_shapes
+from kd_hydra.train import LiveTeacher, Runtime, train_epoch
+from tests.feature_nets import CLASSES, IMAGE_SHAPE, TinyResNet, batches
+from tests.method_helpers import method_from_yaml
+
+RUNTIME = Runtime(torch.device("cpu"), None, False, False)
+LR, MOMENTUM, WEIGHT_DECAY = 0.05, 0.9, 5e-4
+PREACTS = ["stage1_preact", "stage2_preact", "stage3_preact"]
+
+
+def sgd(*groups, lr=LR):
+    return torch.optim.SGD([{"params": list(g)} for g in groups], lr=lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+
+
+def networks(same_widths=False):
+    student = TinyResNet((4, 8, 8, 16), seed=1).double()
+    teacher = TinyResNet((4, 8, 8, 16) if same_widths else (8, 16, 16, 32), seed=2).double().eval()
+    return student, teacher
+
+
+def prepared(name, student, teacher, **overrides):
+    """The method as ``loss=<name>`` builds it, set up on the two networks as the trainer does."""
+    method = method_from_yaml(name, **overrides)
+    request = method.feature_request(tuple(student.feature_points()), tuple(teacher.feature_points()))
+    torch.manual_seed(0)
+    method.setup(
+        probe_feature_shapes(student, request.student, IMAGE_SHAPE),
+        probe_feature_shapes(teacher, request.teacher, IMAGE_SHAPE),
+        torch.zeros(24, dtype=torch.long),
+        CLASSES,
+    )
+    method.setup_teacher(teacher)
+    return method.double(), request
+
+
+def kd_hydra_training(method, request, student, teacher, data, epochs=1):
+    """kd-hydra's loop: recorder hooks on the student, the live teacher, student + method parts in one SGD."""
+    recorder = FeatureRecorder(student, request.student)
+    source = LiveTeacher(teacher, RUNTIME, request.teacher)
+    optimizer = sgd(student.parameters(), [p for p in method.parameters() if p.requires_grad])
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    for epoch in range(1, epochs + 1):
+        method.begin_epoch(epoch, epochs)
+        train_epoch(student, iter(data), method, optimizer, scaler, RUNTIME, source, lambda: recorder.features)
+    recorder.remove()
+    source.recorder.remove()
+
+
+def reference_training(student, teacher, parts, data, distill_term, ce_weight=1.0, epochs=1):
+    """The reference loop: explicit forwards, ``ce_weight * CE + distill_term(...)``, SGD on student + parts."""
+    optimizer = sgd(student.parameters(), [p for p in parts.parameters() if p.requires_grad])
+    student.train(), parts.train(), teacher.eval()
+    for epoch in range(1, epochs + 1):
+        for images, targets, _ in data:
+            logits, s_features = student.reference_features(images)
+            with torch.no_grad():
+                _, t_features = teacher.reference_features(images)
+            loss = ce_weight * F.cross_entropy(logits, targets) + distill_term(s_features, t_features, epoch)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+
+def assert_same_weights(a, b, rtol=1e-9, atol=1e-11):
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        torch.testing.assert_close(x, y, rtol=rtol, atol=atol, msg=name)
+
+
+def pool_to(f, size):
+    return f if tuple(f.shape[2:]) == tuple(size) else F.adaptive_avg_pool2d(f, size)
+
+
+# -- the papers' equations ---------------------------------------------------------------------------------
+
+
+def ab_term(connected, teacher, margin):
+    """Heo et al. eq. (5): alternative L2 around the margin, RepDistiller's 2^(i-n+1) * 3/1000 / N."""
+    n, total = len(connected), 0.0
+    for i, (s, t) in enumerate(zip(connected, teacher)):
+        off = (s + margin) ** 2 * ((s > -margin) & (t <= 0))
+        on = (s - margin) ** 2 * ((s <= margin) & (t > 0))
+        total = total + 2.0 ** (i - n + 1) * (off + on).sum() / s.shape[0] * 3 / 1000
+    return total
+
+
+def factor(f):
+    a = f.pow(2).mean(1).flatten(1)
+    return a / a.norm(dim=1, keepdim=True)
+
+
+def fsp_term(student_maps, teacher_maps):
+    """Yim et al. eq. (1)-(2) (mean over matrix entries and batch, as RepDistiller)."""
+    total = 0.0
+    for i in range(len(student_maps) - 1):
+        grams = []
+        for maps in (student_maps, teacher_maps):
+            bottom, top = maps[i], maps[i + 1]
+            size = (min(bottom.shape[2], top.shape[2]), min(bottom.shape[3], top.shape[3]))
+            bottom, top = pool_to(bottom, size), pool_to(top, size)
+            grams.append(torch.einsum("nihw,njhw->nji", bottom, top) / (size[0] * size[1]))
+        total = total + (grams[0] - grams[1]).pow(2).mean()
+    return total
+
+
+def margin_of(bn):
+    """E[x | x < 0] for x ~ N(beta, gamma^2) from the truncated normal, -3|gamma| when P(x < 0) <= 0.001."""
+    values = []
+    for g, b in zip(bn.weight.tolist(), bn.bias.tolist()):
+        s = abs(g)
+        cdf = 0.5 * math.erfc(b / s / math.sqrt(2))
+        values.append(b - s * math.exp(-((b / s) ** 2) / 2) / math.sqrt(2 * math.pi) / cdf if cdf > 1e-3 else -3 * s)
+    return torch.tensor(values, dtype=torch.float32).double().reshape(1, -1, 1, 1)  # a FloatTensor, as the reference
+
+
+def ofd_term(connected, teacher, margins):
+    """Heo et al. (ICCV 2019) eq. (3)-(4): partial L2 against max(t, m), per-sample sum, 1/2^(n-1-i)."""
+    n, total = len(connected), 0.0
+    for i, (s, t, m) in enumerate(zip(connected, teacher, margins)):
+        t = pool_to(t, s.shape[2:])
+        target = torch.where(t > m, t, m.expand_as(t))
+        mask = (s > target) | (t > 0)
+        total = total + ((s - target) ** 2 * mask).sum() / s.shape[0] / 2 ** (n - 1 - i)
+    return total
+
+
+# -- distillation steps ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ab_weight", [0.0, 2.0])
+def test_ab_steps_equal_the_reference(ab_weight):
+    student, teacher = networks()
+    method, request = prepared("ab", student, teacher, ab_weight=ab_weight)
+    reference_student, connectors = copy.deepcopy(student), copy.deepcopy(method.connectors)
+    data = batches(3)
+    kd_hydra_training(method, request, student, teacher, data)
+
+    def term(s, t, epoch):
+        if not ab_weight:  # RepDistiller's distillation stage: CE only, the connector not trained
+            return 0.0
+        return ab_weight * ab_term([c(s[p]) for c, p in zip(connectors, PREACTS)], [t[p] for p in PREACTS], 1.0)
+
+    reference_training(reference_student, teacher, connectors if ab_weight else torch.nn.Module(), data, term)
+    assert_same_weights(student, reference_student)
+    assert_same_weights(method.connectors, connectors)
+
+
+def test_ft_steps_equal_the_reference():
+    student, teacher = networks()
+    method, request = prepared("ft", student, teacher)
+    reference_student = copy.deepcopy(student)
+    translator, paraphraser = copy.deepcopy(method.translator), copy.deepcopy(method.paraphraser)
+    data = batches(3)
+    kd_hydra_training(method, request, student, teacher, data)
+
+    def term(s, t, epoch):
+        with torch.no_grad():
+            teacher_factor = paraphraser.encoder(t["stage3"])
+        return 200.0 * (factor(translator(s["stage3"])) - factor(teacher_factor)).abs().mean()
+
+    reference_training(reference_student, teacher, translator, data, term)
+    assert_same_weights(student, reference_student)
+    assert_same_weights(method.translator, translator)
+    assert_same_weights(method.paraphraser, paraphraser)  # frozen outside the initialization stage
+
+
+@pytest.mark.parametrize("fsp_weight", [0.0, 5.0])
+def test_fsp_steps_equal_the_reference(fsp_weight):
+    student, teacher = networks(same_widths=True)
+    method, request = prepared("fsp", student, teacher, fsp_weight=fsp_weight)
+    reference_student = copy.deepcopy(student)
+    data = batches(3)
+    kd_hydra_training(method, request, student, teacher, data)
+    points = ["stem", "stage1", "stage2", "stage3"]
+
+    def term(s, t, epoch):
+        return fsp_weight * fsp_term([s[p] for p in points], [t[p] for p in points])
+
+    reference_training(reference_student, teacher, torch.nn.Module(), data, term)
+    assert_same_weights(student, reference_student)
+
+
+def test_ofd_steps_equal_the_reference():
+    student, teacher = networks()
+    method, request = prepared("ofd", student, teacher, feat_weight=0.01)
+    reference_student, connectors = copy.deepcopy(student), copy.deepcopy(method.connectors)
+    margins = [margin_of(teacher.stages[i].bn2) for i in range(3)]
+    data = batches(3)
+    kd_hydra_training(method, request, student, teacher, data)
+
+    def term(s, t, epoch):
+        connected = [c(s[p]) for c, p in zip(connectors, PREACTS)]
+        return 0.01 * ofd_term(connected, [t[p] for p in PREACTS], margins)
+
+    reference_training(reference_student, teacher, connectors, data, term)
+    assert_same_weights(student, reference_student)
+    assert_same_weights(method.connectors, connectors)
+
+
+# -- the initialization stage ------------------------------------------------------------------------------
+
+
+class ListPipeline:
+    """The same fixed batches every epoch."""
+
+    def __init__(self, data):
+        self.data = data
+        self.num_train = sum(len(b[0]) for b in data)
+
+    def train_batches(self, epoch):
+        return iter(self.data)
+
+
+def kd_hydra_init_stage(method, request, student, teacher, data, epochs):
+    recorder = FeatureRecorder(student, request.student)
+    source = LiveTeacher(teacher, RUNTIME, request.teacher)
+    losses = run_init_stage(
+        student,
+        method,
+        source,
+        ListPipeline(data),
+        RUNTIME,
+        lambda params: sgd(params),
+        epochs,
+        lambda: recorder.features,
+    )
+    recorder.remove()
+    return losses
+
+
+def reference_init(parameters, data, loss_of, lr, epochs):
+    """RepDistiller's helper/pretrain.py: SGD (momentum 0.9, wd 5e-4) at a constant lr on the init loss alone."""
+    optimizer = sgd(parameters, lr=lr)
+    for _ in range(epochs):
+        for images, _, _ in data:
+            loss = loss_of(images)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+
+def test_ab_initialization_stage_trains_student_and_connectors_on_ab_alone():
+    student, teacher = networks()
+    method, request = prepared("ab", student, teacher, init_epochs=2, init_lr=0.02)
+    reference_student, connectors = copy.deepcopy(student), copy.deepcopy(method.connectors)
+    data = batches(2)
+    losses = kd_hydra_init_stage(method, request, student, teacher, data, method.init_epochs)
+    assert len(losses) == 2 and losses[1] < losses[0]
+
+    def loss_of(images):
+        _, s = reference_student.reference_features(images)
+        with torch.no_grad():
+            _, t = teacher.reference_features(images)
+        return ab_term([c(s[p]) for c, p in zip(connectors, PREACTS)], [t[p] for p in PREACTS], 1.0)
+
+    reference_student.train(), connectors.train()
+    reference_init([*reference_student.parameters(), *connectors.parameters()], data, loss_of, 0.02, 2)
+    assert_same_weights(student, reference_student)
+    assert_same_weights(method.connectors, connectors)
+
+
+def test_ft_initialization_stage_trains_only_the_paraphraser_then_freezes_it():
+    student, teacher = networks()
+    method, request = prepared("ft", student, teacher, init_epochs=2)
+    untouched, paraphraser = copy.deepcopy(student), copy.deepcopy(method.paraphraser)
+    data = batches(2)
+    kd_hydra_init_stage(method, request, student, teacher, data, method.init_epochs)
+
+    def loss_of(images):
+        with torch.no_grad():
+            _, t = teacher.reference_features(images)
+        return F.mse_loss(paraphraser.decoder(paraphraser.encoder(t["stage3"])), t["stage3"])
+
+    for p in paraphraser.parameters():
+        p.requires_grad_(True)
+    reference_init(list(paraphraser.parameters()), data, loss_of, 0.01, 2)  # ft.yaml: init_lr 0.01
+    assert_same_weights(method.paraphraser, paraphraser)
+    assert_same_weights(student, untouched)  # not run: weights and BatchNorm statistics unchanged
+    assert not any(p.requires_grad for p in method.paraphraser.parameters())
+
+
+def test_fsp_initialization_stage_uses_the_main_lr_by_default():
+    student, teacher = networks(same_widths=True)
+    method, request = prepared("fsp", student, teacher, init_epochs=1)
+    reference_student = copy.deepcopy(student)
+    data = batches(2)
+    kd_hydra_init_stage(method, request, student, teacher, data, method.init_epochs)
+    points = ["stem", "stage1", "stage2", "stage3"]
+
+    def loss_of(images):
+        _, s = reference_student.reference_features(images)
+        with torch.no_grad():
+            _, t = teacher.reference_features(images)
+        return fsp_term([s[p] for p in points], [t[p] for p in points])
+
+    reference_student.train()
+    reference_init(list(reference_student.parameters()), data, loss_of, LR, 1)
+    assert_same_weights(student, reference_student)
+
+
+def test_zero_init_epochs_is_a_no_op():
+    student, teacher = networks()
+    method, request = prepared("ab", student, teacher, init_epochs=0)
+    before = copy.deepcopy(student)
+    assert kd_hydra_init_stage(method, request, student, teacher, batches(1), method.init_epochs) == []
+    assert_same_weights(student, before)
+
+
+def hcl_term(student_maps, teacher_maps):
+    """Chen et al. (CVPR 2021) eq. (6): per level, MSE at full size plus 4x4, 2x2, 1x1 pools weighted 1/2, 1/4, ..."""
+    total = 0.0
+    for s, t in zip(student_maps, teacher_maps):
+        terms = [F.mse_loss(s, t)] + [
+            F.mse_loss(F.adaptive_avg_pool2d(s, k), F.adaptive_avg_pool2d(t, k)) for k in (4, 2, 1) if k < s.shape[2]
+        ]
+        weights = [0.5**i for i in range(len(terms))]
+        total = total + sum(w * x for w, x in zip(weights, terms)) / sum(weights)
+    return total
+
+
+def review(abfs, student_maps, teacher_sizes):
+    """Eq. (3)-(5): from the deepest level up, fuse each map with the deeper result by two attention maps."""
+    results, deeper = [], None
+    for abf, x, size in zip(abfs, student_maps[::-1], teacher_sizes[::-1]):
+        x = abf.conv1(x)
+        if deeper is not None:
+            deeper = F.interpolate(deeper, x.shape[2:], mode="nearest")
+            weights = torch.sigmoid(abf.att_conv[0](torch.cat([x, deeper], 1)))
+            x = x * weights[:, 0:1] + deeper * weights[:, 1:2]
+        x = F.interpolate(x, size, mode="nearest") if tuple(x.shape[2:]) != size else x
+        results.insert(0, abf.conv2(x))
+        deeper = x
+    return results
+
+
+def test_reviewkd_steps_with_warm_up_equal_the_reference():
+    student, teacher = networks()
+    method, request = prepared("reviewkd", student, teacher, warmup=2)
+    reference_student, abfs = copy.deepcopy(student), copy.deepcopy(method.abfs)
+    data = batches(2)
+    kd_hydra_training(method, request, student, teacher, data, epochs=2)
+    sizes = [(16, 16), (8, 8), (4, 4), (1, 1)]
+
+    def term(s, t, epoch):
+        maps = [s["stage1"], s["stage2"], s["stage3"], s["pre_logit"][:, :, None, None]]
+        targets = [t["stage1_preact"], t["stage2_preact"], t["stage3_preact"], t["pre_logit"][:, :, None, None]]
+        return min(epoch / 2, 1.0) * 5.0 * hcl_term(review(abfs, maps, sizes), targets)
+
+    reference_training(reference_student, teacher, abfs, data, term, epochs=2)
+    assert_same_weights(student, reference_student)
+    assert_same_weights(method.abfs, abfs)
+
+
+def mlkd_term(sw, tw, ss, ts, temperature=4.0, kd_weight=0.9):
+    """Jin et al.'s forward_train, written out: masked weak terms, strong terms, class and batch correlations."""
+    temps = [temperature, 3.0, 5.0, 2.0, 6.0]
+    p = torch.softmax(tw, 1)
+    confidence = p.max(1).values
+    mask = (confidence <= torch.quantile(confidence, 0.5)).double()
+    class_mask = (p.sum(0) <= torch.quantile(p.sum(0), 0.5)).double()
+
+    def kl(s, t, T):
+        return (
+            (torch.softmax(t / T, 1) * (torch.log_softmax(t / T, 1) - torch.log_softmax(s / T, 1))).sum(1).mean()
+            * T
+            * T
+        )
+
+    def gram(s, t, T, classes):
+        a, b = torch.softmax(s / T, 1), torch.softmax(t / T, 1)
+        if classes:
+            return ((b.t() @ b - a.t() @ a) ** 2).sum() / s.shape[1]
+        return ((b @ b.t() - a @ a.t()) ** 2).sum() / s.shape[0]
+
+    kd = sum((kl(sw, tw, T) * mask).mean() for T in temps)
+    kd = kd + sum(kl(ss, ts, T) for T in temps[:3]) + sum(kl(sw, tw, T) for T in temps[3:])
+    cc = sum((gram(sw, tw, T, True) * class_mask).mean() for T in temps)
+    bc = sum((gram(sw, tw, T, False) * mask).mean() for T in temps)
+    return kd_weight * (kd + cc + bc)
+
+
+def test_mlkd_steps_with_the_strong_view_equal_the_reference():
+    from kd_hydra.data.strong_augment import strong_view
+
+    student, teacher = networks()
+    method, request = prepared("mlkd", student, teacher)
+    reference_student = copy.deepcopy(student)
+    data = batches(3)
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    generator = torch.Generator().manual_seed(7)
+    source = LiveTeacher(teacher, RUNTIME)
+    optimizer = sgd(student.parameters())
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    method.begin_epoch(1, 1)
+
+    def strong(images):
+        return strong_view(images, mean, std, generator)
+
+    train_epoch(student, iter(data), method, optimizer, scaler, RUNTIME, source, strong_view=strong)
+
+    generator = torch.Generator().manual_seed(7)
+    optimizer = sgd(reference_student.parameters())
+    reference_student.train()
+    for images, targets, _ in data:
+        strong_images = strong_view(images, mean, std, generator)
+        weak_logits = reference_student(images)
+        strong_logits = reference_student(strong_images)
+        with torch.no_grad():  # the live teacher hands over float32 logits
+            teacher_weak, teacher_strong = (teacher(x).float().double() for x in (images, strong_images))
+        ce = F.cross_entropy(weak_logits, targets) + F.cross_entropy(strong_logits, targets)
+        loss = 0.1 * ce + mlkd_term(weak_logits, teacher_weak, strong_logits, teacher_strong)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    # float32 teacher logits (the live teacher's) make the two sides differ by float32 rounding in the teacher terms
+    assert_same_weights(student, reference_student, rtol=1e-6, atol=1e-8)
