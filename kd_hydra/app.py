@@ -27,7 +27,6 @@ from kd_hydra.context import RunContext, open_context
 from kd_hydra.errors import KDHydraError
 from kd_hydra.evaluation import evaluate_classes, write_evaluation
 from kd_hydra.identity import dataset_config_digest, digest, plain, run_identity, teacher_id, training_settings
-from kd_hydra.instantiate import build
 from kd_hydra.loggers import build_loggers
 from kd_hydra.loggers import run_identity as tracker_identity
 from kd_hydra.methods import DistillMethod, FeatureRequest, build_method

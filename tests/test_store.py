@@ -16,11 +16,11 @@ import torch
 from filelock import FileLock, Timeout
 from torch import nn
 
-from kd_hydra.errors import CheckpointError, ConfigError
-from kd_hydra.schema import TRAIN_STATE_FILE
 from kd_hydra.cache_entry import SEAL_FILE as META_FILE
 from kd_hydra.cache_entry import CacheEntry
 from kd_hydra.checkpoints import ArchSignature
+from kd_hydra.errors import CheckpointError, ConfigError
+from kd_hydra.schema import TRAIN_STATE_FILE
 from kd_hydra.teachers import TeacherStore
 
 ARCH = ArchSignature(name="tiny", source="zoo", num_classes=3, in_channels=2, image_size=1)
