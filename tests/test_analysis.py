@@ -421,12 +421,30 @@ def test_callback_writes_into_the_sweep_dir(tmp_path: Path, caplog: pytest.LogCa
     assert len(load_runs(fake.root)) == fake.n_runs  # its outputs are not mistaken for runs
 
 
-def test_callback_never_raises(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_callback_failure_exits_non_zero_with_a_last_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "nothing")}}})
-    with caplog.at_level(logging.ERROR, logger="analysis.callback"):
+    with pytest.raises(SystemExit) as exited:
         AnalysisCallback().on_multirun_end(config)
-    assert "analysis of the sweep failed: NoRunsError: no run directories under" in caplog.text
-    AnalysisCallback().on_multirun_end(OmegaConf.create({}))  # no hydra node at all: logged too
+    assert exited.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: analysis of the sweep failed: NoRunsError: no run directories under")
+    with pytest.raises(SystemExit):
+        AnalysisCallback().on_multirun_end(OmegaConf.create({}))  # no hydra node at all
+    assert "no hydra.sweep.dir" in capsys.readouterr().err
+
+
+def test_callback_failure_still_runs_the_job_status_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    fake = write_fake_sweep(tmp_path / "sweep")  # a failed, an unfinished and a corrupt job
+    analysis_node = {"_target_": "analysis.callback.AnalysisCallback", "out_subdir": "0/metrics.json"}
+    callbacks = {"job_status": {"_target_": "kd_hydra.sweeper.JobStatusCallback"}, "analysis": analysis_node}
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(fake.root)}, "callbacks": callbacks}})
+    with pytest.raises(SystemExit) as exited:  # out_subdir names a file: the analysis cannot be written
+        AnalysisCallback(out_subdir="0/metrics.json").on_multirun_end(config)
+    assert exited.value.code == 1  # the job status callback's own exit status
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert any("jobs did not complete" in line for line in lines[:-1])
+    assert lines[-1].startswith("error: analysis of the sweep failed: FileExistsError")
+    assert f"python -m analysis {fake.root}" in lines[-1]
 
 
 def test_callback_config_instantiates() -> None:
@@ -475,8 +493,8 @@ def test_callback_in_a_real_hydra_multirun(tmp_path: Path) -> None:
     (app / "app.py").write_text(textwrap.dedent(HYDRA_APP))
     sweep_args = ["-m", "loss.temperature=1,4", "trainer.seed=0,1"]
 
-    def run_app(sweep_dir: Path, *extra: str) -> None:
-        """``python app.py ARGS``, run in this process (see conftest.call_main)."""
+    def run_app(sweep_dir: Path, *extra: str, expected: int = 0) -> str:
+        """``python app.py ARGS``, run in this process (see conftest.call_main); returns its stderr."""
         env = {**subprocess_env(), "SWEEP_OUT": str(sweep_dir)}
 
         def main(args: list[str]) -> None:
@@ -485,7 +503,8 @@ def test_callback_in_a_real_hydra_multirun(tmp_path: Path) -> None:
 
         with isolated_process_state(env, app):
             code, _, stderr = call_main([*sweep_args, *extra], main)
-        assert code == 0, stderr
+        assert code == expected, stderr
+        return stderr
 
     run_app(tmp_path / "sweep")
     for name in ("results.csv", "report.md", "accuracy_vs_temperature.png", "learning_curves.png"):
@@ -495,6 +514,8 @@ def test_callback_in_a_real_hydra_multirun(tmp_path: Path) -> None:
     assert "**T = 4, α = 0.9**" in (tmp_path / "sweep" / "report.md").read_text()
     run_app(tmp_path / "off", "hydra.callbacks.analysis.enabled=false")
     assert (tmp_path / "off" / "0").is_dir() and not (tmp_path / "off" / "report.md").exists()
+    stderr = run_app(tmp_path / "bad", "+hydra.callbacks.analysis.out_subdir=0/metrics.json", expected=2)
+    assert stderr.strip().splitlines()[-1].startswith("error: analysis of the sweep failed: FileExistsError")
 
 
 def test_notebook_runs_end_to_end(sweep: FakeSweep, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -674,3 +695,60 @@ def test_report_files_are_not_private(sweep: FakeSweep, tmp_path: Path) -> None:
         os.umask(previous)
     for path in written.values():
         assert path.stat().st_mode & 0o777 == 0o644, path
+
+
+# --- bad input: one line, never a traceback (issue 16) ---------------------------------------
+
+
+def write_damaged_runs(root: Path) -> dict[str, Path]:
+    """Two good distill runs and one run per kind of damage; returns name -> run dir."""
+    dirs = {}
+    for seed in (0, 1):
+        config = make_config("distill", seed)
+        dirs[f"good{seed}"] = write_run(root / f"good{seed}", config, make_metrics(config, 80.0 + seed),
+                                        make_history(80.0 + seed))  # fmt: skip
+    damaged = {
+        "status_list": {"status": ["completed"]},
+        "acc_text": {"final_test_acc": "high"},
+        "settings_list": {"settings": [1, 2]},
+        "mode_dict": {"mode": {"a": 1}},
+    }
+    for name, change in damaged.items():
+        config = make_config("distill", 2)
+        dirs[name] = write_run(root / name, config, {**make_metrics(config, 90.0), **change})
+    config = make_config("distill", 3)
+    dirs["not_utf8"] = write_run(root / "not_utf8", config, None, None)
+    (dirs["not_utf8"] / schema.METRICS_FILE).write_bytes(b"\xff\xfe\x00{")
+    dirs["array"] = write_run(root / "array", config, None, None)
+    (dirs["array"] / schema.METRICS_FILE).write_text("[1, 2, 3]")
+    dirs["bad_history"] = write_run(root / "bad_history", config, make_metrics(config, 70.0), None)
+    (dirs["bad_history"] / schema.HISTORY_FILE).write_bytes(b"epoch,test_acc\nx,\xff\n\x00\x00\n")
+    dirs["bad_config"] = write_run(root / "bad_config", config, None, None)
+    (dirs["bad_config"] / ".hydra" / "config.yaml").write_text("mode: [unclosed\n")
+    return dirs
+
+
+def test_cli_skips_damaged_runs_with_one_warning_each(tmp_path: Path) -> None:
+    dirs = write_damaged_runs(tmp_path / "sweep")
+    done = run_cli(str(tmp_path / "sweep"), "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    warned = [line for line in done.stderr.splitlines() if line.startswith("warning: ")]
+    for name in ("status_list", "acc_text", "settings_list", "mode_dict", "not_utf8", "array", "bad_history"):
+        assert sum(name in line for line in warned) == 1, (name, warned)
+    assert all(line.startswith("warning: ") for line in done.stderr.splitlines()), done.stderr
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "&#x27;status&#x27; is a list, expected text" in report
+    assert "**T = 4, α = 0.9**" in report and "77.00 ± " in report  # (80 + 81 + 70) / 3: none of the 90s
+    runs = load_runs(tmp_path / "sweep")
+    assert (runs["status"] == "completed").sum() == 3  # the good runs and the one with a bad history.csv
+    assert row_of(runs, dirs["bad_config"])["reason"] == "no metrics.json (run unfinished or killed)"
+
+
+def test_cli_out_naming_a_file_is_one_error_line(sweep: FakeSweep, tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("keep me")
+    for out in (tmp_path / "file", tmp_path / "file" / "below"):
+        done = run_cli(str(sweep.teacher_dir), "--out", str(out))
+        assert done.returncode == 2
+        assert done.stderr.strip() == f"error: --out {out}: {tmp_path / 'file'} exists and is not a directory"
+    assert (tmp_path / "file").read_text() == "keep me"
