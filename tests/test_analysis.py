@@ -554,10 +554,11 @@ def method_runs(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
 def test_rank_settings_selects_on_validation_and_reports_test(method_runs: pd.DataFrame) -> None:
     ranked = analysis.rank_settings(method_runs)
     assert ranked.attrs["selected_on"] == "final_val_acc"
-    assert list(ranked.columns[:5]) == ["loss.name", T, ALPHA, "loss.beta", "loss.warmup"]
+    assert list(ranked.columns[:4]) == ["loss.name", "dkd.beta", "dkd.warmup", "kd.temperature"]  # methods apart
     assert len(ranked) == len(METHOD_SWEEP)  # one row per setting: seeds averaged, methods apart
     top = ranked.iloc[0]
-    assert (top["loss.name"], top["loss.beta"], top["loss.warmup"]) == ("dkd", 8.0, 5)
+    assert (top["loss.name"], top["dkd.beta"], top["dkd.warmup"]) == ("dkd", 8.0, 5)
+    assert list(ranked["selected"]) == [True] + [False] * (len(ranked) - 1)
     assert top["val_mean"] == pytest.approx(78.0) and top["mean"] == pytest.approx(78.0)  # not 81 (test-best)
     assert top["top5_mean"] == pytest.approx(78.0 + TOP5_OFFSET)
     baseline = {seed: acc for seed, (acc, _) in METHOD_SWEEP_BASELINE.items()}
@@ -569,7 +570,8 @@ def test_rank_settings_selects_on_validation_and_reports_test(method_runs: pd.Da
 
 def test_compare_methods_picks_each_methods_best_setting(method_runs: pd.DataFrame) -> None:
     table = analysis.compare_methods(method_runs)
-    assert list(table["loss.name"]) == ["dkd", "kd", "fitnet"]  # by validation accuracy 78, 74, 74 then test
+    assert list(table["loss.name"]) == ["dkd", "fitnet", "kd"]  # validation 78, then a tie at 74: by name, not test
+    assert list(table["selected"]) == [True, False, False] and list(table["tied"]) == [1, 1, 1]
     kd = table.set_index("loss.name").loc["kd"]
     assert kd["setting"] == "T = 4, α = 0.9" and kd["mean"] == pytest.approx(75.0) and kd["n"] == 2
     assert kd["ci95"] == pytest.approx(T_975_DF1 * math.sqrt(2.0) / math.sqrt(2.0))
@@ -597,7 +599,7 @@ def test_method_sweep_report_and_figures(method_runs: pd.DataFrame, tmp_path: Pa
 def test_plot_method_comparison_and_heatmap_of_any_two_keys(method_runs: pd.DataFrame) -> None:
     fig = plot_method_comparison(method_runs)
     ax = fig.axes[0]
-    assert [t.get_text().split("\n")[0] for t in ax.get_xticklabels()] == ["dkd", "kd", "fitnet"]
+    assert [t.get_text().split("\n")[0] for t in ax.get_xticklabels()] == ["dkd", "fitnet", "kd"]
     reference_levels = {line.get_ydata()[0] for line in ax.lines if len(set(line.get_ydata())) == 1}
     assert 70.5 in reference_levels and "baseline student resnet8 (70.5)" in texts_of(fig)
     with pytest.raises(ValueError, match="needs at least two methods"):
