@@ -507,7 +507,8 @@ def baseline_levels(df: pd.DataFrame, setup: Setup) -> list[tuple[str, float, in
     ``(label, mean final_test_acc, n)`` per setting; the label names the settings that differ ("" for one)."""
     baselines = completed_runs(runs_of_setup(df, setup), schema.MODE_STUDENT)
     baselines = baselines.assign(**{FINAL_TEST_ACC: as_float(baselines[FINAL_TEST_ACC])}).dropna(
-        subset=[FINAL_TEST_ACC])
+        subset=[FINAL_TEST_ACC]
+    )
     if baselines.empty:
         return []
     by = [c for c in varying_columns(baselines) if not c.startswith(LOSS_PREFIX) and c != TEACHER_ID]

@@ -316,17 +316,25 @@ def test_plots_refuse_what_they_cannot_draw(runs: pd.DataFrame) -> None:
         plot_heatmap(other_student)
 
 
-def test_plot_learning_curves(sweep: FakeSweep) -> None:
+def test_plot_learning_curves(sweep: FakeSweep, runs: pd.DataFrame) -> None:
     history = load_history(sweep.root)
     chosen = [str(sweep.distill_dirs[(4.0, 0.9, 0)].resolve()), str(sweep.baseline_dirs[0].resolve())]
     fig = plot_learning_curves(history, chosen)
-    assert len(fig.axes) == 2
+    titles = [ax.get_title() for ax in fig.axes]  # every loss term on its own axis
+    assert titles == ["test accuracy per epoch", "training loss (the optimised objective)",
+                      "train_ce (unweighted term)", "train_kd (unweighted term)"]  # fmt: skip
     text = texts_of(fig)
-    assert "epoch" in text and "test accuracy (%)" in text and "training loss" in text
+    assert "epoch" in text and "test accuracy (%)" in text
     assert "loss.temperature=4 loss.alpha=0.9" in text and "student" in text
-    assert all(len(ax.lines) == 2 for ax in fig.axes)
-    default = plot_learning_curves(history)  # best run of each mode
+    assert [len(ax.lines) for ax in fig.axes] == [2, 2, 2, 1]  # the baseline has no KD term
+    default = plot_learning_curves(history, runs=runs)  # the report's selection, seeds averaged
+    legend = texts_of(default)
+    assert "distill: T = 4, α = 0.9" in legend and "baseline student" in legend and "teacher" in legend
     assert len(default.axes[0].lines) == 3
+    mean_curve = default.axes[0].lines[0].get_ydata()
+    best = [DISTILL_ACC[(4.0, 0.9, 0)], DISTILL_ACC[(4.0, 0.9, 1)]]
+    assert mean_curve[-1] == pytest.approx(sum(best) / 2)  # last epoch: mean of the two seeds
+    assert texts_of(plot_learning_curves(history)) == legend  # runs read from the history's run dirs
     with pytest.raises(ValueError, match="no history"):
         plot_learning_curves(history, ["/not/a/run"])
 
@@ -361,7 +369,7 @@ def test_cli_writes_results_report_and_figures(sweep: FakeSweep, tmp_path: Path)
         assert f"]({name})" in report
 
 
-def test_report_skips_figures_it_cannot_draw(tmp_path: Path) -> None:
+def test_report_leaves_out_figures_that_do_not_apply(tmp_path: Path) -> None:
     for seed in (0, 1):  # one temperature, no baselines, one run without history
         config = make_config("distill", seed, 4.0, 0.9)
         write_run(tmp_path / "sweep" / str(seed), config, make_metrics(config, 80.0 + seed),
@@ -370,9 +378,11 @@ def test_report_skips_figures_it_cannot_draw(tmp_path: Path) -> None:
     assert written["report"] == tmp_path / "sweep" / "report.md"
     assert "learning_curves" in set(written) and not {"heatmap", "kd_gain"} & set(written)
     report = written["report"].read_text()
-    assert "<code>heatmap.png</code> skipped: needs two swept loss keys (found 0: none)" in report
-    assert "<code>accuracy_vs_temperature.png</code> skipped: needs at least two temperatures" in report
-    assert "<code>kd_gain.png</code> skipped: no distill run has a matched baseline" in report
+    assert "skipped" not in report and "Figures not drawn" not in report  # not one line per figure
+    left_out = [line for line in report.splitlines() if line.startswith("Left out as not applicable")]
+    assert len(left_out) == 1
+    for name in ("heatmap.png", "accuracy_vs_temperature.png", "kd_gain.png", "method_comparison.png"):
+        assert f"<code>{name}</code>" in left_out[0]
     assert "— (no baseline runs)" in report
 
 
@@ -385,10 +395,9 @@ def test_report_draws_one_set_of_figures_per_setup(tmp_path: Path) -> None:
     report = written["report"].read_text()
     for student in ("resnet8", "resnet14"):
         assert_png(written[f"accuracy_vs_temperature_cifar10_resnet56_{student}"])
-        assert f"<code>heatmap_cifar10_resnet56_{student}.png</code> skipped: needs two swept loss keys (found 1: " \
-               "loss.temperature)" in report  # fmt: skip
+        assert f"<code>heatmap_cifar10_resnet56_{student}.png</code>" in report  # left out: one swept key
     assert "**T = 4, α = 0.9** (cifar10: resnet56 → resnet14)" in report  # 83.0, the best of both setups
-    assert "<code>learning_curves.png</code> skipped: no history rows" in report
+    assert "learning_curves_cifar10_resnet56_resnet8.png" in report  # no history: left out
 
 
 def test_report_on_a_sweep_without_distill_runs(tmp_path: Path) -> None:
@@ -396,8 +405,7 @@ def test_report_on_a_sweep_without_distill_runs(tmp_path: Path) -> None:
     write_run(tmp_path / "t", config, make_metrics(config, TEACHER_ACC), make_history(TEACHER_ACC, distill=False))
     written = write_report(tmp_path / "t", tmp_path / "out")
     report = written["report"].read_text()
-    assert "No completed distill runs" in report
-    assert "<code>heatmap.png</code> skipped: no completed distill runs" in report
+    assert "No completed distill runs" in report and "heatmap" not in report
     assert_png(written["learning_curves"])
 
 
@@ -588,10 +596,10 @@ def test_method_sweep_report_and_figures(method_runs: pd.DataFrame, tmp_path: Pa
     report = written["report"].read_text()
     assert "selected on the validation split: **dkd: T = 4, α = 1, beta = 8, warmup = 5**" in report
     assert "test accuracy 78.00 ± 0.00 (n=2), validation accuracy 78.00 (n=2)" in report
-    assert "| kd | T = 4, α = 0.9 | 75.00 ± 12.71 (n=2) | 85.00 ± 12.71 (n=2) | +4.50 (n=2) |" in report
-    assert "top-5 test accuracy (%)" in report
-    assert "<code>heatmap_kd.png</code> skipped: needs two swept loss keys (found 1: loss.temperature)" in report
-    assert "<code>kd_gain_fitnet.png</code> skipped: no completed distill run has loss.temperature" in report
+    assert "| kd | T = 4, α = 0.9 | 74.00 (n=2) | 75.00 ± 12.71 (n=2) | 85.00 ± 12.71 (n=2) | +4.50 (n=2) |" in report
+    assert "top-5 test accuracy (%)" in report and "rows with equal selection accuracy are tied" in report
+    assert "skipped" not in report and report.count("Left out as not applicable") == 1
+    assert "<code>heatmap_kd.png</code>" in report and "<code>kd_gain_fitnet.png</code>" in report
     results = pd.read_csv(written["results"])
     assert len(results) == 16 and results["run_dir"].is_unique  # one row per run directory
 
@@ -613,8 +621,9 @@ def test_plot_method_comparison_and_heatmap_of_any_two_keys(method_runs: pd.Data
     assert "dkd student test accuracy" in swapped
     with pytest.raises(ValueError, match="both x and y"):
         plot_heatmap(dkd, x="loss.beta")
-    best_over = texts_of(plot_heatmap(dkd, x="loss.beta", y=T))  # warmup varies too: best of it per cell
-    assert "best over warmup" in best_over and "81.0" in best_over and "78.0" in best_over
+    panels = plot_heatmap(dkd, x="loss.beta", y=T)  # warmup varies too: one panel per warmup, never a best
+    assert [ax.get_title() for ax in panels.axes if ax.get_title()] == ["warmup = 20", "warmup = 5"]
+    assert {"81.0", "78.0", "76.0"} <= set(texts_of(panels).split("\n"))
 
 
 def test_datasets_with_the_same_name_are_not_averaged(tmp_path: Path) -> None:
@@ -643,7 +652,7 @@ def test_optuna_like_search_without_baselines(tmp_path: Path) -> None:
     best = trials[5]
     assert f"selected on the validation split: **T = {best[0]:g}, α = 0.9, optimizer.lr = {best[1]:g}**" in report
     assert f"test accuracy {best[2]:.2f} (n=1)" in report
-    assert "<code>heatmap.png</code> skipped: needs two swept loss keys" in report
+    assert "<code>heatmap.png</code>" in report  # left out: one swept loss key
     assert "would be 12 lines" in report  # accuracy vs T: one line per learning rate is too many
 
 
