@@ -56,6 +56,8 @@ DATA_PREFIX = "dataset."
 #: Config columns under these prefixes say which teacher a distill run used.
 TEACHER_PREFIX = "teacher."
 TEACHER_SETTING_PREFIXES = (TEACHER_PREFIX, "teacher_training.")
+#: Teacher keys longer than this are shown as a digest in titles (in full in the report).
+MAX_TITLE_KEYS_CHARS = 60
 #: Config prefixes and keys that never change a result (outputs, caches, logging, run bookkeeping).
 BOOKKEEPING_PREFIXES = ("hydra.", "paths.", "logger.")
 BOOKKEEPING_KEYS = (
@@ -106,10 +108,17 @@ class Setup(NamedTuple):
     data: tuple[tuple[str, str], ...] = ()
     teacher_keys: tuple[tuple[str, str], ...] = ()
 
+    def teacher_text(self) -> str:
+        """The teacher keys as ``key=value, ...`` ("" when the architecture alone names the teacher)."""
+        return ", ".join(f"{key.removeprefix(TEACHER_PREFIX)}={value}" for key, value in self.teacher_keys)
+
     def title(self) -> str:
-        """``"cifar10: resnet56 → resnet8"`` (``"arrays [path=/a.npz]: resnet56 [teacher_id=ab12] → ..."``)."""
+        """``"cifar10: resnet56 → resnet8"`` (``"arrays [path=/a.npz]: resnet56 [teacher_id=ab12] → ..."``;
+        long teacher keys shortened to a digest, see :meth:`teacher_text`)."""
         data = ", ".join(f"{key.removeprefix(DATA_PREFIX)}={value}" for key, value in self.data)
-        teacher = ", ".join(f"{key.removeprefix(TEACHER_PREFIX)}={value}" for key, value in self.teacher_keys)
+        teacher = self.teacher_text()
+        if len(teacher) > MAX_TITLE_KEYS_CHARS:
+            teacher = "teacher #" + hashlib.sha1(teacher.encode()).hexdigest()[:8]
         return (f"{self.dataset}{f' [{data}]' if data else ''}: "
                 f"{self.teacher}{f' [{teacher}]' if teacher else ''} → {self.student}")  # fmt: skip
 
@@ -234,12 +243,26 @@ def runs_of_setup(df: pd.DataFrame, setup: Setup) -> pd.DataFrame:
         same_teacher &= _column(df, key) == value
         teacher_run &= _column(df, key).isin([value, "?"])
     mode = _column(df, MODE)
-    keep = dataset & (
-        ((mode == schema.MODE_DISTILL) & student & same_teacher)
-        | ((mode == schema.MODE_STUDENT) & student)
-        | ((mode == schema.MODE_TEACHER) & teacher_run)
-    )
-    return df[keep]
+    distill = dataset & (mode == schema.MODE_DISTILL) & student & same_teacher
+    baseline = dataset & (mode == schema.MODE_STUDENT) & student
+    baseline &= _matches_some(df, df[distill & (df[STATUS] == schema.STATUS_COMPLETED)])
+    return df[distill | baseline | (dataset & (mode == schema.MODE_TEACHER) & teacher_run)]
+
+
+def _matches_some(df: pd.DataFrame, distill: pd.DataFrame) -> pd.Series:
+    """True for the runs of ``df`` whose settings (the :func:`kd_gain` matching columns, the seed left out)
+    equal those of some run of ``distill``: the baselines that belong with these distill runs."""
+    keys = [c for c in matching_columns(df) if c != SEED]
+    matched = np.zeros(len(df), dtype=bool)
+    combos = distill[keys].astype(object).map(format_value).drop_duplicates() if keys else distill.head(1)
+    cells = df[keys].astype(object).map(format_value) if keys else None
+    for _, combo in combos.iterrows():
+        mask = np.ones(len(df), dtype=bool)
+        for key in keys:
+            if combo[key] != "?":
+                mask &= ((cells[key] == combo[key]) | (cells[key] == "?")).to_numpy(dtype=bool)
+        matched |= mask
+    return pd.Series(matched, index=df.index)
 
 
 def format_value(value: object) -> str:
@@ -380,15 +403,32 @@ def qualified_name(method: str, column: str) -> str:
 
 
 def with_method_columns(distill: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """``distill`` plus a ``<method>.<key>`` column per method and hyper-parameter that varies among
-    that method's runs; returns the table and those columns (method by method, keys sorted)."""
+    """``distill`` plus a ``<method>.<key>`` column per method and hyper-parameter; returns the table and
+    the added columns that vary among that method's runs (method by method, keys sorted)."""
     methods = method_of(distill)
     added: dict[str, pd.Series] = {}
+    varying: list[str] = []
     for method in sorted(set(methods)):
         own = distill[methods == method]
-        for column in sorted(varying_columns(own, method_keys(own))):
-            added[qualified_name(method, column)] = own[column].reindex(distill.index)
-    return distill.assign(**added), list(added)
+        keys = method_keys(own)
+        moving = set(varying_columns(own, keys))
+        for column in sorted(keys):
+            if own[column].notna().any():
+                added[qualified_name(method, column)] = own[column].reindex(distill.index)
+                if column in moving:
+                    varying.append(qualified_name(method, column))
+    return distill.assign(**added), varying
+
+
+def is_setup_column(column: str) -> bool:
+    """True for the columns that make a setup (:func:`distill_setups`): dataset, teacher and student."""
+    return column.startswith((DATA_PREFIX, *TEACHER_SETTING_PREFIXES)) or column in (TEACHER_ID, DATA_DIGEST, STUDENT)
+
+
+def across_setups_by(df: pd.DataFrame) -> list[str]:
+    """The ``by`` columns of :func:`default_by` over all completed distill runs of ``df`` but the setup
+    columns: ranking each setup on them names, in every label, what differs between setups too."""
+    return [c for c in default_by(completed_runs(df, schema.MODE_DISTILL)) if not is_setup_column(c)]
 
 
 def default_by(distill: pd.DataFrame) -> list[str]:
@@ -423,7 +463,7 @@ def rank_settings(df: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataF
     qualified: list[str] = []
     if several_methods:
         distill, qualified = with_method_columns(distill)
-    by = default_by(completed_runs(df, schema.MODE_DISTILL)) if by is None else list(by)
+    by = default_by(completed_runs(df, schema.MODE_DISTILL)) if by is None else [c for c in by if c in distill]
     selected_on = selection_metric(df)
     with_val, with_top5 = selected_on == FINAL_VAL_ACC, has_top5(distill)
     gains = kd_gain(df).set_index(RUN_DIR)["gain"] if len(distill) else pd.Series(dtype=float)

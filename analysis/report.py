@@ -24,6 +24,7 @@ from .aggregate import (
     RANK_COLUMNS,
     TIE_TOLERANCE,
     Setup,
+    across_setups_by,
     as_float,
     baseline_levels,
     best_settings,
@@ -305,7 +306,8 @@ def _best_section(runs: pd.DataFrame) -> list[str]:
     setups = distill_setups(runs)
     if not setups:
         return [*lines, "No completed distill runs: nothing to rank.", ""]
-    rankings = {setup: rank_settings(runs_of_setup(runs, setup)) for setup in setups}
+    by = across_setups_by(runs)
+    rankings = {setup: rank_settings(runs_of_setup(runs, setup), by=by) for setup in setups}
     rankings = {setup: table for setup, table in rankings.items() if not table.empty and table["n"].iloc[0] > 0}
     if not rankings:
         return [*lines, f"No completed distill run has a {FINAL_TEST_ACC}.", ""]
@@ -337,6 +339,8 @@ def _best_section(runs: pd.DataFrame) -> list[str]:
     lines += _teachers_line(runs, list(rankings))
     for setup, ranked in rankings.items():
         lines += [f"### {escape_text(setup.title())}", ""]
+        if setup.teacher_keys:
+            lines += [f"Teacher of these students: {code(setup.teacher_text())}.", ""]
         lines += _comparison_table(runs, setup, best_settings(ranked))
         lines += _methods_table(runs_of_setup(runs, setup))
         lines += _ranking_table(setup, ranked)
