@@ -42,13 +42,20 @@ FAILED_REASON = "CUDA out of memory while training the student"
 EXTRA_KEY = "trainer.grad_clip"
 MISSING_KEY = "scheduler.warmup_epochs"
 #: Loss parts (history columns train_<part>) of each method.
-METHOD_PARTS = {"ce": ("ce",), "kd": ("ce", "kd"), "dkd": ("ce", "dkd"), "fitnet": ("ce", "hint")}
+METHOD_PARTS = {
+    "ce": ("ce",),
+    "kd": ("ce", "kd"),
+    "dkd": ("ce", "dkd"),
+    "fitnet": ("ce", "hint"),
+    "dist": ("ce", "dist"),
+}
 #: loss.* keys (besides name) of each method, with their defaults.
 METHOD_KEYS = {
     "ce": {},
     "kd": {"temperature": 4.0, "alpha": 0.9},
     "dkd": {"temperature": 4.0, "alpha": 1.0, "beta": 8.0, "warmup": 20},
     "fitnet": {"hint_weight": 100.0, "hint_point": "stage2"},
+    "dist": {"temperature": 4.0, "beta": 2.0, "gamma": 2.0},
 }
 
 
@@ -330,7 +337,7 @@ def complete_metrics(config: dict[str, Any], final_test_acc: float, teacher_id: 
     full = resolved(config)
     metrics = make_metrics(full, final_test_acc, **kwargs)
     settings = {key: value for key, value in _flatten(full).items() if not key.startswith("paths.")}
-    if "teacher_training" in full:  # a dict value, as the complete record may hold
+    if "optimizer" in full.get("teacher_training", {}):  # a dict value, as the complete record may hold
         settings = {k: v for k, v in settings.items() if not k.startswith("teacher_training.optimizer.")}
         settings["teacher_training.optimizer"] = full["teacher_training"]["optimizer"]
     metrics["settings"] = settings

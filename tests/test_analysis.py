@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import json
 import logging
 import math
 import os
@@ -763,3 +765,166 @@ def test_cli_out_naming_a_file_is_one_error_line(sweep: FakeSweep, tmp_path: Pat
         assert done.returncode == 2
         assert done.stderr.strip() == f"error: --out {out}: {tmp_path / 'file'} exists and is not a directory"
     assert (tmp_path / "file").read_text() == "keep me"
+
+
+# --- any settings, like with like, selection without the test set (issue 15) ---------------
+
+
+def test_lr_sweeps_with_dict_settings_are_analysed_together(tmp_path: Path) -> None:
+    from analysis_fixtures import lr_sweep_accuracy, write_lr_sweep
+
+    write_lr_sweep(tmp_path / "lr")  # teacher_training follows the student's optimizer: one teacher per lr
+    write_lr_sweep(tmp_path / "plain", lrs=(1e-3,), epochs=5)
+    done = run_cli(str(tmp_path / "lr"), str(tmp_path / "plain"), "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    runs = load_runs(tmp_path / "lr", tmp_path / "plain")
+    assert runs["teacher_training.optimizer"].map(lambda v: v.startswith('{"_target_"')).all()
+    assert runs["scheduler.milestones"].eq("[2, 3]").all()
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert report.count("### cifar10: resnet56 [teacher #") == 3  # students grouped by their teacher
+    assert len(pd.read_csv(tmp_path / "out" / "results.csv")) == len(runs) == 3 * 7
+    assert any(name.startswith("accuracy_vs_temperature_") for name in os.listdir(tmp_path / "out"))
+    by = analysis.across_setups_by(runs)
+    assert {"optimizer.lr", "trainer.epochs"} <= set(by)
+    for setup in analysis.distill_setups(runs):
+        for row in analysis.rank_settings(analysis.runs_of_setup(runs, setup), by=by).to_dict("records"):
+            members = runs[runs["run_dir"].isin(row["run_dirs"])]
+            assert members["optimizer.lr"].nunique() == 1 and members["trainer.epochs"].nunique() == 1
+            expected = [lr_sweep_accuracy("distill", row["optimizer.lr"], row["trainer.epochs"], seed, row[T])
+                        for seed in members[SEED]]  # fmt: skip
+            assert row["mean"] == pytest.approx(sum(expected) / len(expected)) and row["n"] == 2
+
+
+def test_optuna_lr_search_with_a_pinned_teacher_and_complete_records(tmp_path: Path) -> None:
+    from analysis_fixtures import PINNED_TEACHER, lr_sweep_accuracy, write_lr_sweep
+
+    lrs = (1.3e-4, 4.1e-4, 7.7e-4, 1.9e-3, 3.3e-3)
+    write_lr_sweep(tmp_path / "optuna", lrs=lrs, seeds=(0,), temperatures=(4.0,), teacher=PINNED_TEACHER,
+                   complete=True)  # fmt: skip
+    runs = load_runs(tmp_path / "optuna")
+    assert runs["teacher_id"].dropna().nunique() == 1 and len(analysis.distill_setups(runs)) == 1
+    written = write_report(tmp_path / "optuna", tmp_path / "out")
+    report = written["report"].read_text()
+    best = lr_sweep_accuracy("distill", lrs[-1], 2, 0)
+    assert f"**T = 4, α = 0.9, optimizer.lr = {lrs[-1]:g}**" in report and f"{best:.2f} (n=1)" in report
+    assert "teacher #" not in report  # one teacher: nothing to tell apart
+
+
+def test_complete_settings_in_metrics_json_are_the_record(tmp_path: Path) -> None:
+    from analysis_fixtures import PINNED_TEACHER, complete_metrics, lr_sweep_config
+
+    config = lr_sweep_config("distill", 0, 1e-3, 2, teacher=PINNED_TEACHER)
+    run = write_run(tmp_path / "run", config, complete_metrics(config, 70.0, teacher_id="t1", data_digest="d1"))
+    refused = copy.deepcopy(config)  # a refused rerun rewrote .hydra with another lr and a new key
+    refused["optimizer"]["lr"] = 0.05
+    refused["trainer"]["extra"] = 1
+    OmegaConf.save(OmegaConf.create(refused), run / ".hydra" / "config.yaml")
+    row = row_of(load_runs(run), run)
+    assert row["optimizer.lr"] == 1e-3 and "trainer.extra" not in row.index
+    assert row["teacher_training.optimizer"] == json.dumps(PINNED_TEACHER["optimizer"], sort_keys=True)
+    assert row["teacher_id"] == "t1" and row["data_digest"] == "d1" and row[ACC] == 70.0
+    old = make_config("distill", 0)  # an old record: its settings subset still wins over a rewritten .hydra
+    old_run = write_run(tmp_path / "old", old, make_metrics(old, 71.0))
+    rewritten = copy.deepcopy(old)
+    rewritten["optimizer"]["lr"] = 0.05
+    OmegaConf.save(OmegaConf.create(rewritten), old_run / ".hydra" / "config.yaml")
+    assert row_of(load_runs(old_run), old_run)["optimizer.lr"] == 0.1
+
+
+def test_students_of_different_teachers_or_data_are_never_averaged(tmp_path: Path) -> None:
+    from analysis_fixtures import complete_metrics, lr_sweep_config
+
+    for teacher_id, data_digest, acc in (("t1", "d1", 70.0), ("t2", "d1", 80.0), ("t1", "d2", 90.0)):
+        for seed in (0, 1):
+            config = lr_sweep_config("distill", seed, 1e-3, 2, teacher={"epochs": 5})
+            metrics = complete_metrics(config, acc + seed, teacher_id=teacher_id, data_digest=data_digest)
+            write_run(tmp_path / "sweep" / f"{teacher_id}-{data_digest}-{seed}", config, metrics)
+    runs = load_runs(tmp_path / "sweep")
+    setups = analysis.distill_setups(runs)
+    assert [(dict(s.data).get("data_digest"), dict(s.teacher_keys).get("teacher_id")) for s in setups] == [
+        ("d1", "t1"), ("d1", "t2"), ("d2", None)]  # d2 has one teacher: nothing to tell apart  # fmt: skip
+    means = sorted(analysis.rank_settings(analysis.runs_of_setup(runs, s)).iloc[0]["mean"] for s in setups)
+    assert means == pytest.approx([70.5, 80.5, 90.5])
+    report = write_report(tmp_path / "sweep", tmp_path / "out")["report"].read_text()
+    assert "teacher_id=t2" in report and "80.50 ± 6.35 (n=2)" in report
+
+
+def test_eval_runs_are_listed_apart(sweep: FakeSweep, tmp_path: Path) -> None:
+    shutil.copytree(sweep.root, tmp_path / "sweep")
+    config = make_config("teacher", 0)
+    config["mode"] = "eval"
+    config["teacher"]["checkpoint"] = "/ckpt/model.pt"
+    metrics = {"schema_version": 3, "status": "completed", "reason": None, "mode": "eval", "dataset": "cifar10",
+               "model": "resnet56", "test_acc": 91.25, "test_acc_top5": 99.5, "per_class_acc": [90.0] * 10,
+               "confusion_matrix": "confusion_matrix.csv", "settings": {"mode": "eval", "dataset.name": "cifar10",
+               "teacher.name": "resnet56", "teacher.checkpoint": "/ckpt/model.pt"}}  # fmt: skip
+    run = write_run(tmp_path / "sweep" / "eval", config, metrics)
+    (run / "confusion_matrix.csv").write_text("1,0\n0,1\n")
+    done = run_cli(str(tmp_path / "sweep"), "--out", str(tmp_path / "out"))
+    assert done.returncode == 0 and "sweep/eval" not in done.stderr, done.stderr
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## Evaluations (mode=eval)" in report and "test_acc 91.25, test_acc_top5 99.50" in report
+    assert "<code>/ckpt/model.pt</code>" in report and "| eval | 1 |" in report
+    assert "**T = 4, α = 0.9**" in report and "85.75" in report  # the comparisons are unchanged
+
+
+def write_tied_sweep(root: Path) -> dict[tuple[float, float], float]:
+    """T × α grid, 2 seeds, where (T=1, α=0.9) and (T=4, α=0.5) tie on validation; returns test means."""
+    validation = {(1.0, 0.5): 60.0, (1.0, 0.9): 70.0, (4.0, 0.5): 70.0, (4.0, 0.9): 65.0}
+    test = {(1.0, 0.5): 61.0, (1.0, 0.9): 72.0, (4.0, 0.5): 78.0, (4.0, 0.9): 79.0}
+    for (temperature, alpha), val in validation.items():
+        for seed in (0, 1):
+            config = make_config("distill", seed, temperature, alpha)
+            spread = 1.0 if seed else -1.0  # same mean, different seeds
+            metrics = make_metrics(config, test[(temperature, alpha)] + spread, final_val_acc=val - spread)
+            write_run(root / f"T{temperature:g}-a{alpha:g}-s{seed}", config, metrics, make_history(80.0))
+    return test
+
+
+def test_tied_validation_accuracies_name_every_tied_setting(tmp_path: Path) -> None:
+    test = write_tied_sweep(tmp_path / "sweep")
+    runs = load_runs(tmp_path / "sweep")
+    ranked = analysis.rank_settings(runs)
+    selected = analysis.best_settings(ranked)
+    assert sorted(selected["setting"]) == ["T = 1, α = 0.9", "T = 4, α = 0.5"]
+    assert not ranked.set_index("setting").at["T = 4, α = 0.9", "selected"]  # best on test: not selected
+    report = write_report(tmp_path / "sweep", tmp_path / "out")["report"].read_text()
+    assert "2 settings tie on the highest mean final_val_acc" in report and "picks none of them by test" in report
+    for label, key in (("T = 1, α = 0.9", (1.0, 0.9)), ("T = 4, α = 0.5", (4.0, 0.5))):
+        assert f"- **{label}**: test accuracy {test[key]:.2f} ± " in report
+        assert f"| tied best distilled student ({label}) |" in report
+    assert "**T = 4, α = 0.9**" not in report and "best distilled student (T = 4, α = 0.9)" not in report
+    legend = texts_of(plot_learning_curves(load_history(tmp_path / "sweep"), runs=runs))
+    assert "distill: T = 1, α = 0.9" in legend and "distill: T = 4, α = 0.5" in legend
+    assert "T = 4, α = 0.9" not in legend  # the learning curves follow the report's selection
+
+
+def write_dkd_dist_sweep(root: Path) -> Path:
+    """dkd (β 1, 8) and dist (β 2, 3) on cifar10, two seeds each, with histories of their own loss terms."""
+    for method, betas in (("dkd", (1.0, 8.0)), ("dist", (2.0, 3.0))):
+        for index, beta in enumerate(betas):
+            for seed in (0, 1):
+                config = make_config("distill", seed, method=method, beta=beta)
+                acc = 70.0 + index + seed + (5.0 if method == "dist" else 0.0)
+                write_run(root / f"{method}-{beta:g}-{seed}", config, make_metrics(config, acc),
+                          make_history(acc, method=method))  # fmt: skip
+    return root
+
+
+def test_method_sweep_keeps_methods_apart(tmp_path: Path) -> None:
+    root = write_dkd_dist_sweep(tmp_path / "sweep")
+    runs = load_runs(root)
+    ranked = analysis.rank_settings(runs)
+    assert list(ranked.columns[:3]) == ["loss.name", "dist.beta", "dkd.beta"] and "loss.beta" not in ranked.columns
+    labels = set(ranked["setting"])
+    assert "dkd: T = 4, α = 1, beta = 8, warmup = 20" in labels and "dist: T = 4, beta = 3, gamma = 2" in labels
+    written = write_report(root, tmp_path / "out")
+    report = written["report"].read_text()
+    assert "| method | dist.beta | dkd.beta |" in report
+    assert report.count("Left out as not applicable") == 1 and "skipped" not in report
+    curves = plot_learning_curves(load_history(root), runs=runs)
+    titles = [ax.get_title() for ax in curves.axes]
+    assert "train_dkd (unweighted term)" in titles and "train_dist (unweighted term)" in titles
+    legend = texts_of(curves)
+    assert "dist: T = 4, beta = 3, gamma = 2" in legend and "dkd: T = 4, α = 1, beta = 8, warmup = 20" in legend
+    assert_png(written["learning_curves"])
