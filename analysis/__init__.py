@@ -42,6 +42,7 @@ _EXPORTS = {
     "kd_gain": "aggregate",
     "runs_of_setup": "aggregate",
     "teacher_accuracy": "aggregate",
+    "NotApplicable": "plots",
     "plot_accuracy_vs_temperature": "plots",
     "plot_heatmap": "plots",
     "plot_kd_gain": "plots",
@@ -78,6 +79,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load lazily
     )
     from .load import NoRunsError, find_run_dirs, history_of, load_history, load_runs
     from .plots import (
+        NotApplicable,
         plot_accuracy_vs_temperature,
         plot_heatmap,
         plot_kd_gain,

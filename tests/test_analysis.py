@@ -528,10 +528,11 @@ def test_callback_in_a_real_hydra_multirun(tmp_path: Path) -> None:
     assert stderr.strip().splitlines()[-1].startswith("error: analysis of the sweep failed: FileExistsError")
 
 
-def test_notebook_runs_end_to_end(sweep: FakeSweep, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def run_notebook(sweep_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list:
+    """Execute analysis/explore.ipynb headless on ``sweep_dir``; returns the outputs of its code cells."""
     for name, value in subprocess_env().items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setenv("KD_HYDRA_SWEEP_DIR", str(sweep.root))
+    monkeypatch.setenv("KD_HYDRA_SWEEP_DIR", str(sweep_dir))
     nb = nbformat.read(REPO_ROOT / "analysis" / "explore.ipynb", as_version=4)
     assert "parameters" in nb.cells[1].metadata.get("tags", []) and "SWEEP_DIR" in nb.cells[1].source
     client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=120,
@@ -539,9 +540,32 @@ def test_notebook_runs_end_to_end(sweep: FakeSweep, tmp_path: Path, monkeypatch:
     client.execute()
     outputs = [output for cell in nb.cells if cell.cell_type == "code" for output in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"], [o.get("evalue") for o in outputs]
+    assert not [o for o in outputs if o.get("name") == "stderr" and "Warning" not in o.get("text", "")]
+    return outputs
+
+
+def output_text(outputs: list) -> str:
+    """The plain text of notebook outputs (streams and displayed values)."""
+    return "\n".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in outputs)
+
+
+def test_notebook_runs_on_a_temperature_alpha_grid(sweep: FakeSweep, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    outputs = run_notebook(sweep.root, tmp_path, monkeypatch)
     images = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(images) == 4  # heatmap, accuracy vs T, KD gain, learning curves
-    assert any("85.75" in o.get("data", {}).get("text/plain", "") for o in outputs)
+    assert len(images) == 4  # heatmap, accuracy vs T, KD gain, learning curves (one method: no comparison)
+    text = output_text(outputs)
+    assert "85.75" in text and "not drawn" not in text
+
+
+def test_notebook_runs_on_a_method_sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    outputs = run_notebook(write_method_sweep(tmp_path / "sweep"), tmp_path, monkeypatch)
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) == 5  # dkd heatmap, kd accuracy vs T and gain, methods compared, learning curves
+    text = output_text(outputs)
+    assert "dkd.beta" in text and "kd.temperature" in text  # method columns apart
+    assert "T = 4, α = 1, beta = 8, warmup = 5" in text and "hint_point = stage2" in text  # each method's table row
+    assert "ci95" in text and "not drawn" not in text
 
 
 def test_public_api() -> None:
