@@ -209,7 +209,7 @@ def teacher_columns(distill: pd.DataFrame) -> list[str]:
 
 
 def _key_pairs(run: pd.Series, columns: Sequence[str]) -> tuple[tuple[str, str], ...]:
-    return tuple((key, format_value(run[key])) for key in columns)
+    return tuple((key, value_text(run[key])) for key in columns)
 
 
 def distill_setups(df: pd.DataFrame) -> list[Setup]:
@@ -254,13 +254,7 @@ def _matches_some(df: pd.DataFrame, distill: pd.DataFrame) -> pd.Series:
     equal those of some run of ``distill``: the baselines that belong with these distill runs."""
     keys = [c for c in matching_columns(df) if c != SEED]
     matched = np.zeros(len(df), dtype=bool)
-    combos = distill[keys].astype(object).map(format_value).drop_duplicates() if keys else distill.head(1)
-    cells = df[keys].astype(object).map(format_value) if keys else None
-    for _, combo in combos.iterrows():
-        mask = np.ones(len(df), dtype=bool)
-        for key in keys:
-            if combo[key] != "?":
-                mask &= ((cells[key] == combo[key]) | (cells[key] == "?")).to_numpy(dtype=bool)
+    for mask in _match_masks(distill, df, keys).values():
         matched |= mask
     return pd.Series(matched, index=df.index)
 
@@ -272,6 +266,15 @@ def format_value(value: object) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
+
+
+def value_text(value: object) -> str:
+    """``value`` as exact text for equality tests: like :func:`format_value` (``4`` for 4.0), but a float
+    that ``:g`` would round keeps every digit (two learning rates of a search never merge)."""
+    text = format_value(value)
+    if isinstance(value, float) and text not in ("?", "nan", "inf", "-inf") and float(text) != value:
+        return repr(value)
+    return text
 
 
 def _is_missing(value: object) -> bool:
@@ -286,7 +289,7 @@ def _column(df: pd.DataFrame, column: str) -> pd.Series:
     """``df[column]`` as text (missing column: all "?"), for equality tests with a Setup."""
     if column not in df.columns:
         return pd.Series("?", index=df.index)
-    return df[column].astype(object).map(format_value)
+    return df[column].astype(object).map(value_text)
 
 
 def config_columns(df: pd.DataFrame) -> list[str]:
@@ -315,7 +318,7 @@ def setting_columns(df: pd.DataFrame) -> list[str]:
 def varying_columns(df: pd.DataFrame, columns: Sequence[str] | None = None) -> list[str]:
     """The ``columns`` (default: :func:`setting_columns`) with two or more distinct present values in ``df``."""
     columns = setting_columns(df) if columns is None else [c for c in columns if c in df.columns]
-    return [c for c in columns if df[c].dropna().astype(object).map(format_value).nunique() > 1]
+    return [c for c in columns if df[c].dropna().astype(object).map(value_text).nunique() > 1]
 
 
 def method_of(df: pd.DataFrame) -> pd.Series:
@@ -588,9 +591,24 @@ def matching_columns(df: pd.DataFrame, unmatched_prefixes: Sequence[str] = DEFAU
     ]
 
 
-def _equal_or_missing(column: pd.Series, value: object) -> np.ndarray:
-    """Boolean mask: the cell equals ``value`` or is missing (NA-safe for nullable dtypes)."""
-    return (column.isna() | (column == value).fillna(False)).to_numpy(dtype=bool)
+def _cells(df: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """``df[keys]`` as text (:func:`value_text`; "?" for missing), for exact equality tests."""
+    return pd.DataFrame({key: _column(df, key) for key in keys}, index=df.index)
+
+
+def _match_masks(runs: pd.DataFrame, candidates: pd.DataFrame, keys: Sequence[str]) -> dict[tuple, np.ndarray]:
+    """For each distinct text row of ``runs[keys]``: the candidates equal to it on every key either has
+    (a key missing on either side does not distinguish them)."""
+    candidate_cells = _cells(candidates, keys)
+    masks: dict[tuple, np.ndarray] = {}
+    for combo in _cells(runs, keys).drop_duplicates().itertuples(index=False, name=None):
+        mask = np.ones(len(candidates), dtype=bool)
+        for key, value in zip(keys, combo, strict=True):
+            if value != "?":
+                column = candidate_cells[key]
+                mask &= ((column == value) | (column == "?")).to_numpy(dtype=bool)
+        masks[combo] = mask
+    return masks
 
 
 def kd_gain(df: pd.DataFrame, unmatched_prefixes: Sequence[str] = DEFAULT_UNMATCHED_PREFIXES) -> pd.DataFrame:
@@ -611,12 +629,9 @@ def kd_gain(df: pd.DataFrame, unmatched_prefixes: Sequence[str] = DEFAULT_UNMATC
     keys = matching_columns(df, unmatched_prefixes)
     baseline_acc = as_float(baselines[FINAL_TEST_ACC]) if len(baselines) else None
     means, counts, dirs = [], [], []
-    for _, run in distill.iterrows():
-        matched = np.ones(len(baselines), dtype=bool)
-        for key in keys:
-            if pd.isna(run[key]):
-                continue
-            matched &= _equal_or_missing(baselines[key], run[key])
+    masks = _match_masks(distill, baselines, keys)
+    for combo in _cells(distill, keys).itertuples(index=False, name=None):
+        matched = masks[combo]
         accuracies = baseline_acc[matched].dropna() if baseline_acc is not None else pd.Series(dtype=float)
         means.append(float(accuracies.mean()) if len(accuracies) else math.nan)
         counts.append(len(accuracies))

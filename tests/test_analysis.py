@@ -952,3 +952,12 @@ def test_method_sweep_keeps_methods_apart(tmp_path: Path) -> None:
     legend = texts_of(curves)
     assert "dist: T = 4, beta = 3, gamma = 2" in legend and "dkd: T = 4, α = 1, beta = 8, warmup = 20" in legend
     assert_png(written["learning_curves"])
+
+
+def test_close_learning_rates_of_a_search_stay_apart(tmp_path: Path) -> None:
+    for index, lr in enumerate((1.2345671e-3, 1.2345674e-3)):  # equal to 6 significant digits
+        config = make_config("distill", 0)
+        config["optimizer"]["lr"] = lr
+        write_run(tmp_path / "search" / str(index), config, make_metrics(config, 70.0 + index))
+    ranked = analysis.rank_settings(load_runs(tmp_path / "search"))
+    assert list(ranked["mean"]) == [71.0, 70.0] and list(ranked["n"]) == [1, 1]
