@@ -434,6 +434,15 @@ def across_setups_by(df: pd.DataFrame) -> list[str]:
     return [c for c in default_by(completed_runs(df, schema.MODE_DISTILL)) if not is_setup_column(c)]
 
 
+def _qualified_in(table: pd.DataFrame, distill: pd.DataFrame, column: str) -> str:
+    """``<method>.<key>`` for a method hyper-parameter ``loss.<key>`` of runs of one method, else ``column``."""
+    methods = set(method_of(distill))
+    if column.startswith(LOSS_PREFIX) and column not in (METHOD, LOSS_TARGET) and len(methods) == 1:
+        name = qualified_name(next(iter(methods)), column)
+        return name if name in table.columns else column
+    return column
+
+
 def default_by(distill: pd.DataFrame) -> list[str]:
     """The columns that tell the settings of the completed distill runs ``distill`` apart: every setting
     column that varies; with several methods, the method, then each method's varying hyper-parameters
@@ -461,12 +470,18 @@ def rank_settings(df: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataF
     (:func:`kd_gain`) and ``gain_n``, ``selected`` (True for the best setting, and for every setting tied
     with it on the selection metric: a tie is never broken by test accuracy) and the ``run_dirs`` (a tuple).
     """
-    distill = completed_runs(df, schema.MODE_DISTILL)
-    several_methods = len(set(method_of(distill))) > 1
-    qualified: list[str] = []
-    if several_methods:
-        distill, qualified = with_method_columns(distill)
-    by = default_by(completed_runs(df, schema.MODE_DISTILL)) if by is None else [c for c in by if c in distill]
+    done = completed_runs(df, schema.MODE_DISTILL)
+    several_methods = len(set(method_of(done))) > 1
+    own_by = default_by(done)
+    distill, qualified = done, []
+    if several_methods or (by is not None and any(c not in done.columns for c in by)):
+        distill = with_method_columns(done)[0]
+        qualified = [c for c in distill.columns if c not in done.columns]
+    if by is None:
+        by = own_by
+    else:  # never fewer columns than the runs' own varying settings: like with like
+        own = [_qualified_in(distill, done, c) if qualified else c for c in own_by]
+        by = [c for c in dict.fromkeys([*by, *own]) if c in distill.columns]
     selected_on = selection_metric(df)
     with_val, with_top5 = selected_on == FINAL_VAL_ACC, has_top5(distill)
     gains = kd_gain(df).set_index(RUN_DIR)["gain"] if len(distill) else pd.Series(dtype=float)

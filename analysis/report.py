@@ -314,8 +314,10 @@ def _best_section(runs: pd.DataFrame) -> list[str]:
     selected_on = selection_metric(runs)
     key = "val_mean" if selected_on == FINAL_VAL_ACC else "mean"
     candidates = [(setup, row) for setup, table in rankings.items() for _, row in best_settings(table).iterrows()]
-    top_value = max(_value(row[key]) for _, row in candidates)
-    best = [(setup, row) for setup, row in candidates if abs(_value(row[key]) - top_value) <= TIE_TOLERANCE]
+    if all(pd.isna(row.get(key)) for _, row in candidates):  # no setup has a validation split after all
+        key = "mean"
+    top_value = max(_value(row.get(key)) for _, row in candidates)
+    best = [(setup, row) for setup, row in candidates if abs(_value(row.get(key)) - top_value) <= TIE_TOLERANCE]
     several_setups = len(rankings) > 1
     if len(best) == 1:
         setup, top = best[0]
@@ -354,7 +356,8 @@ def _value(value: object) -> float:
 
 def _accuracies_text(row: pd.Series, key: str) -> str:
     """``test accuracy 78.00 ± 0.00 (n=2), validation accuracy 78.00 (n=2)`` of a ranking row."""
-    val_text = f", validation accuracy {row['val_mean']:.2f} (n={int(row['val_n'])})" if key == "val_mean" else ""
+    with_val = key == "val_mean" and not pd.isna(row.get("val_mean"))
+    val_text = f", validation accuracy {row['val_mean']:.2f} (n={int(row['val_n'])})" if with_val else ""
     return f"test accuracy {_format_accuracy(row['mean'], row['ci95'], int(row['n']))}{val_text}"
 
 

@@ -961,3 +961,21 @@ def test_close_learning_rates_of_a_search_stay_apart(tmp_path: Path) -> None:
         write_run(tmp_path / "search" / str(index), config, make_metrics(config, 70.0 + index))
     ranked = analysis.rank_settings(load_runs(tmp_path / "search"))
     assert list(ranked["mean"]) == [71.0, 70.0] and list(ranked["n"]) == [1, 1]
+
+
+def test_setups_ranked_together_never_merge_settings(tmp_path: Path) -> None:
+    write_dkd_dist_sweep(tmp_path / "sweep" / "a")  # dkd and dist with resnet8, no validation split
+    for beta in (1.0, 8.0):  # dkd alone with resnet14, β swept, a validation split
+        for seed in (0, 1):
+            config = make_config("distill", seed, method="dkd", beta=beta)
+            config["student"]["name"] = "resnet14"
+            metrics = make_metrics(config, 60.0 + beta + seed, final_val_acc=50.0 + beta)
+            write_run(tmp_path / "sweep" / "b" / f"{beta:g}-{seed}", config, metrics)
+    runs = load_runs(tmp_path / "sweep")
+    by = analysis.across_setups_by(runs)
+    resnet14 = [s for s in analysis.distill_setups(runs) if s.student == "resnet14"][0]
+    ranked = analysis.rank_settings(analysis.runs_of_setup(runs, resnet14), by=by)
+    assert sorted(ranked["mean"]) == [61.5, 68.5] and set(ranked["n"]) == {2}  # β 1 and β 8 not averaged
+    report = write_report(tmp_path / "sweep", tmp_path / "out")["report"].read_text()
+    assert "**dkd: T = 4, α = 1, beta = 8, warmup = 20** (cifar10: resnet56 → resnet14)" in report
+    assert "validation accuracy 58.00 (n=2)" in report
