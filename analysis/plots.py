@@ -321,7 +321,7 @@ def plot_method_comparison(df: pd.DataFrame) -> Figure:
     ticks = [f"{method}\n{setting.replace(', ', chr(10))}" for method, setting in pairs]
     ax.set_xticks(list(positions), ticks, fontsize="x-small")
     ax.set_xlim(-0.6, len(table) - 0.4)
-    ax.set_xlabel("method (its best setting)")
+    ax.set_xlabel("method (its selected setting: best on validation, else test; ties all shown)")
     ax.set_ylabel(ACCURACY_LABEL)
     ax.grid(axis="y", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:

@@ -464,7 +464,7 @@ def _ranking_table(setup: Setup, ranked: pd.DataFrame) -> list[str]:
     header = [short_name(c) for c in by] or ["setting"]
     header.append("test accuracy (%)")
     header += ["top-5 test accuracy (%)"] * with_top5 + ["validation accuracy (%)"] * with_val
-    header += ["gain (pp)"] * with_gain
+    header += ["gain (pp)"] * with_gain + ["selected"]
     rows = []
     for row in ranked.head(MAX_RANKED_SETTINGS).to_dict("records"):
         cells = ["—" if pd.isna(row[c]) else format_value(row[c]) for c in by] or [row["setting"]]
@@ -475,9 +475,11 @@ def _ranking_table(setup: Setup, ranked: pd.DataFrame) -> list[str]:
             cells.append(_format_accuracy(row["val_mean"], float("nan"), int(row["val_n"])))
         if with_gain:
             cells.append(_format_gain(row["gain"], int(row["gain_n"])))
+        cells.append("✓" if row["selected"] else "")
         rows.append(cells)
     order = "validation" if with_val else "test"
-    lines = [f"All distillation settings of {escape_text(setup.title())}, best first (by mean {order} accuracy):", ""]
+    intro = f"All distillation settings of {escape_text(setup.title())}, best first (by mean {order} accuracy"
+    lines = [f"{intro}; ✓: the selection, ties included):", ""]
     lines += markdown_table(header, rows)
     if len(ranked) > MAX_RANKED_SETTINGS:
         lines += [f"... and {len(ranked) - MAX_RANKED_SETTINGS} more settings (see {RESULTS_FILE}).", ""]
