@@ -58,6 +58,8 @@ FIGSIZE = (7.0, 4.5)
 WIDE_FIGSIZE = (11.0, 4.5)
 DPI = 120
 MAX_DEFAULT_CURVES = 12
+#: Learning curves of at most this many epochs get a tick per epoch.
+MAX_EPOCH_TICKS = 12
 #: A heatmap axis with more distinct values than this is a continuous search, not a grid.
 MAX_HEATMAP_LEVELS = 15
 #: At most this many lines (combinations of the other varying settings) in a line plot.
@@ -435,7 +437,11 @@ def plot_learning_curves(history_long_df: pd.DataFrame, run_dirs: Sequence[str] 
         ax.set_xlabel("epoch")
         ax.set_ylabel("test accuracy (%)" if metric == TEST_ACC else "mean training loss (nats)")
         ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        epochs = sorted(set(history.loc[history["metric"] == metric, EPOCH]))
+        if len(epochs) <= MAX_EPOCH_TICKS:
+            ax.set_xticks([int(e) if float(e).is_integer() else e for e in epochs])
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in axes[len(metrics) :]:
         fig.delaxes(ax)
     handles, names = {}, []
