@@ -161,7 +161,7 @@ def read_run(run_dir: Path) -> dict[str, Any]:
         except Exception:  # noqa: BLE001 - any unreadable config is reported, not raised
             config, config_reason = {}, REASON_BAD_CONFIG
         config.update({str(k): canonical(v) for k, v in recorded.items() if v is not None})
-    row.update(config)
+    row.update({key: value for key, value in config.items() if key not in META_COLUMNS})
     for key, value in metrics.items():
         if key in (*METRIC_COLUMNS, *IDENTITY_COLUMNS) and key not in config:
             row[key] = canonical(value)

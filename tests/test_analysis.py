@@ -749,6 +749,7 @@ def write_damaged_runs(root: Path) -> dict[str, Path]:
         "acc_text": {"final_test_acc": "high"},
         "settings_list": {"settings": [1, 2]},
         "mode_dict": {"mode": {"a": 1}},
+        "settings_meta": {"settings": {"run_dir": "/elsewhere", "status": "failed", "mode": ["distill"]}},
     }
     for name, change in damaged.items():
         config = make_config("distill", 2)
@@ -778,8 +779,10 @@ def test_cli_skips_damaged_runs_with_one_warning_each(tmp_path: Path) -> None:
     assert "&#x27;status&#x27; is a list, expected text" in report
     assert "**T = 4, α = 0.9**" in report and "77.00 ± " in report  # (80 + 81 + 70) / 3: none of the 90s
     runs = load_runs(tmp_path / "sweep")
-    assert (runs["status"] == "completed").sum() == 3  # the good runs and the one with a bad history.csv
+    assert (runs["status"] == "completed").sum() == 4  # the good runs, a bad history.csv, odd settings
     assert row_of(runs, dirs["bad_config"])["reason"] == "no metrics.json (run unfinished or killed)"
+    odd = row_of(runs, dirs["settings_meta"])  # settings cannot overwrite the run's own columns
+    assert odd["status"] == "completed" and odd["mode"] == '["distill"]' and odd["run_dir"].endswith("settings_meta")
 
 
 def test_cli_out_naming_a_file_is_one_error_line(sweep: FakeSweep, tmp_path: Path) -> None:
