@@ -6,6 +6,7 @@ first use, so ``import analysis`` (and the Hydra callback) stays cheap. Typical 
     runs = load_runs("multirun/2024-01-01/12-00-00")
     aggregate(completed_runs(runs, "distill"), by=["loss.temperature", "loss.alpha"])
     rank_settings(runs)  # every setting that varies, best first (validation accuracy when present)
+    best_settings(rank_settings(runs))  # the selected setting, and every setting tied with it
     write_report(["multirun/2024-01-01/12-00-00"], "report_dir")
 """
 
@@ -23,6 +24,9 @@ _EXPORTS = {
     "load_runs": "load",
     "Setup": "aggregate",
     "aggregate": "aggregate",
+    "across_setups_by": "aggregate",
+    "baseline_levels": "aggregate",
+    "best_settings": "aggregate",
     "compare_methods": "aggregate",
     "distill_methods": "aggregate",
     "rank_settings": "aggregate",
@@ -38,6 +42,7 @@ _EXPORTS = {
     "kd_gain": "aggregate",
     "runs_of_setup": "aggregate",
     "teacher_accuracy": "aggregate",
+    "NotApplicable": "plots",
     "plot_accuracy_vs_temperature": "plots",
     "plot_heatmap": "plots",
     "plot_kd_gain": "plots",
@@ -52,8 +57,11 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load lazily
     from .aggregate import (
         Setup,
+        across_setups_by,
         aggregate,
         baseline_accuracy,
+        baseline_levels,
+        best_settings,
         ci95_half_width,
         compare_methods,
         completed_runs,
@@ -71,6 +79,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load lazily
     )
     from .load import NoRunsError, find_run_dirs, history_of, load_history, load_runs
     from .plots import (
+        NotApplicable,
         plot_accuracy_vs_temperature,
         plot_heatmap,
         plot_kd_gain,

@@ -19,6 +19,7 @@ from kd_hydra import schema
 
 from .load import (
     ALPHA,
+    DATA_DIGEST,
     DATASET,
     FINAL_TEST_ACC,
     FINAL_TEST_ACC_TOP5,
@@ -33,6 +34,7 @@ from .load import (
     STATUS,
     STUDENT,
     TEACHER,
+    TEACHER_ID,
     TEACHER_TEST_ACC,
     TEMPERATURE,
 )
@@ -45,12 +47,17 @@ GAIN_COLUMNS = ("baseline_test_acc", "baseline_n", "baseline_run_dirs", "gain")
 
 #: Config columns that may differ between a distill run and its baseline (see :func:`kd_gain`).
 DEFAULT_UNMATCHED_PREFIXES = (
-    "mode", "loss.", "teacher.", "teacher_training.", "soft_label_cache.", "paths.", "hydra.",
+    "mode", "loss.", "teacher.", "teacher_training.", "teacher_id", "soft_label_cache.", "paths.", "hydra.",
 )  # fmt: skip
 #: Leaf-name endings of config columns that name places, not settings (except under DATA_PREFIX).
 PATH_LIKE_SUFFIXES = ("dir", "path", "file")
 #: Config columns under this prefix say which data a run used: always settings, paths included.
 DATA_PREFIX = "dataset."
+#: Config columns under these prefixes say which teacher a distill run used.
+TEACHER_PREFIX = "teacher."
+TEACHER_SETTING_PREFIXES = (TEACHER_PREFIX, "teacher_training.")
+#: Teacher keys longer than this are shown as a digest in titles (in full in the report).
+MAX_TITLE_KEYS_CHARS = 60
 #: Config prefixes and keys that never change a result (outputs, caches, logging, run bookkeeping).
 BOOKKEEPING_PREFIXES = ("hydra.", "paths.", "logger.")
 BOOKKEEPING_KEYS = (
@@ -73,7 +80,9 @@ SHORT_NAMES = {TEMPERATURE: "T", ALPHA: "α", METHOD: "method"}
 
 #: Columns of :func:`rank_settings` after the setting columns (val_* and top5_* only when present).
 RANK_COLUMNS = ("setting", "mean", "std", "n", "ci95", "val_mean", "val_n", "top5_mean", "top5_ci95",
-                "gain", "gain_n", "run_dirs")  # fmt: skip
+                "gain", "gain_n", "selected", "run_dirs")  # fmt: skip
+#: Two selection-metric means closer than this are a tie (means of percentages over the same seeds).
+TIE_TOLERANCE = 1e-9
 
 # Two-sided 95% Student-t quantiles t_{0.975, df} for df = 1..30 (used only without scipy).
 _T975 = (
@@ -84,27 +93,41 @@ _T975 = (
 
 
 class Setup(NamedTuple):
-    """What a distillation experiment distils: dataset, teacher arch and student arch.
+    """What a distillation experiment distils: dataset, teacher and student.
 
-    ``data``: ``(key, value)`` pairs of the ``dataset.*`` keys that tell apart datasets of the same
-    name (e.g. two ``.npz`` files), empty when the name alone identifies the data.
+    ``data``: ``(key, value)`` pairs of the ``dataset.*`` keys (and the data digest) that tell apart
+    datasets of the same name (e.g. two ``.npz`` files), empty when the name alone identifies the data.
+    ``teacher_keys``: the same for teachers of the same architecture (``teacher_id``, or the
+    ``teacher.*``/``teacher_training.*`` settings of runs that predate it): students of different
+    teachers are never compared as one setup.
     """
 
     dataset: str
     teacher: str
     student: str
     data: tuple[tuple[str, str], ...] = ()
+    teacher_keys: tuple[tuple[str, str], ...] = ()
+
+    def teacher_text(self) -> str:
+        """The teacher keys as ``key=value, ...`` ("" when the architecture alone names the teacher)."""
+        return ", ".join(f"{key.removeprefix(TEACHER_PREFIX)}={value}" for key, value in self.teacher_keys)
 
     def title(self) -> str:
-        """``"cifar10: resnet56 → resnet8"`` (``"arrays [path=/a.npz]: ..."`` with data keys), for titles."""
+        """``"cifar10: resnet56 → resnet8"`` (``"arrays [path=/a.npz]: resnet56 [teacher_id=ab12] → ..."``;
+        long teacher keys shortened to a digest, see :meth:`teacher_text`)."""
         data = ", ".join(f"{key.removeprefix(DATA_PREFIX)}={value}" for key, value in self.data)
-        return f"{self.dataset}{f' [{data}]' if data else ''}: {self.teacher} → {self.student}"
+        teacher = self.teacher_text()
+        if len(teacher) > MAX_TITLE_KEYS_CHARS:
+            teacher = "teacher #" + hashlib.sha1(teacher.encode()).hexdigest()[:8]
+        return (f"{self.dataset}{f' [{data}]' if data else ''}: "
+                f"{self.teacher}{f' [{teacher}]' if teacher else ''} → {self.student}")  # fmt: skip
 
     def slug(self) -> str:
-        """A file-name-safe ``dataset_teacher_student`` (plus a short hash of ``data`` when set)."""
+        """A file-name-safe ``dataset_teacher_student`` (plus a short hash of the data and teacher keys when set)."""
         raw = f"{self.dataset}_{self.teacher}_{self.student}"
-        if self.data:
-            raw += "_" + hashlib.sha1(repr(self.data).encode()).hexdigest()[:8]
+        if self.data or self.teacher_keys:
+            keys = repr(self.data) if not self.teacher_keys else repr((self.data, self.teacher_keys))
+            raw += "_" + hashlib.sha1(keys.encode()).hexdigest()[:8]
         return safe_name(raw)
 
 
@@ -167,38 +190,73 @@ def aggregate(df: pd.DataFrame, by: str | Sequence[str], metric: str = FINAL_TES
 
 
 def data_columns(df: pd.DataFrame, dataset: str) -> list[str]:
-    """``dataset.*`` setting columns (but the name) that differ between the runs of ``df`` named ``dataset``."""
+    """``dataset.*`` setting columns (but the name) and the data digest that differ between the runs of
+    ``df`` named ``dataset``."""
     named = df[_column(df, DATASET) == dataset]
-    candidates = [c for c in setting_columns(named) if c.startswith(DATA_PREFIX) and c != DATASET]
+    candidates = [c for c in setting_columns(named) if (c.startswith(DATA_PREFIX) and c != DATASET) or c == DATA_DIGEST]
     return varying_columns(named, candidates)
+
+
+def teacher_columns(distill: pd.DataFrame) -> list[str]:
+    """The teacher-identity columns that differ between the distill runs of ``distill``: ``teacher_id``,
+    else (runs that predate it) the ``teacher.*`` and ``teacher_training.*`` settings but the name."""
+    candidates = [c for c in setting_columns(distill) if c == TEACHER_ID or
+                  (c.startswith(TEACHER_SETTING_PREFIXES) and c != TEACHER)]  # fmt: skip
+    varying = varying_columns(distill, candidates)
+    if TEACHER_ID in varying and distill[TEACHER_ID].notna().all():
+        return [TEACHER_ID]
+    return varying
+
+
+def _key_pairs(run: pd.Series, columns: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    return tuple((key, value_text(run[key])) for key in columns)
 
 
 def distill_setups(df: pd.DataFrame) -> list[Setup]:
     """The distinct setups of the completed distill runs of ``df``, sorted."""
     distill = completed_runs(df, schema.MODE_DISTILL)
     data_keys = {name: data_columns(df, name) for name in set(_column(distill, DATASET))}
-    names = pd.DataFrame({c: _column(distill, c) for c in (DATASET, TEACHER, STUDENT)})
+    names = pd.DataFrame({c: _column(distill, c) for c in (DATASET, TEACHER, STUDENT)}, index=distill.index)
+    bases = {}
+    for (index, run), (dataset, teacher, student) in zip(distill.iterrows(), names.itertuples(index=False),
+                                                         strict=True):  # fmt: skip
+        bases[index] = (dataset, teacher, student, _key_pairs(run, data_keys[dataset]))
     setups = set()
-    for (_, run), (dataset, teacher, student) in zip(distill.iterrows(), names.itertuples(index=False), strict=True):
-        data = tuple((key, format_value(run[key])) for key in data_keys[dataset])
-        setups.add(Setup(dataset, teacher, student, data))
+    for base in set(bases.values()):
+        members = distill.loc[[index for index, value in bases.items() if value == base]]
+        keys = teacher_columns(members)
+        setups |= {Setup(*base, _key_pairs(run, keys)) for _, run in members.iterrows()}
     return sorted(setups)
 
 
 def runs_of_setup(df: pd.DataFrame, setup: Setup) -> pd.DataFrame:
-    """Runs of ``df`` that belong to ``setup``: its distill runs, baselines and teachers."""
+    """Runs of ``df`` that belong to ``setup``: its distill runs, baselines and teachers (a teacher run
+    matches the teacher keys it has)."""
     dataset = _column(df, DATASET) == setup.dataset
     for key, value in setup.data:
         dataset &= _column(df, key) == value
     student = _column(df, STUDENT) == setup.student
     teacher = _column(df, TEACHER) == setup.teacher
+    same_teacher = teacher.copy()
+    teacher_run = teacher.copy()
+    for key, value in setup.teacher_keys:
+        same_teacher &= _column(df, key) == value
+        teacher_run &= _column(df, key).isin([value, "?"])
     mode = _column(df, MODE)
-    keep = dataset & (
-        ((mode == schema.MODE_DISTILL) & student & teacher)
-        | ((mode == schema.MODE_STUDENT) & student)
-        | ((mode == schema.MODE_TEACHER) & teacher)
-    )
-    return df[keep]
+    distill = dataset & (mode == schema.MODE_DISTILL) & student & same_teacher
+    baseline = dataset & (mode == schema.MODE_STUDENT) & student
+    baseline &= _matches_some(df, df[distill & (df[STATUS] == schema.STATUS_COMPLETED)])
+    return df[distill | baseline | (dataset & (mode == schema.MODE_TEACHER) & teacher_run)]
+
+
+def _matches_some(df: pd.DataFrame, distill: pd.DataFrame) -> pd.Series:
+    """True for the runs of ``df`` whose settings (the :func:`kd_gain` matching columns, the seed left out)
+    equal those of some run of ``distill``: the baselines that belong with these distill runs."""
+    keys = [c for c in matching_columns(df) if c != SEED]
+    matched = np.zeros(len(df), dtype=bool)
+    for mask in _match_masks(distill, df, keys).values():
+        matched |= mask
+    return pd.Series(matched, index=df.index)
 
 
 def format_value(value: object) -> str:
@@ -208,6 +266,15 @@ def format_value(value: object) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
+
+
+def value_text(value: object) -> str:
+    """``value`` as exact text for equality tests: like :func:`format_value` (``4`` for 4.0), but a float
+    that ``:g`` would round keeps every digit (two learning rates of a search never merge)."""
+    text = format_value(value)
+    if isinstance(value, float) and text not in ("?", "nan", "inf", "-inf") and float(text) != value:
+        return repr(value)
+    return text
 
 
 def _is_missing(value: object) -> bool:
@@ -222,7 +289,7 @@ def _column(df: pd.DataFrame, column: str) -> pd.Series:
     """``df[column]`` as text (missing column: all "?"), for equality tests with a Setup."""
     if column not in df.columns:
         return pd.Series("?", index=df.index)
-    return df[column].astype(object).map(format_value)
+    return df[column].astype(object).map(value_text)
 
 
 def config_columns(df: pd.DataFrame) -> list[str]:
@@ -251,7 +318,7 @@ def setting_columns(df: pd.DataFrame) -> list[str]:
 def varying_columns(df: pd.DataFrame, columns: Sequence[str] | None = None) -> list[str]:
     """The ``columns`` (default: :func:`setting_columns`) with two or more distinct present values in ``df``."""
     columns = setting_columns(df) if columns is None else [c for c in columns if c in df.columns]
-    return [c for c in columns if df[c].dropna().astype(object).map(format_value).nunique() > 1]
+    return [c for c in columns if df[c].dropna().astype(object).map(value_text).nunique() > 1]
 
 
 def method_of(df: pd.DataFrame) -> pd.Series:
@@ -328,30 +395,110 @@ def mean_ci(values: pd.Series) -> tuple[float, float, float, int]:
     return mean, std, ci95_half_width(std, n), n
 
 
-def rank_settings(df: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataFrame:
-    """One row per setting of the completed distill runs of ``df``, best first; ``attrs["selected_on"]``
-    names the metric that ranks them (:func:`selection_metric`: validation accuracy when present).
+def method_keys(df: pd.DataFrame) -> list[str]:
+    """The ``loss.*`` setting columns of ``df`` that are a method's hyper-parameters (not its name or class)."""
+    return [c for c in setting_columns(df) if c.startswith(LOSS_PREFIX) and c not in (METHOD, LOSS_TARGET)]
 
-    ``by`` defaults to the setting columns that vary (the method first); then ``setting`` (a label,
-    temperature and alpha always named), final_test_acc ``mean``/``std``/``n``/``ci95``,
-    ``val_mean``/``val_n`` and ``top5_mean``/``top5_ci95`` (when present), mean ``gain`` over the
-    matched same-seed baselines (:func:`kd_gain`) and ``gain_n``, and the ``run_dirs`` (a tuple).
+
+def qualified_name(method: str, column: str) -> str:
+    """``dkd.beta`` for ``loss.beta`` of dkd: method-specific columns of a method comparison stay apart."""
+    return f"{method}.{column.removeprefix(LOSS_PREFIX)}"
+
+
+def with_method_columns(distill: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """``distill`` plus a ``<method>.<key>`` column per method and hyper-parameter; returns the table and
+    the added columns that vary among that method's runs (method by method, keys sorted)."""
+    methods = method_of(distill)
+    added: dict[str, pd.Series] = {}
+    varying: list[str] = []
+    for method in sorted(set(methods)):
+        own = distill[methods == method]
+        keys = method_keys(own)
+        moving = set(varying_columns(own, keys))
+        for column in sorted(keys):
+            if own[column].notna().any():
+                added[qualified_name(method, column)] = own[column].reindex(distill.index)
+                if column in moving:
+                    varying.append(qualified_name(method, column))
+    return distill.assign(**added), varying
+
+
+def is_setup_column(column: str) -> bool:
+    """True for the columns that make a setup (:func:`distill_setups`): dataset, teacher and student."""
+    return column.startswith((DATA_PREFIX, *TEACHER_SETTING_PREFIXES)) or column in (TEACHER_ID, DATA_DIGEST, STUDENT)
+
+
+def across_setups_by(df: pd.DataFrame) -> list[str]:
+    """The ``by`` columns of :func:`default_by` over all completed distill runs of ``df`` but the setup
+    columns: ranking each setup on them names, in every label, what differs between setups too."""
+    return [c for c in default_by(completed_runs(df, schema.MODE_DISTILL)) if not is_setup_column(c)]
+
+
+def _qualified_in(table: pd.DataFrame, distill: pd.DataFrame, column: str) -> str:
+    """``<method>.<key>`` for a method hyper-parameter ``loss.<key>`` of runs of one method, else ``column``."""
+    methods = set(method_of(distill))
+    if column.startswith(LOSS_PREFIX) and column not in (METHOD, LOSS_TARGET) and len(methods) == 1:
+        name = qualified_name(next(iter(methods)), column)
+        return name if name in table.columns else column
+    return column
+
+
+def default_by(distill: pd.DataFrame) -> list[str]:
+    """The columns that tell the settings of the completed distill runs ``distill`` apart: every setting
+    column that varies; with several methods, the method, then each method's varying hyper-parameters
+    as ``<method>.<key>`` columns (:func:`with_method_columns`), then the other varying settings."""
+    varying = [c for c in varying_columns(distill) if c != LOSS_TARGET]
+    if len(set(method_of(distill))) < 2:
+        return _ordered(varying)
+    _, qualified = with_method_columns(distill)
+    others = sorted(c for c in varying if not c.startswith(LOSS_PREFIX))
+    return [METHOD, *qualified, *others]
+
+
+def _first_present(group: pd.DataFrame, column: str) -> object:
+    return group[column].dropna().iloc[0] if column in group.columns and group[column].notna().any() else None
+
+
+def rank_settings(df: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataFrame:
+    """One row per setting of the completed distill runs of ``df`` (runs equal in every setting but the
+    seed), best first; ``attrs["selected_on"]`` names the metric that ranks them (:func:`selection_metric`:
+    validation accuracy when present, test accuracy otherwise).
+
+    ``by`` defaults to :func:`default_by`; then ``setting`` (a label naming the method's hyper-parameters
+    and the other varying settings), final_test_acc ``mean``/``std``/``n``/``ci95``, ``val_mean``/``val_n``
+    and ``top5_mean``/``top5_ci95`` (when present), mean ``gain`` over the matched same-seed baselines
+    (:func:`kd_gain`) and ``gain_n``, ``selected`` (True for the best setting, and for every setting tied
+    with it on the selection metric: a tie is never broken by test accuracy) and the ``run_dirs`` (a tuple).
     """
-    distill = completed_runs(df, schema.MODE_DISTILL)
-    by = _ordered([c for c in varying_columns(distill) if c != LOSS_TARGET]) if by is None else list(by)
+    done = completed_runs(df, schema.MODE_DISTILL)
+    several_methods = len(set(method_of(done))) > 1
+    own_by = default_by(done)
+    distill, qualified = done, []
+    if several_methods or (by is not None and any(c not in done.columns for c in by)):
+        distill = with_method_columns(done)[0]
+        qualified = [c for c in distill.columns if c not in done.columns]
+    if by is None:
+        by = own_by
+    else:  # never fewer columns than the runs' own varying settings: like with like
+        own = [_qualified_in(distill, done, c) if qualified else c for c in own_by]
+        by = [c for c in dict.fromkeys([*by, *own]) if c in distill.columns]
     selected_on = selection_metric(df)
     with_val, with_top5 = selected_on == FINAL_VAL_ACC, has_top5(distill)
     gains = kd_gain(df).set_index(RUN_DIR)["gain"] if len(distill) else pd.Series(dtype=float)
+    loss_keys = method_keys(distill)
     groups = distill.groupby(by, dropna=False, sort=False) if by else [((), distill)]
     rows = []
     for _, group in groups:
         if group.empty:
             continue
         first = group.iloc[0]
-        label_columns = [*by, *(k for k in HEADLINE_LOSS_KEYS if k in group.columns and k not in by)]
-        headline = {c: group[c].dropna().iloc[0] if group[c].notna().any() else None for c in label_columns}
+        label_columns = [c for c in by if c not in qualified]
+        label_columns += [k for k in loss_keys if k not in label_columns]
+        label_values = {c: _first_present(group, c) for c in label_columns}
+        if not several_methods:
+            label_columns = [c for c in label_columns if c != METHOD or c in by]
         row = {c: first[c] for c in by}
-        row["setting"] = setting_label(headline, _ordered(label_columns)) or "(its only setting)"
+        row["setting"] = setting_label(label_values, _ordered(label_columns)) or "(its only setting)"
         row["mean"], row["std"], row["ci95"], row["n"] = mean_ci(group[FINAL_TEST_ACC])
         if with_val:
             row["val_mean"], _, _, row["val_n"] = mean_ci(group[FINAL_VAL_ACC])
@@ -364,41 +511,76 @@ def rank_settings(df: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataF
         rows.append(row)
     dropped = ("val_",) * (not with_val) + ("top5_",) * (not with_top5)
     wanted = [c for c in RANK_COLUMNS if not (dropped and c.startswith(dropped))]
-    columns = [*by, *wanted]
-    table = pd.DataFrame(rows, columns=columns)
+    table = pd.DataFrame(rows, columns=[*by, *[c for c in wanted if c != "selected"]])
+    key = "val_mean" if with_val else "mean"
     if not table.empty:
-        key = "val_mean" if with_val else "mean"
-        table = table.sort_values([key, "mean"], ascending=False, na_position="last", kind="stable")
+        table = table.sort_values([key, "setting"], ascending=[False, True], na_position="last", kind="stable")
     table = table.reset_index(drop=True)
+    table.insert(table.columns.get_loc("run_dirs"), "selected", _selected(table[key]) if len(table) else [])
     table.attrs["selected_on"] = selected_on
     return table
 
 
-def compare_methods(df: pd.DataFrame) -> pd.DataFrame:
-    """Each method's best setting (the top row of :func:`rank_settings` of its runs), best method first.
+def _selected(values: pd.Series) -> list[bool]:
+    """True for the highest of ``values`` and every value equal to it (ties), False elsewhere and for NaN."""
+    numbers = as_float(values)
+    if numbers.isna().all():
+        return [False] * len(numbers)
+    top = numbers.max()
+    return [bool(not math.isnan(v) and abs(v - top) <= TIE_TOLERANCE) for v in numbers]
 
-    Columns: ``method`` then those of :func:`rank_settings` (``setting`` labels the method's setting);
-    ``attrs["selected_on"]`` as there.
+
+def best_settings(ranked: pd.DataFrame) -> pd.DataFrame:
+    """The selected rows of a :func:`rank_settings` (or :func:`compare_methods`) table: the best setting and
+    every setting tied with it on the selection metric."""
+    return ranked[ranked["selected"].astype(bool)] if "selected" in ranked.columns else ranked.head(0)
+
+
+def compare_methods(df: pd.DataFrame) -> pd.DataFrame:
+    """Each method's selected setting (the ``selected`` rows of :func:`rank_settings` of its runs: several
+    when they tie on the selection metric), best method first.
+
+    Columns: ``method`` then those of :func:`rank_settings` (``setting`` labels the method's setting)
+    and ``tied`` (how many of the method's settings share its best value); ``selected`` marks the best
+    method(s) overall; ``attrs["selected_on"]`` as there.
     """
     rows = []
     for method in distill_methods(df):
-        ranked = rank_settings(runs_of_method(df, method))
-        if not ranked.empty:
-            rows.append({METHOD: method, **{c: ranked.iloc[0][c] for c in ranked.columns if c in RANK_COLUMNS}})
+        best = best_settings(rank_settings(runs_of_method(df, method)))
+        for _, row in best.iterrows():
+            rows.append({METHOD: method, **{c: row[c] for c in best.columns if c in RANK_COLUMNS}, "tied": len(best)})
     table = pd.DataFrame(rows)
     selected_on = selection_metric(df)
     if not table.empty:
         key = "val_mean" if selected_on == FINAL_VAL_ACC else "mean"
-        table = table.sort_values([key, "mean"], ascending=False, na_position="last", kind="stable")
-    table = table.reset_index(drop=True)
+        table = table.sort_values([key, METHOD, "setting"], ascending=[False, True, True], na_position="last",
+                                  kind="stable").reset_index(drop=True)  # fmt: skip
+        table["selected"] = _selected(table[key])
     table.attrs["selected_on"] = selected_on
     return table
 
 
-def baseline_accuracy(df: pd.DataFrame, setup: Setup) -> float:
-    """Mean final_test_acc of the completed baseline (mode=student) runs of ``setup``; NaN if none."""
+def baseline_levels(df: pd.DataFrame, setup: Setup) -> list[tuple[str, float, int]]:
+    """The completed baseline (mode=student) runs of ``setup`` averaged per setting (seeds only):
+    ``(label, mean final_test_acc, n)`` per setting; the label names the settings that differ ("" for one)."""
     baselines = completed_runs(runs_of_setup(df, setup), schema.MODE_STUDENT)
-    return float(as_float(baselines[FINAL_TEST_ACC]).mean())
+    baselines = baselines.assign(**{FINAL_TEST_ACC: as_float(baselines[FINAL_TEST_ACC])}).dropna(
+        subset=[FINAL_TEST_ACC]
+    )
+    if baselines.empty:
+        return []
+    by = [c for c in varying_columns(baselines) if not c.startswith(LOSS_PREFIX) and c != TEACHER_ID]
+    groups = baselines.groupby(by, dropna=False, sort=False) if by else [((), baselines)]
+    levels = [(setting_label({c: _first_present(g, c) for c in by}, by), float(g[FINAL_TEST_ACC].mean()), len(g))
+              for _, g in groups]  # fmt: skip
+    return sorted(levels)
+
+
+def baseline_accuracy(df: pd.DataFrame, setup: Setup) -> float:
+    """Mean final_test_acc of the completed baseline (mode=student) runs of ``setup`` when they share one
+    setting (:func:`baseline_levels`); NaN when there are none or several settings (never averaged)."""
+    levels = baseline_levels(df, setup)
+    return levels[0][1] if len(levels) == 1 else math.nan
 
 
 def teacher_accuracy(df: pd.DataFrame, setup: Setup) -> float:
@@ -424,9 +606,24 @@ def matching_columns(df: pd.DataFrame, unmatched_prefixes: Sequence[str] = DEFAU
     ]
 
 
-def _equal_or_missing(column: pd.Series, value: object) -> np.ndarray:
-    """Boolean mask: the cell equals ``value`` or is missing (NA-safe for nullable dtypes)."""
-    return (column.isna() | (column == value).fillna(False)).to_numpy(dtype=bool)
+def _cells(df: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """``df[keys]`` as text (:func:`value_text`; "?" for missing), for exact equality tests."""
+    return pd.DataFrame({key: _column(df, key) for key in keys}, index=df.index)
+
+
+def _match_masks(runs: pd.DataFrame, candidates: pd.DataFrame, keys: Sequence[str]) -> dict[tuple, np.ndarray]:
+    """For each distinct text row of ``runs[keys]``: the candidates equal to it on every key either has
+    (a key missing on either side does not distinguish them)."""
+    candidate_cells = _cells(candidates, keys)
+    masks: dict[tuple, np.ndarray] = {}
+    for combo in _cells(runs, keys).drop_duplicates().itertuples(index=False, name=None):
+        mask = np.ones(len(candidates), dtype=bool)
+        for key, value in zip(keys, combo, strict=True):
+            if value != "?":
+                column = candidate_cells[key]
+                mask &= ((column == value) | (column == "?")).to_numpy(dtype=bool)
+        masks[combo] = mask
+    return masks
 
 
 def kd_gain(df: pd.DataFrame, unmatched_prefixes: Sequence[str] = DEFAULT_UNMATCHED_PREFIXES) -> pd.DataFrame:
@@ -447,12 +644,9 @@ def kd_gain(df: pd.DataFrame, unmatched_prefixes: Sequence[str] = DEFAULT_UNMATC
     keys = matching_columns(df, unmatched_prefixes)
     baseline_acc = as_float(baselines[FINAL_TEST_ACC]) if len(baselines) else None
     means, counts, dirs = [], [], []
-    for _, run in distill.iterrows():
-        matched = np.ones(len(baselines), dtype=bool)
-        for key in keys:
-            if pd.isna(run[key]):
-                continue
-            matched &= _equal_or_missing(baselines[key], run[key])
+    masks = _match_masks(distill, baselines, keys)
+    for combo in _cells(distill, keys).itertuples(index=False, name=None):
+        matched = masks[combo]
         accuracies = baseline_acc[matched].dropna() if baseline_acc is not None else pd.Series(dtype=float)
         means.append(float(accuracies.mean()) if len(accuracies) else math.nan)
         counts.append(len(accuracies))

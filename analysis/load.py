@@ -27,8 +27,18 @@ REASON = "reason"
 OVERRIDES = "overrides"
 META_COLUMNS = (RUN_DIR, STATUS, REASON, OVERRIDES)
 
-#: Metrics keys that become columns (``settings`` repeats config values, so it is left out).
-METRIC_COLUMNS = tuple(key for key in schema.METRICS_KEYS if key != "settings")
+#: metrics.json keys that identify what a run trained on and with (the data's content digest, the
+#: teacher's identity digest): setting columns, not metrics (read even where the schema lacks them).
+TEACHER_ID = "teacher_id"
+DATA_DIGEST = "data_digest"
+IDENTITY_COLUMNS = (TEACHER_ID, DATA_DIGEST)
+#: Metrics keys that become metric columns (``settings`` holds the config values, so it is left out).
+METRIC_COLUMNS = tuple(key for key in schema.METRICS_KEYS if key not in ("settings", *IDENTITY_COLUMNS))
+SETTINGS = "settings"
+#: The last metrics.json schema whose ``settings`` held only a subset (SETTINGS_KEYS and ``loss.*``).
+SUBSET_SETTINGS_SCHEMA = 2
+#: The mode of an evaluation-only run (``mode=eval``): not a training run, kept out of every comparison.
+MODE_EVAL = "eval"
 
 
 def _schema_name(name: str, names: tuple[str, ...]) -> str:
@@ -70,6 +80,12 @@ HISTORY_LONG_COLUMNS = (RUN_DIR, EPOCH, "metric", "value")
 REASON_NO_METRICS = f"no {schema.METRICS_FILE} (run unfinished or killed)"
 REASON_BAD_METRICS = f"{schema.METRICS_FILE} unreadable"
 REASON_BAD_CONFIG = f"{schema.CONFIG_FILE} unreadable"
+
+#: metrics.json keys whose value must be text (or null); the others of the schema must be numbers (or null).
+TEXT_METRICS = (
+    "status", "reason", "mode", "method", "dataset", "model", "teacher", "teacher_source", "teacher_outputs",
+    "soft_label_cache", "checkpoint", "config_digest", TEACHER_ID, DATA_DIGEST,
+)  # fmt: skip
 
 
 class NoRunsError(ValueError):
@@ -125,27 +141,75 @@ def _integer_columns(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def read_run(run_dir: Path) -> dict[str, Any]:
-    """The row of one run directory: meta columns, flattened config, then metrics."""
+    """The row of one run directory: meta columns, its settings (dotted keys), then metrics.
+
+    The settings come from metrics.json's ``settings`` when that is the complete record of the run
+    (:func:`has_complete_settings`; a rerun refused later may have rewritten ``.hydra``), otherwise
+    from ``.hydra/config.yaml`` with the recorded ``settings`` values on top. Every cell is a scalar:
+    dicts and lists become their canonical text (:func:`canonical`).
+    """
     row: dict[str, Any] = {RUN_DIR: str(run_dir), STATUS: schema.STATUS_UNFINISHED, REASON: None}
     row[OVERRIDES] = " ".join(read_overrides(run_dir))
-    config_reason = None
-    try:
-        config = read_config(run_dir)
-    except Exception:  # noqa: BLE001 - any unreadable config is reported, not raised
-        config, config_reason = {}, REASON_BAD_CONFIG
-    row.update(config)
     metrics, metrics_reason = read_metrics(run_dir)
+    recorded = metrics.get(SETTINGS) if isinstance(metrics.get(SETTINGS), dict) else {}
+    config_reason = None
+    if has_complete_settings(metrics):
+        config = {str(key): canonical(value) for key, value in recorded.items()}
+    else:
+        try:
+            config = read_config(run_dir)
+        except Exception:  # noqa: BLE001 - any unreadable config is reported, not raised
+            config, config_reason = {}, REASON_BAD_CONFIG
+        config.update({str(k): canonical(v) for k, v in recorded.items() if v is not None})
+    row.update({key: value for key, value in config.items() if key not in META_COLUMNS})
     for key, value in metrics.items():
-        if key in METRIC_COLUMNS and key not in config:
-            row[key] = value
+        if key in (*METRIC_COLUMNS, *IDENTITY_COLUMNS) and key not in config:
+            row[key] = canonical(value)
     if metrics:
-        row[STATUS] = metrics.get("status") or schema.STATUS_UNFINISHED
-        row[REASON] = metrics.get("reason")
+        row[STATUS] = metrics.get(STATUS) or schema.STATUS_UNFINISHED
+        row[REASON] = metrics.get(REASON)
     else:
         row[REASON] = metrics_reason
     if config_reason and not row[REASON]:
         row[REASON] = config_reason
     return row
+
+
+def has_complete_settings(metrics: Mapping[str, Any]) -> bool:
+    """True when ``metrics["settings"]`` is the complete flat record of the run's training settings:
+    a schema after version 2, or identity keys (teacher_id, data_digest), or settings beyond the
+    schema-2 subset (SETTINGS_KEYS and ``loss.*``)."""
+    settings = metrics.get(SETTINGS)
+    if not isinstance(settings, dict) or not settings:
+        return False
+    version = metrics.get("schema_version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > SUBSET_SETTINGS_SCHEMA:
+        return True
+    if any(key in metrics for key in IDENTITY_COLUMNS):
+        return True
+    subset = set(schema.SETTINGS_KEYS)
+    return any(key not in subset and not str(key).startswith("loss.") for key in settings)
+
+
+def canonical(value: Any) -> Any:
+    """``value`` itself when it is a scalar; dicts and lists (any depth) as sorted-key JSON text, so that
+    equal settings compare, hash and group equal (``{"lr": 0.1}`` and ``[2, 3]``)."""
+    if isinstance(value, (DictConfig, ListConfig)):
+        value = OmegaConf.to_container(value, resolve=False)
+    if isinstance(value, (dict, list, tuple, set)):
+        return json.dumps(_jsonable(value), sort_keys=True, default=str)
+    return value
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` with text keys and sets as sorted lists, ready for ``json.dumps(sort_keys=True)``."""
+    if isinstance(value, Mapping):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, set):
+        return sorted((_jsonable(item) for item in value), key=repr)
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    return value
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:
@@ -160,15 +224,14 @@ def read_config(run_dir: Path) -> dict[str, Any]:
 
 
 def _flatten(raw: Any, config: DictConfig, prefix: str, out: dict[str, Any]) -> None:
-    """Write the leaves of ``raw`` into ``out`` under dotted keys; lists become their repr."""
+    """Write the leaves of ``raw`` into ``out`` under dotted keys; lists (and interpolations that resolve
+    to a dict or list) become their canonical text."""
     for key, value in raw.items():
         dotted = f"{prefix}{key}"
         if isinstance(value, Mapping):
             _flatten(value, config, f"{dotted}.", out)
-        elif isinstance(value, list):
-            out[dotted] = str(_resolved(config, dotted, value))
         else:
-            out[dotted] = _resolved(config, dotted, value)
+            out[dotted] = canonical(_resolved(config, dotted, value))
 
 
 def _resolved(config: DictConfig, dotted: str, raw: Any) -> Any:
@@ -192,7 +255,7 @@ def read_overrides(run_dir: Path) -> list[str]:
     path = run_dir / schema.HYDRA_DIR / schema.OVERRIDES_FILE
     try:
         overrides = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return []
     if not isinstance(overrides, list):
         return []
@@ -200,17 +263,52 @@ def read_overrides(run_dir: Path) -> list[str]:
 
 
 def read_metrics(run_dir: Path) -> tuple[dict[str, Any], str | None]:
-    """``(metrics, None)`` from metrics.json, or ``({}, reason)`` when it is missing or unreadable."""
+    """``(metrics, None)`` from metrics.json, or ``({}, reason)`` when it is missing, unreadable or holds
+    a value of the wrong type (then a warning names the file and the key)."""
     path = run_dir / schema.METRICS_FILE
     if not path.is_file():
         return {}, REASON_NO_METRICS
     try:
         metrics = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        warnings.warn(f"{path}: unreadable ({type(error).__name__}): run counted as unfinished", stacklevel=2)
         return {}, REASON_BAD_METRICS
-    if not isinstance(metrics, dict):
-        return {}, REASON_BAD_METRICS
+    problem = metrics_problem(metrics)
+    if problem:
+        warnings.warn(f"{path}: {problem}: run counted as unfinished", stacklevel=2)
+        return {}, f"{REASON_BAD_METRICS}: {problem}"
     return metrics, None
+
+
+def metrics_problem(metrics: Any) -> str | None:
+    """What makes ``metrics`` (parsed metrics.json) unusable, in a few words; None when it is usable.
+
+    Text keys (:data:`TEXT_METRICS`) must be text or null, ``status`` text, ``settings`` a mapping or
+    null, every other key of the schema a number or null.
+    """
+    if not isinstance(metrics, dict):
+        return f"not a JSON object ({type(metrics).__name__})"
+    if not isinstance(metrics.get(STATUS), str) or not metrics[STATUS]:
+        return f"{STATUS!r} is {_type_name(metrics.get(STATUS))}, expected text"
+    for key, value in metrics.items():
+        if value is None:
+            continue
+        if key in TEXT_METRICS and not isinstance(value, str):
+            return f"{key!r} is {_type_name(value)}, expected text"
+        if key == SETTINGS and not isinstance(value, dict):
+            return f"{key!r} is {_type_name(value)}, expected a mapping"
+        if key in METRIC_COLUMNS and key not in TEXT_METRICS and not _is_number(value):
+            return f"{key!r} is {_type_name(value)}, expected a number"
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _type_name(value: Any) -> str:
+    """``a list``, ``null``, ``a str``: the JSON-ish type of ``value`` for messages."""
+    return "null" if value is None else f"a {type(value).__name__}"
 
 
 def _ordered_columns(columns: pd.Index) -> list[str]:
@@ -261,9 +359,13 @@ def read_history(run_dir: Path) -> pd.DataFrame | None:
     try:
         history = pd.read_csv(path)
     except (OSError, ValueError, pd.errors.ParserError) as error:
-        warnings.warn(f"skipping unreadable {path}: {error}", stacklevel=2)
+        reason = str(error).strip().splitlines()
+        warnings.warn(f"skipping unreadable {path}: {reason[-1] if reason else type(error).__name__}", stacklevel=2)
         return None
     if EPOCH not in history.columns:
         warnings.warn(f"skipping {path}: no {EPOCH!r} column", stacklevel=2)
         return None
+    history[EPOCH] = pd.to_numeric(history[EPOCH], errors="coerce")
+    history = history.dropna(subset=[EPOCH])
+    history = history.loc[:, [str(c) == c for c in history.columns]]
     return history

@@ -12,6 +12,7 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import seaborn as sns
@@ -26,13 +27,14 @@ from .aggregate import (
     Setup,
     aggregate,
     as_float,
-    baseline_accuracy,
+    baseline_levels,
     compare_methods,
     completed_runs,
     distill_methods,
     distill_setups,
     format_value,
     kd_gain,
+    runs_of_setup,
     setting_label,
     short_name,
     swept_loss_keys,
@@ -49,22 +51,35 @@ from .load import (
     TEMPERATURE,
     TEST_ACC,
     TRAIN_LOSS,
+    load_runs,
 )
 
 FIGSIZE = (7.0, 4.5)
 WIDE_FIGSIZE = (11.0, 4.5)
 DPI = 120
-MAX_DEFAULT_CURVES = 8
+MAX_DEFAULT_CURVES = 12
+#: Learning curves of at most this many epochs get a tick per epoch.
+MAX_EPOCH_TICKS = 12
 #: A heatmap axis with more distinct values than this is a continuous search, not a grid.
 MAX_HEATMAP_LEVELS = 15
 #: At most this many lines (combinations of the other varying settings) in a line plot.
 MAX_HUE_LEVELS = 10
+#: At most this many panels (combinations of the other varying settings) in a heatmap.
+MAX_FACETS = 6
 
 TEMPERATURE_LABEL = "temperature T"
 ALPHA_LABEL = "α (weight of the KD term)"
 ACCURACY_LABEL = "student test accuracy (%)"
 GAIN_LABEL = "KD gain over baseline (percentage points)"
 AXIS_LABELS = {TEMPERATURE: TEMPERATURE_LABEL, ALPHA: ALPHA_LABEL}
+#: History columns with the loss-part prefix that are not loss terms.
+NOT_LOSS_TERMS = ("train_acc",)
+METRIC_TITLES = {TEST_ACC: "test accuracy per epoch", TRAIN_LOSS: "training loss (the optimised objective)"}
+
+
+class NotApplicable(ValueError):
+    """The runs cannot make this kind of figure at all (no temperature, one method, no baseline, ...):
+    the report leaves such figures out instead of explaining each."""
 
 
 def save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
@@ -87,7 +102,7 @@ def _one_setup(df: pd.DataFrame) -> Setup:
     """The one setup of the completed distill runs of ``df``; ValueError for none or several."""
     setups = distill_setups(df)
     if not setups:
-        raise ValueError("no completed distill runs to plot")
+        raise NotApplicable("no completed distill runs to plot")
     if len(setups) > 1:
         listed = "; ".join(setup.title() for setup in setups)
         raise ValueError(f"runs of {len(setups)} setups ({listed}): plot one at a time (analysis.runs_of_setup)")
@@ -105,11 +120,11 @@ def _distill_runs(df: pd.DataFrame, numeric: Sequence[str] = ()) -> tuple[pd.Dat
     runs = completed_runs(df, schema.MODE_DISTILL).copy()
     for column in (*numeric, FINAL_TEST_ACC):
         if column not in runs.columns:
-            raise ValueError(f"the distill runs have no {column!r} column")
+            raise NotApplicable(f"the distill runs have no {column!r} column")
         runs[column] = as_float(runs[column])
     runs = runs.dropna(subset=[*numeric, FINAL_TEST_ACC])
     if runs.empty:
-        raise ValueError(f"no completed distill run has {', '.join([*numeric, FINAL_TEST_ACC])}")
+        raise NotApplicable(f"no completed distill run has {', '.join([*numeric, FINAL_TEST_ACC])}")
     return runs, setup, methods[0]
 
 
@@ -118,7 +133,7 @@ def _require_temperatures(runs: pd.DataFrame) -> None:
     temperatures = sorted(runs[TEMPERATURE].unique())
     if len(temperatures) < 2:
         found = ", ".join(f"T={t:g}" for t in temperatures)
-        raise ValueError(f"needs at least two temperatures (found {len(temperatures)}: {found})")
+        raise NotApplicable(f"needs at least two temperatures (found {len(temperatures)}: {found})")
 
 
 def _hue(runs: pd.DataFrame, x: str) -> tuple[pd.DataFrame, str | None, list[str], str]:
@@ -153,7 +168,7 @@ def heatmap_axes(df: pd.DataFrame) -> tuple[str, str]:
     swept = swept_loss_keys(df)
     if len(swept) < 2:
         found = ", ".join(swept) or "none"
-        raise ValueError(f"needs two swept loss keys (found {len(swept)}: {found})")
+        raise NotApplicable(f"needs two swept loss keys (found {len(swept)}: {found})")
     x, y = (TEMPERATURE, ALPHA) if {TEMPERATURE, ALPHA} <= set(swept) else (swept[0], swept[1])
     return x, y
 
@@ -176,8 +191,9 @@ def plot_heatmap(df: pd.DataFrame, x: str | None = None, y: str | None = None) -
     """Heatmap of the mean (over seeds) final test accuracy of the distilled student over two setting
     columns ``x`` × ``y`` (default :func:`heatmap_axes`: T × α for a Hinton-KD grid).
 
-    Runs of one setup and one method. When other settings vary too, each cell shows the best of
-    them (named in the title). ValueError when the runs cannot make the figure.
+    Runs of one setup and one method. When other settings vary too, one panel per combination of them
+    (at most MAX_FACETS): a cell only ever averages runs equal in every setting but the seed.
+    ValueError when the runs cannot make the figure.
     """
     if (x is None) != (y is None):
         raise ValueError("give both x and y, or neither")
@@ -188,28 +204,48 @@ def plot_heatmap(df: pd.DataFrame, x: str | None = None, y: str | None = None) -
             raise ValueError(f"the distill runs have no {column!r} column")
         levels = runs[column].dropna().map(format_value).nunique()
         if levels > MAX_HEATMAP_LEVELS:
-            raise ValueError(f"{column} has {levels} distinct values (at most {MAX_HEATMAP_LEVELS}): not a grid")
+            raise NotApplicable(f"{column} has {levels} distinct values (at most {MAX_HEATMAP_LEVELS}): not a grid")
     runs = runs.dropna(subset=[x, y])
     others = [c for c in varying_columns(runs) if c not in (x, y)]
-    cells = aggregate(runs, by=[y, x, *others])
-    if others:  # the best setting of the other varying columns in each cell
-        cells = cells.loc[cells.groupby([y, x], dropna=False)["mean"].idxmax()]
-    grid = cells.pivot(index=y, columns=x, values="mean")
-    grid = grid.reindex(index=_sorted_levels(cells[y])[::-1], columns=_sorted_levels(cells[x]))
-    grid.index = [format_value(v) for v in grid.index]
-    grid.columns = [format_value(v) for v in grid.columns]
-    fig, (ax,) = _new_figure()
-    sns.heatmap(
-        grid, ax=ax, annot=True, fmt=".1f", cmap="viridis", linewidths=0.5,
-        cbar_kws={"label": "test accuracy (%)"},
-    )  # fmt: skip
-    ax.set_xlabel(_axis_label(x))
-    ax.set_ylabel(_axis_label(y))
-    best_over = f", best over {', '.join(short_name(c) for c in others)}" if others else ""
-    ax.set_title(
-        f"{method} student test accuracy, mean over seeds ({_seed_count_text(cells['n'])}){best_over}\n{setup.title()}"
-    )
+    labels = runs.apply(lambda run: setting_label(run, others), axis=1) if others else pd.Series("", index=runs.index)
+    panels = sorted(set(labels))
+    if len(panels) > MAX_FACETS:
+        raise ValueError(f"{len(panels)} combinations of other settings ({', '.join(others)}) would be "
+                         f"{len(panels)} panels (at most {MAX_FACETS}): plot a subset")  # fmt: skip
+    width = FIGSIZE[0] if len(panels) == 1 else min(5.5 * len(panels), 18.0)
+    fig, axes = _new_figure((width, FIGSIZE[1]), ncols=len(panels))
+    counts = []
+    for ax, panel in zip(axes, panels, strict=True):
+        cells = aggregate(runs[labels == panel], by=[y, x, *others])
+        counts.append(cells["n"])
+        grid = cells.pivot_table(index=y, columns=x, values="mean", aggfunc="first", dropna=False)
+        grid = grid.reindex(index=_sorted_levels(cells[y])[::-1], columns=_sorted_levels(cells[x]))
+        grid.index = [format_value(v) for v in grid.index]
+        grid.columns = [format_value(v) for v in grid.columns]
+        sns.heatmap(
+            grid, ax=ax, annot=True, fmt=".1f", cmap="viridis", linewidths=0.5,
+            cbar_kws={"label": "test accuracy (%)"},
+        )  # fmt: skip
+        ax.set_xlabel(_axis_label(x))
+        ax.set_ylabel(_axis_label(y))
+        if panel:
+            ax.set_title(panel, fontsize="small")
+    seeds = _seed_count_text(pd.concat(counts))
+    fig.suptitle(f"{method} student test accuracy, mean over seeds ({seeds})\n{setup.title()}")
     return fig
+
+
+def _reference_lines(ax: Any, df: pd.DataFrame, setup: Setup) -> None:
+    """Horizontal lines: the baseline student, one per baseline setting (seeds averaged, settings never;
+    at most MAX_HUE_LEVELS), and the teacher."""
+    levels = baseline_levels(df, setup)[:MAX_HUE_LEVELS]
+    shades = [str(round(0.2 + 0.5 * i / max(len(levels) - 1, 1), 2)) for i in range(len(levels))]
+    for shade, (label, mean, _) in zip(shades, levels, strict=True):
+        named = f", {label}" if label else ""
+        ax.axhline(mean, color=shade, linestyle="--", label=f"baseline student {setup.student}{named} ({mean:.1f})")
+    teacher = teacher_accuracy(df, setup)
+    if not pd.isna(teacher):
+        ax.axhline(teacher, color="black", linestyle=":", label=f"teacher {setup.teacher} ({teacher:.1f})")
 
 
 def plot_accuracy_vs_temperature(df: pd.DataFrame) -> Figure:
@@ -224,12 +260,7 @@ def plot_accuracy_vs_temperature(df: pd.DataFrame) -> Figure:
         data=runs, x=TEMPERATURE, y=FINAL_TEST_ACC, hue=hue, hue_order=hue_order or None,
         errorbar=("ci", 95), seed=0, marker="o", ax=ax, **({} if hue else {"label": method}),
     )  # fmt: skip
-    baseline = baseline_accuracy(df, setup)
-    if not pd.isna(baseline):
-        ax.axhline(baseline, color="0.35", linestyle="--", label=f"baseline student {setup.student} ({baseline:.1f})")
-    teacher = teacher_accuracy(df, setup)
-    if not pd.isna(teacher):
-        ax.axhline(teacher, color="black", linestyle=":", label=f"teacher {setup.teacher} ({teacher:.1f})")
+    _reference_lines(ax, df, setup)
     ax.set_xticks(sorted(runs[TEMPERATURE].unique()))
     ax.set_xlabel(TEMPERATURE_LABEL)
     ax.set_ylabel(ACCURACY_LABEL)
@@ -246,7 +277,7 @@ def plot_kd_gain(df: pd.DataFrame) -> Figure:
     gains = kd_gain(df)
     gains = gains.assign(**{TEMPERATURE: as_float(gains[TEMPERATURE])}).dropna(subset=["gain", TEMPERATURE])
     if gains.empty:
-        raise ValueError(
+        raise NotApplicable(
             "no distill run has a matched baseline (a completed mode=student run with the same "
             "dataset, student, trainer/optimizer/scheduler settings and seed)"
         )
@@ -273,7 +304,7 @@ def plot_method_comparison(df: pd.DataFrame) -> Figure:
     setup = _one_setup(df)
     methods = distill_methods(df)
     if len(methods) < 2:
-        raise ValueError(f"needs at least two methods (found {len(methods)}: {', '.join(methods)})")
+        raise NotApplicable(f"needs at least two methods (found {len(methods)}: {', '.join(methods)})")
     table = compare_methods(df)
     table = table[table["n"] > 0]
     if table.empty:
@@ -287,17 +318,12 @@ def plot_method_comparison(df: pd.DataFrame) -> Figure:
         ax.scatter([position] * len(seeds), seeds, color=color, alpha=0.5, s=18, zorder=2)
         error = 0.0 if math.isnan(row["ci95"]) else row["ci95"]
         ax.errorbar([position], [row["mean"]], yerr=[error], fmt="o", color=color, capsize=6, markersize=8, zorder=3)
-    baseline = baseline_accuracy(df, setup)
-    if not pd.isna(baseline):
-        ax.axhline(baseline, color="0.35", linestyle="--", label=f"baseline student {setup.student} ({baseline:.1f})")
-    teacher = teacher_accuracy(df, setup)
-    if not pd.isna(teacher):
-        ax.axhline(teacher, color="black", linestyle=":", label=f"teacher {setup.teacher} ({teacher:.1f})")
+    _reference_lines(ax, df, setup)
     pairs = zip(table[METHOD], table["setting"], strict=True)
     ticks = [f"{method}\n{setting.replace(', ', chr(10))}" for method, setting in pairs]
     ax.set_xticks(list(positions), ticks, fontsize="x-small")
     ax.set_xlim(-0.6, len(table) - 0.4)
-    ax.set_xlabel("method (its best setting)")
+    ax.set_xlabel("method (its selected setting: best on validation, else test; ties all shown)")
     ax.set_ylabel(ACCURACY_LABEL)
     ax.grid(axis="y", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
@@ -306,15 +332,41 @@ def plot_method_comparison(df: pd.DataFrame) -> Figure:
     return fig
 
 
-def default_curve_runs(history: pd.DataFrame) -> list[str]:
-    """The run of each mode with the highest last test accuracy (runs without one are skipped)."""
-    test = history[history["metric"] == TEST_ACC].sort_values([RUN_DIR, EPOCH])
-    if test.empty:
-        return list(history[RUN_DIR].drop_duplicates())[:MAX_DEFAULT_CURVES]
-    last = test.groupby(RUN_DIR, sort=True).tail(1)
-    group = last[MODE] if MODE in last.columns else pd.Series("run", index=last.index)
-    best = last.loc[last.groupby(group.fillna("?"))["value"].idxmax()]
-    return list(best.sort_values([MODE] if MODE in best.columns else [RUN_DIR])[RUN_DIR])
+def default_curve_groups(runs: pd.DataFrame) -> dict[str, tuple[str, ...]]:
+    """The curves the report draws, label -> run dirs (seeds of one setting, averaged per epoch): each
+    method's selected setting(s) (:func:`analysis.compare_methods`, ties included: the report's selection),
+    the baseline student per setting and the teacher of the runs' one setup; without distill runs, every
+    setting of each mode. ValueError for several setups or more than MAX_DEFAULT_CURVES curves."""
+    setups = distill_setups(runs)
+    if len(setups) > 1:
+        listed = "; ".join(setup.title() for setup in setups)
+        raise ValueError(f"runs of {len(setups)} setups ({listed}): plot one at a time (analysis.runs_of_setup)")
+    groups: dict[str, tuple[str, ...]] = {}
+    if setups:
+        subset = runs_of_setup(runs, setups[0])
+        table = compare_methods(subset)
+        several = len(set(table[METHOD])) > 1 if not table.empty else False
+        for row in table.to_dict("records"):
+            name = f"{row[METHOD]}: {row['setting']}" if several else f"distill: {row['setting']}"
+            groups[name] = tuple(row["run_dirs"])
+        modes = (schema.MODE_STUDENT, schema.MODE_TEACHER)
+        runs = subset
+    else:
+        modes = (schema.MODE_TEACHER, schema.MODE_STUDENT, schema.MODE_DISTILL)
+    for mode in modes:
+        done = completed_runs(runs, mode)
+        if done.empty:
+            continue
+        by = [c for c in varying_columns(done) if not (mode != schema.MODE_DISTILL and c.startswith("loss."))]
+        parts = done.groupby(by, dropna=False, sort=False) if by else [((), done)]
+        for _, part in parts:
+            setting = setting_label(part.iloc[0], by)
+            name = {schema.MODE_STUDENT: "baseline student"}.get(mode, mode)
+            groups[f"{name}: {setting}" if setting else name] = tuple(part[RUN_DIR])
+    if len(groups) > MAX_DEFAULT_CURVES:
+        raise ValueError(f"{len(groups)} settings would be {len(groups)} curves (at most {MAX_DEFAULT_CURVES}): "
+                         "pass run_dirs")  # fmt: skip
+    return groups
 
 
 def curve_labels(history: pd.DataFrame, run_dirs: Sequence[str]) -> dict[str, str]:
@@ -333,38 +385,71 @@ def curve_labels(history: pd.DataFrame, run_dirs: Sequence[str]) -> dict[str, st
     return labels
 
 
-def plot_learning_curves(history_long_df: pd.DataFrame, run_dirs: Sequence[str] | None = None) -> Figure:
-    """Test accuracy and training loss per epoch (two panels), one line per run of ``run_dirs``.
+def curve_metrics(history: pd.DataFrame) -> list[str]:
+    """The panels of the learning curves: test accuracy, the optimised loss, then each loss term
+    (``train_<part>``) present, each on its own axis (terms of very different scales)."""
+    present = set(history["metric"])
+    terms = sorted(m for m in present if m.startswith(schema.LOSS_PART_PREFIX) and m not in NOT_LOSS_TERMS)
+    return [m for m in (TEST_ACC, TRAIN_LOSS) if m in present] + [m for m in terms if m != TRAIN_LOSS]
 
-    ``history_long_df`` is a ``load_history`` table; ``run_dirs`` defaults to ``default_curve_runs``.
+
+def plot_learning_curves(history_long_df: pd.DataFrame, run_dirs: Sequence[str] | None = None,
+                         runs: pd.DataFrame | None = None) -> Figure:  # fmt: skip
+    """Test accuracy, the optimised loss and each loss term per epoch, one panel each.
+
+    ``history_long_df`` is a ``load_history`` table. With ``run_dirs``: one line per run. Without: one
+    line per setting of :func:`default_curve_groups` (the report's selection; seeds averaged per epoch),
+    computed from ``runs`` (a ``load_runs`` table; read from the history's run dirs when not given).
     """
     history = history_long_df
     if history.empty:
-        raise ValueError("no history rows: no run has a readable history.csv")
-    chosen = [str(run) for run in (run_dirs if run_dirs is not None else default_curve_runs(history))]
-    unknown = [run for run in chosen if run not in set(history[RUN_DIR])]
-    if unknown:
-        raise ValueError(f"no history for run(s): {', '.join(unknown)}")
-    if not chosen:
+        raise NotApplicable("no history rows: no run has a readable history.csv")
+    if run_dirs is not None:
+        chosen = [str(run) for run in run_dirs]
+        unknown = [run for run in chosen if run not in set(history[RUN_DIR])]
+        if unknown:
+            raise ValueError(f"no history for run(s): {', '.join(unknown)}")
+        labels = curve_labels(history, chosen)
+        groups = {labels[run]: (run,) for run in chosen}
+        legend_title = "run (overrides)"
+    else:
+        if runs is None:
+            runs = load_runs(*dict.fromkeys(history[RUN_DIR]))
+        groups = {name: dirs for name, dirs in default_curve_groups(runs).items()
+                  if set(dirs) & set(history[RUN_DIR])}  # fmt: skip
+        legend_title = "setting (mean over its seeds)"
+    if not groups:
         raise ValueError("no run chosen for the learning curves")
-    labels = curve_labels(history, chosen)
-    fig, (acc_ax, loss_ax) = _new_figure(WIDE_FIGSIZE, ncols=2)
-    palette = sns.color_palette(n_colors=len(chosen))
-    for color, run in zip(palette, chosen, strict=True):
-        own = history[history[RUN_DIR] == run].sort_values(EPOCH)
-        for ax, metric in ((acc_ax, TEST_ACC), (loss_ax, TRAIN_LOSS)):
-            points = own[own["metric"] == metric]
-            ax.plot(points[EPOCH], points["value"], marker="o", markersize=3, color=color, label=labels[run])
-    acc_ax.set_title("test accuracy per epoch")
-    acc_ax.set_xlabel("epoch")
-    acc_ax.set_ylabel("test accuracy (%)")
-    loss_ax.set_title("training loss per epoch (the optimised objective)")
-    loss_ax.set_xlabel("epoch")
-    loss_ax.set_ylabel("mean training loss (nats)")
-    for ax in (acc_ax, loss_ax):
+    metrics = curve_metrics(history[history[RUN_DIR].isin({d for dirs in groups.values() for d in dirs})])
+    ncols = min(len(metrics), 3)
+    nrows = math.ceil(len(metrics) / ncols)
+    fig = Figure(figsize=(4.2 * ncols, 3.2 * nrows + 0.4 * len(groups) + 0.8), layout="constrained")
+    axes = list(fig.subplots(nrows, ncols, squeeze=False).flat)
+    palette = sns.color_palette(n_colors=len(groups))
+    for ax, metric in zip(axes, metrics, strict=False):
+        for color, (name, dirs) in zip(palette, groups.items(), strict=True):
+            points = history[(history["metric"] == metric) & history[RUN_DIR].isin(dirs)]
+            if points.empty:
+                continue
+            mean = points.groupby(EPOCH)["value"].mean()
+            ax.plot(mean.index, mean.values, marker="o", markersize=3, color=color, label=name)
+        ax.set_title(METRIC_TITLES.get(metric, f"{metric} (unweighted term)"), fontsize="medium")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("test accuracy (%)" if metric == TEST_ACC else "mean training loss (nats)")
         ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    handles, names = acc_ax.get_legend_handles_labels()
-    fig.legend(handles, names, loc="outside lower center", ncols=1, fontsize="small", title="run (overrides)")
+        epochs = sorted(set(history.loc[history["metric"] == metric, EPOCH]))
+        if len(epochs) <= MAX_EPOCH_TICKS:
+            ax.set_xticks([int(e) if float(e).is_integer() else e for e in epochs])
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax in axes[len(metrics) :]:
+        fig.delaxes(ax)
+    handles, names = {}, []
+    for ax in axes[: len(metrics)]:
+        for handle, name in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(name, handle)
+    names = list(handles)
+    fig.legend([handles[n] for n in names], names, loc="outside lower center", ncols=1, fontsize="small",
+               title=legend_title)  # fmt: skip
     fig.suptitle("Learning curves")
     return fig

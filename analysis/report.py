@@ -22,8 +22,12 @@ from kd_hydra.outputs import atomic_write_text
 from .aggregate import (
     METHOD,
     RANK_COLUMNS,
+    TIE_TOLERANCE,
     Setup,
+    across_setups_by,
     as_float,
+    baseline_levels,
+    best_settings,
     compare_methods,
     completed_runs,
     distill_methods,
@@ -36,14 +40,17 @@ from .aggregate import (
     runs_of_method,
     runs_of_setup,
     safe_name,
+    selection_metric,
     short_name,
     teacher_accuracy,
 )
 from .load import (
+    DATASET,
     FINAL_TEST_ACC,
     FINAL_TEST_ACC_TOP5,
     FINAL_VAL_ACC,
     MODE,
+    MODE_EVAL,
     MODEL_PARAMS,
     REASON,
     RUN_DIR,
@@ -51,8 +58,10 @@ from .load import (
     TEACHER_PARAMS,
     history_of,
     load_runs,
+    read_metrics,
 )
 from .plots import (
+    NotApplicable,
     plot_accuracy_vs_temperature,
     plot_heatmap,
     plot_kd_gain,
@@ -89,6 +98,7 @@ class FigureOutcome:
 
     written: dict[str, tuple[Path, str]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+    left_out: list[str] = field(default_factory=list)  # figures that do not apply to these runs
 
 
 def write_report(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
@@ -129,16 +139,16 @@ def csv_safe(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def draw_figures(runs: pd.DataFrame, out_dir: Path) -> FigureOutcome:
-    """Draw every figure the runs allow into ``out_dir``; record why the others were skipped.
+    """Draw every figure the runs allow into ``out_dir``; leave out the ones that do not apply and record
+    why the others could not be drawn.
 
     Per setup (dataset, teacher, student) and method: ``<stem>[_<method>][_<setup>].png`` (the
-    suffixes only when the sweep has several); per setup ``method_comparison[_<setup>].png``.
+    suffixes only when the sweep has several); per setup ``method_comparison[_<setup>].png`` and
+    ``learning_curves[_<setup>].png`` (the report's selected settings).
     """
     outcome = FigureOutcome()
     setups = distill_setups(runs)
-    if not setups:
-        for stem in (*SETUP_FIGURES, METHOD_COMPARISON):
-            outcome.skipped[f"{stem}.png"] = "no completed distill runs"
+    history = history_of(runs)
     for setup in setups:
         setup_suffix = "" if len(setups) == 1 else f"_{setup.slug()}"
         setup_title = "" if len(setups) == 1 else f", {setup.title()}"
@@ -153,19 +163,27 @@ def draw_figures(runs: pd.DataFrame, out_dir: Path) -> FigureOutcome:
                       lambda plot=plot, subset=method_runs: plot(subset))  # fmt: skip
         _draw(outcome, f"{METHOD_COMPARISON}{setup_suffix}", f"methods compared{setup_title}", out_dir,
               lambda subset=subset: plot_method_comparison(subset))  # fmt: skip
-    _draw(outcome, LEARNING_CURVES, "learning curves", out_dir, lambda: plot_learning_curves(history_of(runs)))
+        own_history = history[history[RUN_DIR].isin(set(subset[RUN_DIR]))]
+        _draw(outcome, f"{LEARNING_CURVES}{setup_suffix}", f"learning curves of the selected settings{setup_title}",
+              out_dir, lambda h=own_history, subset=subset: plot_learning_curves(h, runs=subset))  # fmt: skip
+    if not setups:
+        _draw(outcome, LEARNING_CURVES, "learning curves", out_dir, lambda: plot_learning_curves(history, runs=runs))
     return outcome
 
 
 def _draw(outcome: FigureOutcome, key: str, caption: str, out_dir: Path, make: Callable[[], Figure]) -> None:
-    """Save ``make()`` as ``<key>.png`` into ``outcome.written``, or its error into ``outcome.skipped``
-    (removing a stale ``<key>.png`` of an earlier analysis)."""
+    """Save ``make()`` as ``<key>.png`` into ``outcome.written``; a figure that does not apply goes to
+    ``outcome.left_out``, one that fails to ``outcome.skipped`` with its error (a stale ``<key>.png`` of
+    an earlier analysis is removed in both cases)."""
     try:
         figure = make()
     except Exception as error:  # noqa: BLE001 - a figure that cannot be drawn must not stop the report
+        (out_dir / f"{key}.png").unlink(missing_ok=True)
+        if isinstance(error, NotApplicable):
+            outcome.left_out.append(f"{key}.png")
+            return
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         outcome.skipped[f"{key}.png"] = reason if isinstance(error, ValueError) else f"{type(error).__name__}: {reason}"
-        (out_dir / f"{key}.png").unlink(missing_ok=True)
         return
     outcome.written[key] = (save_figure(figure, out_dir / f"{key}.png"), caption)
 
@@ -175,6 +193,7 @@ def render_report(runs: pd.DataFrame, figures: FigureOutcome, sources: Iterable[
     lines = ["# Knowledge-distillation sweep report", ""]
     lines += ["Runs loaded from: " + ", ".join(code(source) for source in sources), ""]
     lines += _status_section(runs)
+    lines += _evaluations_section(runs)
     lines += _best_section(runs)
     lines += _figures_section(figures, out_dir)
     lines += [f"The full table (one row per run) is in [{RESULTS_FILE}]({RESULTS_FILE}).", ""]
@@ -223,6 +242,29 @@ def _status_section(runs: pd.DataFrame) -> list[str]:
     return lines
 
 
+def _evaluations_section(runs: pd.DataFrame) -> list[str]:
+    """Evaluation-only runs (mode=eval), listed apart from the comparisons: run, dataset, checkpoint and
+    every accuracy their metrics.json reports (top-1, top-5, ...)."""
+    if MODE not in runs.columns:
+        return []
+    evals = runs[runs[MODE].astype(object) == MODE_EVAL]
+    if evals.empty:
+        return []
+    lines = ["## Evaluations (mode=eval)", "", "Evaluation-only runs, not part of any comparison below:", ""]
+    for run in evals.head(MAX_LISTED_RUNS).to_dict("records"):
+        metrics, _ = read_metrics(Path(run[RUN_DIR]))
+        accuracies = [f"{key} {value:.2f}" for key, value in metrics.items()
+                      if "acc" in key and isinstance(value, (int, float)) and not isinstance(value, bool)]  # fmt: skip
+        checkpoint = run.get("teacher.checkpoint") or metrics.get("checkpoint")
+        facts = [f"dataset {escape_text(run.get(DATASET, '?'))}"]
+        facts += [f"checkpoint {code(checkpoint)}"] if isinstance(checkpoint, str) and checkpoint else []
+        facts += [escape_text(", ".join(accuracies))] if accuracies else [escape_text(run[STATUS])]
+        lines.append(f"- {code(run[RUN_DIR])}: " + "; ".join(facts))
+    if len(evals) > MAX_LISTED_RUNS:
+        lines.append(f"- ... and {len(evals) - MAX_LISTED_RUNS} more (see {RESULTS_FILE})")
+    return [*lines, ""]
+
+
 def _format_accuracy(mean: float, ci95: float, n: int) -> str:
     """``"88.40 ± 0.52 (n=3)"``; the ± part only when the CI exists (n ≥ 2)."""
     if pd.isna(mean):
@@ -257,40 +299,76 @@ def _selected_on_text(metric: str) -> str:
 
 
 def _best_section(runs: pd.DataFrame) -> list[str]:
-    """The best distill setting overall, then per setup: teacher / baseline / best student, the methods
-    compared (when the sweep varies them) and every setting ranked."""
+    """The best distill setting overall (every setting tied with it named, none picked by test accuracy),
+    then per setup: teacher / baseline / selected student, the methods compared (when the sweep varies
+    them) and every setting ranked."""
     lines = ["## Best distillation setting", ""]
     setups = distill_setups(runs)
     if not setups:
         return [*lines, "No completed distill runs: nothing to rank.", ""]
-    rankings = {setup: rank_settings(runs_of_setup(runs, setup)) for setup in setups}
+    by = across_setups_by(runs)
+    rankings = {setup: rank_settings(runs_of_setup(runs, setup), by=by) for setup in setups}
     rankings = {setup: table for setup, table in rankings.items() if not table.empty and table["n"].iloc[0] > 0}
     if not rankings:
         return [*lines, f"No completed distill run has a {FINAL_TEST_ACC}.", ""]
-    selected_on = rankings[next(iter(rankings))].attrs["selected_on"]
+    selected_on = selection_metric(runs)
     key = "val_mean" if selected_on == FINAL_VAL_ACC else "mean"
-    best_setup = max(rankings, key=lambda setup: _sort_key(rankings[setup].iloc[0], key))
-    top = rankings[best_setup].iloc[0]
-    val_text = f", validation accuracy {top['val_mean']:.2f} (n={int(top['val_n'])})" if key == "val_mean" else ""
-    lines.append(
-        f"Highest mean {selected_on} over seeds among the distill runs, {_selected_on_text(selected_on)}: "
-        f"**{escape_text(top['setting'])}** ({escape_text(best_setup.title())}), test accuracy "
-        f"{_format_accuracy(top['mean'], top['ci95'], int(top['n']))}{val_text} "
-        "(percent; mean ± 95% CI half-width over n seeds)."
-    )
+    candidates = [(setup, row) for setup, table in rankings.items() for _, row in best_settings(table).iterrows()]
+    if all(pd.isna(row.get(key)) for _, row in candidates):  # no setup has a validation split after all
+        key = "mean"
+    top_value = max(_value(row.get(key)) for _, row in candidates)
+    best = [(setup, row) for setup, row in candidates if abs(_value(row.get(key)) - top_value) <= TIE_TOLERANCE]
+    several_setups = len(rankings) > 1
+    if len(best) == 1:
+        setup, top = best[0]
+        lines.append(
+            f"Highest mean {selected_on} over seeds among the distill runs, {_selected_on_text(selected_on)}: "
+            f"**{escape_text(top['setting'])}** ({escape_text(setup.title())}), {_accuracies_text(top, key)} "
+            "(percent; mean ± 95% CI half-width over n seeds)."
+        )
+    else:
+        lines += [
+            f"{len(best)} settings tie on the highest mean {selected_on} over seeds "
+            f"({_selected_on_text(selected_on)}); the report picks none of them by test accuracy:",
+            "",
+        ]
+        for setup, row in best:
+            where = f" ({escape_text(setup.title())})" if several_setups else ""
+            lines.append(f"- **{escape_text(row['setting'])}**{where}: {_accuracies_text(row, key)}")
+        lines.append("")
+        lines.append("(Percent; mean ± 95% CI half-width over n seeds.)")
     lines.append("")
+    lines += _teachers_line(runs, list(rankings))
     for setup, ranked in rankings.items():
         lines += [f"### {escape_text(setup.title())}", ""]
-        lines += _comparison_table(runs, setup, ranked.iloc[0])
+        if setup.teacher_keys:
+            lines += [f"Teacher of these students: {code(setup.teacher_text())}.", ""]
+        lines += _comparison_table(runs, setup, best_settings(ranked))
         lines += _methods_table(runs_of_setup(runs, setup))
         lines += _ranking_table(setup, ranked)
     return lines
 
 
-def _sort_key(row: pd.Series, key: str) -> tuple[float, float]:
-    """Rank of a setting: the selection metric, then the test accuracy (missing values lowest)."""
-    value = float("-inf") if pd.isna(row[key]) else float(row[key])
-    return value, float("-inf") if pd.isna(row["mean"]) else float(row["mean"])
+def _value(value: object) -> float:
+    """``value`` as a float, missing values lowest."""
+    return float("-inf") if pd.isna(value) else float(value)
+
+
+def _accuracies_text(row: pd.Series, key: str) -> str:
+    """``test accuracy 78.00 ± 0.00 (n=2), validation accuracy 78.00 (n=2)`` of a ranking row."""
+    with_val = key == "val_mean" and not pd.isna(row.get("val_mean"))
+    val_text = f", validation accuracy {row['val_mean']:.2f} (n={int(row['val_n'])})" if with_val else ""
+    return f"test accuracy {_format_accuracy(row['mean'], row['ci95'], int(row['n']))}{val_text}"
+
+
+def _teachers_line(runs: pd.DataFrame, setups: Sequence[Setup]) -> list[str]:
+    """One line saying that students are grouped by teacher, when several teachers of one architecture
+    appear (a teacher-setting sweep, or runs of different teachers analysed together)."""
+    apart = [setup for setup in setups if setup.teacher_keys]
+    if not apart:
+        return []
+    return [f"Students of different teachers are never compared as one: {len(apart)} setups differ only in "
+            "their teacher (named in brackets).", ""]  # fmt: skip
 
 
 def _top5_cell(runs: pd.DataFrame) -> str:
@@ -299,18 +377,19 @@ def _top5_cell(runs: pd.DataFrame) -> str:
     return _format_accuracy(mean, ci95, n) if n else "—"
 
 
-def _comparison_table(runs: pd.DataFrame, setup: Setup, top: pd.Series) -> list[str]:
-    """Teacher, matched baseline student and best distilled student: architecture, parameters,
-    accuracy (top-5 too for many-class datasets), gain."""
+def _comparison_table(runs: pd.DataFrame, setup: Setup, selected: pd.DataFrame) -> list[str]:
+    """Teacher, matched baseline student and the selected distilled student(s) (one row per tied setting):
+    architecture, parameters, accuracy (top-5 too for many-class datasets), gain."""
     subset = runs_of_setup(runs, setup)
     distill = completed_runs(subset, schema.MODE_DISTILL)
-    best_runs = distill[distill[RUN_DIR].isin(top["run_dirs"])]
     teachers = completed_runs(subset, schema.MODE_TEACHER)
     baselines = completed_runs(subset, schema.MODE_STUDENT)
     gains = kd_gain(subset)
-    matched_dirs = {d for dirs in gains.loc[gains[RUN_DIR].isin(top["run_dirs"]), "baseline_run_dirs"].dropna()
+    selected_dirs = {d for dirs in selected["run_dirs"] for d in dirs}
+    matched_dirs = {d for dirs in gains.loc[gains[RUN_DIR].isin(selected_dirs), "baseline_run_dirs"].dropna()
                     for d in str(dirs).split(" ")}  # fmt: skip
-    matched = baselines[baselines[RUN_DIR].isin(matched_dirs)] if matched_dirs else baselines
+    single_setting = len(baseline_levels(subset, setup)) == 1
+    matched = baselines[baselines[RUN_DIR].isin(matched_dirs)] if matched_dirs or not single_setting else baselines
     teacher_params = distill[TEACHER_PARAMS] if TEACHER_PARAMS in distill.columns else pd.Series(dtype=float)
     if as_float(teacher_params).isna().all():
         teacher_params = teachers[MODEL_PARAMS] if MODEL_PARAMS in teachers.columns else teacher_params
@@ -321,41 +400,59 @@ def _comparison_table(runs: pd.DataFrame, setup: Setup, top: pd.Series) -> list[
         return frame[MODEL_PARAMS] if MODEL_PARAMS in frame.columns else pd.Series(dtype=float)
 
     baseline_name = "baseline student (CE only)" + ("" if matched_dirs or matched.empty else ", not matched")
+    no_baseline = "— (no baseline runs)" if baselines.empty else "— (no baseline with the same settings)"
     rows = [
         ["teacher", setup.teacher, _format_count(teacher_params),
          "—" if pd.isna(teacher_acc) else f"{teacher_acc:.2f}", ""],
         [baseline_name, setup.student, _format_count(params(matched)),
-         _format_accuracy(*baseline) if baseline[2] else "— (no baseline runs)", ""],
-        [f"best distilled student ({top['setting']})", setup.student, _format_count(params(best_runs)),
-         _format_accuracy(top["mean"], top["ci95"], int(top["n"])), _format_gain(top["gain"], int(top["gain_n"]))],
+         _format_accuracy(*baseline) if baseline[2] else no_baseline, ""],
     ]  # fmt: skip
+    frames = [pd.DataFrame(), matched]
+    name = "best distilled student" if len(selected) == 1 else "tied best distilled student"
+    for top in selected.to_dict("records"):
+        best_runs = distill[distill[RUN_DIR].isin(top["run_dirs"])]
+        rows.append([f"{name} ({top['setting']})", setup.student, _format_count(params(best_runs)),
+                     _format_accuracy(top["mean"], top["ci95"], int(top["n"])),
+                     _format_gain(top["gain"], int(top["gain_n"]))])  # fmt: skip
+        frames.append(best_runs)
     header = ["model", "architecture", "parameters", "test accuracy (%)", "gain (pp, same-seed baseline)"]
     if has_top5(subset):
         header.insert(4, "top-5 test accuracy (%)")
-        for row, frame in zip(rows, (pd.DataFrame(), matched, best_runs), strict=True):
+        for row, frame in zip(rows, frames, strict=True):
             row.insert(4, _top5_cell(frame) if not frame.empty else "—")
     note = "Accuracies: mean over seeds ± 95% CI half-width (Student t); n = runs."
+    if len(selected) > 1:
+        note += f" {len(selected)} settings tie on the selection metric: all are listed, none is picked by test."
     return [*markdown_table(header, rows), note, ""]
 
 
 def _methods_table(subset: pd.DataFrame) -> list[str]:
-    """Each method's best setting with its test accuracy and gain, when the setup's runs vary the method."""
+    """Each method's selected setting(s) with its test accuracy and gain, when the setup's runs vary the method."""
     if len(distill_methods(subset)) < 2:
         return []
     table = compare_methods(subset)
     selected_on = table.attrs["selected_on"]
+    key = "val_mean" if selected_on == FINAL_VAL_ACC else "mean"
     with_top5 = "top5_mean" in table.columns
-    header = ["method", "best setting", "test accuracy (%)", "gain (pp, same-seed baseline)"]
+    header = ["method", "selected setting", "test accuracy (%)", "gain (pp, same-seed baseline)"]
     if with_top5:
         header.insert(3, "top-5 test accuracy (%)")
+    if key == "val_mean":
+        header.insert(2, "validation accuracy (%)")
     rows = []
     for row in table.to_dict("records"):
-        cells = [row[METHOD], row["setting"], _format_accuracy(row["mean"], row["ci95"], int(row["n"])),
+        setting = row["setting"] + (f" (tied, 1 of {int(row['tied'])})" if row["tied"] > 1 else "")
+        cells = [row[METHOD], setting, _format_accuracy(row["mean"], row["ci95"], int(row["n"])),
                  _format_gain(row["gain"], int(row["gain_n"]))]  # fmt: skip
         if with_top5:
             cells.insert(3, _format_accuracy(row["top5_mean"], row["top5_ci95"], int(row["n"])))
+        if key == "val_mean":
+            cells.insert(2, _format_accuracy(row["val_mean"], float("nan"), int(row["val_n"])))
         rows.append(cells)
-    intro = f"Methods compared (each method's best setting, {_selected_on_text(selected_on)}), best first:"
+    intro = f"Methods compared (each method's selected setting, {_selected_on_text(selected_on)}), best first"
+    values = table[key].map(_value)
+    tied = values.duplicated(keep=False).any()
+    intro += "; rows with equal selection accuracy are tied (listed by name, not ranked by test):" if tied else ":"
     return [intro, "", *markdown_table(header, rows)]
 
 
@@ -367,7 +464,7 @@ def _ranking_table(setup: Setup, ranked: pd.DataFrame) -> list[str]:
     header = [short_name(c) for c in by] or ["setting"]
     header.append("test accuracy (%)")
     header += ["top-5 test accuracy (%)"] * with_top5 + ["validation accuracy (%)"] * with_val
-    header += ["gain (pp)"] * with_gain
+    header += ["gain (pp)"] * with_gain + ["selected"]
     rows = []
     for row in ranked.head(MAX_RANKED_SETTINGS).to_dict("records"):
         cells = ["—" if pd.isna(row[c]) else format_value(row[c]) for c in by] or [row["setting"]]
@@ -378,9 +475,11 @@ def _ranking_table(setup: Setup, ranked: pd.DataFrame) -> list[str]:
             cells.append(_format_accuracy(row["val_mean"], float("nan"), int(row["val_n"])))
         if with_gain:
             cells.append(_format_gain(row["gain"], int(row["gain_n"])))
+        cells.append("✓" if row["selected"] else "")
         rows.append(cells)
     order = "validation" if with_val else "test"
-    lines = [f"All distillation settings of {escape_text(setup.title())}, best first (by mean {order} accuracy):", ""]
+    intro = f"All distillation settings of {escape_text(setup.title())}, best first (by mean {order} accuracy"
+    lines = [f"{intro}; ✓: the selection, ties included):", ""]
     lines += markdown_table(header, rows)
     if len(ranked) > MAX_RANKED_SETTINGS:
         lines += [f"... and {len(ranked) - MAX_RANKED_SETTINGS} more settings (see {RESULTS_FILE}).", ""]
@@ -397,4 +496,7 @@ def _figures_section(figures: FigureOutcome, out_dir: Path) -> list[str]:
         lines += ["Figures not drawn:", ""]
         lines += [f"- {code(name)} skipped: {escape_text(reason)}" for name, reason in figures.skipped.items()]
         lines.append("")
+    if figures.left_out:
+        names = ", ".join(code(name) for name in figures.left_out)
+        lines += [f"Left out as not applicable to these runs: {names}.", ""]
     return lines

@@ -7,6 +7,7 @@ writes a small multirun with known accuracies (see ``DISTILL_ACC``) and every ki
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,13 +42,20 @@ FAILED_REASON = "CUDA out of memory while training the student"
 EXTRA_KEY = "trainer.grad_clip"
 MISSING_KEY = "scheduler.warmup_epochs"
 #: Loss parts (history columns train_<part>) of each method.
-METHOD_PARTS = {"ce": ("ce",), "kd": ("ce", "kd"), "dkd": ("ce", "dkd"), "fitnet": ("ce", "hint")}
+METHOD_PARTS = {
+    "ce": ("ce",),
+    "kd": ("ce", "kd"),
+    "dkd": ("ce", "dkd"),
+    "fitnet": ("ce", "hint"),
+    "dist": ("ce", "dist"),
+}
 #: loss.* keys (besides name) of each method, with their defaults.
 METHOD_KEYS = {
     "ce": {},
     "kd": {"temperature": 4.0, "alpha": 0.9},
     "dkd": {"temperature": 4.0, "alpha": 1.0, "beta": 8.0, "warmup": 20},
     "fitnet": {"hint_weight": 100.0, "hint_point": "stage2"},
+    "dist": {"temperature": 4.0, "beta": 2.0, "gamma": 2.0},
 }
 
 
@@ -290,4 +298,72 @@ def write_two_dataset_sweep(root: Path) -> Path:
                 config["dataset"] = {"name": "arrays", "path": path, "num_classes": 10,
                                      "loader": {"path": "${..path}"}}  # fmt: skip
                 write_run(root / f"{Path(path).stem}_{mode}_{seed}", config, make_metrics(config, acc))
+    return root
+
+
+#: The teacher recipe of runs that predate ``teacher_training`` having its own values: it follows the student's.
+FOLLOWING_TEACHER = {"epochs": "${trainer.epochs}", "optimizer": "${optimizer}", "scheduler": "${scheduler}"}
+#: A pinned teacher recipe (its own values), as the teacher_training presets write it.
+PINNED_TEACHER = {"epochs": 5, "optimizer": {"_target_": "torch.optim.SGD", "lr": 0.05, "momentum": 0.9},
+                  "scheduler": {"_target_": "torch.optim.lr_scheduler.MultiStepLR", "milestones": [3, 4]}}  # fmt: skip
+
+
+def lr_sweep_accuracy(mode: str, lr: float, epochs: int, seed: int, temperature: float = 4.0) -> float:
+    """A distinct, known test accuracy per run of :func:`write_lr_sweep`."""
+    base = {schema.MODE_TEACHER: 90.0, schema.MODE_STUDENT: 60.0, schema.MODE_DISTILL: 62.0 + temperature}[mode]
+    return base + 1000.0 * lr + epochs + 0.5 * seed
+
+
+def lr_sweep_config(mode: str, seed: int, lr: float, epochs: int, temperature: float = 4.0,
+                    teacher: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """A quickstart-like config: ``teacher_training`` follows the student's recipe unless ``teacher`` is given."""
+    config = make_config(mode, seed, temperature, 0.9)
+    config["optimizer"] = {"_target_": "torch.optim.Adam", "lr": lr, "weight_decay": 0.0}
+    config["scheduler"] = {"_target_": "torch.optim.lr_scheduler.MultiStepLR", "milestones": [2, 3], "gamma": 0.1}
+    config["trainer"]["epochs"] = epochs
+    config["teacher_training"] = copy.deepcopy(teacher if teacher is not None else FOLLOWING_TEACHER)
+    return config
+
+
+def resolved(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with its interpolations resolved (what run.py records)."""
+    return OmegaConf.to_container(OmegaConf.create(config), resolve=True)
+
+
+def complete_metrics(config: dict[str, Any], final_test_acc: float, teacher_id: str | None = None,
+                     data_digest: str = "data-1", **kwargs: Any) -> dict[str, Any]:  # fmt: skip
+    """metrics.json of the coming contract: ``settings`` the complete flat record of the resolved config
+    (paths left out, dict values kept as dicts), plus ``teacher_id`` and ``data_digest``."""
+    full = resolved(config)
+    metrics = make_metrics(full, final_test_acc, **kwargs)
+    settings = {key: value for key, value in _flatten(full).items() if not key.startswith("paths.")}
+    if "optimizer" in full.get("teacher_training", {}):  # a dict value, as the complete record may hold
+        settings = {k: v for k, v in settings.items() if not k.startswith("teacher_training.optimizer.")}
+        settings["teacher_training.optimizer"] = full["teacher_training"]["optimizer"]
+    metrics["settings"] = settings
+    distill = config["mode"] == schema.MODE_DISTILL
+    metrics["teacher_id"] = teacher_id if distill else None
+    metrics["data_digest"] = data_digest
+    return metrics
+
+
+def write_lr_sweep(root: Path, lrs: tuple[float, ...] = (1e-3, 2e-3), epochs: int = 2, seeds: tuple[int, ...] = (0, 1),
+                   temperatures: tuple[float, ...] = (1.0, 4.0), teacher: dict[str, Any] | None = None,
+                   complete: bool = False) -> Path:  # fmt: skip
+    """A quickstart-like sweep over ``optimizer.lr``: per lr a teacher, baselines and distill runs (T × seed).
+
+    Old records by default (teacher_training following the student: one teacher per lr); ``complete``:
+    records of the coming contract (complete settings, teacher_id from the teacher recipe).
+    """
+    for lr in lrs:
+        recipe = resolved(lr_sweep_config(schema.MODE_TEACHER, 0, lr, epochs, teacher=teacher))["teacher_training"]
+        teacher_id = "t" + hashlib.sha1(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+        jobs = [(schema.MODE_TEACHER, 0, 4.0)] + [(schema.MODE_STUDENT, s, 4.0) for s in seeds]
+        jobs += [(schema.MODE_DISTILL, s, t) for t in temperatures for s in seeds]
+        for mode, seed, temperature in jobs:
+            config = lr_sweep_config(mode, seed, lr, epochs, temperature, teacher)
+            acc = lr_sweep_accuracy(mode, lr, epochs, seed, temperature)
+            metrics = complete_metrics(config, acc, teacher_id) if complete else make_metrics(resolved(config), acc)
+            name = f"{mode},lr={lr:g},epochs={epochs},T={temperature:g},seed={seed}"
+            write_run(root / name, config, metrics, make_history(acc, epochs=epochs, distill=mode == "distill"))
     return root

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import json
 import logging
 import math
 import os
@@ -316,17 +318,25 @@ def test_plots_refuse_what_they_cannot_draw(runs: pd.DataFrame) -> None:
         plot_heatmap(other_student)
 
 
-def test_plot_learning_curves(sweep: FakeSweep) -> None:
+def test_plot_learning_curves(sweep: FakeSweep, runs: pd.DataFrame) -> None:
     history = load_history(sweep.root)
     chosen = [str(sweep.distill_dirs[(4.0, 0.9, 0)].resolve()), str(sweep.baseline_dirs[0].resolve())]
     fig = plot_learning_curves(history, chosen)
-    assert len(fig.axes) == 2
+    titles = [ax.get_title() for ax in fig.axes]  # every loss term on its own axis
+    assert titles == ["test accuracy per epoch", "training loss (the optimised objective)",
+                      "train_ce (unweighted term)", "train_kd (unweighted term)"]  # fmt: skip
     text = texts_of(fig)
-    assert "epoch" in text and "test accuracy (%)" in text and "training loss" in text
+    assert "epoch" in text and "test accuracy (%)" in text
     assert "loss.temperature=4 loss.alpha=0.9" in text and "student" in text
-    assert all(len(ax.lines) == 2 for ax in fig.axes)
-    default = plot_learning_curves(history)  # best run of each mode
+    assert [len(ax.lines) for ax in fig.axes] == [2, 2, 2, 1]  # the baseline has no KD term
+    default = plot_learning_curves(history, runs=runs)  # the report's selection, seeds averaged
+    legend = texts_of(default)
+    assert "distill: T = 4, α = 0.9" in legend and "baseline student" in legend and "teacher" in legend
     assert len(default.axes[0].lines) == 3
+    mean_curve = default.axes[0].lines[0].get_ydata()
+    best = [DISTILL_ACC[(4.0, 0.9, 0)], DISTILL_ACC[(4.0, 0.9, 1)]]
+    assert mean_curve[-1] == pytest.approx(sum(best) / 2)  # last epoch: mean of the two seeds
+    assert texts_of(plot_learning_curves(history)) == legend  # runs read from the history's run dirs
     with pytest.raises(ValueError, match="no history"):
         plot_learning_curves(history, ["/not/a/run"])
 
@@ -361,7 +371,7 @@ def test_cli_writes_results_report_and_figures(sweep: FakeSweep, tmp_path: Path)
         assert f"]({name})" in report
 
 
-def test_report_skips_figures_it_cannot_draw(tmp_path: Path) -> None:
+def test_report_leaves_out_figures_that_do_not_apply(tmp_path: Path) -> None:
     for seed in (0, 1):  # one temperature, no baselines, one run without history
         config = make_config("distill", seed, 4.0, 0.9)
         write_run(tmp_path / "sweep" / str(seed), config, make_metrics(config, 80.0 + seed),
@@ -370,9 +380,11 @@ def test_report_skips_figures_it_cannot_draw(tmp_path: Path) -> None:
     assert written["report"] == tmp_path / "sweep" / "report.md"
     assert "learning_curves" in set(written) and not {"heatmap", "kd_gain"} & set(written)
     report = written["report"].read_text()
-    assert "<code>heatmap.png</code> skipped: needs two swept loss keys (found 0: none)" in report
-    assert "<code>accuracy_vs_temperature.png</code> skipped: needs at least two temperatures" in report
-    assert "<code>kd_gain.png</code> skipped: no distill run has a matched baseline" in report
+    assert "skipped" not in report and "Figures not drawn" not in report  # not one line per figure
+    left_out = [line for line in report.splitlines() if line.startswith("Left out as not applicable")]
+    assert len(left_out) == 1
+    for name in ("heatmap.png", "accuracy_vs_temperature.png", "kd_gain.png", "method_comparison.png"):
+        assert f"<code>{name}</code>" in left_out[0]
     assert "— (no baseline runs)" in report
 
 
@@ -385,10 +397,9 @@ def test_report_draws_one_set_of_figures_per_setup(tmp_path: Path) -> None:
     report = written["report"].read_text()
     for student in ("resnet8", "resnet14"):
         assert_png(written[f"accuracy_vs_temperature_cifar10_resnet56_{student}"])
-        assert f"<code>heatmap_cifar10_resnet56_{student}.png</code> skipped: needs two swept loss keys (found 1: " \
-               "loss.temperature)" in report  # fmt: skip
+        assert f"<code>heatmap_cifar10_resnet56_{student}.png</code>" in report  # left out: one swept key
     assert "**T = 4, α = 0.9** (cifar10: resnet56 → resnet14)" in report  # 83.0, the best of both setups
-    assert "<code>learning_curves.png</code> skipped: no history rows" in report
+    assert "learning_curves_cifar10_resnet56_resnet8.png" in report  # no history: left out
 
 
 def test_report_on_a_sweep_without_distill_runs(tmp_path: Path) -> None:
@@ -396,8 +407,7 @@ def test_report_on_a_sweep_without_distill_runs(tmp_path: Path) -> None:
     write_run(tmp_path / "t", config, make_metrics(config, TEACHER_ACC), make_history(TEACHER_ACC, distill=False))
     written = write_report(tmp_path / "t", tmp_path / "out")
     report = written["report"].read_text()
-    assert "No completed distill runs" in report
-    assert "<code>heatmap.png</code> skipped: no completed distill runs" in report
+    assert "No completed distill runs" in report and "heatmap" not in report
     assert_png(written["learning_curves"])
 
 
@@ -421,12 +431,30 @@ def test_callback_writes_into_the_sweep_dir(tmp_path: Path, caplog: pytest.LogCa
     assert len(load_runs(fake.root)) == fake.n_runs  # its outputs are not mistaken for runs
 
 
-def test_callback_never_raises(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_callback_failure_exits_non_zero_with_a_last_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "nothing")}}})
-    with caplog.at_level(logging.ERROR, logger="analysis.callback"):
+    with pytest.raises(SystemExit) as exited:
         AnalysisCallback().on_multirun_end(config)
-    assert "analysis of the sweep failed: NoRunsError: no run directories under" in caplog.text
-    AnalysisCallback().on_multirun_end(OmegaConf.create({}))  # no hydra node at all: logged too
+    assert exited.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: analysis of the sweep failed: NoRunsError: no run directories under")
+    with pytest.raises(SystemExit):
+        AnalysisCallback().on_multirun_end(OmegaConf.create({}))  # no hydra node at all
+    assert "no hydra.sweep.dir" in capsys.readouterr().err
+
+
+def test_callback_failure_still_runs_the_job_status_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    fake = write_fake_sweep(tmp_path / "sweep")  # a failed, an unfinished and a corrupt job
+    analysis_node = {"_target_": "analysis.callback.AnalysisCallback", "out_subdir": "0/metrics.json"}
+    callbacks = {"job_status": {"_target_": "kd_hydra.sweeper.JobStatusCallback"}, "analysis": analysis_node}
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(fake.root)}, "callbacks": callbacks}})
+    with pytest.raises(SystemExit) as exited:  # out_subdir names a file: the analysis cannot be written
+        AnalysisCallback(out_subdir="0/metrics.json").on_multirun_end(config)
+    assert exited.value.code == 1  # the job status callback's own exit status
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert any("jobs did not complete" in line for line in lines[:-1])
+    assert lines[-1].startswith("error: analysis of the sweep failed: FileExistsError")
+    assert f"python -m analysis {fake.root}" in lines[-1]
 
 
 def test_callback_config_instantiates() -> None:
@@ -475,8 +503,8 @@ def test_callback_in_a_real_hydra_multirun(tmp_path: Path) -> None:
     (app / "app.py").write_text(textwrap.dedent(HYDRA_APP))
     sweep_args = ["-m", "loss.temperature=1,4", "trainer.seed=0,1"]
 
-    def run_app(sweep_dir: Path, *extra: str) -> None:
-        """``python app.py ARGS``, run in this process (see conftest.call_main)."""
+    def run_app(sweep_dir: Path, *extra: str, expected: int = 0) -> str:
+        """``python app.py ARGS``, run in this process (see conftest.call_main); returns its stderr."""
         env = {**subprocess_env(), "SWEEP_OUT": str(sweep_dir)}
 
         def main(args: list[str]) -> None:
@@ -485,7 +513,8 @@ def test_callback_in_a_real_hydra_multirun(tmp_path: Path) -> None:
 
         with isolated_process_state(env, app):
             code, _, stderr = call_main([*sweep_args, *extra], main)
-        assert code == 0, stderr
+        assert code == expected, stderr
+        return stderr
 
     run_app(tmp_path / "sweep")
     for name in ("results.csv", "report.md", "accuracy_vs_temperature.png", "learning_curves.png"):
@@ -495,12 +524,15 @@ def test_callback_in_a_real_hydra_multirun(tmp_path: Path) -> None:
     assert "**T = 4, α = 0.9**" in (tmp_path / "sweep" / "report.md").read_text()
     run_app(tmp_path / "off", "hydra.callbacks.analysis.enabled=false")
     assert (tmp_path / "off" / "0").is_dir() and not (tmp_path / "off" / "report.md").exists()
+    stderr = run_app(tmp_path / "bad", "+hydra.callbacks.analysis.out_subdir=0/metrics.json", expected=2)
+    assert stderr.strip().splitlines()[-1].startswith("error: analysis of the sweep failed: FileExistsError")
 
 
-def test_notebook_runs_end_to_end(sweep: FakeSweep, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def run_notebook(sweep_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list:
+    """Execute analysis/explore.ipynb headless on ``sweep_dir``; returns the outputs of its code cells."""
     for name, value in subprocess_env().items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setenv("KD_HYDRA_SWEEP_DIR", str(sweep.root))
+    monkeypatch.setenv("KD_HYDRA_SWEEP_DIR", str(sweep_dir))
     nb = nbformat.read(REPO_ROOT / "analysis" / "explore.ipynb", as_version=4)
     assert "parameters" in nb.cells[1].metadata.get("tags", []) and "SWEEP_DIR" in nb.cells[1].source
     client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=120,
@@ -508,9 +540,32 @@ def test_notebook_runs_end_to_end(sweep: FakeSweep, tmp_path: Path, monkeypatch:
     client.execute()
     outputs = [output for cell in nb.cells if cell.cell_type == "code" for output in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"], [o.get("evalue") for o in outputs]
+    assert not [o for o in outputs if o.get("name") == "stderr" and "Warning" not in o.get("text", "")]
+    return outputs
+
+
+def output_text(outputs: list) -> str:
+    """The plain text of notebook outputs (streams and displayed values)."""
+    return "\n".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in outputs)
+
+
+def test_notebook_runs_on_a_temperature_alpha_grid(sweep: FakeSweep, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    outputs = run_notebook(sweep.root, tmp_path, monkeypatch)
     images = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(images) == 4  # heatmap, accuracy vs T, KD gain, learning curves
-    assert any("85.75" in o.get("data", {}).get("text/plain", "") for o in outputs)
+    assert len(images) == 4  # heatmap, accuracy vs T, KD gain, learning curves (one method: no comparison)
+    text = output_text(outputs)
+    assert "85.75" in text and "not drawn" not in text
+
+
+def test_notebook_runs_on_a_method_sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    outputs = run_notebook(write_method_sweep(tmp_path / "sweep"), tmp_path, monkeypatch)
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) == 5  # dkd heatmap, kd accuracy vs T and gain, methods compared, learning curves
+    text = output_text(outputs)
+    assert "dkd.beta" in text and "kd.temperature" in text  # method columns apart
+    assert "T = 4, α = 1, beta = 8, warmup = 5" in text and "hint_point = stage2" in text  # each method's table row
+    assert "ci95" in text and "not drawn" not in text
 
 
 def test_public_api() -> None:
@@ -533,10 +588,11 @@ def method_runs(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
 def test_rank_settings_selects_on_validation_and_reports_test(method_runs: pd.DataFrame) -> None:
     ranked = analysis.rank_settings(method_runs)
     assert ranked.attrs["selected_on"] == "final_val_acc"
-    assert list(ranked.columns[:5]) == ["loss.name", T, ALPHA, "loss.beta", "loss.warmup"]
+    assert list(ranked.columns[:4]) == ["loss.name", "dkd.beta", "dkd.warmup", "kd.temperature"]  # methods apart
     assert len(ranked) == len(METHOD_SWEEP)  # one row per setting: seeds averaged, methods apart
     top = ranked.iloc[0]
-    assert (top["loss.name"], top["loss.beta"], top["loss.warmup"]) == ("dkd", 8.0, 5)
+    assert (top["loss.name"], top["dkd.beta"], top["dkd.warmup"]) == ("dkd", 8.0, 5)
+    assert list(ranked["selected"]) == [True] + [False] * (len(ranked) - 1)
     assert top["val_mean"] == pytest.approx(78.0) and top["mean"] == pytest.approx(78.0)  # not 81 (test-best)
     assert top["top5_mean"] == pytest.approx(78.0 + TOP5_OFFSET)
     baseline = {seed: acc for seed, (acc, _) in METHOD_SWEEP_BASELINE.items()}
@@ -548,7 +604,8 @@ def test_rank_settings_selects_on_validation_and_reports_test(method_runs: pd.Da
 
 def test_compare_methods_picks_each_methods_best_setting(method_runs: pd.DataFrame) -> None:
     table = analysis.compare_methods(method_runs)
-    assert list(table["loss.name"]) == ["dkd", "kd", "fitnet"]  # by validation accuracy 78, 74, 74 then test
+    assert list(table["loss.name"]) == ["dkd", "fitnet", "kd"]  # validation 78, then a tie at 74: by name, not test
+    assert list(table["selected"]) == [True, False, False] and list(table["tied"]) == [1, 1, 1]
     kd = table.set_index("loss.name").loc["kd"]
     assert kd["setting"] == "T = 4, α = 0.9" and kd["mean"] == pytest.approx(75.0) and kd["n"] == 2
     assert kd["ci95"] == pytest.approx(T_975_DF1 * math.sqrt(2.0) / math.sqrt(2.0))
@@ -565,10 +622,10 @@ def test_method_sweep_report_and_figures(method_runs: pd.DataFrame, tmp_path: Pa
     report = written["report"].read_text()
     assert "selected on the validation split: **dkd: T = 4, α = 1, beta = 8, warmup = 5**" in report
     assert "test accuracy 78.00 ± 0.00 (n=2), validation accuracy 78.00 (n=2)" in report
-    assert "| kd | T = 4, α = 0.9 | 75.00 ± 12.71 (n=2) | 85.00 ± 12.71 (n=2) | +4.50 (n=2) |" in report
-    assert "top-5 test accuracy (%)" in report
-    assert "<code>heatmap_kd.png</code> skipped: needs two swept loss keys (found 1: loss.temperature)" in report
-    assert "<code>kd_gain_fitnet.png</code> skipped: no completed distill run has loss.temperature" in report
+    assert "| kd | T = 4, α = 0.9 | 74.00 (n=2) | 75.00 ± 12.71 (n=2) | 85.00 ± 12.71 (n=2) | +4.50 (n=2) |" in report
+    assert "top-5 test accuracy (%)" in report and "rows with equal selection accuracy are tied" in report
+    assert "skipped" not in report and report.count("Left out as not applicable") == 1
+    assert "<code>heatmap_kd.png</code>" in report and "<code>kd_gain_fitnet.png</code>" in report
     results = pd.read_csv(written["results"])
     assert len(results) == 16 and results["run_dir"].is_unique  # one row per run directory
 
@@ -576,7 +633,7 @@ def test_method_sweep_report_and_figures(method_runs: pd.DataFrame, tmp_path: Pa
 def test_plot_method_comparison_and_heatmap_of_any_two_keys(method_runs: pd.DataFrame) -> None:
     fig = plot_method_comparison(method_runs)
     ax = fig.axes[0]
-    assert [t.get_text().split("\n")[0] for t in ax.get_xticklabels()] == ["dkd", "kd", "fitnet"]
+    assert [t.get_text().split("\n")[0] for t in ax.get_xticklabels()] == ["dkd", "fitnet", "kd"]
     reference_levels = {line.get_ydata()[0] for line in ax.lines if len(set(line.get_ydata())) == 1}
     assert 70.5 in reference_levels and "baseline student resnet8 (70.5)" in texts_of(fig)
     with pytest.raises(ValueError, match="needs at least two methods"):
@@ -590,8 +647,9 @@ def test_plot_method_comparison_and_heatmap_of_any_two_keys(method_runs: pd.Data
     assert "dkd student test accuracy" in swapped
     with pytest.raises(ValueError, match="both x and y"):
         plot_heatmap(dkd, x="loss.beta")
-    best_over = texts_of(plot_heatmap(dkd, x="loss.beta", y=T))  # warmup varies too: best of it per cell
-    assert "best over warmup" in best_over and "81.0" in best_over and "78.0" in best_over
+    panels = plot_heatmap(dkd, x="loss.beta", y=T)  # warmup varies too: one panel per warmup, never a best
+    assert [ax.get_title() for ax in panels.axes if ax.get_title()] == ["warmup = 20", "warmup = 5"]
+    assert {"81.0", "78.0", "76.0"} <= set(texts_of(panels).split("\n"))
 
 
 def test_datasets_with_the_same_name_are_not_averaged(tmp_path: Path) -> None:
@@ -620,7 +678,7 @@ def test_optuna_like_search_without_baselines(tmp_path: Path) -> None:
     best = trials[5]
     assert f"selected on the validation split: **T = {best[0]:g}, α = 0.9, optimizer.lr = {best[1]:g}**" in report
     assert f"test accuracy {best[2]:.2f} (n=1)" in report
-    assert "<code>heatmap.png</code> skipped: needs two swept loss keys" in report
+    assert "<code>heatmap.png</code>" in report  # left out: one swept loss key
     assert "would be 12 lines" in report  # accuracy vs T: one line per learning rate is too many
 
 
@@ -674,3 +732,253 @@ def test_report_files_are_not_private(sweep: FakeSweep, tmp_path: Path) -> None:
         os.umask(previous)
     for path in written.values():
         assert path.stat().st_mode & 0o777 == 0o644, path
+
+
+# --- bad input: one line, never a traceback (issue 16) ---------------------------------------
+
+
+def write_damaged_runs(root: Path) -> dict[str, Path]:
+    """Two good distill runs and one run per kind of damage; returns name -> run dir."""
+    dirs = {}
+    for seed in (0, 1):
+        config = make_config("distill", seed)
+        dirs[f"good{seed}"] = write_run(root / f"good{seed}", config, make_metrics(config, 80.0 + seed),
+                                        make_history(80.0 + seed))  # fmt: skip
+    damaged = {
+        "status_list": {"status": ["completed"]},
+        "acc_text": {"final_test_acc": "high"},
+        "settings_list": {"settings": [1, 2]},
+        "mode_dict": {"mode": {"a": 1}},
+        "settings_meta": {"settings": {"run_dir": "/elsewhere", "status": "failed", "mode": ["distill"]}},
+    }
+    for name, change in damaged.items():
+        config = make_config("distill", 2)
+        dirs[name] = write_run(root / name, config, {**make_metrics(config, 90.0), **change})
+    config = make_config("distill", 3)
+    dirs["not_utf8"] = write_run(root / "not_utf8", config, None, None)
+    (dirs["not_utf8"] / schema.METRICS_FILE).write_bytes(b"\xff\xfe\x00{")
+    dirs["array"] = write_run(root / "array", config, None, None)
+    (dirs["array"] / schema.METRICS_FILE).write_text("[1, 2, 3]")
+    dirs["bad_history"] = write_run(root / "bad_history", config, make_metrics(config, 70.0), None)
+    (dirs["bad_history"] / schema.HISTORY_FILE).write_bytes(b"epoch,test_acc\nx,\xff\n\x00\x00\n")
+    dirs["bad_config"] = write_run(root / "bad_config", config, None, None)
+    (dirs["bad_config"] / ".hydra" / "config.yaml").write_text("mode: [unclosed\n")
+    return dirs
+
+
+def test_cli_skips_damaged_runs_with_one_warning_each(tmp_path: Path) -> None:
+    dirs = write_damaged_runs(tmp_path / "sweep")
+    done = run_cli(str(tmp_path / "sweep"), "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    warned = [line for line in done.stderr.splitlines() if line.startswith("warning: ")]
+    for name in ("status_list", "acc_text", "settings_list", "mode_dict", "not_utf8", "array", "bad_history"):
+        assert sum(name in line for line in warned) == 1, (name, warned)
+    assert all(line.startswith("warning: ") for line in done.stderr.splitlines()), done.stderr
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "&#x27;status&#x27; is a list, expected text" in report
+    assert "**T = 4, α = 0.9**" in report and "77.00 ± " in report  # (80 + 81 + 70) / 3: none of the 90s
+    runs = load_runs(tmp_path / "sweep")
+    assert (runs["status"] == "completed").sum() == 4  # the good runs, a bad history.csv, odd settings
+    assert row_of(runs, dirs["bad_config"])["reason"] == "no metrics.json (run unfinished or killed)"
+    odd = row_of(runs, dirs["settings_meta"])  # settings cannot overwrite the run's own columns
+    assert odd["status"] == "completed" and odd["mode"] == '["distill"]' and odd["run_dir"].endswith("settings_meta")
+
+
+def test_cli_out_naming_a_file_is_one_error_line(sweep: FakeSweep, tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("keep me")
+    for out in (tmp_path / "file", tmp_path / "file" / "below"):
+        done = run_cli(str(sweep.teacher_dir), "--out", str(out))
+        assert done.returncode == 2
+        assert done.stderr.strip() == f"error: --out {out}: {tmp_path / 'file'} exists and is not a directory"
+    assert (tmp_path / "file").read_text() == "keep me"
+
+
+# --- any settings, like with like, selection without the test set (issue 15) ---------------
+
+
+def test_lr_sweeps_with_dict_settings_are_analysed_together(tmp_path: Path) -> None:
+    from analysis_fixtures import lr_sweep_accuracy, write_lr_sweep
+
+    write_lr_sweep(tmp_path / "lr")  # teacher_training follows the student's optimizer: one teacher per lr
+    write_lr_sweep(tmp_path / "plain", lrs=(1e-3,), epochs=5)
+    done = run_cli(str(tmp_path / "lr"), str(tmp_path / "plain"), "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    runs = load_runs(tmp_path / "lr", tmp_path / "plain")
+    assert runs["teacher_training.optimizer"].map(lambda v: v.startswith('{"_target_"')).all()
+    assert runs["scheduler.milestones"].eq("[2, 3]").all()
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert report.count("### cifar10: resnet56 [teacher #") == 3  # students grouped by their teacher
+    assert len(pd.read_csv(tmp_path / "out" / "results.csv")) == len(runs) == 3 * 7
+    assert any(name.startswith("accuracy_vs_temperature_") for name in os.listdir(tmp_path / "out"))
+    by = analysis.across_setups_by(runs)
+    assert {"optimizer.lr", "trainer.epochs"} <= set(by)
+    for setup in analysis.distill_setups(runs):
+        for row in analysis.rank_settings(analysis.runs_of_setup(runs, setup), by=by).to_dict("records"):
+            members = runs[runs["run_dir"].isin(row["run_dirs"])]
+            assert members["optimizer.lr"].nunique() == 1 and members["trainer.epochs"].nunique() == 1
+            expected = [lr_sweep_accuracy("distill", row["optimizer.lr"], row["trainer.epochs"], seed, row[T])
+                        for seed in members[SEED]]  # fmt: skip
+            assert row["mean"] == pytest.approx(sum(expected) / len(expected)) and row["n"] == 2
+
+
+def test_optuna_lr_search_with_a_pinned_teacher_and_complete_records(tmp_path: Path) -> None:
+    from analysis_fixtures import PINNED_TEACHER, lr_sweep_accuracy, write_lr_sweep
+
+    lrs = (1.3e-4, 4.1e-4, 7.7e-4, 1.9e-3, 3.3e-3)
+    write_lr_sweep(tmp_path / "optuna", lrs=lrs, seeds=(0,), temperatures=(4.0,), teacher=PINNED_TEACHER,
+                   complete=True)  # fmt: skip
+    runs = load_runs(tmp_path / "optuna")
+    assert runs["teacher_id"].dropna().nunique() == 1 and len(analysis.distill_setups(runs)) == 1
+    written = write_report(tmp_path / "optuna", tmp_path / "out")
+    report = written["report"].read_text()
+    best = lr_sweep_accuracy("distill", lrs[-1], 2, 0)
+    assert f"**T = 4, α = 0.9, optimizer.lr = {lrs[-1]:g}**" in report and f"{best:.2f} (n=1)" in report
+    assert "teacher #" not in report  # one teacher: nothing to tell apart
+
+
+def test_complete_settings_in_metrics_json_are_the_record(tmp_path: Path) -> None:
+    from analysis_fixtures import PINNED_TEACHER, complete_metrics, lr_sweep_config
+
+    config = lr_sweep_config("distill", 0, 1e-3, 2, teacher=PINNED_TEACHER)
+    run = write_run(tmp_path / "run", config, complete_metrics(config, 70.0, teacher_id="t1", data_digest="d1"))
+    refused = copy.deepcopy(config)  # a refused rerun rewrote .hydra with another lr and a new key
+    refused["optimizer"]["lr"] = 0.05
+    refused["trainer"]["extra"] = 1
+    OmegaConf.save(OmegaConf.create(refused), run / ".hydra" / "config.yaml")
+    row = row_of(load_runs(run), run)
+    assert row["optimizer.lr"] == 1e-3 and "trainer.extra" not in row.index
+    assert row["teacher_training.optimizer"] == json.dumps(PINNED_TEACHER["optimizer"], sort_keys=True)
+    assert row["teacher_id"] == "t1" and row["data_digest"] == "d1" and row[ACC] == 70.0
+    old = make_config("distill", 0)  # an old record: its settings subset still wins over a rewritten .hydra
+    old_run = write_run(tmp_path / "old", old, make_metrics(old, 71.0))
+    rewritten = copy.deepcopy(old)
+    rewritten["optimizer"]["lr"] = 0.05
+    OmegaConf.save(OmegaConf.create(rewritten), old_run / ".hydra" / "config.yaml")
+    assert row_of(load_runs(old_run), old_run)["optimizer.lr"] == 0.1
+
+
+def test_students_of_different_teachers_or_data_are_never_averaged(tmp_path: Path) -> None:
+    from analysis_fixtures import complete_metrics, lr_sweep_config
+
+    for teacher_id, data_digest, acc in (("t1", "d1", 70.0), ("t2", "d1", 80.0), ("t1", "d2", 90.0)):
+        for seed in (0, 1):
+            config = lr_sweep_config("distill", seed, 1e-3, 2, teacher={"epochs": 5})
+            metrics = complete_metrics(config, acc + seed, teacher_id=teacher_id, data_digest=data_digest)
+            write_run(tmp_path / "sweep" / f"{teacher_id}-{data_digest}-{seed}", config, metrics)
+    runs = load_runs(tmp_path / "sweep")
+    setups = analysis.distill_setups(runs)
+    assert [(dict(s.data).get("data_digest"), dict(s.teacher_keys).get("teacher_id")) for s in setups] == [
+        ("d1", "t1"), ("d1", "t2"), ("d2", None)]  # d2 has one teacher: nothing to tell apart  # fmt: skip
+    means = sorted(analysis.rank_settings(analysis.runs_of_setup(runs, s)).iloc[0]["mean"] for s in setups)
+    assert means == pytest.approx([70.5, 80.5, 90.5])
+    report = write_report(tmp_path / "sweep", tmp_path / "out")["report"].read_text()
+    assert "teacher_id=t2" in report and "80.50 ± 6.35 (n=2)" in report
+
+
+def test_eval_runs_are_listed_apart(sweep: FakeSweep, tmp_path: Path) -> None:
+    shutil.copytree(sweep.root, tmp_path / "sweep")
+    config = make_config("teacher", 0)
+    config["mode"] = "eval"
+    config["teacher"]["checkpoint"] = "/ckpt/model.pt"
+    metrics = {"schema_version": 3, "status": "completed", "reason": None, "mode": "eval", "dataset": "cifar10",
+               "model": "resnet56", "test_acc": 91.25, "test_acc_top5": 99.5, "per_class_acc": [90.0] * 10,
+               "confusion_matrix": "confusion_matrix.csv", "settings": {"mode": "eval", "dataset.name": "cifar10",
+               "teacher.name": "resnet56", "teacher.checkpoint": "/ckpt/model.pt"}}  # fmt: skip
+    run = write_run(tmp_path / "sweep" / "eval", config, metrics)
+    (run / "confusion_matrix.csv").write_text("1,0\n0,1\n")
+    done = run_cli(str(tmp_path / "sweep"), "--out", str(tmp_path / "out"))
+    assert done.returncode == 0 and "sweep/eval" not in done.stderr, done.stderr
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## Evaluations (mode=eval)" in report and "test_acc 91.25, test_acc_top5 99.50" in report
+    assert "<code>/ckpt/model.pt</code>" in report and "| eval | 1 |" in report
+    assert "**T = 4, α = 0.9**" in report and "85.75" in report  # the comparisons are unchanged
+
+
+def write_tied_sweep(root: Path) -> dict[tuple[float, float], float]:
+    """T × α grid, 2 seeds, where (T=1, α=0.9) and (T=4, α=0.5) tie on validation; returns test means."""
+    validation = {(1.0, 0.5): 60.0, (1.0, 0.9): 70.0, (4.0, 0.5): 70.0, (4.0, 0.9): 65.0}
+    test = {(1.0, 0.5): 61.0, (1.0, 0.9): 72.0, (4.0, 0.5): 78.0, (4.0, 0.9): 79.0}
+    for (temperature, alpha), val in validation.items():
+        for seed in (0, 1):
+            config = make_config("distill", seed, temperature, alpha)
+            spread = 1.0 if seed else -1.0  # same mean, different seeds
+            metrics = make_metrics(config, test[(temperature, alpha)] + spread, final_val_acc=val - spread)
+            write_run(root / f"T{temperature:g}-a{alpha:g}-s{seed}", config, metrics, make_history(80.0))
+    return test
+
+
+def test_tied_validation_accuracies_name_every_tied_setting(tmp_path: Path) -> None:
+    test = write_tied_sweep(tmp_path / "sweep")
+    runs = load_runs(tmp_path / "sweep")
+    ranked = analysis.rank_settings(runs)
+    selected = analysis.best_settings(ranked)
+    assert sorted(selected["setting"]) == ["T = 1, α = 0.9", "T = 4, α = 0.5"]
+    assert not ranked.set_index("setting").at["T = 4, α = 0.9", "selected"]  # best on test: not selected
+    report = write_report(tmp_path / "sweep", tmp_path / "out")["report"].read_text()
+    assert "2 settings tie on the highest mean final_val_acc" in report and "picks none of them by test" in report
+    for label, key in (("T = 1, α = 0.9", (1.0, 0.9)), ("T = 4, α = 0.5", (4.0, 0.5))):
+        assert f"- **{label}**: test accuracy {test[key]:.2f} ± " in report
+        assert f"| tied best distilled student ({label}) |" in report
+    assert "**T = 4, α = 0.9**" not in report and "best distilled student (T = 4, α = 0.9)" not in report
+    legend = texts_of(plot_learning_curves(load_history(tmp_path / "sweep"), runs=runs))
+    assert "distill: T = 1, α = 0.9" in legend and "distill: T = 4, α = 0.5" in legend
+    assert "T = 4, α = 0.9" not in legend  # the learning curves follow the report's selection
+
+
+def write_dkd_dist_sweep(root: Path) -> Path:
+    """dkd (β 1, 8) and dist (β 2, 3) on cifar10, two seeds each, with histories of their own loss terms."""
+    for method, betas in (("dkd", (1.0, 8.0)), ("dist", (2.0, 3.0))):
+        for index, beta in enumerate(betas):
+            for seed in (0, 1):
+                config = make_config("distill", seed, method=method, beta=beta)
+                acc = 70.0 + index + seed + (5.0 if method == "dist" else 0.0)
+                write_run(root / f"{method}-{beta:g}-{seed}", config, make_metrics(config, acc),
+                          make_history(acc, method=method))  # fmt: skip
+    return root
+
+
+def test_method_sweep_keeps_methods_apart(tmp_path: Path) -> None:
+    root = write_dkd_dist_sweep(tmp_path / "sweep")
+    runs = load_runs(root)
+    ranked = analysis.rank_settings(runs)
+    assert list(ranked.columns[:3]) == ["loss.name", "dist.beta", "dkd.beta"] and "loss.beta" not in ranked.columns
+    labels = set(ranked["setting"])
+    assert "dkd: T = 4, α = 1, beta = 8, warmup = 20" in labels and "dist: T = 4, beta = 3, gamma = 2" in labels
+    written = write_report(root, tmp_path / "out")
+    report = written["report"].read_text()
+    assert "| method | dist.beta | dkd.beta |" in report
+    assert report.count("Left out as not applicable") == 1 and "skipped" not in report
+    curves = plot_learning_curves(load_history(root), runs=runs)
+    titles = [ax.get_title() for ax in curves.axes]
+    assert "train_dkd (unweighted term)" in titles and "train_dist (unweighted term)" in titles
+    legend = texts_of(curves)
+    assert "dist: T = 4, beta = 3, gamma = 2" in legend and "dkd: T = 4, α = 1, beta = 8, warmup = 20" in legend
+    assert_png(written["learning_curves"])
+
+
+def test_close_learning_rates_of_a_search_stay_apart(tmp_path: Path) -> None:
+    for index, lr in enumerate((1.2345671e-3, 1.2345674e-3)):  # equal to 6 significant digits
+        config = make_config("distill", 0)
+        config["optimizer"]["lr"] = lr
+        write_run(tmp_path / "search" / str(index), config, make_metrics(config, 70.0 + index))
+    ranked = analysis.rank_settings(load_runs(tmp_path / "search"))
+    assert list(ranked["mean"]) == [71.0, 70.0] and list(ranked["n"]) == [1, 1]
+
+
+def test_setups_ranked_together_never_merge_settings(tmp_path: Path) -> None:
+    write_dkd_dist_sweep(tmp_path / "sweep" / "a")  # dkd and dist with resnet8, no validation split
+    for beta in (1.0, 8.0):  # dkd alone with resnet14, β swept, a validation split
+        for seed in (0, 1):
+            config = make_config("distill", seed, method="dkd", beta=beta)
+            config["student"]["name"] = "resnet14"
+            metrics = make_metrics(config, 60.0 + beta + seed, final_val_acc=50.0 + beta)
+            write_run(tmp_path / "sweep" / "b" / f"{beta:g}-{seed}", config, metrics)
+    runs = load_runs(tmp_path / "sweep")
+    by = analysis.across_setups_by(runs)
+    resnet14 = [s for s in analysis.distill_setups(runs) if s.student == "resnet14"][0]
+    ranked = analysis.rank_settings(analysis.runs_of_setup(runs, resnet14), by=by)
+    assert sorted(ranked["mean"]) == [61.5, 68.5] and set(ranked["n"]) == {2}  # β 1 and β 8 not averaged
+    report = write_report(tmp_path / "sweep", tmp_path / "out")["report"].read_text()
+    assert "**dkd: T = 4, α = 1, beta = 8, warmup = 20** (cifar10: resnet56 → resnet14)" in report
+    assert "validation accuracy 58.00 (n=2)" in report
