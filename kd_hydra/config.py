@@ -133,26 +133,6 @@ def _require(condition: bool, key: str, message: str) -> None:
         raise ConfigError(key, message)
 
 
-def _require_number(node: Any, key: str, prefix: str, positive: bool = False) -> None:
-    """``node[key]`` is a finite number (and > 0 when ``positive``) or ConfigError naming ``prefix.key``."""
-    value = node.get(key) if isinstance(node, DictConfig) else None
-    if value is None and not positive:
-        return
-    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    wanted = "a finite number > 0" if positive else "a finite number"
-    _require(
-        is_number and math.isfinite(value) and (not positive or value > 0),
-        f"{prefix}.{key}",
-        f"must be {wanted} (got {value!r})",
-    )
-
-
-def _validate_optimizer(node: Any, prefix: str) -> None:
-    _require_number(node, "lr", prefix, positive=True)
-    for key in ("weight_decay", "momentum"):
-        _require_number(node, key, prefix)
-
-
 def validate(cfg: DictConfig) -> None:
     """Check values and combinations of a composed config; raise :class:`ConfigError` on the first bad one.
 
@@ -160,6 +140,7 @@ def validate(cfg: DictConfig) -> None:
     """
     from kd_hydra.data.load import check_required
     from kd_hydra.methods import method_class
+    from kd_hydra.optim_checks import check_optimization
 
     check_required(cfg.dataset, "dataset")
     mode = Mode(cfg.mode)
@@ -194,12 +175,12 @@ def validate(cfg: DictConfig) -> None:
         f"must be >= 0 or null (got {trainer.num_workers})",
     )
 
-    _validate_optimizer(cfg.optimizer, "optimizer")
+    check_optimization(cfg.optimizer, cfg.scheduler, "", trainer.epochs)
     if mode is Mode.distill:
         tt = cfg.teacher_training
         for key in ("epochs", "batch_size"):
             _require(tt[key] >= 1, f"teacher_training.{key}", f"must be >= 1 (got {tt[key]})")
-        _validate_optimizer(tt.optimizer, "teacher_training.optimizer")
+        check_optimization(tt.optimizer, tt.scheduler, "teacher_training.", tt.epochs)
         checkpoint = cfg.teacher.get("checkpoint")
         if checkpoint is not None:
             _require(os.path.isfile(checkpoint), "teacher.checkpoint", f"no such file: {checkpoint}")

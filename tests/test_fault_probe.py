@@ -1,0 +1,83 @@
+"""The second fault probe (issue 16): each reproduction ends in one ``error:`` line (exit 2) or its documented
+recovery, before any work and without changing anything completed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY, Workspace
+
+BASE = ["dataset=digits", "mode=student", "trainer.epochs=1", "trainer.num_threads=1", "trainer.device=cpu"]
+
+
+def one_error_line(workspace: Workspace, *args: str) -> str:
+    """Run ``args``; assert exit 2 with exactly one ``error:`` line on stderr and no trained model; return it."""
+    run_dir = workspace.root / "runs" / "probe"
+    process = workspace.run(*args, f"hydra.run.dir={run_dir}", expect=2)
+    lines = [line for line in process.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), process.stderr
+    assert not (run_dir / "model.pt").exists()
+    return lines[0]
+
+
+# ----------------------------------------------------------------------------- optimizer and scheduler
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["optimizer.weight_decay=-1"], "optimizer.weight_decay"),
+        (["optimizer=sgd", "optimizer.momentum=-0.5"], "optimizer.momentum"),
+        (["optimizer.betas=[0.9,1.5]"], "optimizer.betas"),
+        (["optimizer.betas=[-0.1,0.9]"], "optimizer.betas"),
+        (["+optimizer.eps=0"], "optimizer.eps"),
+        (["optimizer.lr=-1"], "optimizer.lr"),
+        (["scheduler=step", "scheduler.gamma=-1"], "scheduler.gamma"),
+        (["scheduler=step", "scheduler.gamma=0"], "scheduler.gamma"),
+        (["scheduler=step", "scheduler.milestones=[0.5,1.5]"], "scheduler.milestones"),
+        (["scheduler=step", "scheduler.milestones=[0,0.5]"], "scheduler.milestones"),
+        (["scheduler.min_lr=-0.1"], "scheduler.min_lr"),
+        (["+optimizer.foo=1"], "optimizer"),
+    ],
+)
+def test_optimizer_and_scheduler_arguments_are_checked_before_any_work(workspace, overrides, key):
+    line = one_error_line(workspace, *BASE, *overrides)
+    assert line.startswith(f"error: {key}: "), line
+
+
+def test_teacher_training_optimizer_and_scheduler_are_checked(workspace):
+    line = one_error_line(
+        workspace,
+        *TINY,
+        "mode=distill",
+        "teacher_training.optimizer={_target_:torch.optim.SGD,_partial_:true,lr:0.1,momentum:-1}",
+    )
+    assert line.startswith("error: teacher_training.optimizer.momentum: "), line
+    line = one_error_line(
+        workspace,
+        *TINY,
+        "mode=distill",
+        "teacher_training.scheduler={_target_:kd_hydra.optim.step_schedule,_partial_:true,gamma:-1}",
+    )
+    assert line.startswith("error: teacher_training.scheduler.gamma: "), line
+
+
+def test_python_api_raises_a_config_error_not_a_value_error(tmp_path: Path, monkeypatch):
+    from kd_hydra.api import run_experiment
+    from kd_hydra.errors import ConfigError
+
+    monkeypatch.setenv("KD_HYDRA_OUTPUT_DIR", str(tmp_path / "outputs"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"^optimizer\.weight_decay: must be"):
+        run_experiment([*BASE, "optimizer.weight_decay=-1"], output_dir=tmp_path / "run")
+
+
+def test_python_api_takes_a_string_as_one_override(tmp_path: Path, monkeypatch):
+    from kd_hydra.api import run_experiment
+    from kd_hydra.errors import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"^dataset: unknown option 'nosuch'"):
+        run_experiment("dataset=nosuch", output_dir=tmp_path / "run")
