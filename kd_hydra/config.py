@@ -70,11 +70,17 @@ class TrainerConfig:
     progress: bool = True
 
 
+def env_or_default(name: str, default: str) -> str:
+    """The ``kd_env`` resolver: environment variable ``name``, or ``default`` when it is unset or empty."""
+    value = os.environ.get(name, "")
+    return value if value.strip() else default
+
+
 @dataclass
 class PathsConfig:
-    data_dir: str = "${oc.env:KD_HYDRA_DATA_DIR,data}"
-    output_dir: str = "${oc.env:KD_HYDRA_OUTPUT_DIR,outputs}"
-    cache_dir: str = "${oc.env:KD_HYDRA_CACHE_DIR,cache}"
+    data_dir: str = "${kd_env:KD_HYDRA_DATA_DIR,data}"
+    output_dir: str = "${kd_env:KD_HYDRA_OUTPUT_DIR,outputs}"
+    cache_dir: str = "${kd_env:KD_HYDRA_CACHE_DIR,cache}"
 
 
 @dataclass
@@ -115,7 +121,8 @@ class RootConfig:
 
 
 def register_configs() -> None:
-    """Store the schemas (``base_config`` for the root, ``loss/<method>_schema``) and the ``kd_cpu_count`` resolver."""
+    """Store the schemas (``base_config`` for the root, ``loss/<method>_schema``) and the ``kd_cpu_count`` and
+    ``kd_env`` resolvers."""
     from kd_hydra.methods import method_schemas  # the method registry (imports torch)
 
     store = ConfigStore.instance()
@@ -123,6 +130,7 @@ def register_configs() -> None:
     for name, schema in method_schemas().items():
         store.store(group="loss", name=f"{name}_schema", node=schema)
     OmegaConf.register_new_resolver("kd_cpu_count", lambda: os.cpu_count() or 1, replace=True)
+    OmegaConf.register_new_resolver("kd_env", env_or_default, replace=True)
 
 
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")

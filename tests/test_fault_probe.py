@@ -81,3 +81,23 @@ def test_python_api_takes_a_string_as_one_override(tmp_path: Path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match=r"^dataset: unknown option 'nosuch'"):
         run_experiment("dataset=nosuch", output_dir=tmp_path / "run")
+
+
+# ----------------------------------------------------------------------------- environment
+
+
+@pytest.mark.parametrize("variable", ["KD_HYDRA_OUTPUT_DIR", "KD_HYDRA_CACHE_DIR", "KD_HYDRA_DATA_DIR"])
+def test_an_empty_path_variable_counts_as_unset(tmp_path: Path, monkeypatch, variable):
+    from kd_hydra.preflight import compose, hydra_session
+
+    monkeypatch.setenv(variable, "")
+    with hydra_session() as hydra:
+        cfg = compose(hydra, [])
+    default = {"KD_HYDRA_OUTPUT_DIR": "outputs", "KD_HYDRA_CACHE_DIR": "cache", "KD_HYDRA_DATA_DIR": "data"}
+    key = {"KD_HYDRA_OUTPUT_DIR": "output_dir", "KD_HYDRA_CACHE_DIR": "cache_dir", "KD_HYDRA_DATA_DIR": "data_dir"}
+    assert cfg.paths[key[variable]] == default[variable]
+    if variable == "KD_HYDRA_OUTPUT_DIR":
+        assert str(cfg.hydra.run.dir).startswith("outputs/")
+    monkeypatch.setenv(variable, str(tmp_path))
+    with hydra_session() as hydra:
+        assert compose(hydra, []).paths[key[variable]] == str(tmp_path)
