@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import yaml
 from hydra._internal.hydra import Hydra
 from hydra._internal.utils import create_config_search_path
 from hydra.core.config_search_path import SearchPathQuery
@@ -26,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from kd_hydra.config import Mode, register_configs
+from kd_hydra.config_files import check_config_files
 from kd_hydra.errors import ConfigError
 from kd_hydra.objective import check_optimized_metric
 
@@ -39,6 +41,18 @@ CLONE_CONFIGS = Path(__file__).resolve().parents[1] / "conf"
 
 _AMBIGUOUS = re.compile(r"Ambiguous value for argument '([^=']+)=([^']*)'")
 _ALREADY_THERE = re.compile(r"An item is already at '([^']+)'")
+
+
+def config_directories(config_dir: str | os.PathLike | None = None) -> list[Path]:
+    """The directories of the config search path: ``config_dir`` (when given) and kd-hydra's own configs."""
+    source = config_source()
+    if source == PACKAGED_CONFIGS:
+        from importlib.resources import files
+
+        own = Path(str(files("kd_hydra.conf")))
+    else:
+        own = Path(source)
+    return ([Path(config_dir).absolute()] if config_dir is not None else []) + [own]
 
 
 def config_source() -> str:
@@ -58,6 +72,8 @@ def hydra_session(config_dir: str | os.PathLike | None = None) -> Iterator[Hydra
         extra = Path(config_dir).absolute()
         if not extra.is_dir():
             raise ConfigError("--config-dir", f"{extra} is not a directory")
+    check_config_files(config_directories(config_dir))
+    if config_dir is not None:
         search_path.prepend(provider="command-line", path=f"file://{extra}", anchor=SearchPathQuery(provider="schema"))
     global_hydra = GlobalHydra.instance()
     previous = global_hydra.hydra if global_hydra.is_initialized() else None
@@ -113,7 +129,7 @@ def compose(hydra: Hydra, overrides: Sequence[str], config_name: str = CONFIG_NA
         return hydra.compose_config(
             config_name=config_name, overrides=list(overrides), run_mode=RunMode.RUN, with_log_configuration=False
         )
-    except (HydraException, OmegaConfBaseException, OSError) as error:
+    except (HydraException, OmegaConfBaseException, OSError, yaml.YAMLError) as error:
         raise composition_error(error) from error
 
 

@@ -101,3 +101,45 @@ def test_an_empty_path_variable_counts_as_unset(tmp_path: Path, monkeypatch, var
     monkeypatch.setenv(variable, str(tmp_path))
     with hydra_session() as hydra:
         assert compose(hydra, []).paths[key[variable]] == str(tmp_path)
+
+
+# ----------------------------------------------------------------------------- config files
+
+#: 540 bytes that expand to 9**8 strings: the "billion laughs" alias bomb as an experiment.
+ALIAS_BOMB = "# @package _global_\n" + "\n".join(
+    [
+        'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]',
+        *(f"{b}: &{b} [{','.join(['*' + a] * 9)}]" for a, b in zip("abcdefg", "bcdefgh")),
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("# @package _global_\ntrainer:\n  epochs: [1, 2\n", "YAML syntax error: line 4"),
+        (
+            "# @package _global_\ntrainer: !!python/object:os.system {}\n",
+            "line 2: tag 'tag:yaml.org,2002:python/object",
+        ),
+        (ALIAS_BOMB, "expands to more than 100000 values"),
+    ],
+    ids=["syntax", "python-tag", "alias-bomb"],
+)
+def test_a_bad_config_file_is_one_line_naming_it(workspace, text, expected):
+    config_dir = workspace.root / "my_conf"
+    (config_dir / "experiment").mkdir(parents=True)
+    (config_dir / "experiment" / "mine.yaml").write_text(text)
+    line = one_error_line(workspace, "--config-dir", str(config_dir), *BASE, "experiment=mine")
+    assert line.startswith(f"error: {config_dir / 'experiment' / 'mine.yaml'}: "), line
+    assert expected in line, line
+
+
+def test_the_python_api_checks_config_files_too(tmp_path: Path):
+    from kd_hydra.api import run_experiment
+    from kd_hydra.errors import ConfigError
+
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "mine.yaml").write_text(ALIAS_BOMB)
+    with pytest.raises(ConfigError, match="mine.yaml: expands to more than"):
+        run_experiment(["experiment=mine"], config_dir=tmp_path)
