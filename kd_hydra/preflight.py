@@ -30,6 +30,7 @@ from kd_hydra.config import Mode, register_configs
 from kd_hydra.config_files import check_config_files
 from kd_hydra.errors import ConfigError
 from kd_hydra.objective import check_optimized_metric
+from kd_hydra.search_space import check_no_hydra_sweep, check_optuna_sweep
 
 CONFIG_NAME = "config"
 #: Hydra job name: the run log is ``<run dir>/run.log`` whichever entrypoint started the job.
@@ -205,6 +206,7 @@ def check_command_line(
     overrides: Sequence[str], multirun: bool, config_dir: str | None = None, config_name: str = CONFIG_NAME
 ) -> None:
     """Compose every distinct value of the command line's sweeps and check the directories; raise ConfigError."""
+    check_no_hydra_sweep(overrides)
     jobs = representative_jobs(overrides)
     with hydra_session(config_dir) as hydra:
         configs = [compose(hydra, job, config_name) for job in jobs]
@@ -219,4 +221,5 @@ def check_command_line(
                     f"'{value}' is a sweep: add -m (--multirun), or write a list as {override.key_or_group}=[{value}]",
                 )
     check_optimized_metric(str(base.optimized_metric))
+    check_optuna_sweep(base.hydra, overrides)
     check_directories(base, overrides, multirun)

@@ -201,9 +201,11 @@ class JobStatusCallback(Callback):
         if problems:
             for line in problems:
                 print(f"error: {line}", file=sys.stderr)
+            # only the kd sweeper has ``rerun``; Optuna's study cannot rerun chosen trials
+            knows_rerun = OmegaConf.select(config, "hydra.sweeper.rerun", default=None) is not None
+            hint = "; hydra.sweeper.rerun=failed reruns the failed ones" if knows_rerun else ""
             print(
-                f"error: {len(problems)} of {len(run_dirs)} jobs did not complete (sweep: {sweep_dir}; "
-                f"hydra.sweeper.rerun=failed reruns the failed ones)",
+                f"error: {len(problems)} of {len(run_dirs)} jobs did not complete (sweep: {sweep_dir}{hint})",
                 file=sys.stderr,
             )
             sys.exit(EXIT_FAILED_JOBS)

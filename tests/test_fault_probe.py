@@ -143,3 +143,59 @@ def test_the_python_api_checks_config_files_too(tmp_path: Path):
     (tmp_path / "experiment" / "mine.yaml").write_text(ALIAS_BOMB)
     with pytest.raises(ConfigError, match="mine.yaml: expands to more than"):
         run_experiment(["experiment=mine"], config_dir=tmp_path)
+
+
+# ----------------------------------------------------------------------------- Optuna
+
+OPTUNA = [*BASE, "hparams_search=kd_optuna"]
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("hydra.sweeper.n_trials=0", "error: hydra.sweeper.n_trials: must be an integer >= 1 (got 0)"),
+        ("hydra.sweeper.n_trials=-1", "error: hydra.sweeper.n_trials: must be an integer >= 1 (got -1)"),
+        ("loss.temperature=interval(8.0,1.0)", "error: loss.temperature: 'interval(8.0,1.0)': an interval needs"),
+        ("optimizer.lr=tag(log,interval(0,1))", "error: optimizer.lr: 'tag(log,interval(0,1))': a log interval"),
+        (
+            "+hydra.sweeper.params.optimizer.lr=tag(log, interval(1e-4, 1e-2))",
+            "give the search dimension as 'optimizer.lr=tag(log, interval(1e-4, 1e-2))'",
+        ),
+    ],
+)
+def test_optuna_settings_and_space_are_checked_before_any_trial(workspace, override, expected):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="pip install '.[optuna]'")
+    process = workspace.run(*OPTUNA, override, expect=2)
+    lines = [line for line in process.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and expected in lines[0], process.stderr
+    assert not (workspace.root / "outputs").exists()
+
+
+def test_optuna_space_in_a_config_file_is_checked(workspace):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="pip install '.[optuna]'")
+    config_dir = workspace.root / "my_conf"
+    (config_dir / "hparams_search").mkdir(parents=True)
+    (config_dir / "hparams_search" / "mine.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - kd_optuna\nhydra:\n  sweeper:\n    params:\n"
+        "      loss.alpha: interval(0.9, 0.1)\n"
+    )
+    process = workspace.run("--config-dir", str(config_dir), *BASE, "hparams_search=mine", expect=2)
+    assert process.stderr.strip() == (
+        "error: hydra.sweeper.params.loss.alpha: 'interval(0.9, 0.1)': an interval needs lower < upper bound "
+        "(got 0.9, 0.1)"
+    )
+
+
+def test_optuna_learning_rate_dimension_as_documented_and_no_rerun_hint(workspace):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="pip install '.[optuna]'")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    documented = "optimizer.lr=tag(log, interval(1e-4, 1e-2))"
+    assert f"'{documented}'" in readme
+    sweep_dir, _ = workspace.sweep("lr", *OPTUNA, "hydra.sweeper.n_trials=1", documented)
+    from omegaconf import OmegaConf
+
+    best = OmegaConf.load(sweep_dir / "optimization_results.yaml").best_params
+    assert 1e-4 <= best["optimizer.lr"] <= 1e-2
+    _, failed = workspace.sweep("fail", *OPTUNA, "hydra.sweeper.n_trials=1", "trainer.batch_size=0", expect=1)
+    assert "1 of 1 jobs did not complete" in failed.stderr
+    assert "rerun" not in failed.stderr
