@@ -206,8 +206,8 @@ def check_command_line(
     overrides: Sequence[str], multirun: bool, config_dir: str | None = None, config_name: str = CONFIG_NAME
 ) -> None:
     """Compose every distinct value of the command line's sweeps and check the directories; raise ConfigError."""
+    jobs = representative_jobs(overrides)  # parses the overrides: a malformed one is a ConfigError here
     check_no_hydra_sweep(overrides)
-    jobs = representative_jobs(overrides)
     with hydra_session(config_dir) as hydra:
         configs = [compose(hydra, job, config_name) for job in jobs]
     base = configs[0]
