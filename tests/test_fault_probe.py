@@ -9,6 +9,8 @@ import pytest
 
 from conftest import TINY, Workspace
 
+pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
+
 BASE = ["dataset=digits", "mode=student", "trainer.epochs=1", "trainer.num_threads=1", "trainer.device=cpu"]
 
 
@@ -199,3 +201,139 @@ def test_optuna_learning_rate_dimension_as_documented_and_no_rerun_hint(workspac
     _, failed = workspace.sweep("fail", *OPTUNA, "hydra.sweeper.n_trials=1", "trainer.batch_size=0", expect=1)
     assert "1 of 1 jobs did not complete" in failed.stderr
     assert "rerun" not in failed.stderr
+
+
+# ----------------------------------------------------------------------------- image files
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares ``width`` x ``height`` pixels: signature, IHDR, an empty IDAT and IEND (109 bytes)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def image_folder(root: Path, size: int = 8) -> Path:
+    """<root>/train/{a,b}/0.png and <root>/test/{a,b}/0.png of random pixels."""
+    import torch
+    from torchvision.io import write_png
+
+    generator = torch.Generator().manual_seed(0)
+    for split in ("train", "test"):
+        for name in ("a", "b"):
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            image = torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=generator)
+            write_png(image, str(root / split / name / "0.png"))
+    return root
+
+
+def test_image_headers_give_the_declared_size(tmp_path: Path):
+    import io
+
+    from PIL import Image
+
+    from kd_hydra.data.image_header import declared_size
+
+    assert declared_size(png_header(30000, 20000)) == (30000, 20000)
+    for fmt, options in (("JPEG", {}), ("JPEG", {"progressive": True}), ("GIF", {}), ("WEBP", {}),
+                         ("WEBP", {"lossless": True}), ("PNG", {})):  # fmt: skip
+        buffer = io.BytesIO()
+        Image.new("RGB", (37, 21), (10, 20, 30)).save(buffer, format=fmt, **options)
+        assert declared_size(buffer.getvalue()) == (37, 21), (fmt, options)
+    assert declared_size(b"not an image") is None
+
+
+def test_an_image_declaring_too_many_pixels_is_refused_undecoded(tmp_path: Path):
+    from kd_hydra.data import load_folder
+    from kd_hydra.errors import DataError
+
+    root = image_folder(tmp_path / "images")
+    (root / "train" / "a" / "huge.png").write_bytes(png_header(30000, 30000))
+    with pytest.raises(DataError) as caught:
+        load_folder(path=str(root), cache_dir=str(tmp_path / "cache"), image_size=8)
+    assert str(caught.value) == (
+        f"{root / 'train' / 'a' / 'huge.png'}: declares 30000x30000 = 900,000,000 pixels, over "
+        "dataset.max_image_pixels=89,478,485; refused before decoding (raise the budget if the image is real)"
+    )
+    (root / "train" / "a" / "huge.png").unlink()
+    with pytest.raises(DataError, match=r"0\.png: declares 8x8 = 64 pixels, over dataset\.max_image_pixels=63"):
+        load_folder(path=str(root), cache_dir=None, image_size=8, max_image_pixels=63)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device-link"])
+def test_only_regular_files_are_read(tmp_path: Path, kind):
+    import os
+    import signal
+
+    from kd_hydra.data import load_folder
+    from kd_hydra.errors import DataError
+
+    root = image_folder(tmp_path / "images")
+    odd = root / "train" / "b" / "odd.png"
+    if kind == "fifo":
+        os.mkfifo(odd)
+    else:
+        odd.symlink_to("/dev/zero")
+    expected = {"fifo": "is a FIFO", "device-link": "is a character device"}[kind]
+
+    def hung(*_: object) -> None:
+        raise AssertionError("reading a non-regular file hung")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(20)
+    try:
+        for in_memory in (True, False):
+            with pytest.raises(DataError) as caught:
+                load_folder(path=str(root), cache_dir=str(tmp_path / "cache"), image_size=8, in_memory=in_memory)
+            assert str(caught.value) == f"{odd}: {expected}; expected a regular image file"
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_file_name_with_a_newline_is_shown_in_full(tmp_path: Path, workspace):
+    root = image_folder(tmp_path / "images")
+    bad = root / "train" / "a" / "bad\nname.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    line = one_error_line(
+        workspace, *BASE, "dataset=folder", f"dataset.path={root}", "dataset.image_size=8", "dataset.normalize=null"
+    )
+    assert line.startswith(f"error: {str(bad)!r}: cannot decode image"), line
+
+
+def _store_entry(cache: Path) -> Path:
+    (entry,) = [p for p in (cache / "decoded").iterdir() if p.is_dir()]
+    return entry
+
+
+@pytest.mark.parametrize("damage", ["pixels", "labels"])
+def test_the_decoded_store_is_verified_on_reuse_and_rebuilt(tmp_path: Path, caplog, damage):
+    import logging
+
+    import numpy as np
+    import torch
+
+    from kd_hydra.data import load_folder
+
+    root = image_folder(tmp_path / "images")
+    cache = tmp_path / "cache"
+    first = load_folder(path=str(root), cache_dir=str(cache), image_size=8)
+    x_train, y_train = first.x_train.clone(), first.y_train.clone()
+    del first
+    entry = _store_entry(cache)
+    if damage == "pixels":  # same size, other bytes
+        array = np.load(entry / "x_train.npy")
+        np.save(entry / "x_train.npy", 255 - array)
+    else:
+        array = np.load(entry / "y_train.npy")
+        np.save(entry / "y_train.npy", np.full_like(array, 99))
+    with caplog.at_level(logging.WARNING, logger="kd_hydra.data.store"):
+        again = load_folder(path=str(root), cache_dir=str(cache), image_size=8)
+    assert torch.equal(again.x_train, x_train) and torch.equal(again.y_train, y_train)
+    name = "x_train.npy" if damage == "pixels" else "y_train.npy"
+    assert f"failed its check ({name} does not match its recorded digest); decoding again" in caplog.text

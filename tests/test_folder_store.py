@@ -72,10 +72,10 @@ class CountingDecoder:
         self._real = store.read_image
         monkeypatch.setattr(store, "read_image", self)
 
-    def __call__(self, path: str, image_size: int | None = None) -> torch.Tensor:
+    def __call__(self, path: str, *args: object) -> torch.Tensor:
         with self._lock:
             self.calls += 1
-        return self._real(path, image_size)
+        return self._real(path, *args)
 
 
 def mapped_files() -> list[tuple[int, int, str]]:
