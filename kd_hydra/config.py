@@ -16,6 +16,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import II, MISSING, DictConfig, OmegaConf
 
+from kd_hydra.dataset_config import DatasetSchema, check_dataset
 from kd_hydra.errors import ConfigError
 
 
@@ -106,7 +107,7 @@ class TeacherTrainingConfig:
 @dataclass
 class RootConfig:
     mode: Mode = Mode.distill
-    dataset: Any = MISSING
+    dataset: DatasetSchema = MISSING  # kd_hydra.dataset_config: the same keys for every dataset
     teacher: Any = MISSING
     student: Any = MISSING
     loss: Any = MISSING
@@ -151,6 +152,7 @@ def validate(cfg: DictConfig) -> None:
     from kd_hydra.optim_checks import check_optimization
 
     check_required(cfg.dataset, "dataset")
+    check_dataset(cfg.dataset)
     mode = Mode(cfg.mode)
     loss = cfg.loss
     method = method_class(loss.name)

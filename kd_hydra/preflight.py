@@ -28,6 +28,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from kd_hydra.config import Mode, register_configs
 from kd_hydra.config_files import check_config_files
+from kd_hydra.dataset_config import check_dataset
 from kd_hydra.errors import ConfigError
 from kd_hydra.objective import check_optimized_metric
 from kd_hydra.search_space import check_no_hydra_sweep, check_optuna_sweep
@@ -210,6 +211,9 @@ def check_command_line(
     check_no_hydra_sweep(overrides)
     with hydra_session(config_dir) as hydra:
         configs = [compose(hydra, job, config_name) for job in jobs]
+    for cfg in configs:
+        with contextlib.suppress(OmegaConfBaseException):  # a ??? value: reported by validate, naming the key
+            check_dataset(cfg.dataset)
     base = configs[0]
     multirun = multirun or OmegaConf.select(base, "hydra.mode") == RunMode.MULTIRUN
     if not multirun:

@@ -337,3 +337,59 @@ def test_the_decoded_store_is_verified_on_reuse_and_rebuilt(tmp_path: Path, capl
     assert torch.equal(again.x_train, x_train) and torch.equal(again.y_train, y_train)
     name = "x_train.npy" if damage == "pixels" else "y_train.npy"
     assert f"failed its check ({name} does not match its recorded digest); decoding again" in caplog.text
+
+
+# ----------------------------------------------------------------------------- the dataset schema
+
+
+def test_every_dataset_has_the_same_keys():
+    from kd_hydra.preflight import compose, hydra_session
+
+    names = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "dataset").glob("*.yaml"))
+    assert len(names) == 7
+    with hydra_session() as hydra:
+        keys = {name: set(compose(hydra, [f"dataset={name}"]).dataset) for name in names}
+    assert all(found == keys["cifar10"] for found in keys.values()), keys
+    assert {"image_size", "in_memory", "max_image_pixels", "val_fraction", "augment", "normalize"} <= keys["cifar10"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["dataset.image_size=big"], "error: dataset.image_size: Value 'big' of type 'str' could not be converted"),
+        (["dataset.foo=1"], "error: dataset.foo: unknown key"),
+        (["dataset.augment.enabled=maybe"], "error: dataset.augment.enabled: Value 'maybe' is not a valid bool"),
+        (["dataset.val_fraction=1.5"], "error: dataset.val_fraction: is 1.5; expected a fraction in [0, 1)"),
+        (["dataset.augment.crop_padding=-1"], "error: dataset.augment.crop_padding: is -1; expected an integer >= 0"),
+        (["dataset.normalize.mean=[0.5]"], "error: dataset.normalize.std: is null while the other is set"),
+        (["dataset.in_memory=false"], "error: dataset.in_memory: is false, but dataset digits does not use it"),
+        (["dataset=synthetic", "dataset.image_size=0"], "error: dataset.image_size: is 0; expected a positive"),
+        (["dataset=folder"], "error: dataset.path: is required but not set (???)"),
+    ],
+)
+def test_dataset_values_are_checked_when_composed(workspace, overrides, expected):
+    line = one_error_line(workspace, *BASE, *overrides)
+    assert line.startswith(expected), line
+
+
+def test_synthetic_image_size_old_and_new_key(tmp_path: Path):
+    from kd_hydra.data import load_dataset
+    from kd_hydra.preflight import compose, hydra_session
+
+    with hydra_session() as hydra:
+        new = compose(hydra, ["dataset=synthetic", "dataset.image_size=6"]).dataset
+        old = compose(hydra, ["dataset=synthetic", "dataset.loader.image_size=6"]).dataset
+    assert load_dataset(new).spec.image_size == load_dataset(old).spec.image_size == 6
+
+
+def test_streamed_files_without_statistics_are_refused_before_decoding(workspace, tmp_path: Path):
+    root = image_folder(tmp_path / "images")
+    (root / "train" / "a" / "corrupt.png").write_bytes(b"not a png")  # decoding it first would fail differently
+    folder = ["dataset=folder", f"dataset.path={root}", "dataset.image_size=8", "dataset.in_memory=false"]
+    line = one_error_line(workspace, *BASE, *folder)
+    assert line.startswith("error: dataset.normalize: is null (computed from the training split), which needs"), line
+    line = one_error_line(workspace, *BASE, *folder[:3], "dataset.max_image_pixels=10")
+    assert line == (
+        f"error: {root / 'train' / 'a' / '0.png'}: declares 8x8 = 64 pixels, over dataset.max_image_pixels=10; "
+        "refused before decoding (raise the budget if the image is real)"
+    )

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from kd_hydra.data.image_header import declared_size
+from kd_hydra.dataset_config import DEFAULT_MAX_IMAGE_PIXELS
 from kd_hydra.errors import DataError
 
 #: Suffixes (lower case) taken as images; torchvision decodes JPEG, PNG, WebP and GIF.
@@ -25,8 +26,6 @@ FILE_DIGEST_BYTES = 16
 #: Images (or files) per task handed to a worker thread: amortises scheduling, keeps progress smooth.
 CHUNK = 256
 MAX_DEFAULT_WORKERS = 8
-#: Default most pixels (width x height) an image may declare: PIL's decompression-bomb threshold.
-DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 _READ_BLOCK = 1 << 20
 
 
