@@ -393,3 +393,50 @@ def test_streamed_files_without_statistics_are_refused_before_decoding(workspace
         f"error: {root / 'train' / 'a' / '0.png'}: declares 8x8 = 64 pixels, over dataset.max_image_pixels=10; "
         "refused before decoding (raise the budget if the image is real)"
     )
+
+
+# ----------------------------------------------------------------------------- trackers
+
+
+def test_an_unreachable_mlflow_server_falls_back_to_the_local_store_quickly(tmp_path: Path, caplog):
+    import logging
+    import socket
+    import time
+
+    pytest.importorskip("mlflow", reason="pip install '.[tracking]'")
+    from mlflow.tracking import MlflowClient
+    from omegaconf import OmegaConf
+
+    from kd_hydra import loggers
+
+    with socket.socket() as probe:  # a loopback port with nothing listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    node = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "logger" / "mlflow.yaml")
+    node.mlflow.tracking_uri = f"http://127.0.0.1:{port}"
+    node.mlflow.store_dir = str(tmp_path / "store")
+    started = time.perf_counter()
+    with caplog.at_level(logging.WARNING, logger="kd_hydra.loggers"):
+        run = loggers.build_loggers(node, "probe", "faults", tmp_path / "run")
+    assert time.perf_counter() - started < 30
+    run.log_summary({"final_test_acc": 50.0})
+    run.close("completed")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith(
+        f"logger.mlflow: cannot reach http://127.0.0.1:{port} within 5 s"
+    )
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'store' / loggers.MLFLOW_DB_FILE}")
+    (found,) = client.search_runs([client.get_experiment_by_name("faults").experiment_id])
+    assert found.data.metrics["final_test_acc"] == 50.0
+
+
+def test_tracker_timeout_must_be_positive(tmp_path: Path):
+    pytest.importorskip("mlflow", reason="pip install '.[tracking]'")
+    from omegaconf import OmegaConf
+
+    from kd_hydra import loggers
+    from kd_hydra.errors import ConfigError
+
+    node = OmegaConf.create({"mlflow": {"_target_": "kd_hydra.loggers.MLflowTracker", "timeout_s": 0}})
+    with pytest.raises(ConfigError, match=r"^logger\.mlflow\.timeout_s: must be a finite number of seconds > 0"):
+        loggers.check_loggers(node)
