@@ -75,7 +75,7 @@ def _check_unused_and_required(dataset: DictConfig) -> None:
         if loader_takes(dataset, key) and dataset.loader.get(key) in (None, ""):
             _fail(key, f"is required but not set (???); give it on the command line, e.g. dataset.{key}=...")
     for key in LOADER_KEYS:
-        if OmegaConf.is_missing(dataset, key) or loader_takes(dataset, key):
+        if key not in dataset or OmegaConf.is_missing(dataset, key) or loader_takes(dataset, key):
             continue
         value = dataset.get(key)
         if value != getattr(defaults, key):

@@ -440,3 +440,10 @@ def test_tracker_timeout_must_be_positive(tmp_path: Path):
     node = OmegaConf.create({"mlflow": {"_target_": "kd_hydra.loggers.MLflowTracker", "timeout_s": 0}})
     with pytest.raises(ConfigError, match=r"^logger\.mlflow\.timeout_s: must be a finite number of seconds > 0"):
         loggers.check_loggers(node)
+
+
+def test_a_plain_dataset_mapping_still_loads():
+    from kd_hydra.data import load_dataset
+
+    loader = {"_target_": "kd_hydra.data.load_synthetic", "num_train": 20, "num_test": 10, "num_classes": 2}
+    assert load_dataset({"name": "mine", "loader": {**loader, "image_size": 4}}).spec.image_size == 4
