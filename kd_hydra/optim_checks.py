@@ -40,7 +40,7 @@ def check_optimizer(node: Any, prefix: str) -> None:
     _number(node, "momentum", prefix, "a finite number >= 0", lambda v: v >= 0)
     _number(node, "dampening", prefix, "a finite number >= 0", lambda v: v >= 0)
     _number(node, "eps", prefix, "a finite number > 0", lambda v: v > 0)
-    if node.get("nesterov") is True and not (node.get("momentum", 0) > 0 and node.get("dampening", 0) == 0):
+    if node.get("nesterov") is True and not ((node.get("momentum") or 0) > 0 and not node.get("dampening")):
         raise ConfigError(f"{prefix}.nesterov", "needs momentum > 0 and dampening 0 (torch.optim.SGD)")
     betas = node.get("betas")
     if betas is not None:

@@ -41,6 +41,7 @@ def one_error_line(workspace: Workspace, *args: str) -> str:
         (["scheduler=step", "scheduler.milestones=[0.5,1.5]"], "scheduler.milestones"),
         (["scheduler=step", "scheduler.milestones=[0,0.5]"], "scheduler.milestones"),
         (["scheduler.min_lr=-0.1"], "scheduler.min_lr"),
+        (["optimizer=sgd", "optimizer.nesterov=true", "optimizer.momentum=0"], "optimizer.nesterov"),
         (["+optimizer.foo=1"], "optimizer"),
     ],
 )
