@@ -312,7 +312,7 @@ def _store_entry(cache: Path) -> Path:
     return entry
 
 
-@pytest.mark.parametrize("damage", ["pixels", "labels"])
+@pytest.mark.parametrize("damage", ["pixels", "labels", "labels-redigested"])
 def test_the_decoded_store_is_verified_on_reuse_and_rebuilt(tmp_path: Path, caplog, damage):
     import logging
 
@@ -333,11 +333,23 @@ def test_the_decoded_store_is_verified_on_reuse_and_rebuilt(tmp_path: Path, capl
     else:
         array = np.load(entry / "y_train.npy")
         np.save(entry / "y_train.npy", np.full_like(array, 99))
+    if damage == "labels-redigested":  # digests that match: the label range check still catches it
+        import json
+
+        from kd_hydra.data.store import array_digest
+
+        meta = json.loads((entry / "meta.json").read_text())
+        meta["digests"]["y_train.npy"] = array_digest(entry / "y_train.npy")
+        (entry / "meta.json").write_text(json.dumps(meta))
     with caplog.at_level(logging.WARNING, logger="kd_hydra.data.store"):
         again = load_folder(path=str(root), cache_dir=str(cache), image_size=8)
     assert torch.equal(again.x_train, x_train) and torch.equal(again.y_train, y_train)
-    name = "x_train.npy" if damage == "pixels" else "y_train.npy"
-    assert f"failed its check ({name} does not match its recorded digest); decoding again" in caplog.text
+    reason = {
+        "pixels": "x_train.npy does not match its recorded digest",
+        "labels": "y_train.npy does not match its recorded digest",
+        "labels-redigested": "y_train holds labels outside [0, 2)",
+    }[damage]
+    assert f"failed its check ({reason}); decoding again" in caplog.text
 
 
 # ----------------------------------------------------------------------------- the dataset schema
