@@ -14,7 +14,7 @@ from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import II, MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from kd_hydra.dataset_config import DatasetSchema, check_dataset
 from kd_hydra.errors import ConfigError
@@ -95,13 +95,14 @@ class SoftLabelCacheConfig:
 
 @dataclass
 class TeacherTrainingConfig:
-    """How a distill run trains its teacher when the store has none; defaults follow the run."""
+    """The teacher's own recipe (part of its identity); optimizer and scheduler come from their groups."""
 
-    epochs: int = II("trainer.epochs")
-    batch_size: int = II("trainer.batch_size")
+    epochs: int = 10
+    batch_size: int = 128
     seed: int = 0
-    optimizer: Any = II("optimizer")
-    scheduler: Any = II("scheduler")
+    precision: Precision = Precision.auto
+    optimizer: Any = MISSING
+    scheduler: Any = MISSING
 
 
 @dataclass

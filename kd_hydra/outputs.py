@@ -119,3 +119,37 @@ class HistoryLog:
 
 def _format_cell(value: Any) -> Any:
     return f"{value:.6g}" if isinstance(value, float) else value
+
+
+#: Short names of loss keys in the headline.
+HEADLINE_KEY_NAMES = {"temperature": "T"}
+
+
+def method_description(settings: Mapping[str, Any]) -> str:
+    """``kd T=4 alpha=0.9`` from the ``loss.*`` settings of a distill run (true booleans by name only)."""
+    parts = [str(settings.get("loss.name"))]
+    for key, value in settings.items():
+        name = key.removeprefix("loss.")
+        if not key.startswith("loss.") or name == "name" or name.startswith("_") or value is None or value is False:
+            continue
+        shown = HEADLINE_KEY_NAMES.get(name, name)
+        parts.append(
+            shown if value is True else f"{shown}={value:g}" if isinstance(value, float) else f"{shown}={value}"
+        )
+    return " ".join(parts)
+
+
+def headline(record: Mapping[str, Any], out_dir: Path, prefix: str = "") -> str:
+    """One line with the numbers that matter, e.g. for the end of a terminal session or a CI log."""
+    what = record["model"] if record["teacher"] is None else f"{record['teacher']} -> {record['model']}"
+    loss = ""
+    if record["mode"] == schema.MODE_DISTILL:
+        loss = " " + method_description(record["settings"])
+    teacher = "" if record["teacher_test_acc"] is None else f", teacher {record['teacher_test_acc']:.2f}%"
+    val = "" if record.get("final_val_acc") is None else f", val {record['final_val_acc']:.2f}%"
+    return (
+        f"[kd-hydra] {prefix}{record['mode']} {what} on {record['dataset']}{loss}: test acc "
+        f"{record['final_test_acc']:.2f}% (best {record['best_test_acc']:.2f}% @ epoch {record['best_epoch']})"
+        f"{val}{teacher}, {record['epochs']} epochs, {record['wall_seconds']:.1f}s, "
+        f"{record['train_images_per_second']:.0f} img/s -> {out_dir}"
+    )

@@ -13,7 +13,7 @@ Every run directory written by ``run.py`` holds:
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"
@@ -30,7 +30,6 @@ STATUS_UNFINISHED = "unfinished"
 MODE_TEACHER = "teacher"
 MODE_STUDENT = "student"
 MODE_DISTILL = "distill"
-MODES = (MODE_TEACHER, MODE_STUDENT, MODE_DISTILL)
 
 #: Where a distill run's teacher came from.
 TEACHER_SOURCES = ("trained", "store", "checkpoint")
@@ -71,9 +70,11 @@ METRICS_KEYS = (
     "train_images_per_second",  # training images / training-loop seconds (teacher logits included, evaluation excluded)
     "soft_label_cache",  # "off" | "cold" | "warm" | None (not distill)
     "checkpoint",  # path of the trained weights (run dir model.pt, or the teacher store) or None
-    "config_digest",  # hash of the training settings (resolved config without paths, loggers, resume keys)
-    "settings",  # dict of dotted key -> value: SETTINGS_KEYS plus every loss.* key (None unless
-    #              mode=distill: teachers and baselines train with CE)
+    "config_digest",  # digest of the run's identity: the settings its mode reads, data_digest and teacher_id
+    "data_digest",  # content digest of the dataset the run read (train, validation and test splits)
+    "teacher_id",  # the teacher's identity digest (store teachers) or "sha256:<file>" (teacher.checkpoint)
+    "settings",  # dict of dotted key -> value: every training setting of the resolved config (the
+    #              authoritative record of what ran); None for the keys the run's mode does not read
 )
 
 #: Dotted keys copied into metrics.json["settings"] (plus every ``loss.*`` key of the run's method).

@@ -1,10 +1,11 @@
-"""Sweep helpers: job directory names, job states, matched baselines, teacher jobs, and the status callback.
+"""Sweep helpers: job directory names, job states, matched baselines, teacher jobs, outcomes, the status callback.
 
 The sweeper itself (``hydra_plugins.kd_hydra_sweeper.KDSweeper``) lives where Hydra looks for
 plugins and uses these pure helpers. A job's directory is named from its settings (a readable part
-plus a hash of its overrides), so a rerun of a sweep finds the jobs it already ran.
-:class:`JobStatusCallback` reports the failed or unfinished jobs in one line each at the end of a
-multirun and makes the process exit non-zero.
+plus a hash of its overrides), so a rerun of a sweep finds the jobs it already ran. Every job of a
+multirun, in whatever process the launcher runs it, appends its outcome to the sweep's ledger
+(:func:`record_outcome`); :class:`JobStatusCallback` reads it at the end, reports the failed jobs and
+those that never started in one line each, and makes the process exit non-zero.
 """
 
 from __future__ import annotations
@@ -15,26 +16,33 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from kd_hydra import schema
 from kd_hydra.config import Mode
+from kd_hydra.identity import dataset_config_digest, digest, teacher_identity
+from kd_hydra.records import run_status
 
 log = logging.getLogger(__name__)
 
 #: Override keys that do not apply to a baseline student: its loss is CE and it has no teacher.
 TEACHER_ONLY_PREFIXES = ("loss", "mode", "teacher", "teacher_training", "soft_label_cache")
 #: Override keys that never change the teacher a distill job needs.
-STUDENT_ONLY_PREFIXES = ("loss", "mode", "student", "soft_label_cache")
-#: Resolved config nodes that determine the teacher a distill job trains or finds.
-TEACHER_NODES = ("dataset", "teacher", "teacher_training", "trainer.device", "trainer.precision")
+STUDENT_ONLY_PREFIXES = ("loss", "mode", "student", "soft_label_cache", "optimizer", "scheduler")
 EXIT_FAILED_JOBS = 1
+#: The sweep's bookkeeping: the planned job directories and each job's outcome, one JSON line per job.
+LEDGER_DIR = ".kd-hydra"
+PLAN_FILE = "plan.json"
+OUTCOMES_FILE = "outcomes.jsonl"
 #: Job directory names: at most this many readable characters, then ``-`` and this many hash digits.
 MAX_READABLE_CHARS = 96
 HASH_DIGITS = 8
@@ -138,16 +146,7 @@ def existing_jobs(sweep_dir: Path) -> dict[str, str]:
 
 def job_status(run_dir: Path) -> tuple[str, str | None]:
     """``(status, reason)`` of a run directory from its metrics.json (``unfinished`` without one)."""
-    metrics_path = run_dir / schema.METRICS_FILE
-    if not metrics_path.is_file():
-        return schema.STATUS_UNFINISHED, "no metrics.json (the job did not finish)"
-    try:
-        metrics = json.loads(metrics_path.read_text())
-    except ValueError:
-        return schema.STATUS_UNFINISHED, "metrics.json unreadable"
-    if not isinstance(metrics, Mapping):
-        return schema.STATUS_UNFINISHED, "metrics.json is not a JSON object"
-    return metrics.get("status", schema.STATUS_UNFINISHED), metrics.get("reason")
+    return run_status(run_dir)
 
 
 def job_state(run_dir: Path) -> JobState:
@@ -169,16 +168,11 @@ def clear_job(run_dir: Path) -> None:
 
 
 def teacher_key(cfg: DictConfig) -> str:
-    """Hash of the resolved nodes that determine a distill job's teacher (equal keys: one teacher)."""
-    nodes = {}
-    for node in TEACHER_NODES:
-        value = OmegaConf.select(cfg, node, default=None)
-        value = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-        if isinstance(value, Mapping):
-            value = {k: v for k, v in value.items() if k != "checkpoint"}
-        nodes[node] = value
-    canonical = json.dumps(nodes, sort_keys=True, default=str)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    """The teacher a job needs, before any data is read (equal keys: one teacher job).
+
+    :func:`kd_hydra.identity.teacher_identity` with the dataset config's digest standing in for the content.
+    """
+    return digest(teacher_identity(cfg, dataset_config_digest(cfg.dataset)))
 
 
 def run_dirs_of(sweep_dir: Path) -> list[Path]:
@@ -186,27 +180,102 @@ def run_dirs_of(sweep_dir: Path) -> list[Path]:
     return sorted(p.parent.parent for p in Path(sweep_dir).glob(f"*/{schema.HYDRA_DIR}/{schema.CONFIG_FILE}"))
 
 
+def _ledger(sweep_dir: Path) -> Path:
+    return Path(sweep_dir) / LEDGER_DIR
+
+
+def write_plan(sweep_dir: Path, dir_names: Sequence[str]) -> None:
+    """Record the job directories this multirun is meant to finish (the sweeper calls it before launching)."""
+    from kd_hydra.outputs import write_json
+
+    write_json(_ledger(sweep_dir) / PLAN_FILE, {"jobs": list(dir_names)})
+
+
+def record_outcome(run_dir: Path, status: str, reason: str | None) -> None:
+    """Append a job's outcome to its sweep's ledger (nothing outside a multirun); never raises."""
+    try:
+        if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+            return
+        ledger = _ledger(Path(HydraConfig.get().sweep.dir))
+        ledger.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({"dir": Path(run_dir).name, "status": status, "reason": reason})
+        with FileLock(str(ledger / (OUTCOMES_FILE + ".lock"))), open(ledger / OUTCOMES_FILE, "a") as handle:
+            handle.write(line + "\n")
+    except Exception as error:  # bookkeeping must never fail a job
+        log.warning("could not record the job's outcome in the sweep ledger: %s", error)
+
+
+def read_outcomes(sweep_dir: Path) -> dict[str, tuple[str, str | None]]:
+    """Job directory name -> (status, reason) of the jobs this multirun ran (the last line of each wins)."""
+    outcomes: dict[str, tuple[str, str | None]] = {}
+    try:
+        lines = (_ledger(sweep_dir) / OUTCOMES_FILE).read_text().splitlines()
+    except OSError:
+        return outcomes
+    for line in lines:
+        try:
+            entry = json.loads(line)
+            outcomes[str(entry["dir"])] = (str(entry["status"]), entry.get("reason"))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return outcomes
+
+
+def planned_jobs(sweep_dir: Path, config: DictConfig) -> list[str] | int | None:
+    """The planned job directories (kd sweeper), the trial count (Optuna), or None when unknown."""
+    try:
+        jobs = json.loads((_ledger(sweep_dir) / PLAN_FILE).read_text())["jobs"]
+        if isinstance(jobs, list):
+            return [str(j) for j in jobs]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    trials = OmegaConf.select(config, "hydra.sweeper.n_trials", default=None)
+    return trials if isinstance(trials, int) else None
+
+
+def _overrides_text(run_dir: Path) -> str:
+    try:
+        overrides = OmegaConf.load(run_dir / schema.HYDRA_DIR / schema.OVERRIDES_FILE)
+        return " ".join(str(o) for o in overrides)
+    except Exception:  # a damaged or missing overrides.yaml: name the directory alone
+        return "overrides unreadable"
+
+
 class JobStatusCallback(Callback):
-    """At the end of a multirun: one line per failed or unfinished job, and exit status 1 if any."""
+    """At the end of a multirun: one line per failed job and per job that never started; exit status 1 if any."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        ledger = _ledger(Path(config.hydra.sweep.dir))
+        for name in (OUTCOMES_FILE, PLAN_FILE):
+            (ledger / name).unlink(missing_ok=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        run_dirs = run_dirs_of(sweep_dir)
-        problems = []
-        for run_dir in run_dirs:
-            status, reason = job_status(run_dir)
-            if status != schema.STATUS_COMPLETED:
-                overrides = OmegaConf.load(run_dir / schema.HYDRA_DIR / schema.OVERRIDES_FILE)
-                problems.append(f"job {run_dir.name} ({' '.join(overrides)}): {status}: {reason}")
-        if problems:
+        outcomes = read_outcomes(sweep_dir)
+        planned = planned_jobs(sweep_dir, config)
+        names = (
+            planned if isinstance(planned, list) else sorted({p.name for p in run_dirs_of(sweep_dir)} | set(outcomes))
+        )
+        problems, never_started = [], 0
+        for name in names:
+            status, reason = outcomes.get(name) or job_status(sweep_dir / name)
+            if status == schema.STATUS_COMPLETED:
+                continue
+            if name not in outcomes and not (sweep_dir / name).exists():
+                never_started += 1
+                continue
+            problems.append(f"job {name} ({_overrides_text(sweep_dir / name)}): {status}: {reason}")
+        if isinstance(planned, int):
+            never_started += max(0, planned - len(outcomes))
+        total = len(names) if not isinstance(planned, int) else max(planned, len(names))
+        if problems or never_started:
             for line in problems:
                 print(f"error: {line}", file=sys.stderr)
-            # only the kd sweeper has ``rerun``; Optuna's study cannot rerun chosen trials
-            knows_rerun = OmegaConf.select(config, "hydra.sweeper.rerun", default=None) is not None
-            hint = "; hydra.sweeper.rerun=failed reruns the failed ones" if knows_rerun else ""
+            hint = "" if isinstance(planned, int) else "; hydra.sweeper.rerun=failed reruns the failed ones"
             print(
-                f"error: {len(problems)} of {len(run_dirs)} jobs did not complete (sweep: {sweep_dir}{hint})",
+                f"error: {len(problems)} of {total} jobs did not complete and {never_started} never started "
+                f"(sweep: {sweep_dir}{hint})",
                 file=sys.stderr,
             )
             sys.exit(EXIT_FAILED_JOBS)
-        log.info("all %d jobs completed (sweep: %s)", len(run_dirs), sweep_dir)
+        log.info("all %d jobs completed (sweep: %s)", total, sweep_dir)

@@ -1,18 +1,19 @@
-"""The epoch loop: train steps through a method, evaluation, history rows and resumable epoch checkpoints.
+"""The epoch loop: :class:`Trainer` holds its settings, ``fit`` trains a model through a method.
 
-No host sync happens inside an epoch: loss parts and accuracy are summed on the device and read once.
+Each epoch: train steps (teacher outputs from a :mod:`~kd_hydra.teacher_outputs` source), evaluation,
+a history row, and the resumable training state. No host sync happens inside an epoch: loss parts and
+accuracy are summed on the device and read once.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
 import math
 import random
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,82 +23,23 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from kd_hydra.config import Precision
 from kd_hydra.errors import CheckpointError, ConfigError, KDHydraError
+from kd_hydra.identity import identity_differences
 from kd_hydra.methods.base import DistillMethod, MethodBatch
+from kd_hydra.models.features import unwrap
 from kd_hydra.outputs import HistoryLog, atomic_write_bytes
+from kd_hydra.runtime import Runtime
+from kd_hydra.teacher_outputs import TeacherSource
 
 log = logging.getLogger(__name__)
 
 TRAIN_STATE_FORMAT = "kd-hydra/train-state-v1"
 TOP5 = 5
-#: Devices where ``trainer.channels_last=null`` means on: CUDA, and the CPU, where it made the training step of
-#: every zoo model 1.13-1.63x faster (benchmarks/cpu_defaults.py, benchmarks/README.md).
-CHANNELS_LAST_DEVICES = ("cuda", "cpu")
 MAX_LISTED_DIFFERENCES = 4
 
 
 class DivergedError(KDHydraError):
     """The training loss became NaN or infinite: the run is failed, nothing it trained is kept."""
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """Where and how tensors are computed: device, autocast dtype (None = fp32), memory format."""
-
-    device: torch.device
-    autocast_dtype: torch.dtype | None
-    channels_last: bool
-    compile: bool
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
-
-    def prepare(self, model: nn.Module) -> nn.Module:
-        """Move ``model`` to the device and memory format of this runtime."""
-        model = model.to(self.device)
-        if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        return model
-
-    def synchronize(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA, then MPS, then CPU; an explicit accelerator must exist."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("trainer.device", f"'{name}' requested but no CUDA device is available; use auto or cpu")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("trainer.device", "'mps' requested but MPS is not available; use auto or cpu")
-    return torch.device(name)
-
-
-def resolve_runtime(device: str, precision: str, channels_last: bool | None, compile: bool) -> Runtime:
-    """Turn trainer settings into a :class:`Runtime`; fp16 needs CUDA, ``auto`` means bf16 on CUDA."""
-    resolved = resolve_device(device)
-    chosen = Precision(precision)
-    on_cuda = resolved.type == "cuda"
-    if chosen is Precision.auto:
-        chosen = Precision.bf16 if on_cuda and torch.cuda.is_bf16_supported() else Precision.fp32
-    if chosen is Precision.fp16 and not on_cuda:
-        raise ConfigError("trainer.precision", f"fp16 needs a CUDA device (device is {resolved}); use bf16 or fp32")
-    dtype = {Precision.fp32: None, Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}[chosen]
-    return Runtime(
-        device=resolved,
-        autocast_dtype=dtype,
-        channels_last=resolved.type in CHANNELS_LAST_DEVICES if channels_last is None else bool(channels_last),
-        compile=compile,
-    )
 
 
 class BatchSource(Protocol):
@@ -108,44 +50,6 @@ class BatchSource(Protocol):
     def train_batches(self, epoch: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]: ...
 
     def test_batches(self) -> Iterator[tuple[Tensor, Tensor]]: ...
-
-
-@dataclass
-class TeacherOutput:
-    """The teacher's view of one training batch: logits, and the feature points a method asked for."""
-
-    logits: Tensor
-    features: Mapping[str, Tensor] = field(default_factory=dict)
-
-
-class TeacherSource(Protocol):
-    """Teacher outputs for a training batch: computed now, or read from the soft-label cache."""
-
-    def begin_epoch(self, epoch: int) -> None: ...
-
-    def __call__(self, images: Tensor, sample_indices: Tensor) -> TeacherOutput: ...
-
-
-class LiveTeacher:
-    """Runs the frozen teacher on every batch, recording ``feature_names`` (feature methods, folder data)."""
-
-    def __init__(self, teacher: nn.Module, runtime: Runtime, feature_names: Sequence[str] = ()) -> None:
-        self.teacher = teacher.eval().requires_grad_(False)
-        self.runtime = runtime
-        self.recorder = None
-        if feature_names:
-            from kd_hydra.models.features import FeatureRecorder
-
-            self.recorder = FeatureRecorder(teacher, list(feature_names))
-
-    def begin_epoch(self, epoch: int) -> None:
-        pass
-
-    def __call__(self, images: Tensor, sample_indices: Tensor) -> TeacherOutput:
-        with torch.no_grad(), self.runtime.autocast():
-            logits = self.teacher(images).float()
-        features = dict(self.recorder.features) if self.recorder is not None else {}
-        return TeacherOutput(logits, features)
 
 
 @dataclass(frozen=True)
@@ -254,50 +158,56 @@ class FitResult:
 
 @dataclass
 class Checkpointing:
-    """Where a run keeps its resumable training state, how often, and what must match to resume from it."""
+    """Where a run keeps its resumable training state, how often, and the identity that must match to resume."""
 
     path: Path
-    settings: Mapping[str, Any]
+    identity: Mapping[str, Any]
     every: int = 1
     resume: bool = True
+    _loaded: dict[str, Any] | None = field(default=None, repr=False)
 
     def save(self, state: Mapping[str, Any]) -> None:
         buffer = io.BytesIO()
-        torch.save({"format": TRAIN_STATE_FORMAT, "settings": dict(self.settings), **state}, buffer)
+        torch.save({"format": TRAIN_STATE_FORMAT, "identity": dict(self.identity), **state}, buffer)
         atomic_write_bytes(self.path, buffer.getvalue())
 
     def load(self) -> dict[str, Any] | None:
-        """The saved state when resuming applies; a checkpoint of other settings is a one-line error."""
+        """The saved state when resuming applies; a checkpoint of another identity is a one-line error.
+
+        Read once: a run checks it before claiming its directory, and training resumes from the same state.
+        """
         if not self.resume or not self.path.is_file():
             return None
+        if self._loaded is not None:
+            return self._loaded
         try:
             state = torch.load(self.path, map_location="cpu", weights_only=True)
             if not isinstance(state, dict) or state.get("format") != TRAIN_STATE_FORMAT:
                 raise ValueError("not a kd-hydra training state")
         except Exception as error:  # unreadable: the atomic write makes this a foreign or damaged file
-            raise CheckpointError(
-                f"{self.path}: cannot resume from it ({type(error).__name__}); delete it or use trainer.resume=never"
-            ) from error
-        differences = settings_differences(state.get("settings", {}), self.settings)
+            raise self.unusable(error) from error
+        differences = identity_differences(state.get("identity") or {}, self.identity)
         if differences:
             raise ConfigError(
                 "trainer.resume",
-                f"{self.path} was written with other settings ({differences}); rerun "
+                f"{self.path} was written by another run ({differences}); rerun "
                 "with the same settings, or trainer.resume=never to start over",
             )
+        self._loaded = state
         return state
+
+    def forget(self) -> None:
+        """Drop the state read by :meth:`load` (once training has restored it)."""
+        self._loaded = None
+
+    def unusable(self, error: BaseException) -> CheckpointError:
+        return CheckpointError(
+            f"{self.path}: cannot resume from it ({type(error).__name__}: {error}); "
+            "delete it or use trainer.resume=never"
+        )
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
-
-
-def settings_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> str:
-    """``key: saved -> current`` for the first few keys that differ; empty when they match."""
-    keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
-    shown = [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in keys[:MAX_LISTED_DIFFERENCES]]
-    if len(keys) > MAX_LISTED_DIFFERENCES:
-        shown.append(f"and {len(keys) - MAX_LISTED_DIFFERENCES} more")
-    return "; ".join(shown)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -320,138 +230,204 @@ def _restore_rng(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _unwrapped(model: nn.Module) -> nn.Module:
-    return getattr(model, "_orig_mod", model)
+@dataclass
+class Progress:
+    """Best and final accuracies and throughput so far: the part of a fit that a checkpoint carries."""
+
+    best_acc: float = float("-inf")
+    best_epoch: int = 0
+    final_acc: float = float("nan")
+    final_top5: float | None = None
+    best_val: float | None = None
+    best_val_epoch: int | None = None
+    final_val: float | None = None
+    train_seconds: float = 0.0
+    train_images: int = 0
+
+    def record(self, epoch: int, test: EvalResult, top5: float | None, val: EvalResult | None) -> None:
+        self.final_acc, self.final_top5 = test.acc, top5
+        if test.acc > self.best_acc:
+            self.best_acc, self.best_epoch = test.acc, epoch
+        if val is not None:
+            self.final_val = val.acc
+            if self.best_val is None or val.acc > self.best_val:
+                self.best_val, self.best_val_epoch = val.acc, epoch
 
 
-def fit(
-    model: nn.Module,
-    pipeline: BatchSource,
-    method: DistillMethod,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    epochs: int,
-    runtime: Runtime,
-    history: HistoryLog,
-    teacher: TeacherSource | None = None,
-    student_features: Callable[[], Mapping[str, Tensor]] | None = None,
-    eval_every: int = 1,
-    progress: bool = True,
-    label: str = "train",
-    checkpointing: Checkpointing | None = None,
-    on_epoch: Callable[[Mapping[str, Any]], None] | None = None,
-    lr_key: str = "optimizer.lr",
-    top5: bool = False,
-) -> FitResult:
-    """Train ``model`` with ``method`` for ``epochs``, evaluating every ``eval_every`` epochs and after the last.
+@dataclass
+class Fit:
+    """What one ``fit`` trains: the model, its method, optimizer, scheduler, grad scaler and history."""
 
-    With ``checkpointing``, the whole training state is saved after every ``every``-th epoch and a saved
-    state of the same settings is resumed from. A non-finite loss ends the run with :class:`DivergedError`.
-    """
-    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.autocast_dtype == torch.float16)
-    num_batches = getattr(pipeline, "num_train_batches", None)
-    has_val = bool(getattr(pipeline, "has_val", False))
-    track = {
-        "best_acc": float("-inf"),
-        "best_epoch": 0,
-        "final_acc": float("nan"),
-        "final_top5": None,
-        "best_val": None,
-        "best_val_epoch": None,
-        "final_val": None,
-        "train_seconds": 0.0,
-        "train_images": 0,
-    }
-    start_epoch, resumed_from = 1, None
-    saved = checkpointing.load() if checkpointing is not None else None
-    if saved is not None:
-        _unwrapped(model).load_state_dict(saved["model"])
-        method.load_state_dict(saved["method"])
-        method.load_extra_state_from_checkpoint(saved.get("method_extra", {}))
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        scaler.load_state_dict(saved["scaler"])
-        track.update(saved["track"])
-        history.restore(saved["history"])
+    model: nn.Module
+    method: DistillMethod
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    history: HistoryLog
+    track: Progress = field(default_factory=Progress)
+
+    def state(self, epoch: int) -> dict[str, Any]:
+        return {
+            "epoch": epoch,
+            "model": unwrap(self.model).state_dict(),
+            "method": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "track": dict(self.track.__dict__),
+            "history": list(self.history.rows),
+            "rng": _rng_state(),
+        }
+
+    def restore(self, saved: Mapping[str, Any]) -> int:
+        """Load a saved state; returns its epoch. Raises KeyError/RuntimeError/ValueError when it does not fit."""
+        unwrap(self.model).load_state_dict(saved["model"])
+        self.method.load_state_dict(saved["method"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.scaler.load_state_dict(saved["scaler"])
+        self.track = Progress(**saved["track"])
+        self.history.restore(saved["history"])
         _restore_rng(saved["rng"])
-        resumed_from = int(saved["epoch"])
-        start_epoch = resumed_from + 1
-        log.info("%s: resuming from %s after epoch %d of %d", label, checkpointing.path, resumed_from, epochs)
-    for epoch in range(start_epoch, epochs + 1):
+        return int(saved["epoch"])
+
+
+@dataclass(frozen=True)
+class Trainer:
+    """The epoch loop for one model, with its settings fixed; :meth:`fit` gets what it trains.
+
+    ``label`` names the model in log lines; ``divergence_key`` is the config key a diverged run is told to
+    lower; ``on_epoch`` receives each history row (trackers).
+    """
+
+    runtime: Runtime
+    epochs: int
+    eval_every: int = 1
+    label: str = "student"
+    divergence_key: str = "optimizer.lr"
+    progress: bool = True
+    top5: bool = False
+    checkpointing: Checkpointing | None = None
+    on_epoch: Callable[[Mapping[str, Any]], None] | None = None
+
+    def fit(
+        self,
+        model: nn.Module,
+        method: DistillMethod,
+        data: BatchSource,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        history: HistoryLog,
+        teacher: TeacherSource | None = None,
+        student_features: Callable[[], Mapping[str, Tensor]] | None = None,
+    ) -> FitResult:
+        """Train ``model`` for ``epochs`` (resuming a saved state of the same identity); a NaN loss raises
+        :class:`DivergedError`."""
+        scaler = torch.amp.GradScaler(self.runtime.device.type, enabled=self.runtime.autocast_dtype == torch.float16)
+        run = Fit(model, method, optimizer, scheduler, scaler, history)
+        resumed_from = self._resume(run)
+        for epoch in range((resumed_from or 0) + 1, self.epochs + 1):
+            self._epoch(run, epoch, data, teacher, student_features)
+        track = run.track
+        seconds = track.train_seconds
+        return FitResult(
+            final_test_acc=track.final_acc,
+            best_test_acc=track.best_acc,
+            best_epoch=track.best_epoch,
+            epochs=self.epochs,
+            train_images_per_second=track.train_images / seconds if seconds > 0 else float("nan"),
+            history=history,
+            final_test_acc_top5=track.final_top5,
+            final_val_acc=track.final_val,
+            best_val_acc=track.best_val,
+            best_val_epoch=track.best_val_epoch,
+            resumed_from_epoch=resumed_from,
+        )
+
+    def _resume(self, run: Fit) -> int | None:
+        saved = self.checkpointing.load() if self.checkpointing is not None else None
+        if saved is None:
+            return None
+        try:
+            epoch = run.restore(saved)
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise self.checkpointing.unusable(error) from None
+        self.checkpointing.forget()
+        log.info("%s: resuming from %s after epoch %d of %d", self.label, self.checkpointing.path, epoch, self.epochs)
+        return epoch
+
+    def _epoch(
+        self,
+        run: Fit,
+        epoch: int,
+        data: BatchSource,
+        teacher: TeacherSource | None,
+        student_features: Callable[[], Mapping[str, Tensor]] | None,
+    ) -> None:
         epoch_start = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
-        method.begin_epoch(epoch, epochs)
-        runtime.synchronize()
+        lr = run.optimizer.param_groups[0]["lr"]
+        run.method.begin_epoch(epoch, self.epochs)
+        self.runtime.synchronize()
         loop_start = time.perf_counter()  # teacher logits computed for the cache count as training work
         if teacher is not None:
             teacher.begin_epoch(epoch - 1)
-        batches = _progress(pipeline.train_batches(epoch - 1), progress, num_batches, f"{label} {epoch}/{epochs}")
-        stats = train_epoch(model, batches, method, optimizer, scaler, runtime, teacher, student_features)
-        runtime.synchronize()
-        track["train_seconds"] += time.perf_counter() - loop_start
-        track["train_images"] += int(stats.pop("images"))
+        total = getattr(data, "num_train_batches", None)
+        batches = _progress(data.train_batches(epoch - 1), self.progress, total, f"{self.label} {epoch}/{self.epochs}")
+        stats = train_epoch(
+            run.model, batches, run.method, run.optimizer, run.scaler, self.runtime, teacher, student_features
+        )
+        self.runtime.synchronize()
+        run.track.train_seconds += time.perf_counter() - loop_start
+        run.track.train_images += int(stats.pop("images"))
         if not math.isfinite(stats["train_loss"]):
             raise DivergedError(
-                f"{lr_key}: the {label} training loss became {stats['train_loss']} in epoch {epoch} "
-                f"(lr {lr:g}); the run diverged: lower {lr_key} or check the loss.* settings"
+                f"{self.divergence_key}: the {self.label} training loss became {stats['train_loss']} in epoch "
+                f"{epoch} (lr {lr:g}); the run diverged: lower {self.divergence_key} or check the loss.* settings"
             )
-        scheduler.step()
-
+        run.scheduler.step()
         row: dict[str, Any] = {"epoch": epoch, "lr": lr, **stats}
-        if epoch % eval_every == 0 or epoch == epochs:
-            test = evaluate(model, pipeline.test_batches(), runtime)
-            row.update(test_acc=test.acc, test_loss=test.loss, test_acc_top5=test.top5 if top5 else None)
-            track["final_acc"], track["final_top5"] = test.acc, row["test_acc_top5"]
-            if test.acc > track["best_acc"]:
-                track["best_acc"], track["best_epoch"] = test.acc, epoch
-            if has_val:
-                val = evaluate(model, pipeline.val_batches(), runtime)
-                row.update(val_acc=val.acc, val_loss=val.loss)
-                track["final_val"] = val.acc
-                if track["best_val"] is None or val.acc > track["best_val"]:
-                    track["best_val"], track["best_val_epoch"] = val.acc, epoch
+        if epoch % self.eval_every == 0 or epoch == self.epochs:
+            row.update(self._evaluate(run, epoch, data))
         row["seconds"] = time.perf_counter() - epoch_start
-        history.append(row)
-        if on_epoch is not None:
-            on_epoch(history.rows[-1])
-        shown_acc = "-" if row.get("test_acc") is None else f"{row['test_acc']:.2f}%"
+        run.history.append(row)
+        if self.on_epoch is not None:
+            self.on_epoch(run.history.rows[-1])
+        self._log(epoch, row)
+        if self.checkpointing is not None and (epoch % self.checkpointing.every == 0 or epoch == self.epochs):
+            self.checkpointing.save(run.state(epoch))
+
+    def _evaluate(self, run: Fit, epoch: int, data: BatchSource) -> dict[str, Any]:
+        test = evaluate(run.model, data.test_batches(), self.runtime)
+        values: dict[str, Any] = {
+            "test_acc": test.acc,
+            "test_loss": test.loss,
+            "test_acc_top5": test.top5 if self.top5 else None,
+        }
+        val = None
+        if getattr(data, "has_val", False):
+            val = evaluate(run.model, data.val_batches(), self.runtime)
+            values.update(val_acc=val.acc, val_loss=val.loss)
+        run.track.record(epoch, test, values["test_acc_top5"], val)
+        return values
+
+    def _log(self, epoch: int, row: Mapping[str, Any]) -> None:
+        parts = ", ".join(
+            f"{key.removeprefix('train_')} {value:.4f}"
+            for key, value in row.items()
+            if key.startswith("train_") and key not in ("train_loss", "train_acc") and value is not None
+        )
+        shown = {key: "-" if row.get(key) is None else f"{row[key]:.2f}%" for key in ("test_acc", "val_acc")}
+        val = "" if row.get("val_acc") is None else f", val acc {shown['val_acc']}"
         log.info(
-            "%s epoch %d/%d: loss %.4f, train acc %.2f%%, test acc %s, lr %.3g, %.1fs",
-            label,
+            "%s epoch %d/%d: loss %.4f (%s), train acc %.2f%%%s, test acc %s, lr %.3g, %.1fs",
+            self.label,
             epoch,
-            epochs,
-            stats["train_loss"],
-            stats["train_acc"],
-            shown_acc,
-            lr,
+            self.epochs,
+            row["train_loss"],
+            parts,
+            row["train_acc"],
+            val,
+            shown["test_acc"],
+            row["lr"],
             row["seconds"],
         )
-        if checkpointing is not None and (epoch % checkpointing.every == 0 or epoch == epochs):
-            checkpointing.save(
-                {
-                    "epoch": epoch,
-                    "model": _unwrapped(model).state_dict(),
-                    "method": method.state_dict(),
-                    "method_extra": method.extra_state_for_checkpoint(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "track": dict(track),
-                    "history": list(history.rows),
-                    "rng": _rng_state(),
-                }
-            )
-    seconds = track["train_seconds"]
-    return FitResult(
-        final_test_acc=track["final_acc"],
-        best_test_acc=track["best_acc"],
-        best_epoch=track["best_epoch"],
-        epochs=epochs,
-        train_images_per_second=track["train_images"] / seconds if seconds > 0 else float("nan"),
-        history=history,
-        final_test_acc_top5=track["final_top5"],
-        final_val_acc=track["final_val"],
-        best_val_acc=track["best_val"],
-        best_val_epoch=track["best_val_epoch"],
-        resumed_from_epoch=resumed_from,
-    )

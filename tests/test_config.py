@@ -176,10 +176,15 @@ def test_paths_follow_environment_variables(monkeypatch, tmp_path):
     )
 
 
-def test_teacher_training_follows_the_run_except_its_fixed_seed():
-    cfg = composed("trainer.epochs=7", "trainer.seed=3")
-    assert (cfg.teacher_training.epochs, cfg.teacher_training.seed) == (7, 0), "one teacher for a seed sweep"
+def test_teacher_training_is_its_own_recipe():
+    cfg = composed("trainer.epochs=7", "trainer.seed=3", "optimizer.lr=0.05", "optimizer=sgd", "scheduler=step")
+    recipe = cfg.teacher_training
+    assert (recipe.epochs, recipe.seed, recipe.batch_size) == (10, 0, 128), "nothing follows the student's trainer"
+    assert recipe.optimizer._target_ == "torch.optim.AdamW" and recipe.optimizer.lr == 1.0e-3
+    assert recipe.scheduler._target_ == "kd_hydra.optim.cosine_schedule"
     assert composed("teacher_training.epochs=30").teacher_training.epochs == 30
+    assert composed("teacher_training.optimizer.lr=0.05").teacher_training.optimizer.lr == 0.05, "one key, one value"
+    assert composed("optimizer@teacher_training.optimizer=sgd").teacher_training.optimizer._target_ == "torch.optim.SGD"
     assert composed("trainer.seed=3", "teacher_training.seed=${trainer.seed}").teacher_training.seed == 3
 
 

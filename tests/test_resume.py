@@ -25,7 +25,9 @@ from kd_hydra.methods.kd import KD
 from kd_hydra.models import build_model
 from kd_hydra.optim import cosine_schedule
 from kd_hydra.outputs import HistoryLog
-from kd_hydra.train import Checkpointing, DivergedError, LiveTeacher, fit, resolve_runtime
+from kd_hydra.runtime import resolve_runtime
+from kd_hydra.teacher_outputs import LiveTeacher
+from kd_hydra.train import Checkpointing, DivergedError, Trainer
 
 EPOCHS = 4
 RUNTIME = resolve_runtime("cpu", "fp32", False, False)
@@ -60,7 +62,7 @@ def train_run(tmp: Path, interrupt_after: int | None = None, settings: dict | No
     )
     scheduler = cosine_schedule(optimizer, epochs=EPOCHS)
     history = HistoryLog(tmp / schema.HISTORY_FILE, schema.history_columns(method.parts))
-    checkpointing = Checkpointing(tmp / schema.TRAIN_STATE_FILE, settings or {"run": 1})
+    checkpointing = Checkpointing(tmp / schema.TRAIN_STATE_FILE, {"settings": settings or {"run": 1}})
 
     def stop(row):
         if interrupt_after is not None and row["epoch"] == interrupt_after:
@@ -69,18 +71,9 @@ def train_run(tmp: Path, interrupt_after: int | None = None, settings: dict | No
 
     torch.manual_seed(1)
     try:
-        result = fit(
-            student,
-            pipeline,
-            method,
-            optimizer,
-            scheduler,
-            EPOCHS,
-            RUNTIME,
-            history,
-            teacher=LiveTeacher(teacher, RUNTIME),
-            checkpointing=checkpointing,
-            on_epoch=stop,
+        trainer = Trainer(RUNTIME, EPOCHS, checkpointing=checkpointing, on_epoch=stop)
+        result = trainer.fit(
+            student, method, pipeline, optimizer, scheduler, history, teacher=LiveTeacher(teacher, RUNTIME)
         )
     except Interrupt:
         return None
@@ -126,17 +119,8 @@ def test_a_nan_loss_ends_the_fit_naming_the_learning_rate(tmp_path):
     student = build_model("light_cnn", 10, 3, 8)
     optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
     with pytest.raises(DivergedError, match=r"^teacher_training\.optimizer\.lr: the x training loss became nan"):
-        fit(
-            student,
-            pipeline,
-            Diverging(),
-            optimizer,
-            cosine_schedule(optimizer, epochs=2),
-            2,
-            RUNTIME,
-            HistoryLog(None),
-            label="x",
-            lr_key="teacher_training.optimizer.lr",
+        Trainer(RUNTIME, 2, label="x", divergence_key="teacher_training.optimizer.lr").fit(
+            student, Diverging(), pipeline, optimizer, cosine_schedule(optimizer, epochs=2), HistoryLog(None)
         )
 
 
@@ -221,7 +205,7 @@ def test_non_finite_and_non_numeric_values_are_refused_before_training(override,
 
 def test_teacher_training_killed_in_the_store_resumes_there(workspace: Workspace):
     """A teacher killed after epoch 2 of 5 continues inside the store entry and is stored once, complete."""
-    args = [*TINY, "mode=teacher", "trainer.epochs=5"]
+    args = [*TINY, "mode=teacher", "teacher_training.epochs=5"]
     full, _ = workspace.single("full-teacher", *args, "paths.cache_dir=" + str(workspace.root / "other-cache"))
     killed_dir = workspace.root / "runs" / "teacher"
     process = subprocess.Popen(

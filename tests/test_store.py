@@ -18,7 +18,10 @@ from torch import nn
 
 from kd_hydra.errors import CheckpointError, ConfigError
 from kd_hydra.schema import TRAIN_STATE_FILE
-from kd_hydra.teachers import META_FILE, ArchSignature, TeacherStore
+from kd_hydra.cache_entry import SEAL_FILE as META_FILE
+from kd_hydra.cache_entry import CacheEntry
+from kd_hydra.checkpoints import ArchSignature
+from kd_hydra.teachers import TeacherStore
 
 ARCH = ArchSignature(name="tiny", source="zoo", num_classes=3, in_channels=2, image_size=1)
 DESCRIPTION = {"arch": "tiny", "seed": 0}
@@ -53,12 +56,12 @@ def test_trains_once_then_reads_the_store(tmp_path: Path):
     second = store.get_or_train(DESCRIPTION, LABEL, model, ARCH, train)
     assert (first.source, second.source, train.calls) == ("trained", "store", 1)
     assert second.test_acc == ACCURACY and torch.all(model.weight == 0.25)
-    assert not (first.model_path.parent / TRAIN_STATE_FILE).exists()
+    assert not (first.weights_path.parent / TRAIN_STATE_FILE).exists()
 
 
 def test_interrupted_training_continues_from_its_checkpoint(tmp_path: Path):
     store = TeacherStore(tmp_path)
-    entry = store.entry_dir(DESCRIPTION, LABEL)
+    entry = store.entry(DESCRIPTION, LABEL).path
 
     def killed(model: nn.Module, entry_dir: Path) -> dict:
         (entry_dir / TRAIN_STATE_FILE).write_bytes(b"epoch 3 state")
@@ -76,7 +79,7 @@ def test_interrupted_training_continues_from_its_checkpoint(tmp_path: Path):
 
 def test_entry_without_checkpoint_or_meta_starts_fresh(tmp_path: Path):
     store = TeacherStore(tmp_path)
-    entry = store.entry_dir(DESCRIPTION, LABEL)
+    entry = store.entry(DESCRIPTION, LABEL).path
     entry.mkdir(parents=True)
     (entry / "history.csv").write_text("partial")
     train = Trainer()
@@ -90,17 +93,17 @@ def test_entry_without_checkpoint_or_meta_starts_fresh(tmp_path: Path):
         "[1, 2]",
         '"text"',
         '{"result": {"final_test_acc": 90}}',
-        '{"sha256": "x"}',
-        '{"sha256": "x", "result": {}}',
+        '{"files": {"model.pt": "x"}}',
+        '{"files": {"model.pt": "x"}, "result": {}}',
         "{not json",
     ],
 )
 def test_corrupt_meta_is_retrained(tmp_path: Path, meta: str):
     store, train = TeacherStore(tmp_path), Trainer()
     first = store.get_or_train(DESCRIPTION, LABEL, tiny_model(), ARCH, train)
-    meta_path = first.model_path.parent / META_FILE
-    if '"sha256": "x"' in meta:  # keep the right hash so that only the missing field is wrong
-        meta = meta.replace('"x"', json.dumps(json.loads(meta_path.read_text())["sha256"]))
+    meta_path = first.weights_path.parent / META_FILE
+    if '"model.pt": "x"' in meta:  # keep the right hash so that only the missing field is wrong
+        meta = meta.replace('"x"', json.dumps(json.loads(meta_path.read_text())["files"]["model.pt"]))
     meta_path.write_text(meta)
     model = tiny_model(seed=3)
     stored = store.get_or_train(DESCRIPTION, LABEL, model, ARCH, Trainer(value=0.5))
@@ -111,10 +114,10 @@ def test_corrupt_meta_is_retrained(tmp_path: Path, meta: str):
 def test_failed_lookup_leaves_the_model_untouched(tmp_path: Path):
     store = TeacherStore(tmp_path)
     first = store.get_or_train(DESCRIPTION, LABEL, tiny_model(), ARCH, Trainer())
-    first.model_path.write_bytes(first.model_path.read_bytes()[:-8])  # truncated weights: hash mismatch
+    first.weights_path.write_bytes(first.weights_path.read_bytes()[:-8])  # truncated weights: hash mismatch
     model = tiny_model(seed=7)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    assert store._load_valid(first.model_path.parent, model, ARCH) is None
+    assert store._load(CacheEntry(first.weights_path.parent), model, ARCH, "id") is None
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
@@ -131,7 +134,7 @@ class NoLock:
 def test_read_only_store_serves_verified_entries_without_the_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     root = tmp_path / "teachers"
     TeacherStore(root).get_or_train(DESCRIPTION, LABEL, tiny_model(), ARCH, Trainer())
-    monkeypatch.setattr("kd_hydra.teachers.FileLock", NoLock)
+    monkeypatch.setattr("kd_hydra.cache_entry.FileLock", NoLock)
     model = tiny_model(seed=5)
     stored = TeacherStore(root).get_or_train(DESCRIPTION, LABEL, model, ARCH, Trainer())
     assert stored.source == "store" and torch.all(model.weight == 0.25)
@@ -175,7 +178,7 @@ def test_non_finite_teacher_is_never_stored(tmp_path: Path, accuracy: float, val
     store = TeacherStore(tmp_path)
     with pytest.raises(ConfigError, match=r"^teacher_training\.optimizer\.lr: .*diverged"):
         store.get_or_train(DESCRIPTION, LABEL, tiny_model(), ARCH, Trainer(accuracy=accuracy, value=value))
-    entry = store.entry_dir(DESCRIPTION, LABEL)
+    entry = store.entry(DESCRIPTION, LABEL).path
     assert not entry.exists(), "neither weights nor training state of a diverged teacher are kept"
     train = Trainer()
     assert store.get_or_train(DESCRIPTION, LABEL, tiny_model(), ARCH, train).source == "trained"
@@ -200,7 +203,7 @@ def hold_lock(path: Path) -> subprocess.Popen:
 
 def test_lock_of_a_killed_process_does_not_block(tmp_path: Path):
     store = TeacherStore(tmp_path, lock_timeout_s=10)
-    lock_path = Path(str(store.entry_dir(DESCRIPTION, LABEL)) + ".lock")
+    lock_path = Path(str(store.entry(DESCRIPTION, LABEL).path) + ".lock")
     holder = hold_lock(lock_path)
     with pytest.raises(Timeout):  # held by a live process
         FileLock(str(lock_path), timeout=0.2).acquire()
@@ -214,7 +217,7 @@ def test_lock_of_a_killed_process_does_not_block(tmp_path: Path):
 
 def test_lock_timeout_is_a_one_line_error(tmp_path: Path):
     store = TeacherStore(tmp_path, lock_timeout_s=0.3)
-    holder = hold_lock(Path(str(store.entry_dir(DESCRIPTION, LABEL)) + ".lock"))
+    holder = hold_lock(Path(str(store.entry(DESCRIPTION, LABEL).path) + ".lock"))
     try:
         with pytest.raises(CheckpointError) as caught:
             store.get_or_train(DESCRIPTION, LABEL, tiny_model(), ARCH, Trainer())

@@ -157,6 +157,8 @@ sys.path.insert(0, {repo!r})
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from kd_hydra.config import register_configs
+from kd_hydra.records import RunDirectory
+from kd_hydra.sweeper import record_outcome
 
 register_configs()
 
@@ -164,6 +166,7 @@ register_configs()
 @hydra.main(version_base="1.3", config_path={conf!r}, config_name="config")
 def main(cfg):
     out = Path(HydraConfig.get().runtime.output_dir)
+    RunDirectory(out).write_settings(cfg, HydraConfig.get(), list(HydraConfig.get().overrides.task))  # as app.run
     with open(os.environ["FAKE_CALLS"], "a") as calls:
         calls.write(f"{{cfg.mode.value}} {{out.name}}\\n")
     if os.environ.get("FAKE_PREEMPT"):  # first attempt: wait to be preempted; the requeued one completes
@@ -177,6 +180,7 @@ def main(cfg):
     failed = cfg.trainer.seed == 13 or (cfg.mode.value == "teacher" and os.environ.get("FAKE_FAIL_TEACHER"))
     status = "failed" if failed else "completed"
     (out / "metrics.json").write_text(json.dumps({{"status": status, "reason": "fake failure" if failed else None}}))
+    record_outcome(out, status, "fake failure" if failed else None)
     if failed:
         raise RuntimeError("fake failure")
 

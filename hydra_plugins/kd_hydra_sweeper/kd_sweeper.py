@@ -40,6 +40,7 @@ from kd_hydra.sweeper import (
     teacher_job_overrides,
     teacher_key,
     varying_keys,
+    write_plan,
 )
 
 log = logging.getLogger(__name__)
@@ -204,6 +205,7 @@ class KDSweeper(BasicSweeper):
         existing = existing_jobs(sweep_dir)
         for planned in first + second:  # a setting that ran before keeps its directory, even if named otherwise
             planned.dir_name = existing.get(settings_hash(planned.overrides), planned.dir_name)
+        write_plan(sweep_dir, [p.dir_name for p in first + second])
         first_run, second_run = self._to_run(sweep_dir, first + second, first)
         returns: list[Any] = []
         next_idx = self._launch(first_run, returns, 0)

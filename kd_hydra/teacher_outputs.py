@@ -1,9 +1,14 @@
-"""Teacher soft-label cache: the teacher's logits for every augmented sample of an epoch, on disk.
+"""A distill run's teacher outputs: live (the teacher runs on every batch) or cached (the soft-label cache).
+
+:func:`teacher_outputs` chooses: methods that read features, folder data on the DataLoader path and a
+disabled cache run the teacher live; logit methods on in-memory data read the soft-label cache.
+
+The soft-label cache holds the teacher's logits for every augmented sample of an epoch, on disk.
 
 Every job of a temperature x alpha grid with the same seed sees the same augmented batches
 (:class:`~kd_hydra.data.pipeline.InMemoryPipeline` draws them from ``(seed, epoch)`` only), so the
 teacher's logits for an epoch are computed once, by whichever job gets there first, and read by
-all the others. An entry is ``<cache_dir>/soft_labels/<key>/epoch_NNNN.pt``; ``key`` hashes the
+all the others. An entry is ``<cache_dir>/soft_labels/<key>/epoch_NNNN.pt`` (a sealed cache entry); ``key`` hashes the
 teacher checkpoint's SHA-256, the dataset content, augmentation, normalisation, seed, storage
 dtype, top-k and the teacher's precision.
 
@@ -13,12 +18,12 @@ run that reads the cache trains the identical student.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import os
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,17 +31,54 @@ import torch
 from filelock import FileLock
 from torch import Tensor, nn
 
-from kd_hydra.outputs import atomic_write_bytes
-from kd_hydra.teachers import config_digest
-from kd_hydra.train import Runtime, TeacherOutput
+from kd_hydra.cache_entry import CacheEntry, entry_name
+from kd_hydra.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = "kd-hydra/soft-labels-v1"
+CACHE_FORMAT = "kd-hydra/soft-labels-v2"
 #: Teacher batch size of the cache-filling pass when ``soft_label_cache.batch_size`` is null, by device type:
 #: 64 was the fastest on the CPU for every zoo model (benchmarks/cpu_defaults.py); large batches elsewhere.
 DEFAULT_FILL_BATCH = {"cpu": 64}
 ACCELERATOR_FILL_BATCH = 1024
+
+
+@dataclass
+class TeacherOutput:
+    """The teacher's view of one training batch: logits, and the feature points a method asked for."""
+
+    logits: Tensor
+    features: Mapping[str, Tensor] = field(default_factory=dict)
+
+
+class TeacherSource(Protocol):
+    """Teacher outputs for a training batch: computed now, or read from the soft-label cache."""
+
+    def begin_epoch(self, epoch: int) -> None: ...
+
+    def __call__(self, images: Tensor, sample_indices: Tensor) -> TeacherOutput: ...
+
+
+class LiveTeacher:
+    """Runs the frozen teacher on every batch, recording ``feature_names`` (feature methods, folder data)."""
+
+    def __init__(self, teacher: nn.Module, runtime: Runtime, feature_names: Sequence[str] = ()) -> None:
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.runtime = runtime
+        self.recorder = None
+        if feature_names:
+            from kd_hydra.models.features import FeatureRecorder
+
+            self.recorder = FeatureRecorder(teacher, list(feature_names))
+
+    def begin_epoch(self, epoch: int) -> None:
+        pass
+
+    def __call__(self, images: Tensor, sample_indices: Tensor) -> TeacherOutput:
+        with torch.no_grad(), self.runtime.autocast():
+            logits = self.teacher(images).float()
+        features = dict(self.recorder.features) if self.recorder is not None else {}
+        return TeacherOutput(logits, features)
 
 
 def fill_batch_size(configured: int | None, device: torch.device) -> int:
@@ -70,14 +112,6 @@ def decode_logits(stored: Mapping[str, Tensor], num_classes: int) -> Tensor:
         return values
     logits = stored["rest_mean"].float()[:, None].expand(-1, num_classes).clone()
     return logits.scatter_(1, stored["indices"].long(), values)
-
-
-def _checksum(stored: Mapping[str, Tensor]) -> str:
-    digest = hashlib.sha256()
-    for name in sorted(stored):
-        digest.update(name.encode())
-        digest.update(stored[name].contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _directory_bytes(path: Path) -> int:
@@ -136,7 +170,7 @@ class CachedTeacher:
         max_bytes: int,
     ) -> None:
         self.root = Path(root)
-        self.entry = self.root / config_digest(description)[:24]
+        self.entry = CacheEntry(self.root / entry_name(description, digits=24))
         self.teacher = teacher.eval().requires_grad_(False)
         self.pipeline = pipeline
         self.runtime = runtime
@@ -155,17 +189,16 @@ class CachedTeacher:
         return "cold" if self.epochs_computed else "warm"
 
     def begin_epoch(self, epoch: int) -> None:
-        path = self.entry / f"epoch_{epoch:04d}.pt"
-        self.entry.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(path) + ".lock"):
-            stored = self._read(path)
+        name = f"epoch_{epoch:04d}.pt"
+        with self.entry.locked("computing these soft labels"):
+            stored = self._read(name)
             if stored is None:
                 stored = encode_logits(self._compute(epoch), self.dtype, self.top_k)
-                self._write(path, stored)
+                self._write(name, stored)
                 self.epochs_computed += 1
             else:
                 self.epochs_read += 1
-        os.utime(self.entry)  # recency for eviction
+        os.utime(self.entry.path)  # recency for eviction
         self._current = decode_logits(stored, self.num_classes).to(self.runtime.device)
 
     def __call__(self, images: Tensor, sample_indices: Tensor) -> TeacherOutput:
@@ -179,28 +212,25 @@ class CachedTeacher:
                 logits[sample_indices] = self.teacher(images).float()
         return logits
 
-    def _read(self, path: Path) -> dict[str, Tensor] | None:
-        if not path.is_file():
+    def _read(self, name: str) -> dict[str, Tensor] | None:
+        data = self.entry.read_sealed(name)
+        if data is None:
             return None
         try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
+            payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
             stored = payload["tensors"]
-            if payload["format"] != CACHE_FORMAT or payload["checksum"] != _checksum(stored):
-                raise ValueError("checksum mismatch")
-            if stored["values"].shape[0] != self.pipeline.num_train:
-                raise ValueError("sample count mismatch")
-        except Exception as error:  # unreadable or corrupt entry: recompute, never use
-            log.warning("soft-label cache entry %s is corrupt (%s); recomputing it", path, error)
+            if payload["format"] != CACHE_FORMAT or stored["values"].shape[0] != self.pipeline.num_train:
+                raise ValueError("format or sample count mismatch")
+        except Exception as error:  # unreadable entry: recompute, never use
+            log.warning("soft-label cache file %s is unusable (%s); recomputing it", self.entry.file(name), error)
             return None
         return stored
 
-    def _write(self, path: Path, stored: dict[str, Tensor]) -> None:
-        payload = {"format": CACHE_FORMAT, "checksum": _checksum(stored), "tensors": stored}
-        buffer = _serialize(payload)
+    def _write(self, name: str, stored: dict[str, Tensor]) -> None:
         try:
-            atomic_write_bytes(path, buffer)
+            self.entry.add_sealed(name, _serialize({"format": CACHE_FORMAT, "tensors": stored}))
         except OSError as error:  # e.g. evicted by another job meanwhile: keep going without storing
-            log.warning("could not store soft labels at %s (%s)", path, error)
+            log.warning("could not store soft labels at %s (%s)", self.entry.file(name), error)
             return
         self._evict()
 
@@ -213,16 +243,98 @@ class CachedTeacher:
             for entry in sorted(entries, key=lambda p: p.stat().st_mtime):
                 if total <= self.max_bytes:
                     break
-                if entry == self.entry:
+                if entry == self.entry.path:
                     continue
                 shutil.rmtree(entry, ignore_errors=True)
                 total -= sizes[entry]
                 log.info("soft-label cache over its limit: evicted %s", entry.name)
             if total > self.max_bytes:
-                log.warning("soft-label cache entry %s alone exceeds soft_label_cache.max_gb", self.entry.name)
+                log.warning("soft-label cache entry %s alone exceeds soft_label_cache.max_gb", self.entry.path.name)
 
 
 def _serialize(payload: Mapping[str, Any]) -> bytes:
     buffer = io.BytesIO()
     torch.save(dict(payload), buffer)
     return buffer.getvalue()
+
+
+CACHE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+BYTES_PER_GB = 1024**3
+
+
+@dataclass(frozen=True)
+class TeacherOutputs:
+    """The chosen source, whether it is the cache (``cache``) or the live teacher (``live``)."""
+
+    source: TeacherSource
+    kind: str
+
+    @property
+    def cache_status(self) -> str:
+        """``off`` for a live teacher, else ``cold``/``warm`` (meaningful once training ran)."""
+        return self.source.status if isinstance(self.source, CachedTeacher) else "off"
+
+
+def teacher_outputs(
+    teacher: nn.Module,
+    teacher_sha256: str,
+    reads_features: bool,
+    feature_names: Sequence[str],
+    pipeline: Any,
+    ctx: Any,
+) -> TeacherOutputs:
+    """The soft-label cache for logit methods on in-memory data (when enabled), else the live teacher.
+
+    ``ctx`` is the run's :class:`~kd_hydra.context.RunContext` (settings, runtime, data digest, cache dir).
+    """
+    outputs = _choose(teacher, teacher_sha256, reads_features, feature_names, pipeline, ctx)
+    if ctx.runtime.compile:
+        outputs.source.teacher = torch.compile(outputs.source.teacher)
+    return outputs
+
+
+def _choose(
+    teacher: nn.Module,
+    teacher_sha256: str,
+    reads_features: bool,
+    feature_names: Sequence[str],
+    pipeline: Any,
+    ctx: Any,
+) -> TeacherOutputs:
+    runtime = ctx.runtime
+    cache = ctx.cfg.soft_label_cache
+    if reads_features or feature_names:
+        log.info("the method reads features: the teacher runs on every batch")
+        return TeacherOutputs(LiveTeacher(teacher, runtime, list(feature_names)), "live")
+    if not cache.enabled:
+        return TeacherOutputs(LiveTeacher(teacher, runtime), "live")
+    if not getattr(pipeline, "supports_logit_cache", False):
+        log.info("soft-label cache does not apply to this dataset pipeline: the teacher runs on every batch")
+        return TeacherOutputs(LiveTeacher(teacher, runtime), "live")
+    from kd_hydra.identity import plain
+
+    dtype = CACHE_DTYPES[str(plain(cache.dtype))]
+    description = cache_description(
+        teacher_sha256,
+        ctx.data_digest,
+        plain(ctx.cfg.dataset.augment),
+        plain(ctx.cfg.dataset.normalize),
+        ctx.cfg.trainer.seed,
+        dtype,
+        cache.top_k,
+        runtime.autocast_dtype,
+        runtime.channels_last,
+    )
+    cached = CachedTeacher(
+        ctx.cache_path("soft_labels"),
+        description,
+        teacher,
+        pipeline,
+        runtime,
+        num_classes=ctx.spec.num_classes,
+        dtype=dtype,
+        top_k=cache.top_k,
+        batch_size=fill_batch_size(cache.batch_size, runtime.device),
+        max_bytes=int(cache.max_gb * BYTES_PER_GB),
+    )
+    return TeacherOutputs(cached, "cache")

@@ -1,0 +1,153 @@
+"""The run context: everything a run's recipe reads, built once before any training and never changed."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from kd_hydra import schema
+from kd_hydra.checkpoints import ArchSignature
+from kd_hydra.data import build_pipeline, load_dataset
+from kd_hydra.errors import ConfigError
+from kd_hydra.identity import plain
+from kd_hydra.instantiate import build
+from kd_hydra.loggers import RunLoggers
+from kd_hydra.runtime import Runtime, configure_threads, resolve_runtime
+
+log = logging.getLogger(__name__)
+
+PROBE_BATCH = 2
+#: Which config node builds each role's network, and which seed initialises it.
+ROLE_SEEDS = {"teacher": "teacher_training.seed", "student": "trainer.seed"}
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """A run's settings, where it writes, how it computes, the data it reads and its trackers."""
+
+    cfg: DictConfig
+    out_dir: Path
+    runtime: Runtime
+    data: Any
+    data_digest: str
+    started: float
+    trackers: RunLoggers
+
+    @property
+    def spec(self) -> Any:
+        return self.data.spec
+
+    @property
+    def top5(self) -> bool:
+        return self.spec.num_classes >= schema.TOP5_MIN_CLASSES
+
+    def cache_path(self, name: str) -> Path:
+        """``<paths.cache_dir>/<name>``: the teacher store, soft labels, teacher evaluations."""
+        return Path(self.cfg.paths.cache_dir) / name
+
+    def arch(self, role: str) -> ArchSignature:
+        node, spec = self.cfg[role], self.spec
+        return ArchSignature(
+            name=node.name,
+            source=node.get("source", "zoo"),
+            num_classes=spec.num_classes,
+            in_channels=spec.channels,
+            image_size=spec.image_size,
+        )
+
+    def network(self, role: str) -> nn.Module:
+        """The ``teacher`` or ``student`` network for this dataset's shape, seeded, checked by a probe forward."""
+        node, spec = self.cfg[role], self.spec
+        torch.manual_seed(OmegaConf.select(self.cfg, ROLE_SEEDS[role]))
+        try:
+            model = build(node, num_classes=spec.num_classes, in_channels=spec.channels, image_size=spec.image_size)
+        except ConfigError as error:
+            raise ConfigError(f"{role}.{error.key}", str(error).split(": ", 1)[-1]) from error
+        except Exception as error:
+            raise ConfigError(role, f"{node.name} cannot be built: {error}") from error
+        shape = f"{spec.channels}x{spec.image_size}x{spec.image_size}, {spec.num_classes} classes"
+        probe = torch.zeros(PROBE_BATCH, spec.channels, spec.image_size, spec.image_size)
+        model.eval()
+        try:
+            with torch.no_grad():
+                logits = model(probe)
+        except Exception as error:
+            raise ConfigError(role, f"{node.name} does not fit dataset {spec.name} ({shape}): {error}") from error
+        if tuple(logits.shape) != (PROBE_BATCH, spec.num_classes):
+            raise ConfigError(
+                role,
+                f"{node.name} gives logits of shape {tuple(logits.shape)[1:]} on dataset "
+                f"{spec.name} ({shape}); expected ({spec.num_classes},)",
+            )
+        return model
+
+    def pipeline(self, batch_size: int, seed: int) -> Any:
+        """Training and evaluation batches of this run's data on its device."""
+        trainer = self.cfg.trainer
+        return build_pipeline(
+            self.data,
+            self.cfg.dataset,
+            batch_size=batch_size,
+            device=self.runtime.device,
+            seed=seed,
+            channels_last=self.runtime.channels_last,
+            eval_batch_size=trainer.eval_batch_size,
+            num_workers=trainer.num_workers,
+        )
+
+
+def launcher_parallel_jobs() -> int:
+    """How many jobs the Hydra launcher runs at once (1 outside Hydra or for a sequential launcher)."""
+    if not HydraConfig.initialized():
+        return 1
+    n_jobs = OmegaConf.select(HydraConfig.get(), "launcher.n_jobs", default=None)
+    if not isinstance(n_jobs, int):
+        return 1
+    import os
+
+    return (os.cpu_count() or 1) if n_jobs < 0 else max(1, n_jobs)
+
+
+def open_context(cfg: DictConfig, out_dir: Path, started: float | None = None) -> RunContext:
+    """Resolve the runtime, use the CPU threads, and load the data (with its content digest)."""
+    threads = configure_threads(cfg.trainer.num_threads, launcher_parallel_jobs())
+    trainer = cfg.trainer
+    runtime = resolve_runtime(trainer.device, plain(trainer.precision), trainer.channels_last, trainer.compile)
+    log.info(
+        "mode=%s device=%s precision=%s threads=%d output=%s",
+        plain(cfg.mode),
+        runtime.device,
+        runtime.autocast_dtype or "fp32",
+        threads,
+        out_dir,
+    )
+    data = load_dataset(cfg.dataset)
+    spec = data.spec
+    log.info(
+        "dataset %s: %d train / %d validation / %d test images, %dx%dx%d, %d classes",
+        spec.name,
+        spec.num_train,
+        spec.num_val,
+        spec.num_test,
+        spec.channels,
+        spec.image_size,
+        spec.image_size,
+        spec.num_classes,
+    )
+    return RunContext(
+        cfg=cfg,
+        out_dir=out_dir,
+        runtime=runtime,
+        data=data,
+        data_digest=data.fingerprint(),
+        started=time.perf_counter() if started is None else started,
+        trackers=RunLoggers(),
+    )

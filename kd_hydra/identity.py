@@ -1,0 +1,153 @@
+"""What makes two runs, or two teachers, "the same": one definition used by the store, the sweep and resume.
+
+Pure Python on top of OmegaConf (no torch): ``analysis`` and the sweeper may import it.
+
+- :func:`digest` is the one content hash of a JSON-able description (key order does not matter).
+- :func:`flatten` is the one flattener of nested settings into dotted keys.
+- :func:`training_settings` is a run's resolved config without the keys that do not change what it computes.
+- :func:`teacher_identity` says which teacher a run needs; :func:`run_identity` what a run directory holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from enum import Enum
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+#: Config keys that do not change what a run computes: they may differ between a run and its resumption.
+#: The device is not among them: a run resumed on another device would mix numerics.
+NON_TRAINING_KEYS = (
+    "paths",
+    "logger",
+    "hydra",
+    "optimized_metric",
+    "trainer.resume",
+    "trainer.checkpoint_every",
+    "trainer.progress",
+    "trainer.num_threads",
+    "trainer.num_workers",
+    "trainer.save_checkpoint",
+    "trainer.save_best",
+    "trainer.save_every",
+    "trainer.eval_batch_size",
+    "soft_label_cache.max_gb",
+    "soft_label_cache.batch_size",
+)
+#: Config groups a run of each mode reads; the others do not change what it computes.
+MODE_GROUPS = {
+    "teacher": ("mode", "dataset", "teacher", "teacher_training"),
+    "student": ("mode", "dataset", "student", "optimizer", "scheduler", "trainer"),
+    "distill": None,  # everything
+}
+#: Dataset keys that say where the data is or how it is read, not what it is (the content digest says that).
+DATA_LOCATION_KEYS = ("loader", "path", "root", "in_memory", "max_memory_gb", "download", "verify_checksums")
+IDENTITY_FORMAT = 2
+
+
+def digest(description: Any) -> str:
+    """SHA-256 (hex) of a JSON-serialisable description, independent of key order."""
+    canonical = json.dumps(description, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def plain(node: Any) -> Any:
+    """A config node as plain resolved Python values (enums as their values); other values unchanged."""
+    if OmegaConf.is_config(node):
+        return OmegaConf.to_container(node, resolve=True, enum_to_str=True)
+    return node.value if isinstance(node, Enum) else node
+
+
+def flatten(node: Mapping[str, Any] | DictConfig, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as ``{"loss.temperature": 4.0, ...}``; lists and other leaves kept as they are."""
+    flat: dict[str, Any] = {}
+    for key, value in plain(node).items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, dotted + "."))
+        else:
+            flat[dotted] = plain(value)
+    return flat
+
+
+def _excluded(dotted: str, prefixes: tuple[str, ...]) -> bool:
+    return any(dotted == p or dotted.startswith(p + ".") for p in prefixes)
+
+
+def training_settings(cfg: DictConfig) -> dict[str, Any]:
+    """Every resolved setting as dotted keys, without :data:`NON_TRAINING_KEYS` (the record in metrics.json)."""
+    return {k: v for k, v in flatten(cfg).items() if not _excluded(k, NON_TRAINING_KEYS)}
+
+
+def mode_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Of a run's training settings, those its mode reads (a baseline ignores the teacher and the loss)."""
+    groups = MODE_GROUPS.get(str(settings.get("mode")))
+    if groups is None:
+        return dict(settings)
+    return {k: v for k, v in settings.items() if _excluded(k, groups) and k != "teacher.checkpoint"}
+
+
+def recorded_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Settings as metrics.json keeps them: every key, None where the run's mode does not read it."""
+    read = mode_settings(settings)
+    return {k: (read[k] if k in read else None) for k in settings}
+
+
+def data_identity(dataset: DictConfig | Mapping[str, Any], content_digest: str) -> dict[str, Any]:
+    """What determines the images a model trains on: the content digest plus the dataset's other settings."""
+    settings = {k: v for k, v in plain(dataset).items() if k not in DATA_LOCATION_KEYS}
+    return {"content": content_digest, **settings}
+
+
+def dataset_config_digest(dataset: DictConfig) -> str:
+    """Stand-in for the content digest before any data is read (equal configs of one sweep read equal files)."""
+    return digest(plain(dataset))
+
+
+def teacher_identity(cfg: DictConfig, content_digest: str) -> dict[str, Any]:
+    """Everything that determines a trained teacher: its arch, the data and its own recipe (``teacher_training``).
+
+    It is the teacher store's key, the sweep's grouping of distill jobs into teacher jobs (with
+    :func:`dataset_config_digest` standing in for the content digest) and part of a distill run's identity.
+    Not in it: the student's settings (``trainer``, ``optimizer``, ``scheduler``), which never train a teacher,
+    and the device, since a teacher trained on one device serves runs on any other.
+    """
+    arch = {k: v for k, v in plain(cfg.teacher).items() if k not in ("checkpoint", "_target_")}
+    return {
+        "format": IDENTITY_FORMAT,
+        "arch": arch,
+        "data": data_identity(cfg.dataset, content_digest),
+        "training": plain(cfg.teacher_training),
+    }
+
+
+def teacher_id(cfg: DictConfig, content_digest: str, checkpoint_sha256: str | None = None) -> str:
+    """The digest that names a distill run's teacher: its checkpoint's SHA-256, else its identity's digest."""
+    if checkpoint_sha256 is not None:
+        return f"sha256:{checkpoint_sha256}"
+    return digest(teacher_identity(cfg, content_digest))
+
+
+def run_identity(settings: Mapping[str, Any], content_digest: str | None, teacher: str | None) -> dict[str, Any]:
+    """What a run directory's results depend on: the settings its mode reads, the data's content, the teacher.
+
+    ``settings`` are :func:`training_settings` (as metrics.json keeps them).
+    """
+    return {"settings": mode_settings(settings), "data_digest": content_digest, "teacher_id": teacher}
+
+
+def identity_differences(saved: Mapping[str, Any], current: Mapping[str, Any], shown: int = 4) -> str:
+    """``key: saved -> current`` for the first differing settings, data content or teacher; empty when equal."""
+    old, new = dict(saved.get("settings") or {}), dict(current.get("settings") or {})
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    lines = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:shown]]
+    if len(keys) > shown:
+        lines.append(f"and {len(keys) - shown} more settings")
+    if saved.get("data_digest") != current.get("data_digest"):
+        lines.append("the dataset's content changed")
+    if saved.get("teacher_id") != current.get("teacher_id"):
+        lines.append("the teacher's weights changed")
+    return "; ".join(lines)

@@ -1,0 +1,112 @@
+"""A run directory's record, written only by the run it describes.
+
+The record is ``.hydra/`` (config, hydra config, overrides), ``metrics.json``, ``history.csv``, ``model.pt``,
+``checkpoint.pt`` and the saved checkpoints under ``checkpoints/``. kd-hydra writes ``.hydra/`` itself
+(``hydra.output_subdir`` is null) once the directory is *claimed*: after the run's identity (its settings,
+its data's content digest and its teacher) was compared with any record already there. A completed run of
+the same identity is left alone; a completed run, or a resumable checkpoint, of another identity is refused
+with what differs; nothing of a record changes before the claim. This module is also the one reader of
+metrics.json (no torch: the analysis and the sweeper use it).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from kd_hydra import schema
+from kd_hydra.errors import ConfigError
+from kd_hydra.identity import identity_differences, run_identity
+from kd_hydra.outputs import atomic_write_text
+
+MODEL_FILE = "model.pt"
+CHECKPOINTS_DIR = "checkpoints"
+#: Files and folders of a run's results: removed when a run starts over in the same directory.
+RESULT_FILES = (schema.METRICS_FILE, schema.HISTORY_FILE, MODEL_FILE, schema.TRAIN_STATE_FILE, CHECKPOINTS_DIR)
+
+
+def read_metrics(run_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """``(record, None)`` for a readable metrics.json object, else ``(None, why)``; never raises."""
+    path = Path(run_dir) / schema.METRICS_FILE
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None, f"no {schema.METRICS_FILE} (the job did not finish)"
+    except (OSError, ValueError, UnicodeDecodeError) as error:
+        return None, f"{schema.METRICS_FILE} unreadable ({type(error).__name__})"
+    if not isinstance(record, dict):
+        return None, f"{schema.METRICS_FILE} is not a JSON object"
+    return record, None
+
+
+def run_status(run_dir: Path) -> tuple[str, str | None]:
+    """``(status, reason)`` of a run directory: completed, failed, or unfinished (no or unreadable metrics)."""
+    record, problem = read_metrics(run_dir)
+    if record is None:
+        return schema.STATUS_UNFINISHED, problem
+    status = record.get("status")
+    if status not in (schema.STATUS_COMPLETED, schema.STATUS_FAILED):
+        return schema.STATUS_UNFINISHED, f"{schema.METRICS_FILE} has no valid status ({status!r})"
+    reason = record.get("reason")
+    return status, reason if isinstance(reason, str) or reason is None else str(reason)
+
+
+def saved_identity(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The identity a completed record describes (see :func:`kd_hydra.identity.run_identity`)."""
+    settings = record.get("settings")
+    settings = settings if isinstance(settings, Mapping) else {}
+    return run_identity(settings, record.get("data_digest"), record.get("teacher_id"))
+
+
+class RunDirectory:
+    """One run's directory: check a rerun against its record, then claim it (write ``.hydra/``)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def completed_record(self, identity: Mapping[str, Any], overwrite: bool) -> dict[str, Any] | None:
+        """The record of a completed run of this identity (left alone), else None (this run may go on).
+
+        A completed run of another identity is a ConfigError naming what differs, unless ``overwrite``.
+        """
+        record, _ = read_metrics(self.path)
+        if record is None or record.get("status") != schema.STATUS_COMPLETED:
+            return None
+        differences = identity_differences(saved_identity(record), identity)
+        if not differences:
+            return record
+        if overwrite:
+            return None
+        raise ConfigError(
+            "trainer.resume",
+            f"{self.path} holds a completed run of another identity ({differences}); nothing in it was changed: "
+            "use another run directory, or trainer.resume=never to replace it",
+        )
+
+    def holds_record(self) -> bool:
+        """Whether a run's results or resumable state are here (then a failure before the claim writes nothing)."""
+        return any((self.path / name).exists() for name in (schema.METRICS_FILE, schema.TRAIN_STATE_FILE))
+
+    def claim(self, cfg: DictConfig, hydra_node: DictConfig | None, overrides: list[str], fresh: bool) -> None:
+        """Write ``.hydra/`` for this run; with ``fresh``, first remove an earlier run's results."""
+        if fresh:
+            for name in RESULT_FILES:
+                target = self.path / name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                else:
+                    target.unlink(missing_ok=True)
+        self.write_settings(cfg, hydra_node, overrides)
+
+    def write_settings(self, cfg: DictConfig, hydra_node: DictConfig | None, overrides: list[str]) -> None:
+        """``.hydra/config.yaml``, ``hydra.yaml`` and ``overrides.yaml``, as Hydra writes them, atomically."""
+        folder = self.path / schema.HYDRA_DIR
+        atomic_write_text(folder / schema.CONFIG_FILE, OmegaConf.to_yaml(cfg))
+        if hydra_node is not None:
+            atomic_write_text(folder / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_node})))
+        atomic_write_text(folder / schema.OVERRIDES_FILE, OmegaConf.to_yaml(OmegaConf.create(list(overrides))))

@@ -1,0 +1,90 @@
+"""Where and how tensors are computed: device, autocast precision, memory format, compile, CPU threads."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from kd_hydra.config import Precision
+from kd_hydra.errors import ConfigError
+
+#: Devices where ``trainer.channels_last=null`` means on: CUDA, and the CPU, where it made the training step of
+#: every zoo model 1.13-1.63x faster (benchmarks/cpu_defaults.py, benchmarks/README.md).
+CHANNELS_LAST_DEVICES = ("cuda", "cpu")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how tensors are computed: device, autocast dtype (None = fp32), memory format."""
+
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+    channels_last: bool
+    compile: bool
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Move ``model`` to the device and memory format of this runtime."""
+        model = model.to(self.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA, then MPS, then CPU; an explicit accelerator must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("trainer.device", f"'{name}' requested but no CUDA device is available; use auto or cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("trainer.device", "'mps' requested but MPS is not available; use auto or cpu")
+    return torch.device(name)
+
+
+def resolve_runtime(device: str, precision: str, channels_last: bool | None, compile: bool) -> Runtime:
+    """Turn trainer settings into a :class:`Runtime`; fp16 needs CUDA, ``auto`` means bf16 on CUDA."""
+    resolved = resolve_device(device)
+    chosen = Precision(precision)
+    on_cuda = resolved.type == "cuda"
+    if chosen is Precision.auto:
+        chosen = Precision.bf16 if on_cuda and torch.cuda.is_bf16_supported() else Precision.fp32
+    if chosen is Precision.fp16 and not on_cuda:
+        raise ConfigError("trainer.precision", f"fp16 needs a CUDA device (device is {resolved}); use bf16 or fp32")
+    dtype = {Precision.fp32: None, Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}[chosen]
+    return Runtime(
+        device=resolved,
+        autocast_dtype=dtype,
+        channels_last=resolved.type in CHANNELS_LAST_DEVICES if channels_last is None else bool(channels_last),
+        compile=compile,
+    )
+
+
+def with_precision(runtime: Runtime, precision: str) -> Runtime:
+    """The same runtime with another precision (a teacher's own recipe may ask for one)."""
+    resolved = resolve_runtime(str(runtime.device), precision, runtime.channels_last, runtime.compile)
+    return replace(runtime, autocast_dtype=resolved.autocast_dtype)
+
+
+def configure_threads(num_threads: int | None, parallel_jobs: int = 1) -> int:
+    """Use ``num_threads`` CPU threads, or the cores shared by ``parallel_jobs`` jobs when None."""
+    if num_threads is None:
+        num_threads = max(1, (os.cpu_count() or 1) // max(1, parallel_jobs))
+    torch.set_num_threads(num_threads)
+    return num_threads
