@@ -34,7 +34,7 @@ def run_experiment(
     output_dir: str | os.PathLike | None = None,
     config_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Run one job with command-line style ``overrides``; return its metrics.json record.
+    """Run one job with command-line style ``overrides`` (a string is one override); return its metrics.json record.
 
     ``output_dir``: the run directory (default: ``hydra.run.dir``, i.e. ``<paths.output_dir>/runs/<date>/<time>``).
     ``config_dir``: a directory of your own config groups, searched first (like ``--config-dir``).
@@ -43,7 +43,7 @@ def run_experiment(
     """
     from kd_hydra.app import run  # torch is imported only when a job runs
 
-    overrides = list(overrides)
+    overrides = [overrides] if isinstance(overrides, str) else list(overrides)  # one override, not its letters
     with hydra_session(config_dir) as hydra:
         cfg = compose(hydra, overrides)
         if output_dir is not None:

@@ -16,6 +16,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from kd_hydra.dataset_config import DatasetSchema, check_dataset
 from kd_hydra.errors import ConfigError
 
 
@@ -74,11 +75,17 @@ class TrainerConfig:
     progress: bool = True
 
 
+def env_or_default(name: str, default: str) -> str:
+    """The ``kd_env`` resolver: environment variable ``name``, or ``default`` when it is unset or empty."""
+    value = os.environ.get(name, "")
+    return value if value.strip() else default
+
+
 @dataclass
 class PathsConfig:
-    data_dir: str = "${oc.env:KD_HYDRA_DATA_DIR,data}"
-    output_dir: str = "${oc.env:KD_HYDRA_OUTPUT_DIR,outputs}"
-    cache_dir: str = "${oc.env:KD_HYDRA_CACHE_DIR,cache}"
+    data_dir: str = "${kd_env:KD_HYDRA_DATA_DIR,data}"
+    output_dir: str = "${kd_env:KD_HYDRA_OUTPUT_DIR,outputs}"
+    cache_dir: str = "${kd_env:KD_HYDRA_CACHE_DIR,cache}"
 
 
 @dataclass
@@ -110,7 +117,7 @@ LOSS_COMMON_DEFAULTS = {"add_kd_weight": 0.0, "add_kd_temperature": 4.0}
 @dataclass
 class RootConfig:
     mode: Mode = Mode.distill
-    dataset: Any = MISSING
+    dataset: DatasetSchema = MISSING  # kd_hydra.dataset_config: the same keys for every dataset
     teacher: Any = MISSING
     student: Any = MISSING
     loss: Any = field(default_factory=lambda: dict(LOSS_COMMON_DEFAULTS))  # the method's keys merge in
@@ -125,7 +132,7 @@ class RootConfig:
 
 
 def register_configs() -> None:
-    """Store the root schema ``base_config`` and the ``kd_cpu_count`` resolver.
+    """Store the root schema ``base_config`` and the ``kd_cpu_count`` and ``kd_env`` resolvers.
 
     A method's ``loss.*`` keys have no schema here: they are checked against its class's signature in
     :func:`validate` (so no ``loss`` option exists but the YAML files, and users' classes check the same way).
@@ -133,6 +140,7 @@ def register_configs() -> None:
     store = ConfigStore.instance()
     store.store(name="base_config", node=RootConfig)
     OmegaConf.register_new_resolver("kd_cpu_count", lambda: os.cpu_count() or 1, replace=True)
+    OmegaConf.register_new_resolver("kd_env", env_or_default, replace=True)
 
 
 def _validate_method(loss: Any, mode: Mode) -> None:
@@ -158,34 +166,16 @@ def _require(condition: bool, key: str, message: str) -> None:
         raise ConfigError(key, message)
 
 
-def _require_number(node: Any, key: str, prefix: str, positive: bool = False) -> None:
-    """``node[key]`` is a finite number (and > 0 when ``positive``) or ConfigError naming ``prefix.key``."""
-    value = node.get(key) if isinstance(node, DictConfig) else None
-    if value is None and not positive:
-        return
-    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    wanted = "a finite number > 0" if positive else "a finite number"
-    _require(
-        is_number and math.isfinite(value) and (not positive or value > 0),
-        f"{prefix}.{key}",
-        f"must be {wanted} (got {value!r})",
-    )
-
-
-def _validate_optimizer(node: Any, prefix: str) -> None:
-    _require_number(node, "lr", prefix, positive=True)
-    for key in ("weight_decay", "momentum"):
-        _require_number(node, key, prefix)
-
-
 def validate(cfg: DictConfig) -> None:
     """Check values and combinations of a composed config; raise :class:`ConfigError` on the first bad one.
 
     Only cheap checks that need no data: safe to run on every job of a sweep before any starts.
     """
     from kd_hydra.data.load import check_required
+    from kd_hydra.optim_checks import check_optimization
 
     check_required(cfg.dataset, "dataset")
+    check_dataset(cfg.dataset)
     mode = Mode(cfg.mode)
     _validate_method(cfg.loss, mode)
 
@@ -216,16 +206,16 @@ def validate(cfg: DictConfig) -> None:
         f"must be >= 0 or null (got {trainer.num_workers})",
     )
 
-    _validate_optimizer(cfg.optimizer, "optimizer")
+    check_optimization(cfg.optimizer, cfg.scheduler, "", trainer.epochs)
     if mode in (Mode.distill, Mode.eval):
         checkpoint = cfg.teacher.get("checkpoint")
         if checkpoint is not None:
             _require(os.path.isfile(checkpoint), "teacher.checkpoint", f"no such file: {checkpoint}")
-    if mode is Mode.distill:
+    if mode in (Mode.distill, Mode.teacher):
         tt = cfg.teacher_training
         for key in ("epochs", "batch_size"):
             _require(tt[key] >= 1, f"teacher_training.{key}", f"must be >= 1 (got {tt[key]})")
-        _validate_optimizer(tt.optimizer, "teacher_training.optimizer")
+        check_optimization(tt.optimizer, tt.scheduler, "teacher_training.", tt.epochs)
 
     from kd_hydra.loggers import check_loggers
 

@@ -19,7 +19,9 @@ import json
 import logging
 import math
 import numbers
+import os
 import re
+import socket
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from enum import Enum
@@ -56,6 +58,10 @@ _MLFLOW_MAX_PARAM_VALUE = 6000
 _MLFLOW_MAX_KEY = 250
 _MLFLOW_BAD_KEY_CHARS = re.compile(r"[^\w./\- ]")
 WANDB_MODES = ("offline", "online", "disabled")
+#: Seconds a tracker may take to reach its server before it falls back (``logger.<name>.timeout_s``).
+DEFAULT_TIMEOUT_S = 5.0
+#: MLflow's HTTP retries per request against a reachable server (its own default retries for minutes).
+MLFLOW_HTTP_RETRIES = 2
 
 Scalar = str | int | float | bool | None
 
@@ -198,16 +204,44 @@ class TensorBoardTracker:
         self._writer.close()
 
 
+def check_timeout(timeout_s: Any) -> float:
+    """``timeout_s`` as a float, or a ConfigError unless it is a finite number > 0."""
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not 0 < timeout_s < math.inf:
+        raise ConfigError("timeout_s", f"must be a finite number of seconds > 0 (got {timeout_s!r})")
+    return float(timeout_s)
+
+
+def unreachable_reason(uri: str, timeout_s: float) -> str | None:
+    """Why the HTTP(S) server of ``uri`` cannot be connected to within ``timeout_s`` (None: it can, or not HTTP)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=timeout_s):
+            return None
+    except OSError as error:
+        return f"{type(error).__name__}: {error.strerror or error}"
+
+
 class MLflowTracker:
     """One MLflow run per job: experiment = ``experiment`` or the group, run name = the job's overrides.
 
     The store is ``tracking_uri``, or by default ``sqlite:///<store_dir>/mlflow.db`` shared by every run
-    (writes to it are serialised with a file lock so parallel jobs do not collide).
+    (writes to it are serialised with a file lock so parallel jobs do not collide). A tracking server
+    that cannot be reached within ``timeout_s`` is replaced by that local store, with one warning.
     """
 
     def __init__(
-        self, tracking_uri: str | None = None, store_dir: str = "outputs", experiment: str | None = None
+        self,
+        tracking_uri: str | None = None,
+        store_dir: str = "outputs",
+        experiment: str | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> None:
+        self.timeout_s = check_timeout(timeout_s)
         self._client_cls = _import("mlflow.tracking").MlflowClient
         self._entities = _import("mlflow.entities")
         self.tracking_uri = tracking_uri
@@ -217,8 +251,28 @@ class MLflowTracker:
         self._client: Any = None
         self._lock: Any = contextlib.nullcontext()
 
-    def start(self, run_name: str, group: str, out_dir: Path) -> None:
+    def _reachable_uri(self) -> str | None:
+        """``tracking_uri``, or None (the local store) when its server does not answer within ``timeout_s``."""
         uri = self.tracking_uri
+        if uri is None:
+            return None
+        reason = unreachable_reason(uri, self.timeout_s)
+        if reason is not None:
+            LOG.warning(
+                "logger.mlflow: cannot reach %s within %g s (%s); logging to the local store in %s instead",
+                uri,
+                self.timeout_s,
+                reason,
+                self.store_dir.resolve() / MLFLOW_DB_FILE,
+            )
+            return None
+        # a reachable server that stalls: MLflow's own timeout and retries, bounded (a user's settings win)
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, round(self.timeout_s))))
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(MLFLOW_HTTP_RETRIES))
+        return uri
+
+    def start(self, run_name: str, group: str, out_dir: Path) -> None:
+        uri = self._reachable_uri()
         if uri is None:
             from filelock import FileLock
 
@@ -276,13 +330,20 @@ class MLflowTracker:
 
 class WandbTracker:
     """A Weights & Biases run (offline by default): group = the group, name = the job's overrides,
-    files under ``<run dir>/wandb/``; final metrics go to the run summary."""
+    files under ``<run dir>/wandb/``; final metrics go to the run summary. An online run that cannot
+    start within ``timeout_s`` is logged offline instead, with one warning."""
 
     def __init__(
-        self, mode: str = "offline", project: str = "kd-hydra", entity: str | None = None, tags: Sequence[str] = ()
+        self,
+        mode: str = "offline",
+        project: str = "kd-hydra",
+        entity: str | None = None,
+        tags: Sequence[str] = (),
+        timeout_s: float = DEFAULT_TIMEOUT_S * 6,
     ) -> None:
         if mode not in WANDB_MODES:
             raise ConfigError("mode", f"must be one of {', '.join(WANDB_MODES)} (got '{mode}')")
+        self.timeout_s = check_timeout(timeout_s)
         self._wandb = _import("wandb")
         self.mode = mode
         self.project = project
@@ -291,19 +352,38 @@ class WandbTracker:
         self.run: Any = None
 
     def start(self, run_name: str, group: str, out_dir: Path) -> None:
-        settings = self._wandb.Settings(silent=True, console="off", disable_git=True, x_disable_stats=True)
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        self.run = self._wandb.init(
-            mode=self.mode,
-            project=self.project,
-            entity=self.entity,
-            group=group,
-            name=run_name,
-            dir=str(out_dir),
-            tags=self.tags or None,
-            reinit="finish_previous",
-            settings=settings,
+        settings = self._wandb.Settings(
+            silent=True, console="off", disable_git=True, x_disable_stats=True, init_timeout=self.timeout_s
         )
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+
+        def init(mode: str) -> Any:
+            return self._wandb.init(
+                mode=mode,
+                project=self.project,
+                entity=self.entity,
+                group=group,
+                name=run_name,
+                dir=str(out_dir),
+                tags=self.tags or None,
+                reinit="finish_previous",
+                settings=settings,
+            )
+
+        try:
+            self.run = init(self.mode)
+        except Exception as exc:
+            if self.mode != "online":
+                raise
+            LOG.warning(
+                "logger.wandb: cannot start online within %g s (%s: %s); logging offline in %s instead "
+                "(wandb sync uploads it later)",
+                self.timeout_s,
+                type(exc).__name__,
+                str(exc).splitlines()[0] if str(exc) else "",
+                Path(out_dir) / "wandb",
+            )
+            self.run = init("offline")
 
     def log_hparams(self, flat_config: dict[str, Scalar]) -> None:
         self.run.config.update(flat_config, allow_val_change=True)

@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import yaml
 from hydra._internal.hydra import Hydra
 from hydra._internal.utils import create_config_search_path
 from hydra.core.config_search_path import SearchPathQuery
@@ -26,8 +27,11 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from kd_hydra.config import Mode, register_configs
+from kd_hydra.config_files import check_config_files
+from kd_hydra.dataset_config import check_dataset
 from kd_hydra.errors import ConfigError
 from kd_hydra.objective import check_optimized_metric
+from kd_hydra.search_space import check_no_hydra_sweep, check_optuna_sweep
 
 CONFIG_NAME = "config"
 #: Hydra job name: the run log is ``<run dir>/run.log`` whichever entrypoint started the job.
@@ -39,6 +43,18 @@ CLONE_CONFIGS = Path(__file__).resolve().parents[1] / "conf"
 
 _AMBIGUOUS = re.compile(r"Ambiguous value for argument '([^=']+)=([^']*)'")
 _ALREADY_THERE = re.compile(r"An item is already at '([^']+)'")
+
+
+def config_directories(config_dir: str | os.PathLike | None = None) -> list[Path]:
+    """The directories of the config search path: ``config_dir`` (when given) and kd-hydra's own configs."""
+    source = config_source()
+    if source == PACKAGED_CONFIGS:
+        from importlib.resources import files
+
+        own = Path(str(files("kd_hydra.conf")))
+    else:
+        own = Path(source)
+    return ([Path(config_dir).absolute()] if config_dir is not None else []) + [own]
 
 
 def config_source() -> str:
@@ -58,6 +74,8 @@ def hydra_session(config_dir: str | os.PathLike | None = None) -> Iterator[Hydra
         extra = Path(config_dir).absolute()
         if not extra.is_dir():
             raise ConfigError("--config-dir", f"{extra} is not a directory")
+    check_config_files(config_directories(config_dir))
+    if config_dir is not None:
         search_path.prepend(provider="command-line", path=f"file://{extra}", anchor=SearchPathQuery(provider="schema"))
     global_hydra = GlobalHydra.instance()
     previous = global_hydra.hydra if global_hydra.is_initialized() else None
@@ -113,7 +131,7 @@ def compose(hydra: Hydra, overrides: Sequence[str], config_name: str = CONFIG_NA
         return hydra.compose_config(
             config_name=config_name, overrides=list(overrides), run_mode=RunMode.RUN, with_log_configuration=False
         )
-    except (HydraException, OmegaConfBaseException, OSError) as error:
+    except (HydraException, OmegaConfBaseException, OSError, yaml.YAMLError) as error:
         raise composition_error(error) from error
 
 
@@ -189,9 +207,13 @@ def check_command_line(
     overrides: Sequence[str], multirun: bool, config_dir: str | None = None, config_name: str = CONFIG_NAME
 ) -> None:
     """Compose every distinct value of the command line's sweeps and check the directories; raise ConfigError."""
-    jobs = representative_jobs(overrides)
+    jobs = representative_jobs(overrides)  # parses the overrides: a malformed one is a ConfigError here
+    check_no_hydra_sweep(overrides)
     with hydra_session(config_dir) as hydra:
         configs = [compose(hydra, job, config_name) for job in jobs]
+    for cfg in configs:
+        with contextlib.suppress(OmegaConfBaseException):  # a ??? value: reported by validate, naming the key
+            check_dataset(cfg.dataset)
     base = configs[0]
     multirun = multirun or OmegaConf.select(base, "hydra.mode") == RunMode.MULTIRUN
     if not multirun:
@@ -203,4 +225,5 @@ def check_command_line(
                     f"'{value}' is a sweep: add -m (--multirun), or write a list as {override.key_or_group}=[{value}]",
                 )
     check_optimized_metric(str(base.optimized_metric))
+    check_optuna_sweep(base.hydra, overrides)
     check_directories(base, overrides, multirun)

@@ -677,8 +677,13 @@ def test_build_pipeline_for_folders_needs_stats(tmp_path: Path) -> None:
 
 
 def compose(name: str, data_dir: Path, **overrides) -> OmegaConf:
-    paths = {"data_dir": str(data_dir), "cache_dir": str(data_dir / "cache")}
-    cfg = OmegaConf.create({"paths": paths, "dataset": OmegaConf.load(CONF_DIR / f"{name}.yaml")})
+    """The composed config of ``dataset=<name>`` (the dataset schema applied), data and cache under ``data_dir``."""
+    from kd_hydra.preflight import compose as compose_config
+    from kd_hydra.preflight import hydra_session
+
+    paths = [f"paths.data_dir={data_dir}", f"paths.cache_dir={data_dir / 'cache'}"]
+    with hydra_session() as hydra:
+        cfg = compose_config(hydra, [f"dataset={name}", *paths])
     for key, value in overrides.items():
         OmegaConf.update(cfg, f"dataset.{key}", value)
     return cfg

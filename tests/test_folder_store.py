@@ -72,10 +72,10 @@ class CountingDecoder:
         self._real = store.read_image
         monkeypatch.setattr(store, "read_image", self)
 
-    def __call__(self, path: str, image_size: int | None = None) -> torch.Tensor:
+    def __call__(self, path: str, *args: object) -> torch.Tensor:
         with self._lock:
             self.calls += 1
-        return self._real(path, image_size)
+        return self._real(path, *args)
 
 
 def mapped_files() -> list[tuple[int, int, str]]:
@@ -260,8 +260,12 @@ def test_bad_val_fraction(fraction) -> None:
 
 
 def dataset_cfg(name: str, tmp_path: Path, **overrides):
-    paths = {"data_dir": str(tmp_path), "cache_dir": str(tmp_path / "cache")}
-    cfg = OmegaConf.create({"paths": paths, "dataset": OmegaConf.load(CONF_DIR / f"{name}.yaml")})
+    """The composed ``dataset`` node of ``dataset=<name>`` (the dataset schema applied), cache under ``tmp_path``."""
+    from kd_hydra.preflight import compose, hydra_session
+
+    paths = [f"paths.data_dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}"]
+    with hydra_session() as hydra:
+        cfg = compose(hydra, [f"dataset={name}", *paths])
     for key, value in overrides.items():
         OmegaConf.update(cfg, f"dataset.{key}", value)
     return cfg.dataset
@@ -319,22 +323,23 @@ def test_folder_config_with_validation_in_both_modes(tmp_path: Path) -> None:
     root = tmp_path / "images"
     write_folder(root)
     common = {"path": str(root), "image_size": SIZE, "val_fraction": 1 / 3, "loader.decode_workers": 2}
+    stats = {"normalize.mean": list(MEAN3), "normalize.std": list(STD3)}  # streamed files need given statistics
     memory = load_dataset(dataset_cfg("folder", tmp_path, **common))
-    files = load_dataset(dataset_cfg("folder", tmp_path, **common, in_memory=False))
+    files = load_dataset(dataset_cfg("folder", tmp_path, **common, **stats, in_memory=False))
     assert isinstance(memory, ArrayData) and isinstance(files, FolderData)
     assert memory.spec == files.spec and memory.spec.num_val == len(CLASSES)
     assert [files.val[i][1] for i in range(len(files.val))] == memory.y_val.tolist() == [0, 1, 2]
     assert torch.equal(torch.stack([files.val[i][0] for i in range(len(files.val))]), memory.x_val)
-    cfg = dataset_cfg(
-        "folder", tmp_path, **common, in_memory=False, **{"normalize.mean": list(MEAN3), "normalize.std": list(STD3)}
-    )
+    cfg = dataset_cfg("folder", tmp_path, **common, in_memory=False, **stats)
     pipeline = build_pipeline(files, cfg, batch_size=2, device="cpu", seed=0, num_workers=0)
     assert pipeline.has_val
     expected = v2.Normalize(list(MEAN3), list(STD3))(memory.x_val.float() / 255)
     torch.testing.assert_close(torch.cat([x for x, _ in pipeline.val_batches()]), expected, **TOLERANCE)
     assert (
         files.fingerprint()
-        != load_dataset(dataset_cfg("folder", tmp_path, path=str(root), image_size=SIZE, in_memory=False)).fingerprint()
+        != load_dataset(
+            dataset_cfg("folder", tmp_path, path=str(root), image_size=SIZE, in_memory=False, **stats)
+        ).fingerprint()
     )
     with pytest.raises(ConfigError, match=r"^dataset\.val_fraction: is 0\.1; class 'cat' has 3"):
         load_dataset(dataset_cfg("folder", tmp_path, **{**common, "val_fraction": 0.1}))

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 import os
 
-from kd_hydra.data.images import IMAGE_SUFFIXES, RGB_CHANNELS, is_image_name, read_image
+from kd_hydra.data.images import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    IMAGE_SUFFIXES,
+    RGB_CHANNELS,
+    is_image_name,
+    read_image,
+    shown,
+)
 from kd_hydra.data.store import check_decodable, check_memory_budget, decoded_store
 from kd_hydra.data.types import ArrayData, DatasetSpec, FolderData, ImageFileDataset
 from kd_hydra.errors import ConfigError, DataError
@@ -28,12 +35,12 @@ def _check_image_size(image_size: int | None) -> None:
 
 
 def _first_image_size(train: ImageFileDataset) -> int:
-    first = read_image(train.path(0))
+    first = read_image(train.path(0), None, train.max_pixels)
     height, width = int(first.shape[1]), int(first.shape[2])
     if height != width:
         raise ConfigError(
             "dataset.image_size",
-            f"is null and {train.path(0)} is {width}x{height}; expected square "
+            f"is null and {shown(train.path(0))} is {width}x{height}; expected square "
             "images, or set dataset.image_size to resize every image to S x S",
         )
     return height
@@ -50,10 +57,12 @@ def folder_dataset(
     image_size: int | None,
     max_memory_gb: float | None,
     decode_workers: int | None,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> ArrayData | FolderData:
     """Listed image files as ArrayData (decoded once into the store) or, with in_memory false, checked FolderData.
 
-    Images of another size are resized to `image_size` (None: the first training image's size).
+    Images of another size are resized to `image_size` (None: the first training image's size); a file
+    declaring more than `max_image_pixels` pixels is refused before it is decoded.
     """
     if not isinstance(in_memory, bool):
         raise ConfigError(
@@ -69,6 +78,11 @@ def folder_dataset(
             "dataset.loader.decode_workers",
             f"is {decode_workers!r}; expected a positive integer or null (one per core)",
         )
+    if isinstance(max_image_pixels, bool) or not isinstance(max_image_pixels, int) or max_image_pixels < 1:
+        raise ConfigError(
+            "dataset.max_image_pixels", f"is {max_image_pixels!r}; expected a positive integer (width x height)"
+        )
+    train.max_pixels = test.max_pixels = max_image_pixels
     size = _first_image_size(train) if image_size is None else int(image_size)
     train.image_size = test.image_size = size
     spec = DatasetSpec(
@@ -112,7 +126,7 @@ def list_image_folder(
     found = _class_folders(folder)
     if classes is None:
         if not found:
-            raise DataError(f"{folder}: no class folders; expected {_LAYOUT}")
+            raise DataError(f"{shown(folder)}: no class folders; expected {_LAYOUT}")
         classes = found
     index = {name: label for label, name in enumerate(classes)}
     files: list[str] = []
@@ -120,19 +134,19 @@ def list_image_folder(
     for name in found:
         if name not in index:
             raise DataError(
-                f"{os.path.join(folder, name)}: class '{name}' has no folder in "
-                f"{os.path.join(root, TRAIN_FOLDER)}; expected the same class folders in every split"
+                f"{shown(os.path.join(folder, name))}: class {name!r} has no folder in "
+                f"{shown(os.path.join(root, TRAIN_FOLDER))}; expected the same class folders in every split"
             )
         images = _images_under(os.path.join(folder, name), root)
         if not images and split_folder == TRAIN_FOLDER:
             raise DataError(
-                f"{os.path.join(folder, name)}: no image files ({', '.join(IMAGE_SUFFIXES)}); "
+                f"{shown(os.path.join(folder, name))}: no image files ({', '.join(IMAGE_SUFFIXES)}); "
                 "expected at least one training image per class folder"
             )
         files.extend(images)
         labels.extend([index[name]] * len(images))
     if not files:
-        raise DataError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)}); expected {_LAYOUT}")
+        raise DataError(f"{shown(folder)}: no image files ({', '.join(IMAGE_SUFFIXES)}); expected {_LAYOUT}")
     return files, labels, classes
 
 
@@ -145,6 +159,7 @@ def load_folder(
     image_size: int | None = None,
     max_memory_gb: float | None = None,
     decode_workers: int | None = None,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> ArrayData | FolderData:
     """Your images in ImageFolder layout: `<path>/train/<class>/*` and `<path>/test/<class>/*` (or `val/`).
 
@@ -154,10 +169,10 @@ def load_folder(
         raise ConfigError("dataset.path", f"is not set; expected a folder laid out as {_LAYOUT}")
     root = os.path.expanduser(str(path))
     if not os.path.isdir(os.path.join(root, TRAIN_FOLDER)):
-        raise DataError(f"{root}: no '{TRAIN_FOLDER}' folder; expected {_LAYOUT}")
+        raise DataError(f"{shown(root)}: no '{TRAIN_FOLDER}' folder; expected {_LAYOUT}")
     test_folder = next((f for f in TEST_FOLDERS if os.path.isdir(os.path.join(root, f))), None)
     if test_folder is None:
-        raise DataError(f"{root}: no '{TEST_FOLDERS[0]}' or '{TEST_FOLDERS[1]}' folder; expected {_LAYOUT}")
+        raise DataError(f"{shown(root)}: no '{TEST_FOLDERS[0]}' or '{TEST_FOLDERS[1]}' folder; expected {_LAYOUT}")
     train_files, train_labels, classes = list_image_folder(root, TRAIN_FOLDER, None)
     test_files, test_labels, _ = list_image_folder(root, test_folder, classes)
     train = ImageFileDataset(root, train_files, train_labels)
@@ -172,4 +187,5 @@ def load_folder(
         image_size=image_size,
         max_memory_gb=max_memory_gb,
         decode_workers=decode_workers,
+        max_image_pixels=max_image_pixels,
     )

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from kd_hydra.data.image_header import declared_size
+from kd_hydra.dataset_config import DEFAULT_MAX_IMAGE_PIXELS
 from kd_hydra.errors import DataError
 
 #: Suffixes (lower case) taken as images; torchvision decodes JPEG, PNG, WebP and GIF.
@@ -23,6 +26,7 @@ FILE_DIGEST_BYTES = 16
 #: Images (or files) per task handed to a worker thread: amortises scheduling, keeps progress smooth.
 CHUNK = 256
 MAX_DEFAULT_WORKERS = 8
+_READ_BLOCK = 1 << 20
 
 
 def default_workers() -> int:
@@ -35,25 +39,86 @@ def is_image_name(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMAGE_SUFFIXES)
 
 
-def file_digest(path: str) -> bytes:
-    """blake2b digest of the file's bytes, read in streaming fashion."""
+def shown(path: str) -> str:
+    """``path`` for a one-line message: as it is, or ``repr`` when it holds newlines or other unprintables."""
+    return path if path.isprintable() else repr(path)
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):  # fmt: skip
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def open_regular(path: str) -> int:
+    """A read-only descriptor of ``path``; a DataError (never a hang) when it is not a regular file.
+
+    Opened non-blocking, so a FIFO or a device named like an image is refused instead of waited on.
+    """
     try:
-        with open(path, "rb") as handle:
-            return hashlib.file_digest(handle, lambda: hashlib.blake2b(digest_size=FILE_DIGEST_BYTES)).digest()
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as error:
-        raise DataError(f"{path}: cannot read ({error.strerror}); expected a readable image file") from error
+        raise DataError(f"{shown(path)}: cannot read ({error.strerror}); expected a readable image file") from error
+    mode = os.fstat(descriptor).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(descriptor)
+        raise DataError(f"{shown(path)}: is {_file_kind(mode)}; expected a regular image file")
+    return descriptor
 
 
-def read_image(path: str, image_size: int | None = None) -> torch.Tensor:
-    """The file as uint8 RGB (3, H, W); resized (antialiased) to image_size x image_size unless None."""
-    from torchvision.io import ImageReadMode, decode_image, read_file  # on use: slow to import
+def read_bytes(path: str) -> bytes:
+    """The whole content of the regular file ``path`` (see :func:`open_regular`)."""
+    with os.fdopen(open_regular(path), "rb") as handle:
+        try:
+            return handle.read()
+        except OSError as error:
+            raise DataError(f"{shown(path)}: cannot read ({error.strerror}); expected a readable image file") from error
 
+
+def file_digest(path: str) -> bytes:
+    """blake2b digest of the regular file's bytes, read in streaming fashion."""
+    hasher = hashlib.blake2b(digest_size=FILE_DIGEST_BYTES)
+    with os.fdopen(open_regular(path), "rb") as handle:
+        try:
+            while block := handle.read(_READ_BLOCK):
+                hasher.update(block)
+        except OSError as error:
+            raise DataError(f"{shown(path)}: cannot read ({error.strerror}); expected a readable image file") from error
+    return hasher.digest()
+
+
+def check_pixel_budget(path: str, data: bytes, max_pixels: int | None) -> None:
+    """Refuse (one line naming the file and its declared size) an image declaring more than ``max_pixels``."""
+    size = declared_size(data)
+    if max_pixels is None or size is None:
+        return
+    width, height = size
+    if width * height > max_pixels:
+        raise DataError(
+            f"{shown(path)}: declares {width}x{height} = {width * height:,} pixels, over "
+            f"dataset.max_image_pixels={max_pixels:,}; refused before decoding (raise the budget if the image is real)"
+        )
+
+
+def read_image(
+    path: str, image_size: int | None = None, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
+) -> torch.Tensor:
+    """The file as uint8 RGB (3, H, W); resized (antialiased) to image_size x image_size unless None.
+
+    Only regular files are read, and a header declaring more than ``max_pixels`` pixels is refused undecoded.
+    """
+    from torchvision.io import ImageReadMode, decode_image  # on use: slow to import
+
+    data = read_bytes(path)
+    check_pixel_budget(path, data, max_pixels)
     try:
-        image = decode_image(read_file(path), mode=ImageReadMode.RGB)
+        image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
     except (OSError, RuntimeError, ValueError) as error:
         reason = " ".join(str(error).split()) or type(error).__name__
         raise DataError(
-            f"{path}: cannot decode image ({reason}); expected a readable JPEG/PNG/WebP/GIF file"
+            f"{shown(path)}: cannot decode image ({reason}); expected a readable JPEG/PNG/WebP/GIF file"
         ) from error
     if image_size is not None and tuple(image.shape[-2:]) != (image_size, image_size):
         from torchvision.transforms.v2 import functional as TF

@@ -11,6 +11,7 @@ from omegaconf.errors import MissingMandatoryValue
 
 from kd_hydra.data.split import with_validation
 from kd_hydra.data.types import ArrayData, FolderData
+from kd_hydra.dataset_config import check_dataset
 from kd_hydra.errors import ConfigError, DataError
 from kd_hydra.instantiate import build
 
@@ -55,6 +56,7 @@ def load_dataset(dataset_cfg: Mapping[str, Any] | DictConfig) -> ArrayData | Fol
     if not isinstance(dataset_cfg, DictConfig):
         dataset_cfg = OmegaConf.create(dict(dataset_cfg))
     check_required(dataset_cfg, "dataset")
+    check_dataset(dataset_cfg)
     if "loader" not in dataset_cfg:
         raise ConfigError("dataset.loader", "is missing; expected a node with _target_ naming a loader function")
     data = instantiate_loader(dataset_cfg.loader)

@@ -3,7 +3,9 @@
 `<cache_dir>/decoded/<name>-<key>/` holds x_train.npy, y_train.npy, x_test.npy, y_test.npy and
 meta.json. The key digests every file's bytes, relative path and label (and the decode settings),
 so any change of content gives a new entry. An entry is built in a temporary folder under a file
-lock and renamed into place whole; later loads memory-map it.
+lock and renamed into place whole; later loads memory-map it. meta.json records a digest of each
+array file: a load verifies them and the labels' range, and an entry that fails is decoded again
+(with a log line saying why).
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ CHECKED_SUFFIX = ".checked.json"
 DEFAULT_MEMORY_FRACTION = 0.5
 BYTES_PER_GB = 1e9
 _SPLITS = ("train", "test")
+ARRAY_FILES = tuple(f"{kind}_{split}.npy" for kind in ("x", "y") for split in _SPLITS)
+ARRAY_DIGEST_BYTES = 16
+_READ_BLOCK = 1 << 22
 
 
 def physical_memory_bytes() -> int:
@@ -97,6 +102,15 @@ def content_key(
     return hasher.hexdigest()
 
 
+def array_digest(path: Path) -> str:
+    """blake2b hex digest of a store file's bytes."""
+    hasher = hashlib.blake2b(digest_size=ARRAY_DIGEST_BYTES)
+    with open(path, "rb") as handle:
+        while block := handle.read(_READ_BLOCK):
+            hasher.update(block)
+    return hasher.hexdigest()
+
+
 def entry_path(cache_dir: str | os.PathLike, name: str, key: str) -> Path:
     """Where the store entry of dataset `name` with content key `key` lives."""
     return Path(cache_dir).expanduser() / STORE_FOLDER / f"{name}-{key}"
@@ -108,7 +122,7 @@ def decode_split(
     """Decode every item of `dataset` into `out` (N, 3, S, S) uint8, in parallel; `out=None` only checks."""
 
     def one(index: int) -> None:
-        image = read_image(dataset.path(index), image_size)
+        image = read_image(dataset.path(index), image_size, dataset.max_pixels)
         if out is not None:
             out[index] = image.numpy()
 
@@ -143,6 +157,7 @@ def _write_entry(
                 "num_train": spec.num_train,
                 "num_test": spec.num_test,
                 "decode_seconds": round(seconds, 3),
+                "digests": {name: array_digest(temporary / name) for name in ARRAY_FILES},
             },
         )
         for file in temporary.iterdir():
@@ -155,24 +170,43 @@ def _write_entry(
     log.info("decoded %s once: %d images in %.1f s into %s", spec.name, spec.num_train + spec.num_test, seconds, final)
 
 
-def _read_entry(final: Path, spec: DatasetSpec) -> ArrayData | None:
-    """The entry memory-mapped (copy-on-write, so tensors share the pages), or None when incomplete or foreign."""
+def _read_entry(final: Path, spec: DatasetSpec) -> tuple[ArrayData | None, str]:
+    """(the entry memory-mapped (copy-on-write, so tensors share the pages), "") or (None, why it cannot be used).
+
+    The array files must match the digests meta.json recorded when the entry was built, and the labels
+    must lie in [0, number of classes).
+    """
     try:
         meta = json.loads((final / META_FILE).read_text())
+    except (OSError, ValueError) as error:
+        return None, f"unreadable {META_FILE} ({type(error).__name__})"
+    if not isinstance(meta, dict) or meta.get("version") != STORE_VERSION:
+        return None, f"store version {meta.get('version') if isinstance(meta, dict) else None!r}, not {STORE_VERSION}"
+    if tuple(meta.get("classes", ())) != spec.classes:
+        return None, "other class names"
+    digests = meta.get("digests")
+    if not isinstance(digests, dict):
+        return None, "no digests recorded (built by an older version)"
+    try:
+        for name in ARRAY_FILES:
+            if array_digest(final / name) != digests.get(name):
+                return None, f"{name} does not match its recorded digest"
         arrays = {
-            f"{kind}_{split}": np.load(final / f"{kind}_{split}.npy", mmap_mode="c" if kind == "x" else None)
-            for kind in ("x", "y")
-            for split in _SPLITS
+            name.removesuffix(".npy"): np.load(final / name, mmap_mode="c" if name.startswith("x") else None)
+            for name in ARRAY_FILES
         }
-    except (OSError, ValueError):
-        return None
-    if meta.get("version") != STORE_VERSION or tuple(meta.get("classes", ())) != spec.classes:
-        return None
+    except (OSError, ValueError) as error:
+        return None, f"unreadable arrays ({type(error).__name__})"
+    for split in _SPLITS:
+        labels = arrays[f"y_{split}"]
+        if labels.size and (labels.min() < 0 or labels.max() >= len(spec.classes)):
+            return None, f"y_{split} holds labels outside [0, {len(spec.classes)})"
     tensors = {key: torch.from_numpy(value) for key, value in arrays.items()}
     try:
-        return ArrayData(tensors["x_train"], tensors["y_train"], tensors["x_test"], tensors["y_test"], spec)
-    except Exception:  # noqa: BLE001 - a damaged entry is decoded again
-        return None
+        data = ArrayData(tensors["x_train"], tensors["y_train"], tensors["x_test"], tensors["y_test"], spec)
+    except Exception as error:  # noqa: BLE001 - a damaged entry is decoded again
+        return None, str(error).splitlines()[0] if str(error) else type(error).__name__
+    return data, ""
 
 
 def decoded_store(
@@ -200,19 +234,22 @@ def decoded_store(
         return ArrayData(*arrays, spec)
     key = content_key(train, test, spec.classes, spec.image_size, workers)
     final = entry_path(cache_dir, spec.name, key)
-    data = _read_entry(final, spec) if final.is_dir() else None
+    data, problem = _read_entry(final, spec) if final.is_dir() else (None, "")
     if data is not None:
         log.info("dataset %s: decoded store %s reused", spec.name, final)
         return data
     final.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(final) + ".lock"):
-        data = _read_entry(final, spec) if final.is_dir() else None  # another job may have finished it
+        data, problem = _read_entry(final, spec) if final.is_dir() else (None, "")  # another job may have built it
         if data is None:
-            shutil.rmtree(final, ignore_errors=True)  # incomplete or damaged: decode again
+            if problem:
+                log.warning("dataset %s: decoded store %s failed its check (%s); decoding again", spec.name, final,
+                            problem)  # fmt: skip
+            shutil.rmtree(final, ignore_errors=True)
             _write_entry(final, train, test, spec, workers)
-            data = _read_entry(final, spec)
+            data, problem = _read_entry(final, spec)
     if data is None:
-        raise OSError(f"{final}: decoded store unreadable right after writing it")
+        raise OSError(f"{final}: decoded store unusable right after writing it ({problem})")
     return data
 
 

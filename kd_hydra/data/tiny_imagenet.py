@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from kd_hydra.data.folder import folder_dataset
+from kd_hydra.data.images import DEFAULT_MAX_IMAGE_PIXELS
 from kd_hydra.data.types import ArrayData, FolderData, ImageFileDataset
 from kd_hydra.errors import DataError
 
@@ -74,6 +75,7 @@ def load_tiny_imagenet(
     image_size: int | None = None,
     max_memory_gb: float | None = None,
     decode_workers: int | None = None,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> ArrayData | FolderData:
     """Tiny ImageNet under `<root>/tiny-imagenet-200`; class index = position in sorted(wnids).
 
@@ -95,4 +97,5 @@ def load_tiny_imagenet(
         image_size=image_size,
         max_memory_gb=max_memory_gb,
         decode_workers=decode_workers,
+        max_image_pixels=max_image_pixels,
     )

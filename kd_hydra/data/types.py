@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from kd_hydra.data.images import FILE_DIGEST_BYTES, file_digests, read_image
+from kd_hydra.data.images import DEFAULT_MAX_IMAGE_PIXELS, FILE_DIGEST_BYTES, file_digests, read_image
 from kd_hydra.errors import DataError
 
 #: Digest size in bytes of every fingerprint (hex string of twice this length).
@@ -119,13 +119,22 @@ class ImageFileDataset(Dataset):
     """Image files under `root` with integer labels; item i is (uint8 RGB (3, S, S) tensor, label).
 
     Images of another size are resized (antialiased) to S = `image_size` on read; None keeps them as they are.
+    A file declaring more than `max_pixels` pixels is refused before it is decoded.
     """
 
-    def __init__(self, root: str, files: list[str], labels: list[int], image_size: int | None = None) -> None:
+    def __init__(
+        self,
+        root: str,
+        files: list[str],
+        labels: list[int],
+        image_size: int | None = None,
+        max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    ) -> None:
         if len(files) != len(labels):
             raise DataError(f"{root}: {len(files)} image files but {len(labels)} labels; expected one label per file")
         self.root = root
         self.image_size = image_size
+        self.max_pixels = max_pixels
         # numpy arrays instead of lists of objects: forked DataLoader workers share them copy-free.
         self.files = np.asarray(files, dtype=np.str_)
         self.labels = np.asarray(labels, dtype=np.int64)
@@ -143,7 +152,7 @@ class ImageFileDataset(Dataset):
         return [self.path(i) for i in range(len(self))]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return read_image(self.path(index), self.image_size), int(self.labels[index])
+        return read_image(self.path(index), self.image_size, self.max_pixels), int(self.labels[index])
 
     def content_digests(self, workers: int | None = None) -> np.ndarray:
         """(N, FILE_DIGEST_BYTES) uint8: row i digests file i's bytes (computed once, in parallel, then kept)."""
@@ -156,7 +165,11 @@ class ImageFileDataset(Dataset):
         """The items at `indices` (in that order), keeping already computed digests."""
         indices = [int(i) for i in indices]
         part = ImageFileDataset(
-            self.root, [str(self.files[i]) for i in indices], [int(self.labels[i]) for i in indices], self.image_size
+            self.root,
+            [str(self.files[i]) for i in indices],
+            [int(self.labels[i]) for i in indices],
+            self.image_size,
+            self.max_pixels,
         )
         if self._digests is not None:
             part._digests = self._digests[indices]
