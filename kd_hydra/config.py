@@ -115,11 +115,15 @@ class RootConfig:
 
 
 def register_configs() -> None:
-    """Store the schemas (``base_config`` for the root, ``loss/<method>_schema``) and the ``kd_cpu_count`` resolver."""
+    """Store the schemas (``base_config`` for the root, ``loss/<method>_schema``), the ``teacher``/``student``
+    options of ``conf/model`` (:mod:`kd_hydra.models.model_configs`) and the ``kd_cpu_count`` resolver."""
     from kd_hydra.methods import method_schemas  # the method registry (imports torch)
+    from kd_hydra.models.model_configs import register_model_groups
+    from kd_hydra.preflight import config_source
 
     store = ConfigStore.instance()
     store.store(name="base_config", node=RootConfig)
+    register_model_groups(store, config_source())
     for name, schema in method_schemas().items():
         store.store(group="loss", name=f"{name}_schema", node=schema)
     OmegaConf.register_new_resolver("kd_cpu_count", lambda: os.cpu_count() or 1, replace=True)
