@@ -132,13 +132,18 @@ class RootConfig:
 
 
 def register_configs() -> None:
-    """Store the root schema ``base_config`` and the ``kd_cpu_count`` and ``kd_env`` resolvers.
+    """Store the root schema ``base_config``, the ``teacher``/``student`` options made from ``conf/model``
+    (:mod:`kd_hydra.models.model_configs`) and the ``kd_cpu_count`` and ``kd_env`` resolvers.
 
     A method's ``loss.*`` keys have no schema here: they are checked against its class's signature in
     :func:`validate` (so no ``loss`` option exists but the YAML files, and users' classes check the same way).
     """
+    from kd_hydra.models.model_configs import register_model_groups
+    from kd_hydra.preflight import config_source
+
     store = ConfigStore.instance()
     store.store(name="base_config", node=RootConfig)
+    register_model_groups(store, config_source())
     OmegaConf.register_new_resolver("kd_cpu_count", lambda: os.cpu_count() or 1, replace=True)
     OmegaConf.register_new_resolver("kd_env", env_or_default, replace=True)
 

@@ -23,7 +23,8 @@ register_configs()
 
 
 def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    folder = "model" if group in ("teacher", "student") else group  # those options are made from conf/model
+    return sorted(p.stem for p in (CONF / folder).glob("*.yaml"))
 
 
 def composed(*overrides: str, hydra: bool = False):

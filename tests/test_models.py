@@ -1,4 +1,4 @@
-"""Tests of the model zoo (kd_hydra.models) and the teacher/student config groups."""
+"""Tests of the model zoo (kd_hydra.models), its reference definitions, and the model/teacher/student configs."""
 
 from __future__ import annotations
 
@@ -8,31 +8,36 @@ import hydra.utils
 import pytest
 import torch
 import torchvision
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 from reference_cifar_models import REFERENCE_BUILDERS, ReferenceOutput, randomize_
 from torch import nn
 from torchvision.models._api import WeightsEnum
 
+from kd_hydra.config import register_configs
 from kd_hydra.errors import ConfigError
 from kd_hydra.models import build_model, count_parameters, list_models
 from kd_hydra.models.features import FeatureRecorder, feature_points, probe_feature_shapes
+from kd_hydra.models.model_configs import model_config_names
 from kd_hydra.models.published import to_zoo_layout
 from kd_hydra.models.torchvision_models import replace_classifier
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-TEACHER_DIR = CONF_DIR / "teacher"
-STUDENT_DIR = CONF_DIR / "student"
+MODEL_DIR = CONF_DIR / "model"
 TORCHVISION_PRESETS = {"torchvision.yaml", "resnet50.yaml"}
 
 ZOO = (
-    "deep_cnn", "light_cnn", "mobilenetv2", "resnet110", "resnet18", "resnet20", "resnet32",
-    "resnet32x4", "resnet50_cifar", "resnet56", "resnet8x4", "wrn_16_2", "wrn_40_2",
+    "deep_cnn", "light_cnn", "mobile_half", "mobilenetv2", "resnet110", "resnet14", "resnet18", "resnet20",
+    "resnet32", "resnet32x4", "resnet44", "resnet50_cifar", "resnet56", "resnet8", "resnet8x4", "shufflev1",
+    "shufflev2", "vgg11", "vgg13", "vgg16", "vgg19", "vgg8", "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2",
 )  # fmt: skip
+OWN_ARCHS = ("deep_cnn", "light_cnn", "mobilenetv2")  # kd-hydra's; every other arch re-implements a reference
 
 BATCH = 2
 CIFAR_SIZE = 32
 REFERENCE_CLASSES = 100
-REFERENCE_ARCHS = sorted(set(REFERENCE_BUILDERS) & set(ZOO))
+REFERENCE_ARCHS = sorted(REFERENCE_BUILDERS)
 TRAIN_MODE_ARCHS = (
     "resnet8",
     "resnet20",
@@ -65,6 +70,34 @@ APPROX_PARAMS_100 = {  # CRD paper tables (millions), CIFAR-100
     "wrn_40_2": 2.25,
 }
 APPROX_TOLERANCE = 0.03  # relative
+# Parameter counts on 32x32 RGB, 100 classes, of the reference definitions (RepDistiller's
+# models/*.py, mdistiller's models/cifar copies), counted on their re-statements in
+# reference_cifar_models.py; the test checks both those and the zoo against this table.
+REFERENCE_PARAMS_100 = {
+    "resnet8": 83_892,
+    "resnet14": 181_108,
+    "resnet20": 278_324,
+    "resnet32": 472_756,
+    "resnet44": 667_188,
+    "resnet56": 861_620,
+    "resnet110": 1_736_564,
+    "resnet8x4": 1_233_540,
+    "resnet32x4": 7_433_860,
+    "resnet18": 11_220_132,
+    "resnet50_cifar": 23_705_252,
+    "wrn_16_1": 180_916,
+    "wrn_16_2": 703_284,
+    "wrn_40_1": 569_780,
+    "wrn_40_2": 2_255_156,
+    "vgg8": 3_965_028,
+    "vgg11": 9_277_284,
+    "vgg13": 9_462_180,
+    "vgg16": 14_774_436,
+    "vgg19": 20_086_692,
+    "mobile_half": 812_836,
+    "shufflev1": 949_258,
+    "shufflev2": 1_355_528,
+}
 
 
 def _logits(model: nn.Module, channels: int, size: int) -> torch.Tensor:
@@ -80,6 +113,16 @@ def test_list_models_is_the_sorted_zoo() -> None:
 @pytest.mark.parametrize("name, expected", sorted(EXACT_PARAMS_10.items()))
 def test_exact_parameter_counts(name: str, expected: int) -> None:
     assert count_parameters(build_model(name, 10, 3, CIFAR_SIZE)) == expected
+
+
+@pytest.mark.parametrize("name, expected", sorted(REFERENCE_PARAMS_100.items()))
+def test_parameter_counts_equal_the_reference_models(name: str, expected: int) -> None:
+    assert count_parameters(REFERENCE_BUILDERS[name](100)) == expected
+    assert count_parameters(build_model(name, 100, 3, CIFAR_SIZE)) == expected
+
+
+def test_every_arch_but_kd_hydras_own_has_a_reference() -> None:
+    assert set(REFERENCE_PARAMS_100) == set(REFERENCE_BUILDERS) == set(ZOO) - set(OWN_ARCHS)
 
 
 @pytest.mark.parametrize("name, millions", sorted(APPROX_PARAMS_100.items()))
@@ -192,25 +235,40 @@ def test_replace_classifier_finds_the_final_layer(name: str) -> None:
     assert _logits(model, 3, 64).shape == (BATCH, 7)
 
 
-def test_teacher_and_student_groups_have_the_same_files() -> None:
-    teacher_files = {path.name for path in TEACHER_DIR.glob("*.yaml")}
-    student_files = {path.name for path in STUDENT_DIR.glob("*.yaml")}
-    assert teacher_files == student_files
-    assert {f"{name}.yaml" for name in ZOO} | TORCHVISION_PRESETS == teacher_files
+def test_one_model_config_per_arch() -> None:
+    assert {path.name for path in MODEL_DIR.glob("*.yaml")} == {f"{name}.yaml" for name in ZOO} | TORCHVISION_PRESETS
 
 
-@pytest.mark.parametrize("group_dir", [TEACHER_DIR, STUDENT_DIR], ids=["teacher", "student"])
-def test_group_files_instantiate(group_dir: Path) -> None:
-    for path in sorted(group_dir.glob("*.yaml")):
+def test_model_files_instantiate() -> None:
+    for path in sorted(MODEL_DIR.glob("*.yaml")):
         assert path.read_text().startswith("# "), f"{path} lacks its one-line comment"
         node = OmegaConf.load(path)
-        assert ("checkpoint" in node) == (group_dir == TEACHER_DIR), path
+        assert "checkpoint" not in node, path
         expected_source = "torchvision" if path.name in TORCHVISION_PRESETS else "zoo"
         assert node.source == expected_source and node.weights is None, path
         if expected_source == "zoo":
             assert node.name == path.stem, path
         model = hydra.utils.instantiate(node, num_classes=10, in_channels=3, image_size=CIFAR_SIZE)
         assert _logits(model, 3, CIFAR_SIZE).shape == (BATCH, 10), path
+
+
+def test_teacher_and_student_options_are_the_model_configs() -> None:
+    """``teacher=<arch>`` is model/<arch> plus ``checkpoint``; ``student=<arch>`` is model/<arch> as it is."""
+    register_configs()
+    names = model_config_names(str(CONF_DIR))
+    assert names == sorted(path.stem for path in MODEL_DIR.glob("*.yaml"))
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for group in ("teacher", "student"):
+            assert GlobalHydra.instance().config_loader().get_group_options(group) == names
+        cfg = compose("config", ["teacher=vgg13", "student=mobile_half", "teacher.checkpoint=/ckpt.pth"])
+        wrn = compose("config", ["teacher=wrn_40_2", "student=wrn_16_2", "student.dropout=0.3"])
+    assert OmegaConf.to_container(cfg.teacher) == {
+        **OmegaConf.to_container(OmegaConf.load(MODEL_DIR / "vgg13.yaml")),
+        "checkpoint": "/ckpt.pth",
+    }
+    assert OmegaConf.to_container(cfg.student) == OmegaConf.to_container(OmegaConf.load(MODEL_DIR / "mobile_half.yaml"))
+    assert wrn.teacher.checkpoint is None and "checkpoint" not in wrn.student
+    assert (wrn.teacher.dropout, wrn.student.dropout, wrn.student.name) == (0.0, 0.3, "wrn_16_2")
 
 
 # --- Feature points --------------------------------------------------------------------------------
@@ -235,6 +293,13 @@ RESNET_WIDE_SHAPES = _with_preacts({
 WRN_2_SHAPES = _with_preacts({
     "stem": (16, 32, 32), "stage1": (32, 32, 32), "stage2": (64, 16, 16), "stage3": (128, 8, 8), "pre_logit": (128,),
 })  # fmt: skip
+WRN_1_SHAPES = _with_preacts({
+    "stem": (16, 32, 32), "stage1": (16, 32, 32), "stage2": (32, 16, 16), "stage3": (64, 8, 8), "pre_logit": (64,),
+})  # fmt: skip
+VGG_SHAPES = _with_preacts({
+    "stem": (64, 32, 32), "stage1": (128, 16, 16), "stage2": (256, 8, 8), "stage3": (512, 4, 4),
+    "stage4": (512, 4, 4), "pre_logit": (512,),
+})  # fmt: skip
 # Shapes of RepDistiller's / mdistiller's feats (+ preact_feats) and pooled feature at 32x32
 # (mobilenetv2: our 8x-downsampling variant; the tutorial CNNs have no pre-activation points).
 FEATURE_SHAPES_32 = {
@@ -254,8 +319,26 @@ FEATURE_SHAPES_32 = {
         "stem": (64, 32, 32), "stage1": (256, 32, 32), "stage2": (512, 16, 16), "stage3": (1024, 8, 8),
         "stage4": (2048, 4, 4), "pre_logit": (2048,),
     }),
+    "resnet8": RESNET_THIN_SHAPES,
+    "resnet14": RESNET_THIN_SHAPES,
+    "resnet44": RESNET_THIN_SHAPES,
+    "wrn_16_1": WRN_1_SHAPES,
+    "wrn_40_1": WRN_1_SHAPES,
     "wrn_16_2": WRN_2_SHAPES,
     "wrn_40_2": WRN_2_SHAPES,
+    **{name: VGG_SHAPES for name in ("vgg8", "vgg11", "vgg13", "vgg16", "vgg19")},
+    "mobile_half": _with_preacts({
+        "stem": (16, 16, 16), "stage1": (12, 16, 16), "stage2": (16, 8, 8), "stage3": (48, 4, 4),
+        "stage4": (160, 2, 2), "pre_logit": (1280,),
+    }),
+    "shufflev1": _with_preacts({
+        "stem": (24, 32, 32), "stage1": (240, 16, 16), "stage2": (480, 8, 8), "stage3": (960, 4, 4),
+        "pre_logit": (960,),
+    }),
+    "shufflev2": _with_preacts({
+        "stem": (24, 32, 32), "stage1": (116, 16, 16), "stage2": (232, 8, 8), "stage3": (464, 4, 4),
+        "pre_logit": (1024,),
+    }),
     "mobilenetv2": _with_preacts({
         "stem": (32, 32, 32), "stage1": (24, 32, 32), "stage2": (32, 16, 16), "stage3": (96, 8, 8),
         "stage4": (320, 4, 4), "pre_logit": (1280,),
@@ -473,7 +556,7 @@ def test_torchvision_default_feature_points() -> None:
 
 
 def test_feature_points_override_from_the_model_config() -> None:
-    node = OmegaConf.load(TEACHER_DIR / "torchvision.yaml")
+    node = OmegaConf.load(MODEL_DIR / "torchvision.yaml")
     node.feature_points = {"pre_logit": "avgpool", "stage2": "layer4", "stage1": "layer2.1.relu"}
     model = hydra.utils.instantiate(node, num_classes=10, in_channels=3, image_size=CIFAR_SIZE)
     assert feature_points(model) == {"stage1": "layer2.1.relu", "stage2": "layer4", "pre_logit": "avgpool"}

@@ -49,11 +49,19 @@ class Pair:
         return f"cifar100_{self.teacher}_{self.student}"
 
     @property
+    def teacher_arch(self) -> str:
+        """kd-hydra's arch name of the teacher: the papers' ResNet50 row is the CIFAR ResNet50."""
+        return ZOO_NAMES.get(self.teacher, self.teacher)
+
+    @property
     def solver_source(self) -> str:
         if self.dkd_config is None:
             return f"{REPDISTILLER_STUDENT} (defaults; lr 0.01 for MobileNet/ShuffleNet students)"
         return f"{MDISTILLER} configs/cifar100/dkd/{self.dkd_config}"
 
+
+#: The papers' names that kd-hydra's zoo spells otherwise (torchvision's ImageNet ResNet-50 is ``resnet50``).
+ZOO_NAMES = {"resnet50": "resnet50_cifar"}
 
 PAIRS = [
     Pair("resnet56", "resnet20", 0.05, "res56_res20.yaml", dkd_beta=2.0, reviewkd_weight=0.6),
@@ -66,9 +74,9 @@ PAIRS = [
     Pair("vgg13", "mobile_half", 0.01, "vgg13_mv2.yaml", dkd_beta=6.0),
     Pair("resnet50", "mobile_half", 0.01, "res50_mv2.yaml"),
     Pair("resnet50", "vgg8", 0.05, None),
-    Pair("resnet32x4", "shufflenet_v1", 0.01, "res32x4_shuv1.yaml", reviewkd_weight=5.0),
-    Pair("resnet32x4", "shufflenet_v2", 0.01, "res32x4_shuv2.yaml", reviewkd_weight=8.0),
-    Pair("wrn_40_2", "shufflenet_v1", 0.01, "wrn40_2_shuv1.yaml", reviewkd_weight=5.0),
+    Pair("resnet32x4", "shufflev1", 0.01, "res32x4_shuv1.yaml", reviewkd_weight=5.0),
+    Pair("resnet32x4", "shufflev2", 0.01, "res32x4_shuv2.yaml", reviewkd_weight=8.0),
+    Pair("wrn_40_2", "shufflev1", 0.01, "wrn40_2_shuv1.yaml", reviewkd_weight=5.0),
 ]
 
 #: KD + logit standardization (Sun et al., CVPR 2024): pair -> (base temperature, KD weight, log file in LS's logs/KD/)
@@ -82,7 +90,7 @@ LS_RUNS = {
     "vgg13_vgg8": (3.0, 9.0, "kd,vgg13,vgg8,3,9.txt"),
     "vgg13_mobile_half": (3.0, 9.0, "kd,vgg13,MobileNetV2,3,9.txt"),
     "resnet50_mobile_half": (3.0, 1.0, "kd,ResNet50,MobileNetV2,3,1.txt"),
-    "resnet32x4_shufflenet_v2": (2.0, 9.0, "kd,resnet32x4,ShuffleV2,2,9.txt"),
+    "resnet32x4_shufflev2": (2.0, 9.0, "kd,resnet32x4,ShuffleV2,2,9.txt"),
 }
 
 
@@ -102,7 +110,7 @@ def _solver_rows(pair: Pair) -> list[Published]:
     src, teacher_src = pair.solver_source, f"{REPDISTILLER} train_teacher.py (defaults)"
     fp32 = f"{MDISTILLER} mdistiller/engine/trainer.py (no autocast: fp32 student and teacher)"
     rows = [
-        ("teacher.name", pair.teacher, "DISTILLER.TEACHER", src),
+        ("teacher.name", pair.teacher_arch, "DISTILLER.TEACHER", src),
         ("student.name", pair.student, "DISTILLER.STUDENT", src),
         ("dataset.name", "cifar100", "DATASET.TYPE", MDISTILLER_CFG),
         ("dataset.val_fraction", 0.0, "the whole training split", MDISTILLER_DATA),
@@ -238,7 +246,7 @@ def _takes_ce_and_kd_weights() -> bool:
 
 def _composable(preset: str, method: str | None) -> bool:
     pair = next((p for p in PAIRS if p.preset == preset.removesuffix("_kd_ls")), None)
-    models = pair is not None and pair.teacher in _options("teacher") and pair.student in _options("student")
+    models = pair is not None and pair.teacher_arch in _options("teacher") and pair.student in _options("student")
     if preset.endswith("_kd_ls"):
         return models and _takes_ce_and_kd_weights()
     return models and (method is None or method in _options("loss"))

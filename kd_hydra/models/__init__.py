@@ -1,6 +1,6 @@
 """Model zoo: CIFAR-style distillation architectures by name, plus any torchvision classifier.
 
-Public API: :func:`build_model` (the Hydra ``_target_`` of ``conf/teacher`` and ``conf/student``),
+Public API: :func:`build_model` (the Hydra ``_target_`` of ``conf/model``, the ``teacher`` and ``student`` options),
 :func:`list_models` and :func:`count_parameters`. Every model maps NCHW float images to
 ``(N, num_classes)`` logits (no softmax).
 """
@@ -15,7 +15,7 @@ from torch import nn
 from kd_hydra.errors import ConfigError
 
 # Importing the architecture modules registers them in the zoo.
-from . import mobilenetv2, resnet_cifar, tutorial_cnn, wide_resnet  # noqa: F401
+from . import mobile_half, mobilenetv2, resnet_cifar, shufflenetv1, shufflenetv2, tutorial_cnn, vgg, wide_resnet  # noqa: F401
 from .features import OVERRIDE_ATTRIBUTE, validate_feature_points
 from .registry import build_zoo_model, list_models
 from .torchvision_models import build_torchvision_model, list_torchvision_models

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from torch import nn
+from torch import Tensor, nn
 
 from kd_hydra.errors import ConfigError
 
@@ -38,3 +38,19 @@ def require_image_size(arch: str, image_size: int, minimum: int, multiple_of: in
             "name",
             f"{arch} needs an image size divisible by {multiple_of} px, dataset has {image_size} px",
         )
+
+
+class ChannelShuffle(nn.Module):
+    """ShuffleNet's channel shuffle: ``(N, g*k, H, W)`` channels regrouped as ``k`` groups of ``g``."""
+
+    def __init__(self, groups: int) -> None:
+        super().__init__()
+        self.groups = groups
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, channels, height, width = x.shape
+        grouped = x.reshape(batch, self.groups, channels // self.groups, height, width)
+        return grouped.transpose(1, 2).reshape(batch, channels, height, width)
+
+    def extra_repr(self) -> str:
+        return f"groups={self.groups}"

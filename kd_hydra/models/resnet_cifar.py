@@ -137,6 +137,18 @@ def _resnet_6n_plus_2(depth: int, widths: Sequence[int], num_classes: int, in_ch
     return CifarResNet(stem_width, stage_widths, [blocks_per_stage] * THIN_STAGE_COUNT, num_classes, in_channels)
 
 
+@register_model("resnet8")
+def resnet8(num_classes: int, in_channels: int, image_size: int) -> CifarResNet:
+    """ResNet-8 (1 block per stage, widths 16/32/64): ~0.08M parameters."""
+    return _resnet_6n_plus_2(8, THIN_WIDTHS, num_classes, in_channels)
+
+
+@register_model("resnet14")
+def resnet14(num_classes: int, in_channels: int, image_size: int) -> CifarResNet:
+    """ResNet-14 (2 blocks per stage, widths 16/32/64): ~0.18M parameters."""
+    return _resnet_6n_plus_2(14, THIN_WIDTHS, num_classes, in_channels)
+
+
 @register_model("resnet20")
 def resnet20(num_classes: int, in_channels: int, image_size: int) -> CifarResNet:
     """ResNet-20 (3 blocks per stage, widths 16/32/64): ~0.27M parameters."""
@@ -147,6 +159,12 @@ def resnet20(num_classes: int, in_channels: int, image_size: int) -> CifarResNet
 def resnet32(num_classes: int, in_channels: int, image_size: int) -> CifarResNet:
     """ResNet-32 (5 blocks per stage, widths 16/32/64): ~0.47M parameters."""
     return _resnet_6n_plus_2(32, THIN_WIDTHS, num_classes, in_channels)
+
+
+@register_model("resnet44")
+def resnet44(num_classes: int, in_channels: int, image_size: int) -> CifarResNet:
+    """ResNet-44 (7 blocks per stage, widths 16/32/64): ~0.67M parameters."""
+    return _resnet_6n_plus_2(44, THIN_WIDTHS, num_classes, in_channels)
 
 
 @register_model("resnet56")

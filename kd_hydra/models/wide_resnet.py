@@ -93,10 +93,22 @@ class WideResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
+@register_model("wrn_16_1")
+def wrn_16_1(num_classes: int, in_channels: int, image_size: int, dropout: float = 0.0) -> WideResNet:
+    """WRN-16-1: 2 blocks per stage, widths 16/32/64: ~0.18M parameters on 100 classes."""
+    return WideResNet(16, 1, num_classes, in_channels, dropout)
+
+
 @register_model("wrn_16_2")
 def wrn_16_2(num_classes: int, in_channels: int, image_size: int, dropout: float = 0.0) -> WideResNet:
     """WRN-16-2: 2 blocks per stage, widths 32/64/128: ~0.70M parameters on 100 classes."""
     return WideResNet(16, 2, num_classes, in_channels, dropout)
+
+
+@register_model("wrn_40_1")
+def wrn_40_1(num_classes: int, in_channels: int, image_size: int, dropout: float = 0.0) -> WideResNet:
+    """WRN-40-1: 6 blocks per stage, widths 16/32/64: ~0.57M parameters on 100 classes."""
+    return WideResNet(40, 1, num_classes, in_channels, dropout)
 
 
 @register_model("wrn_40_2")

@@ -1,0 +1,42 @@
+"""The ``teacher`` and ``student`` config groups, made from ``conf/model``: one file per architecture.
+
+Every ``conf/model/<arch>.yaml`` is stored in Hydra's ConfigStore as the options ``teacher=<arch>``
+(the model plus ``checkpoint: null``, external teacher weights) and ``student=<arch>`` (the model as
+it is). So ``teacher=resnet56 student=resnet20`` and ``teacher.checkpoint=...`` work as group
+overrides while each architecture is configured once. A ``teacher/`` or ``student/`` file under
+``--config-dir`` still adds an option of its own.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+
+MODEL_GROUP = "model"
+PACKAGE_PREFIX = "pkg://"
+ROLE_KEYS: dict[str, dict[str, Any]] = {"teacher": {"checkpoint": None}, "student": {}}
+"""Group -> the keys its options add to the model config."""
+
+
+def model_config_names(config_source: str) -> list[str]:
+    """Architectures with a ``model/<arch>.yaml`` in ``config_source`` (a directory or ``pkg://package``), sorted."""
+    if config_source.startswith(PACKAGE_PREFIX):
+        folder: Any = resources.files(config_source.removeprefix(PACKAGE_PREFIX)) / MODEL_GROUP
+    else:
+        folder = Path(config_source) / MODEL_GROUP
+    return sorted(entry.name.removesuffix(".yaml") for entry in folder.iterdir() if entry.name.endswith(".yaml"))
+
+
+def role_config(group: str, arch: str) -> dict[str, Any]:
+    """The ``group`` (teacher/student) option for ``arch``: ``model/<arch>`` at the group root plus the role keys."""
+    return {"defaults": [f"/{MODEL_GROUP}/{arch}@_here_", "_self_"], **ROLE_KEYS[group]}
+
+
+def register_model_groups(store: ConfigStore, config_source: str) -> None:
+    """Store a ``teacher`` and a ``student`` option for every model config of ``config_source``."""
+    for arch in model_config_names(config_source):
+        for group in ROLE_KEYS:
+            store.store(group=group, name=arch, node=role_config(group, arch))
