@@ -81,7 +81,13 @@ REASON_NO_METRICS = f"no {schema.METRICS_FILE} (run unfinished or killed)"
 REASON_BAD_METRICS = f"{schema.METRICS_FILE} unreadable"
 REASON_BAD_CONFIG = f"{schema.CONFIG_FILE} unreadable"
 
-#: metrics.json keys whose value must be text (or null); the others of the schema must be numbers (or null).
+#: metrics.json keys whose value must be a number (or null); keys of neither list may hold any value.
+NUMBER_METRICS = (
+    "schema_version", "final_test_acc", "best_test_acc", "best_epoch", "final_test_acc_top5", "final_val_acc",
+    "best_val_acc", "best_val_epoch", "teacher_test_acc", "model_params", "method_params", "teacher_params",
+    "epochs", "resumed_from_epoch", "wall_seconds", "train_images_per_second",
+)  # fmt: skip
+#: metrics.json keys whose value must be text (or null).
 TEXT_METRICS = (
     "status", "reason", "mode", "method", "dataset", "model", "teacher", "teacher_source", "teacher_outputs",
     "soft_label_cache", "checkpoint", "config_digest", TEACHER_ID, DATA_DIGEST,
@@ -284,7 +290,7 @@ def metrics_problem(metrics: Any) -> str | None:
     """What makes ``metrics`` (parsed metrics.json) unusable, in a few words; None when it is usable.
 
     Text keys (:data:`TEXT_METRICS`) must be text or null, ``status`` text, ``settings`` a mapping or
-    null, every other key of the schema a number or null.
+    null, number keys (:data:`NUMBER_METRICS`) a number or null; other keys may hold anything.
     """
     if not isinstance(metrics, dict):
         return f"not a JSON object ({type(metrics).__name__})"
@@ -297,7 +303,7 @@ def metrics_problem(metrics: Any) -> str | None:
             return f"{key!r} is {_type_name(value)}, expected text"
         if key == SETTINGS and not isinstance(value, dict):
             return f"{key!r} is {_type_name(value)}, expected a mapping"
-        if key in METRIC_COLUMNS and key not in TEXT_METRICS and not _is_number(value):
+        if key in NUMBER_METRICS and not _is_number(value):
             return f"{key!r} is {_type_name(value)}, expected a number"
     return None
 
