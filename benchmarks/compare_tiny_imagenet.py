@@ -7,7 +7,7 @@ a. teacher: ``run.py mode=teacher`` trains ``--teacher`` (default resnet56) for 
    JPEGs once into the decode store (``<cache>/decoded/``): the **one-time decode cost** is read from
    its log (``decoded tiny_imagenet once: N images in S s``). Not otherwise timed.
    ``--untrained-teacher`` instead builds the teacher arch with ``kd_hydra.models.build_model``
-   (seeded, untrained) and saves it with ``kd_hydra.teachers.save_checkpoint`` into the workdir; every
+   (seeded, untrained) and saves it with ``kd_hydra.checkpoints.save_checkpoint`` into the workdir; every
    suite run gets ``teacher.checkpoint=<that file>`` and the decode cost is read from the cold KD run's
    log. Accuracies are then meaningless; the times are valid (they do not depend on the weights).
 b. suite KD (``loss=kd``) of ``--student`` (default resnet20), soft-label cache cleared: first run
@@ -123,7 +123,7 @@ def save_untrained_teacher(path: Path, arch: str, num_classes: int, seed: int) -
     import torch
 
     from kd_hydra.models import build_model
-    from kd_hydra.teachers import ArchSignature, save_checkpoint
+    from kd_hydra.checkpoints import ArchSignature, save_checkpoint
 
     torch.manual_seed(seed)
     model = build_model(arch, num_classes, RGB_CHANNELS, IMAGE_SIZE)

@@ -11,7 +11,9 @@ import torch.nn.functional as F
 
 from kd_hydra.methods.init_stage import run_init_stage
 from kd_hydra.models.features import FeatureRecorder, probe_feature_shapes
-from kd_hydra.train import LiveTeacher, Runtime, train_epoch
+from kd_hydra.runtime import Runtime
+from kd_hydra.teacher_outputs import LiveTeacher
+from kd_hydra.train import train_epoch
 from tests.feature_nets import CLASSES, IMAGE_SHAPE, TinyResNet, batches
 from tests.method_helpers import method_from_yaml
 
