@@ -127,10 +127,21 @@ class TeacherSource(Protocol):
 
 
 class LiveTeacher:
-    """Runs the frozen teacher on every batch, recording ``feature_names`` (feature methods, folder data)."""
+    """Runs the frozen teacher on every batch, recording ``feature_names`` (feature methods, folder data).
 
-    def __init__(self, teacher: nn.Module, runtime: Runtime, feature_names: Sequence[str] = ()) -> None:
+    With ``batch_statistics`` (methods whose ``teacher_batch_statistics`` is set, OFD) the teacher's BatchNorms
+    normalise with each batch's statistics, as in train mode, without updating their running statistics.
+    """
+
+    def __init__(
+        self, teacher: nn.Module, runtime: Runtime, feature_names: Sequence[str] = (), batch_statistics: bool = False
+    ) -> None:
         self.teacher = teacher.eval().requires_grad_(False)
+        if batch_statistics:
+            for module in teacher.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.train()
+                    module.track_running_stats = False  # batch statistics, running ones left as they are
         self.runtime = runtime
         self.recorder = None
         if feature_names:
