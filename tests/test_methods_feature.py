@@ -572,3 +572,11 @@ def test_ft_differs_from_torchdistill_by_repdistillers_channel_mean():
     )
     assert theirs.item() == pytest.approx(paper.item(), rel=1e-12)
     assert factor_transfer_loss(factor_s, factor_t).item() != pytest.approx(theirs.item(), rel=1e-3)
+
+
+def test_hcl_equals_torchdistill_summed_over_levels():
+    student = [rand(2, 3, 8, 8, seed=1), rand(2, 4, 4, 4, seed=2), rand(2, 5, 1, 1, seed=3)]
+    teacher = [rand(2, 3, 8, 8, seed=4), rand(2, 4, 4, 4, seed=5), rand(2, 5, 1, 1, seed=6)]
+    hcl = mid_level.HierarchicalContextLoss("s", "output", "t", "output")
+    theirs = sum(hcl({"s": {"output": (s, None)}}, {"t": {"output": t}}) for s, t in zip(student, teacher))
+    assert hierarchical_context_loss(student, teacher).item() == pytest.approx(theirs.item(), rel=1e-12)
