@@ -647,9 +647,12 @@ HEADLINE_KEY_NAMES = {"temperature": "T"}
 def method_description(settings: Mapping[str, Any]) -> str:
     """``kd T=4 alpha=0.9`` from the ``loss.*`` settings of a distill run (true booleans by name only)."""
     parts = [str(settings.get("loss.name"))]
+    added_kd_off = not settings.get("loss.add_kd_weight")  # Hinton's term on top of the method: off at weight 0
     for key, value in settings.items():
         name = key.removeprefix("loss.")
         if not key.startswith("loss.") or name == "name" or value is None or value is False:
+            continue
+        if added_kd_off and name.startswith("add_kd_"):
             continue
         shown = HEADLINE_KEY_NAMES.get(name, name)
         parts.append(
