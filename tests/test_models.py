@@ -139,7 +139,7 @@ def test_zoo_forward_shapes(name: str) -> None:
     assert _logits(digits_model, 1, DIGITS_SIZE).shape == (BATCH, 10)
 
 
-@pytest.mark.parametrize("name", ["resnet20", "wrn_16_2", "mobilenetv2", "light_cnn"])
+@pytest.mark.parametrize("name", ["resnet20", "wrn_16_2", "mobilenetv2", "light_cnn", "shufflev1", "vgg8"])
 def test_channels_last_gives_the_same_logits(name: str) -> None:
     torch.manual_seed(0)
     model = build_model(name, 10, 3, CIFAR_SIZE).eval()
@@ -151,7 +151,9 @@ def test_channels_last_gives_the_same_logits(name: str) -> None:
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["light_cnn", "resnet8x4", "wrn_16_2", "mobilenetv2"])
+@pytest.mark.parametrize(
+    "name", ["light_cnn", "resnet8x4", "wrn_16_2", "mobilenetv2", "vgg8", "shufflev2", "mobile_half"]
+)
 def test_compiles_as_one_graph_in_training(name: str) -> None:
     """Dynamo captures forward without graph breaks (the eager backend keeps it fast on CPU)."""
     torch._dynamo.reset()
