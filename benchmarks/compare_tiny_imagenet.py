@@ -122,8 +122,8 @@ def save_untrained_teacher(path: Path, arch: str, num_classes: int, seed: int) -
     """
     import torch
 
-    from kd_hydra.models import build_model
     from kd_hydra.checkpoints import ArchSignature, save_checkpoint
+    from kd_hydra.models import build_model
 
     torch.manual_seed(seed)
     model = build_model(arch, num_classes, RGB_CHANNELS, IMAGE_SIZE)
