@@ -4,12 +4,15 @@ keeping, and ``mode=eval`` of any checkpoint."""
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import os
 import pty
 import select
+import struct
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -29,6 +32,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 def run_in_terminal(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 240) -> str:
     """``python run.py ARGS`` with stdout and stderr on a pseudo-terminal; everything it printed."""
     master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # a terminal has a size
     process = subprocess.Popen([sys.executable, str(REPO / "run.py"), *args], cwd=cwd, env=env,
                                stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)  # fmt: skip
     os.close(slave)
@@ -61,7 +65,6 @@ def test_a_terminal_sweep_shows_bars_and_job_k_of_n_with_an_eta(workspace: Works
     assert "job 1 of 2 (ETA unknown until a job ends)" in output
     assert "job 2 of 2 (ETA " in output and "s)" in output
     assert "student: 100%" in output and "\r" in output, "a tqdm bar over the run's epochs"
-    assert "val acc" not in output or "train acc" in output
 
 
 def test_a_non_terminal_run_prints_plain_lines(workspace: Workspace):
