@@ -172,6 +172,8 @@ def setup_method(
     data = ctx.data
     targets = data.y_train if hasattr(data, "y_train") else torch.as_tensor(data.train.labels, dtype=torch.int64)
     method.setup(student_shapes, teacher_shapes, targets, ctx.spec.num_classes)
+    if teacher is not None:
+        method.setup_teacher(teacher)  # checked now on the untrained network, set again once it is trained
     return request
 
 
@@ -259,11 +261,11 @@ def train_student(ctx: RunContext, plan: Plan, teacher: Teacher | None) -> dict[
     pipeline = ctx.pipeline(cfg.trainer.batch_size, cfg.trainer.seed)
     sources: dict[str, Any] = {}
     if teacher is not None:
-        live = method.uses_features or method.needs_strong_view  # a strong view's logits are never cached
-        outputs = teacher_outputs(teacher.model, teacher.sha256, live, plan.request.teacher, pipeline, ctx)
+        method.setup_teacher(teacher.model)  # with the teacher's trained weights (OFD's margins)
+        outputs = teacher_outputs(teacher.model, teacher.sha256, method, plan.request.teacher, pipeline, ctx)
         sources["teacher"] = outputs.source
     if method.needs_strong_view:
-        sources["strong_view"] = strong_views(pipeline, ctx.cfg.trainer.seed)
+        sources["strong_view"] = strong_views(pipeline)
     if plan.request.student:
         from kd_hydra.models.features import FeatureRecorder
 
@@ -271,6 +273,8 @@ def train_student(ctx: RunContext, plan: Plan, teacher: Teacher | None) -> dict[
         sources["student_features"] = lambda: recorder.features
     history = HistoryLog(ctx.out_dir / schema.HISTORY_FILE, schema.history_columns(method.parts))
     state = checkpointing(ctx, ctx.out_dir / schema.TRAIN_STATE_FILE, plan.identity)
+    if method.init_epochs > 0 and teacher is not None and state.load() is None:  # a resumed run has done it
+        initialize_method(ctx, method, student, pipeline, sources)
     keep = snapshots(ctx, student, method)
     trainer = make_trainer(
         ctx, cfg.trainer.epochs, "student", "optimizer.lr", state, snapshots=keep, on_epoch=ctx.trackers.log_epoch
@@ -304,12 +308,30 @@ def train_student(ctx: RunContext, plan: Plan, teacher: Teacher | None) -> dict[
     return record
 
 
-def strong_views(pipeline: Any, seed: int) -> Any:
-    """The strongly augmented view of a training batch (MLKD), drawn from a generator seeded by the run."""
+def initialize_method(
+    ctx: RunContext, method: DistillMethod, student: nn.Module, pipeline: Any, sources: Mapping[str, Any]
+) -> None:
+    """The method's initialization stage (RepDistiller's ``init_epochs``: AB, FT's paraphraser, FSP)."""
+    from kd_hydra.methods.init_stage import run_init_stage
+
+    log.info("%s: %d epochs of its initialization stage", method.name, method.init_epochs)
+    student = ctx.runtime.prepare(student)
+    method.to(ctx.runtime.device)
+    torch.manual_seed(ctx.cfg.trainer.seed)
+
+    def optimizer(params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        return instantiate(ctx.cfg.optimizer, _convert_="all")([{"params": params}])
+
+    features = sources.get("student_features")
+    run_init_stage(student, method, sources["teacher"], pipeline, ctx.runtime, optimizer, method.init_epochs, features)
+
+
+def strong_views(pipeline: Any) -> Any:
+    """The strongly augmented view of a training batch (MLKD), drawn from the global RNG (checkpointed: a
+    resumed run draws the same views)."""
     from kd_hydra.data.strong_augment import strong_view
 
-    generator = torch.Generator(device=pipeline.device).manual_seed(seed)
-    return lambda images: strong_view(images, pipeline.mean, pipeline.std, generator)
+    return lambda images: strong_view(images, pipeline.mean, pipeline.std)
 
 
 def snapshots(ctx: RunContext, student: nn.Module, method: DistillMethod) -> Snapshots:

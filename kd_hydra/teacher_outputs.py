@@ -60,10 +60,21 @@ class TeacherSource(Protocol):
 
 
 class LiveTeacher:
-    """Runs the frozen teacher on every batch, recording ``feature_names`` (feature methods, folder data)."""
+    """Runs the frozen teacher on every batch, recording ``feature_names`` (feature methods, folder data).
 
-    def __init__(self, teacher: nn.Module, runtime: Runtime, feature_names: Sequence[str] = ()) -> None:
+    With ``batch_statistics`` (methods whose ``teacher_batch_statistics`` is set, OFD) the teacher's BatchNorms
+    normalise with each batch's statistics, as in train mode, without updating their running statistics.
+    """
+
+    def __init__(
+        self, teacher: nn.Module, runtime: Runtime, feature_names: Sequence[str] = (), batch_statistics: bool = False
+    ) -> None:
         self.teacher = teacher.eval().requires_grad_(False)
+        if batch_statistics:
+            for module in teacher.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.train()
+                    module.track_running_stats = False  # batch statistics, running ones left as they are
         self.runtime = runtime
         self.recorder = None
         if feature_names:
@@ -278,34 +289,31 @@ class TeacherOutputs:
 def teacher_outputs(
     teacher: nn.Module,
     teacher_sha256: str,
-    reads_features: bool,
+    method: Any,
     feature_names: Sequence[str],
     pipeline: Any,
     ctx: Any,
 ) -> TeacherOutputs:
     """The soft-label cache for logit methods on in-memory data (when enabled), else the live teacher.
 
-    ``ctx`` is the run's :class:`~kd_hydra.context.RunContext` (settings, runtime, data digest, cache dir).
+    Methods that read features or a strongly augmented view (MLKD) always get the live teacher (with batch
+    statistics for OFD). ``ctx`` is the run's :class:`~kd_hydra.context.RunContext`.
     """
-    outputs = _choose(teacher, teacher_sha256, reads_features, feature_names, pipeline, ctx)
+    outputs = _choose(teacher, teacher_sha256, method, feature_names, pipeline, ctx)
     if ctx.runtime.compile:
         outputs.source.teacher = torch.compile(outputs.source.teacher)
     return outputs
 
 
 def _choose(
-    teacher: nn.Module,
-    teacher_sha256: str,
-    reads_features: bool,
-    feature_names: Sequence[str],
-    pipeline: Any,
-    ctx: Any,
+    teacher: nn.Module, teacher_sha256: str, method: Any, feature_names: Sequence[str], pipeline: Any, ctx: Any
 ) -> TeacherOutputs:
     runtime = ctx.runtime
     cache = ctx.cfg.soft_label_cache
-    if reads_features or feature_names:
-        log.info("the method reads features: the teacher runs on every batch")
-        return TeacherOutputs(LiveTeacher(teacher, runtime, list(feature_names)), "live")
+    if method.uses_features or method.needs_strong_view or feature_names:
+        log.info("the method reads features or a strong view: the teacher runs on every batch")
+        live = LiveTeacher(teacher, runtime, list(feature_names), method.teacher_batch_statistics)
+        return TeacherOutputs(live, "live")
     if not cache.enabled:
         return TeacherOutputs(LiveTeacher(teacher, runtime), "live")
     if not getattr(pipeline, "supports_logit_cache", False):

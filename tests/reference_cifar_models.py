@@ -85,6 +85,9 @@ class RefCifarResNet(nn.Module):
         layers += [RefResNetBlock(planes, planes, 1, None) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
+    def get_bn_before_relu(self) -> list[nn.Module]:
+        return [self.layer1[-1].bn2, self.layer2[-1].bn2, self.layer3[-1].bn2]
+
     def forward(self, x: Tensor) -> ReferenceOutput:
         f0 = self.relu(self.bn1(self.conv1(x)))
         f1, f1_pre = _run_stage(self.layer1, f0)
@@ -168,6 +171,10 @@ class RefResNetV2(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.linear = nn.Linear(512 * block.expansion, num_classes)
 
+    def get_bn_before_relu(self) -> list[nn.Module]:
+        last = "bn3" if isinstance(self.layer1[0], RefResNetV2Bottleneck) else "bn2"
+        return [getattr(stage[-1], last) for stage in (self.layer1, self.layer2, self.layer3, self.layer4)]
+
     def forward(self, x: Tensor) -> ReferenceOutput:
         f0 = F.relu(self.bn1(self.conv1(x)))
         feats, preacts, out = [f0], [f0], f0
@@ -238,6 +245,9 @@ class RefWideResNet(nn.Module):
         self.fc = nn.Linear(channels[3], num_classes)
         self.channels = channels[3]
 
+    def get_bn_before_relu(self) -> list[nn.Module]:
+        return [self.block2.layer[0].bn1, self.block3.layer[0].bn1, self.bn1]
+
     def forward(self, x: Tensor) -> ReferenceOutput:
         f0 = self.conv1(x)
         f1 = self.block1(f0)
@@ -275,6 +285,9 @@ class RefVGG(nn.Module):
         self.pool0, self.pool1, self.pool2, self.pool3 = (nn.MaxPool2d(kernel_size=2, stride=2) for _ in range(4))
         self.pool4 = nn.AdaptiveAvgPool2d((1, 1))
         self.classifier = nn.Linear(512, num_classes)
+
+    def get_bn_before_relu(self) -> list[nn.Module]:
+        return [self.block1[-1], self.block2[-1], self.block3[-1], self.block4[-1]]
 
     def forward(self, x: Tensor) -> ReferenceOutput:
         height = x.shape[2]
@@ -345,6 +358,9 @@ class RefMobileNetV2(nn.Module):
         )
         self.classifier = nn.Sequential(nn.Linear(last, num_classes))
         self.avgpool = nn.AvgPool2d(input_size // 16, ceil_mode=True)
+
+    def get_bn_before_relu(self) -> list[nn.Module]:
+        return [self.blocks[index][-1].conv[-1] for index in (1, 2, 4, 6)]
 
     def forward(self, x: Tensor) -> ReferenceOutput:
         f0 = self.conv1(x)

@@ -50,7 +50,7 @@ def prepared(name, student, teacher, **overrides):
 def kd_hydra_training(method, request, student, teacher, data, epochs=1):
     """kd-hydra's loop: recorder hooks on the student, the live teacher, student + method parts in one SGD."""
     recorder = FeatureRecorder(student, request.student)
-    source = LiveTeacher(teacher, RUNTIME, request.teacher)
+    source = LiveTeacher(teacher, RUNTIME, request.teacher, batch_statistics=method.teacher_batch_statistics)
     optimizer = sgd(student.parameters(), [p for p in method.parameters() if p.requires_grad])
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     for epoch in range(1, epochs + 1):
@@ -60,10 +60,10 @@ def kd_hydra_training(method, request, student, teacher, data, epochs=1):
     source.recorder.remove()
 
 
-def reference_training(student, teacher, parts, data, distill_term, ce_weight=1.0, epochs=1):
+def reference_training(student, teacher, parts, data, distill_term, ce_weight=1.0, epochs=1, teacher_train=False):
     """The reference loop: explicit forwards, ``ce_weight * CE + distill_term(...)``, SGD on student + parts."""
     optimizer = sgd(student.parameters(), [p for p in parts.parameters() if p.requires_grad])
-    student.train(), parts.train(), teacher.eval()
+    student.train(), parts.train(), teacher.train(teacher_train)
     for epoch in range(1, epochs + 1):
         for images, targets, _ in data:
             logits, s_features = student.reference_features(images)
@@ -205,9 +205,12 @@ def test_ofd_steps_equal_the_reference():
         connected = [c(s[p]) for c, p in zip(connectors, PREACTS)]
         return 0.01 * ofd_term(connected, [t[p] for p in PREACTS], margins)
 
-    reference_training(reference_student, teacher, connectors, data, term)
+    # the reference runs its teacher in train mode (batch statistics), on a copy: its running statistics move
+    reference_teacher = copy.deepcopy(teacher)
+    reference_training(reference_student, reference_teacher, connectors, data, term, teacher_train=True)
     assert_same_weights(student, reference_student)
     assert_same_weights(method.connectors, connectors)
+    assert_same_weights(teacher, networks()[1])  # kd-hydra's teacher is left as it was
 
 
 # -- the initialization stage ------------------------------------------------------------------------------

@@ -514,3 +514,69 @@ def test_state_dict_round_trips_so_a_resumed_run_continues_exactly(name):
     assert resumed(batch).total.item() == trained(batch).total.item()
     if name == "ft":
         assert any(k.startswith("paraphraser.") for k in state)  # the initialization stage's result is kept
+
+
+# -- torchdistill's implementations (a test-only dependency) -------------------------------------------------------
+
+from torchdistill.losses import mid_level  # noqa: E402  (the dev extra installs it)
+
+
+def _io(maps):
+    return {f"m{i}": {"output": f} for i, f in enumerate(maps)}
+
+
+def test_ab_equals_torchdistill_with_repdistillers_pair_weights():
+    """torchdistill's AltActTransferLoss has the same per-pair term and /N; RepDistiller (and kd-hydra) weight pair i
+    of n by 2^(i-n+1) * 3/1000, which torchdistill takes as its per-pair weights."""
+    student = [rand(3, 4, 8, 8, seed=1), rand(3, 6, 4, 4, seed=2), rand(3, 8, 2, 2, seed=3)]
+    teacher = [rand(3, 4, 8, 8, seed=4), rand(3, 6, 4, 4, seed=5), rand(3, 8, 2, 2, seed=6)]
+    pairs = {
+        f"pair{i}": {"student": {"io": "output", "path": f"m{i}"}, "teacher": {"io": "output", "path": f"m{i}"},
+                     "weight": 2.0 ** (i - 2) * 3 / 1000}
+        for i in range(3)
+    }  # fmt: skip
+    theirs = mid_level.AltActTransferLoss(pairs, margin=1.0, reduction="mean")(_io(student), _io(teacher))
+    assert activation_boundary_loss(student, teacher, 1.0).item() == pytest.approx(theirs.item(), rel=1e-12)
+
+
+def test_fsp_matrices_equal_torchdistills_which_reduces_by_unsquared_norms():
+    """Same matrices (transposed; equal sizes, so no pooling: torchdistill max-pools, RepDistiller averages);
+    torchdistill's loss sums the L2 norms of the matrix columns / N; RepDistiller's is the mean square."""
+    maps_s = [rand(2, 3, 4, 4, seed=1), rand(2, 5, 4, 4, seed=2)]
+    maps_t = [rand(2, 3, 4, 4, seed=3), rand(2, 5, 4, 4, seed=4)]
+    ours_s, ours_t = fsp_matrix(*maps_s), fsp_matrix(*maps_t)
+    torch.testing.assert_close(ours_s, mid_level.FSPLoss.compute_fsp_matrix(*maps_s).transpose(1, 2))
+    pairs = {
+        "pair": {"student_first": {"io": "output", "path": "m0"}, "student_second": {"io": "output", "path": "m1"},
+                 "teacher_first": {"io": "output", "path": "m0"}, "teacher_second": {"io": "output", "path": "m1"}}
+    }  # fmt: skip
+    theirs = mid_level.FSPLoss(pairs)(_io(maps_s), _io(maps_t))
+    difference = (ours_s - ours_t).transpose(1, 2)
+    assert theirs.item() == pytest.approx(difference.norm(dim=1).sum().item() / 2, rel=1e-12)
+    assert fsp_loss(maps_s, maps_t).item() == pytest.approx(difference.pow(2).mean().item(), rel=1e-12)
+
+
+def test_ft_differs_from_torchdistill_by_repdistillers_channel_mean():
+    """torchdistill's FTLoss normalises the flattened factors (the paper's F / ||F||_2); RepDistiller (and kd-hydra,
+    whose CIFAR numbers come from it) normalises ``mean_c factor^2`` instead. Both take the L1 distance's mean."""
+    factor_s, factor_t = rand(3, 4, 4, 4, seed=1), rand(3, 4, 4, 4, seed=2)
+    student_io, teacher_io = {"translator": {"output": factor_s}}, {"paraphraser": {"output": factor_t}}
+    theirs = mid_level.FTLoss(p=1)(student_io, teacher_io)
+    paper = (
+        (
+            torch.nn.functional.normalize(factor_s.flatten(1), dim=1)
+            - torch.nn.functional.normalize(factor_t.flatten(1), dim=1)
+        )
+        .abs()
+        .mean()
+    )
+    assert theirs.item() == pytest.approx(paper.item(), rel=1e-12)
+    assert factor_transfer_loss(factor_s, factor_t).item() != pytest.approx(theirs.item(), rel=1e-3)
+
+
+def test_hcl_equals_torchdistill_summed_over_levels():
+    student = [rand(2, 3, 8, 8, seed=1), rand(2, 4, 4, 4, seed=2), rand(2, 5, 1, 1, seed=3)]
+    teacher = [rand(2, 3, 8, 8, seed=4), rand(2, 4, 4, 4, seed=5), rand(2, 5, 1, 1, seed=6)]
+    hcl = mid_level.HierarchicalContextLoss("s", "output", "t", "output")
+    theirs = sum(hcl({"s": {"output": (s, None)}}, {"t": {"output": t}}) for s, t in zip(student, teacher))
+    assert hierarchical_context_loss(student, teacher).item() == pytest.approx(theirs.item(), rel=1e-12)

@@ -18,7 +18,7 @@ from torchvision.models._api import WeightsEnum
 from kd_hydra.config import register_configs
 from kd_hydra.errors import ConfigError
 from kd_hydra.models import build_model, count_parameters, list_models
-from kd_hydra.models.features import FeatureRecorder, feature_points, probe_feature_shapes
+from kd_hydra.models.features import FeatureRecorder, feature_points, preact_batchnorms, probe_feature_shapes
 from kd_hydra.models.model_configs import model_config_names
 from kd_hydra.models.published import to_zoo_layout
 from kd_hydra.models.torchvision_models import replace_classifier
@@ -133,14 +133,13 @@ def test_parameter_counts_match_crd_tables(name: str, millions: float) -> None:
 
 @pytest.mark.parametrize("name", ZOO)
 def test_zoo_forward_shapes(name: str) -> None:
-    for num_classes in (10, 100):
-        model = build_model(name, num_classes, 3, CIFAR_SIZE)
-        assert _logits(model, 3, CIFAR_SIZE).shape == (BATCH, num_classes)
-    digits_model = build_model(name, 10, 1, DIGITS_SIZE)
+    model = build_model(name, 100, 3, CIFAR_SIZE)
+    assert _logits(model, 3, CIFAR_SIZE).shape == (BATCH, 100)
+    digits_model = build_model(name, 10, 1, DIGITS_SIZE)  # one channel, 8 px, another class count
     assert _logits(digits_model, 1, DIGITS_SIZE).shape == (BATCH, 10)
 
 
-@pytest.mark.parametrize("name", ["resnet20", "wrn_16_2", "mobilenetv2", "light_cnn"])
+@pytest.mark.parametrize("name", ["resnet20", "wrn_16_2", "mobilenetv2", "light_cnn", "shufflev1", "vgg8"])
 def test_channels_last_gives_the_same_logits(name: str) -> None:
     torch.manual_seed(0)
     model = build_model(name, 10, 3, CIFAR_SIZE).eval()
@@ -152,7 +151,9 @@ def test_channels_last_gives_the_same_logits(name: str) -> None:
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["light_cnn", "resnet8x4", "wrn_16_2", "mobilenetv2"])
+@pytest.mark.parametrize(
+    "name", ["light_cnn", "resnet8x4", "wrn_16_2", "mobilenetv2", "vgg8", "shufflev2", "mobile_half"]
+)
 def test_compiles_as_one_graph_in_training(name: str) -> None:
     """Dynamo captures forward without graph breaks (the eager backend keeps it fast on CPU)."""
     torch._dynamo.reset()
@@ -430,6 +431,31 @@ def test_feature_points_equal_the_reference_feats(arch: str) -> None:
 def test_feature_points_equal_the_reference_feats_in_training(arch: str) -> None:
     """The same with batch statistics, one arch per reference family (the reference re-runs a BatchNorm)."""
     _check_points_against_the_reference(arch, training=True)
+
+
+@pytest.mark.parametrize("arch", REFERENCE_ARCHS)
+def test_preact_batchnorms_are_the_references_bn_before_relu(arch: str) -> None:
+    """The BatchNorms OFD reads its margin from: the reference's ``get_bn_before_relu``, none for ShuffleNets."""
+    reference = REFERENCE_BUILDERS[arch](REFERENCE_CLASSES)
+    randomize_(reference, torch.Generator().manual_seed(sum(map(ord, arch))))
+    ours = _zoo_copy_of(arch, reference)
+    declared = preact_batchnorms(ours)
+    if not hasattr(reference, "get_bn_before_relu"):
+        assert arch.startswith("shufflev") and declared == {}
+        return
+    theirs = reference.get_bn_before_relu()
+    assert list(declared) == [f"stage{index}_preact" for index in range(1, len(theirs) + 1)]
+    for path, bn in zip(declared.values(), theirs):
+        module = ours.get_submodule(path)
+        assert isinstance(module, nn.BatchNorm2d) and module.weight.equal(bn.weight), (arch, path)
+        assert module.running_var.equal(bn.running_var), (arch, path)
+
+
+def test_kd_hydras_mobilenetv2_declares_its_projection_batchnorms() -> None:
+    model = build_model("mobilenetv2", 10, 3, CIFAR_SIZE)
+    paths = preact_batchnorms(model)
+    assert list(paths) == [f"stage{index}_preact" for index in range(1, 5)]
+    assert all(isinstance(model.get_submodule(path), nn.BatchNorm2d) for path in paths.values())
 
 
 def test_preact_points_precede_the_final_relu() -> None:

@@ -23,7 +23,7 @@ from kd_hydra.checkpoints import ArchSignature, load_checkpoint
 
 CIFAR_SIZE = 32
 CLASSES = 100
-BATCH = 4
+BATCH = 2
 PUBLISHED_EPOCH = 240
 ATOL = 1e-5
 MAX_ERROR_CHARS = 600  # a key-mismatch error stays one readable line

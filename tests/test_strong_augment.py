@@ -6,6 +6,7 @@ import torch
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
 from kd_hydra.data import strong_augment as sa
+from kd_hydra.errors import ConfigError
 
 MEAN, STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
 
@@ -80,5 +81,5 @@ def test_strong_view_is_a_seeded_per_image_augmentation_of_the_normalized_batch(
         torch.testing.assert_close(decoded[index], expected, atol=1e-3, rtol=0)
     channels_last = sa.strong_view(images.contiguous(memory_format=torch.channels_last), MEAN, STD)
     assert channels_last.is_contiguous(memory_format=torch.channels_last)
-    with pytest.raises(ValueError, match="RGB"):
+    with pytest.raises(ConfigError, match="RGB"):
         sa.strong_view(images[:, :1], MEAN[:1], STD[:1])

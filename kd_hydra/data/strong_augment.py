@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from kd_hydra.errors import ConfigError
+
 PIXEL_MAX = 255.0
 OPS_PER_IMAGE = 2
 CUTOUT_MAX = 0.5
@@ -198,7 +200,10 @@ def strong_view(
 ) -> Tensor:
     """The strongly augmented view of a normalized RGB batch ``(N, 3, H, W)``: same dtype, device, layout."""
     if images.dim() != 4 or images.shape[1] != len(CUTOUT_FILL):
-        raise ValueError(f"strong_view needs RGB batches (N, 3, H, W), got {tuple(images.shape)}")
+        raise ConfigError(
+            "loss.name",
+            f"the strong view (RandAugment) needs RGB image batches (N, 3, H, W), got {tuple(images.shape)}",
+        )
     mean_t = torch.tensor(list(mean), dtype=torch.float32, device=images.device).reshape(1, -1, 1, 1)
     std_t = torch.tensor(list(std), dtype=torch.float32, device=images.device).reshape(1, -1, 1, 1)
     pixels = _round((images.float() * std_t + mean_t) * PIXEL_MAX)

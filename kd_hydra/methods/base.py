@@ -86,6 +86,8 @@ class DistillMethod(nn.Module):
     #: Whether student and teacher also run on a strongly augmented view of each batch (MLKD); the teacher
     #: then runs live, and the batch carries ``strong_student_logits``/``strong_teacher_logits``.
     needs_strong_view: ClassVar[bool] = False
+    #: Whether the teacher's BatchNorms use each batch's statistics (OFD's reference runs its teacher in train mode).
+    teacher_batch_statistics: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

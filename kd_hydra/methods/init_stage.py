@@ -15,7 +15,9 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor, nn
 
-from kd_hydra.train import BatchSource, DivergedError, Runtime, TeacherSource
+from kd_hydra.runtime import Runtime
+from kd_hydra.teacher_outputs import TeacherSource
+from kd_hydra.train import BatchSource, DivergedError
 
 from .base import DistillMethod
 

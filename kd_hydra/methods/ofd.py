@@ -7,8 +7,9 @@ where the margin is ``E[x | x < 0]`` of the teacher's BatchNorm before that ReLU
 ``ce_weight * CE + feat_weight * OFD``. Those BatchNorms are found from the teacher's feature points
 (:func:`preact_batchnorm`), or named by its ``preact_batchnorms()`` method (``{"stageN_preact": module path}``).
 
-kd-hydra runs every teacher in eval mode; the reference code (clovaai's CIFAR script, mdistiller's ``OFD.train``)
-runs the teacher in train mode, so its maps use batch statistics there.
+As in the reference code (clovaai's CIFAR script, mdistiller's ``OFD.train``), which runs the teacher in train
+mode, the teacher's BatchNorms use batch statistics (``teacher_batch_statistics``; its running statistics and
+other layers stay as they are).
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ class OFD(DistillMethod):
     """OFD; parts ``ce`` and ``ofd`` (unweighted). Trainable: ``connectors``; buffers ``margin_<teacher point>``."""
 
     parts = ("ce", "ofd")
+    teacher_batch_statistics = True
 
     def __init__(self, *, ce_weight: float, feat_weight: float, kernel_size: int) -> None:
         super().__init__()

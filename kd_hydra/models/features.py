@@ -37,6 +37,7 @@ SHOWN_MODULES = 12  # module paths listed in an error message
 __all__ = [
     "FeatureRecorder",
     "feature_points",
+    "preact_batchnorms",
     "preact_points",
     "probe_feature_shapes",
     "stage_points",
@@ -96,6 +97,14 @@ def validate_feature_points(model: nn.Module, points: Mapping[str, str]) -> dict
             )
         checked[name] = path
     return dict(sorted(checked.items(), key=lambda item: _point_order(item[0])))
+
+
+def preact_batchnorms(model: nn.Module) -> dict[str, str]:
+    """``stageN_preact`` -> module path of the BatchNorm right before that stage's last ReLU (the
+    reference suites' ``get_bn_before_relu``, whose statistics set OFD's margin); empty when the
+    model declares none (ShuffleNets, as in the references; torchvision models)."""
+    declared = getattr(unwrap(model), "preact_batchnorms", None)
+    return dict(declared()) if callable(declared) else {}
 
 
 def feature_points(model: nn.Module) -> dict[str, str]:

@@ -99,6 +99,14 @@ class MobileNetV2Half(nn.Module):
             points[f"stage{number}_preact"] = points[f"stage{number}"] = f"blocks.{group}"
         return {**points, "pre_logit": "avgpool"}
 
+    def preact_batchnorms(self) -> dict[str, str]:
+        """``stageN_preact`` -> the projection BatchNorm of the group's last block, as the reference's."""
+        points = {}
+        for number, group in enumerate(FEATURE_BLOCK_GROUPS, 1):
+            last = len(self.blocks[group]) - 1
+            points[f"stage{number}_preact"] = f"blocks.{group}.{last}.conv.{len(self.blocks[group][last].conv) - 1}"
+        return points
+
     def forward(self, x: Tensor) -> Tensor:
         x = self.conv1(x)
         for group in self.blocks:

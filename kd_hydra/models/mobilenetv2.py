@@ -124,6 +124,13 @@ class MobileNetV2Cifar(nn.Module):
             points[f"stage{number}_preact"] = points[f"stage{number}"] = f"features.{end}"
         return {**points, "pre_logit": "pool"}
 
+    def preact_batchnorms(self) -> dict[str, str]:
+        """``stageN_preact`` -> the projection BatchNorm ending the stage's last block."""
+        return {
+            f"stage{number}_preact": f"features.{end}.body.{len(self.features[end].body) - 1}"
+            for number, end in enumerate(self._stage_ends, 1)
+        }
+
     def forward(self, x: Tensor) -> Tensor:
         x = self.features(x)
         return self.classifier(torch.flatten(self.pool(x), 1))

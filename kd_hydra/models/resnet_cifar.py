@@ -42,6 +42,7 @@ class BasicBlock(nn.Module):
     """conv3x3-BN-ReLU-conv3x3-BN plus shortcut, then ReLU; ``stride`` 2 halves the resolution."""
 
     expansion: ClassVar[int] = 1
+    last_batchnorm: ClassVar[str] = "bn2"
 
     def __init__(self, in_channels: int, planes: int, stride: int = 1) -> None:
         super().__init__()
@@ -63,6 +64,7 @@ class Bottleneck(nn.Module):
     """1x1-BN-ReLU, 3x3 (``stride``)-BN-ReLU, 1x1 (x4 width)-BN plus shortcut, then ReLU."""
 
     expansion: ClassVar[int] = 4
+    last_batchnorm: ClassVar[str] = "bn3"
 
     def __init__(self, in_channels: int, planes: int, stride: int = 1) -> None:
         super().__init__()
@@ -121,6 +123,13 @@ class CifarResNet(nn.Module):
             points[f"stage{index + 1}_preact"] = f"stages.{index}.{len(stage) - 1}.preact"
             points[f"stage{index + 1}"] = f"stages.{index}"
         return {**points, "pre_logit": "pool"}
+
+    def preact_batchnorms(self) -> dict[str, str]:
+        """``stageN_preact`` -> the last BatchNorm of the stage's last block (added to the shortcut before the ReLU)."""
+        return {
+            f"stage{index + 1}_preact": f"stages.{index}.{len(stage) - 1}.{stage[-1].last_batchnorm}"
+            for index, stage in enumerate(self.stages)
+        }
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.stages(self.stem(x))

@@ -73,6 +73,11 @@ class VGG(nn.Module):
             points[f"stage{index}"] = f"relu{index}"
         return {**points, "pre_logit": "pool4"}
 
+    def preact_batchnorms(self) -> dict[str, str]:
+        """``stageN_preact`` -> the BatchNorm that ends block N (the point is its output)."""
+        blocks = (self.block1, self.block2, self.block3, self.block4)
+        return {f"stage{index}_preact": f"block{index}.{len(block) - 1}" for index, block in enumerate(blocks, 1)}
+
     def forward(self, x: Tensor) -> Tensor:
         input_size = x.shape[2]
         x = self.relu0(self.block0(x))

@@ -88,6 +88,10 @@ class WideResNet(nn.Module):
             points[f"stage{index + 1}"] = f"stages.{index}"
         return {**points, "pre_logit": "pool"}
 
+    def preact_batchnorms(self) -> dict[str, str]:
+        """``stageN_preact`` -> the BatchNorm that computes it (the point is that BatchNorm's output)."""
+        return {name: path for name, path in self.feature_points().items() if name.endswith("_preact")}
+
     def forward(self, x: Tensor) -> Tensor:
         x = self.final_activation(self.stages(self.stem(x)))
         return self.fc(torch.flatten(self.pool(x), 1))
