@@ -2,9 +2,10 @@
 
 Runs the method table as one sweep on the real CIFAR-10 prefix through ``dataset=arrays`` — the
 command of issue 8's acceptance check, ``run.py -m loss=<every conf/loss option but ce> ...`` (teacher
-stage, matched baseline, every method) — then ``kd`` twice more as single runs: with the soft-label cache
-warm (its state in every sweep job after the first) and with the teacher live (what the feature
-methods always do). Reported per method: where its teacher outputs came from, training images per
+stage, matched baseline, every method) — then ``kd`` twice more in a second sweep (after its baseline,
+which warms the process up as the first sweep's earlier jobs do): with the soft-label cache warm (its
+state in every sweep job after the first) and with the teacher live (what the feature methods always
+do). Reported per method: where its teacher outputs came from, training images per
 second (teacher work included, evaluation excluded), mean epoch seconds from history.csv, its epoch
 time relative to ``kd`` with the teacher outputs it had (``x kd``: warm-cache ``kd`` for a method
 that read the soft-label cache, live-teacher ``kd`` for one that ran the teacher), both ratios, and the
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from _common import (
@@ -55,6 +57,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     add_workdir_arguments(parser)
     return parser.parse_args(argv)
+
+
+def distill_runs(sweep_dir: Path) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """The completed distill jobs of a sweep by run directory name, and the failed jobs' reasons by the same."""
+    results: dict[str, dict[str, Any]] = {}
+    failures: dict[str, str] = {}
+    for run_dir in sorted(p for p in sweep_dir.glob("*") if (p / "metrics.json").is_file()):
+        metrics = read_metrics(run_dir)
+        if metrics.get("status") != "completed":
+            failures[run_dir.name] = str(metrics.get("reason"))
+        elif metrics["mode"] == "distill":  # not the sweep's teacher stage or matched baseline
+            results[run_dir.name] = {**suite_result(run_dir), "run_dir": str(run_dir)}
+    return results, failures
 
 
 def relative_to_kd(row: Mapping[str, Any], kd_warm: float, kd_live: float) -> dict[str, float]:
@@ -105,25 +120,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except CommandFailed as error:  # some jobs failed: the others still get their rows
         sweep_failure, sweep_seconds = str(error), float("nan")
-    results: dict[str, dict[str, Any]] = {}
-    failures: dict[str, str] = {}  # run directory name -> reason, for the jobs that failed
-    for run_dir in sorted(p for p in sweep_dir.glob("*") if (p / "metrics.json").is_file()):
-        metrics = read_metrics(run_dir)
-        if metrics.get("status") != "completed":
-            failures[run_dir.name] = str(metrics.get("reason"))
-        elif metrics["mode"] == "distill":  # not the sweep's teacher stage or matched baseline
-            results[metrics["method"]] = {**suite_result(run_dir), "run_dir": str(run_dir)}
+    runs, failures = distill_runs(sweep_dir)
+    results = {row["method"]: row for row in runs.values()}
     failed = [method for method in METHODS if method not in results]
     if sweep_failure is not None and not results:
         print(f"error: {sweep_failure}", file=sys.stderr)
         return 1
-    print("kd alone: soft-label cache warm, then teacher live ...", flush=True)
+    print("kd again: soft-label cache warm, then teacher live (after the baseline, which warms the process) ...")
+    kd_dir = space.workdir / "kd_sweep"
     try:
-        results[KD_WARM] = space.suite_single("kd_warm", [*common, "loss=kd"])
-        results[KD_LIVE] = space.suite_single("kd_live", [*common, "loss=kd", "soft_label_cache.enabled=false"])
+        space.run_suite(
+            "kd_sweep", [*common, "loss=kd", "soft_label_cache.enabled=true,false", f"hydra.sweep.dir={kd_dir}"], True
+        )
     except CommandFailed as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    kd_runs = {row["teacher_outputs"]: row for row in distill_runs(kd_dir)[0].values()}
+    results[KD_WARM], results[KD_LIVE] = kd_runs["cache"], kd_runs["live"]
     kd_warm, kd_live = results[KD_WARM]["mean_epoch_seconds"], results[KD_LIVE]["mean_epoch_seconds"]
     for row in results.values():
         row.update(relative_to_kd(row, kd_warm, kd_live))
