@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,29 @@ def default_workdir_and_out(args: argparse.Namespace, prefix: str) -> None:
         args.out = str(Path(args.workdir) / "results.json")
 
 
+def machine_record() -> dict[str, Any]:
+    """Where a benchmark ran: interpreter, platform, cores and the load average before it started."""
+    import platform
+
+    return {
+        "python": sys.executable,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "load_before": load_average(),
+    }
+
+
+def finish(results: dict[str, Any], out: str, report: Callable[[Mapping[str, Any]], str], started: float) -> int:
+    """Record the load average and total seconds, write ``results`` to ``out``, print ``report(results)``; 0."""
+    results["load_after"] = load_average()
+    results["total_seconds"] = time.perf_counter() - started
+    write_results(out, results)
+    print()
+    print(report(results))
+    print(f"\ntotal {results['total_seconds']:.0f}s; results written to {out}")
+    return 0
+
+
 def suite_env(workdir: Path) -> dict[str, str]:
     """The environment of every ``run.py`` subprocess: this checkout's code, caches and outputs in ``workdir``."""
     return {
@@ -123,6 +146,35 @@ def write_results(out: str | Path, results: Mapping[str, Any]) -> None:
 
 
 # -- suite runs ------------------------------------------------------------------------------------
+
+
+def add_recipe_arguments(parser: argparse.ArgumentParser, epochs: int, teacher_epochs: int) -> None:
+    """The settings both sides of a CPU comparison share (read by :func:`cpu_suite_overrides` and
+    :func:`reference_loop_args`), and ``--suite-override``."""
+    parser.add_argument("--epochs", type=int, default=epochs, help="student epochs, both sides (default: %(default)s)")
+    parser.add_argument(
+        "--teacher-epochs",
+        type=int,
+        default=teacher_epochs,
+        help="teacher epochs (teacher_training.epochs), trained once and untimed (default: %(default)s)",
+    )
+    parser.add_argument("--batch-size", type=int, default=128, help="both sides, teacher too (default: %(default)s)")
+    parser.add_argument("--lr", type=float, default=0.05, help="SGD lr, both sides, teacher too (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="torch threads of both sides' main process (default: cores, %(default)s)",
+    )
+    parser.add_argument("--num-workers", type=int, default=2, help="reference DataLoader workers (tutorial: 2)")
+    parser.add_argument(
+        "--suite-override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra run.py override for every suite run (repeatable), e.g. trainer.channels_last=false",
+    )
 
 
 def cpu_suite_overrides(args: argparse.Namespace) -> list[str]:
@@ -325,3 +377,16 @@ class Workspace:
         run_dir = self.workdir / "runs" / name
         seconds = self.run_suite(name, [*overrides, f"hydra.run.dir={run_dir}"])
         return {**suite_result(run_dir, seconds), "run_dir": str(run_dir)}
+
+    def train_teacher(self, overrides: Sequence[str]) -> dict[str, Any]:
+        """``run.py mode=teacher`` into ``runs/teacher``: the teacher in the store (trained unless already there)."""
+        run_dir = self.workdir / "runs" / "teacher"
+        seconds = self.run_suite("teacher", [*overrides, "mode=teacher", f"hydra.run.dir={run_dir}"])
+        metrics = read_metrics(run_dir)
+        return {
+            "checkpoint": metrics["checkpoint"],
+            "test_acc": metrics["final_test_acc"],
+            "source": metrics["teacher_source"],
+            "epochs": metrics["epochs"],
+            "process_wall_seconds": seconds,
+        }

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -137,6 +137,23 @@ def distill_loop(
         "epoch_losses": epoch_losses,
         "test_accs": test_accs,
     }
+
+
+def tutorial_transforms(
+    image_size: int, crop_padding: int, mean: Sequence[float], std: Sequence[float]
+) -> tuple[Callable[[Any], Tensor], Callable[[Any], Tensor]]:
+    """The tutorial's PIL transforms: random crop with padding + flip + normalise (train), normalise (test)."""
+    from torchvision import transforms
+
+    train = transforms.Compose(
+        [
+            transforms.RandomCrop(image_size, padding=crop_padding),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(mean, std),
+        ]
+    )
+    return train, transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
 
 
 def build_pair(

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import sys
 import time
@@ -35,21 +33,21 @@ from _common import (
     CommandFailed,
     Workspace,
     add_npz_arguments,
+    add_recipe_arguments,
     add_workdir_arguments,
     clear_soft_labels,
     cpu_suite_overrides,
     default_workdir_and_out,
-    load_average,
+    finish,
+    machine_record,
     mean,
     npz_sizes,
     number_text,
     prepare_npz,
     ratio,
-    read_metrics,
     reference_loop_args,
     reference_result,
     verdict,
-    write_results,
 )
 
 REFERENCE_SCRIPT = BENCHMARKS / "reference_kd.py"
@@ -130,18 +128,9 @@ class Benchmark(Workspace):
 
     # -- steps -----------------------------------------------------------------------------------
 
-    def train_teacher(self) -> dict[str, Any]:
+    def teacher(self) -> dict[str, Any]:
         """Step a: the teacher in the store (trained now unless the workdir already holds it)."""
-        run_dir = self.workdir / "runs" / "teacher"
-        seconds = self.run_suite("teacher", [*self.suite_overrides(), "mode=teacher", f"hydra.run.dir={run_dir}"])
-        metrics = read_metrics(run_dir)
-        return {
-            "checkpoint": metrics["checkpoint"],
-            "test_acc": metrics["final_test_acc"],
-            "source": metrics["teacher_source"],
-            "epochs": metrics["epochs"],
-            "wall_seconds": seconds,
-        }
+        return self.train_teacher(self.suite_overrides())
 
     def kd_single(self, name: str, temperature: float, alpha: float) -> dict[str, Any]:
         return self.suite_single(
@@ -254,7 +243,7 @@ def format_report(results: Mapping[str, Any]) -> str:
     teacher = results["teacher"]
     lines.append(
         f"a. teacher deep_cnn: test acc {teacher['test_acc']:.2f}% after {teacher['epochs']} epochs "
-        f"({teacher['source']}, {teacher['wall_seconds']:.1f}s, not part of any comparison)"
+        f"({teacher['source']}, {teacher['process_wall_seconds']:.1f}s, not part of any comparison)"
     )
 
     single = results["single_kd"]
@@ -328,20 +317,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_npz_arguments(parser)
-    parser.add_argument("--epochs", type=int, default=3, help="student epochs, both sides (default: %(default)s)")
-    parser.add_argument(
-        "--teacher-epochs", type=int, default=5, help="teacher epochs, trained once and untimed (default: %(default)s)"
-    )
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=0.05, help="SGD lr, both sides (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=os.cpu_count() or 1,
-        help="torch threads of both sides' main process (default: cores, %(default)s)",
-    )
-    parser.add_argument("--num-workers", type=int, default=2, help="reference DataLoader workers (tutorial: 2)")
+    add_recipe_arguments(parser, epochs=3, teacher_epochs=5)
     parser.add_argument("--grid", default="1,4,8x0.1,0.5,0.9", help="TEMPERATURESxALPHAS (default: %(default)s)")
     parser.add_argument("--temperatures", default=None, help="comma list; overrides the grid's temperatures")
     parser.add_argument("--alphas", default=None, help="comma list; overrides the grid's alphas")
@@ -349,13 +325,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--kd-alpha", type=float, default=0.9, help="alpha of the single KD run (step b)")
     add_workdir_arguments(parser)
     parser.add_argument("--skip-sweep", action="store_true", help="steps a and b only")
-    parser.add_argument(
-        "--suite-override",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra run.py override for every suite run (repeatable), e.g. trainer.channels_last=true",
-    )
     args = parser.parse_args(argv)
     default_workdir_and_out(args, "kd_hydra_compare_cpu_")
     grid = parse_grid(args.grid)
@@ -391,10 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "num_workers": args.num_workers,
             "grid": {"temperatures": grid.temperatures, "alphas": grid.alphas},
             "workdir": str(bench.workdir),
-            "python": sys.executable,
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "load_before": load_average(),
+            **machine_record(),
             "suite_common_overrides": bench.suite_overrides(),
             "suite_extra_overrides": args.suite_override,
         }
@@ -403,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"workdir {bench.workdir} (logs in {bench.logs})", flush=True)
     try:
         print("a. training the teacher (run.py mode=teacher) ...", flush=True)
-        results["teacher"] = bench.train_teacher()
+        results["teacher"] = bench.teacher()
         checkpoint = results["teacher"]["checkpoint"]
         print("b. single KD run: suite cold, suite warm, reference ...", flush=True)
         results["single_kd"] = bench.single_kd(checkpoint, num_train)
@@ -413,8 +379,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandFailed as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    results["load_after"] = load_average()
-    results["total_seconds"] = time.perf_counter() - started
     if "sweep" in results:
         epoch_speedup = results["single_kd"]["epoch_speedup_warm_vs_reference"]
         sweep_speedup, gap = results["sweep"]["sweep_speedup"], results["sweep"]["mean_acc_gap"]
@@ -431,11 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             },
             "mean_acc_gap": {"value": gap, "target": ACCURACY_GAP_TARGET, "passed": abs(gap) <= ACCURACY_GAP_TARGET},
         }
-    write_results(args.out, results)
-    print()
-    print(format_report(results))
-    print(f"\ntotal {results['total_seconds']:.0f}s; results written to {args.out}")
-    return 0
+    return finish(results, args.out, format_report, started)
 
 
 if __name__ == "__main__":

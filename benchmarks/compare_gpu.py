@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,11 +37,11 @@ from _common import (
     add_workdir_arguments,
     clear_soft_labels,
     default_workdir_and_out,
-    load_average,
+    finish,
+    machine_record,
     ratio,
     reference_result,
     save_untrained_teacher,
-    write_results,
 )
 
 REFERENCE_SCRIPT = BENCHMARKS / "reference_kd.py"
@@ -209,8 +210,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     device_name = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") else "cpu"
     print(f"workdir {space.workdir}; device {device_name}", flush=True)
     results: dict[str, Any] = {
-        "config": {**vars(args), "device_name": device_name, "torch": torch.__version__, "load_before": load_average()}
+        "config": {**vars(args), "device_name": device_name, "torch": torch.__version__, **machine_record()}
     }
+    started = time.perf_counter()
     try:
         npz, checkpoint = write_inputs(args, space.workdir)
         clear_soft_labels(space.cache_dir)
@@ -223,15 +225,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandFailed as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    results["load_after"] = load_average()
     results["speedup"] = ratio(
         results["suite_warm"]["reported_images_per_second"], results["reference"]["reported_images_per_second"]
     )
-    write_results(args.out, results)
-    print()
-    print(format_report(results))
-    print(f"\nresults written to {args.out}")
-    return 0
+    return finish(results, args.out, format_report, started)
 
 
 if __name__ == "__main__":

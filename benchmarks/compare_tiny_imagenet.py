@@ -31,8 +31,6 @@ run on a symlinked subset (the first C classes, N training and V val images each
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import re
 import shutil
 import sys
@@ -46,19 +44,19 @@ from _common import (
     SHARED_DATA,
     CommandFailed,
     Workspace,
+    add_recipe_arguments,
     add_workdir_arguments,
     clear_soft_labels,
     cpu_suite_overrides,
     default_workdir_and_out,
-    load_average,
+    finish,
+    machine_record,
     number_text,
     ratio,
-    read_metrics,
     reference_loop_args,
     reference_result,
     save_untrained_teacher,
     verdict,
-    write_results,
 )
 
 DEFAULT_DATA_DIR = SHARED_DATA / "tiny-imagenet-subset"
@@ -146,16 +144,10 @@ class Benchmark(Workspace):
             *a.suite_override,
         ]
 
-    def train_teacher(self) -> dict[str, Any]:
-        run_dir = self.workdir / "runs" / "teacher"
-        seconds = self.run_suite("teacher", [*self.suite_overrides(), "mode=teacher", f"hydra.run.dir={run_dir}"])
-        metrics = read_metrics(run_dir)
+    def teacher(self) -> dict[str, Any]:
+        """Step a: the teacher in the store; its log holds the one-time decode of the images."""
         return {
-            "checkpoint": metrics["checkpoint"],
-            "test_acc": metrics["final_test_acc"],
-            "epochs": metrics["epochs"],
-            "source": metrics["teacher_source"],
-            "process_wall_seconds": seconds,
+            **self.train_teacher(self.suite_overrides()),
             "decode": decode_seconds_from_log(self.logs / "teacher.log"),
         }
 
@@ -321,20 +313,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="do not train the teacher: a seeded, untrained checkpoint in the workdir "
         "(teacher.checkpoint of every suite run; accuracies meaningless, times valid)",
     )
-    parser.add_argument("--epochs", type=int, default=1, help="student epochs, both sides (default: %(default)s)")
-    parser.add_argument("--teacher-epochs", type=int, default=1, help="teacher epochs, untimed (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--seed", type=int, default=0)
+    add_recipe_arguments(parser, epochs=1, teacher_epochs=1)
     parser.add_argument("--temperature", type=float, default=4.0)
     parser.add_argument("--alpha", type=float, default=0.9)
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=os.cpu_count() or 1,
-        help="torch threads of both sides' main process (default: cores, %(default)s)",
-    )
-    parser.add_argument("--num-workers", type=int, default=2, help="reference DataLoader workers (tutorial: 2)")
     parser.add_argument("--classes", type=int, default=None, help="keep only the first C classes (smoke tests)")
     parser.add_argument(
         "--train-limit",
@@ -351,13 +332,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="keep only V val images per class (evaluation is not compared; shortens the runs)",
     )
     add_workdir_arguments(parser)
-    parser.add_argument(
-        "--suite-override",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra run.py override for every suite run (repeatable)",
-    )
     args = parser.parse_args(argv)
     default_workdir_and_out(args, "kd_hydra_compare_tiny_")
     args.data_dir = args.data_dir.resolve()
@@ -413,10 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "threads": args.threads,
             "num_workers": args.num_workers,
             "workdir": str(bench.workdir),
-            "python": sys.executable,
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "load_before": load_average(),
+            **machine_record(),
             "suite_extra_overrides": args.suite_override,
         }
     }
@@ -428,7 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             results["teacher"] = bench.untrained_teacher()
         else:
             print("a. teacher (run.py mode=teacher; first run: decodes the images once) ...", flush=True)
-            results["teacher"] = bench.train_teacher()
+            results["teacher"] = bench.teacher()
         results["config"]["suite_common_overrides"] = bench.suite_overrides()
         clear_soft_labels(bench.cache_dir)
         print("b. suite KD: soft-label cache cold, then warm ...", flush=True)
@@ -462,13 +433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "loop_speedup": {"value": speedup, "target": LOOP_SPEEDUP_TARGET, "passed": speedup >= LOOP_SPEEDUP_TARGET},
         "warm_cache_used": {"passed": results["warm_cache_used"]},
     }
-    results["load_after"] = load_average()
-    results["total_seconds"] = time.perf_counter() - started
-    write_results(args.out, results)
-    print()
-    print(format_report(results))
-    print(f"\ntotal {results['total_seconds']:.0f}s; results written to {args.out}")
-    return 0
+    return finish(results, args.out, format_report, started)
 
 
 if __name__ == "__main__":

@@ -38,11 +38,11 @@ from _tutorial_loop import (
     load_teacher_state_dict,
     run_record,
     settings_from_args,
+    tutorial_transforms,
 )
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
-from torchvision import transforms
 
 UINT8_MAX = 255.0
 CROP_PADDING = 4
@@ -109,16 +109,7 @@ class PILImageDataset(Dataset):
 def build_loaders(splits: Splits, settings: ReferenceSettings, seed: int) -> tuple[DataLoader, DataLoader]:
     """The tutorial's loaders: augmented shuffled train split, plain test split, ``num_workers`` each."""
     mean, std = channel_mean_std(splits.x_train)
-    size = splits.image_size
-    train_transform = transforms.Compose(
-        [
-            transforms.RandomCrop(size, padding=CROP_PADDING),
-            transforms.RandomHorizontalFlip(),
-            transforms.ToTensor(),
-            transforms.Normalize(mean, std),
-        ]
-    )
-    test_transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
+    train_transform, test_transform = tutorial_transforms(splits.image_size, CROP_PADDING, mean, std)
     pin = settings.device.startswith("cuda")
     train_loader = DataLoader(
         PILImageDataset(splits.x_train, splits.y_train, train_transform),

@@ -67,18 +67,11 @@ class TinyImageNetVal:
 def build_loaders(folder: str, batch_size: int, num_workers: int, seed: int) -> tuple[Any, Any, int]:
     """ImageFolder train loader (augmented, shuffled), val loader, number of classes."""
     import torch
+    from _tutorial_loop import tutorial_transforms
     from torch.utils.data import DataLoader
-    from torchvision import datasets, transforms
+    from torchvision import datasets
 
-    train_transform = transforms.Compose(
-        [
-            transforms.RandomCrop(IMAGE_SIZE, padding=CROP_PADDING),
-            transforms.RandomHorizontalFlip(),
-            transforms.ToTensor(),
-            transforms.Normalize(MEAN, STD),
-        ]
-    )
-    test_transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
+    train_transform, test_transform = tutorial_transforms(IMAGE_SIZE, CROP_PADDING, MEAN, STD)
     train_set = datasets.ImageFolder(os.path.join(folder, "train"), transform=train_transform)
     test_set = TinyImageNetVal(folder, train_set.class_to_idx, test_transform)
     train_loader = DataLoader(
