@@ -191,7 +191,7 @@ def has_complete_settings(metrics: Mapping[str, Any]) -> bool:
     version = metrics.get("schema_version")
     if isinstance(version, int) and not isinstance(version, bool) and version > SUBSET_SETTINGS_SCHEMA:
         return True
-    if any(key in metrics for key in IDENTITY_COLUMNS):
+    if any(metrics.get(key) is not None for key in IDENTITY_COLUMNS):
         return True
     subset = set(schema.SETTINGS_KEYS)
     return any(key not in subset and not str(key).startswith("loss.") for key in settings)

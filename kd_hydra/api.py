@@ -9,6 +9,8 @@ Hydra's global state and the logging setup are left as they were found.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 from collections.abc import Sequence
@@ -33,17 +35,22 @@ def run_experiment(
     overrides: Sequence[str] = (),
     output_dir: str | os.PathLike | None = None,
     config_dir: str | os.PathLike | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Run one job with command-line style ``overrides`` (a string is one override); return its metrics.json record.
 
     ``output_dir``: the run directory (default: ``hydra.run.dir``, i.e. ``<paths.output_dir>/runs/<date>/<time>``).
     ``config_dir``: a directory of your own config groups, searched first (like ``--config-dir``).
+    ``progress``: progress bars in a notebook or terminal (the teacher's training, then the run's), and the
+    run's summary lines; ``False`` keeps the call silent (everything still goes to ``run.log``).
     Raises :class:`~kd_hydra.errors.ConfigError` for an unknown option or key, a malformed override, a
     sweep value, or a directory that cannot be written, before any work; other errors as the job raises them.
     """
     from kd_hydra.app import run  # torch is imported only when a job runs
 
     overrides = [overrides] if isinstance(overrides, str) else list(overrides)  # one override, not its letters
+    if not progress:
+        overrides.append("trainer.progress=false")
     with hydra_session(config_dir) as hydra:
         cfg = compose(hydra, overrides)
         if output_dir is not None:
@@ -61,7 +68,8 @@ def run_experiment(
                 raise
 
         context = HydraContext(config_loader=hydra.config_loader, callbacks=Callbacks(cfg))
-        with _run_log(Path(str(OmegaConf.select(cfg, "hydra.run.dir")))):
+        quiet = contextlib.nullcontext() if progress else contextlib.redirect_stdout(io.StringIO())
+        with _run_log(Path(str(OmegaConf.select(cfg, "hydra.run.dir"))), console=progress), quiet:
             result = run_job(
                 task_function=task,
                 config=cfg,
@@ -76,30 +84,48 @@ def run_experiment(
     return result.return_value
 
 
-class _run_log:
-    """Append the run's log records (kd_hydra's INFO and up) to ``<run_dir>/run.log`` while active."""
+#: Loggers whose INFO lines a notebook call shows (what is trained and when), besides every warning.
+CONSOLE_LOGGERS = ("kd_hydra.app", "kd_hydra.sweeper")
 
-    def __init__(self, run_dir: Path) -> None:
+
+class _ConsoleFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.name in CONSOLE_LOGGERS
+
+
+class _run_log:
+    """Append the run's log records (kd_hydra's INFO and up) to ``<run_dir>/run.log`` while active; with
+    ``console``, also show what is trained (the teacher, the run) and warnings on stderr."""
+
+    def __init__(self, run_dir: Path, console: bool = False) -> None:
         self.run_dir = run_dir
-        self.handler: logging.FileHandler | None = None
+        self.handlers: list[logging.Handler] = []
+        self.console = console
         self.levels: dict[str, int] = {}
 
     def __enter__(self) -> _run_log:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.handler = logging.FileHandler(self.run_dir / RUN_LOG)
-        self.handler.setFormatter(logging.Formatter(LOG_FORMAT))
-        self.handler.setLevel(logging.INFO)
+        file_handler = logging.FileHandler(self.run_dir / RUN_LOG)
+        file_handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        file_handler.setLevel(logging.INFO)
+        self.handlers.append(file_handler)
+        if self.console:
+            console = logging.StreamHandler()
+            console.setFormatter(logging.Formatter("[kd-hydra] %(message)s"))
+            console.addFilter(_ConsoleFilter())
+            self.handlers.append(console)
         for name in LOGGED_PACKAGES:
             logger = logging.getLogger(name)
             self.levels[name] = logger.level
             if logger.getEffectiveLevel() > logging.INFO:
                 logger.setLevel(logging.INFO)
-        logging.getLogger().addHandler(self.handler)
+        for handler in self.handlers:
+            logging.getLogger().addHandler(handler)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        assert self.handler is not None
-        logging.getLogger().removeHandler(self.handler)
-        self.handler.close()
+        for handler in self.handlers:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
         for name, level in self.levels.items():
             logging.getLogger(name).setLevel(level)

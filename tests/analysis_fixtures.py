@@ -106,7 +106,7 @@ def make_metrics(config: dict[str, Any], final_test_acc: float | None, status: s
     if not distill:  # teachers and baselines train with CE: their loss settings are null
         settings |= {key: None for key in settings if key.startswith("loss.")}
     known = {
-        "schema_version": schema.SCHEMA_VERSION,
+        "schema_version": 2,  # the record of schema 2: settings are a subset (complete_metrics writes today's)
         "status": status,
         "reason": reason,
         "mode": mode,

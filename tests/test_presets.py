@@ -186,7 +186,13 @@ def _method_rows(pair: Pair) -> list[Published]:
         ("kdsvd", "kdsvd_weight", 1.0, "KDSVD.LOSS.FEAT_WEIGHT", MDISTILLER_CFG),
         ("kdsvd", "k", 1, "KDSVD.K", MDISTILLER_CFG),
         ("nst", "nst_weight", 50.0, "NST.LOSS.FEAT_WEIGHT (RepDistiller -b 50)", MDISTILLER_CFG),
-        ("ab", "ab_weight", 1.0, "-b 1", REPDISTILLER_SCRIPT),
+        (
+            "ab",
+            "ab_weight",
+            0.0,
+            "abound: loss_kd = 0 in the distillation stage (the script's -b 1 is unused)",
+            REPDISTILLER_STUDENT,
+        ),
         ("ab", "init_epochs", 30, "--init_epochs", REPDISTILLER_STUDENT),
         ("ft", "ft_weight", 200.0, "-b 200", REPDISTILLER_SCRIPT),
         ("ft", "init_epochs", 30, "--init_epochs", REPDISTILLER_STUDENT),
@@ -197,9 +203,15 @@ def _method_rows(pair: Pair) -> list[Published]:
             "paraphraser lr (0.01 for ResNet/WRN students, else the student lr)",
             f"{REPDISTILLER} helper/pretrain.py",
         ),
-        ("fsp", "fsp_weight", 50.0, "-b 50", REPDISTILLER_SCRIPT),
+        (
+            "fsp",
+            "fsp_weight",
+            0.0,
+            "fsp: loss_kd = 0 in the distillation stage (the script's -b 50 is unused)",
+            REPDISTILLER_STUDENT,
+        ),
         ("fsp", "init_epochs", 30, "--init_epochs", REPDISTILLER_STUDENT),
-        ("ofd", "ofd_weight", 0.001, "OFD.LOSS.FEAT_WEIGHT", MDISTILLER_CFG),
+        ("ofd", "feat_weight", 0.001, "OFD.LOSS.FEAT_WEIGHT", MDISTILLER_CFG),
         ("reviewkd", "reviewkd_weight", pair.reviewkd_weight or 5.0, "REVIEWKD_WEIGHT / --kd-loss-weight", rkd_src),
         ("reviewkd", "warmup", 20, "REVIEWKD.WARMUP_EPOCHS (--kd-warm-up)", MDISTILLER_CFG),
     ]
@@ -236,7 +248,8 @@ def composed(*overrides: str):
 
 
 def _options(group: str) -> set[str]:
-    return {path.stem for path in (CONF / group).glob("*.yaml")}
+    folder = "model" if group in ("teacher", "student") else group  # one config per arch serves both
+    return {path.stem for path in (CONF / folder).glob("*.yaml")}
 
 
 def _takes_ce_and_kd_weights() -> bool:

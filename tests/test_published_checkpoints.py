@@ -16,10 +16,10 @@ import torch
 from reference_cifar_models import REFERENCE_BUILDERS, REFERENCE_FILES, randomize_
 from torch import nn
 
+from kd_hydra.checkpoints import ArchSignature, load_checkpoint
 from kd_hydra.errors import CheckpointError
 from kd_hydra.models import build_model
 from kd_hydra.models.published import PUBLISHED_LAYOUTS, detect_published_layout
-from kd_hydra.checkpoints import ArchSignature, load_checkpoint
 
 CIFAR_SIZE = 32
 CLASSES = 100

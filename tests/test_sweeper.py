@@ -135,11 +135,24 @@ def test_seed_following_teachers_are_one_per_seed(sweeper: Any):
 
 
 def test_no_teacher_stage_for_external_checkpoints_or_student_grids(sweeper: Any, tmp_path: Path):
-    (tmp_path / "teacher.pt").write_bytes(b"weights")
+    from kd_hydra.checkpoints import ArchSignature, save_checkpoint
+    from kd_hydra.models import build_model
+
+    arch = ArchSignature(name="deep_cnn", source="zoo", num_classes=10, in_channels=3, image_size=16)
+    save_checkpoint(tmp_path / "teacher.pt", build_model("deep_cnn", 10, 3, 16), arch)  # planned: it must load
     first, _ = plan(sweeper, "loss.alpha=0.5,0.9", f"teacher.checkpoint={tmp_path / 'teacher.pt'}")
     assert not any(p.is_teacher for p in first) and len(first) == 1  # the baseline only
     first, second = plan(sweeper, "mode=student", "trainer.seed=0,1")
     assert first == [] and len(second) == 2
+
+
+def test_jobs_whose_method_cannot_pair_the_networks_are_refused_before_any_work(sweeper: Any, capsys: Any):
+    first, second = plan(sweeper, "loss=fitnet", "loss.hint_point=stage2,bogus")
+    err = capsys.readouterr().err
+    refused = [line for line in err.splitlines() if line.endswith("it is not started")]
+    assert len(refused) == 1 and "loss.hint_point=bogus" in refused[0] and "loss.hint_point: must be" in refused[0]
+    names = [p.dir_name for p in second]
+    assert not any("bogus" in name for name in names) and sweeper.refused and "bogus" in sweeper.refused[0]
 
 
 def test_teacher_stage_can_be_switched_off(sweeper: Any):

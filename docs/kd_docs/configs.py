@@ -292,7 +292,8 @@ def _option_nodes(comp: Composer, plans: list) -> dict[str, DictConfig]:
 def root_keys(comp: Composer, groups: Sequence[Group]) -> list[KeyInfo]:
     """Top-level keys that no group sets (``mode``, ``teacher_training.*``, ``soft_label_cache.*``, ...)."""
     base = comp()
-    packages = {group.package.split(".", 1)[0] for group in groups} | {"hydra"}
+    packages = {group.package for group in groups} | {"hydra"}
+    nested = tuple(p + "." for p in packages if "." in p)  # e.g. teacher_training.optimizer: set by a group
     notes = read_notes(CLONE_CONFIGS / "config.yaml")
     from_code = field_notes(base)
     found = []
@@ -301,7 +302,8 @@ def root_keys(comp: Composer, groups: Sequence[Group]) -> list[KeyInfo]:
             continue
         child = base._get_node(key)
         if isinstance(child, DictConfig) and not child._is_none() and len(child):
-            found.extend(leaf_keys(child, str(key), notes, str(key)))
+            leaves = leaf_keys(child, str(key), notes, str(key))
+            found.extend(info for info in leaves if not info.key.startswith(nested))
         else:
             note = notes.keys.get(str(key), "") or from_code.get(str(key), "")
             found.append(KeyInfo(str(key), _type_name(child), _default(child), _allowed(child), note))

@@ -62,6 +62,7 @@ class KDSweeper(BasicSweeper):
         super().__init__(max_batch_size=max_batch_size, params=params)
         self.add_baselines = add_baselines
         self.teacher_stage = teacher_stage
+        self.refused: list[str] = []  # directory names of jobs refused before any work
         try:
             self.rerun = Rerun(str(rerun))
         except ValueError:
@@ -83,6 +84,8 @@ class KDSweeper(BasicSweeper):
         jobs = [tuple(job) for job in grid]
         configs = [self._compose(job) for job in jobs]
         self._validate_all(jobs, configs)
+        shown = varying_keys(jobs)
+        jobs, configs = self._plannable(jobs, configs, shown)
         modes = [Mode(cfg.mode) for cfg in configs]
         baselines = self._baselines(jobs, modes) if self.add_baselines else []
         first = [Planned(job, is_teacher=True) for job, mode in zip(jobs, modes) if mode is Mode.teacher]
@@ -91,25 +94,36 @@ class KDSweeper(BasicSweeper):
         if self.teacher_stage:
             first += self._teacher_jobs(jobs, configs, modes, first, second)
         first = [p for p in first if p.is_teacher] + [p for p in first if not p.is_teacher]  # teachers start first
-        shown = varying_keys(jobs)
         first, second = self._deduplicated(first), self._deduplicated(second, exclude=first)
         for planned in first + second:
             planned.dir_name = job_dir_name(planned.overrides, shown)
         return first, second
 
+    def _plannable(
+        self, jobs: list[Job], configs: list[DictConfig], shown: set[str]
+    ) -> tuple[list[Job], list[DictConfig]]:
+        """The jobs whose networks and method fit together on their data (planned without training).
+
+        The others (a method that cannot pair two architectures, say) get one line each, before any work, and
+        are never started: the end-of-sweep report counts them.
+        """
+        from kd_hydra.app import check_plans
+
+        refused = check_plans(configs)
+        for number, error in refused.items():
+            print(f"error: job {number} ({' '.join(jobs[number])}): {error}; it is not started", file=sys.stderr)
+        self.refused = [job_dir_name(jobs[n], shown) for n in refused]
+        keep = [n for n in range(len(jobs)) if n not in refused]
+        return [jobs[n] for n in keep], [configs[n] for n in keep]
+
     def _validate_all(self, jobs: Sequence[Job], configs: Sequence[DictConfig]) -> None:
-        """Every value of every job, then every distill job's networks and method on its data: before any work."""
+        """Every value of every job, before any work: one line per bad job, and no job starts."""
         errors = []
         for number, (job, cfg) in enumerate(zip(jobs, configs)):
             try:
                 validate(cfg)
             except KDHydraError as error:
                 errors.append(f"error: job {number} ({' '.join(job)}): {error}")
-        if not errors:
-            from kd_hydra.app import check_plans
-
-            for number, error in check_plans(list(configs)).items():
-                errors.append(f"error: job {number} ({' '.join(jobs[number])}): {error}")
         if errors:
             print("\n".join(errors), file=sys.stderr)
             print(
@@ -212,7 +226,8 @@ class KDSweeper(BasicSweeper):
         for planned in first + second:  # a setting that ran before keeps its directory, even if named otherwise
             planned.dir_name = existing.get(settings_hash(planned.overrides), planned.dir_name)
         first_run, second_run = self._to_run(sweep_dir, first + second, first)
-        write_plan(sweep_dir, [p.dir_name for p in first + second], [p.dir_name for p in first_run + second_run])
+        planned = [p.dir_name for p in first + second] + self.refused
+        write_plan(sweep_dir, planned, [p.dir_name for p in first_run + second_run])
         returns: list[Any] = []
         next_idx = self._launch(first_run, returns, 0)
         failed_teachers = self._failed_teachers(sweep_dir, first)
