@@ -19,6 +19,7 @@ teacher stage).
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -42,6 +43,8 @@ from _common import (
 #: Every distillation method of ``conf/loss`` (the group's YAML files; ``ce`` is the baseline), ``kd`` first.
 METHODS = ("kd", *sorted(p.stem for p in (REPO_ROOT / "conf" / "loss").glob("*.yaml") if p.stem not in ("kd", "ce")))
 KD_WARM, KD_LIVE = "kd (cache warm)", "kd (teacher live)"
+JOB_ERROR = re.compile(r"^error: job [^(]*\((?P<overrides>[^)]*)\): (?P<reason>.*)$", re.MULTILINE)
+LOSS_OVERRIDE = re.compile(r"\bloss=(\S+)")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -59,17 +62,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def distill_runs(sweep_dir: Path) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-    """The completed distill jobs of a sweep by run directory name, and the failed jobs' reasons by the same."""
+def distill_runs(sweep_dir: Path) -> dict[str, dict[str, Any]]:
+    """The completed distill jobs of a sweep (not its teacher stage or baseline), by run directory name."""
     results: dict[str, dict[str, Any]] = {}
-    failures: dict[str, str] = {}
     for run_dir in sorted(p for p in sweep_dir.glob("*") if (p / "metrics.json").is_file()):
         metrics = read_metrics(run_dir)
-        if metrics.get("status") != "completed":
-            failures[run_dir.name] = str(metrics.get("reason"))
-        elif metrics["mode"] == "distill":  # not the sweep's teacher stage or matched baseline
+        if metrics.get("status") == "completed" and metrics["mode"] == "distill":
             results[run_dir.name] = {**suite_result(run_dir), "run_dir": str(run_dir)}
-    return results, failures
+    return results
+
+
+def job_failures(log_text: str) -> dict[str, str]:
+    """Method -> one-line reason, from the sweep's ``error: job ... (overrides): reason`` lines.
+
+    Covers the jobs that failed and those refused before any work (a method that cannot pair the networks).
+    """
+    failures: dict[str, str] = {}
+    for match in JOB_ERROR.finditer(log_text):
+        method = LOSS_OVERRIDE.search(match["overrides"])
+        if method is not None:
+            failures[method[1]] = match["reason"]
+    return failures
 
 
 def relative_to_kd(row: Mapping[str, Any], kd_warm: float, kd_live: float) -> dict[str, float]:
@@ -120,8 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except CommandFailed as error:  # some jobs failed: the others still get their rows
         sweep_failure, sweep_seconds = str(error), float("nan")
-    runs, failures = distill_runs(sweep_dir)
-    results = {row["method"]: row for row in runs.values()}
+    results = {row["method"]: row for row in distill_runs(sweep_dir).values()}
+    failures = job_failures((space.logs / "sweep.log").read_text())
     failed = [method for method in METHODS if method not in results]
     if sweep_failure is not None and not results:
         print(f"error: {sweep_failure}", file=sys.stderr)
@@ -135,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandFailed as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    kd_runs = {row["teacher_outputs"]: row for row in distill_runs(kd_dir)[0].values()}
+    kd_runs = {row["teacher_outputs"]: row for row in distill_runs(kd_dir).values()}
     results[KD_WARM], results[KD_LIVE] = kd_runs["cache"], kd_runs["live"]
     kd_warm, kd_live = results[KD_WARM]["mean_epoch_seconds"], results[KD_LIVE]["mean_epoch_seconds"]
     for row in results.values():
@@ -148,9 +161,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n".join(format_table(results)))
     if failed:
         print(f"no result for {', '.join(failed)} (see {space.logs / 'sweep.log'}):")
-        print("\n".join(f"  {name}: {reason}" for name, reason in failures.items()))
+        print("\n".join(f"  {method}: {failures.get(method, 'no reason in the log')}" for method in failed))
     args_record = {key: str(value) for key, value in vars(args).items()}
-    record = {"args": args_record, "sweep_seconds": sweep_seconds, "results": results, "failed": failures}
+    record = {
+        "args": args_record,
+        "sweep_seconds": sweep_seconds,
+        "results": results,
+        "failed": {method: failures.get(method) for method in failed},
+    }
     write_results(args.out, record)
     print(f"\nresults written to {args.out}")
     return 1 if failed else 0
