@@ -580,3 +580,13 @@ def test_completed_run_is_left_alone_and_other_settings_are_refused(workspace: W
     assert (run_dir / schema.METRICS_FILE).read_text() == before, "nothing lost"
     _, forced = workspace.single("done", *TINY, "mode=student", "trainer.seed=3", "trainer.resume=never")
     assert json.loads((run_dir / schema.METRICS_FILE).read_text())["settings"]["trainer.seed"] == 3
+
+
+def test_a_diverged_teacher_leaves_nothing_in_the_store(workspace: Workspace):
+    args = [*TINY, "mode=teacher", "teacher_training.epochs=2"]
+    _, failed = workspace.single("teacher-nan", *args, "teacher_training.optimizer.lr=1e30", expect=2)
+    assert "lower teacher_training.optimizer.lr" in failed.stderr
+    store = workspace.root / "cache" / "teachers"
+    assert not store.is_dir() or not any(p.is_dir() for p in store.iterdir()), "no entry, no checkpoint"
+    run_dir, _ = workspace.single("teacher-ok", *args)
+    assert json.loads((run_dir / schema.METRICS_FILE).read_text())["teacher_source"] == "trained"
