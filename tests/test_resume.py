@@ -15,6 +15,7 @@ from torch import nn
 
 from conftest import REPO, TINY, Workspace, read_metrics
 from kd_hydra import schema
+from kd_hydra.cache_entry import SEAL_FILE
 from kd_hydra.data import build_pipeline, load_synthetic
 from kd_hydra.errors import ConfigError
 from kd_hydra.methods import LossOutput, MethodBatch
@@ -186,7 +187,7 @@ def test_teacher_training_killed_in_the_store_resumes_there(workspace: Workspace
     process.wait()
     assert process.returncode == -signal.SIGKILL, "the teacher finished before it could be killed"
     (entry,) = [p for p in store.iterdir() if p.is_dir()]
-    assert not (entry / "meta.json").exists()
+    assert not (entry / SEAL_FILE).exists(), "an interrupted training is not sealed"
     _, rerun = workspace.single("teacher", *args)
     assert "teacher training was interrupted: continuing" in (killed_dir / "run.log").read_text()
     assert history_epochs(entry) == [1, 2, 3, 4, 5]
