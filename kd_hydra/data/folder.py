@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+from kd_hydra.data.decoded import check_decodable, check_memory_budget, decoded_arrays
 from kd_hydra.data.images import (
     DEFAULT_MAX_IMAGE_PIXELS,
     IMAGE_SUFFIXES,
@@ -16,7 +17,6 @@ from kd_hydra.data.images import (
     read_image,
     shown,
 )
-from kd_hydra.data.store import check_decodable, check_memory_budget, decoded_store
 from kd_hydra.data.types import ArrayData, DatasetSpec, FolderData, ImageFileDataset
 from kd_hydra.errors import ConfigError, DataError
 
@@ -97,7 +97,7 @@ def folder_dataset(
     cache_dir = None if cache_dir is None else os.path.expanduser(str(cache_dir))
     if in_memory:
         check_memory_budget(name, len(train) + len(test), size, max_memory_gb)
-        return decoded_store(train, test, spec, cache_dir, decode_workers)
+        return decoded_arrays(train, test, spec, cache_dir, decode_workers)
     check_decodable(train, test, spec, cache_dir, decode_workers)
     return FolderData(train=train, test=test, spec=spec)
 

@@ -18,8 +18,6 @@ from .base import (
     MethodBatch,
     paired_stages,
     require_finite,
-    require_weights,
-    stage_points,
 )
 
 
@@ -30,24 +28,17 @@ class AT(DistillMethod):
 
     def __init__(self, *, ce_weight: float, at_weight: float, p: float) -> None:
         super().__init__()
-        self.ce_weight = float(ce_weight)
-        self.at_weight = float(at_weight)
-        self.p = float(p)
-        self.stages: tuple[str, ...] = ()
 
     @classmethod
     def validate_config(cls, loss: Mapping[str, Any]) -> None:
-        require_weights(loss, "ce_weight", "at_weight")
+        super().validate_config(loss)
         require_finite(loss, "p", minimum=0.0, strict_minimum=True)
 
     def feature_request(self, student_points: Sequence[str], teacher_points: Sequence[str]) -> FeatureRequest:
-        self.stages = paired_stages("at", student_points, teacher_points)
-        return FeatureRequest(student=self.stages, teacher=self.stages)
+        stages = paired_stages("at", student_points, teacher_points)
+        return self.keep_request(stages, stages)
 
     def forward(self, batch: MethodBatch) -> LossOutput:
         ce = cross_entropy(batch.student_logits, batch.targets)
-        stages = self.stages or tuple(stage_points(list(batch.student_features)))
-        at = attention_transfer_loss(
-            [batch.student_features[s] for s in stages], [batch.teacher_features[s].detach() for s in stages], self.p
-        )
-        return LossOutput(total=self.ce_weight * ce + self.at_weight * at, parts={"ce": ce, "at": at})
+        at = attention_transfer_loss(*self.requested(batch.student_features, batch.teacher_features), self.p)
+        return self.weighted_loss({"ce": ce, "at": at})

@@ -105,10 +105,7 @@ def check_keys_and_types(cls: type[DistillMethod], loss: Mapping[str, Any]) -> N
     missing = [key for key in keys if key not in loss]
     if missing:
         raise ConfigError(f"loss.{missing[0]}", f"missing: {loss['_target_']} needs a value for it in its YAML")
-    try:
-        hints = typing.get_type_hints(cls.__init__)
-    except Exception:  # an annotation that does not evaluate here (e.g. a TYPE_CHECKING import): keys only
-        hints = {}
+    hints = cls.setting_types()  # empty where an annotation does not evaluate here: keys only
     for key in keys:
         hint = hints.get(key, inspect.Parameter.empty)
         if not _matches(loss[key], hint):

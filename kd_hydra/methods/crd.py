@@ -28,7 +28,6 @@ from .base import (
     require_finite,
     require_point,
     require_positive_int,
-    require_weights,
 )
 
 #: The feature point CRD embeds (the flattened pooled feature, as RepDistiller and mdistiller do).
@@ -160,19 +159,13 @@ class CRD(DistillMethod):
         self, *, ce_weight: float, crd_weight: float, feat_dim: int, nce_k: int, nce_t: float, momentum: float
     ) -> None:
         super().__init__()
-        self.ce_weight = float(ce_weight)
-        self.crd_weight = float(crd_weight)
-        self.feat_dim = int(feat_dim)
-        self.nce_k = int(nce_k)
-        self.nce_t = float(nce_t)
-        self.momentum = float(momentum)
         self.embed_student: CRDEmbed | None = None
         self.embed_teacher: CRDEmbed | None = None
         self.memory: ContrastMemory | None = None
 
     @classmethod
     def validate_config(cls, loss: Mapping[str, Any]) -> None:
-        require_weights(loss, "ce_weight", "crd_weight")
+        super().validate_config(loss)
         require_positive_int(loss, "feat_dim")
         require_positive_int(loss, "nce_k")
         require_finite(loss, "nce_t", minimum=0.0, strict_minimum=True)
@@ -181,7 +174,7 @@ class CRD(DistillMethod):
 
     def feature_request(self, student_points: Sequence[str], teacher_points: Sequence[str]) -> FeatureRequest:
         require_point("crd", CRD_POINT, student_points, teacher_points)
-        return FeatureRequest(student=(CRD_POINT,), teacher=(CRD_POINT,))
+        return self.keep_request((CRD_POINT,), (CRD_POINT,))
 
     def setup(
         self, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes, train_targets: Tensor, num_classes: int
@@ -197,9 +190,9 @@ class CRD(DistillMethod):
         if self.memory is None or self.embed_student is None or self.embed_teacher is None:
             raise RuntimeError("CRD.setup() must run before the first batch")
         ce = cross_entropy(batch.student_logits, batch.targets)
-        student = self.embed_student(batch.student_features[CRD_POINT])
-        teacher = self.embed_teacher(batch.teacher_features[CRD_POINT].detach())
+        (student,), (teacher,) = self.requested(batch.student_features, batch.teacher_features)
+        student, teacher = self.embed_student(student), self.embed_teacher(teacher)
         student_scores, teacher_scores = self.memory(student, teacher, batch.sample_indices)
         num_data = self.memory.num_data
         crd = crd_nce_loss(student_scores, num_data) + crd_nce_loss(teacher_scores, num_data)
-        return LossOutput(total=self.ce_weight * ce + self.crd_weight * crd, parts={"ce": ce, "crd": crd})
+        return self.weighted_loss({"ce": ce, "crd": crd})

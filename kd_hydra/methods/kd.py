@@ -31,11 +31,6 @@ class KD(DistillMethod):
         standardize: bool,
     ) -> None:
         super().__init__()
-        self.temperature = float(temperature)
-        self.alpha = None if alpha is None else float(alpha)
-        self.ce_weight = None if ce_weight is None else float(ce_weight)
-        self.kd_weight = None if kd_weight is None else float(kd_weight)
-        self.standardize = bool(standardize)
         if self.alpha is not None:
             self.weights = (1.0 - self.alpha, self.alpha)
         else:

@@ -25,7 +25,6 @@ from .base import (
     MethodBatch,
     paired_stages,
     require_positive_int,
-    require_weights,
 )
 
 
@@ -36,27 +35,22 @@ class KDSVD(DistillMethod):
 
     def __init__(self, *, ce_weight: float, kdsvd_weight: float, k: int) -> None:
         super().__init__()
-        self.ce_weight = float(ce_weight)
-        self.kdsvd_weight = float(kdsvd_weight)
-        self.k = int(k)
-        self.stages: tuple[str, ...] = ()
 
     @classmethod
     def validate_config(cls, loss: Mapping[str, Any]) -> None:
-        require_weights(loss, "ce_weight", "kdsvd_weight")
+        super().validate_config(loss)
         require_positive_int(loss, "k")
 
     def feature_request(self, student_points: Sequence[str], teacher_points: Sequence[str]) -> FeatureRequest:
-        self.stages = paired_stages("kdsvd", student_points, teacher_points)
-        if len(self.stages) < 2:
+        stages = paired_stages("kdsvd", student_points, teacher_points)
+        if len(stages) < 2:
             raise ConfigError("loss.name", "kdsvd relates consecutive stages: both networks need at least two")
-        return FeatureRequest(student=self.stages, teacher=self.stages)
+        return self.keep_request(stages, stages)
 
     def setup(
         self, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes, train_targets: Tensor, num_classes: int
     ) -> None:
-        student = [student_shapes[s][0] for s in self.stages]
-        teacher = [teacher_shapes[s][0] for s in self.stages]
+        student, teacher = self.requested_channels(student_shapes, teacher_shapes)
         if student != teacher:
             raise ConfigError(
                 "loss.name",
@@ -66,9 +60,5 @@ class KDSVD(DistillMethod):
 
     def forward(self, batch: MethodBatch) -> LossOutput:
         ce = cross_entropy(batch.student_logits, batch.targets)
-        kdsvd = kdsvd_loss(
-            [batch.student_features[s] for s in self.stages],
-            [batch.teacher_features[s].detach() for s in self.stages],
-            self.k,
-        )
-        return LossOutput(total=self.ce_weight * ce + self.kdsvd_weight * kdsvd, parts={"ce": ce, "kdsvd": kdsvd})
+        kdsvd = kdsvd_loss(*self.requested(batch.student_features, batch.teacher_features), self.k)
+        return self.weighted_loss({"ce": ce, "kdsvd": kdsvd})

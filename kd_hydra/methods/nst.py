@@ -9,12 +9,11 @@ trainable parts.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from kd_hydra.losses import cross_entropy, nst_loss
 
-from .base import DistillMethod, FeatureRequest, LossOutput, MethodBatch, paired_stages, require_weights
+from .base import DistillMethod, FeatureRequest, LossOutput, MethodBatch, paired_stages
 
 
 class NST(DistillMethod):
@@ -24,20 +23,13 @@ class NST(DistillMethod):
 
     def __init__(self, *, ce_weight: float, nst_weight: float) -> None:
         super().__init__()
-        self.ce_weight = float(ce_weight)
-        self.nst_weight = float(nst_weight)
-        self.stages: tuple[str, ...] = ()
-
-    @classmethod
-    def validate_config(cls, loss: Mapping[str, Any]) -> None:
-        require_weights(loss, "ce_weight", "nst_weight")
 
     def feature_request(self, student_points: Sequence[str], teacher_points: Sequence[str]) -> FeatureRequest:
-        self.stages = paired_stages("nst", student_points, teacher_points)
-        return FeatureRequest(student=self.stages, teacher=self.stages)
+        stages = paired_stages("nst", student_points, teacher_points)
+        return self.keep_request(stages, stages)
 
     def forward(self, batch: MethodBatch) -> LossOutput:
         ce = cross_entropy(batch.student_logits, batch.targets)
-        terms = [nst_loss(batch.student_features[s], batch.teacher_features[s].detach()) for s in self.stages]
+        terms = [nst_loss(s, t) for s, t in zip(*self.requested(batch.student_features, batch.teacher_features))]
         nst = sum(terms[1:], terms[0])
-        return LossOutput(total=self.ce_weight * ce + self.nst_weight * nst, parts={"ce": ce, "nst": nst})
+        return self.weighted_loss({"ce": ce, "nst": nst})
