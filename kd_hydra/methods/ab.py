@@ -16,21 +16,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kd_hydra.errors import ConfigError
 from kd_hydra.losses import activation_boundary_loss, cross_entropy
 
-from .base import (
-    DistillMethod,
-    FeatureRequest,
-    FeatureShapes,
-    LossOutput,
-    MethodBatch,
-    last_aligned,
-    preact_points,
-    require_finite,
-    require_init_stage,
-)
+from .base import DistillMethod, FeatureRequest, FeatureShapes, LossOutput, MethodBatch
+from .checks import require_finite, require_init_stage
 from .fitnet import _spatial_map
+from .points import require_preact_pairs
 
 
 def ab_connector(student: tuple[int, ...], teacher: tuple[int, ...]) -> nn.Module:
@@ -38,16 +29,6 @@ def ab_connector(student: tuple[int, ...], teacher: tuple[int, ...]) -> nn.Modul
     if student[:2] == teacher[:2]:
         return nn.Identity()
     return nn.Sequential(_spatial_map(student, teacher), nn.BatchNorm2d(teacher[0]))
-
-
-def require_preact_pairs(student_points: Sequence[str], teacher_points: Sequence[str]) -> tuple[tuple[str, ...], ...]:
-    """The deepest common number of ``stageN_preact`` points of both networks, else a one-line ConfigError."""
-    student, teacher = last_aligned(preact_points(student_points), preact_points(teacher_points))
-    if not student:
-        raise ConfigError(
-            "loss.name", "this method reads pre-activation feature points (stageN_preact) that these networks lack"
-        )
-    return student, teacher
 
 
 class AB(DistillMethod):

@@ -11,14 +11,9 @@ from typing import Any
 
 from kd_hydra.losses import attention_transfer_loss, cross_entropy
 
-from .base import (
-    DistillMethod,
-    FeatureRequest,
-    LossOutput,
-    MethodBatch,
-    paired_stages,
-    require_finite,
-)
+from .base import DistillMethod, FeatureRequest, LossOutput, MethodBatch
+from .checks import require_finite
+from .points import paired_stages
 
 
 class AT(DistillMethod):

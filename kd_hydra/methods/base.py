@@ -20,8 +20,6 @@ each times its weight. Python-side state beyond parameters and buffers goes thro
 from __future__ import annotations
 
 import inspect
-import math
-import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -32,6 +30,8 @@ from torch import Tensor, nn
 
 from kd_hydra.errors import ConfigError
 from kd_hydra.losses import soft_target_kl
+
+from .checks import require_weights
 
 #: Feature shapes from the probe forward, per feature point, without the batch dimension.
 FeatureShapes = Mapping[str, tuple[int, ...]]
@@ -212,6 +212,15 @@ class DistillMethod(nn.Module):
             teacher_shapes[p][0] for p in self.request.teacher
         ]
 
+    def require_equal_channels(
+        self, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes, problem: str, advice: str
+    ) -> None:
+        """ConfigError naming ``loss.name`` (``problem (student [..], teacher [..]); advice``) unless the requested
+        points of both networks have the same channel counts, pair by pair."""
+        student, teacher = self.requested_channels(student_shapes, teacher_shapes)
+        if student != teacher:
+            raise ConfigError("loss.name", f"{problem} (student {student}, teacher {teacher}); {advice}")
+
     @property
     def uses_features(self) -> bool:
         """Whether any feature point is read (then the teacher runs live, never from the cache)."""
@@ -270,90 +279,3 @@ class DistillMethod(nn.Module):
             return output
         kd = soft_target_kl(batch.student_logits, batch.teacher_logits, self.add_kd_temperature)
         return LossOutput(output.total + self.add_kd_weight * kd, {**output.parts, ADDED_KD_PART: kd})
-
-
-# -- helpers for validate_config --------------------------------------------------------------------------
-
-
-def require_finite(
-    loss: Mapping[str, Any],
-    key: str,
-    minimum: float | None = None,
-    maximum: float | None = None,
-    strict_minimum: bool = False,
-) -> float:
-    """``loss[key]`` as a finite float within the bounds, else ConfigError naming ``loss.<key>``."""
-    value = loss[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"loss.{key}", f"must be a number (got {value!r})")
-    value = float(value)
-    low = "" if minimum is None else f"{'>' if strict_minimum else '>='} {minimum:g}"
-    high = "" if maximum is None else f"<= {maximum:g}"
-    allowed = " and ".join(p for p in (low, high) if p) or "finite"
-    if not math.isfinite(value):
-        raise ConfigError(f"loss.{key}", f"must be a finite number {allowed} (got {value})")
-    if minimum is not None and (value < minimum or (strict_minimum and value == minimum)):
-        raise ConfigError(f"loss.{key}", f"must be {allowed} (got {value:g})")
-    if maximum is not None and value > maximum:
-        raise ConfigError(f"loss.{key}", f"must be {allowed} (got {value:g})")
-    return value
-
-
-def require_weights(loss: Mapping[str, Any], *keys: str) -> None:
-    """Each ``loss.<key>`` is a finite weight >= 0."""
-    for key in keys:
-        require_finite(loss, key, minimum=0.0)
-
-
-def require_positive_int(loss: Mapping[str, Any], key: str, minimum: int = 1) -> int:
-    value = loss[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"loss.{key}", f"must be an integer >= {minimum} (got {value!r})")
-    return value
-
-
-_STAGE_POINT = re.compile(r"^stage\d+$")
-
-
-def stage_points(points: Sequence[str]) -> list[str]:
-    """The ``stageN`` feature points of a network, in order (not ``stageN_preact``)."""
-    return [p for p in points if _STAGE_POINT.match(p)]
-
-
-_PREACT = re.compile(r"stage[1-9][0-9]*_preact")
-
-
-def preact_points(points: Sequence[str]) -> list[str]:
-    """The ``stageN_preact`` feature points of a network (stage outputs before their last ReLU), in order."""
-    return [p for p in points if _PREACT.fullmatch(p)]
-
-
-def last_aligned(student: Sequence[str], teacher: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The last ``min(len)`` points of each list (mdistiller's ``_align_list``), paired from the deepest."""
-    count = min(len(student), len(teacher))
-    return tuple(student[len(student) - count :]), tuple(teacher[len(teacher) - count :])
-
-
-def require_init_stage(loss: Mapping[str, Any]) -> None:
-    """``loss.init_epochs`` an integer >= 0 and ``loss.init_lr`` null or a finite number > 0."""
-    require_positive_int(loss, "init_epochs", minimum=0)
-    if loss.get("init_lr") is not None:
-        require_finite(loss, "init_lr", minimum=0.0, strict_minimum=True)
-
-
-def paired_stages(method: str, student_points: Sequence[str], teacher_points: Sequence[str]) -> tuple[str, ...]:
-    """The ``stageN`` points of both networks when they pair one to one, else ConfigError naming ``loss.name``."""
-    student, teacher = stage_points(student_points), stage_points(teacher_points)
-    if not student or student != teacher:
-        raise ConfigError(
-            "loss.name",
-            f"{method} pairs stages one to one: the student has {len(student)} stage outputs and the teacher "
-            f"{len(teacher)}; pick archs with the same number of stages",
-        )
-    return tuple(student)
-
-
-def require_point(method: str, point: str, student_points: Sequence[str], teacher_points: Sequence[str]) -> None:
-    """Both networks offer feature point ``point``, else ConfigError naming ``loss.name``."""
-    if point not in student_points or point not in teacher_points:
-        raise ConfigError("loss.name", f"{method} needs the {point} feature of both networks")

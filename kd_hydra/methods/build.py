@@ -20,7 +20,8 @@ from omegaconf import OmegaConf
 
 from kd_hydra.errors import ConfigError
 
-from .base import ADDED_KD_PART, DistillMethod, require_finite
+from .base import ADDED_KD_PART, DistillMethod
+from .checks import require_finite
 
 #: Keys of every ``loss`` node besides the method's own: its class, its label, and Hinton's added term
 #: (the defaults of the last two live in ``kd_hydra.config.RootConfig.loss``).

@@ -17,16 +17,9 @@ from torch import Tensor, nn
 
 from kd_hydra.losses import correlation_congruence_gaussian_loss, correlation_congruence_loss, cross_entropy
 
-from .base import (
-    DistillMethod,
-    FeatureRequest,
-    FeatureShapes,
-    LossOutput,
-    MethodBatch,
-    require_finite,
-    require_point,
-    require_positive_int,
-)
+from .base import DistillMethod, FeatureRequest, FeatureShapes, LossOutput, MethodBatch
+from .checks import require_finite, require_positive_int
+from .points import require_point
 
 #: The feature point CC embeds (the flattened pooled feature).
 CC_POINT = "pre_logit"

@@ -19,16 +19,9 @@ from torch import Tensor, nn
 from kd_hydra.errors import ConfigError, DataError
 from kd_hydra.losses import crd_nce_loss, cross_entropy
 
-from .base import (
-    DistillMethod,
-    FeatureRequest,
-    FeatureShapes,
-    LossOutput,
-    MethodBatch,
-    require_finite,
-    require_point,
-    require_positive_int,
-)
+from .base import DistillMethod, FeatureRequest, FeatureShapes, LossOutput, MethodBatch
+from .checks import require_finite, require_positive_int
+from .points import require_point
 
 #: The feature point CRD embeds (the flattened pooled feature, as RepDistiller and mdistiller do).
 CRD_POINT = "pre_logit"

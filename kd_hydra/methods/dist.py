@@ -11,7 +11,8 @@ from typing import Any
 
 from kd_hydra.losses import cross_entropy, dist_loss, standardize_logits
 
-from .base import DistillMethod, LossOutput, MethodBatch, require_finite, require_weights
+from .base import DistillMethod, LossOutput, MethodBatch
+from .checks import require_finite, require_weights
 
 
 class DIST(DistillMethod):

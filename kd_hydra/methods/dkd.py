@@ -11,14 +11,8 @@ from typing import Any
 
 from kd_hydra.losses import cross_entropy, dkd_loss, standardize_logits
 
-from .base import (
-    DistillMethod,
-    LossOutput,
-    MethodBatch,
-    require_finite,
-    require_positive_int,
-    require_weights,
-)
+from .base import DistillMethod, LossOutput, MethodBatch
+from .checks import require_finite, require_positive_int, require_weights
 
 
 def warmup_factor(epoch: int, warmup: int) -> float:

@@ -17,16 +17,9 @@ from torch import Tensor, nn
 from kd_hydra.errors import ConfigError
 from kd_hydra.losses import cross_entropy, fsp_loss
 
-from .base import (
-    DistillMethod,
-    FeatureRequest,
-    FeatureShapes,
-    LossOutput,
-    MethodBatch,
-    last_aligned,
-    require_init_stage,
-    stage_points,
-)
+from .base import DistillMethod, FeatureRequest, FeatureShapes, LossOutput, MethodBatch
+from .checks import require_init_stage
+from .points import last_aligned, stage_points
 
 STEM = "stem"
 
@@ -58,13 +51,10 @@ class FSP(DistillMethod):
     def setup(
         self, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes, train_targets: Any, num_classes: int
     ) -> None:
-        student, teacher = self.requested_channels(student_shapes, teacher_shapes)
-        if student != teacher:
-            raise ConfigError(
-                "loss.name",
-                f"fsp needs the same channel counts in both networks (student {student}, teacher {teacher}); "
-                "pick a pair of the same family",
-            )
+        self.require_equal_channels(
+            student_shapes, teacher_shapes, "fsp needs the same channel counts in both networks",
+            "pick a pair of the same family",
+        )  # fmt: skip
 
     def flow_loss(self, student_features: Mapping[str, Tensor], teacher_features: Mapping[str, Tensor]) -> Tensor:
         """The summed FSP terms of one batch."""

@@ -19,16 +19,9 @@ from torch import Tensor, nn
 from kd_hydra.errors import ConfigError
 from kd_hydra.losses import cross_entropy, factor_transfer_loss
 
-from .base import (
-    DistillMethod,
-    FeatureRequest,
-    FeatureShapes,
-    LossOutput,
-    MethodBatch,
-    require_finite,
-    require_init_stage,
-    stage_points,
-)
+from .base import DistillMethod, FeatureRequest, FeatureShapes, LossOutput, MethodBatch
+from .checks import require_finite, require_init_stage
+from .points import stage_points
 
 #: Negative slope of the paraphraser's and translator's LeakyReLUs (RepDistiller).
 LEAKY_SLOPE = 0.1

@@ -13,7 +13,8 @@ from typing import Any
 from kd_hydra.errors import ConfigError
 from kd_hydra.losses import kd_loss
 
-from .base import DistillMethod, LossOutput, MethodBatch, require_finite, require_weights
+from .base import DistillMethod, LossOutput, MethodBatch
+from .checks import require_finite, require_weights
 
 
 class KD(DistillMethod):

@@ -17,15 +17,9 @@ from torch import Tensor
 from kd_hydra.errors import ConfigError
 from kd_hydra.losses import cross_entropy, kdsvd_loss
 
-from .base import (
-    DistillMethod,
-    FeatureRequest,
-    FeatureShapes,
-    LossOutput,
-    MethodBatch,
-    paired_stages,
-    require_positive_int,
-)
+from .base import DistillMethod, FeatureRequest, FeatureShapes, LossOutput, MethodBatch
+from .checks import require_positive_int
+from .points import paired_stages
 
 
 class KDSVD(DistillMethod):
@@ -50,13 +44,10 @@ class KDSVD(DistillMethod):
     def setup(
         self, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes, train_targets: Tensor, num_classes: int
     ) -> None:
-        student, teacher = self.requested_channels(student_shapes, teacher_shapes)
-        if student != teacher:
-            raise ConfigError(
-                "loss.name",
-                f"kdsvd compares singular vectors channel by channel: stage channels differ "
-                f"(student {student}, teacher {teacher}); pick archs of equal widths",
-            )
+        self.require_equal_channels(
+            student_shapes, teacher_shapes, "kdsvd compares singular vectors channel by channel: stage channels differ",
+            "pick archs of equal widths",
+        )  # fmt: skip
 
     def forward(self, batch: MethodBatch) -> LossOutput:
         ce = cross_entropy(batch.student_logits, batch.targets)

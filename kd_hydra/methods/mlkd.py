@@ -14,7 +14,8 @@ from typing import Any
 
 from kd_hydra.losses import cross_entropy, mlkd_loss
 
-from .base import DistillMethod, LossOutput, MethodBatch, require_finite
+from .base import DistillMethod, LossOutput, MethodBatch
+from .checks import require_finite
 
 
 class MLKD(DistillMethod):

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 
 from kd_hydra.losses import cross_entropy, nst_loss
 
-from .base import DistillMethod, FeatureRequest, LossOutput, MethodBatch, paired_stages
+from .base import DistillMethod, FeatureRequest, LossOutput, MethodBatch
+from .points import paired_stages
 
 
 class NST(DistillMethod):

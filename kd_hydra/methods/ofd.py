@@ -24,15 +24,9 @@ from kd_hydra.errors import ConfigError
 from kd_hydra.losses import cross_entropy, ofd_loss, ofd_margin
 from kd_hydra.models.features import feature_points, unwrap
 
-from .ab import require_preact_pairs
-from .base import (
-    DistillMethod,
-    FeatureRequest,
-    FeatureShapes,
-    LossOutput,
-    MethodBatch,
-    require_positive_int,
-)
+from .base import DistillMethod, FeatureRequest, FeatureShapes, LossOutput, MethodBatch
+from .checks import require_positive_int
+from .points import require_preact_pairs
 
 #: The model method that names the BatchNorm before each pre-activation point.
 PREACT_BATCHNORMS = "preact_batchnorms"

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 
 from kd_hydra.losses import cross_entropy, pkt_loss
 
-from .base import DistillMethod, FeatureRequest, LossOutput, MethodBatch, require_point
+from .base import DistillMethod, FeatureRequest, LossOutput, MethodBatch
+from .points import require_point
 
 #: The feature point PKT reads (the flattened pooled feature).
 PKT_POINT = "pre_logit"

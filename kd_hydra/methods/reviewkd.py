@@ -22,18 +22,10 @@ from torch import Tensor, nn
 from kd_hydra.errors import ConfigError
 from kd_hydra.losses import cross_entropy, hierarchical_context_loss
 
-from .base import (
-    DistillMethod,
-    FeatureRequest,
-    FeatureShapes,
-    LossOutput,
-    MethodBatch,
-    last_aligned,
-    preact_points,
-    require_positive_int,
-    stage_points,
-)
+from .base import DistillMethod, FeatureRequest, FeatureShapes, LossOutput, MethodBatch
+from .checks import require_positive_int
 from .dkd import warmup_factor
+from .points import last_aligned, preact_points, stage_points
 
 PRE_LOGIT = "pre_logit"
 

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 
 from kd_hydra.losses import cross_entropy, rkd_loss
 
-from .base import DistillMethod, FeatureRequest, LossOutput, MethodBatch, require_point
+from .base import DistillMethod, FeatureRequest, LossOutput, MethodBatch
+from .points import require_point
 
 #: The feature point RKD relates (the flattened pooled feature).
 RKD_POINT = "pre_logit"

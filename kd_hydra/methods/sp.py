@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from kd_hydra.errors import ConfigError
 from kd_hydra.losses import cross_entropy, similarity_preserving_loss
 
-from .base import DistillMethod, FeatureRequest, LossOutput, MethodBatch, stage_points
+from .base import DistillMethod, FeatureRequest, LossOutput, MethodBatch
+from .points import stage_points
 
 
 class SP(DistillMethod):

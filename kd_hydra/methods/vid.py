@@ -19,15 +19,9 @@ from torch import Tensor, nn
 
 from kd_hydra.losses import cross_entropy, match_spatial, vid_loss
 
-from .base import (
-    DistillMethod,
-    FeatureRequest,
-    FeatureShapes,
-    LossOutput,
-    MethodBatch,
-    paired_stages,
-    require_finite,
-)
+from .base import DistillMethod, FeatureRequest, FeatureShapes, LossOutput, MethodBatch
+from .checks import require_finite
+from .points import paired_stages
 
 
 def vid_regressor(student_channels: int, teacher_channels: int) -> nn.Sequential:
