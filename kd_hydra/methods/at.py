@@ -6,17 +6,17 @@ Every ``stageN`` output of the student is paired with the teacher's (both need t
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from kd_hydra.losses import attention_transfer_loss, cross_entropy
 
-from .base import DistillMethod, FeatureRequest, LossOutput, MethodBatch
+from .base import LossOutput, MethodBatch
 from .checks import require_finite
-from .points import paired_stages
+from .points import PairedStagesMethod
 
 
-class AT(DistillMethod):
+class AT(PairedStagesMethod):
     """Attention transfer over all stage pairs; parts ``ce`` and ``at`` (the summed AT terms, unweighted)."""
 
     parts = ("ce", "at")
@@ -28,10 +28,6 @@ class AT(DistillMethod):
     def validate_config(cls, loss: Mapping[str, Any]) -> None:
         super().validate_config(loss)
         require_finite(loss, "p", minimum=0.0, strict_minimum=True)
-
-    def feature_request(self, student_points: Sequence[str], teacher_points: Sequence[str]) -> FeatureRequest:
-        stages = paired_stages("at", student_points, teacher_points)
-        return self.keep_request(stages, stages)
 
     def forward(self, batch: MethodBatch) -> LossOutput:
         ce = cross_entropy(batch.student_logits, batch.targets)

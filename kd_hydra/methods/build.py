@@ -158,7 +158,7 @@ def builtin_methods() -> dict[str, type[DistillMethod]]:
             if (
                 isinstance(value, type)
                 and issubclass(value, DistillMethod)
-                and value is not DistillMethod
+                and value.forward is not DistillMethod.forward  # not a base such as points.PooledFeatureMethod
                 and value.__module__ == module.__name__
             ):
                 found[info.name] = value

@@ -10,22 +10,20 @@ computes it (:func:`kd_hydra.losses.correlation_congruence_gaussian_loss`).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from torch import Tensor, nn
 
 from kd_hydra.losses import correlation_congruence_gaussian_loss, correlation_congruence_loss, cross_entropy
+from kd_hydra.models.features import PRE_LOGIT
 
-from .base import DistillMethod, FeatureRequest, FeatureShapes, LossOutput, MethodBatch
+from .base import FeatureShapes, LossOutput, MethodBatch
 from .checks import require_finite, require_positive_int
-from .points import require_point
-
-#: The feature point CC embeds (the flattened pooled feature).
-CC_POINT = "pre_logit"
+from .points import PooledFeatureMethod
 
 
-class CC(DistillMethod):
+class CC(PooledFeatureMethod):
     """Correlation congruence; parts ``ce`` and ``cc`` (unweighted). Trainable: ``embed_student``, ``embed_teacher``."""
 
     parts = ("ce", "cc")
@@ -51,15 +49,11 @@ class CC(DistillMethod):
         require_finite(loss, "gamma", minimum=0.0, strict_minimum=True)
         require_positive_int(loss, "max_p")
 
-    def feature_request(self, student_points: Sequence[str], teacher_points: Sequence[str]) -> FeatureRequest:
-        require_point("cc", CC_POINT, student_points, teacher_points)
-        return self.keep_request((CC_POINT,), (CC_POINT,))
-
     def setup(
         self, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes, train_targets: Tensor, num_classes: int
     ) -> None:
-        self.embed_student = nn.Linear(math.prod(student_shapes[CC_POINT]), self.feat_dim)
-        self.embed_teacher = nn.Linear(math.prod(teacher_shapes[CC_POINT]), self.feat_dim)
+        self.embed_student = nn.Linear(math.prod(student_shapes[PRE_LOGIT]), self.feat_dim)
+        self.embed_teacher = nn.Linear(math.prod(teacher_shapes[PRE_LOGIT]), self.feat_dim)
 
     def forward(self, batch: MethodBatch) -> LossOutput:
         if self.embed_student is None or self.embed_teacher is None:

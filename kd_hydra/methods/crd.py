@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -18,13 +18,11 @@ from torch import Tensor, nn
 
 from kd_hydra.errors import ConfigError, DataError
 from kd_hydra.losses import crd_nce_loss, cross_entropy
+from kd_hydra.models.features import PRE_LOGIT
 
-from .base import DistillMethod, FeatureRequest, FeatureShapes, LossOutput, MethodBatch
+from .base import FeatureShapes, LossOutput, MethodBatch
 from .checks import require_finite, require_positive_int
-from .points import require_point
-
-#: The feature point CRD embeds (the flattened pooled feature, as RepDistiller and mdistiller do).
-CRD_POINT = "pre_logit"
+from .points import PooledFeatureMethod
 
 _logger = logging.getLogger(__name__)
 
@@ -142,7 +140,7 @@ class ContrastMemory(nn.Module):
         )
 
 
-class CRD(DistillMethod):
+class CRD(PooledFeatureMethod):
     """CRD; parts ``ce`` and ``crd`` (both views' NCE, unweighted). Trainable: ``embed_student``, ``embed_teacher``;
     state: ``memory`` (buffers ``memory_student``, ``memory_teacher``, ``z_student``, ``z_teacher``)."""
 
@@ -165,15 +163,11 @@ class CRD(DistillMethod):
         if require_finite(loss, "momentum", minimum=0.0, maximum=1.0) == 1.0:
             raise ConfigError("loss.momentum", "must be >= 0 and < 1 (1 would never update the memory)")
 
-    def feature_request(self, student_points: Sequence[str], teacher_points: Sequence[str]) -> FeatureRequest:
-        require_point("crd", CRD_POINT, student_points, teacher_points)
-        return self.keep_request((CRD_POINT,), (CRD_POINT,))
-
     def setup(
         self, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes, train_targets: Tensor, num_classes: int
     ) -> None:
-        self.embed_student = CRDEmbed(math.prod(student_shapes[CRD_POINT]), self.feat_dim)
-        self.embed_teacher = CRDEmbed(math.prod(teacher_shapes[CRD_POINT]), self.feat_dim)
+        self.embed_student = CRDEmbed(math.prod(student_shapes[PRE_LOGIT]), self.feat_dim)
+        self.embed_teacher = CRDEmbed(math.prod(teacher_shapes[PRE_LOGIT]), self.feat_dim)
         try:
             self.memory = ContrastMemory(self.feat_dim, train_targets, self.nce_k, self.nce_t, self.momentum)
         except ValueError as error:

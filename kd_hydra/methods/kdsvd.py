@@ -17,12 +17,12 @@ from torch import Tensor
 from kd_hydra.errors import ConfigError
 from kd_hydra.losses import cross_entropy, kdsvd_loss
 
-from .base import DistillMethod, FeatureRequest, FeatureShapes, LossOutput, MethodBatch
+from .base import FeatureRequest, FeatureShapes, LossOutput, MethodBatch
 from .checks import require_positive_int
-from .points import paired_stages
+from .points import PairedStagesMethod
 
 
-class KDSVD(DistillMethod):
+class KDSVD(PairedStagesMethod):
     """KDSVD over the stages; parts ``ce`` and ``kdsvd`` (unweighted)."""
 
     parts = ("ce", "kdsvd")
@@ -36,10 +36,10 @@ class KDSVD(DistillMethod):
         require_positive_int(loss, "k")
 
     def feature_request(self, student_points: Sequence[str], teacher_points: Sequence[str]) -> FeatureRequest:
-        stages = paired_stages("kdsvd", student_points, teacher_points)
-        if len(stages) < 2:
+        request = super().feature_request(student_points, teacher_points)
+        if len(request.student) < 2:
             raise ConfigError("loss.name", "kdsvd relates consecutive stages: both networks need at least two")
-        return self.keep_request(stages, stages)
+        return request
 
     def setup(
         self, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes, train_targets: Tensor, num_classes: int

@@ -9,25 +9,19 @@ trainable parts.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from kd_hydra.losses import cross_entropy, nst_loss
 
-from .base import DistillMethod, FeatureRequest, LossOutput, MethodBatch
-from .points import paired_stages
+from .base import LossOutput, MethodBatch
+from .points import PairedStagesMethod
 
 
-class NST(DistillMethod):
+class NST(PairedStagesMethod):
     """Neuron selectivity transfer over all stage pairs; parts ``ce`` and ``nst`` (the summed terms, unweighted)."""
 
     parts = ("ce", "nst")
 
     def __init__(self, *, ce_weight: float, nst_weight: float) -> None:
         super().__init__()
-
-    def feature_request(self, student_points: Sequence[str], teacher_points: Sequence[str]) -> FeatureRequest:
-        stages = paired_stages("nst", student_points, teacher_points)
-        return self.keep_request(stages, stages)
 
     def forward(self, batch: MethodBatch) -> LossOutput:
         ce = cross_entropy(batch.student_logits, batch.targets)

@@ -6,28 +6,19 @@ On ``pre_logit`` of both networks (as mdistiller's ``pooled_feat`` and RepDistil
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from kd_hydra.losses import cross_entropy, pkt_loss
 
-from .base import DistillMethod, FeatureRequest, LossOutput, MethodBatch
-from .points import require_point
-
-#: The feature point PKT reads (the flattened pooled feature).
-PKT_POINT = "pre_logit"
+from .base import LossOutput, MethodBatch
+from .points import PooledFeatureMethod
 
 
-class PKT(DistillMethod):
+class PKT(PooledFeatureMethod):
     """Probabilistic knowledge transfer; parts ``ce`` and ``pkt`` (unweighted)."""
 
     parts = ("ce", "pkt")
 
     def __init__(self, *, ce_weight: float, pkt_weight: float) -> None:
         super().__init__()
-
-    def feature_request(self, student_points: Sequence[str], teacher_points: Sequence[str]) -> FeatureRequest:
-        require_point("pkt", PKT_POINT, student_points, teacher_points)
-        return self.keep_request((PKT_POINT,), (PKT_POINT,))
 
     def forward(self, batch: MethodBatch) -> LossOutput:
         ce = cross_entropy(batch.student_logits, batch.targets)

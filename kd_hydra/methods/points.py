@@ -1,7 +1,8 @@
 """Which feature points of the two networks a method pairs (names from :mod:`kd_hydra.models.features`).
 
-Pure functions of the point names each network offers; the pairing errors are one-line ConfigErrors naming
-``loss.name``.
+Pure functions of the point names each network offers, and two bases for the common requests
+(:class:`PooledFeatureMethod`, :class:`PairedStagesMethod`); the pairing errors are one-line ConfigErrors
+naming ``loss.name`` and the method (its module's name).
 """
 
 from __future__ import annotations
@@ -9,9 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from kd_hydra.errors import ConfigError
-from kd_hydra.models.features import preact_points, stage_points
+from kd_hydra.models.features import PRE_LOGIT, preact_points, stage_points
+
+from .base import DistillMethod, FeatureRequest
 
 __all__ = [
+    "PairedStagesMethod",
+    "PooledFeatureMethod",
     "last_aligned",
     "paired_stages",
     "preact_points",
@@ -53,3 +58,19 @@ def require_preact_pairs(student_points: Sequence[str], teacher_points: Sequence
             "loss.name", "this method reads pre-activation feature points (stageN_preact) that these networks lack"
         )
     return student, teacher
+
+
+class PooledFeatureMethod(DistillMethod):
+    """A method that reads ``pre_logit`` (the flattened pooled feature) of both networks."""
+
+    def feature_request(self, student_points: Sequence[str], teacher_points: Sequence[str]) -> FeatureRequest:
+        require_point(type(self).name, PRE_LOGIT, student_points, teacher_points)
+        return self.keep_request((PRE_LOGIT,), (PRE_LOGIT,))
+
+
+class PairedStagesMethod(DistillMethod):
+    """A method that pairs every ``stageN`` output of the student with the teacher's (same number of stages)."""
+
+    def feature_request(self, student_points: Sequence[str], teacher_points: Sequence[str]) -> FeatureRequest:
+        stages = paired_stages(type(self).name, student_points, teacher_points)
+        return self.keep_request(stages, stages)

@@ -6,28 +6,19 @@ On ``pre_logit`` of both networks (the pooled feature, as mdistiller's ``pooled_
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from kd_hydra.losses import cross_entropy, rkd_loss
 
-from .base import DistillMethod, FeatureRequest, LossOutput, MethodBatch
-from .points import require_point
-
-#: The feature point RKD relates (the flattened pooled feature).
-RKD_POINT = "pre_logit"
+from .base import LossOutput, MethodBatch
+from .points import PooledFeatureMethod
 
 
-class RKD(DistillMethod):
+class RKD(PooledFeatureMethod):
     """Distance- and angle-wise relations; parts ``ce`` and ``rkd`` (``w_d * distance + w_a * angle``)."""
 
     parts = ("ce", "rkd")
 
     def __init__(self, *, ce_weight: float, rkd_weight: float, distance_weight: float, angle_weight: float) -> None:
         super().__init__()
-
-    def feature_request(self, student_points: Sequence[str], teacher_points: Sequence[str]) -> FeatureRequest:
-        require_point("rkd", RKD_POINT, student_points, teacher_points)
-        return self.keep_request((RKD_POINT,), (RKD_POINT,))
 
     def forward(self, batch: MethodBatch) -> LossOutput:
         ce = cross_entropy(batch.student_logits, batch.targets)

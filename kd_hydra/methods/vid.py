@@ -11,7 +11,7 @@ conv`` (no biases) predicts the teacher's map, and each teacher channel has a le
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -19,9 +19,9 @@ from torch import Tensor, nn
 
 from kd_hydra.losses import cross_entropy, match_spatial, vid_loss
 
-from .base import DistillMethod, FeatureRequest, FeatureShapes, LossOutput, MethodBatch
+from .base import FeatureShapes, LossOutput, MethodBatch
 from .checks import require_finite
-from .points import paired_stages
+from .points import PairedStagesMethod
 
 
 def vid_regressor(student_channels: int, teacher_channels: int) -> nn.Sequential:
@@ -44,7 +44,7 @@ def initial_log_scale(init_pred_var: float, eps: float) -> float:
     return math.log(math.exp(init_pred_var - eps) - 1.0)
 
 
-class VID(DistillMethod):
+class VID(PairedStagesMethod):
     """VID over all stage pairs; parts ``ce`` and ``vid`` (summed, unweighted). Trainable: ``regressors``,
     ``log_scales``."""
 
@@ -60,10 +60,6 @@ class VID(DistillMethod):
         super().validate_config(loss)
         eps = require_finite(loss, "eps", minimum=0.0)
         require_finite(loss, "init_pred_var", minimum=eps, strict_minimum=True)
-
-    def feature_request(self, student_points: Sequence[str], teacher_points: Sequence[str]) -> FeatureRequest:
-        stages = paired_stages("vid", student_points, teacher_points)
-        return self.keep_request(stages, stages)
 
     def setup(
         self, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes, train_targets: Tensor, num_classes: int
