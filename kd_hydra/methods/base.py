@@ -208,9 +208,8 @@ class DistillMethod(nn.Module):
 
     def requested_channels(self, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes) -> tuple[list[int], ...]:
         """The channel counts (first dimension) of the requested points of each network, in request order."""
-        return [student_shapes[p][0] for p in self.request.student], [
-            teacher_shapes[p][0] for p in self.request.teacher
-        ]
+        student = [student_shapes[p][0] for p in self.request.student]
+        return student, [teacher_shapes[p][0] for p in self.request.teacher]
 
     def require_equal_channels(
         self, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes, problem: str, advice: str
