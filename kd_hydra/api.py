@@ -85,7 +85,7 @@ def run_experiment(
 
 
 #: Loggers whose INFO lines a notebook call shows (what is trained and when), besides every warning.
-CONSOLE_LOGGERS = ("kd_hydra.app", "kd_hydra.sweeper")
+CONSOLE_LOGGERS = ("kd_hydra.app", "kd_hydra.sweeps")
 
 
 class _ConsoleFilter(logging.Filter):

@@ -35,7 +35,7 @@ from kd_hydra.models import count_parameters
 from kd_hydra.outputs import HistoryLog, headline
 from kd_hydra.records import CHECKPOINTS_DIR, MODEL_FILE, RunDirectory, failure_reason, write_completed, write_failed
 from kd_hydra.runtime import with_precision
-from kd_hydra.sweeper import announce_job, record_outcome
+from kd_hydra.sweeps import announce_job, record_outcome
 from kd_hydra.teacher_outputs import teacher_outputs
 from kd_hydra.teachers import Teacher, acquire_teacher, load_external, teacher_identity_of
 from kd_hydra.train import Checkpointing, DivergedError, FitResult, Snapshots, Trainer

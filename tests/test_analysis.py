@@ -446,7 +446,7 @@ def test_callback_failure_exits_non_zero_with_a_last_line(tmp_path: Path, capsys
 def test_callback_failure_still_runs_the_job_status_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     fake = write_fake_sweep(tmp_path / "sweep")  # a failed, an unfinished and a corrupt job
     analysis_node = {"_target_": "analysis.callback.AnalysisCallback", "out_subdir": "0/metrics.json"}
-    callbacks = {"job_status": {"_target_": "kd_hydra.sweeper.JobStatusCallback"}, "analysis": analysis_node}
+    callbacks = {"job_status": {"_target_": "kd_hydra.sweeps.JobStatusCallback"}, "analysis": analysis_node}
     config = OmegaConf.create({"hydra": {"sweep": {"dir": str(fake.root)}, "callbacks": callbacks}})
     with pytest.raises(SystemExit) as exited:  # out_subdir names a file: the analysis cannot be written
         AnalysisCallback(out_subdir="0/metrics.json").on_multirun_end(config)

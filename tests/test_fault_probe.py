@@ -339,12 +339,12 @@ def test_the_decoded_store_is_verified_on_reuse_and_rebuilt(tmp_path: Path, capl
     if damage == "labels-redigested":  # digests that match: the label range check still catches it
         import json
 
-        from kd_hydra.data.store import array_digest
+        from kd_hydra.data.decoded import array_digest
 
         meta = json.loads((entry / "meta.json").read_text())
         meta["digests"]["y_train.npy"] = array_digest(entry / "y_train.npy")
         (entry / "meta.json").write_text(json.dumps(meta))
-    with caplog.at_level(logging.WARNING, logger="kd_hydra.data.store"):
+    with caplog.at_level(logging.WARNING, logger="kd_hydra.data.decoded"):
         again = load_folder(path=str(root), cache_dir=str(cache), image_size=8)
     assert torch.equal(again.x_train, x_train) and torch.equal(again.y_train, y_train)
     reason = {

@@ -21,10 +21,10 @@ from kd_hydra.data import (
     LoaderPipeline,
     build_pipeline,
     channel_mean_std,
+    decoded,
     load_dataset,
     load_folder,
     load_synthetic,
-    store,
     stratified_split,
     with_validation,
 )
@@ -64,13 +64,13 @@ def stacked(items: list) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class CountingDecoder:
-    """Wraps store.read_image, counting calls (thread-safe)."""
+    """Wraps decoded.read_image, counting calls (thread-safe)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls = 0
         self._lock = threading.Lock()
-        self._real = store.read_image
-        monkeypatch.setattr(store, "read_image", self)
+        self._real = decoded.read_image
+        monkeypatch.setattr(decoded, "read_image", self)
 
     def __call__(self, path: str, *args: object) -> torch.Tensor:
         with self._lock:
@@ -90,7 +90,7 @@ def mapped_files() -> list[tuple[int, int, str]]:
 
 
 def entries(cache: Path) -> list[Path]:
-    folder = cache / store.STORE_FOLDER
+    folder = cache / decoded.FOLDER
     return sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
 
 
@@ -133,7 +133,7 @@ def test_parallel_loads_decode_once(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert len(results) == 3 and all(torch.equal(r.x_train, results[0].x_train) for r in results)
     assert decoder.calls == len(CLASSES) * (TRAIN_PER_CLASS + TEST_PER_CLASS)
     assert len(entries(tmp_path / "cache")) == 1
-    assert not [p for p in (tmp_path / "cache" / store.STORE_FOLDER).iterdir() if p.name.startswith(".tmp")]
+    assert not [p for p in (tmp_path / "cache" / decoded.FOLDER).iterdir() if p.name.startswith(".tmp")]
 
 
 def test_store_key_follows_content_not_size(tmp_path: Path) -> None:
@@ -177,7 +177,7 @@ def test_corrupt_image_is_one_line_naming_the_file(tmp_path: Path, in_memory: bo
         load_folder(path=str(root), cache_dir=str(cache), image_size=SIZE, in_memory=in_memory)
     message = str(info.value)
     assert message.startswith(f"{bad}: cannot decode image") and "\n" not in message
-    assert entries(cache) == [] and not list((cache / store.STORE_FOLDER).glob("*.checked.json"))
+    assert entries(cache) == [] and not list((cache / decoded.FOLDER).glob("*.checked.json"))
 
 
 def test_streaming_path_checks_then_reads_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -207,7 +207,7 @@ def test_memory_budget_suggests_streaming(tmp_path: Path) -> None:
         path=str(root), cache_dir=str(tmp_path / "cache"), image_size=SIZE, max_memory_gb=1e-6, in_memory=False
     )
     assert isinstance(data, FolderData)
-    assert store.memory_budget_bytes(None) == pytest.approx(0.5 * store.physical_memory_bytes())
+    assert decoded.memory_budget_bytes(None) == pytest.approx(0.5 * decoded.physical_memory_bytes())
 
 
 @pytest.mark.parametrize(

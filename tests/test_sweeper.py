@@ -27,7 +27,7 @@ import hydra_plugins.kd_hydra_sweeper.kd_sweeper as kd_sweeper_module
 from conftest import REPO, TINY, Workspace, call_main, isolated_process_state, read_metrics, write_npz
 from kd_hydra import schema
 from kd_hydra.config import register_configs
-from kd_hydra.sweeper import (
+from kd_hydra.sweeps import (
     HASH_DIGITS,
     JobState,
     clear_job,
@@ -171,7 +171,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from kd_hydra.config import register_configs
 from kd_hydra.records import RunDirectory
-from kd_hydra.sweeper import record_outcome
+from kd_hydra.sweeps import record_outcome
 
 register_configs()
 

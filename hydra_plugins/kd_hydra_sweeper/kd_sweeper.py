@@ -3,11 +3,11 @@
 Before anything runs it composes and validates every job of the grid, adds one matched
 baseline-student job (``mode=student``) for each distinct non-loss setting of a distill grid, and
 one ``mode=teacher`` job for each distinct teacher the distill jobs need. Each job's directory is
-named from its settings (``kd_hydra.sweeper.job_dir_name``), so a rerun into the same
+named from its settings (``kd_hydra.sweeps.job_dir_name``), so a rerun into the same
 ``hydra.sweep.dir`` skips the jobs that already completed (``rerun``), continues interrupted ones
 and trains only new settings. Jobs run in two stages through the configured launcher: teachers
 and baselines first, then the distill jobs, which find their teacher in the store. A failed job
-never stops the others (``kd_hydra.sweeper.JobStatusCallback`` reports them).
+never stops the others (``kd_hydra.sweeps.JobStatusCallback`` reports them).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from kd_hydra.config import Mode, validate
 from kd_hydra.errors import KDHydraError
-from kd_hydra.sweeper import (
-    Job,
+from kd_hydra.sweeps import (
     JobState,
+    Overrides,
     Planned,
     Rerun,
     baseline_overrides,
@@ -100,8 +100,8 @@ class KDSweeper(BasicSweeper):
         return first, second
 
     def _plannable(
-        self, jobs: list[Job], configs: list[DictConfig], shown: set[str]
-    ) -> tuple[list[Job], list[DictConfig]]:
+        self, jobs: list[Overrides], configs: list[DictConfig], shown: set[str]
+    ) -> tuple[list[Overrides], list[DictConfig]]:
         """The jobs whose networks and method fit together on their data (planned without training).
 
         The others (a method that cannot pair two architectures, say) get one line each, before any work, and
@@ -116,7 +116,7 @@ class KDSweeper(BasicSweeper):
         keep = [n for n in range(len(jobs)) if n not in refused]
         return [jobs[n] for n in keep], [configs[n] for n in keep]
 
-    def _validate_all(self, jobs: Sequence[Job], configs: Sequence[DictConfig]) -> None:
+    def _validate_all(self, jobs: Sequence[Overrides], configs: Sequence[DictConfig]) -> None:
         """Every value of every job, before any work: one line per bad job, and no job starts."""
         errors = []
         for number, (job, cfg) in enumerate(zip(jobs, configs)):
@@ -131,7 +131,7 @@ class KDSweeper(BasicSweeper):
             )
             sys.exit(EXIT_BAD_CONFIG)
 
-    def _baselines(self, jobs: Sequence[Job], modes: Sequence[Mode]) -> list[Job]:
+    def _baselines(self, jobs: Sequence[Overrides], modes: Sequence[Mode]) -> list[Overrides]:
         if Mode.student in modes:  # the grid brings its own baselines
             return []
         unique = list(dict.fromkeys(baseline_overrides(job) for job, mode in zip(jobs, modes) if mode is Mode.distill))
@@ -144,18 +144,18 @@ class KDSweeper(BasicSweeper):
 
     def _teacher_jobs(
         self,
-        jobs: Sequence[Job],
+        jobs: Sequence[Overrides],
         configs: Sequence[DictConfig],
         modes: Sequence[Mode],
         first: list[Planned],
         second: list[Planned],
     ) -> list[Planned]:
         """One mode=teacher job per distinct teacher of the distill jobs (none for external checkpoints)."""
-        keys: dict[Job, str | None] = {}
+        keys: dict[Overrides, str | None] = {}
         for job, cfg, mode in zip(jobs, configs, modes):
             keys[job] = self._teacher_key_or_none(cfg) if mode is not Mode.student else None
         given = {keys[p.overrides]: p.overrides for p in first if keys.get(p.overrides)}  # the grid's own teachers
-        groups: dict[str, list[Job]] = {}
+        groups: dict[str, list[Overrides]] = {}
         for job, mode in zip(jobs, modes):
             key = keys[job]
             if (
@@ -189,7 +189,7 @@ class KDSweeper(BasicSweeper):
             log.debug("no teacher key for a job: %s", error)
             return None
 
-    def _teacher_job(self, key: str, members: Sequence[Job]) -> Job:
+    def _teacher_job(self, key: str, members: Sequence[Overrides]) -> Overrides:
         """The overrides of the teacher job of ``members``: the common ones if they give the same teacher."""
         candidates = [teacher_job_overrides(members), teacher_job_overrides(members[:1])]
         for candidate in candidates:
@@ -265,7 +265,7 @@ class KDSweeper(BasicSweeper):
             log.warning("skipping failed job %s (hydra.sweeper.rerun=failed runs it again)", job.dir_name)
         return [j for j in run if j in first], [j for j in run if j not in first]
 
-    def _failed_teachers(self, sweep_dir: Path, first: list[Planned]) -> dict[Job, tuple[str, str]]:
+    def _failed_teachers(self, sweep_dir: Path, first: list[Planned]) -> dict[Overrides, tuple[str, str]]:
         """Teacher jobs of the first stage that did not complete: overrides -> (dir name, reason)."""
         failed = {}
         for job in first:

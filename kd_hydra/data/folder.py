@@ -7,7 +7,9 @@ or stays FolderData for the DataLoader path, after every image was checked to de
 from __future__ import annotations
 
 import os
+from typing import Any
 
+from kd_hydra.data.decoded import check_decodable, check_memory_budget, decoded_arrays
 from kd_hydra.data.images import (
     DEFAULT_MAX_IMAGE_PIXELS,
     IMAGE_SUFFIXES,
@@ -16,7 +18,6 @@ from kd_hydra.data.images import (
     read_image,
     shown,
 )
-from kd_hydra.data.store import check_decodable, check_memory_budget, decoded_store
 from kd_hydra.data.types import ArrayData, DatasetSpec, FolderData, ImageFileDataset
 from kd_hydra.errors import ConfigError, DataError
 
@@ -52,17 +53,18 @@ def folder_dataset(
     test: ImageFileDataset,
     classes: tuple[str, ...],
     *,
-    cache_dir: str | None,
-    in_memory: bool,
-    image_size: int | None,
-    max_memory_gb: float | None,
-    decode_workers: int | None,
+    cache_dir: str | None = None,
+    in_memory: bool = True,
+    image_size: int | None = None,
+    max_memory_gb: float | None = None,
+    decode_workers: int | None = None,
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> ArrayData | FolderData:
-    """Listed image files as ArrayData (decoded once into the store) or, with in_memory false, checked FolderData.
+    """Listed image files as ArrayData (decoded once into the cache) or, with in_memory false, checked FolderData.
 
     Images of another size are resized to `image_size` (None: the first training image's size); a file
-    declaring more than `max_image_pixels` pixels is refused before it is decoded.
+    declaring more than `max_image_pixels` pixels is refused before it is decoded. Its keyword parameters
+    are the options of every image-file dataset (``load_folder``, ``load_tiny_imagenet`` pass them on).
     """
     if not isinstance(in_memory, bool):
         raise ConfigError(
@@ -97,7 +99,7 @@ def folder_dataset(
     cache_dir = None if cache_dir is None else os.path.expanduser(str(cache_dir))
     if in_memory:
         check_memory_budget(name, len(train) + len(test), size, max_memory_gb)
-        return decoded_store(train, test, spec, cache_dir, decode_workers)
+        return decoded_arrays(train, test, spec, cache_dir, decode_workers)
     check_decodable(train, test, spec, cache_dir, decode_workers)
     return FolderData(train=train, test=test, spec=spec)
 
@@ -150,20 +152,10 @@ def list_image_folder(
     return files, labels, classes
 
 
-def load_folder(
-    name: str = "folder",
-    *,
-    path: str | None,
-    cache_dir: str | None = None,
-    in_memory: bool = True,
-    image_size: int | None = None,
-    max_memory_gb: float | None = None,
-    decode_workers: int | None = None,
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-) -> ArrayData | FolderData:
+def load_folder(name: str = "folder", *, path: str | None, **options: Any) -> ArrayData | FolderData:
     """Your images in ImageFolder layout: `<path>/train/<class>/*` and `<path>/test/<class>/*` (or `val/`).
 
-    Class index = position of the class folder name in sorted order. See `folder_dataset` for the rest.
+    Class index = position of the class folder name in sorted order. `options` are `folder_dataset`'s.
     """
     if path is None or not str(path).strip():
         raise ConfigError("dataset.path", f"is not set; expected a folder laid out as {_LAYOUT}")
@@ -177,15 +169,4 @@ def load_folder(
     test_files, test_labels, _ = list_image_folder(root, test_folder, classes)
     train = ImageFileDataset(root, train_files, train_labels)
     test = ImageFileDataset(root, test_files, test_labels)
-    return folder_dataset(
-        name,
-        train,
-        test,
-        tuple(classes),
-        cache_dir=cache_dir,
-        in_memory=in_memory,
-        image_size=image_size,
-        max_memory_gb=max_memory_gb,
-        decode_workers=decode_workers,
-        max_image_pixels=max_image_pixels,
-    )
+    return folder_dataset(name, train, test, tuple(classes), **options)

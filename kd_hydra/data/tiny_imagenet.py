@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from kd_hydra.data.folder import folder_dataset
-from kd_hydra.data.images import DEFAULT_MAX_IMAGE_PIXELS
 from kd_hydra.data.types import ArrayData, FolderData, ImageFileDataset
 from kd_hydra.errors import DataError
 
@@ -66,20 +66,11 @@ def _val_files(folder: str, index: dict[str, int], root: str) -> tuple[list[str]
     return files, labels
 
 
-def load_tiny_imagenet(
-    name: str = "tiny_imagenet",
-    *,
-    root: str,
-    cache_dir: str | None = None,
-    in_memory: bool = True,
-    image_size: int | None = None,
-    max_memory_gb: float | None = None,
-    decode_workers: int | None = None,
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-) -> ArrayData | FolderData:
+def load_tiny_imagenet(name: str = "tiny_imagenet", *, root: str, **options: Any) -> ArrayData | FolderData:
     """Tiny ImageNet under `<root>/tiny-imagenet-200`; class index = position in sorted(wnids).
 
-    Decoded once into the store under `cache_dir` (ArrayData) or, with in_memory false, FolderData.
+    Decoded once into the cache under `cache_dir` (ArrayData) or, with in_memory false, FolderData;
+    `options` are :func:`kd_hydra.data.folder.folder_dataset`'s.
     """
     root = os.path.expanduser(str(root))
     folder = os.path.join(root, TINY_IMAGENET_FOLDER)
@@ -87,15 +78,4 @@ def load_tiny_imagenet(
     train = ImageFileDataset(folder, *_train_files(folder, wnids, root))
     test = ImageFileDataset(folder, *_val_files(folder, {wnid: i for i, wnid in enumerate(wnids)}, root))
     _require(test.path(0), root)
-    return folder_dataset(
-        name,
-        train,
-        test,
-        tuple(wnids),
-        cache_dir=cache_dir,
-        in_memory=in_memory,
-        image_size=image_size,
-        max_memory_gb=max_memory_gb,
-        decode_workers=decode_workers,
-        max_image_pixels=max_image_pixels,
-    )
+    return folder_dataset(name, train, test, tuple(wnids), **options)

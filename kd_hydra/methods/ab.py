@@ -16,22 +16,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kd_hydra.errors import ConfigError
 from kd_hydra.losses import activation_boundary_loss, cross_entropy
 
-from .base import (
-    DistillMethod,
-    FeatureRequest,
-    FeatureShapes,
-    LossOutput,
-    MethodBatch,
-    last_aligned,
-    preact_points,
-    require_finite,
-    require_init_stage,
-    require_weights,
-)
+from .base import DistillMethod, FeatureRequest, FeatureShapes, LossOutput, MethodBatch
+from .checks import require_finite, require_init_stage
 from .fitnet import _spatial_map
+from .points import require_preact_pairs
 
 
 def ab_connector(student: tuple[int, ...], teacher: tuple[int, ...]) -> nn.Module:
@@ -39,16 +29,6 @@ def ab_connector(student: tuple[int, ...], teacher: tuple[int, ...]) -> nn.Modul
     if student[:2] == teacher[:2]:
         return nn.Identity()
     return nn.Sequential(_spatial_map(student, teacher), nn.BatchNorm2d(teacher[0]))
-
-
-def require_preact_pairs(student_points: Sequence[str], teacher_points: Sequence[str]) -> tuple[tuple[str, ...], ...]:
-    """The deepest common number of ``stageN_preact`` points of both networks, else a one-line ConfigError."""
-    student, teacher = last_aligned(preact_points(student_points), preact_points(teacher_points))
-    if not student:
-        raise ConfigError(
-            "loss.name", "this method reads pre-activation feature points (stageN_preact) that these networks lack"
-        )
-    return student, teacher
 
 
 class AB(DistillMethod):
@@ -61,39 +41,31 @@ class AB(DistillMethod):
         self, *, ce_weight: float, ab_weight: float, margin: float, init_epochs: int, init_lr: float | None
     ) -> None:
         super().__init__()
-        self.ce_weight = float(ce_weight)
-        self.ab_weight = float(ab_weight)
-        self.margin = float(margin)
-        self.init_epochs = int(init_epochs)
-        self.init_lr = None if init_lr is None else float(init_lr)
-        self.student_points: tuple[str, ...] = ()
-        self.teacher_points: tuple[str, ...] = ()
         self.connectors: nn.ModuleList | None = None
 
     @classmethod
     def validate_config(cls, loss: Mapping[str, Any]) -> None:
-        require_weights(loss, "ce_weight", "ab_weight")
+        super().validate_config(loss)
         require_finite(loss, "margin", minimum=0.0)
         require_init_stage(loss)
 
     def feature_request(self, student_points: Sequence[str], teacher_points: Sequence[str]) -> FeatureRequest:
-        self.student_points, self.teacher_points = require_preact_pairs(student_points, teacher_points)
-        return FeatureRequest(student=self.student_points, teacher=self.teacher_points)
+        return self.keep_request(*require_preact_pairs(student_points, teacher_points))
 
     def setup(
         self, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes, train_targets: Any, num_classes: int
     ) -> None:
         self.connectors = nn.ModuleList(
             ab_connector(tuple(student_shapes[s]), tuple(teacher_shapes[t]))
-            for s, t in zip(self.student_points, self.teacher_points)
+            for s, t in zip(self.request.student, self.request.teacher)
         )
 
     def boundary_loss(self, student_features: Mapping[str, Tensor], teacher_features: Mapping[str, Tensor]) -> Tensor:
         """The AB term between the connected student pre-activations and the teacher's."""
         if self.connectors is None:
             raise RuntimeError("AB.setup() must run before the first batch")
-        connected = [c(student_features[p]) for c, p in zip(self.connectors, self.student_points)]
-        teacher = [teacher_features[p].detach() for p in self.teacher_points]
+        student, teacher = self.requested(student_features, teacher_features)
+        connected = [connector(feature) for connector, feature in zip(self.connectors, student)]
         return activation_boundary_loss(connected, teacher, self.margin)
 
     def init_parameters(self, student: nn.Module) -> list[nn.Parameter]:
@@ -111,4 +83,4 @@ class AB(DistillMethod):
             self.train(training)
             return LossOutput(total=self.ce_weight * ce, parts={"ce": ce, "ab": ab})
         ab = self.boundary_loss(batch.student_features, batch.teacher_features)
-        return LossOutput(total=self.ce_weight * ce + self.ab_weight * ab, parts={"ce": ce, "ab": ab})
+        return self.weighted_loss({"ce": ce, "ab": ab})

@@ -6,48 +6,30 @@ Every ``stageN`` output of the student is paired with the teacher's (both need t
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from kd_hydra.losses import attention_transfer_loss, cross_entropy
 
-from .base import (
-    DistillMethod,
-    FeatureRequest,
-    LossOutput,
-    MethodBatch,
-    paired_stages,
-    require_finite,
-    require_weights,
-    stage_points,
-)
+from .base import LossOutput, MethodBatch
+from .checks import require_finite
+from .points import PairedStagesMethod
 
 
-class AT(DistillMethod):
+class AT(PairedStagesMethod):
     """Attention transfer over all stage pairs; parts ``ce`` and ``at`` (the summed AT terms, unweighted)."""
 
     parts = ("ce", "at")
 
     def __init__(self, *, ce_weight: float, at_weight: float, p: float) -> None:
         super().__init__()
-        self.ce_weight = float(ce_weight)
-        self.at_weight = float(at_weight)
-        self.p = float(p)
-        self.stages: tuple[str, ...] = ()
 
     @classmethod
     def validate_config(cls, loss: Mapping[str, Any]) -> None:
-        require_weights(loss, "ce_weight", "at_weight")
+        super().validate_config(loss)
         require_finite(loss, "p", minimum=0.0, strict_minimum=True)
-
-    def feature_request(self, student_points: Sequence[str], teacher_points: Sequence[str]) -> FeatureRequest:
-        self.stages = paired_stages("at", student_points, teacher_points)
-        return FeatureRequest(student=self.stages, teacher=self.stages)
 
     def forward(self, batch: MethodBatch) -> LossOutput:
         ce = cross_entropy(batch.student_logits, batch.targets)
-        stages = self.stages or tuple(stage_points(list(batch.student_features)))
-        at = attention_transfer_loss(
-            [batch.student_features[s] for s in stages], [batch.teacher_features[s].detach() for s in stages], self.p
-        )
-        return LossOutput(total=self.ce_weight * ce + self.at_weight * at, parts={"ce": ce, "at": at})
+        at = attention_transfer_loss(*self.requested(batch.student_features, batch.teacher_features), self.p)
+        return self.weighted_loss({"ce": ce, "at": at})

@@ -8,30 +8,57 @@ nothing else about it.
 
 Its settings are the keyword-only parameters of ``__init__``, typed and without defaults: the values are
 written once, in the method's YAML (``conf/loss/<name>.yaml``), and the signature gives the keys and their
-types (checked by :func:`kd_hydra.methods.validate_method_config`). Each parameter is kept as an attribute
-of the same name, which gives :meth:`DistillMethod.extra_repr`. Python-side state beyond parameters and
-buffers goes through torch's ``get_extra_state``/``set_extra_state`` (it travels inside ``state_dict``).
+types (checked by :func:`kd_hydra.methods.validate_method_config`). The base class keeps each argument as an
+attribute of the same name, converted to its annotated type (``float``, ``int``, ``bool``, ``str``, or one
+of them or None), before the subclass's ``__init__`` body goes on after ``super().__init__()``; that gives
+:meth:`DistillMethod.extra_repr` too. Every ``<name>_weight`` setting is a weight >= 0 (checked by the
+default :meth:`DistillMethod.validate_config`), and :meth:`DistillMethod.weighted_loss` sums the parts,
+each times its weight. Python-side state beyond parameters and buffers goes through torch's
+``get_extra_state``/``set_extra_state`` (it travels inside ``state_dict``).
 """
 
 from __future__ import annotations
 
 import inspect
-import math
-import re
+import types
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, Union
 
 from torch import Tensor, nn
 
 from kd_hydra.errors import ConfigError
 from kd_hydra.losses import soft_target_kl
 
+from .checks import require_weights
+
 #: Feature shapes from the probe forward, per feature point, without the batch dimension.
 FeatureShapes = Mapping[str, tuple[int, ...]]
 
 #: The history part of Hinton's term added to any method (``loss.add_kd_weight``).
 ADDED_KD_PART = "kd"
+
+#: The ending of the settings that weigh a loss part (``ce_weight``, ``kd_weight``...): each a weight >= 0.
+WEIGHT_SUFFIX = "_weight"
+
+#: Where :meth:`DistillMethod.__new__` leaves the constructor's arguments for :meth:`DistillMethod.__init__`.
+_PENDING_SETTINGS = "_pending_settings"
+
+_CONVERTERS: dict[Any, Any] = {float: float, int: int, bool: bool, str: str}
+
+
+def _converted(value: Any, hint: Any) -> Any:
+    """``value`` as its annotation's plain type (``float | None``: None stays); other annotations unchanged."""
+    if value is None:
+        return None
+    if hint in _CONVERTERS:
+        return _CONVERTERS[hint](value)
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        plain = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        if len(plain) == 1 and plain[0] in _CONVERTERS:
+            return _CONVERTERS[plain[0]](value)
+    return value
 
 
 @dataclass(frozen=True)
@@ -88,16 +115,32 @@ class DistillMethod(nn.Module):
     needs_strong_view: ClassVar[bool] = False
     #: Whether the teacher's BatchNorms use each batch's statistics (OFD's reference runs its teacher in train mode).
     teacher_batch_statistics: ClassVar[bool] = False
+    #: The setting that weighs a part in :meth:`weighted_loss`, where it is not ``<part>_weight``.
+    weight_keys: ClassVar[Mapping[str, str]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "name" not in cls.__dict__:
             cls.name = cls.__module__.rsplit(".", 1)[-1]
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> DistillMethod:
+        method = super().__new__(cls)
+        if args or kwargs:  # not when copy/pickle recreate an instance (its attributes follow)
+            bound = inspect.signature(cls.__init__).bind(method, *args, **kwargs)
+            bound.apply_defaults()
+            settings = {key: bound.arguments[key] for key in cls.config_keys()}
+            object.__setattr__(method, _PENDING_SETTINGS, settings)
+        return method
+
     def __init__(self) -> None:
         super().__init__()
         self.add_kd_weight = 0.0
         self.add_kd_temperature = 0.0
+        self.request = FeatureRequest()
+        settings = self.__dict__.pop(_PENDING_SETTINGS, {})
+        hints = self.setting_types()
+        for key, value in settings.items():
+            setattr(self, key, _converted(value, hints.get(key)))
 
     # -- the settings, from the signature ----------------------------------------------------------------
 
@@ -109,6 +152,14 @@ class DistillMethod(nn.Module):
             p.name for p in parameters if p.name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
         )
 
+    @classmethod
+    def setting_types(cls) -> dict[str, Any]:
+        """The annotations of the settings; empty where one does not evaluate here (a TYPE_CHECKING import)."""
+        try:
+            return typing.get_type_hints(cls.__init__)
+        except Exception:
+            return {}
+
     def extra_repr(self) -> str:
         settings = [f"{key}={getattr(self, key, '?')}" for key in self.config_keys()]
         if self.add_kd_weight:
@@ -119,14 +170,55 @@ class DistillMethod(nn.Module):
     def validate_config(cls, loss: Mapping[str, Any]) -> None:
         """Check the method's ``loss.*`` values (ranges, finiteness); raise ConfigError on the first bad one.
 
-        Keys and types are already checked against the signature when this runs.
+        Keys and types are already checked against the signature when this runs. This checks that every
+        ``<name>_weight`` setting is a weight >= 0; methods with more to check call it first.
         """
+        require_weights(loss, *(key for key in cls.config_keys() if key.endswith(WEIGHT_SUFFIX)))
+
+    def weighted_loss(self, parts: dict[str, Tensor], factors: Mapping[str, float] | None = None) -> LossOutput:
+        """The parts (``ce`` first) and their total ``sum(<part>_weight * part)``, in order.
+
+        ``factors`` scale a part's weight (a warm-up): ``(factor * <part>_weight) * part``.
+        """
+        terms = []
+        for name, value in parts.items():
+            weight = getattr(self, self.weight_keys.get(name, name + WEIGHT_SUFFIX))
+            if factors and name in factors:
+                weight = factors[name] * weight
+            terms.append(weight * value)
+        return LossOutput(total=sum(terms[1:], terms[0]), parts=parts)
 
     # -- what the trainer calls ------------------------------------------------------------------------
 
     def feature_request(self, student_points: Sequence[str], teacher_points: Sequence[str]) -> FeatureRequest:
         """The feature points to record, given the points each network offers (none by default)."""
         return FeatureRequest()
+
+    def keep_request(self, student: Sequence[str], teacher: Sequence[str]) -> FeatureRequest:
+        """Keep the points to read from each network (paired by position) as ``self.request``; return it."""
+        self.request = FeatureRequest(student=tuple(student), teacher=tuple(teacher))
+        return self.request
+
+    def requested(
+        self, student_features: Mapping[str, Tensor], teacher_features: Mapping[str, Tensor]
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """The requested student features and the teacher's (detached), in the order of ``self.request``."""
+        student = [student_features[p] for p in self.request.student]
+        return student, [teacher_features[p].detach() for p in self.request.teacher]
+
+    def requested_channels(self, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes) -> tuple[list[int], ...]:
+        """The channel counts (first dimension) of the requested points of each network, in request order."""
+        student = [student_shapes[p][0] for p in self.request.student]
+        return student, [teacher_shapes[p][0] for p in self.request.teacher]
+
+    def require_equal_channels(
+        self, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes, problem: str, advice: str
+    ) -> None:
+        """ConfigError naming ``loss.name`` (``problem (student [..], teacher [..]); advice``) unless the requested
+        points of both networks have the same channel counts, pair by pair."""
+        student, teacher = self.requested_channels(student_shapes, teacher_shapes)
+        if student != teacher:
+            raise ConfigError("loss.name", f"{problem} (student {student}, teacher {teacher}); {advice}")
 
     @property
     def uses_features(self) -> bool:
@@ -186,90 +278,3 @@ class DistillMethod(nn.Module):
             return output
         kd = soft_target_kl(batch.student_logits, batch.teacher_logits, self.add_kd_temperature)
         return LossOutput(output.total + self.add_kd_weight * kd, {**output.parts, ADDED_KD_PART: kd})
-
-
-# -- helpers for validate_config --------------------------------------------------------------------------
-
-
-def require_finite(
-    loss: Mapping[str, Any],
-    key: str,
-    minimum: float | None = None,
-    maximum: float | None = None,
-    strict_minimum: bool = False,
-) -> float:
-    """``loss[key]`` as a finite float within the bounds, else ConfigError naming ``loss.<key>``."""
-    value = loss[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"loss.{key}", f"must be a number (got {value!r})")
-    value = float(value)
-    low = "" if minimum is None else f"{'>' if strict_minimum else '>='} {minimum:g}"
-    high = "" if maximum is None else f"<= {maximum:g}"
-    allowed = " and ".join(p for p in (low, high) if p) or "finite"
-    if not math.isfinite(value):
-        raise ConfigError(f"loss.{key}", f"must be a finite number {allowed} (got {value})")
-    if minimum is not None and (value < minimum or (strict_minimum and value == minimum)):
-        raise ConfigError(f"loss.{key}", f"must be {allowed} (got {value:g})")
-    if maximum is not None and value > maximum:
-        raise ConfigError(f"loss.{key}", f"must be {allowed} (got {value:g})")
-    return value
-
-
-def require_weights(loss: Mapping[str, Any], *keys: str) -> None:
-    """Each ``loss.<key>`` is a finite weight >= 0."""
-    for key in keys:
-        require_finite(loss, key, minimum=0.0)
-
-
-def require_positive_int(loss: Mapping[str, Any], key: str, minimum: int = 1) -> int:
-    value = loss[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"loss.{key}", f"must be an integer >= {minimum} (got {value!r})")
-    return value
-
-
-_STAGE_POINT = re.compile(r"^stage\d+$")
-
-
-def stage_points(points: Sequence[str]) -> list[str]:
-    """The ``stageN`` feature points of a network, in order (not ``stageN_preact``)."""
-    return [p for p in points if _STAGE_POINT.match(p)]
-
-
-_PREACT = re.compile(r"stage[1-9][0-9]*_preact")
-
-
-def preact_points(points: Sequence[str]) -> list[str]:
-    """The ``stageN_preact`` feature points of a network (stage outputs before their last ReLU), in order."""
-    return [p for p in points if _PREACT.fullmatch(p)]
-
-
-def last_aligned(student: Sequence[str], teacher: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The last ``min(len)`` points of each list (mdistiller's ``_align_list``), paired from the deepest."""
-    count = min(len(student), len(teacher))
-    return tuple(student[len(student) - count :]), tuple(teacher[len(teacher) - count :])
-
-
-def require_init_stage(loss: Mapping[str, Any]) -> None:
-    """``loss.init_epochs`` an integer >= 0 and ``loss.init_lr`` null or a finite number > 0."""
-    require_positive_int(loss, "init_epochs", minimum=0)
-    if loss.get("init_lr") is not None:
-        require_finite(loss, "init_lr", minimum=0.0, strict_minimum=True)
-
-
-def paired_stages(method: str, student_points: Sequence[str], teacher_points: Sequence[str]) -> tuple[str, ...]:
-    """The ``stageN`` points of both networks when they pair one to one, else ConfigError naming ``loss.name``."""
-    student, teacher = stage_points(student_points), stage_points(teacher_points)
-    if not student or student != teacher:
-        raise ConfigError(
-            "loss.name",
-            f"{method} pairs stages one to one: the student has {len(student)} stage outputs and the teacher "
-            f"{len(teacher)}; pick archs with the same number of stages",
-        )
-    return tuple(student)
-
-
-def require_point(method: str, point: str, student_points: Sequence[str], teacher_points: Sequence[str]) -> None:
-    """Both networks offer feature point ``point``, else ConfigError naming ``loss.name``."""
-    if point not in student_points or point not in teacher_points:
-        raise ConfigError("loss.name", f"{method} needs the {point} feature of both networks")

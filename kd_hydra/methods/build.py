@@ -20,7 +20,8 @@ from omegaconf import OmegaConf
 
 from kd_hydra.errors import ConfigError
 
-from .base import ADDED_KD_PART, DistillMethod, require_finite
+from .base import ADDED_KD_PART, DistillMethod
+from .checks import require_finite
 
 #: Keys of every ``loss`` node besides the method's own: its class, its label, and Hinton's added term
 #: (the defaults of the last two live in ``kd_hydra.config.RootConfig.loss``).
@@ -105,10 +106,7 @@ def check_keys_and_types(cls: type[DistillMethod], loss: Mapping[str, Any]) -> N
     missing = [key for key in keys if key not in loss]
     if missing:
         raise ConfigError(f"loss.{missing[0]}", f"missing: {loss['_target_']} needs a value for it in its YAML")
-    try:
-        hints = typing.get_type_hints(cls.__init__)
-    except Exception:  # an annotation that does not evaluate here (e.g. a TYPE_CHECKING import): keys only
-        hints = {}
+    hints = cls.setting_types()  # empty where an annotation does not evaluate here: keys only
     for key in keys:
         hint = hints.get(key, inspect.Parameter.empty)
         if not _matches(loss[key], hint):
@@ -160,7 +158,7 @@ def builtin_methods() -> dict[str, type[DistillMethod]]:
             if (
                 isinstance(value, type)
                 and issubclass(value, DistillMethod)
-                and value is not DistillMethod
+                and value.forward is not DistillMethod.forward  # not a base such as points.PooledFeatureMethod
                 and value.__module__ == module.__name__
             ):
                 found[info.name] = value

@@ -10,30 +10,20 @@ computes it (:func:`kd_hydra.losses.correlation_congruence_gaussian_loss`).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from torch import Tensor, nn
 
 from kd_hydra.losses import correlation_congruence_gaussian_loss, correlation_congruence_loss, cross_entropy
+from kd_hydra.models.features import PRE_LOGIT
 
-from .base import (
-    DistillMethod,
-    FeatureRequest,
-    FeatureShapes,
-    LossOutput,
-    MethodBatch,
-    require_finite,
-    require_point,
-    require_positive_int,
-    require_weights,
-)
-
-#: The feature point CC embeds (the flattened pooled feature).
-CC_POINT = "pre_logit"
+from .base import FeatureShapes, LossOutput, MethodBatch
+from .checks import require_finite, require_positive_int
+from .points import PooledFeatureMethod
 
 
-class CC(DistillMethod):
+class CC(PooledFeatureMethod):
     """Correlation congruence; parts ``ce`` and ``cc`` (unweighted). Trainable: ``embed_student``, ``embed_teacher``."""
 
     parts = ("ce", "cc")
@@ -49,41 +39,31 @@ class CC(DistillMethod):
         max_p: int,
     ) -> None:
         super().__init__()
-        self.ce_weight = float(ce_weight)
-        self.cc_weight = float(cc_weight)
-        self.feat_dim = int(feat_dim)
-        self.kernel = str(kernel)
-        self.gamma = float(gamma)
-        self.max_p = int(max_p)
         self.embed_student: nn.Linear | None = None
         self.embed_teacher: nn.Linear | None = None
 
     @classmethod
     def validate_config(cls, loss: Mapping[str, Any]) -> None:
-        require_weights(loss, "ce_weight", "cc_weight")
+        super().validate_config(loss)
         require_positive_int(loss, "feat_dim")
         require_finite(loss, "gamma", minimum=0.0, strict_minimum=True)
         require_positive_int(loss, "max_p")
 
-    def feature_request(self, student_points: Sequence[str], teacher_points: Sequence[str]) -> FeatureRequest:
-        require_point("cc", CC_POINT, student_points, teacher_points)
-        return FeatureRequest(student=(CC_POINT,), teacher=(CC_POINT,))
-
     def setup(
         self, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes, train_targets: Tensor, num_classes: int
     ) -> None:
-        self.embed_student = nn.Linear(math.prod(student_shapes[CC_POINT]), self.feat_dim)
-        self.embed_teacher = nn.Linear(math.prod(teacher_shapes[CC_POINT]), self.feat_dim)
+        self.embed_student = nn.Linear(math.prod(student_shapes[PRE_LOGIT]), self.feat_dim)
+        self.embed_teacher = nn.Linear(math.prod(teacher_shapes[PRE_LOGIT]), self.feat_dim)
 
     def forward(self, batch: MethodBatch) -> LossOutput:
         if self.embed_student is None or self.embed_teacher is None:
             raise RuntimeError("CC.setup() must run before the first batch")
         ce = cross_entropy(batch.student_logits, batch.targets)
-        student, teacher = batch.student_features[CC_POINT], batch.teacher_features[CC_POINT].detach()
+        (student,), (teacher,) = self.requested(batch.student_features, batch.teacher_features)
         e_s = self.embed_student(student.reshape(student.shape[0], -1))
         e_t = self.embed_teacher(teacher.reshape(teacher.shape[0], -1))
         if self.kernel == "gaussian":
             cc = correlation_congruence_gaussian_loss(e_s, e_t, self.gamma, self.max_p)
         else:
             cc = correlation_congruence_loss(e_s, e_t)
-        return LossOutput(total=self.ce_weight * ce + self.cc_weight * cc, parts={"ce": ce, "cc": cc})
+        return self.weighted_loss({"ce": ce, "cc": cc})

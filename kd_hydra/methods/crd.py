@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -18,21 +18,11 @@ from torch import Tensor, nn
 
 from kd_hydra.errors import ConfigError, DataError
 from kd_hydra.losses import crd_nce_loss, cross_entropy
+from kd_hydra.models.features import PRE_LOGIT
 
-from .base import (
-    DistillMethod,
-    FeatureRequest,
-    FeatureShapes,
-    LossOutput,
-    MethodBatch,
-    require_finite,
-    require_point,
-    require_positive_int,
-    require_weights,
-)
-
-#: The feature point CRD embeds (the flattened pooled feature, as RepDistiller and mdistiller do).
-CRD_POINT = "pre_logit"
+from .base import FeatureShapes, LossOutput, MethodBatch
+from .checks import require_finite, require_positive_int
+from .points import PooledFeatureMethod
 
 _logger = logging.getLogger(__name__)
 
@@ -150,7 +140,7 @@ class ContrastMemory(nn.Module):
         )
 
 
-class CRD(DistillMethod):
+class CRD(PooledFeatureMethod):
     """CRD; parts ``ce`` and ``crd`` (both views' NCE, unweighted). Trainable: ``embed_student``, ``embed_teacher``;
     state: ``memory`` (buffers ``memory_student``, ``memory_teacher``, ``z_student``, ``z_teacher``)."""
 
@@ -160,34 +150,24 @@ class CRD(DistillMethod):
         self, *, ce_weight: float, crd_weight: float, feat_dim: int, nce_k: int, nce_t: float, momentum: float
     ) -> None:
         super().__init__()
-        self.ce_weight = float(ce_weight)
-        self.crd_weight = float(crd_weight)
-        self.feat_dim = int(feat_dim)
-        self.nce_k = int(nce_k)
-        self.nce_t = float(nce_t)
-        self.momentum = float(momentum)
         self.embed_student: CRDEmbed | None = None
         self.embed_teacher: CRDEmbed | None = None
         self.memory: ContrastMemory | None = None
 
     @classmethod
     def validate_config(cls, loss: Mapping[str, Any]) -> None:
-        require_weights(loss, "ce_weight", "crd_weight")
+        super().validate_config(loss)
         require_positive_int(loss, "feat_dim")
         require_positive_int(loss, "nce_k")
         require_finite(loss, "nce_t", minimum=0.0, strict_minimum=True)
         if require_finite(loss, "momentum", minimum=0.0, maximum=1.0) == 1.0:
             raise ConfigError("loss.momentum", "must be >= 0 and < 1 (1 would never update the memory)")
 
-    def feature_request(self, student_points: Sequence[str], teacher_points: Sequence[str]) -> FeatureRequest:
-        require_point("crd", CRD_POINT, student_points, teacher_points)
-        return FeatureRequest(student=(CRD_POINT,), teacher=(CRD_POINT,))
-
     def setup(
         self, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes, train_targets: Tensor, num_classes: int
     ) -> None:
-        self.embed_student = CRDEmbed(math.prod(student_shapes[CRD_POINT]), self.feat_dim)
-        self.embed_teacher = CRDEmbed(math.prod(teacher_shapes[CRD_POINT]), self.feat_dim)
+        self.embed_student = CRDEmbed(math.prod(student_shapes[PRE_LOGIT]), self.feat_dim)
+        self.embed_teacher = CRDEmbed(math.prod(teacher_shapes[PRE_LOGIT]), self.feat_dim)
         try:
             self.memory = ContrastMemory(self.feat_dim, train_targets, self.nce_k, self.nce_t, self.momentum)
         except ValueError as error:
@@ -197,9 +177,9 @@ class CRD(DistillMethod):
         if self.memory is None or self.embed_student is None or self.embed_teacher is None:
             raise RuntimeError("CRD.setup() must run before the first batch")
         ce = cross_entropy(batch.student_logits, batch.targets)
-        student = self.embed_student(batch.student_features[CRD_POINT])
-        teacher = self.embed_teacher(batch.teacher_features[CRD_POINT].detach())
+        (student,), (teacher,) = self.requested(batch.student_features, batch.teacher_features)
+        student, teacher = self.embed_student(student), self.embed_teacher(teacher)
         student_scores, teacher_scores = self.memory(student, teacher, batch.sample_indices)
         num_data = self.memory.num_data
         crd = crd_nce_loss(student_scores, num_data) + crd_nce_loss(teacher_scores, num_data)
-        return LossOutput(total=self.ce_weight * ce + self.crd_weight * crd, parts={"ce": ce, "crd": crd})
+        return self.weighted_loss({"ce": ce, "crd": crd})

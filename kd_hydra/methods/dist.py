@@ -11,7 +11,8 @@ from typing import Any
 
 from kd_hydra.losses import cross_entropy, dist_loss, standardize_logits
 
-from .base import DistillMethod, LossOutput, MethodBatch, require_finite, require_weights
+from .base import DistillMethod, LossOutput, MethodBatch
+from .checks import require_finite, require_weights
 
 
 class DIST(DistillMethod):
@@ -30,16 +31,11 @@ class DIST(DistillMethod):
         standardize: bool,
     ) -> None:
         super().__init__()
-        self.ce_weight = float(ce_weight)
-        self.dist_weight = float(dist_weight)
-        self.beta = float(beta)
-        self.gamma = float(gamma)
-        self.temperature = float(temperature)
-        self.standardize = bool(standardize)
 
     @classmethod
     def validate_config(cls, loss: Mapping[str, Any]) -> None:
-        require_weights(loss, "ce_weight", "dist_weight", "beta", "gamma")
+        super().validate_config(loss)
+        require_weights(loss, "beta", "gamma")
         require_finite(loss, "temperature", minimum=0.0, strict_minimum=True)
 
     def forward(self, batch: MethodBatch) -> LossOutput:
@@ -48,4 +44,4 @@ class DIST(DistillMethod):
             student, teacher = standardize_logits(student), standardize_logits(teacher)
         ce = cross_entropy(batch.student_logits, batch.targets)
         dist = dist_loss(student, teacher, self.beta, self.gamma, self.temperature)
-        return LossOutput(total=self.ce_weight * ce + self.dist_weight * dist, parts={"ce": ce, "dist": dist})
+        return self.weighted_loss({"ce": ce, "dist": dist})

@@ -11,14 +11,8 @@ from typing import Any
 
 from kd_hydra.losses import cross_entropy, dkd_loss, standardize_logits
 
-from .base import (
-    DistillMethod,
-    LossOutput,
-    MethodBatch,
-    require_finite,
-    require_positive_int,
-    require_weights,
-)
+from .base import DistillMethod, LossOutput, MethodBatch
+from .checks import require_finite, require_positive_int, require_weights
 
 
 def warmup_factor(epoch: int, warmup: int) -> float:
@@ -43,18 +37,12 @@ class DKD(DistillMethod):
         standardize: bool,
     ) -> None:
         super().__init__()
-        self.ce_weight = float(ce_weight)
-        self.dkd_weight = float(dkd_weight)
-        self.alpha = float(alpha)
-        self.beta = float(beta)
-        self.temperature = float(temperature)
-        self.warmup = int(warmup)
-        self.standardize = bool(standardize)
         self.warmup_factor = warmup_factor(1, self.warmup)
 
     @classmethod
     def validate_config(cls, loss: Mapping[str, Any]) -> None:
-        require_weights(loss, "ce_weight", "dkd_weight", "alpha", "beta")
+        super().validate_config(loss)
+        require_weights(loss, "alpha", "beta")
         require_finite(loss, "temperature", minimum=0.0, strict_minimum=True)
         require_positive_int(loss, "warmup", minimum=0)
 
@@ -67,5 +55,4 @@ class DKD(DistillMethod):
             student, teacher = standardize_logits(student), standardize_logits(teacher)
         ce = cross_entropy(batch.student_logits, batch.targets)
         dkd = dkd_loss(student, teacher, batch.targets, self.alpha, self.beta, self.temperature)
-        total = self.ce_weight * ce + self.warmup_factor * self.dkd_weight * dkd
-        return LossOutput(total=total, parts={"ce": ce, "dkd": dkd})
+        return self.weighted_loss({"ce": ce, "dkd": dkd}, factors={"dkd": self.warmup_factor})

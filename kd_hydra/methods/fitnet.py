@@ -16,7 +16,7 @@ from torch import nn
 from kd_hydra.errors import ConfigError
 from kd_hydra.losses import cross_entropy, hint_loss
 
-from .base import DistillMethod, FeatureRequest, FeatureShapes, LossOutput, MethodBatch, require_weights
+from .base import DistillMethod, FeatureRequest, FeatureShapes, LossOutput, MethodBatch
 
 _IMAGE_DIMS = 3  # (C, H, W) without the batch dimension
 _VECTOR_DIMS = 1  # (C,)
@@ -53,14 +53,11 @@ class FitNet(DistillMethod):
 
     def __init__(self, *, ce_weight: float, hint_weight: float, hint_point: str) -> None:
         super().__init__()
-        self.ce_weight = float(ce_weight)
-        self.hint_weight = float(hint_weight)
-        self.hint_point = str(hint_point)
         self.regressor: nn.Module | None = None
 
     @classmethod
     def validate_config(cls, loss: Mapping[str, Any]) -> None:
-        require_weights(loss, "ce_weight", "hint_weight")
+        super().validate_config(loss)
         if not isinstance(loss["hint_point"], str) or not loss["hint_point"]:
             raise ConfigError(
                 "loss.hint_point", f"must be a feature point name such as stage2 (got {loss['hint_point']!r})"
@@ -73,7 +70,7 @@ class FitNet(DistillMethod):
                 "loss.hint_point",
                 f"must be a feature point of both networks: {', '.join(common)} (got {self.hint_point})",
             )
-        return FeatureRequest(student=(self.hint_point,), teacher=(self.hint_point,))
+        return self.keep_request((self.hint_point,), (self.hint_point,))
 
     def setup(
         self, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes, train_targets: Any, num_classes: int
@@ -84,6 +81,6 @@ class FitNet(DistillMethod):
         if self.regressor is None:
             raise RuntimeError("FitNet.setup() must run before the first batch")
         ce = cross_entropy(batch.student_logits, batch.targets)
-        regressed = self.regressor(batch.student_features[self.hint_point])
-        hint = hint_loss(regressed, batch.teacher_features[self.hint_point].detach())
-        return LossOutput(total=self.ce_weight * ce + self.hint_weight * hint, parts={"ce": ce, "hint": hint})
+        (student,), (teacher,) = self.requested(batch.student_features, batch.teacher_features)
+        hint = hint_loss(self.regressor(student), teacher)
+        return self.weighted_loss({"ce": ce, "hint": hint})

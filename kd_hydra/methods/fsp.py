@@ -17,17 +17,9 @@ from torch import Tensor, nn
 from kd_hydra.errors import ConfigError
 from kd_hydra.losses import cross_entropy, fsp_loss
 
-from .base import (
-    DistillMethod,
-    FeatureRequest,
-    FeatureShapes,
-    LossOutput,
-    MethodBatch,
-    last_aligned,
-    require_init_stage,
-    require_weights,
-    stage_points,
-)
+from .base import DistillMethod, FeatureRequest, FeatureShapes, LossOutput, MethodBatch
+from .checks import require_init_stage
+from .points import last_aligned, stage_points
 
 STEM = "stem"
 
@@ -44,42 +36,29 @@ class FSP(DistillMethod):
 
     def __init__(self, *, ce_weight: float, fsp_weight: float, init_epochs: int, init_lr: float | None) -> None:
         super().__init__()
-        self.ce_weight = float(ce_weight)
-        self.fsp_weight = float(fsp_weight)
-        self.init_epochs = int(init_epochs)
-        self.init_lr = None if init_lr is None else float(init_lr)
-        self.student_points: tuple[str, ...] = ()
-        self.teacher_points: tuple[str, ...] = ()
 
     @classmethod
     def validate_config(cls, loss: Mapping[str, Any]) -> None:
-        require_weights(loss, "ce_weight", "fsp_weight")
+        super().validate_config(loss)
         require_init_stage(loss)
 
     def feature_request(self, student_points: Sequence[str], teacher_points: Sequence[str]) -> FeatureRequest:
-        self.student_points, self.teacher_points = last_aligned(_maps(student_points), _maps(teacher_points))
-        if len(self.student_points) < 2:
+        student, teacher = last_aligned(_maps(student_points), _maps(teacher_points))
+        if len(student) < 2:
             raise ConfigError("loss.name", "fsp needs at least two feature maps (stem, stageN) in both networks")
-        return FeatureRequest(student=self.student_points, teacher=self.teacher_points)
+        return self.keep_request(student, teacher)
 
     def setup(
         self, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes, train_targets: Any, num_classes: int
     ) -> None:
-        student = [student_shapes[p][0] for p in self.student_points]
-        teacher = [teacher_shapes[p][0] for p in self.teacher_points]
-        if student != teacher:
-            raise ConfigError(
-                "loss.name",
-                f"fsp needs the same channel counts in both networks (student {student}, teacher {teacher}); "
-                "pick a pair of the same family",
-            )
+        self.require_equal_channels(
+            student_shapes, teacher_shapes, "fsp needs the same channel counts in both networks",
+            "pick a pair of the same family",
+        )  # fmt: skip
 
     def flow_loss(self, student_features: Mapping[str, Tensor], teacher_features: Mapping[str, Tensor]) -> Tensor:
         """The summed FSP terms of one batch."""
-        return fsp_loss(
-            [student_features[p] for p in self.student_points],
-            [teacher_features[p].detach() for p in self.teacher_points],
-        )
+        return fsp_loss(*self.requested(student_features, teacher_features))
 
     def init_parameters(self, student: nn.Module) -> list[nn.Parameter]:
         return list(student.parameters())
@@ -94,4 +73,4 @@ class FSP(DistillMethod):
                 fsp = self.flow_loss(batch.student_features, batch.teacher_features)
             return LossOutput(total=self.ce_weight * ce, parts={"ce": ce, "fsp": fsp})
         fsp = self.flow_loss(batch.student_features, batch.teacher_features)
-        return LossOutput(total=self.ce_weight * ce + self.fsp_weight * fsp, parts={"ce": ce, "fsp": fsp})
+        return self.weighted_loss({"ce": ce, "fsp": fsp})

@@ -19,17 +19,9 @@ from torch import Tensor, nn
 from kd_hydra.errors import ConfigError
 from kd_hydra.losses import cross_entropy, factor_transfer_loss
 
-from .base import (
-    DistillMethod,
-    FeatureRequest,
-    FeatureShapes,
-    LossOutput,
-    MethodBatch,
-    require_finite,
-    require_init_stage,
-    require_weights,
-    stage_points,
-)
+from .base import DistillMethod, FeatureRequest, FeatureShapes, LossOutput, MethodBatch
+from .checks import require_finite, require_init_stage
+from .points import stage_points
 
 #: Negative slope of the paraphraser's and translator's LeakyReLUs (RepDistiller).
 LEAKY_SLOPE = 0.1
@@ -86,21 +78,12 @@ class FT(DistillMethod):
         init_lr: float | None,
     ) -> None:
         super().__init__()
-        self.ce_weight = float(ce_weight)
-        self.ft_weight = float(ft_weight)
-        self.p1 = float(p1)
-        self.p2 = float(p2)
-        self.rate = float(rate)
-        self.init_epochs = int(init_epochs)
-        self.init_lr = None if init_lr is None else float(init_lr)
-        self.student_point = ""
-        self.teacher_point = ""
         self.paraphraser: Paraphraser | None = None
         self.translator: nn.Sequential | None = None
 
     @classmethod
     def validate_config(cls, loss: Mapping[str, Any]) -> None:
-        require_weights(loss, "ce_weight", "ft_weight")
+        super().validate_config(loss)
         require_finite(loss, "p1", minimum=0.0, strict_minimum=True)
         require_finite(loss, "p2", minimum=0.0, strict_minimum=True)
         require_finite(loss, "rate", minimum=0.0, maximum=1.0, strict_minimum=True)
@@ -110,14 +93,12 @@ class FT(DistillMethod):
         student, teacher = stage_points(student_points), stage_points(teacher_points)
         if not student or not teacher:
             raise ConfigError("loss.name", "ft reads the last stage output (stageN) of both networks")
-        self.student_point, self.teacher_point = student[-1], teacher[-1]
-        return FeatureRequest(student=(self.student_point,), teacher=(self.teacher_point,))
+        return self.keep_request(student[-1:], teacher[-1:])
 
     def setup(
         self, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes, train_targets: Any, num_classes: int
     ) -> None:
-        student_channels = student_shapes[self.student_point][0]
-        teacher_channels = teacher_shapes[self.teacher_point][0]
+        (student_channels,), (teacher_channels,) = self.requested_channels(student_shapes, teacher_shapes)
         if int(teacher_channels * self.rate) < 1:
             raise ConfigError("loss.rate", f"leaves no factor channel of the teacher's {teacher_channels}")
         self.paraphraser = Paraphraser(teacher_channels, self.rate).requires_grad_(False)
@@ -129,15 +110,16 @@ class FT(DistillMethod):
         return list(self.paraphraser.parameters())
 
     def init_loss(self, student_features: Mapping[str, Tensor], teacher_features: Mapping[str, Tensor]) -> Tensor:
-        teacher = teacher_features[self.teacher_point].detach()
+        teacher = teacher_features[self.request.teacher[0]].detach()  # the student does not run here
         return F.mse_loss(self.paraphraser(teacher).float(), teacher.float())
 
     def forward(self, batch: MethodBatch) -> LossOutput:
         if self.paraphraser is None or self.translator is None:
             raise RuntimeError("FT.setup() must run before the first batch")
         ce = cross_entropy(batch.student_logits, batch.targets)
-        student_factor = self.translator(batch.student_features[self.student_point])
+        (student,), (teacher,) = self.requested(batch.student_features, batch.teacher_features)
+        student_factor = self.translator(student)
         with torch.no_grad():
-            teacher_factor = self.paraphraser.encoder(batch.teacher_features[self.teacher_point])
+            teacher_factor = self.paraphraser.encoder(teacher)
         ft = factor_transfer_loss(student_factor, teacher_factor, self.p1, self.p2)
-        return LossOutput(total=self.ce_weight * ce + self.ft_weight * ft, parts={"ce": ce, "ft": ft})
+        return self.weighted_loss({"ce": ce, "ft": ft})

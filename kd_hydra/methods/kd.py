@@ -13,7 +13,8 @@ from typing import Any
 from kd_hydra.errors import ConfigError
 from kd_hydra.losses import kd_loss
 
-from .base import DistillMethod, LossOutput, MethodBatch, require_finite, require_weights
+from .base import DistillMethod, LossOutput, MethodBatch
+from .checks import require_finite, require_weights
 
 
 class KD(DistillMethod):
@@ -31,11 +32,6 @@ class KD(DistillMethod):
         standardize: bool,
     ) -> None:
         super().__init__()
-        self.temperature = float(temperature)
-        self.alpha = None if alpha is None else float(alpha)
-        self.ce_weight = None if ce_weight is None else float(ce_weight)
-        self.kd_weight = None if kd_weight is None else float(kd_weight)
-        self.standardize = bool(standardize)
         if self.alpha is not None:
             self.weights = (1.0 - self.alpha, self.alpha)
         else:

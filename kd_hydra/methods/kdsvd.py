@@ -17,58 +17,39 @@ from torch import Tensor
 from kd_hydra.errors import ConfigError
 from kd_hydra.losses import cross_entropy, kdsvd_loss
 
-from .base import (
-    DistillMethod,
-    FeatureRequest,
-    FeatureShapes,
-    LossOutput,
-    MethodBatch,
-    paired_stages,
-    require_positive_int,
-    require_weights,
-)
+from .base import FeatureRequest, FeatureShapes, LossOutput, MethodBatch
+from .checks import require_positive_int
+from .points import PairedStagesMethod
 
 
-class KDSVD(DistillMethod):
+class KDSVD(PairedStagesMethod):
     """KDSVD over the stages; parts ``ce`` and ``kdsvd`` (unweighted)."""
 
     parts = ("ce", "kdsvd")
 
     def __init__(self, *, ce_weight: float, kdsvd_weight: float, k: int) -> None:
         super().__init__()
-        self.ce_weight = float(ce_weight)
-        self.kdsvd_weight = float(kdsvd_weight)
-        self.k = int(k)
-        self.stages: tuple[str, ...] = ()
 
     @classmethod
     def validate_config(cls, loss: Mapping[str, Any]) -> None:
-        require_weights(loss, "ce_weight", "kdsvd_weight")
+        super().validate_config(loss)
         require_positive_int(loss, "k")
 
     def feature_request(self, student_points: Sequence[str], teacher_points: Sequence[str]) -> FeatureRequest:
-        self.stages = paired_stages("kdsvd", student_points, teacher_points)
-        if len(self.stages) < 2:
+        request = super().feature_request(student_points, teacher_points)
+        if len(request.student) < 2:
             raise ConfigError("loss.name", "kdsvd relates consecutive stages: both networks need at least two")
-        return FeatureRequest(student=self.stages, teacher=self.stages)
+        return request
 
     def setup(
         self, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes, train_targets: Tensor, num_classes: int
     ) -> None:
-        student = [student_shapes[s][0] for s in self.stages]
-        teacher = [teacher_shapes[s][0] for s in self.stages]
-        if student != teacher:
-            raise ConfigError(
-                "loss.name",
-                f"kdsvd compares singular vectors channel by channel: stage channels differ "
-                f"(student {student}, teacher {teacher}); pick archs of equal widths",
-            )
+        self.require_equal_channels(
+            student_shapes, teacher_shapes, "kdsvd compares singular vectors channel by channel: stage channels differ",
+            "pick archs of equal widths",
+        )  # fmt: skip
 
     def forward(self, batch: MethodBatch) -> LossOutput:
         ce = cross_entropy(batch.student_logits, batch.targets)
-        kdsvd = kdsvd_loss(
-            [batch.student_features[s] for s in self.stages],
-            [batch.teacher_features[s].detach() for s in self.stages],
-            self.k,
-        )
-        return LossOutput(total=self.ce_weight * ce + self.kdsvd_weight * kdsvd, parts={"ce": ce, "kdsvd": kdsvd})
+        kdsvd = kdsvd_loss(*self.requested(batch.student_features, batch.teacher_features), self.k)
+        return self.weighted_loss({"ce": ce, "kdsvd": kdsvd})

@@ -14,7 +14,8 @@ from typing import Any
 
 from kd_hydra.losses import cross_entropy, mlkd_loss
 
-from .base import DistillMethod, LossOutput, MethodBatch, require_finite, require_weights
+from .base import DistillMethod, LossOutput, MethodBatch
+from .checks import require_finite
 
 
 class MLKD(DistillMethod):
@@ -25,14 +26,10 @@ class MLKD(DistillMethod):
 
     def __init__(self, *, ce_weight: float, kd_weight: float, temperature: float, standardize: bool) -> None:
         super().__init__()
-        self.ce_weight = float(ce_weight)
-        self.kd_weight = float(kd_weight)
-        self.temperature = float(temperature)
-        self.standardize = bool(standardize)
 
     @classmethod
     def validate_config(cls, loss: Mapping[str, Any]) -> None:
-        require_weights(loss, "ce_weight", "kd_weight")
+        super().validate_config(loss)
         require_finite(loss, "temperature", minimum=0.0, strict_minimum=True)
 
     def forward(self, batch: MethodBatch) -> LossOutput:

@@ -9,35 +9,22 @@ trainable parts.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
-
 from kd_hydra.losses import cross_entropy, nst_loss
 
-from .base import DistillMethod, FeatureRequest, LossOutput, MethodBatch, paired_stages, require_weights
+from .base import LossOutput, MethodBatch
+from .points import PairedStagesMethod
 
 
-class NST(DistillMethod):
+class NST(PairedStagesMethod):
     """Neuron selectivity transfer over all stage pairs; parts ``ce`` and ``nst`` (the summed terms, unweighted)."""
 
     parts = ("ce", "nst")
 
     def __init__(self, *, ce_weight: float, nst_weight: float) -> None:
         super().__init__()
-        self.ce_weight = float(ce_weight)
-        self.nst_weight = float(nst_weight)
-        self.stages: tuple[str, ...] = ()
-
-    @classmethod
-    def validate_config(cls, loss: Mapping[str, Any]) -> None:
-        require_weights(loss, "ce_weight", "nst_weight")
-
-    def feature_request(self, student_points: Sequence[str], teacher_points: Sequence[str]) -> FeatureRequest:
-        self.stages = paired_stages("nst", student_points, teacher_points)
-        return FeatureRequest(student=self.stages, teacher=self.stages)
 
     def forward(self, batch: MethodBatch) -> LossOutput:
         ce = cross_entropy(batch.student_logits, batch.targets)
-        terms = [nst_loss(batch.student_features[s], batch.teacher_features[s].detach()) for s in self.stages]
+        terms = [nst_loss(s, t) for s, t in zip(*self.requested(batch.student_features, batch.teacher_features))]
         nst = sum(terms[1:], terms[0])
-        return LossOutput(total=self.ce_weight * ce + self.nst_weight * nst, parts={"ce": ce, "nst": nst})
+        return self.weighted_loss({"ce": ce, "nst": nst})

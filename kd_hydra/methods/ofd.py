@@ -24,16 +24,9 @@ from kd_hydra.errors import ConfigError
 from kd_hydra.losses import cross_entropy, ofd_loss, ofd_margin
 from kd_hydra.models.features import feature_points, unwrap
 
-from .ab import require_preact_pairs
-from .base import (
-    DistillMethod,
-    FeatureRequest,
-    FeatureShapes,
-    LossOutput,
-    MethodBatch,
-    require_positive_int,
-    require_weights,
-)
+from .base import DistillMethod, FeatureRequest, FeatureShapes, LossOutput, MethodBatch
+from .checks import require_positive_int
+from .points import require_preact_pairs
 
 #: The model method that names the BatchNorm before each pre-activation point.
 PREACT_BATCHNORMS = "preact_batchnorms"
@@ -90,51 +83,44 @@ class OFD(DistillMethod):
 
     parts = ("ce", "ofd")
     teacher_batch_statistics = True
+    weight_keys = {"ofd": "feat_weight"}
 
     def __init__(self, *, ce_weight: float, feat_weight: float, kernel_size: int) -> None:
         super().__init__()
-        self.ce_weight = float(ce_weight)
-        self.feat_weight = float(feat_weight)
-        self.kernel_size = int(kernel_size)
-        self.student_points: tuple[str, ...] = ()
-        self.teacher_points: tuple[str, ...] = ()
         self.connectors: nn.ModuleList | None = None
 
     @classmethod
     def validate_config(cls, loss: Mapping[str, Any]) -> None:
-        require_weights(loss, "ce_weight", "feat_weight")
+        super().validate_config(loss)
         if require_positive_int(loss, "kernel_size") % 2 == 0:
             raise ConfigError("loss.kernel_size", f"must be odd to keep the map size (got {loss['kernel_size']})")
 
     def feature_request(self, student_points: Sequence[str], teacher_points: Sequence[str]) -> FeatureRequest:
-        self.student_points, self.teacher_points = require_preact_pairs(student_points, teacher_points)
-        return FeatureRequest(student=self.student_points, teacher=self.teacher_points)
+        return self.keep_request(*require_preact_pairs(student_points, teacher_points))
 
     def setup(
         self, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes, train_targets: Any, num_classes: int
     ) -> None:
-        self.connectors = nn.ModuleList(
-            ofd_connector(student_shapes[s][0], teacher_shapes[t][0], self.kernel_size)
-            for s, t in zip(self.student_points, self.teacher_points)
-        )
+        student, teacher = self.requested_channels(student_shapes, teacher_shapes)
+        self.connectors = nn.ModuleList(ofd_connector(s, t, self.kernel_size) for s, t in zip(student, teacher))
 
     def setup_teacher(self, teacher: nn.Module) -> None:
         device = next(self.connectors.parameters()).device if self.connectors is not None else None
-        for point in self.teacher_points:
+        for point in self.request.teacher:
             bn = preact_batchnorm(teacher, point)
             self.register_buffer(f"margin_{point}", ofd_margin(bn.weight, bn.bias).float().to(device))
 
     def margins(self) -> list[Tensor]:
         """The per-channel margins of the teacher points, in order (set by :meth:`setup_teacher`)."""
-        missing = [p for p in self.teacher_points if not hasattr(self, f"margin_{p}")]
+        missing = [p for p in self.request.teacher if not hasattr(self, f"margin_{p}")]
         if self.connectors is None or missing:
             raise RuntimeError("OFD.setup() and OFD.setup_teacher() must run before the first batch")
-        return [getattr(self, f"margin_{p}") for p in self.teacher_points]
+        return [getattr(self, f"margin_{p}") for p in self.request.teacher]
 
     def forward(self, batch: MethodBatch) -> LossOutput:
         margins = self.margins()
         ce = cross_entropy(batch.student_logits, batch.targets)
-        connected = [c(batch.student_features[p]) for c, p in zip(self.connectors, self.student_points)]
-        teacher = [batch.teacher_features[p].detach() for p in self.teacher_points]
+        student, teacher = self.requested(batch.student_features, batch.teacher_features)
+        connected = [connector(feature) for connector, feature in zip(self.connectors, student)]
         ofd = ofd_loss(connected, teacher, margins)
-        return LossOutput(total=self.ce_weight * ce + self.feat_weight * ofd, parts={"ce": ce, "ofd": ofd})
+        return self.weighted_loss({"ce": ce, "ofd": ofd})

@@ -6,37 +6,22 @@ On ``pre_logit`` of both networks (as mdistiller's ``pooled_feat`` and RepDistil
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
-
 from kd_hydra.losses import cross_entropy, pkt_loss
 
-from .base import DistillMethod, FeatureRequest, LossOutput, MethodBatch, require_point, require_weights
-
-#: The feature point PKT reads (the flattened pooled feature).
-PKT_POINT = "pre_logit"
+from .base import LossOutput, MethodBatch
+from .points import PooledFeatureMethod
 
 
-class PKT(DistillMethod):
+class PKT(PooledFeatureMethod):
     """Probabilistic knowledge transfer; parts ``ce`` and ``pkt`` (unweighted)."""
 
     parts = ("ce", "pkt")
 
     def __init__(self, *, ce_weight: float, pkt_weight: float) -> None:
         super().__init__()
-        self.ce_weight = float(ce_weight)
-        self.pkt_weight = float(pkt_weight)
-
-    @classmethod
-    def validate_config(cls, loss: Mapping[str, Any]) -> None:
-        require_weights(loss, "ce_weight", "pkt_weight")
-
-    def feature_request(self, student_points: Sequence[str], teacher_points: Sequence[str]) -> FeatureRequest:
-        require_point("pkt", PKT_POINT, student_points, teacher_points)
-        return FeatureRequest(student=(PKT_POINT,), teacher=(PKT_POINT,))
 
     def forward(self, batch: MethodBatch) -> LossOutput:
         ce = cross_entropy(batch.student_logits, batch.targets)
-        student = batch.student_features[PKT_POINT]
-        pkt = pkt_loss(student.reshape(student.shape[0], -1), batch.teacher_features[PKT_POINT].detach())
-        return LossOutput(total=self.ce_weight * ce + self.pkt_weight * pkt, parts={"ce": ce, "pkt": pkt})
+        (student,), (teacher,) = self.requested(batch.student_features, batch.teacher_features)
+        pkt = pkt_loss(student.reshape(student.shape[0], -1), teacher)
+        return self.weighted_loss({"ce": ce, "pkt": pkt})

@@ -22,19 +22,10 @@ from torch import Tensor, nn
 from kd_hydra.errors import ConfigError
 from kd_hydra.losses import cross_entropy, hierarchical_context_loss
 
-from .base import (
-    DistillMethod,
-    FeatureRequest,
-    FeatureShapes,
-    LossOutput,
-    MethodBatch,
-    last_aligned,
-    preact_points,
-    require_positive_int,
-    require_weights,
-    stage_points,
-)
+from .base import DistillMethod, FeatureRequest, FeatureShapes, LossOutput, MethodBatch
+from .checks import require_positive_int
 from .dkd import warmup_factor
+from .points import last_aligned, preact_points, stage_points
 
 PRE_LOGIT = "pre_logit"
 
@@ -78,20 +69,13 @@ class ReviewKD(DistillMethod):
         self, *, ce_weight: float, reviewkd_weight: float, warmup: int, student_preact: bool, max_mid_channels: int
     ) -> None:
         super().__init__()
-        self.ce_weight = float(ce_weight)
-        self.reviewkd_weight = float(reviewkd_weight)
-        self.warmup = int(warmup)
-        self.student_preact = bool(student_preact)
-        self.max_mid_channels = int(max_mid_channels)
         self.warmup_factor = warmup_factor(1, self.warmup)
-        self.student_points: tuple[str, ...] = ()
-        self.teacher_points: tuple[str, ...] = ()
         self.out_sizes: list[tuple[int, int]] = []
         self.abfs: nn.ModuleList | None = None
 
     @classmethod
     def validate_config(cls, loss: Mapping[str, Any]) -> None:
-        require_weights(loss, "ce_weight", "reviewkd_weight")
+        super().validate_config(loss)
         require_positive_int(loss, "warmup", minimum=0)
         require_positive_int(loss, "max_mid_channels")
 
@@ -105,15 +89,13 @@ class ReviewKD(DistillMethod):
                 f"reviewkd reads the student's {kind} and pre_logit points and the teacher's stageN_preact and "
                 "pre_logit points; these networks lack them",
             )
-        self.student_points, self.teacher_points = (*student, PRE_LOGIT), (*teacher, PRE_LOGIT)
-        return FeatureRequest(student=self.student_points, teacher=self.teacher_points)
+        return self.keep_request((*student, PRE_LOGIT), (*teacher, PRE_LOGIT))
 
     def setup(
         self, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes, train_targets: Any, num_classes: int
     ) -> None:
-        in_channels = [student_shapes[p][0] for p in self.student_points]
-        out_channels = [teacher_shapes[p][0] for p in self.teacher_points]
-        self.out_sizes = [tuple(teacher_shapes[p][1:]) or (1, 1) for p in self.teacher_points][::-1]
+        in_channels, out_channels = self.requested_channels(student_shapes, teacher_shapes)
+        self.out_sizes = [tuple(teacher_shapes[p][1:]) or (1, 1) for p in self.request.teacher][::-1]
         mid_channels = min(self.max_mid_channels, in_channels[-1])
         last = len(in_channels) - 1
         abfs = [
@@ -128,7 +110,7 @@ class ReviewKD(DistillMethod):
         """The fused student maps, shallowest first, each at its teacher point's size and channels."""
         if self.abfs is None:
             raise RuntimeError("ReviewKD.setup() must run before the first batch")
-        levels = [_as_map(student_features[p]) for p in self.student_points][::-1]
+        levels = [_as_map(student_features[p]) for p in self.request.student][::-1]
         result, fused = self.abfs[0](levels[0], None, self.out_sizes[0])
         results = [result]
         for level, abf, size in zip(levels[1:], self.abfs[1:], self.out_sizes[1:]):
@@ -138,7 +120,6 @@ class ReviewKD(DistillMethod):
 
     def forward(self, batch: MethodBatch) -> LossOutput:
         ce = cross_entropy(batch.student_logits, batch.targets)
-        teacher = [_as_map(batch.teacher_features[p]).detach() for p in self.teacher_points]
+        teacher = [_as_map(feature) for feature in self.requested(batch.student_features, batch.teacher_features)[1]]
         hcl = hierarchical_context_loss(self.review(batch.student_features), teacher)
-        total = self.ce_weight * ce + self.warmup_factor * self.reviewkd_weight * hcl
-        return LossOutput(total=total, parts={"ce": ce, "reviewkd": hcl})
+        return self.weighted_loss({"ce": ce, "reviewkd": hcl}, factors={"reviewkd": self.warmup_factor})

@@ -6,43 +6,22 @@ On ``pre_logit`` of both networks (the pooled feature, as mdistiller's ``pooled_
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
-
 from kd_hydra.losses import cross_entropy, rkd_loss
 
-from .base import DistillMethod, FeatureRequest, LossOutput, MethodBatch, require_point, require_weights
-
-#: The feature point RKD relates (the flattened pooled feature).
-RKD_POINT = "pre_logit"
+from .base import LossOutput, MethodBatch
+from .points import PooledFeatureMethod
 
 
-class RKD(DistillMethod):
+class RKD(PooledFeatureMethod):
     """Distance- and angle-wise relations; parts ``ce`` and ``rkd`` (``w_d * distance + w_a * angle``)."""
 
     parts = ("ce", "rkd")
 
     def __init__(self, *, ce_weight: float, rkd_weight: float, distance_weight: float, angle_weight: float) -> None:
         super().__init__()
-        self.ce_weight = float(ce_weight)
-        self.rkd_weight = float(rkd_weight)
-        self.distance_weight = float(distance_weight)
-        self.angle_weight = float(angle_weight)
-
-    @classmethod
-    def validate_config(cls, loss: Mapping[str, Any]) -> None:
-        require_weights(loss, "ce_weight", "rkd_weight", "distance_weight", "angle_weight")
-
-    def feature_request(self, student_points: Sequence[str], teacher_points: Sequence[str]) -> FeatureRequest:
-        require_point("rkd", RKD_POINT, student_points, teacher_points)
-        return FeatureRequest(student=(RKD_POINT,), teacher=(RKD_POINT,))
 
     def forward(self, batch: MethodBatch) -> LossOutput:
         ce = cross_entropy(batch.student_logits, batch.targets)
-        rkd = rkd_loss(
-            batch.student_features[RKD_POINT],
-            batch.teacher_features[RKD_POINT].detach(),
-            self.distance_weight,
-            self.angle_weight,
-        )
-        return LossOutput(total=self.ce_weight * ce + self.rkd_weight * rkd, parts={"ce": ce, "rkd": rkd})
+        (student,), (teacher,) = self.requested(batch.student_features, batch.teacher_features)
+        rkd = rkd_loss(student, teacher, self.distance_weight, self.angle_weight)
+        return self.weighted_loss({"ce": ce, "rkd": rkd})

@@ -8,13 +8,13 @@ network (:func:`kd_hydra.losses.similarity_preserving_loss`), as RepDistiller (`
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from kd_hydra.errors import ConfigError
 from kd_hydra.losses import cross_entropy, similarity_preserving_loss
 
-from .base import DistillMethod, FeatureRequest, LossOutput, MethodBatch, require_weights, stage_points
+from .base import DistillMethod, FeatureRequest, LossOutput, MethodBatch
+from .points import stage_points
 
 
 class SP(DistillMethod):
@@ -24,23 +24,15 @@ class SP(DistillMethod):
 
     def __init__(self, *, ce_weight: float, sp_weight: float) -> None:
         super().__init__()
-        self.ce_weight = float(ce_weight)
-        self.sp_weight = float(sp_weight)
-        self.request = FeatureRequest()
-
-    @classmethod
-    def validate_config(cls, loss: Mapping[str, Any]) -> None:
-        require_weights(loss, "ce_weight", "sp_weight")
 
     def feature_request(self, student_points: Sequence[str], teacher_points: Sequence[str]) -> FeatureRequest:
         student, teacher = stage_points(student_points), stage_points(teacher_points)
         if not student or not teacher:
             raise ConfigError("loss.name", "sp needs stage outputs (stageN feature points) of both networks")
-        self.request = FeatureRequest(student=(student[-1],), teacher=(teacher[-1],))
-        return self.request
+        return self.keep_request(student[-1:], teacher[-1:])
 
     def forward(self, batch: MethodBatch) -> LossOutput:
         ce = cross_entropy(batch.student_logits, batch.targets)
-        (student,), (teacher,) = self.request.student, self.request.teacher
-        sp = similarity_preserving_loss(batch.student_features[student], batch.teacher_features[teacher].detach())
-        return LossOutput(total=self.ce_weight * ce + self.sp_weight * sp, parts={"ce": ce, "sp": sp})
+        (student,), (teacher,) = self.requested(batch.student_features, batch.teacher_features)
+        sp = similarity_preserving_loss(student, teacher)
+        return self.weighted_loss({"ce": ce, "sp": sp})

@@ -11,7 +11,7 @@ conv`` (no biases) predicts the teacher's map, and each teacher channel has a le
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -19,16 +19,9 @@ from torch import Tensor, nn
 
 from kd_hydra.losses import cross_entropy, match_spatial, vid_loss
 
-from .base import (
-    DistillMethod,
-    FeatureRequest,
-    FeatureShapes,
-    LossOutput,
-    MethodBatch,
-    paired_stages,
-    require_finite,
-    require_weights,
-)
+from .base import FeatureShapes, LossOutput, MethodBatch
+from .checks import require_finite
+from .points import PairedStagesMethod
 
 
 def vid_regressor(student_channels: int, teacher_channels: int) -> nn.Sequential:
@@ -51,7 +44,7 @@ def initial_log_scale(init_pred_var: float, eps: float) -> float:
     return math.log(math.exp(init_pred_var - eps) - 1.0)
 
 
-class VID(DistillMethod):
+class VID(PairedStagesMethod):
     """VID over all stage pairs; parts ``ce`` and ``vid`` (summed, unweighted). Trainable: ``regressors``,
     ``log_scales``."""
 
@@ -59,40 +52,31 @@ class VID(DistillMethod):
 
     def __init__(self, *, ce_weight: float, vid_weight: float, init_pred_var: float, eps: float) -> None:
         super().__init__()
-        self.ce_weight = float(ce_weight)
-        self.vid_weight = float(vid_weight)
-        self.init_pred_var = float(init_pred_var)
-        self.eps = float(eps)
-        self.stages: tuple[str, ...] = ()
         self.regressors = nn.ModuleList()
         self.log_scales = nn.ParameterList()
 
     @classmethod
     def validate_config(cls, loss: Mapping[str, Any]) -> None:
-        require_weights(loss, "ce_weight", "vid_weight")
+        super().validate_config(loss)
         eps = require_finite(loss, "eps", minimum=0.0)
         require_finite(loss, "init_pred_var", minimum=eps, strict_minimum=True)
-
-    def feature_request(self, student_points: Sequence[str], teacher_points: Sequence[str]) -> FeatureRequest:
-        self.stages = paired_stages("vid", student_points, teacher_points)
-        return FeatureRequest(student=self.stages, teacher=self.stages)
 
     def setup(
         self, student_shapes: FeatureShapes, teacher_shapes: FeatureShapes, train_targets: Tensor, num_classes: int
     ) -> None:
         start = initial_log_scale(self.init_pred_var, self.eps)
-        for stage in self.stages:
-            student_channels, teacher_channels = student_shapes[stage][0], teacher_shapes[stage][0]
+        for student_channels, teacher_channels in zip(*self.requested_channels(student_shapes, teacher_shapes)):
             self.regressors.append(vid_regressor(student_channels, teacher_channels))
             self.log_scales.append(nn.Parameter(torch.full((teacher_channels,), start)))
 
     def forward(self, batch: MethodBatch) -> LossOutput:
-        if len(self.regressors) != len(self.stages) or not self.stages:
+        if len(self.regressors) != len(self.request.student) or not self.request:
             raise RuntimeError("VID.setup() must run before the first batch")
         ce = cross_entropy(batch.student_logits, batch.targets)
         terms = []
-        for stage, regressor, log_scale in zip(self.stages, self.regressors, self.log_scales):
-            student, teacher = match_spatial(batch.student_features[stage], batch.teacher_features[stage].detach())
+        features = zip(*self.requested(batch.student_features, batch.teacher_features))
+        for (student, teacher), regressor, log_scale in zip(features, self.regressors, self.log_scales):
+            student, teacher = match_spatial(student, teacher)
             terms.append(vid_loss(regressor(student), teacher, log_scale, self.eps))
         vid = sum(terms[1:], terms[0])
-        return LossOutput(total=self.ce_weight * ce + self.vid_weight * vid, parts={"ce": ce, "vid": vid})
+        return self.weighted_loss({"ce": ce, "vid": vid})

@@ -156,6 +156,16 @@ def default_feature_points(model: nn.Module) -> dict[str, str]:
     return points
 
 
+def block_stage_points(stem: str, stages: Sequence[tuple[str, nn.Sequential]], pre_logit: str) -> dict[str, str]:
+    """Points of a net whose stages are Sequentials of blocks ending in a ``preact`` marker: ``stem``, per
+    ``(path, stage)`` its last block's marker (``stageN_preact``) and its output (``stageN``), ``pre_logit``."""
+    points = {STEM: stem}
+    for number, (path, stage) in enumerate(stages, 1):
+        points[f"{STAGE_PREFIX}{number}{PREACT_SUFFIX}"] = f"{path}.{len(stage) - 1}.preact"
+        points[f"{STAGE_PREFIX}{number}"] = path
+    return {**points, PRE_LOGIT: pre_logit}
+
+
 def _stages(parent: str, names: Sequence[str]) -> dict[str, str]:
     return {f"{STAGE_PREFIX}{index}": f"{parent}.{name}" for index, name in enumerate(names, 1)}
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from torch import nn
@@ -31,6 +32,15 @@ def register_model(name: str) -> Callable[[_BuilderT], _BuilderT]:
         return builder
 
     return decorator
+
+
+def register_variants(builder: ModelBuilder, variants: Mapping[str, tuple[Any, ...]]) -> None:
+    """Register each ``name: args`` of a family as ``builder(*args, num_classes, in_channels, image_size, ...)``.
+
+    The variant's builder is ``functools.partial(builder, *args)``: its options are the family's own.
+    """
+    for name, args in variants.items():
+        register_model(name)(functools.partial(builder, *args))
 
 
 def list_models() -> list[str]:

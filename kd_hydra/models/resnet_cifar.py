@@ -15,8 +15,9 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from .features import block_stage_points
 from .layers import conv1x1, conv3x3, init_conv_bn_
-from .registry import register_model
+from .registry import register_model, register_variants
 
 DOWNSAMPLING_STRIDE = 2
 # A depth-(6n+2) net has 3 stages of n two-conv blocks, plus the stem conv and the classifier.
@@ -118,11 +119,7 @@ class CifarResNet(nn.Module):
     def feature_points(self) -> dict[str, str]:
         """Feature point -> module path, as RepDistiller's ``feats``/``preact_feats``: post-ReLU stem
         and stage outputs, each stage's last pre-ReLU sum (``stageN_preact``), the pooled feature."""
-        points = {"stem": "stem"}
-        for index, stage in enumerate(self.stages):
-            points[f"stage{index + 1}_preact"] = f"stages.{index}.{len(stage) - 1}.preact"
-            points[f"stage{index + 1}"] = f"stages.{index}"
-        return {**points, "pre_logit": "pool"}
+        return block_stage_points("stem", [(f"stages.{i}", stage) for i, stage in enumerate(self.stages)], "pool")
 
     def preact_batchnorms(self) -> dict[str, str]:
         """``stageN_preact`` -> the last BatchNorm of the stage's last block (added to the shortcut before the ReLU)."""
@@ -136,7 +133,9 @@ class CifarResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
-def _resnet_6n_plus_2(depth: int, widths: Sequence[int], num_classes: int, in_channels: int) -> CifarResNet:
+def _resnet_6n_plus_2(
+    depth: int, widths: Sequence[int], num_classes: int, in_channels: int, image_size: int
+) -> CifarResNet:
     """Three-stage ResNet of ``depth = 6n + 2`` layers: n basic blocks per stage."""
     convs_in_blocks = depth - NON_BLOCK_LAYERS
     blocks_per_stage, remainder = divmod(convs_in_blocks, THIN_STAGE_COUNT * CONVS_PER_BLOCK)
@@ -146,58 +145,21 @@ def _resnet_6n_plus_2(depth: int, widths: Sequence[int], num_classes: int, in_ch
     return CifarResNet(stem_width, stage_widths, [blocks_per_stage] * THIN_STAGE_COUNT, num_classes, in_channels)
 
 
-@register_model("resnet8")
-def resnet8(num_classes: int, in_channels: int, image_size: int) -> CifarResNet:
-    """ResNet-8 (1 block per stage, widths 16/32/64): ~0.08M parameters."""
-    return _resnet_6n_plus_2(8, THIN_WIDTHS, num_classes, in_channels)
-
-
-@register_model("resnet14")
-def resnet14(num_classes: int, in_channels: int, image_size: int) -> CifarResNet:
-    """ResNet-14 (2 blocks per stage, widths 16/32/64): ~0.18M parameters."""
-    return _resnet_6n_plus_2(14, THIN_WIDTHS, num_classes, in_channels)
-
-
-@register_model("resnet20")
-def resnet20(num_classes: int, in_channels: int, image_size: int) -> CifarResNet:
-    """ResNet-20 (3 blocks per stage, widths 16/32/64): ~0.27M parameters."""
-    return _resnet_6n_plus_2(20, THIN_WIDTHS, num_classes, in_channels)
-
-
-@register_model("resnet32")
-def resnet32(num_classes: int, in_channels: int, image_size: int) -> CifarResNet:
-    """ResNet-32 (5 blocks per stage, widths 16/32/64): ~0.47M parameters."""
-    return _resnet_6n_plus_2(32, THIN_WIDTHS, num_classes, in_channels)
-
-
-@register_model("resnet44")
-def resnet44(num_classes: int, in_channels: int, image_size: int) -> CifarResNet:
-    """ResNet-44 (7 blocks per stage, widths 16/32/64): ~0.67M parameters."""
-    return _resnet_6n_plus_2(44, THIN_WIDTHS, num_classes, in_channels)
-
-
-@register_model("resnet56")
-def resnet56(num_classes: int, in_channels: int, image_size: int) -> CifarResNet:
-    """ResNet-56 (9 blocks per stage, widths 16/32/64): ~0.86M parameters."""
-    return _resnet_6n_plus_2(56, THIN_WIDTHS, num_classes, in_channels)
-
-
-@register_model("resnet110")
-def resnet110(num_classes: int, in_channels: int, image_size: int) -> CifarResNet:
-    """ResNet-110 (18 blocks per stage, widths 16/32/64): ~1.7M parameters."""
-    return _resnet_6n_plus_2(110, THIN_WIDTHS, num_classes, in_channels)
-
-
-@register_model("resnet8x4")
-def resnet8x4(num_classes: int, in_channels: int, image_size: int) -> CifarResNet:
-    """RepDistiller's ResNet-8x4 (1 block per stage, stem 32, widths 64/128/256): ~1.2M parameters."""
-    return _resnet_6n_plus_2(8, WIDE_WIDTHS, num_classes, in_channels)
-
-
-@register_model("resnet32x4")
-def resnet32x4(num_classes: int, in_channels: int, image_size: int) -> CifarResNet:
-    """RepDistiller's ResNet-32x4 (5 blocks per stage, stem 32, widths 64/128/256): ~7.4M parameters."""
-    return _resnet_6n_plus_2(32, WIDE_WIDTHS, num_classes, in_channels)
+#: The 6n+2 CIFAR ResNets: name -> (depth, widths). Parameters (100 classes): resnet8 ~0.08M, resnet14 ~0.18M,
+#: resnet20 ~0.27M, resnet32 ~0.47M, resnet44 ~0.67M, resnet56 ~0.86M, resnet110 ~1.7M; RepDistiller's
+#: resnet8x4 ~1.2M and resnet32x4 ~7.4M (stem 32, widths 64/128/256).
+RESNET_6N_PLUS_2 = {
+    "resnet8": (8, THIN_WIDTHS),
+    "resnet14": (14, THIN_WIDTHS),
+    "resnet20": (20, THIN_WIDTHS),
+    "resnet32": (32, THIN_WIDTHS),
+    "resnet44": (44, THIN_WIDTHS),
+    "resnet56": (56, THIN_WIDTHS),
+    "resnet110": (110, THIN_WIDTHS),
+    "resnet8x4": (8, WIDE_WIDTHS),
+    "resnet32x4": (32, WIDE_WIDTHS),
+}
+register_variants(_resnet_6n_plus_2, RESNET_6N_PLUS_2)
 
 
 @register_model("resnet18")

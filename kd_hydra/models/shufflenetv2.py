@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .features import block_stage_points
 from .layers import ChannelShuffle
 from .registry import register_model
 
@@ -115,11 +116,8 @@ class ShuffleNetV2(nn.Module):
         """Feature point -> module path, as the reference ``feats``/``preact_feats``: the stem after its
         ReLU, each stage's (shuffled) output and its last block's unshuffled pre-ReLU concatenation,
         the pooled feature of the head conv."""
-        points = {"stem": "relu"}
-        for number, stage in enumerate((self.layer1, self.layer2, self.layer3), 1):
-            points[f"stage{number}_preact"] = f"layer{number}.{len(stage) - 1}.preact"
-            points[f"stage{number}"] = f"layer{number}"
-        return {**points, "pre_logit": "avgpool"}
+        stages = (self.layer1, self.layer2, self.layer3)
+        return block_stage_points("relu", [(f"layer{n}", stage) for n, stage in enumerate(stages, 1)], "avgpool")
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.relu(self.bn1(self.conv1(x)))

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .layers import init_conv_bn_
-from .registry import register_model
+from .registry import register_variants
 
 KERNEL_SIZE = 3
 POOL_SIZE = 2
@@ -90,35 +90,10 @@ class VGG(nn.Module):
         return self.classifier(torch.flatten(self.pool4(x), 1))
 
 
-def _vgg(name: str, num_classes: int, in_channels: int) -> VGG:
+def _vgg(name: str, num_classes: int, in_channels: int, image_size: int) -> VGG:
+    """VGG configuration ``name`` with BN (RepDistiller's ``<name>_bn``). Parameters on 100 classes: vgg8 ~3.96M
+    (one conv per block), vgg11 ~9.3M, vgg13 ~9.5M (the CRD/DKD teacher), vgg16 ~14.8M, vgg19 ~20.1M."""
     return VGG(VGG_CONFIGS[name], num_classes, in_channels)
 
 
-@register_model("vgg8")
-def vgg8(num_classes: int, in_channels: int, image_size: int) -> VGG:
-    """VGG-8 with BN (RepDistiller's ``vgg8_bn``, one conv per block): ~3.96M parameters on 100 classes."""
-    return _vgg("vgg8", num_classes, in_channels)
-
-
-@register_model("vgg11")
-def vgg11(num_classes: int, in_channels: int, image_size: int) -> VGG:
-    """VGG-11 with BN (``vgg11_bn``): ~9.3M parameters on 100 classes."""
-    return _vgg("vgg11", num_classes, in_channels)
-
-
-@register_model("vgg13")
-def vgg13(num_classes: int, in_channels: int, image_size: int) -> VGG:
-    """VGG-13 with BN (``vgg13_bn``, the CRD/DKD teacher): ~9.5M parameters on 100 classes."""
-    return _vgg("vgg13", num_classes, in_channels)
-
-
-@register_model("vgg16")
-def vgg16(num_classes: int, in_channels: int, image_size: int) -> VGG:
-    """VGG-16 with BN (``vgg16_bn``): ~14.8M parameters on 100 classes."""
-    return _vgg("vgg16", num_classes, in_channels)
-
-
-@register_model("vgg19")
-def vgg19(num_classes: int, in_channels: int, image_size: int) -> VGG:
-    """VGG-19 with BN (``vgg19_bn``): ~20.1M parameters on 100 classes."""
-    return _vgg("vgg19", num_classes, in_channels)
+register_variants(_vgg, {name: (name,) for name in VGG_CONFIGS})

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from kd_hydra.errors import ConfigError
 
 from .layers import conv1x1, conv3x3, init_conv_bn_
-from .registry import register_model
+from .registry import register_variants
 
 STEM_WIDTH = 16
 BASE_STAGE_WIDTHS = (16, 32, 64)  # multiplied by the widen factor k
@@ -97,25 +97,13 @@ class WideResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
-@register_model("wrn_16_1")
-def wrn_16_1(num_classes: int, in_channels: int, image_size: int, dropout: float = 0.0) -> WideResNet:
-    """WRN-16-1: 2 blocks per stage, widths 16/32/64: ~0.18M parameters on 100 classes."""
-    return WideResNet(16, 1, num_classes, in_channels, dropout)
+def _wide_resnet(
+    depth: int, widen_factor: int, num_classes: int, in_channels: int, image_size: int, dropout: float = 0.0
+) -> WideResNet:
+    return WideResNet(depth, widen_factor, num_classes, in_channels, dropout)
 
 
-@register_model("wrn_16_2")
-def wrn_16_2(num_classes: int, in_channels: int, image_size: int, dropout: float = 0.0) -> WideResNet:
-    """WRN-16-2: 2 blocks per stage, widths 32/64/128: ~0.70M parameters on 100 classes."""
-    return WideResNet(16, 2, num_classes, in_channels, dropout)
-
-
-@register_model("wrn_40_1")
-def wrn_40_1(num_classes: int, in_channels: int, image_size: int, dropout: float = 0.0) -> WideResNet:
-    """WRN-40-1: 6 blocks per stage, widths 16/32/64: ~0.57M parameters on 100 classes."""
-    return WideResNet(40, 1, num_classes, in_channels, dropout)
-
-
-@register_model("wrn_40_2")
-def wrn_40_2(num_classes: int, in_channels: int, image_size: int, dropout: float = 0.0) -> WideResNet:
-    """WRN-40-2: 6 blocks per stage, widths 32/64/128: ~2.25M parameters on 100 classes."""
-    return WideResNet(40, 2, num_classes, in_channels, dropout)
+#: WRN-depth-k: name -> (depth, widen factor). Blocks per stage (depth - 4) / 6, widths 16k/32k/64k; parameters on
+#: 100 classes: wrn_16_1 ~0.18M, wrn_16_2 ~0.70M, wrn_40_1 ~0.57M, wrn_40_2 ~2.25M.
+WRN_VARIANTS = {"wrn_16_1": (16, 1), "wrn_16_2": (16, 2), "wrn_40_1": (40, 1), "wrn_40_2": (40, 2)}
+register_variants(_wide_resnet, WRN_VARIANTS)

@@ -1,4 +1,4 @@
-"""The decode-once store: a folder dataset decoded into uint8 arrays under the cache directory.
+"""Decoded images: a folder dataset decoded once into uint8 arrays under the cache directory.
 
 `<cache_dir>/decoded/<name>-<key>/` holds x_train.npy, y_train.npy, x_test.npy, y_test.npy and
 meta.json. The key digests every file's bytes, relative path and label (and the decode settings),
@@ -30,8 +30,8 @@ from kd_hydra.outputs import write_json
 log = logging.getLogger(__name__)
 
 #: Bump when the decoded bytes for the same files would change (decoder settings, layout).
-STORE_VERSION = 1
-STORE_FOLDER = "decoded"
+FORMAT_VERSION = 1
+FOLDER = "decoded"
 KEY_BYTES = 12
 META_FILE = "meta.json"
 CHECKED_SUFFIX = ".checked.json"
@@ -93,7 +93,7 @@ def content_key(
 ) -> str:
     """Digest of the decode settings, class names and every (relative path, label, file bytes), in item order."""
     hasher = hashlib.blake2b(digest_size=KEY_BYTES)
-    hasher.update(f"kd-hydra/decoded/v{STORE_VERSION}/rgb/{image_size}\n".encode())
+    hasher.update(f"kd-hydra/decoded/v{FORMAT_VERSION}/rgb/{image_size}\n".encode())
     hasher.update(("\t".join(classes) + "\n").encode())
     for split, dataset in zip(_SPLITS, (train, test)):
         dataset.content_digests(workers)
@@ -113,7 +113,7 @@ def array_digest(path: Path) -> str:
 
 def entry_path(cache_dir: str | os.PathLike, name: str, key: str) -> Path:
     """Where the store entry of dataset `name` with content key `key` lives."""
-    return Path(cache_dir).expanduser() / STORE_FOLDER / f"{name}-{key}"
+    return Path(cache_dir).expanduser() / FOLDER / f"{name}-{key}"
 
 
 def decode_split(
@@ -150,7 +150,7 @@ def _write_entry(
         write_json(
             temporary / META_FILE,
             {
-                "version": STORE_VERSION,
+                "version": FORMAT_VERSION,
                 "name": spec.name,
                 "classes": list(spec.classes),
                 "image_size": size,
@@ -180,8 +180,8 @@ def _read_entry(final: Path, spec: DatasetSpec) -> tuple[ArrayData | None, str]:
         meta = json.loads((final / META_FILE).read_text())
     except (OSError, ValueError) as error:
         return None, f"unreadable {META_FILE} ({type(error).__name__})"
-    if not isinstance(meta, dict) or meta.get("version") != STORE_VERSION:
-        return None, f"store version {meta.get('version') if isinstance(meta, dict) else None!r}, not {STORE_VERSION}"
+    if not isinstance(meta, dict) or meta.get("version") != FORMAT_VERSION:
+        return None, f"format version {meta.get('version') if isinstance(meta, dict) else None!r}, not {FORMAT_VERSION}"
     if tuple(meta.get("classes", ())) != spec.classes:
         return None, "other class names"
     digests = meta.get("digests")
@@ -209,7 +209,7 @@ def _read_entry(final: Path, spec: DatasetSpec) -> tuple[ArrayData | None, str]:
     return data, ""
 
 
-def decoded_store(
+def decoded_arrays(
     train: ImageFileDataset,
     test: ImageFileDataset,
     spec: DatasetSpec,
@@ -278,7 +278,7 @@ def check_decodable(
         write_json(
             marker,
             {
-                "version": STORE_VERSION,
+                "version": FORMAT_VERSION,
                 "name": spec.name,
                 "num_train": spec.num_train,
                 "num_test": spec.num_test,

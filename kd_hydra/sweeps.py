@@ -52,16 +52,17 @@ _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._=,+-]+")
 RERUN_CLEARED_FILES = (schema.METRICS_FILE, schema.TRAIN_STATE_FILE, schema.HISTORY_FILE)
 
 
-Job = tuple[str, ...]
+#: A job's task overrides, as Hydra's sweeper passes them (``key=value`` strings).
+Overrides = tuple[str, ...]
 
 
 @dataclass(eq=False)
 class Planned:
     """One job of a sweep: its task overrides, directory name, and the teacher job it waits for."""
 
-    overrides: Job
+    overrides: Overrides
     dir_name: str = ""
-    teacher: Job | None = None  # the mode=teacher job this distill job needs (None: none in this sweep)
+    teacher: Overrides | None = None  # the mode=teacher job this distill job needs (None: none in this sweep)
     is_teacher: bool = False
 
 
