@@ -18,7 +18,8 @@ import pandas as pd
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from kd_hydra import schema
+from kd_hydra import records, schema
+from kd_hydra.identity import flatten
 
 #: Columns that ``load_runs`` adds to the config and metrics columns.
 RUN_DIR = "run_dir"
@@ -224,20 +225,8 @@ def read_config(run_dir: Path) -> dict[str, Any]:
     if not isinstance(config, DictConfig):
         raise ValueError(f"{schema.CONFIG_FILE} is not a mapping")
     raw = OmegaConf.to_container(config, resolve=False)
-    flat: dict[str, Any] = {}
-    _flatten(raw, config, "", flat)
-    return flat
-
-
-def _flatten(raw: Any, config: DictConfig, prefix: str, out: dict[str, Any]) -> None:
-    """Write the leaves of ``raw`` into ``out`` under dotted keys; lists (and interpolations that resolve
-    to a dict or list) become their canonical text."""
-    for key, value in raw.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            _flatten(value, config, f"{dotted}.", out)
-        else:
-            out[dotted] = canonical(_resolved(config, dotted, value))
+    # lists (and interpolations that resolve to a dict or list) become their canonical text
+    return {dotted: canonical(_resolved(config, dotted, value)) for dotted, value in flatten(raw).items()}
 
 
 def _resolved(config: DictConfig, dotted: str, raw: Any) -> Any:
@@ -274,10 +263,9 @@ def read_metrics(run_dir: Path) -> tuple[dict[str, Any], str | None]:
     path = run_dir / schema.METRICS_FILE
     if not path.is_file():
         return {}, REASON_NO_METRICS
-    try:
-        metrics = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        warnings.warn(f"{path}: unreadable ({type(error).__name__}): run counted as unfinished", stacklevel=2)
+    metrics, unreadable = records.read_metrics(run_dir)
+    if metrics is None:
+        warnings.warn(f"{path}: {unreadable}: run counted as unfinished", stacklevel=2)
         return {}, REASON_BAD_METRICS
     problem = metrics_problem(metrics)
     if problem:

@@ -19,29 +19,42 @@ Wall-clock numbers on a shared machine are noisy: the load average before and af
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import os
-import platform
 import shutil
-import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_NPZ = (REPO_ROOT / ".." / "shared" / "data" / "cifar10-prefix.npz").resolve()
-REFERENCE_SCRIPT = REPO_ROOT / "benchmarks" / "reference_kd.py"
+from _common import (
+    BENCHMARKS,
+    CommandFailed,
+    Workspace,
+    add_npz_arguments,
+    add_recipe_arguments,
+    add_workdir_arguments,
+    clear_soft_labels,
+    cpu_suite_overrides,
+    default_workdir_and_out,
+    finish,
+    machine_record,
+    mean,
+    npz_sizes,
+    number_text,
+    prepare_npz,
+    ratio,
+    reference_loop_args,
+    reference_result,
+    verdict,
+)
+
+REFERENCE_SCRIPT = BENCHMARKS / "reference_kd.py"
 
 EPOCH_SPEEDUP_TARGET = 10.0
 SWEEP_SPEEDUP_TARGET = 6.5  # issue 11
 ACCURACY_GAP_TARGET = 1.5  # percentage points
-LOG_TAIL_CHARS = 3000
 
 
 @dataclass(frozen=True)
@@ -72,102 +85,16 @@ def parse_grid(text: str) -> Grid:
     return Grid(parse_numbers(temperatures), parse_numbers(alphas))
 
 
-def number_text(value: float) -> str:
-    """A float as Hydra and file names like it: 4.0 -> '4', 0.5 -> '0.5'."""
-    return format(value, "g")
-
-
 def cell_key(temperature: float, alpha: float) -> str:
     return f"T={number_text(temperature)},alpha={number_text(alpha)}"
 
 
-class CommandFailed(RuntimeError):
-    """A benchmark subprocess exited non-zero; the message holds the tail of its output."""
-
-
-def run_timed(command: Sequence[str], env: Mapping[str, str], log_path: Path) -> float:
-    """Run ``command`` with cwd = repo root, output to ``log_path``; return its wall seconds (start-up included)."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w") as log:
-        log.write("$ " + " ".join(command) + "\n")
-        log.flush()
-        started = time.perf_counter()
-        completed = subprocess.run(
-            list(command), cwd=REPO_ROOT, env=dict(env), stdout=log, stderr=subprocess.STDOUT, check=False
-        )
-        seconds = time.perf_counter() - started
-    if completed.returncode != 0:
-        tail = log_path.read_text()[-LOG_TAIL_CHARS:]
-        raise CommandFailed(f"exit status {completed.returncode}: {' '.join(command)}\n--- {log_path} ---\n{tail}")
-    return seconds
-
-
-def reference_loop_args(a: argparse.Namespace, out: Path) -> list[str]:
-    """The command-line arguments every reference loop shares: schedule, seed, loader, threads, output file."""
-    return [
-        "--epochs",
-        str(a.epochs),
-        "--seed",
-        str(a.seed),
-        "--batch-size",
-        str(a.batch_size),
-        "--num-workers",
-        str(a.num_workers),
-        "--lr",
-        str(a.lr),
-        "--threads",
-        str(a.threads),
-        "--out",
-        str(out),
-    ]
-
-
-def default_workdir_and_out(args: argparse.Namespace, prefix: str) -> None:
-    """Fill ``--workdir`` (a new temp dir named ``prefix*``) and ``--out`` (WORKDIR/results.json) when not given."""
-    if args.workdir is None:
-        args.workdir = tempfile.mkdtemp(prefix=prefix)
-    if args.out is None:
-        args.out = str(Path(args.workdir) / "results.json")
-
-
-def read_metrics(run_dir: Path) -> dict[str, Any]:
-    return json.loads((run_dir / "metrics.json").read_text())
-
-
-def read_epoch_seconds(run_dir: Path) -> list[float]:
-    """The ``seconds`` column of a run's history.csv (training, cache work and evaluation of each epoch)."""
-    with open(run_dir / "history.csv", newline="") as handle:
-        return [float(row["seconds"]) for row in csv.DictReader(handle)]
-
-
-def clear_soft_labels(cache_dir: Path) -> None:
-    """Delete the soft-label cache (never the teacher store), so the next distill run starts cold."""
-    shutil.rmtree(cache_dir / "soft_labels", ignore_errors=True)
-
-
-def mean(values: Sequence[float]) -> float:
-    return statistics.fmean(values) if values else float("nan")
-
-
-def ratio(numerator: float, denominator: float) -> float:
-    return numerator / denominator if denominator > 0 else float("nan")
-
-
-class Benchmark:
+class Benchmark(Workspace):
     """The workdir, environment and common settings shared by every step of one comparison."""
 
     def __init__(self, args: argparse.Namespace) -> None:
+        super().__init__(args.workdir)
         self.args = args
-        self.workdir = Path(args.workdir).resolve()
-        self.cache_dir = self.workdir / "cache"
-        self.logs = self.workdir / "logs"
-        self.env = {
-            **os.environ,
-            "PYTHONPATH": str(REPO_ROOT),
-            "KD_HYDRA_CACHE_DIR": str(self.cache_dir),
-            "KD_HYDRA_OUTPUT_DIR": str(self.workdir / "outputs"),
-        }
-        self.python = sys.executable
 
     # -- command lines ---------------------------------------------------------------------------
 
@@ -179,27 +106,14 @@ class Benchmark:
             f"dataset.path={a.npz}",
             "teacher=deep_cnn",
             "student=light_cnn",
-            f"trainer.epochs={a.epochs}",
-            f"trainer.batch_size={a.batch_size}",
-            f"trainer.seed={a.seed}",
-            "trainer.device=cpu",
-            f"trainer.num_threads={a.threads}",
-            "trainer.progress=false",
-            "optimizer=sgd",
-            f"optimizer.lr={a.lr}",
-            "scheduler=cosine",
-            f"teacher_training.epochs={a.teacher_epochs}",
-            "hydra.callbacks.analysis.enabled=false",
+            *cpu_suite_overrides(a),
             *a.suite_override,
         ]
-
-    def suite_command(self, *overrides: str, multirun: bool = False) -> list[str]:
-        return [self.python, "run.py", *(["-m"] if multirun else []), *self.suite_overrides(), *overrides]
 
     def reference_command(self, checkpoint: str, temperature: float, alpha: float, out: Path) -> list[str]:
         a = self.args
         return [
-            self.python,
+            sys.executable,
             str(REFERENCE_SCRIPT),
             "--teacher-checkpoint",
             checkpoint,
@@ -214,63 +128,31 @@ class Benchmark:
 
     # -- steps -----------------------------------------------------------------------------------
 
-    def train_teacher(self) -> dict[str, Any]:
+    def teacher(self) -> dict[str, Any]:
         """Step a: the teacher in the store (trained now unless the workdir already holds it)."""
-        run_dir = self.workdir / "runs" / "teacher"
-        seconds = run_timed(
-            self.suite_command("mode=teacher", f"hydra.run.dir={run_dir}"), self.env, self.logs / "teacher.log"
-        )
-        metrics = read_metrics(run_dir)
-        return {
-            "checkpoint": metrics["checkpoint"],
-            "test_acc": metrics["final_test_acc"],
-            "source": metrics["teacher_source"],
-            "epochs": metrics["epochs"],
-            "wall_seconds": seconds,
-        }
+        return self.train_teacher(self.suite_overrides())
 
-    def suite_single(self, name: str, temperature: float, alpha: float) -> dict[str, Any]:
-        run_dir = self.workdir / "runs" / name
-        command = self.suite_command(
-            "mode=distill",
-            f"loss.temperature={number_text(temperature)}",
-            f"loss.alpha={number_text(alpha)}",
-            f"hydra.run.dir={run_dir}",
+    def kd_single(self, name: str, temperature: float, alpha: float) -> dict[str, Any]:
+        return self.suite_single(
+            name,
+            [
+                *self.suite_overrides(),
+                "mode=distill",
+                f"loss.temperature={number_text(temperature)}",
+                f"loss.alpha={number_text(alpha)}",
+            ],
         )
-        seconds = run_timed(command, self.env, self.logs / f"{name}.log")
-        metrics = read_metrics(run_dir)
-        epoch_seconds = read_epoch_seconds(run_dir)
-        return {
-            "process_wall_seconds": seconds,
-            "run_wall_seconds": metrics["wall_seconds"],
-            "reported_images_per_second": metrics["train_images_per_second"],
-            "epoch_seconds": epoch_seconds,
-            "mean_epoch_seconds": mean(epoch_seconds),
-            "final_test_acc": metrics["final_test_acc"],
-            "soft_label_cache": metrics["soft_label_cache"],
-        }
 
     def reference_single(self, checkpoint: str, temperature: float, alpha: float, name: str) -> dict[str, Any]:
         out = self.workdir / "reference" / f"{name}.json"
-        seconds = run_timed(
-            self.reference_command(checkpoint, temperature, alpha, out), self.env, self.logs / f"{name}.log"
-        )
-        result = json.loads(out.read_text())
-        return {
-            "process_wall_seconds": seconds,
-            "run_wall_seconds": result["wall_seconds"],
-            "reported_images_per_second": result["images_per_second"],
-            "epoch_seconds": result["epoch_seconds"],
-            "mean_epoch_seconds": mean(result["epoch_seconds"]),
-            "final_test_acc": result["final_test_acc"],
-        }
+        return reference_result(out, self.run(name, self.reference_command(checkpoint, temperature, alpha, out)))
 
     def single_kd(self, checkpoint: str, num_train: int) -> dict[str, Any]:
         """Step b: suite cold, suite warm, reference, at the same (T, alpha)."""
         t, alpha = self.args.kd_temperature, self.args.kd_alpha
         clear_soft_labels(self.cache_dir)
-        cold = self.suite_single("kd_cold", t, alpha)
-        warm = self.suite_single("kd_warm", t, alpha)
+        cold = self.kd_single("kd_cold", t, alpha)
+        warm = self.kd_single("kd_warm", t, alpha)
         reference = self.reference_single(checkpoint, t, alpha, "reference_single")
         for side in (cold, warm, reference):
             side["epoch_images_per_second"] = ratio(num_train, side["mean_epoch_seconds"])
@@ -291,15 +173,15 @@ class Benchmark:
         clear_soft_labels(self.cache_dir)
         temperatures = ",".join(number_text(t) for t in grid.temperatures)
         alphas = ",".join(number_text(a) for a in grid.alphas)
-        command = self.suite_command(
+        overrides = [
+            *self.suite_overrides(),
             "mode=distill",
             f"loss.temperature={temperatures}",
             f"loss.alpha={alphas}",
             "hydra.sweeper.add_baselines=false",
             f"hydra.sweep.dir={sweep_dir}",
-            multirun=True,
-        )
-        suite_seconds = run_timed(command, self.env, self.logs / "sweep.log")
+        ]
+        suite_seconds = self.run_suite("sweep", overrides, multirun=True)
         suite_cells: dict[str, dict[str, Any]] = {}
         for metrics_path in sorted(sweep_dir.glob("*/metrics.json")):
             metrics = json.loads(metrics_path.read_text())
@@ -343,10 +225,6 @@ class Benchmark:
         }
 
 
-def verdict(passed: bool) -> str:
-    return "PASS" if passed else "MISS"
-
-
 def format_report(results: Mapping[str, Any]) -> str:
     """The human-readable table of one comparison (see benchmarks/README.md for how to read it)."""
     lines: list[str] = []
@@ -365,7 +243,7 @@ def format_report(results: Mapping[str, Any]) -> str:
     teacher = results["teacher"]
     lines.append(
         f"a. teacher deep_cnn: test acc {teacher['test_acc']:.2f}% after {teacher['epochs']} epochs "
-        f"({teacher['source']}, {teacher['wall_seconds']:.1f}s, not part of any comparison)"
+        f"({teacher['source']}, {teacher['process_wall_seconds']:.1f}s, not part of any comparison)"
     )
 
     single = results["single_kd"]
@@ -434,82 +312,21 @@ def format_report(results: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_train_subset(npz: Path, limit: int, workdir: Path) -> Path:
-    """The first ``limit`` training images of ``npz`` as WORKDIR/train_subset.npz; the test split stays whole."""
-    import io
-
-    import numpy as np  # here: keeps `--help` fast
-
-    from kd_hydra.outputs import atomic_write_bytes
-
-    with np.load(npz, allow_pickle=False) as archive:
-        arrays = {key: archive[key] for key in archive.files}
-    arrays["x_train"], arrays["y_train"] = arrays["x_train"][:limit], arrays["y_train"][:limit]
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    path = workdir / "train_subset.npz"
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
-
-
-def dataset_sizes(npz: Path) -> tuple[int, int]:
-    import numpy as np  # here: keeps `--help` fast
-
-    with np.load(npz, allow_pickle=False) as archive:
-        return len(archive["y_train"]), len(archive["y_test"])
-
-
-def load_average() -> str:
-    try:
-        return " ".join(f"{value:.2f}" for value in os.getloadavg())
-    except OSError:
-        return "n/a"
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--npz", type=Path, default=DEFAULT_NPZ, help="dataset .npz (default: %(default)s)")
-    parser.add_argument("--epochs", type=int, default=3, help="student epochs, both sides (default: %(default)s)")
-    parser.add_argument(
-        "--teacher-epochs", type=int, default=5, help="teacher epochs, trained once and untimed (default: %(default)s)"
-    )
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=0.05, help="SGD lr, both sides (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=os.cpu_count() or 1,
-        help="torch threads of both sides' main process (default: cores, %(default)s)",
-    )
-    parser.add_argument("--num-workers", type=int, default=2, help="reference DataLoader workers (tutorial: 2)")
+    add_npz_arguments(parser)
+    add_recipe_arguments(parser, epochs=3, teacher_epochs=5)
     parser.add_argument("--grid", default="1,4,8x0.1,0.5,0.9", help="TEMPERATURESxALPHAS (default: %(default)s)")
     parser.add_argument("--temperatures", default=None, help="comma list; overrides the grid's temperatures")
     parser.add_argument("--alphas", default=None, help="comma list; overrides the grid's alphas")
     parser.add_argument("--kd-temperature", type=float, default=4.0, help="T of the single KD run (step b)")
     parser.add_argument("--kd-alpha", type=float, default=0.9, help="alpha of the single KD run (step b)")
-    parser.add_argument("--workdir", default=None, help="runs, caches and logs (default: a new temp dir)")
-    parser.add_argument("--out", default=None, help="results JSON (default: WORKDIR/results.json)")
+    add_workdir_arguments(parser)
     parser.add_argument("--skip-sweep", action="store_true", help="steps a and b only")
-    parser.add_argument(
-        "--train-limit",
-        type=int,
-        default=None,
-        metavar="N",
-        help="use only the first N training images (a subset .npz in the workdir; smoke tests)",
-    )
-    parser.add_argument(
-        "--suite-override",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra run.py override for every suite run (repeatable), e.g. trainer.channels_last=true",
-    )
     args = parser.parse_args(argv)
     default_workdir_and_out(args, "kd_hydra_compare_cpu_")
-    args.npz = args.npz.resolve()
     grid = parse_grid(args.grid)
     args.grid_parsed = Grid(
         parse_numbers(args.temperatures) if args.temperatures else grid.temperatures,
@@ -520,22 +337,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if not args.npz.is_file():
-        print(f"error: {args.npz}: no such file; pass --npz", file=sys.stderr)
+    problem = prepare_npz(args, Path(args.workdir))
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
-    if args.train_limit is not None:
-        if args.train_limit < 1:
-            print("error: --train-limit: must be a positive number of images", file=sys.stderr)
-            return 2
-        Path(args.workdir).mkdir(parents=True, exist_ok=True)
-        args.npz = write_train_subset(args.npz, args.train_limit, Path(args.workdir))
     bench = Benchmark(args)
-    num_train, num_test = dataset_sizes(args.npz)
+    num_train, num_test = npz_sizes(args.npz)
     grid: Grid = args.grid_parsed
     results: dict[str, Any] = {
         "config": {
             "npz": str(args.npz),
             "train_limit": args.train_limit,
+            "test_limit": args.test_limit,
             "num_train": num_train,
             "num_test": num_test,
             "epochs": args.epochs,
@@ -547,10 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "num_workers": args.num_workers,
             "grid": {"temperatures": grid.temperatures, "alphas": grid.alphas},
             "workdir": str(bench.workdir),
-            "python": sys.executable,
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "load_before": load_average(),
+            **machine_record(),
             "suite_common_overrides": bench.suite_overrides(),
             "suite_extra_overrides": args.suite_override,
         }
@@ -559,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"workdir {bench.workdir} (logs in {bench.logs})", flush=True)
     try:
         print("a. training the teacher (run.py mode=teacher) ...", flush=True)
-        results["teacher"] = bench.train_teacher()
+        results["teacher"] = bench.teacher()
         checkpoint = results["teacher"]["checkpoint"]
         print("b. single KD run: suite cold, suite warm, reference ...", flush=True)
         results["single_kd"] = bench.single_kd(checkpoint, num_train)
@@ -569,8 +379,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandFailed as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    results["load_after"] = load_average()
-    results["total_seconds"] = time.perf_counter() - started
     if "sweep" in results:
         epoch_speedup = results["single_kd"]["epoch_speedup_warm_vs_reference"]
         sweep_speedup, gap = results["sweep"]["sweep_speedup"], results["sweep"]["mean_acc_gap"]
@@ -587,14 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             },
             "mean_acc_gap": {"value": gap, "target": ACCURACY_GAP_TARGET, "passed": abs(gap) <= ACCURACY_GAP_TARGET},
         }
-    from kd_hydra.outputs import write_json
-
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    write_json(Path(args.out), results)
-    print()
-    print(format_report(results))
-    print(f"\ntotal {results['total_seconds']:.0f}s; results written to {args.out}")
-    return 0
+    return finish(results, args.out, format_report, started)
 
 
 if __name__ == "__main__":

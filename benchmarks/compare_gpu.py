@@ -24,23 +24,27 @@ check the plumbing on a tiny problem; its numbers mean nothing).
 from __future__ import annotations
 
 import argparse
-import csv
-import json
-import os
-import shutil
 import sys
-import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT / "benchmarks") not in sys.path:  # compare_cpu sits beside this file, also when imported
-    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+from _common import (
+    BENCHMARKS,
+    CommandFailed,
+    Workspace,
+    add_workdir_arguments,
+    clear_soft_labels,
+    default_workdir_and_out,
+    finish,
+    machine_record,
+    ratio,
+    reference_result,
+    save_untrained_teacher,
+)
 
-from compare_cpu import CommandFailed, run_timed  # noqa: E402
-
-REFERENCE_SCRIPT = REPO_ROOT / "benchmarks" / "reference_kd.py"
+REFERENCE_SCRIPT = BENCHMARKS / "reference_kd.py"
 EXIT_NO_CUDA = 2
 SYNTHETIC_SEED = 0
 CROP_PADDING = 4  # the reference's RandomCrop(32, padding=4); the synthetic config's default is 2
@@ -60,8 +64,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2, help="reference DataLoader workers (tutorial: 2)")
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--device", default="cuda", help="cuda or cuda:N; cpu only for a plumbing check")
-    parser.add_argument("--workdir", default=None, help="runs, caches and logs (default: a new temp dir)")
-    parser.add_argument("--out", default=None, help="results JSON (default: WORKDIR/results.json)")
+    add_workdir_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -82,12 +85,8 @@ def cuda_problem(device: str) -> str | None:
 def write_inputs(args: argparse.Namespace, workdir: Path) -> tuple[Path, Path]:
     """The synthetic dataset as an NHWC ``.npz`` for the reference, and a random-init teacher checkpoint."""
     import numpy as np
-    import torch
 
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
     from kd_hydra.data import load_synthetic
-    from kd_hydra.models import build_model
 
     data = load_synthetic(
         num_train=args.num_train,
@@ -104,24 +103,20 @@ def write_inputs(args: argparse.Namespace, workdir: Path) -> tuple[Path, Path]:
         x_test=data.x_test.permute(0, 2, 3, 1).numpy(),
         y_test=data.y_test.numpy(),
     )
-    torch.manual_seed(0)
-    teacher = build_model(args.teacher, args.num_classes, 3, args.image_size)
     checkpoint = workdir / "teacher.pt"
-    torch.save({"state_dict": teacher.state_dict()}, checkpoint)
+    save_untrained_teacher(checkpoint, args.teacher, args.num_classes, args.image_size, seed=0)
     return npz, checkpoint
 
 
-def suite_command(args: argparse.Namespace, checkpoint: Path, run_dir: Path) -> list[str]:
+def suite_overrides(args: argparse.Namespace, checkpoint: Path) -> list[str]:
     on_cuda = args.device.startswith("cuda")
     return [
-        sys.executable,
-        "run.py",
         "mode=distill",
         "dataset=synthetic",
         f"dataset.loader.num_train={args.num_train}",
         f"dataset.loader.num_test={args.num_test}",
         f"dataset.loader.num_classes={args.num_classes}",
-        f"dataset.loader.image_size={args.image_size}",
+        f"dataset.image_size={args.image_size}",
         f"dataset.loader.seed={SYNTHETIC_SEED}",
         f"dataset.augment.crop_padding={CROP_PADDING}",
         f"teacher={args.teacher}",
@@ -138,31 +133,16 @@ def suite_command(args: argparse.Namespace, checkpoint: Path, run_dir: Path) -> 
         f"optimizer.lr={args.lr}",
         "scheduler=cosine",
         "hydra.callbacks.analysis.enabled=false",
-        f"hydra.run.dir={run_dir}",
     ]
 
 
-def suite_run(
-    args: argparse.Namespace, checkpoint: Path, workdir: Path, env: Mapping[str, str], name: str
-) -> dict[str, Any]:
-    run_dir = workdir / "runs" / name
-    seconds = run_timed(suite_command(args, checkpoint, run_dir), env, workdir / "logs" / f"{name}.log")
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    with open(run_dir / "history.csv", newline="") as handle:
-        epoch_seconds = [float(row["seconds"]) for row in csv.DictReader(handle)]
-    return {
-        "images_per_second": metrics["train_images_per_second"],
-        "epoch_seconds": epoch_seconds,
-        "last_epoch_images_per_second": args.num_train / epoch_seconds[-1],
-        "soft_label_cache": metrics["soft_label_cache"],
-        "process_wall_seconds": seconds,
-    }
+def suite_run(args: argparse.Namespace, checkpoint: Path, space: Workspace, name: str) -> dict[str, Any]:
+    side = space.suite_single(name, suite_overrides(args, checkpoint))
+    return {**side, "last_epoch_images_per_second": args.num_train / side["epoch_seconds"][-1]}
 
 
-def reference_run(
-    args: argparse.Namespace, npz: Path, checkpoint: Path, workdir: Path, env: Mapping[str, str]
-) -> dict[str, Any]:
-    out = workdir / "reference.json"
+def reference_run(args: argparse.Namespace, npz: Path, checkpoint: Path, space: Workspace) -> dict[str, Any]:
+    out = space.workdir / "reference.json"
     command = [
         sys.executable,
         str(REFERENCE_SCRIPT),
@@ -187,14 +167,8 @@ def reference_run(
         "--out",
         str(out),
     ]
-    seconds = run_timed(command, env, workdir / "logs" / "reference.log")
-    result = json.loads(out.read_text())
-    return {
-        "images_per_second": result["images_per_second"],
-        "epoch_seconds": result["epoch_seconds"],
-        "last_epoch_images_per_second": args.num_train / result["epoch_seconds"][-1],
-        "process_wall_seconds": seconds,
-    }
+    side = reference_result(out, space.run("reference", command))
+    return {**side, "last_epoch_images_per_second": args.num_train / side["epoch_seconds"][-1]}
 
 
 def format_report(results: Mapping[str, Any]) -> str:
@@ -212,7 +186,9 @@ def format_report(results: Mapping[str, Any]) -> str:
         (f"reference fp32, {conf['workers']} workers", "reference"),
     ):
         side = results[key]
-        lines.append(f"   {label:<34}{side['images_per_second']:>11.0f}{side['last_epoch_images_per_second']:>18.0f}")
+        lines.append(
+            f"   {label:<34}{side['reported_images_per_second']:>11.0f}{side['last_epoch_images_per_second']:>18.0f}"
+        )
     lines.append(f"   speed-up, warm suite vs reference (loop img/s): {results['speedup']:.1f}x")
     lines.append(
         "   loop img/s: training loop only (the cold run fills the cache before its loops); "
@@ -229,37 +205,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_NO_CUDA
     import torch
 
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="kd_hydra_compare_gpu_")).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    out = Path(args.out) if args.out else workdir / "results.json"
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO_ROOT),
-        "KD_HYDRA_CACHE_DIR": str(workdir / "cache"),
-        "KD_HYDRA_OUTPUT_DIR": str(workdir / "outputs"),
-    }
+    default_workdir_and_out(args, "kd_hydra_compare_gpu_")
+    space = Workspace(args.workdir)
     device_name = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") else "cpu"
-    print(f"workdir {workdir}; device {device_name}", flush=True)
-    results: dict[str, Any] = {"config": {**vars(args), "device_name": device_name, "torch": torch.__version__}}
+    print(f"workdir {space.workdir}; device {device_name}", flush=True)
+    results: dict[str, Any] = {
+        "config": {**vars(args), "device_name": device_name, "torch": torch.__version__, **machine_record()}
+    }
+    started = time.perf_counter()
     try:
-        npz, checkpoint = write_inputs(args, workdir)
-        shutil.rmtree(workdir / "cache" / "soft_labels", ignore_errors=True)
+        npz, checkpoint = write_inputs(args, space.workdir)
+        clear_soft_labels(space.cache_dir)
         print("suite, soft-label cache cold ...", flush=True)
-        results["suite_cold"] = suite_run(args, checkpoint, workdir, env, "suite_cold")
+        results["suite_cold"] = suite_run(args, checkpoint, space, "suite_cold")
         print("suite, soft-label cache warm ...", flush=True)
-        results["suite_warm"] = suite_run(args, checkpoint, workdir, env, "suite_warm")
+        results["suite_warm"] = suite_run(args, checkpoint, space, "suite_warm")
         print("reference ...", flush=True)
-        results["reference"] = reference_run(args, npz, checkpoint, workdir, env)
+        results["reference"] = reference_run(args, npz, checkpoint, space)
     except CommandFailed as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    reference_rate = results["reference"]["images_per_second"]
-    results["speedup"] = results["suite_warm"]["images_per_second"] / reference_rate if reference_rate else float("nan")
-    out.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    print()
-    print(format_report(results))
-    print(f"\nresults written to {out}")
-    return 0
+    results["speedup"] = ratio(
+        results["suite_warm"]["reported_images_per_second"], results["reference"]["reported_images_per_second"]
+    )
+    return finish(results, args.out, format_report, started)
 
 
 if __name__ == "__main__":

@@ -31,8 +31,6 @@ run on a symlinked subset (the first C classes, N training and V val images each
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import re
 import shutil
 import sys
@@ -41,30 +39,32 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_cpu import (
-    REPO_ROOT,
+from _common import (
+    BENCHMARKS,
+    SHARED_DATA,
     CommandFailed,
+    Workspace,
+    add_recipe_arguments,
+    add_workdir_arguments,
     clear_soft_labels,
+    cpu_suite_overrides,
     default_workdir_and_out,
-    load_average,
-    mean,
+    finish,
+    machine_record,
     number_text,
     ratio,
-    read_epoch_seconds,
-    read_metrics,
     reference_loop_args,
-    run_timed,
+    reference_result,
+    save_untrained_teacher,
     verdict,
 )
 
-DEFAULT_DATA_DIR = (REPO_ROOT / ".." / "shared" / "data" / "tiny-imagenet-subset").resolve()
-REFERENCE_SCRIPT = REPO_ROOT / "benchmarks" / "reference_tiny_imagenet.py"
+DEFAULT_DATA_DIR = SHARED_DATA / "tiny-imagenet-subset"
+REFERENCE_SCRIPT = BENCHMARKS / "reference_tiny_imagenet.py"
 TINY_IMAGENET_FOLDER = "tiny-imagenet-200"
 IMAGE_SUFFIX = ".JPEG"
 LOOP_SPEEDUP_TARGET = 5.0  # issue 11
 UNTRAINED_TEACHER_FILE = "teacher_untrained.pt"
-RGB_CHANNELS = 3
 IMAGE_SIZE = 64  # conf/dataset/tiny_imagenet.yaml image_size
 DECODE_LINE = re.compile(r"decoded (\S+) once: (\d+) images in ([0-9.]+) s")
 REUSED_LINE = re.compile(r"decoded store \S+ reused")
@@ -115,24 +115,6 @@ def count_classes(data_root: Path) -> int:
     return sum(1 for line in (data_root / TINY_IMAGENET_FOLDER / "wnids.txt").read_text().splitlines() if line.strip())
 
 
-def save_untrained_teacher(path: Path, arch: str, num_classes: int, seed: int) -> str:
-    """Build ``arch`` (seeded, untrained) with kd-hydra's model builder and save it as a kd-hydra checkpoint.
-
-    Returns the checkpoint's SHA-256.
-    """
-    import torch
-
-    from kd_hydra.checkpoints import ArchSignature, save_checkpoint
-    from kd_hydra.models import build_model
-
-    torch.manual_seed(seed)
-    model = build_model(arch, num_classes, RGB_CHANNELS, IMAGE_SIZE)
-    signature = ArchSignature(
-        name=arch, source="zoo", num_classes=num_classes, in_channels=RGB_CHANNELS, image_size=IMAGE_SIZE
-    )
-    return save_checkpoint(path, model, signature)
-
-
 def decode_seconds_from_log(log_path: Path) -> dict[str, Any]:
     """The decode step of a run's log: ``{"seconds", "images"}`` if it decoded, ``{"reused": True}`` if not."""
     text = log_path.read_text()
@@ -142,21 +124,13 @@ def decode_seconds_from_log(log_path: Path) -> dict[str, Any]:
     return {"seconds": None, "images": None, "reused": bool(REUSED_LINE.search(text))}
 
 
-class Benchmark:
+class Benchmark(Workspace):
     """Workdir, environment and the settings shared by every run of one comparison."""
 
     def __init__(self, args: argparse.Namespace) -> None:
+        super().__init__(args.workdir)
         self.args = args
-        self.workdir = Path(args.workdir).resolve()
-        self.cache_dir = self.workdir / "cache"
-        self.logs = self.workdir / "logs"
         self.teacher_checkpoint: str | None = None  # set by untrained_teacher: every suite run loads it
-        self.env = {
-            **os.environ,
-            "PYTHONPATH": str(REPO_ROOT),
-            "KD_HYDRA_CACHE_DIR": str(self.cache_dir),
-            "KD_HYDRA_OUTPUT_DIR": str(self.workdir / "outputs"),
-        }
 
     def suite_overrides(self) -> list[str]:
         a = self.args
@@ -165,35 +139,15 @@ class Benchmark:
             f"paths.data_dir={a.data_root}",
             f"teacher={a.teacher}",
             f"student={a.student}",
-            f"trainer.epochs={a.epochs}",
-            f"trainer.batch_size={a.batch_size}",
-            f"trainer.seed={a.seed}",
-            "trainer.device=cpu",
-            f"trainer.num_threads={a.threads}",
-            "trainer.progress=false",
-            "optimizer=sgd",
-            f"optimizer.lr={a.lr}",
-            "scheduler=cosine",
-            f"teacher_training.epochs={a.teacher_epochs}",
-            "hydra.callbacks.analysis.enabled=false",
+            *cpu_suite_overrides(a),
             *([f"teacher.checkpoint={self.teacher_checkpoint}"] if self.teacher_checkpoint else []),
             *a.suite_override,
         ]
 
-    def suite(self, name: str, *overrides: str) -> tuple[Path, float]:
-        run_dir = self.workdir / "runs" / name
-        command = [sys.executable, "run.py", *self.suite_overrides(), *overrides, f"hydra.run.dir={run_dir}"]
-        return run_dir, run_timed(command, self.env, self.logs / f"{name}.log")
-
-    def train_teacher(self) -> dict[str, Any]:
-        run_dir, seconds = self.suite("teacher", "mode=teacher")
-        metrics = read_metrics(run_dir)
+    def teacher(self) -> dict[str, Any]:
+        """Step a: the teacher in the store; its log holds the one-time decode of the images."""
         return {
-            "checkpoint": metrics["checkpoint"],
-            "test_acc": metrics["final_test_acc"],
-            "epochs": metrics["epochs"],
-            "source": metrics["teacher_source"],
-            "process_wall_seconds": seconds,
+            **self.train_teacher(self.suite_overrides()),
             "decode": decode_seconds_from_log(self.logs / "teacher.log"),
         }
 
@@ -202,7 +156,7 @@ class Benchmark:
         a = self.args
         path = self.workdir / UNTRAINED_TEACHER_FILE
         started = time.perf_counter()
-        sha256 = save_untrained_teacher(path, a.teacher, count_classes(a.data_root), a.seed)
+        sha256 = save_untrained_teacher(path, a.teacher, count_classes(a.data_root), IMAGE_SIZE, a.seed)
         self.teacher_checkpoint = str(path)
         return {
             "checkpoint": str(path),
@@ -216,31 +170,16 @@ class Benchmark:
 
     def suite_kd(self, name: str) -> dict[str, Any]:
         a = self.args
-        run_dir, seconds = self.suite(
-            name,
+        overrides = [
+            *self.suite_overrides(),
             "mode=distill",
             "loss=kd",
             f"loss.temperature={number_text(a.temperature)}",
             f"loss.alpha={number_text(a.alpha)}",
-        )
-        metrics = read_metrics(run_dir)
-        epochs = read_epoch_seconds(run_dir)
-        return {
-            "process_wall_seconds": seconds,
-            "run_wall_seconds": metrics["wall_seconds"],
-            "reported_images_per_second": metrics["train_images_per_second"],
-            "epoch_seconds": epochs,
-            "mean_epoch_seconds": mean(epochs),
-            "final_test_acc": metrics["final_test_acc"],
-            "soft_label_cache": metrics.get("soft_label_cache"),
-            "teacher_outputs": metrics.get("teacher_outputs"),
-            "teacher_test_acc": metrics.get("teacher_test_acc"),
-            "decode": decode_seconds_from_log(self.logs / f"{name}.log"),
-        }
+        ]
+        return {**self.suite_single(name, overrides), "decode": decode_seconds_from_log(self.logs / f"{name}.log")}
 
     def reference(self, checkpoint: str) -> dict[str, Any]:
-        import json
-
         a = self.args
         out = self.workdir / "reference" / "reference.json"
         command = [
@@ -260,18 +199,7 @@ class Benchmark:
             number_text(a.alpha),
             *reference_loop_args(a, out),
         ]
-        seconds = run_timed(command, self.env, self.logs / "reference.log")
-        result = json.loads(out.read_text())
-        return {
-            "process_wall_seconds": seconds,
-            "run_wall_seconds": result["wall_seconds"],
-            "reported_images_per_second": result["images_per_second"],
-            "epoch_seconds": result["epoch_seconds"],
-            "mean_epoch_seconds": mean(result["epoch_seconds"]),
-            "final_test_acc": result["final_test_acc"],
-            "num_train": result["num_train"],
-            "num_test": result["num_test"],
-        }
+        return reference_result(out, self.run("reference", command))
 
 
 def accuracy_text(value: float | None) -> str:
@@ -385,20 +313,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="do not train the teacher: a seeded, untrained checkpoint in the workdir "
         "(teacher.checkpoint of every suite run; accuracies meaningless, times valid)",
     )
-    parser.add_argument("--epochs", type=int, default=1, help="student epochs, both sides (default: %(default)s)")
-    parser.add_argument("--teacher-epochs", type=int, default=1, help="teacher epochs, untimed (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--seed", type=int, default=0)
+    add_recipe_arguments(parser, epochs=1, teacher_epochs=1)
     parser.add_argument("--temperature", type=float, default=4.0)
     parser.add_argument("--alpha", type=float, default=0.9)
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=os.cpu_count() or 1,
-        help="torch threads of both sides' main process (default: cores, %(default)s)",
-    )
-    parser.add_argument("--num-workers", type=int, default=2, help="reference DataLoader workers (tutorial: 2)")
     parser.add_argument("--classes", type=int, default=None, help="keep only the first C classes (smoke tests)")
     parser.add_argument(
         "--train-limit",
@@ -414,15 +331,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="V",
         help="keep only V val images per class (evaluation is not compared; shortens the runs)",
     )
-    parser.add_argument("--workdir", default=None, help="runs, caches, logs (default: a new temp dir)")
-    parser.add_argument("--out", default=None, help="results JSON (default: WORKDIR/results.json)")
-    parser.add_argument(
-        "--suite-override",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra run.py override for every suite run (repeatable)",
-    )
+    add_workdir_arguments(parser)
     args = parser.parse_args(argv)
     default_workdir_and_out(args, "kd_hydra_compare_tiny_")
     args.data_dir = args.data_dir.resolve()
@@ -478,10 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "threads": args.threads,
             "num_workers": args.num_workers,
             "workdir": str(bench.workdir),
-            "python": sys.executable,
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "load_before": load_average(),
+            **machine_record(),
             "suite_extra_overrides": args.suite_override,
         }
     }
@@ -493,7 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             results["teacher"] = bench.untrained_teacher()
         else:
             print("a. teacher (run.py mode=teacher; first run: decodes the images once) ...", flush=True)
-            results["teacher"] = bench.train_teacher()
+            results["teacher"] = bench.teacher()
         results["config"]["suite_common_overrides"] = bench.suite_overrides()
         clear_soft_labels(bench.cache_dir)
         print("b. suite KD: soft-label cache cold, then warm ...", flush=True)
@@ -527,15 +433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "loop_speedup": {"value": speedup, "target": LOOP_SPEEDUP_TARGET, "passed": speedup >= LOOP_SPEEDUP_TARGET},
         "warm_cache_used": {"passed": results["warm_cache_used"]},
     }
-    results["load_after"] = load_average()
-    results["total_seconds"] = time.perf_counter() - started
-    from kd_hydra.outputs import write_json
-
-    write_json(Path(args.out), results)
-    print()
-    print(format_report(results))
-    print(f"\ntotal {results['total_seconds']:.0f}s; results written to {args.out}")
-    return 0
+    return finish(results, args.out, format_report, started)
 
 
 if __name__ == "__main__":

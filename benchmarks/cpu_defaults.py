@@ -19,8 +19,8 @@ The recommendation at the end: channels_last as the CPU default when it is not s
 ``--tolerance``) for any model on either measure and faster for at least one, off when it is faster
 for none, per model otherwise; and the cache batch size with the best geometric-mean throughput
 relative to each model's best (per model if no single size is within the tolerance of every model's
-best). Each model's speed-up of the recommended settings over the current defaults (channels_last
-off on CPU, cache batch 1024) is printed too. No timing target: this script chooses defaults.
+best). Each model's speed-up of the recommended settings over the current CPU defaults (read from
+``kd_hydra.runtime`` and ``kd_hydra.teacher_outputs``) is printed too. No timing target: this script chooses defaults.
 
     python benchmarks/cpu_defaults.py --out cpu_defaults.json              # all models (long)
     python benchmarks/cpu_defaults.py --models light_cnn,resnet8x4 --quick # smoke test
@@ -38,19 +38,14 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+from _common import load_average, write_results
 
 TORCHVISION_MODELS = {"resnet50": 64}  # name -> input size; the configured torchvision teachers
 CIFAR_IMAGE_SIZE = 32
 CHANNELS = 3
 DEFAULT_CACHE_BATCHES = (64, 128, 256, 1024)
-CURRENT_CACHE_BATCH = 1024  # soft_label_cache.batch_size today
-CURRENT_CHANNELS_LAST = False  # trainer.channels_last=null resolves to off on CPU today
 LR, MOMENTUM, WEIGHT_DECAY = 0.05, 0.9, 5e-4
 MS_PER_S = 1000.0
 
@@ -78,6 +73,14 @@ class ModelResult:
 
     def images_per_second(self, layout: str, batch: int, images: int) -> float:
         return images / statistics.median(self.pass_seconds[layout][str(batch)])
+
+
+def current_cpu_defaults() -> tuple[bool, int]:
+    """What ``trainer.channels_last=null`` and ``soft_label_cache.batch_size=null`` resolve to on the CPU today."""
+    from kd_hydra.runtime import CHANNELS_LAST_DEVICES
+    from kd_hydra.teacher_outputs import DEFAULT_FILL_BATCH
+
+    return "cpu" in CHANNELS_LAST_DEVICES, DEFAULT_FILL_BATCH["cpu"]
 
 
 def layout_name(channels_last: bool) -> str:
@@ -255,18 +258,20 @@ def analyse(results: Sequence[ModelResult], batches: Sequence[int], images: int,
         "per_model": {r.name: per_model[r.name]["best_cache_batch"][chosen_layout(r.name)] for r in results},
     }
 
+    current_layout, current_batch = current_cpu_defaults()
     for result in results:  # the recommendation against today's defaults, per model
         layout = chosen_layout(result.name)
         row = per_model[result.name]
         row["recommended_layout"] = layout
-        row["step_speedup_vs_current"] = result.step_ms(layout_name(CURRENT_CHANNELS_LAST)) / result.step_ms(layout)
+        row["step_speedup_vs_current"] = result.step_ms(layout_name(current_layout)) / result.step_ms(layout)
         current = (
-            result.images_per_second(layout_name(CURRENT_CHANNELS_LAST), CURRENT_CACHE_BATCH, images)
-            if str(CURRENT_CACHE_BATCH) in result.pass_seconds["off"]
+            result.images_per_second(layout_name(current_layout), current_batch, images)
+            if str(current_batch) in result.pass_seconds["off"]
             else float("nan")
         )
         row["pass_speedup_vs_current"] = result.images_per_second(layout, int(best_batch), images) / current
-    return {"per_model": per_model, "channels_last": channels_last, "cache_batch_size": cache_batch}
+    current = {"channels_last": layout_name(current_layout), "cache_batch_size": current_batch}
+    return {"per_model": per_model, "channels_last": channels_last, "cache_batch_size": cache_batch, "current": current}
 
 
 # -- report ----------------------------------------------------------------------------------------
@@ -355,8 +360,8 @@ def format_report(report: Mapping[str, Any], results: Sequence[ModelResult], mar
     lines += [
         "",
         (
-            "c. recommended settings vs today's CPU defaults (channels_last off, cache batch "
-            f"{CURRENT_CACHE_BATCH}); speed-up = current time / recommended time"
+            f"c. recommended settings vs today's CPU defaults (channels_last {analysis['current']['channels_last']}, "
+            f"cache batch {analysis['current']['cache_batch_size']}); speed-up = current time / recommended time"
         ),
     ]
     rows = []
@@ -393,13 +398,6 @@ def format_report(report: Mapping[str, Any], results: Sequence[ModelResult], mar
             f"but not within the tolerance for every model; fastest per model: {per}"
         )
     return "\n".join(lines)
-
-
-def load_average() -> str:
-    try:
-        return " ".join(f"{value:.2f}" for value in os.getloadavg())
-    except OSError:
-        return "n/a"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -490,9 +488,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(format_report(report, results, args.markdown))
     if args.out:
-        from kd_hydra.outputs import write_json
-
-        write_json(Path(args.out), report)
+        write_results(args.out, report)
         print(f"\nresults written to {args.out}")
     return 0
 

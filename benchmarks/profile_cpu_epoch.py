@@ -13,24 +13,20 @@ cache costs; ``soft_label_cache.batch_size`` is 1024 by default). Each timing is
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from _common import add_npz_arguments, prepare_npz, write_results
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+from kd_hydra.data import build_pipeline, load_arrays
+from kd_hydra.losses import kd_loss
+from kd_hydra.models import build_model
 
-from kd_hydra.data import build_pipeline, load_arrays  # noqa: E402
-from kd_hydra.losses import kd_loss  # noqa: E402
-from kd_hydra.models import build_model  # noqa: E402
-
-DEFAULT_NPZ = REPO_ROOT.parent / "shared" / "data" / "cifar10-prefix.npz"
 DATASET_NODE = {
     "augment": {"enabled": True, "crop_padding": 4, "horizontal_flip": True},
     "normalize": {"mean": None, "std": None},
@@ -109,15 +105,19 @@ def profile(npz: Path, batch_size: int, teacher_batches: Sequence[int], repeats:
     return results
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Time the pieces of a kd-hydra CPU epoch (deep_cnn -> light_cnn).")
-    parser.add_argument("--npz", type=Path, default=DEFAULT_NPZ)
+    add_npz_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--teacher-batches", default="128,256,1024", help="comma list of teacher batch sizes")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
+    problem = prepare_npz(args, Path(tempfile.mkdtemp(prefix="kd_hydra_profile_")))
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     teacher_batches = [int(b) for b in args.teacher_batches.split(",") if b.strip()]
@@ -128,8 +128,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         else:
             print(f"{key:<55}{value}")
     if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+        write_results(args.out, results)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -21,29 +21,29 @@ CLI (one run, result as one JSON line on stdout and optionally in ``--out``)::
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from _common import DEFAULT_NPZ, print_json_result
+from _tutorial_loop import (
+    ReferenceSettings,
+    add_loop_arguments,
+    build_pair,
+    distill_loop,
+    load_teacher_state_dict,
+    run_record,
+    settings_from_args,
+    tutorial_transforms,
+)
 from PIL import Image
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
-from torchvision import transforms
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:  # so that `python benchmarks/reference_kd.py` finds kd_hydra
-    sys.path.insert(0, str(REPO_ROOT))
-
-from kd_hydra.models import build_model  # noqa: E402  (only the architectures are shared)
-
-DEFAULT_NPZ = REPO_ROOT.parent / "shared" / "data" / "cifar10-prefix.npz"
 UINT8_MAX = 255.0
 CROP_PADDING = 4
 
@@ -106,37 +106,10 @@ class PILImageDataset(Dataset):
         return self.transform(Image.fromarray(self.images[index])), int(self.labels[index])
 
 
-@dataclass(frozen=True)
-class ReferenceSettings:
-    """Everything besides T, alpha, epochs and seed; defaults match the suite's ``optimizer=sgd scheduler=cosine``."""
-
-    batch_size: int = 128
-    eval_batch_size: int = 128
-    num_workers: int = 2
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    nesterov: bool = False
-    cosine: bool = True  # lr * 0.5 * (1 + cos(pi * epoch / epochs)), stepped per epoch; False: constant
-    teacher_arch: str = "deep_cnn"
-    student_arch: str = "light_cnn"
-    device: str = "cpu"
-    threads: int | None = None  # torch.set_num_threads in the main process; None leaves torch's default
-
-
 def build_loaders(splits: Splits, settings: ReferenceSettings, seed: int) -> tuple[DataLoader, DataLoader]:
     """The tutorial's loaders: augmented shuffled train split, plain test split, ``num_workers`` each."""
     mean, std = channel_mean_std(splits.x_train)
-    size = splits.image_size
-    train_transform = transforms.Compose(
-        [
-            transforms.RandomCrop(size, padding=CROP_PADDING),
-            transforms.RandomHorizontalFlip(),
-            transforms.ToTensor(),
-            transforms.Normalize(mean, std),
-        ]
-    )
-    test_transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
+    train_transform, test_transform = tutorial_transforms(splits.image_size, CROP_PADDING, mean, std)
     pin = settings.device.startswith("cuda")
     train_loader = DataLoader(
         PILImageDataset(splits.x_train, splits.y_train, train_transform),
@@ -156,111 +129,6 @@ def build_loaders(splits: Splits, settings: ReferenceSettings, seed: int) -> tup
     return train_loader, test_loader
 
 
-def build_teacher(state_dict: Mapping[str, Tensor], splits: Splits, settings: ReferenceSettings) -> nn.Module:
-    """The frozen teacher with ``state_dict`` loaded (strict), on the device, in eval mode."""
-    teacher = build_model(settings.teacher_arch, splits.num_classes, splits.channels, splits.image_size)
-    teacher.load_state_dict(dict(state_dict), strict=True)
-    return teacher.to(settings.device).eval()
-
-
-def load_teacher_state_dict(checkpoint: str | Path) -> dict[str, Tensor]:
-    """The weights of a kd-hydra checkpoint (or any ``{"state_dict": ...}`` file), loaded with weights_only."""
-    return torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
-
-
-def synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def test_accuracy(model: nn.Module, loader: DataLoader, device: str) -> float:
-    """Top-1 accuracy (percent) of ``model`` on ``loader``, as the tutorial's ``test`` function."""
-    model.eval()
-    correct, total = 0, 0
-    with torch.no_grad():
-        for inputs, labels in loader:
-            inputs, labels = inputs.to(device), labels.to(device)
-            outputs = model(inputs)
-            _, predicted = torch.max(outputs.data, 1)
-            total += labels.size(0)
-            correct += (predicted == labels).sum().item()
-    return 100.0 * correct / total
-
-
-def distill_loop(
-    teacher: nn.Module,
-    student: nn.Module,
-    train_loader: DataLoader,
-    test_loader: DataLoader,
-    T: float,
-    alpha: float,
-    epochs: int,
-    settings: ReferenceSettings,
-) -> dict[str, Any]:
-    """The tutorial's training loop (teacher forward on every batch); keys as :func:`train_reference_student`'s.
-
-    Shared with ``reference_tiny_imagenet.py``. The optimizer (SGD, ``settings``' lr, momentum, weight
-    decay, Nesterov) and the per-epoch cosine schedule are built here.
-    """
-    device = settings.device
-    ce_loss = nn.CrossEntropyLoss()
-    optimizer = torch.optim.SGD(
-        student.parameters(),
-        lr=settings.lr,
-        momentum=settings.momentum,
-        weight_decay=settings.weight_decay,
-        nesterov=settings.nesterov,
-    )
-    decay = (lambda epoch: 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))) if settings.cosine else (lambda _: 1.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, decay)
-    soft_target_loss_weight, ce_loss_weight = alpha, 1.0 - alpha
-
-    epoch_seconds: list[float] = []
-    epoch_losses: list[float] = []
-    test_accs: list[float] = []
-    train_seconds, train_images = 0.0, 0
-    for _ in range(epochs):
-        synchronize(device)
-        epoch_start = time.perf_counter()
-        teacher.eval()  # teacher set to evaluation mode
-        student.train()  # student to train mode
-        running_loss = 0.0
-        for inputs, labels in train_loader:
-            inputs, labels = inputs.to(device), labels.to(device)
-            optimizer.zero_grad()
-            # Forward pass with the teacher model: no gradients kept for it
-            with torch.no_grad():
-                teacher_logits = teacher(inputs)
-            student_logits = student(inputs)
-            # Soften the student logits with a softmax first, then log(); soften the teacher's with softmax
-            soft_targets = nn.functional.softmax(teacher_logits / T, dim=-1)
-            soft_prob = nn.functional.log_softmax(student_logits / T, dim=-1)
-            # KL(teacher || student), scaled by T^2 as in "Distilling the knowledge in a neural network"
-            soft_targets_loss = (
-                torch.sum(soft_targets * (soft_targets.log() - soft_prob)) / soft_prob.size()[0] * (T**2)
-            )
-            label_loss = ce_loss(student_logits, labels)
-            loss = soft_target_loss_weight * soft_targets_loss + ce_loss_weight * label_loss
-            loss.backward()
-            optimizer.step()
-            running_loss += loss.item()
-            train_images += labels.size(0)
-        synchronize(device)
-        train_seconds += time.perf_counter() - epoch_start
-        scheduler.step()
-        epoch_losses.append(running_loss / len(train_loader))
-        test_accs.append(test_accuracy(student, test_loader, device))
-        epoch_seconds.append(time.perf_counter() - epoch_start)
-
-    return {
-        "final_test_acc": test_accs[-1],
-        "images_per_second": train_images / train_seconds if train_seconds > 0 else float("nan"),
-        "epoch_seconds": epoch_seconds,
-        "epoch_losses": epoch_losses,
-        "test_accs": test_accs,
-    }
-
-
 def train_reference_student(
     teacher_state_dict: Mapping[str, Tensor],
     T: float,
@@ -269,7 +137,7 @@ def train_reference_student(
     seed: int,
     splits: Splits | None = None,
     npz_path: str | Path = DEFAULT_NPZ,
-    settings: ReferenceSettings = ReferenceSettings(),
+    settings: ReferenceSettings | None = None,
 ) -> dict[str, Any]:
     """Distil ``settings.student_arch`` from the given teacher weights; see the module doc for the result keys.
 
@@ -278,60 +146,28 @@ def train_reference_student(
     is initialised from ``torch.manual_seed(seed)`` exactly as kd-hydra initialises it.
     """
     started = time.perf_counter()
+    settings = ReferenceSettings() if settings is None else settings
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)
     splits = load_npz(npz_path) if splits is None else splits
-    device = settings.device
-    teacher = build_teacher(teacher_state_dict, splits, settings)
-    torch.manual_seed(seed)
-    student = build_model(settings.student_arch, splits.num_classes, splits.channels, splits.image_size).to(device)
+    teacher, student = build_pair(
+        teacher_state_dict, splits.num_classes, splits.channels, splits.image_size, seed, settings
+    )
     train_loader, test_loader = build_loaders(splits, settings, seed)
-
     result = distill_loop(teacher, student, train_loader, test_loader, T, alpha, epochs, settings)
-    return {
-        **result,
-        "wall_seconds": time.perf_counter() - started,
-        "temperature": T,
-        "alpha": alpha,
-        "epochs": epochs,
-        "seed": seed,
-        "settings": asdict(settings),
-        "threads": torch.get_num_threads(),
-    }
+    return run_record(result, started, T, alpha, epochs, seed, settings)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Tutorial-style KD reference loop (one run; JSON result).")
-    parser.add_argument("--teacher-checkpoint", required=True, help="kd-hydra teacher model.pt (has 'state_dict')")
+    add_loop_arguments(parser, teacher_arch="deep_cnn", student_arch="light_cnn", epochs=3)
     parser.add_argument("--npz", default=str(DEFAULT_NPZ), help="dataset .npz (x_train, y_train, x_test, y_test)")
-    parser.add_argument("--temperature", type=float, default=4.0)
-    parser.add_argument("--alpha", type=float, default=0.9, help="weight of the soft-target term")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--num-workers", type=int, default=2)
-    parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--no-cosine", action="store_true", help="constant lr instead of per-epoch cosine decay")
-    parser.add_argument("--teacher-arch", default="deep_cnn")
-    parser.add_argument("--student-arch", default="light_cnn")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads of the main process")
-    parser.add_argument("--out", default=None, help="also write the JSON result here")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    settings = ReferenceSettings(
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        lr=args.lr,
-        cosine=not args.no_cosine,
-        teacher_arch=args.teacher_arch,
-        student_arch=args.student_arch,
-        device=args.device,
-        threads=args.threads,
-    )
     result = train_reference_student(
         load_teacher_state_dict(args.teacher_checkpoint),
         args.temperature,
@@ -339,13 +175,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         args.epochs,
         args.seed,
         npz_path=args.npz,
-        settings=settings,
+        settings=settings_from_args(args, cosine=not args.no_cosine),
     )
-    text = json.dumps(result)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
-    print(text, flush=True)
+    print_json_result(result, args.out)
     return result
 
 

@@ -6,7 +6,7 @@ What a PyTorch user writes first: ``torchvision.datasets.ImageFolder`` over ``tr
 (``RandomCrop(64, padding=8)``, ``RandomHorizontalFlip()``, ``ToTensor()``, ``Normalize`` with the
 statistics of ``conf/dataset/tiny_imagenet.yaml``), ``DataLoader(num_workers=2)``, the teacher in eval
 mode under ``torch.no_grad()`` on every batch, ``.item()`` per step, SGD with a per-epoch cosine
-schedule. The training loop is ``reference_kd.distill_loop`` (the CIFAR reference's). Only the
+schedule. The training loop is ``_tutorial_loop.distill_loop`` (the CIFAR reference's). Only the
 architectures (``kd_hydra.models.build_model``) come from kd-hydra; the teacher weights are the
 ``state_dict`` of a kd-hydra ``model.pt`` or ``kd_hydra.checkpoints.save_checkpoint`` file (also the
 untrained one of ``compare_tiny_imagenet.py --untrained-teacher``). Result keys as
@@ -20,28 +20,21 @@ untrained one of ``compare_tiny_imagenet.py --untrained-teacher``). Result keys 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-for entry in (REPO_ROOT, REPO_ROOT / "benchmarks"):
-    if str(entry) not in sys.path:
-        sys.path.insert(0, str(entry))
+from _common import RGB_CHANNELS, SHARED_DATA, print_json_result
 
 TINY_IMAGENET_FOLDER = "tiny-imagenet-200"
 IMAGE_SIZE = 64
 CROP_PADDING = 8
-RGB_CHANNELS = 3
 # conf/dataset/tiny_imagenet.yaml normalize (the suite uses the same numbers)
 MEAN = (0.4802, 0.4481, 0.3975)
 STD = (0.2770, 0.2691, 0.2821)
-DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "tiny-imagenet-subset"
+DEFAULT_DATA_DIR = SHARED_DATA / "tiny-imagenet-subset"
 
 
 def pil_rgb(path: str) -> Any:
@@ -74,18 +67,11 @@ class TinyImageNetVal:
 def build_loaders(folder: str, batch_size: int, num_workers: int, seed: int) -> tuple[Any, Any, int]:
     """ImageFolder train loader (augmented, shuffled), val loader, number of classes."""
     import torch
+    from _tutorial_loop import tutorial_transforms
     from torch.utils.data import DataLoader
-    from torchvision import datasets, transforms
+    from torchvision import datasets
 
-    train_transform = transforms.Compose(
-        [
-            transforms.RandomCrop(IMAGE_SIZE, padding=CROP_PADDING),
-            transforms.RandomHorizontalFlip(),
-            transforms.ToTensor(),
-            transforms.Normalize(MEAN, STD),
-        ]
-    )
-    test_transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
+    train_transform, test_transform = tutorial_transforms(IMAGE_SIZE, CROP_PADDING, MEAN, STD)
     train_set = datasets.ImageFolder(os.path.join(folder, "train"), transform=train_transform)
     test_set = TinyImageNetVal(folder, train_set.class_to_idx, test_transform)
     train_loader = DataLoader(
@@ -104,77 +90,39 @@ def train_reference_student(
 ) -> dict[str, Any]:
     """Distil ``settings.student_arch`` from the checkpoint's weights on Tiny ImageNet under ``data_dir``."""
     import torch
-    from reference_kd import distill_loop, load_teacher_state_dict
-
-    from kd_hydra.models import build_model
+    from _tutorial_loop import build_pair, distill_loop, load_teacher_state_dict, run_record
 
     started = time.perf_counter()
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)
     folder = os.path.join(str(data_dir), TINY_IMAGENET_FOLDER)
     train_loader, test_loader, num_classes = build_loaders(folder, settings.batch_size, settings.num_workers, seed)
-    teacher = build_model(settings.teacher_arch, num_classes, RGB_CHANNELS, IMAGE_SIZE)
-    teacher.load_state_dict(load_teacher_state_dict(teacher_checkpoint), strict=True)
-    teacher = teacher.to(settings.device).eval()
-    torch.manual_seed(seed)
-    student = build_model(settings.student_arch, num_classes, RGB_CHANNELS, IMAGE_SIZE).to(settings.device)
+    teacher, student = build_pair(
+        load_teacher_state_dict(teacher_checkpoint), num_classes, RGB_CHANNELS, IMAGE_SIZE, seed, settings
+    )
     result = distill_loop(teacher, student, train_loader, test_loader, T, alpha, epochs, settings)
-    return {
-        **result,
-        "wall_seconds": time.perf_counter() - started,
-        "temperature": T,
-        "alpha": alpha,
-        "epochs": epochs,
-        "seed": seed,
-        "num_train": len(train_loader.dataset),
-        "num_test": len(test_loader.dataset),
-        "settings": asdict(settings),
-        "threads": torch.get_num_threads(),
-    }
+    record = run_record(result, started, T, alpha, epochs, seed, settings)
+    return {**record, "num_train": len(train_loader.dataset), "num_test": len(test_loader.dataset)}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    from _tutorial_loop import add_loop_arguments
+
     parser = argparse.ArgumentParser(description="Tutorial-style KD on Tiny ImageNet (one run; JSON result).")
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help=f"folder holding {TINY_IMAGENET_FOLDER}/")
-    parser.add_argument("--teacher-checkpoint", required=True, help="kd-hydra teacher checkpoint (has 'state_dict')")
-    parser.add_argument("--teacher-arch", default="resnet56")
-    parser.add_argument("--student-arch", default="resnet20")
-    parser.add_argument("--temperature", type=float, default=4.0)
-    parser.add_argument("--alpha", type=float, default=0.9)
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--num-workers", type=int, default=2)
-    parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads of the main process")
-    parser.add_argument("--out", default=None, help="also write the JSON result here")
+    add_loop_arguments(parser, teacher_arch="resnet56", student_arch="resnet20", epochs=1)
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    from reference_kd import ReferenceSettings
+    from _tutorial_loop import settings_from_args
 
-    settings = ReferenceSettings(
-        batch_size=args.batch_size,
-        eval_batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        lr=args.lr,
-        teacher_arch=args.teacher_arch,
-        student_arch=args.student_arch,
-        device=args.device,
-        threads=args.threads,
-    )
+    settings = settings_from_args(args, eval_batch_size=args.batch_size)
     result = train_reference_student(
         args.data_dir, args.teacher_checkpoint, args.temperature, args.alpha, args.epochs, args.seed, settings
     )
-    text = json.dumps(result)
-    if args.out:
-        from kd_hydra.outputs import atomic_write_text
-
-        atomic_write_text(Path(args.out), text + "\n")
-    print(text, flush=True)
+    print_json_result(result, args.out)
     return result
 
 

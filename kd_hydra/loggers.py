@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from kd_hydra import schema
 from kd_hydra.errors import ConfigError
+from kd_hydra.identity import flatten
 
 LOG = logging.getLogger(__name__)
 
@@ -95,18 +96,10 @@ def _scalar(value: Any) -> Scalar:
     return str(value)
 
 
-def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Scalar]:
-    """Nested config -> ``{"loss.temperature": 4.0, ...}``; lists become JSON strings, enums their names."""
-    if isinstance(config, DictConfig):
-        config = OmegaConf.to_container(config, resolve=True)
-    flat: dict[str, Scalar] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten_config(value, prefix=f"{name}."))
-        else:
-            flat[name] = _scalar(value)
-    return flat
+def flatten_config(config: Mapping[str, Any]) -> dict[str, Scalar]:
+    """Nested config -> ``{"loss.temperature": 4.0, ...}`` (:func:`kd_hydra.identity.flatten`) with every value a
+    scalar a tracker takes: lists become JSON strings, enums their names."""
+    return {key: _scalar(value) for key, value in flatten(config).items()}
 
 
 def numeric_values(record: Mapping[str, Any], skip: Sequence[str] = ()) -> dict[str, float]:

@@ -44,7 +44,7 @@ def read_metrics(run_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
         record = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None, f"no {schema.METRICS_FILE} (the job did not finish)"
-    except (OSError, ValueError, UnicodeDecodeError) as error:
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError) as error:
         return None, f"{schema.METRICS_FILE} unreadable ({type(error).__name__})"
     if not isinstance(record, dict):
         return None, f"{schema.METRICS_FILE} is not a JSON object"

@@ -29,6 +29,7 @@ from kd_hydra.errors import CheckpointError, ConfigError
 from kd_hydra.identity import digest, plain, teacher_id, teacher_identity
 from kd_hydra.models.features import unwrap
 from kd_hydra.schema import HISTORY_FILE, TRAIN_STATE_FILE
+from kd_hydra.train import DivergedError
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +91,8 @@ class TeacherStore:
             self._prepare(entry)
             try:
                 summary = dict(train(model, entry.path))
-            except Exception:
-                if not entry.file(TRAIN_STATE_FILE).is_file():
+            except Exception as error:  # a diverged teacher keeps nothing; another failure keeps its checkpoint
+                if isinstance(error, DivergedError) or not entry.file(TRAIN_STATE_FILE).is_file():
                     shutil.rmtree(entry.path, ignore_errors=True)
                 raise
             self._require_finite(entry, model, summary)

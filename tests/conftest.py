@@ -190,3 +190,27 @@ def teacher_workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
 @pytest.fixture(autouse=True)
 def _headless_plots(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MPLBACKEND", "Agg")
+
+
+def one_line_error(process) -> str:
+    """The single ``error: ...`` line a refused command printed on stderr."""
+    lines = [line for line in process.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, process.stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def write_npz(path, **overrides):
+    """A tiny arrays dataset (32 train, 16 test, 8x8 RGB, 4 classes); ``None`` leaves a key out."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    arrays = {
+        "x_train": rng.integers(0, 256, (32, 8, 8, 3), dtype=np.uint8),
+        "y_train": rng.integers(0, 4, 32),
+        "x_test": rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8),
+        "y_test": rng.integers(0, 4, 16),
+    }
+    arrays.update(overrides)
+    np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+    return path

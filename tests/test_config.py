@@ -220,3 +220,24 @@ def test_wrong_types_fail_at_composition():
 def test_no_dataset_or_checkpoint_files_are_tracked():
     tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert not [f for f in tracked.splitlines() if f.endswith((".npz", ".pt", ".pth", ".ckpt"))]
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("optimizer.lr=inf", "optimizer.lr"),
+        ("loss.temperature=inf", "loss.temperature"),
+        ("optimizer.lr=abc", "optimizer.lr"),
+        ("loss.alpha=nan", "loss.alpha"),
+    ],
+)
+def test_non_finite_and_non_numeric_values_are_refused_before_training(override, key):
+    from hydra import compose, initialize_config_dir
+
+    from kd_hydra.config import register_configs, validate
+
+    register_configs()
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[override])
+    with pytest.raises(ConfigError, match=rf"^{key}: must be a finite number"):
+        validate(cfg)

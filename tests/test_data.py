@@ -18,6 +18,7 @@ from torchvision.io import encode_jpeg, write_file, write_png
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from conftest import TINY, Workspace, one_line_error, write_npz
 from kd_hydra.data import (
     ArrayData,
     AugmentConfig,
@@ -731,3 +732,19 @@ def test_dataset_configs_instantiate(tmp_path: Path) -> None:
         assert x.shape == (2, data.spec.channels, data.spec.image_size, data.spec.image_size), name
     with pytest.raises(Exception, match="path"):
         hydra.utils.instantiate(compose("arrays", tmp_path).dataset.loader)
+
+
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        ({"y_test": None}, "y_test"),
+        ({"x_train": np.zeros((32, 8, 8, 3), dtype=np.float32)}, "x_train"),
+        ({"y_train": np.arange(5)}, "y_train"),
+    ],
+)
+def test_malformed_npz_is_reported_with_file_and_key(workspace: Workspace, arrays, message):
+    path = write_npz(workspace.root / "bad.npz", **arrays)
+    base = [o for o in TINY if not o.startswith("dataset")]
+    _, process = workspace.single("npz", *base, "dataset=arrays", f"dataset.path={path}", expect=2)
+    line = one_line_error(process)
+    assert "bad.npz" in line and message in line

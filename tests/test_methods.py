@@ -8,7 +8,7 @@ from method_helpers import LOSS_DIR, loss_node, method_from_yaml
 
 from kd_hydra.errors import ConfigError, DataError
 from kd_hydra.losses import attention_transfer_loss, crd_nce_loss, dist_loss, dkd_loss, hint_loss
-from kd_hydra.methods import MethodBatch, builtin_methods, method_class, validate_method_config
+from kd_hydra.methods import DistillMethod, MethodBatch, builtin_methods, method_class, validate_method_config
 from kd_hydra.methods.at import AT
 from kd_hydra.methods.crd import CRD
 from kd_hydra.methods.dist import DIST
@@ -282,3 +282,7 @@ def test_validate_config_rejects_bad_values_naming_the_key(cls, key, value):
     with pytest.raises(ConfigError) as error:
         validate_method_config(_loss(cls, **{key: value}))
     assert error.value.key == f"loss.{key}"
+
+
+def test_base_method_has_no_features():
+    assert not DistillMethod().uses_features

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TINY, Workspace, read_metrics
+from conftest import TINY, Workspace, one_line_error, read_metrics, write_npz
 from kd_hydra import schema
 
 
@@ -100,15 +100,6 @@ def test_teacher_mode_then_distill_uses_the_stored_teacher(workspace: Workspace,
     assert read_metrics(again_dir)["teacher_source"] == "store"
 
 
-def test_corrupt_store_entry_is_detected_and_retrained(workspace: Workspace, teacher_workspace: Workspace):
-    workspace.copy_from(teacher_workspace, "cache")  # as left by a first mode=teacher run
-    (model_file,) = (workspace.root / "cache" / "teachers").glob("*/model.pt")
-    model_file.write_bytes(model_file.read_bytes()[:1000])  # truncated
-    run_dir, process = workspace.single("second", *TINY, "mode=teacher")
-    assert read_metrics(run_dir)["teacher_source"] == "trained"
-    assert "corrupt" in (run_dir / "run.log").read_text()
-
-
 def test_external_teacher_checkpoint_is_loaded_and_checked(workspace: Workspace, teacher_workspace: Workspace):
     teacher_dir = teacher_workspace.root / "runs" / "teacher"  # read only: its model.pt is the checkpoint
     checkpoint = read_metrics(teacher_dir)["checkpoint"]
@@ -124,26 +115,6 @@ def test_external_teacher_checkpoint_is_loaded_and_checked(workspace: Workspace,
     garbage.write_bytes(b"not a checkpoint")
     _, process = workspace.single("garbage", *TINY, f"teacher.checkpoint={garbage}", expect=2)
     assert "weights_only" in process.stderr
-
-
-def one_line_error(process) -> str:
-    lines = [line for line in process.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, process.stderr
-    assert lines[0].startswith("error: ")
-    return lines[0]
-
-
-def write_npz(path, **overrides):
-    rng = np.random.default_rng(0)
-    arrays = {
-        "x_train": rng.integers(0, 256, (32, 8, 8, 3), dtype=np.uint8),
-        "y_train": rng.integers(0, 4, 32),
-        "x_test": rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8),
-        "y_test": rng.integers(0, 4, 16),
-    }
-    arrays.update(overrides)
-    np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
-    return path
 
 
 @pytest.mark.parametrize(
@@ -176,65 +147,12 @@ def test_bad_input_fails_in_one_line_before_training(workspace: Workspace, overr
     assert failed["status"] == "failed" and key in failed["reason"] and failed["mode"] == "distill"
 
 
-@pytest.mark.parametrize(
-    ("arrays", "message"),
-    [
-        ({"y_test": None}, "y_test"),
-        ({"x_train": np.zeros((32, 8, 8, 3), dtype=np.float32)}, "x_train"),
-        ({"y_train": np.arange(5)}, "y_train"),
-    ],
-)
-def test_malformed_npz_is_reported_with_file_and_key(workspace: Workspace, arrays, message):
-    path = write_npz(workspace.root / "bad.npz", **arrays)
-    base = [o for o in TINY if not o.startswith("dataset")]
-    _, process = workspace.single("npz", *base, "dataset=arrays", f"dataset.path={path}", expect=2)
-    line = one_line_error(process)
-    assert "bad.npz" in line and message in line
-
-
 def test_arrays_dataset_trains_from_a_user_npz(workspace: Workspace):
     path = write_npz(workspace.root / "mine.npz")
     base = [o for o in TINY if not o.startswith("dataset")]
     run_dir, _ = workspace.single("npz", *base, "dataset=arrays", f"dataset.path={path}", "mode=student")
     record = read_metrics(run_dir)
     assert record["status"] == "completed" and record["dataset"] == "arrays"
-
-
-def test_sweep_with_a_bad_value_starts_no_job(workspace: Workspace):
-    sweep_dir, process = workspace.sweep("bad", *TINY, "loss.temperature=2,-1", expect=2)
-    assert "loss.temperature" in process.stderr and "no job was started" in process.stderr
-    assert not sweep_dir.exists() or not any(p.is_dir() for p in sweep_dir.iterdir())
-
-
-def test_failed_job_in_a_sweep_is_reported_and_the_others_run(workspace: Workspace, tmp_path):
-    good = write_npz(tmp_path / "good.npz")
-    bad = write_npz(tmp_path / "broken.npz", y_test=None)
-    base = [o for o in TINY if not o.startswith("dataset")]
-    sweep_dir, process = workspace.sweep(
-        "mixed", *base, "mode=student", "dataset=arrays", f"dataset.path={good},{bad}", expect=1
-    )
-    statuses = sorted(read_metrics(job)["status"] for job in job_dirs(sweep_dir))
-    assert statuses == ["completed", "failed"]
-    assert "1 of 2 jobs did not complete" in process.stderr
-    assert (sweep_dir / "results.csv").is_file(), "the analysis is written before the failure is reported"
-
-
-def test_parallel_launcher_runs_a_sweep_in_worker_processes(workspace: Workspace):
-    # the one sweep started as a real `python run.py -m` (the others run the command line in this process)
-    sweep_dir, _ = workspace.sweep(
-        "parallel",
-        *TINY,
-        "hydra/launcher=parallel",
-        "hydra.launcher.n_jobs=2",
-        "loss.temperature=1,4",
-        "trainer.epochs=1",
-        subprocess=True,
-    )
-    metrics = [read_metrics(job) for job in job_dirs(sweep_dir)]
-    assert len(metrics) == 4 and all(m["status"] == "completed" for m in metrics)  # teacher, baseline, 2 distill
-    assert sum(m["teacher_source"] == "trained" for m in metrics) == 1
-    multirun = (sweep_dir / "multirun.yaml").read_text()
-    assert "joblib" in multirun
 
 
 def test_sweep_directory_holds_the_analysis(grid_sweep, workspace: Workspace):

@@ -16,6 +16,7 @@ import torch
 from filelock import FileLock, Timeout
 from torch import nn
 
+from conftest import TINY, Workspace, read_metrics
 from kd_hydra.cache_entry import SEAL_FILE as META_FILE
 from kd_hydra.cache_entry import CacheEntry
 from kd_hydra.checkpoints import ArchSignature
@@ -225,3 +226,12 @@ def test_lock_timeout_is_a_one_line_error(tmp_path: Path):
     finally:
         holder.kill()
         holder.wait(timeout=10)
+
+
+def test_corrupt_store_entry_is_detected_and_retrained(workspace: Workspace, teacher_workspace: Workspace):
+    workspace.copy_from(teacher_workspace, "cache")  # as left by a first mode=teacher run
+    (model_file,) = (workspace.root / "cache" / "teachers").glob("*/model.pt")
+    model_file.write_bytes(model_file.read_bytes()[:1000])  # truncated
+    run_dir, process = workspace.single("second", *TINY, "mode=teacher")
+    assert read_metrics(run_dir)["teacher_source"] == "trained"
+    assert "corrupt" in (run_dir / "run.log").read_text()

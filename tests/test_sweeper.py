@@ -24,7 +24,7 @@ from hydra.core.utils import setup_globals
 from hydra.types import HydraContext
 
 import hydra_plugins.kd_hydra_sweeper.kd_sweeper as kd_sweeper_module
-from conftest import REPO, TINY, Workspace, call_main, isolated_process_state, read_metrics
+from conftest import REPO, TINY, Workspace, call_main, isolated_process_state, read_metrics, write_npz
 from kd_hydra import schema
 from kd_hydra.config import register_configs
 from kd_hydra.sweeper import (
@@ -390,3 +390,40 @@ def test_real_sweep_resumes_and_trains_one_teacher_for_a_seed_grid(workspace: Wo
     assert len(distill) == 4 and {m["teacher_source"] for m in distill} == {"store"}
     results = (sweep_dir / "results.csv").read_text().strip().splitlines()
     assert len(results) == 1 + 7, "results.csv: one row per setting"
+
+
+def test_sweep_with_a_bad_value_starts_no_job(workspace: Workspace):
+    sweep_dir, process = workspace.sweep("bad", *TINY, "loss.temperature=2,-1", expect=2)
+    assert "loss.temperature" in process.stderr and "no job was started" in process.stderr
+    assert not sweep_dir.exists() or not any(p.is_dir() for p in sweep_dir.iterdir())
+
+
+def test_failed_job_in_a_sweep_is_reported_and_the_others_run(workspace: Workspace, tmp_path):
+    good = write_npz(tmp_path / "good.npz")
+    bad = write_npz(tmp_path / "broken.npz", y_test=None)
+    base = [o for o in TINY if not o.startswith("dataset")]
+    sweep_dir, process = workspace.sweep(
+        "mixed", *base, "mode=student", "dataset=arrays", f"dataset.path={good},{bad}", expect=1
+    )
+    statuses = sorted(read_metrics(job)["status"] for job in job_dirs(sweep_dir))
+    assert statuses == ["completed", "failed"]
+    assert "1 of 2 jobs did not complete" in process.stderr
+    assert (sweep_dir / "results.csv").is_file(), "the analysis is written before the failure is reported"
+
+
+def test_parallel_launcher_runs_a_sweep_in_worker_processes(workspace: Workspace):
+    # the one sweep started as a real `python run.py -m` (the others run the command line in this process)
+    sweep_dir, _ = workspace.sweep(
+        "parallel",
+        *TINY,
+        "hydra/launcher=parallel",
+        "hydra.launcher.n_jobs=2",
+        "loss.temperature=1,4",
+        "trainer.epochs=1",
+        subprocess=True,
+    )
+    metrics = [read_metrics(job) for job in job_dirs(sweep_dir)]
+    assert len(metrics) == 4 and all(m["status"] == "completed" for m in metrics)  # teacher, baseline, 2 distill
+    assert sum(m["teacher_source"] == "trained" for m in metrics) == 1
+    multirun = (sweep_dir / "multirun.yaml").read_text()
+    assert "joblib" in multirun
