@@ -274,3 +274,29 @@ def test_every_method_has_its_page(generated):
         assert page.startswith(f"# loss={name}\n")
         assert f"`loss={name}`" in page
         assert f"]({name}.md)" in generated["methods/index.md"]
+
+
+def test_the_docs_document_every_group_option_and_trainer_key(generated):
+    """Every option file of the user-facing groups and every trainer key is named in the reference (moved from
+    the README, which is now the short front page)."""
+    reference = generated["reference/configuration.md"] + generated["reference/presets.md"]
+    for group in ("dataset", "teacher", "student", "loss", "optimizer", "scheduler", "experiment", "hydra/launcher"):
+        folder = "model" if group in ("teacher", "student") else group  # those options are made from conf/model
+        options = sorted(path.stem for path in (preflight.CLONE_CONFIGS / folder).glob("*.yaml"))
+        assert options, f"no options found for {group}"
+        missing = [option for option in options if f"`{option}`" not in reference]
+        assert not missing, f"{group} options missing from the configuration reference: {missing}"
+    trainer_keys = list(OmegaConf.load(preflight.CLONE_CONFIGS / "trainer" / "default.yaml").keys())
+    assert "epochs" in trainer_keys
+    assert not [key for key in trainer_keys if f"`trainer.{key}`" not in reference]
+
+
+def test_the_readme_is_the_front_page():
+    """The README opens with the offline quickstart, keeps CI's install and test commands, and links into the docs."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    headings = [line for line in readme.splitlines() if line.startswith("## ")]
+    assert headings[0].startswith("## Quickstart (offline)")
+    assert 'pip install -e ".[dev]"' in readme and "python -m pytest -q" in readme
+    for page in ("getting-started", "concepts", "recipes", "outputs", "errors", "api", "development"):
+        assert f"(docs/{page}.md" in readme and (DOCS / f"{page}.md").is_file()
+    assert "download" in readme.split("## On CIFAR", 1)[1].split("\n## ", 1)[0]

@@ -31,7 +31,8 @@ def on_config(config, **kwargs):  # noqa: ANN001, ANN201 - MkDocs hook signature
     method_pages = sorted(uri for uri in _pages if uri.startswith("methods/") and uri != "methods/index.md")
     for entry in config["nav"] or []:
         if isinstance(entry, dict) and METHODS_SECTION in entry:
-            entry[METHODS_SECTION] = ["methods/index.md", *method_pages]
+            written = [page for page in entry[METHODS_SECTION] or [] if page != "methods/index.md"]
+            entry[METHODS_SECTION] = ["methods/index.md", *written, *method_pages]  # hand-written pages first
     return config
 
 

@@ -45,6 +45,7 @@ class MethodDoc:
     uses_teacher: bool
     keys: tuple[KeyInfo, ...]
     reads: Reads | None
+    strong_view: bool = False  # also reads a strongly augmented view of each batch (MLKD): never from the cache
 
 
 def rst_to_markdown(docstring: str) -> str:
@@ -128,6 +129,7 @@ def describe_methods(comp: Composer, groups: Sequence[Group]) -> list[MethodDoc]
                 uses_teacher=uses_teacher,
                 keys=option.keys,
                 reads=reads,
+                strong_view=bool(getattr(cls, "needs_strong_view", False)),
             )
         )
     return docs
@@ -137,6 +139,8 @@ def reads_summary(doc: MethodDoc) -> str:
     if not doc.uses_teacher:
         return "nothing (no teacher)"
     if doc.reads is None or (not doc.reads.student and not doc.reads.teacher and not doc.reads.error):
+        if doc.strong_view:
+            return "logits of the batch and of its strong view (live teacher)"
         return "logits (soft-label cache)"
     points = sorted(set(doc.reads.student) | set(doc.reads.teacher))
     return "features " + ", ".join(points) + " (live teacher)" if points else "features (live teacher)"
@@ -173,6 +177,12 @@ def method_page(doc: MethodDoc) -> str:
     lines += ["## What it reads from the teacher", ""]
     if not doc.uses_teacher:
         lines += ["Nothing: no teacher is built, loaded or run (teachers and baseline students train with it).", ""]
+    elif doc.strong_view and (doc.reads is None or not (doc.reads.student or doc.reads.teacher)):
+        lines += [
+            "The teacher's logits of each batch and of a strongly augmented view of it, drawn per batch, so the",
+            "teacher runs live on every batch (never from the soft-label cache).",
+            "",
+        ]
     elif doc.reads is None or not (doc.reads.student or doc.reads.teacher or doc.reads.error):
         lines += [
             "The teacher's logits only, so a distill run reads them from the soft-label cache when it is on",

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from .configs import Composer, composer, describe_groups
 from .method_pages import describe_methods, method_page, methods_index
+from .readme_sections import own_method_section
 from .reference_page import presets_page, reference_page
 from .schema_page import history_table, metrics_table, settings_list
 from .zoo_page import feature_points_table
@@ -19,6 +20,7 @@ FRAGMENTS: dict[str, Callable[[], str]] = {
     "history-columns": history_table,
     "settings-keys": settings_list,
     "feature-points": feature_points_table,
+    "readme-own-method": own_method_section,
 }
 
 

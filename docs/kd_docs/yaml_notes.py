@@ -21,8 +21,8 @@ class YamlNotes:
     @property
     def summary(self) -> str:
         """The header as one paragraph (what the file is), without the ``@package`` line and example commands."""
-        prose = [line for line in self.header if line and not line.startswith("@package") and not command_in(line)]
-        return " ".join(prose)
+        prose = [_without_command(line) for line in self.header if line and not line.startswith("@package")]
+        return " ".join(line for line in prose if line)
 
     @property
     def commands(self) -> list[str]:
@@ -34,6 +34,12 @@ def command_in(line: str) -> str | None:
     """The ``python run.py ...`` or ``kd-hydra ...`` command a comment line shows, if any."""
     match = re.search(r"(python run\.py|kd-hydra)\s.*$", line)
     return match.group(0).strip() if match else None
+
+
+def _without_command(line: str) -> str:
+    """A comment line without the example command it shows (the prose before it stays)."""
+    command = command_in(line)
+    return line[: line.index(command)].strip() if command else line.strip()
 
 
 def _comment_of(text: str) -> str | None:
