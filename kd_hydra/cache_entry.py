@@ -108,27 +108,33 @@ class CacheEntry:
     def is_sealed(self) -> bool:
         return self.file(SEAL_FILE).is_file()
 
+    def verified(self) -> tuple[dict[str, Any] | None, str]:
+        """``(seal, "")`` when the entry is sealed and every file matches it; ``(None, why)`` otherwise
+        (``why`` is empty for an entry that was never sealed)."""
+        seal_path = self.file(SEAL_FILE)
+        if not seal_path.is_file():
+            return None, ""
+        try:
+            seal = json.loads(seal_path.read_text())
+            files = seal.get("files") if isinstance(seal, Mapping) else None
+            if not isinstance(files, Mapping) or not files:
+                return None, f"{SEAL_FILE} lists no files"
+            for name, expected in files.items():
+                if not self.file(name).is_file() or file_sha256(self.file(name)) != expected:
+                    return None, f"{name} does not match its seal"
+        except (OSError, ValueError) as error:
+            return None, f"unreadable {SEAL_FILE} ({type(error).__name__})"
+        return dict(seal), ""
+
     def open(self, quiet: bool = False) -> dict[str, Any] | None:
         """The seal's content when the entry is sealed and every file matches it; None otherwise.
 
         A damaged entry (a file missing, changed, or an unreadable seal) is logged unless ``quiet``.
         """
-        seal_path = self.file(SEAL_FILE)
-        if not seal_path.is_file():
-            return None
-        try:
-            seal = json.loads(seal_path.read_text())
-            files = seal.get("files") if isinstance(seal, Mapping) else None
-            if not isinstance(files, Mapping) or not files:
-                raise ValueError(f"{seal_path}: no file list")
-            for name, expected in files.items():
-                if not self.file(name).is_file() or file_sha256(self.file(name)) != expected:
-                    raise ValueError(f"{self.file(name)}: missing or changed since the entry was sealed")
-        except (OSError, ValueError, AttributeError) as error:
-            if not quiet:
-                log.warning("cache entry %s is damaged (%s); it will be rebuilt", self.path, error)
-            return None
-        return dict(seal)
+        seal, problem = self.verified()
+        if problem and not quiet:
+            log.warning("cache entry %s is damaged (%s); it will be rebuilt", self.path, problem)
+        return seal
 
     def add_sealed(self, name: str, data: bytes) -> None:
         """Write one more file and add it to the seal (hold :meth:`locked` around it): entries that grow."""

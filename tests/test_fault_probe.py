@@ -336,20 +336,18 @@ def test_the_decoded_store_is_verified_on_reuse_and_rebuilt(tmp_path: Path, capl
     else:
         array = np.load(entry / "y_train.npy")
         np.save(entry / "y_train.npy", np.full_like(array, 99))
-    if damage == "labels-redigested":  # digests that match: the label range check still catches it
-        import json
+    if damage == "labels-redigested":  # a seal that matches: the label range check still catches it
+        from kd_hydra.cache_entry import SEAL_FILE, file_sha256
 
-        from kd_hydra.data.decoded import array_digest
-
-        meta = json.loads((entry / "meta.json").read_text())
-        meta["digests"]["y_train.npy"] = array_digest(entry / "y_train.npy")
-        (entry / "meta.json").write_text(json.dumps(meta))
+        seal = json.loads((entry / SEAL_FILE).read_text())
+        seal["files"]["y_train.npy"] = file_sha256(entry / "y_train.npy")
+        (entry / SEAL_FILE).write_text(json.dumps(seal))
     with caplog.at_level(logging.WARNING, logger="kd_hydra.data.decoded"):
         again = load_folder(path=str(root), cache_dir=str(cache), image_size=8)
     assert torch.equal(again.x_train, x_train) and torch.equal(again.y_train, y_train)
     reason = {
-        "pixels": "x_train.npy does not match its recorded digest",
-        "labels": "y_train.npy does not match its recorded digest",
+        "pixels": "x_train.npy does not match its seal",
+        "labels": "y_train.npy does not match its seal",
         "labels-redigested": "y_train holds labels outside [0, 2)",
     }[damage]
     assert f"failed its check ({reason}); decoding again" in caplog.text

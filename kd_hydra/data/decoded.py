@@ -1,17 +1,15 @@
 """Decoded images: a folder dataset decoded once into uint8 arrays under the cache directory.
 
-`<cache_dir>/decoded/<name>-<key>/` holds x_train.npy, y_train.npy, x_test.npy, y_test.npy and
-meta.json. The key digests every file's bytes, relative path and label (and the decode settings),
-so any change of content gives a new entry. An entry is built in a temporary folder under a file
-lock and renamed into place whole; later loads memory-map it. meta.json records a digest of each
-array file: a load verifies them and the labels' range, and an entry that fails is decoded again
-(with a log line saying why).
+`<cache_dir>/decoded/<name>-<key>/` is a :class:`~kd_hydra.cache_entry.CacheEntry` holding x_train.npy,
+y_train.npy, x_test.npy, y_test.npy and its seal. The key digests every file's bytes, relative path and label
+(and the decode settings), so any change of content gives a new entry. An entry is built under the entry's
+lock and sealed last (the SHA-256 of each array file, the class names and sizes); later loads verify the seal
+and the labels' range, then memory-map it. An entry that fails is decoded again, with a log line saying why.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -20,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from filelock import FileLock
 
+from kd_hydra.cache_entry import CacheEntry, file_sha256
 from kd_hydra.data.images import RGB_CHANNELS, parallel_map, read_image
 from kd_hydra.data.types import ArrayData, DatasetSpec, ImageFileDataset
 from kd_hydra.errors import ConfigError
@@ -29,19 +27,16 @@ from kd_hydra.outputs import write_json
 
 log = logging.getLogger(__name__)
 
-#: Bump when the decoded bytes for the same files would change (decoder settings, layout).
-FORMAT_VERSION = 1
+#: Bump when the decoded bytes for the same files would change (decoder settings, layout). 2: sealed entries.
+FORMAT_VERSION = 2
 FOLDER = "decoded"
 KEY_BYTES = 12
-META_FILE = "meta.json"
 CHECKED_SUFFIX = ".checked.json"
 #: Default budget for a decoded store: this fraction of the physical memory.
 DEFAULT_MEMORY_FRACTION = 0.5
 BYTES_PER_GB = 1e9
 _SPLITS = ("train", "test")
 ARRAY_FILES = tuple(f"{kind}_{split}.npy" for kind in ("x", "y") for split in _SPLITS)
-ARRAY_DIGEST_BYTES = 16
-_READ_BLOCK = 1 << 22
 
 
 def physical_memory_bytes() -> int:
@@ -102,15 +97,6 @@ def content_key(
     return hasher.hexdigest()
 
 
-def array_digest(path: Path) -> str:
-    """blake2b hex digest of a store file's bytes."""
-    hasher = hashlib.blake2b(digest_size=ARRAY_DIGEST_BYTES)
-    with open(path, "rb") as handle:
-        while block := handle.read(_READ_BLOCK):
-            hasher.update(block)
-    return hasher.hexdigest()
-
-
 def entry_path(cache_dir: str | os.PathLike, name: str, key: str) -> Path:
     """Where the store entry of dataset `name` with content key `key` lives."""
     return Path(cache_dir).expanduser() / FOLDER / f"{name}-{key}"
@@ -129,70 +115,68 @@ def decode_split(
     parallel_map(one, len(dataset), workers, description)
 
 
-def _write_entry(
-    final: Path, train: ImageFileDataset, test: ImageFileDataset, spec: DatasetSpec, workers: int | None
-) -> None:
-    temporary = final.with_name(f".tmp-{final.name}-{os.getpid()}")
-    shutil.rmtree(temporary, ignore_errors=True)
-    temporary.mkdir(parents=True)
-    try:
-        started = time.perf_counter()
-        size = spec.image_size
-        for split, dataset in zip(_SPLITS, (train, test)):
-            x = np.lib.format.open_memmap(
-                temporary / f"x_{split}.npy", mode="w+", dtype=np.uint8, shape=(len(dataset), RGB_CHANNELS, size, size)
-            )
-            decode_split(dataset, x, size, workers, f"decoding {spec.name} {split}")
-            x.flush()
-            del x
-            np.save(temporary / f"y_{split}.npy", dataset.labels.astype(np.int64))
-        seconds = time.perf_counter() - started
-        write_json(
-            temporary / META_FILE,
-            {
-                "version": FORMAT_VERSION,
-                "name": spec.name,
-                "classes": list(spec.classes),
-                "image_size": size,
-                "num_train": spec.num_train,
-                "num_test": spec.num_test,
-                "decode_seconds": round(seconds, 3),
-                "digests": {name: array_digest(temporary / name) for name in ARRAY_FILES},
-            },
+def _decode_into(
+    entry: CacheEntry, train: ImageFileDataset, test: ImageFileDataset, spec: DatasetSpec, workers: int | None
+) -> float:
+    """Write the four array files into the entry's folder (fsynced); returns the decoding seconds."""
+    started = time.perf_counter()
+    size = spec.image_size
+    for split, dataset in zip(_SPLITS, (train, test)):
+        x = np.lib.format.open_memmap(
+            entry.file(f"x_{split}.npy"), mode="w+", dtype=np.uint8, shape=(len(dataset), RGB_CHANNELS, size, size)
         )
-        for file in temporary.iterdir():
-            with open(file, "rb") as handle:
-                os.fsync(handle.fileno())
-        os.rename(temporary, final)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
+        decode_split(dataset, x, size, workers, f"decoding {spec.name} {split}")
+        x.flush()
+        del x
+        np.save(entry.file(f"y_{split}.npy"), dataset.labels.astype(np.int64))
+    for name in ARRAY_FILES:
+        with open(entry.file(name), "rb") as handle:
+            os.fsync(handle.fileno())
+    return time.perf_counter() - started
+
+
+def _write_entry(
+    entry: CacheEntry, train: ImageFileDataset, test: ImageFileDataset, spec: DatasetSpec, workers: int | None
+) -> None:
+    """Decode both splits into the (emptied) entry and seal it; call under the entry's lock."""
+    shutil.rmtree(entry.path, ignore_errors=True)
+    entry.path.mkdir(parents=True)
+    try:
+        seconds = _decode_into(entry, train, test, spec, workers)
+    except BaseException:  # a bad image or an interrupt: no partial entry stays behind
+        shutil.rmtree(entry.path, ignore_errors=True)
         raise
-    log.info("decoded %s once: %d images in %.1f s into %s", spec.name, spec.num_train + spec.num_test, seconds, final)
+    files = {name: file_sha256(entry.file(name)) for name in ARRAY_FILES}
+    entry.seal(
+        files,
+        version=FORMAT_VERSION,
+        name=spec.name,
+        classes=list(spec.classes),
+        image_size=spec.image_size,
+        num_train=spec.num_train,
+        num_test=spec.num_test,
+        decode_seconds=round(seconds, 3),
+    )
+    log.info(
+        "decoded %s once: %d images in %.1f s into %s", spec.name, spec.num_train + spec.num_test, seconds, entry.path
+    )
 
 
-def _read_entry(final: Path, spec: DatasetSpec) -> tuple[ArrayData | None, str]:
+def _read_entry(entry: CacheEntry, spec: DatasetSpec) -> tuple[ArrayData | None, str]:
     """(the entry memory-mapped (copy-on-write, so tensors share the pages), "") or (None, why it cannot be used).
 
-    The array files must match the digests meta.json recorded when the entry was built, and the labels
-    must lie in [0, number of classes).
+    The seal must hold and match every array file, and the labels must lie in [0, number of classes).
     """
-    try:
-        meta = json.loads((final / META_FILE).read_text())
-    except (OSError, ValueError) as error:
-        return None, f"unreadable {META_FILE} ({type(error).__name__})"
-    if not isinstance(meta, dict) or meta.get("version") != FORMAT_VERSION:
-        return None, f"format version {meta.get('version') if isinstance(meta, dict) else None!r}, not {FORMAT_VERSION}"
-    if tuple(meta.get("classes", ())) != spec.classes:
+    seal, problem = entry.verified()
+    if seal is None:
+        return None, problem or "not sealed (an interrupted decoding)"
+    if seal.get("version") != FORMAT_VERSION:
+        return None, f"format version {seal.get('version')!r}, not {FORMAT_VERSION}"
+    if tuple(seal.get("classes", ())) != spec.classes:
         return None, "other class names"
-    digests = meta.get("digests")
-    if not isinstance(digests, dict):
-        return None, "no digests recorded (built by an older version)"
     try:
-        for name in ARRAY_FILES:
-            if array_digest(final / name) != digests.get(name):
-                return None, f"{name} does not match its recorded digest"
         arrays = {
-            name.removesuffix(".npy"): np.load(final / name, mmap_mode="c" if name.startswith("x") else None)
+            name.removesuffix(".npy"): np.load(entry.file(name), mmap_mode="c" if name.startswith("x") else None)
             for name in ARRAY_FILES
         }
     except (OSError, ValueError) as error:
@@ -233,23 +217,22 @@ def decoded_arrays(
         )
         return ArrayData(*arrays, spec)
     key = content_key(train, test, spec.classes, spec.image_size, workers)
-    final = entry_path(cache_dir, spec.name, key)
-    data, problem = _read_entry(final, spec) if final.is_dir() else (None, "")
+    entry = CacheEntry(entry_path(cache_dir, spec.name, key))
+    data, problem = _read_entry(entry, spec) if entry.path.is_dir() else (None, "")
     if data is not None:
-        log.info("dataset %s: decoded store %s reused", spec.name, final)
+        log.info("dataset %s: decoded store %s reused", spec.name, entry.path)
         return data
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(final) + ".lock"):
-        data, problem = _read_entry(final, spec) if final.is_dir() else (None, "")  # another job may have built it
+    with entry.locked("decoding these images"):
+        data, problem = _read_entry(entry, spec) if entry.path.is_dir() else (None, "")  # another job built it
         if data is None:
             if problem:
-                log.warning("dataset %s: decoded store %s failed its check (%s); decoding again", spec.name, final,
-                            problem)  # fmt: skip
-            shutil.rmtree(final, ignore_errors=True)
-            _write_entry(final, train, test, spec, workers)
-            data, problem = _read_entry(final, spec)
+                log.warning(
+                    "dataset %s: decoded store %s failed its check (%s); decoding again", spec.name, entry.path, problem
+                )
+            _write_entry(entry, train, test, spec, workers)
+            data, problem = _read_entry(entry, spec)
     if data is None:
-        raise OSError(f"{final}: decoded store unusable right after writing it ({problem})")
+        raise OSError(f"{entry.path}: decoded store unusable right after writing it ({problem})")
     return data
 
 
