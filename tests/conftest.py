@@ -64,9 +64,6 @@ def isolated_process_state(env: dict[str, str], cwd: Path) -> Iterator[None]:
     os.environ.clear()
     os.environ.update(env)
     os.chdir(cwd)
-    for name, logger in logging.root.manager.loggerDict.items():  # as in a fresh process: a library that ran
-        if isinstance(logger, logging.Logger) and name.startswith(("kd_hydra", "analysis")):  # logging's fileConfig
-            logger.disabled = False  # (alembic, under MLflow's store) disables every logger that existed then
     try:
         yield
     finally:

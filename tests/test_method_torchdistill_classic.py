@@ -132,6 +132,7 @@ def test_dist_differs_from_torchdistill_only_in_where_eps_goes():
 def test_fitnet_regressor_and_hint_equal_torchdistill_conv_reg_and_mse(student_shape, teacher_shape, conv):
     method = method_from_yaml("fitnet", hint_point="stage2")
     torch.manual_seed(0)
+    method.feature_request(["stage2"], ["stage2"])
     method.setup({"stage2": student_shape}, {"stage2": teacher_shape}, torch.zeros(4, dtype=torch.long), 10)
     method = method.double()
     kernel, stride, padding = conv
@@ -179,7 +180,9 @@ def test_at_equals_torchdistill_code_mode():
     theirs = mid_level.ATLoss(at_pairs(3), mode="code")(s_io, t_io)
     torch.testing.assert_close(attention_transfer_loss(student, teacher, 2.0), theirs, rtol=1e-12, atol=0)
     at = method_from_yaml("at")  # p = 2, the stages paired one to one
-    at.stages = ("stage1", "stage2", "stage3")
+    stages = ["stage1", "stage2", "stage3"]
+    at.feature_request(stages, stages)
+    at.stages = tuple(stages)
     out = at(
         MethodBatch(
             student_logits=randn(5, 10),
@@ -228,6 +231,7 @@ def test_crd_loss_z_and_memory_updates_equal_torchdistill_step_after_step(feat_d
     labels = torch.arange(num_data) % 4
     method = method_from_yaml("crd", feat_dim=feat_dim, nce_k=nce_k)
     torch.manual_seed(0)
+    method.feature_request(["pre_logit"], ["pre_logit"])
     method.setup({"pre_logit": (in_dim,)}, {"pre_logit": (in_dim,)}, labels, 4)
     theirs = mid_level.CRDLoss("s_norm", "s_empty", "t_norm", feat_dim, num_data, nce_k, num_data, 0.07, 0.5, 1e-7)
     memory = method.memory

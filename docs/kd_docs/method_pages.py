@@ -113,25 +113,30 @@ def describe_methods(comp: Composer, groups: Sequence[Group]) -> list[MethodDoc]
     teacher, student = _example_models()
     options = [option for group in groups if group.name == "loss" for option in group.options if option.node]
     docs = []
-    logging.getLogger("kd_hydra").setLevel(logging.WARNING)
-    for option in options:
-        cls = get_class(option.node._target_)
-        uses_teacher = bool(getattr(cls, "uses_teacher", True))
-        reads = _reads(build_method(option.node), teacher, student) if uses_teacher else None
-        module = sys.modules[cls.__module__]
-        docs.append(
-            MethodDoc(
-                name=option.name,
-                class_path=f"{cls.__module__}.{cls.__qualname__}",
-                module_doc=inspect.cleandoc(module.__doc__ or ""),
-                class_doc=inspect.cleandoc(cls.__doc__ or ""),
-                parts=tuple(getattr(cls, "parts", ())),
-                uses_teacher=uses_teacher,
-                keys=option.keys,
-                reads=reads,
-                strong_view=bool(getattr(cls, "needs_strong_view", False)),
+    package_logger = logging.getLogger("kd_hydra")
+    level = package_logger.level
+    package_logger.setLevel(logging.WARNING)  # quiet while methods are probed; restored below
+    try:
+        for option in options:
+            cls = get_class(option.node._target_)
+            uses_teacher = bool(getattr(cls, "uses_teacher", True))
+            reads = _reads(build_method(option.node), teacher, student) if uses_teacher else None
+            module = sys.modules[cls.__module__]
+            docs.append(
+                MethodDoc(
+                    name=option.name,
+                    class_path=f"{cls.__module__}.{cls.__qualname__}",
+                    module_doc=inspect.cleandoc(module.__doc__ or ""),
+                    class_doc=inspect.cleandoc(cls.__doc__ or ""),
+                    parts=tuple(getattr(cls, "parts", ())),
+                    uses_teacher=uses_teacher,
+                    keys=option.keys,
+                    reads=reads,
+                    strong_view=bool(getattr(cls, "needs_strong_view", False)),
+                )
             )
-        )
+    finally:
+        package_logger.setLevel(level)
     return docs
 
 
