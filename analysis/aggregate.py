@@ -131,6 +131,10 @@ class Setup(NamedTuple):
         return safe_name(raw)
 
 
+#: The identity digest of a run (metrics.json): equal digests are the same run repeated.
+CONFIG_DIGEST = "config_digest"
+
+
 def safe_name(raw: str) -> str:
     """``raw`` with every character but letters, digits, ``-`` and ``.`` replaced by ``_``."""
     return "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in raw)
@@ -160,11 +164,19 @@ def ci95_half_width(std: float, n: int) -> float:
 
 
 def completed_runs(df: pd.DataFrame, mode: str | None = None) -> pd.DataFrame:
-    """The completed runs of ``df`` (of one ``mode`` when given)."""
+    """The completed runs of ``df`` (of one ``mode`` when given), each identity once.
+
+    Two run directories with the same ``config_digest`` (settings, seed, data and teacher included) are the
+    same run repeated, not two seeds: only the first (by directory) counts.
+    """
     keep = df[STATUS] == schema.STATUS_COMPLETED
     if mode is not None:
         keep &= df[MODE] == mode if MODE in df.columns else False
-    return df[keep]
+    done = df[keep]
+    if CONFIG_DIGEST in done.columns:
+        digest = done[CONFIG_DIGEST]
+        done = done[digest.isna() | ~digest.duplicated(keep="first")]
+    return done
 
 
 def aggregate(df: pd.DataFrame, by: str | Sequence[str], metric: str = FINAL_TEST_ACC) -> pd.DataFrame:

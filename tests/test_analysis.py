@@ -982,3 +982,20 @@ def test_setups_ranked_together_never_merge_settings(tmp_path: Path) -> None:
     report = write_report(tmp_path / "sweep", tmp_path / "out")["report"].read_text()
     assert "**dkd: T = 4, α = 1, beta = 8, warmup = 20** (cifar10: resnet56 → resnet14)" in report
     assert "validation accuracy 58.00 (n=2)" in report
+
+
+def test_a_run_repeated_into_another_directory_counts_once() -> None:
+    """Equal ``config_digest`` (settings, seed, data, teacher): the same run twice is not two seeds."""
+    from analysis.aggregate import aggregate
+
+    runs = pd.DataFrame(
+        {
+            "status": ["completed"] * 3,
+            "mode": ["distill"] * 3,
+            "loss.temperature": [4.0, 4.0, 4.0],
+            "config_digest": ["same", "same", "other seed"],
+            "final_test_acc": [90.0, 90.0, 80.0],
+        }
+    )
+    table = aggregate(runs, "loss.temperature")
+    assert table["n"].tolist() == [2] and table["mean"].tolist() == [85.0]
