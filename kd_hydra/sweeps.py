@@ -299,11 +299,11 @@ class JobStatusCallback(Callback):
         if problems or never_started:
             for line in problems:
                 print(f"error: {line}", file=sys.stderr)
-            hint = "" if isinstance(planned, int) else "; hydra.sweeper.rerun=failed reruns the failed ones"
-            print(
-                f"error: {len(problems)} of {total} jobs did not complete and {never_started} never started "
-                f"(sweep: {sweep_dir}{hint})",
-                file=sys.stderr,
-            )
+            counts = [f"{len(problems)} of {total} jobs did not complete"] if problems else []
+            if never_started:
+                counts.append(f"{never_started}{'' if problems else f' of {total} jobs'} never started")
+            rerun = problems and not isinstance(planned, int)
+            hint = "; hydra.sweeper.rerun=failed reruns the failed ones" if rerun else ""
+            print(f"error: {' and '.join(counts)} (sweep: {sweep_dir}{hint})", file=sys.stderr)
             sys.exit(EXIT_FAILED_JOBS)
         log.info("all %d jobs completed (sweep: %s)", total, sweep_dir)
