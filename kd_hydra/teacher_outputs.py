@@ -226,6 +226,8 @@ class CachedTeacher:
     def _read(self, name: str) -> dict[str, Tensor] | None:
         data = self.entry.read_sealed(name)
         if data is None:
+            if self.entry.file(name).is_file() and not self.entry.is_sealed:
+                log.info("soft-label cache file %s predates sealed entries; recomputing it", self.entry.file(name))
             return None
         try:
             payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)

@@ -169,7 +169,7 @@ def _read_entry(entry: CacheEntry, spec: DatasetSpec) -> tuple[ArrayData | None,
     """
     seal, problem = entry.verified()
     if seal is None:
-        return None, problem or "not sealed (an interrupted decoding)"
+        return None, problem or "not sealed (an interrupted decoding, or an entry of an older kd-hydra)"
     if seal.get("version") != FORMAT_VERSION:
         return None, f"format version {seal.get('version')!r}, not {FORMAT_VERSION}"
     if tuple(seal.get("classes", ())) != spec.classes:
