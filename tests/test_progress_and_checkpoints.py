@@ -151,3 +151,32 @@ def test_eval_writes_per_class_accuracy_and_the_confusion_matrix(workspace: Work
 def test_eval_needs_a_checkpoint(workspace: Workspace):
     _, process = workspace.single("no-checkpoint", "mode=eval", *TINY[:3], expect=2)
     assert process.stderr.strip().splitlines()[-1].startswith("error: teacher.checkpoint: mode=eval evaluates")
+
+
+def test_a_resumed_run_keeps_choosing_the_same_best_checkpoint(workspace: Workspace, monkeypatch: pytest.MonkeyPatch):
+    import torch
+
+    from kd_hydra.train import Snapshots
+
+    args = [*STUDENT, "trainer.epochs=3", "dataset.val_fraction=0.25", "trainer.save_best=true", "trainer.save_every=1"]
+    original = Snapshots.after_epoch
+
+    def killed_after_epoch_2_snapshots(self, epoch, track):  # before epoch 2's training state is saved
+        original(self, epoch, track)
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Snapshots, "after_epoch", killed_after_epoch_2_snapshots)
+        with pytest.raises(KeyboardInterrupt):
+            workspace.single("resumed", *args)
+    resumed_dir, _ = workspace.single("resumed", *args)
+    full_dir, _ = workspace.single("full", *args)
+    resumed = json.loads((resumed_dir / schema.METRICS_FILE).read_text())
+    full = json.loads((full_dir / schema.METRICS_FILE).read_text())
+    assert resumed["resumed_from_epoch"] == 1
+    assert resumed["best_checkpoint_epoch"] == full["best_checkpoint_epoch"]
+    for name in ("best.pt", "epoch_0003.pt"):
+        ours = torch.load(resumed_dir / "checkpoints" / name, weights_only=True)["state_dict"]
+        theirs = torch.load(full_dir / "checkpoints" / name, weights_only=True)["state_dict"]
+        assert all(torch.equal(ours[key], theirs[key]) for key in theirs), name
