@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from kd_hydra.methods.init_stage import run_init_stage
-from kd_hydra.models.features import FeatureRecorder, probe_feature_shapes
+from kd_hydra.models.features import FeatureRecorder
 from kd_hydra.runtime import Runtime
 from kd_hydra.teacher_outputs import LiveTeacher
 from kd_hydra.train import train_epoch
 from tests.feature_nets import CLASSES, IMAGE_SHAPE, TinyResNet, batches
-from tests.method_helpers import method_from_yaml
+from tests.method_helpers import set_up_like_the_trainer
 
 RUNTIME = Runtime(torch.device("cpu"), None, False, False)
 LR, MOMENTUM, WEIGHT_DECAY = 0.05, 0.9, 5e-4
@@ -34,16 +34,9 @@ def networks(same_widths=False):
 
 def prepared(name, student, teacher, **overrides):
     """The method as ``loss=<name>`` builds it, set up on the two networks as the trainer does."""
-    method = method_from_yaml(name, **overrides)
-    request = method.feature_request(tuple(student.feature_points()), tuple(teacher.feature_points()))
-    torch.manual_seed(0)
-    method.setup(
-        probe_feature_shapes(student, request.student, IMAGE_SHAPE),
-        probe_feature_shapes(teacher, request.teacher, IMAGE_SHAPE),
-        torch.zeros(24, dtype=torch.long),
-        CLASSES,
+    method, request = set_up_like_the_trainer(
+        name, student, teacher, IMAGE_SHAPE, torch.zeros(24, dtype=torch.long), CLASSES, **overrides
     )
-    method.setup_teacher(teacher)
     return method.double(), request
 
 

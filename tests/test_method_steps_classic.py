@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kd_hydra.models.features import FeatureRecorder, probe_feature_shapes
+from kd_hydra.models.features import FeatureRecorder
 from kd_hydra.runtime import Runtime
 from kd_hydra.teacher_outputs import LiveTeacher
 from kd_hydra.train import train_epoch
 from tests.feature_nets import CLASSES, IMAGE_SHAPE, TinyResNet, batches
-from tests.method_helpers import method_from_yaml
+from tests.method_helpers import set_up_like_the_trainer
 
 RUNTIME = Runtime(torch.device("cpu"), None, False, False)
 LR, MOMENTUM, WEIGHT_DECAY = 0.05, 0.9, 5e-4
@@ -45,16 +45,9 @@ def all_targets(data) -> Tensor:
 
 def prepared(name, student, teacher, data, **overrides):
     """The method as ``loss=<name>`` builds it, set up on the two networks as the trainer does."""
-    method = method_from_yaml(name, **overrides)
-    request = method.feature_request(tuple(student.feature_points()), tuple(teacher.feature_points()))
-    torch.manual_seed(0)
-    method.setup(
-        probe_feature_shapes(student, request.student, IMAGE_SHAPE),
-        probe_feature_shapes(teacher, request.teacher, IMAGE_SHAPE),
-        all_targets(data),
-        CLASSES,
+    method, request = set_up_like_the_trainer(
+        name, student, teacher, IMAGE_SHAPE, all_targets(data), CLASSES, **overrides
     )
-    method.setup_teacher(teacher)
     return method.to(next(student.parameters()).dtype), request
 
 
