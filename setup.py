@@ -2,7 +2,7 @@
 
 A clone (and an editable install) reads its configs from the top-level ``conf/`` directory; a built
 package (``pip install .``, a wheel) carries the same files as ``kd_hydra/conf`` and reads them from
-there (``pkg://kd_hydra.conf``, see ``kd_hydra.preflight.config_source``). Copying at build time keeps
+there (``pkg://kd_hydra.conf``, see ``kd_hydra.config.sources.config_source``). Copying at build time keeps
 the package layout simple, so an editable install stays a plain path entry and Hydra still finds
 ``hydra_plugins.kd_hydra_sweeper``.
 """

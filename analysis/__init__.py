@@ -1,6 +1,6 @@
 """Analysis of kd-hydra run directories: load them into pandas, aggregate, plot, report.
 
-Reads only what :mod:`kd_hydra.schema` defines (never imports torch). Names are imported on
+Reads only what :mod:`kd_hydra.records.schema` defines (never imports torch). Names are imported on
 first use, so ``import analysis`` (and the Hydra callback) stays cheap. Typical use::
 
     runs = load_runs("multirun/2024-01-01/12-00-00")

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from kd_hydra import schema
+from kd_hydra.records import schema
 
 from .load import (
     ALPHA,

@@ -1,6 +1,6 @@
 """Find run directories and read them into pandas tables (one row per run, or long-form history).
 
-A run directory is any folder holding ``.hydra/config.yaml`` (:mod:`kd_hydra.schema`). Paths
+A run directory is any folder holding ``.hydra/config.yaml`` (:mod:`kd_hydra.records.schema`). Paths
 may be single runs, Hydra multirun roots or sweeps nested to any depth; hidden folders
 (``.hydra``, ``.ipynb_checkpoints``, ...) are never searched.
 """
@@ -18,8 +18,8 @@ import pandas as pd
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from kd_hydra import records, schema
-from kd_hydra.identity import flatten
+from kd_hydra.records import run_directory, schema
+from kd_hydra.records.identity import flatten
 
 #: Columns that ``load_runs`` adds to the config and metrics columns.
 RUN_DIR = "run_dir"
@@ -45,7 +45,7 @@ MODE_EVAL = "eval"
 def _schema_name(name: str, names: tuple[str, ...]) -> str:
     """``name`` itself, after checking that the schema defines it (fails at import otherwise)."""
     if name not in names:
-        raise ImportError(f"kd_hydra.schema no longer defines {name!r}; update analysis")
+        raise ImportError(f"kd_hydra.records.schema no longer defines {name!r}; update analysis")
     return name
 
 
@@ -263,7 +263,7 @@ def read_metrics(run_dir: Path) -> tuple[dict[str, Any], str | None]:
     path = run_dir / schema.METRICS_FILE
     if not path.is_file():
         return {}, REASON_NO_METRICS
-    metrics, unreadable = records.read_metrics(run_dir)
+    metrics, unreadable = run_directory.read_metrics(run_dir)
     if metrics is None:
         warnings.warn(f"{path}: {unreadable}: run counted as unfinished", stacklevel=2)
         return {}, REASON_BAD_METRICS

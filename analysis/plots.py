@@ -19,8 +19,8 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from kd_hydra import schema
-from kd_hydra.outputs import atomic_write_bytes
+from kd_hydra.records import schema
+from kd_hydra.records.files import atomic_write_bytes
 
 from .aggregate import (
     METHOD,

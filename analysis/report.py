@@ -16,8 +16,8 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from kd_hydra import schema
-from kd_hydra.outputs import atomic_write_text
+from kd_hydra.records import schema
+from kd_hydra.records.files import atomic_write_text
 
 from .aggregate import (
     METHOD,

@@ -139,7 +139,7 @@ def clear_soft_labels(cache_dir: Path) -> None:
 
 def write_results(out: str | Path, results: Mapping[str, Any]) -> None:
     """``results`` as JSON at ``out`` (atomically; numbers that JSON lacks become null)."""
-    from kd_hydra.outputs import write_json
+    from kd_hydra.records.files import write_json
 
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     write_json(Path(out), results)
@@ -272,7 +272,7 @@ def print_json_result(result: Mapping[str, Any], out: str | None) -> None:
     """A reference loop's result: one JSON line on stdout, and the same line in ``out`` when given."""
     text = json.dumps(result)
     if out:
-        from kd_hydra.outputs import atomic_write_text
+        from kd_hydra.records.files import atomic_write_text
 
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(Path(out), text + "\n")
@@ -289,8 +289,8 @@ def save_untrained_teacher(path: Path, arch: str, num_classes: int, image_size: 
     """
     import torch
 
-    from kd_hydra.checkpoints import ArchSignature, save_checkpoint
     from kd_hydra.models import build_model
+    from kd_hydra.models.checkpoints import ArchSignature, save_checkpoint
 
     torch.manual_seed(seed)
     model = build_model(arch, num_classes, RGB_CHANNELS, image_size)
@@ -306,7 +306,7 @@ def write_npz_subset(npz: Path, train_limit: int | None, test_limit: int | None,
 
     import numpy as np  # here: keeps `--help` fast
 
-    from kd_hydra.outputs import atomic_write_bytes
+    from kd_hydra.records.files import atomic_write_bytes
 
     with np.load(npz, allow_pickle=False) as archive:
         arrays = {key: archive[key] for key in archive.files}

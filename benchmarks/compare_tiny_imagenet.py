@@ -7,7 +7,7 @@ a. teacher: ``run.py mode=teacher`` trains ``--teacher`` (default resnet56) for 
    JPEGs once into the decode store (``<cache>/decoded/``): the **one-time decode cost** is read from
    its log (``decoded tiny_imagenet once: N images in S s``). Not otherwise timed.
    ``--untrained-teacher`` instead builds the teacher arch with ``kd_hydra.models.build_model``
-   (seeded, untrained) and saves it with ``kd_hydra.checkpoints.save_checkpoint`` into the workdir; every
+   (seeded, untrained) and saves it with ``kd_hydra.models.checkpoints.save_checkpoint`` into the workdir; every
    suite run gets ``teacher.checkpoint=<that file>`` and the decode cost is read from the cold KD run's
    log. Accuracies are then meaningless; the times are valid (they do not depend on the weights).
 b. suite KD (``loss=kd``) of ``--student`` (default resnet20), soft-label cache cleared: first run

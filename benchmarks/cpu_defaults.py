@@ -20,7 +20,8 @@ The recommendation at the end: channels_last as the CPU default when it is not s
 for none, per model otherwise; and the cache batch size with the best geometric-mean throughput
 relative to each model's best (per model if no single size is within the tolerance of every model's
 best). Each model's speed-up of the recommended settings over the current CPU defaults (read from
-``kd_hydra.runtime`` and ``kd_hydra.teacher_outputs``) is printed too. No timing target: this script chooses defaults.
+``kd_hydra.train.runtime`` and ``kd_hydra.stores.teacher_outputs``) is printed too. No timing target: this
+script chooses defaults.
 
     python benchmarks/cpu_defaults.py --out cpu_defaults.json              # all models (long)
     python benchmarks/cpu_defaults.py --models light_cnn,resnet8x4 --quick # smoke test
@@ -77,8 +78,8 @@ class ModelResult:
 
 def current_cpu_defaults() -> tuple[bool, int]:
     """What ``trainer.channels_last=null`` and ``soft_label_cache.batch_size=null`` resolve to on the CPU today."""
-    from kd_hydra.runtime import CHANNELS_LAST_DEVICES
-    from kd_hydra.teacher_outputs import DEFAULT_FILL_BATCH
+    from kd_hydra.stores.teacher_outputs import DEFAULT_FILL_BATCH
+    from kd_hydra.train.runtime import CHANNELS_LAST_DEVICES
 
     return "cpu" in CHANNELS_LAST_DEVICES, DEFAULT_FILL_BATCH["cpu"]
 

@@ -8,7 +8,7 @@ statistics of ``conf/dataset/tiny_imagenet.yaml``), ``DataLoader(num_workers=2)`
 mode under ``torch.no_grad()`` on every batch, ``.item()`` per step, SGD with a per-epoch cosine
 schedule. The training loop is ``_tutorial_loop.distill_loop`` (the CIFAR reference's). Only the
 architectures (``kd_hydra.models.build_model``) come from kd-hydra; the teacher weights are the
-``state_dict`` of a kd-hydra ``model.pt`` or ``kd_hydra.checkpoints.save_checkpoint`` file (also the
+``state_dict`` of a kd-hydra ``model.pt`` or ``kd_hydra.models.checkpoints.save_checkpoint`` file (also the
 untrained one of ``compare_tiny_imagenet.py --untrained-teacher``). Result keys as
 ``reference_kd.train_reference_student``'s; ``images_per_second`` covers the training loop only
 (DataLoader, teacher forward, step; evaluation excluded), ``epoch_seconds`` include evaluation.

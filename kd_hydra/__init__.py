@@ -1,6 +1,6 @@
 """kd-hydra: a Hydra-configured knowledge-distillation experiment suite.
 
-Importing the package is cheap (no torch): ``kd_hydra.schema`` is shared with ``analysis``, and
+Importing the package is cheap (no torch): ``kd_hydra.records.schema`` is shared with ``analysis``, and
 :func:`run_experiment` (``kd_hydra.api``) is imported on first use.
 """
 

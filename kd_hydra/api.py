@@ -1,7 +1,7 @@
 """kd-hydra from Python (a script or a notebook): ``run_experiment(overrides) -> metrics``.
 
 One job, composed from the same configs and overrides as the command line and run through
-:func:`kd_hydra.app.run` the way ``run.py`` runs it: the run directory gets ``.hydra/config.yaml``,
+:func:`kd_hydra.run.app.run` the way ``run.py`` runs it: the run directory gets ``.hydra/config.yaml``,
 ``overrides.yaml``, ``hydra.yaml``, ``run.log`` and the run's files, so ``analysis`` reads it like any
 other run. Bad input raises a :class:`~kd_hydra.errors.KDHydraError` subclass (never ``sys.exit``);
 Hydra's global state and the logging setup are left as they were found.
@@ -22,8 +22,8 @@ from hydra.core.utils import JobStatus, run_job
 from hydra.types import HydraContext
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from kd_hydra.objective import check_optimized_metric
-from kd_hydra.preflight import check_directories, compose, hydra_session
+from kd_hydra.config.compose import check_directories, compose, hydra_session
+from kd_hydra.config.objective import check_optimized_metric
 
 RUN_LOG = "run.log"
 #: The format of Hydra's own job log, so run.log reads the same from the command line and from Python.
@@ -46,7 +46,7 @@ def run_experiment(
     Raises :class:`~kd_hydra.errors.ConfigError` for an unknown option or key, a malformed override, a
     sweep value, or a directory that cannot be written, before any work; other errors as the job raises them.
     """
-    from kd_hydra.app import run  # torch is imported only when a job runs
+    from kd_hydra.run.app import run  # torch is imported only when a job runs
 
     overrides = [overrides] if isinstance(overrides, str) else list(overrides)  # one override, not its letters
     if not progress:
@@ -85,7 +85,7 @@ def run_experiment(
 
 
 #: Loggers whose INFO lines a notebook call shows (what is trained and when), besides every warning.
-CONSOLE_LOGGERS = ("kd_hydra.app", "kd_hydra.sweeps")
+CONSOLE_LOGGERS = ("kd_hydra.run.app", "kd_hydra.sweeps")
 
 
 class _ConsoleFilter(logging.Filter):

@@ -19,10 +19,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from kd_hydra.config import register_configs
+from kd_hydra.config.compose import check_command_line
+from kd_hydra.config.objective import failed_trial_value, objective
+from kd_hydra.config.sources import CLONE_CONFIGS, CONFIG_NAME, config_source
+from kd_hydra.config.structured import register_configs
 from kd_hydra.errors import KDHydraError
-from kd_hydra.objective import failed_trial_value, objective
-from kd_hydra.preflight import CLONE_CONFIGS, CONFIG_NAME, check_command_line, config_source
 
 EXIT_BAD_INPUT = 2
 #: Sweepers that read the task function's return value: a failed job returns the worst value there.
@@ -56,8 +57,8 @@ def worst_value() -> float:
 
 
 def task(cfg: DictConfig) -> float:
-    """One job through :func:`kd_hydra.app.run`; returns the ``optimized_metric`` value of its metrics."""
-    from kd_hydra.app import run  # imported here so `--help` and composition errors stay fast
+    """One job through :func:`kd_hydra.run.app.run`; returns the ``optimized_metric`` value of its metrics."""
+    from kd_hydra.run.app import run  # imported here so `--help` and composition errors stay fast
 
     try:
         metrics = run(cfg)

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from omegaconf import OmegaConf
 
-from kd_hydra import schema
+from kd_hydra.records import schema
 
 DATASET = "cifar10"
 TEACHER = "resnet56"

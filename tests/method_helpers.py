@@ -7,7 +7,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from kd_hydra.config import LOSS_COMMON_DEFAULTS
+from kd_hydra.config.structured import LOSS_COMMON_DEFAULTS
 from kd_hydra.methods import DistillMethod, build_method
 
 LOSS_DIR = Path(__file__).resolve().parents[1] / "conf" / "loss"

@@ -67,7 +67,7 @@ from analysis_fixtures import (  # noqa: E402
     write_two_dataset_sweep,
 )
 from conftest import call_main, isolated_process_state  # noqa: E402
-from kd_hydra import schema  # noqa: E402
+from kd_hydra.records import schema  # noqa: E402
 
 T = "loss.temperature"
 ALPHA = "loss.alpha"
@@ -446,7 +446,7 @@ def test_callback_failure_exits_non_zero_with_a_last_line(tmp_path: Path, capsys
 def test_callback_failure_still_runs_the_job_status_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     fake = write_fake_sweep(tmp_path / "sweep")  # a failed, an unfinished and a corrupt job
     analysis_node = {"_target_": "analysis.callback.AnalysisCallback", "out_subdir": "0/metrics.json"}
-    callbacks = {"job_status": {"_target_": "kd_hydra.sweeps.JobStatusCallback"}, "analysis": analysis_node}
+    callbacks = {"job_status": {"_target_": "kd_hydra.sweeps.status.JobStatusCallback"}, "analysis": analysis_node}
     config = OmegaConf.create({"hydra": {"sweep": {"dir": str(fake.root)}, "callbacks": callbacks}})
     with pytest.raises(SystemExit) as exited:  # out_subdir names a file: the analysis cannot be written
         AnalysisCallback(out_subdir="0/metrics.json").on_multirun_end(config)
@@ -710,7 +710,7 @@ def html_escaped(text: str) -> str:
 
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
 def test_atomic_writes_follow_the_umask(tmp_path: Path, umask: int) -> None:
-    from kd_hydra.outputs import atomic_write_bytes, current_umask
+    from kd_hydra.records.files import atomic_write_bytes, current_umask
 
     previous = os.umask(umask)
     try:

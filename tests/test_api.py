@@ -16,9 +16,9 @@ from omegaconf import OmegaConf
 
 import kd_hydra
 from conftest import TINY
-from kd_hydra import schema
+from kd_hydra.config.objective import objective
 from kd_hydra.errors import ConfigError
-from kd_hydra.objective import objective
+from kd_hydra.records import schema
 
 
 def test_import_is_cheap():

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, TINY
+from kd_hydra.config.compose import check_command_line, representative_jobs, unwritable_reason
 from kd_hydra.errors import ConfigError
-from kd_hydra.preflight import check_command_line, representative_jobs, unwritable_reason
 
 TEACHERS = "deep_cnn, light_cnn"  # the start of the sorted option list
 

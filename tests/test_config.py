@@ -13,7 +13,8 @@ from omegaconf import OmegaConf
 from test_data import array_arrays, write_fake_cifar, write_fake_folder, write_fake_tiny_imagenet
 
 from conftest import REPO
-from kd_hydra.config import register_configs, validate
+from kd_hydra.config.checks import validate
+from kd_hydra.config.structured import register_configs
 from kd_hydra.errors import ConfigError
 from kd_hydra.methods import DistillMethod, MethodBatch, build_method
 from kd_hydra.models import list_models
@@ -183,7 +184,7 @@ def test_teacher_training_is_its_own_recipe():
     recipe = cfg.teacher_training
     assert (recipe.epochs, recipe.seed, recipe.batch_size) == (10, 0, 128), "nothing follows the student's trainer"
     assert recipe.optimizer._target_ == "torch.optim.AdamW" and recipe.optimizer.lr == 1.0e-3
-    assert recipe.scheduler._target_ == "kd_hydra.optim.cosine_schedule"
+    assert recipe.scheduler._target_ == "kd_hydra.train.schedules.cosine_schedule"
     assert composed("teacher_training.epochs=30").teacher_training.epochs == 30
     assert composed("teacher_training.optimizer.lr=0.05").teacher_training.optimizer.lr == 0.05, "one key, one value"
     assert composed("optimizer@teacher_training.optimizer=sgd").teacher_training.optimizer._target_ == "torch.optim.SGD"
@@ -234,7 +235,8 @@ def test_no_dataset_or_checkpoint_files_are_tracked():
 def test_non_finite_and_non_numeric_values_are_refused_before_training(override, key):
     from hydra import compose, initialize_config_dir
 
-    from kd_hydra.config import register_configs, validate
+    from kd_hydra.config.checks import validate
+    from kd_hydra.config.structured import register_configs
 
     register_configs()
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):

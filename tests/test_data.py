@@ -679,8 +679,8 @@ def test_build_pipeline_for_folders_needs_stats(tmp_path: Path) -> None:
 
 def compose(name: str, data_dir: Path, **overrides) -> OmegaConf:
     """The composed config of ``dataset=<name>`` (the dataset schema applied), data and cache under ``data_dir``."""
-    from kd_hydra.preflight import compose as compose_config
-    from kd_hydra.preflight import hydra_session
+    from kd_hydra.config.compose import compose as compose_config
+    from kd_hydra.config.compose import hydra_session
 
     paths = [f"paths.data_dir={data_dir}", f"paths.cache_dir={data_dir / 'cache'}"]
     with hydra_session() as hydra:

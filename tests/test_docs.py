@@ -2,7 +2,7 @@
 
 Commands are the ``python run.py ...`` / ``kd-hydra ...`` lines of code blocks and code spans in
 README.md, the hand-written pages under ``docs/`` and the pages the MkDocs hook generates. Each is
-checked as the command line checks it before any work (:func:`kd_hydra.preflight.check_command_line`:
+checked as the command line checks it before any work (:func:`kd_hydra.config.compose.check_command_line`:
 every value of every sweep composed, as ``--cfg job`` would, plus the directory checks). Placeholders
 (``<...>``), elisions (``...``) and shell variables are what a reader fills in, so those tokens are left
 out; a ``--config-dir`` that the page asks the reader to create is created with the options it names.
@@ -21,7 +21,8 @@ import pytest
 from hydra._internal.utils import get_args_parser
 from omegaconf import DictConfig, OmegaConf
 
-from kd_hydra import preflight
+from kd_hydra.config import compose as preflight
+from kd_hydra.config import sources
 from kd_hydra.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,8 +72,8 @@ def shared_session(hydra: object, comp: Composer, monkeypatch: pytest.MonkeyPatc
             with original_session(config_dir) as own:
                 yield own
 
-    def compose(session: object, overrides: list[str], config_name: str = preflight.CONFIG_NAME) -> DictConfig:
-        if session is hydra and config_name == preflight.CONFIG_NAME:
+    def compose(session: object, overrides: list[str], config_name: str = sources.CONFIG_NAME) -> DictConfig:
+        if session is hydra and config_name == sources.CONFIG_NAME:
             return comp(overrides)
         return original_compose(session, overrides, config_name)
 
@@ -127,7 +128,7 @@ def reader_config_dir(config_dir: str, overrides: list[str], tmp_path: Path) -> 
     made = tmp_path / "reader-conf"
     for override in overrides:
         key, _, value = override.partition("=")
-        if (preflight.CLONE_CONFIGS / key).is_dir() and not (preflight.CLONE_CONFIGS / key / f"{value}.yaml").is_file():
+        if (sources.CLONE_CONFIGS / key).is_dir() and not (sources.CLONE_CONFIGS / key / f"{value}.yaml").is_file():
             (made / key).mkdir(parents=True, exist_ok=True)
             (made / key / f"{value}.yaml").write_text("# @package _global_\n{}\n", encoding="utf-8")
     made.mkdir(exist_ok=True)
@@ -168,7 +169,7 @@ def listed_keys(markdown: str) -> list[tuple[tuple[str, ...], str]]:
 def is_preset(override: str) -> bool:
     """Whether ``group=option`` is a preset (``# @package _global_``): it may change other groups' choices."""
     group, _, option = override.partition("=")
-    path = preflight.CLONE_CONFIGS / group / f"{option}.yaml"
+    path = sources.CLONE_CONFIGS / group / f"{option}.yaml"
     return path.is_file() and "@package _global_" in path.read_text(encoding="utf-8").split("\n", 1)[0]
 
 
@@ -267,7 +268,7 @@ def test_the_checks_fail_on_a_bad_command_or_key(comp, shared_session, tmp_path)
 
 
 def test_every_method_has_its_page(generated):
-    names = sorted(path.stem for path in (preflight.CLONE_CONFIGS / "loss").glob("*.yaml"))
+    names = sorted(path.stem for path in (sources.CLONE_CONFIGS / "loss").glob("*.yaml"))
     assert {"kd", "dkd", "fitnet"} <= set(names)
     for name in names:
         page = generated[f"methods/{name}.md"]
@@ -282,11 +283,11 @@ def test_the_docs_document_every_group_option_and_trainer_key(generated):
     reference = generated["reference/configuration.md"] + generated["reference/presets.md"]
     for group in ("dataset", "teacher", "student", "loss", "optimizer", "scheduler", "experiment", "hydra/launcher"):
         folder = "model" if group in ("teacher", "student") else group  # those options are made from conf/model
-        options = sorted(path.stem for path in (preflight.CLONE_CONFIGS / folder).glob("*.yaml"))
+        options = sorted(path.stem for path in (sources.CLONE_CONFIGS / folder).glob("*.yaml"))
         assert options, f"no options found for {group}"
         missing = [option for option in options if f"`{option}`" not in reference]
         assert not missing, f"{group} options missing from the configuration reference: {missing}"
-    trainer_keys = list(OmegaConf.load(preflight.CLONE_CONFIGS / "trainer" / "default.yaml").keys())
+    trainer_keys = list(OmegaConf.load(sources.CLONE_CONFIGS / "trainer" / "default.yaml").keys())
     assert "epochs" in trainer_keys
     assert not [key for key in trainer_keys if f"`trainer.{key}`" not in reference]
 

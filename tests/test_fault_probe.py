@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY, Workspace
-from kd_hydra import schema
+from kd_hydra.records import schema
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
 
@@ -65,7 +65,7 @@ def test_teacher_training_optimizer_and_scheduler_are_checked(workspace):
         workspace,
         *TINY,
         "mode=distill",
-        "teacher_training.scheduler={_target_:kd_hydra.optim.step_schedule,_partial_:true,gamma:-1}",
+        "teacher_training.scheduler={_target_:kd_hydra.train.schedules.step_schedule,_partial_:true,gamma:-1}",
     )
     assert line.startswith("error: teacher_training.scheduler.gamma: "), line
 
@@ -94,7 +94,7 @@ def test_python_api_takes_a_string_as_one_override(tmp_path: Path, monkeypatch):
 
 @pytest.mark.parametrize("variable", ["KD_HYDRA_OUTPUT_DIR", "KD_HYDRA_CACHE_DIR", "KD_HYDRA_DATA_DIR"])
 def test_an_empty_path_variable_counts_as_unset(tmp_path: Path, monkeypatch, variable):
-    from kd_hydra.preflight import compose, hydra_session
+    from kd_hydra.config.compose import compose, hydra_session
 
     monkeypatch.setenv(variable, "")
     with hydra_session() as hydra:
@@ -337,7 +337,7 @@ def test_the_decoded_store_is_verified_on_reuse_and_rebuilt(tmp_path: Path, capl
         array = np.load(entry / "y_train.npy")
         np.save(entry / "y_train.npy", np.full_like(array, 99))
     if damage == "labels-redigested":  # a seal that matches: the label range check still catches it
-        from kd_hydra.cache_entry import SEAL_FILE, file_sha256
+        from kd_hydra.stores.cache_entry import SEAL_FILE, file_sha256
 
         seal = json.loads((entry / SEAL_FILE).read_text())
         seal["files"]["y_train.npy"] = file_sha256(entry / "y_train.npy")
@@ -357,7 +357,7 @@ def test_the_decoded_store_is_verified_on_reuse_and_rebuilt(tmp_path: Path, capl
 
 
 def test_every_dataset_has_the_same_keys():
-    from kd_hydra.preflight import compose, hydra_session
+    from kd_hydra.config.compose import compose, hydra_session
 
     names = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "dataset").glob("*.yaml"))
     assert len(names) == 7
@@ -387,8 +387,8 @@ def test_dataset_values_are_checked_when_composed(workspace, overrides, expected
 
 
 def test_synthetic_image_size_old_and_new_key(tmp_path: Path):
+    from kd_hydra.config.compose import compose, hydra_session
     from kd_hydra.data import load_dataset
-    from kd_hydra.preflight import compose, hydra_session
 
     with hydra_session() as hydra:
         new = compose(hydra, ["dataset=synthetic", "dataset.image_size=6"]).dataset
@@ -421,7 +421,8 @@ def test_an_unreachable_mlflow_server_falls_back_to_the_local_store_quickly(tmp_
     from mlflow.tracking import MlflowClient
     from omegaconf import OmegaConf
 
-    from kd_hydra import loggers
+    from kd_hydra.trackers import fanout as tracker_fanout
+    from kd_hydra.trackers import mlflow as tracker_mlflow
 
     with socket.socket() as probe:  # a loopback port with nothing listening
         probe.bind(("127.0.0.1", 0))
@@ -430,8 +431,8 @@ def test_an_unreachable_mlflow_server_falls_back_to_the_local_store_quickly(tmp_
     node.mlflow.tracking_uri = f"http://127.0.0.1:{port}"
     node.mlflow.store_dir = str(tmp_path / "store")
     started = time.perf_counter()
-    with caplog.at_level(logging.WARNING, logger="kd_hydra.loggers"):
-        run = loggers.build_loggers(node, "probe", "faults", tmp_path / "run")
+    with caplog.at_level(logging.WARNING, logger="kd_hydra.trackers"):
+        run = tracker_fanout.build_loggers(node, "probe", "faults", tmp_path / "run")
     assert time.perf_counter() - started < 30
     run.log_summary({"final_test_acc": 50.0})
     run.close("completed")
@@ -439,7 +440,7 @@ def test_an_unreachable_mlflow_server_falls_back_to_the_local_store_quickly(tmp_
     assert len(warnings) == 1 and warnings[0].startswith(
         f"logger.mlflow: cannot reach http://127.0.0.1:{port} within 5 s"
     )
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'store' / loggers.MLFLOW_DB_FILE}")
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'store' / tracker_mlflow.MLFLOW_DB_FILE}")
     (found,) = client.search_runs([client.get_experiment_by_name("faults").experiment_id])
     assert found.data.metrics["final_test_acc"] == 50.0
 
@@ -448,12 +449,12 @@ def test_tracker_timeout_must_be_positive(tmp_path: Path):
     pytest.importorskip("mlflow", reason="pip install '.[tracking]'")
     from omegaconf import OmegaConf
 
-    from kd_hydra import loggers
     from kd_hydra.errors import ConfigError
+    from kd_hydra.trackers import fanout as tracker_fanout
 
-    node = OmegaConf.create({"mlflow": {"_target_": "kd_hydra.loggers.MLflowTracker", "timeout_s": 0}})
+    node = OmegaConf.create({"mlflow": {"_target_": "kd_hydra.trackers.mlflow.MLflowTracker", "timeout_s": 0}})
     with pytest.raises(ConfigError, match=r"^logger\.mlflow\.timeout_s: must be a finite number of seconds > 0"):
-        loggers.check_loggers(node)
+        tracker_fanout.check_loggers(node)
 
 
 def test_a_plain_dataset_mapping_still_loads():
@@ -534,7 +535,7 @@ def test_a_diverged_run_keeps_nothing_and_the_advised_rerun_works(workspace: Wor
 
 def interrupted_run(workspace: Workspace, monkeypatch: pytest.MonkeyPatch, name: str, *args: str) -> Path:
     """A run killed after epoch 2's history row, before its checkpoint: ``checkpoint.pt`` holds epoch 1."""
-    from kd_hydra.train import Snapshots
+    from kd_hydra.train.trainer import Snapshots
 
     def interrupt(self, epoch, track):
         if epoch == 2:

@@ -261,7 +261,7 @@ def test_bad_val_fraction(fraction) -> None:
 
 def dataset_cfg(name: str, tmp_path: Path, **overrides):
     """The composed ``dataset`` node of ``dataset=<name>`` (the dataset schema applied), cache under ``tmp_path``."""
-    from kd_hydra.preflight import compose, hydra_session
+    from kd_hydra.config.compose import compose, hydra_session
 
     paths = [f"paths.data_dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}"]
     with hydra_session() as hydra:

@@ -1,4 +1,4 @@
-"""Trackers (kd_hydra.loggers): what each logs, read back with the library's own reader."""
+"""Trackers (kd_hydra.trackers): what each logs, read back with the library's own reader."""
 
 from __future__ import annotations
 
@@ -13,10 +13,12 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from kd_hydra import loggers
-from kd_hydra.config import register_configs
+from kd_hydra.config.structured import register_configs
 from kd_hydra.errors import ConfigError
-from kd_hydra.loggers import RunLoggers, build_loggers, check_loggers, flatten_config, run_identity
+from kd_hydra.trackers import base as tracker_base
+from kd_hydra.trackers import mlflow as tracker_mlflow
+from kd_hydra.trackers.base import flatten_config, run_identity
+from kd_hydra.trackers.fanout import RunLoggers, build_loggers, check_loggers
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 RUN_NAME = "loss.alpha=0.5,loss.temperature=4"
@@ -90,11 +92,11 @@ def test_flatten_config_gives_dotted_scalars():
 
 
 def test_safe_dir_name_keeps_long_override_lists_unique():
-    assert loggers.safe_dir_name("dataset.path=/data/x.npz,seed=1") == "dataset.path=_data_x.npz,seed=1"
-    assert loggers.safe_dir_name("") == loggers.DEFAULT_RUN_NAME
+    assert tracker_base.safe_dir_name("dataset.path=/data/x.npz,seed=1") == "dataset.path=_data_x.npz,seed=1"
+    assert tracker_base.safe_dir_name("") == tracker_base.DEFAULT_RUN_NAME
     long_a, long_b = "a=1," * 100 + "seed=1", "a=1," * 100 + "seed=2"
-    short_a, short_b = loggers.safe_dir_name(long_a), loggers.safe_dir_name(long_b)
-    assert len(short_a) == loggers.MAX_DIR_NAME_BYTES and short_a != short_b
+    short_a, short_b = tracker_base.safe_dir_name(long_a), tracker_base.safe_dir_name(long_b)
+    assert len(short_a) == tracker_base.MAX_DIR_NAME_BYTES and short_a != short_b
     assert short_a.startswith("a=1,a=1,")
 
 
@@ -111,7 +113,7 @@ def test_run_identity_from_hydra_node(tmp_path):
     assert run_identity(hydra, tmp_path / "outputs") == (RUN_NAME, "multiruns/day/time")
     assert run_identity(hydra) == (RUN_NAME, "time")
     hydra.mode, hydra.job.override_dirname = "RUN", ""
-    assert run_identity(hydra, tmp_path / "outputs") == ("3", loggers.SINGLE_RUN_GROUP)
+    assert run_identity(hydra, tmp_path / "outputs") == ("3", tracker_base.SINGLE_RUN_GROUP)
 
 
 def test_default_is_csv_and_several_compose(tmp_path, mlflow_store):
@@ -126,7 +128,7 @@ def test_default_is_csv_and_several_compose(tmp_path, mlflow_store):
     run = build_loggers(both.logger, RUN_NAME, "composed", tmp_path / "job")
     assert run.names == ("tensorboard", "mlflow")
     feed(run)
-    assert (mlflow_store / loggers.MLFLOW_DB_FILE).is_file()
+    assert (mlflow_store / tracker_mlflow.MLFLOW_DB_FILE).is_file()
     assert list((tmp_path / "job" / "tensorboard" / RUN_NAME).glob("events.out.tfevents.*"))
 
 
@@ -177,7 +179,7 @@ def test_mlflow_metric_history_params_and_final_metrics(tmp_path, mlflow_store):
     feed(build_loggers(cfg, RUN_NAME, GROUP, tmp_path / "job0"))
     feed(build_loggers(cfg, "loss.alpha=0.9", GROUP, tmp_path / "job1"), status="failed")
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{store / loggers.MLFLOW_DB_FILE}")
+    client = MlflowClient(tracking_uri=f"sqlite:///{store / tracker_mlflow.MLFLOW_DB_FILE}")
     experiment = client.get_experiment_by_name(GROUP)
     runs = {run.info.run_name: run for run in client.search_runs([experiment.experiment_id])}
     assert set(runs) == {RUN_NAME, "loss.alpha=0.9"}
@@ -201,7 +203,7 @@ def test_mlflow_experiment_option_overrides_the_group(tmp_path, mlflow_store):
 
     cfg = logger_node("mlflow", mlflow={"store_dir": str(mlflow_store), "experiment": "tutorial"})
     feed(build_loggers(cfg, RUN_NAME, "unused-group", tmp_path / "job"))
-    client = MlflowClient(tracking_uri=f"sqlite:///{mlflow_store / loggers.MLFLOW_DB_FILE}")
+    client = MlflowClient(tracking_uri=f"sqlite:///{mlflow_store / tracker_mlflow.MLFLOW_DB_FILE}")
     assert client.get_experiment_by_name("unused-group") is None
     assert client.get_experiment_by_name("tutorial") is not None
 
@@ -304,14 +306,14 @@ def test_wandb_bad_mode_is_one_line_config_error():
     "name, module", [("tensorboard", "torch.utils.tensorboard"), ("mlflow", "mlflow.tracking"), ("wandb", "wandb")]
 )
 def test_missing_package_names_the_extra(monkeypatch, tmp_path, name, module):
-    real_import = loggers.importlib.import_module
+    real_import = tracker_base.importlib.import_module
 
     def failing_import(requested: str, *args):
         if requested == module:
             raise ModuleNotFoundError(f"No module named '{module}'")
         return real_import(requested, *args)
 
-    monkeypatch.setattr(loggers.importlib, "import_module", failing_import)
+    monkeypatch.setattr(tracker_base.importlib, "import_module", failing_import)
     cfg = logger_node("csv", name)
     if name == "mlflow":
         cfg.mlflow.store_dir = str(tmp_path)
@@ -326,7 +328,9 @@ def test_missing_package_names_the_extra(monkeypatch, tmp_path, name, module):
 def test_unknown_option_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError) as error:
         build_loggers(logger_node("tensorboard", tensorboard={"colour": "red"}), RUN_NAME, GROUP, tmp_path)
-    assert str(error.value).startswith("logger.tensorboard: cannot build kd_hydra.loggers.TensorBoardTracker:")
+    assert str(error.value).startswith(
+        "logger.tensorboard: cannot build kd_hydra.trackers.tensorboard.TensorBoardTracker:"
+    )
     assert "\n" not in str(error.value)
 
 
@@ -372,7 +376,7 @@ def test_fan_out_values_steps_and_skipped_nones():
 def test_failing_tracker_warns_once_and_the_others_go_on(caplog):
     broken, healthy = RecordingTracker(fail_on="log_epoch"), RecordingTracker()
     run = RunLoggers({"broken": broken, "healthy": healthy})
-    with caplog.at_level(logging.WARNING, logger="kd_hydra.loggers"):
+    with caplog.at_level(logging.WARNING, logger="kd_hydra.trackers"):
         feed(run)
     warnings = [record.getMessage() for record in caplog.records]
     assert len(warnings) == 1
@@ -391,7 +395,7 @@ def test_tracker_that_cannot_start_is_left_out(tmp_path, caplog):
             "good": {"_target_": "test_loggers.RecordingTracker"},
         }
     )
-    with caplog.at_level(logging.WARNING, logger="kd_hydra.loggers"):
+    with caplog.at_level(logging.WARNING, logger="kd_hydra.trackers"):
         run = build_loggers(cfg, RUN_NAME, GROUP, tmp_path)
     assert run.names == ("good",)
     assert "logger.bad: could not start" in caplog.text
@@ -427,7 +431,7 @@ def test_a_sweep_logs_every_job_s_test_acc_to_all_three_trackers(workspace, wand
     )  # the module's store: created once
     jobs = [p for p in sweep_dir.iterdir() if (p / "metrics.json").is_file() and read_metrics(p)["mode"] == "student"]
     assert len(jobs) == 2
-    client = MlflowClient(tracking_uri=f"sqlite:///{mlflow_store / loggers.MLFLOW_DB_FILE}")
+    client = MlflowClient(tracking_uri=f"sqlite:///{mlflow_store / tracker_mlflow.MLFLOW_DB_FILE}")
     mlflow_runs = {
         run.data.tags["kd_hydra.run_dir"]: run
         for run in client.search_runs([e.experiment_id for e in client.search_experiments()])

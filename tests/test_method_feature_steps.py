@@ -1,5 +1,5 @@
 """Step tests for AB, FT, FSP, OFD (and their initialization stage): a few SGD steps of kd-hydra's training
-(``kd_hydra.train.train_epoch`` with its hooks, the live teacher, the method's parts in the optimizer) equal a
+(``kd_hydra.train.trainer.train_epoch`` with its hooks, the live teacher, the method's parts in the optimizer) equal a
 short reference loop written here from the papers' equations, on the same weights and float64 batches."""
 
 import copy
@@ -11,9 +11,9 @@ import torch.nn.functional as F
 
 from kd_hydra.methods.init_stage import run_init_stage
 from kd_hydra.models.features import FeatureRecorder
-from kd_hydra.runtime import Runtime
-from kd_hydra.teacher_outputs import LiveTeacher
-from kd_hydra.train import train_epoch
+from kd_hydra.stores.teacher_outputs import LiveTeacher
+from kd_hydra.train.runtime import Runtime
+from kd_hydra.train.trainer import train_epoch
 from tests.feature_nets import CLASSES, IMAGE_SHAPE, TinyResNet, batches
 from tests.method_helpers import set_up_like_the_trainer
 

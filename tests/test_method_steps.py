@@ -14,9 +14,9 @@ from torch import Tensor, nn
 
 from kd_hydra.models import build_model
 from kd_hydra.models.features import FeatureRecorder, feature_points, probe_feature_shapes
-from kd_hydra.runtime import resolve_runtime
-from kd_hydra.teacher_outputs import LiveTeacher
-from kd_hydra.train import train_epoch
+from kd_hydra.stores.teacher_outputs import LiveTeacher
+from kd_hydra.train.runtime import resolve_runtime
+from kd_hydra.train.trainer import train_epoch
 
 RUNTIME = resolve_runtime("cpu", "fp32", False, False)
 SIZE, CLASSES, BATCH, STEPS, LR = 16, 10, 8, 3, 0.05

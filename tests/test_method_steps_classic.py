@@ -1,5 +1,5 @@
 """Step tests for kd, dkd, dist, fitnet, at and crd: a few SGD steps of kd-hydra's training
-(``kd_hydra.train.train_epoch``, the live teacher, feature hooks, the method's parts in the optimizer) equal a
+(``kd_hydra.train.trainer.train_epoch``, the live teacher, feature hooks, the method's parts in the optimizer) equal a
 short reference loop written here from the papers' equations, on the same fixed weights and batches.
 
 The live teacher hands over float32 logits, so the references round the teacher's logits to float32 too.
@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kd_hydra.models.features import FeatureRecorder
-from kd_hydra.runtime import Runtime
-from kd_hydra.teacher_outputs import LiveTeacher
-from kd_hydra.train import train_epoch
+from kd_hydra.stores.teacher_outputs import LiveTeacher
+from kd_hydra.train.runtime import Runtime
+from kd_hydra.train.trainer import train_epoch
 from tests.feature_nets import CLASSES, IMAGE_SHAPE, TinyResNet, batches
 from tests.method_helpers import set_up_like_the_trainer
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from conftest import TINY, Workspace, read_metrics
-from kd_hydra import schema
 from kd_hydra.methods.fitnet import FitNet
 from kd_hydra.models import build_model
 from kd_hydra.models.features import feature_points, probe_feature_shapes
+from kd_hydra.records import schema
 
 METHODS = ("kd", "dkd", "dist", "fitnet", "at", "crd")
 LOGIT_METHODS = ("kd", "dkd", "dist")

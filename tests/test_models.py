@@ -15,7 +15,7 @@ from reference_cifar_models import REFERENCE_BUILDERS, ReferenceOutput, randomiz
 from torch import nn
 from torchvision.models._api import WeightsEnum
 
-from kd_hydra.config import register_configs
+from kd_hydra.config.structured import register_configs
 from kd_hydra.errors import ConfigError
 from kd_hydra.models import build_model, count_parameters, list_models
 from kd_hydra.models.features import FeatureRecorder, feature_points, preact_batchnorms, probe_feature_shapes

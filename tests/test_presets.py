@@ -17,7 +17,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import REPO
-from kd_hydra.config import register_configs, validate
+from kd_hydra.config.checks import validate
+from kd_hydra.config.structured import register_configs
 
 CONF = REPO / "conf"
 register_configs()

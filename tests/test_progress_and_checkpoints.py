@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, TINY, Workspace
-from kd_hydra import schema
+from kd_hydra.records import schema
 
 STUDENT = [*TINY, "mode=student"]
 
@@ -156,7 +156,7 @@ def test_eval_needs_a_checkpoint(workspace: Workspace):
 def test_a_resumed_run_keeps_choosing_the_same_best_checkpoint(workspace: Workspace, monkeypatch: pytest.MonkeyPatch):
     import torch
 
-    from kd_hydra.train import Snapshots
+    from kd_hydra.train.trainer import Snapshots
 
     args = [*STUDENT, "trainer.epochs=3", "dataset.val_fraction=0.25", "trainer.save_best=true", "trainer.save_every=1"]
     original = Snapshots.after_epoch

@@ -16,9 +16,9 @@ import torch
 from reference_cifar_models import REFERENCE_BUILDERS, REFERENCE_FILES, randomize_
 from torch import nn
 
-from kd_hydra.checkpoints import ArchSignature, load_checkpoint
 from kd_hydra.errors import CheckpointError
 from kd_hydra.models import build_model
+from kd_hydra.models.checkpoints import ArchSignature, load_checkpoint
 from kd_hydra.models.published import PUBLISHED_LAYOUTS, detect_published_layout
 
 CIFAR_SIZE = 32
@@ -93,7 +93,7 @@ def test_published_checkpoint_of_another_depth_is_a_short_error(
 ) -> None:
     path = _published_file(tmp_path, REFERENCES["resnet8x4"]())
     model = build_model("resnet32x4", CLASSES, 3, CIFAR_SIZE)
-    with caplog.at_level(logging.ERROR, logger="kd_hydra.teachers"), pytest.raises(CheckpointError) as caught:
+    with caplog.at_level(logging.ERROR, logger="kd_hydra.stores.teachers"), pytest.raises(CheckpointError) as caught:
         load_checkpoint(model, path, _signature("resnet32x4"))
     message = str(caught.value)
     # resnet32x4 has 4 more blocks per stage; each: 2 convs + 2 BNs of 4 tensors (num_batches_tracked is filled in)
@@ -129,7 +129,7 @@ def test_key_layout_mismatch_is_one_readable_line_and_the_full_lists_are_logged(
     renamed = {f"backbone.{k}": v for k, v in model.state_dict().items()}
     path = tmp_path / "other_layout.pt"
     torch.save(renamed, path)
-    with caplog.at_level(logging.ERROR, logger="kd_hydra.teachers"), pytest.raises(CheckpointError) as caught:
+    with caplog.at_level(logging.ERROR, logger="kd_hydra.stores.teachers"), pytest.raises(CheckpointError) as caught:
         load_checkpoint(build_model("resnet56", 10, 3, CIFAR_SIZE), path, _signature("resnet56", 10))
     message = str(caught.value)
     keys = list(model.state_dict())

@@ -14,19 +14,19 @@ import torch
 from torch import nn
 
 from conftest import REPO, TINY, Workspace, read_metrics
-from kd_hydra import schema
-from kd_hydra.cache_entry import SEAL_FILE
 from kd_hydra.data import build_pipeline, load_synthetic
 from kd_hydra.errors import ConfigError
 from kd_hydra.methods import LossOutput, MethodBatch
 from kd_hydra.methods.ce import CrossEntropy
 from kd_hydra.methods.kd import KD
 from kd_hydra.models import build_model
-from kd_hydra.optim import cosine_schedule
-from kd_hydra.outputs import HistoryLog
-from kd_hydra.runtime import resolve_runtime
-from kd_hydra.teacher_outputs import LiveTeacher
-from kd_hydra.train import Checkpointing, DivergedError, Trainer
+from kd_hydra.records import schema
+from kd_hydra.records.files import HistoryLog
+from kd_hydra.stores.cache_entry import SEAL_FILE
+from kd_hydra.stores.teacher_outputs import LiveTeacher
+from kd_hydra.train.runtime import resolve_runtime
+from kd_hydra.train.schedules import cosine_schedule
+from kd_hydra.train.trainer import Checkpointing, DivergedError, Trainer
 
 EPOCHS = 4
 RUNTIME = resolve_runtime("cpu", "fp32", False, False)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY, Workspace, one_line_error, read_metrics, write_npz
-from kd_hydra import schema
+from kd_hydra.records import schema
 
 
 def job_dirs(sweep_dir):

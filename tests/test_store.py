@@ -17,12 +17,12 @@ from filelock import FileLock, Timeout
 from torch import nn
 
 from conftest import TINY, Workspace, read_metrics
-from kd_hydra.cache_entry import SEAL_FILE as META_FILE
-from kd_hydra.cache_entry import CacheEntry
-from kd_hydra.checkpoints import ArchSignature
 from kd_hydra.errors import CheckpointError, ConfigError
-from kd_hydra.schema import TRAIN_STATE_FILE
-from kd_hydra.teachers import TeacherStore
+from kd_hydra.models.checkpoints import ArchSignature
+from kd_hydra.records.schema import TRAIN_STATE_FILE
+from kd_hydra.stores.cache_entry import SEAL_FILE as META_FILE
+from kd_hydra.stores.cache_entry import CacheEntry
+from kd_hydra.stores.teachers import TeacherStore
 
 ARCH = ArchSignature(name="tiny", source="zoo", num_classes=3, in_channels=2, image_size=1)
 DESCRIPTION = {"arch": "tiny", "seed": 0}
@@ -135,7 +135,7 @@ class NoLock:
 def test_read_only_store_serves_verified_entries_without_the_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     root = tmp_path / "teachers"
     TeacherStore(root).get_or_train(DESCRIPTION, LABEL, tiny_model(), ARCH, Trainer())
-    monkeypatch.setattr("kd_hydra.cache_entry.FileLock", NoLock)
+    monkeypatch.setattr("kd_hydra.stores.cache_entry.FileLock", NoLock)
     model = tiny_model(seed=5)
     stored = TeacherStore(root).get_or_train(DESCRIPTION, LABEL, model, ARCH, Trainer())
     assert stored.source == "store" and torch.all(model.weight == 0.25)

@@ -25,9 +25,9 @@ from hydra.types import HydraContext
 
 import hydra_plugins.kd_hydra_sweeper.kd_sweeper as kd_sweeper_module
 from conftest import REPO, TINY, Workspace, call_main, isolated_process_state, read_metrics, write_npz
-from kd_hydra import schema
-from kd_hydra.config import register_configs
-from kd_hydra.sweeps import (
+from kd_hydra.config.structured import register_configs
+from kd_hydra.records import schema
+from kd_hydra.sweeps.jobs import (
     HASH_DIGITS,
     JobState,
     clear_job,
@@ -135,8 +135,8 @@ def test_seed_following_teachers_are_one_per_seed(sweeper: Any):
 
 
 def test_no_teacher_stage_for_external_checkpoints_or_student_grids(sweeper: Any, tmp_path: Path):
-    from kd_hydra.checkpoints import ArchSignature, save_checkpoint
     from kd_hydra.models import build_model
+    from kd_hydra.models.checkpoints import ArchSignature, save_checkpoint
 
     arch = ArchSignature(name="deep_cnn", source="zoo", num_classes=10, in_channels=3, image_size=16)
     save_checkpoint(tmp_path / "teacher.pt", build_model("deep_cnn", 10, 3, 16), arch)  # planned: it must load
@@ -169,9 +169,9 @@ from pathlib import Path
 sys.path.insert(0, {repo!r})
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from kd_hydra.config import register_configs
-from kd_hydra.records import RunDirectory
-from kd_hydra.sweeps import record_outcome
+from kd_hydra.config.structured import register_configs
+from kd_hydra.records.run_directory import RunDirectory
+from kd_hydra.records.ledger import record_outcome
 
 register_configs()
 

@@ -1,7 +1,7 @@
 """kd-hydra's config as the code composes it: groups, their options, and every key with its type and default.
 
-Everything is read from a live composition (``kd_hydra.preflight``), so the description follows the
-structured configs (``kd_hydra/config.py``) and the YAML groups (``conf/``) as they are at build time.
+Everything is read from a live composition (``kd_hydra.config.compose``), so the description follows the
+structured configs (``kd_hydra/config/structured.py``) and the YAML groups (``conf/``) as they are at build time.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.nodes import AnyNode, BooleanNode, EnumNode, FloatNode, IntegerNode, StringNode
 
-from kd_hydra.preflight import CLONE_CONFIGS, compose, hydra_session
+from kd_hydra.config.compose import compose, hydra_session
+from kd_hydra.config.sources import CLONE_CONFIGS
 
 from .yaml_notes import YamlNotes, option_notes, read_notes
 

@@ -1,4 +1,4 @@
-"""The run-directory schema (``kd_hydra.schema``) as Markdown tables: metrics.json keys and history.csv columns.
+"""The run-directory schema (``kd_hydra.records.schema``) as Markdown tables: metrics.json keys and history.csv columns.
 
 The keys are the module's tuples at build time; each key's note is the comment beside it in the module's source.
 """
@@ -37,21 +37,21 @@ def _table(keys: Sequence[str], notes: dict[str, str], header: str) -> list[str]
 
 
 def metrics_table() -> str:
-    from kd_hydra import schema
+    from kd_hydra.records import schema
 
     notes = _source_notes(schema)
-    lines = [f"Schema version {schema.SCHEMA_VERSION} (`kd_hydra.schema.METRICS_KEYS`):", ""]
+    lines = [f"Schema version {schema.SCHEMA_VERSION} (`kd_hydra.records.schema.METRICS_KEYS`):", ""]
     return "\n".join(lines + _table(schema.METRICS_KEYS, notes, "key")) + "\n"
 
 
 def settings_list() -> str:
-    from kd_hydra import schema
+    from kd_hydra.records import schema
 
     return ", ".join(f"`{key}`" for key in schema.SETTINGS_KEYS)
 
 
 def history_table() -> str:
-    from kd_hydra import schema
+    from kd_hydra.records import schema
 
     notes = _source_notes(schema)
     keys = list(schema.HISTORY_LEADING_COLUMNS) + ["train_<part>"] + list(schema.HISTORY_TRAILING_COLUMNS)

@@ -3,11 +3,11 @@
 Before anything runs it composes and validates every job of the grid, adds one matched
 baseline-student job (``mode=student``) for each distinct non-loss setting of a distill grid, and
 one ``mode=teacher`` job for each distinct teacher the distill jobs need. Each job's directory is
-named from its settings (``kd_hydra.sweeps.job_dir_name``), so a rerun into the same
+named from its settings (``kd_hydra.sweeps.jobs.job_dir_name``), so a rerun into the same
 ``hydra.sweep.dir`` skips the jobs that already completed (``rerun``), continues interrupted ones
 and trains only new settings. Jobs run in two stages through the configured launcher: teachers
 and baselines first, then the distill jobs, which find their teacher in the store. A failed job
-never stops the others (``kd_hydra.sweeps.JobStatusCallback`` reports them).
+never stops the others (``kd_hydra.sweeps.status.JobStatusCallback`` reports them).
 """
 
 from __future__ import annotations
@@ -23,9 +23,11 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from omegaconf import DictConfig, OmegaConf
 
-from kd_hydra.config import Mode, validate
+from kd_hydra.config.checks import validate
+from kd_hydra.enums import Mode
 from kd_hydra.errors import KDHydraError
-from kd_hydra.sweeps import (
+from kd_hydra.records.ledger import write_plan
+from kd_hydra.sweeps.jobs import (
     JobState,
     Overrides,
     Planned,
@@ -40,7 +42,6 @@ from kd_hydra.sweeps import (
     teacher_job_overrides,
     teacher_key,
     varying_keys,
-    write_plan,
 )
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ class KDSweeper(BasicSweeper):
         The others (a method that cannot pair two architectures, say) get one line each, before any work, and
         are never started: the end-of-sweep report counts them.
         """
-        from kd_hydra.app import check_plans
+        from kd_hydra.run.app import check_plans
 
         refused = check_plans(configs)
         for number, error in refused.items():

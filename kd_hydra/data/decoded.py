@@ -1,6 +1,6 @@
 """Decoded images: a folder dataset decoded once into uint8 arrays under the cache directory.
 
-`<cache_dir>/decoded/<name>-<key>/` is a :class:`~kd_hydra.cache_entry.CacheEntry` holding x_train.npy,
+`<cache_dir>/decoded/<name>-<key>/` is a :class:`~kd_hydra.stores.cache_entry.CacheEntry` holding x_train.npy,
 y_train.npy, x_test.npy, y_test.npy and its seal. The key digests every file's bytes, relative path and label
 (and the decode settings), so any change of content gives a new entry. An entry is built under the entry's
 lock and sealed last (the SHA-256 of each array file, the class names and sizes); later loads verify the seal
@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kd_hydra.cache_entry import CacheEntry, file_sha256
 from kd_hydra.data.images import RGB_CHANNELS, parallel_map, read_image
 from kd_hydra.data.types import ArrayData, DatasetSpec, ImageFileDataset
 from kd_hydra.errors import ConfigError
-from kd_hydra.outputs import write_json
+from kd_hydra.records.files import write_json
+from kd_hydra.stores.cache_entry import CacheEntry, file_sha256
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from kd_hydra.data.config import DEFAULT_MAX_IMAGE_PIXELS
 from kd_hydra.data.image_header import declared_size
-from kd_hydra.dataset_config import DEFAULT_MAX_IMAGE_PIXELS
 from kd_hydra.errors import DataError
 
 #: Suffixes (lower case) taken as images; torchvision decodes JPEG, PNG, WebP and GIF.

@@ -9,9 +9,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from kd_hydra.data.config import check_dataset
 from kd_hydra.data.split import with_validation
 from kd_hydra.data.types import ArrayData, FolderData
-from kd_hydra.dataset_config import check_dataset
 from kd_hydra.errors import ConfigError, DataError
 from kd_hydra.instantiate import build
 

@@ -24,7 +24,7 @@ from .base import ADDED_KD_PART, DistillMethod
 from .checks import require_finite
 
 #: Keys of every ``loss`` node besides the method's own: its class, its label, and Hinton's added term
-#: (the defaults of the last two live in ``kd_hydra.config.RootConfig.loss``).
+#: (the defaults of the last two live in ``kd_hydra.config.structured.RootConfig.loss``).
 COMMON_KEYS = ("_target_", "name", "add_kd_weight", "add_kd_temperature")
 
 

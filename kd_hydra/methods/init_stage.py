@@ -15,9 +15,9 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor, nn
 
-from kd_hydra.runtime import Runtime
-from kd_hydra.teacher_outputs import TeacherSource
-from kd_hydra.train import BatchSource, DivergedError
+from kd_hydra.stores.teacher_outputs import TeacherSource
+from kd_hydra.train.runtime import Runtime
+from kd_hydra.train.trainer import BatchSource, DivergedError
 
 from .base import DistillMethod
 

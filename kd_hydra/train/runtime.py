@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from kd_hydra.config import Precision
+from kd_hydra.enums import Precision
 from kd_hydra.errors import ConfigError
 
 #: Devices where ``trainer.channels_last=null`` means on: CUDA, and the CPU, where it made the training step of

@@ -19,9 +19,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from kd_hydra import schema
 from kd_hydra.errors import ConfigError
-from kd_hydra.identity import (
+from kd_hydra.records import schema
+from kd_hydra.records.files import atomic_write_text, metrics_record, write_json
+from kd_hydra.records.identity import (
     digest,
     identity_differences,
     plain,
@@ -29,7 +30,6 @@ from kd_hydra.identity import (
     run_identity,
     training_settings,
 )
-from kd_hydra.outputs import atomic_write_text, metrics_record, write_json
 
 MODEL_FILE = "model.pt"
 CHECKPOINTS_DIR = "checkpoints"
@@ -64,7 +64,7 @@ def run_status(run_dir: Path) -> tuple[str, str | None]:
 
 
 def saved_identity(record: Mapping[str, Any]) -> dict[str, Any]:
-    """The identity a completed record describes (see :func:`kd_hydra.identity.run_identity`)."""
+    """The identity a completed record describes (see :func:`kd_hydra.records.identity.run_identity`)."""
     settings = record.get("settings")
     settings = settings if isinstance(settings, Mapping) else {}
     return run_identity(settings, record.get("data_digest"), record.get("teacher_id"))

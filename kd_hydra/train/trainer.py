@@ -1,6 +1,6 @@
 """The epoch loop: :class:`Trainer` holds its settings, ``fit`` trains a model through a method.
 
-Each epoch: train steps (teacher outputs from a :mod:`~kd_hydra.teacher_outputs` source), evaluation,
+Each epoch: train steps (teacher outputs from a :mod:`~kd_hydra.stores.teacher_outputs` source), evaluation,
 a history row, and the resumable training state. No host sync happens inside an epoch: loss parts and
 accuracy are summed on the device and read once.
 """
@@ -24,12 +24,12 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from kd_hydra.errors import CheckpointError, ConfigError, KDHydraError
-from kd_hydra.identity import identity_differences
 from kd_hydra.methods.base import DistillMethod, MethodBatch
 from kd_hydra.models.features import unwrap
-from kd_hydra.outputs import HistoryLog, atomic_write_bytes
-from kd_hydra.runtime import Runtime
-from kd_hydra.teacher_outputs import TeacherSource
+from kd_hydra.records.files import HistoryLog, atomic_write_bytes
+from kd_hydra.records.identity import identity_differences
+from kd_hydra.stores.teacher_outputs import TeacherSource
+from kd_hydra.train.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

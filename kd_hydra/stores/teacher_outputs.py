@@ -31,8 +31,8 @@ import torch
 from filelock import FileLock
 from torch import Tensor, nn
 
-from kd_hydra.cache_entry import CacheEntry, entry_name
-from kd_hydra.runtime import Runtime
+from kd_hydra.stores.cache_entry import CacheEntry, entry_name
+from kd_hydra.train.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +299,7 @@ def teacher_outputs(
     """The soft-label cache for logit methods on in-memory data (when enabled), else the live teacher.
 
     Methods that read features or a strongly augmented view (MLKD) always get the live teacher (with batch
-    statistics for OFD). ``ctx`` is the run's :class:`~kd_hydra.context.RunContext`.
+    statistics for OFD). ``ctx`` is the run's :class:`~kd_hydra.run.context.RunContext`.
     """
     outputs = _choose(teacher, teacher_sha256, method, feature_names, pipeline, ctx)
     if ctx.runtime.compile:
@@ -321,7 +321,7 @@ def _choose(
     if not getattr(pipeline, "supports_logit_cache", False):
         log.info("soft-label cache does not apply to this dataset pipeline: the teacher runs on every batch")
         return TeacherOutputs(LiveTeacher(teacher, runtime), "live")
-    from kd_hydra.identity import plain
+    from kd_hydra.records.identity import plain
 
     dtype = CACHE_DTYPES[str(plain(cache.dtype))]
     description = cache_description(

@@ -1,4 +1,4 @@
-"""Run-directory files (see :mod:`kd_hydra.schema`), each written atomically: temp file, then rename."""
+"""Run-directory files (see :mod:`kd_hydra.records.schema`), each written atomically: temp file, then rename."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from kd_hydra import schema
+from kd_hydra.records import schema
 
 #: Mode of a newly created file before the umask (what ``open(path, "w")`` would use).
 NEW_FILE_MODE = 0o666

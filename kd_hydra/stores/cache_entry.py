@@ -20,8 +20,8 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from kd_hydra.errors import CheckpointError, ConfigError
-from kd_hydra.identity import digest
-from kd_hydra.outputs import atomic_write_bytes, write_json
+from kd_hydra.records.files import atomic_write_bytes, write_json
+from kd_hydra.records.identity import digest
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from kd_hydra import schema
-from kd_hydra.outputs import atomic_write_text
-from kd_hydra.runtime import Runtime
+from kd_hydra.records import schema
+from kd_hydra.records.files import atomic_write_text
+from kd_hydra.train.runtime import Runtime
 
 TOP5 = 5
 
@@ -64,7 +64,7 @@ def evaluate_classes(
 
 
 def write_evaluation(out_dir: Path, evaluation: Evaluation, classes: Sequence[str]) -> None:
-    """``per_class.csv`` and ``confusion_matrix.csv`` (see :mod:`kd_hydra.schema`), each written atomically."""
+    """``per_class.csv`` and ``confusion_matrix.csv`` (see :mod:`kd_hydra.records.schema`), each written atomically."""
     per_class = io.StringIO()
     writer = csv.writer(per_class, lineterminator="\n")
     writer.writerow(schema.PER_CLASS_COLUMNS)

@@ -13,14 +13,14 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from kd_hydra import schema
-from kd_hydra.checkpoints import ArchSignature
 from kd_hydra.data import build_pipeline, load_dataset
 from kd_hydra.errors import ConfigError
-from kd_hydra.identity import plain
 from kd_hydra.instantiate import build
-from kd_hydra.loggers import RunLoggers
-from kd_hydra.runtime import Runtime, configure_threads, resolve_runtime
+from kd_hydra.models.checkpoints import ArchSignature
+from kd_hydra.records import schema
+from kd_hydra.records.identity import plain
+from kd_hydra.trackers.fanout import RunLoggers
+from kd_hydra.train.runtime import Runtime, configure_threads, resolve_runtime
 
 log = logging.getLogger(__name__)
 

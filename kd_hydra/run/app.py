@@ -20,25 +20,33 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from kd_hydra import schema
-from kd_hydra.checkpoints import save_checkpoint
-from kd_hydra.config import Mode, Resume, validate
-from kd_hydra.context import RunContext, open_context
+from kd_hydra.config.checks import validate
+from kd_hydra.enums import Mode, Resume
 from kd_hydra.errors import KDHydraError
-from kd_hydra.evaluation import evaluate_classes, write_evaluation
-from kd_hydra.identity import dataset_config_digest, digest, plain, run_identity, teacher_id, training_settings
-from kd_hydra.loggers import build_loggers
-from kd_hydra.loggers import run_identity as tracker_identity
 from kd_hydra.methods import DistillMethod, FeatureRequest, build_method
 from kd_hydra.methods.ce import CrossEntropy
 from kd_hydra.models import count_parameters
-from kd_hydra.outputs import HistoryLog, headline
-from kd_hydra.records import CHECKPOINTS_DIR, MODEL_FILE, RunDirectory, failure_reason, write_completed, write_failed
-from kd_hydra.runtime import with_precision
-from kd_hydra.sweeps import announce_job, record_outcome
-from kd_hydra.teacher_outputs import teacher_outputs
-from kd_hydra.teachers import Teacher, acquire_teacher, load_external, teacher_identity_of
-from kd_hydra.train import Checkpointing, DivergedError, FitResult, Snapshots, Trainer
+from kd_hydra.models.checkpoints import save_checkpoint
+from kd_hydra.records import schema
+from kd_hydra.records.files import HistoryLog, headline
+from kd_hydra.records.identity import dataset_config_digest, digest, plain, run_identity, teacher_id, training_settings
+from kd_hydra.records.ledger import announce_job, record_outcome
+from kd_hydra.records.run_directory import (
+    CHECKPOINTS_DIR,
+    MODEL_FILE,
+    RunDirectory,
+    failure_reason,
+    write_completed,
+    write_failed,
+)
+from kd_hydra.run.context import RunContext, open_context
+from kd_hydra.run.evaluation import evaluate_classes, write_evaluation
+from kd_hydra.stores.teacher_outputs import teacher_outputs
+from kd_hydra.stores.teachers import Teacher, acquire_teacher, load_external, teacher_identity_of
+from kd_hydra.trackers.base import run_identity as tracker_identity
+from kd_hydra.trackers.fanout import build_loggers
+from kd_hydra.train.runtime import with_precision
+from kd_hydra.train.trainer import Checkpointing, DivergedError, FitResult, Snapshots, Trainer
 
 log = logging.getLogger(__name__)
 

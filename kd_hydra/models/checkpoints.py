@@ -16,7 +16,7 @@ from torch import nn
 from kd_hydra.errors import CheckpointError
 from kd_hydra.models.features import unwrap
 from kd_hydra.models.published import IncompatiblePublishedCheckpoint, detect_published_layout, to_zoo_layout
-from kd_hydra.outputs import atomic_write_bytes
+from kd_hydra.records.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Teachers: the content-addressed store (train once, keep, verify) and the acquisition of a run's teacher.
 
 A stored teacher lives in ``<cache_dir>/teachers/<arch>-<dataset>-<key>/`` where ``key`` digests its
-:func:`~kd_hydra.identity.teacher_identity`; the entry holds ``model.pt``, ``history.csv`` and, while it
+:func:`~kd_hydra.records.identity.teacher_identity`; the entry holds ``model.pt``, ``history.csv`` and, while it
 trains, ``checkpoint.pt``; its seal (written last) makes it trusted. An external ``teacher.checkpoint`` is
 loaded instead, and its test accuracy is evaluated once per (checkpoint, data) and kept in
 ``<cache_dir>/teacher_evals/``.
@@ -23,13 +23,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from kd_hydra.cache_entry import DEFAULT_LOCK_TIMEOUT_S, CacheEntry, entry_name, file_sha256
-from kd_hydra.checkpoints import MODEL_FILE, ArchSignature, load_checkpoint, save_checkpoint
 from kd_hydra.errors import CheckpointError, ConfigError
-from kd_hydra.identity import digest, plain, teacher_id, teacher_identity
+from kd_hydra.models.checkpoints import MODEL_FILE, ArchSignature, load_checkpoint, save_checkpoint
 from kd_hydra.models.features import unwrap
-from kd_hydra.schema import HISTORY_FILE, TRAIN_STATE_FILE
-from kd_hydra.train import DivergedError
+from kd_hydra.records.identity import digest, plain, teacher_id, teacher_identity
+from kd_hydra.records.schema import HISTORY_FILE, TRAIN_STATE_FILE
+from kd_hydra.stores.cache_entry import DEFAULT_LOCK_TIMEOUT_S, CacheEntry, entry_name, file_sha256
+from kd_hydra.train.trainer import DivergedError
 
 log = logging.getLogger(__name__)
 
@@ -189,14 +189,14 @@ def evaluated_once(root: Path, description: Mapping[str, Any], evaluate: Callabl
 
 
 def teacher_identity_of(ctx: Any) -> dict[str, Any]:
-    """The identity of the run's teacher (see :func:`kd_hydra.identity.teacher_identity`)."""
+    """The identity of the run's teacher (see :func:`kd_hydra.records.identity.teacher_identity`)."""
     return teacher_identity(ctx.cfg, ctx.data_digest)
 
 
 def acquire_teacher(ctx: Any, model: nn.Module, checkpoint_sha256: str | None, train: TrainTeacher) -> Teacher:
     """The run's teacher on its device: ``teacher.checkpoint`` (already loaded into ``model``), else the store's.
 
-    ``ctx`` is the run's :class:`~kd_hydra.context.RunContext`; ``train`` trains a teacher the store lacks.
+    ``ctx`` is the run's :class:`~kd_hydra.run.context.RunContext`; ``train`` trains a teacher the store lacks.
     """
     cfg = ctx.cfg
     if checkpoint_sha256 is None:
@@ -208,7 +208,7 @@ def acquire_teacher(ctx: Any, model: nn.Module, checkpoint_sha256: str | None, t
     pipeline = ctx.pipeline(cfg.trainer.batch_size, cfg.trainer.seed)
 
     def test_accuracy() -> float:
-        from kd_hydra.train import evaluate
+        from kd_hydra.train.trainer import evaluate
 
         return evaluate(model, pipeline.test_batches(), ctx.runtime).acc
 

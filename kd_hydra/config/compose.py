@@ -26,40 +26,17 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from kd_hydra.config import Mode, register_configs
-from kd_hydra.config_files import check_config_files
-from kd_hydra.dataset_config import check_dataset
+from kd_hydra.config.files import check_config_files
+from kd_hydra.config.objective import check_optimized_metric
+from kd_hydra.config.search_space import check_no_hydra_sweep, check_optuna_sweep
+from kd_hydra.config.sources import CONFIG_NAME, JOB_NAME, config_directories, config_source
+from kd_hydra.config.structured import register_configs
+from kd_hydra.data.config import check_dataset
+from kd_hydra.enums import Mode
 from kd_hydra.errors import ConfigError
-from kd_hydra.objective import check_optimized_metric
-from kd_hydra.search_space import check_no_hydra_sweep, check_optuna_sweep
-
-CONFIG_NAME = "config"
-#: Hydra job name: the run log is ``<run dir>/run.log`` whichever entrypoint started the job.
-JOB_NAME = "run"
-#: The configs inside an installed package (``conf/`` of the repository, shipped as ``kd_hydra/conf``).
-PACKAGED_CONFIGS = "pkg://kd_hydra.conf"
-#: The configs of a clone (or an editable install): the repository's top-level ``conf/``.
-CLONE_CONFIGS = Path(__file__).resolve().parents[1] / "conf"
 
 _AMBIGUOUS = re.compile(r"Ambiguous value for argument '([^=']+)=([^']*)'")
 _ALREADY_THERE = re.compile(r"An item is already at '([^']+)'")
-
-
-def config_directories(config_dir: str | os.PathLike | None = None) -> list[Path]:
-    """The directories of the config search path: ``config_dir`` (when given) and kd-hydra's own configs."""
-    source = config_source()
-    if source == PACKAGED_CONFIGS:
-        from importlib.resources import files
-
-        own = Path(str(files("kd_hydra.conf")))
-    else:
-        own = Path(source)
-    return ([Path(config_dir).absolute()] if config_dir is not None else []) + [own]
-
-
-def config_source() -> str:
-    """Where the configs are: the clone's ``conf/`` directory when there is one, else the installed package."""
-    return str(CLONE_CONFIGS) if (CLONE_CONFIGS / f"{CONFIG_NAME}.yaml").is_file() else PACKAGED_CONFIGS
 
 
 @contextlib.contextmanager

@@ -14,8 +14,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from kd_hydra.errors import ConfigError
 
-#: The schedule whose milestones are fractions of the run's epochs (kd_hydra.optim.step_schedule).
-FRACTION_MILESTONES_TARGETS = ("kd_hydra.optim.step_schedule",)
+#: The schedule whose milestones are fractions of the run's epochs (kd_hydra.train.schedules.step_schedule).
+FRACTION_MILESTONES_TARGETS = ("kd_hydra.train.schedules.step_schedule",)
 
 
 def _is_number(value: Any) -> bool:

@@ -1,0 +1,109 @@
+"""The sweep ledger: ``<sweep>/.kd-hydra/plan.json`` and ``outcomes.jsonl``, written by every job in whatever process.
+
+The sweeper writes the plan; each job announces itself (``job k of N``) and appends its outcome; the status
+callback reads them at the end of the multirun.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from filelock import FileLock
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+#: The sweep's bookkeeping: the planned job directories and each job's outcome, one JSON line per job.
+LEDGER_DIR = ".kd-hydra"
+
+
+PLAN_FILE = "plan.json"
+
+
+OUTCOMES_FILE = "outcomes.jsonl"
+
+
+def ledger_dir(sweep_dir: Path) -> Path:
+    return Path(sweep_dir) / LEDGER_DIR
+
+
+def write_plan(sweep_dir: Path, dir_names: Sequence[str], to_run: Sequence[str]) -> None:
+    """Record the job directories this multirun must finish, and those it runs now in launch order."""
+    from kd_hydra.records.files import write_json
+
+    plan = {"jobs": list(dir_names), "to_run": list(to_run), "started": time.time()}
+    write_json(ledger_dir(sweep_dir) / PLAN_FILE, plan)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def announce_job(run_dir: Path) -> None:
+    """Log ``job k of N`` of the current multirun with an ETA from the jobs done so far (nothing in a single run)."""
+    try:
+        if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+            return
+        sweep_dir = Path(HydraConfig.get().sweep.dir)
+        plan = json.loads((ledger_dir(sweep_dir) / PLAN_FILE).read_text())
+        to_run, started = list(plan["to_run"]), float(plan["started"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    name = Path(run_dir).name
+    position = to_run.index(name) + 1 if name in to_run else len(read_outcomes(sweep_dir)) + 1
+    done = len(read_outcomes(sweep_dir))
+    eta = "ETA unknown until a job ends"
+    if done:
+        eta = f"ETA {_duration((time.time() - started) / done * max(len(to_run) - done, 0))}"
+    log.info("job %d of %d (%s): %s", position, len(to_run), eta, name)
+
+
+def record_outcome(run_dir: Path, status: str, reason: str | None) -> None:
+    """Append a job's outcome to its sweep's ledger (nothing outside a multirun); never raises."""
+    try:
+        if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+            return
+        ledger = ledger_dir(Path(HydraConfig.get().sweep.dir))
+        ledger.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({"dir": Path(run_dir).name, "status": status, "reason": reason})
+        with FileLock(str(ledger / (OUTCOMES_FILE + ".lock"))), open(ledger / OUTCOMES_FILE, "a") as handle:
+            handle.write(line + "\n")
+    except Exception as error:  # bookkeeping must never fail a job
+        log.warning("could not record the job's outcome in the sweep ledger: %s", error)
+
+
+def read_outcomes(sweep_dir: Path) -> dict[str, tuple[str, str | None]]:
+    """Job directory name -> (status, reason) of the jobs this multirun ran (the last line of each wins)."""
+    outcomes: dict[str, tuple[str, str | None]] = {}
+    try:
+        lines = (ledger_dir(sweep_dir) / OUTCOMES_FILE).read_text().splitlines()
+    except OSError:
+        return outcomes
+    for line in lines:
+        try:
+            entry = json.loads(line)
+            outcomes[str(entry["dir"])] = (str(entry["status"]), entry.get("reason"))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return outcomes
+
+
+def planned_jobs(sweep_dir: Path, config: DictConfig) -> list[str] | int | None:
+    """The planned job directories (kd sweeper), the trial count (Optuna), or None when unknown."""
+    try:
+        jobs = json.loads((ledger_dir(sweep_dir) / PLAN_FILE).read_text())["jobs"]
+        if isinstance(jobs, list):
+            return [str(j) for j in jobs]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    trials = OmegaConf.select(config, "hydra.sweeper.n_trials", default=None)
+    return trials if isinstance(trials, int) else None
