@@ -1,51 +1,49 @@
-"""Datasets (loaders returning `ArrayData` / `FolderData`) and the batch pipelines that feed training."""
+"""Datasets (loaders returning `ArrayData` / `FolderData`) and the batch pipelines that feed training.
 
-from kd_hydra.data.arrays import load_arrays
-from kd_hydra.data.augment import channel_mean_std, crop_flip, normalization_constants, normalize, sample_crop_flip
-from kd_hydra.data.cifar import load_cifar
-from kd_hydra.data.digits import load_digits
-from kd_hydra.data.folder import load_folder
-from kd_hydra.data.load import check_required, instantiate_loader, load_dataset
-from kd_hydra.data.pipeline import (
-    AugmentConfig,
-    EpochPlan,
-    InMemoryPipeline,
-    LoaderPipeline,
-    build_pipeline,
-    epoch_seed,
-    make_epoch_plan,
-)
-from kd_hydra.data.split import stratified_split, with_validation
-from kd_hydra.data.synthetic import load_synthetic
-from kd_hydra.data.tiny_imagenet import load_tiny_imagenet
-from kd_hydra.data.types import ArrayData, DatasetSpec, FolderData, ImageFileDataset
+The names below are served on first use (``kd_hydra.data.load_cifar`` in a YAML ``_target_`` imports its module
+then), so importing a submodule such as :mod:`kd_hydra.data.config` does not import torch.
+"""
 
-__all__ = [
-    "ArrayData",
-    "AugmentConfig",
-    "DatasetSpec",
-    "EpochPlan",
-    "FolderData",
-    "ImageFileDataset",
-    "InMemoryPipeline",
-    "LoaderPipeline",
-    "build_pipeline",
-    "channel_mean_std",
-    "check_required",
-    "crop_flip",
-    "epoch_seed",
-    "instantiate_loader",
-    "load_arrays",
-    "load_cifar",
-    "load_dataset",
-    "load_digits",
-    "load_folder",
-    "load_synthetic",
-    "load_tiny_imagenet",
-    "make_epoch_plan",
-    "normalization_constants",
-    "normalize",
-    "sample_crop_flip",
-    "stratified_split",
-    "with_validation",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: Public name -> the submodule that defines it.
+_EXPORTS = {
+    "ArrayData": "types",
+    "AugmentConfig": "pipeline",
+    "DatasetSpec": "types",
+    "EpochPlan": "pipeline",
+    "FolderData": "types",
+    "ImageFileDataset": "types",
+    "InMemoryPipeline": "pipeline",
+    "LoaderPipeline": "pipeline",
+    "build_pipeline": "pipeline",
+    "channel_mean_std": "augment",
+    "check_required": "load",
+    "crop_flip": "augment",
+    "epoch_seed": "pipeline",
+    "instantiate_loader": "load",
+    "load_arrays": "arrays",
+    "load_cifar": "cifar",
+    "load_dataset": "load",
+    "load_digits": "digits",
+    "load_folder": "folder",
+    "load_synthetic": "synthetic",
+    "load_tiny_imagenet": "tiny_imagenet",
+    "make_epoch_plan": "pipeline",
+    "normalization_constants": "augment",
+    "normalize": "augment",
+    "sample_crop_flip": "augment",
+    "stratified_split": "split",
+    "with_validation": "split",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
