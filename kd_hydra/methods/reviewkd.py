@@ -74,9 +74,9 @@ class ReviewKD(DistillMethod):
         self.warmup = warmup
         self.student_preact = student_preact
         self.max_mid_channels = max_mid_channels
-        self.warmup_factor = warmup_factor(1, warmup)
-        self.out_sizes: list[tuple[int, int]] = []
         self.abfs: nn.ModuleList | None = None
+        self.out_sizes: list[tuple[int, int]] = []
+        self.warmup_factor = warmup_factor(1, warmup)
 
     @classmethod
     def validate_config(cls, loss: Mapping[str, Any]) -> None:
