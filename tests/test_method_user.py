@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from method_helpers import common_loss_keys, unassigned_reads, unkept_settings
+from omegaconf import OmegaConf
 
 from conftest import REPO, TINY, Workspace, read_metrics
 from kd_hydra.errors import ConfigError
-from kd_hydra.methods import build_method, validate_method_config
+from kd_hydra.methods import MethodBatch, build_method, validate_method_config
 
 
 def readme_example() -> tuple[str, str]:
@@ -47,6 +49,7 @@ def test_the_readme_example_runs_validates_and_reports_like_a_built_in(user_dir:
     run_dir, _ = workspace.single("user", "--config-dir", config_dir, *TINY, "loss=logit_mse")
     metrics = read_metrics(run_dir)
     assert metrics["method"] == "logit_mse" and metrics["settings"]["loss.mse_weight"] == 0.1
+    assert all(metrics["settings"][f"loss.{key}"] == value for key, value in common_loss_keys().items())
     rows = history(run_dir)
     assert len(rows) == 2 and all(float(row["train_mse"]) > 0 for row in rows)
     total = [float(r["train_loss"]) for r in rows]
@@ -61,6 +64,20 @@ def test_the_readme_example_runs_validates_and_reports_like_a_built_in(user_dir:
         "typo", "--config-dir", config_dir, *TINY, "loss=logit_mse", "+loss.mse_wieght=1", expect=2
     )
     assert "loss.mse_wieght" in typo.stderr and "mse_weight" in typo.stderr
+
+
+def test_the_readme_example_assigns_what_it_reads_and_takes_the_added_term(user_dir: Path):
+    import my_methods
+
+    assert unassigned_reads(my_methods.LogitMatching) == set()
+    node = {**common_loss_keys(), **OmegaConf.to_container(OmegaConf.load(user_dir / "my_conf/loss/logit_mse.yaml"))}
+    assert unkept_settings(build_method(node)) == []
+    method = build_method({**node, "add_kd_weight": 0.5})
+    batch = MethodBatch(torch.randn(4, 3), torch.arange(4) % 3, torch.arange(4), torch.randn(4, 3))
+    out = method(batch)
+    assert list(out.parts) == list(method.parts) == ["ce", "mse", "kd"]
+    parts = out.parts["ce"] + 0.1 * out.parts["mse"] + 0.5 * out.parts["kd"]
+    torch.testing.assert_close(out.total, parts)
 
 
 @pytest.mark.parametrize(
@@ -108,8 +125,12 @@ def test_a_user_method_with_parts_and_extra_state_checkpoints_and_checks_types(
     (tmp_path / "user_state.py").write_text(USER_METHOD_WITH_STATE)
     monkeypatch.syspath_prepend(str(tmp_path))
     loss = {"_target_": "user_state.LearnedScale", "name": "scaled", "num_classes": 10, "tag": None}
+    loss.update(common_loss_keys())
     method = build_method(loss)
     assert method.name == "scaled" and "num_classes=10, tag=None" in repr(method)
+    import user_state
+
+    assert unassigned_reads(user_state.LearnedScale) == set() and unkept_settings(method) == []
     with pytest.raises(ConfigError, match="loss.num_classes: must be an integer"):
         validate_method_config({**loss, "num_classes": "ten"})
     with pytest.raises(ConfigError, match="loss.tag: must be a string or null"):

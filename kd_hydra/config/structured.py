@@ -71,18 +71,13 @@ class TeacherTrainingConfig:
     scheduler: Any = MISSING
 
 
-#: ``loss.*`` keys every method takes besides its own (kd_hydra.methods.COMMON_KEYS): Hinton's term added
-#: to any method, ``add_kd_weight * T^2 KL`` at ``add_kd_temperature`` (RepDistiller's -a/--kd_T); 0: off.
-LOSS_COMMON_DEFAULTS = {"add_kd_weight": 0.0, "add_kd_temperature": 4.0}
-
-
 @dataclass
 class RootConfig:
     mode: Mode = Mode.distill
     dataset: DatasetSchema = MISSING  # kd_hydra.data.config: the same keys for every dataset
     teacher: Any = MISSING
     student: Any = MISSING
-    loss: Any = field(default_factory=lambda: dict(LOSS_COMMON_DEFAULTS))  # the method's keys merge in
+    loss: Any = MISSING  # the keys every method shares (conf/config.yaml), then conf/loss/<name>.yaml
     optimizer: Any = MISSING
     scheduler: Any = MISSING
     trainer: TrainerConfig = field(default_factory=TrainerConfig)

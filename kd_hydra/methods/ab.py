@@ -41,6 +41,11 @@ class AB(DistillMethod):
         self, *, ce_weight: float, ab_weight: float, margin: float, init_epochs: int, init_lr: float | None
     ) -> None:
         super().__init__()
+        self.ce_weight = ce_weight
+        self.ab_weight = ab_weight
+        self.margin = margin
+        self.init_epochs = init_epochs
+        self.init_lr = init_lr
         self.connectors: nn.ModuleList | None = None
 
     @classmethod
@@ -81,6 +86,6 @@ class AB(DistillMethod):
             with torch.no_grad():
                 ab = self.eval().boundary_loss(batch.student_features, batch.teacher_features)
             self.train(training)
-            return LossOutput(total=self.ce_weight * ce, parts={"ce": ce, "ab": ab})
-        ab = self.boundary_loss(batch.student_features, batch.teacher_features)
-        return self.weighted_loss({"ce": ce, "ab": ab})
+        else:
+            ab = self.boundary_loss(batch.student_features, batch.teacher_features)
+        return self.weighted_loss(batch, {"ce": ce, "ab": ab})

@@ -23,6 +23,9 @@ class AT(PairedStagesMethod):
 
     def __init__(self, *, ce_weight: float, at_weight: float, p: float) -> None:
         super().__init__()
+        self.ce_weight = ce_weight
+        self.at_weight = at_weight
+        self.p = p
 
     @classmethod
     def validate_config(cls, loss: Mapping[str, Any]) -> None:
@@ -32,4 +35,4 @@ class AT(PairedStagesMethod):
     def forward(self, batch: MethodBatch) -> LossOutput:
         ce = cross_entropy(batch.student_logits, batch.targets)
         at = attention_transfer_loss(*self.requested(batch.student_features, batch.teacher_features), self.p)
-        return self.weighted_loss({"ce": ce, "at": at})
+        return self.weighted_loss(batch, {"ce": ce, "at": at})

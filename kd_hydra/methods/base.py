@@ -8,23 +8,21 @@ nothing else about it.
 
 Its settings are the keyword-only parameters of ``__init__``, typed and without defaults: the values are
 written once, in the method's YAML (``conf/loss/<name>.yaml``), and the signature gives the keys and their
-types (checked by :func:`kd_hydra.methods.validate_method_config`). The base class keeps each argument as an
-attribute of the same name, converted to its annotated type (``float``, ``int``, ``bool``, ``str``, or one
-of them or None), before the subclass's ``__init__`` body goes on after ``super().__init__()``; that gives
-:meth:`DistillMethod.extra_repr` too. Every ``<name>_weight`` setting is a weight >= 0 (checked by the
-default :meth:`DistillMethod.validate_config`), and :meth:`DistillMethod.weighted_loss` sums the parts,
-each times its weight. Python-side state beyond parameters and buffers goes through torch's
-``get_extra_state``/``set_extra_state`` (it travels inside ``state_dict``).
+types (checked, and converted to the annotated type, by :func:`kd_hydra.methods.build_method` before the
+class is called). ``__init__`` keeps each setting as an attribute of the same name (``self.temperature =
+temperature``), which :meth:`DistillMethod.extra_repr` shows. Every ``<name>_weight`` setting is a weight >= 0
+(checked by the default :meth:`DistillMethod.validate_config`), and :meth:`DistillMethod.weighted_loss` sums
+the parts, each times its weight, plus Hinton's added term where the ``loss`` node asks for it. Python-side
+state beyond parameters and buffers goes through torch's ``get_extra_state``/``set_extra_state`` (it travels
+inside ``state_dict``).
 """
 
 from __future__ import annotations
 
 import inspect
-import types
-import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, NamedTuple, Union
+from typing import Any, ClassVar, NamedTuple
 
 from torch import Tensor, nn
 
@@ -36,29 +34,11 @@ from .checks import require_weights
 #: Feature shapes from the probe forward, per feature point, without the batch dimension.
 FeatureShapes = Mapping[str, tuple[int, ...]]
 
-#: The history part of Hinton's term added to any method (``loss.add_kd_weight``).
+#: The history part of Hinton's term added to any method (weighed by ``loss.add_kd_weight``).
 ADDED_KD_PART = "kd"
 
 #: The ending of the settings that weigh a loss part (``ce_weight``, ``kd_weight``...): each a weight >= 0.
 WEIGHT_SUFFIX = "_weight"
-
-#: Where :meth:`DistillMethod.__new__` leaves the constructor's arguments for :meth:`DistillMethod.__init__`.
-_PENDING_SETTINGS = "_pending_settings"
-
-_CONVERTERS: dict[Any, Any] = {float: float, int: int, bool: bool, str: str}
-
-
-def _converted(value: Any, hint: Any) -> Any:
-    """``value`` as its annotation's plain type (``float | None``: None stays); other annotations unchanged."""
-    if value is None:
-        return None
-    if hint in _CONVERTERS:
-        return _CONVERTERS[hint](value)
-    if typing.get_origin(hint) in (Union, types.UnionType):
-        plain = [arg for arg in typing.get_args(hint) if arg is not type(None)]
-        if len(plain) == 1 and plain[0] in _CONVERTERS:
-            return _CONVERTERS[plain[0]](value)
-    return value
 
 
 @dataclass(frozen=True)
@@ -103,8 +83,8 @@ class DistillMethod(nn.Module):
     - ``name``: the label in logs and metrics; ``loss.name`` when built from a config, else the module's name.
 
     Methods that read intermediate features override :meth:`feature_request`; they run the teacher
-    live, while logit-only methods can read the soft-label cache. Any method can add Hinton's term
-    (:meth:`add_hinton_term`, ``loss.add_kd_weight``/``loss.add_kd_temperature``).
+    live, while logit-only methods can read the soft-label cache. Hinton's term added to a method
+    (``loss.add_kd_weight``/``loss.add_kd_temperature``) is one more part of :meth:`weighted_loss`.
     """
 
     name: ClassVar[str] = ""
@@ -123,26 +103,12 @@ class DistillMethod(nn.Module):
         if "name" not in cls.__dict__:
             cls.name = cls.__module__.rsplit(".", 1)[-1]
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> DistillMethod:
-        method = super().__new__(cls)
-        if args or kwargs:  # not when copy/pickle recreate an instance (its attributes follow)
-            bound = inspect.signature(cls.__init__).bind(method, *args, **kwargs)
-            bound.apply_defaults()
-            settings = {key: bound.arguments[key] for key in cls.config_keys()}
-            object.__setattr__(method, _PENDING_SETTINGS, settings)
-        return method
-
     def __init__(self) -> None:
         super().__init__()
-        self.add_kd_weight = 0.0
-        self.add_kd_temperature = 0.0
         self.request = FeatureRequest()
-        settings = self.__dict__.pop(_PENDING_SETTINGS, {})
-        hints = self.setting_types()
-        for key, value in settings.items():
-            setattr(self, key, _converted(value, hints.get(key)))
-
-    # -- the settings, from the signature ----------------------------------------------------------------
+        # Hinton's added term: none until build_method adds it from the loss node (add_hinton_term)
+        self.add_kd_weight: float | None = None
+        self.add_kd_temperature: float | None = None
 
     @classmethod
     def config_keys(cls) -> tuple[str, ...]:
@@ -151,14 +117,6 @@ class DistillMethod(nn.Module):
         return tuple(
             p.name for p in parameters if p.name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
         )
-
-    @classmethod
-    def setting_types(cls) -> dict[str, Any]:
-        """The annotations of the settings; empty where one does not evaluate here (a TYPE_CHECKING import)."""
-        try:
-            return typing.get_type_hints(cls.__init__)
-        except Exception:
-            return {}
 
     def extra_repr(self) -> str:
         settings = [f"{key}={getattr(self, key, '?')}" for key in self.config_keys()]
@@ -175,18 +133,37 @@ class DistillMethod(nn.Module):
         """
         require_weights(loss, *(key for key in cls.config_keys() if key.endswith(WEIGHT_SUFFIX)))
 
-    def weighted_loss(self, parts: dict[str, Tensor], factors: Mapping[str, float] | None = None) -> LossOutput:
-        """The parts (``ce`` first) and their total ``sum(<part>_weight * part)``, in order.
+    def add_hinton_term(self, weight: float, temperature: float) -> None:
+        """Add ``weight * T^2 KL(softmax(t/T) || softmax(s/T))`` as part ``kd`` (RepDistiller's ``-a``); 0: none."""
+        self.add_kd_weight = weight
+        self.add_kd_temperature = temperature
+        added = (ADDED_KD_PART,) if weight else ()
+        self.parts = (*type(self).parts, *added)  # type: ignore[misc]  (an instance value)
+
+    def weighted_loss(
+        self, batch: MethodBatch, parts: dict[str, Tensor], factors: Mapping[str, float] | None = None
+    ) -> LossOutput:
+        """The parts (``ce`` first, then Hinton's added term if any) and their total ``sum(<part>_weight * part)``.
 
         ``factors`` scale a part's weight (a warm-up): ``(factor * <part>_weight) * part``.
         """
+        if self.add_kd_weight:
+            kd = soft_target_kl(batch.student_logits, batch.teacher_logits, self.add_kd_temperature)
+            parts = {**parts, ADDED_KD_PART: kd}
         terms = []
         for name, value in parts.items():
-            weight = getattr(self, self.weight_keys.get(name, name + WEIGHT_SUFFIX))
+            weight = getattr(self, self.weight_key(name))
             if factors and name in factors:
                 weight = factors[name] * weight
             terms.append(weight * value)
         return LossOutput(total=sum(terms[1:], terms[0]), parts=parts)
+
+    def weight_key(self, part: str) -> str:
+        """The setting that weighs ``part``: ``weight_keys[part]``, ``add_kd_weight`` for the added term, else
+        ``<part>_weight``."""
+        if part == ADDED_KD_PART and part not in type(self).parts:
+            return "add_kd_weight"
+        return self.weight_keys.get(part, part + WEIGHT_SUFFIX)
 
     # -- what the trainer calls ------------------------------------------------------------------------
 
@@ -262,19 +239,3 @@ class DistillMethod(nn.Module):
 
     def forward(self, batch: MethodBatch) -> LossOutput:  # pragma: no cover - abstract
         raise NotImplementedError
-
-    # -- Hinton's term on top of any method (RepDistiller's -a weight) ------------------------------------
-
-    def add_hinton_term(self, weight: float, temperature: float) -> None:
-        """Add ``weight * T^2 KL(softmax(t/T) || softmax(s/T))`` to the total, as part ``kd``; weight 0: off."""
-        self.add_kd_weight = float(weight)
-        self.add_kd_temperature = float(temperature)
-        added = (ADDED_KD_PART,) if self.add_kd_weight else ()
-        self.parts = (*type(self).parts, *added)  # type: ignore[misc]  (an instance value)
-
-    def __call__(self, batch: MethodBatch) -> LossOutput:
-        output: LossOutput = super().__call__(batch)
-        if not self.add_kd_weight:
-            return output
-        kd = soft_target_kl(batch.student_logits, batch.teacher_logits, self.add_kd_temperature)
-        return LossOutput(output.total + self.add_kd_weight * kd, {**output.parts, ADDED_KD_PART: kd})

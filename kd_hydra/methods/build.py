@@ -3,7 +3,8 @@
 The class named by ``_target_`` may live anywhere importable (kd-hydra's ``kd_hydra.methods.<module>`` or
 a user's module on ``PYTHONPATH``); it must subclass :class:`~kd_hydra.methods.base.DistillMethod`.
 Besides the class's own keys (its ``__init__`` parameters) a ``loss`` node holds the keys every method
-shares, :data:`COMMON_KEYS`.
+shares, :data:`COMMON_KEYS`. The values are checked against the signature's annotations and converted to them
+(an integer given for a ``float`` setting becomes a float) before the class is called.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ from .base import ADDED_KD_PART, DistillMethod
 from .checks import require_finite
 
 #: Keys of every ``loss`` node besides the method's own: its class, its label, and Hinton's added term
-#: (the defaults of the last two live in ``kd_hydra.config.structured.RootConfig.loss``).
+#: (the defaults of the last two: the ``loss`` node of ``conf/config.yaml``, under every ``loss=<name>``).
 COMMON_KEYS = ("_target_", "name", "add_kd_weight", "add_kd_temperature")
+
+_PLAIN_TYPES: dict[Any, type] = {float: float, int: int, bool: bool, str: str}
 
 
 def _plain(loss: Any) -> dict[str, Any]:
@@ -50,6 +53,46 @@ def method_class(loss: Mapping[str, Any]) -> type[DistillMethod]:
             "loss._target_", f"{target} is not a subclass of kd_hydra.methods.DistillMethod (got {cls!r})"
         )
     return cls
+
+
+def setting_types(cls: type[DistillMethod]) -> dict[str, Any]:
+    """The evaluated annotations of the class's settings; ConfigError naming ``loss._target_`` and the
+    parameter whose annotation does not evaluate here (a name imported only under TYPE_CHECKING)."""
+    init = cls.__init__
+    try:
+        return typing.get_type_hints(init)
+    except Exception as error:  # NameError, TypeError, SyntaxError...: whatever evaluating an annotation raised
+        failing = _unevaluable_parameter(init)
+        raise ConfigError(
+            "loss._target_",
+            f"the annotation of {cls.__module__}.{cls.__qualname__}'s setting {failing} does not evaluate "
+            f"({type(error).__name__}: {error}); annotate it with a type importable at run time",
+        ) from None
+
+
+def _unevaluable_parameter(init: Any) -> str:
+    """The first parameter of ``init`` whose annotation alone does not evaluate in its module."""
+    for key, annotation in init.__annotations__.items():
+        single = types.SimpleNamespace(__annotations__={key: annotation})
+        try:
+            typing.get_type_hints(single, globalns=init.__globals__)
+        except Exception:
+            return key
+    return "(unknown)"
+
+
+def converted(value: Any, hint: Any) -> Any:
+    """``value`` as its annotation's plain type (``float``, ``int``, ``bool``, ``str``, or one of them or None:
+    None stays); values of other annotations unchanged."""
+    if value is None:
+        return None
+    if hint in _PLAIN_TYPES:
+        return _PLAIN_TYPES[hint](value)
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        plain = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        if len(plain) == 1 and plain[0] in _PLAIN_TYPES:
+            return _PLAIN_TYPES[plain[0]](value)
+    return value
 
 
 def _describe(hint: Any) -> str:
@@ -106,7 +149,7 @@ def check_keys_and_types(cls: type[DistillMethod], loss: Mapping[str, Any]) -> N
     missing = [key for key in keys if key not in loss]
     if missing:
         raise ConfigError(f"loss.{missing[0]}", f"missing: {loss['_target_']} needs a value for it in its YAML")
-    hints = cls.setting_types()  # empty where an annotation does not evaluate here: keys only
+    hints = setting_types(cls)
     for key in keys:
         hint = hints.get(key, inspect.Parameter.empty)
         if not _matches(loss[key], hint):
@@ -117,8 +160,11 @@ def check_keys_and_types(cls: type[DistillMethod], loss: Mapping[str, Any]) -> N
 
 
 def _check_added_kd(cls: type[DistillMethod], loss: Mapping[str, Any]) -> None:
-    if "add_kd_weight" not in loss:
-        return
+    missing = [key for key in ("add_kd_weight", "add_kd_temperature") if key not in loss]
+    if missing:
+        raise ConfigError(
+            f"loss.{missing[0]}", "missing: every loss node has it (the loss node of conf/config.yaml gives it)"
+        )
     if require_finite(loss, "add_kd_weight", minimum=0.0) and ADDED_KD_PART in cls.parts:
         raise ConfigError(
             "loss.add_kd_weight", f"{loss['name']} already has Hinton's term (part '{ADDED_KD_PART}'); keep it 0"
@@ -139,12 +185,14 @@ def validate_method_config(loss: Any) -> type[DistillMethod]:
 
 
 def build_method(loss: Any) -> DistillMethod:
-    """The method of a ``loss`` node, checked by :func:`validate_method_config`, with its name and added term."""
+    """The method of a ``loss`` node, checked by :func:`validate_method_config`, its settings converted to their
+    annotated types, with its name and Hinton's added term."""
     values = _plain(loss)
     cls = validate_method_config(values)
-    method = cls(**{key: values[key] for key in cls.config_keys()})
+    hints = setting_types(cls)
+    method = cls(**{key: converted(values[key], hints.get(key)) for key in cls.config_keys()})
     method.name = values["name"]  # type: ignore[misc]  (the instance's label)
-    method.add_hinton_term(values.get("add_kd_weight", 0.0), values.get("add_kd_temperature", 1.0))
+    method.add_hinton_term(float(values["add_kd_weight"]), float(values["add_kd_temperature"]))
     return method
 
 

@@ -39,6 +39,12 @@ class CC(PooledFeatureMethod):
         max_p: int,
     ) -> None:
         super().__init__()
+        self.ce_weight = ce_weight
+        self.cc_weight = cc_weight
+        self.feat_dim = feat_dim
+        self.kernel = kernel
+        self.gamma = gamma
+        self.max_p = max_p
         self.embed_student: nn.Linear | None = None
         self.embed_teacher: nn.Linear | None = None
 
@@ -66,4 +72,4 @@ class CC(PooledFeatureMethod):
             cc = correlation_congruence_gaussian_loss(e_s, e_t, self.gamma, self.max_p)
         else:
             cc = correlation_congruence_loss(e_s, e_t)
-        return self.weighted_loss({"ce": ce, "cc": cc})
+        return self.weighted_loss(batch, {"ce": ce, "cc": cc})

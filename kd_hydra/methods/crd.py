@@ -150,6 +150,12 @@ class CRD(PooledFeatureMethod):
         self, *, ce_weight: float, crd_weight: float, feat_dim: int, nce_k: int, nce_t: float, momentum: float
     ) -> None:
         super().__init__()
+        self.ce_weight = ce_weight
+        self.crd_weight = crd_weight
+        self.feat_dim = feat_dim
+        self.nce_k = nce_k
+        self.nce_t = nce_t
+        self.momentum = momentum
         self.embed_student: CRDEmbed | None = None
         self.embed_teacher: CRDEmbed | None = None
         self.memory: ContrastMemory | None = None
@@ -182,4 +188,4 @@ class CRD(PooledFeatureMethod):
         student_scores, teacher_scores = self.memory(student, teacher, batch.sample_indices)
         num_data = self.memory.num_data
         crd = crd_nce_loss(student_scores, num_data) + crd_nce_loss(teacher_scores, num_data)
-        return self.weighted_loss({"ce": ce, "crd": crd})
+        return self.weighted_loss(batch, {"ce": ce, "crd": crd})

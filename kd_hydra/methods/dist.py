@@ -31,6 +31,12 @@ class DIST(DistillMethod):
         standardize: bool,
     ) -> None:
         super().__init__()
+        self.ce_weight = ce_weight
+        self.dist_weight = dist_weight
+        self.beta = beta
+        self.gamma = gamma
+        self.temperature = temperature
+        self.standardize = standardize
 
     @classmethod
     def validate_config(cls, loss: Mapping[str, Any]) -> None:
@@ -44,4 +50,4 @@ class DIST(DistillMethod):
             student, teacher = standardize_logits(student), standardize_logits(teacher)
         ce = cross_entropy(batch.student_logits, batch.targets)
         dist = dist_loss(student, teacher, self.beta, self.gamma, self.temperature)
-        return self.weighted_loss({"ce": ce, "dist": dist})
+        return self.weighted_loss(batch, {"ce": ce, "dist": dist})

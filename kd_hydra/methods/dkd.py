@@ -37,7 +37,14 @@ class DKD(DistillMethod):
         standardize: bool,
     ) -> None:
         super().__init__()
-        self.warmup_factor = warmup_factor(1, self.warmup)
+        self.ce_weight = ce_weight
+        self.dkd_weight = dkd_weight
+        self.alpha = alpha
+        self.beta = beta
+        self.temperature = temperature
+        self.warmup = warmup
+        self.standardize = standardize
+        self.warmup_factor = warmup_factor(1, warmup)
 
     @classmethod
     def validate_config(cls, loss: Mapping[str, Any]) -> None:
@@ -55,4 +62,4 @@ class DKD(DistillMethod):
             student, teacher = standardize_logits(student), standardize_logits(teacher)
         ce = cross_entropy(batch.student_logits, batch.targets)
         dkd = dkd_loss(student, teacher, batch.targets, self.alpha, self.beta, self.temperature)
-        return self.weighted_loss({"ce": ce, "dkd": dkd}, factors={"dkd": self.warmup_factor})
+        return self.weighted_loss(batch, {"ce": ce, "dkd": dkd}, factors={"dkd": self.warmup_factor})

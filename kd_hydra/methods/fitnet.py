@@ -53,6 +53,9 @@ class FitNet(DistillMethod):
 
     def __init__(self, *, ce_weight: float, hint_weight: float, hint_point: str) -> None:
         super().__init__()
+        self.ce_weight = ce_weight
+        self.hint_weight = hint_weight
+        self.hint_point = hint_point
         self.regressor: nn.Module | None = None
 
     @classmethod
@@ -83,4 +86,4 @@ class FitNet(DistillMethod):
         ce = cross_entropy(batch.student_logits, batch.targets)
         (student,), (teacher,) = self.requested(batch.student_features, batch.teacher_features)
         hint = hint_loss(self.regressor(student), teacher)
-        return self.weighted_loss({"ce": ce, "hint": hint})
+        return self.weighted_loss(batch, {"ce": ce, "hint": hint})

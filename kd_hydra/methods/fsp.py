@@ -36,6 +36,10 @@ class FSP(DistillMethod):
 
     def __init__(self, *, ce_weight: float, fsp_weight: float, init_epochs: int, init_lr: float | None) -> None:
         super().__init__()
+        self.ce_weight = ce_weight
+        self.fsp_weight = fsp_weight
+        self.init_epochs = init_epochs
+        self.init_lr = init_lr
 
     @classmethod
     def validate_config(cls, loss: Mapping[str, Any]) -> None:
@@ -68,9 +72,9 @@ class FSP(DistillMethod):
 
     def forward(self, batch: MethodBatch) -> LossOutput:
         ce = cross_entropy(batch.student_logits, batch.targets)
-        if self.fsp_weight == 0.0:
+        if self.fsp_weight == 0.0:  # RepDistiller: no FSP term after the init stage; logged only
             with torch.no_grad():
                 fsp = self.flow_loss(batch.student_features, batch.teacher_features)
-            return LossOutput(total=self.ce_weight * ce, parts={"ce": ce, "fsp": fsp})
-        fsp = self.flow_loss(batch.student_features, batch.teacher_features)
-        return self.weighted_loss({"ce": ce, "fsp": fsp})
+        else:
+            fsp = self.flow_loss(batch.student_features, batch.teacher_features)
+        return self.weighted_loss(batch, {"ce": ce, "fsp": fsp})

@@ -78,6 +78,13 @@ class FT(DistillMethod):
         init_lr: float | None,
     ) -> None:
         super().__init__()
+        self.ce_weight = ce_weight
+        self.ft_weight = ft_weight
+        self.p1 = p1
+        self.p2 = p2
+        self.rate = rate
+        self.init_epochs = init_epochs
+        self.init_lr = init_lr
         self.paraphraser: Paraphraser | None = None
         self.translator: nn.Sequential | None = None
 
@@ -122,4 +129,4 @@ class FT(DistillMethod):
         with torch.no_grad():
             teacher_factor = self.paraphraser.encoder(teacher)
         ft = factor_transfer_loss(student_factor, teacher_factor, self.p1, self.p2)
-        return self.weighted_loss({"ce": ce, "ft": ft})
+        return self.weighted_loss(batch, {"ce": ce, "ft": ft})

@@ -32,10 +32,13 @@ class KD(DistillMethod):
         standardize: bool,
     ) -> None:
         super().__init__()
-        if self.alpha is not None:
-            self.weights = (1.0 - self.alpha, self.alpha)
-        else:
-            self.weights = (float(ce_weight), float(kd_weight))  # type: ignore[arg-type]
+        self.temperature = temperature
+        self.alpha = alpha
+        self.ce_weight = ce_weight
+        self.kd_weight = kd_weight
+        self.standardize = standardize
+        # (ce, kd) weights: 1 - alpha and alpha, or the two weights (validate_config allows one form only)
+        self.weights = (1.0 - alpha, alpha) if alpha is not None else (ce_weight, kd_weight)
 
     @classmethod
     def validate_config(cls, loss: Mapping[str, Any]) -> None:

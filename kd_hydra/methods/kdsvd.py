@@ -29,6 +29,9 @@ class KDSVD(PairedStagesMethod):
 
     def __init__(self, *, ce_weight: float, kdsvd_weight: float, k: int) -> None:
         super().__init__()
+        self.ce_weight = ce_weight
+        self.kdsvd_weight = kdsvd_weight
+        self.k = k
 
     @classmethod
     def validate_config(cls, loss: Mapping[str, Any]) -> None:
@@ -52,4 +55,4 @@ class KDSVD(PairedStagesMethod):
     def forward(self, batch: MethodBatch) -> LossOutput:
         ce = cross_entropy(batch.student_logits, batch.targets)
         kdsvd = kdsvd_loss(*self.requested(batch.student_features, batch.teacher_features), self.k)
-        return self.weighted_loss({"ce": ce, "kdsvd": kdsvd})
+        return self.weighted_loss(batch, {"ce": ce, "kdsvd": kdsvd})

@@ -26,6 +26,10 @@ class MLKD(DistillMethod):
 
     def __init__(self, *, ce_weight: float, kd_weight: float, temperature: float, standardize: bool) -> None:
         super().__init__()
+        self.ce_weight = ce_weight
+        self.kd_weight = kd_weight
+        self.temperature = temperature
+        self.standardize = standardize
 
     @classmethod
     def validate_config(cls, loss: Mapping[str, Any]) -> None:

@@ -22,9 +22,11 @@ class NST(PairedStagesMethod):
 
     def __init__(self, *, ce_weight: float, nst_weight: float) -> None:
         super().__init__()
+        self.ce_weight = ce_weight
+        self.nst_weight = nst_weight
 
     def forward(self, batch: MethodBatch) -> LossOutput:
         ce = cross_entropy(batch.student_logits, batch.targets)
         terms = [nst_loss(s, t) for s, t in zip(*self.requested(batch.student_features, batch.teacher_features))]
         nst = sum(terms[1:], terms[0])
-        return self.weighted_loss({"ce": ce, "nst": nst})
+        return self.weighted_loss(batch, {"ce": ce, "nst": nst})

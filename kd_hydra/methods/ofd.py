@@ -87,6 +87,9 @@ class OFD(DistillMethod):
 
     def __init__(self, *, ce_weight: float, feat_weight: float, kernel_size: int) -> None:
         super().__init__()
+        self.ce_weight = ce_weight
+        self.feat_weight = feat_weight
+        self.kernel_size = kernel_size
         self.connectors: nn.ModuleList | None = None
 
     @classmethod
@@ -123,4 +126,4 @@ class OFD(DistillMethod):
         student, teacher = self.requested(batch.student_features, batch.teacher_features)
         connected = [connector(feature) for connector, feature in zip(self.connectors, student)]
         ofd = ofd_loss(connected, teacher, margins)
-        return self.weighted_loss({"ce": ce, "ofd": ofd})
+        return self.weighted_loss(batch, {"ce": ce, "ofd": ofd})

@@ -19,9 +19,11 @@ class PKT(PooledFeatureMethod):
 
     def __init__(self, *, ce_weight: float, pkt_weight: float) -> None:
         super().__init__()
+        self.ce_weight = ce_weight
+        self.pkt_weight = pkt_weight
 
     def forward(self, batch: MethodBatch) -> LossOutput:
         ce = cross_entropy(batch.student_logits, batch.targets)
         (student,), (teacher,) = self.requested(batch.student_features, batch.teacher_features)
         pkt = pkt_loss(student.reshape(student.shape[0], -1), teacher)
-        return self.weighted_loss({"ce": ce, "pkt": pkt})
+        return self.weighted_loss(batch, {"ce": ce, "pkt": pkt})

@@ -69,9 +69,14 @@ class ReviewKD(DistillMethod):
         self, *, ce_weight: float, reviewkd_weight: float, warmup: int, student_preact: bool, max_mid_channels: int
     ) -> None:
         super().__init__()
-        self.warmup_factor = warmup_factor(1, self.warmup)
-        self.out_sizes: list[tuple[int, int]] = []
+        self.ce_weight = ce_weight
+        self.reviewkd_weight = reviewkd_weight
+        self.warmup = warmup
+        self.student_preact = student_preact
+        self.max_mid_channels = max_mid_channels
         self.abfs: nn.ModuleList | None = None
+        self.out_sizes: list[tuple[int, int]] = []
+        self.warmup_factor = warmup_factor(1, warmup)
 
     @classmethod
     def validate_config(cls, loss: Mapping[str, Any]) -> None:
@@ -122,4 +127,4 @@ class ReviewKD(DistillMethod):
         ce = cross_entropy(batch.student_logits, batch.targets)
         teacher = [_as_map(feature) for feature in self.requested(batch.student_features, batch.teacher_features)[1]]
         hcl = hierarchical_context_loss(self.review(batch.student_features), teacher)
-        return self.weighted_loss({"ce": ce, "reviewkd": hcl}, factors={"reviewkd": self.warmup_factor})
+        return self.weighted_loss(batch, {"ce": ce, "reviewkd": hcl}, factors={"reviewkd": self.warmup_factor})

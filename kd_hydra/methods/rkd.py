@@ -19,9 +19,13 @@ class RKD(PooledFeatureMethod):
 
     def __init__(self, *, ce_weight: float, rkd_weight: float, distance_weight: float, angle_weight: float) -> None:
         super().__init__()
+        self.ce_weight = ce_weight
+        self.rkd_weight = rkd_weight
+        self.distance_weight = distance_weight
+        self.angle_weight = angle_weight
 
     def forward(self, batch: MethodBatch) -> LossOutput:
         ce = cross_entropy(batch.student_logits, batch.targets)
         (student,), (teacher,) = self.requested(batch.student_features, batch.teacher_features)
         rkd = rkd_loss(student, teacher, self.distance_weight, self.angle_weight)
-        return self.weighted_loss({"ce": ce, "rkd": rkd})
+        return self.weighted_loss(batch, {"ce": ce, "rkd": rkd})

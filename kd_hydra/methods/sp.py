@@ -24,6 +24,8 @@ class SP(DistillMethod):
 
     def __init__(self, *, ce_weight: float, sp_weight: float) -> None:
         super().__init__()
+        self.ce_weight = ce_weight
+        self.sp_weight = sp_weight
 
     def feature_request(self, student_points: Sequence[str], teacher_points: Sequence[str]) -> FeatureRequest:
         student, teacher = stage_points(student_points), stage_points(teacher_points)
@@ -35,4 +37,4 @@ class SP(DistillMethod):
         ce = cross_entropy(batch.student_logits, batch.targets)
         (student,), (teacher,) = self.requested(batch.student_features, batch.teacher_features)
         sp = similarity_preserving_loss(student, teacher)
-        return self.weighted_loss({"ce": ce, "sp": sp})
+        return self.weighted_loss(batch, {"ce": ce, "sp": sp})

@@ -52,6 +52,10 @@ class VID(PairedStagesMethod):
 
     def __init__(self, *, ce_weight: float, vid_weight: float, init_pred_var: float, eps: float) -> None:
         super().__init__()
+        self.ce_weight = ce_weight
+        self.vid_weight = vid_weight
+        self.init_pred_var = init_pred_var
+        self.eps = eps
         self.regressors = nn.ModuleList()
         self.log_scales = nn.ParameterList()
 
@@ -79,4 +83,4 @@ class VID(PairedStagesMethod):
             student, teacher = match_spatial(student, teacher)
             terms.append(vid_loss(regressor(student), teacher, log_scale, self.eps))
         vid = sum(terms[1:], terms[0])
-        return self.weighted_loss({"ce": ce, "vid": vid})
+        return self.weighted_loss(batch, {"ce": ce, "vid": vid})
