@@ -6,8 +6,9 @@ first use, so ``import analysis`` (and the Hydra callback) stays cheap. Typical 
     runs = load_runs("multirun/2024-01-01/12-00-00")
     aggregate(completed_runs(runs, "distill"), by=["loss.temperature", "loss.alpha"])
     rank_settings(runs)  # every setting that varies, best first (validation accuracy when present)
-    best_settings(rank_settings(runs))  # the selected setting, and every setting tied with it
-    write_report(["multirun/2024-01-01/12-00-00"], "report_dir")
+    best_settings(rank_settings(runs))  # the highest setting, and every setting tied with it
+    paper_tables(runs)  # per setup: teacher, baseline, each method's selected setting, the recipe as caption
+    write_report(["multirun/2024-01-01/12-00-00"], "report_dir")  # report.md, results.csv, table.md/.tex, PNGs
 """
 
 from __future__ import annotations
@@ -36,7 +37,18 @@ _EXPORTS = {
     "swept_loss_keys": "aggregate",
     "varying_columns": "aggregate",
     "baseline_accuracy": "aggregate",
-    "ci95_half_width": "aggregate",
+    "ci95_half_width": "stats",
+    "compare_to_top": "stats",
+    "distinguishable": "stats",
+    "interval": "stats",
+    "seeds_needed": "stats",
+    "fixed_method_settings": "aggregate",
+    "PaperTable": "tables",
+    "paper_tables": "tables",
+    "results_table": "tables",
+    "setting_claim": "tables",
+    "latex_document": "tables",
+    "plot_search_samples": "plots",
     "completed_runs": "aggregate",
     "distill_setups": "aggregate",
     "kd_gain": "aggregate",
@@ -50,6 +62,7 @@ _EXPORTS = {
     "plot_method_comparison": "plots",
     "save_figure": "plots",
     "csv_safe": "report",
+    "tables_markdown": "report",
     "write_report": "report",
 }
 __all__ = sorted(_EXPORTS)
@@ -62,11 +75,11 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load lazily
         baseline_accuracy,
         baseline_levels,
         best_settings,
-        ci95_half_width,
         compare_methods,
         completed_runs,
         distill_methods,
         distill_setups,
+        fixed_method_settings,
         kd_gain,
         rank_settings,
         runs_of_method,
@@ -85,9 +98,12 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load lazily
         plot_kd_gain,
         plot_learning_curves,
         plot_method_comparison,
+        plot_search_samples,
         save_figure,
     )
-    from .report import csv_safe, write_report
+    from .report import csv_safe, tables_markdown, write_report
+    from .stats import ci95_half_width, compare_to_top, distinguishable, interval, seeds_needed
+    from .tables import PaperTable, latex_document, paper_tables, results_table, setting_claim
 
 
 def __getattr__(name: str) -> Any:

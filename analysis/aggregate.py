@@ -19,6 +19,7 @@ from kd_hydra.records import schema
 
 from .load import (
     ALPHA,
+    BEST_TEST_ACC,
     DATA_DIGEST,
     DATASET,
     FINAL_TEST_ACC,
@@ -38,6 +39,7 @@ from .load import (
     TEACHER_TEST_ACC,
     TEMPERATURE,
 )
+from .stats import ci95_half_width, interval
 
 #: Columns of :func:`aggregate`'s result after the ``by`` columns.
 AGGREGATE_COLUMNS = ("mean", "std", "n", "ci95")
@@ -78,18 +80,14 @@ HEADLINE_LOSS_KEYS = tuple(k for k in schema.SETTINGS_KEYS if k.startswith(LOSS_
 #: Short names of columns in setting labels and table headers (loss.X is X, others stay dotted).
 SHORT_NAMES = {TEMPERATURE: "T", ALPHA: "α", METHOD: "method"}
 
-#: Columns of :func:`rank_settings` after the setting columns (val_* and top5_* only when present).
-RANK_COLUMNS = ("setting", "mean", "std", "n", "ci95", "val_mean", "val_n", "top5_mean", "top5_ci95",
-                "gain", "gain_n", "selected", "run_dirs")  # fmt: skip
+#: Columns of :func:`rank_settings` after the setting columns (val_*, top5_* and best_* only when present).
+RANK_COLUMNS = ("setting", "mean", "std", "n", "ci95", "val_mean", "val_std", "val_n", "val_ci95", "top5_mean",
+                "top5_ci95", "best_mean", "best_ci95", "gain", "gain_std", "gain_n", "gain_ci95", "selected",
+                "run_dirs")  # fmt: skip
+#: Prefixes of the RANK_COLUMNS that exist only when the runs have the metric.
+OPTIONAL_RANK_PREFIXES = ("val_", "top5_", "best_")
 #: Two selection-metric means closer than this are a tie (means of percentages over the same seeds).
 TIE_TOLERANCE = 1e-9
-
-# Two-sided 95% Student-t quantiles t_{0.975, df} for df = 1..30 (used only without scipy).
-_T975 = (
-    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
-)  # fmt: skip
 
 
 class Setup(NamedTuple):
@@ -143,24 +141,6 @@ def safe_name(raw: str) -> str:
 def as_float(values: pd.Series) -> pd.Series:
     """``values`` as float64: numbers kept, anything else (None, NA, text) NaN."""
     return pd.to_numeric(values, errors="coerce").astype(float)
-
-
-def t_quantile_975(dof: int) -> float:
-    """The 0.975 quantile of Student's t with ``dof`` degrees of freedom (NaN for dof < 1)."""
-    if dof < 1:
-        return math.nan
-    try:
-        from scipy.stats import t
-    except ImportError:  # pragma: no cover - scipy ships with scikit-learn
-        return _T975[dof - 1] if dof <= len(_T975) else 1.96
-    return float(t.ppf(0.975, dof))
-
-
-def ci95_half_width(std: float, n: int) -> float:
-    """Half-width ``t_{0.975,n-1} * std / sqrt(n)`` of the 95% CI of a mean; NaN for n < 2."""
-    if n < 2 or pd.isna(std):
-        return math.nan
-    return t_quantile_975(int(n) - 1) * float(std) / math.sqrt(n)
 
 
 def completed_runs(df: pd.DataFrame, mode: str | None = None) -> pd.DataFrame:
@@ -394,17 +374,24 @@ def selection_metric(df: pd.DataFrame) -> str:
 
 def has_top5(df: pd.DataFrame) -> bool:
     """True when a completed run of ``df`` reports top-5 accuracy (datasets of more than 10 classes)."""
+    return _has(df, FINAL_TEST_ACC_TOP5)
+
+
+def only_setting_label(method: str) -> str:
+    """The label of a method's one setting (nothing varies): the method's name."""
+    return method if method != "?" else "(its only setting)"
+
+
+def _has(df: pd.DataFrame, metric: str) -> bool:
+    """True when a completed run of ``df`` has a value of ``metric``."""
     done = completed_runs(df)
-    return FINAL_TEST_ACC_TOP5 in done.columns and as_float(done[FINAL_TEST_ACC_TOP5]).notna().any()
+    return metric in done.columns and as_float(done[metric]).notna().any()
 
 
 def mean_ci(values: pd.Series) -> tuple[float, float, float, int]:
     """Mean, std (ddof=1), 95% CI half-width and count of the present (numeric) values."""
-    numbers = as_float(values).dropna()
-    n = len(numbers)
-    mean = float(numbers.mean()) if n else math.nan
-    std = float(numbers.std()) if n > 1 else math.nan
-    return mean, std, ci95_half_width(std, n), n
+    value = interval(values)
+    return value.mean, value.std, value.half_width, value.n
 
 
 def method_keys(df: pd.DataFrame) -> list[str]:
@@ -476,11 +463,14 @@ def rank_settings(df: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataF
     seed), best first; ``attrs["selected_on"]`` names the metric that ranks them (:func:`selection_metric`:
     validation accuracy when present, test accuracy otherwise).
 
-    ``by`` defaults to :func:`default_by`; then ``setting`` (a label naming the method's hyper-parameters
-    and the other varying settings), final_test_acc ``mean``/``std``/``n``/``ci95``, ``val_mean``/``val_n``
-    and ``top5_mean``/``top5_ci95`` (when present), mean ``gain`` over the matched same-seed baselines
-    (:func:`kd_gain`) and ``gain_n``, ``selected`` (True for the best setting, and for every setting tied
-    with it on the selection metric: a tie is never broken by test accuracy) and the ``run_dirs`` (a tuple).
+    ``by`` defaults to :func:`default_by`; then ``setting`` (a label naming only what varies: the method and its
+    varying hyper-parameters, the other varying settings; the method's name when nothing varies; the fixed ones
+    are :func:`fixed_method_settings`),
+    final_test_acc ``mean``/``std``/``n``/``ci95``, ``val_mean``/``val_std``/``val_n``/``val_ci95``,
+    ``top5_mean``/``top5_ci95`` and ``best_mean``/``best_ci95`` (best_test_acc) when present, the paired ``gain``
+    over the same-seed baselines (:func:`kd_gain`) with ``gain_std``/``gain_n``/``gain_ci95`` (its 95% t-interval),
+    ``selected`` (True for the highest selection mean, and for every setting tied with it: a tie is never broken by
+    test accuracy; whether the data tell it apart is :func:`analysis.stats.distinguishable`) and the ``run_dirs``.
     """
     done = completed_runs(df, schema.MODE_DISTILL)
     several_methods = len(set(method_of(done))) > 1
@@ -495,42 +485,57 @@ def rank_settings(df: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataF
         own = [_qualified_in(distill, done, c) if qualified else c for c in own_by]
         by = [c for c in dict.fromkeys([*by, *own]) if c in distill.columns]
     selected_on = selection_metric(df)
-    with_val, with_top5 = selected_on == FINAL_VAL_ACC, has_top5(distill)
+    present = {"val_": selected_on == FINAL_VAL_ACC, "top5_": has_top5(distill), "best_": _has(distill, BEST_TEST_ACC)}
     gains = kd_gain(df).set_index(RUN_DIR)["gain"] if len(distill) else pd.Series(dtype=float)
     loss_keys = method_keys(distill)
+    methods = method_of(distill)
     groups = distill.groupby(by, dropna=False, sort=False) if by else [((), distill)]
     rows = []
     for _, group in groups:
         if group.empty:
             continue
         first = group.iloc[0]
+        method = methods[group.index[0]]
         label_columns = [c for c in by if c not in qualified]
-        label_columns += [k for k in loss_keys if k not in label_columns]
+        label_columns += [k for k in loss_keys if k not in label_columns and qualified_name(method, k) in by]
         label_values = {c: _first_present(group, c) for c in label_columns}
         if not several_methods:
             label_columns = [c for c in label_columns if c != METHOD or c in by]
         row = {c: first[c] for c in by}
-        row["setting"] = setting_label(label_values, _ordered(label_columns)) or "(its only setting)"
+        row["setting"] = setting_label(label_values, _ordered(label_columns)) or only_setting_label(method)
         row["mean"], row["std"], row["ci95"], row["n"] = mean_ci(group[FINAL_TEST_ACC])
-        if with_val:
-            row["val_mean"], _, _, row["val_n"] = mean_ci(group[FINAL_VAL_ACC])
-        if with_top5:
+        if present["val_"]:
+            row["val_mean"], row["val_std"], row["val_ci95"], row["val_n"] = mean_ci(group[FINAL_VAL_ACC])
+        if present["top5_"]:
             row["top5_mean"], _, row["top5_ci95"], _ = mean_ci(group[FINAL_TEST_ACC_TOP5])
-        own_gains = gains.reindex(group[RUN_DIR]).dropna()
-        row["gain"] = float(own_gains.mean()) if len(own_gains) else math.nan
-        row["gain_n"] = len(own_gains)
+        if present["best_"]:
+            row["best_mean"], _, row["best_ci95"], _ = mean_ci(group[BEST_TEST_ACC])
+        row["gain"], row["gain_std"], row["gain_ci95"], row["gain_n"] = mean_ci(gains.reindex(group[RUN_DIR]))
         row["run_dirs"] = tuple(group[RUN_DIR])
         rows.append(row)
-    dropped = ("val_",) * (not with_val) + ("top5_",) * (not with_top5)
+    dropped = tuple(prefix for prefix, kept in present.items() if not kept)
     wanted = [c for c in RANK_COLUMNS if not (dropped and c.startswith(dropped))]
     table = pd.DataFrame(rows, columns=[*by, *[c for c in wanted if c != "selected"]])
-    key = "val_mean" if with_val else "mean"
+    key = "val_mean" if present["val_"] else "mean"
     if not table.empty:
         table = table.sort_values([key, "setting"], ascending=[False, True], na_position="last", kind="stable")
     table = table.reset_index(drop=True)
     table.insert(table.columns.get_loc("run_dirs"), "selected", _selected(table[key]) if len(table) else [])
     table.attrs["selected_on"] = selected_on
     return table
+
+
+def fixed_method_settings(df: pd.DataFrame) -> dict[str, str]:
+    """Each method's ``loss.*`` hyper-parameters that are equal in all its completed distill runs of ``df``, as a
+    label (``{"kd": "T = 4, α = 0.9"}``; "" for none): what the setting labels leave out, said once."""
+    distill = completed_runs(df, schema.MODE_DISTILL)
+    methods = method_of(distill)
+    fixed = {}
+    for method in sorted(set(methods)):
+        own = distill[methods == method]
+        keys = [k for k in method_keys(own) if own[k].notna().any() and k not in varying_columns(own, [k])]
+        fixed[method] = setting_label({k: _first_present(own, k) for k in keys}, _ordered(keys))
+    return fixed
 
 
 def _selected(values: pd.Series) -> list[bool]:

@@ -26,7 +26,12 @@ RUN_DIR = "run_dir"
 STATUS = "status"
 REASON = "reason"
 OVERRIDES = "overrides"
-META_COLUMNS = (RUN_DIR, STATUS, REASON, OVERRIDES)
+#: The Hydra sweeper that started the run (``hydra.sweeper._target_`` of ``.hydra/hydra.yaml``), or None.
+SWEEPER = "sweeper"
+META_COLUMNS = (RUN_DIR, STATUS, REASON, OVERRIDES, SWEEPER)
+HYDRA_FILE = "hydra.yaml"
+#: Text in the sweeper's target that marks an Optuna search (continuous samples, not a grid).
+OPTUNA_MARK = "optuna"
 
 #: metrics.json keys that identify what a run trained on and with (the data's content digest, the
 #: teacher's identity digest): setting columns, not metrics (read even where the schema lacks them).
@@ -50,6 +55,7 @@ def _schema_name(name: str, names: tuple[str, ...]) -> str:
 
 
 FINAL_TEST_ACC = _schema_name("final_test_acc", schema.METRICS_KEYS)
+BEST_TEST_ACC = _schema_name("best_test_acc", schema.METRICS_KEYS)
 FINAL_TEST_ACC_TOP5 = _schema_name("final_test_acc_top5", schema.METRICS_KEYS)
 FINAL_VAL_ACC = _schema_name("final_val_acc", schema.METRICS_KEYS)
 METHOD_METRIC = _schema_name("method", schema.METRICS_KEYS)
@@ -86,7 +92,9 @@ REASON_BAD_CONFIG = f"{schema.CONFIG_FILE} unreadable"
 NUMBER_METRICS = (
     "schema_version", "final_test_acc", "best_test_acc", "best_epoch", "final_test_acc_top5", "final_val_acc",
     "best_val_acc", "best_val_epoch", "teacher_test_acc", "model_params", "method_params", "teacher_params",
-    "epochs", "resumed_from_epoch", "wall_seconds", "train_images_per_second",
+    "epochs", "resumed_from_epoch", "wall_seconds", "train_images_per_second", "train_images", "val_images",
+    "test_images", "train_seconds", "soft_label_cache_fill_seconds", "model_macs", "teacher_macs", "method_macs",
+    "test_ece", "teacher_test_ece", "teacher_agreement", "teacher_kl", "teacher_val_acc",
 )  # fmt: skip
 #: metrics.json keys whose value must be text (or null).
 TEXT_METRICS = (
@@ -157,6 +165,7 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     """
     row: dict[str, Any] = {RUN_DIR: str(run_dir), STATUS: schema.STATUS_UNFINISHED, REASON: None}
     row[OVERRIDES] = " ".join(read_overrides(run_dir))
+    row[SWEEPER] = read_sweeper(run_dir)
     metrics, metrics_reason = read_metrics(run_dir)
     recorded = metrics.get(SETTINGS) if isinstance(metrics.get(SETTINGS), dict) else {}
     config_reason = None
@@ -255,6 +264,26 @@ def read_overrides(run_dir: Path) -> list[str]:
     if not isinstance(overrides, list):
         return []
     return [str(item) for item in overrides]
+
+
+def read_sweeper(run_dir: Path) -> str | None:
+    """``hydra.sweeper._target_`` of ``.hydra/hydra.yaml``; None when absent or unreadable."""
+    path = run_dir / schema.HYDRA_DIR / HYDRA_FILE
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        node = yaml.load(path.read_text(), Loader=loader)  # noqa: S506 - a safe loader
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    for key in ("hydra", "sweeper", "_target_"):
+        node = node.get(key) if isinstance(node, dict) else None
+    return node if isinstance(node, str) else None
+
+
+def is_search(runs: pd.DataFrame) -> pd.Series:
+    """True for the runs an Optuna sweeper started (their settings are samples, not a grid)."""
+    if SWEEPER not in runs.columns:
+        return pd.Series(False, index=runs.index)
+    return runs[SWEEPER].astype(object).map(lambda target: isinstance(target, str) and OPTUNA_MARK in target.lower())
 
 
 def read_metrics(run_dir: Path) -> tuple[dict[str, Any], str | None]:

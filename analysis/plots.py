@@ -35,6 +35,7 @@ from .aggregate import (
     format_value,
     kd_gain,
     runs_of_setup,
+    selection_metric,
     setting_label,
     short_name,
     swept_loss_keys,
@@ -45,14 +46,17 @@ from .load import (
     ALPHA,
     EPOCH,
     FINAL_TEST_ACC,
+    FINAL_VAL_ACC,
     MODE,
     OVERRIDES,
     RUN_DIR,
     TEMPERATURE,
     TEST_ACC,
     TRAIN_LOSS,
+    is_search,
     load_runs,
 )
+from .stats import interval
 
 FIGSIZE = (7.0, 4.5)
 WIDE_FIGSIZE = (11.0, 4.5)
@@ -74,7 +78,12 @@ GAIN_LABEL = "KD gain over baseline (percentage points)"
 AXIS_LABELS = {TEMPERATURE: TEMPERATURE_LABEL, ALPHA: ALPHA_LABEL}
 #: History columns with the loss-part prefix that are not loss terms.
 NOT_LOSS_TERMS = ("train_acc",)
-METRIC_TITLES = {TEST_ACC: "test accuracy per epoch", TRAIN_LOSS: "training loss (the optimised objective)"}
+#: The teacher's own panel of the learning curves (its epochs are not the students').
+TEACHER_PANEL = "teacher"
+METRIC_TITLES = {TEST_ACC: "test accuracy per epoch", TRAIN_LOSS: "training loss (the optimised objective)",
+                 TEACHER_PANEL: "teacher: test accuracy per epoch"}  # fmt: skip
+#: Units of the loss terms whose meaning is the same in every method (others: "its own units").
+TERM_UNITS = {"train_ce": "cross-entropy (nats)", "train_kd": "T²-scaled KL(teacher‖student) (nats)"}
 
 
 class NotApplicable(ValueError):
@@ -187,14 +196,55 @@ def _sorted_levels(values: pd.Series) -> list:
     return sorted(distinct, key=str)
 
 
+def _refuse_search(df: pd.DataFrame) -> None:
+    """NotApplicable for the distill runs of an Optuna search: continuous samples are drawn as samples."""
+    distill = completed_runs(df, schema.MODE_DISTILL)
+    if len(distill) and is_search(distill).all():
+        raise NotApplicable("an Optuna search: its trials are drawn as samples (search_samples)")
+
+
+def plot_search_samples(df: pd.DataFrame) -> Figure:
+    """The trials of an Optuna search as samples: the objective (validation accuracy when present, else test)
+    of each trial against each searched value, one panel per value that varies; the best trial ringed.
+    Runs of one setup and one method; NotApplicable for runs no Optuna sweeper started."""
+    distill = completed_runs(df, schema.MODE_DISTILL)
+    if distill.empty or not is_search(distill).all():
+        raise NotApplicable("not an Optuna search (hydra.sweeper in .hydra/hydra.yaml)")
+    metric = selection_metric(df)
+    runs, setup, method = _distill_runs(df, numeric=(metric,) if metric != FINAL_TEST_ACC else ())
+    keys = [c for c in varying_columns(runs) if as_float(runs[c]).notna().all()]
+    if not keys:
+        raise NotApplicable("no numeric searched value varies among the trials")
+    shown = keys[:MAX_FACETS]
+    fig, axes = _new_figure((min(4.2 * len(shown), 18.0), FIGSIZE[1]), ncols=len(shown))
+    objective = as_float(runs[metric])
+    best = objective.idxmax()
+    for ax, key in zip(axes, shown, strict=True):
+        values = as_float(runs[key])
+        ax.scatter(values, objective, s=22, alpha=0.75, color=sns.color_palette()[0], label="trial")
+        ax.scatter([values[best]], [objective[best]], s=110, facecolors="none", edgecolors="black",
+                   label=f"best trial ({objective[best]:.2f})")  # fmt: skip
+        if (values > 0).all() and values.max() >= 100 * values.min():
+            ax.set_xscale("log")
+        ax.set_xlabel(_axis_label(key))
+        ax.set_ylabel("validation accuracy (%)" if metric == FINAL_VAL_ACC else ACCURACY_LABEL)
+        ax.grid(alpha=0.3)
+    axes[-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small")
+    more = f"; {len(keys) - len(shown)} more searched values not shown" if len(keys) > len(shown) else ""
+    fig.suptitle(f"{method}: Optuna search, {len(runs)} trials, objective against each searched value{more}\n"
+                 f"{setup.title()}")  # fmt: skip
+    return fig
+
+
 def plot_heatmap(df: pd.DataFrame, x: str | None = None, y: str | None = None) -> Figure:
     """Heatmap of the mean (over seeds) final test accuracy of the distilled student over two setting
     columns ``x`` × ``y`` (default :func:`heatmap_axes`: T × α for a Hinton-KD grid).
 
     Runs of one setup and one method. When other settings vary too, one panel per combination of them
     (at most MAX_FACETS): a cell only ever averages runs equal in every setting but the seed.
-    ValueError when the runs cannot make the figure.
+    ValueError when the runs cannot make the figure; NotApplicable for an Optuna search (:func:`plot_search_samples`).
     """
+    _refuse_search(df)
     if (x is None) != (y is None):
         raise ValueError("give both x and y, or neither")
     runs, setup, method = _distill_runs(df)
@@ -248,23 +298,38 @@ def _reference_lines(ax: Any, df: pd.DataFrame, setup: Setup) -> None:
         ax.axhline(teacher, color="black", linestyle=":", label=f"teacher {setup.teacher} ({teacher:.1f})")
 
 
+def _mean_lines(ax: Any, data: pd.DataFrame, x: str, y: str, hue: str | None, order: Sequence[str],
+                label: str) -> None:  # fmt: skip
+    """One line per ``hue`` level (``label`` without hue): the mean of ``y`` over seeds at each ``x``, with its 95%
+    Student-t interval as a band (the report's statistics; no band where a point has one seed)."""
+    levels = order if hue else [None]
+    palette = sns.color_palette(n_colors=len(levels))
+    for color, level in zip(palette, levels, strict=True):
+        part = data if level is None else data[data[hue] == level]
+        points = sorted(part[x].dropna().unique())
+        values = [interval(part.loc[part[x] == point, y]) for point in points]
+        means = [v.mean for v in values]
+        ax.plot(points, means, marker="o", color=color, label=label if level is None else level)
+        low = [v.low if v.has_width else v.mean for v in values]
+        high = [v.high if v.has_width else v.mean for v in values]
+        ax.fill_between(points, low, high, color=color, alpha=0.2, linewidth=0)
+
+
 def plot_accuracy_vs_temperature(df: pd.DataFrame) -> Figure:
     """Distilled-student accuracy vs T with a 95% CI band over seeds, one line per combination of the
     other varying settings (per α for a Hinton-KD grid), plus the baseline-student and teacher
     accuracies as horizontal reference lines. Runs of one setup and one method."""
+    _refuse_search(df)
     runs, setup, method = _distill_runs(df, numeric=(TEMPERATURE,))
     _require_temperatures(runs)
     runs, hue, hue_order, hue_title = _hue(runs, TEMPERATURE)
     fig, (ax,) = _new_figure()
-    sns.lineplot(
-        data=runs, x=TEMPERATURE, y=FINAL_TEST_ACC, hue=hue, hue_order=hue_order or None,
-        errorbar=("ci", 95), seed=0, marker="o", ax=ax, **({} if hue else {"label": method}),
-    )  # fmt: skip
+    _mean_lines(ax, runs, TEMPERATURE, FINAL_TEST_ACC, hue, hue_order, method)
     _reference_lines(ax, df, setup)
     ax.set_xticks(sorted(runs[TEMPERATURE].unique()))
     ax.set_xlabel(TEMPERATURE_LABEL)
     ax.set_ylabel(ACCURACY_LABEL)
-    fig.suptitle(f"{method} student accuracy vs temperature (bands: 95% CI over seeds)\n{setup.title()}")
+    fig.suptitle(f"{method} student accuracy vs temperature (bands: 95% t-interval over seeds)\n{setup.title()}")
     ax.legend(title=hue_title or None, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small")
     return fig
 
@@ -273,6 +338,7 @@ def plot_kd_gain(df: pd.DataFrame) -> Figure:
     """Gain (distilled minus matched baseline accuracy, see ``kd_gain``) vs T, one line per combination
     of the other varying settings (per α for Hinton KD), with a zero line; ValueError when no distill
     run has a matched baseline. Runs of one setup and one method."""
+    _refuse_search(df)
     _, setup, method = _distill_runs(df, numeric=(TEMPERATURE,))
     gains = kd_gain(df)
     gains = gains.assign(**{TEMPERATURE: as_float(gains[TEMPERATURE])}).dropna(subset=["gain", TEMPERATURE])
@@ -285,14 +351,11 @@ def plot_kd_gain(df: pd.DataFrame) -> Figure:
     gains, hue, hue_order, hue_title = _hue(gains, TEMPERATURE)
     fig, (ax,) = _new_figure()
     ax.axhline(0.0, color="0.35", linestyle="--", label="no gain (baseline student)")
-    sns.lineplot(
-        data=gains, x=TEMPERATURE, y="gain", hue=hue, hue_order=hue_order or None,
-        errorbar=("ci", 95), seed=0, marker="o", ax=ax, **({} if hue else {"label": method}),
-    )  # fmt: skip
+    _mean_lines(ax, gains, TEMPERATURE, "gain", hue, hue_order, method)
     ax.set_xticks(sorted(gains[TEMPERATURE].unique()))
     ax.set_xlabel(TEMPERATURE_LABEL)
     ax.set_ylabel(GAIN_LABEL)
-    fig.suptitle(f"{method} gain over the same-seed baseline student (bands: 95% CI over seeds)\n{setup.title()}")
+    fig.suptitle(f"{method} paired gain over the same-seed baseline (bands: 95% t-interval)\n{setup.title()}")
     ax.legend(title=hue_title or None, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small")
     return fig
 
@@ -309,27 +372,42 @@ def plot_method_comparison(df: pd.DataFrame) -> Figure:
     table = table[table["n"] > 0]
     if table.empty:
         raise ValueError(f"no completed distill run has a {FINAL_TEST_ACC}")
-    fig, (ax,) = _new_figure(WIDE_FIGSIZE if len(table) > 4 else FIGSIZE)
-    positions = range(len(table))
+    gains = kd_gain(df).set_index(RUN_DIR)["gain"]
+    with_gain = bool(gains.notna().any())
+    width = WIDE_FIGSIZE[0] if len(table) > 4 or with_gain else FIGSIZE[0]
+    fig, axes = _new_figure((width * (1.6 if with_gain and len(table) > 4 else 1.0), FIGSIZE[1]), 1 + with_gain)
     by_dir = df.set_index(RUN_DIR)
-    palette = sns.color_palette(n_colors=len(table))
-    for position, color, row in zip(positions, palette, table.to_dict("records"), strict=True):
-        seeds = as_float(by_dir.loc[list(row["run_dirs"]), FINAL_TEST_ACC]).dropna()
-        ax.scatter([position] * len(seeds), seeds, color=color, alpha=0.5, s=18, zorder=2)
-        error = 0.0 if math.isnan(row["ci95"]) else row["ci95"]
-        ax.errorbar([position], [row["mean"]], yerr=[error], fmt="o", color=color, capsize=6, markersize=8, zorder=3)
-    _reference_lines(ax, df, setup)
     pairs = zip(table[METHOD], table["setting"], strict=True)
     ticks = [f"{method}\n{setting.replace(', ', chr(10))}" for method, setting in pairs]
-    ax.set_xticks(list(positions), ticks, fontsize="x-small")
-    ax.set_xlim(-0.6, len(table) - 0.4)
-    ax.set_xlabel("method (its selected setting: best on validation, else test; ties all shown)")
-    ax.set_ylabel(ACCURACY_LABEL)
-    ax.grid(axis="y", alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small")
-    fig.suptitle(f"Methods compared: mean ± 95% CI over seeds (dots: seeds)\n{setup.title()}")
+    per_seed = [as_float(by_dir.loc[list(row["run_dirs"]), FINAL_TEST_ACC]) for row in table.to_dict("records")]
+    _seeds_and_intervals(axes[0], per_seed, ticks)
+    _reference_lines(axes[0], df, setup)
+    axes[0].set_ylabel(ACCURACY_LABEL)
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small")
+    if with_gain:
+        _seeds_and_intervals(axes[1], [as_float(gains.reindex(list(dirs))) for dirs in table["run_dirs"]], ticks)
+        axes[1].axhline(0.0, color="0.35", linestyle="--")
+        axes[1].set_ylabel("paired gain over the same-seed baseline (pp)")
+    fig.suptitle(f"Methods compared: mean ± 95% t-interval over seeds (dots: seeds)\n{setup.title()}")
     return fig
+
+
+def _seeds_and_intervals(ax: Any, per_group: Sequence[pd.Series], ticks: Sequence[str]) -> None:
+    """Per group (x position): its values as dots and their mean with the 95% t-interval as an error bar."""
+    palette = sns.color_palette(n_colors=len(per_group))
+    for position, (color, values) in enumerate(zip(palette, per_group, strict=True)):
+        present = values.dropna()
+        ax.scatter([position] * len(present), present, color=color, alpha=0.5, s=18, zorder=2)
+        value = interval(present)
+        if value.n:
+            error = value.half_width if value.has_width else 0.0
+            ax.errorbar([position], [value.mean], yerr=[error], fmt="o", color=color, capsize=6, markersize=8,
+                        zorder=3)  # fmt: skip
+    ax.set_xticks(list(range(len(per_group))), ticks, fontsize="x-small")
+    ax.set_xlim(-0.6, len(per_group) - 0.4)
+    ax.set_xlabel("method (its selected setting: best on validation, else test; ties all shown)")
+    ax.grid(axis="y", alpha=0.3)
 
 
 def default_curve_groups(runs: pd.DataFrame) -> dict[str, tuple[str, ...]]:
@@ -395,7 +473,8 @@ def curve_metrics(history: pd.DataFrame) -> list[str]:
 
 def plot_learning_curves(history_long_df: pd.DataFrame, run_dirs: Sequence[str] | None = None,
                          runs: pd.DataFrame | None = None) -> Figure:  # fmt: skip
-    """Test accuracy, the optimised loss and each loss term per epoch, one panel each.
+    """The students' test accuracy, the optimised loss and each loss term per epoch, one panel each (each term on
+    its own axis, in its own units), and the teacher's test accuracy in a panel of its own (its own epochs).
 
     ``history_long_df`` is a ``load_history`` table. With ``run_dirs``: one line per run. Without: one
     line per setting of :func:`default_curve_groups` (the report's selection; seeds averaged per epoch),
@@ -420,32 +499,38 @@ def plot_learning_curves(history_long_df: pd.DataFrame, run_dirs: Sequence[str] 
         legend_title = "setting (mean over its seeds)"
     if not groups:
         raise ValueError("no run chosen for the learning curves")
-    metrics = curve_metrics(history[history[RUN_DIR].isin({d for dirs in groups.values() for d in dirs})])
-    ncols = min(len(metrics), 3)
-    nrows = math.ceil(len(metrics) / ncols)
+    teacher_dirs = _teacher_dirs(history)
+    teachers = {name: dirs for name, dirs in groups.items() if set(dirs) <= teacher_dirs}
+    students = {name: dirs for name, dirs in groups.items() if name not in teachers}
+    panels = [(metric, students) for metric in curve_metrics(history[history[RUN_DIR].isin(_dirs_of(students))])]
+    panels += [(TEACHER_PANEL, teachers)] * bool(teachers)
+    ncols = min(len(panels), 3)
+    nrows = math.ceil(len(panels) / ncols)
     fig = Figure(figsize=(4.2 * ncols, 3.2 * nrows + 0.4 * len(groups) + 0.8), layout="constrained")
     axes = list(fig.subplots(nrows, ncols, squeeze=False).flat)
-    palette = sns.color_palette(n_colors=len(groups))
-    for ax, metric in zip(axes, metrics, strict=False):
-        for color, (name, dirs) in zip(palette, groups.items(), strict=True):
-            points = history[(history["metric"] == metric) & history[RUN_DIR].isin(dirs)]
+    colors = dict(zip(groups, sns.color_palette(n_colors=len(groups)), strict=True))
+    for ax, (metric, members) in zip(axes, panels, strict=False):
+        column = TEST_ACC if metric == TEACHER_PANEL else metric
+        for name, dirs in members.items():
+            points = history[(history["metric"] == column) & history[RUN_DIR].isin(dirs)]
             if points.empty:
                 continue
             mean = points.groupby(EPOCH)["value"].mean()
-            ax.plot(mean.index, mean.values, marker="o", markersize=3, color=color, label=name)
+            ax.plot(mean.index, mean.values, marker="o", markersize=3, color=colors[name], label=name)
         ax.set_title(METRIC_TITLES.get(metric, f"{metric} (unweighted term)"), fontsize="medium")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("test accuracy (%)" if metric == TEST_ACC else "mean training loss (nats)")
+        ax.set_xlabel("teacher epoch (its own recipe)" if metric == TEACHER_PANEL else "epoch")
+        ax.set_ylabel(axis_label_of(metric))
         ax.grid(alpha=0.3)
-        epochs = sorted(set(history.loc[history["metric"] == metric, EPOCH]))
+        epochs = sorted(set(history.loc[(history["metric"] == column) & history[RUN_DIR].isin(_dirs_of(members)),
+                                        EPOCH]))  # fmt: skip
         if len(epochs) <= MAX_EPOCH_TICKS:
             ax.set_xticks([int(e) if float(e).is_integer() else e for e in epochs])
         else:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    for ax in axes[len(metrics) :]:
+    for ax in axes[len(panels) :]:
         fig.delaxes(ax)
-    handles, names = {}, []
-    for ax in axes[: len(metrics)]:
+    handles = {}
+    for ax in axes[: len(panels)]:
         for handle, name in zip(*ax.get_legend_handles_labels(), strict=True):
             handles.setdefault(name, handle)
     names = list(handles)
@@ -453,3 +538,23 @@ def plot_learning_curves(history_long_df: pd.DataFrame, run_dirs: Sequence[str] 
                title=legend_title)  # fmt: skip
     fig.suptitle("Learning curves")
     return fig
+
+
+def _teacher_dirs(history: pd.DataFrame) -> set[str]:
+    """The run dirs of ``history`` whose mode is teacher (trained on their own recipe and epochs)."""
+    if MODE not in history.columns:
+        return set()
+    return set(history.loc[history[MODE].astype(object) == schema.MODE_TEACHER, RUN_DIR])
+
+
+def _dirs_of(groups: dict[str, tuple[str, ...]]) -> set[str]:
+    return {d for dirs in groups.values() for d in dirs}
+
+
+def axis_label_of(metric: str) -> str:
+    """The y label of a learning-curve panel: accuracy in %, the objective and each loss term in its own units."""
+    if metric in (TEST_ACC, TEACHER_PANEL):
+        return "test accuracy (%)"
+    if metric == TRAIN_LOSS:
+        return "weighted sum of the terms (mixed units)"
+    return TERM_UNITS.get(metric, f"{metric.removeprefix(schema.LOSS_PART_PREFIX)} term (its own units)")

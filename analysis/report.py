@@ -1,13 +1,15 @@
-"""Write a sweep's analysis: results.csv, the figures and report.md (used by the CLI and callback).
+"""Write a sweep's analysis: results.csv, the figures, report.md, and the paper tables table.md and table.tex
+(used by the CLI and callback).
 
 Every file is written atomically. Text copied from configs is escaped: results.csv cells that a
-spreadsheet would run as a formula get a leading quote (OWASP CSV injection), and report.md text is
-HTML-escaped (table cells also pipe-escaped).
+spreadsheet would run as a formula get a leading quote (OWASP CSV injection), report.md text is
+HTML-escaped (table cells also pipe-escaped) and table.tex text LaTeX-escaped.
 """
 
 from __future__ import annotations
 
 import html
+import math
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -20,42 +22,29 @@ from kd_hydra.records import schema
 from kd_hydra.records.files import atomic_write_text
 
 from .aggregate import (
-    METHOD,
     RANK_COLUMNS,
     TIE_TOLERANCE,
     Setup,
     across_setups_by,
-    as_float,
-    baseline_levels,
-    best_settings,
-    compare_methods,
-    completed_runs,
     distill_methods,
     distill_setups,
     format_value,
-    has_top5,
-    kd_gain,
-    mean_ci,
     rank_settings,
     runs_of_method,
     runs_of_setup,
     safe_name,
     selection_metric,
     short_name,
-    teacher_accuracy,
 )
 from .load import (
     DATASET,
     FINAL_TEST_ACC,
-    FINAL_TEST_ACC_TOP5,
     FINAL_VAL_ACC,
     MODE,
     MODE_EVAL,
-    MODEL_PARAMS,
     REASON,
     RUN_DIR,
     STATUS,
-    TEACHER_PARAMS,
     history_of,
     load_runs,
     read_metrics,
@@ -67,11 +56,24 @@ from .plots import (
     plot_kd_gain,
     plot_learning_curves,
     plot_method_comparison,
+    plot_search_samples,
     save_figure,
+)
+from .stats import RULE_TEXT, Interval, compare_to_top, distinguishable, format_interval
+from .tables import (
+    PaperTable,
+    claim_sentence,
+    latex_document,
+    metric_name,
+    paper_tables,
+    results_table,
+    row_interval,
 )
 
 RESULTS_FILE = "results.csv"
 REPORT_FILE = "report.md"
+TABLE_MARKDOWN_FILE = "table.md"
+TABLE_LATEX_FILE = "table.tex"
 MAX_LISTED_RUNS = 20
 #: At most this many settings in a ranking table (the rest are in results.csv).
 MAX_RANKED_SETTINGS = 30
@@ -87,6 +89,7 @@ SETUP_FIGURES: dict[str, tuple[str, Callable[[pd.DataFrame], Figure]]] = {
     "heatmap": ("test accuracy over the two swept loss keys", plot_heatmap),
     "accuracy_vs_temperature": ("accuracy vs temperature", plot_accuracy_vs_temperature),
     "kd_gain": ("gain over the baseline", plot_kd_gain),
+    "search_samples": ("Optuna trials: the objective against each searched value", plot_search_samples),
 }
 METHOD_COMPARISON = "method_comparison"
 LEARNING_CURVES = "learning_curves"
@@ -105,7 +108,7 @@ def write_report(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]
                  out_dir: str | os.PathLike[str] | None = None) -> dict[str, Path]:  # fmt: skip
     """Analyse the runs under ``paths`` into ``out_dir`` (default: the first path).
 
-    Returns what was written, key -> path ("results", "report", figure stems). Raises
+    Returns what was written, key -> path ("results", "report", "table_md", "table_tex", figure stems). Raises
     NoRunsError when no run is found; a figure that cannot be drawn is skipped and explained.
     """
     sources = [Path(paths)] if isinstance(paths, (str, os.PathLike)) else [Path(p) for p in paths]
@@ -113,11 +116,15 @@ def write_report(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]
     out = Path(out_dir) if out_dir is not None else sources[0]
     out.mkdir(parents=True, exist_ok=True)
     written = {"results": out / RESULTS_FILE}
-    atomic_write_text(written["results"], csv_safe(runs).to_csv(index=False))
+    atomic_write_text(written["results"], csv_safe(results_table(runs)).to_csv(index=False))
+    tables = paper_tables(runs)
+    written["table_md"], written["table_tex"] = out / TABLE_MARKDOWN_FILE, out / TABLE_LATEX_FILE
+    atomic_write_text(written["table_md"], tables_markdown(tables))
+    atomic_write_text(written["table_tex"], latex_document(tables))
     figures = draw_figures(runs, out)
     written.update({key: path for key, (path, _) in figures.written.items()})
     written["report"] = out / REPORT_FILE
-    atomic_write_text(written["report"], render_report(runs, figures, sources, out))
+    atomic_write_text(written["report"], render_report(runs, figures, sources, out, tables))
     return written
 
 
@@ -188,15 +195,19 @@ def _draw(outcome: FigureOutcome, key: str, caption: str, out_dir: Path, make: C
     outcome.written[key] = (save_figure(figure, out_dir / f"{key}.png"), caption)
 
 
-def render_report(runs: pd.DataFrame, figures: FigureOutcome, sources: Iterable[Path], out_dir: Path) -> str:
-    """The markdown text of report.md."""
+def render_report(runs: pd.DataFrame, figures: FigureOutcome, sources: Iterable[Path], out_dir: Path,
+                  tables: Sequence[PaperTable] | None = None) -> str:  # fmt: skip
+    """The markdown text of report.md (``tables``: :func:`analysis.tables.paper_tables` of ``runs``)."""
+    tables = paper_tables(runs) if tables is None else tables
     lines = ["# Knowledge-distillation sweep report", ""]
     lines += ["Runs loaded from: " + ", ".join(code(source) for source in sources), ""]
     lines += _status_section(runs)
     lines += _evaluations_section(runs)
-    lines += _best_section(runs)
+    lines += _comparison_section(runs, tables)
     lines += _figures_section(figures, out_dir)
-    lines += [f"The full table (one row per run) is in [{RESULTS_FILE}]({RESULTS_FILE}).", ""]
+    lines += [f"The full table (one row per run, with each setting's statistics) is in [{RESULTS_FILE}]"
+              f"({RESULTS_FILE}); the paper tables in [{TABLE_MARKDOWN_FILE}]({TABLE_MARKDOWN_FILE}) and "
+              f"[{TABLE_LATEX_FILE}]({TABLE_LATEX_FILE}) (a plain LaTeX tabular).", ""]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -267,30 +278,12 @@ def _evaluations_section(runs: pd.DataFrame) -> list[str]:
 
 def _format_accuracy(mean: float, ci95: float, n: int) -> str:
     """``"88.40 ± 0.52 (n=3)"``; the ± part only when the CI exists (n ≥ 2)."""
-    if pd.isna(mean):
-        return "—"
-    spread = "" if pd.isna(ci95) else f" ± {ci95:.2f}"
-    return f"{mean:.2f}{spread} (n={n})"
+    return format_interval(Interval(mean, math.nan, n, ci95))
 
 
-def _format_gain(gain: float, n: int) -> str:
-    """``"+6.25 (n=2)"``, or a dash saying that no baseline matched."""
-    return f"{gain:+.2f} (n={n})" if n else "— (no matched baseline)"
-
-
-def _format_count(values: pd.Series) -> str:
-    """The (median) parameter count of ``values`` with thousands separators, or an em dash."""
-    numbers = as_float(values).dropna()
-    return f"{int(numbers.median()):,}" if len(numbers) else "—"
-
-
-def _summary(runs: pd.DataFrame, metric: str = FINAL_TEST_ACC) -> tuple[float, float, int]:
-    """Mean, 95% CI half-width and count of ``metric`` over the completed ``runs``."""
-    done = completed_runs(runs)
-    if metric not in done.columns:
-        return float("nan"), float("nan"), 0
-    mean, _, ci95, n = mean_ci(done[metric])
-    return mean, ci95, n
+def _format_gain(gain: float, ci95: float, n: int) -> str:
+    """``"+6.25 ± 6.35 (n=2)"`` (paired by seed), or a dash saying that no baseline matched."""
+    return format_interval(Interval(gain, math.nan, n, ci95), signed=True) if n else "— (no matched baseline)"
 
 
 def _selected_on_text(metric: str) -> str:
@@ -298,11 +291,11 @@ def _selected_on_text(metric: str) -> str:
     return SELECTED_ON_VALIDATION if metric == FINAL_VAL_ACC else SELECTED_ON_TEST
 
 
-def _best_section(runs: pd.DataFrame) -> list[str]:
-    """The best distill setting overall (every setting tied with it named, none picked by test accuracy),
-    then per setup: teacher / baseline / selected student, the methods compared (when the sweep varies
-    them) and every setting ranked."""
-    lines = ["## Best distillation setting", ""]
+def _comparison_section(runs: pd.DataFrame, tables: Sequence[PaperTable]) -> list[str]:
+    """The statistics rule; the highest mean setting and what the data say about it (a best setting only when its
+    95% interval lies apart from every other's); then per setup its paper table (recipe caption, teacher, baseline,
+    each method's selected setting, notes) and every setting ranked."""
+    lines = ["## Distillation settings compared", "", RULE_TEXT, ""]
     setups = distill_setups(runs)
     if not setups:
         return [*lines, "No completed distill runs: nothing to rank.", ""]
@@ -311,54 +304,66 @@ def _best_section(runs: pd.DataFrame) -> list[str]:
     rankings = {setup: table for setup, table in rankings.items() if not table.empty and table["n"].iloc[0] > 0}
     if not rankings:
         return [*lines, f"No completed distill run has a {FINAL_TEST_ACC}.", ""]
-    selected_on = selection_metric(runs)
-    key = "val_mean" if selected_on == FINAL_VAL_ACC else "mean"
-    candidates = [(setup, row) for setup, table in rankings.items() for _, row in best_settings(table).iterrows()]
-    if all(pd.isna(row.get(key)) for _, row in candidates):  # no setup has a validation split after all
-        key = "mean"
-    top_value = max(_value(row.get(key)) for _, row in candidates)
-    best = [(setup, row) for setup, row in candidates if abs(_value(row.get(key)) - top_value) <= TIE_TOLERANCE]
-    several_setups = len(rankings) > 1
-    if len(best) == 1:
-        setup, top = best[0]
-        lines.append(
-            f"Highest mean {selected_on} over seeds among the distill runs, {_selected_on_text(selected_on)}: "
-            f"**{escape_text(top['setting'])}** ({escape_text(setup.title())}), {_accuracies_text(top, key)} "
-            "(percent; mean ± 95% CI half-width over n seeds)."
-        )
-    else:
-        lines += [
-            f"{len(best)} settings tie on the highest mean {selected_on} over seeds "
-            f"({_selected_on_text(selected_on)}); the report picks none of them by test accuracy:",
-            "",
-        ]
-        for setup, row in best:
-            where = f" ({escape_text(setup.title())})" if several_setups else ""
-            lines.append(f"- **{escape_text(row['setting'])}**{where}: {_accuracies_text(row, key)}")
-        lines.append("")
-        lines.append("(Percent; mean ± 95% CI half-width over n seeds.)")
-    lines.append("")
+    lines += _headline(runs, rankings)
     lines += _teachers_line(runs, list(rankings))
-    for setup, ranked in rankings.items():
+    by_setup = {table.setup: table for table in tables}
+    for number, (setup, ranked) in enumerate(rankings.items(), start=1):
         lines += [f"### {escape_text(setup.title())}", ""]
         if setup.teacher_keys:
             lines += [f"Teacher of these students: {code(setup.teacher_text())}.", ""]
-        lines += _comparison_table(runs, setup, best_settings(ranked))
-        lines += _methods_table(runs_of_setup(runs, setup))
+        if setup in by_setup:
+            lines += paper_table_markdown(by_setup[setup], number)
         lines += _ranking_table(setup, ranked)
     return lines
 
 
-def _value(value: object) -> float:
-    """``value`` as a float, missing values lowest."""
-    return float("-inf") if pd.isna(value) else float(value)
+def _headline(runs: pd.DataFrame, rankings: dict[Setup, pd.DataFrame]) -> list[str]:
+    """The highest mean setting over every setup, and the claim the data support about it (or every tied one)."""
+    selected_on = selection_metric(runs)
+    prefix = "val_" if selected_on == FINAL_VAL_ACC else ""
+    if prefix and all(pd.isna(v) for t in rankings.values() for v in t.get("val_mean", pd.Series(dtype=float))):
+        prefix = ""  # no setup has a validation split after all
+    several_setups = len(rankings) > 1
+    items, rows = [], {}
+    for setup, table in rankings.items():
+        for row in table.to_dict("records"):
+            label = row["setting"] + (f" ({setup.title()})" if several_setups else "")
+            items.append((label, row_interval(row, prefix)))
+            rows[label] = (setup, row)
+    claim = compare_to_top(items, TIE_TOLERANCE)
+    key = f"{prefix}mean"
+    lines = []
+    if len(claim.top) == 1:
+        setup, top = rows[claim.top[0]]
+        lines.append(
+            f"Highest mean {selected_on} over seeds among the distill runs, {_selected_on_text(selected_on)}: "
+            f"**{escape_text(top['setting'])}** ({escape_text(setup.title())}), {_accuracies_text(top, key)} "
+            "(percent; mean ± 95% t-interval half-width over n seeds)."
+        )
+    else:
+        lines += [
+            f"{len(claim.top)} settings tie on the highest mean {selected_on} over seeds "
+            f"({_selected_on_text(selected_on)}); the report picks none of them by test accuracy:",
+            "",
+        ]
+        for label in claim.top:
+            setup, row = rows[label]
+            where = f" ({escape_text(setup.title())})" if several_setups else ""
+            lines.append(f"- **{escape_text(row['setting'])}**{where}: {_accuracies_text(row, key)}")
+        lines += ["", "(Percent; mean ± 95% t-interval half-width over n seeds.)"]
+    lines += ["", escape_text(claim_sentence(claim, "setting", metric_name(prefix))), ""]
+    return lines
 
 
-def _accuracies_text(row: pd.Series, key: str) -> str:
-    """``test accuracy 78.00 ± 0.00 (n=2), validation accuracy 78.00 (n=2)`` of a ranking row."""
+def _accuracies_text(row: pd.Series | dict, key: str) -> str:
+    """``test accuracy 78.00 ± 0.00 (n=2), validation accuracy 78.00 ± 12.71 (n=2)`` of a ranking row."""
     with_val = key == "val_mean" and not pd.isna(row.get("val_mean"))
-    val_text = f", validation accuracy {row['val_mean']:.2f} (n={int(row['val_n'])})" if with_val else ""
-    return f"test accuracy {_format_accuracy(row['mean'], row['ci95'], int(row['n']))}{val_text}"
+    val_text = f", validation accuracy {_row_text(row, 'val_')}" if with_val else ""
+    return f"test accuracy {_row_text(row, '')}{val_text}"
+
+
+def _row_text(row: pd.Series | dict, prefix: str) -> str:
+    return format_interval(row_interval(dict(row), prefix))
 
 
 def _teachers_line(runs: pd.DataFrame, setups: Sequence[Setup]) -> list[str]:
@@ -371,115 +376,58 @@ def _teachers_line(runs: pd.DataFrame, setups: Sequence[Setup]) -> list[str]:
             "their teacher (named in brackets).", ""]  # fmt: skip
 
 
-def _top5_cell(runs: pd.DataFrame) -> str:
-    """Mean ± CI of the top-5 test accuracy of ``runs``, or a dash."""
-    mean, ci95, n = _summary(runs, FINAL_TEST_ACC_TOP5)
-    return _format_accuracy(mean, ci95, n) if n else "—"
+def paper_table_markdown(table: PaperTable, number: int | None = None) -> list[str]:
+    """A :class:`~analysis.tables.PaperTable` as report.md / table.md lines: caption, table, notes."""
+    title = f"**Table {number}.** " if number is not None else ""
+    lines = [title + escape_text(table.caption), "", *markdown_table(table.header, table.rows)]
+    for note in table.notes:
+        lines += [escape_text(note), ""]
+    return lines
 
 
-def _comparison_table(runs: pd.DataFrame, setup: Setup, selected: pd.DataFrame) -> list[str]:
-    """Teacher, matched baseline student and the selected distilled student(s) (one row per tied setting):
-    architecture, parameters, accuracy (top-5 too for many-class datasets), gain."""
-    subset = runs_of_setup(runs, setup)
-    distill = completed_runs(subset, schema.MODE_DISTILL)
-    teachers = completed_runs(subset, schema.MODE_TEACHER)
-    baselines = completed_runs(subset, schema.MODE_STUDENT)
-    gains = kd_gain(subset)
-    selected_dirs = {d for dirs in selected["run_dirs"] for d in dirs}
-    matched_dirs = {d for dirs in gains.loc[gains[RUN_DIR].isin(selected_dirs), "baseline_run_dirs"].dropna()
-                    for d in str(dirs).split(" ")}  # fmt: skip
-    single_setting = len(baseline_levels(subset, setup)) == 1
-    matched = baselines[baselines[RUN_DIR].isin(matched_dirs)] if matched_dirs or not single_setting else baselines
-    teacher_params = distill[TEACHER_PARAMS] if TEACHER_PARAMS in distill.columns else pd.Series(dtype=float)
-    if as_float(teacher_params).isna().all():
-        teacher_params = teachers[MODEL_PARAMS] if MODEL_PARAMS in teachers.columns else teacher_params
-    teacher_acc = teacher_accuracy(runs, setup)
-    baseline = _summary(matched)
-
-    def params(frame: pd.DataFrame) -> pd.Series:
-        return frame[MODEL_PARAMS] if MODEL_PARAMS in frame.columns else pd.Series(dtype=float)
-
-    baseline_name = "baseline student (CE only)" + ("" if matched_dirs or matched.empty else ", not matched")
-    no_baseline = "— (no baseline runs)" if baselines.empty else "— (no baseline with the same settings)"
-    rows = [
-        ["teacher", setup.teacher, _format_count(teacher_params),
-         "—" if pd.isna(teacher_acc) else f"{teacher_acc:.2f}", ""],
-        [baseline_name, setup.student, _format_count(params(matched)),
-         _format_accuracy(*baseline) if baseline[2] else no_baseline, ""],
-    ]  # fmt: skip
-    frames = [pd.DataFrame(), matched]
-    name = "best distilled student" if len(selected) == 1 else "tied best distilled student"
-    for top in selected.to_dict("records"):
-        best_runs = distill[distill[RUN_DIR].isin(top["run_dirs"])]
-        rows.append([f"{name} ({top['setting']})", setup.student, _format_count(params(best_runs)),
-                     _format_accuracy(top["mean"], top["ci95"], int(top["n"])),
-                     _format_gain(top["gain"], int(top["gain_n"]))])  # fmt: skip
-        frames.append(best_runs)
-    header = ["model", "architecture", "parameters", "test accuracy (%)", "gain (pp, same-seed baseline)"]
-    if has_top5(subset):
-        header.insert(4, "top-5 test accuracy (%)")
-        for row, frame in zip(rows, frames, strict=True):
-            row.insert(4, _top5_cell(frame) if not frame.empty else "—")
-    note = "Accuracies: mean over seeds ± 95% CI half-width (Student t); n = runs."
-    if len(selected) > 1:
-        note += f" {len(selected)} settings tie on the selection metric: all are listed, none is picked by test."
-    return [*markdown_table(header, rows), note, ""]
-
-
-def _methods_table(subset: pd.DataFrame) -> list[str]:
-    """Each method's selected setting(s) with its test accuracy and gain, when the setup's runs vary the method."""
-    if len(distill_methods(subset)) < 2:
-        return []
-    table = compare_methods(subset)
-    selected_on = table.attrs["selected_on"]
-    key = "val_mean" if selected_on == FINAL_VAL_ACC else "mean"
-    with_top5 = "top5_mean" in table.columns
-    header = ["method", "selected setting", "test accuracy (%)", "gain (pp, same-seed baseline)"]
-    if with_top5:
-        header.insert(3, "top-5 test accuracy (%)")
-    if key == "val_mean":
-        header.insert(2, "validation accuracy (%)")
-    rows = []
-    for row in table.to_dict("records"):
-        setting = row["setting"] + (f" (tied, 1 of {int(row['tied'])})" if row["tied"] > 1 else "")
-        cells = [row[METHOD], setting, _format_accuracy(row["mean"], row["ci95"], int(row["n"])),
-                 _format_gain(row["gain"], int(row["gain_n"]))]  # fmt: skip
-        if with_top5:
-            cells.insert(3, _format_accuracy(row["top5_mean"], row["top5_ci95"], int(row["n"])))
-        if key == "val_mean":
-            cells.insert(2, _format_accuracy(row["val_mean"], float("nan"), int(row["val_n"])))
-        rows.append(cells)
-    intro = f"Methods compared (each method's selected setting, {_selected_on_text(selected_on)}), best first"
-    values = table[key].map(_value)
-    tied = values.duplicated(keep=False).any()
-    intro += "; rows with equal selection accuracy are tied (listed by name, not ranked by test):" if tied else ":"
-    return [intro, "", *markdown_table(header, rows)]
+def tables_markdown(tables: Sequence[PaperTable]) -> str:
+    """table.md: one section per setup (its paper table)."""
+    lines = ["# Distillation results", ""]
+    if not tables:
+        lines += ["No completed distill runs.", ""]
+    for number, table in enumerate(tables, start=1):
+        lines += [f"## {escape_text(table.setup.title())}", "", *paper_table_markdown(table, number)]
+    return "\n".join(lines)
 
 
 def _ranking_table(setup: Setup, ranked: pd.DataFrame) -> list[str]:
-    """Every distill setting of ``setup``, best first (at most MAX_RANKED_SETTINGS rows)."""
+    """Every distill setting of ``setup``, best first (at most MAX_RANKED_SETTINGS rows), with whether the data
+    tell each apart from the highest."""
     by = [c for c in ranked.columns if c not in RANK_COLUMNS]
     with_val, with_top5 = "val_mean" in ranked.columns, "top5_mean" in ranked.columns
+    with_best = "best_mean" in ranked.columns
     with_gain = bool((ranked["gain_n"] > 0).any())
+    prefix = "val_" if with_val else ""
+    top = row_interval(ranked.iloc[0].to_dict(), prefix)
     header = [short_name(c) for c in by] or ["setting"]
-    header.append("test accuracy (%)")
-    header += ["top-5 test accuracy (%)"] * with_top5 + ["validation accuracy (%)"] * with_val
-    header += ["gain (pp)"] * with_gain + ["selected"]
+    header += ["validation accuracy (%)"] * with_val + ["test accuracy, last epoch (%)"]
+    header += ["test accuracy, best epoch (%)"] * with_best + ["top-5 test accuracy (%)"] * with_top5
+    header += ["gain, paired (pp)"] * with_gain + ["vs highest (95% intervals)", "selected"]
     rows = []
     for row in ranked.head(MAX_RANKED_SETTINGS).to_dict("records"):
         cells = ["—" if pd.isna(row[c]) else format_value(row[c]) for c in by] or [row["setting"]]
-        cells.append(_format_accuracy(row["mean"], row["ci95"], int(row["n"])))
+        if with_val:
+            cells.append(_row_text(row, "val_"))
+        cells.append(_row_text(row, ""))
+        if with_best:
+            cells.append(_format_accuracy(row["best_mean"], row["best_ci95"], int(row["n"])))
         if with_top5:
             cells.append(_format_accuracy(row["top5_mean"], row["top5_ci95"], int(row["n"])))
-        if with_val:
-            cells.append(_format_accuracy(row["val_mean"], float("nan"), int(row["val_n"])))
         if with_gain:
-            cells.append(_format_gain(row["gain"], int(row["gain_n"])))
+            cells.append(_format_gain(row["gain"], row["gain_ci95"], int(row["gain_n"])))
+        own = row_interval(row, prefix)
+        cells.append("highest" if row["selected"] else "apart" if distinguishable(top, own) else "overlaps")
         cells.append("✓" if row["selected"] else "")
         rows.append(cells)
     order = "validation" if with_val else "test"
-    intro = f"All distillation settings of {escape_text(setup.title())}, best first (by mean {order} accuracy"
-    lines = [f"{intro}; ✓: the selection, ties included):", ""]
+    intro = f"All distillation settings of {escape_text(setup.title())}, by mean {order} accuracy"
+    lines = [f"{intro} (✓: the highest, ties included; apart / overlaps: whether its 95% interval is apart from the "
+             "highest's):", ""]  # fmt: skip
     lines += markdown_table(header, rows)
     if len(ranked) > MAX_RANKED_SETTINGS:
         lines += [f"... and {len(ranked) - MAX_RANKED_SETTINGS} more settings (see {RESULTS_FILE}).", ""]

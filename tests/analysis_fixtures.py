@@ -48,6 +48,7 @@ METHOD_PARTS = {
     "dkd": ("ce", "dkd"),
     "fitnet": ("ce", "hint"),
     "dist": ("ce", "dist"),
+    "crd": ("ce", "crd"),
 }
 #: loss.* keys (besides name) of each method, with their defaults.
 METHOD_KEYS = {
@@ -56,6 +57,7 @@ METHOD_KEYS = {
     "dkd": {"temperature": 4.0, "alpha": 1.0, "beta": 8.0, "warmup": 20},
     "fitnet": {"hint_weight": 100.0, "hint_point": "stage2"},
     "dist": {"temperature": 4.0, "beta": 2.0, "gamma": 2.0},
+    "crd": {"feat_dim": 128, "nce_k": 16384, "nce_t": 0.07, "momentum": 0.5},
 }
 
 
@@ -96,8 +98,10 @@ def overrides_of(config: dict[str, Any]) -> list[str]:
 
 def make_metrics(config: dict[str, Any], final_test_acc: float | None, status: str = schema.STATUS_COMPLETED,
                  reason: str | None = None, final_val_acc: float | None = None,
-                 top5: float | None = None) -> dict[str, Any]:  # fmt: skip
-    """metrics.json content with exactly the keys of schema.METRICS_KEYS, in order."""
+                 top5: float | None = None, **values: Any) -> dict[str, Any]:  # fmt: skip
+    """metrics.json content with exactly the keys of schema.METRICS_KEYS, in order (``values``: any of them)."""
+    unknown = set(values) - set(schema.METRICS_KEYS)
+    assert not unknown, f"not metrics.json keys: {sorted(unknown)}"
     mode = config["mode"]
     distill = mode == schema.MODE_DISTILL
     flat = _flatten(config)
@@ -132,6 +136,7 @@ def make_metrics(config: dict[str, Any], final_test_acc: float | None, status: s
         "soft_label_cache": "warm" if distill else None,
         "settings": settings,
     }
+    known |= values
     return {key: known.get(key) for key in schema.METRICS_KEYS}  # keys the test does not know: None
 
 
@@ -366,4 +371,79 @@ def write_lr_sweep(root: Path, lrs: tuple[float, ...] = (1e-3, 2e-3), epochs: in
             metrics = complete_metrics(config, acc, teacher_id) if complete else make_metrics(resolved(config), acc)
             name = f"{mode},lr={lr:g},epochs={epochs},T={temperature:g},seed={seed}"
             write_run(root / name, config, metrics, make_history(acc, epochs=epochs, distill=mode == "distill"))
+    return root
+
+
+#: A paper-style method sweep (cifar10 with a validation split, 2 seeds): method -> per seed (final test, best test,
+#: validation accuracy); the intervals of every pair overlap at n=2 (PAPER_APART: one method far ahead, spread small).
+PAPER_METHODS = {
+    "kd": ((80.0, 81.0, 79.0), (84.0, 84.5, 83.0)),
+    "dkd": ((79.0, 80.0, 78.5), (83.5, 83.5, 82.0)),
+    "crd": ((78.0, 79.5, 77.0), (80.0, 80.5, 78.0)),
+}
+PAPER_APART = {"kd": ((90.0, 90.5, 89.0), (90.2, 90.6, 89.2), (90.4, 90.7, 89.4)),
+               "dkd": ((80.0, 80.5, 79.0), (80.2, 80.6, 79.2), (80.4, 80.7, 79.4))}  # fmt: skip
+#: Per seed: (final test, best test, validation accuracy) of the baseline student.
+PAPER_BASELINE = ((76.0, 77.0, 75.0), (77.0, 77.5, 76.0), (76.5, 77.0, 75.5))
+#: What every paper-sweep run records beside its accuracies.
+PAPER_SIZES = {"train_images": 45_000, "val_images": 5_000, "test_images": 10_000}
+PAPER_TEACHER = {"final_test_acc": 93.0, "best_test_acc": 93.4, "final_val_acc": 92.5, "test_ece": 4.5,
+                 "model_macs": 125_000_000}  # fmt: skip
+PAPER_METHOD_PARTS = {"kd": (0, 0), "dkd": (0, 0), "crd": (65_536, 41_984)}  # method_params, method_macs
+PAPER_STUDENT_MACS = 12_500_000
+PAPER_TRAIN_SECONDS = 30.0  # epoch loop of 3 epochs, cache fill included
+PAPER_FILL_SECONDS = 6.0  # paid by kd's seed-0 job (it found the cache empty)
+TEACHER_ID_OF_PAPER = "t-paper"
+#: Test logits of the paper sweep's teacher and baseline student (4 images, 3 classes): 3 of 4 agree.
+PAPER_TEACHER_LOGITS = ((4.0, 1.0, 0.0), (0.0, 3.0, 1.0), (1.0, 0.0, 2.0), (2.0, 1.0, 0.0))
+PAPER_BASELINE_LOGITS = ((3.0, 1.0, 0.0), (0.0, 2.0, 1.0), (2.0, 0.0, 1.0), (1.0, 0.5, 0.0))
+
+
+def write_test_logits(run_dir: Path, logits: tuple[tuple[float, ...], ...]) -> None:
+    """``schema.TEST_LOGITS_FILE`` as the runs keep it (float16 .npy)."""
+    import numpy as np
+
+    np.save(run_dir / schema.TEST_LOGITS_FILE, np.asarray(logits, dtype=np.float16))
+
+
+def write_paper_sweep(root: Path, methods: dict[str, tuple[tuple[float, float, float], ...]] = PAPER_METHODS,
+                      student: str = STUDENT) -> Path:  # fmt: skip
+    """A method sweep with everything the paper table reads: a teacher run (validation and best accuracy, ECE,
+    MACs, test logits), baselines (test logits) and distill runs of ``methods`` with agreement, KL, ECE, MACs,
+    loop seconds and the cache fill (kd's seed 0 paid it); complete records (teacher_id, data_digest)."""
+    seeds = max(len(per_seed) for per_seed in methods.values())
+
+    def config_of(mode: str, seed: int, method: str = "kd") -> dict[str, Any]:
+        config = method_sweep_config(mode, seed, method)
+        config["dataset"].update(name=DATASET, num_classes=10)
+        config["student"]["name"] = student
+        return config
+
+    teacher_config = config_of(schema.MODE_TEACHER, 0)
+    teacher = {key: value for key, value in PAPER_TEACHER.items() if key != "final_test_acc"}
+    metrics = complete_metrics(teacher_config, PAPER_TEACHER["final_test_acc"], teacher_id=TEACHER_ID_OF_PAPER,
+                               **PAPER_SIZES, **teacher)  # fmt: skip
+    metrics["teacher_id"] = TEACHER_ID_OF_PAPER  # a teacher run's own identity
+    run = write_run(root / "teacher", teacher_config, metrics, make_history(93.0, epochs=10, distill=False))
+    write_test_logits(run, PAPER_TEACHER_LOGITS)
+    for seed in range(seeds):
+        last, best, val = PAPER_BASELINE[seed]
+        config = config_of(schema.MODE_STUDENT, seed)
+        metrics = complete_metrics(config, last, final_val_acc=val, best_test_acc=best, test_ece=3.0 + seed,
+                                   model_macs=PAPER_STUDENT_MACS, train_seconds=12.0, **PAPER_SIZES)  # fmt: skip
+        run = write_run(root / f"baseline-{seed}", config, metrics, make_history(last, distill=False))
+        write_test_logits(run, PAPER_BASELINE_LOGITS)
+    for method, per_seed in methods.items():
+        params, macs = PAPER_METHOD_PARTS[method]
+        for seed, (last, best, val) in enumerate(per_seed):
+            config = config_of(schema.MODE_DISTILL, seed, method)
+            fill = PAPER_FILL_SECONDS if (method, seed) == ("kd", 0) else (0.0 if method != "crd" else None)
+            metrics = complete_metrics(
+                config, last, teacher_id=TEACHER_ID_OF_PAPER, final_val_acc=val, best_test_acc=best,
+                teacher_val_acc=PAPER_TEACHER["final_val_acc"], teacher_test_ece=PAPER_TEACHER["test_ece"],
+                teacher_macs=PAPER_TEACHER["model_macs"], model_macs=PAPER_STUDENT_MACS, method_params=params,
+                method_macs=macs, teacher_agreement=85.0 + seed, teacher_kl=0.25 + 0.05 * seed, test_ece=2.0 + seed,
+                train_seconds=PAPER_TRAIN_SECONDS, soft_label_cache_fill_seconds=fill, **PAPER_SIZES,
+            )  # fmt: skip
+            write_run(root / f"{method}-{seed}", config, metrics, make_history(last, method=method))
     return root

@@ -329,10 +329,19 @@ def test_plot_learning_curves(sweep: FakeSweep, runs: pd.DataFrame) -> None:
     assert "epoch" in text and "test accuracy (%)" in text
     assert "loss.temperature=4 loss.alpha=0.9" in text and "student" in text
     assert [len(ax.lines) for ax in fig.axes] == [2, 2, 2, 1]  # the baseline has no KD term
+    assert [ax.get_ylabel() for ax in fig.axes] == [
+        "test accuracy (%)",
+        "weighted sum of the terms (mixed units)",
+        "cross-entropy (nats)",
+        "T²-scaled KL(teacher‖student) (nats)",
+    ]
     default = plot_learning_curves(history, runs=runs)  # the report's selection, seeds averaged
     legend = texts_of(default)
     assert "distill: T = 4, α = 0.9" in legend and "baseline student" in legend and "teacher" in legend
-    assert len(default.axes[0].lines) == 3
+    assert len(default.axes[0].lines) == 2  # the students; the teacher's own epochs are on a panel of their own
+    teacher_panel = default.axes[-1]
+    assert teacher_panel.get_title() == "teacher: test accuracy per epoch" and len(teacher_panel.lines) == 1
+    assert teacher_panel.get_xlabel() == "teacher epoch (its own recipe)"
     mean_curve = default.axes[0].lines[0].get_ydata()
     best = [DISTILL_ACC[(4.0, 0.9, 0)], DISTILL_ACC[(4.0, 0.9, 1)]]
     assert mean_curve[-1] == pytest.approx(sum(best) / 2)  # last epoch: mean of the two seeds
@@ -363,9 +372,12 @@ def test_cli_writes_results_report_and_figures(sweep: FakeSweep, tmp_path: Path)
     report = (out / "report.md").read_text()
     assert "| distill | 8 | 1 | 2 |" in report and "| **all** | 11 | 1 | 2 |" in report
     assert "**T = 4, α = 0.9**" in report and "85.75" in report
-    assert "| teacher | resnet56 | 850,000 | 93.00 |" in report
-    assert "| baseline student (CE only) | resnet8 | 78,000 | 79.50" in report
-    assert "+6.25 (n=2)" in report  # mean KD gain of the best setting: (6.0 + 6.5) / 2
+    assert "| teacher | — | resnet56 | 850,000 | 1 | 93.00 |" in report
+    assert "| baseline (CE only) | — | resnet8 | 78,000 | 2 | 79.50 ± 6.35 |" in report
+    # paired KD gains of the best setting 6.0 and 6.5: mean 6.25 ± t_{.975,1} * s / sqrt(2), s = 0.5 / sqrt(2)
+    assert f"+6.25 ± {T_975_DF1 * 0.25:.2f}" in report
+    assert "No other setting is distinguishable from T = 4, α = 0.9" in report  # n=2: every interval overlaps
+    assert "Best setting" not in report and "the data do not support naming a best setting" in report
     assert FAILED_REASON in report
     for name in FIGURES:
         assert f"]({name})" in report
@@ -398,7 +410,7 @@ def test_report_draws_one_set_of_figures_per_setup(tmp_path: Path) -> None:
     for student in ("resnet8", "resnet14"):
         assert_png(written[f"accuracy_vs_temperature_cifar10_resnet56_{student}"])
         assert f"<code>heatmap_cifar10_resnet56_{student}.png</code>" in report  # left out: one swept key
-    assert "**T = 4, α = 0.9** (cifar10: resnet56 → resnet14)" in report  # 83.0, the best of both setups
+    assert "**T = 4** (cifar10: resnet56 → resnet14)" in report  # 83.0, the highest of both setups (α is fixed)
     assert "learning_curves_cifar10_resnet56_resnet8.png" in report  # no history: left out
 
 
@@ -556,6 +568,8 @@ def test_notebook_runs_on_a_temperature_alpha_grid(sweep: FakeSweep, tmp_path: P
     assert len(images) == 4  # heatmap, accuracy vs T, KD gain, learning curves (one method: no comparison)
     text = output_text(outputs)
     assert "85.75" in text and "not drawn" not in text
+    assert "Recipe of every compared run" in text and "No other setting is distinguishable from T = 4, α = 0.9" in text
+    assert "setting_gain_ci95" in text and "overlaps" in text  # results.csv's columns: paired gains, intervals
 
 
 def test_notebook_runs_on_a_method_sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -564,7 +578,8 @@ def test_notebook_runs_on_a_method_sweep(tmp_path: Path, monkeypatch: pytest.Mon
     assert len(images) == 5  # dkd heatmap, kd accuracy vs T and gain, methods compared, learning curves
     text = output_text(outputs)
     assert "dkd.beta" in text and "kd.temperature" in text  # method columns apart
-    assert "T = 4, α = 1, beta = 8, warmup = 5" in text and "hint_point = stage2" in text  # each method's table row
+    assert "dkd: beta = 8, warmup = 5" in text and "fitnet: hint_point = stage2" in text  # varying / fixed apart
+    assert "No other method is distinguishable from dkd" in text and "table.md" not in text
     assert "ci95" in text and "not drawn" not in text
 
 
@@ -597,7 +612,8 @@ def test_rank_settings_selects_on_validation_and_reports_test(method_runs: pd.Da
     assert top["top5_mean"] == pytest.approx(78.0 + TOP5_OFFSET)
     baseline = {seed: acc for seed, (acc, _) in METHOD_SWEEP_BASELINE.items()}
     assert top["gain"] == pytest.approx((78.0 - baseline[0] + 78.0 - baseline[1]) / 2) and top["gain_n"] == 2
-    assert top["setting"] == "dkd: T = 4, α = 1, beta = 8, warmup = 5"
+    assert top["setting"] == "dkd: beta = 8, warmup = 5"  # only what varies (T and α are the same in all dkd runs)
+    assert top["val_ci95"] == pytest.approx(T_975_DF1 * math.sqrt(2.0) / math.sqrt(2.0))  # 77 and 79
     test_only = method_runs.assign(final_val_acc=None)
     assert analysis.rank_settings(test_only).iloc[0]["mean"] == pytest.approx(81.0)  # dkd beta=1, warmup=5
 
@@ -607,7 +623,7 @@ def test_compare_methods_picks_each_methods_best_setting(method_runs: pd.DataFra
     assert list(table["loss.name"]) == ["dkd", "fitnet", "kd"]  # validation 78, then a tie at 74: by name, not test
     assert list(table["selected"]) == [True, False, False] and list(table["tied"]) == [1, 1, 1]
     kd = table.set_index("loss.name").loc["kd"]
-    assert kd["setting"] == "T = 4, α = 0.9" and kd["mean"] == pytest.approx(75.0) and kd["n"] == 2
+    assert kd["setting"] == "T = 4" and kd["mean"] == pytest.approx(75.0) and kd["n"] == 2
     assert kd["ci95"] == pytest.approx(T_975_DF1 * math.sqrt(2.0) / math.sqrt(2.0))
     assert kd["gain"] == pytest.approx(4.5)
     assert analysis.distill_methods(method_runs) == ["dkd", "fitnet", "kd"]
@@ -620,10 +636,19 @@ def test_method_sweep_report_and_figures(method_runs: pd.DataFrame, tmp_path: Pa
     for key in ("method_comparison", "heatmap_dkd", "accuracy_vs_temperature_kd", "kd_gain_kd"):
         assert_png(written[key])
     report = written["report"].read_text()
-    assert "selected on the validation split: **dkd: T = 4, α = 1, beta = 8, warmup = 5**" in report
-    assert "test accuracy 78.00 ± 0.00 (n=2), validation accuracy 78.00 (n=2)" in report
-    assert "| kd | T = 4, α = 0.9 | 74.00 (n=2) | 75.00 ± 12.71 (n=2) | 85.00 ± 12.71 (n=2) | +4.50 (n=2) |" in report
-    assert "top-5 test accuracy (%)" in report and "rows with equal selection accuracy are tied" in report
+    assert "selected on the validation split: **dkd: beta = 8, warmup = 5**" in report  # labels: what varies
+    assert "test accuracy 78.00 ± 0.00 (n=2), validation accuracy 78.00 ± 12.71 (n=2)" in report
+    # kd's row: validation, last and best test, top-5, paired gain (4 and 5: mean 4.5 ± t_{.975,1} * 0.5)
+    assert (
+        "| kd | T = 4 | resnet8 | 78,000 | 2 | 74.00 ± 12.71 | 75.00 ± 12.71 | 75.00 ± 12.71 | 85.00 ± 12.71 | "
+        f"+4.50 ± {T_975_DF1 * 0.5:.2f} |" in report
+    )
+    assert "No other method is distinguishable from dkd (the highest mean validation accuracy) at n=2" in report
+    assert (
+        "Fixed method settings: dkd: T = 4, α = 1; fitnet: hint_point = stage2, hint_weight = 100; kd: α = 0.9."
+        in report
+    )  # said once, not on every row
+    assert "top-5 test acc, last epoch (%)" in report and "test acc, best epoch (%)" in report
     assert "skipped" not in report and report.count("Left out as not applicable") == 1
     assert "<code>heatmap_kd.png</code>" in report and "<code>kd_gain_fitnet.png</code>" in report
     results = pd.read_csv(written["results"])
@@ -664,7 +689,7 @@ def test_datasets_with_the_same_name_are_not_averaged(tmp_path: Path) -> None:
     assert sorted(ranked["mean"]) == pytest.approx([61.0, 91.0]) and set(ranked["n"]) == {2}
     report = write_report(root, tmp_path / "out")["report"].read_text()
     assert "91.00 ± 12.71 (n=2)" in report and "76.00" not in report  # not (60 + 62 + 90 + 92) / 4
-    assert "| baseline student (CE only) | resnet8 | 78,000 | 85.50" in report
+    assert "| baseline (CE only) | — | resnet8 | 78,000 | 2 | 85.50 ± 6.35 |" in report
 
 
 def test_optuna_like_search_without_baselines(tmp_path: Path) -> None:
@@ -676,8 +701,9 @@ def test_optuna_like_search_without_baselines(tmp_path: Path) -> None:
     written = write_report(tmp_path / "search", tmp_path / "out")
     report = written["report"].read_text()
     best = trials[5]
-    assert f"selected on the validation split: **T = {best[0]:g}, α = 0.9, optimizer.lr = {best[1]:g}**" in report
+    assert f"selected on the validation split: **T = {best[0]:g}, optimizer.lr = {best[1]:g}**" in report
     assert f"test accuracy {best[2]:.2f} (n=1)" in report
+    assert "the data do not support naming a best setting" in report and "unknown (fewer than 2 seeds)" in report
     assert "<code>heatmap.png</code>" in report  # left out: one swept loss key
     assert "would be 12 lines" in report  # accuracy vs T: one line per learning rate is too many
 
@@ -777,7 +803,8 @@ def test_cli_skips_damaged_runs_with_one_warning_each(tmp_path: Path) -> None:
     assert all(line.startswith("warning: ") for line in done.stderr.splitlines()), done.stderr
     report = (tmp_path / "out" / "report.md").read_text()
     assert "&#x27;status&#x27; is a list, expected text" in report
-    assert "**T = 4, α = 0.9**" in report and "77.00 ± " in report  # (80 + 81 + 70) / 3: none of the 90s
+    assert "**kd**" in report and "77.00 ± " in report  # (80 + 81 + 70) / 3: none of the 90s
+    assert "Only one setting: kd; nothing to compare it with." in report and "kd: T = 4, α = 0.9" in report
     runs = load_runs(tmp_path / "sweep")
     assert (runs["status"] == "completed").sum() == 4  # the good runs, a bad history.csv, odd settings
     assert row_of(runs, dirs["bad_config"])["reason"] == "no metrics.json (run unfinished or killed)"
@@ -833,7 +860,7 @@ def test_optuna_lr_search_with_a_pinned_teacher_and_complete_records(tmp_path: P
     written = write_report(tmp_path / "optuna", tmp_path / "out")
     report = written["report"].read_text()
     best = lr_sweep_accuracy("distill", lrs[-1], 2, 0)
-    assert f"**T = 4, α = 0.9, optimizer.lr = {lrs[-1]:g}**" in report and f"{best:.2f} (n=1)" in report
+    assert f"**optimizer.lr = {lrs[-1]:g}**" in report and f"{best:.2f} (n=1)" in report
     assert "teacher #" not in report  # one teacher: nothing to tell apart
 
 
@@ -919,8 +946,9 @@ def test_tied_validation_accuracies_name_every_tied_setting(tmp_path: Path) -> N
     assert "2 settings tie on the highest mean final_val_acc" in report and "picks none of them by test" in report
     for label, key in (("T = 1, α = 0.9", (1.0, 0.9)), ("T = 4, α = 0.5", (4.0, 0.5))):
         assert f"- **{label}**: test accuracy {test[key]:.2f} ± " in report
-        assert f"| tied best distilled student ({label}) |" in report
-    assert "**T = 4, α = 0.9**" not in report and "best distilled student (T = 4, α = 0.9)" not in report
+        assert f"| kd (tied, 1 of 2) | {label} |" in report
+    assert "**T = 4, α = 0.9**" not in report and "| kd (tied, 1 of 2) | T = 4, α = 0.9 |" not in report
+    assert "2 settings tie on the highest mean validation accuracy" in report and "none is named best" in report
     legend = texts_of(plot_learning_curves(load_history(tmp_path / "sweep"), runs=runs))
     assert "distill: T = 1, α = 0.9" in legend and "distill: T = 4, α = 0.5" in legend
     assert "T = 4, α = 0.9" not in legend  # the learning curves follow the report's selection
@@ -944,7 +972,7 @@ def test_method_sweep_keeps_methods_apart(tmp_path: Path) -> None:
     ranked = analysis.rank_settings(runs)
     assert list(ranked.columns[:3]) == ["loss.name", "dist.beta", "dkd.beta"] and "loss.beta" not in ranked.columns
     labels = set(ranked["setting"])
-    assert "dkd: T = 4, α = 1, beta = 8, warmup = 20" in labels and "dist: T = 4, beta = 3, gamma = 2" in labels
+    assert labels == {"dkd: beta = 1", "dkd: beta = 8", "dist: beta = 2", "dist: beta = 3"}  # only what varies
     written = write_report(root, tmp_path / "out")
     report = written["report"].read_text()
     assert "| method | dist.beta | dkd.beta |" in report
@@ -953,7 +981,7 @@ def test_method_sweep_keeps_methods_apart(tmp_path: Path) -> None:
     titles = [ax.get_title() for ax in curves.axes]
     assert "train_dkd (unweighted term)" in titles and "train_dist (unweighted term)" in titles
     legend = texts_of(curves)
-    assert "dist: T = 4, beta = 3, gamma = 2" in legend and "dkd: T = 4, α = 1, beta = 8, warmup = 20" in legend
+    assert "dist: beta = 3" in legend and "dkd: beta = 8" in legend
     assert_png(written["learning_curves"])
 
 
@@ -980,8 +1008,8 @@ def test_setups_ranked_together_never_merge_settings(tmp_path: Path) -> None:
     ranked = analysis.rank_settings(analysis.runs_of_setup(runs, resnet14), by=by)
     assert sorted(ranked["mean"]) == [61.5, 68.5] and set(ranked["n"]) == {2}  # β 1 and β 8 not averaged
     report = write_report(tmp_path / "sweep", tmp_path / "out")["report"].read_text()
-    assert "**dkd: T = 4, α = 1, beta = 8, warmup = 20** (cifar10: resnet56 → resnet14)" in report
-    assert "validation accuracy 58.00 (n=2)" in report
+    assert "**dkd: beta = 8** (cifar10: resnet56 → resnet14)" in report
+    assert "validation accuracy 58.00 ± 0.00 (n=2)" in report
 
 
 def test_a_run_repeated_into_another_directory_counts_once() -> None:

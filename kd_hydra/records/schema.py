@@ -77,6 +77,23 @@ METRICS_KEYS = (
     "config_digest",  # digest of the run's identity: the settings its mode reads, data_digest and teacher_id
     "data_digest",  # content digest of the dataset the run read (train, validation and test splits)
     "teacher_id",  # the teacher's identity digest (store teachers) or "sha256:<file>" (teacher.checkpoint)
+    "train_images",  # images of the training split (the validation images held out of it excluded)
+    "val_images",  # images of the validation split (0 without dataset.val_fraction)
+    "test_images",  # images of the test split
+    "train_seconds",  # seconds of the epoch loop (training and evaluation; teacher training, data loading excluded)
+    "soft_label_cache_fill_seconds",  # seconds this run spent computing and storing soft labels for the cache
+    #              (included in train_seconds; 0 when it read every epoch) or None (no cache)
+    "model_macs",  # multiply-accumulates of one forward of the trained model on one image (FLOPs = 2 x MACs)
+    "teacher_macs",  # the same for the teacher (distill) or None
+    "method_macs",  # the same for the method's own modules (connectors, embeddings, memory) per training image,
+    #              0 for a method without modules, None where it cannot be measured
+    "test_ece",  # expected calibration error (%) of the trained model on the test split: 15 equal-width bins of the
+    #              top-1 softmax confidence, sum over bins of (bin images / images) x |accuracy - mean confidence|
+    "teacher_test_ece",  # the same for the teacher used (distill) or None
+    "teacher_agreement",  # top-1 agreement (%) of the student's and the teacher's predictions on the test split
+    #              (distill; the analysis computes a baseline's from TEST_LOGITS_FILE) or None
+    "teacher_kl",  # mean KL(teacher || student) over the test images at temperature 1, in nats (distill) or None
+    "teacher_val_acc",  # validation accuracy of the teacher used (distill; a stored teacher trained with one) or None
     "settings",  # dict of dotted key -> value: every training setting of the resolved config (the
     #              authoritative record of what ran); None for the keys the run's mode does not read
 )
@@ -85,6 +102,9 @@ METRICS_KEYS = (
 #: columns: predicted class, counts), both CSV with a header.
 PER_CLASS_FILE = "per_class.csv"
 CONFUSION_FILE = "confusion_matrix.csv"
+#: Logits of a teacher (mode=teacher) or baseline (mode=student) run on the test split, in the split's order: a
+#: float16 ``(images, classes)`` NumPy ``.npy`` array (the analysis compares a baseline with its setup's teacher).
+TEST_LOGITS_FILE = "test_logits.npy"
 PER_CLASS_COLUMNS = ("class", "name", "images", "correct", "accuracy")
 
 #: Dotted keys copied into metrics.json["settings"] (plus every ``loss.*`` key of the run's method).

@@ -41,6 +41,7 @@ from kd_hydra.records.run_directory import (
 )
 from kd_hydra.run.context import RunContext, open_context
 from kd_hydra.run.evaluation import evaluate_classes, write_evaluation
+from kd_hydra.run.measures import student_measures, teacher_measures
 from kd_hydra.stores.teacher_outputs import teacher_outputs
 from kd_hydra.stores.teachers import Teacher, acquire_teacher, load_external, teacher_identity_of
 from kd_hydra.trackers.base import run_identity as tracker_identity
@@ -204,6 +205,7 @@ def train_teacher(ctx: RunContext, plan: Plan) -> dict[str, Any]:
         model_params=params,
         checkpoint=str(teacher.weights_path),
         **summary,
+        **teacher_measures(ctx, teacher.model),
     )
 
 
@@ -293,6 +295,8 @@ def train_student(ctx: RunContext, plan: Plan, teacher: Teacher | None) -> dict[
         model_file = ctx.out_dir / MODEL_FILE
         keep.save(model_file)
     values = {**summary_of(result), **snapshot_values(keep, result)}
+    fill_seconds = outputs.fill_seconds if teacher is not None else None
+    values.update(student_measures(ctx, student, method, plan.request, teacher, result.history.rows, fill_seconds))
     if teacher is not None:
         values.update(
             teacher=cfg.teacher.name,

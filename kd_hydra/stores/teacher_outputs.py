@@ -22,6 +22,7 @@ import io
 import logging
 import os
 import shutil
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,6 +193,7 @@ class CachedTeacher:
         self.max_bytes = max_bytes
         self.epochs_computed = 0
         self.epochs_read = 0
+        self.fill_seconds = 0.0  # computing and storing this run's missing epochs
         self._current: Tensor | None = None
 
     @property
@@ -204,8 +206,10 @@ class CachedTeacher:
         with self.entry.locked("computing these soft labels"):
             stored = self._read(name)
             if stored is None:
+                started = time.perf_counter()
                 stored = encode_logits(self._compute(epoch), self.dtype, self.top_k)
                 self._write(name, stored)
+                self.fill_seconds += time.perf_counter() - started
                 self.epochs_computed += 1
             else:
                 self.epochs_read += 1
@@ -286,6 +290,11 @@ class TeacherOutputs:
     def cache_status(self) -> str:
         """``off`` for a live teacher, else ``cold``/``warm`` (meaningful once training ran)."""
         return self.source.status if isinstance(self.source, CachedTeacher) else "off"
+
+    @property
+    def fill_seconds(self) -> float | None:
+        """Seconds this run spent filling the cache (0 when it read every epoch); None for a live teacher."""
+        return self.source.fill_seconds if isinstance(self.source, CachedTeacher) else None
 
 
 def teacher_outputs(
