@@ -40,6 +40,7 @@ from kd_hydra.data import (
     sample_crop_flip,
 )
 from kd_hydra.errors import ConfigError, DataError
+from kd_hydra.train.batches import BatchSource
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "dataset"
 DATASET_CONFIGS = ("cifar10", "cifar100", "tiny_imagenet", "folder", "arrays", "digits", "synthetic")
@@ -649,6 +650,7 @@ def test_loader_pipeline_matches_in_memory(tmp_path: Path, num_workers: int) -> 
     loader = LoaderPipeline(data, augment, MEAN3, STD3, 4, "cpu", seed=7, eval_batch_size=2, num_workers=num_workers)
     memory = InMemoryPipeline(folder_as_arrays(data), augment, MEAN3, STD3, 4, torch.device("cpu"), seed=7)
     assert not loader.supports_logit_cache and loader.num_train_batches == 2
+    assert isinstance(loader, BatchSource) and isinstance(memory, BatchSource)  # what the training loop reads
     batches = list(loader.train_batches(1))
     assert [tuple(x.shape) for x, _, _ in batches] == [(4, 3, TINY_SIZE, TINY_SIZE), (2, 3, TINY_SIZE, TINY_SIZE)]
     assert all(x.dtype == torch.float32 and y.dtype == torch.int64 for x, y, _ in batches)

@@ -1,6 +1,8 @@
 """Step tests for AB, FT, FSP, OFD (and their initialization stage): a few SGD steps of kd-hydra's training
-(``kd_hydra.train.trainer.train_epoch`` with its hooks, the live teacher, the method's parts in the optimizer) equal a
-short reference loop written here from the papers' equations, on the same weights and float64 batches."""
+(``kd_hydra.train.trainer.train_epoch`` of the training stage with the batch assembler's hooks, the live teacher, the
+method's parts in the optimizer; the initialization stage through ``Trainer.fit``) equal a short reference loop
+written here from the papers' equations and RepDistiller's ``helper/pretrain.py``, on the same weights and float64
+batches."""
 
 import copy
 import math
@@ -9,11 +11,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kd_hydra.methods.init_stage import run_init_stage
-from kd_hydra.models.features import FeatureRecorder
+from kd_hydra.models import build_model
+from kd_hydra.records.files import HistoryLog
 from kd_hydra.stores.teacher_outputs import LiveTeacher
+from kd_hydra.train.batches import BatchAssembler
 from kd_hydra.train.runtime import Runtime
-from kd_hydra.train.trainer import train_epoch
+from kd_hydra.train.schedules import constant_schedule
+from kd_hydra.train.stages import initialization_stage, training_stage
+from kd_hydra.train.trainer import Trainer, train_epoch
 from tests.feature_nets import CLASSES, IMAGE_SHAPE, TinyResNet, batches
 from tests.method_helpers import set_up_like_the_trainer
 
@@ -22,8 +27,12 @@ LR, MOMENTUM, WEIGHT_DECAY = 0.05, 0.9, 5e-4
 PREACTS = ["stage1_preact", "stage2_preact", "stage3_preact"]
 
 
+def sgd_groups(groups, lr=LR):
+    return torch.optim.SGD(groups, lr=lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+
+
 def sgd(*groups, lr=LR):
-    return torch.optim.SGD([{"params": list(g)} for g in groups], lr=lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    return sgd_groups([{"params": list(g)} for g in groups], lr=lr)
 
 
 def networks(same_widths=False):
@@ -41,15 +50,17 @@ def prepared(name, student, teacher, **overrides):
 
 
 def kd_hydra_training(method, request, student, teacher, data, epochs=1):
-    """kd-hydra's loop: recorder hooks on the student, the live teacher, student + method parts in one SGD."""
-    recorder = FeatureRecorder(student, request.student)
+    """kd-hydra's loop: the training stage as the app builds it (student + method parts in one SGD), the live
+    teacher, the batch assembler's hooks on the student."""
     source = LiveTeacher(teacher, RUNTIME, request.teacher, batch_statistics=method.teacher_batch_statistics)
-    optimizer = sgd(student.parameters(), [p for p in method.parameters() if p.requires_grad])
+    assemble = BatchAssembler(student, RUNTIME, source, request.student)
+    stage = training_stage("student", epochs, student, method, sgd_groups, constant_schedule, "optimizer.lr")
+    optimizer, _ = stage.build_optimizer()
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     for epoch in range(1, epochs + 1):
         method.begin_epoch(epoch, epochs)
-        train_epoch(student, iter(data), method, optimizer, scaler, RUNTIME, source, lambda: recorder.features)
-    recorder.remove()
+        train_epoch(stage, iter(data), assemble, optimizer, scaler, RUNTIME)
+    assemble.close()
     source.recorder.remove()
 
 
@@ -210,51 +221,61 @@ def test_ofd_steps_equal_the_reference():
 
 
 class ListPipeline:
-    """The same fixed batches every epoch."""
+    """The same fixed batches every epoch, as a batch source of the loop."""
+
+    supports_logit_cache = False
+    has_val = False
 
     def __init__(self, data):
         self.data = data
         self.num_train = sum(len(b[0]) for b in data)
+        self.num_train_batches = len(data)
 
     def train_batches(self, epoch):
         return iter(self.data)
 
+    def test_batches(self):
+        return ((images, targets) for images, targets, _ in self.data)
 
-def kd_hydra_init_stage(method, request, student, teacher, data, epochs):
-    recorder = FeatureRecorder(student, request.student)
-    source = LiveTeacher(teacher, RUNTIME, request.teacher)
-    losses = run_init_stage(
-        student,
-        method,
-        source,
-        ListPipeline(data),
-        RUNTIME,
-        lambda params: sgd(params),
-        epochs,
-        lambda: recorder.features,
-    )
-    recorder.remove()
-    return losses
+    def val_batches(self):
+        raise AssertionError("no validation split")
+
+
+def kd_hydra_init_stage(method, request, student, teacher, data):
+    """The method's initialization stage as the app builds it, run by ``Trainer.fit``; None when there is none."""
+    stage = initialization_stage(method, student, sgd_groups)
+    if stage is not None:
+        source = LiveTeacher(teacher, RUNTIME, request.teacher)
+        assemble = BatchAssembler(student, RUNTIME, source, request.student)
+        Trainer(RUNTIME, seed=0, progress=False).fit(method, ListPipeline(data), assemble, [stage], HistoryLog(None))
+        assemble.close()
+        source.recorder.remove()
+    return stage
 
 
 def reference_init(parameters, data, loss_of, lr, epochs):
-    """RepDistiller's helper/pretrain.py: SGD (momentum 0.9, wd 5e-4) at a constant lr on the init loss alone."""
+    """RepDistiller's helper/pretrain.py: SGD (momentum 0.9, wd 5e-4) at a constant lr on the init loss alone
+    (the caller sets the modes: student in eval, the init modules in train); returns each epoch's mean loss."""
     optimizer = sgd(parameters, lr=lr)
+    means = []
     for _ in range(epochs):
+        losses = []
         for images, _, _ in data:
             loss = loss_of(images)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            losses.append(loss.item())
+        means.append(sum(losses) / len(losses))
+    return means
 
 
-def test_ab_initialization_stage_trains_student_and_connectors_on_ab_alone():
+def test_ab_initialization_stage_trains_feature_modules_and_connectors_on_ab_alone():
     student, teacher = networks()
     method, request = prepared("ab", student, teacher, init_epochs=2, init_lr=0.02)
     reference_student, connectors = copy.deepcopy(student), copy.deepcopy(method.connectors)
     data = batches(2)
-    losses = kd_hydra_init_stage(method, request, student, teacher, data, method.init_epochs)
-    assert len(losses) == 2 and losses[1] < losses[0]
+    kd_hydra_init_stage(method, request, student, teacher, data)
 
     def loss_of(images):
         _, s = reference_student.reference_features(images)
@@ -262,10 +283,61 @@ def test_ab_initialization_stage_trains_student_and_connectors_on_ab_alone():
             _, t = teacher.reference_features(images)
         return ab_term([c(s[p]) for c, p in zip(connectors, PREACTS)], [t[p] for p in PREACTS], 1.0)
 
-    reference_student.train(), connectors.train()
-    reference_init([*reference_student.parameters(), *connectors.parameters()], data, loss_of, 0.02, 2)
+    feature_modules = torch.nn.ModuleList([reference_student.stem, reference_student.stages])
+    reference_student.eval(), feature_modules.train(), connectors.train()
+    losses = reference_init([*connectors.parameters(), *feature_modules.parameters()], data, loss_of, 0.02, 2)
+    assert losses[1] < losses[0]
     assert_same_weights(student, reference_student)
     assert_same_weights(method.connectors, connectors)
+
+
+class BatchNormOutputs:
+    """Forward hooks recording the outputs of the BatchNorms RepDistiller's WRN returns as ``preact_feats``
+    (``block2.layer[0].bn1``, ``block3.layer[0].bn1``, ``bn1``; kd-hydra's WRN names them as below)."""
+
+    PATHS = ("stages.1.0.bn1", "stages.2.0.bn1", "final_activation.0")
+
+    def __init__(self, model):
+        self.outputs = {}
+        for path in self.PATHS:
+            model.get_submodule(path).register_forward_hook(
+                lambda m, i, out, path=path: self.outputs.update({path: out})
+            )
+
+    def __call__(self):
+        return [self.outputs[path] for path in self.PATHS]
+
+
+def test_ab_initialization_stage_on_a_wide_resnet_trains_what_repdistiller_trains():
+    """RepDistiller's ``init``: ``model_s.eval()``, then ``init_modules.train()`` (the connectors and
+    ``get_feat_modules()``: conv1, block1..3), an SGD over their parameters. So the final BatchNorm (the
+    ``stage3_preact`` point) normalises with its running statistics and is not trained."""
+    torch.manual_seed(0)
+    student = build_model("wrn_16_1", CLASSES, 3, IMAGE_SHAPE[1]).double()
+    teacher = build_model("wrn_16_2", CLASSES, 3, IMAGE_SHAPE[1]).double().eval()
+    method, request = prepared("ab", student, teacher, init_epochs=2, init_lr=0.02)
+    assert request.student == tuple(PREACTS)
+    reference_student, connectors = copy.deepcopy(student), copy.deepcopy(method.connectors)
+    untouched = copy.deepcopy(student)
+    data = batches(2)
+    kd_hydra_init_stage(method, request, student, teacher, data)
+
+    student_preacts, teacher_preacts = BatchNormOutputs(reference_student), BatchNormOutputs(teacher)
+
+    def loss_of(images):
+        reference_student(images)
+        with torch.no_grad():
+            teacher(images)
+        return ab_term([c(s) for c, s in zip(connectors, student_preacts())], teacher_preacts(), 1.0)
+
+    feature_modules = torch.nn.ModuleList([reference_student.stem, reference_student.stages])
+    reference_student.eval(), feature_modules.train(), connectors.train()
+    reference_init([*connectors.parameters(), *feature_modules.parameters()], data, loss_of, 0.02, 2)
+    assert_same_weights(student, reference_student)
+    assert_same_weights(method.connectors, connectors)
+    assert_same_weights(student.final_activation, untouched.final_activation)  # not trained, statistics kept
+    assert not torch.equal(student.stem.weight, untouched.stem.weight)
+    assert all(p.requires_grad for p in student.parameters()), "the stage gives back the parameters as it found them"
 
 
 def test_ft_initialization_stage_trains_only_the_paraphraser_then_freezes_it():
@@ -273,7 +345,7 @@ def test_ft_initialization_stage_trains_only_the_paraphraser_then_freezes_it():
     method, request = prepared("ft", student, teacher, init_epochs=2)
     untouched, paraphraser = copy.deepcopy(student), copy.deepcopy(method.paraphraser)
     data = batches(2)
-    kd_hydra_init_stage(method, request, student, teacher, data, method.init_epochs)
+    kd_hydra_init_stage(method, request, student, teacher, data)
 
     def loss_of(images):
         with torch.no_grad():
@@ -284,7 +356,7 @@ def test_ft_initialization_stage_trains_only_the_paraphraser_then_freezes_it():
         p.requires_grad_(True)
     reference_init(list(paraphraser.parameters()), data, loss_of, 0.01, 2)  # ft.yaml: init_lr 0.01
     assert_same_weights(method.paraphraser, paraphraser)
-    assert_same_weights(student, untouched)  # not run: weights and BatchNorm statistics unchanged
+    assert_same_weights(student, untouched)  # in eval mode: weights and BatchNorm statistics unchanged
     assert not any(p.requires_grad for p in method.paraphraser.parameters())
 
 
@@ -293,7 +365,7 @@ def test_fsp_initialization_stage_uses_the_main_lr_by_default():
     method, request = prepared("fsp", student, teacher, init_epochs=1)
     reference_student = copy.deepcopy(student)
     data = batches(2)
-    kd_hydra_init_stage(method, request, student, teacher, data, method.init_epochs)
+    kd_hydra_init_stage(method, request, student, teacher, data)
     points = ["stem", "stage1", "stage2", "stage3"]
 
     def loss_of(images):
@@ -302,17 +374,16 @@ def test_fsp_initialization_stage_uses_the_main_lr_by_default():
             _, t = teacher.reference_features(images)
         return fsp_term([s[p] for p in points], [t[p] for p in points])
 
-    reference_student.train()
-    reference_init(list(reference_student.parameters()), data, loss_of, LR, 1)
+    feature_modules = torch.nn.ModuleList([reference_student.stem, reference_student.stages])
+    reference_student.eval(), feature_modules.train()
+    reference_init(list(feature_modules.parameters()), data, loss_of, LR, 1)
     assert_same_weights(student, reference_student)
 
 
-def test_zero_init_epochs_is_a_no_op():
+def test_zero_init_epochs_is_no_stage():
     student, teacher = networks()
     method, request = prepared("ab", student, teacher, init_epochs=0)
-    before = copy.deepcopy(student)
-    assert kd_hydra_init_stage(method, request, student, teacher, batches(1), method.init_epochs) == []
-    assert_same_weights(student, before)
+    assert kd_hydra_init_stage(method, request, student, teacher, batches(1)) is None
 
 
 def hcl_term(student_maps, teacher_maps):
@@ -397,15 +468,16 @@ def test_mlkd_steps_with_the_strong_view_equal_the_reference():
     data = batches(3)
     mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
     generator = torch.Generator().manual_seed(7)
-    source = LiveTeacher(teacher, RUNTIME)
-    optimizer = sgd(student.parameters())
+    stage = training_stage("student", 1, student, method, sgd_groups, constant_schedule, "optimizer.lr")
+    optimizer, _ = stage.build_optimizer()
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     method.begin_epoch(1, 1)
 
     def strong(images):
         return strong_view(images, mean, std, generator)
 
-    train_epoch(student, iter(data), method, optimizer, scaler, RUNTIME, source, strong_view=strong)
+    assemble = BatchAssembler(student, RUNTIME, LiveTeacher(teacher, RUNTIME), strong_view=strong)
+    train_epoch(stage, iter(data), assemble, optimizer, scaler, RUNTIME)
 
     generator = torch.Generator().manual_seed(7)
     optimizer = sgd(reference_student.parameters())

@@ -1,6 +1,6 @@
-"""Step tests: a few SGD steps of kd-hydra's training (``train_epoch``, the live teacher, feature hooks, the
-method's own parts in the optimizer) equal a short reference loop written here from the papers' equations,
-for SP, CC, RKD, PKT, VID, KDSVD and NST on fixed weights and batches."""
+"""Step tests: a few SGD steps of kd-hydra's training (``train_epoch`` of the training stage, the live teacher,
+the batch assembler's feature hooks, the method's own parts in the optimizer) equal a short reference loop written
+here from the papers' equations, for SP, CC, RKD, PKT, VID, KDSVD and NST on fixed weights and batches."""
 
 from __future__ import annotations
 
@@ -13,9 +13,12 @@ from method_helpers import loss_node, method_from_yaml
 from torch import Tensor, nn
 
 from kd_hydra.models import build_model
-from kd_hydra.models.features import FeatureRecorder, feature_points, probe_feature_shapes
+from kd_hydra.models.features import feature_points, probe_feature_shapes
 from kd_hydra.stores.teacher_outputs import LiveTeacher
+from kd_hydra.train.batches import BatchAssembler
 from kd_hydra.train.runtime import resolve_runtime
+from kd_hydra.train.schedules import constant_schedule
+from kd_hydra.train.stages import training_stage
 from kd_hydra.train.trainer import train_epoch
 
 RUNTIME = resolve_runtime("cpu", "fp32", False, False)
@@ -195,15 +198,15 @@ def test_training_steps_equal_the_reference_loop(setting, name):
         CLASSES,
     )
     initial = copy.deepcopy(method.state_dict())
-    recorder = FeatureRecorder(student, list(request.student))
-    groups = [{"params": list(student.parameters())}]
-    if list(method.parameters()):
-        groups.append({"params": list(method.parameters())})
-    optimizer = torch.optim.SGD(groups, lr=LR, momentum=0.9)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
     source = LiveTeacher(copy.deepcopy(teacher), RUNTIME, list(request.teacher))
+    assemble = BatchAssembler(student, RUNTIME, source, request.student)
+    stage = training_stage(
+        "student", 1, student, method, lambda g: torch.optim.SGD(g, lr=LR, momentum=0.9), constant_schedule, "lr"
+    )
+    optimizer, _ = stage.build_optimizer()
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
     torch.manual_seed(7)  # the student's dropout draws the same masks in both loops
-    stats = train_epoch(student, iter(batches), method, optimizer, scaler, RUNTIME, source, lambda: recorder.features)
+    stats = train_epoch(stage, iter(batches), assemble, optimizer, scaler, RUNTIME)
 
     # the reference: hooks written here, the equations above, one optimizer over student and parts
     reference = copy.deepcopy(student0).train()

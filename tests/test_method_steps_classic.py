@@ -1,6 +1,7 @@
 """Step tests for kd, dkd, dist, fitnet, at and crd: a few SGD steps of kd-hydra's training
-(``kd_hydra.train.trainer.train_epoch``, the live teacher, feature hooks, the method's parts in the optimizer) equal a
-short reference loop written here from the papers' equations, on the same fixed weights and batches.
+(``kd_hydra.train.trainer.train_epoch`` of the training stage, the live teacher, the batch assembler's feature hooks,
+the method's parts in the optimizer) equal a short reference loop written here from the papers' equations, on the
+same fixed weights and batches.
 
 The live teacher hands over float32 logits, so the references round the teacher's logits to float32 too.
 CRD runs in float32 (its memory bank is float32); its reference replays the negatives kd-hydra drew.
@@ -15,9 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kd_hydra.models.features import FeatureRecorder
 from kd_hydra.stores.teacher_outputs import LiveTeacher
+from kd_hydra.train.batches import BatchAssembler
 from kd_hydra.train.runtime import Runtime
+from kd_hydra.train.schedules import constant_schedule
+from kd_hydra.train.stages import training_stage
 from kd_hydra.train.trainer import train_epoch
 from tests.feature_nets import CLASSES, IMAGE_SHAPE, TinyResNet, batches
 from tests.method_helpers import set_up_like_the_trainer
@@ -27,9 +30,12 @@ LR, MOMENTUM, WEIGHT_DECAY = 0.05, 0.9, 5e-4
 STAGES = ("stage1", "stage2", "stage3")
 
 
+def sgd_groups(groups):
+    return torch.optim.SGD(groups, lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+
+
 def sgd(*groups):
-    params = [list(g) for g in groups]
-    return torch.optim.SGD([{"params": p} for p in params if p], lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    return sgd_groups([{"params": p} for p in (list(g) for g in groups) if p])
 
 
 def networks(dtype=torch.float64):
@@ -52,21 +58,21 @@ def prepared(name, student, teacher, data, **overrides):
 
 
 class KdHydra:
-    """kd-hydra's loop: recorder hooks on the student, the live teacher, student + method parts in one SGD."""
+    """kd-hydra's loop: the training stage as the app builds it (student + method parts in one SGD), the live
+    teacher, the batch assembler's hooks on the student."""
 
     def __init__(self, method, request, student, teacher):
-        self.method, self.student = method, student
-        self.recorder = FeatureRecorder(student, list(request.student)) if request.student else None
-        self.source = LiveTeacher(teacher, RUNTIME, list(request.teacher))
-        self.optimizer = sgd(student.parameters(), [p for p in method.parameters() if p.requires_grad])
+        self.method = method
+        self.assemble = BatchAssembler(
+            student, RUNTIME, LiveTeacher(teacher, RUNTIME, request.teacher), request.student
+        )
+        self.stage = training_stage("student", 1, student, method, sgd_groups, constant_schedule, "optimizer.lr")
+        self.optimizer, _ = self.stage.build_optimizer()
         self.scaler = torch.amp.GradScaler("cpu", enabled=False)
 
     def epoch(self, data, epoch=1, epochs=1) -> dict[str, float]:
         self.method.begin_epoch(epoch, epochs)
-        features = (lambda: self.recorder.features) if self.recorder is not None else None
-        return train_epoch(
-            self.student, iter(data), self.method, self.optimizer, self.scaler, RUNTIME, self.source, features
-        )
+        return train_epoch(self.stage, iter(data), self.assemble, self.optimizer, self.scaler, RUNTIME)
 
 
 def reference_training(student, teacher, parts, data, term, ce_weight, epochs=1) -> list[list[float]]:

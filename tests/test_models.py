@@ -18,7 +18,15 @@ from torchvision.models._api import WeightsEnum
 from kd_hydra.config.structured import register_configs
 from kd_hydra.errors import ConfigError
 from kd_hydra.models import build_model, count_parameters, list_models
-from kd_hydra.models.features import FeatureRecorder, feature_points, preact_batchnorms, probe_feature_shapes
+from kd_hydra.models.features import (
+    STEM,
+    FeatureRecorder,
+    feature_modules,
+    feature_points,
+    preact_batchnorms,
+    probe_feature_shapes,
+    stage_points,
+)
 from kd_hydra.models.model_configs import model_config_names
 from kd_hydra.models.published import to_zoo_layout
 from kd_hydra.models.torchvision_models import replace_classifier
@@ -599,3 +607,42 @@ def test_feature_points_override_errors_name_the_key() -> None:
     with pytest.raises(ConfigError, match="not a feature point name") as caught:
         build_model("resnet18", 10, 3, CIFAR_SIZE, source="torchvision", feature_points={"block3": "layer3"})
     assert caught.value.key == "feature_points.block3"
+
+
+#: What each zoo family leaves out of its feature modules: the head after the last stage (RepDistiller's
+#: ``get_feat_modules`` leave out the classifier, WRN's final BN-ReLU, MobileNetV2's and ShuffleV2's 1x1 head conv).
+FEATURE_MODULE_HEADS = {
+    "deep_cnn": ("classifier",),
+    "light_cnn": ("classifier",),
+    **{name: ("fc",) for name in ZOO if name.startswith("resnet")},
+    **{name: ("final_activation", "fc") for name in ZOO if name.startswith("wrn")},
+    **{name: ("classifier",) for name in ZOO if name.startswith("vgg")},
+    "mobile_half": ("conv2", "classifier"),
+    "mobilenetv2": ("features.18", "classifier"),
+    "shufflev1": ("linear",),
+    "shufflev2": ("conv2", "bn2", "linear"),
+}
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_feature_modules_are_everything_but_the_head(name: str) -> None:
+    model = build_model(name, 10, 3, CIFAR_SIZE)
+    heads = FEATURE_MODULE_HEADS[name]
+    trained = {id(p) for module in feature_modules(model) for p in module.parameters()}
+    expected = {id(p) for path, p in model.named_parameters() if not path.startswith(tuple(h + "." for h in heads))}
+    assert trained == expected
+    inside = {id(m) for module in feature_modules(model) for m in module.modules()}
+    points = feature_points(model)
+    for point in [STEM, *stage_points(points)]:
+        assert id(model.get_submodule(points[point])) in inside, point
+
+
+def test_torchvision_feature_modules_end_with_the_last_stage() -> None:
+    resnet = build_model("resnet18", 10, 3, CIFAR_SIZE, source="torchvision")
+    names = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
+    assert feature_modules(resnet) == [resnet.get_submodule(name) for name in names]
+    vgg = build_model("vgg11_bn", 10, 3, CIFAR_SIZE, source="torchvision")
+    assert feature_modules(vgg) == [vgg.features]
+    with pytest.raises(ConfigError, match="no stem or stageN feature point") as caught:
+        feature_modules(nn.Sequential(nn.Flatten(), nn.Linear(3, 2)))
+    assert caught.value.key == "feature_points"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from torch import nn
 
 from conftest import REPO, TINY, Workspace, read_metrics
 from kd_hydra.data import build_pipeline, load_synthetic
-from kd_hydra.errors import ConfigError
+from kd_hydra.errors import CheckpointError, ConfigError
 from kd_hydra.methods import LossOutput, MethodBatch
 from kd_hydra.methods.ce import CrossEntropy
 from kd_hydra.methods.kd import KD
@@ -24,9 +25,12 @@ from kd_hydra.records import schema
 from kd_hydra.records.files import HistoryLog
 from kd_hydra.stores.cache_entry import SEAL_FILE
 from kd_hydra.stores.teacher_outputs import LiveTeacher
+from kd_hydra.train.batches import BatchAssembler
 from kd_hydra.train.runtime import resolve_runtime
 from kd_hydra.train.schedules import cosine_schedule
+from kd_hydra.train.stages import initialization_stage, training_stage
 from kd_hydra.train.trainer import Checkpointing, DivergedError, Trainer
+from tests.method_helpers import set_up_like_the_trainer
 
 EPOCHS = 4
 RUNTIME = resolve_runtime("cpu", "fp32", False, False)
@@ -56,10 +60,7 @@ def train_run(tmp: Path, interrupt_after: int | None = None, settings: dict | No
     student = build_model("light_cnn", 10, 3, 8)
     method = DropoutKD(temperature=2.0, alpha=0.5, ce_weight=None, kd_weight=None, standardize=False)
     method.setup({}, {}, data.y_train, 10)
-    optimizer = torch.optim.SGD(
-        [{"params": student.parameters()}, {"params": method.parameters()}], lr=0.05, momentum=0.9
-    )
-    scheduler = cosine_schedule(optimizer, epochs=EPOCHS)
+    stage = training_stage("student", EPOCHS, student, method, sgd, cosine_schedule, "optimizer.lr")
     history = HistoryLog(tmp / schema.HISTORY_FILE, schema.history_columns(method.parts))
     checkpointing = Checkpointing(tmp / schema.TRAIN_STATE_FILE, {"settings": settings or {"run": 1}})
 
@@ -68,15 +69,17 @@ def train_run(tmp: Path, interrupt_after: int | None = None, settings: dict | No
             # the checkpoint of this epoch is written after the hook: write it, then "die"
             raise Interrupt
 
-    torch.manual_seed(1)
     try:
-        trainer = Trainer(RUNTIME, EPOCHS, checkpointing=checkpointing, on_epoch=stop)
-        result = trainer.fit(
-            student, method, pipeline, optimizer, scheduler, history, teacher=LiveTeacher(teacher, RUNTIME)
-        )
+        trainer = Trainer(RUNTIME, seed=1, checkpointing=checkpointing, on_epoch=stop)
+        batches = BatchAssembler(student, RUNTIME, LiveTeacher(teacher, RUNTIME))
+        result = trainer.fit(method, pipeline, batches, [stage], history)
     except Interrupt:
         return None
     return result, student, method
+
+
+def sgd(groups):
+    return torch.optim.SGD(groups, lr=0.05, momentum=0.9)
 
 
 def test_resumed_fit_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
@@ -106,6 +109,61 @@ def test_checkpoint_of_other_settings_is_refused_naming_the_keys(tmp_path):
     assert "trainer.seed" not in message and "\n" not in message
 
 
+def staged_run(tmp: Path, interrupt_after: int | None = None) -> tuple[int, nn.Module | None]:
+    """AB with its initialization stage, then the distillation stage: (batches the init stage ran, the student)."""
+    torch.manual_seed(0)
+    data = load_synthetic(num_train=64, num_test=32, image_size=8)
+    pipeline = build_pipeline(data, {}, batch_size=32, device="cpu", seed=0)
+    teacher, student = build_model("resnet8", 10, 3, 8).eval(), build_model("resnet8", 10, 3, 8)
+    method, request = set_up_like_the_trainer("ab", student, teacher, (3, 8, 8), data.y_train, 10, init_epochs=1)
+    init = initialization_stage(method, student, sgd)
+    init_batches = []
+
+    def counted(batch):
+        init_batches.append(len(batch.targets))
+        return init.loss(batch)
+
+    stages = [
+        dataclasses.replace(init, loss=counted),
+        training_stage("s", 3, student, method, sgd, cosine_schedule, "lr"),
+    ]
+    checkpointing = Checkpointing(tmp / schema.TRAIN_STATE_FILE, {"settings": {"run": 1}})
+
+    def stop(row):
+        if row["epoch"] == interrupt_after:
+            raise Interrupt
+
+    batches = BatchAssembler(student, RUNTIME, LiveTeacher(teacher, RUNTIME, request.teacher), request.student)
+    try:
+        Trainer(RUNTIME, seed=1, checkpointing=checkpointing, on_epoch=stop).fit(
+            method, pipeline, batches, stages, HistoryLog(None, schema.history_columns(method.parts))
+        )
+    except Interrupt:
+        return len(init_batches), None
+    return len(init_batches), student
+
+
+def test_a_resumed_fit_does_not_rerun_a_finished_initialization_stage(tmp_path):
+    init_batches, full = staged_run(tmp_path / "full")
+    assert init_batches == 2
+    assert staged_run(tmp_path / "resumed", interrupt_after=3) == (2, None)
+    assert torch.load(tmp_path / "resumed" / schema.TRAIN_STATE_FILE, weights_only=True)["stage"] == 1
+    init_batches, resumed = staged_run(tmp_path / "resumed")
+    assert init_batches == 0, "the initialization stage ran again"
+    for key, value in full.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+
+
+def test_a_training_state_of_the_format_before_stages_is_refused_in_one_line(tmp_path):
+    assert train_run(tmp_path, interrupt_after=2) is None
+    state = torch.load(tmp_path / schema.TRAIN_STATE_FILE, weights_only=True)
+    torch.save({**state, "format": "kd-hydra/train-state-v1"}, tmp_path / schema.TRAIN_STATE_FILE)
+    with pytest.raises(CheckpointError) as error:
+        train_run(tmp_path)
+    message = str(error.value)
+    assert "kd-hydra/train-state-v1" in message and "trainer.resume=never" in message and "\n" not in message
+
+
 class Diverging(CrossEntropy):
     def forward(self, batch: MethodBatch) -> LossOutput:
         out = super().forward(batch)
@@ -115,12 +173,10 @@ class Diverging(CrossEntropy):
 def test_a_nan_loss_ends_the_fit_naming_the_learning_rate(tmp_path):
     data = load_synthetic(num_train=64, num_test=16, image_size=8)
     pipeline = build_pipeline(data, {}, batch_size=32, device="cpu", seed=0)
-    student = build_model("light_cnn", 10, 3, 8)
-    optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
+    student, method = build_model("light_cnn", 10, 3, 8), Diverging()
+    stage = training_stage("x", 2, student, method, sgd, cosine_schedule, "teacher_training.optimizer.lr")
     with pytest.raises(DivergedError, match=r"^teacher_training\.optimizer\.lr: the x training loss became nan"):
-        Trainer(RUNTIME, 2, label="x", divergence_key="teacher_training.optimizer.lr").fit(
-            student, Diverging(), pipeline, optimizer, cosine_schedule(optimizer, epochs=2), HistoryLog(None)
-        )
+        Trainer(RUNTIME, seed=0).fit(method, pipeline, BatchAssembler(student, RUNTIME), [stage], HistoryLog(None))
 
 
 def history_epochs(run_dir: Path) -> list[int]:

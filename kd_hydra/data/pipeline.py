@@ -1,5 +1,7 @@
 """Training and evaluation batches: augmented per an epoch plan, normalised on the target device.
 
+Both pipelines are the training loop's :class:`~kd_hydra.train.batches.BatchSource`.
+
 Both pipelines draw one `EpochPlan` per epoch from a generator seeded by (seed, epoch) only, so
 sample i of epoch e gets the same crop/flip whatever the batch size, device or worker count.
 """

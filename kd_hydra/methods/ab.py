@@ -1,8 +1,9 @@
 """Activation boundaries (Heo et al., AAAI 2019) as RepDistiller trains them (``--distill abound``).
 
-An initialization stage (``init_epochs``) trains the student with a connector on
-:func:`kd_hydra.losses.activation_boundary_loss` between the connected student pre-activations (``stageN_preact``)
-and the teacher's; the distillation stage then optimises ``ce_weight * CE + ab_weight * AB``. RepDistiller's
+An initialization stage (``init_epochs``) trains the student's feature modules (the student otherwise in eval mode,
+as RepDistiller's ``helper/pretrain.py``) with a connector on :func:`kd_hydra.losses.activation_boundary_loss`
+between the connected student pre-activations (``stageN_preact``) and the teacher's; the distillation stage then
+optimises ``ce_weight * CE + ab_weight * AB``. RepDistiller's
 distillation stage has no AB term (``ab_weight: 0``: the term is still computed for the history, without gradient
 and with the connectors in eval mode, so they stay as the initialization stage left them).
 The connector of each pair is the identity where channels and size agree, else a ConvReg conv + BatchNorm.
@@ -17,8 +18,9 @@ import torch
 from torch import Tensor, nn
 
 from kd_hydra.losses import activation_boundary_loss, cross_entropy
+from kd_hydra.models.features import feature_modules
 
-from .base import DistillMethod, FeatureRequest, FeatureShapes, LossOutput, MethodBatch
+from .base import DistillMethod, FeatureRequest, FeatureShapes, InitStage, LossOutput, MethodBatch
 from .checks import require_finite, require_init_stage
 from .fitnet import _spatial_map
 from .points import require_preact_pairs
@@ -35,7 +37,6 @@ class AB(DistillMethod):
     """Activation boundaries; parts ``ce`` and ``ab`` (the AB term, unweighted). Trainable: ``connectors``."""
 
     parts = ("ce", "ab")
-    init_trains_student = True
 
     def __init__(
         self, *, ce_weight: float, ab_weight: float, margin: float, init_epochs: int, init_lr: float | None
@@ -73,11 +74,15 @@ class AB(DistillMethod):
         connected = [connector(feature) for connector, feature in zip(self.connectors, student)]
         return activation_boundary_loss(connected, teacher, self.margin)
 
-    def init_parameters(self, student: nn.Module) -> list[nn.Parameter]:
-        return [*student.parameters(), *self.parameters()]
+    def init_stage(self, student: nn.Module) -> InitStage | None:
+        """RepDistiller's: the connectors and the student's feature modules on the AB term alone."""
+        if self.connectors is None:
+            raise RuntimeError("AB.setup() must run before the initialization stage")
+        modules = (self.connectors, *feature_modules(student))
+        return InitStage(self.init_epochs, self.init_lr, modules, self._batch_boundary_loss)
 
-    def init_loss(self, student_features: Mapping[str, Tensor], teacher_features: Mapping[str, Tensor]) -> Tensor:
-        return self.boundary_loss(student_features, teacher_features)
+    def _batch_boundary_loss(self, batch: MethodBatch) -> Tensor:
+        return self.boundary_loss(batch.student_features, batch.teacher_features)
 
     def forward(self, batch: MethodBatch) -> LossOutput:
         ce = cross_entropy(batch.student_logits, batch.targets)

@@ -20,7 +20,7 @@ inside ``state_dict``).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
@@ -71,6 +71,18 @@ class LossOutput(NamedTuple):
 
     total: Tensor
     parts: dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class InitStage:
+    """A method's initialization stage (RepDistiller's ``helper/pretrain.py``), as data the trainer runs before
+    distillation: ``epochs`` passes with the student in eval mode and ``modules`` in train mode, an optimizer of
+    ``optimizer.*`` over their parameters only at a constant ``lr`` (None: ``optimizer.lr``), minimising ``loss``."""
+
+    epochs: int
+    lr: float | None
+    modules: tuple[nn.Module, ...]
+    loss: Callable[[MethodBatch], Tensor]
 
 
 class DistillMethod(nn.Module):
@@ -220,22 +232,9 @@ class DistillMethod(nn.Module):
     def begin_epoch(self, epoch: int, epochs: int) -> None:
         """Called before each training epoch (1-based); for schedules such as DKD's warm-up."""
 
-    # -- initialization stage (RepDistiller's ``init_epochs``: AB, FT's paraphraser, FSP) ----------------------
-
-    #: Epochs of the initialization stage run before distillation (0: none); set from ``loss.init_epochs``.
-    init_epochs: int = 0
-    #: Learning rate of the initialization stage; None: the main optimizer's.
-    init_lr: float | None = None
-    #: Whether the initialization stage runs (and trains) the student; False: only the teacher runs.
-    init_trains_student: ClassVar[bool] = False
-
-    def init_parameters(self, student: nn.Module) -> list[nn.Parameter]:
-        """The parameters the initialization stage trains (the student's and/or the method's own)."""
-        return []
-
-    def init_loss(self, student_features: Mapping[str, Tensor], teacher_features: Mapping[str, Tensor]) -> Tensor:
-        """The initialization stage's loss on one batch's requested feature points."""
-        raise NotImplementedError(f"{type(self).__name__} has no initialization stage")
+    def init_stage(self, student: nn.Module) -> InitStage | None:
+        """The initialization stage to run before distillation (RepDistiller's ``init_epochs``), or None: none."""
+        return None
 
     def forward(self, batch: MethodBatch) -> LossOutput:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -1,9 +1,10 @@
 """Flow of solution procedure (Yim et al., CVPR 2017) as RepDistiller trains it (``--distill fsp``).
 
 FSP matrices between consecutive maps of ``stem, stage1..N`` (:func:`kd_hydra.losses.fsp_loss`; student and teacher
-need the same channel count at each point). An initialization stage (``init_epochs``) trains the student on the FSP
-loss alone; the distillation stage optimises ``ce_weight * CE + fsp_weight * FSP``. RepDistiller's distillation
-stage has no FSP term (``fsp_weight: 0``: the term is still computed, without gradient, for the history).
+need the same channel count at each point). An initialization stage (``init_epochs``) trains the student's feature
+modules (the student otherwise in eval mode, as RepDistiller's ``helper/pretrain.py``) on the FSP loss alone; the
+distillation stage optimises ``ce_weight * CE + fsp_weight * FSP``. RepDistiller's distillation stage has no FSP
+term (``fsp_weight: 0``: the term is still computed, without gradient, for the history).
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from torch import Tensor, nn
 
 from kd_hydra.errors import ConfigError
 from kd_hydra.losses import cross_entropy, fsp_loss
+from kd_hydra.models.features import feature_modules
 
-from .base import DistillMethod, FeatureRequest, FeatureShapes, LossOutput, MethodBatch
+from .base import DistillMethod, FeatureRequest, FeatureShapes, InitStage, LossOutput, MethodBatch
 from .checks import require_init_stage
 from .points import last_aligned, stage_points
 
@@ -32,7 +34,6 @@ class FSP(DistillMethod):
     """FSP; parts ``ce`` and ``fsp`` (the summed FSP terms, unweighted). No trainable parts."""
 
     parts = ("ce", "fsp")
-    init_trains_student = True
 
     def __init__(self, *, ce_weight: float, fsp_weight: float, init_epochs: int, init_lr: float | None) -> None:
         super().__init__()
@@ -64,11 +65,12 @@ class FSP(DistillMethod):
         """The summed FSP terms of one batch."""
         return fsp_loss(*self.requested(student_features, teacher_features))
 
-    def init_parameters(self, student: nn.Module) -> list[nn.Parameter]:
-        return list(student.parameters())
+    def init_stage(self, student: nn.Module) -> InitStage | None:
+        """RepDistiller's: the student's feature modules on the FSP loss alone."""
+        return InitStage(self.init_epochs, self.init_lr, tuple(feature_modules(student)), self._batch_flow_loss)
 
-    def init_loss(self, student_features: Mapping[str, Tensor], teacher_features: Mapping[str, Tensor]) -> Tensor:
-        return self.flow_loss(student_features, teacher_features)
+    def _batch_flow_loss(self, batch: MethodBatch) -> Tensor:
+        return self.flow_loss(batch.student_features, batch.teacher_features)
 
     def forward(self, batch: MethodBatch) -> LossOutput:
         ce = cross_entropy(batch.student_logits, batch.targets)

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from kd_hydra.errors import ConfigError
 from kd_hydra.losses import cross_entropy, factor_transfer_loss
 
-from .base import DistillMethod, FeatureRequest, FeatureShapes, LossOutput, MethodBatch
+from .base import DistillMethod, FeatureRequest, FeatureShapes, InitStage, LossOutput, MethodBatch
 from .checks import require_finite, require_init_stage
 from .points import stage_points
 
@@ -64,7 +64,6 @@ class FT(DistillMethod):
     in the initialization stage (frozen after it)."""
 
     parts = ("ce", "ft")
-    init_trains_student = False
 
     def __init__(
         self,
@@ -111,13 +110,14 @@ class FT(DistillMethod):
         self.paraphraser = Paraphraser(teacher_channels, self.rate).requires_grad_(False)
         self.translator = translator(student_channels, teacher_channels, self.rate)
 
-    def init_parameters(self, student: nn.Module) -> list[nn.Parameter]:
+    def init_stage(self, student: nn.Module) -> InitStage | None:
+        """RepDistiller's: the paraphraser alone, reconstructing the teacher's map (the student is not trained)."""
         if self.paraphraser is None:
             raise RuntimeError("FT.setup() must run before the initialization stage")
-        return list(self.paraphraser.parameters())
+        return InitStage(self.init_epochs, self.init_lr, (self.paraphraser,), self._reconstruction_loss)
 
-    def init_loss(self, student_features: Mapping[str, Tensor], teacher_features: Mapping[str, Tensor]) -> Tensor:
-        teacher = teacher_features[self.request.teacher[0]].detach()  # the student does not run here
+    def _reconstruction_loss(self, batch: MethodBatch) -> Tensor:
+        teacher = batch.teacher_features[self.request.teacher[0]].detach()
         return F.mse_loss(self.paraphraser(teacher).float(), teacher.float())
 
     def forward(self, batch: MethodBatch) -> LossOutput:

@@ -7,6 +7,10 @@ final ReLU, as the reference suites' ``preact_feats``), and ``pre_logit`` (the p
 recorded flattened to ``(N, C)``). Zoo models declare their
 points with a ``feature_points()`` method; torchvision models get defaults by module name, and a
 model config's ``feature_points: {name: module.path}`` overrides both (attached by ``build_model``).
+
+A model's *feature modules* (RepDistiller's ``get_feat_modules``) are the modules that compute its features, up to
+the last stage: what a method's initialization stage trains. Zoo models declare them (``feature_modules()``);
+other models get the top-level children up to the one holding the deepest ``stem``/``stageN`` point.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ SHOWN_MODULES = 12  # module paths listed in an error message
 
 __all__ = [
     "FeatureRecorder",
+    "feature_modules",
     "feature_points",
     "preact_batchnorms",
     "preact_points",
@@ -121,6 +126,33 @@ def feature_points(model: nn.Module) -> dict[str, str]:
     if callable(declared):
         return dict(declared())
     return default_feature_points(inner)
+
+
+def feature_modules(model: nn.Module) -> list[nn.Module]:
+    """The modules of ``model`` that compute its features (RepDistiller's ``get_feat_modules``), in forward order.
+
+    A zoo model's own ``feature_modules()`` (module paths) wins; otherwise the top-level children up to the one
+    holding the deepest ``stem``/``stageN`` point (torchvision ResNets: ``conv1`` .. ``layer4``; VGG, MobileNet,
+    EfficientNet: ``features``), leaving the pooling and classifier head out. A model without such points is a
+    :class:`ConfigError` naming ``feature_points``.
+    """
+    inner = unwrap(model)
+    declared = getattr(inner, "feature_modules", None)
+    paths = list(declared()) if callable(declared) else _leading_children(inner)
+    return [inner.get_submodule(path) for path in paths]
+
+
+def _leading_children(model: nn.Module) -> list[str]:
+    points = feature_points(model)
+    tops = {path.split(".")[0] for name, path in points.items() if name == STEM or STAGE_POINT.fullmatch(name)}
+    children = [name for name, _ in model.named_children()]
+    if not tops & set(children):
+        raise ConfigError(
+            CONFIG_KEY,
+            f"{type(model).__name__} has no {STEM} or {STAGE_PREFIX}N feature point, so its feature modules are "
+            "unknown (set feature_points: {name: module.path} in the model config)",
+        )
+    return children[: max(children.index(top) for top in tops if top in children) + 1]
 
 
 def default_feature_points(model: nn.Module) -> dict[str, str]:

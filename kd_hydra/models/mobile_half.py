@@ -99,6 +99,10 @@ class MobileNetV2Half(nn.Module):
             points[f"stage{number}_preact"] = points[f"stage{number}"] = f"blocks.{group}"
         return {**points, "pre_logit": "avgpool"}
 
+    def feature_modules(self) -> tuple[str, ...]:
+        """The modules computing the features, as the reference's ``get_feat_modules``: not the final 1x1 conv."""
+        return ("conv1", "blocks")
+
     def preact_batchnorms(self) -> dict[str, str]:
         """``stageN_preact`` -> the projection BatchNorm of the group's last block, as the reference's."""
         points = {}

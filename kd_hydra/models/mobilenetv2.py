@@ -124,6 +124,11 @@ class MobileNetV2Cifar(nn.Module):
             points[f"stage{number}_preact"] = points[f"stage{number}"] = f"features.{end}"
         return {**points, "pre_logit": "pool"}
 
+    def feature_modules(self) -> tuple[str, ...]:
+        """The stem and the inverted-residual blocks, not the final 1x1 conv (as RepDistiller's MobileNetV2
+        ``get_feat_modules`` leaves its ``conv2`` out)."""
+        return tuple(f"features.{index}" for index in range(len(self.features) - 1))
+
     def preact_batchnorms(self) -> dict[str, str]:
         """``stageN_preact`` -> the projection BatchNorm ending the stage's last block."""
         return {

@@ -121,6 +121,10 @@ class CifarResNet(nn.Module):
         and stage outputs, each stage's last pre-ReLU sum (``stageN_preact``), the pooled feature."""
         return block_stage_points("stem", [(f"stages.{i}", stage) for i, stage in enumerate(self.stages)], "pool")
 
+    def feature_modules(self) -> tuple[str, ...]:
+        """The modules computing the features (RepDistiller's ``get_feat_modules``: conv1, bn1, relu, layer1..N)."""
+        return ("stem", "stages")
+
     def preact_batchnorms(self) -> dict[str, str]:
         """``stageN_preact`` -> the last BatchNorm of the stage's last block (added to the shortcut before the ReLU)."""
         return {

@@ -85,6 +85,10 @@ class ShuffleNetV1(nn.Module):
         stages = (self.layer1, self.layer2, self.layer3)
         return block_stage_points("relu", [(f"layer{n}", stage) for n, stage in enumerate(stages, 1)], "avgpool")
 
+    def feature_modules(self) -> tuple[str, ...]:
+        """The modules computing the features (the reference's ``get_feat_modules``: stem and layer1..3)."""
+        return ("conv1", "bn1", "relu", "layer1", "layer2", "layer3")
+
     def forward(self, x: Tensor) -> Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))

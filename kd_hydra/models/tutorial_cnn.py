@@ -57,6 +57,10 @@ class TutorialCNN(nn.Module):
         points["pre_logit"] = f"classifier.{HIDDEN_ACTIVATION_INDEX}"
         return points
 
+    def feature_modules(self) -> tuple[str, ...]:
+        """The convolutional part; the classifier is the head."""
+        return ("features",)
+
     def forward(self, x: Tensor) -> Tensor:
         x = self.features(x)
         x = torch.flatten(x, 1)

@@ -73,6 +73,11 @@ class VGG(nn.Module):
             points[f"stage{index}"] = f"relu{index}"
         return {**points, "pre_logit": "pool4"}
 
+    def feature_modules(self) -> tuple[str, ...]:
+        """The modules computing the features (RepDistiller's ``get_feat_modules``: block0..4 and pool0..4):
+        everything but the classifier."""
+        return tuple(f"{kind}{index}" for index in range(5) for kind in ("block", "relu", "pool"))
+
     def preact_batchnorms(self) -> dict[str, str]:
         """``stageN_preact`` -> the BatchNorm that ends block N (the point is its output)."""
         blocks = (self.block1, self.block2, self.block3, self.block4)

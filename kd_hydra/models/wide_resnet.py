@@ -88,6 +88,11 @@ class WideResNet(nn.Module):
             points[f"stage{index + 1}"] = f"stages.{index}"
         return {**points, "pre_logit": "pool"}
 
+    def feature_modules(self) -> tuple[str, ...]:
+        """The modules computing the features, as RepDistiller's ``get_feat_modules`` (conv1, block1..3): not the
+        final BN-ReLU, so an initialization stage leaves the BatchNorm of ``stage3_preact`` in eval mode, untrained."""
+        return ("stem", "stages")
+
     def preact_batchnorms(self) -> dict[str, str]:
         """``stageN_preact`` -> the BatchNorm that computes it (the point is that BatchNorm's output)."""
         return {name: path for name, path in self.feature_points().items() if name.endswith("_preact")}

@@ -46,7 +46,9 @@ from kd_hydra.stores.teacher_outputs import teacher_outputs
 from kd_hydra.stores.teachers import Teacher, acquire_teacher, load_external, teacher_identity_of
 from kd_hydra.trackers.base import run_identity as tracker_identity
 from kd_hydra.trackers.fanout import build_loggers
-from kd_hydra.train.runtime import with_precision
+from kd_hydra.train.batches import BatchAssembler
+from kd_hydra.train.runtime import Runtime, with_precision
+from kd_hydra.train.stages import Stage, initialization_stage, training_stage
 from kd_hydra.train.trainer import Checkpointing, DivergedError, FitResult, Snapshots, Trainer
 
 log = logging.getLogger(__name__)
@@ -251,12 +253,14 @@ def obtain_teacher(ctx: RunContext, plan: Plan) -> Teacher:
     def train(model: nn.Module, entry_dir: Path) -> Mapping[str, Any]:
         recipe, started = ctx.cfg.teacher_training, time.perf_counter()
         log.info("training the teacher %s: %d epochs, stored for every later run", ctx.cfg.teacher.name, recipe.epochs)
-        history = HistoryLog(entry_dir / schema.HISTORY_FILE, schema.history_columns(CrossEntropy.parts))
-        state = checkpointing(ctx, entry_dir / schema.TRAIN_STATE_FILE, teacher_identity_of(ctx))
         runtime = with_precision(ctx.runtime, plain(recipe.precision))
-        trainer = make_trainer(ctx, recipe.epochs, "teacher", "teacher_training.optimizer.lr", state, runtime=runtime)
-        pipeline = ctx.pipeline(recipe.batch_size, recipe.seed)
-        result = fit_model(trainer, model, CrossEntropy(), pipeline, recipe, recipe.seed, history)
+        model, method = runtime.prepare(model), CrossEntropy()
+        stage = recipe_stage("teacher", recipe, recipe.epochs, model, method, "teacher_training.optimizer.lr")
+        history = HistoryLog(entry_dir / schema.HISTORY_FILE, schema.history_columns(method.parts))
+        state = checkpointing(ctx, entry_dir / schema.TRAIN_STATE_FILE, teacher_identity_of(ctx))
+        trainer = make_trainer(ctx, recipe.seed, state, runtime=runtime)
+        batches = BatchAssembler(step_model(runtime, model), runtime)
+        result = trainer.fit(method, ctx.pipeline(recipe.batch_size, recipe.seed), batches, [stage], history)
         log.info("teacher trained in %.1fs (test acc %.2f%%)", time.perf_counter() - started, result.final_test_acc)
         return summary_of(result)
 
@@ -266,30 +270,28 @@ def obtain_teacher(ctx: RunContext, plan: Plan) -> Teacher:
 
 
 def train_student(ctx: RunContext, plan: Plan, teacher: Teacher | None) -> dict[str, Any]:
-    """Train the student through the plan's method (reading ``teacher``'s outputs when there is one)."""
-    cfg, method, student = ctx.cfg, plan.method, plan.student
+    """Train the student through the plan's method (reading ``teacher``'s outputs when there is one), after the
+    method's initialization stage if it declares one."""
+    cfg, method = ctx.cfg, plan.method
+    student = ctx.runtime.prepare(plan.student)
+    method.to(ctx.runtime.device)
     pipeline = ctx.pipeline(cfg.trainer.batch_size, cfg.trainer.seed)
-    sources: dict[str, Any] = {}
+    outputs = None
     if teacher is not None:
         method.setup_teacher(teacher.model)  # with the teacher's trained weights (OFD's margins)
         outputs = teacher_outputs(teacher.model, teacher.sha256, method, plan.request.teacher, pipeline, ctx)
-        sources["teacher"] = outputs.source
-    if method.needs_strong_view:
-        sources["strong_view"] = strong_views(pipeline)
-    if plan.request.student:
-        from kd_hydra.models.features import FeatureRecorder
-
-        recorder = FeatureRecorder(student, list(plan.request.student))
-        sources["student_features"] = lambda: recorder.features
+    strong = strong_views(pipeline) if method.needs_strong_view else None
+    source = outputs.source if outputs is not None else None
+    batches = BatchAssembler(step_model(ctx.runtime, student), ctx.runtime, source, plan.request.student, strong)
+    stages = [
+        initialization_stage(method, student, instantiate(cfg.optimizer, _convert_="all")),
+        recipe_stage("student", cfg, cfg.trainer.epochs, student, method, "optimizer.lr"),
+    ]
     history = HistoryLog(ctx.out_dir / schema.HISTORY_FILE, schema.history_columns(method.parts))
     state = checkpointing(ctx, ctx.out_dir / schema.TRAIN_STATE_FILE, plan.identity)
-    if method.init_epochs > 0 and teacher is not None and state.load() is None:  # a resumed run has done it
-        initialize_method(ctx, method, student, pipeline, sources)
     keep = snapshots(ctx, student, method)
-    trainer = make_trainer(
-        ctx, cfg.trainer.epochs, "student", "optimizer.lr", state, snapshots=keep, on_epoch=ctx.trackers.log_epoch
-    )
-    result = fit_model(trainer, student, method, pipeline, cfg, cfg.trainer.seed, history, **sources)
+    trainer = make_trainer(ctx, cfg.trainer.seed, state, snapshots=keep, on_epoch=ctx.trackers.log_epoch)
+    result = trainer.fit(method, pipeline, batches, [stage for stage in stages if stage is not None], history)
     model_file = None
     if cfg.trainer.save_checkpoint:
         model_file = ctx.out_dir / MODEL_FILE
@@ -320,24 +322,6 @@ def train_student(ctx: RunContext, plan: Plan, teacher: Teacher | None) -> dict[
     return record
 
 
-def initialize_method(
-    ctx: RunContext, method: DistillMethod, student: nn.Module, pipeline: Any, sources: Mapping[str, Any]
-) -> None:
-    """The method's initialization stage (RepDistiller's ``init_epochs``: AB, FT's paraphraser, FSP)."""
-    from kd_hydra.methods.init_stage import run_init_stage
-
-    log.info("%s: %d epochs of its initialization stage", method.name, method.init_epochs)
-    student = ctx.runtime.prepare(student)
-    method.to(ctx.runtime.device)
-    torch.manual_seed(ctx.cfg.trainer.seed)
-
-    def optimizer(params: list[nn.Parameter]) -> torch.optim.Optimizer:
-        return instantiate(ctx.cfg.optimizer, _convert_="all")([{"params": params}])
-
-    features = sources.get("student_features")
-    run_init_stage(student, method, sources["teacher"], pipeline, ctx.runtime, optimizer, method.init_epochs, features)
-
-
 def strong_views(pipeline: Any) -> Any:
     """The strongly augmented view of a training batch (MLKD), drawn from the global RNG (checkpointed: a
     resumed run draws the same views)."""
@@ -366,16 +350,12 @@ def snapshot_values(keep: Snapshots, result: FitResult) -> dict[str, Any]:
     return {"best_checkpoint": str(path), "best_checkpoint_split": split, "best_checkpoint_epoch": epoch}
 
 
-def make_trainer(
-    ctx: RunContext, epochs: int, label: str, divergence_key: str, state: Checkpointing, **options: Any
-) -> Trainer:
+def make_trainer(ctx: RunContext, seed: int, state: Checkpointing, **options: Any) -> Trainer:
     trainer = ctx.cfg.trainer
     options.setdefault("runtime", ctx.runtime)
     return Trainer(
-        epochs=epochs,
+        seed=seed,
         eval_every=trainer.eval_every,
-        label=label,
-        divergence_key=divergence_key,
         progress=trainer.progress,
         top5=ctx.top5,
         checkpointing=state,
@@ -383,31 +363,19 @@ def make_trainer(
     )
 
 
-def fit_model(
-    trainer: Trainer,
-    model: nn.Module,
-    method: DistillMethod,
-    pipeline: Any,
-    recipe: DictConfig,
-    seed: int,
-    history: HistoryLog,
-    **sources: Any,
-) -> FitResult:
-    """Move ``model`` and ``method`` to the device, build ``recipe``'s optimizer and scheduler, and fit.
+def recipe_stage(
+    name: str, recipe: DictConfig, epochs: int, model: nn.Module, method: DistillMethod, divergence_key: str
+) -> Stage:
+    """The recorded stage training ``model`` through ``method`` with ``recipe``'s optimizer and scheduler
+    (``recipe``: the root config, or ``teacher_training``)."""
+    optimizer = instantiate(recipe.optimizer, _convert_="all")
+    scheduler = instantiate(recipe.scheduler, _convert_="all")
+    return training_stage(name, epochs, model, method, optimizer, scheduler, divergence_key)
 
-    ``recipe`` is the node holding ``optimizer`` and ``scheduler`` (the root config, or ``teacher_training``).
-    """
-    model = trainer.runtime.prepare(model)
-    method.to(trainer.runtime.device)
-    groups = [{"params": list(model.parameters())}]
-    method_parameters = [p for p in method.parameters() if p.requires_grad]
-    if method_parameters:
-        groups.append({"params": method_parameters})
-    optimizer = instantiate(recipe.optimizer, _convert_="all")(groups)
-    scheduler = instantiate(recipe.scheduler, _convert_="all")(optimizer, epochs=trainer.epochs)
-    step_model = torch.compile(model) if trainer.runtime.compile else model
-    torch.manual_seed(seed)  # dropout draws do not depend on what ran before in this process
-    return trainer.fit(step_model, method, pipeline, optimizer, scheduler, history, **sources)
+
+def step_model(runtime: Runtime, model: nn.Module) -> nn.Module:
+    """The module the training steps call: ``model``, compiled when ``trainer.compile``."""
+    return torch.compile(model) if runtime.compile else model
 
 
 def checkpointing(ctx: RunContext, path: Path, identity: Mapping[str, Any]) -> Checkpointing:

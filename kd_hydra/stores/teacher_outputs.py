@@ -1,4 +1,5 @@
-"""A distill run's teacher outputs: live (the teacher runs on every batch) or cached (the soft-label cache).
+"""A distill run's teacher outputs: live (the teacher runs on every batch) or cached (the soft-label cache), the
+two :class:`~kd_hydra.train.batches.TeacherSource` implementations.
 
 :func:`teacher_outputs` chooses: methods that read features, folder data on the DataLoader path and a
 disabled cache run the teacher live; logit methods on in-memory data read the soft-label cache.
@@ -24,7 +25,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,6 +34,7 @@ from filelock import FileLock
 from torch import Tensor, nn
 
 from kd_hydra.stores.cache_entry import CacheEntry, entry_name
+from kd_hydra.train.batches import TeacherOutput, TeacherSource
 from kd_hydra.train.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -42,22 +44,6 @@ CACHE_FORMAT = "kd-hydra/soft-labels-v2"
 #: 64 was the fastest on the CPU for every zoo model (benchmarks/cpu_defaults.py); large batches elsewhere.
 DEFAULT_FILL_BATCH = {"cpu": 64}
 ACCELERATOR_FILL_BATCH = 1024
-
-
-@dataclass
-class TeacherOutput:
-    """The teacher's view of one training batch: logits, and the feature points a method asked for."""
-
-    logits: Tensor
-    features: Mapping[str, Tensor] = field(default_factory=dict)
-
-
-class TeacherSource(Protocol):
-    """Teacher outputs for a training batch: computed now, or read from the soft-label cache."""
-
-    def begin_epoch(self, epoch: int) -> None: ...
-
-    def __call__(self, images: Tensor, sample_indices: Tensor) -> TeacherOutput: ...
 
 
 class LiveTeacher:
@@ -327,7 +313,7 @@ def _choose(
         return TeacherOutputs(live, "live")
     if not cache.enabled:
         return TeacherOutputs(LiveTeacher(teacher, runtime), "live")
-    if not getattr(pipeline, "supports_logit_cache", False):
+    if not pipeline.supports_logit_cache:
         log.info("soft-label cache does not apply to this dataset pipeline: the teacher runs on every batch")
         return TeacherOutputs(LiveTeacher(teacher, runtime), "live")
     from kd_hydra.records.identity import plain

@@ -1,8 +1,9 @@
-"""The epoch loop: :class:`Trainer` holds its settings, ``fit`` trains a model through a method.
+"""The epoch loop: :class:`Trainer` holds its settings, ``fit`` runs a sequence of :mod:`~kd_hydra.train.stages`.
 
-Each epoch: train steps (teacher outputs from a :mod:`~kd_hydra.stores.teacher_outputs` source), evaluation,
-a history row, and the resumable training state. No host sync happens inside an epoch: loss parts and
-accuracy are summed on the device and read once.
+Each epoch of a stage: train steps on the batches a :class:`~kd_hydra.train.batches.BatchAssembler` builds; for a
+recorded stage, evaluation, a history row and the resumable training state (which names its stage, so a resumed
+fit skips the stages before it). No host sync happens inside an epoch: loss parts and accuracy are summed on
+the device and read once.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import math
 import random
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,32 +25,24 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from kd_hydra.errors import CheckpointError, ConfigError, KDHydraError
-from kd_hydra.methods.base import DistillMethod, MethodBatch
+from kd_hydra.methods.base import DistillMethod
 from kd_hydra.models.features import unwrap
 from kd_hydra.records.files import HistoryLog, atomic_write_bytes
 from kd_hydra.records.identity import identity_differences
-from kd_hydra.stores.teacher_outputs import TeacherSource
+from kd_hydra.train.batches import Batch, BatchAssembler, BatchSource
 from kd_hydra.train.runtime import Runtime
+from kd_hydra.train.stages import Stage
 
 log = logging.getLogger(__name__)
 
-TRAIN_STATE_FORMAT = "kd-hydra/train-state-v1"
+#: v2: the state names its stage (v1 states, from before stages, are refused).
+TRAIN_STATE_FORMAT = "kd-hydra/train-state-v2"
 MAX_DETAIL_CHARS = 200  # of an error quoted in a one-line message
 TOP5 = 5
 
 
 class DivergedError(KDHydraError):
     """The training loss became NaN or infinite: the run is failed, nothing it trained is kept."""
-
-
-class BatchSource(Protocol):
-    """What the loop needs of a data pipeline (see :mod:`kd_hydra.data.pipeline`)."""
-
-    num_train: int
-
-    def train_batches(self, epoch: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]: ...
-
-    def test_batches(self) -> Iterator[tuple[Tensor, Tensor]]: ...
 
 
 @dataclass(frozen=True)
@@ -100,60 +93,36 @@ def _progress(iterable: Iterator, enabled: bool, total: int | None, description:
 
 
 def train_epoch(
-    model: nn.Module,
-    batches: Iterator[tuple[Tensor, Tensor, Tensor]],
-    method: DistillMethod,
+    stage: Stage,
+    batches: Iterable[Batch],
+    assemble: BatchAssembler,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     runtime: Runtime,
-    teacher: TeacherSource | None,
-    student_features: Callable[[], Mapping[str, Tensor]] | None = None,
-    strong_view: Callable[[Tensor], Tensor] | None = None,
 ) -> dict[str, float]:
-    """One pass over ``batches``; returns the mean loss and parts (``train_<part>``), accuracy (%), image count.
-
-    With ``strong_view`` (methods whose ``needs_strong_view`` is set, MLKD) student and teacher also run on
-    ``strong_view(images)``, given to the method as ``strong_student_logits``/``strong_teacher_logits``.
-    """
-    model.train()
-    method.train()
-    parts = method.parts
+    """One pass of ``stage`` over ``batches``; returns the mean loss and parts (``train_<part>``), accuracy (%),
+    image count. The stage's modules are put in their modes first."""
+    stage.set_modes()
     # running sums of [loss, *parts, correct] weighted by batch size: one host sync per epoch
-    sums = torch.zeros(len(parts) + 2, dtype=torch.float64, device=runtime.device)
+    sums = torch.zeros(len(stage.parts) + 2, dtype=torch.float64, device=runtime.device)
     seen = 0
     for images, targets, sample_indices in batches:
-        teacher_out = teacher(images, sample_indices) if teacher is not None else None
-        strong_images = strong_view(images) if strong_view is not None else None
-        strong_teacher = teacher(strong_images, sample_indices) if strong_images is not None and teacher else None
+        batch = assemble(images, targets, sample_indices)
         with runtime.autocast():
-            logits = model(images)
-            features = dict(student_features()) if student_features is not None else {}
-            strong_logits = model(strong_images) if strong_images is not None else None
-            output = method(
-                MethodBatch(
-                    student_logits=logits,
-                    targets=targets,
-                    sample_indices=sample_indices,
-                    teacher_logits=teacher_out.logits if teacher_out is not None else None,
-                    student_features=features,
-                    teacher_features=teacher_out.features if teacher_out is not None else {},
-                    strong_student_logits=strong_logits,
-                    strong_teacher_logits=strong_teacher.logits if strong_teacher is not None else None,
-                )
-            )
+            output = stage.loss(batch)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(output.total).backward()
         scaler.step(optimizer)
         scaler.update()
-        batch = targets.shape[0]
-        seen += batch
+        size = targets.shape[0]
+        seen += size
         with torch.no_grad():
-            correct = (logits.argmax(dim=1) == targets).sum()
-            values = [output.total.detach(), *(output.parts[name].detach() for name in parts)]
-            sums += torch.stack([v.double() * batch for v in values] + [correct.double()])
+            correct = (batch.student_logits.argmax(dim=1) == targets).sum()
+            values = [output.total.detach(), *(output.parts[name].detach() for name in stage.parts)]
+            sums += torch.stack([v.double() * size for v in values] + [correct.double()])
     means = (sums / max(seen, 1)).tolist()
     stats = {"train_loss": means[0]}
-    stats.update({f"train_{name}": value for name, value in zip(parts, means[1:-1])})
+    stats.update({f"train_{name}": value for name, value in zip(stage.parts, means[1:-1])})
     stats["train_acc"] = 100.0 * means[-1]
     stats["images"] = seen
     return stats
@@ -200,8 +169,10 @@ class Checkpointing:
             return self._loaded
         try:
             state = torch.load(self.path, map_location="cpu", weights_only=True)
-            if not isinstance(state, dict) or state.get("format") != TRAIN_STATE_FORMAT:
+            if not isinstance(state, dict):
                 raise ValueError("not a kd-hydra training state")
+            if state.get("format") != TRAIN_STATE_FORMAT:
+                raise ValueError(f"format {state.get('format')!r}, this kd-hydra reads {TRAIN_STATE_FORMAT!r}")
         except Exception as error:  # unreadable: the atomic write makes this a foreign or damaged file
             raise self.unusable(error) from error
         differences = identity_differences(state.get("identity") or {}, self.identity)
@@ -280,18 +251,21 @@ class Progress:
 
 @dataclass
 class Fit:
-    """What one ``fit`` trains: the model, its method, optimizer, scheduler, grad scaler and history."""
+    """One stage of a fit in progress: the model, its method, the stage's optimizer, scheduler and grad scaler,
+    the history and the fit's progress (what the resumable state holds)."""
 
     model: nn.Module
     method: DistillMethod
+    stage: int
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     history: HistoryLog
-    track: Progress = field(default_factory=Progress)
+    track: Progress
 
     def state(self, epoch: int) -> dict[str, Any]:
         return {
+            "stage": self.stage,
             "epoch": epoch,
             "model": unwrap(self.model).state_dict(),
             "method": self.method.state_dict(),
@@ -305,12 +279,14 @@ class Fit:
 
     def restore(self, saved: Mapping[str, Any]) -> int:
         """Load a saved state; returns its epoch. Raises KeyError/RuntimeError/ValueError when it does not fit."""
+        if saved["stage"] != self.stage:
+            raise ValueError(f"saved in stage {saved['stage']}, restoring stage {self.stage}")
         unwrap(self.model).load_state_dict(saved["model"])
         self.method.load_state_dict(saved["method"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.scaler.load_state_dict(saved["scaler"])
-        self.track = Progress(**saved["track"])
+        self.track.__dict__.update(Progress(**saved["track"]).__dict__)
         self.history.restore(saved["history"])
         _restore_rng(saved["rng"])
         return int(saved["epoch"])
@@ -337,17 +313,15 @@ class Snapshots:
 
 @dataclass(frozen=True)
 class Trainer:
-    """The epoch loop for one model, with its settings fixed; :meth:`fit` gets what it trains.
+    """The epoch loop, with its settings fixed; :meth:`fit` gets the stages and what they train.
 
-    ``label`` names the model in log lines; ``divergence_key`` is the config key a diverged run is told to
-    lower; ``on_epoch`` receives each history row (trackers).
+    The global RNG is seeded with ``seed`` at the start of each stage (dropout, strong views), so a stage draws
+    the same whatever ran before it; ``on_epoch`` receives each history row (trackers).
     """
 
     runtime: Runtime
-    epochs: int
+    seed: int
     eval_every: int = 1
-    label: str = "student"
-    divergence_key: str = "optimizer.lr"
     progress: bool = True
     top5: bool = False
     checkpointing: Checkpointing | None = None
@@ -356,35 +330,44 @@ class Trainer:
 
     def fit(
         self,
-        model: nn.Module,
         method: DistillMethod,
         data: BatchSource,
-        optimizer: torch.optim.Optimizer,
-        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        batches: BatchAssembler,
+        stages: Sequence[Stage],
         history: HistoryLog,
-        teacher: TeacherSource | None = None,
-        student_features: Callable[[], Mapping[str, Tensor]] | None = None,
-        strong_view: Callable[[Tensor], Tensor] | None = None,
     ) -> FitResult:
-        """Train ``model`` for ``epochs`` (resuming a saved state of the same identity); a NaN loss raises
-        :class:`DivergedError`."""
-        scaler = torch.amp.GradScaler(self.runtime.device.type, enabled=self.runtime.autocast_dtype == torch.float16)
-        run = Fit(model, method, optimizer, scheduler, scaler, history)
-        resumed_from = self._resume(run)
-        show = self.progress and interactive()
-        bar = tqdm(total=self.epochs, initial=resumed_from or 0, desc=self.label, unit="epoch", disable=not show)
-        with bar:
-            for epoch in range((resumed_from or 0) + 1, self.epochs + 1):
-                self._epoch(run, epoch, data, teacher, (student_features, strong_view), show)
-                bar.set_postfix_str(_summary(run.history.rows[-1]), refresh=False)
-                bar.update(1)
-        track = run.track
+        """Run ``stages`` in order on ``batches.model`` (resuming a saved state of the same identity in its
+        stage; the stages before it are done); a NaN loss raises :class:`DivergedError`. The result describes
+        the recorded stages."""
+        saved = self.checkpointing.load() if self.checkpointing is not None else None
+        first = 0
+        if saved is not None:
+            first = saved.get("stage")
+            if not isinstance(first, int) or not 0 <= first < len(stages) or not stages[first].records:
+                raise self.checkpointing.unusable(ValueError(f"saved in stage {first!r}, not a recorded stage here"))
+        for stage in stages[:first]:
+            log.info("%s stage: finished before the interruption, not run again", stage.name)
+        track = Progress()
+        resumed_from = None
+        for index, stage in enumerate(stages[first:], first):
+            if not stage.records:
+                log.info("%s stage: %d epoch(s)", stage.name, stage.epochs)
+            torch.manual_seed(self.seed)
+            with stage.trainable():
+                optimizer, scheduler = stage.build_optimizer()
+                scaler = torch.amp.GradScaler(
+                    self.runtime.device.type, enabled=self.runtime.autocast_dtype == torch.float16
+                )
+                run = Fit(batches.model, method, index, optimizer, scheduler, scaler, history, track)
+                if index == first and saved is not None:
+                    resumed_from = self._resume(run, stage, saved)
+                self._run_stage(run, stage, data, batches, resumed_from if index == first else None)
         seconds = track.train_seconds
         return FitResult(
             final_test_acc=track.final_acc,
             best_test_acc=track.best_acc,
             best_epoch=track.best_epoch,
-            epochs=self.epochs,
+            epochs=sum(stage.epochs for stage in stages if stage.records),
             train_images_per_second=track.train_images / seconds if seconds > 0 else float("nan"),
             history=history,
             final_test_acc_top5=track.final_top5,
@@ -394,60 +377,69 @@ class Trainer:
             resumed_from_epoch=resumed_from,
         )
 
-    def _resume(self, run: Fit) -> int | None:
-        saved = self.checkpointing.load() if self.checkpointing is not None else None
-        if saved is None:
-            return None
+    def _run_stage(self, run: Fit, stage: Stage, data: BatchSource, batches: BatchAssembler, done: int | None) -> None:
+        """The epochs of ``stage`` after the ``done`` ones of a resumed state."""
+        show = self.progress and interactive()
+        bar = tqdm(total=stage.epochs, initial=done or 0, desc=stage.name, unit="epoch", disable=not show)
+        with bar:
+            for epoch in range((done or 0) + 1, stage.epochs + 1):
+                row = self._epoch(run, stage, epoch, data, batches, show)
+                bar.set_postfix_str(_summary(row), refresh=False)
+                bar.update(1)
+
+    def _resume(self, run: Fit, stage: Stage, saved: Mapping[str, Any]) -> int:
         try:
             epoch = run.restore(saved)
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
             raise self.checkpointing.unusable(error) from None
         self.checkpointing.forget()
-        log.info("%s: resuming from %s after epoch %d of %d", self.label, self.checkpointing.path, epoch, self.epochs)
+        log.info("%s: resuming from %s after epoch %d of %d", stage.name, self.checkpointing.path, epoch, stage.epochs)
         return epoch
 
     def _epoch(
-        self,
-        run: Fit,
-        epoch: int,
-        data: BatchSource,
-        teacher: TeacherSource | None,
-        views: tuple[Callable[[], Mapping[str, Tensor]] | None, Callable[[Tensor], Tensor] | None],
-        show: bool,
-    ) -> None:
+        self, run: Fit, stage: Stage, epoch: int, data: BatchSource, batches: BatchAssembler, show: bool
+    ) -> dict[str, Any]:
         epoch_start = time.perf_counter()
         lr = run.optimizer.param_groups[0]["lr"]
-        run.method.begin_epoch(epoch, self.epochs)
+        if stage.begin_epoch is not None:
+            stage.begin_epoch(epoch, stage.epochs)
         self.runtime.synchronize()
         loop_start = time.perf_counter()  # teacher logits computed for the cache count as training work
-        if teacher is not None:
-            teacher.begin_epoch(epoch - 1)
-        total = getattr(data, "num_train_batches", None)
-        batches = _progress(data.train_batches(epoch - 1), show, total, f"{self.label} {epoch}/{self.epochs}")
-        stats = train_epoch(run.model, batches, run.method, run.optimizer, run.scaler, self.runtime, teacher, *views)
+        batches.begin_epoch(epoch - 1)
+        description = f"{stage.name} {epoch}/{stage.epochs}"
+        stream = _progress(data.train_batches(epoch - 1), show, data.num_train_batches, description)
+        stats = train_epoch(stage, stream, batches, run.optimizer, run.scaler, self.runtime)
         self.runtime.synchronize()
-        run.track.train_seconds += time.perf_counter() - loop_start
-        run.track.train_images += int(stats.pop("images"))
+        images = int(stats.pop("images"))
+        if stage.records:
+            run.track.train_seconds += time.perf_counter() - loop_start
+            run.track.train_images += images
         if not math.isfinite(stats["train_loss"]):
             raise DivergedError(
-                f"{self.divergence_key}: the {self.label} training loss became {stats['train_loss']} in epoch "
-                f"{epoch} (lr {lr:g}); the run diverged: lower {self.divergence_key} or check the loss.* settings"
+                f"{stage.divergence_key}: the {stage.name} training loss became {stats['train_loss']} in epoch "
+                f"{epoch} (lr {lr:g}); the run diverged: lower {stage.divergence_key} or check the loss.* settings"
             )
         run.scheduler.step()
         row: dict[str, Any] = {"epoch": epoch, "lr": lr, **stats}
-        if epoch % self.eval_every == 0 or epoch == self.epochs:
+        if stage.records and (epoch % self.eval_every == 0 or epoch == stage.epochs):
             row.update(self._evaluate(run, epoch, data))
         row["seconds"] = time.perf_counter() - epoch_start
+        if stage.records:
+            self._record(run, epoch, row)
+        log.info(
+            "%s epoch %d/%d: %s, lr %.3g, %.1fs", stage.name, epoch, stage.epochs, _summary(row), lr, row["seconds"]
+        )
+        if stage.records and self.checkpointing is not None:
+            if epoch % self.checkpointing.every == 0 or epoch == stage.epochs:
+                self.checkpointing.save(run.state(epoch))
+        return row
+
+    def _record(self, run: Fit, epoch: int, row: dict[str, Any]) -> None:
         run.history.append(row)
         if self.on_epoch is not None:
             self.on_epoch(run.history.rows[-1])
         if self.snapshots is not None and "test_acc" in row:
             self.snapshots.after_epoch(epoch, run.track)
-        log.info(
-            "%s epoch %d/%d: %s, lr %.3g, %.1fs", self.label, epoch, self.epochs, _summary(row), lr, row["seconds"]
-        )
-        if self.checkpointing is not None and (epoch % self.checkpointing.every == 0 or epoch == self.epochs):
-            self.checkpointing.save(run.state(epoch))
 
     def _evaluate(self, run: Fit, epoch: int, data: BatchSource) -> dict[str, Any]:
         test = evaluate(run.model, data.test_batches(), self.runtime)
@@ -457,7 +449,7 @@ class Trainer:
             "test_acc_top5": test.top5 if self.top5 else None,
         }
         val = None
-        if getattr(data, "has_val", False):
+        if data.has_val:
             val = evaluate(run.model, data.val_batches(), self.runtime)
             values.update(val_acc=val.acc, val_loss=val.loss)
         run.track.record(epoch, test, values["test_acc_top5"], val)
@@ -471,7 +463,7 @@ def _summary(row: Mapping[str, Any]) -> str:
         for key, value in row.items()
         if key.startswith("train_") and key not in ("train_loss", "train_acc") and value is not None
     )
-    text = f"loss {row['train_loss']:.4f} ({parts}), train acc {row['train_acc']:.2f}%"
+    text = f"loss {row['train_loss']:.4f}{f' ({parts})' if parts else ''}, train acc {row['train_acc']:.2f}%"
     for key, name in (("val_acc", "val"), ("test_acc", "test")):
         if row.get(key) is not None:
             text += f", {name} acc {row[key]:.2f}%"
