@@ -15,6 +15,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+from kd_hydra.enums import Mode
 from kd_hydra.records import schema
 
 from .load import (
@@ -226,7 +227,7 @@ def _key_pairs(run: pd.Series, columns: Sequence[str]) -> tuple[tuple[str, str],
 
 def distill_setups(df: pd.DataFrame) -> list[Setup]:
     """The distinct setups of the completed distill runs of ``df``, sorted."""
-    distill = completed_runs(df, schema.MODE_DISTILL)
+    distill = completed_runs(df, Mode.distill.value)
     data_keys = {name: data_columns(df, name) for name in set(_column(distill, DATASET))}
     names = pd.DataFrame({c: _column(distill, c) for c in (DATASET, TEACHER, STUDENT)}, index=distill.index)
     bases = {}
@@ -255,10 +256,10 @@ def runs_of_setup(df: pd.DataFrame, setup: Setup) -> pd.DataFrame:
         same_teacher &= _column(df, key) == value
         teacher_run &= _column(df, key).isin([value, "?"])
     mode = _column(df, MODE)
-    distill = dataset & (mode == schema.MODE_DISTILL) & student & same_teacher
-    baseline = dataset & (mode == schema.MODE_STUDENT) & student
+    distill = dataset & (mode == Mode.distill.value) & student & same_teacher
+    baseline = dataset & (mode == Mode.student.value) & student
     baseline &= _matches_some(df, df[distill & (df[STATUS] == schema.STATUS_COMPLETED)])
-    return df[distill | baseline | (dataset & (mode == schema.MODE_TEACHER) & teacher_run)]
+    return df[distill | baseline | (dataset & (mode == Mode.teacher.value) & teacher_run)]
 
 
 def _matches_some(df: pd.DataFrame, distill: pd.DataFrame) -> pd.Series:
@@ -343,19 +344,19 @@ def method_of(df: pd.DataFrame) -> pd.Series:
 
 def distill_methods(df: pd.DataFrame) -> list[str]:
     """The distinct methods of the completed distill runs of ``df``, sorted."""
-    return sorted(set(method_of(completed_runs(df, schema.MODE_DISTILL))))
+    return sorted(set(method_of(completed_runs(df, Mode.distill.value))))
 
 
 def runs_of_method(df: pd.DataFrame, method: str) -> pd.DataFrame:
     """The distill runs of ``df`` with ``method`` plus every non-distill run (baselines, teachers)."""
     mode = _column(df, MODE)
-    return df[(mode != schema.MODE_DISTILL) | (method_of(df) == method)]
+    return df[(mode != Mode.distill.value) | (method_of(df) == method)]
 
 
 def swept_loss_keys(df: pd.DataFrame) -> list[str]:
     """``loss.*`` setting columns (not the name or target) that vary among the completed distill runs of ``df``;
     temperature and alpha first, then the others sorted."""
-    distill = completed_runs(df, schema.MODE_DISTILL)
+    distill = completed_runs(df, Mode.distill.value)
     loss_keys = [c for c in setting_columns(distill) if c.startswith(LOSS_PREFIX) and c not in (METHOD, LOSS_TARGET)]
     return _ordered(varying_columns(distill, loss_keys))
 
@@ -386,7 +387,7 @@ def setting_label(values: pd.Series | dict, columns: Sequence[str]) -> str:
 def selection_metric(df: pd.DataFrame) -> str:
     """``final_val_acc`` when a completed distill run of ``df`` has one (choose on validation), else
     ``final_test_acc``."""
-    distill = completed_runs(df, schema.MODE_DISTILL)
+    distill = completed_runs(df, Mode.distill.value)
     if FINAL_VAL_ACC in distill.columns and as_float(distill[FINAL_VAL_ACC]).notna().any():
         return FINAL_VAL_ACC
     return FINAL_TEST_ACC
@@ -443,7 +444,7 @@ def is_setup_column(column: str) -> bool:
 def across_setups_by(df: pd.DataFrame) -> list[str]:
     """The ``by`` columns of :func:`default_by` over all completed distill runs of ``df`` but the setup
     columns: ranking each setup on them names, in every label, what differs between setups too."""
-    return [c for c in default_by(completed_runs(df, schema.MODE_DISTILL)) if not is_setup_column(c)]
+    return [c for c in default_by(completed_runs(df, Mode.distill.value)) if not is_setup_column(c)]
 
 
 def _qualified_in(table: pd.DataFrame, distill: pd.DataFrame, column: str) -> str:
@@ -482,7 +483,7 @@ def rank_settings(df: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataF
     (:func:`kd_gain`) and ``gain_n``, ``selected`` (True for the best setting, and for every setting tied
     with it on the selection metric: a tie is never broken by test accuracy) and the ``run_dirs`` (a tuple).
     """
-    done = completed_runs(df, schema.MODE_DISTILL)
+    done = completed_runs(df, Mode.distill.value)
     several_methods = len(set(method_of(done))) > 1
     own_by = default_by(done)
     distill, qualified = done, []
@@ -575,7 +576,7 @@ def compare_methods(df: pd.DataFrame) -> pd.DataFrame:
 def baseline_levels(df: pd.DataFrame, setup: Setup) -> list[tuple[str, float, int]]:
     """The completed baseline (mode=student) runs of ``setup`` averaged per setting (seeds only):
     ``(label, mean final_test_acc, n)`` per setting; the label names the settings that differ ("" for one)."""
-    baselines = completed_runs(runs_of_setup(df, setup), schema.MODE_STUDENT)
+    baselines = completed_runs(runs_of_setup(df, setup), Mode.student.value)
     baselines = baselines.assign(**{FINAL_TEST_ACC: as_float(baselines[FINAL_TEST_ACC])}).dropna(
         subset=[FINAL_TEST_ACC]
     )
@@ -599,12 +600,12 @@ def teacher_accuracy(df: pd.DataFrame, setup: Setup) -> float:
     """Teacher test accuracy of ``setup``: mean teacher_test_acc of its distill runs, else of
     its completed mode=teacher runs' final_test_acc; NaN if neither exists."""
     runs = runs_of_setup(df, setup)
-    distill = completed_runs(runs, schema.MODE_DISTILL)
+    distill = completed_runs(runs, Mode.distill.value)
     if TEACHER_TEST_ACC in distill.columns:
         from_distill = as_float(distill[TEACHER_TEST_ACC]).dropna()
         if not from_distill.empty:
             return float(from_distill.mean())
-    teachers = completed_runs(runs, schema.MODE_TEACHER)
+    teachers = completed_runs(runs, Mode.teacher.value)
     return float(as_float(teachers[FINAL_TEST_ACC]).mean())
 
 
@@ -651,8 +652,8 @@ def kd_gain(df: pd.DataFrame, unmatched_prefixes: Sequence[str] = DEFAULT_UNMATC
     averaged (``baseline_n`` counts them); ``gain = final_test_acc - baseline_test_acc``, NaN
     where no baseline matches.
     """
-    distill = completed_runs(df, schema.MODE_DISTILL).copy()
-    baselines = completed_runs(df, schema.MODE_STUDENT)
+    distill = completed_runs(df, Mode.distill.value).copy()
+    baselines = completed_runs(df, Mode.student.value)
     keys = matching_columns(df, unmatched_prefixes)
     baseline_acc = as_float(baselines[FINAL_TEST_ACC]) if len(baselines) else None
     means, counts, dirs = [], [], []

@@ -38,8 +38,6 @@ METRIC_COLUMNS = tuple(key for key in schema.METRICS_KEYS if key not in ("settin
 SETTINGS = "settings"
 #: The last metrics.json schema whose ``settings`` held only a subset (SETTINGS_KEYS and ``loss.*``).
 SUBSET_SETTINGS_SCHEMA = 2
-#: The mode of an evaluation-only run (``mode=eval``): not a training run, kept out of every comparison.
-MODE_EVAL = "eval"
 
 
 def _schema_name(name: str, names: tuple[str, ...]) -> str:

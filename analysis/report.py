@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
+from kd_hydra.enums import Mode
 from kd_hydra.records import schema
 from kd_hydra.records.files import atomic_write_text
 
@@ -50,7 +51,6 @@ from .load import (
     FINAL_TEST_ACC_TOP5,
     FINAL_VAL_ACC,
     MODE,
-    MODE_EVAL,
     MODEL_PARAMS,
     REASON,
     RUN_DIR,
@@ -247,7 +247,7 @@ def _evaluations_section(runs: pd.DataFrame) -> list[str]:
     every accuracy their metrics.json reports (top-1, top-5, ...)."""
     if MODE not in runs.columns:
         return []
-    evals = runs[runs[MODE].astype(object) == MODE_EVAL]
+    evals = runs[runs[MODE].astype(object) == Mode.eval.value]
     if evals.empty:
         return []
     lines = ["## Evaluations (mode=eval)", "", "Evaluation-only runs, not part of any comparison below:", ""]
@@ -381,9 +381,9 @@ def _comparison_table(runs: pd.DataFrame, setup: Setup, selected: pd.DataFrame) 
     """Teacher, matched baseline student and the selected distilled student(s) (one row per tied setting):
     architecture, parameters, accuracy (top-5 too for many-class datasets), gain."""
     subset = runs_of_setup(runs, setup)
-    distill = completed_runs(subset, schema.MODE_DISTILL)
-    teachers = completed_runs(subset, schema.MODE_TEACHER)
-    baselines = completed_runs(subset, schema.MODE_STUDENT)
+    distill = completed_runs(subset, Mode.distill.value)
+    teachers = completed_runs(subset, Mode.teacher.value)
+    baselines = completed_runs(subset, Mode.student.value)
     gains = kd_gain(subset)
     selected_dirs = {d for dirs in selected["run_dirs"] for d in dirs}
     matched_dirs = {d for dirs in gains.loc[gains[RUN_DIR].isin(selected_dirs), "baseline_run_dirs"].dropna()

@@ -18,23 +18,25 @@ from kd_hydra.enums import CacheDtype, Mode, Precision, Resume
 
 @dataclass
 class TrainerConfig:
-    epochs: int = 10
-    batch_size: int = 128
-    eval_batch_size: int = 1024
-    eval_every: int = 1
-    device: str = "auto"
-    precision: Precision = Precision.auto
-    channels_last: bool | None = None
-    compile: bool = False
-    seed: int = 0
-    num_threads: int | None = None
-    num_workers: int | None = None
-    save_checkpoint: bool = True
-    save_best: bool = False
-    save_every: int = 0
-    checkpoint_every: int = 1
-    resume: Resume = Resume.auto
-    progress: bool = True
+    """``trainer``: the training loop of whatever a run trains (conf/trainer/default.yaml)."""
+
+    epochs: int = MISSING
+    batch_size: int = MISSING
+    eval_batch_size: int = MISSING
+    eval_every: int = MISSING
+    device: str = MISSING
+    precision: Precision = MISSING
+    channels_last: bool | None = MISSING
+    compile: bool = MISSING
+    seed: int = MISSING
+    num_threads: int | None = MISSING
+    num_workers: int | None = MISSING
+    save_checkpoint: bool = MISSING
+    save_best: bool = MISSING
+    save_every: int = MISSING
+    checkpoint_every: int = MISSING
+    resume: Resume = MISSING
+    progress: bool = MISSING
 
 
 def env_or_default(name: str, default: str) -> str:
@@ -45,28 +47,33 @@ def env_or_default(name: str, default: str) -> str:
 
 @dataclass
 class PathsConfig:
-    data_dir: str = "${kd_env:KD_HYDRA_DATA_DIR,data}"
-    output_dir: str = "${kd_env:KD_HYDRA_OUTPUT_DIR,outputs}"
-    cache_dir: str = "${kd_env:KD_HYDRA_CACHE_DIR,cache}"
+    """``paths``: every location (conf/paths/default.yaml)."""
+
+    data_dir: str = MISSING
+    output_dir: str = MISSING
+    cache_dir: str = MISSING
 
 
 @dataclass
 class SoftLabelCacheConfig:
-    enabled: bool = True
-    dtype: CacheDtype = CacheDtype.float16
-    top_k: int | None = None
-    max_gb: float = 20.0
-    batch_size: int | None = None
+    """``soft_label_cache`` (conf/config.yaml)."""
+
+    enabled: bool = MISSING
+    dtype: CacheDtype = MISSING
+    top_k: int | None = MISSING
+    max_gb: float = MISSING
+    batch_size: int | None = MISSING
 
 
 @dataclass
 class TeacherTrainingConfig:
-    """The teacher's own recipe (part of its identity); optimizer and scheduler come from their groups."""
+    """The teacher's own recipe (part of its identity; conf/config.yaml); optimizer and scheduler come from their
+    groups."""
 
-    epochs: int = 10
-    batch_size: int = 128
-    seed: int = 0
-    precision: Precision = Precision.auto
+    epochs: int = MISSING
+    batch_size: int = MISSING
+    seed: int = MISSING
+    precision: Precision = MISSING
     optimizer: Any = MISSING
     scheduler: Any = MISSING
 
@@ -78,7 +85,7 @@ LOSS_COMMON_DEFAULTS = {"add_kd_weight": 0.0, "add_kd_temperature": 4.0}
 
 @dataclass
 class RootConfig:
-    mode: Mode = Mode.distill
+    mode: Mode = MISSING
     dataset: DatasetSchema = MISSING  # kd_hydra.data.config: the same keys for every dataset
     teacher: Any = MISSING
     student: Any = MISSING
@@ -90,7 +97,7 @@ class RootConfig:
     teacher_training: TeacherTrainingConfig = field(default_factory=TeacherTrainingConfig)
     soft_label_cache: SoftLabelCacheConfig = field(default_factory=SoftLabelCacheConfig)
     logger: Any = None  # {tracker name: its node} from conf/logger (kd_hydra.loggers)
-    optimized_metric: str = "val_acc"  # what a sweep that optimises (Optuna) maximises; see kd_hydra.config.objective
+    optimized_metric: str = MISSING  # what a sweep that optimises (Optuna) maximises; see kd_hydra.config.objective
 
 
 def register_configs() -> None:

@@ -27,19 +27,16 @@ STATUS_FAILED = "failed"
 #: Status that ``analysis`` gives a run directory that has a config but no metrics.json.
 STATUS_UNFINISHED = "unfinished"
 
-MODE_TEACHER = "teacher"
-MODE_STUDENT = "student"
-MODE_DISTILL = "distill"
-MODE_EVAL = "eval"
-
 #: Where a distill run's teacher came from.
 TEACHER_SOURCES = ("trained", "store", "checkpoint")
 #: How a distill run got its teacher's outputs: the soft-label cache (logit methods) or a live forward pass.
 TEACHER_OUTPUTS = ("cache", "live")
 SOFT_LABEL_CACHE_STATES = ("off", "cold", "warm")
 
-#: Datasets with more classes than this also report top-5 accuracy.
+#: Datasets of at least this many classes also report top-5 accuracy.
 TOP5_MIN_CLASSES = 11
+#: The k of the top-k accuracy reported beside top-1 (``final_test_acc_top5``, ``test_acc_top5``).
+TOP5 = 5
 
 #: Keys of metrics.json. Accuracies are percentages in [0, 100]; None where not applicable
 #: (for instance every accuracy of a run that failed before training).

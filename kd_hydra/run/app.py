@@ -43,7 +43,7 @@ from kd_hydra.run.context import RunContext, open_context
 from kd_hydra.run.evaluation import evaluate_classes, write_evaluation
 from kd_hydra.stores.teacher_outputs import teacher_outputs
 from kd_hydra.stores.teachers import Teacher, acquire_teacher, load_external, teacher_identity_of
-from kd_hydra.trackers.base import run_identity as tracker_identity
+from kd_hydra.trackers.base import tracker_run_name
 from kd_hydra.trackers.fanout import build_loggers
 from kd_hydra.train.runtime import with_precision
 from kd_hydra.train.trainer import Checkpointing, DivergedError, FitResult, Snapshots, Trainer
@@ -426,7 +426,7 @@ def claim(directory: RunDirectory, cfg: DictConfig, fresh: bool) -> None:
 
 
 def start_trackers(cfg: DictConfig, out_dir: Path) -> Any:
-    run_name, group = tracker_identity(HydraConfig.get(), cfg.paths.output_dir)
+    run_name, group = tracker_run_name(HydraConfig.get(), cfg.paths.output_dir)
     trackers = build_loggers(cfg.get("logger"), run_name, group, out_dir)
     trackers.log_hparams(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     return trackers

@@ -17,6 +17,7 @@ from kd_hydra.data import build_pipeline, load_dataset
 from kd_hydra.errors import ConfigError
 from kd_hydra.instantiate import build
 from kd_hydra.models.checkpoints import ArchSignature
+from kd_hydra.models.features import PROBE_BATCH
 from kd_hydra.records import schema
 from kd_hydra.records.identity import plain
 from kd_hydra.trackers.fanout import RunLoggers
@@ -24,7 +25,6 @@ from kd_hydra.train.runtime import Runtime, configure_threads, resolve_runtime
 
 log = logging.getLogger(__name__)
 
-PROBE_BATCH = 2
 #: Which config node builds each role's network, and which seed initialises it.
 ROLE_SEEDS = {"teacher": "teacher_training.seed", "student": "trainer.seed"}
 

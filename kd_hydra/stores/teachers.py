@@ -24,9 +24,10 @@ import torch
 from torch import nn
 
 from kd_hydra.errors import CheckpointError, ConfigError
-from kd_hydra.models.checkpoints import MODEL_FILE, ArchSignature, load_checkpoint, save_checkpoint
+from kd_hydra.models.checkpoints import ArchSignature, load_checkpoint, save_checkpoint
 from kd_hydra.models.features import unwrap
 from kd_hydra.records.identity import digest, plain, teacher_id, teacher_identity
+from kd_hydra.records.run_directory import MODEL_FILE
 from kd_hydra.records.schema import HISTORY_FILE, TRAIN_STATE_FILE
 from kd_hydra.stores.cache_entry import DEFAULT_LOCK_TIMEOUT_S, CacheEntry, entry_name, file_sha256
 from kd_hydra.train.trainer import DivergedError

@@ -28,6 +28,7 @@ from kd_hydra.methods.base import DistillMethod, MethodBatch
 from kd_hydra.models.features import unwrap
 from kd_hydra.records.files import HistoryLog, atomic_write_bytes
 from kd_hydra.records.identity import identity_differences
+from kd_hydra.records.schema import TOP5
 from kd_hydra.stores.teacher_outputs import TeacherSource
 from kd_hydra.train.runtime import Runtime
 
@@ -35,7 +36,6 @@ log = logging.getLogger(__name__)
 
 TRAIN_STATE_FORMAT = "kd-hydra/train-state-v1"
 MAX_DETAIL_CHARS = 200  # of an error quoted in a one-line message
-TOP5 = 5
 
 
 class DivergedError(KDHydraError):
