@@ -17,6 +17,7 @@ import pandas as pd
 
 from kd_hydra.enums import Mode
 from kd_hydra.records import schema
+from kd_hydra.records.identity import SAME_SETTING_KEYS, under, unread_groups
 
 from .load import (
     ALPHA,
@@ -46,10 +47,9 @@ AGGREGATE_COLUMNS = ("mean", "std", "n", "ci95")
 #: Columns :func:`kd_gain` adds to the distill runs.
 GAIN_COLUMNS = ("baseline_test_acc", "baseline_n", "baseline_run_dirs", "gain")
 
-#: Config columns that may differ between a distill run and its baseline (see :func:`kd_gain`).
-DEFAULT_UNMATCHED_PREFIXES = (
-    "mode", "loss.", "teacher.", "teacher_training.", "teacher_id", "soft_label_cache.", "paths.", "hydra.",
-)  # fmt: skip
+#: Config columns (and columns below them) that may differ between a distill run and its baseline (see
+#: :func:`kd_gain`): the groups a baseline does not read, and the teacher's identity.
+DEFAULT_UNMATCHED_PREFIXES = (*unread_groups(Mode.student.value), TEACHER_ID)
 #: Leaf-name endings of config columns that name places, not settings (except under DATA_PREFIX).
 PATH_LIKE_SUFFIXES = ("dir", "path", "file")
 #: Config columns under this prefix say which data a run used: always settings, paths included.
@@ -59,15 +59,6 @@ TEACHER_PREFIX = "teacher."
 TEACHER_SETTING_PREFIXES = (TEACHER_PREFIX, "teacher_training.")
 #: Teacher keys longer than this are shown as a digest in titles (in full in the report).
 MAX_TITLE_KEYS_CHARS = 60
-#: Config prefixes and keys that never change a result (outputs, caches, logging, run bookkeeping).
-BOOKKEEPING_PREFIXES = ("hydra.", "paths.", "logger.")
-BOOKKEEPING_KEYS = (
-    "trainer.eval_batch_size", "trainer.eval_every", "trainer.device", "trainer.num_threads",
-    "trainer.num_workers", "trainer.save_checkpoint", "trainer.progress",
-    "soft_label_cache.max_gb", "soft_label_cache.batch_size", "trainer.checkpoint_every", "optimized_metric",
-)  # fmt: skip
-#: Leaf names of resume bookkeeping keys (a resumed run is the same setting).
-BOOKKEEPING_LEAVES = ("resume", "resume_from", "ckpt_path")
 
 #: The method of a distill run is its ``loss.name``.
 METHOD = LOSS
@@ -312,14 +303,12 @@ def config_columns(df: pd.DataFrame) -> list[str]:
 
 
 def is_bookkeeping(column: str) -> bool:
-    """True for config keys that cannot change a result: ``hydra.*``, ``paths.*``, ``logger.*``, places
-    (leaf ending in dir/path/file, except under ``dataset.``), devices, threads, progress, resume keys."""
+    """True for config keys that never tell two settings apart: :data:`kd_hydra.records.identity.SAME_SETTING_KEYS`
+    (``hydra.*``, ``paths.*``, ``logger.*``, the device, threads, progress, resume, ...) and places (leaf ending
+    in dir/path/file, except under ``dataset.``)."""
     leaf = column.rsplit(".", 1)[-1].lower()
-    return (
-        column.startswith(BOOKKEEPING_PREFIXES)
-        or column in BOOKKEEPING_KEYS
-        or leaf in BOOKKEEPING_LEAVES
-        or (leaf.endswith(PATH_LIKE_SUFFIXES) and not column.startswith(DATA_PREFIX))
+    return under(column, SAME_SETTING_KEYS) or (
+        leaf.endswith(PATH_LIKE_SUFFIXES) and not column.startswith(DATA_PREFIX)
     )
 
 
@@ -612,10 +601,7 @@ def teacher_accuracy(df: pd.DataFrame, setup: Setup) -> float:
 def matching_columns(df: pd.DataFrame, unmatched_prefixes: Sequence[str] = DEFAULT_UNMATCHED_PREFIXES) -> list[str]:
     """Config columns a baseline must share with a distill run (see :func:`kd_gain`)."""
     return [
-        column
-        for column in config_columns(df)
-        if not any(column == p.rstrip(".") or column.startswith(p) for p in unmatched_prefixes)
-        and not is_bookkeeping(column)
+        column for column in config_columns(df) if not under(column, unmatched_prefixes) and not is_bookkeeping(column)
     ]
 
 
@@ -644,12 +630,11 @@ def kd_gain(df: pd.DataFrame, unmatched_prefixes: Sequence[str] = DEFAULT_UNMATC
 
     Matching rule: a baseline is a completed mode=student run whose config equals the distill
     run's on every config column except ``mode``, ``loss.*``, ``teacher.*``, ``teacher_training.*``,
-    ``soft_label_cache.*``, ``paths.*``, ``hydra.*`` (``unmatched_prefixes``: what only shapes the
-    teacher side) and bookkeeping (:func:`is_bookkeeping`: places, devices, threads, ...);
-    so every dataset.* key (dataset.path included), student.name, trainer.* (seed included),
-    optimizer.* and scheduler.* must be equal. A key missing from either config does not distinguish them.
-    Several matches are
-    averaged (``baseline_n`` counts them); ``gain = final_test_acc - baseline_test_acc``, NaN
+    ``soft_label_cache.*`` and ``teacher_id`` (``unmatched_prefixes``: the groups a baseline does not read,
+    :func:`kd_hydra.records.identity.unread_groups`) and bookkeeping (:func:`is_bookkeeping`: places, the
+    device, threads, ...); so every dataset.* key (dataset.path included), student.name, trainer.* (seed
+    included), optimizer.* and scheduler.* must be equal. A key missing from either config does not distinguish
+    them. Several matches are averaged (``baseline_n`` counts them); ``gain = final_test_acc - baseline_test_acc``, NaN
     where no baseline matches.
     """
     distill = completed_runs(df, Mode.distill.value).copy()

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from kd_hydra.enums import Mode
 from kd_hydra.records import schema
 from kd_hydra.records.files import atomic_write_text
+from kd_hydra.records.run_directory import read_metrics
 
 from .aggregate import (
     METHOD,
@@ -58,7 +59,6 @@ from .load import (
     TEACHER_PARAMS,
     history_of,
     load_runs,
-    read_metrics,
 )
 from .plots import (
     NotApplicable,
@@ -252,7 +252,7 @@ def _evaluations_section(runs: pd.DataFrame) -> list[str]:
         return []
     lines = ["## Evaluations (mode=eval)", "", "Evaluation-only runs, not part of any comparison below:", ""]
     for run in evals.head(MAX_LISTED_RUNS).to_dict("records"):
-        metrics, _ = read_metrics(Path(run[RUN_DIR]))
+        metrics = read_metrics(Path(run[RUN_DIR]))[0] or {}
         accuracies = [f"{key} {value:.2f}" for key, value in metrics.items()
                       if "acc" in key and isinstance(value, (int, float)) and not isinstance(value, bool)]  # fmt: skip
         checkpoint = run.get("teacher.checkpoint") or metrics.get("checkpoint")

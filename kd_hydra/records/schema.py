@@ -78,6 +78,20 @@ METRICS_KEYS = (
     #              authoritative record of what ran); None for the keys the run's mode does not read
 )
 
+#: metrics.json keys whose value must be a number (or null); keys of neither list may hold any value.
+NUMBER_METRICS = (
+    "schema_version", "final_test_acc", "best_test_acc", "best_epoch", "final_test_acc_top5", "final_val_acc",
+    "best_val_acc", "best_val_epoch", "teacher_test_acc", "model_params", "method_params", "teacher_params",
+    "epochs", "resumed_from_epoch", "wall_seconds", "train_images_per_second",
+)  # fmt: skip
+#: metrics.json keys whose value must be text (or null); ``status`` must be text.
+TEXT_METRICS = (
+    "status", "reason", "mode", "method", "dataset", "model", "teacher", "teacher_source", "teacher_outputs",
+    "soft_label_cache", "checkpoint", "config_digest", "data_digest", "teacher_id",
+)  # fmt: skip
+#: metrics.json keys whose value must be a mapping (or null).
+MAPPING_METRICS = ("settings",)
+
 #: Files of a mode=eval run beside metrics.json: accuracy per class, and the confusion matrix (rows: true class,
 #: columns: predicted class, counts), both CSV with a header.
 PER_CLASS_FILE = "per_class.csv"
