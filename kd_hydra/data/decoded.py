@@ -52,12 +52,6 @@ def memory_budget_bytes(max_memory_gb: float | None) -> float:
     if max_memory_gb is None:
         physical = physical_memory_bytes()
         return DEFAULT_MEMORY_FRACTION * physical if physical else float("inf")
-    if isinstance(max_memory_gb, bool) or not isinstance(max_memory_gb, (int, float)) or not max_memory_gb > 0:
-        raise ConfigError(
-            "dataset.max_memory_gb",
-            f"is {max_memory_gb!r}; expected a positive number of GB or null "
-            f"({DEFAULT_MEMORY_FRACTION:g} of the physical memory)",
-        )
     return float(max_memory_gb) * BYTES_PER_GB
 
 

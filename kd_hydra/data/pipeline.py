@@ -83,12 +83,6 @@ def make_epoch_plan(num: int, augment: AugmentConfig, seed: int, epoch: int) -> 
     return EpochPlan(epoch=epoch, order=order, dy=dy, dx=dx, flip=flip)
 
 
-def _check_batch_size(key: str, value: int) -> int:
-    if isinstance(value, bool) or int(value) != value or value < 1:
-        raise ConfigError(key, f"is {value!r}; expected a positive integer")
-    return int(value)
-
-
 def _check_stats(
     spec: DatasetSpec, mean: Sequence[float], std: Sequence[float]
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -129,8 +123,8 @@ class _Pipeline:
         self.spec = spec
         self.augment = augment
         self.mean, self.std = _check_stats(spec, mean, std)
-        self.batch_size = _check_batch_size("trainer.batch_size", batch_size)
-        self.eval_batch_size = _check_batch_size("trainer.eval_batch_size", eval_batch_size or batch_size)
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size or batch_size)
         self.device = torch.device(device)
         self.seed = int(seed)
         self.channels_last = channels_last
@@ -196,7 +190,6 @@ class InMemoryPipeline(_Pipeline):
 
     def augmented_train_batches(self, epoch: int, batch_size: int) -> Iterator[Batch]:
         """Like `train_batches` (same per-sample inputs) with another batch size; never drops a sample."""
-        batch_size = _check_batch_size("soft_label_cache.batch_size", batch_size)
         return self._planned_batches(epoch, batch_size, drop_last=False)
 
     def test_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -327,7 +320,6 @@ class LoaderPipeline(_Pipeline):
     def augmented_train_batches(self, epoch: int, batch_size: int) -> Iterator[Batch]:
         """Like `train_batches` (same per-sample inputs) with another batch size, through a one-off loader."""
         sampler = _PlanSampler(self.num_train, self.augment, self.seed, epoch)
-        batch_size = _check_batch_size("soft_label_cache.batch_size", batch_size)
         loader = self._loader(self._train_items, sampler, batch_size, drop_last=False, persistent=False)
         return self._to_device(loader)
 
@@ -363,30 +355,21 @@ class LoaderPipeline(_Pipeline):
 
 
 def _augment_config(node: Mapping[str, Any] | None) -> AugmentConfig:
+    """The validated ``dataset.augment`` node (:func:`kd_hydra.data.config.check_dataset`) as an AugmentConfig."""
     node = {} if node is None else node
     defaults = AugmentConfig()
-    enabled = node.get("enabled", defaults.enabled)
-    padding = node.get("crop_padding", defaults.crop_padding)
-    flip = node.get("horizontal_flip", defaults.horizontal_flip)
-    for key, value in (("enabled", enabled), ("horizontal_flip", flip)):
-        if not isinstance(value, bool):
-            raise ConfigError(f"dataset.augment.{key}", f"is {value!r}; expected true or false")
-    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
-        raise ConfigError("dataset.augment.crop_padding", f"is {padding!r}; expected an integer >= 0 (pixels)")
-    return AugmentConfig(enabled=enabled, crop_padding=padding, horizontal_flip=flip)
+    return AugmentConfig(
+        enabled=node.get("enabled", defaults.enabled),
+        crop_padding=node.get("crop_padding", defaults.crop_padding),
+        horizontal_flip=node.get("horizontal_flip", defaults.horizontal_flip),
+    )
 
 
 def _normalize_stats(
     node: Mapping[str, Any] | None, data: ArrayData | FolderData
 ) -> tuple[Sequence[float], Sequence[float]]:
     node = {} if node is None else node
-    mean, std = node.get("mean"), node.get("std")
-    if (mean is None) != (std is None):
-        missing = "mean" if mean is None else "std"
-        raise ConfigError(
-            f"dataset.normalize.{missing}",
-            "is null while the other is set; expected both lists or both null (computed)",
-        )
+    mean, std = node.get("mean"), node.get("std")  # both set or both null (check_dataset)
     if mean is not None:
         return list(mean), list(std)
     if isinstance(data, FolderData):
