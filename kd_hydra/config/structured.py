@@ -6,7 +6,8 @@ The values' defaults live in the YAML files of ``conf/`` only; these dataclasses
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -16,66 +17,38 @@ from kd_hydra.data.config import DatasetSchema
 from kd_hydra.enums import CacheDtype, Mode, Precision, Resume
 
 
-@dataclass
-class TrainerConfig:
-    """``trainer``: the training loop of whatever a run trains (conf/trainer/default.yaml)."""
+def required_fields(name: str, doc: str, types: Mapping[str, Any]) -> type:
+    """A structured-config dataclass whose every field (key -> type) is required (``MISSING``): its values, defaults
+    included, come from the YAML of ``conf/``."""
+    fields = [(key, kind, MISSING) for key, kind in types.items()]
+    return make_dataclass(name, fields, namespace={"__doc__": doc, "__module__": __name__})
 
-    epochs: int = MISSING
-    batch_size: int = MISSING
-    eval_batch_size: int = MISSING
-    eval_every: int = MISSING
-    device: str = MISSING
-    precision: Precision = MISSING
-    channels_last: bool | None = MISSING
-    compile: bool = MISSING
-    seed: int = MISSING
-    num_threads: int | None = MISSING
-    num_workers: int | None = MISSING
-    save_checkpoint: bool = MISSING
-    save_best: bool = MISSING
-    save_every: int = MISSING
-    checkpoint_every: int = MISSING
-    resume: Resume = MISSING
-    progress: bool = MISSING
+
+TrainerConfig = required_fields("TrainerConfig", "``trainer``: the training loop (conf/trainer/default.yaml).", {
+    "epochs": int, "batch_size": int, "eval_batch_size": int, "eval_every": int,
+    "device": str, "precision": Precision, "channels_last": bool | None, "compile": bool, "seed": int,
+    "num_threads": int | None, "num_workers": int | None,
+    "save_checkpoint": bool, "save_best": bool, "save_every": int, "checkpoint_every": int, "resume": Resume,
+    "progress": bool,
+})  # fmt: skip
+PathsConfig = required_fields("PathsConfig", "``paths``: every location (conf/paths/default.yaml).", {
+    "data_dir": str, "output_dir": str, "cache_dir": str,
+})  # fmt: skip
+SoftLabelCacheConfig = required_fields("SoftLabelCacheConfig", "``soft_label_cache`` (conf/config.yaml).", {
+    "enabled": bool, "dtype": CacheDtype, "top_k": int | None, "max_gb": float, "batch_size": int | None,
+})  # fmt: skip
+TeacherTrainingConfig = required_fields(
+    "TeacherTrainingConfig",
+    "``teacher_training``: the teacher's own recipe, part of its identity (conf/config.yaml); optimizer and scheduler "
+    "come from their groups.",
+    {"epochs": int, "batch_size": int, "seed": int, "precision": Precision, "optimizer": Any, "scheduler": Any},
+)
 
 
 def env_or_default(name: str, default: str) -> str:
     """The ``kd_env`` resolver: environment variable ``name``, or ``default`` when it is unset or empty."""
     value = os.environ.get(name, "")
     return value if value.strip() else default
-
-
-@dataclass
-class PathsConfig:
-    """``paths``: every location (conf/paths/default.yaml)."""
-
-    data_dir: str = MISSING
-    output_dir: str = MISSING
-    cache_dir: str = MISSING
-
-
-@dataclass
-class SoftLabelCacheConfig:
-    """``soft_label_cache`` (conf/config.yaml)."""
-
-    enabled: bool = MISSING
-    dtype: CacheDtype = MISSING
-    top_k: int | None = MISSING
-    max_gb: float = MISSING
-    batch_size: int | None = MISSING
-
-
-@dataclass
-class TeacherTrainingConfig:
-    """The teacher's own recipe (part of its identity; conf/config.yaml); optimizer and scheduler come from their
-    groups."""
-
-    epochs: int = MISSING
-    batch_size: int = MISSING
-    seed: int = MISSING
-    precision: Precision = MISSING
-    optimizer: Any = MISSING
-    scheduler: Any = MISSING
 
 
 #: ``loss.*`` keys every method takes besides its own (kd_hydra.methods.COMMON_KEYS): Hinton's term added

@@ -105,21 +105,23 @@ def _num_batches(num: int, batch_size: int, drop_last: bool) -> int:
 
 
 class _Pipeline:
-    """What both pipelines share: statistics, batch sizes, device, seed, and the per-epoch plan."""
+    """What both pipelines share: statistics, batch sizes, device, seed, and the per-epoch plan; each pipeline
+    takes its data in :meth:`_attach`."""
 
     def __init__(
         self,
-        spec: DatasetSpec,
+        data: ArrayData | FolderData,
         augment: AugmentConfig,
         mean: Sequence[float],
         std: Sequence[float],
         batch_size: int,
         device: torch.device | str,
         seed: int,
-        channels_last: bool,
-        eval_batch_size: int | None,
-        drop_last: bool,
+        channels_last: bool = False,
+        eval_batch_size: int | None = None,
+        drop_last: bool = False,
     ) -> None:
+        spec = data.spec
         self.spec = spec
         self.augment = augment
         self.mean, self.std = _check_stats(spec, mean, std)
@@ -132,6 +134,11 @@ class _Pipeline:
         self.num_train = spec.num_train
         self.num_test = spec.num_test
         self.num_val = spec.num_val
+        self._scale, self._shift = normalization_constants(self.mean, self.std, self.device)
+        self._attach(data)
+
+    def _attach(self, data: ArrayData | FolderData) -> None:
+        raise NotImplementedError
 
     @property
     def has_val(self) -> bool:
@@ -160,29 +167,13 @@ class InMemoryPipeline(_Pipeline):
 
     supports_logit_cache = True
 
-    def __init__(
-        self,
-        data: ArrayData,
-        augment: AugmentConfig,
-        mean: Sequence[float],
-        std: Sequence[float],
-        batch_size: int,
-        device: torch.device | str,
-        seed: int,
-        channels_last: bool = False,
-        eval_batch_size: int | None = None,
-        drop_last: bool = False,
-    ) -> None:
-        super().__init__(
-            data.spec, augment, mean, std, batch_size, device, seed, channels_last, eval_batch_size, drop_last
-        )
+    def _attach(self, data: ArrayData) -> None:
         self._x_train = data.x_train.to(self.device)
         self._y_train = data.y_train.to(self.device)
         self._x_test = data.x_test.to(self.device)
         self._y_test = data.y_test.to(self.device)
         self._x_val = None if data.x_val is None else data.x_val.to(self.device)
         self._y_val = None if data.y_val is None else data.y_val.to(self.device)
-        self._scale, self._shift = normalization_constants(self.mean, self.std, self.device)
 
     def train_batches(self, epoch: int) -> Iterator[Batch]:
         """(x normalised, y, sample idx) on the device, in plan order, `batch_size` at a time."""
@@ -279,29 +270,13 @@ class LoaderPipeline(_Pipeline):
 
     supports_logit_cache = False
 
-    def __init__(
-        self,
-        data: FolderData,
-        augment: AugmentConfig,
-        mean: Sequence[float],
-        std: Sequence[float],
-        batch_size: int,
-        device: torch.device | str,
-        seed: int,
-        channels_last: bool = False,
-        eval_batch_size: int | None = None,
-        drop_last: bool = False,
-        num_workers: int | None = None,
-    ) -> None:
-        super().__init__(
-            data.spec, augment, mean, std, batch_size, device, seed, channels_last, eval_batch_size, drop_last
-        )
+    def __init__(self, data: FolderData, *settings: Any, num_workers: int | None = None, **options: Any) -> None:
+        """Every pipeline's settings (:class:`_Pipeline`) and the DataLoader's ``num_workers`` (None: min(4, cores))."""
         self.num_workers = min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1) if num_workers is None else int(num_workers)
-        if self.num_workers < 0:
-            raise ConfigError(
-                "trainer.num_workers", f"is {self.num_workers}; expected >= 0 (0 loads in the main process)"
-            )
-        self._scale, self._shift = normalization_constants(self.mean, self.std, self.device)
+        super().__init__(data, *settings, **options)
+
+    def _attach(self, data: FolderData) -> None:
+        augment, drop_last = self.augment, self.drop_last
         self._train_items = _PlannedItems(data.train, data.spec.image_size, augment.padding)
         self._test_items = _PlannedItems(data.test, data.spec.image_size, 0)
         self._sampler = _PlanSampler(self.num_train, augment, self.seed)

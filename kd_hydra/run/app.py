@@ -41,8 +41,8 @@ from kd_hydra.records.run_directory import (
 )
 from kd_hydra.run.context import RunContext, open_context
 from kd_hydra.run.evaluation import evaluate_classes, write_evaluation
-from kd_hydra.stores.teacher_outputs import teacher_outputs
-from kd_hydra.stores.teachers import Teacher, acquire_teacher, load_external, teacher_identity_of
+from kd_hydra.stores.teacher_outputs import TeacherNeeds, teacher_outputs
+from kd_hydra.stores.teachers import Teacher, TeacherStore, checkpoint_teacher, load_external
 from kd_hydra.trackers.base import tracker_run_name
 from kd_hydra.trackers.fanout import build_loggers
 from kd_hydra.train.runtime import with_precision
@@ -245,12 +245,13 @@ RECIPES = {Mode.teacher: train_teacher, Mode.student: train_baseline, Mode.disti
 
 def obtain_teacher(ctx: RunContext, plan: Plan) -> Teacher:
     """The run's teacher, frozen on the run's device: an external checkpoint, or the store's (trained once)."""
+    identity = ctx.teacher_identity()
 
     def train(model: nn.Module, entry_dir: Path) -> Mapping[str, Any]:
         recipe, started = ctx.cfg.teacher_training, time.perf_counter()
         log.info("training the teacher %s: %d epochs, stored for every later run", ctx.cfg.teacher.name, recipe.epochs)
         history = HistoryLog(entry_dir / schema.HISTORY_FILE, schema.history_columns(CrossEntropy.parts))
-        state = checkpointing(ctx, entry_dir / schema.TRAIN_STATE_FILE, teacher_identity_of(ctx))
+        state = checkpointing(ctx, entry_dir / schema.TRAIN_STATE_FILE, identity)
         runtime = with_precision(ctx.runtime, plain(recipe.precision))
         trainer = make_trainer(ctx, recipe.epochs, "teacher", "teacher_training.optimizer.lr", state, runtime=runtime)
         pipeline = ctx.pipeline(recipe.batch_size, recipe.seed)
@@ -258,7 +259,19 @@ def obtain_teacher(ctx: RunContext, plan: Plan) -> Teacher:
         log.info("teacher trained in %.1fs (test acc %.2f%%)", time.perf_counter() - started, result.final_test_acc)
         return summary_of(result)
 
-    teacher = acquire_teacher(ctx, plan.teacher, plan.teacher_sha256, train)
+    def test_accuracy(model: nn.Module) -> float:
+        from kd_hydra.train.trainer import evaluate
+
+        pipeline = ctx.pipeline(ctx.cfg.trainer.batch_size, ctx.cfg.trainer.seed)
+        return evaluate(ctx.runtime.prepare(model), pipeline.test_batches(), ctx.runtime).acc
+
+    if plan.teacher_sha256 is None:
+        store = TeacherStore(ctx.cache_path("teachers"))
+        teacher = store.get_or_train(identity, ctx.teacher_label(), plan.teacher, ctx.arch("teacher"), train)
+    else:
+        checkpoint = ctx.teacher_checkpoint(plan.teacher_sha256)
+        teacher = checkpoint_teacher(plan.teacher, checkpoint, ctx.cache_path("teacher_evals"), test_accuracy)
+    teacher = dataclasses.replace(teacher, model=ctx.runtime.prepare(teacher.model))
     teacher.model.eval().requires_grad_(False)
     return teacher
 
@@ -270,7 +283,22 @@ def train_student(ctx: RunContext, plan: Plan, teacher: Teacher | None) -> dict[
     sources: dict[str, Any] = {}
     if teacher is not None:
         method.setup_teacher(teacher.model)  # with the teacher's trained weights (OFD's margins)
-        outputs = teacher_outputs(teacher.model, teacher.sha256, method, plan.request.teacher, pipeline, ctx)
+        needs = TeacherNeeds(
+            tuple(plan.request.teacher),
+            method.uses_features or method.needs_strong_view,
+            method.teacher_batch_statistics,
+        )
+        batches = ctx.training_batches(cfg.trainer.seed)
+        outputs = teacher_outputs(
+            teacher.model,
+            teacher.sha256,
+            needs,
+            pipeline,
+            batches,
+            ctx.spec.num_classes,
+            ctx.soft_label_cache(),
+            ctx.runtime,
+        )
         sources["teacher"] = outputs.source
     if method.needs_strong_view:
         sources["strong_view"] = strong_views(pipeline)
