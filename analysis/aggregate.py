@@ -15,7 +15,9 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+from kd_hydra.enums import Mode
 from kd_hydra.records import schema
+from kd_hydra.records.identity import SAME_SETTING_KEYS, under, unread_groups
 
 from .load import (
     ALPHA,
@@ -47,10 +49,9 @@ AGGREGATE_COLUMNS = ("mean", "std", "n", "ci95")
 #: Columns :func:`kd_gain` adds to the distill runs.
 GAIN_COLUMNS = ("baseline_test_acc", "baseline_n", "baseline_run_dirs", "gain")
 
-#: Config columns that may differ between a distill run and its baseline (see :func:`kd_gain`).
-DEFAULT_UNMATCHED_PREFIXES = (
-    "mode", "loss.", "teacher.", "teacher_training.", "teacher_id", "soft_label_cache.", "paths.", "hydra.",
-)  # fmt: skip
+#: Config columns (and columns below them) that may differ between a distill run and its baseline (see
+#: :func:`kd_gain`): the groups a baseline does not read, and the teacher's identity.
+DEFAULT_UNMATCHED_PREFIXES = (*unread_groups(Mode.student.value), TEACHER_ID)
 #: Leaf-name endings of config columns that name places, not settings (except under DATA_PREFIX).
 PATH_LIKE_SUFFIXES = ("dir", "path", "file")
 #: Config columns under this prefix say which data a run used: always settings, paths included.
@@ -60,15 +61,6 @@ TEACHER_PREFIX = "teacher."
 TEACHER_SETTING_PREFIXES = (TEACHER_PREFIX, "teacher_training.")
 #: Teacher keys longer than this are shown as a digest in titles (in full in the report).
 MAX_TITLE_KEYS_CHARS = 60
-#: Config prefixes and keys that never change a result (outputs, caches, logging, run bookkeeping).
-BOOKKEEPING_PREFIXES = ("hydra.", "paths.", "logger.")
-BOOKKEEPING_KEYS = (
-    "trainer.eval_batch_size", "trainer.eval_every", "trainer.device", "trainer.num_threads",
-    "trainer.num_workers", "trainer.save_checkpoint", "trainer.progress",
-    "soft_label_cache.max_gb", "soft_label_cache.batch_size", "trainer.checkpoint_every", "optimized_metric",
-)  # fmt: skip
-#: Leaf names of resume bookkeeping keys (a resumed run is the same setting).
-BOOKKEEPING_LEAVES = ("resume", "resume_from", "ckpt_path")
 
 #: The method of a distill run is its ``loss.name``.
 METHOD = LOSS
@@ -206,7 +198,7 @@ def _key_pairs(run: pd.Series, columns: Sequence[str]) -> tuple[tuple[str, str],
 
 def distill_setups(df: pd.DataFrame) -> list[Setup]:
     """The distinct setups of the completed distill runs of ``df``, sorted."""
-    distill = completed_runs(df, schema.MODE_DISTILL)
+    distill = completed_runs(df, Mode.distill.value)
     data_keys = {name: data_columns(df, name) for name in set(_column(distill, DATASET))}
     names = pd.DataFrame({c: _column(distill, c) for c in (DATASET, TEACHER, STUDENT)}, index=distill.index)
     bases = {}
@@ -235,10 +227,10 @@ def runs_of_setup(df: pd.DataFrame, setup: Setup) -> pd.DataFrame:
         same_teacher &= _column(df, key) == value
         teacher_run &= _column(df, key).isin([value, "?"])
     mode = _column(df, MODE)
-    distill = dataset & (mode == schema.MODE_DISTILL) & student & same_teacher
-    baseline = dataset & (mode == schema.MODE_STUDENT) & student
+    distill = dataset & (mode == Mode.distill.value) & student & same_teacher
+    baseline = dataset & (mode == Mode.student.value) & student
     baseline &= _matches_some(df, df[distill & (df[STATUS] == schema.STATUS_COMPLETED)])
-    return df[distill | baseline | (dataset & (mode == schema.MODE_TEACHER) & teacher_run)]
+    return df[distill | baseline | (dataset & (mode == Mode.teacher.value) & teacher_run)]
 
 
 def _matches_some(df: pd.DataFrame, distill: pd.DataFrame) -> pd.Series:
@@ -291,14 +283,12 @@ def config_columns(df: pd.DataFrame) -> list[str]:
 
 
 def is_bookkeeping(column: str) -> bool:
-    """True for config keys that cannot change a result: ``hydra.*``, ``paths.*``, ``logger.*``, places
-    (leaf ending in dir/path/file, except under ``dataset.``), devices, threads, progress, resume keys."""
+    """True for config keys that never tell two settings apart: :data:`kd_hydra.records.identity.SAME_SETTING_KEYS`
+    (``hydra.*``, ``paths.*``, ``logger.*``, the device, threads, progress, resume, ...) and places (leaf ending
+    in dir/path/file, except under ``dataset.``)."""
     leaf = column.rsplit(".", 1)[-1].lower()
-    return (
-        column.startswith(BOOKKEEPING_PREFIXES)
-        or column in BOOKKEEPING_KEYS
-        or leaf in BOOKKEEPING_LEAVES
-        or (leaf.endswith(PATH_LIKE_SUFFIXES) and not column.startswith(DATA_PREFIX))
+    return under(column, SAME_SETTING_KEYS) or (
+        leaf.endswith(PATH_LIKE_SUFFIXES) and not column.startswith(DATA_PREFIX)
     )
 
 
@@ -323,19 +313,19 @@ def method_of(df: pd.DataFrame) -> pd.Series:
 
 def distill_methods(df: pd.DataFrame) -> list[str]:
     """The distinct methods of the completed distill runs of ``df``, sorted."""
-    return sorted(set(method_of(completed_runs(df, schema.MODE_DISTILL))))
+    return sorted(set(method_of(completed_runs(df, Mode.distill.value))))
 
 
 def runs_of_method(df: pd.DataFrame, method: str) -> pd.DataFrame:
     """The distill runs of ``df`` with ``method`` plus every non-distill run (baselines, teachers)."""
     mode = _column(df, MODE)
-    return df[(mode != schema.MODE_DISTILL) | (method_of(df) == method)]
+    return df[(mode != Mode.distill.value) | (method_of(df) == method)]
 
 
 def swept_loss_keys(df: pd.DataFrame) -> list[str]:
     """``loss.*`` setting columns (not the name or target) that vary among the completed distill runs of ``df``;
     temperature and alpha first, then the others sorted."""
-    distill = completed_runs(df, schema.MODE_DISTILL)
+    distill = completed_runs(df, Mode.distill.value)
     loss_keys = [c for c in setting_columns(distill) if c.startswith(LOSS_PREFIX) and c not in (METHOD, LOSS_TARGET)]
     return _ordered(varying_columns(distill, loss_keys))
 
@@ -366,7 +356,7 @@ def setting_label(values: pd.Series | dict, columns: Sequence[str]) -> str:
 def selection_metric(df: pd.DataFrame) -> str:
     """``final_val_acc`` when a completed distill run of ``df`` has one (choose on validation), else
     ``final_test_acc``."""
-    distill = completed_runs(df, schema.MODE_DISTILL)
+    distill = completed_runs(df, Mode.distill.value)
     if FINAL_VAL_ACC in distill.columns and as_float(distill[FINAL_VAL_ACC]).notna().any():
         return FINAL_VAL_ACC
     return FINAL_TEST_ACC
@@ -430,7 +420,7 @@ def is_setup_column(column: str) -> bool:
 def across_setups_by(df: pd.DataFrame) -> list[str]:
     """The ``by`` columns of :func:`default_by` over all completed distill runs of ``df`` but the setup
     columns: ranking each setup on them names, in every label, what differs between setups too."""
-    return [c for c in default_by(completed_runs(df, schema.MODE_DISTILL)) if not is_setup_column(c)]
+    return [c for c in default_by(completed_runs(df, Mode.distill.value)) if not is_setup_column(c)]
 
 
 def _qualified_in(table: pd.DataFrame, distill: pd.DataFrame, column: str) -> str:
@@ -472,7 +462,7 @@ def rank_settings(df: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataF
     ``selected`` (True for the highest selection mean, and for every setting tied with it: a tie is never broken by
     test accuracy; whether the data tell it apart is :func:`analysis.stats.distinguishable`) and the ``run_dirs``.
     """
-    done = completed_runs(df, schema.MODE_DISTILL)
+    done = completed_runs(df, Mode.distill.value)
     several_methods = len(set(method_of(done))) > 1
     own_by = default_by(done)
     distill, qualified = done, []
@@ -528,7 +518,7 @@ def rank_settings(df: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataF
 def fixed_method_settings(df: pd.DataFrame) -> dict[str, str]:
     """Each method's ``loss.*`` hyper-parameters that are equal in all its completed distill runs of ``df``, as a
     label (``{"kd": "T = 4, α = 0.9"}``; "" for none): what the setting labels leave out, said once."""
-    distill = completed_runs(df, schema.MODE_DISTILL)
+    distill = completed_runs(df, Mode.distill.value)
     methods = method_of(distill)
     fixed = {}
     for method in sorted(set(methods)):
@@ -580,7 +570,7 @@ def compare_methods(df: pd.DataFrame) -> pd.DataFrame:
 def baseline_levels(df: pd.DataFrame, setup: Setup) -> list[tuple[str, float, int]]:
     """The completed baseline (mode=student) runs of ``setup`` averaged per setting (seeds only):
     ``(label, mean final_test_acc, n)`` per setting; the label names the settings that differ ("" for one)."""
-    baselines = completed_runs(runs_of_setup(df, setup), schema.MODE_STUDENT)
+    baselines = completed_runs(runs_of_setup(df, setup), Mode.student.value)
     baselines = baselines.assign(**{FINAL_TEST_ACC: as_float(baselines[FINAL_TEST_ACC])}).dropna(
         subset=[FINAL_TEST_ACC]
     )
@@ -604,22 +594,19 @@ def teacher_accuracy(df: pd.DataFrame, setup: Setup) -> float:
     """Teacher test accuracy of ``setup``: mean teacher_test_acc of its distill runs, else of
     its completed mode=teacher runs' final_test_acc; NaN if neither exists."""
     runs = runs_of_setup(df, setup)
-    distill = completed_runs(runs, schema.MODE_DISTILL)
+    distill = completed_runs(runs, Mode.distill.value)
     if TEACHER_TEST_ACC in distill.columns:
         from_distill = as_float(distill[TEACHER_TEST_ACC]).dropna()
         if not from_distill.empty:
             return float(from_distill.mean())
-    teachers = completed_runs(runs, schema.MODE_TEACHER)
+    teachers = completed_runs(runs, Mode.teacher.value)
     return float(as_float(teachers[FINAL_TEST_ACC]).mean())
 
 
 def matching_columns(df: pd.DataFrame, unmatched_prefixes: Sequence[str] = DEFAULT_UNMATCHED_PREFIXES) -> list[str]:
     """Config columns a baseline must share with a distill run (see :func:`kd_gain`)."""
     return [
-        column
-        for column in config_columns(df)
-        if not any(column == p.rstrip(".") or column.startswith(p) for p in unmatched_prefixes)
-        and not is_bookkeeping(column)
+        column for column in config_columns(df) if not under(column, unmatched_prefixes) and not is_bookkeeping(column)
     ]
 
 
@@ -648,16 +635,15 @@ def kd_gain(df: pd.DataFrame, unmatched_prefixes: Sequence[str] = DEFAULT_UNMATC
 
     Matching rule: a baseline is a completed mode=student run whose config equals the distill
     run's on every config column except ``mode``, ``loss.*``, ``teacher.*``, ``teacher_training.*``,
-    ``soft_label_cache.*``, ``paths.*``, ``hydra.*`` (``unmatched_prefixes``: what only shapes the
-    teacher side) and bookkeeping (:func:`is_bookkeeping`: places, devices, threads, ...);
-    so every dataset.* key (dataset.path included), student.name, trainer.* (seed included),
-    optimizer.* and scheduler.* must be equal. A key missing from either config does not distinguish them.
-    Several matches are
-    averaged (``baseline_n`` counts them); ``gain = final_test_acc - baseline_test_acc``, NaN
+    ``soft_label_cache.*`` and ``teacher_id`` (``unmatched_prefixes``: the groups a baseline does not read,
+    :func:`kd_hydra.records.identity.unread_groups`) and bookkeeping (:func:`is_bookkeeping`: places, the
+    device, threads, ...); so every dataset.* key (dataset.path included), student.name, trainer.* (seed
+    included), optimizer.* and scheduler.* must be equal. A key missing from either config does not distinguish
+    them. Several matches are averaged (``baseline_n`` counts them); ``gain = final_test_acc - baseline_test_acc``, NaN
     where no baseline matches.
     """
-    distill = completed_runs(df, schema.MODE_DISTILL).copy()
-    baselines = completed_runs(df, schema.MODE_STUDENT)
+    distill = completed_runs(df, Mode.distill.value).copy()
+    baselines = completed_runs(df, Mode.student.value)
     keys = matching_columns(df, unmatched_prefixes)
     baseline_acc = as_float(baselines[FINAL_TEST_ACC]) if len(baselines) else None
     means, counts, dirs = [], [], []

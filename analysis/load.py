@@ -43,8 +43,6 @@ METRIC_COLUMNS = tuple(key for key in schema.METRICS_KEYS if key not in ("settin
 SETTINGS = "settings"
 #: The last metrics.json schema whose ``settings`` held only a subset (SETTINGS_KEYS and ``loss.*``).
 SUBSET_SETTINGS_SCHEMA = 2
-#: The mode of an evaluation-only run (``mode=eval``): not a training run, kept out of every comparison.
-MODE_EVAL = "eval"
 
 
 def _schema_name(name: str, names: tuple[str, ...]) -> str:
@@ -84,23 +82,7 @@ IDENTIFYING_COLUMNS = (MODE, DATASET, TEACHER, STUDENT, LOSS, TEMPERATURE, ALPHA
 #: Columns of :func:`load_history`'s long-form table, before the identifying columns.
 HISTORY_LONG_COLUMNS = (RUN_DIR, EPOCH, "metric", "value")
 
-REASON_NO_METRICS = f"no {schema.METRICS_FILE} (run unfinished or killed)"
-REASON_BAD_METRICS = f"{schema.METRICS_FILE} unreadable"
 REASON_BAD_CONFIG = f"{schema.CONFIG_FILE} unreadable"
-
-#: metrics.json keys whose value must be a number (or null); keys of neither list may hold any value.
-NUMBER_METRICS = (
-    "schema_version", "final_test_acc", "best_test_acc", "best_epoch", "final_test_acc_top5", "final_val_acc",
-    "best_val_acc", "best_val_epoch", "teacher_test_acc", "model_params", "method_params", "teacher_params",
-    "epochs", "resumed_from_epoch", "wall_seconds", "train_images_per_second", "train_images", "val_images",
-    "test_images", "train_seconds", "soft_label_cache_fill_seconds", "model_macs", "teacher_macs", "method_macs",
-    "test_ece", "teacher_test_ece", "teacher_agreement", "teacher_kl", "teacher_val_acc",
-)  # fmt: skip
-#: metrics.json keys whose value must be text (or null).
-TEXT_METRICS = (
-    "status", "reason", "mode", "method", "dataset", "model", "teacher", "teacher_source", "teacher_outputs",
-    "soft_label_cache", "checkpoint", "config_digest", TEACHER_ID, DATA_DIGEST,
-)  # fmt: skip
 
 
 class NoRunsError(ValueError):
@@ -166,7 +148,7 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     row: dict[str, Any] = {RUN_DIR: str(run_dir), STATUS: schema.STATUS_UNFINISHED, REASON: None}
     row[OVERRIDES] = " ".join(read_overrides(run_dir))
     row[SWEEPER] = read_sweeper(run_dir)
-    metrics, metrics_reason = read_metrics(run_dir)
+    metrics, metrics_reason = _usable_metrics(run_dir)
     recorded = metrics.get(SETTINGS) if isinstance(metrics.get(SETTINGS), dict) else {}
     config_reason = None
     if has_complete_settings(metrics):
@@ -286,52 +268,15 @@ def is_search(runs: pd.DataFrame) -> pd.Series:
     return runs[SWEEPER].astype(object).map(lambda target: isinstance(target, str) and OPTUNA_MARK in target.lower())
 
 
-def read_metrics(run_dir: Path) -> tuple[dict[str, Any], str | None]:
-    """``(metrics, None)`` from metrics.json, or ``({}, reason)`` when it is missing, unreadable or holds
-    a value of the wrong type (then a warning names the file and the key)."""
-    path = run_dir / schema.METRICS_FILE
-    if not path.is_file():
-        return {}, REASON_NO_METRICS
-    metrics, unreadable = run_directory.read_metrics(run_dir)
+def _usable_metrics(run_dir: Path) -> tuple[dict[str, Any], str | None]:
+    """``(metrics, None)`` from :func:`kd_hydra.records.run_directory.read_metrics`, or ``({}, reason)``; a
+    metrics.json that is there but unusable also gets a warning naming the file (the run counts as unfinished)."""
+    metrics, problem = run_directory.read_metrics(run_dir)
     if metrics is None:
-        warnings.warn(f"{path}: {unreadable}: run counted as unfinished", stacklevel=2)
-        return {}, REASON_BAD_METRICS
-    problem = metrics_problem(metrics)
-    if problem:
-        warnings.warn(f"{path}: {problem}: run counted as unfinished", stacklevel=2)
-        return {}, f"{REASON_BAD_METRICS}: {problem}"
+        if problem != run_directory.NO_METRICS:
+            warnings.warn(f"{run_dir / schema.METRICS_FILE}: {problem}: run counted as unfinished", stacklevel=2)
+        return {}, problem
     return metrics, None
-
-
-def metrics_problem(metrics: Any) -> str | None:
-    """What makes ``metrics`` (parsed metrics.json) unusable, in a few words; None when it is usable.
-
-    Text keys (:data:`TEXT_METRICS`) must be text or null, ``status`` text, ``settings`` a mapping or
-    null, number keys (:data:`NUMBER_METRICS`) a number or null; other keys may hold anything.
-    """
-    if not isinstance(metrics, dict):
-        return f"not a JSON object ({type(metrics).__name__})"
-    if not isinstance(metrics.get(STATUS), str) or not metrics[STATUS]:
-        return f"{STATUS!r} is {_type_name(metrics.get(STATUS))}, expected text"
-    for key, value in metrics.items():
-        if value is None:
-            continue
-        if key in TEXT_METRICS and not isinstance(value, str):
-            return f"{key!r} is {_type_name(value)}, expected text"
-        if key == SETTINGS and not isinstance(value, dict):
-            return f"{key!r} is {_type_name(value)}, expected a mapping"
-        if key in NUMBER_METRICS and not _is_number(value):
-            return f"{key!r} is {_type_name(value)}, expected a number"
-    return None
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _type_name(value: Any) -> str:
-    """``a list``, ``null``, ``a str``: the JSON-ish type of ``value`` for messages."""
-    return "null" if value is None else f"a {type(value).__name__}"
 
 
 def _ordered_columns(columns: pd.Index) -> list[str]:

@@ -19,6 +19,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from kd_hydra.enums import Mode
 from kd_hydra.records import schema
 from kd_hydra.records.files import atomic_write_bytes
 
@@ -126,7 +127,7 @@ def _distill_runs(df: pd.DataFrame, numeric: Sequence[str] = ()) -> tuple[pd.Dat
     if len(methods) > 1:
         raise ValueError(f"runs of {len(methods)} methods ({', '.join(methods)}): plot one at a time "
                          "(analysis.runs_of_method)")  # fmt: skip
-    runs = completed_runs(df, schema.MODE_DISTILL).copy()
+    runs = completed_runs(df, Mode.distill.value).copy()
     for column in (*numeric, FINAL_TEST_ACC):
         if column not in runs.columns:
             raise NotApplicable(f"the distill runs have no {column!r} column")
@@ -198,7 +199,7 @@ def _sorted_levels(values: pd.Series) -> list:
 
 def _refuse_search(df: pd.DataFrame) -> None:
     """NotApplicable for the distill runs of an Optuna search: continuous samples are drawn as samples."""
-    distill = completed_runs(df, schema.MODE_DISTILL)
+    distill = completed_runs(df, Mode.distill.value)
     if len(distill) and is_search(distill).all():
         raise NotApplicable("an Optuna search: its trials are drawn as samples (search_samples)")
 
@@ -207,7 +208,7 @@ def plot_search_samples(df: pd.DataFrame) -> Figure:
     """The trials of an Optuna search as samples: the objective (validation accuracy when present, else test)
     of each trial against each searched value, one panel per value that varies; the best trial ringed.
     Runs of one setup and one method; NotApplicable for runs no Optuna sweeper started."""
-    distill = completed_runs(df, schema.MODE_DISTILL)
+    distill = completed_runs(df, Mode.distill.value)
     if distill.empty or not is_search(distill).all():
         raise NotApplicable("not an Optuna search (hydra.sweeper in .hydra/hydra.yaml)")
     metric = selection_metric(df)
@@ -427,19 +428,19 @@ def default_curve_groups(runs: pd.DataFrame) -> dict[str, tuple[str, ...]]:
         for row in table.to_dict("records"):
             name = f"{row[METHOD]}: {row['setting']}" if several else f"distill: {row['setting']}"
             groups[name] = tuple(row["run_dirs"])
-        modes = (schema.MODE_STUDENT, schema.MODE_TEACHER)
+        modes = (Mode.student.value, Mode.teacher.value)
         runs = subset
     else:
-        modes = (schema.MODE_TEACHER, schema.MODE_STUDENT, schema.MODE_DISTILL)
+        modes = (Mode.teacher.value, Mode.student.value, Mode.distill.value)
     for mode in modes:
         done = completed_runs(runs, mode)
         if done.empty:
             continue
-        by = [c for c in varying_columns(done) if not (mode != schema.MODE_DISTILL and c.startswith("loss."))]
+        by = [c for c in varying_columns(done) if not (mode != Mode.distill.value and c.startswith("loss."))]
         parts = done.groupby(by, dropna=False, sort=False) if by else [((), done)]
         for _, part in parts:
             setting = setting_label(part.iloc[0], by)
-            name = {schema.MODE_STUDENT: "baseline student"}.get(mode, mode)
+            name = {Mode.student.value: "baseline student"}.get(mode, mode)
             groups[f"{name}: {setting}" if setting else name] = tuple(part[RUN_DIR])
     if len(groups) > MAX_DEFAULT_CURVES:
         raise ValueError(f"{len(groups)} settings would be {len(groups)} curves (at most {MAX_DEFAULT_CURVES}): "
@@ -457,7 +458,7 @@ def curve_labels(history: pd.DataFrame, run_dirs: Sequence[str]) -> dict[str, st
     labels = {}
     for run in run_dirs:
         mode = str(firsts.at[run, MODE]) if MODE in firsts.columns else ""
-        irrelevant = ("mode=",) if mode == schema.MODE_DISTILL else ("mode=", "loss.")  # CE-only runs ignore loss.*
+        irrelevant = ("mode=",) if mode == Mode.distill.value else ("mode=", "loss.")  # CE-only runs ignore loss.*
         distinct = [token for token in tokens[run] if token not in shared and not token.startswith(irrelevant)]
         labels[run] = f"{mode}: {' '.join(distinct)}".strip(": ") or Path(run).name
     return labels
@@ -544,7 +545,7 @@ def _teacher_dirs(history: pd.DataFrame) -> set[str]:
     """The run dirs of ``history`` whose mode is teacher (trained on their own recipe and epochs)."""
     if MODE not in history.columns:
         return set()
-    return set(history.loc[history[MODE].astype(object) == schema.MODE_TEACHER, RUN_DIR])
+    return set(history.loc[history[MODE].astype(object) == Mode.teacher.value, RUN_DIR])
 
 
 def _dirs_of(groups: dict[str, tuple[str, ...]]) -> set[str]:

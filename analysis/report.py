@@ -18,8 +18,10 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
+from kd_hydra.enums import Mode
 from kd_hydra.records import schema
 from kd_hydra.records.files import atomic_write_text
+from kd_hydra.records.run_directory import read_metrics
 
 from .aggregate import (
     RANK_COLUMNS,
@@ -41,13 +43,11 @@ from .load import (
     FINAL_TEST_ACC,
     FINAL_VAL_ACC,
     MODE,
-    MODE_EVAL,
     REASON,
     RUN_DIR,
     STATUS,
     history_of,
     load_runs,
-    read_metrics,
 )
 from .plots import (
     NotApplicable,
@@ -258,12 +258,12 @@ def _evaluations_section(runs: pd.DataFrame) -> list[str]:
     every accuracy their metrics.json reports (top-1, top-5, ...)."""
     if MODE not in runs.columns:
         return []
-    evals = runs[runs[MODE].astype(object) == MODE_EVAL]
+    evals = runs[runs[MODE].astype(object) == Mode.eval.value]
     if evals.empty:
         return []
     lines = ["## Evaluations (mode=eval)", "", "Evaluation-only runs, not part of any comparison below:", ""]
     for run in evals.head(MAX_LISTED_RUNS).to_dict("records"):
-        metrics, _ = read_metrics(Path(run[RUN_DIR]))
+        metrics = read_metrics(Path(run[RUN_DIR]))[0] or {}
         accuracies = [f"{key} {value:.2f}" for key, value in metrics.items()
                       if "acc" in key and isinstance(value, (int, float)) and not isinstance(value, bool)]  # fmt: skip
         checkpoint = run.get("teacher.checkpoint") or metrics.get("checkpoint")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from kd_hydra.records import schema
+from kd_hydra.enums import Mode
 
 from .aggregate import (
     METHOD,
@@ -115,12 +115,12 @@ def paper_tables(runs: pd.DataFrame) -> list[PaperTable]:
 def paper_table(runs: pd.DataFrame, setup: Setup) -> PaperTable:
     """The teacher, the matched baseline student and each method's selected setting(s) of ``setup``."""
     subset = runs_of_setup(runs, setup)
-    distill = completed_runs(subset, schema.MODE_DISTILL)
+    distill = completed_runs(subset, Mode.distill.value)
     selected = compare_methods(subset)
     gains = kd_gain(subset).set_index(RUN_DIR)
     baselines = _matched_baselines(subset, setup, gains, selected)
     teacher_run = _teacher_run(subset, distill)
-    any_baseline = not completed_runs(subset, schema.MODE_STUDENT).empty
+    any_baseline = not completed_runs(subset, Mode.student.value).empty
     rows = [_teacher_row(runs, setup, distill, teacher_run), _baseline_row(setup, baselines, teacher_run, any_baseline)]
     several = len(set(selected[METHOD])) > 1 if not selected.empty else False
     for record in selected.to_dict("records"):
@@ -188,7 +188,7 @@ def seconds_per_epoch(frame: pd.DataFrame) -> pd.Series:
 
 def _teacher_run(subset: pd.DataFrame, distill: pd.DataFrame) -> pd.Series | None:
     """The completed mode=teacher run of the setup's teacher (its ``teacher_id`` when the distill runs name one)."""
-    teachers = completed_runs(subset, schema.MODE_TEACHER)
+    teachers = completed_runs(subset, Mode.teacher.value)
     ids = set(distill[TEACHER_ID].dropna()) if TEACHER_ID in distill.columns else set()
     if len(ids) == 1 and TEACHER_ID in teachers.columns:
         teachers = teachers[teachers[TEACHER_ID] == next(iter(ids))]
@@ -216,7 +216,7 @@ def _teacher_row(runs: pd.DataFrame, setup: Setup, distill: pd.DataFrame, run: p
 def _matched_baselines(subset: pd.DataFrame, setup: Setup, gains: pd.DataFrame, selected: pd.DataFrame) -> pd.DataFrame:
     """The baselines matched (same seed and recipe) to the selected distill runs; all baselines of the setup when
     none is matched and they share one setting."""
-    baselines = completed_runs(subset, schema.MODE_STUDENT)
+    baselines = completed_runs(subset, Mode.student.value)
     dirs = {d for row in selected.to_dict("records") for d in row["run_dirs"]}
     matched = {d for text in gains.loc[gains.index.isin(dirs), "baseline_run_dirs"].dropna() for d in text.split(" ")}
     if matched or len(baseline_levels(subset, setup)) != 1:
@@ -290,7 +290,7 @@ def _method_row(method: str, name: str, setting: str, setup: Setup, members: pd.
 def recipe_caption(subset: pd.DataFrame) -> str:
     """The settings every compared run (distill and baseline) shares: the dataset and its split sizes, the
     trainer, optimizer and scheduler, the seeds; the settings that vary; then the teacher's own recipe."""
-    compared = pd.concat([completed_runs(subset, schema.MODE_DISTILL), completed_runs(subset, schema.MODE_STUDENT)])
+    compared = pd.concat([completed_runs(subset, Mode.distill.value), completed_runs(subset, Mode.student.value)])
     if compared.empty:
         return "No completed runs to compare."
     columns = [c for c in setting_columns(compared) if c.startswith(RECIPE_PREFIXES) or c in RECIPE_DATA_KEYS]
@@ -304,7 +304,7 @@ def recipe_caption(subset: pd.DataFrame) -> str:
     varying = varying_columns(compared, columns)
     if varying:
         text += " Varying (named in the settings): " + ", ".join(varying) + "."
-    distill = completed_runs(subset, schema.MODE_DISTILL)
+    distill = completed_runs(subset, Mode.distill.value)
     teacher = [c for c in setting_columns(distill) if c.startswith(TEACHER_RECIPE_PREFIX)]
     teacher_fixed = _fixed_values(distill, teacher)
     if teacher_fixed:
@@ -530,8 +530,8 @@ def results_table(runs: pd.DataFrame) -> pd.DataFrame:
     for setup in distill_setups(runs):
         subset = runs_of_setup(runs, setup)
         _add_settings(added, table, rank_settings(subset, by=by))
-        baselines = completed_runs(subset, schema.MODE_STUDENT)
-        agreement, kl = baseline_agreement(baselines, _teacher_run(subset, completed_runs(subset, schema.MODE_DISTILL)))
+        baselines = completed_runs(subset, Mode.student.value)
+        agreement, kl = baseline_agreement(baselines, _teacher_run(subset, completed_runs(subset, Mode.distill.value)))
         for index in baselines.index:
             if not math.isnan(agreement[index]):
                 measured.setdefault(index, set()).add((agreement[index], kl[index]))

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 from omegaconf import OmegaConf
 
+from kd_hydra.enums import Mode
 from kd_hydra.records import schema
 
 DATASET = "cifar10"
@@ -68,7 +69,7 @@ def make_config(mode: str, seed: int, temperature: float = 4.0, alpha: float = 0
     ``method`` (distill runs; others train with "ce") picks the loss keys of METHOD_KEYS; kd's
     temperature and alpha come from the arguments, any other loss key from ``loss_keys``.
     """
-    method = method if mode == schema.MODE_DISTILL else "ce"
+    method = method if mode == Mode.distill.value else "ce"
     loss = {"_target_": f"kd_hydra.methods.{method}.Method", "name": method, **METHOD_KEYS[method]}
     if "temperature" in loss:
         loss["temperature"] = temperature
@@ -91,7 +92,7 @@ def make_config(mode: str, seed: int, temperature: float = 4.0, alpha: float = 0
 def overrides_of(config: dict[str, Any]) -> list[str]:
     """The override strings a sweep over mode, seed, T and alpha would record."""
     items = [f"mode={config['mode']}", f"trainer.seed={config['trainer']['seed']}"]
-    if config["mode"] == schema.MODE_DISTILL:
+    if config["mode"] == Mode.distill.value:
         items += [f"loss.temperature={config['loss']['temperature']:g}", f"loss.alpha={config['loss']['alpha']:g}"]
     return items
 
@@ -103,7 +104,7 @@ def make_metrics(config: dict[str, Any], final_test_acc: float | None, status: s
     unknown = set(values) - set(schema.METRICS_KEYS)
     assert not unknown, f"not metrics.json keys: {sorted(unknown)}"
     mode = config["mode"]
-    distill = mode == schema.MODE_DISTILL
+    distill = mode == Mode.distill.value
     flat = _flatten(config)
     settings = {key: flat.get(key) for key in schema.SETTINGS_KEYS}
     settings |= {key: value for key, value in flat.items() if key.startswith("loss.")}
@@ -116,7 +117,7 @@ def make_metrics(config: dict[str, Any], final_test_acc: float | None, status: s
         "mode": mode,
         "method": config["loss"]["name"],
         "dataset": config["dataset"]["name"],
-        "model": TEACHER if mode == schema.MODE_TEACHER else STUDENT,
+        "model": TEACHER if mode == Mode.teacher.value else STUDENT,
         "teacher": TEACHER if distill else None,
         "final_test_acc": final_test_acc,
         "best_test_acc": final_test_acc,
@@ -128,7 +129,7 @@ def make_metrics(config: dict[str, Any], final_test_acc: float | None, status: s
         "teacher_test_acc": TEACHER_ACC if distill else None,
         "teacher_source": "store" if distill else None,
         "teacher_outputs": "cache" if distill else None,
-        "model_params": TEACHER_PARAMS if mode == schema.MODE_TEACHER else STUDENT_PARAMS,
+        "model_params": TEACHER_PARAMS if mode == Mode.teacher.value else STUDENT_PARAMS,
         "teacher_params": TEACHER_PARAMS if distill else None,
         "epochs": EPOCHS if status == schema.STATUS_COMPLETED else 0,
         "wall_seconds": 12.5,
@@ -206,20 +207,20 @@ def write_fake_sweep(root: Path) -> FakeSweep:
     distill_dirs = {}
     for index, (key, acc) in enumerate(sorted(DISTILL_ACC.items())):
         temperature, alpha, seed = key
-        config = make_config(schema.MODE_DISTILL, seed, temperature, alpha)
+        config = make_config(Mode.distill.value, seed, temperature, alpha)
         if key == (4.0, 0.9, 1):
             config["trainer"]["grad_clip"] = 1.0
             del config["scheduler"]["warmup_epochs"]
         distill_dirs[key] = write_run(root / str(index), config, make_metrics(config, acc),
                                       make_history(acc), overrides_of(config))  # fmt: skip
-    failed_config = make_config(schema.MODE_DISTILL, 0, 8.0, 0.5)
+    failed_config = make_config(Mode.distill.value, 0, 8.0, 0.5)
     failed_dir = write_run(root / "8", failed_config,
                            make_metrics(failed_config, None, schema.STATUS_FAILED, FAILED_REASON),
                            None, overrides_of(failed_config))  # fmt: skip
-    unfinished_config = make_config(schema.MODE_DISTILL, 1, 8.0, 0.5)
+    unfinished_config = make_config(Mode.distill.value, 1, 8.0, 0.5)
     unfinished_dir = write_run(root / "9", unfinished_config, None, make_history(70.0, epochs=2),
                                overrides_of(unfinished_config))  # fmt: skip
-    corrupt_config = make_config(schema.MODE_DISTILL, 1, 8.0, 0.9)
+    corrupt_config = make_config(Mode.distill.value, 1, 8.0, 0.9)
     corrupt_dir = write_run(root / "10", corrupt_config, None, None, overrides_of(corrupt_config))
     (corrupt_dir / schema.METRICS_FILE).write_text('{"status": "completed", "final_te')
     baselines_root = root / "baselines"
@@ -227,10 +228,10 @@ def write_fake_sweep(root: Path) -> FakeSweep:
     (baselines_root / "multirun.yaml").write_text("hydra:\n  mode: MULTIRUN\n")
     baseline_dirs = {}
     for seed, acc in BASELINE_ACC.items():
-        config = make_config(schema.MODE_STUDENT, seed)
+        config = make_config(Mode.student.value, seed)
         baseline_dirs[seed] = write_run(baselines_root / str(seed), config, make_metrics(config, acc),
                                         make_history(acc, distill=False), overrides_of(config))  # fmt: skip
-    teacher_config = make_config(schema.MODE_TEACHER, 0)
+    teacher_config = make_config(Mode.teacher.value, 0)
     teacher_dir = write_run(root / "teachers" / "0", teacher_config, make_metrics(teacher_config, TEACHER_ACC),
                             make_history(TEACHER_ACC, distill=False), overrides_of(teacher_config))  # fmt: skip
     return FakeSweep(root, distill_dirs, baseline_dirs, teacher_dir, failed_dir, unfinished_dir, corrupt_dir,
@@ -278,12 +279,12 @@ def write_method_sweep(root: Path) -> Path:
     job directories named from their settings (not numbers)."""
     for (method, keys), per_seed in METHOD_SWEEP.items():
         for seed, (test, val) in enumerate(per_seed):
-            config = method_sweep_config(schema.MODE_DISTILL, seed, method, **dict(keys))
+            config = method_sweep_config(Mode.distill.value, seed, method, **dict(keys))
             name = ",".join([f"loss={method}", *(f"loss.{k}={v:g}" for k, v in keys), f"trainer.seed={seed}"])
             write_run(root / name, config, make_metrics(config, test, final_val_acc=val, top5=test + TOP5_OFFSET),
                       make_history(test, method=method))  # fmt: skip
     for seed, (test, val) in METHOD_SWEEP_BASELINE.items():
-        config = method_sweep_config(schema.MODE_STUDENT, seed)
+        config = method_sweep_config(Mode.student.value, seed)
         write_run(root / f"mode=student,trainer.seed={seed}", config,
                   make_metrics(config, test, final_val_acc=val, top5=test + TOP5_OFFSET),
                   make_history(test, distill=False))  # fmt: skip
@@ -297,7 +298,7 @@ TWO_DATASETS = {"/data/a.npz": ((60.0, 62.0), (55.0, 56.0)), "/data/b.npz": ((90
 def write_two_dataset_sweep(root: Path) -> Path:
     """kd runs (T=4, α=0.9, seeds 0 and 1) and baselines on two ``arrays`` datasets of the same name."""
     for path, (distill, baseline) in TWO_DATASETS.items():
-        for mode, accuracies in ((schema.MODE_DISTILL, distill), (schema.MODE_STUDENT, baseline)):
+        for mode, accuracies in ((Mode.distill.value, distill), (Mode.student.value, baseline)):
             for seed, acc in enumerate(accuracies):
                 config = make_config(mode, seed)
                 config["dataset"] = {"name": "arrays", "path": path, "num_classes": 10,
@@ -315,7 +316,7 @@ PINNED_TEACHER = {"epochs": 5, "optimizer": {"_target_": "torch.optim.SGD", "lr"
 
 def lr_sweep_accuracy(mode: str, lr: float, epochs: int, seed: int, temperature: float = 4.0) -> float:
     """A distinct, known test accuracy per run of :func:`write_lr_sweep`."""
-    base = {schema.MODE_TEACHER: 90.0, schema.MODE_STUDENT: 60.0, schema.MODE_DISTILL: 62.0 + temperature}[mode]
+    base = {Mode.teacher.value: 90.0, Mode.student.value: 60.0, Mode.distill.value: 62.0 + temperature}[mode]
     return base + 1000.0 * lr + epochs + 0.5 * seed
 
 
@@ -346,7 +347,7 @@ def complete_metrics(config: dict[str, Any], final_test_acc: float, teacher_id: 
         settings = {k: v for k, v in settings.items() if not k.startswith("teacher_training.optimizer.")}
         settings["teacher_training.optimizer"] = full["teacher_training"]["optimizer"]
     metrics["settings"] = settings
-    distill = config["mode"] == schema.MODE_DISTILL
+    distill = config["mode"] == Mode.distill.value
     metrics["teacher_id"] = teacher_id if distill else None
     metrics["data_digest"] = data_digest
     return metrics
@@ -361,10 +362,10 @@ def write_lr_sweep(root: Path, lrs: tuple[float, ...] = (1e-3, 2e-3), epochs: in
     records of the coming contract (complete settings, teacher_id from the teacher recipe).
     """
     for lr in lrs:
-        recipe = resolved(lr_sweep_config(schema.MODE_TEACHER, 0, lr, epochs, teacher=teacher))["teacher_training"]
+        recipe = resolved(lr_sweep_config(Mode.teacher.value, 0, lr, epochs, teacher=teacher))["teacher_training"]
         teacher_id = "t" + hashlib.sha1(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
-        jobs = [(schema.MODE_TEACHER, 0, 4.0)] + [(schema.MODE_STUDENT, s, 4.0) for s in seeds]
-        jobs += [(schema.MODE_DISTILL, s, t) for t in temperatures for s in seeds]
+        jobs = [(Mode.teacher.value, 0, 4.0)] + [(Mode.student.value, s, 4.0) for s in seeds]
+        jobs += [(Mode.distill.value, s, t) for t in temperatures for s in seeds]
         for mode, seed, temperature in jobs:
             config = lr_sweep_config(mode, seed, lr, epochs, temperature, teacher)
             acc = lr_sweep_accuracy(mode, lr, epochs, seed, temperature)

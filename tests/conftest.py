@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import random
@@ -170,7 +169,12 @@ CompletedProcess = subprocess.CompletedProcess
 
 
 def read_metrics(run_dir: Path) -> dict:
-    return json.loads((run_dir / "metrics.json").read_text())
+    """A run's metrics.json record, read by the one reader (which checks every value's type)."""
+    from kd_hydra.records import run_directory
+
+    record, problem = run_directory.read_metrics(run_dir)
+    assert record is not None, f"{run_dir}: {problem}"
+    return record
 
 
 @pytest.fixture

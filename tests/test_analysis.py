@@ -1027,3 +1027,17 @@ def test_a_run_repeated_into_another_directory_counts_once() -> None:
     )
     table = aggregate(runs, "loss.temperature")
     assert table["n"].tolist() == [2] and table["mean"].tolist() == [85.0]
+
+
+def test_bookkeeping_is_the_identity_s_non_training_keys_and_the_device() -> None:
+    """One definition (kd_hydra.records.identity): what a resumed run may change never splits settings either;
+    the device stays in a run's identity but not in its setting."""
+    from analysis.aggregate import is_bookkeeping
+    from kd_hydra.records.identity import NON_TRAINING_KEYS, training_settings
+
+    assert all(is_bookkeeping(key) for key in NON_TRAINING_KEYS)
+    assert is_bookkeeping("paths.cache_dir") and is_bookkeeping("trainer.num_threads") and is_bookkeeping("hydra.x")
+    assert is_bookkeeping("trainer.device") and "trainer.device" in training_settings(
+        OmegaConf.create({"mode": "student", "trainer": {"device": "cpu", "num_threads": 1}})
+    )
+    assert not any(is_bookkeeping(key) for key in ("trainer.seed", "trainer.eval_every", "dataset.path", "loss.alpha"))

@@ -31,7 +31,6 @@ from kd_hydra.data import (
     crop_flip,
     load_arrays,
     load_cifar,
-    load_dataset,
     load_digits,
     load_synthetic,
     load_tiny_imagenet,
@@ -312,8 +311,6 @@ def test_arrays_valid(tmp_path: Path) -> None:
     assert load_arrays(path=str(unnamed), num_classes=6).spec.classes == tuple("012345")
     with pytest.raises(DataError, match="'classes'"):
         load_arrays(path=str(path), num_classes=6)
-    with pytest.raises(ConfigError, match=r"dataset\.num_classes"):
-        load_arrays(path=str(path), num_classes=0)
     assert data.fingerprint() == load_arrays(path=str(path)).fingerprint()
 
 
@@ -372,8 +369,10 @@ def test_arrays_without_path(tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match=r"^dataset\.path: is not set; expected the .npz"):
             load_arrays(path=path)
     cfg = compose("arrays", tmp_path)
+    from kd_hydra.config.checks import validate
+
     with pytest.raises(ConfigError, match=r"^dataset\.path: is required") as info:
-        load_dataset(cfg.dataset)
+        validate(cfg)  # before any data is read
     assert "\n" not in str(info.value)
 
 
@@ -594,16 +593,33 @@ def test_build_pipeline_computes_missing_stats() -> None:
 @pytest.mark.parametrize(
     "node, key",
     [
-        ({"augment": {"crop_padding": -1}}, "dataset.augment.crop_padding"),
-        ({"augment": {"enabled": "yes"}}, "dataset.augment.enabled"),
         ({"normalize": {"mean": [0.5], "std": [0.2]}}, "dataset.normalize.mean"),
         ({"normalize": {"mean": [0.5] * 3, "std": [0.2, 0.0, 0.2]}}, "dataset.normalize.std"),
-        ({"normalize": {"mean": [0.5] * 3, "std": None}}, "dataset.normalize.std"),
     ],
 )
-def test_build_pipeline_rejects_bad_config(node: dict, key: str) -> None:
+def test_build_pipeline_rejects_statistics_that_do_not_fit_the_data(node: dict, key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         build_pipeline(small_data(), OmegaConf.create(node), batch_size=8, device="cpu", seed=0)
+
+
+@pytest.mark.parametrize(
+    "node, key",
+    [
+        ({"augment": {"crop_padding": -1}}, "dataset.augment.crop_padding"),
+        ({"normalize": {"mean": [0.5] * 3, "std": None}}, "dataset.normalize.std"),
+        ({"num_classes": 0}, "dataset.num_classes"),
+        ({"max_memory_gb": 0.0}, "dataset.max_memory_gb"),
+    ],
+)
+def test_the_validator_rejects_bad_dataset_values_before_any_data(node: dict, key: str) -> None:
+    """Checked once, in validate (check_dataset): the loaders and pipelines trust the validated node."""
+    from kd_hydra.data.config import DatasetSchema, check_dataset
+
+    loader = {"_target_": "kd_hydra.data.load_arrays", "path": "x.npz", "num_classes": "${..num_classes}",
+              "max_memory_gb": "${..max_memory_gb}"}  # fmt: skip
+    dataset = OmegaConf.merge(OmegaConf.structured(DatasetSchema), {"name": "arrays", "loader": loader}, node)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        check_dataset(dataset)
 
 
 def test_in_memory_throughput(capsys: pytest.CaptureFixture) -> None:

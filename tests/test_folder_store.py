@@ -346,5 +346,11 @@ def test_folder_config_with_validation_in_both_modes(tmp_path: Path) -> None:
 
 
 def test_folder_config_needs_a_path(tmp_path: Path) -> None:
+    """Checked by the validator (its dataset part, as validate runs it) before any data is read."""
+    from kd_hydra.data import check_required
+    from kd_hydra.data.config import check_dataset
+
+    node = dataset_cfg("folder", tmp_path)
     with pytest.raises(ConfigError, match=r"^dataset\.path: is required"):
-        load_dataset(dataset_cfg("folder", tmp_path))
+        check_required(node, "dataset")
+        check_dataset(node)

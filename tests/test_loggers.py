@@ -17,7 +17,7 @@ from kd_hydra.config.structured import register_configs
 from kd_hydra.errors import ConfigError
 from kd_hydra.trackers import base as tracker_base
 from kd_hydra.trackers import mlflow as tracker_mlflow
-from kd_hydra.trackers.base import flatten_config, run_identity
+from kd_hydra.trackers.base import flatten_config, tracker_run_name
 from kd_hydra.trackers.fanout import RunLoggers, build_loggers, check_loggers
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -100,7 +100,7 @@ def test_safe_dir_name_keeps_long_override_lists_unique():
     assert short_a.startswith("a=1,a=1,")
 
 
-def test_run_identity_from_hydra_node(tmp_path):
+def test_tracker_run_name_from_hydra_node(tmp_path):
     sweep = tmp_path / "outputs" / "multiruns" / "day" / "time"
     hydra = OmegaConf.create(
         {
@@ -110,10 +110,10 @@ def test_run_identity_from_hydra_node(tmp_path):
             "job": {"override_dirname": RUN_NAME},
         }
     )
-    assert run_identity(hydra, tmp_path / "outputs") == (RUN_NAME, "multiruns/day/time")
-    assert run_identity(hydra) == (RUN_NAME, "time")
+    assert tracker_run_name(hydra, tmp_path / "outputs") == (RUN_NAME, "multiruns/day/time")
+    assert tracker_run_name(hydra) == (RUN_NAME, "time")
     hydra.mode, hydra.job.override_dirname = "RUN", ""
-    assert run_identity(hydra, tmp_path / "outputs") == ("3", tracker_base.SINGLE_RUN_GROUP)
+    assert tracker_run_name(hydra, tmp_path / "outputs") == ("3", tracker_base.SINGLE_RUN_GROUP)
 
 
 def test_default_is_csv_and_several_compose(tmp_path, mlflow_store):

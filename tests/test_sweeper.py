@@ -30,6 +30,7 @@ from kd_hydra.records import schema
 from kd_hydra.sweeps.jobs import (
     HASH_DIGITS,
     JobState,
+    baseline_overrides,
     clear_job,
     job_dir_name,
     job_state,
@@ -68,6 +69,19 @@ def test_teacher_job_keeps_common_teacher_relevant_overrides():
         ("dataset=digits", "trainer.seed=1", "loss.alpha=0.5", "mode=distill", "student=resnet20"),
     ]
     assert teacher_job_overrides(members) == ("dataset=digits", "mode=teacher")
+
+
+def test_a_baseline_and_a_teacher_job_drop_the_groups_their_mode_does_not_read():
+    """Both come from kd_hydra.records.identity.MODE_GROUPS; the teacher job keeps trainer.* (where it runs)."""
+    job = ("dataset=digits", "loss=dkd", "loss.beta=8", "teacher=resnet56", "teacher_training.epochs=3",
+           "soft_label_cache.top_k=5", "student=resnet20", "optimizer.lr=0.1", "trainer.device=cpu",
+           "mode=distill")  # fmt: skip
+    assert baseline_overrides(job) == (
+        "dataset=digits", "student=resnet20", "optimizer.lr=0.1", "trainer.device=cpu", "mode=student"
+    )  # fmt: skip
+    assert teacher_job_overrides([job]) == (
+        "dataset=digits", "teacher=resnet56", "teacher_training.epochs=3", "trainer.device=cpu", "mode=teacher"
+    )  # fmt: skip
 
 
 def test_job_state_and_clear(tmp_path: Path):

@@ -27,6 +27,7 @@ from kd_hydra.config.checks import validate
 from kd_hydra.enums import Mode
 from kd_hydra.errors import KDHydraError
 from kd_hydra.records.ledger import write_plan
+from kd_hydra.records.run_directory import run_status
 from kd_hydra.sweeps.jobs import (
     JobState,
     Overrides,
@@ -37,7 +38,6 @@ from kd_hydra.sweeps.jobs import (
     existing_jobs,
     job_dir_name,
     job_state,
-    job_status,
     settings_hash,
     teacher_job_overrides,
     teacher_key,
@@ -272,7 +272,7 @@ class KDSweeper(BasicSweeper):
         for job in first:
             if job.is_teacher:
                 if job_state(sweep_dir / job.dir_name) is not JobState.completed:
-                    status, reason = job_status(sweep_dir / job.dir_name)
+                    status, reason = run_status(sweep_dir / job.dir_name)
                     failed[job.overrides] = (job.dir_name, f"{status}: {reason}")
         return failed
 

@@ -31,7 +31,6 @@ from kd_hydra.config.objective import check_optimized_metric
 from kd_hydra.config.search_space import check_no_hydra_sweep, check_optuna_sweep
 from kd_hydra.config.sources import CONFIG_NAME, JOB_NAME, config_directories, config_source
 from kd_hydra.config.structured import register_configs
-from kd_hydra.data.config import check_dataset
 from kd_hydra.enums import Mode
 from kd_hydra.errors import ConfigError
 
@@ -188,9 +187,6 @@ def check_command_line(
     check_no_hydra_sweep(overrides)
     with hydra_session(config_dir) as hydra:
         configs = [compose(hydra, job, config_name) for job in jobs]
-    for cfg in configs:
-        with contextlib.suppress(OmegaConfBaseException):  # a ??? value: reported by validate, naming the key
-            check_dataset(cfg.dataset)
     base = configs[0]
     multirun = multirun or OmegaConf.select(base, "hydra.mode") == RunMode.MULTIRUN
     if not multirun:

@@ -6,7 +6,8 @@ The values' defaults live in the YAML files of ``conf/`` only; these dataclasses
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -16,25 +17,32 @@ from kd_hydra.data.config import DatasetSchema
 from kd_hydra.enums import CacheDtype, Mode, Precision, Resume
 
 
-@dataclass
-class TrainerConfig:
-    epochs: int = 10
-    batch_size: int = 128
-    eval_batch_size: int = 1024
-    eval_every: int = 1
-    device: str = "auto"
-    precision: Precision = Precision.auto
-    channels_last: bool | None = None
-    compile: bool = False
-    seed: int = 0
-    num_threads: int | None = None
-    num_workers: int | None = None
-    save_checkpoint: bool = True
-    save_best: bool = False
-    save_every: int = 0
-    checkpoint_every: int = 1
-    resume: Resume = Resume.auto
-    progress: bool = True
+def required_fields(name: str, doc: str, types: Mapping[str, Any]) -> type:
+    """A structured-config dataclass whose every field (key -> type) is required (``MISSING``): its values, defaults
+    included, come from the YAML of ``conf/``."""
+    fields = [(key, kind, MISSING) for key, kind in types.items()]
+    return make_dataclass(name, fields, namespace={"__doc__": doc, "__module__": __name__})
+
+
+TrainerConfig = required_fields("TrainerConfig", "``trainer``: the training loop (conf/trainer/default.yaml).", {
+    "epochs": int, "batch_size": int, "eval_batch_size": int, "eval_every": int,
+    "device": str, "precision": Precision, "channels_last": bool | None, "compile": bool, "seed": int,
+    "num_threads": int | None, "num_workers": int | None,
+    "save_checkpoint": bool, "save_best": bool, "save_every": int, "checkpoint_every": int, "resume": Resume,
+    "progress": bool,
+})  # fmt: skip
+PathsConfig = required_fields("PathsConfig", "``paths``: every location (conf/paths/default.yaml).", {
+    "data_dir": str, "output_dir": str, "cache_dir": str,
+})  # fmt: skip
+SoftLabelCacheConfig = required_fields("SoftLabelCacheConfig", "``soft_label_cache`` (conf/config.yaml).", {
+    "enabled": bool, "dtype": CacheDtype, "top_k": int | None, "max_gb": float, "batch_size": int | None,
+})  # fmt: skip
+TeacherTrainingConfig = required_fields(
+    "TeacherTrainingConfig",
+    "``teacher_training``: the teacher's own recipe, part of its identity (conf/config.yaml); optimizer and scheduler "
+    "come from their groups.",
+    {"epochs": int, "batch_size": int, "seed": int, "precision": Precision, "optimizer": Any, "scheduler": Any},
+)
 
 
 def env_or_default(name: str, default: str) -> str:
@@ -44,36 +52,8 @@ def env_or_default(name: str, default: str) -> str:
 
 
 @dataclass
-class PathsConfig:
-    data_dir: str = "${kd_env:KD_HYDRA_DATA_DIR,data}"
-    output_dir: str = "${kd_env:KD_HYDRA_OUTPUT_DIR,outputs}"
-    cache_dir: str = "${kd_env:KD_HYDRA_CACHE_DIR,cache}"
-
-
-@dataclass
-class SoftLabelCacheConfig:
-    enabled: bool = True
-    dtype: CacheDtype = CacheDtype.float16
-    top_k: int | None = None
-    max_gb: float = 20.0
-    batch_size: int | None = None
-
-
-@dataclass
-class TeacherTrainingConfig:
-    """The teacher's own recipe (part of its identity); optimizer and scheduler come from their groups."""
-
-    epochs: int = 10
-    batch_size: int = 128
-    seed: int = 0
-    precision: Precision = Precision.auto
-    optimizer: Any = MISSING
-    scheduler: Any = MISSING
-
-
-@dataclass
 class RootConfig:
-    mode: Mode = Mode.distill
+    mode: Mode = MISSING
     dataset: DatasetSchema = MISSING  # kd_hydra.data.config: the same keys for every dataset
     teacher: Any = MISSING
     student: Any = MISSING
@@ -84,8 +64,8 @@ class RootConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     teacher_training: TeacherTrainingConfig = field(default_factory=TeacherTrainingConfig)
     soft_label_cache: SoftLabelCacheConfig = field(default_factory=SoftLabelCacheConfig)
-    logger: Any = None  # {tracker name: its node} from conf/logger (kd_hydra.loggers)
-    optimized_metric: str = "val_acc"  # what a sweep that optimises (Optuna) maximises; see kd_hydra.config.objective
+    logger: Any = None  # {tracker name: its node} from conf/logger (kd_hydra.trackers)
+    optimized_metric: str = MISSING  # what a sweep that optimises (Optuna) maximises; see kd_hydra.config.objective
 
 
 def register_configs() -> None:

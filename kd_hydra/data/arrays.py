@@ -15,10 +15,6 @@ REQUIRED_KEYS = ("x_train", "y_train", "x_test", "y_test")
 _KEYS_TEXT = "x_train, y_train, x_test, y_test (optional classes)"
 
 
-def _is_positive_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
 def _check_images(path: str, key: str, x: np.ndarray) -> None:
     if x.ndim != 4:
         raise DataError(f"{path}: key '{key}' has shape {x.shape}; expected 4-D (N, H, W, C) NHWC images")
@@ -55,8 +51,6 @@ def load_arrays(name: str = "arrays", *, path: str | None, num_classes: int | No
         raise DataError(f"{path}: file not found; dataset.path must name an .npz with keys {_KEYS_TEXT}")
     if os.path.getsize(path) == 0:
         raise DataError(f"{path}: empty file (0 bytes); expected an .npz with keys {_KEYS_TEXT}")
-    if num_classes is not None and not _is_positive_int(num_classes):
-        raise ConfigError("dataset.num_classes", f"is {num_classes!r}; expected a positive integer or null (inferred)")
     try:
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:

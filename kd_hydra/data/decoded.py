@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from kd_hydra.data.images import RGB_CHANNELS, parallel_map, read_image
-from kd_hydra.data.types import ArrayData, DatasetSpec, ImageFileDataset
+from kd_hydra.data.types import ArrayData, DatasetSpec, FolderData, ImageFileDataset
 from kd_hydra.errors import ConfigError
 from kd_hydra.records.files import write_json
 from kd_hydra.stores.cache_entry import CacheEntry, file_sha256
@@ -52,12 +52,6 @@ def memory_budget_bytes(max_memory_gb: float | None) -> float:
     if max_memory_gb is None:
         physical = physical_memory_bytes()
         return DEFAULT_MEMORY_FRACTION * physical if physical else float("inf")
-    if isinstance(max_memory_gb, bool) or not isinstance(max_memory_gb, (int, float)) or not max_memory_gb > 0:
-        raise ConfigError(
-            "dataset.max_memory_gb",
-            f"is {max_memory_gb!r}; expected a positive number of GB or null "
-            f"({DEFAULT_MEMORY_FRACTION:g} of the physical memory)",
-        )
     return float(max_memory_gb) * BYTES_PER_GB
 
 
@@ -193,14 +187,9 @@ def _read_entry(entry: CacheEntry, spec: DatasetSpec) -> tuple[ArrayData | None,
     return data, ""
 
 
-def decoded_arrays(
-    train: ImageFileDataset,
-    test: ImageFileDataset,
-    spec: DatasetSpec,
-    cache_dir: str | os.PathLike | None,
-    workers: int | None = None,
-) -> ArrayData:
-    """The splits as ArrayData, decoded once into the store (or only in memory when cache_dir is None)."""
+def decoded_arrays(files: FolderData, cache_dir: str | os.PathLike | None, workers: int | None = None) -> ArrayData:
+    """The splits of ``files`` as ArrayData, decoded once into the store (or only in memory when cache_dir is None)."""
+    train, test, spec = files.train, files.test, files.spec
     if cache_dir is None:
         started = time.perf_counter()
         size = spec.image_size
@@ -236,17 +225,13 @@ def decoded_arrays(
     return data
 
 
-def check_decodable(
-    train: ImageFileDataset,
-    test: ImageFileDataset,
-    spec: DatasetSpec,
-    cache_dir: str | os.PathLike | None,
-    workers: int | None = None,
-) -> str:
-    """Decode every image once without keeping it (a DataError names the first bad file); returns the content key.
+def check_decodable(files: FolderData, cache_dir: str | os.PathLike | None, workers: int | None = None) -> str:
+    """Decode every image of ``files`` once without keeping it (a DataError names the first bad file); returns the
+    content key.
 
     With a cache_dir, a passed check is recorded per content key and not repeated.
     """
+    train, test, spec = files.train, files.test, files.spec
     key = content_key(train, test, spec.classes, spec.image_size, workers)
     entry = None if cache_dir is None else entry_path(cache_dir, spec.name, key)
     marker = None if entry is None else entry.with_name(entry.name + CHECKED_SUFFIX)

@@ -27,14 +27,6 @@ TEST_FOLDERS = ("test", "val")
 _LAYOUT = "<path>/train/<class>/*.jpg|png|... and <path>/test/<class>/... (or val/)"
 
 
-def _check_image_size(image_size: int | None) -> None:
-    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
-        raise ConfigError(
-            "dataset.image_size",
-            f"is {image_size!r}; expected a positive integer (pixels) or null (the size of the first training image)",
-        )
-
-
 def _first_image_size(train: ImageFileDataset) -> int:
     first = read_image(train.path(0), None, train.max_pixels)
     height, width = int(first.shape[1]), int(first.shape[2])
@@ -64,15 +56,9 @@ def folder_dataset(
 
     Images of another size are resized to `image_size` (None: the first training image's size); a file
     declaring more than `max_image_pixels` pixels is refused before it is decoded. Its keyword parameters
-    are the options of every image-file dataset (``load_folder``, ``load_tiny_imagenet`` pass them on).
+    are the options of every image-file dataset (``load_folder``, ``load_tiny_imagenet`` pass them on); the
+    dataset node's values among them are checked by ``validate`` (kd_hydra.data.config.check_dataset).
     """
-    if not isinstance(in_memory, bool):
-        raise ConfigError(
-            "dataset.in_memory",
-            f"is {in_memory!r}; expected true (decode once into memory) or "
-            "false (stream the files through DataLoader workers)",
-        )
-    _check_image_size(image_size)
     if decode_workers is not None and (
         isinstance(decode_workers, bool) or not isinstance(decode_workers, int) or decode_workers < 1
     ):
@@ -80,28 +66,16 @@ def folder_dataset(
             "dataset.loader.decode_workers",
             f"is {decode_workers!r}; expected a positive integer or null (one per core)",
         )
-    if isinstance(max_image_pixels, bool) or not isinstance(max_image_pixels, int) or max_image_pixels < 1:
-        raise ConfigError(
-            "dataset.max_image_pixels", f"is {max_image_pixels!r}; expected a positive integer (width x height)"
-        )
     train.max_pixels = test.max_pixels = max_image_pixels
     size = _first_image_size(train) if image_size is None else int(image_size)
     train.image_size = test.image_size = size
-    spec = DatasetSpec(
-        name=name,
-        num_classes=len(classes),
-        channels=RGB_CHANNELS,
-        image_size=size,
-        classes=classes,
-        num_train=len(train),
-        num_test=len(test),
-    )
+    files = FolderData(train, test, DatasetSpec(name, len(classes), RGB_CHANNELS, size, classes, len(train), len(test)))
     cache_dir = None if cache_dir is None else os.path.expanduser(str(cache_dir))
     if in_memory:
         check_memory_budget(name, len(train) + len(test), size, max_memory_gb)
-        return decoded_arrays(train, test, spec, cache_dir, decode_workers)
-    check_decodable(train, test, spec, cache_dir, decode_workers)
-    return FolderData(train=train, test=test, spec=spec)
+        return decoded_arrays(files, cache_dir, decode_workers)
+    check_decodable(files, cache_dir, decode_workers)
+    return files
 
 
 def _class_folders(folder: str) -> list[str]:

@@ -9,7 +9,6 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from kd_hydra.data.config import check_dataset
 from kd_hydra.data.split import with_validation
 from kd_hydra.data.types import ArrayData, FolderData
 from kd_hydra.errors import ConfigError, DataError
@@ -51,12 +50,11 @@ def instantiate_loader(loader_cfg: DictConfig) -> ArrayData | FolderData:
 def load_dataset(dataset_cfg: Mapping[str, Any] | DictConfig) -> ArrayData | FolderData:
     """The dataset of a run: `dataset_cfg.loader` instantiated, then `val_fraction`/`val_seed` applied.
 
-    `dataset_cfg` is the composed `dataset` node (interpolations such as `${paths.cache_dir}` resolvable).
+    `dataset_cfg` is the composed `dataset` node (interpolations such as `${paths.cache_dir}` resolvable), its
+    values checked by :func:`kd_hydra.config.checks.validate` (:func:`check_required`, ``check_dataset``).
     """
     if not isinstance(dataset_cfg, DictConfig):
         dataset_cfg = OmegaConf.create(dict(dataset_cfg))
-    check_required(dataset_cfg, "dataset")
-    check_dataset(dataset_cfg)
     if "loader" not in dataset_cfg:
         raise ConfigError("dataset.loader", "is missing; expected a node with _target_ naming a loader function")
     data = instantiate_loader(dataset_cfg.loader)

@@ -85,12 +85,6 @@ def make_epoch_plan(num: int, augment: AugmentConfig, seed: int, epoch: int) -> 
     return EpochPlan(epoch=epoch, order=order, dy=dy, dx=dx, flip=flip)
 
 
-def _check_batch_size(key: str, value: int) -> int:
-    if isinstance(value, bool) or int(value) != value or value < 1:
-        raise ConfigError(key, f"is {value!r}; expected a positive integer")
-    return int(value)
-
-
 def _check_stats(
     spec: DatasetSpec, mean: Sequence[float], std: Sequence[float]
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -113,26 +107,28 @@ def _num_batches(num: int, batch_size: int, drop_last: bool) -> int:
 
 
 class _Pipeline:
-    """What both pipelines share: statistics, batch sizes, device, seed, and the per-epoch plan."""
+    """What both pipelines share: statistics, batch sizes, device, seed, and the per-epoch plan; each pipeline
+    takes its data in :meth:`_attach`."""
 
     def __init__(
         self,
-        spec: DatasetSpec,
+        data: ArrayData | FolderData,
         augment: AugmentConfig,
         mean: Sequence[float],
         std: Sequence[float],
         batch_size: int,
         device: torch.device | str,
         seed: int,
-        channels_last: bool,
-        eval_batch_size: int | None,
-        drop_last: bool,
+        channels_last: bool = False,
+        eval_batch_size: int | None = None,
+        drop_last: bool = False,
     ) -> None:
+        spec = data.spec
         self.spec = spec
         self.augment = augment
         self.mean, self.std = _check_stats(spec, mean, std)
-        self.batch_size = _check_batch_size("trainer.batch_size", batch_size)
-        self.eval_batch_size = _check_batch_size("trainer.eval_batch_size", eval_batch_size or batch_size)
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size or batch_size)
         self.device = torch.device(device)
         self.seed = int(seed)
         self.channels_last = channels_last
@@ -140,6 +136,11 @@ class _Pipeline:
         self.num_train = spec.num_train
         self.num_test = spec.num_test
         self.num_val = spec.num_val
+        self._scale, self._shift = normalization_constants(self.mean, self.std, self.device)
+        self._attach(data)
+
+    def _attach(self, data: ArrayData | FolderData) -> None:
+        raise NotImplementedError
 
     @property
     def has_val(self) -> bool:
@@ -168,29 +169,13 @@ class InMemoryPipeline(_Pipeline):
 
     supports_logit_cache = True
 
-    def __init__(
-        self,
-        data: ArrayData,
-        augment: AugmentConfig,
-        mean: Sequence[float],
-        std: Sequence[float],
-        batch_size: int,
-        device: torch.device | str,
-        seed: int,
-        channels_last: bool = False,
-        eval_batch_size: int | None = None,
-        drop_last: bool = False,
-    ) -> None:
-        super().__init__(
-            data.spec, augment, mean, std, batch_size, device, seed, channels_last, eval_batch_size, drop_last
-        )
+    def _attach(self, data: ArrayData) -> None:
         self._x_train = data.x_train.to(self.device)
         self._y_train = data.y_train.to(self.device)
         self._x_test = data.x_test.to(self.device)
         self._y_test = data.y_test.to(self.device)
         self._x_val = None if data.x_val is None else data.x_val.to(self.device)
         self._y_val = None if data.y_val is None else data.y_val.to(self.device)
-        self._scale, self._shift = normalization_constants(self.mean, self.std, self.device)
 
     def train_batches(self, epoch: int) -> Iterator[Batch]:
         """(x normalised, y, sample idx) on the device, in plan order, `batch_size` at a time."""
@@ -198,7 +183,6 @@ class InMemoryPipeline(_Pipeline):
 
     def augmented_train_batches(self, epoch: int, batch_size: int) -> Iterator[Batch]:
         """Like `train_batches` (same per-sample inputs) with another batch size; never drops a sample."""
-        batch_size = _check_batch_size("soft_label_cache.batch_size", batch_size)
         return self._planned_batches(epoch, batch_size, drop_last=False)
 
     def test_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -288,29 +272,13 @@ class LoaderPipeline(_Pipeline):
 
     supports_logit_cache = False
 
-    def __init__(
-        self,
-        data: FolderData,
-        augment: AugmentConfig,
-        mean: Sequence[float],
-        std: Sequence[float],
-        batch_size: int,
-        device: torch.device | str,
-        seed: int,
-        channels_last: bool = False,
-        eval_batch_size: int | None = None,
-        drop_last: bool = False,
-        num_workers: int | None = None,
-    ) -> None:
-        super().__init__(
-            data.spec, augment, mean, std, batch_size, device, seed, channels_last, eval_batch_size, drop_last
-        )
+    def __init__(self, data: FolderData, *settings: Any, num_workers: int | None = None, **options: Any) -> None:
+        """Every pipeline's settings (:class:`_Pipeline`) and the DataLoader's ``num_workers`` (None: min(4, cores))."""
         self.num_workers = min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1) if num_workers is None else int(num_workers)
-        if self.num_workers < 0:
-            raise ConfigError(
-                "trainer.num_workers", f"is {self.num_workers}; expected >= 0 (0 loads in the main process)"
-            )
-        self._scale, self._shift = normalization_constants(self.mean, self.std, self.device)
+        super().__init__(data, *settings, **options)
+
+    def _attach(self, data: FolderData) -> None:
+        augment, drop_last = self.augment, self.drop_last
         self._train_items = _PlannedItems(data.train, data.spec.image_size, augment.padding)
         self._test_items = _PlannedItems(data.test, data.spec.image_size, 0)
         self._sampler = _PlanSampler(self.num_train, augment, self.seed)
@@ -329,7 +297,6 @@ class LoaderPipeline(_Pipeline):
     def augmented_train_batches(self, epoch: int, batch_size: int) -> Iterator[Batch]:
         """Like `train_batches` (same per-sample inputs) with another batch size, through a one-off loader."""
         sampler = _PlanSampler(self.num_train, self.augment, self.seed, epoch)
-        batch_size = _check_batch_size("soft_label_cache.batch_size", batch_size)
         loader = self._loader(self._train_items, sampler, batch_size, drop_last=False, persistent=False)
         return self._to_device(loader)
 
@@ -365,30 +332,21 @@ class LoaderPipeline(_Pipeline):
 
 
 def _augment_config(node: Mapping[str, Any] | None) -> AugmentConfig:
+    """The validated ``dataset.augment`` node (:func:`kd_hydra.data.config.check_dataset`) as an AugmentConfig."""
     node = {} if node is None else node
     defaults = AugmentConfig()
-    enabled = node.get("enabled", defaults.enabled)
-    padding = node.get("crop_padding", defaults.crop_padding)
-    flip = node.get("horizontal_flip", defaults.horizontal_flip)
-    for key, value in (("enabled", enabled), ("horizontal_flip", flip)):
-        if not isinstance(value, bool):
-            raise ConfigError(f"dataset.augment.{key}", f"is {value!r}; expected true or false")
-    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
-        raise ConfigError("dataset.augment.crop_padding", f"is {padding!r}; expected an integer >= 0 (pixels)")
-    return AugmentConfig(enabled=enabled, crop_padding=padding, horizontal_flip=flip)
+    return AugmentConfig(
+        enabled=node.get("enabled", defaults.enabled),
+        crop_padding=node.get("crop_padding", defaults.crop_padding),
+        horizontal_flip=node.get("horizontal_flip", defaults.horizontal_flip),
+    )
 
 
 def _normalize_stats(
     node: Mapping[str, Any] | None, data: ArrayData | FolderData
 ) -> tuple[Sequence[float], Sequence[float]]:
     node = {} if node is None else node
-    mean, std = node.get("mean"), node.get("std")
-    if (mean is None) != (std is None):
-        missing = "mean" if mean is None else "std"
-        raise ConfigError(
-            f"dataset.normalize.{missing}",
-            "is null while the other is set; expected both lists or both null (computed)",
-        )
+    mean, std = node.get("mean"), node.get("std")  # both set or both null (check_dataset)
     if mean is not None:
         return list(mean), list(std)
     if isinstance(data, FolderData):

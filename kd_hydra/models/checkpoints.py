@@ -21,7 +21,6 @@ from kd_hydra.records.files import atomic_write_bytes
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "kd-hydra/model-v1"
-MODEL_FILE = "model.pt"
 
 
 @dataclass(frozen=True)

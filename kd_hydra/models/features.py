@@ -34,6 +34,7 @@ PREACT_POINT = re.compile(rf"{STAGE_PREFIX}([1-9][0-9]*){PREACT_SUFFIX}")
 POINT_NAME = re.compile(rf"{STEM}|{STAGE_PREFIX}[1-9][0-9]*(?:{PREACT_SUFFIX})?|{PRE_LOGIT}")
 OVERRIDE_ATTRIBUTE = "kd_feature_points"  # where build_model attaches a config override
 CONFIG_KEY = "feature_points"
+#: Images of the probe forward passes that check a network's shapes before any training.
 PROBE_BATCH = 2
 RESNET_LAYER = re.compile(r"layer([1-9][0-9]*)")
 SHOWN_MODULES = 12  # module paths listed in an error message

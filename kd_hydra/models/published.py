@@ -57,27 +57,28 @@ class PublishedLayout:
 _BLOCK = r"(?P<stage>[1-9][0-9]*)\.(?P<block>[0-9]+)"
 _REST = r"(?P<rest>.+)"
 
+
+def _resnet_rules(layers: str, shortcut: str, classifier: str) -> tuple[tuple[str, str], ...]:
+    """Their CIFAR ResNets' renames: the stem's conv1/bn1, each block's ``layers`` (a regex alternative) and
+    ``shortcut`` Sequential, and the ``classifier``."""
+    return (
+        (rf"conv1\.{_REST}", "stem.0.{rest}"),
+        (rf"bn1\.{_REST}", "stem.1.{rest}"),
+        (rf"layer{_BLOCK}\.(?P<layer>{layers})\.{_REST}", "stages.{stage}.{block}.{layer}.{rest}"),
+        (rf"layer{_BLOCK}\.{shortcut}\.(?P<index>[01])\.{_REST}", "stages.{stage}.{block}.shortcut.{index}.{rest}"),
+        (rf"{classifier}\.{_REST}", "fc.{rest}"),
+    )
+
+
 RESNET_LAYOUT = PublishedLayout(
     name="RepDistiller/mdistiller CIFAR ResNet (models/resnet.py)",
     markers=("layer1.0.conv1.weight", "fc.weight"),
-    rules=(
-        (rf"conv1\.{_REST}", "stem.0.{rest}"),
-        (rf"bn1\.{_REST}", "stem.1.{rest}"),
-        (rf"layer{_BLOCK}\.(?P<layer>conv1|bn1|conv2|bn2)\.{_REST}", "stages.{stage}.{block}.{layer}.{rest}"),
-        (rf"layer{_BLOCK}\.downsample\.(?P<index>[01])\.{_REST}", "stages.{stage}.{block}.shortcut.{index}.{rest}"),
-        (rf"fc\.{_REST}", "fc.{rest}"),
-    ),
+    rules=_resnet_rules("conv1|bn1|conv2|bn2", "downsample", "fc"),
 )
-
 RESNET_V2_LAYOUT = PublishedLayout(
     name="RepDistiller/mdistiller CIFAR ResNet18/ResNet50 (resnetv2.py)",
     markers=("layer4.0.conv1.weight", "linear.weight"),
-    rules=(
-        *RESNET_LAYOUT.rules[:2],
-        (rf"layer{_BLOCK}\.(?P<layer>conv[123]|bn[123])\.{_REST}", "stages.{stage}.{block}.{layer}.{rest}"),
-        (rf"layer{_BLOCK}\.shortcut\.(?P<index>[01])\.{_REST}", "stages.{stage}.{block}.shortcut.{index}.{rest}"),
-        (rf"linear\.{_REST}", "fc.{rest}"),
-    ),
+    rules=_resnet_rules("conv[123]|bn[123]", "shortcut", "linear"),
 )
 
 WRN_LAYOUT = PublishedLayout(

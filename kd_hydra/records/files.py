@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from kd_hydra.enums import Mode
 from kd_hydra.records import schema
 
 #: Mode of a newly created file before the umask (what ``open(path, "w")`` would use).
@@ -144,7 +145,7 @@ def method_description(settings: Mapping[str, Any]) -> str:
 
 def headline(record: Mapping[str, Any], out_dir: Path, prefix: str = "") -> str:
     """One line with the numbers that matter, e.g. for the end of a terminal session or a CI log."""
-    if record["mode"] == schema.MODE_EVAL:
+    if record["mode"] == Mode.eval.value:
         top5 = "" if record.get("final_test_acc_top5") is None else f", top-5 {record['final_test_acc_top5']:.2f}%"
         return (
             f"[kd-hydra] {prefix}eval {record['model']} on {record['dataset']}: test acc "
@@ -152,7 +153,7 @@ def headline(record: Mapping[str, Any], out_dir: Path, prefix: str = "") -> str:
         )
     what = record["model"] if record["teacher"] is None else f"{record['teacher']} -> {record['model']}"
     loss = ""
-    if record["mode"] == schema.MODE_DISTILL:
+    if record["mode"] == Mode.distill.value:
         loss = " " + method_description(record["settings"])
     teacher = "" if record["teacher_test_acc"] is None else f", teacher {record['teacher_test_acc']:.2f}%"
     val = "" if record.get("final_val_acc") is None else f", val {record['final_val_acc']:.2f}%"

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from enum import Enum
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-#: Config keys that do not change what a run computes: they may differ between a run and its resumption.
-#: The device is not among them: a run resumed on another device would mix numerics.
+#: Config keys that do not change what a run computes: they may differ between a run and its resumption, and
+#: two runs that differ only in them are one setting (the analysis's bookkeeping). Matched as prefixes (:func:`under`).
 NON_TRAINING_KEYS = (
     "paths",
     "logger",
@@ -37,13 +37,37 @@ NON_TRAINING_KEYS = (
     "soft_label_cache.max_gb",
     "soft_label_cache.batch_size",
 )
-#: Config groups a run of each mode reads; the others do not change what it computes.
-MODE_GROUPS = {
+#: The device changes a result in its last bits, never the experiment: it stays in a run's identity (a run
+#: resumed on another device would mix numerics), but runs that differ only in it are seeds of one setting, and a
+#: baseline trained on one device matches a distill run on another.
+DEVICE_KEYS = ("trainer.device",)
+#: Keys that never tell two settings of an experiment apart: :data:`NON_TRAINING_KEYS` and :data:`DEVICE_KEYS`.
+SAME_SETTING_KEYS = NON_TRAINING_KEYS + DEVICE_KEYS
+
+#: The top-level config groups that hold training settings (the others are :data:`NON_TRAINING_KEYS`).
+TRAINING_GROUPS = (
+    "mode", "dataset", "teacher", "student", "loss", "optimizer", "scheduler", "trainer", "teacher_training",
+    "soft_label_cache",
+)  # fmt: skip
+#: Config groups a run of each mode reads; the others do not change what it computes (distill: every group).
+MODE_GROUPS: dict[str, tuple[str, ...] | None] = {
     "teacher": ("mode", "dataset", "teacher", "teacher_training"),
     "student": ("mode", "dataset", "student", "optimizer", "scheduler", "trainer"),
-    "distill": None,  # everything
+    "distill": None,
     "eval": ("mode", "dataset", "teacher"),
 }
+
+
+def unread_groups(mode: str) -> tuple[str, ...]:
+    """The training groups a distill run reads and a run of ``mode`` does not (with ``mode`` itself, which differs).
+
+    ``unread_groups("student")`` is what a matched baseline may differ in from its distill run (teacher, loss, ...);
+    ``unread_groups("teacher")`` what never changes the teacher a distill run needs (student, optimizer, ...).
+    """
+    read = MODE_GROUPS[mode] or TRAINING_GROUPS
+    return ("mode", *(group for group in TRAINING_GROUPS if group not in read))
+
+
 #: Dataset keys that say where the data is or how it is read, not what it is (the content digest says that).
 DATA_LOCATION_KEYS = ("loader", "path", "root", "in_memory", "max_memory_gb", "download", "verify_checksums")
 IDENTITY_FORMAT = 2
@@ -75,14 +99,15 @@ def flatten(node: Mapping[str, Any] | DictConfig, prefix: str = "") -> dict[str,
     return flat
 
 
-def _excluded(dotted: str, prefixes: tuple[str, ...]) -> bool:
+def under(dotted: str, prefixes: Iterable[str]) -> bool:
+    """True when ``dotted`` is one of the dotted ``prefixes`` or lies below one (``trainer.seed`` under ``trainer``)."""
     return any(dotted == p or dotted.startswith(p + ".") for p in prefixes)
 
 
 def training_settings(cfg: DictConfig) -> dict[str, Any]:
     """Every resolved setting as dotted keys, without :data:`NON_TRAINING_KEYS` (the record in metrics.json)."""
-    top = {key: cfg[key] for key in cfg if not _excluded(str(key), NON_TRAINING_KEYS)}  # never resolve hydra.*
-    return {k: v for k, v in flatten(top).items() if not _excluded(k, NON_TRAINING_KEYS)}
+    top = {key: cfg[key] for key in cfg if not under(str(key), NON_TRAINING_KEYS)}  # never resolve hydra.*
+    return {k: v for k, v in flatten(top).items() if not under(k, NON_TRAINING_KEYS)}
 
 
 def mode_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -90,7 +115,7 @@ def mode_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     groups = MODE_GROUPS.get(str(settings.get("mode")))
     if groups is None:
         return dict(settings)
-    return {k: v for k, v in settings.items() if _excluded(k, groups) and k != "teacher.checkpoint"}
+    return {k: v for k, v in settings.items() if under(k, groups) and k != "teacher.checkpoint"}
 
 
 def recorded_settings(settings: Mapping[str, Any]) -> dict[str, Any]:

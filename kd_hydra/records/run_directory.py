@@ -37,18 +37,53 @@ CHECKPOINTS_DIR = "checkpoints"
 RESULT_FILES = (schema.METRICS_FILE, schema.HISTORY_FILE, MODEL_FILE, schema.TRAIN_STATE_FILE, CHECKPOINTS_DIR)
 
 
+#: Why a run directory has no usable record: no metrics.json, or one that cannot be read or holds a wrong type.
+NO_METRICS = f"no {schema.METRICS_FILE} (run unfinished or killed)"
+BAD_METRICS = f"{schema.METRICS_FILE} unreadable"
+
+
 def read_metrics(run_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
-    """``(record, None)`` for a readable metrics.json object, else ``(None, why)``; never raises."""
-    path = Path(run_dir) / schema.METRICS_FILE
+    """``(record, None)`` for a metrics.json whose keys hold values of their type, else ``(None, why)``
+    (:data:`NO_METRICS`, :data:`BAD_METRICS`, or ``BAD_METRICS: 'status' is a list, expected text``); never raises.
+    """
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = json.loads((Path(run_dir) / schema.METRICS_FILE).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return None, f"no {schema.METRICS_FILE} (the job did not finish)"
-    except (OSError, ValueError, UnicodeDecodeError, RecursionError) as error:
-        return None, f"{schema.METRICS_FILE} unreadable ({type(error).__name__})"
-    if not isinstance(record, dict):
-        return None, f"{schema.METRICS_FILE} is not a JSON object"
+        return None, NO_METRICS
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return None, BAD_METRICS
+    problem = metrics_problem(record)
+    if problem is not None:
+        return None, f"{BAD_METRICS}: {problem}"
     return record, None
+
+
+def metrics_problem(record: Any) -> str | None:
+    """What makes a parsed metrics.json unusable, in a few words; None when it is usable.
+
+    :data:`~kd_hydra.records.schema.TEXT_METRICS` must be text or null (``status`` text),
+    :data:`~kd_hydra.records.schema.NUMBER_METRICS` a number or null, ``settings`` a mapping or null;
+    other keys may hold anything.
+    """
+    if not isinstance(record, dict):
+        return f"not a JSON object ({type(record).__name__})"
+    if not isinstance(record.get("status"), str) or not record["status"]:
+        return f"'status' is {_type_name(record.get('status'))}, expected text"
+    for key, value in record.items():
+        if value is None:
+            continue
+        if key in schema.TEXT_METRICS and not isinstance(value, str):
+            return f"{key!r} is {_type_name(value)}, expected text"
+        if key in schema.MAPPING_METRICS and not isinstance(value, dict):
+            return f"{key!r} is {_type_name(value)}, expected a mapping"
+        if key in schema.NUMBER_METRICS and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            return f"{key!r} is {_type_name(value)}, expected a number"
+    return None
+
+
+def _type_name(value: Any) -> str:
+    """``a list``, ``null``, ``a str``: the JSON-ish type of ``value`` for messages."""
+    return "null" if value is None else f"a {type(value).__name__}"
 
 
 def run_status(run_dir: Path) -> tuple[str, str | None]:
@@ -59,8 +94,7 @@ def run_status(run_dir: Path) -> tuple[str, str | None]:
     status = record.get("status")
     if status not in (schema.STATUS_COMPLETED, schema.STATUS_FAILED):
         return schema.STATUS_UNFINISHED, f"{schema.METRICS_FILE} has no valid status ({status!r})"
-    reason = record.get("reason")
-    return status, reason if isinstance(reason, str) or reason is None else str(reason)
+    return status, record.get("reason")
 
 
 def saved_identity(record: Mapping[str, Any]) -> dict[str, Any]:

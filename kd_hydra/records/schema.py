@@ -27,19 +27,16 @@ STATUS_FAILED = "failed"
 #: Status that ``analysis`` gives a run directory that has a config but no metrics.json.
 STATUS_UNFINISHED = "unfinished"
 
-MODE_TEACHER = "teacher"
-MODE_STUDENT = "student"
-MODE_DISTILL = "distill"
-MODE_EVAL = "eval"
-
 #: Where a distill run's teacher came from.
 TEACHER_SOURCES = ("trained", "store", "checkpoint")
 #: How a distill run got its teacher's outputs: the soft-label cache (logit methods) or a live forward pass.
 TEACHER_OUTPUTS = ("cache", "live")
 SOFT_LABEL_CACHE_STATES = ("off", "cold", "warm")
 
-#: Datasets with more classes than this also report top-5 accuracy.
+#: Datasets of at least this many classes also report top-5 accuracy.
 TOP5_MIN_CLASSES = 11
+#: The k of the top-k accuracy reported beside top-1 (``final_test_acc_top5``, ``test_acc_top5``).
+TOP5 = 5
 
 #: Keys of metrics.json. Accuracies are percentages in [0, 100]; None where not applicable
 #: (for instance every accuracy of a run that failed before training).
@@ -97,6 +94,22 @@ METRICS_KEYS = (
     "settings",  # dict of dotted key -> value: every training setting of the resolved config (the
     #              authoritative record of what ran); None for the keys the run's mode does not read
 )
+
+#: metrics.json keys whose value must be a number (or null); keys of neither list may hold any value.
+NUMBER_METRICS = (
+    "schema_version", "final_test_acc", "best_test_acc", "best_epoch", "final_test_acc_top5", "final_val_acc",
+    "best_val_acc", "best_val_epoch", "teacher_test_acc", "model_params", "method_params", "teacher_params",
+    "epochs", "resumed_from_epoch", "wall_seconds", "train_images_per_second", "train_images", "val_images",
+    "test_images", "train_seconds", "soft_label_cache_fill_seconds", "model_macs", "teacher_macs", "method_macs",
+    "test_ece", "teacher_test_ece", "teacher_agreement", "teacher_kl", "teacher_val_acc",
+)  # fmt: skip
+#: metrics.json keys whose value must be text (or null); ``status`` must be text.
+TEXT_METRICS = (
+    "status", "reason", "mode", "method", "dataset", "model", "teacher", "teacher_source", "teacher_outputs",
+    "soft_label_cache", "checkpoint", "config_digest", "data_digest", "teacher_id",
+)  # fmt: skip
+#: metrics.json keys whose value must be a mapping (or null).
+MAPPING_METRICS = ("settings",)
 
 #: Files of a mode=eval run beside metrics.json: accuracy per class, and the confusion matrix (rows: true class,
 #: columns: predicted class, counts), both CSV with a header.

@@ -42,9 +42,9 @@ from kd_hydra.records.run_directory import (
 from kd_hydra.run.context import RunContext, open_context
 from kd_hydra.run.evaluation import evaluate_classes, write_evaluation
 from kd_hydra.run.measures import student_measures, teacher_measures
-from kd_hydra.stores.teacher_outputs import teacher_outputs
-from kd_hydra.stores.teachers import Teacher, acquire_teacher, load_external, teacher_identity_of
-from kd_hydra.trackers.base import run_identity as tracker_identity
+from kd_hydra.stores.teacher_outputs import TeacherNeeds, teacher_outputs
+from kd_hydra.stores.teachers import Teacher, TeacherStore, checkpoint_teacher, load_external
+from kd_hydra.trackers.base import tracker_run_name
 from kd_hydra.trackers.fanout import build_loggers
 from kd_hydra.train.batches import BatchAssembler
 from kd_hydra.train.runtime import Runtime, with_precision
@@ -249,6 +249,7 @@ RECIPES = {Mode.teacher: train_teacher, Mode.student: train_baseline, Mode.disti
 
 def obtain_teacher(ctx: RunContext, plan: Plan) -> Teacher:
     """The run's teacher, frozen on the run's device: an external checkpoint, or the store's (trained once)."""
+    identity = ctx.teacher_identity()
 
     def train(model: nn.Module, entry_dir: Path) -> Mapping[str, Any]:
         recipe, started = ctx.cfg.teacher_training, time.perf_counter()
@@ -257,14 +258,26 @@ def obtain_teacher(ctx: RunContext, plan: Plan) -> Teacher:
         model, method = runtime.prepare(model), CrossEntropy()
         stage = recipe_stage("teacher", recipe, recipe.epochs, model, method, "teacher_training.optimizer.lr")
         history = HistoryLog(entry_dir / schema.HISTORY_FILE, schema.history_columns(method.parts))
-        state = checkpointing(ctx, entry_dir / schema.TRAIN_STATE_FILE, teacher_identity_of(ctx))
+        state = checkpointing(ctx, entry_dir / schema.TRAIN_STATE_FILE, identity)
         trainer = make_trainer(ctx, recipe.seed, state, runtime=runtime)
         batches = BatchAssembler(step_model(runtime, model), runtime)
         result = trainer.fit(method, ctx.pipeline(recipe.batch_size, recipe.seed), batches, [stage], history)
         log.info("teacher trained in %.1fs (test acc %.2f%%)", time.perf_counter() - started, result.final_test_acc)
         return summary_of(result)
 
-    teacher = acquire_teacher(ctx, plan.teacher, plan.teacher_sha256, train)
+    def test_accuracy(model: nn.Module) -> float:
+        from kd_hydra.train.trainer import evaluate
+
+        pipeline = ctx.pipeline(ctx.cfg.trainer.batch_size, ctx.cfg.trainer.seed)
+        return evaluate(ctx.runtime.prepare(model), pipeline.test_batches(), ctx.runtime).acc
+
+    if plan.teacher_sha256 is None:
+        store = TeacherStore(ctx.cache_path("teachers"))
+        teacher = store.get_or_train(identity, ctx.teacher_label(), plan.teacher, ctx.arch("teacher"), train)
+    else:
+        checkpoint = ctx.teacher_checkpoint(plan.teacher_sha256)
+        teacher = checkpoint_teacher(plan.teacher, checkpoint, ctx.cache_path("teacher_evals"), test_accuracy)
+    teacher = dataclasses.replace(teacher, model=ctx.runtime.prepare(teacher.model))
     teacher.model.eval().requires_grad_(False)
     return teacher
 
@@ -279,7 +292,21 @@ def train_student(ctx: RunContext, plan: Plan, teacher: Teacher | None) -> dict[
     outputs = None
     if teacher is not None:
         method.setup_teacher(teacher.model)  # with the teacher's trained weights (OFD's margins)
-        outputs = teacher_outputs(teacher.model, teacher.sha256, method, plan.request.teacher, pipeline, ctx)
+        needs = TeacherNeeds(
+            tuple(plan.request.teacher),
+            method.uses_features or method.needs_strong_view,
+            method.teacher_batch_statistics,
+        )
+        outputs = teacher_outputs(
+            teacher.model,
+            teacher.sha256,
+            needs,
+            pipeline,
+            ctx.training_batches(cfg.trainer.seed),
+            ctx.spec.num_classes,
+            ctx.soft_label_cache(),
+            ctx.runtime,
+        )
     strong = strong_views(pipeline) if method.needs_strong_view else None
     source = outputs.source if outputs is not None else None
     batches = BatchAssembler(step_model(ctx.runtime, student), ctx.runtime, source, plan.request.student, strong)
@@ -398,7 +425,7 @@ def claim(directory: RunDirectory, cfg: DictConfig, fresh: bool) -> None:
 
 
 def start_trackers(cfg: DictConfig, out_dir: Path) -> Any:
-    run_name, group = tracker_identity(HydraConfig.get(), cfg.paths.output_dir)
+    run_name, group = tracker_run_name(HydraConfig.get(), cfg.paths.output_dir)
     trackers = build_loggers(cfg.get("logger"), run_name, group, out_dir)
     trackers.log_hparams(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     return trackers

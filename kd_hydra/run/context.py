@@ -13,18 +13,28 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from kd_hydra.data import build_pipeline, load_dataset
+from kd_hydra.data import (
+    ArrayData,
+    DatasetSpec,
+    FolderData,
+    InMemoryPipeline,
+    LoaderPipeline,
+    build_pipeline,
+    load_dataset,
+)
 from kd_hydra.errors import ConfigError
 from kd_hydra.instantiate import build
 from kd_hydra.models.checkpoints import ArchSignature
+from kd_hydra.models.features import PROBE_BATCH
 from kd_hydra.records import schema
-from kd_hydra.records.identity import plain
+from kd_hydra.records.identity import plain, teacher_id, teacher_identity
+from kd_hydra.stores.teacher_outputs import BYTES_PER_GB, CACHE_DTYPES, SoftLabelCacheSettings, TrainingBatchesKey
+from kd_hydra.stores.teachers import TeacherCheckpoint
 from kd_hydra.trackers.fanout import RunLoggers
 from kd_hydra.train.runtime import Runtime, configure_threads, resolve_runtime
 
 log = logging.getLogger(__name__)
 
-PROBE_BATCH = 2
 #: Which config node builds each role's network, and which seed initialises it.
 ROLE_SEEDS = {"teacher": "teacher_training.seed", "student": "trainer.seed"}
 
@@ -36,13 +46,13 @@ class RunContext:
     cfg: DictConfig
     out_dir: Path
     runtime: Runtime
-    data: Any
+    data: ArrayData | FolderData
     data_digest: str
     started: float
     trackers: RunLoggers
 
     @property
-    def spec(self) -> Any:
+    def spec(self) -> DatasetSpec:
         return self.data.spec
 
     @property
@@ -89,7 +99,7 @@ class RunContext:
             )
         return model
 
-    def pipeline(self, batch_size: int, seed: int) -> Any:
+    def pipeline(self, batch_size: int, seed: int) -> InMemoryPipeline | LoaderPipeline:
         """Training and evaluation batches of this run's data on its device."""
         trainer = self.cfg.trainer
         return build_pipeline(
@@ -102,6 +112,42 @@ class RunContext:
             eval_batch_size=trainer.eval_batch_size,
             num_workers=trainer.num_workers,
         )
+
+    # -- the stores' arguments, from the config ---------------------------------------------------------
+
+    def teacher_identity(self) -> dict[str, Any]:
+        """The key of this run's teacher in the store (:func:`kd_hydra.records.identity.teacher_identity`)."""
+        return teacher_identity(self.cfg, self.data_digest)
+
+    def teacher_label(self) -> str:
+        """The readable part of the teacher's store entry: ``<arch>-<dataset>``."""
+        return f"{self.cfg.teacher.name}-{self.spec.name}"
+
+    def teacher_checkpoint(self, sha256: str) -> TeacherCheckpoint:
+        """``teacher.checkpoint`` (SHA-256 ``sha256``) and the data its test accuracy is evaluated on."""
+        return TeacherCheckpoint(
+            path=Path(self.cfg.teacher.checkpoint),
+            sha256=sha256,
+            teacher_id=teacher_id(self.cfg, self.data_digest, sha256),
+            data={"dataset_content": self.data_digest, "normalize": plain(self.cfg.dataset.normalize)},
+        )
+
+    def soft_label_cache(self) -> SoftLabelCacheSettings:
+        """``soft_label_cache.*`` as the soft-label cache takes it."""
+        cache = self.cfg.soft_label_cache
+        return SoftLabelCacheSettings(
+            root=self.cache_path("soft_labels"),
+            enabled=cache.enabled,
+            dtype=CACHE_DTYPES[str(plain(cache.dtype))],
+            top_k=cache.top_k,
+            max_bytes=int(cache.max_gb * BYTES_PER_GB),
+            fill_batch_size=cache.batch_size,
+        )
+
+    def training_batches(self, seed: int) -> TrainingBatchesKey:
+        """What determines this run's augmented training batches at ``seed``."""
+        dataset = self.cfg.dataset
+        return TrainingBatchesKey(self.data_digest, plain(dataset.augment), plain(dataset.normalize), seed)
 
 
 def launcher_parallel_jobs() -> int:

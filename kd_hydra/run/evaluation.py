@@ -15,8 +15,6 @@ from kd_hydra.records import schema
 from kd_hydra.records.files import atomic_write_text
 from kd_hydra.train.runtime import Runtime
 
-TOP5 = 5
-
 
 @dataclass(frozen=True)
 class Evaluation:
@@ -58,7 +56,7 @@ def evaluate_classes(
             logits = model(images).float()
         predicted = logits.argmax(dim=1)
         confusion += torch.bincount(targets * num_classes + predicted, minlength=num_classes * num_classes)
-        top = logits.topk(min(TOP5, num_classes), dim=1).indices
+        top = logits.topk(min(schema.TOP5, num_classes), dim=1).indices
         top5_hits += (top == targets[:, None]).any(dim=1).sum()
     return Evaluation(confusion.view(num_classes, num_classes).cpu(), int(top5_hits))
 

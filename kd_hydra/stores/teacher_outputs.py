@@ -2,7 +2,9 @@
 two :class:`~kd_hydra.train.batches.TeacherSource` implementations.
 
 :func:`teacher_outputs` chooses: methods that read features, folder data on the DataLoader path and a
-disabled cache run the teacher live; logit methods on in-memory data read the soft-label cache.
+disabled cache run the teacher live; logit methods on in-memory data read the soft-label cache. It takes
+plain typed arguments (:class:`TeacherNeeds`, :class:`SoftLabelCacheSettings`, :class:`TrainingBatchesKey`, a
+:class:`~kd_hydra.train.runtime.Runtime`), built from the config by the run (:mod:`kd_hydra.run.context`).
 
 The soft-label cache holds the teacher's logits for every augmented sample of an epoch, on disk.
 
@@ -34,7 +36,7 @@ from filelock import FileLock
 from torch import Tensor, nn
 
 from kd_hydra.stores.cache_entry import CacheEntry, entry_name
-from kd_hydra.train.batches import TeacherOutput, TeacherSource
+from kd_hydra.train.batches import TeacherOutput
 from kd_hydra.train.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -146,6 +148,8 @@ def cache_description(
 
 
 class AugmentedBatches(Protocol):
+    """A training pipeline whose augmented batches are a function of ``(seed, epoch)`` (the cache's premise)."""
+
     num_train: int
 
     def augmented_train_batches(self, epoch: int, batch_size: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]: ...
@@ -266,11 +270,51 @@ BYTES_PER_GB = 1024**3
 
 
 @dataclass(frozen=True)
-class TeacherOutputs:
-    """The chosen source, whether it is the cache (``cache``) or the live teacher (``live``)."""
+class TeacherNeeds:
+    """What a method needs of the teacher: the feature points it reads, whether it reads anything the cache cannot
+    hold (features, a strongly augmented view), and batch statistics in the teacher's BatchNorms (OFD)."""
 
-    source: TeacherSource
-    kind: str
+    feature_names: tuple[str, ...]
+    live_only: bool
+    batch_statistics: bool
+
+
+@dataclass(frozen=True)
+class SoftLabelCacheSettings:
+    """``soft_label_cache.*`` resolved: where entries live, whether they are used, how logits are stored (dtype,
+    top-k), the size beyond which the oldest entries are evicted, and the teacher's batch while filling
+    (None: the measured default for the device, :func:`fill_batch_size`)."""
+
+    root: Path
+    enabled: bool
+    dtype: torch.dtype
+    top_k: int | None
+    max_bytes: int
+    fill_batch_size: int | None
+
+
+@dataclass(frozen=True)
+class TrainingBatchesKey:
+    """What determines the augmented training batches of every epoch: the data's content digest, its
+    augmentation and normalisation (plain values) and the seed of the run."""
+
+    content: str
+    augment: Any
+    normalize: Any
+    seed: int
+
+
+@dataclass(frozen=True)
+class TeacherOutputs:
+    """The chosen source of a distill run's teacher outputs."""
+
+    source: LiveTeacher | CachedTeacher
+
+    @property
+    def kind(self) -> str:
+        """``cache`` (the soft-label cache) or ``live`` (the teacher runs on every batch): metrics.json's
+        ``teacher_outputs``."""
+        return "cache" if isinstance(self.source, CachedTeacher) else "live"
 
     @property
     def cache_status(self) -> str:
@@ -286,60 +330,51 @@ class TeacherOutputs:
 def teacher_outputs(
     teacher: nn.Module,
     teacher_sha256: str,
-    method: Any,
-    feature_names: Sequence[str],
-    pipeline: Any,
-    ctx: Any,
+    needs: TeacherNeeds,
+    pipeline: AugmentedBatches,
+    batches: TrainingBatchesKey,
+    num_classes: int,
+    cache: SoftLabelCacheSettings,
+    runtime: Runtime,
 ) -> TeacherOutputs:
     """The soft-label cache for logit methods on in-memory data (when enabled), else the live teacher.
 
     Methods that read features or a strongly augmented view (MLKD) always get the live teacher (with batch
-    statistics for OFD). ``ctx`` is the run's :class:`~kd_hydra.run.context.RunContext`.
+    statistics for OFD). A pipeline without ``supports_logit_cache`` (the DataLoader path) gets it too.
     """
-    outputs = _choose(teacher, teacher_sha256, method, feature_names, pipeline, ctx)
-    if ctx.runtime.compile:
-        outputs.source.teacher = torch.compile(outputs.source.teacher)
-    return outputs
-
-
-def _choose(
-    teacher: nn.Module, teacher_sha256: str, method: Any, feature_names: Sequence[str], pipeline: Any, ctx: Any
-) -> TeacherOutputs:
-    runtime = ctx.runtime
-    cache = ctx.cfg.soft_label_cache
-    if method.uses_features or method.needs_strong_view or feature_names:
+    source: LiveTeacher | CachedTeacher
+    if needs.live_only or needs.feature_names:
         log.info("the method reads features or a strong view: the teacher runs on every batch")
-        live = LiveTeacher(teacher, runtime, list(feature_names), method.teacher_batch_statistics)
-        return TeacherOutputs(live, "live")
-    if not cache.enabled:
-        return TeacherOutputs(LiveTeacher(teacher, runtime), "live")
-    if not pipeline.supports_logit_cache:
+        source = LiveTeacher(teacher, runtime, list(needs.feature_names), needs.batch_statistics)
+    elif not cache.enabled:
+        source = LiveTeacher(teacher, runtime)
+    elif not pipeline.supports_logit_cache:
         log.info("soft-label cache does not apply to this dataset pipeline: the teacher runs on every batch")
-        return TeacherOutputs(LiveTeacher(teacher, runtime), "live")
-    from kd_hydra.records.identity import plain
-
-    dtype = CACHE_DTYPES[str(plain(cache.dtype))]
-    description = cache_description(
-        teacher_sha256,
-        ctx.data_digest,
-        plain(ctx.cfg.dataset.augment),
-        plain(ctx.cfg.dataset.normalize),
-        ctx.cfg.trainer.seed,
-        dtype,
-        cache.top_k,
-        runtime.autocast_dtype,
-        runtime.channels_last,
-    )
-    cached = CachedTeacher(
-        ctx.cache_path("soft_labels"),
-        description,
-        teacher,
-        pipeline,
-        runtime,
-        num_classes=ctx.spec.num_classes,
-        dtype=dtype,
-        top_k=cache.top_k,
-        batch_size=fill_batch_size(cache.batch_size, runtime.device),
-        max_bytes=int(cache.max_gb * BYTES_PER_GB),
-    )
-    return TeacherOutputs(cached, "cache")
+        source = LiveTeacher(teacher, runtime)
+    else:
+        description = cache_description(
+            teacher_sha256,
+            batches.content,
+            batches.augment,
+            batches.normalize,
+            batches.seed,
+            cache.dtype,
+            cache.top_k,
+            runtime.autocast_dtype,
+            runtime.channels_last,
+        )
+        source = CachedTeacher(
+            cache.root,
+            description,
+            teacher,
+            pipeline,
+            runtime,
+            num_classes=num_classes,
+            dtype=cache.dtype,
+            top_k=cache.top_k,
+            batch_size=fill_batch_size(cache.fill_batch_size, runtime.device),
+            max_bytes=cache.max_bytes,
+        )
+    if runtime.compile:
+        source.teacher = torch.compile(source.teacher)
+    return TeacherOutputs(source)

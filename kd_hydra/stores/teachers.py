@@ -1,15 +1,14 @@
-"""Teachers: the content-addressed store (train once, keep, verify) and the acquisition of a run's teacher.
+"""Teachers: the content-addressed store (train once, keep, verify) and an external checkpoint's teacher.
 
 A stored teacher lives in ``<cache_dir>/teachers/<arch>-<dataset>-<key>/`` where ``key`` digests its
 :func:`~kd_hydra.records.identity.teacher_identity`; the entry holds ``model.pt``, ``history.csv`` and, while it
 trains, ``checkpoint.pt``; its seal (written last) makes it trusted. An external ``teacher.checkpoint`` is
 loaded instead, and its test accuracy is evaluated once per (checkpoint, data) and kept in
-``<cache_dir>/teacher_evals/``.
+``<cache_dir>/teacher_evals/``. Both take plain arguments (no config): the run builds them from its config.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -24,9 +23,10 @@ import torch
 from torch import nn
 
 from kd_hydra.errors import CheckpointError, ConfigError
-from kd_hydra.models.checkpoints import MODEL_FILE, ArchSignature, load_checkpoint, save_checkpoint
+from kd_hydra.models.checkpoints import ArchSignature, load_checkpoint, save_checkpoint
 from kd_hydra.models.features import unwrap
-from kd_hydra.records.identity import digest, plain, teacher_id, teacher_identity
+from kd_hydra.records.identity import digest
+from kd_hydra.records.run_directory import MODEL_FILE
 from kd_hydra.records.schema import HISTORY_FILE, TRAIN_STATE_FILE
 from kd_hydra.stores.cache_entry import DEFAULT_LOCK_TIMEOUT_S, CacheEntry, entry_name, file_sha256
 from kd_hydra.train.trainer import DivergedError
@@ -188,45 +188,25 @@ def evaluated_once(root: Path, description: Mapping[str, Any], evaluate: Callabl
     return accuracy
 
 
-def teacher_identity_of(ctx: Any) -> dict[str, Any]:
-    """The identity of the run's teacher (see :func:`kd_hydra.records.identity.teacher_identity`)."""
-    return teacher_identity(ctx.cfg, ctx.data_digest)
+@dataclass(frozen=True)
+class TeacherCheckpoint:
+    """An external ``teacher.checkpoint``, loaded into the teacher (:func:`load_external`): its file, the file's
+    SHA-256, the teacher's id, and what its test accuracy depends on besides the weights (``data``: the data's
+    content digest and normalisation)."""
+
+    path: Path
+    sha256: str
+    teacher_id: str
+    data: Mapping[str, Any]
 
 
-def acquire_teacher(ctx: Any, model: nn.Module, checkpoint_sha256: str | None, train: TrainTeacher) -> Teacher:
-    """The run's teacher on its device: ``teacher.checkpoint`` (already loaded into ``model``), else the store's.
-
-    ``ctx`` is the run's :class:`~kd_hydra.run.context.RunContext`; ``train`` trains a teacher the store lacks.
-    """
-    cfg = ctx.cfg
-    if checkpoint_sha256 is None:
-        store = TeacherStore(ctx.cache_path("teachers"))
-        label = f"{cfg.teacher.name}-{ctx.spec.name}"
-        stored = store.get_or_train(teacher_identity_of(ctx), label, model, ctx.arch("teacher"), train)
-        return dataclasses.replace(stored, model=ctx.runtime.prepare(stored.model))
-    model = ctx.runtime.prepare(model)
-    pipeline = ctx.pipeline(cfg.trainer.batch_size, cfg.trainer.seed)
-
-    def test_accuracy() -> float:
-        from kd_hydra.train.trainer import evaluate
-
-        return evaluate(model, pipeline.test_batches(), ctx.runtime).acc
-
-    description = {
-        "teacher_sha256": checkpoint_sha256,
-        "dataset_content": ctx.data_digest,
-        "normalize": plain(cfg.dataset.normalize),
-    }
-    accuracy = evaluated_once(ctx.cache_path("teacher_evals"), description, test_accuracy)
-    log.info("teacher loaded from %s (test acc %.2f%%)", cfg.teacher.checkpoint, accuracy)
+def checkpoint_teacher(
+    model: nn.Module, checkpoint: TeacherCheckpoint, evaluations: Path, test_accuracy: Callable[[nn.Module], float]
+) -> Teacher:
+    """The teacher of ``checkpoint`` (already in ``model``), its test accuracy evaluated once per checkpoint and
+    data by ``test_accuracy`` and kept under ``evaluations`` (``<cache_dir>/teacher_evals``)."""
+    description = {"teacher_sha256": checkpoint.sha256, **checkpoint.data}
+    accuracy = evaluated_once(evaluations, description, lambda: test_accuracy(model))
+    log.info("teacher loaded from %s (test acc %.2f%%)", checkpoint.path, accuracy)
     summary = {"final_test_acc": accuracy}
-    path = Path(cfg.teacher.checkpoint)
-    return Teacher(
-        model,
-        teacher_id(cfg, ctx.data_digest, checkpoint_sha256),
-        checkpoint_sha256,
-        accuracy,
-        "checkpoint",
-        path,
-        summary,
-    )
+    return Teacher(model, checkpoint.teacher_id, checkpoint.sha256, accuracy, "checkpoint", checkpoint.path, summary)

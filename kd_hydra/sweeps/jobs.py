@@ -19,18 +19,19 @@ from omegaconf import DictConfig, OmegaConf
 
 from kd_hydra.enums import Mode
 from kd_hydra.records import schema
-from kd_hydra.records.identity import dataset_config_digest, digest, teacher_identity
+from kd_hydra.records.identity import dataset_config_digest, digest, teacher_identity, under, unread_groups
 from kd_hydra.records.run_directory import run_status
 
 log = logging.getLogger(__name__)
 
 
 #: Override keys that do not apply to a baseline student: its loss is CE and it has no teacher.
-TEACHER_ONLY_PREFIXES = ("loss", "mode", "teacher", "teacher_training", "soft_label_cache")
+TEACHER_ONLY_PREFIXES = unread_groups(Mode.student.value)
 
 
-#: Override keys that never change the teacher a distill job needs.
-STUDENT_ONLY_PREFIXES = ("loss", "mode", "student", "soft_label_cache", "optimizer", "scheduler")
+#: Override keys that never change the teacher a distill job needs. ``trainer.*`` stays on the teacher job: it
+#: says where and how the job runs (device, threads), and ``teacher_training`` may interpolate it.
+STUDENT_ONLY_PREFIXES = tuple(group for group in unread_groups(Mode.teacher.value) if group != "trainer")
 
 
 #: Job directory names: at most this many readable characters, then ``-`` and this many hash digits.
@@ -83,13 +84,8 @@ def override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
-def _has_prefix(override: str, prefixes: Sequence[str]) -> bool:
-    key = override_key(override)
-    return any(key == prefix or key.startswith(prefix + ".") for prefix in prefixes)
-
-
 def is_teacher_only(override: str) -> bool:
-    return _has_prefix(override, TEACHER_ONLY_PREFIXES)
+    return under(override_key(override), TEACHER_ONLY_PREFIXES)
 
 
 def baseline_overrides(job: Sequence[str]) -> tuple[str, ...]:
@@ -100,7 +96,8 @@ def baseline_overrides(job: Sequence[str]) -> tuple[str, ...]:
 def teacher_job_overrides(members: Sequence[Sequence[str]]) -> tuple[str, ...]:
     """The ``mode=teacher`` job of distill jobs sharing a teacher: their common overrides minus student-only ones."""
     common = [o for o in members[0] if all(o in other for other in members[1:])]
-    return tuple(o for o in common if not _has_prefix(o, STUDENT_ONLY_PREFIXES)) + (f"mode={Mode.teacher.value}",)
+    teacher_side = tuple(o for o in common if not under(override_key(o), STUDENT_ONLY_PREFIXES))
+    return teacher_side + (f"mode={Mode.teacher.value}",)
 
 
 def settings_hash(overrides: Iterable[str]) -> str:
@@ -141,16 +138,11 @@ def existing_jobs(sweep_dir: Path) -> dict[str, str]:
     return found
 
 
-def job_status(run_dir: Path) -> tuple[str, str | None]:
-    """``(status, reason)`` of a run directory from its metrics.json (``unfinished`` without one)."""
-    return run_status(run_dir)
-
-
 def job_state(run_dir: Path) -> JobState:
     """Whether the job of ``run_dir`` is new, completed, failed, or was interrupted."""
     if not (run_dir / schema.HYDRA_DIR).is_dir() and not (run_dir / schema.METRICS_FILE).is_file():
         return JobState.new
-    status, _ = job_status(run_dir)
+    status, _ = run_status(run_dir)
     if status == schema.STATUS_COMPLETED:
         return JobState.completed
     if status == schema.STATUS_FAILED:

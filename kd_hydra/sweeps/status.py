@@ -12,7 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from kd_hydra.records import schema
 from kd_hydra.records.ledger import OUTCOMES_FILE, PLAN_FILE, ledger_dir, planned_jobs, read_outcomes
-from kd_hydra.sweeps.jobs import job_status, run_dirs_of
+from kd_hydra.records.run_directory import run_status
+from kd_hydra.sweeps.jobs import run_dirs_of
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class JobStatusCallback(Callback):
         )
         problems, never_started = [], 0
         for name in names:
-            status, reason = outcomes.get(name) or job_status(sweep_dir / name)
+            status, reason = outcomes.get(name) or run_status(sweep_dir / name)
             if status == schema.STATUS_COMPLETED:
                 continue
             if name not in outcomes and not (sweep_dir / name).exists():

@@ -105,9 +105,10 @@ def safe_dir_name(name: str) -> str:
     return f"{head}-{digest}"
 
 
-def run_identity(hydra_cfg: DictConfig, output_root: str | Path | None = None) -> tuple[str, str]:
-    """(run name, group) of a Hydra job: name = ``hydra.job.override_dirname`` or the run directory name;
-    group = the sweep directory (relative to ``output_root`` when inside it) for a multirun job, else ``runs``.
+def tracker_run_name(hydra_cfg: DictConfig, output_root: str | Path | None = None) -> tuple[str, str]:
+    """A Hydra job's (run name, group) in its trackers: name = ``hydra.job.override_dirname`` or the run
+    directory name; group = the sweep directory (relative to ``output_root`` when inside it) for a multirun
+    job, else ``runs``.
 
     ``hydra_cfg`` is ``HydraConfig.get()`` (the ``hydra`` node).
     """

@@ -29,6 +29,7 @@ from kd_hydra.methods.base import DistillMethod
 from kd_hydra.models.features import unwrap
 from kd_hydra.records.files import HistoryLog, atomic_write_bytes
 from kd_hydra.records.identity import identity_differences
+from kd_hydra.records.schema import TOP5
 from kd_hydra.train.batches import Batch, BatchAssembler, BatchSource
 from kd_hydra.train.runtime import Runtime
 from kd_hydra.train.stages import Stage
@@ -38,7 +39,6 @@ log = logging.getLogger(__name__)
 #: v2: the state names its stage (v1 states, from before stages, are refused).
 TRAIN_STATE_FORMAT = "kd-hydra/train-state-v2"
 MAX_DETAIL_CHARS = 200  # of an error quoted in a one-line message
-TOP5 = 5
 
 
 class DivergedError(KDHydraError):
