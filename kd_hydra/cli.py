@@ -99,8 +99,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     """The console script: check the command line, then hand it to ``hydra.main``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     expose_clone_plugins()
-    register_configs()
     args = get_args_parser().parse_args(argv)
+    register_configs(args.config_dir)  # the teacher/student options of conf/model and <config dir>/model
     if needs_check(args):
         try:
             check_command_line(

@@ -1,13 +1,14 @@
-"""``hydra.utils.instantiate`` for kd-hydra's config nodes: our own errors come out as themselves."""
+"""``hydra.utils.instantiate`` for kd-hydra's config nodes: our own errors come out as themselves; import paths."""
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
-from kd_hydra.errors import KDHydraError
+from kd_hydra.errors import ConfigError, KDHydraError
 
 
 def build(node: Any, **kwargs: Any) -> Any:
@@ -21,3 +22,16 @@ def build(node: Any, **kwargs: Any) -> Any:
         if cause is not None:
             raise cause from None
         raise
+
+
+def import_object(path: str, key: str) -> Any:
+    """The object at import path ``module.name`` (None when the module has no ``name``); a module that
+    cannot be imported is a one-line :class:`ConfigError` naming ``key``."""
+    module_name, _, name = path.rpartition(".")
+    if not module_name:
+        raise ConfigError(key, f"must be an import path, module.name (got {path!r})")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ConfigError(key, f"cannot import {module_name} for {path} ({error})") from None
+    return getattr(module, name, None)

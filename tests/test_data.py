@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pickle
-import time
 import urllib.error
 from pathlib import Path
 
@@ -22,7 +21,6 @@ from conftest import TINY, Workspace, one_line_error, write_npz
 from kd_hydra.data import (
     ArrayData,
     AugmentConfig,
-    DatasetSpec,
     FolderData,
     InMemoryPipeline,
     LoaderPipeline,
@@ -620,33 +618,6 @@ def test_the_validator_rejects_bad_dataset_values_before_any_data(node: dict, ke
     dataset = OmegaConf.merge(OmegaConf.structured(DatasetSchema), {"name": "arrays", "loader": loader}, node)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         check_dataset(dataset)
-
-
-def test_in_memory_throughput(capsys: pytest.CaptureFixture) -> None:
-    """Prints (does not assert) images/s of InMemoryPipeline.train_batches on 5000 CIFAR-sized images."""
-    num, epochs = 5000, 3
-    images = torch.randint(0, 256, (num, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    labels = torch.arange(num) % 10
-    spec = DatasetSpec("bench", 10, 3, 32, tuple(map(str, range(10))), num, 10)
-    data = ArrayData(images, labels, images[:10].clone(), labels[:10].clone(), spec)
-    pipeline = InMemoryPipeline(data, AugmentConfig(), MEAN3, STD3, 128, torch.device("cpu"), seed=0)
-    default_threads = torch.get_num_threads()
-    rates = {}
-    try:
-        for threads in sorted({1, default_threads}):
-            torch.set_num_threads(threads)
-            for _ in pipeline.train_batches(0):  # warm-up
-                pass
-            start = time.perf_counter()
-            for epoch in range(epochs):
-                for _ in pipeline.train_batches(epoch):
-                    pass
-            rates[threads] = epochs * num / (time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(default_threads)
-    with capsys.disabled():
-        measured = ", ".join(f"{threads} thread(s): {rate:,.0f} images/s" for threads, rate in rates.items())
-        print(f"\nInMemoryPipeline.train_batches, {num}x3x32x32 uint8, batch 128, crop+flip, CPU: {measured}")
 
 
 # -- folder pipeline -------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import hydra.utils
@@ -208,6 +210,74 @@ def test_unknown_option_and_source_and_zoo_weights_are_config_errors() -> None:
 def test_checkpoint_is_ignored() -> None:
     model = build_model("light_cnn", 10, 3, CIFAR_SIZE, checkpoint="/no/such/file.pt")
     assert count_parameters(model) == EXACT_PARAMS_10["light_cnn"]
+
+
+USER_BUILDERS = """
+from torch import nn
+
+
+def mlp(num_classes: int, in_channels: int, image_size: int, *, hidden: int) -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size**2, hidden), nn.Linear(hidden, num_classes))
+
+
+def flexible(**arguments):
+    return nn.Linear(arguments["in_channels"], arguments["num_classes"])
+
+
+def shapeless(num_classes: int) -> nn.Module:
+    return nn.Identity()
+
+
+def not_a_module(num_classes: int, in_channels: int, image_size: int):
+    return "mlp"
+
+
+CONSTANT = 3
+"""
+
+
+@pytest.fixture
+def user_builders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    (tmp_path / "user_builders.py").write_text(USER_BUILDERS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "user_builders", raising=False)
+    return "user_builders"
+
+
+def test_a_name_with_a_dot_is_the_import_path_of_a_builder_of_your_own(user_builders: str) -> None:
+    model = build_model(f"{user_builders}.mlp", 10, 1, DIGITS_SIZE, hidden=7)
+    assert _logits(model, 1, DIGITS_SIZE).shape == (BATCH, 10) and model[1].out_features == 7
+    assert isinstance(build_model(f"{user_builders}.flexible", 4, 3, 8, anything=1), nn.Linear)
+    with pytest.raises(ConfigError, match="'user_builders.mlp' has no option 'depth'; its options are: hidden"):
+        build_model(f"{user_builders}.mlp", 10, 1, DIGITS_SIZE, hidden=7, depth=2)
+    assert f"{user_builders}.mlp" not in list_models()
+
+
+@pytest.mark.parametrize(
+    "name,message",
+    [
+        ("no_such_module.net", "cannot import no_such_module for no_such_module.net"),
+        ("user_builders.missing", "user_builders.missing is not a model builder"),
+        ("user_builders.CONSTANT", "user_builders.CONSTANT is not a model builder"),
+        ("user_builders.shapeless", "must take the keyword arguments num_classes, in_channels, image_size"),
+        ("user_builders.not_a_module", "returned a str; a builder must return an nn.Module"),
+    ],
+)
+def test_a_bad_builder_path_is_a_config_error_naming_the_name(user_builders: str, name: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as caught:
+        build_model(name, 10, 3, CIFAR_SIZE)
+    assert caught.value.key == "name"
+
+
+def test_the_zoo_is_found_by_walking_the_package_in_a_fresh_process() -> None:
+    """``kd_hydra.models`` imports no architecture module itself; listing the zoo finds all of them."""
+    code = (
+        "import sys, kd_hydra.models as m; "
+        "assert not any(n.endswith('.resnet_cifar') for n in sys.modules); print(','.join(m.list_models()))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().split(",") == sorted(ZOO)
 
 
 def test_torchvision_resnet50_on_tiny_imagenet_shape() -> None:

@@ -44,7 +44,7 @@ def hydra_session(config_dir: str | os.PathLike | None = None) -> Iterator[Hydra
 
     Hydra's global state is restored on exit, so this is safe in a notebook or inside another Hydra app.
     """
-    register_configs()
+    register_configs(config_dir)
     search_path = create_config_search_path(config_source())
     if config_dir is not None:
         extra = Path(config_dir).absolute()

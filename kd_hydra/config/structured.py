@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, make_dataclass
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -68,9 +69,10 @@ class RootConfig:
     optimized_metric: str = MISSING  # what a sweep that optimises (Optuna) maximises; see kd_hydra.config.objective
 
 
-def register_configs() -> None:
+def register_configs(config_dir: str | os.PathLike | None = None) -> None:
     """Store the root schema ``base_config``, the ``teacher``/``student`` options made from ``conf/model``
-    (:mod:`kd_hydra.models.model_configs`) and the ``kd_cpu_count`` and ``kd_env`` resolvers.
+    and ``<config_dir>/model`` (:mod:`kd_hydra.models.model_configs`) and the ``kd_cpu_count`` and ``kd_env``
+    resolvers. ``config_dir`` is the ``--config-dir`` of the session.
 
     A method's ``loss.*`` keys have no schema here: they are checked against its class's signature in
     :func:`validate` (so no ``loss`` option exists but the YAML files, and users' classes check the same way).
@@ -80,6 +82,6 @@ def register_configs() -> None:
 
     store = ConfigStore.instance()
     store.store(name="base_config", node=RootConfig)
-    register_model_groups(store, config_source())
+    register_model_groups(store, config_source(), *([str(Path(config_dir).absolute())] if config_dir else []))
     OmegaConf.register_new_resolver("kd_cpu_count", lambda: os.cpu_count() or 1, replace=True)
     OmegaConf.register_new_resolver("kd_env", env_or_default, replace=True)

@@ -1,5 +1,8 @@
 """Datasets (loaders returning `ArrayData` / `FolderData`) and the batch pipelines that feed training.
 
+A loader is any function that a dataset YAML's `loader._target_` names (kd-hydra's below, or one of your
+own on `PYTHONPATH`: docs/extending.md); `load_dataset` calls it and applies the validation split.
+
 The names below are served on first use (``kd_hydra.data.load_cifar`` in a YAML ``_target_`` imports its module
 then), so importing a submodule such as :mod:`kd_hydra.data.config` does not import torch.
 """

@@ -1,8 +1,9 @@
-"""Model zoo: CIFAR-style distillation architectures by name, plus any torchvision classifier.
+"""Model zoo: CIFAR-style distillation architectures by name, any torchvision classifier, or a builder of your own.
 
 Public API: :func:`build_model` (the Hydra ``_target_`` of ``conf/model``, the ``teacher`` and ``student`` options),
 :func:`list_models` and :func:`count_parameters`. Every model maps NCHW float images to
-``(N, num_classes)`` logits (no softmax).
+``(N, num_classes)`` logits (no softmax). The zoo's modules register themselves and are found by walking
+this package (:mod:`kd_hydra.models.registry`, where every name resolves).
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ from torch import nn
 
 from kd_hydra.errors import ConfigError
 
-# Importing the architecture modules registers them in the zoo.
-from . import mobile_half, mobilenetv2, resnet_cifar, shufflenetv1, shufflenetv2, tutorial_cnn, vgg, wide_resnet  # noqa: F401
 from .features import OVERRIDE_ATTRIBUTE, validate_feature_points
 from .registry import build_zoo_model, list_models
 from .torchvision_models import build_torchvision_model, list_torchvision_models
@@ -38,7 +37,9 @@ def build_model(
 ) -> nn.Module:
     """Build a classifier mapping ``(N, in_channels, image_size, image_size)`` images to logits.
 
-    ``source="zoo"`` builds :func:`list_models` archs (``arch_kwargs`` are their options, no weights);
+    ``source="zoo"`` builds :func:`list_models` archs, or the builder at import path ``name`` (``module.builder``,
+    called as ``builder(num_classes=, in_channels=, image_size=, **arch_kwargs)``; ``arch_kwargs`` are the
+    architecture's options, no weights);
     ``source="torchvision"`` calls ``torchvision.models.get_model`` (RGB only) and, with ``weights``,
     loads them and replaces the final classifier layer when ``num_classes`` differs from the
     pretrained head. ``checkpoint`` is ignored: the trainer loads teacher checkpoints itself.

@@ -126,13 +126,29 @@ def tracker_run_name(hydra_cfg: DictConfig, output_root: str | Path | None = Non
 
 
 class Tracker(Protocol):
-    """What :class:`RunLoggers` calls; ``__init__`` only checks options and imports the library."""
+    """What ``RunLoggers`` (``kd_hydra.trackers.fanout``) calls, in this order, once per run.
 
-    def start(self, run_name: str, group: str, out_dir: Path) -> None: ...
-    def log_hparams(self, flat_config: dict[str, Scalar]) -> None: ...
-    def log_epoch(self, epoch: int, values: dict[str, float]) -> None: ...
-    def log_summary(self, values: dict[str, float]) -> None: ...
-    def close(self, status: str) -> None: ...
+    ``__init__`` takes the options of the tracker's ``logger/<name>.yaml`` node; it only checks them and
+    imports the library (it also runs before any work, for every job of a sweep): a ``ConfigError``
+    raised there is the one-line error ``logger.<name>.<key>: ...``.
+    A method that raises later switches the tracker off with one warning; the run goes on.
+    """
+
+    def start(self, run_name: str, group: str, out_dir: Path) -> None:
+        """Begin the run ``run_name`` (its overrides) of ``group`` (its sweep directory, or ``runs``) whose
+        files go to ``out_dir`` (the run directory); a tracker that raises here is left out."""
+
+    def log_hparams(self, flat_config: dict[str, Scalar]) -> None:
+        """The resolved config, once, with dotted keys (``loss.temperature``) and scalar values."""
+
+    def log_epoch(self, epoch: int, values: dict[str, float]) -> None:
+        """One ``history.csv`` row: every numeric column but ``epoch`` (empty cells left out), step ``epoch``."""
+
+    def log_summary(self, values: dict[str, float]) -> None:
+        """The finite numbers among the top-level keys of ``metrics.json``, once, at the end."""
+
+    def close(self, status: str) -> None:
+        """End the run: ``status`` is ``"completed"`` or ``"failed"``; also called after a failed run."""
 
 
 def check_timeout(timeout_s: Any) -> float:
