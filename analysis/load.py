@@ -276,6 +276,10 @@ def _usable_metrics(run_dir: Path) -> tuple[dict[str, Any], str | None]:
         if problem != run_directory.NO_METRICS:
             warnings.warn(f"{run_dir / schema.METRICS_FILE}: {problem}: run counted as unfinished", stacklevel=2)
         return {}, problem
+    for checkpoint in run_directory.checkpoint_problems(metrics):
+        warnings.warn(
+            f"{run_dir / schema.METRICS_FILE}: names a checkpoint that is not usable ({checkpoint})", stacklevel=2
+        )
     return metrics, None
 
 

@@ -26,7 +26,9 @@ from omegaconf import DictConfig, OmegaConf
 from kd_hydra.config.checks import validate
 from kd_hydra.enums import Mode
 from kd_hydra.errors import KDHydraError
-from kd_hydra.records.ledger import write_plan
+from kd_hydra.records.claims import exclusive
+from kd_hydra.records.files import write_error
+from kd_hydra.records.ledger import ledger_dir, write_plan
 from kd_hydra.records.run_directory import run_status
 from kd_hydra.sweeps.jobs import (
     JobState,
@@ -221,8 +223,21 @@ class KDSweeper(BasicSweeper):
         overrides = parser.parse_overrides(self._parse_config() + list(arguments))
         first, second = self.plan(overrides)
         sweep_dir = Path(self.config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        try:
+            with exclusive(ledger_dir(sweep_dir), "sweep", f"sweep {sweep_dir}"):
+                return self._run_stages(sweep_dir, first, second)
+        except KDHydraError as error:  # the sweep's own files (ledger, multirun.yaml) or its claim: one line
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(EXIT_BAD_CONFIG)
+
+    def _run_stages(self, sweep_dir: Path, first: list[Planned], second: list[Planned]) -> Any:
+        """Skip what already ran, then launch the two stages; call while holding the sweep's claim (a second
+        invocation of the same sweep waits for it, then finds the jobs completed)."""
+        assert self.config is not None
+        try:
+            OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        except OSError as error:
+            raise write_error(sweep_dir / "multirun.yaml", error) from None
         existing = existing_jobs(sweep_dir)
         for planned in first + second:  # a setting that ran before keeps its directory, even if named otherwise
             planned.dir_name = existing.get(settings_hash(planned.overrides), planned.dir_name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import math
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kd_hydra.enums import Mode
+from kd_hydra.errors import KDHydraError
 from kd_hydra.records import schema
 
 #: Mode of a newly created file before the umask (what ``open(path, "w")`` would use).
@@ -36,15 +38,36 @@ def current_umask() -> int:
     return umask
 
 
+class WriteError(KDHydraError, OSError):
+    """A file of a run, cache or ledger cannot be written (a full disk, no permission, a directory or a file in
+    the way): one line naming the path; the file it would have replaced is unchanged. An ``OSError`` too."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def write_error(path: Path, error: OSError) -> WriteError:
+    """The one-line :class:`WriteError` of ``error`` while writing ``path``."""
+    reason = error.strerror or str(error) or type(error).__name__
+    in_the_way = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if in_the_way is not None:
+        reason = f"{in_the_way} is a file, expected a directory"
+    return WriteError(error.errno, f"{path}: cannot be written ({reason}); nothing recorded there was changed")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part.
 
-    The file gets mode ``0o666 & ~umask``, like a file opened for writing (not mkstemp's 0600).
+    The file gets mode ``0o666 & ~umask``, like a file opened for writing (not mkstemp's 0600). A failure (a
+    full disk, an unwritable or odd-typed path) is a :class:`WriteError` naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp_name = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_dir() and not path.is_symlink():
+            raise IsADirectoryError(errno.EISDIR, "is a directory, expected a file", str(path))
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as handle:
             if hasattr(os, "fchmod"):  # POSIX only
                 os.fchmod(handle.fileno(), NEW_FILE_MODE & ~current_umask())
@@ -52,8 +75,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
+    except BaseException as error:
+        if tmp_name is not None:
+            Path(tmp_name).unlink(missing_ok=True)
+        if isinstance(error, OSError) and not isinstance(error, WriteError):
+            raise write_error(path, error) from None
         raise
 
 

@@ -11,9 +11,11 @@ metrics.json (no torch: the analysis and the sweeper use it).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
-from collections.abc import Mapping
+import zipfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from kd_hydra.errors import ConfigError
 from kd_hydra.records import schema
+from kd_hydra.records.claims import exclusive
 from kd_hydra.records.files import atomic_write_text, metrics_record, write_json
 from kd_hydra.records.identity import (
     digest,
@@ -33,6 +36,8 @@ from kd_hydra.records.identity import (
 
 MODEL_FILE = "model.pt"
 CHECKPOINTS_DIR = "checkpoints"
+#: The run directory's claim (``.kd-hydra-claim.lock`` and ``.json``): one writer at a time.
+CLAIM_NAME = ".kd-hydra-claim"
 #: Files and folders of a run's results: removed when a run starts over in the same directory.
 RESULT_FILES = (schema.METRICS_FILE, schema.HISTORY_FILE, MODEL_FILE, schema.TRAIN_STATE_FILE, CHECKPOINTS_DIR)
 
@@ -86,6 +91,26 @@ def _type_name(value: Any) -> str:
     return "null" if value is None else f"a {type(value).__name__}"
 
 
+#: metrics.json keys that name a saved checkpoint of the run.
+CHECKPOINT_KEYS = ("checkpoint", "best_checkpoint")
+
+
+def checkpoint_problems(record: Mapping[str, Any]) -> list[str]:
+    """``best_checkpoint: <path> is missing`` (or ``is not a loadable checkpoint``) for each checkpoint metrics.json
+    names that is not there or is not a torch archive; empty when all are there."""
+    problems = []
+    for key in CHECKPOINT_KEYS:
+        value = record.get(key)
+        if not isinstance(value, str) or not value:
+            continue
+        path = Path(value)
+        if not path.is_file():
+            problems.append(f"{key}: {path} is missing")
+        elif not zipfile.is_zipfile(path):
+            problems.append(f"{key}: {path} is not a loadable checkpoint")
+    return problems
+
+
 def run_status(run_dir: Path) -> tuple[str, str | None]:
     """``(status, reason)`` of a run directory: completed, failed, or unfinished (no or unreadable metrics)."""
     record, problem = read_metrics(run_dir)
@@ -128,6 +153,52 @@ class RunDirectory:
             f"{self.path} holds a completed run of another identity ({differences}); nothing in it was changed: "
             "use another run directory, or trainer.resume=never to replace it",
         )
+
+    @contextlib.contextmanager
+    def claimed(self) -> Iterator[None]:
+        """Hold the directory's exclusive claim (one writer across processes and hosts) while the block runs.
+
+        A symbolic link is refused before anything is written (a run writes only into a real directory).
+        """
+        if self.path.is_symlink():
+            raise ConfigError(
+                "hydra.run.dir",
+                f"{self.path}: is a symbolic link (to {self.path.readlink()}); nothing was written: "
+                "give the real directory",
+            )
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError("hydra.run.dir", f"{self.path}: is a file, expected a directory; nothing was written")
+        with exclusive(self.path, CLAIM_NAME, f"run directory {self.path}"):
+            yield
+
+    def refuse_foreign(self, evaluation: bool) -> None:
+        """Refuse, in one line, a directory whose record kd-hydra did not write, and (``evaluation``) one that
+        holds a training run's record: an evaluation never writes beside it."""
+        metrics = self.path / schema.METRICS_FILE
+        written = [name for name in RESULT_FILES if (self.path / name).exists()]
+        if not written:
+            return
+        record, problem = read_metrics(self.path)
+        ours = (self.path / schema.HYDRA_DIR / schema.CONFIG_FILE).is_file()
+        if metrics.exists() and (record is None or "schema_version" not in record):
+            why = problem or "no schema_version"
+            raise ConfigError(
+                "hydra.run.dir",
+                f"{metrics}: was not written by kd-hydra ({why}); nothing in {self.path} was changed: "
+                "use another run directory",
+            )
+        if not ours:
+            raise ConfigError(
+                "hydra.run.dir",
+                f"{self.path} holds {', '.join(written)} that kd-hydra did not write (no {schema.HYDRA_DIR}/"
+                f"{schema.CONFIG_FILE}); nothing in it was changed: use another run directory",
+            )
+        if evaluation and (record is None or record.get("mode") != "eval"):
+            raise ConfigError(
+                "hydra.run.dir",
+                f"{self.path} holds a training run's record; an evaluation never writes into it: "
+                "give the evaluation its own directory",
+            )
 
     def holds_record(self) -> bool:
         """Whether a run's results or resumable state are here (then a failure before the claim writes nothing)."""

@@ -35,6 +35,7 @@ from kd_hydra.records.run_directory import (
     CHECKPOINTS_DIR,
     MODEL_FILE,
     RunDirectory,
+    checkpoint_problems,
     failure_reason,
     write_completed,
     write_failed,
@@ -81,9 +82,28 @@ class Plan:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Run one job and write its files; a completed run of the same identity is reported and left alone."""
+    """Run one job and write its files; a completed run of the same identity is reported and left alone.
+
+    The run holds its directory's exclusive claim throughout (another writer waits); a directory holding files
+    kd-hydra did not write, or (for an evaluation) a training run's record, is refused before anything is written.
+    """
     started = time.perf_counter()
     directory = RunDirectory(Path(HydraConfig.get().runtime.output_dir))
+    with directory.claimed():
+        directory.refuse_foreign(evaluation=OmegaConf.select(cfg, "mode") == Mode.eval.value)
+        return run_claimed(cfg, directory, started)
+
+
+def record_failure(directory: RunDirectory, cfg: DictConfig, started: float, reason: str, identity: Any = None) -> None:
+    """A failed metrics.json; when even that cannot be written (a full disk), a warning: the run's error stands."""
+    try:
+        write_failed(directory.path, cfg, time.perf_counter() - started, reason, identity)
+    except OSError as error:
+        log.warning("could not record the failure: %s", error)
+
+
+def run_claimed(cfg: DictConfig, directory: RunDirectory, started: float) -> dict[str, Any]:
+    """:func:`run` once the directory is claimed."""
     never = Resume(cfg.trainer.resume) is Resume.never
     try:
         validate(cfg)
@@ -94,11 +114,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             checkpointing(ctx, directory.path / schema.TRAIN_STATE_FILE, plan.identity).load()
     except Exception as error:  # nothing of another run's record changes: a failed record only in a new directory
         if not directory.holds_record():
-            claim(directory, cfg, fresh=False)
-            write_failed(directory.path, cfg, time.perf_counter() - started, failure_reason(error))
+            try:
+                claim(directory, cfg, fresh=False)
+            except OSError as unwritable:
+                log.warning("could not record the failure: %s", unwritable)
+            else:
+                record_failure(directory, cfg, started, failure_reason(error))
         record_outcome(directory.path, schema.STATUS_FAILED, failure_reason(error))
         raise
     if completed is not None:
+        for problem in checkpoint_problems(completed):
+            log.warning("%s: metrics.json names a checkpoint that is not usable (%s)", directory.path, problem)
         print(headline(completed, directory.path, prefix="already completed, left alone: "), flush=True)
         record_outcome(directory.path, schema.STATUS_COMPLETED, None)
         return completed
@@ -111,7 +137,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if isinstance(error, DivergedError):  # nothing a diverged run trained is kept
             for name in (schema.TRAIN_STATE_FILE, MODEL_FILE):
                 (directory.path / name).unlink(missing_ok=True)
-        write_failed(directory.path, cfg, time.perf_counter() - started, failure_reason(error), plan.identity)
+        record_failure(directory, cfg, started, failure_reason(error), plan.identity)
         record_outcome(directory.path, schema.STATUS_FAILED, failure_reason(error))
         ctx.trackers.close(schema.STATUS_FAILED)
         raise

@@ -31,6 +31,8 @@ HASH_CHUNK_BYTES = 1 << 20
 #: How long a job waits for another process working on the same entry before giving up.
 DEFAULT_LOCK_TIMEOUT_S = 24 * 3600.0
 KEY_DIGITS = 16
+#: The seal's key holding what the entry's key digests: checked on every read, so that a moved entry is never served.
+DESCRIPTION_KEY = "description"
 
 
 def file_sha256(path: Path) -> str:
@@ -40,6 +42,11 @@ def file_sha256(path: Path) -> str:
         while chunk := handle.read(HASH_CHUNK_BYTES):
             hasher.update(chunk)
     return hasher.hexdigest()
+
+
+def _plain_json(value: Any) -> Any:
+    """``value`` as JSON gives it back (tuples as lists, keys as text): how a seal records it."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
 def entry_name(description: Mapping[str, Any], label: str = "", digits: int = KEY_DIGITS) -> str:
@@ -126,20 +133,37 @@ class CacheEntry:
             return None, f"unreadable {SEAL_FILE} ({type(error).__name__})"
         return dict(seal), ""
 
-    def open(self, quiet: bool = False) -> dict[str, Any] | None:
-        """The seal's content when the entry is sealed and every file matches it; None otherwise.
+    def open(self, quiet: bool = False, describes: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+        """The seal's content when the entry is sealed, every file matches it and (with ``describes``) its
+        recorded ``description`` is ``describes``; None otherwise.
 
-        A damaged entry (a file missing, changed, or an unreadable seal) is logged unless ``quiet``.
+        A damaged entry (a file missing, changed, or an unreadable seal) is logged unless ``quiet``; an entry
+        that describes something else (placed under another key) is always logged: it is never served.
         """
         seal, problem = self.verified()
         if problem and not quiet:
             log.warning("cache entry %s is damaged (%s); it will be rebuilt", self.path, problem)
+        if seal is not None and describes is not None and not self.describes(seal, describes):
+            return None
         return seal
 
-    def add_sealed(self, name: str, data: bytes) -> None:
-        """Write one more file and add it to the seal (hold :meth:`locked` around it): entries that grow."""
+    def describes(self, seal: Mapping[str, Any], description: Mapping[str, Any]) -> bool:
+        """Whether ``seal`` records ``description`` (what the entry's key digests); a mismatch is logged."""
+        if _plain_json(seal.get(DESCRIPTION_KEY)) == _plain_json(description):
+            return True
+        log.warning(
+            "cache entry %s does not hold what its key names (its seal records another %s); it is not used "
+            "and will be rebuilt",
+            self.path,
+            "description" if seal.get(DESCRIPTION_KEY) is not None else "entry: none",
+        )
+        return False
+
+    def add_sealed(self, name: str, data: bytes, description: Mapping[str, Any] | None = None) -> None:
+        """Write one more file and add it to the seal (hold :meth:`locked` around it): entries that grow.
+        A new seal records ``description`` (what the key digests)."""
         sha = self.write(name, data)
-        seal = self._read_seal() or {"files": {}}
+        seal = self._read_seal() or {"files": {}, DESCRIPTION_KEY: _plain_json(description)}
         seal["files"][name] = sha
         write_json(self.file(SEAL_FILE), seal)
 

@@ -172,7 +172,9 @@ class CachedTeacher:
         max_bytes: int,
     ) -> None:
         self.root = Path(root)
+        self.description = dict(description)
         self.entry = CacheEntry(self.root / entry_name(description, digits=24))
+        self._checked = False  # whether the entry's seal was compared with ``description`` (once, under the lock)
         self.teacher = teacher.eval().requires_grad_(False)
         self.pipeline = pipeline
         self.runtime = runtime
@@ -194,6 +196,9 @@ class CachedTeacher:
     def begin_epoch(self, epoch: int) -> None:
         name = f"epoch_{epoch:04d}.pt"
         with self.entry.locked("computing these soft labels"):
+            if not self._checked:
+                self._drop_foreign_entry()
+                self._checked = True
             stored = self._read(name)
             if stored is None:
                 started = time.perf_counter()
@@ -217,6 +222,13 @@ class CachedTeacher:
                 logits[sample_indices] = self.teacher(images).float()
         return logits
 
+    def _drop_foreign_entry(self) -> None:
+        """Remove the entry when its seal records another description (it was placed under this key): its logits
+        belong to another teacher or plan and are never served. Call under the entry's lock."""
+        seal = self.entry.open(quiet=True)
+        if seal is not None and not self.entry.describes(seal, self.description):
+            shutil.rmtree(self.entry.path, ignore_errors=True)
+
     def _read(self, name: str) -> dict[str, Tensor] | None:
         data = self.entry.read_sealed(name)
         if data is None:
@@ -235,7 +247,8 @@ class CachedTeacher:
 
     def _write(self, name: str, stored: dict[str, Tensor]) -> None:
         try:
-            self.entry.add_sealed(name, _serialize({"format": CACHE_FORMAT, "tensors": stored}))
+            payload = _serialize({"format": CACHE_FORMAT, "tensors": stored})
+            self.entry.add_sealed(name, payload, description=self.description)
         except OSError as error:  # e.g. evicted by another job meanwhile: keep going without storing
             log.warning("could not store soft labels at %s (%s)", self.entry.file(name), error)
             return

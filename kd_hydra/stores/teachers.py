@@ -80,12 +80,12 @@ class TeacherStore:
         """Load the stored teacher into ``model``; if there is none (or it is damaged), ``train`` and store it."""
         entry = self.entry(identity, label)
         teacher_id = digest(identity)
-        stored = self._load(entry, model, arch, teacher_id, quiet=True)
+        stored = self._load(entry, model, arch, teacher_id, quiet=True, identity=identity)
         if stored is not None:
             return stored
         entry.writable_root()
         with entry.locked("training this teacher"):
-            stored = self._load(entry, model, arch, teacher_id)
+            stored = self._load(entry, model, arch, teacher_id, identity=identity)
             if stored is not None:
                 return stored
             self._prepare(entry)
@@ -104,7 +104,7 @@ class TeacherStore:
                 files,
                 result=summary,
                 arch=arch.__dict__,
-                identity=dict(identity),
+                description=dict(identity),
                 created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             )
             entry.file(TRAIN_STATE_FILE).unlink(missing_ok=True)
@@ -142,9 +142,15 @@ class TeacherStore:
 
     @staticmethod
     def _load(
-        entry: CacheEntry, model: nn.Module, arch: ArchSignature, teacher_id: str, quiet: bool = False
+        entry: CacheEntry,
+        model: nn.Module,
+        arch: ArchSignature,
+        teacher_id: str,
+        quiet: bool = False,
+        identity: Mapping[str, Any] | None = None,
     ) -> Teacher | None:
-        seal = entry.open(quiet=quiet)
+        """The stored teacher when the entry is sealed, intact and records ``identity`` (what its key digests)."""
+        seal = entry.open(quiet=quiet, describes=identity)
         if seal is None:
             return None
         backup = {name: tensor.clone() for name, tensor in unwrap(model).state_dict().items()}
@@ -173,7 +179,7 @@ def load_external(model: nn.Module, path: Path, arch: ArchSignature) -> str:
 def evaluated_once(root: Path, description: Mapping[str, Any], evaluate: Callable[[], float]) -> float:
     """A test accuracy evaluated once per ``description`` (checkpoint + data) and kept in a cache entry."""
     entry = CacheEntry(root / entry_name(description, digits=24))
-    seal = entry.open(quiet=True)
+    seal = entry.open(quiet=True, describes=description)
     if seal is not None:
         try:
             return float(json.loads(entry.file(EVAL_RECORD).read_text())["test_acc"])
@@ -182,7 +188,7 @@ def evaluated_once(root: Path, description: Mapping[str, Any], evaluate: Callabl
     accuracy = evaluate()
     try:
         sha = entry.write(EVAL_RECORD, json.dumps({"test_acc": accuracy, **description}).encode())
-        entry.seal({EVAL_RECORD: sha})
+        entry.seal({EVAL_RECORD: sha}, description=dict(description))
     except OSError as error:  # a read-only cache: evaluate again next time
         log.warning("could not keep the teacher's test accuracy at %s (%s)", entry.path, error)
     return accuracy

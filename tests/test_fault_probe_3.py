@@ -1,0 +1,262 @@
+"""The third fault probe (issue 25), mechanisms 1 to 4: cache entries checked against their key, one writer per run
+directory, waits and write failures that say so, and records that never describe what is not there."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from test_store_seams import (
+    BATCHES,
+    CLASSES,
+    LOGIT_METHOD,
+    RUNTIME,
+    cache_settings,
+    epoch_logits,
+    generated_pipeline,
+    tiny_teacher,
+)
+from torch import nn
+
+from conftest import read_metrics
+from kd_hydra.errors import KDHydraError
+from kd_hydra.models.checkpoints import ArchSignature
+from kd_hydra.records import schema
+from kd_hydra.records.claims import exclusive
+from kd_hydra.records.files import WriteError, write_json
+from kd_hydra.records.ledger import ledger_dir
+from kd_hydra.records.run_directory import CLAIM_NAME, RunDirectory
+from kd_hydra.stores.teacher_outputs import LiveTeacher, teacher_outputs
+from kd_hydra.stores.teachers import TeacherStore
+from kd_hydra.sweeps.jobs import run_dirs_of
+
+pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
+
+TINY_ARCH = ArchSignature(name="tiny", source="zoo", num_classes=CLASSES, in_channels=3, image_size=6)
+
+
+# ------------------------------------------------------------------ 1. a cache entry is checked against its key
+
+
+def test_a_teacher_entry_placed_under_another_recipes_key_is_never_served(tmp_path: Path) -> None:
+    store = TeacherStore(tmp_path)
+    recipe_a, recipe_b = {"training": {"lr": 0.1}}, {"training": {"lr": 0.5}}
+    trained: list[str] = []
+
+    def train_as(name: str, seed: int):
+        def train(model: nn.Module, entry_dir: Path) -> dict[str, float]:
+            model.load_state_dict(tiny_teacher(seed).state_dict())
+            trained.append(name)
+            return {"final_test_acc": 50.0 + seed}
+
+        return train
+
+    store.get_or_train(recipe_a, "t", tiny_teacher(), TINY_ARCH, train_as("a", 1))
+    entry_a, entry_b = store.entry(recipe_a, "t").path, store.entry(recipe_b, "t").path
+    shutil.copytree(entry_a, entry_b)  # recipe a's teacher, under recipe b's key, its seal intact
+    teacher = store.get_or_train(recipe_b, "t", tiny_teacher(), TINY_ARCH, train_as("b", 2))
+    assert trained == ["a", "b"] and teacher.source == "trained" and teacher.test_acc == 52.0
+    for name, tensor in teacher.model.state_dict().items():
+        assert torch.equal(tensor, tiny_teacher(2).state_dict()[name])
+    again = store.get_or_train(recipe_b, "t", tiny_teacher(), TINY_ARCH, train_as("b", 3))
+    assert again.source == "store" and trained == ["a", "b"]
+
+
+def outputs_for(root: Path, teacher: nn.Module, teacher_sha256: str):
+    pipeline = generated_pipeline()
+    settings = cache_settings(root)
+    return teacher_outputs(teacher, teacher_sha256, LOGIT_METHOD, pipeline, BATCHES, CLASSES, settings, RUNTIME)
+
+
+def test_a_soft_label_entry_of_teacher_a_under_teacher_bs_key_is_recomputed(tmp_path: Path) -> None:
+    pipeline = generated_pipeline()
+    cold_a = outputs_for(tmp_path, tiny_teacher(1), "sha-a")
+    logits_a = epoch_logits(cold_a.source, pipeline, epoch=0)
+    entry_a = cold_a.source.entry.path
+    entry_b = outputs_for(tmp_path, tiny_teacher(2), "sha-b").source.entry.path
+    shutil.copytree(entry_a, entry_b)  # a's logits under b's key, sealed
+    served_b = outputs_for(tmp_path, tiny_teacher(2), "sha-b")
+    logits_b = epoch_logits(served_b.source, pipeline, epoch=0)
+    assert served_b.cache_status == "cold" and served_b.source.epochs_computed == 1
+    live_b = epoch_logits(LiveTeacher(tiny_teacher(2), RUNTIME), pipeline, epoch=0)
+    torch.testing.assert_close(logits_b, live_b.to(torch.float16).float(), rtol=0, atol=0)
+    assert not torch.equal(logits_a, logits_b)
+    warm_b = outputs_for(tmp_path, tiny_teacher(2), "sha-b")
+    assert torch.equal(epoch_logits(warm_b.source, pipeline, epoch=0), logits_b) and warm_b.cache_status == "warm"
+
+
+# ------------------------------------------------------------------ 2. one writer per run directory and per sweep
+
+BASE = ["dataset=digits", "mode=student", "trainer.epochs=1", "trainer.num_threads=1", "trainer.device=cpu"]
+
+
+def kd_hydra_files(folder: Path) -> list[str]:
+    """The names in ``folder`` besides Hydra's job log and the claim's lock file."""
+    return sorted(p.name for p in folder.iterdir() if p.name != "run.log" and not p.name.startswith(CLAIM_NAME))
+
+
+def error_line(process) -> str:
+    lines = [line for line in process.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), process.stderr
+    return lines[0]
+
+
+def test_two_runs_into_one_directory_never_write_at_the_same_time(workspace) -> None:
+    run_dir = workspace.root / "runs" / "shared"
+    workspace.env["KD_HYDRA_CLAIM_TIMEOUT_S"] = "0.5"
+    with RunDirectory(run_dir).claimed():  # another writer holds the directory
+        _, process = workspace.single("shared", *BASE, expect=2)
+        line = error_line(process)
+        assert f"is still held by pid {os.getpid()}" in line and str(run_dir) in line, line
+        assert not (run_dir / schema.METRICS_FILE).exists() and not (run_dir / schema.HYDRA_DIR).exists()
+    released = threading.Event()
+
+    def hold_then_release() -> None:
+        with RunDirectory(run_dir).claimed():
+            released.wait(1.0)
+
+    holder = threading.Thread(target=hold_then_release)
+    holder.start()
+    time.sleep(0.2)
+    workspace.env["KD_HYDRA_CLAIM_TIMEOUT_S"] = "60"
+    workspace.single("shared", *BASE)  # waits for the holder, then runs alone
+    holder.join()
+    assert "waiting for run directory" in (run_dir / "run.log").read_text()
+    assert read_metrics(run_dir)["status"] == "completed"
+
+
+def test_a_stale_claim_is_taken_over_and_says_so(workspace) -> None:
+    run_dir = workspace.root / "runs" / "stale"
+    run_dir.mkdir(parents=True)
+    owner = {"user": "gone", "host": "elsewhere", "pid": 999999, "since": "2020-01-01T00:00:00+00:00"}
+    (run_dir / f"{CLAIM_NAME}.json").write_text(json.dumps(owner))
+    workspace.single("stale", *BASE)
+    assert "taking over a stale claim of pid 999999 of gone on elsewhere" in (run_dir / "run.log").read_text()
+    assert read_metrics(run_dir)["status"] == "completed" and not (run_dir / f"{CLAIM_NAME}.json").exists()
+
+
+def test_a_second_invocation_of_a_sweep_waits_for_the_first(workspace) -> None:
+    sweep_dir = workspace.root / "sweeps" / "twice"
+    workspace.env["KD_HYDRA_CLAIM_TIMEOUT_S"] = "0.5"
+    args = (*BASE, "trainer.seed=1,2")
+    with exclusive(ledger_dir(sweep_dir), "sweep", "the first invocation"):
+        _, process = workspace.sweep("twice", *args, expect=2)
+        assert "is still held by pid" in error_line(process)
+    assert run_dirs_of(sweep_dir) == []
+    workspace.sweep("twice", *args)
+    _, again = workspace.sweep("twice", *args)  # after the first: every job is found completed, none runs again
+    assert "skipping 2 completed jobs" in again.stdout + again.stderr
+    assert [read_metrics(d)["status"] for d in run_dirs_of(sweep_dir)] == ["completed", "completed"]
+
+
+# ------------------------------------------------------------------ 3. waits and write failures say so
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_keeps_what_was_recorded(tmp_path: Path, monkeypatch) -> None:
+    target = tmp_path / "metrics.json"
+    write_json(target, {"status": "completed"})
+
+    def full_disk(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(WriteError) as raised:
+        write_json(target, {"status": "failed"})
+    monkeypatch.undo()
+    assert (
+        str(raised.value)
+        == f"{target}: cannot be written (No space left on device); nothing recorded there was changed"
+    )
+    assert isinstance(raised.value, KDHydraError) and raised.value.errno == errno.ENOSPC
+    assert json.loads(target.read_text()) == {"status": "completed"} and sorted(tmp_path.iterdir()) == [target]
+
+
+def test_a_full_disk_during_a_run_is_one_line(workspace, monkeypatch) -> None:
+    real_mkstemp = tempfile.mkstemp
+
+    def full_for_history(*args, **kwargs):
+        if str(kwargs.get("prefix", "")).startswith(f".{schema.HISTORY_FILE}."):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_mkstemp(*args, **kwargs)
+
+    monkeypatch.setattr("kd_hydra.records.files.tempfile.mkstemp", full_for_history)
+    run_dir, process = workspace.single("full", *BASE, expect=2)
+    line = error_line(process)
+    assert line == f"error: {run_dir / schema.HISTORY_FILE}: cannot be written (No space left on device); " + (
+        "nothing recorded there was changed"
+    )
+    assert read_metrics(run_dir)["status"] == "failed" and not (run_dir / "model.pt").exists()
+
+
+@pytest.mark.parametrize("odd", ["ledger-is-a-file", "plan-is-a-directory"])
+def test_odd_typed_ledger_paths_are_one_line(workspace, odd: str) -> None:
+    sweep_dir = workspace.root / "sweeps" / odd
+    sweep_dir.mkdir(parents=True)
+    if odd == "ledger-is-a-file":
+        ledger_dir(sweep_dir).write_text("")
+        named = ledger_dir(sweep_dir)
+    else:
+        (ledger_dir(sweep_dir) / "plan.json").mkdir(parents=True)
+        named = ledger_dir(sweep_dir) / "plan.json"
+    _, process = workspace.sweep(odd, *BASE, "trainer.seed=1,2", expect=2)
+    line = error_line(process)
+    assert str(named) in line and "cannot be written" in line, line
+    assert run_dirs_of(sweep_dir) == []
+
+
+def test_a_run_directory_that_is_a_symbolic_link_is_refused_untouched(workspace) -> None:
+    real = workspace.root / "real"
+    real.mkdir()
+    (real / "notes.txt").write_text("mine")
+    link = workspace.root / "runs" / "link"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(real)
+    process = workspace.run(*BASE, f"hydra.run.dir={link}", expect=2)
+    assert error_line(process).startswith(f"error: hydra.run.dir: {link}: is a symbolic link"), process.stderr
+    assert kd_hydra_files(real) == ["notes.txt"]
+
+
+# ------------------------------------------------------------------ 4. records that describe only what is there
+
+
+@pytest.mark.parametrize("foreign", [schema.METRICS_FILE, schema.HISTORY_FILE])
+def test_a_directory_with_another_tools_record_is_refused(workspace, foreign: str) -> None:
+    run_dir = workspace.root / "runs" / "foreign"
+    run_dir.mkdir(parents=True)
+    content = '{"accuracy": 0.93}\n' if foreign == schema.METRICS_FILE else "step,loss\n1,0.5\n"
+    (run_dir / foreign).write_text(content)
+    _, process = workspace.single("foreign", *BASE, expect=2)
+    line = error_line(process)
+    assert line.startswith("error: hydra.run.dir: ") and ("kd-hydra did not write" in line or "not written by" in line)
+    assert kd_hydra_files(run_dir) == [foreign]
+    assert (run_dir / foreign).read_text() == content
+
+
+def test_an_evaluation_never_writes_into_a_training_runs_directory(workspace) -> None:
+    run_dir, _ = workspace.single("trained", *BASE)
+    before = {name: (run_dir / name).read_bytes() for name in kd_hydra_files(run_dir) if (run_dir / name).is_file()}
+    args = ("dataset=digits", "mode=eval", "teacher=light_cnn", f"teacher.checkpoint={run_dir / 'model.pt'}")
+    _, process = workspace.single("trained", *args, "trainer.device=cpu", expect=2)
+    assert "an evaluation never writes into it" in error_line(process)
+    after = {name: (run_dir / name).read_bytes() for name in kd_hydra_files(run_dir) if (run_dir / name).is_file()}
+    assert after == before
+
+
+def test_a_missing_best_checkpoint_is_named_on_rerun_and_in_the_analysis(workspace) -> None:
+    from analysis.load import load_runs
+
+    run_dir, _ = workspace.single("best", *BASE, "trainer.save_best=true")
+    best = Path(read_metrics(run_dir)["best_checkpoint"])
+    best.unlink()
+    workspace.single("best", *BASE, "trainer.save_best=true")  # left alone, with a warning
+    assert f"best_checkpoint: {best} is missing" in (run_dir / "run.log").read_text()
+    with pytest.warns(UserWarning, match=r"names a checkpoint that is not usable \(best_checkpoint: .* is missing\)"):
+        load_runs(run_dir)
