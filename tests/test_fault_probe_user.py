@@ -1,0 +1,130 @@
+"""The third fault probe (issue 25), mechanisms 5 and 6: user methods, checks before any work, neighbours that leak."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY, Workspace, one_line_error
+from kd_hydra.records import schema
+
+pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
+
+# ----------------------------------------------------------------------------- 5. user methods
+
+USER_HEAD = """
+import math
+import torch
+from kd_hydra.losses import cross_entropy
+from kd_hydra.methods import DistillMethod, LossOutput
+
+CALLS = [0]
+"""
+
+USER_METHODS = {
+    "syntax": "class Broken(DistillMethod)\n    pass\n",
+    "non_scalar": """
+class Method(DistillMethod):
+    def forward(self, batch):
+        ce = torch.nn.functional.cross_entropy(batch.student_logits, batch.targets, reduction="none")
+        return LossOutput(ce, {"ce": ce.mean()})
+""",
+    "non_finite": """
+class Method(DistillMethod):
+    def forward(self, batch):
+        ce = cross_entropy(batch.student_logits, batch.targets)
+        return LossOutput(ce * math.inf, {"ce": ce})
+""",
+    "parts": """
+class Method(DistillMethod):
+    parts = ("ce", "mse")
+    def __init__(self, *, mse_weight: float) -> None:
+        super().__init__()
+        self.mse_weight = mse_weight
+    def forward(self, batch):
+        ce = cross_entropy(batch.student_logits, batch.targets)
+        return LossOutput(ce, {"ce": ce, "mse_loss": ce})
+""",
+    "column": """
+class Method(DistillMethod):
+    parts = ("ce", "acc")
+    def __init__(self, *, acc_weight: float) -> None:
+        super().__init__()
+        self.acc_weight = acc_weight
+    def forward(self, batch):
+        ce = cross_entropy(batch.student_logits, batch.targets)
+        return self.weighted_loss(batch, {"ce": ce, "acc": ce})
+""",
+    "late": """
+class Method(DistillMethod):
+    def forward(self, batch):
+        CALLS[0] += 1
+        ce = cross_entropy(batch.student_logits, batch.targets)
+        return LossOutput(ce if CALLS[0] == 1 else ce.expand(3), {"ce": ce})
+""",
+}
+SETTINGS = {"parts": "mse_weight: 1.0\n", "column": "acc_weight: 1.0\n"}
+
+
+def user_method(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str) -> Path:
+    """``user_<case>.py`` importable and ``conf/loss/user.yaml`` naming its class; the config dir."""
+    module = f"user_{case}"
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / f"{module}.py").write_text(USER_HEAD + USER_METHODS[case])
+    conf = tmp_path / "conf" / "loss"
+    conf.mkdir(parents=True)
+    cls = "Broken" if case == "syntax" else "Method"
+    conf.joinpath("user.yaml").write_text(f"_target_: {module}.{cls}\nname: user\n{SETTINGS.get(case, '')}")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    return tmp_path / "conf"
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("syntax", "importing user_syntax for user_syntax.Broken fails: SyntaxError"),
+        ("non_scalar", "user_non_scalar.Method.forward's total must be a scalar (got shape (4,))"),
+        ("non_finite", "user_non_finite.Method.forward's total is not finite (inf)"),
+        ("parts", "user_parts.Method.forward returned parts ['ce', 'mse_loss'], its parts declare ['ce', 'mse']"),
+        ("column", "user_column.Method.parts has 'acc', whose history column train_acc is a built-in one"),
+    ],
+)
+def test_a_faulty_user_method_is_one_line_naming_the_target_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workspace: Workspace, case: str, message: str
+):
+    conf = user_method(tmp_path / "user", monkeypatch, case)
+    run_dir, process = workspace.single("user", "--config-dir", str(conf), *TINY, "loss=user", expect=2)
+    line = one_line_error(process)
+    assert line.startswith("error: loss._target_: ") and message in line, line
+    assert not (workspace.root / "cache" / "teachers").exists()  # refused before the teacher stage
+    assert not (run_dir / schema.HISTORY_FILE).exists() and not (run_dir / "model.pt").exists()
+
+
+def test_a_user_method_that_breaks_after_the_probe_fails_at_the_first_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workspace: Workspace, teacher_workspace: Workspace
+):
+    workspace.copy_from(teacher_workspace, "cache")
+    conf = user_method(tmp_path / "user", monkeypatch, "late")
+    run_dir, process = workspace.single("late", "--config-dir", str(conf), *TINY, "loss=user", expect=2)
+    line = one_line_error(process)
+    assert "error: loss._target_: user_late.Method.forward's total must be a scalar (got shape (3,))" in line
+    from kd_hydra.records.run_directory import read_metrics
+
+    record, _ = read_metrics(run_dir)
+    assert record is None or record["status"] == schema.STATUS_FAILED
+    assert not (run_dir / "model.pt").exists()
+
+
+def test_the_probe_leaves_the_method_and_the_random_state_as_they_were():
+    import torch
+
+    from kd_hydra.methods.contract import probe_method
+    from kd_hydra.methods.kd import KD
+
+    method = KD(temperature=4.0, alpha=None, ce_weight=1.0, kd_weight=1.0, standardize=False)
+    before = torch.get_rng_state()
+    probe_method(method, {}, {}, 10)
+    assert torch.equal(before, torch.get_rng_state())
