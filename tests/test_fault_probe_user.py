@@ -128,3 +128,82 @@ def test_the_probe_leaves_the_method_and_the_random_state_as_they_were():
     before = torch.get_rng_state()
     probe_method(method, {}, {}, 10)
     assert torch.equal(before, torch.get_rng_state())
+
+
+# ----------------------------------------------------------------------------- 6. the Python API
+
+
+def test_run_experiment_leaves_the_callers_process_state_as_it_found_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    import logging
+    import os
+    import random
+
+    import numpy as np
+    import torch
+
+    import kd_hydra
+
+    monkeypatch.chdir(tmp_path)
+    torch.set_num_threads(3)
+    torch.manual_seed(123)
+    random.seed(5)
+    np.random.seed(7)
+    logger = logging.getLogger("kd_hydra")
+    logger.setLevel(logging.ERROR)
+    root_level, root_handlers = logging.getLogger().level, list(logging.getLogger().handlers)
+    before = (torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy())
+    tiny = [o for o in TINY if not o.startswith("trainer.num_threads")]
+    kd_hydra.run_experiment(
+        [*tiny, "mode=student", "trainer.epochs=1", "trainer.num_threads=1", f"paths.cache_dir={tmp_path / 'c'}"],
+        output_dir=tmp_path / "run",
+        progress=False,
+    )
+    assert torch.get_num_threads() == 3 and os.getcwd() == str(tmp_path)
+    assert torch.equal(before[0], torch.get_rng_state()) and before[1] == random.getstate()
+    assert np.array_equal(before[2], np.random.get_state()[1])
+    assert logger.level == logging.ERROR and logging.getLogger().level == root_level
+    assert logging.getLogger().handlers == root_handlers
+
+
+def test_a_concurrent_call_is_refused_in_one_line_and_the_first_finishes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    import threading
+
+    import kd_hydra
+    import kd_hydra.run.app
+    from kd_hydra.errors import KDHydraError
+
+    started, release, results = threading.Event(), threading.Event(), []
+
+    def slow_run(cfg):
+        started.set()
+        release.wait(30)
+        return {"status": "completed", "dir": cfg.paths.output_dir}
+
+    monkeypatch.setattr(kd_hydra.run.app, "run", slow_run)
+    first = threading.Thread(
+        target=lambda: results.append(kd_hydra.run_experiment(["mode=student"], output_dir=tmp_path / "a"))
+    )
+    first.start()
+    assert started.wait(30)
+    with pytest.raises(KDHydraError, match="another call is running in this process") as caught:
+        kd_hydra.run_experiment(["mode=student"], output_dir=tmp_path / "b")
+    assert "\n" not in str(caught.value) and not (tmp_path / "b").exists()
+    release.set()
+    first.join(30)
+    assert results and results[0]["status"] == "completed"
+    assert kd_hydra.run_experiment(["mode=student"], output_dir=tmp_path / "c")["status"] == "completed"
+
+
+@pytest.mark.parametrize("overrides", [["-m"], ["--multirun"], ["hydra.mode=MULTIRUN"]])
+def test_run_experiment_refuses_multirun_settings(tmp_path: Path, overrides: list[str]):
+    import kd_hydra
+    from kd_hydra.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="run_experiment runs one job") as caught:
+        kd_hydra.run_experiment(["mode=student", *overrides], output_dir=tmp_path / "run")
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "run").exists() and not list(tmp_path.iterdir())
