@@ -207,3 +207,41 @@ def test_run_experiment_refuses_multirun_settings(tmp_path: Path, overrides: lis
         kd_hydra.run_experiment(["mode=student", *overrides], output_dir=tmp_path / "run")
     assert "\n" not in str(caught.value)
     assert not (tmp_path / "run").exists() and not list(tmp_path.iterdir())
+
+
+# ----------------------------------------------------------------------------- 6. the analysis
+
+ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"a{i}: &a{i} [{', '.join([f'*a{i - 1}' if i > 1 else '*a'] * 9)}]\n" for i in range(1, 10)
+)
+
+
+def test_the_analysis_skips_a_non_utf8_run_name_and_an_alias_bomb_with_a_line_each(tmp_path: Path, capsys):
+    import os
+
+    from analysis import load
+    from analysis.__main__ import main
+    from analysis_fixtures import write_fake_sweep
+
+    sweep = write_fake_sweep(tmp_path / "sweep")
+    bad_name = os.fsencode(sweep.root) + b"/run-\xff"
+    os.makedirs(bad_name + b"/.hydra")
+    with open(bad_name + b"/.hydra/config.yaml", "w") as handle:
+        handle.write("mode: student\n")
+    bomb = sweep.root / "bomb"
+    (bomb / ".hydra").mkdir(parents=True)
+    (bomb / ".hydra" / "config.yaml").write_text(ALIAS_BOMB)
+    (bomb / ".hydra" / "overrides.yaml").write_text(ALIAS_BOMB.replace("a: &a", "- &a", 1).split("\n")[0] + "\n")
+
+    with pytest.warns(UserWarning) as caught:
+        runs = load.load_runs(sweep.root)
+    lines = [str(w.message) for w in caught]
+    assert any("run-\\xff" in line and "not UTF-8" in line for line in lines), lines
+    assert any(str(bomb) in line and "alias" in line for line in lines), lines
+    assert len(runs) == sweep.n_runs + 1  # the bomb is a row (unfinished, config unreadable), the odd name is not
+    row = runs[runs["run_dir"] == str(bomb.resolve())].iloc[0]
+    assert row["status"] == schema.STATUS_UNFINISHED and row.isna()["mode"]  # no config value read
+
+    assert main([str(sweep.root), "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert "not UTF-8" in err and "alias" in err
