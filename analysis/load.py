@@ -18,6 +18,8 @@ import pandas as pd
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from kd_hydra.config.files import check_config_file
+from kd_hydra.errors import ConfigError
 from kd_hydra.records import run_directory, schema
 from kd_hydra.records.identity import flatten
 
@@ -101,12 +103,25 @@ def find_run_dirs(path: str | os.PathLike[str]) -> list[Path]:
 
 
 def _walk_run_dirs(root: Path) -> Iterator[Path]:
-    """Yield run directories below ``root``, skipping hidden folders and following no links."""
+    """Yield run directories below ``root``, skipping hidden folders and following no links; a run directory
+    whose path is not UTF-8 is skipped with a warning naming it (no table, report or CSV could hold it)."""
     for current, subdirs, _files in os.walk(root):
         here = Path(current)
         if (here / schema.HYDRA_DIR / schema.CONFIG_FILE).is_file():
-            yield here
+            if _is_utf8(current):
+                yield here
+            else:
+                shown = os.fsencode(current).decode("utf-8", "backslashreplace")
+                warnings.warn(f"skipping {shown}: its name is not UTF-8; rename it to analyse it", stacklevel=2)
         subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+
+
+def _is_utf8(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes of the name, kept by os.fsdecode as lone surrogates
+        return False
+    return True
 
 
 def load_runs(*paths: str | os.PathLike[str]) -> pd.DataFrame:
@@ -156,6 +171,9 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     else:
         try:
             config = read_config(run_dir)
+        except ConfigError as error:  # not plain bounded YAML (an alias bomb): said, then skipped
+            warnings.warn(f"skipping the config of {run_dir}: {error}", stacklevel=2)
+            config, config_reason = {}, REASON_BAD_CONFIG
         except Exception:  # noqa: BLE001 - any unreadable config is reported, not raised
             config, config_reason = {}, REASON_BAD_CONFIG
         config.update({str(k): canonical(v) for k, v in recorded.items() if v is not None})
@@ -211,8 +229,11 @@ def _jsonable(value: Any) -> Any:
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:
-    """``.hydra/config.yaml`` flattened to dotted keys; interpolations resolved where possible."""
-    config = OmegaConf.load(run_dir / schema.HYDRA_DIR / schema.CONFIG_FILE)
+    """``.hydra/config.yaml`` flattened to dotted keys; interpolations resolved where possible. ConfigError naming
+    the file when it is not plain YAML of bounded size (an alias bomb is refused before it is expanded)."""
+    path = run_dir / schema.HYDRA_DIR / schema.CONFIG_FILE
+    check_config_file(path)
+    config = OmegaConf.load(path)
     if not isinstance(config, DictConfig):
         raise ValueError(f"{schema.CONFIG_FILE} is not a mapping")
     raw = OmegaConf.to_container(config, resolve=False)
@@ -237,11 +258,12 @@ def _resolved(config: DictConfig, dotted: str, raw: Any) -> Any:
 
 
 def read_overrides(run_dir: Path) -> list[str]:
-    """The override strings of ``.hydra/overrides.yaml``; empty when absent or unreadable."""
+    """The override strings of ``.hydra/overrides.yaml``; empty when absent or unreadable (an alias bomb too)."""
     path = run_dir / schema.HYDRA_DIR / schema.OVERRIDES_FILE
     try:
+        check_config_file(path)
         overrides = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, ConfigError):
         return []
     if not isinstance(overrides, list):
         return []

@@ -4,7 +4,9 @@ One job, composed from the same configs and overrides as the command line and ru
 :func:`kd_hydra.run.app.run` the way ``run.py`` runs it: the run directory gets ``.hydra/config.yaml``,
 ``overrides.yaml``, ``hydra.yaml``, ``run.log`` and the run's files, so ``analysis`` reads it like any
 other run. Bad input raises a :class:`~kd_hydra.errors.KDHydraError` subclass (never ``sys.exit``);
-Hydra's global state and the logging setup are left as they were found.
+Hydra's global state and the caller's process state (torch threads, the torch, Python and NumPy random
+states, the working directory, logging handlers and levels) are left as they were found. Calls run one at a
+time in a process (a second, concurrent call is refused in one line) and run one job (multirun is refused).
 """
 
 from __future__ import annotations
@@ -13,22 +15,30 @@ import contextlib
 import io
 import logging
 import os
-from collections.abc import Sequence
+import random
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from hydra._internal.callbacks import Callbacks
 from hydra.core.utils import JobStatus, run_job
-from hydra.types import HydraContext
+from hydra.types import HydraContext, RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from kd_hydra.config.compose import check_directories, compose, hydra_session
 from kd_hydra.config.objective import check_optimized_metric
+from kd_hydra.errors import ConfigError, KDHydraError
 
 RUN_LOG = "run.log"
 #: The format of Hydra's own job log, so run.log reads the same from the command line and from Python.
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
 LOGGED_PACKAGES = ("kd_hydra", "analysis")
+#: Command-line flags that ask for a multirun: refused by :func:`run_experiment` (one job per call).
+MULTIRUN_FLAGS = ("-m", "--multirun")
+
+#: Held by the call in progress: Hydra's global state and the process's logging are one per process.
+_ONE_CALL = threading.Lock()
 
 
 def run_experiment(
@@ -51,8 +61,28 @@ def run_experiment(
     overrides = [overrides] if isinstance(overrides, str) else list(overrides)  # one override, not its letters
     if not progress:
         overrides.append("trainer.progress=false")
+    flags = [override for override in overrides if override.strip() in MULTIRUN_FLAGS]
+    if flags:
+        raise ConfigError("overrides", f"{flags[0]!r}: run_experiment runs one job; run a sweep with run.py -m")
+    if not _ONE_CALL.acquire(blocking=False):
+        raise KDHydraError(
+            "run_experiment: another call is running in this process; calls run one at a time (Hydra's state and "
+            "logging are per process): wait for it, or run the other job in another process"
+        )
+    try:
+        with _caller_state():
+            return _run_one(run, overrides, output_dir, config_dir, progress)
+    finally:
+        _ONE_CALL.release()
+
+
+def _run_one(
+    run: Any, overrides: list[str], output_dir: str | os.PathLike | None, config_dir: Any, progress: bool
+) -> dict[str, Any]:
     with hydra_session(config_dir) as hydra:
         cfg = compose(hydra, overrides)
+        if OmegaConf.select(cfg, "hydra.mode") == RunMode.MULTIRUN:
+            raise ConfigError("hydra.mode", "MULTIRUN: run_experiment runs one job; run a sweep with run.py -m")
         if output_dir is not None:
             with open_dict(cfg):
                 cfg.hydra.run.dir = str(Path(output_dir).absolute())
@@ -82,6 +112,39 @@ def run_experiment(
         raise failure[0]
     assert result.status is JobStatus.COMPLETED
     return result.return_value
+
+
+@contextlib.contextmanager
+def _caller_state() -> Iterator[None]:
+    """Restore on exit what a job changes in its process: torch's thread count and float32 matmul precision,
+    the torch (CPU and initialized CUDA), Python and NumPy random states, the working directory, and every
+    logger's level and handlers."""
+    import numpy as np
+    import torch
+
+    threads, matmul = torch.get_num_threads(), torch.get_float32_matmul_precision()
+    cuda = torch.cuda.is_initialized()
+    rng = (torch.get_rng_state(), torch.cuda.get_rng_state_all() if cuda else None, random.getstate())
+    numpy_rng, cwd = np.random.get_state(), os.getcwd()
+    loggers = [logging.getLogger()] + [
+        logger for logger in logging.Logger.manager.loggerDict.values() if isinstance(logger, logging.Logger)
+    ]
+    logging_state = [(logger, logger.level, list(logger.handlers), logger.propagate) for logger in loggers]
+    try:
+        yield
+    finally:
+        os.chdir(cwd)
+        torch.set_num_threads(threads)
+        torch.set_float32_matmul_precision(matmul)
+        torch.set_rng_state(rng[0])
+        if rng[1] is not None:
+            torch.cuda.set_rng_state_all(rng[1])
+        random.setstate(rng[2])
+        np.random.set_state(numpy_rng)
+        for logger, level, handlers, propagate in logging_state:
+            logger.setLevel(level)
+            logger.handlers[:] = handlers
+            logger.propagate = propagate
 
 
 #: Loggers whose INFO lines a notebook call shows (what is trained and when), besides every warning.

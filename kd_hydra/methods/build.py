@@ -23,6 +23,7 @@ from kd_hydra.errors import ConfigError
 
 from .base import ADDED_KD_PART, DistillMethod
 from .checks import require_finite
+from .contract import check_parts
 
 #: Keys of every ``loss`` node besides the method's own: its class, its label, and Hinton's added term
 #: (the defaults of the last two: the ``loss`` node of ``conf/config.yaml``, under every ``loss=<name>``).
@@ -47,6 +48,10 @@ def method_class(loss: Mapping[str, Any]) -> type[DistillMethod]:
         module = importlib.import_module(module_name)
     except ImportError as error:
         raise ConfigError("loss._target_", f"cannot import {module_name} for {target} ({error})") from None
+    except Exception as error:  # the module itself fails: a SyntaxError, or whatever its top level raised
+        raise ConfigError(
+            "loss._target_", f"importing {module_name} for {target} fails: {type(error).__name__}: {error}"
+        ) from None
     cls = getattr(module, class_name, None)
     if not (isinstance(cls, type) and issubclass(cls, DistillMethod)):
         raise ConfigError(
@@ -178,6 +183,7 @@ def validate_method_config(loss: Any) -> type[DistillMethod]:
     """Check a ``loss`` node (class, keys, types, then the class's own ``validate_config``); return the class."""
     values = _plain(loss)
     cls = method_class(values)
+    check_parts(cls)
     check_keys_and_types(cls, values)
     _check_added_kd(cls, values)
     cls.validate_config(values)

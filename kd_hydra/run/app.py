@@ -25,6 +25,7 @@ from kd_hydra.enums import Mode, Resume
 from kd_hydra.errors import KDHydraError
 from kd_hydra.methods import DistillMethod, FeatureRequest, build_method
 from kd_hydra.methods.ce import CrossEntropy
+from kd_hydra.methods.contract import probe_method
 from kd_hydra.models import count_parameters
 from kd_hydra.models.checkpoints import save_checkpoint
 from kd_hydra.records import schema
@@ -211,6 +212,7 @@ def setup_method(
     method.setup(student_shapes, teacher_shapes, targets, ctx.spec.num_classes)
     if teacher is not None:
         method.setup_teacher(teacher)  # checked now on the untrained network, set again once it is trained
+    probe_method(method, student_shapes, teacher_shapes, ctx.spec.num_classes)
     return request
 
 

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from kd_hydra.errors import CheckpointError, ConfigError, KDHydraError
 from kd_hydra.methods.base import DistillMethod
+from kd_hydra.methods.contract import check_output, target_of
 from kd_hydra.models.features import unwrap
 from kd_hydra.records.files import HistoryLog, atomic_write_bytes
 from kd_hydra.records.identity import identity_differences
@@ -103,13 +104,17 @@ def train_epoch(
     """One pass of ``stage`` over ``batches``; returns the mean loss and parts (``train_<part>``), accuracy (%),
     image count. The stage's modules are put in their modes first."""
     stage.set_modes()
-    # running sums of [loss, *parts, correct] weighted by batch size: one host sync per epoch
+    # running sums of [loss, *parts, correct] weighted by batch size: one host sync per epoch (and the check)
     sums = torch.zeros(len(stage.parts) + 2, dtype=torch.float64, device=runtime.device)
     seen = 0
     for images, targets, sample_indices in batches:
         batch = assemble(images, targets, sample_indices)
         with runtime.autocast():
             output = stage.loss(batch)
+        if not seen:  # the method's contract, at the first step of every epoch (one host sync)
+            check_output(
+                output, stage.parts, target_of(stage.loss) if isinstance(stage.loss, DistillMethod) else stage.name
+            )
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(output.total).backward()
         scaler.step(optimizer)
