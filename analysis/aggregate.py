@@ -61,7 +61,7 @@ MAX_TITLE_KEYS_CHARS = 60
 #: Config prefixes and keys that never change a result (outputs, caches, logging, run bookkeeping).
 BOOKKEEPING_PREFIXES = ("hydra.", "paths.", "logger.")
 BOOKKEEPING_KEYS = (
-    "trainer.eval_batch_size", "trainer.eval_every", "trainer.device", "trainer.num_threads",
+    "trainer.eval_batch_size", "trainer.eval_every", "trainer.device",
     "trainer.num_workers", "trainer.save_checkpoint", "trainer.progress",
     "soft_label_cache.max_gb", "soft_label_cache.batch_size", "trainer.checkpoint_every", "optimized_metric",
 )  # fmt: skip

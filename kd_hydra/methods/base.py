@@ -243,6 +243,11 @@ class DistillMethod(nn.Module):
     def begin_epoch(self, epoch: int, epochs: int) -> None:
         """Called before each training epoch (1-based); for schedules such as DKD's warm-up."""
 
+    def fit_warnings(self, epochs: int) -> list[str]:
+        """``<loss key>: <what happens>`` for each setting that does not fit an ``epochs``-epoch run (after
+        :meth:`setup`: DKD's warm-up longer than the run, CRD's clamped ``nce_k``); none by default."""
+        return []
+
     # -- initialization stage (RepDistiller's ``init_epochs``: AB, FT's paraphraser, FSP) ----------------------
 
     #: Epochs of the initialization stage run before distillation (0: none); set from ``loss.init_epochs``.

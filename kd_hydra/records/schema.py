@@ -77,6 +77,9 @@ METRICS_KEYS = (
     "config_digest",  # digest of the run's identity: the settings its mode reads, data_digest and teacher_id
     "data_digest",  # content digest of the dataset the run read (train, validation and test splits)
     "teacher_id",  # the teacher's identity digest (store teachers) or "sha256:<file>" (teacher.checkpoint)
+    "warnings",  # list of one-line texts "<key>: <what happens>": settings that do not fit the run (a warm-up
+    #              longer than the run, a clamped loss.nce_k, lr decays that never happen, a small validation
+    #              split, a data subset); empty when all fit
     "settings",  # dict of dotted key -> value: every training setting of the resolved config (the
     #              authoritative record of what ran); None for the keys the run's mode does not read
 )
