@@ -312,7 +312,7 @@ def config_columns(df: pd.DataFrame) -> list[str]:
 
 def is_bookkeeping(column: str) -> bool:
     """True for config keys that cannot change a result: ``hydra.*``, ``paths.*``, ``logger.*``, places
-    (leaf ending in dir/path/file, except under ``dataset.``), devices, threads, progress, resume keys."""
+    (leaf ending in dir/path/file, except under ``dataset.``), devices, progress, resume keys."""
     leaf = column.rsplit(".", 1)[-1].lower()
     return (
         column.startswith(BOOKKEEPING_PREFIXES)
