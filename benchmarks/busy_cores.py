@@ -3,7 +3,9 @@
 Times one training step of a zoo model (forward, backward, SGD step; channels_last as the suite runs it) at
 each thread count, first as the machine is, then with ``--busy`` extra processes spinning on the CPU (as
 another user's job would), and optionally a whole command (``--command``, e.g. the quickstart) the same way.
-Prints one line per measurement and the load average before each; ``--out`` writes them as JSON.
+Prints one line per measurement and the load average before each; ``--out`` writes them as JSON. On a machine
+that others share, ``--nice -10`` (as root) runs the measured work and the spinners ahead of the other users'
+processes, so that "idle" means idle but for them.
 
     python benchmarks/busy_cores.py                                   # resnet20 step, 1 and 2 threads, 0 and 2 busy
     python benchmarks/busy_cores.py --command "python run.py -m experiment=quickstart" --threads 1 0
@@ -81,7 +83,10 @@ def main() -> None:
     parser.add_argument("--command", help="also time this run.py command line (its caches in a fresh workdir)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/kd-hydra-busy-cores"))
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--nice", type=int, default=0, help="niceness of the measured work and the spinners")
     args = parser.parse_args()
+    if args.nice:
+        os.nice(args.nice)  # inherited by the spinners and the command
     results: list[dict[str, Any]] = []
     for busy in (0, args.busy):
         spinners = [multiprocessing.Process(target=spin, daemon=True) for _ in range(busy)]

@@ -1,9 +1,11 @@
 """kd-hydra's command line: ``kd-hydra [group=option ...] [key=value ...]``; ``-m`` sweeps (also ``python run.py``).
 
-Before Hydra takes over, the command line is composed and checked (every value of every sweep, the
-output and cache directories): a bad one ends with one line ``error: <key>: <what is allowed>`` and
-exit status 2, before any work. ``--help``, ``--cfg``, ``--info`` and ``--multirun`` are Hydra's.
-The task function returns ``optimized_metric`` (what an Optuna sweep maximises).
+Before Hydra takes over, Hydra's options are checked (a combination that does not fit, such as ``-m`` with
+``--cfg``) and the command line is composed and checked (every value of every sweep, the output and cache
+directories): a bad one ends with one line ``error: <key>: <what is allowed>`` and exit status 2, before any
+work. ``--help`` shows kd-hydra's usage (``hydra.help`` in conf/hydra/default.yaml) above Hydra's options;
+``--cfg``, ``--info`` and ``--multirun`` are Hydra's. The task function returns ``optimized_metric`` (what an
+Optuna sweep maximises).
 """
 
 from __future__ import annotations
@@ -102,6 +104,9 @@ def option_problem(args: argparse.Namespace) -> str | None:
         return "--resolve works with --cfg (or --help): it resolves the interpolations of the config shown"
     if args.package and not args.cfg:
         return "--package works with --cfg: it picks the node of the config shown (e.g. --cfg job --package loss)"
+    completion = [o for o in args.overrides if o.split("=", 1)[0] in ("install", "uninstall", "query")]
+    if args.shell_completion and len(completion) != 1:
+        return "--shell-completion needs one of install=SHELL, uninstall=SHELL, query=... (e.g. install=bash)"
     if args.experimental_rerun is not None and not os.path.isfile(args.experimental_rerun):
         return f"--experimental-rerun: no such file: {args.experimental_rerun} (a run's .hydra/config.pickle)"
     if args.config_path is not None and not os.path.isdir(args.config_path):

@@ -145,6 +145,7 @@ def test_the_analysis_keeps_runs_of_different_thread_counts_apart():
         (["--experimental-rerun", "/nonexistent.pickle"], "error: --experimental-rerun: no such file"),
         (["--config-path", "/nonexistent"], "error: --config-path: /nonexistent is not a directory"),
         (["--no-such-flag"], "error: unrecognized arguments: --no-such-flag"),
+        (["--shell-completion"], "error: --shell-completion needs one of install=SHELL"),
     ],
 )
 def test_every_option_combination_ends_in_one_line(workspace: Workspace, args, expected):

@@ -140,7 +140,7 @@ def plan_networks(ctx: RunContext) -> Plan:
         student = ctx.network("student")
         sha256 = load_external(student, Path(cfg.student.checkpoint), ctx.arch("student"))
         identity = run_identity(settings, ctx.data_digest, teacher_id(cfg, ctx.data_digest, sha256))
-        return Plan(mode, identity, student=student, teacher_sha256=sha256)
+        return Plan(mode, identity, student=student)
     if mode is Mode.student:
         student, method = ctx.network("student"), CrossEntropy()
         request = setup_method(ctx, method, student, None)
