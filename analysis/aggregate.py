@@ -284,8 +284,8 @@ def config_columns(df: pd.DataFrame) -> list[str]:
 
 def is_bookkeeping(column: str) -> bool:
     """True for config keys that never tell two settings apart: :data:`kd_hydra.records.identity.SAME_SETTING_KEYS`
-    (``hydra.*``, ``paths.*``, ``logger.*``, the device, threads, progress, resume, ...) and places (leaf ending
-    in dir/path/file, except under ``dataset.``)."""
+    (``hydra.*``, ``paths.*``, ``logger.*``, the device, progress, resume, ...; not the thread count) and places (leaf
+    ending in dir/path/file, except under ``dataset.``)."""
     leaf = column.rsplit(".", 1)[-1].lower()
     return under(column, SAME_SETTING_KEYS) or (
         leaf.endswith(PATH_LIKE_SUFFIXES) and not column.startswith(DATA_PREFIX)

@@ -9,6 +9,7 @@ HTML-escaped (table cells also pipe-escaped) and table.tex text LaTeX-escaped.
 from __future__ import annotations
 
 import html
+import json
 import math
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -75,6 +76,8 @@ REPORT_FILE = "report.md"
 TABLE_MARKDOWN_FILE = "table.md"
 TABLE_LATEX_FILE = "table.tex"
 MAX_LISTED_RUNS = 20
+#: The metrics.json key of a run's warnings (kd_hydra.records.schema.METRICS_KEYS).
+WARNINGS = "warnings"
 #: At most this many settings in a ranking table (the rest are in results.csv).
 MAX_RANKED_SETTINGS = 30
 #: First characters that make a spreadsheet evaluate a cell (OWASP CSV injection).
@@ -202,6 +205,7 @@ def render_report(runs: pd.DataFrame, figures: FigureOutcome, sources: Iterable[
     lines = ["# Knowledge-distillation sweep report", ""]
     lines += ["Runs loaded from: " + ", ".join(code(source) for source in sources), ""]
     lines += _status_section(runs)
+    lines += warnings_section(runs)
     lines += _evaluations_section(runs)
     lines += _comparison_section(runs, tables)
     lines += _figures_section(figures, out_dir)
@@ -251,6 +255,23 @@ def _status_section(runs: pd.DataFrame) -> list[str]:
             lines.append(f"- ... and {len(problems) - MAX_LISTED_RUNS} more (see {RESULTS_FILE})")
         lines.append("")
     return lines
+
+
+def warnings_section(runs: pd.DataFrame) -> list[str]:
+    """Settings that did not fit their runs (metrics.json ``warnings``): each distinct line once, with its run count."""
+    counts: dict[str, int] = {}
+    for cell in runs[WARNINGS].dropna() if WARNINGS in runs.columns else ():
+        try:
+            lines = json.loads(cell) if isinstance(cell, str) else cell
+        except ValueError:
+            continue
+        for line in dict.fromkeys(map(str, lines if isinstance(lines, list) else [])):
+            counts[line] = counts.get(line, 0) + 1
+    if not counts:
+        return []
+    lines = ["## Warnings", "", "Settings that did not fit their runs (each run's `metrics.json`, `warnings`):", ""]
+    lines += [f"- {escape_text(line)} ({n} of {len(runs)} runs)" for line, n in counts.items()]
+    return [*lines, ""]
 
 
 def _evaluations_section(runs: pd.DataFrame) -> list[str]:

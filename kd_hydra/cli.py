@@ -1,17 +1,22 @@
 """kd-hydra's command line: ``kd-hydra [group=option ...] [key=value ...]``; ``-m`` sweeps (also ``python run.py``).
 
-Before Hydra takes over, the command line is composed and checked (every value of every sweep, the
-output and cache directories): a bad one ends with one line ``error: <key>: <what is allowed>`` and
-exit status 2, before any work. ``--help``, ``--cfg``, ``--info`` and ``--multirun`` are Hydra's.
-The task function returns ``optimized_metric`` (what an Optuna sweep maximises).
+Before Hydra takes over, Hydra's options are checked (a combination that does not fit, such as ``-m`` with
+``--cfg``) and the command line is composed and checked (every value of every sweep, the output and cache
+directories): a bad one ends with one line ``error: <key>: <what is allowed>`` and exit status 2, before any
+work. ``--help`` shows kd-hydra's usage (``hydra.help`` in conf/hydra/default.yaml) above Hydra's options;
+``--cfg``, ``--info`` and ``--multirun`` are Hydra's. The task function returns ``optimized_metric`` (what an
+Optuna sweep maximises).
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import math
+import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 import hydra
 from hydra._internal.utils import get_args_parser
@@ -19,25 +24,17 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from kd_hydra.config.compose import check_command_line
+from kd_hydra.config.compose import check_command_line, parse_overrides
 from kd_hydra.config.objective import failed_trial_value, objective
 from kd_hydra.config.sources import CLONE_CONFIGS, CONFIG_NAME, config_source
 from kd_hydra.config.structured import register_configs
-from kd_hydra.errors import KDHydraError
+from kd_hydra.errors import KDHydraError, log_to_file_only
 
 EXIT_BAD_INPUT = 2
 #: Sweepers that read the task function's return value: a failed job returns the worst value there.
 OBJECTIVE_SWEEPERS = ("hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper",)
 
 log = logging.getLogger("kd_hydra")
-
-
-def log_to_file_only(message: str) -> None:
-    """Record ``message`` in the run log without repeating it on the console."""
-    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler):
-            handler.handle(record)
 
 
 def one_line(error: BaseException) -> str:
@@ -84,6 +81,66 @@ def needs_check(args: object) -> bool:
     return not any(getattr(args, name, None) for name in skip)
 
 
+#: Hydra's commands: one at most (none: --run).
+COMMANDS = {
+    "run": "--run",
+    "multirun": "-m",
+    "cfg": "--cfg",
+    "info": "--info",
+    "shell_completion": "--shell-completion",
+}
+
+
+def option_problem(args: argparse.Namespace) -> str | None:
+    """What does not fit in a combination of Hydra's options (Hydra raises a traceback for these), or None."""
+    given = [flag for name, flag in COMMANDS.items() if getattr(args, name) not in (None, False)]
+    if args.help or args.hydra_help:
+        return None
+    if "--cfg" in given and "-m" in given:
+        return "--cfg shows one job's config and -m runs a sweep: drop -m and give each swept key one value"
+    if len(given) > 1:
+        return f"{' and '.join(given)} do not combine: use one of --run, -m, --cfg, --info, --shell-completion"
+    if args.resolve and not args.cfg:
+        return "--resolve works with --cfg (or --help): it resolves the interpolations of the config shown"
+    if args.package and not args.cfg:
+        return "--package works with --cfg: it picks the node of the config shown (e.g. --cfg job --package loss)"
+    completion = [o for o in args.overrides if o.split("=", 1)[0] in ("install", "uninstall", "query")]
+    if args.shell_completion and len(completion) != 1:
+        return "--shell-completion needs one of install=SHELL, uninstall=SHELL, query=... (e.g. install=bash)"
+    if args.experimental_rerun is not None and not os.path.isfile(args.experimental_rerun):
+        return f"--experimental-rerun: no such file: {args.experimental_rerun} (a run's .hydra/config.pickle)"
+    if args.config_path is not None and not os.path.isdir(args.config_path):
+        return f"--config-path: {args.config_path} is not a directory (--config-dir adds one to kd-hydra's configs)"
+    return None
+
+
+def shows_one_job(args: argparse.Namespace) -> str | None:
+    """The flag of a command that shows one job's config (--cfg, --info), or None."""
+    return "--cfg" if args.cfg else "--info" if args.info else None
+
+
+def parse_command_line(argv: list[str]) -> argparse.Namespace:
+    """Hydra's options, checked; a bad one ends here with one line ``error: ...`` and exit status 2."""
+    parser = get_args_parser()
+
+    def fail(message: str) -> NoReturn:
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+    parser.error = fail  # type: ignore[method-assign]  (argparse prints its usage, then the message)
+    args = parser.parse_args(argv)
+    problem = option_problem(args)
+    if problem:
+        fail(problem)
+    flag = shows_one_job(args)
+    if flag:
+        sweeps = [o for o in parse_overrides(args.overrides) if o.is_sweep_override()]
+        if sweeps:
+            key, value = sweeps[0].key_or_group, (sweeps[0].input_line or "").split("=", 1)[-1]
+            fail(f"{key}: '{value}' is a sweep and {flag} shows one job: give one value (or a list: {key}=[{value}])")
+    return args
+
+
 def expose_clone_plugins() -> None:
     """In a clone (an editable install too), put its root on ``sys.path`` as ``python run.py`` does.
 
@@ -99,19 +156,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     """The console script: check the command line, then hand it to ``hydra.main``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     expose_clone_plugins()
-    args = get_args_parser().parse_args(argv)
-    register_configs(args.config_dir)  # the teacher/student options of conf/model and <config dir>/model
-    if needs_check(args):
-        try:
-            check_command_line(
+    try:
+        args = parse_command_line(argv)
+        register_configs(args.config_dir)  # the teacher/student options of conf/model and <config dir>/model
+        if needs_check(args):
+            overrides = check_command_line(
                 args.overrides,
                 multirun=args.multirun,
                 config_dir=args.config_dir,
                 config_name=args.config_name or CONFIG_NAME,
             )
-        except KDHydraError as error:
-            print(one_line(error), file=sys.stderr)
-            sys.exit(EXIT_BAD_INPUT)
+            changed = {old: new for old, new in zip(args.overrides, overrides) if old != new}
+            argv = [changed.get(arg, arg) for arg in argv]
+    except KDHydraError as error:
+        print(one_line(error), file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
     sys.argv = [sys.argv[0], *argv]
     hydra.main(version_base="1.3", config_path=config_source(), config_name=CONFIG_NAME)(task)()
 

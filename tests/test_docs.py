@@ -301,3 +301,24 @@ def test_the_readme_is_the_front_page():
     for page in ("getting-started", "concepts", "recipes", "outputs", "errors", "api", "development"):
         assert f"(docs/{page}.md" in readme and (DOCS / f"{page}.md").is_file()
     assert "download" in readme.split("## On CIFAR", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_docs_hold_no_drift(generated):
+    """Names the code no longer uses, code constants instead of values, a repeated sentence, a development-only file."""
+    from kd_docs.schema_page import history_table, metrics_table
+
+    pages = markdown_sources(generated)
+    for name, page in pages.items():
+        assert "meta.json" not in page, f"{name}: the stores seal their entries with seal.json"
+        assert "`sweeper.py`" not in page and "../shared/data" not in page, name
+        if "generated" not in name:
+            prose = [line for line in page.splitlines() if line and not line.startswith(("|", "#", " ", "`"))]
+            sentences = [s for s in re.split(r"(?<=[.:])\s+", " ".join(prose)) if len(s) > 60]
+            repeated = sorted({s for s in sentences if sentences.count(s) > 1})
+            assert not repeated, f"{name} repeats: {repeated[:1]}"
+    schema_tables = metrics_table() + history_table()
+    assert not re.search(r"\b[A-Z0-9]+_[A-Z0-9_]+\b", schema_tables.split("\n", 1)[1]), "values, not code constants"
+    reference = generated["reference/configuration.md"]
+    arrays = reference.split("`dataset=arrays`", 1)[1].split("\n### ", 1)[0]
+    assert "`dataset.in_memory`" not in arrays, "arrays refuses in_memory=false: the reference does not offer it"
+    assert "make_cifar10_prefix.py --archive" in pages["docs/concepts.md"]

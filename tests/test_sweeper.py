@@ -412,17 +412,27 @@ def test_sweep_with_a_bad_value_starts_no_job(workspace: Workspace):
     assert not sweep_dir.exists() or not any(p.is_dir() for p in sweep_dir.iterdir())
 
 
-def test_failed_job_in_a_sweep_is_reported_and_the_others_run(workspace: Workspace, tmp_path):
-    good = write_npz(tmp_path / "good.npz")
-    bad = write_npz(tmp_path / "broken.npz", y_test=None)
-    base = [o for o in TINY if not o.startswith("dataset")]
-    sweep_dir, process = workspace.sweep(
-        "mixed", *base, "mode=student", "dataset=arrays", f"dataset.path={good},{bad}", expect=1
-    )
+def test_failed_job_in_a_sweep_is_reported_and_the_others_run(workspace: Workspace):
+    # a learning rate that diverges fails its job while it trains (nothing before training can tell)
+    sweep_dir, process = workspace.sweep("mixed", *TINY, "mode=student", "optimizer.lr=1e-3,1e30", expect=1)
     statuses = sorted(read_metrics(job)["status"] for job in job_dirs(sweep_dir))
     assert statuses == ["completed", "failed"]
     assert "1 of 2 jobs did not complete" in process.stderr
     assert (sweep_dir / "results.csv").is_file(), "the analysis is written before the failure is reported"
+
+
+def test_data_that_cannot_be_loaded_stops_the_sweep_at_its_plan_in_one_line(workspace: Workspace, tmp_path):
+    good = write_npz(tmp_path / "good.npz")
+    bad = write_npz(tmp_path / "broken.npz", y_test=None)
+    base = [o for o in TINY if not o.startswith("dataset")]
+    sweep_dir, process = workspace.sweep(
+        "broken", *base, "dataset=arrays", f"dataset.path={good},{bad}", "loss.temperature=1,2,4", expect=2
+    )
+    errors = [line for line in process.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "broken.npz: missing key 'y_test'" in errors[0]
+    assert errors[0].endswith("no job of the sweep was started")
+    assert not sweep_dir.exists() or not job_dirs(sweep_dir), "no job starts (none retries the data)"
+    assert "analysis" not in process.stderr
 
 
 def test_parallel_launcher_runs_a_sweep_in_worker_processes(workspace: Workspace):

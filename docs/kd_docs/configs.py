@@ -22,6 +22,7 @@ from omegaconf.nodes import AnyNode, BooleanNode, EnumNode, FloatNode, IntegerNo
 
 from kd_hydra.config.compose import compose, hydra_session
 from kd_hydra.config.sources import CLONE_CONFIGS
+from kd_hydra.data.config import LOADER_KEYS, loader_takes
 
 from .yaml_notes import YamlNotes, option_notes, read_notes
 
@@ -259,10 +260,19 @@ def describe_groups(comp: Composer) -> list[Group]:
         for name, notes, is_preset in entries:
             override = f"{choice_key}={name}"
             node = nodes.get(override)
-            keys = tuple(leaf_keys(node, package, notes)) if node is not None else ()
+            keys = tuple(read_keys(group, node, leaf_keys(node, package, notes))) if node is not None else ()
             options.append(Option(group, name, override, notes.summary, keys, is_preset, node))
         groups.append(Group(group, choice_key, package, default, tuple(options)))
     return groups
+
+
+def read_keys(group: str, node: DictConfig, keys: list[KeyInfo]) -> list[KeyInfo]:
+    """The keys an option reads: a dataset's loader-only keys (``dataset.in_memory`` of ``arrays``) that its
+    loader does not take are refused when set, so they are not listed for it."""
+    if group != "dataset":
+        return keys
+    unused = {f"dataset.{key}" for key in LOADER_KEYS if not loader_takes(node, key)}
+    return [info for info in keys if info.key not in unused]
 
 
 def _option_nodes(comp: Composer, plans: list) -> dict[str, DictConfig]:

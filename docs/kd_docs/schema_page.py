@@ -12,6 +12,19 @@ from collections.abc import Sequence
 from .reference_page import text
 
 _ENTRY = re.compile(r'^\s*"(?P<key>[\w.]+)",\s*#\s*(?P<note>.*)$')
+_CONSTANT = re.compile(r"\b[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+\b")
+
+
+def _with_values(note: str, module: object) -> str:
+    """``note`` with the module's constants it names (``TOP5_MIN_CLASSES``) replaced by their values (``11``)."""
+
+    def value(match: re.Match[str]) -> str:
+        found = getattr(module, match[0], None)
+        if isinstance(found, (tuple, list)):
+            return " / ".join(map(str, found))
+        return match[0] if found is None else str(found)
+
+    return _CONSTANT.sub(value, note)
 
 
 def _source_notes(module: object) -> dict[str, str]:
@@ -27,7 +40,7 @@ def _source_notes(module: object) -> dict[str, str]:
             notes[last] += " " + line.strip().lstrip("#").strip()
         else:
             last = None
-    return notes
+    return {key: _with_values(note, module) for key, note in notes.items()}
 
 
 def _table(keys: Sequence[str], notes: dict[str, str], header: str) -> list[str]:

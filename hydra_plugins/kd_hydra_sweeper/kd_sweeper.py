@@ -108,13 +108,23 @@ class KDSweeper(BasicSweeper):
         """The jobs whose networks and method fit together on their data (planned without training).
 
         The others (a method that cannot pair two architectures, say) get one line each, before any work, and
-        are never started: the end-of-sweep report counts them.
+        are never started: the end-of-sweep report counts them. Data that cannot be loaded stops the whole
+        sweep in one line; each distinct warning of the jobs (a setting that does not fit the run) is printed once.
         """
         from kd_hydra.run.app import check_plans
+        from kd_hydra.run.fit_warnings import sweep_lines
 
-        refused = check_plans(configs)
+        try:
+            checks = check_plans(configs)
+        except KDHydraError as error:
+            print(f"error: {error}; no job of the sweep was started", file=sys.stderr)
+            sys.exit(EXIT_BAD_CONFIG)
+        refused = checks.errors
         for number, error in refused.items():
             print(f"error: job {number} ({' '.join(jobs[number])}): {error}; it is not started", file=sys.stderr)
+        planned = [lines for number, lines in enumerate(checks.warnings) if number not in refused]
+        for line in sweep_lines(planned):
+            print(line, file=sys.stderr)
         self.refused = [job_dir_name(jobs[n], shown) for n in refused]
         keep = [n for n in range(len(jobs)) if n not in refused]
         return [jobs[n] for n in keep], [configs[n] for n in keep]
@@ -243,7 +253,8 @@ class KDSweeper(BasicSweeper):
             planned.dir_name = existing.get(settings_hash(planned.overrides), planned.dir_name)
         first_run, second_run = self._to_run(sweep_dir, first + second, first)
         planned = [p.dir_name for p in first + second] + self.refused
-        write_plan(sweep_dir, planned, [p.dir_name for p in first_run + second_run])
+        teachers = [p.dir_name for p in first_run if p.is_teacher]
+        write_plan(sweep_dir, planned, [p.dir_name for p in first_run + second_run], teachers)
         returns: list[Any] = []
         next_idx = self._launch(first_run, returns, 0)
         failed_teachers = self._failed_teachers(sweep_dir, first)

@@ -40,6 +40,24 @@ def _require(condition: bool, key: str, message: str) -> None:
         raise ConfigError(key, message)
 
 
+def _check_checkpoints(cfg: DictConfig, mode: Mode) -> None:
+    """mode=eval evaluates one of ``teacher.checkpoint``, ``student.checkpoint``; only mode=eval reads the student's.
+    A file that a distill or eval run reads must exist."""
+    teacher, student = cfg.teacher.get("checkpoint"), cfg.student.get("checkpoint")
+    if mode is Mode.eval:
+        _require(
+            (teacher is None) != (student is None),
+            "student.checkpoint" if student is not None else "teacher.checkpoint",
+            "mode=eval evaluates one checkpoint: give student.checkpoint=<a model.pt> (with student=<its arch>) or "
+            "teacher.checkpoint=<a model.pt or published checkpoint> (with teacher=<its arch>), not both",
+        )
+    else:
+        _require(student is None, "student.checkpoint", f"only mode=eval reads it (mode is {mode.value})")
+    if mode in (Mode.distill, Mode.eval):
+        for key, path in (("teacher.checkpoint", teacher), ("student.checkpoint", student)):
+            _require(path is None or os.path.isfile(path), key, f"no such file: {path}")
+
+
 def validate(cfg: DictConfig) -> None:
     """Check values and combinations of a composed config; raise :class:`ConfigError` on the first bad one.
 
@@ -58,12 +76,7 @@ def validate(cfg: DictConfig) -> None:
         value = trainer[key]
         _require(value >= 1, f"trainer.{key}", f"must be >= 1 (got {value})")
     _require(trainer.save_every >= 0, "trainer.save_every", f"must be >= 0, 0: off (got {trainer.save_every})")
-    if mode is Mode.eval:
-        _require(
-            cfg.teacher.get("checkpoint") is not None,
-            "teacher.checkpoint",
-            "mode=eval evaluates a checkpoint: give teacher.checkpoint=<a model.pt or published checkpoint>",
-        )
+    _check_checkpoints(cfg, mode)
     _require(
         bool(_DEVICE_PATTERN.match(trainer.device)),
         "trainer.device",
@@ -81,10 +94,6 @@ def validate(cfg: DictConfig) -> None:
     )
 
     check_optimization(cfg.optimizer, cfg.scheduler, "", trainer.epochs)
-    if mode in (Mode.distill, Mode.eval):
-        checkpoint = cfg.teacher.get("checkpoint")
-        if checkpoint is not None:
-            _require(os.path.isfile(checkpoint), "teacher.checkpoint", f"no such file: {checkpoint}")
     if mode in (Mode.distill, Mode.teacher):
         tt = cfg.teacher_training
         for key in ("epochs", "batch_size"):

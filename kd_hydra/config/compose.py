@@ -179,14 +179,43 @@ def check_directories(cfg: DictConfig, overrides: Sequence[str], multirun: bool)
             raise ConfigError(key, f"{path} is not writable ({reason}); choose a directory you can write")
 
 
+def sweep_base_overrides(hydra: Hydra, overrides: Sequence[str], config_name: str = CONFIG_NAME) -> list[str]:
+    """``overrides`` as Hydra can compose a sweep's base config from them (ConfigError otherwise).
+
+    Hydra first composes a multirun with the default option of each swept group, so ``loss=ab,ft,fsp
+    loss.init_epochs=1`` fails on ``loss=kd``, which has no ``init_epochs``. Call this once every job of the
+    sweep composed: a key that only the swept options have is then passed as ``++key=value``, which sets it
+    in every job as the plain override would.
+    """
+    overrides = list(overrides)
+    for _ in range(len(overrides) + 1):
+        try:
+            hydra.compose_config(
+                config_name=config_name, overrides=overrides, run_mode=RunMode.MULTIRUN, with_log_configuration=False
+            )
+            return overrides
+        except (HydraException, OmegaConfBaseException, OSError, yaml.YAMLError) as error:
+            problem = composition_error(error)
+            unknown = [i for i, o in enumerate(overrides) if o.split("=", 1)[0] == problem.key and o[0] not in "+~"]
+            if not unknown or not str(problem).startswith(f"{problem.key}: unknown key"):
+                raise problem from error
+            overrides[unknown[0]] = "++" + overrides[unknown[0]]
+    return overrides
+
+
 def check_command_line(
     overrides: Sequence[str], multirun: bool, config_dir: str | None = None, config_name: str = CONFIG_NAME
-) -> None:
-    """Compose every distinct value of the command line's sweeps and check the directories; raise ConfigError."""
+) -> list[str]:
+    """Compose every distinct value of the command line's sweeps and check the directories; raise ConfigError.
+
+    Returns the overrides to hand to Hydra (see :func:`sweep_base_overrides`).
+    """
     jobs = representative_jobs(overrides)  # parses the overrides: a malformed one is a ConfigError here
     check_no_hydra_sweep(overrides)
     with hydra_session(config_dir) as hydra:
         configs = [compose(hydra, job, config_name) for job in jobs]
+        sweeps = len(jobs) > 1 and (multirun or OmegaConf.select(configs[0], "hydra.mode") == RunMode.MULTIRUN)
+        overrides = sweep_base_overrides(hydra, overrides, config_name) if sweeps else list(overrides)
     base = configs[0]
     multirun = multirun or OmegaConf.select(base, "hydra.mode") == RunMode.MULTIRUN
     if not multirun:
@@ -200,3 +229,4 @@ def check_command_line(
     check_optimized_metric(str(base.optimized_metric))
     check_optuna_sweep(base.hydra, overrides)
     check_directories(base, overrides, multirun)
+    return overrides

@@ -71,13 +71,14 @@ class RootConfig:
 
 def register_configs(config_dir: str | os.PathLike | None = None) -> None:
     """Store the root schema ``base_config``, the ``teacher``/``student`` options made from ``conf/model``
-    and ``<config_dir>/model`` (:mod:`kd_hydra.models.model_configs`) and the ``kd_cpu_count`` and ``kd_env``
-    resolvers. ``config_dir`` is the ``--config-dir`` of the session.
+    and ``<config_dir>/model`` (:mod:`kd_hydra.models.model_configs`) and the ``kd_cpu_count``, ``kd_env`` and
+    ``kd_usage_groups`` resolvers. ``config_dir`` is the ``--config-dir`` of the session.
 
     A method's ``loss.*`` keys have no schema here: they are checked against its class's signature in
     :func:`validate` (so no ``loss`` option exists but the YAML files, and users' classes check the same way).
     """
     from kd_hydra.config.sources import config_source
+    from kd_hydra.config.usage import usage_groups
     from kd_hydra.models.model_configs import register_model_groups
 
     store = ConfigStore.instance()
@@ -85,3 +86,4 @@ def register_configs(config_dir: str | os.PathLike | None = None) -> None:
     register_model_groups(store, config_source(), *([str(Path(config_dir).absolute())] if config_dir else []))
     OmegaConf.register_new_resolver("kd_cpu_count", lambda: os.cpu_count() or 1, replace=True)
     OmegaConf.register_new_resolver("kd_env", env_or_default, replace=True)
+    OmegaConf.register_new_resolver("kd_usage_groups", usage_groups, replace=True)  # the --help text

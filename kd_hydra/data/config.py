@@ -55,6 +55,7 @@ class DatasetSchema:
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # most pixels one image file may declare
     val_fraction: float = 0.0
     val_seed: int = 0
+    subset: int | None = None  # at most this many images of each split, every class in turn (smoke tests)
     augment: AugmentSchema = field(default_factory=AugmentSchema)
     normalize: NormalizeSchema | None = field(default_factory=NormalizeSchema)
 
@@ -93,6 +94,9 @@ def _check_ranges(dataset: DictConfig) -> None:
     budget = dataset.get("max_memory_gb")
     if budget is not None and not (math.isfinite(budget) and budget > 0):
         _fail("max_memory_gb", f"is {budget}; expected a positive number of GB or null (half the physical memory)")
+    subset = dataset.get("subset")
+    if subset is not None and subset < 1:
+        _fail("subset", f"is {subset}; expected a positive number of images per split, or null (all)")
     fraction = dataset.get("val_fraction", 0.0)
     if not (math.isfinite(fraction) and 0 <= fraction < 1):
         _fail("val_fraction", f"is {fraction}; expected a fraction in [0, 1) (0: no validation split)")

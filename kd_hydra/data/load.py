@@ -9,7 +9,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from kd_hydra.data.split import with_validation
+from kd_hydra.data.split import with_subset, with_validation
 from kd_hydra.data.types import ArrayData, FolderData
 from kd_hydra.errors import ConfigError, DataError
 from kd_hydra.instantiate import build
@@ -48,7 +48,7 @@ def instantiate_loader(loader_cfg: DictConfig) -> ArrayData | FolderData:
 
 
 def load_dataset(dataset_cfg: Mapping[str, Any] | DictConfig) -> ArrayData | FolderData:
-    """The dataset of a run: `dataset_cfg.loader` instantiated, then `val_fraction`/`val_seed` applied.
+    """The dataset of a run: `dataset_cfg.loader` instantiated, then `val_fraction`/`val_seed` and `subset` applied.
 
     `dataset_cfg` is the composed `dataset` node (interpolations such as `${paths.cache_dir}` resolvable), its
     values checked by :func:`kd_hydra.config.checks.validate` (:func:`check_required`, ``check_dataset``).
@@ -60,6 +60,7 @@ def load_dataset(dataset_cfg: Mapping[str, Any] | DictConfig) -> ArrayData | Fol
     data = instantiate_loader(dataset_cfg.loader)
     fraction = dataset_cfg.get("val_fraction", DEFAULT_VAL_FRACTION)
     seed = dataset_cfg.get("val_seed", DEFAULT_VAL_SEED)
-    return with_validation(
+    data = with_validation(
         data, DEFAULT_VAL_FRACTION if fraction is None else fraction, DEFAULT_VAL_SEED if seed is None else seed
     )
+    return with_subset(data, dataset_cfg.get("subset"))

@@ -1,4 +1,5 @@
-"""A stratified, seeded validation part held out of the training split (`dataset.val_fraction`)."""
+"""A stratified, seeded validation part held out of the training split (`dataset.val_fraction`), and a
+subset of every split (`dataset.subset`, for smoke tests)."""
 
 from __future__ import annotations
 
@@ -84,3 +85,36 @@ def with_validation(data: ArrayData | FolderData, fraction: float, seed: int) ->
             y_val=data.y_train[val_t],
         )
     return FolderData(train=data.train.subset(train_idx), test=data.test, spec=spec, val=data.train.subset(val_idx))
+
+
+def class_round_robin(labels: np.ndarray, count: int) -> np.ndarray:
+    """The first ``count`` indices taking each class in turn (its samples in their order), ascending."""
+    labels = np.asarray(labels)
+    order = np.argsort(labels, kind="stable")
+    sorted_labels = labels[order]
+    starts = np.searchsorted(sorted_labels, sorted_labels, side="left")
+    rank = np.empty(len(labels), dtype=np.int64)
+    rank[order] = np.arange(len(labels)) - starts  # position of each sample within its class
+    chosen = np.lexsort((labels, rank))[:count]
+    return np.sort(chosen)
+
+
+def with_subset(data: ArrayData | FolderData, subset: int | None) -> ArrayData | FolderData:
+    """`data` with at most `subset` images of each split (train, validation, test), every class in turn; None: all."""
+    if subset is None:
+        return data
+    if isinstance(data, ArrayData):
+        splits = {"train": data.y_train, "test": data.y_test, "val": data.y_val}
+        picks = {k: torch.from_numpy(class_round_robin(y.numpy(), subset)) for k, y in splits.items() if y is not None}
+        val = {"x_val": data.x_val[picks["val"]], "y_val": data.y_val[picks["val"]]} if "val" in picks else {}
+        spec = dataclasses.replace(
+            data.spec, num_train=len(picks["train"]), num_test=len(picks["test"]), num_val=len(picks.get("val", ()))
+        )
+        train, test = picks["train"], picks["test"]
+        return ArrayData(data.x_train[train], data.y_train[train], data.x_test[test], data.y_test[test], spec, **val)
+    parts = {"train": data.train, "test": data.test, "val": data.val}
+    kept = {k: part.subset(class_round_robin(part.labels, subset)) for k, part in parts.items() if part is not None}
+    spec = dataclasses.replace(
+        data.spec, num_train=len(kept["train"]), num_test=len(kept["test"]), num_val=len(kept.get("val", ()))
+    )
+    return FolderData(train=kept["train"], test=kept["test"], spec=spec, val=kept.get("val"))

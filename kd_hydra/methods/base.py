@@ -232,6 +232,11 @@ class DistillMethod(nn.Module):
     def begin_epoch(self, epoch: int, epochs: int) -> None:
         """Called before each training epoch (1-based); for schedules such as DKD's warm-up."""
 
+    def fit_warnings(self, epochs: int) -> list[str]:
+        """``<loss key>: <what happens>`` for each setting that does not fit an ``epochs``-epoch run (after
+        :meth:`setup`: DKD's warm-up longer than the run, CRD's clamped ``nce_k``); none by default."""
+        return []
+
     def init_stage(self, student: nn.Module) -> InitStage | None:
         """The initialization stage to run before distillation (RepDistiller's ``init_epochs``), or None: none."""
         return None

@@ -53,6 +53,8 @@ def method_class(loss: Mapping[str, Any]) -> type[DistillMethod]:
             "loss._target_", f"importing {module_name} for {target} fails: {type(error).__name__}: {error}"
         ) from None
     cls = getattr(module, class_name, None)
+    if cls is None:
+        raise ConfigError("loss._target_", f"no such class: {module_name} has no {class_name} (in {target})")
     if not (isinstance(cls, type) and issubclass(cls, DistillMethod)):
         raise ConfigError(
             "loss._target_", f"{target} is not a subclass of kd_hydra.methods.DistillMethod (got {cls!r})"

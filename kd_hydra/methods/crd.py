@@ -7,7 +7,6 @@ other classes per sample), and the NCE objective (:func:`kd_hydra.losses.crd_nce
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -23,8 +22,6 @@ from kd_hydra.models.features import PRE_LOGIT
 from .base import FeatureShapes, LossOutput, MethodBatch
 from .checks import require_finite, require_positive_int
 from .points import PooledFeatureMethod
-
-_logger = logging.getLogger(__name__)
 
 
 class CRDEmbed(nn.Module):
@@ -66,11 +63,7 @@ class ContrastMemory(nn.Module):
         fewest_negatives = int(num_data - counts[counts > 0].max())
         if fewest_negatives < 1:
             raise ValueError("CRD needs training samples of at least two classes (negatives come from other classes)")
-        self.nce_k = min(int(nce_k), fewest_negatives)
-        if self.nce_k < nce_k:
-            _logger.info(
-                "CRD: nce_k %d clamped to %d (the fewest other-class samples any class has)", nce_k, self.nce_k
-            )
+        self.nce_k = min(int(nce_k), fewest_negatives)  # a smaller one is reported by CRD.fit_warnings
         self.num_data = num_data
         self.temperature = float(temperature)
         self.momentum = float(momentum)
@@ -178,6 +171,14 @@ class CRD(PooledFeatureMethod):
             self.memory = ContrastMemory(self.feat_dim, train_targets, self.nce_k, self.nce_t, self.momentum)
         except ValueError as error:
             raise DataError(f"crd: {error}") from None
+
+    def fit_warnings(self, epochs: int) -> list[str]:
+        if self.memory is None or self.memory.nce_k == self.nce_k:
+            return []
+        return [
+            f"loss.nce_k: {self.nce_k} clamped to {self.memory.nce_k}, the fewest other-class samples a class has "
+            f"among the {self.memory.num_data} training images"
+        ]
 
     def forward(self, batch: MethodBatch) -> LossOutput:
         if self.memory is None or self.embed_student is None or self.embed_teacher is None:

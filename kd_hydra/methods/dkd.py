@@ -20,6 +20,17 @@ def warmup_factor(epoch: int, warmup: int) -> float:
     return 1.0 if warmup <= 0 else min(epoch / warmup, 1.0)
 
 
+def warmup_warnings(part: str, warmup: int, epochs: int) -> list[str]:
+    """The line for a warm-up (``loss.warmup``) longer than an ``epochs``-epoch run: its term never weighs fully."""
+    if warmup <= epochs:
+        return []
+    last = warmup_factor(epochs, warmup)
+    return [
+        f"loss.warmup: {warmup} warm-up epochs in a {epochs}-epoch run: the {part} term is weighted "
+        f"{warmup_factor(1, warmup):.2f} to {last:.2f} of loss.{part}_weight and never reaches it"
+    ]
+
+
 class DKD(DistillMethod):
     """Decoupled KD; parts ``ce`` and ``dkd`` (``alpha * TCKD + beta * NCKD``, unweighted, no warm-up)."""
 
@@ -55,6 +66,9 @@ class DKD(DistillMethod):
 
     def begin_epoch(self, epoch: int, epochs: int) -> None:
         self.warmup_factor = warmup_factor(epoch, self.warmup)
+
+    def fit_warnings(self, epochs: int) -> list[str]:
+        return warmup_warnings("dkd", self.warmup, epochs)
 
     def forward(self, batch: MethodBatch) -> LossOutput:
         student, teacher = batch.student_logits, batch.teacher_logits

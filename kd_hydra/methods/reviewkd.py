@@ -24,7 +24,7 @@ from kd_hydra.losses import cross_entropy, hierarchical_context_loss
 
 from .base import DistillMethod, FeatureRequest, FeatureShapes, LossOutput, MethodBatch
 from .checks import require_positive_int
-from .dkd import warmup_factor
+from .dkd import warmup_factor, warmup_warnings
 from .points import last_aligned, preact_points, stage_points
 
 PRE_LOGIT = "pre_logit"
@@ -110,6 +110,9 @@ class ReviewKD(DistillMethod):
 
     def begin_epoch(self, epoch: int, epochs: int) -> None:
         self.warmup_factor = warmup_factor(epoch, self.warmup)
+
+    def fit_warnings(self, epochs: int) -> list[str]:
+        return warmup_warnings("reviewkd", self.warmup, epochs)
 
     def review(self, student_features: Mapping[str, Tensor]) -> list[Tensor]:
         """The fused student maps, shallowest first, each at its teacher point's size and channels."""

@@ -1,11 +1,11 @@
 """The ``teacher`` and ``student`` config groups, made from ``conf/model``: one file per architecture.
 
 Every ``conf/model/<arch>.yaml`` is stored in Hydra's ConfigStore as the options ``teacher=<arch>``
-(the model plus ``checkpoint: null``, external teacher weights) and ``student=<arch>`` (the model as
-it is). So ``teacher=resnet56 student=resnet20`` and ``teacher.checkpoint=...`` work as group
-overrides while each architecture is configured once. A ``model/<arch>.yaml`` under ``--config-dir``
-(your own architecture) becomes ``teacher=<arch>`` and ``student=<arch>`` the same way; a ``teacher/`` or
-``student/`` file there still adds an option of its own.
+(the model plus ``checkpoint: null``, external teacher weights) and ``student=<arch>`` (the model plus
+``checkpoint: null``, weights for ``mode=eval`` to evaluate). So ``teacher=resnet56 student=resnet20`` and
+``teacher.checkpoint=...`` work as group overrides while each architecture is configured once. A
+``model/<arch>.yaml`` under ``--config-dir`` (your own architecture) becomes ``teacher=<arch>`` and
+``student=<arch>`` the same way; a ``teacher/`` or ``student/`` file there still adds an option of its own.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from hydra.core.config_store import ConfigStore
 
 MODEL_GROUP = "model"
 PACKAGE_PREFIX = "pkg://"
-ROLE_KEYS: dict[str, dict[str, Any]] = {"teacher": {"checkpoint": None}, "student": {}}
+ROLE_KEYS: dict[str, dict[str, Any]] = {"teacher": {"checkpoint": None}, "student": {"checkpoint": None}}
 """Group -> the keys its options add to the model config."""
 
 

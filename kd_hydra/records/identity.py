@@ -20,6 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 
 #: Config keys that do not change what a run computes: they may differ between a run and its resumption, and
 #: two runs that differ only in them are one setting (the analysis's bookkeeping). Matched as prefixes (:func:`under`).
+#: Not among them: the CPU thread count (trainer.num_threads), which changes float summation order and so the
+#: numbers a run reports.
 NON_TRAINING_KEYS = (
     "paths",
     "logger",
@@ -28,7 +30,6 @@ NON_TRAINING_KEYS = (
     "trainer.resume",
     "trainer.checkpoint_every",
     "trainer.progress",
-    "trainer.num_threads",
     "trainer.num_workers",
     "trainer.save_checkpoint",
     "trainer.save_best",
@@ -53,9 +54,11 @@ TRAINING_GROUPS = (
 MODE_GROUPS: dict[str, tuple[str, ...] | None] = {
     "teacher": ("mode", "dataset", "teacher", "teacher_training"),
     "student": ("mode", "dataset", "student", "optimizer", "scheduler", "trainer"),
-    "distill": None,
-    "eval": ("mode", "dataset", "teacher"),
+    "distill": None,  # everything
+    "eval": ("mode", "dataset", "teacher"),  # or "student": the network it evaluates (evaluated_role)
 }
+#: Where a network's weights come from: identified by the file's content (``teacher_id``) instead of its path.
+CHECKPOINT_KEYS = ("teacher.checkpoint", "student.checkpoint")
 
 
 def unread_groups(mode: str) -> tuple[str, ...]:
@@ -110,12 +113,20 @@ def training_settings(cfg: DictConfig) -> dict[str, Any]:
     return {k: v for k, v in flatten(top).items() if not under(k, NON_TRAINING_KEYS)}
 
 
+def evaluated_role(student_checkpoint: Any) -> str:
+    """The network a mode=eval run evaluates: the student when ``student.checkpoint`` is given, else the teacher."""
+    return "teacher" if student_checkpoint is None else "student"
+
+
 def mode_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """Of a run's training settings, those its mode reads (a baseline ignores the teacher and the loss)."""
+    """Of a run's training settings, those its mode reads (a baseline ignores the teacher and the loss; mode=eval
+    the network it does not evaluate); a checkpoint is named by its content (``teacher_id``), not its path."""
     groups = MODE_GROUPS.get(str(settings.get("mode")))
     if groups is None:
         return dict(settings)
-    return {k: v for k, v in settings.items() if under(k, groups) and k != "teacher.checkpoint"}
+    if settings.get("mode") == "eval":
+        groups = (*groups[:-1], evaluated_role(settings.get("student.checkpoint")))
+    return {k: v for k, v in settings.items() if under(k, groups) and k not in CHECKPOINT_KEYS}
 
 
 def recorded_settings(settings: Mapping[str, Any]) -> dict[str, Any]:

@@ -11,11 +11,14 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from filelock import FileLock
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+
+from kd_hydra.records import schema
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +37,12 @@ def ledger_dir(sweep_dir: Path) -> Path:
     return Path(sweep_dir) / LEDGER_DIR
 
 
-def write_plan(sweep_dir: Path, dir_names: Sequence[str], to_run: Sequence[str]) -> None:
-    """Record the job directories this multirun must finish, and those it runs now in launch order."""
+def write_plan(sweep_dir: Path, dir_names: Sequence[str], to_run: Sequence[str], teachers: Sequence[str] = ()) -> None:
+    """Record the job directories this multirun must finish, those it runs now in launch order, and which of
+    them are teacher jobs (left out of the ETA: a teacher takes far longer than a student)."""
     from kd_hydra.records.files import write_json
 
-    plan = {"jobs": list(dir_names), "to_run": list(to_run), "started": time.time()}
+    plan = {"jobs": list(dir_names), "to_run": list(to_run), "teachers": list(teachers), "started": time.time()}
     write_json(ledger_dir(sweep_dir) / PLAN_FILE, plan)
 
 
@@ -48,53 +52,69 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
+def student_eta(to_run: Sequence[str], teachers: Sequence[str], outcomes: dict[str, dict[str, Any]]) -> str:
+    """``ETA ...`` of the student jobs of ``to_run`` not done yet: the mean seconds of the completed student jobs
+    times their number (teacher jobs, which run first and take far longer, are left out)."""
+    students = [name for name in to_run if name not in set(teachers)]
+    done = [e for name, e in outcomes.items() if name in students and e["status"] == schema.STATUS_COMPLETED]
+    seconds = [float(e["seconds"]) for e in done if isinstance(e.get("seconds"), (int, float))]
+    if not seconds:
+        return "ETA unknown until a student job ends"
+    left = sum(name not in outcomes for name in students)
+    return f"ETA {_duration(sum(seconds) / len(seconds) * left)}"
+
+
 def announce_job(run_dir: Path) -> None:
-    """Log ``job k of N`` of the current multirun with an ETA from the jobs done so far (nothing in a single run)."""
+    """Log ``job k of N`` of the current multirun with an ETA from the student jobs done so far (nothing in a
+    single run)."""
     try:
         if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
             return
         sweep_dir = Path(HydraConfig.get().sweep.dir)
         plan = json.loads((ledger_dir(sweep_dir) / PLAN_FILE).read_text())
-        to_run, started = list(plan["to_run"]), float(plan["started"])
+        to_run, teachers = list(plan["to_run"]), list(plan.get("teachers") or [])
     except (OSError, ValueError, KeyError, TypeError):
         return
     name = Path(run_dir).name
-    position = to_run.index(name) + 1 if name in to_run else len(read_outcomes(sweep_dir)) + 1
-    done = len(read_outcomes(sweep_dir))
-    eta = "ETA unknown until a job ends"
-    if done:
-        eta = f"ETA {_duration((time.time() - started) / done * max(len(to_run) - done, 0))}"
-    log.info("job %d of %d (%s): %s", position, len(to_run), eta, name)
+    outcomes = outcome_entries(sweep_dir)
+    position = to_run.index(name) + 1 if name in to_run else len(outcomes) + 1
+    log.info("job %d of %d (%s): %s", position, len(to_run), student_eta(to_run, teachers, outcomes), name)
 
 
-def record_outcome(run_dir: Path, status: str, reason: str | None) -> None:
-    """Append a job's outcome to its sweep's ledger (nothing outside a multirun); never raises."""
+def record_outcome(run_dir: Path, status: str, reason: str | None, seconds: float | None = None) -> None:
+    """Append a job's outcome (and its wall seconds) to its sweep's ledger (nothing outside a multirun); never
+    raises."""
     try:
         if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
             return
         ledger = ledger_dir(Path(HydraConfig.get().sweep.dir))
         ledger.mkdir(parents=True, exist_ok=True)
-        line = json.dumps({"dir": Path(run_dir).name, "status": status, "reason": reason})
+        line = json.dumps({"dir": Path(run_dir).name, "status": status, "reason": reason, "seconds": seconds})
         with FileLock(str(ledger / (OUTCOMES_FILE + ".lock"))), open(ledger / OUTCOMES_FILE, "a") as handle:
             handle.write(line + "\n")
     except Exception as error:  # bookkeeping must never fail a job
         log.warning("could not record the job's outcome in the sweep ledger: %s", error)
 
 
-def read_outcomes(sweep_dir: Path) -> dict[str, tuple[str, str | None]]:
-    """Job directory name -> (status, reason) of the jobs this multirun ran (the last line of each wins)."""
-    outcomes: dict[str, tuple[str, str | None]] = {}
+def outcome_entries(sweep_dir: Path) -> dict[str, dict[str, Any]]:
+    """Job directory name -> its ledger entry (``status``, ``reason``, ``seconds``); the last line of each wins."""
+    entries: dict[str, dict[str, Any]] = {}
     try:
         lines = (ledger_dir(sweep_dir) / OUTCOMES_FILE).read_text().splitlines()
     except OSError:
-        return outcomes
+        return entries
     for line in lines:
         try:
             entry = json.loads(line)
-            outcomes[str(entry["dir"])] = (str(entry["status"]), entry.get("reason"))
+            entries[str(entry["dir"])] = {**entry, "status": str(entry["status"])}
         except (ValueError, KeyError, TypeError):
             continue
-    return outcomes
+    return entries
+
+
+def read_outcomes(sweep_dir: Path) -> dict[str, tuple[str, str | None]]:
+    """Job directory name -> (status, reason) of the jobs this multirun ran (the last line of each wins)."""
+    return {name: (entry["status"], entry.get("reason")) for name, entry in outcome_entries(sweep_dir).items()}
 
 
 def planned_jobs(sweep_dir: Path, config: DictConfig) -> list[str] | int | None:

@@ -22,7 +22,7 @@ from torch import nn
 
 from kd_hydra.config.checks import validate
 from kd_hydra.enums import Mode, Resume
-from kd_hydra.errors import KDHydraError
+from kd_hydra.errors import DataError, KDHydraError
 from kd_hydra.methods import DistillMethod, FeatureRequest, build_method
 from kd_hydra.methods.ce import CrossEntropy
 from kd_hydra.methods.contract import probe_method
@@ -30,7 +30,15 @@ from kd_hydra.models import count_parameters
 from kd_hydra.models.checkpoints import save_checkpoint
 from kd_hydra.records import schema
 from kd_hydra.records.files import HistoryLog, headline
-from kd_hydra.records.identity import dataset_config_digest, digest, plain, run_identity, teacher_id, training_settings
+from kd_hydra.records.identity import (
+    dataset_config_digest,
+    digest,
+    evaluated_role,
+    plain,
+    run_identity,
+    teacher_id,
+    training_settings,
+)
 from kd_hydra.records.ledger import announce_job, record_outcome
 from kd_hydra.records.run_directory import (
     CHECKPOINTS_DIR,
@@ -43,6 +51,7 @@ from kd_hydra.records.run_directory import (
 )
 from kd_hydra.run.context import RunContext, open_context
 from kd_hydra.run.evaluation import evaluate_classes, write_evaluation
+from kd_hydra.run.fit_warnings import announce, run_warnings
 from kd_hydra.run.measures import student_measures, teacher_measures
 from kd_hydra.stores.teacher_outputs import TeacherNeeds, teacher_outputs
 from kd_hydra.stores.teachers import Teacher, TeacherStore, checkpoint_teacher, load_external
@@ -51,7 +60,7 @@ from kd_hydra.trackers.fanout import build_loggers
 from kd_hydra.train.batches import BatchAssembler
 from kd_hydra.train.runtime import Runtime, with_precision
 from kd_hydra.train.stages import Stage, initialization_stage, training_stage
-from kd_hydra.train.trainer import Checkpointing, DivergedError, FitResult, Snapshots, Trainer
+from kd_hydra.train.trainer import WALL_SECONDS, Checkpointing, DivergedError, FitResult, Snapshots, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +89,7 @@ class Plan:
     teacher_sha256: str | None = None  # an external teacher.checkpoint's
     method: DistillMethod | None = None
     request: FeatureRequest = FeatureRequest()
+    warnings: tuple[str, ...] = ()  # settings that do not fit the run (kd_hydra.run.fit_warnings)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -112,7 +122,8 @@ def run_claimed(cfg: DictConfig, directory: RunDirectory, started: float) -> dic
         plan = plan_run(ctx)
         completed = directory.completed_record(plan.identity, overwrite=never)
         if completed is None:
-            checkpointing(ctx, directory.path / schema.TRAIN_STATE_FILE, plan.identity).load()
+            resumed = checkpointing(ctx, directory.path / schema.TRAIN_STATE_FILE, plan.identity).load() or {}
+            ctx = dataclasses.replace(ctx, started=ctx.started - float(resumed.get(WALL_SECONDS, 0.0)))
     except Exception as error:  # nothing of another run's record changes: a failed record only in a new directory
         if not directory.holds_record():
             try:
@@ -129,6 +140,7 @@ def run_claimed(cfg: DictConfig, directory: RunDirectory, started: float) -> dic
         print(headline(completed, directory.path, prefix="already completed, left alone: "), flush=True)
         record_outcome(directory.path, schema.STATUS_COMPLETED, None)
         return completed
+    announce(plan.warnings)
     claim(directory, cfg, fresh=never)
     announce_job(directory.path)
     ctx = dataclasses.replace(ctx, trackers=start_trackers(cfg, directory.path))
@@ -138,16 +150,27 @@ def run_claimed(cfg: DictConfig, directory: RunDirectory, started: float) -> dic
         if isinstance(error, DivergedError):  # nothing a diverged run trained is kept
             for name in (schema.TRAIN_STATE_FILE, MODEL_FILE):
                 (directory.path / name).unlink(missing_ok=True)
-        record_failure(directory, cfg, started, failure_reason(error), plan.identity)
+        record_failure(directory, cfg, ctx.started, failure_reason(error), plan.identity)
         record_outcome(directory.path, schema.STATUS_FAILED, failure_reason(error))
         ctx.trackers.close(schema.STATUS_FAILED)
         raise
 
 
 def plan_run(ctx: RunContext) -> Plan:
-    """Build the untrained networks and the method (feature points and shapes checked); name the teacher."""
+    """Build the untrained networks and the method (feature points and shapes checked); name the teacher; list
+    the settings that do not fit the run."""
+    plan = plan_networks(ctx)
+    return dataclasses.replace(plan, warnings=tuple(run_warnings(ctx.cfg, ctx.spec, plan.method)))
+
+
+def plan_networks(ctx: RunContext) -> Plan:
     cfg, mode = ctx.cfg, Mode(ctx.cfg.mode)
     settings = training_settings(cfg)
+    if mode is Mode.eval and evaluated_role(cfg.student.get("checkpoint")) == "student":
+        student = ctx.network("student")
+        sha256 = load_external(student, Path(cfg.student.checkpoint), ctx.arch("student"))
+        identity = run_identity(settings, ctx.data_digest, teacher_id(cfg, ctx.data_digest, sha256))
+        return Plan(mode, identity, student=student)
     if mode is Mode.student:
         student, method = ctx.network("student"), CrossEntropy()
         request = setup_method(ctx, method, student, None)
@@ -166,32 +189,54 @@ def plan_run(ctx: RunContext) -> Plan:
     return Plan(mode, identity, student, teacher, sha256, method, request)
 
 
-def check_plans(configs: list[DictConfig]) -> dict[int, KDHydraError]:
-    """Plan every distill job on its data without training (networks, method, feature points and shapes).
+@dataclasses.dataclass(frozen=True)
+class PlanChecks:
+    """A sweep's jobs planned without training: the jobs that cannot run (number -> error), and each job's warnings."""
 
-    For a sweep's pre-validation: job number -> error. Each distinct dataset is loaded once.
+    errors: dict[int, KDHydraError]
+    warnings: list[list[str]]
+
+
+def check_plans(configs: list[DictConfig]) -> PlanChecks:
+    """Plan every job of a sweep on its data without training (networks, method, feature points and shapes).
+
+    Each distinct dataset is loaded once, first: one that cannot be loaded (missing, offline, malformed) is
+    raised as the one error of the whole sweep. A distill job whose networks and method do not fit gets its
+    error; every other job its warnings (:func:`kd_hydra.run.fit_warnings.run_warnings`).
     """
     contexts: dict[str, RunContext] = {}
-    outcomes: dict[str, KDHydraError | None] = {}
-    errors: dict[int, KDHydraError] = {}
-    for number, cfg in enumerate(configs):
-        if Mode(cfg.mode) is not Mode.distill:
-            continue
-        key = digest([plain(cfg[node]) for node in ("dataset", "teacher", "student", "loss")])
-        if key not in outcomes:
+    for cfg in configs:
+        data_key = dataset_config_digest(cfg.dataset)
+        if data_key not in contexts:
             try:
-                data_key = dataset_config_digest(cfg.dataset)
-                if data_key not in contexts:
-                    contexts[data_key] = open_context(cfg, Path.cwd())
-                plan_run(dataclasses.replace(contexts[data_key], cfg=cfg))
-                outcomes[key] = None
-            except KDHydraError as error:
-                outcomes[key] = error
-            except Exception as error:  # a network or method that cannot be built: one line, like the rest
-                outcomes[key] = KDHydraError(f"{type(error).__name__}: {error}")
-        if outcomes[key] is not None:
-            errors[number] = outcomes[key]
-    return errors
+                contexts[data_key] = open_context(cfg, Path.cwd())
+            except KDHydraError:
+                raise
+            except Exception as error:  # an unexpected failure of the loader: one line naming the dataset
+                raise DataError(f"dataset {cfg.dataset.name}: {type(error).__name__}: {error}") from error
+    outcomes: dict[str, Plan | KDHydraError] = {}
+    errors: dict[int, KDHydraError] = {}
+    warnings: list[list[str]] = []
+    for number, cfg in enumerate(configs):
+        ctx = dataclasses.replace(contexts[dataset_config_digest(cfg.dataset)], cfg=cfg)
+        method = None
+        if Mode(cfg.mode) is Mode.distill:
+            key = digest([plain(cfg[node]) for node in ("dataset", "teacher", "student", "loss")])
+            if key not in outcomes:
+                try:
+                    outcomes[key] = plan_networks(ctx)
+                except KDHydraError as error:
+                    outcomes[key] = error
+                except Exception as error:  # a network or method that cannot be built: one line, like the rest
+                    outcomes[key] = KDHydraError(f"{type(error).__name__}: {error}")
+            outcome = outcomes[key]
+            if isinstance(outcome, KDHydraError):
+                errors[number] = outcome
+                warnings.append([])
+                continue
+            method = outcome.method
+        warnings.append(run_warnings(cfg, ctx.spec, method))
+    return PlanChecks(errors, warnings)
 
 
 def setup_method(
@@ -250,8 +295,10 @@ def distill(ctx: RunContext, plan: Plan) -> dict[str, Any]:
 
 
 def evaluate(ctx: RunContext, plan: Plan) -> dict[str, Any]:
-    """mode=eval: ``teacher.checkpoint`` on the test split: top-1, top-5, per-class accuracy, confusion matrix."""
-    model = ctx.runtime.prepare(plan.teacher)
+    """mode=eval: ``student.checkpoint`` (or ``teacher.checkpoint``) on the test split: top-1, top-5, per-class
+    accuracy, confusion matrix."""
+    role = evaluated_role(ctx.cfg.student.get("checkpoint"))
+    model = ctx.runtime.prepare(plan.student if role == "student" else plan.teacher)
     batches = ctx.pipeline(ctx.cfg.trainer.eval_batch_size, ctx.cfg.trainer.seed).test_batches()
     result = evaluate_classes(model, batches, ctx.runtime, ctx.spec.num_classes)
     write_evaluation(ctx.out_dir, result, ctx.spec.classes)
@@ -259,13 +306,13 @@ def evaluate(ctx: RunContext, plan: Plan) -> dict[str, Any]:
     return finish(
         ctx,
         plan,
-        model=ctx.cfg.teacher.name,
+        model=ctx.cfg[role].name,
         final_test_acc=result.top1,
         final_test_acc_top5=top5,
         model_params=count_parameters(model),
-        checkpoint=str(ctx.cfg.teacher.checkpoint),
+        checkpoint=str(ctx.cfg[role].checkpoint),
         epochs=0,
-        teacher_source="checkpoint",
+        teacher_source="checkpoint" if role == "teacher" else None,
     )
 
 
@@ -436,7 +483,9 @@ def step_model(runtime: Runtime, model: nn.Module) -> nn.Module:
 def checkpointing(ctx: RunContext, path: Path, identity: Mapping[str, Any]) -> Checkpointing:
     trainer = ctx.cfg.trainer
     resume = Resume(trainer.resume) is Resume.auto
-    return Checkpointing(path=path, identity=identity, every=trainer.checkpoint_every, resume=resume)
+    return Checkpointing(
+        path=path, identity=identity, every=trainer.checkpoint_every, resume=resume, started=ctx.started
+    )
 
 
 def summary_of(result: FitResult) -> dict[str, Any]:
@@ -462,8 +511,11 @@ def start_trackers(cfg: DictConfig, out_dir: Path) -> Any:
 def finish(ctx: RunContext, plan: Plan, **values: Any) -> dict[str, Any]:
     """Write metrics.json (last file of the run), tell the trackers and print the run's one-line summary."""
     wall = time.perf_counter() - ctx.started
-    record = write_completed(ctx.out_dir, ctx.cfg, plan.identity, dataset=ctx.spec.name, wall_seconds=wall, **values)
-    record_outcome(ctx.out_dir, schema.STATUS_COMPLETED, None)
+    warnings = list(plan.warnings)
+    record = write_completed(
+        ctx.out_dir, ctx.cfg, plan.identity, dataset=ctx.spec.name, wall_seconds=wall, warnings=warnings, **values
+    )
+    record_outcome(ctx.out_dir, schema.STATUS_COMPLETED, None, seconds=wall)
     ctx.trackers.log_summary(record)
     ctx.trackers.close(schema.STATUS_COMPLETED)
     print(headline(record, ctx.out_dir), flush=True)

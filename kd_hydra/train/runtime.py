@@ -82,9 +82,20 @@ def with_precision(runtime: Runtime, precision: str) -> Runtime:
     return replace(runtime, autocast_dtype=resolved.autocast_dtype)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity: a container's or ``taskset``'s share), else all."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
+
+
 def configure_threads(num_threads: int | None, parallel_jobs: int = 1) -> int:
-    """Use ``num_threads`` CPU threads, or the cores shared by ``parallel_jobs`` jobs when None."""
+    """Use ``num_threads`` CPU threads, or the usable cores shared by ``parallel_jobs`` jobs when None.
+
+    The default (``trainer.num_threads: 1``, conf/trainer/default.yaml) is one thread: several threads collapse
+    when another process holds a core (each step waits for its slowest thread; benchmarks/busy_cores.py), and
+    the thread count changes float summation order, so results depend on it (it is part of a run's identity).
+    """
     if num_threads is None:
-        num_threads = max(1, (os.cpu_count() or 1) // max(1, parallel_jobs))
+        num_threads = max(1, usable_cores() // max(1, parallel_jobs))
     torch.set_num_threads(num_threads)
     return num_threads

@@ -28,8 +28,13 @@ def step_schedule(
     optimizer: Optimizer, epochs: int, milestones: Sequence[float] = (0.5, 0.75), gamma: float = 0.1
 ) -> LRScheduler:
     """Multiply the lr by ``gamma`` at each milestone, a fraction of ``epochs`` in (0, 1)."""
-    milestone_epochs = sorted({max(1, round(fraction * epochs)) for fraction in milestones})
-    return MultiStepLR(optimizer, milestones=milestone_epochs, gamma=gamma)
+    return MultiStepLR(optimizer, milestones=milestone_epochs(milestones, epochs), gamma=gamma)
+
+
+def milestone_epochs(fractions: Sequence[float], epochs: int) -> list[int]:
+    """The epochs after which a step schedule decays the lr: each fraction of ``epochs``, rounded, at least 1;
+    fractions that round to the same epoch decay once."""
+    return sorted({max(1, round(fraction * epochs)) for fraction in fractions})
 
 
 def constant_schedule(optimizer: Optimizer, epochs: int) -> LRScheduler:

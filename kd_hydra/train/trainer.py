@@ -148,6 +148,10 @@ class FitResult:
     resumed_from_epoch: int | None = None
 
 
+#: The key of a saved training state that holds the run's wall seconds up to the save.
+WALL_SECONDS = "wall_seconds"
+
+
 @dataclass
 class Checkpointing:
     """Where a run keeps its resumable training state, how often, and the identity that must match to resume."""
@@ -156,11 +160,15 @@ class Checkpointing:
     identity: Mapping[str, Any]
     every: int = 1
     resume: bool = True
+    #: The ``time.perf_counter()`` the run's wall time counts from (earlier processes included): each saved state
+    #: carries ``wall_seconds``, so a resumed run's metrics.json counts every process (to its last checkpoint).
+    started: float | None = None
     _loaded: dict[str, Any] | None = field(default=None, repr=False)
 
     def save(self, state: Mapping[str, Any]) -> None:
         buffer = io.BytesIO()
-        torch.save({"format": TRAIN_STATE_FORMAT, "identity": dict(self.identity), **state}, buffer)
+        wall = {} if self.started is None else {WALL_SECONDS: time.perf_counter() - self.started}
+        torch.save({"format": TRAIN_STATE_FORMAT, "identity": dict(self.identity), **wall, **state}, buffer)
         atomic_write_bytes(self.path, buffer.getvalue())
 
     def load(self) -> dict[str, Any] | None:
