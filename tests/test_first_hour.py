@@ -22,6 +22,7 @@ from kd_hydra.errors import ConfigError
 from kd_hydra.methods import build_method, method_class
 from kd_hydra.methods.crd import CRD
 from kd_hydra.methods.dkd import DKD
+from kd_hydra.models import build_model
 from kd_hydra.models.features import PRE_LOGIT
 from kd_hydra.records import schema
 from kd_hydra.records.identity import run_identity, training_settings
@@ -87,9 +88,10 @@ def test_a_sweep_prints_each_warning_once_with_the_share_of_jobs():
 
 def test_an_init_stage_longer_than_the_run_is_named():
     with hydra_session() as hydra:
-        cfg = compose(hydra, ["loss=ab", "loss.init_epochs=3", "trainer.epochs=1"])
+        cfg = compose(hydra, ["loss=fsp", "loss.init_epochs=3", "trainer.epochs=1"])
     spec = DatasetSpec("d", 2, 3, 8, ("a", "b"), num_train=9000, num_test=100)
-    assert run_warnings(cfg, spec, build_method(cfg.loss)) == [
+    student = build_model("resnet8", num_classes=2, in_channels=3, image_size=32)
+    assert run_warnings(cfg, spec, build_method(cfg.loss), student) == [
         "loss.init_epochs: an initialization stage of 3 epochs before a 1-epoch run"
     ]
 

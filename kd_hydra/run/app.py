@@ -160,7 +160,7 @@ def plan_run(ctx: RunContext) -> Plan:
     """Build the untrained networks and the method (feature points and shapes checked); name the teacher; list
     the settings that do not fit the run."""
     plan = plan_networks(ctx)
-    return dataclasses.replace(plan, warnings=tuple(run_warnings(ctx.cfg, ctx.spec, plan.method)))
+    return dataclasses.replace(plan, warnings=tuple(run_warnings(ctx.cfg, ctx.spec, plan.method, plan.student)))
 
 
 def plan_networks(ctx: RunContext) -> Plan:
@@ -219,7 +219,7 @@ def check_plans(configs: list[DictConfig]) -> PlanChecks:
     warnings: list[list[str]] = []
     for number, cfg in enumerate(configs):
         ctx = dataclasses.replace(contexts[dataset_config_digest(cfg.dataset)], cfg=cfg)
-        method = None
+        method = student = None
         if Mode(cfg.mode) is Mode.distill:
             key = digest([plain(cfg[node]) for node in ("dataset", "teacher", "student", "loss")])
             if key not in outcomes:
@@ -234,8 +234,8 @@ def check_plans(configs: list[DictConfig]) -> PlanChecks:
                 errors[number] = outcome
                 warnings.append([])
                 continue
-            method = outcome.method
-        warnings.append(run_warnings(cfg, ctx.spec, method))
+            method, student = outcome.method, outcome.student
+        warnings.append(run_warnings(cfg, ctx.spec, method, student))
     return PlanChecks(errors, warnings)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch import nn
 
 from kd_hydra.config.optimization import FRACTION_MILESTONES_TARGETS
 from kd_hydra.enums import Mode
@@ -65,8 +66,9 @@ def split_warnings(spec: Any, dataset: DictConfig) -> list[str]:
     return lines
 
 
-def run_warnings(cfg: DictConfig, spec: Any, method: DistillMethod | None) -> list[str]:
-    """Every line for a run of ``cfg`` on data of ``spec``; ``method`` set up (a distill run's) or None."""
+def run_warnings(cfg: DictConfig, spec: Any, method: DistillMethod | None, student: nn.Module | None) -> list[str]:
+    """Every line for a run of ``cfg`` on data of ``spec``; ``method`` set up for ``student`` (a distill run's) or
+    None."""
     mode = Mode(cfg.mode)
     lines: list[str] = []
     if mode in (Mode.student, Mode.distill):
@@ -74,10 +76,10 @@ def run_warnings(cfg: DictConfig, spec: Any, method: DistillMethod | None) -> li
         lines += schedule_warnings(cfg.scheduler, "scheduler", epochs)
         if method is not None:
             lines += method.fit_warnings(epochs)
-            init_epochs = getattr(method, "init_epochs", 0) or 0
-            if init_epochs > epochs:
+            stage = method.init_stage(student) if student is not None else None
+            if stage is not None and stage.epochs > epochs:
                 lines.append(
-                    f"loss.init_epochs: an initialization stage of {init_epochs} epochs before a {epochs}-epoch run"
+                    f"loss.init_epochs: an initialization stage of {stage.epochs} epochs before a {epochs}-epoch run"
                 )
     if mode is Mode.teacher or (mode is Mode.distill and cfg.teacher.get("checkpoint") is None):
         recipe = cfg.teacher_training
