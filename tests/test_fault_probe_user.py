@@ -290,3 +290,30 @@ def test_every_value_a_dataset_and_a_preset_share_is_checked_against_the_data(va
     with pytest.raises(ConfigError) as caught:
         check_fits_data(OmegaConf.create(values), spec)
     assert line in str(caught.value) and "\n" not in str(caught.value)
+
+
+# ----------------------------------------------------------------------------- 6. a damaged tracker store
+
+
+def test_a_damaged_mlflow_store_is_one_warning_naming_its_file_and_the_run_goes_on(tmp_path: Path, caplog):
+    import logging
+    import os
+
+    from omegaconf import OmegaConf
+
+    from kd_hydra.trackers.fanout import build_loggers
+    from kd_hydra.trackers.mlflow import MLFLOW_DB_FILE
+
+    store = tmp_path / "store" / MLFLOW_DB_FILE
+    store.parent.mkdir()
+    garbage = os.urandom(4096)
+    store.write_bytes(garbage)
+    node = {"_target_": "kd_hydra.trackers.mlflow.MLflowTracker", "store_dir": str(store.parent)}
+    with caplog.at_level(logging.WARNING, logger="kd_hydra.trackers"):
+        run = build_loggers(OmegaConf.create({"mlflow": node}), "job", "group", tmp_path / "run")
+    assert run.names == ()  # left out; the run goes on
+    (record,) = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    line = record.getMessage()
+    assert line.startswith(f"logger.mlflow: could not start ({store}: not a usable MLflow store"), line
+    assert "\n" not in line and record.exc_info is None
+    assert store.read_bytes() == garbage  # the damaged file is left as it was
