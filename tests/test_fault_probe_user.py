@@ -245,3 +245,75 @@ def test_the_analysis_skips_a_non_utf8_run_name_and_an_alias_bomb_with_a_line_ea
     assert main([str(sweep.root), "--out", str(tmp_path / "out")]) == 0
     err = capsys.readouterr().err
     assert "not UTF-8" in err and "alias" in err
+
+
+# ----------------------------------------------------------------------------- 6. a preset against the data
+
+PRESET = [*(a for a in TINY if not a.startswith("optimizer=")), "experiment=cifar100_resnet32x4_resnet8x4"]
+GRAY = "dataset.loader.channels=1"  # the preset's normalisation has 3 values
+GRAY_LINE = "dataset.normalize.mean: 3 values for a 1-channel dataset (synthetic); expected one per channel"
+
+
+def test_a_preset_against_a_dataset_of_another_shape_is_one_line_before_anything_trains(workspace: Workspace):
+    run_dir, process = workspace.single("gray", *PRESET, GRAY, expect=2)
+    assert one_line_error(process) == f"error: {GRAY_LINE}"
+    assert not (workspace.root / "cache" / "teachers").exists()  # refused before the teacher stage
+    assert not (run_dir / schema.HISTORY_FILE).exists() and not (run_dir / "model.pt").exists()
+
+
+def test_a_sweep_refuses_each_job_whose_preset_does_not_fit_its_data_before_any_job_starts(workspace: Workspace):
+    sweep_dir, process = workspace.sweep("gray", *PRESET, GRAY, "loss.alpha=0.5,0.9", expect=None)
+    refused = [line for line in process.stderr.splitlines() if line.endswith("it is not started")]
+    assert len(refused) == 2 and all(line.startswith("error: job ") and GRAY_LINE in line for line in refused)
+    assert "did not complete" not in process.stderr  # no job started and failed
+    assert not (workspace.root / "cache" / "teachers").exists()
+    assert not sweep_dir.exists() or not any(path.name == schema.HISTORY_FILE for path in sweep_dir.rglob("*"))
+
+
+@pytest.mark.parametrize(
+    ("values", "line"),
+    [
+        ({"normalize": {"mean": [0.5], "std": [0.2, 0.2, 0.2]}}, "dataset.normalize.std: 3 values for a 1-channel"),
+        ({"image_size": 32}, "dataset.image_size: is 32 for a dataset of 8x8 images (gray)"),
+        ({"num_classes": 100}, "dataset.num_classes: is 100 for a dataset of 10 classes (gray)"),
+    ],
+)
+def test_every_value_a_dataset_and_a_preset_share_is_checked_against_the_data(values: dict, line: str):
+    from omegaconf import OmegaConf
+
+    from kd_hydra.data.config import check_fits_data
+    from kd_hydra.data.types import DatasetSpec
+    from kd_hydra.errors import ConfigError
+
+    spec = DatasetSpec("gray", 10, 1, 8, tuple(map(str, range(10))), num_train=32, num_test=16)
+    check_fits_data(OmegaConf.create({"normalize": {"mean": [0.5], "std": [0.2]}, "image_size": 8}), spec)
+    with pytest.raises(ConfigError) as caught:
+        check_fits_data(OmegaConf.create(values), spec)
+    assert line in str(caught.value) and "\n" not in str(caught.value)
+
+
+# ----------------------------------------------------------------------------- 6. a damaged tracker store
+
+
+def test_a_damaged_mlflow_store_is_one_warning_naming_its_file_and_the_run_goes_on(tmp_path: Path, caplog):
+    import logging
+    import os
+
+    from omegaconf import OmegaConf
+
+    from kd_hydra.trackers.fanout import build_loggers
+    from kd_hydra.trackers.mlflow import MLFLOW_DB_FILE
+
+    store = tmp_path / "store" / MLFLOW_DB_FILE
+    store.parent.mkdir()
+    garbage = os.urandom(4096)
+    store.write_bytes(garbage)
+    node = {"_target_": "kd_hydra.trackers.mlflow.MLflowTracker", "store_dir": str(store.parent)}
+    with caplog.at_level(logging.WARNING, logger="kd_hydra.trackers"):
+        run = build_loggers(OmegaConf.create({"mlflow": node}), "job", "group", tmp_path / "run")
+    assert run.names == ()  # left out; the run goes on
+    (record,) = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    line = record.getMessage()
+    assert line.startswith(f"logger.mlflow: could not start ({store}: not a usable MLflow store"), line
+    assert "\n" not in line and record.exc_info is None
+    assert store.read_bytes() == garbage  # the damaged file is left as it was

@@ -25,6 +25,7 @@ from kd_hydra.data.augment import (
     normalize,
     sample_crop_flip,
 )
+from kd_hydra.data.config import channel_count_error
 from kd_hydra.data.types import ArrayData, DatasetSpec, FolderData
 from kd_hydra.errors import ConfigError, DataError
 
@@ -91,10 +92,7 @@ def _check_stats(
     mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
     for key, values in (("mean", mean), ("std", std)):
         if len(values) != spec.channels:
-            raise ConfigError(
-                f"dataset.normalize.{key}",
-                f"has {len(values)} values; expected {spec.channels} (one per channel of {spec.name})",
-            )
+            raise channel_count_error(key, len(values), spec)
         if not all(math.isfinite(v) for v in values):
             raise ConfigError(f"dataset.normalize.{key}", f"is {list(values)}; expected finite numbers")
     if min(std) <= 0:

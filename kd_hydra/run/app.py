@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from kd_hydra.config.checks import validate
+from kd_hydra.data.config import check_fits_data
 from kd_hydra.enums import Mode, Resume
 from kd_hydra.errors import DataError, KDHydraError
 from kd_hydra.methods import DistillMethod, FeatureRequest, build_method
@@ -119,6 +120,7 @@ def run_claimed(cfg: DictConfig, directory: RunDirectory, started: float) -> dic
     try:
         validate(cfg)
         ctx = open_context(cfg, directory.path, started)
+        check_fits_data(cfg.dataset, ctx.spec)
         plan = plan_run(ctx)
         completed = directory.completed_record(plan.identity, overwrite=never)
         if completed is None:
@@ -201,8 +203,9 @@ def check_plans(configs: list[DictConfig]) -> PlanChecks:
     """Plan every job of a sweep on its data without training (networks, method, feature points and shapes).
 
     Each distinct dataset is loaded once, first: one that cannot be loaded (missing, offline, malformed) is
-    raised as the one error of the whole sweep. A distill job whose networks and method do not fit gets its
-    error; every other job its warnings (:func:`kd_hydra.run.fit_warnings.run_warnings`).
+    raised as the one error of the whole sweep. A job whose dataset values do not fit its data (normalisation per
+    channel, image size, class count), or a distill job whose networks and method do not fit, gets its error;
+    every other job its warnings (:func:`kd_hydra.run.fit_warnings.run_warnings`).
     """
     contexts: dict[str, RunContext] = {}
     for cfg in configs:
@@ -219,6 +222,12 @@ def check_plans(configs: list[DictConfig]) -> PlanChecks:
     warnings: list[list[str]] = []
     for number, cfg in enumerate(configs):
         ctx = dataclasses.replace(contexts[dataset_config_digest(cfg.dataset)], cfg=cfg)
+        try:
+            check_fits_data(cfg.dataset, ctx.spec)
+        except KDHydraError as error:
+            errors[number] = error
+            warnings.append([])
+            continue
         method = student = None
         if Mode(cfg.mode) is Mode.distill:
             key = digest([plain(cfg[node]) for node in ("dataset", "teacher", "student", "loss")])

@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from kd_hydra.errors import ConfigError
+from kd_hydra.errors import ConfigError, KDHydraError
 from kd_hydra.records import schema
 from kd_hydra.trackers.base import (
     STEP_COLUMN,
@@ -146,8 +146,8 @@ def build_loggers(logger_cfg: DictConfig | None, run_name: str, group: str, out_
 
     Raises :class:`ConfigError` (``logger.<name>: ...``) when a tracker cannot be built (its package is
     missing, an option is wrong); a tracker that cannot start (unwritable store, no network) is left out
-    with a warning. ``run_name`` names the run, ``group`` groups the runs of a sweep, ``out_dir`` is the
-    run directory.
+    with one warning line (a damaged local store: naming its file). ``run_name`` names the run, ``group``
+    groups the runs of a sweep, ``out_dir`` is the run directory.
     """
     built = [(name, _instantiate(name, node)) for name, node in _tracker_nodes(logger_cfg)]
     started: dict[str, Tracker] = {}
@@ -155,12 +155,10 @@ def build_loggers(logger_cfg: DictConfig | None, run_name: str, group: str, out_
         try:
             tracker.start(run_name, group, Path(out_dir))
         except Exception as exc:  # a tracker must never stop training
-            LOG.warning(
-                "logger.%s: could not start (%s: %s); the run goes on without it",
-                name,
-                type(exc).__name__,
-                str(exc).splitlines()[0] if str(exc) else "",
-            )
+            detail = str(exc).splitlines()[0] if str(exc) else ""
+            if not isinstance(exc, KDHydraError):
+                detail = f"{type(exc).__name__}: {detail}"
+            LOG.warning("logger.%s: could not start (%s); the run goes on without it", name, detail)
             continue
         started[name] = tracker
     return RunLoggers(started)

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kd_hydra.errors import KDHydraError
 from kd_hydra.records import schema
 from kd_hydra.trackers.base import DEFAULT_TIMEOUT_S, Scalar, check_timeout, import_library
 
@@ -112,9 +113,22 @@ class MLflowTracker:
             uri = f"sqlite:///{store_dir / MLFLOW_DB_FILE}"
             self._lock = FileLock(str(store_dir / f"{MLFLOW_DB_FILE}.lock"))
         self.tracking_uri = uri
+        try:
+            self._open_run(run_name, group, out_dir)
+        except Exception as error:
+            if not uri.startswith("sqlite:"):
+                raise
+            detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise KDHydraError(
+                f"{uri.removeprefix('sqlite:///')}: not a usable MLflow store ({type(error).__name__}: {detail}); "
+                "move it aside or choose another logger.mlflow.store_dir"
+            ) from error
+
+    def _open_run(self, run_name: str, group: str, out_dir: Path) -> None:
+        """The run ``run_name`` in the experiment ``self.experiment`` or ``group``, created in the store."""
         name = self.experiment or group
         with self._lock:
-            self._client = self._client_cls(tracking_uri=uri)
+            self._client = self._client_cls(tracking_uri=self.tracking_uri)
             found = self._client.get_experiment_by_name(name)
             if found is not None:
                 experiment_id = found.experiment_id
