@@ -260,3 +260,24 @@ def test_a_missing_best_checkpoint_is_named_on_rerun_and_in_the_analysis(workspa
     assert f"best_checkpoint: {best} is missing" in (run_dir / "run.log").read_text()
     with pytest.warns(UserWarning, match=r"names a checkpoint that is not usable \(best_checkpoint: .* is missing\)"):
         load_runs(run_dir)
+
+
+def test_a_resume_after_the_external_teachers_weights_changed_is_refused(workspace, monkeypatch) -> None:
+    from test_fault_probe import interrupted_run
+
+    teacher_dir, _ = workspace.single("teacher", *BASE)
+    teacher_file = workspace.root / "teacher.pt"
+    shutil.copy(teacher_dir / "model.pt", teacher_file)
+    args = ("dataset=digits", "mode=distill", "teacher=light_cnn", f"teacher.checkpoint={teacher_file}", *BASE[-2:])
+    run_dir = interrupted_run(workspace, monkeypatch, "resumed", *args, "trainer.epochs=3")
+    state = torch.load(teacher_file, weights_only=True)
+    weights = state.get("state_dict", state) if isinstance(state, dict) else state
+    name = next(key for key, value in weights.items() if torch.is_floating_point(value))
+    weights[name] = weights[name] + 1.0  # the same file, other weights
+    torch.save(state, teacher_file)
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name != "run.log"}
+    _, process = workspace.single("resumed", *args, "trainer.epochs=3", expect=2)
+    line = error_line(process)
+    assert line.startswith("error: trainer.resume: ") and "the teacher's weights changed" in line, line
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name != "run.log"} == before
+    assert not (run_dir / schema.METRICS_FILE).exists()
