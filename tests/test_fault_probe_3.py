@@ -157,6 +157,34 @@ def test_a_second_invocation_of_a_sweep_waits_for_the_first(workspace) -> None:
     assert [read_metrics(d)["status"] for d in run_dirs_of(sweep_dir)] == ["completed", "completed"]
 
 
+def test_a_sweep_rerun_reuses_existing_job_directories_and_never_fails_in_the_launcher(workspace) -> None:
+    args = (*BASE, "trainer.seed=1,2,3,4")
+    sweep_dir, _ = workspace.sweep("again", *args)
+    started, claimed, hydra_file, plain_file = run_dirs_of(sweep_dir)
+    for path in started.iterdir():  # a job that was killed: only its settings are left
+        if path.name != schema.HYDRA_DIR:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    owner = {"user": "gone", "host": "elsewhere", "pid": 999999, "since": "2020-01-01T00:00:00+00:00"}
+    shutil.rmtree(claimed)
+    claimed.mkdir()  # a job whose directory holds only a dead process's claim
+    (claimed / f"{CLAIM_NAME}.json").write_text(json.dumps(owner))
+    shutil.rmtree(hydra_file)
+    hydra_file.mkdir()
+    (hydra_file / schema.HYDRA_DIR).write_text("")  # cannot hold a run's settings
+    shutil.rmtree(plain_file)
+    plain_file.write_text("")  # a file where the job's directory belongs
+    _, process = workspace.sweep("again", *args, expect=1)
+    output = process.stdout + process.stderr
+    assert "the launcher failed" not in output and "FileExistsError" not in output and "File exists" not in output
+    for refused, named in ((hydra_file, hydra_file / schema.HYDRA_DIR), (plain_file, plain_file)):
+        line = f"error: job {refused.name}: {named}: is a file, expected a directory; it is not started"
+        assert line in process.stderr.splitlines(), process.stderr
+    assert [read_metrics(d)["status"] for d in (started, claimed)] == ["completed", "completed"]
+    jobs = sorted(p for p in sweep_dir.iterdir() if p.name.startswith("mode="))
+    assert jobs == [started, claimed, hydra_file, plain_file]  # reused in place: no second directory for a job
+    assert sorted(p.name for p in hydra_file.iterdir()) == [schema.HYDRA_DIR] and plain_file.read_text() == ""
+
+
 # ------------------------------------------------------------------ 3. waits and write failures say so
 
 
