@@ -98,6 +98,26 @@ def test_a_soft_label_entry_of_teacher_a_under_teacher_bs_key_is_recomputed(tmp_
 BASE = ["dataset=digits", "mode=student", "trainer.epochs=1", "trainer.num_threads=1", "trainer.device=cpu"]
 
 
+def test_a_decoded_image_entry_placed_under_another_datasets_key_is_decoded_again(tmp_path: Path, caplog) -> None:
+    from test_folder_store import entries, stacked, write_folder
+
+    from kd_hydra.data import load_folder
+
+    cache = tmp_path / "cache"
+    mine, other = write_folder(tmp_path / "mine", seed=0), write_folder(tmp_path / "other", seed=1)
+    load_folder(path=str(tmp_path / "other"), cache_dir=str(cache), image_size=8)
+    (other_entry,) = entries(cache)
+    load_folder(path=str(tmp_path / "mine"), cache_dir=str(cache), image_size=8)
+    (mine_entry,) = [entry for entry in entries(cache) if entry != other_entry]
+    shutil.rmtree(mine_entry)
+    shutil.copytree(other_entry, mine_entry)  # intact files and seal, under another key
+    with caplog.at_level("WARNING"):
+        data = load_folder(path=str(tmp_path / "mine"), cache_dir=str(cache), image_size=8)
+    assert torch.equal(data.x_train, stacked(mine["train"])[0]) and torch.equal(data.x_test, stacked(mine["test"])[0])
+    assert not torch.equal(data.x_train, stacked(other["train"])[0])
+    assert f"decoded store {mine_entry} failed its check (it does not hold what its key names" in caplog.text
+
+
 def kd_hydra_files(folder: Path) -> list[str]:
     """The names in ``folder`` besides Hydra's job log and the claim's lock file."""
     return sorted(p.name for p in folder.iterdir() if p.name != "run.log" and not p.name.startswith(CLAIM_NAME))
