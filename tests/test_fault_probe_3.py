@@ -98,6 +98,26 @@ def test_a_soft_label_entry_of_teacher_a_under_teacher_bs_key_is_recomputed(tmp_
 BASE = ["dataset=digits", "mode=student", "trainer.epochs=1", "trainer.num_threads=1", "trainer.device=cpu"]
 
 
+def test_a_decoded_image_entry_placed_under_another_datasets_key_is_decoded_again(tmp_path: Path, caplog) -> None:
+    from test_folder_store import entries, stacked, write_folder
+
+    from kd_hydra.data import load_folder
+
+    cache = tmp_path / "cache"
+    mine, other = write_folder(tmp_path / "mine", seed=0), write_folder(tmp_path / "other", seed=1)
+    load_folder(path=str(tmp_path / "other"), cache_dir=str(cache), image_size=8)
+    (other_entry,) = entries(cache)
+    load_folder(path=str(tmp_path / "mine"), cache_dir=str(cache), image_size=8)
+    (mine_entry,) = [entry for entry in entries(cache) if entry != other_entry]
+    shutil.rmtree(mine_entry)
+    shutil.copytree(other_entry, mine_entry)  # intact files and seal, under another key
+    with caplog.at_level("WARNING"):
+        data = load_folder(path=str(tmp_path / "mine"), cache_dir=str(cache), image_size=8)
+    assert torch.equal(data.x_train, stacked(mine["train"])[0]) and torch.equal(data.x_test, stacked(mine["test"])[0])
+    assert not torch.equal(data.x_train, stacked(other["train"])[0])
+    assert f"decoded store {mine_entry} failed its check (it does not hold what its key names" in caplog.text
+
+
 def kd_hydra_files(folder: Path) -> list[str]:
     """The names in ``folder`` besides Hydra's job log and the claim's lock file."""
     return sorted(p.name for p in folder.iterdir() if p.name != "run.log" and not p.name.startswith(CLAIM_NAME))
@@ -155,6 +175,34 @@ def test_a_second_invocation_of_a_sweep_waits_for_the_first(workspace) -> None:
     _, again = workspace.sweep("twice", *args)  # after the first: every job is found completed, none runs again
     assert "skipping 2 completed jobs" in again.stdout + again.stderr
     assert [read_metrics(d)["status"] for d in run_dirs_of(sweep_dir)] == ["completed", "completed"]
+
+
+def test_a_sweep_rerun_reuses_existing_job_directories_and_never_fails_in_the_launcher(workspace) -> None:
+    args = (*BASE, "trainer.seed=1,2,3,4")
+    sweep_dir, _ = workspace.sweep("again", *args)
+    started, claimed, hydra_file, plain_file = run_dirs_of(sweep_dir)
+    for path in started.iterdir():  # a job that was killed: only its settings are left
+        if path.name != schema.HYDRA_DIR:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    owner = {"user": "gone", "host": "elsewhere", "pid": 999999, "since": "2020-01-01T00:00:00+00:00"}
+    shutil.rmtree(claimed)
+    claimed.mkdir()  # a job whose directory holds only a dead process's claim
+    (claimed / f"{CLAIM_NAME}.json").write_text(json.dumps(owner))
+    shutil.rmtree(hydra_file)
+    hydra_file.mkdir()
+    (hydra_file / schema.HYDRA_DIR).write_text("")  # cannot hold a run's settings
+    shutil.rmtree(plain_file)
+    plain_file.write_text("")  # a file where the job's directory belongs
+    _, process = workspace.sweep("again", *args, expect=1)
+    output = process.stdout + process.stderr
+    assert "the launcher failed" not in output and "FileExistsError" not in output and "File exists" not in output
+    for refused, named in ((hydra_file, hydra_file / schema.HYDRA_DIR), (plain_file, plain_file)):
+        line = f"error: job {refused.name}: {named}: is a file, expected a directory; it is not started"
+        assert line in process.stderr.splitlines(), process.stderr
+    assert [read_metrics(d)["status"] for d in (started, claimed)] == ["completed", "completed"]
+    jobs = sorted(p for p in sweep_dir.iterdir() if p.name.startswith("mode="))
+    assert jobs == [started, claimed, hydra_file, plain_file]  # reused in place: no second directory for a job
+    assert sorted(p.name for p in hydra_file.iterdir()) == [schema.HYDRA_DIR] and plain_file.read_text() == ""
 
 
 # ------------------------------------------------------------------ 3. waits and write failures say so
@@ -260,3 +308,24 @@ def test_a_missing_best_checkpoint_is_named_on_rerun_and_in_the_analysis(workspa
     assert f"best_checkpoint: {best} is missing" in (run_dir / "run.log").read_text()
     with pytest.warns(UserWarning, match=r"names a checkpoint that is not usable \(best_checkpoint: .* is missing\)"):
         load_runs(run_dir)
+
+
+def test_a_resume_after_the_external_teachers_weights_changed_is_refused(workspace, monkeypatch) -> None:
+    from test_fault_probe import interrupted_run
+
+    teacher_dir, _ = workspace.single("teacher", *BASE)
+    teacher_file = workspace.root / "teacher.pt"
+    shutil.copy(teacher_dir / "model.pt", teacher_file)
+    args = ("dataset=digits", "mode=distill", "teacher=light_cnn", f"teacher.checkpoint={teacher_file}", *BASE[-2:])
+    run_dir = interrupted_run(workspace, monkeypatch, "resumed", *args, "trainer.epochs=3")
+    state = torch.load(teacher_file, weights_only=True)
+    weights = state.get("state_dict", state) if isinstance(state, dict) else state
+    name = next(key for key, value in weights.items() if torch.is_floating_point(value))
+    weights[name] = weights[name] + 1.0  # the same file, other weights
+    torch.save(state, teacher_file)
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name != "run.log"}
+    _, process = workspace.single("resumed", *args, "trainer.epochs=3", expect=2)
+    line = error_line(process)
+    assert line.startswith("error: trainer.resume: ") and "the teacher's weights changed" in line, line
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name != "run.log"} == before
+    assert not (run_dir / schema.METRICS_FILE).exists()

@@ -29,7 +29,7 @@ from kd_hydra.errors import KDHydraError
 from kd_hydra.records.claims import exclusive
 from kd_hydra.records.files import write_error
 from kd_hydra.records.ledger import ledger_dir, write_plan
-from kd_hydra.records.run_directory import run_status
+from kd_hydra.records.run_directory import directory_problem, run_status
 from kd_hydra.sweeps.jobs import (
     JobState,
     Overrides,
@@ -273,10 +273,15 @@ class KDSweeper(BasicSweeper):
     def _to_run(
         self, sweep_dir: Path, planned: list[Planned], first: list[Planned]
     ) -> tuple[list[Planned], list[Planned]]:
-        """The jobs of each stage that run now; completed (and, by default, failed) jobs are skipped."""
+        """The jobs of each stage that run now; completed (and, by default, failed) jobs are skipped, and a job
+        whose path cannot be a run directory (a file, a symbolic link) is refused in one line, never launched."""
         completed, failed, run = [], [], []
         for job in planned:
             run_dir = sweep_dir / job.dir_name
+            problem = directory_problem(run_dir)
+            if problem is not None:
+                print(f"error: job {job.dir_name}: {problem}; it is not started", file=sys.stderr)
+                continue
             state = job_state(run_dir)
             if state is JobState.completed and self.rerun is not Rerun.all:
                 completed.append(job)

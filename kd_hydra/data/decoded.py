@@ -3,8 +3,9 @@
 `<cache_dir>/decoded/<name>-<key>/` is a :class:`~kd_hydra.stores.cache_entry.CacheEntry` holding x_train.npy,
 y_train.npy, x_test.npy, y_test.npy and its seal. The key digests every file's bytes, relative path and label
 (and the decode settings), so any change of content gives a new entry. An entry is built under the entry's
-lock and sealed last (the SHA-256 of each array file, the class names and sizes); later loads verify the seal
-and the labels' range, then memory-map it. An entry that fails is decoded again, with a log line saying why.
+lock and sealed last (the SHA-256 of each array file, and what the entry holds: its content key, the class names
+and sizes); later loads verify the seal against the files and the key, and the labels' range, then memory-map
+it. An entry that fails is decoded again, with a log line saying why.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,8 +29,9 @@ from kd_hydra.stores.cache_entry import CacheEntry, file_sha256
 
 log = logging.getLogger(__name__)
 
-#: Bump when the decoded bytes for the same files would change (decoder settings, layout). 2: sealed entries.
-FORMAT_VERSION = 2
+#: Bump when the decoded bytes for the same files would change (decoder settings, layout). 2: sealed entries;
+#: 3: the seal records what the entry holds (:func:`entry_description`).
+FORMAT_VERSION = 3
 FOLDER = "decoded"
 KEY_BYTES = 12
 CHECKED_SUFFIX = ".checked.json"
@@ -129,10 +132,28 @@ def _decode_into(
     return time.perf_counter() - started
 
 
+def entry_description(key: str, spec: DatasetSpec) -> dict[str, Any]:
+    """What a decoded entry holds, recorded in its seal and checked on every read: the content key it was decoded
+    for, and the dataset's name, classes, image size and split sizes."""
+    return {
+        "content_key": key,
+        "name": spec.name,
+        "classes": list(spec.classes),
+        "image_size": spec.image_size,
+        "num_train": spec.num_train,
+        "num_test": spec.num_test,
+    }
+
+
 def _write_entry(
-    entry: CacheEntry, train: ImageFileDataset, test: ImageFileDataset, spec: DatasetSpec, workers: int | None
+    entry: CacheEntry,
+    train: ImageFileDataset,
+    test: ImageFileDataset,
+    spec: DatasetSpec,
+    workers: int | None,
+    description: dict[str, Any],
 ) -> None:
-    """Decode both splits into the (emptied) entry and seal it; call under the entry's lock."""
+    """Decode both splits into the (emptied) entry and seal it with ``description``; call under the entry's lock."""
     shutil.rmtree(entry.path, ignore_errors=True)
     entry.path.mkdir(parents=True)
     try:
@@ -141,33 +162,25 @@ def _write_entry(
         shutil.rmtree(entry.path, ignore_errors=True)
         raise
     files = {name: file_sha256(entry.file(name)) for name in ARRAY_FILES}
-    entry.seal(
-        files,
-        version=FORMAT_VERSION,
-        name=spec.name,
-        classes=list(spec.classes),
-        image_size=spec.image_size,
-        num_train=spec.num_train,
-        num_test=spec.num_test,
-        decode_seconds=round(seconds, 3),
-    )
+    entry.seal(files, version=FORMAT_VERSION, description=description, decode_seconds=round(seconds, 3))
     log.info(
         "decoded %s once: %d images in %.1f s into %s", spec.name, spec.num_train + spec.num_test, seconds, entry.path
     )
 
 
-def _read_entry(entry: CacheEntry, spec: DatasetSpec) -> tuple[ArrayData | None, str]:
+def _read_entry(entry: CacheEntry, spec: DatasetSpec, description: dict[str, Any]) -> tuple[ArrayData | None, str]:
     """(the entry memory-mapped (copy-on-write, so tensors share the pages), "") or (None, why it cannot be used).
 
-    The seal must hold and match every array file, and the labels must lie in [0, number of classes).
+    The seal must hold and match every array file and record ``description`` (an entry placed under another key
+    is never served), and the labels must lie in [0, number of classes).
     """
     seal, problem = entry.verified()
     if seal is None:
         return None, problem or "not sealed (an interrupted decoding, or an entry of an older kd-hydra)"
     if seal.get("version") != FORMAT_VERSION:
         return None, f"format version {seal.get('version')!r}, not {FORMAT_VERSION}"
-    if tuple(seal.get("classes", ())) != spec.classes:
-        return None, "other class names"
+    if not entry.describes(seal, description, quiet=True):
+        return None, "it does not hold what its key names: its seal records another description"
     try:
         arrays = {
             name.removesuffix(".npy"): np.load(entry.file(name), mmap_mode="c" if name.startswith("x") else None)
@@ -207,19 +220,22 @@ def decoded_arrays(files: FolderData, cache_dir: str | os.PathLike | None, worke
         return ArrayData(*arrays, spec)
     key = content_key(train, test, spec.classes, spec.image_size, workers)
     entry = CacheEntry(entry_path(cache_dir, spec.name, key))
-    data, problem = _read_entry(entry, spec) if entry.path.is_dir() else (None, "")
+    description = entry_description(key, spec)
+    data, problem = _read_entry(entry, spec, description) if entry.path.is_dir() else (None, "")
     if data is not None:
         log.info("dataset %s: decoded store %s reused", spec.name, entry.path)
         return data
     with entry.locked("decoding these images"):
-        data, problem = _read_entry(entry, spec) if entry.path.is_dir() else (None, "")  # another job built it
+        data, problem = (  # another job built it
+            _read_entry(entry, spec, description) if entry.path.is_dir() else (None, "")
+        )
         if data is None:
             if problem:
                 log.warning(
                     "dataset %s: decoded store %s failed its check (%s); decoding again", spec.name, entry.path, problem
                 )
-            _write_entry(entry, train, test, spec, workers)
-            data, problem = _read_entry(entry, spec)
+            _write_entry(entry, train, test, spec, workers, description)
+            data, problem = _read_entry(entry, spec, description)
     if data is None:
         raise OSError(f"{entry.path}: decoded store unusable right after writing it ({problem})")
     return data

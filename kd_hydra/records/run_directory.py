@@ -129,6 +129,16 @@ def saved_identity(record: Mapping[str, Any]) -> dict[str, Any]:
     return run_identity(settings, record.get("data_digest"), record.get("teacher_id"))
 
 
+def directory_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be a run directory (it, or its ``.hydra``, is a symbolic link or a file); None if it can."""
+    for candidate in (path, path / schema.HYDRA_DIR):
+        if candidate.is_symlink():
+            return f"{candidate}: is a symbolic link (to {candidate.readlink()})"
+        if candidate.exists() and not candidate.is_dir():
+            return f"{candidate}: is a file, expected a directory"
+    return None
+
+
 class RunDirectory:
     """One run's directory: check a rerun against its record, then claim it (write ``.hydra/``)."""
 
@@ -160,14 +170,10 @@ class RunDirectory:
 
         A symbolic link is refused before anything is written (a run writes only into a real directory).
         """
-        if self.path.is_symlink():
-            raise ConfigError(
-                "hydra.run.dir",
-                f"{self.path}: is a symbolic link (to {self.path.readlink()}); nothing was written: "
-                "give the real directory",
-            )
-        if self.path.exists() and not self.path.is_dir():
-            raise ConfigError("hydra.run.dir", f"{self.path}: is a file, expected a directory; nothing was written")
+        problem = directory_problem(self.path)
+        if problem is not None:
+            hint = ": give the real directory" if "symbolic link" in problem else ""
+            raise ConfigError("hydra.run.dir", f"{problem}; nothing was written{hint}")
         with exclusive(self.path, CLAIM_NAME, f"run directory {self.path}"):
             yield
 

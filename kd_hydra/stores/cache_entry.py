@@ -147,10 +147,13 @@ class CacheEntry:
             return None
         return seal
 
-    def describes(self, seal: Mapping[str, Any], description: Mapping[str, Any]) -> bool:
-        """Whether ``seal`` records ``description`` (what the entry's key digests); a mismatch is logged."""
+    def describes(self, seal: Mapping[str, Any], description: Mapping[str, Any], quiet: bool = False) -> bool:
+        """Whether ``seal`` records ``description`` (what the entry's key digests); a mismatch is logged unless
+        ``quiet``."""
         if _plain_json(seal.get(DESCRIPTION_KEY)) == _plain_json(description):
             return True
+        if quiet:
+            return False
         log.warning(
             "cache entry %s does not hold what its key names (its seal records another %s); it is not used "
             "and will be rebuilt",
