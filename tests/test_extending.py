@@ -136,7 +136,7 @@ def test_one_model_file_gives_a_teacher_and_a_student_option_of_that_config_dir_
         assert "tiny_convnet" in session.config_loader.get_group_options("teacher")
         cfg = compose(session, ["teacher=tiny_convnet", "student=tiny_convnet", "teacher.checkpoint=/t.pt"])
     assert cfg.teacher.name == cfg.student.name == "my_models.TinyConvNet" and cfg.student.width == 16
-    assert cfg.teacher.checkpoint == "/t.pt" and "checkpoint" not in cfg.student
+    assert cfg.teacher.checkpoint == "/t.pt" and cfg.student.checkpoint is None  # weights for mode=eval only
     with hydra_session() as session:  # another session, without that directory: its options are gone
         assert "tiny_convnet" not in session.config_loader.get_group_options("student")
         with pytest.raises(ConfigError, match="tiny_convnet"):
