@@ -84,12 +84,13 @@ class SplitMeasures:
     _with_teacher: bool = field(default=False, repr=False)
 
     def add(self, student_logits: Tensor, targets: Tensor, teacher_logits: Tensor | None = None) -> None:
-        student_logits = student_logits.float()
+        """Add one batch (summed in float64 on the CPU, whatever the device)."""
+        student_logits, targets = student_logits.detach().float().cpu(), targets.cpu()
         self.images += int(targets.shape[0])
         self.student_bins = _summed(self.student_bins, calibration_bins(student_logits, targets, self.bins))
         if teacher_logits is None:
             return
-        teacher_logits = teacher_logits.float()
+        teacher_logits = teacher_logits.detach().float().cpu()
         self._with_teacher = True
         self.teacher_bins = _summed(self.teacher_bins, calibration_bins(teacher_logits, targets, self.bins))
         self.agreements += float((student_logits.argmax(dim=1) == teacher_logits.argmax(dim=1)).sum())
@@ -210,6 +211,15 @@ def write_test_logits(out_dir: Path, logits: Tensor) -> None:
     atomic_write_bytes(out_dir / schema.TEST_LOGITS_FILE, buffer.getvalue())
 
 
+def measured_macs(model: nn.Module, image_shape: tuple[int, ...], device: torch.device) -> int | None:
+    """:func:`forward_macs`, or None (logged) for a network the counter cannot run: a run never fails on it."""
+    try:
+        return forward_macs(model, image_shape, device)
+    except Exception as error:  # noqa: BLE001 - a measure for the report, not part of the result
+        log.warning("MACs not measured: %s: %s", type(error).__name__, error)
+        return None
+
+
 def split_sizes(spec: Any) -> dict[str, int]:
     """``train_images``, ``val_images`` and ``test_images`` of a dataset spec."""
     return {"train_images": spec.num_train, "val_images": spec.num_val, "test_images": spec.num_test}
@@ -229,7 +239,7 @@ def teacher_measures(ctx: Any, model: nn.Module) -> dict[str, Any]:
     """metrics.json values of a ``mode=teacher`` run (data sizes, MACs, test ECE); writes its test logits."""
     test, logits = measure_test_split(model, None, _test_batches(ctx), ctx.runtime, keep_logits=True)
     write_test_logits(ctx.out_dir, logits)
-    macs = forward_macs(model, image_shape_of(ctx.spec), ctx.runtime.device)
+    macs = measured_macs(model, image_shape_of(ctx.spec), ctx.runtime.device)
     return {**split_sizes(ctx.spec), "model_macs": macs, "test_ece": test.ece}
 
 
@@ -248,7 +258,7 @@ def student_measures(
     shape, device = image_shape_of(ctx.spec), ctx.runtime.device
     values: dict[str, Any] = {**split_sizes(ctx.spec), "train_seconds": loop_seconds(history_rows)}
     values["soft_label_cache_fill_seconds"] = fill_seconds
-    values["model_macs"] = forward_macs(student, shape, device)
+    values["model_macs"] = measured_macs(student, shape, device)
     model = teacher.model if teacher is not None else None
     test, logits = measure_test_split(student, model, _test_batches(ctx), ctx.runtime, keep_logits=model is None)
     values.update(test_ece=test.ece, teacher_test_ece=test.teacher_ece, teacher_agreement=test.agreement,
@@ -257,7 +267,7 @@ def student_measures(
         write_test_logits(ctx.out_dir, logits)
         return values
     values["teacher_val_acc"] = teacher.summary.get("final_val_acc")
-    values["teacher_macs"] = forward_macs(model, shape, device)
+    values["teacher_macs"] = measured_macs(model, shape, device)
     try:
         values["method_macs"] = method_macs(method, student, model, request, shape, device)
     except Exception as error:  # noqa: BLE001 - a method whose modules cannot be probed alone: not measured
