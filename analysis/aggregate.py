@@ -76,8 +76,6 @@ SHORT_NAMES = {TEMPERATURE: "T", ALPHA: "α", METHOD: "method"}
 RANK_COLUMNS = ("setting", "mean", "std", "n", "ci95", "val_mean", "val_std", "val_n", "val_ci95", "top5_mean",
                 "top5_ci95", "best_mean", "best_ci95", "gain", "gain_std", "gain_n", "gain_ci95", "selected",
                 "run_dirs")  # fmt: skip
-#: Prefixes of the RANK_COLUMNS that exist only when the runs have the metric.
-OPTIONAL_RANK_PREFIXES = ("val_", "top5_", "best_")
 #: Two selection-metric means closer than this are a tie (means of percentages over the same seeds).
 TIE_TOLERANCE = 1e-9
 

@@ -16,6 +16,7 @@ from kd_hydra.models import build_model
 from kd_hydra.records import schema
 from kd_hydra.run.measures import (
     ECE_BINS,
+    TEACHER_LOGITS_CACHE,
     SplitMeasures,
     expected_calibration_error,
     forward_macs,
@@ -119,6 +120,13 @@ def test_a_real_sweep_records_the_measures_and_the_report_uses_them(tmp_path) ->
             assert logits.shape == (128, 10) and logits.dtype == np.float16
     distill = [r for r in records.values() if r["mode"] == schema.MODE_DISTILL]
     assert len(distill) == 4
+    # the teacher's test logits: computed once (by the teacher job), kept in the cache, read by every distill run
+    (entry,) = [p for p in (tmp_path / "cache" / TEACHER_LOGITS_CACHE).iterdir() if p.is_dir()]
+    (teacher_dir,) = [job for job, record in records.items() if record["mode"] == schema.MODE_TEACHER]
+    kept = np.load(entry / schema.TEST_LOGITS_FILE)
+    assert np.array_equal(kept, np.load(teacher_dir / schema.TEST_LOGITS_FILE))
+    assert len({r["teacher_test_ece"] for r in distill}) == 1
+    assert distill[0]["teacher_test_ece"] == pytest.approx(records[teacher_dir]["test_ece"])
     for record in distill:
         assert 0 <= record["teacher_agreement"] <= 100 and record["teacher_kl"] >= 0
         assert record["teacher_test_ece"] >= 0 and record["teacher_macs"] > record["model_macs"]

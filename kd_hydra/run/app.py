@@ -289,7 +289,7 @@ def train_teacher(ctx: RunContext, plan: Plan) -> dict[str, Any]:
         model_params=params,
         checkpoint=str(teacher.weights_path),
         **summary,
-        **teacher_measures(ctx, teacher.model),
+        **teacher_measures(ctx, teacher),
     )
 
 

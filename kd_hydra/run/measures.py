@@ -36,8 +36,10 @@ ECE_BINS = 15
 FLOPS_PER_MAC = 2
 #: Images of the probe batch that runs a method's modules once (their MACs are divided by it).
 METHOD_PROBE_BATCH = 2
-#: How :data:`~kd_hydra.records.schema.TEST_LOGITS_FILE` keeps the logits.
+#: How :data:`~kd_hydra.records.schema.TEST_LOGITS_FILE` and the teachers' kept test logits store them.
 LOGITS_DTYPE = torch.float16
+#: Where a teacher's test logits are kept, under ``paths.cache_dir``.
+TEACHER_LOGITS_CACHE = "teacher_test_logits"
 
 
 def calibration_bins(logits: Tensor, targets: Tensor, bins: int = ECE_BINS) -> Tensor:
@@ -84,12 +86,13 @@ class SplitMeasures:
     _with_teacher: bool = field(default=False, repr=False)
 
     def add(self, student_logits: Tensor, targets: Tensor, teacher_logits: Tensor | None = None) -> None:
-        student_logits = student_logits.float()
+        """Add one batch (summed in float64 on the CPU, whatever the device)."""
+        student_logits, targets = student_logits.detach().float().cpu(), targets.cpu()
         self.images += int(targets.shape[0])
         self.student_bins = _summed(self.student_bins, calibration_bins(student_logits, targets, self.bins))
         if teacher_logits is None:
             return
-        teacher_logits = teacher_logits.float()
+        teacher_logits = teacher_logits.detach().float().cpu()
         self._with_teacher = True
         self.teacher_bins = _summed(self.teacher_bins, calibration_bins(teacher_logits, targets, self.bins))
         self.agreements += float((student_logits.argmax(dim=1) == teacher_logits.argmax(dim=1)).sum())
@@ -181,33 +184,92 @@ def method_macs(
 
 
 @torch.inference_mode()
+def test_logits(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], runtime: Any) -> Tensor:
+    """``model``'s logits (``eval`` mode) over ``batches``, in their order, as :data:`LOGITS_DTYPE` on the CPU."""
+    model = unwrap(model).eval()
+    kept = []
+    for images, _ in batches:
+        with runtime.autocast():
+            kept.append(model(images).float().to(LOGITS_DTYPE).cpu())
+    return torch.cat(kept)
+
+
+@torch.inference_mode()
 def measure_test_split(
     student: nn.Module,
-    teacher: nn.Module | None,
     batches: Iterable[tuple[Tensor, Tensor]],
     runtime: Any,
+    teacher_logits: Tensor | None = None,
     keep_logits: bool = False,
 ) -> tuple[SplitMeasures, Tensor | None]:
-    """:class:`SplitMeasures` of ``student`` (and ``teacher``) over the test ``batches``, both in ``eval`` mode, and
-    with ``keep_logits`` the student's logits (float16, on the CPU, in the batches' order)."""
-    measures, kept = SplitMeasures(), []
+    """:class:`SplitMeasures` of ``student`` (``eval`` mode) over the test ``batches``, with the teacher's logits of
+    the same images in the same order (:func:`teacher_test_logits`) when given; with ``keep_logits`` also the
+    student's logits (:data:`LOGITS_DTYPE`, on the CPU, in the batches' order)."""
+    measures, kept, seen = SplitMeasures(), [], 0
     student = unwrap(student).eval()
-    teacher = unwrap(teacher).eval() if teacher is not None else None
     for images, targets in batches:
         with runtime.autocast():
             student_logits = student(images)
-            teacher_logits = teacher(images) if teacher is not None else None
-        measures.add(student_logits, targets, teacher_logits)
+        count = int(targets.shape[0])
+        teacher = teacher_logits[seen : seen + count] if teacher_logits is not None else None
+        measures.add(student_logits, targets, teacher)
+        seen += count
         if keep_logits:
             kept.append(student_logits.float().to(LOGITS_DTYPE).cpu())
+    if teacher_logits is not None and seen != len(teacher_logits):
+        raise ValueError(f"{len(teacher_logits)} teacher logits for {seen} test images")
     return measures, torch.cat(kept) if kept else None
+
+
+def npy_bytes(logits: Tensor) -> bytes:
+    """``logits`` as the bytes of a ``.npy`` file."""
+    buffer = io.BytesIO()
+    np.save(buffer, logits.numpy(), allow_pickle=False)
+    return buffer.getvalue()
 
 
 def write_test_logits(out_dir: Path, logits: Tensor) -> None:
     """``schema.TEST_LOGITS_FILE`` in ``out_dir``: the test logits as a float16 ``.npy`` array, atomically."""
-    buffer = io.BytesIO()
-    np.save(buffer, logits.numpy(), allow_pickle=False)
-    atomic_write_bytes(out_dir / schema.TEST_LOGITS_FILE, buffer.getvalue())
+    atomic_write_bytes(out_dir / schema.TEST_LOGITS_FILE, npy_bytes(logits))
+
+
+def teacher_test_logits(ctx: Any, teacher: Any) -> Tensor:
+    """The test logits of ``teacher`` (a :class:`~kd_hydra.stores.teachers.Teacher`), computed once per teacher,
+    data, normalisation and precision and kept in ``<cache_dir>/teacher_test_logits/`` (every distill run of that
+    teacher reads them; computed again where the cache cannot be written)."""
+    from kd_hydra.records.identity import plain
+    from kd_hydra.stores.cache_entry import CacheEntry, entry_name
+
+    description = {
+        "format": 1,
+        "teacher_sha256": teacher.sha256,
+        "dataset_content": ctx.data_digest,
+        "normalize": plain(ctx.cfg.dataset.normalize),
+        "precision": str(ctx.runtime.autocast_dtype),
+        "channels_last": ctx.runtime.channels_last,
+    }
+    entry = CacheEntry(ctx.cache_path(TEACHER_LOGITS_CACHE) / entry_name(description, digits=24))
+    data = entry.read_sealed(schema.TEST_LOGITS_FILE) if entry.open(quiet=True) is not None else None
+    if data is not None:
+        try:
+            return torch.from_numpy(np.load(io.BytesIO(data), allow_pickle=False))
+        except ValueError:
+            log.warning("the teacher's test logits at %s are unreadable; computing them again", entry.path)
+    logits = test_logits(teacher.model, _test_batches(ctx), ctx.runtime)
+    try:
+        entry.seal({schema.TEST_LOGITS_FILE: entry.write(schema.TEST_LOGITS_FILE, npy_bytes(logits))})
+    except OSError as error:  # a read-only cache: computed again next time
+        log.warning("could not keep the teacher's test logits at %s (%s)", entry.path, error)
+    return logits
+
+
+def measured_macs(model: nn.Module, image_shape: tuple[int, ...], device: torch.device) -> int | None:
+    """:func:`forward_macs`, or None (logged) for a network the counter cannot run: a run never fails on it."""
+    try:
+        return forward_macs(model, image_shape, device)
+    except Exception as error:  # noqa: BLE001 - a measure for the report, not part of the result
+        log.warning("MACs not measured: %s: %s", type(error).__name__, error)
+        return None
 
 
 def split_sizes(spec: Any) -> dict[str, int]:
@@ -225,12 +287,13 @@ def image_shape_of(spec: Any) -> tuple[int, int, int]:
     return (spec.channels, spec.image_size, spec.image_size)
 
 
-def teacher_measures(ctx: Any, model: nn.Module) -> dict[str, Any]:
+def teacher_measures(ctx: Any, teacher: Any) -> dict[str, Any]:
     """metrics.json values of a ``mode=teacher`` run (data sizes, MACs, test ECE); writes its test logits."""
-    test, logits = measure_test_split(model, None, _test_batches(ctx), ctx.runtime, keep_logits=True)
+    logits = teacher_test_logits(ctx, teacher)
     write_test_logits(ctx.out_dir, logits)
-    macs = forward_macs(model, image_shape_of(ctx.spec), ctx.runtime.device)
-    return {**split_sizes(ctx.spec), "model_macs": macs, "test_ece": test.ece}
+    targets = torch.cat([targets.cpu() for _, targets in _test_batches(ctx)])
+    macs = measured_macs(teacher.model, image_shape_of(ctx.spec), ctx.runtime.device)
+    return {**split_sizes(ctx.spec), "model_macs": macs, "test_ece": expected_calibration_error(logits, targets)}
 
 
 def student_measures(
@@ -248,18 +311,18 @@ def student_measures(
     shape, device = image_shape_of(ctx.spec), ctx.runtime.device
     values: dict[str, Any] = {**split_sizes(ctx.spec), "train_seconds": loop_seconds(history_rows)}
     values["soft_label_cache_fill_seconds"] = fill_seconds
-    values["model_macs"] = forward_macs(student, shape, device)
-    model = teacher.model if teacher is not None else None
-    test, logits = measure_test_split(student, model, _test_batches(ctx), ctx.runtime, keep_logits=model is None)
+    values["model_macs"] = measured_macs(student, shape, device)
+    logits = teacher_test_logits(ctx, teacher) if teacher is not None else None
+    test, kept = measure_test_split(student, _test_batches(ctx), ctx.runtime, logits, keep_logits=teacher is None)
     values.update(test_ece=test.ece, teacher_test_ece=test.teacher_ece, teacher_agreement=test.agreement,
                   teacher_kl=test.kl)  # fmt: skip
     if teacher is None:
-        write_test_logits(ctx.out_dir, logits)
+        write_test_logits(ctx.out_dir, kept)
         return values
     values["teacher_val_acc"] = teacher.summary.get("final_val_acc")
-    values["teacher_macs"] = forward_macs(model, shape, device)
+    values["teacher_macs"] = measured_macs(teacher.model, shape, device)
     try:
-        values["method_macs"] = method_macs(method, student, model, request, shape, device)
+        values["method_macs"] = method_macs(method, student, teacher.model, request, shape, device)
     except Exception as error:  # noqa: BLE001 - a method whose modules cannot be probed alone: not measured
         log.info("method_macs not measured: %s: %s", type(error).__name__, error)
         values["method_macs"] = None
