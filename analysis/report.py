@@ -333,7 +333,10 @@ def _comparison_section(runs: pd.DataFrame, tables: Sequence[PaperTable]) -> lis
         if setup.teacher_keys:
             lines += [f"Teacher of these students: {code(setup.teacher_text())}.", ""]
         if setup in by_setup:
-            lines += paper_table_markdown(by_setup[setup], number)
+            several = len(distill_methods(runs_of_setup(runs, setup))) > 1
+            lead = (f"Methods compared, each by its selected setting ({_selected_on_text(selection_metric(runs))}), "
+                    "with the teacher and the baseline student. ") if several else ""  # fmt: skip
+            lines += paper_table_markdown(by_setup[setup], number, lead)
         lines += _ranking_table(setup, ranked)
     return lines
 
@@ -397,10 +400,11 @@ def _teachers_line(runs: pd.DataFrame, setups: Sequence[Setup]) -> list[str]:
             "their teacher (named in brackets).", ""]  # fmt: skip
 
 
-def paper_table_markdown(table: PaperTable, number: int | None = None) -> list[str]:
-    """A :class:`~analysis.tables.PaperTable` as report.md / table.md lines: caption, table, notes."""
+def paper_table_markdown(table: PaperTable, number: int | None = None, lead: str = "") -> list[str]:
+    """A :class:`~analysis.tables.PaperTable` as report.md / table.md lines: ``lead`` and the caption, the table,
+    the notes."""
     title = f"**Table {number}.** " if number is not None else ""
-    lines = [title + escape_text(table.caption), "", *markdown_table(table.header, table.rows)]
+    lines = [title + escape_text(lead + table.caption), "", *markdown_table(table.header, table.rows)]
     for note in table.notes:
         lines += [escape_text(note), ""]
     return lines
