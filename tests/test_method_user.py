@@ -154,8 +154,15 @@ def test_a_user_method_with_parts_and_extra_state_checkpoints_and_checks_types(
 def test_loss_options_are_the_yaml_files_only(workspace: Workspace):
     """No ``*_schema`` entry is listed or selectable: the loss group holds exactly conf/loss/*.yaml."""
     help_text = workspace.run("--help").stdout
-    (listed,) = [line for line in help_text.splitlines() if line.startswith("loss: ")]
-    assert listed.removeprefix("loss: ").split(", ") == sorted(p.stem for p in (REPO / "conf" / "loss").glob("*.yaml"))
+    lines = help_text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("loss: ")) + 1
+    block = []  # the options are listed on the indented lines under the group's line
+    for line in lines[start:]:
+        if not line.startswith("    "):
+            break
+        block.append(line.strip())
+    listed = " ".join(block).split(", ")
+    assert listed == sorted(p.stem for p in (REPO / "conf" / "loss").glob("*.yaml"))
     assert "_schema" not in help_text
     _, process = workspace.single("schema", *TINY, "loss=kd_schema", expect=2)
     assert "kd_schema" in process.stderr and "_schema," not in process.stderr
