@@ -332,7 +332,7 @@ def test_model_files_instantiate() -> None:
 
 
 def test_teacher_and_student_options_are_the_model_configs() -> None:
-    """``teacher=<arch>`` is model/<arch> plus ``checkpoint``; ``student=<arch>`` is model/<arch> as it is."""
+    """``teacher=<arch>`` and ``student=<arch>`` are model/<arch> plus ``checkpoint`` (the student's: mode=eval)."""
     register_configs()
     names = model_config_names(str(CONF_DIR))
     assert names == sorted(path.stem for path in MODEL_DIR.glob("*.yaml"))
@@ -345,8 +345,11 @@ def test_teacher_and_student_options_are_the_model_configs() -> None:
         **OmegaConf.to_container(OmegaConf.load(MODEL_DIR / "vgg13.yaml")),
         "checkpoint": "/ckpt.pth",
     }
-    assert OmegaConf.to_container(cfg.student) == OmegaConf.to_container(OmegaConf.load(MODEL_DIR / "mobile_half.yaml"))
-    assert wrn.teacher.checkpoint is None and "checkpoint" not in wrn.student
+    assert OmegaConf.to_container(cfg.student) == {
+        **OmegaConf.to_container(OmegaConf.load(MODEL_DIR / "mobile_half.yaml")),
+        "checkpoint": None,
+    }
+    assert wrn.teacher.checkpoint is None and wrn.student.checkpoint is None
     assert (wrn.teacher.dropout, wrn.student.dropout, wrn.student.name) == (0.0, 0.3, "wrn_16_2")
 
 
