@@ -420,7 +420,7 @@ def write_paper_sweep(root: Path, methods: dict[str, tuple[tuple[float, float, f
         config["student"]["name"] = student
         return config
 
-    teacher_config = config_of(schema.MODE_TEACHER, 0)
+    teacher_config = config_of(Mode.teacher.value, 0)
     teacher = {key: value for key, value in PAPER_TEACHER.items() if key != "final_test_acc"}
     metrics = complete_metrics(teacher_config, PAPER_TEACHER["final_test_acc"], teacher_id=TEACHER_ID_OF_PAPER,
                                **PAPER_SIZES, **teacher)  # fmt: skip
@@ -429,7 +429,7 @@ def write_paper_sweep(root: Path, methods: dict[str, tuple[tuple[float, float, f
     write_test_logits(run, PAPER_TEACHER_LOGITS)
     for seed in range(seeds):
         last, best, val = PAPER_BASELINE[seed]
-        config = config_of(schema.MODE_STUDENT, seed)
+        config = config_of(Mode.student.value, seed)
         metrics = complete_metrics(config, last, final_val_acc=val, best_test_acc=best, test_ece=3.0 + seed,
                                    model_macs=PAPER_STUDENT_MACS, train_seconds=12.0, **PAPER_SIZES)  # fmt: skip
         run = write_run(root / f"baseline-{seed}", config, metrics, make_history(last, distill=False))
@@ -437,7 +437,7 @@ def write_paper_sweep(root: Path, methods: dict[str, tuple[tuple[float, float, f
     for method, per_seed in methods.items():
         params, macs = PAPER_METHOD_PARTS[method]
         for seed, (last, best, val) in enumerate(per_seed):
-            config = config_of(schema.MODE_DISTILL, seed, method)
+            config = config_of(Mode.distill.value, seed, method)
             fill = PAPER_FILL_SECONDS if (method, seed) == ("kd", 0) else (0.0 if method != "crd" else None)
             metrics = complete_metrics(
                 config, last, teacher_id=TEACHER_ID_OF_PAPER, final_val_acc=val, best_test_acc=best,

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from conftest import TINY, Workspace
+from kd_hydra.enums import Mode
 from kd_hydra.models import build_model
 from kd_hydra.records import schema
 from kd_hydra.run.measures import (
@@ -113,16 +114,16 @@ def test_a_real_sweep_records_the_measures_and_the_report_uses_them(tmp_path) ->
         assert record["status"] == "completed" and set(record) == set(schema.METRICS_KEYS)
         assert (record["train_images"], record["val_images"], record["test_images"]) == (196, 60, 128)
         assert 0 <= record["test_ece"] <= 100 and record["model_macs"] > 0
-        keeps_logits = record["mode"] in (schema.MODE_TEACHER, schema.MODE_STUDENT)
+        keeps_logits = record["mode"] in (Mode.teacher.value, Mode.student.value)
         assert (job / schema.TEST_LOGITS_FILE).is_file() == keeps_logits
         if keeps_logits:
             logits = np.load(job / schema.TEST_LOGITS_FILE)
             assert logits.shape == (128, 10) and logits.dtype == np.float16
-    distill = [r for r in records.values() if r["mode"] == schema.MODE_DISTILL]
+    distill = [r for r in records.values() if r["mode"] == Mode.distill.value]
     assert len(distill) == 4
     # the teacher's test logits: computed once (by the teacher job), kept in the cache, read by every distill run
     (entry,) = [p for p in (tmp_path / "cache" / TEACHER_LOGITS_CACHE).iterdir() if p.is_dir()]
-    (teacher_dir,) = [job for job, record in records.items() if record["mode"] == schema.MODE_TEACHER]
+    (teacher_dir,) = [job for job, record in records.items() if record["mode"] == Mode.teacher.value]
     kept = np.load(entry / schema.TEST_LOGITS_FILE)
     assert np.array_equal(kept, np.load(teacher_dir / schema.TEST_LOGITS_FILE))
     assert len({r["teacher_test_ece"] for r in distill}) == 1
