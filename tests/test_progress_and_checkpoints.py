@@ -62,7 +62,7 @@ def test_a_terminal_sweep_shows_bars_and_job_k_of_n_with_an_eta(workspace: Works
         workspace.root,
         workspace.env,
     )
-    assert "job 1 of 2 (ETA unknown until a job ends)" in output
+    assert "job 1 of 2 (ETA unknown until a student job ends)" in output
     assert "job 2 of 2 (ETA " in output and "s)" in output
     assert "student: 100%" in output and "\r" in output, "a tqdm bar over the run's epochs"
 
