@@ -111,9 +111,12 @@ def train_epoch(
         batch = assemble(images, targets, sample_indices)
         with runtime.autocast():
             output = stage.loss(batch)
-        if not seen:  # the method's contract, at the first step of every epoch (one host sync)
+        if not seen:  # the method's contract at the first step of every epoch; a NaN is divergence (below), not a fault
             check_output(
-                output, stage.parts, target_of(stage.loss) if isinstance(stage.loss, DistillMethod) else stage.name
+                output,
+                stage.parts,
+                target_of(stage.loss) if isinstance(stage.loss, DistillMethod) else stage.name,
+                finite=False,
             )
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(output.total).backward()
