@@ -75,6 +75,7 @@ def test_a_small_validation_split_and_a_subset_are_named():
     spec = DatasetSpec("d", 2, 3, 8, ("a", "b"), num_train=900, num_test=100, num_val=144)
     (line,) = split_warnings(spec, dataset)
     assert line.startswith("dataset.val_fraction: the validation split holds 144 images") and "4.2 points" in line
+    assert split_warnings(spec, dataset, selects=False) == [], "a teacher's validation accuracy selects nothing"
     large = DatasetSpec("d", 2, 3, 8, ("a", "b"), num_train=9000, num_test=100, num_val=MIN_VAL_IMAGES)
     assert split_warnings(large, OmegaConf.create({"subset": 64})) == [
         "dataset.subset: at most 64 images of each split: a smoke test, not a result"

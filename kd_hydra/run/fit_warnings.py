@@ -51,13 +51,14 @@ def schedule_warnings(node: Any, key: str, epochs: int) -> list[str]:
     return lines
 
 
-def split_warnings(spec: Any, dataset: DictConfig) -> list[str]:
-    """A validation split too small to select settings on, and a subset of the data (a smoke test)."""
+def split_warnings(spec: Any, dataset: DictConfig, selects: bool = True) -> list[str]:
+    """A subset of the data (a smoke test), and a validation split too small to select settings on (when the
+    run's validation accuracy ``selects`` settings: a student's)."""
     lines = []
     subset = dataset.get("subset")
     if subset is not None:
         lines.append(f"dataset.subset: at most {subset} images of each split: a smoke test, not a result")
-    if 0 < spec.num_val < MIN_VAL_IMAGES:
+    if selects and 0 < spec.num_val < MIN_VAL_IMAGES:
         lines.append(
             f"dataset.val_fraction: the validation split holds {spec.num_val} images: an accuracy near 50% on it has "
             f"a standard error of {50 / math.sqrt(spec.num_val):.1f} points, too coarse to separate settings closer "
@@ -84,10 +85,8 @@ def run_warnings(cfg: DictConfig, spec: Any, method: DistillMethod | None, stude
     if mode is Mode.teacher or (mode is Mode.distill and cfg.teacher.get("checkpoint") is None):
         recipe = cfg.teacher_training
         lines += schedule_warnings(recipe.scheduler, "teacher_training.scheduler", recipe.epochs)
-    subset_and_split = split_warnings(spec, cfg.dataset)
-    if mode not in (Mode.student, Mode.distill):  # only a student's validation accuracy selects settings
-        subset_and_split = [line for line in subset_and_split if not line.startswith("dataset.val_fraction")]
-    return list(dict.fromkeys(lines + subset_and_split))
+    lines += split_warnings(spec, cfg.dataset, selects=mode in (Mode.student, Mode.distill))
+    return list(dict.fromkeys(lines))
 
 
 def in_sweep() -> bool:
