@@ -133,8 +133,22 @@ def test_the_probe_leaves_the_method_and_the_random_state_as_they_were():
 # ----------------------------------------------------------------------------- 6. the Python API
 
 
+def restore_caller_state(logger, threads, torch_rng, python_rng, numpy_rng, level) -> None:
+    """Put back what the test below changed on purpose, so that the tests after it run as usual."""
+    import random
+
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.set_rng_state(torch_rng)
+    random.setstate(python_rng)
+    np.random.set_state(numpy_rng)
+    logger.setLevel(level)
+
+
 def test_run_experiment_leaves_the_callers_process_state_as_it_found_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ):
     import logging
     import os
@@ -146,11 +160,13 @@ def test_run_experiment_leaves_the_callers_process_state_as_it_found_it(
     import kd_hydra
 
     monkeypatch.chdir(tmp_path)
+    logger = logging.getLogger("kd_hydra")
+    saved = (torch.get_num_threads(), torch.get_rng_state(), random.getstate(), np.random.get_state(), logger.level)
+    request.addfinalizer(lambda: restore_caller_state(logger, *saved))  # later tests must see the usual state
     torch.set_num_threads(3)
     torch.manual_seed(123)
     random.seed(5)
     np.random.seed(7)
-    logger = logging.getLogger("kd_hydra")
     logger.setLevel(logging.ERROR)
     root_level, root_handlers = logging.getLogger().level, list(logging.getLogger().handlers)
     before = (torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy())
