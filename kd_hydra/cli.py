@@ -153,8 +153,30 @@ def expose_clone_plugins() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """The console script: check the command line, then hand it to ``hydra.main``."""
+    """The console script: check the command line, then hand it to ``hydra.main``. Under torchrun, rank 0 does
+    that and runs the job with the other ranks, which wait for it (:mod:`kd_hydra.run.workers`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    from kd_hydra.train.distributed import launched_world
+
+    if launched_world() == 1:
+        compose_and_run(argv)
+        return
+    from kd_hydra.run import workers
+
+    if "-m" in argv or "--multirun" in argv:
+        print("error: -m under torchrun: run the sweep without torchrun and set trainer.devices=N", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    if int(os.environ["RANK"]) != 0:
+        sys.exit(workers.follow())
+    try:
+        compose_and_run(argv)
+    finally:
+        if not workers.led():
+            workers.release_followers()
+
+
+def compose_and_run(argv: list[str]) -> None:
+    """Check the command line, then hand it to ``hydra.main``."""
     expose_clone_plugins()
     try:
         args = parse_command_line(argv)

@@ -58,6 +58,27 @@ def _check_checkpoints(cfg: DictConfig, mode: Mode) -> None:
             _require(path is None or os.path.isfile(path), key, f"no such file: {path}")
 
 
+def _check_devices(cfg: DictConfig, mode: Mode) -> None:
+    """``trainer.devices`` and what goes with it: every worker gets a share of every batch; SyncBatchNorm is CUDA's."""
+    trainer = cfg.trainer
+    devices = trainer.devices
+    _require(devices >= 1, "trainer.devices", f"must be >= 1 (got {devices})")
+    _require(trainer.max_restarts >= 0, "trainer.max_restarts", f"must be >= 0 (got {trainer.max_restarts})")
+    if devices == 1:
+        return
+    _require(
+        not trainer.sync_batchnorm or trainer.device.startswith("cuda") or trainer.device == "auto",
+        "trainer.sync_batchnorm",
+        f"needs CUDA devices (trainer.device is {trainer.device}); use false: each worker's BatchNorm statistics",
+    )
+    _require(mode is not Mode.eval, "trainer.devices", "must be 1 for mode=eval (one pass over the test split)")
+    batches = [("trainer.batch_size", trainer.batch_size)]
+    if mode in (Mode.distill, Mode.teacher):
+        batches.append(("teacher_training.batch_size", cfg.teacher_training.batch_size))
+    for key, size in batches:
+        _require(size >= devices, key, f"is {size}: every one of trainer.devices={devices} workers needs a sample")
+
+
 def validate(cfg: DictConfig) -> None:
     """Check values and combinations of a composed config; raise :class:`ConfigError` on the first bad one.
 
@@ -92,6 +113,7 @@ def validate(cfg: DictConfig) -> None:
         "trainer.num_workers",
         f"must be >= 0 or null (got {trainer.num_workers})",
     )
+    _check_devices(cfg, mode)
 
     check_optimization(cfg.optimizer, cfg.scheduler, "", trainer.epochs)
     if mode in (Mode.distill, Mode.teacher):

@@ -29,6 +29,7 @@ TrainerConfig = required_fields("TrainerConfig", "``trainer``: the training loop
     "epochs": int, "batch_size": int, "eval_batch_size": int, "eval_every": int,
     "device": str, "precision": Precision, "channels_last": bool | None, "compile": bool, "seed": int,
     "num_threads": int | None, "num_workers": int | None,
+    "devices": int, "sync_batchnorm": bool, "gather_batch": bool, "max_restarts": int,
     "save_checkpoint": bool, "save_best": bool, "save_every": int, "checkpoint_every": int, "resume": Resume,
     "progress": bool,
 })  # fmt: skip

@@ -28,6 +28,7 @@ from kd_hydra.data.augment import (
 from kd_hydra.data.config import channel_count_error
 from kd_hydra.data.types import ArrayData, DatasetSpec, FolderData
 from kd_hydra.errors import ConfigError, DataError
+from kd_hydra.train.distributed import SINGLE, Workers
 
 #: Part of every epoch seed: bump it when the way plans are drawn changes.
 PLAN_VERSION = 1
@@ -120,6 +121,7 @@ class _Pipeline:
         channels_last: bool = False,
         eval_batch_size: int | None = None,
         drop_last: bool = False,
+        workers: Workers = SINGLE,
     ) -> None:
         spec = data.spec
         self.spec = spec
@@ -131,6 +133,7 @@ class _Pipeline:
         self.seed = int(seed)
         self.channels_last = channels_last
         self.drop_last = drop_last
+        self.workers = workers
         self.num_train = spec.num_train
         self.num_test = spec.num_test
         self.num_val = spec.num_val
@@ -176,8 +179,9 @@ class InMemoryPipeline(_Pipeline):
         self._y_val = None if data.y_val is None else data.y_val.to(self.device)
 
     def train_batches(self, epoch: int) -> Iterator[Batch]:
-        """(x normalised, y, sample idx) on the device, in plan order, `batch_size` at a time."""
-        return self._planned_batches(epoch, self.batch_size, self.drop_last)
+        """(x normalised, y, sample idx) on the device, in plan order, `batch_size` at a time (this worker's rows
+        of each batch when there are several)."""
+        return self._planned_batches(epoch, self.batch_size, self.drop_last, self.workers)
 
     def augmented_train_batches(self, epoch: int, batch_size: int) -> Iterator[Batch]:
         """Like `train_batches` (same per-sample inputs) with another batch size; never drops a sample."""
@@ -193,14 +197,17 @@ class InMemoryPipeline(_Pipeline):
         return self._eval_batches(self._x_val, self._y_val)
 
     def _eval_batches(self, x_all: torch.Tensor, y_all: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for start in range(0, len(x_all), self.eval_batch_size):
+        size, workers = self.eval_batch_size, self.workers
+        for start in range(workers.rank * size, len(x_all), workers.world * size):  # this worker's batches
             x = x_all[start : start + self.eval_batch_size]
             yield self._normalize(x), y_all[start : start + self.eval_batch_size]
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         return normalize(x, self._scale, self._shift, torch.float32, self.channels_last)
 
-    def _planned_batches(self, epoch: int, batch_size: int, drop_last: bool) -> Iterator[Batch]:
+    def _planned_batches(
+        self, epoch: int, batch_size: int, drop_last: bool, workers: Workers = SINGLE
+    ) -> Iterator[Batch]:
         plan = self.epoch_plan(epoch)
         order = plan.order.to(self.device)
         augment = self.augment.active
@@ -209,7 +216,8 @@ class InMemoryPipeline(_Pipeline):
             dy, dx, flip = (t[plan.order].to(self.device) for t in (plan.dy, plan.dx, plan.flip))
         stop = self.num_train - self.num_train % batch_size if drop_last else self.num_train
         for start in range(0, stop, batch_size):
-            batch = slice(start, start + batch_size)
+            rows = workers.rows(min(batch_size, stop - start))
+            batch = slice(start + rows.start, start + rows.stop)
             idx = order[batch]
             x = self._x_train.index_select(0, idx)
             if augment:
@@ -233,6 +241,38 @@ class _PlanSampler(Sampler[tuple[int, int, int, bool]]):
         plan = make_epoch_plan(self.num, self.augment, self.seed, self.epoch)
         order = plan.order
         return zip(order.tolist(), plan.dy[order].tolist(), plan.dx[order].tolist(), plan.flip[order].tolist())
+
+
+class _WorkerRows(Sampler[list]):
+    """Batches of ``batch_size`` items of ``items`` in its order; of each, the rows of ``workers``' rank."""
+
+    def __init__(self, items: Sampler, batch_size: int, drop_last: bool = False, workers: Workers = SINGLE) -> None:
+        self.items, self.batch_size, self.drop_last, self.workers = items, batch_size, drop_last, workers
+
+    def __len__(self) -> int:
+        return _num_batches(len(self.items), self.batch_size, self.drop_last)
+
+    def __iter__(self) -> Iterator[list]:
+        keys = list(self.items)
+        stop = len(keys) - len(keys) % self.batch_size if self.drop_last else len(keys)
+        for start in range(0, stop, self.batch_size):
+            batch = keys[start : min(start + self.batch_size, stop)]
+            yield batch[self.workers.rows(len(batch))]
+
+
+class _WorkerBatches(Sampler[list]):
+    """Items 0..num-1 in order, ``batch_size`` at a time; of the batches, every ``world``-th from the rank's."""
+
+    def __init__(self, num: int, batch_size: int, workers: Workers) -> None:
+        self.num, self.batch_size, self.workers = num, batch_size, workers
+
+    def __len__(self) -> int:
+        return len(range(self.workers.rank, _num_batches(self.num, self.batch_size, False), self.workers.world))
+
+    def __iter__(self) -> Iterator[list]:
+        step = self.batch_size * self.workers.world
+        for start in range(self.workers.rank * self.batch_size, self.num, step):
+            yield list(range(start, min(start + self.batch_size, self.num)))
 
 
 class _PlannedItems(Dataset):
@@ -276,16 +316,16 @@ class LoaderPipeline(_Pipeline):
         super().__init__(data, *settings, **options)
 
     def _attach(self, data: FolderData) -> None:
-        augment, drop_last = self.augment, self.drop_last
+        augment, workers = self.augment, self.workers
         self._train_items = _PlannedItems(data.train, data.spec.image_size, augment.padding)
         self._test_items = _PlannedItems(data.test, data.spec.image_size, 0)
         self._sampler = _PlanSampler(self.num_train, augment, self.seed)
-        self._train_loader = self._loader(self._train_items, self._sampler, self.batch_size, drop_last, persistent=True)
-        self._test_loader = self._loader(self._test_items, None, self.eval_batch_size, False, persistent=True)
+        train_batches = _WorkerRows(self._sampler, self.batch_size, self.drop_last, workers)
+        self._train_loader = self._loader(self._train_items, train_batches, persistent=True)
+        self._test_loader = self._eval_loader(self._test_items)
         self._val_loader = None
         if data.val is not None:
-            val_items = _PlannedItems(data.val, data.spec.image_size, 0)
-            self._val_loader = self._loader(val_items, None, self.eval_batch_size, False, persistent=True)
+            self._val_loader = self._eval_loader(_PlannedItems(data.val, data.spec.image_size, 0))
 
     def train_batches(self, epoch: int) -> Iterator[Batch]:
         """(x normalised, y, sample idx) on the device, in plan order, `batch_size` at a time."""
@@ -295,7 +335,7 @@ class LoaderPipeline(_Pipeline):
     def augmented_train_batches(self, epoch: int, batch_size: int) -> Iterator[Batch]:
         """Like `train_batches` (same per-sample inputs) with another batch size, through a one-off loader."""
         sampler = _PlanSampler(self.num_train, self.augment, self.seed, epoch)
-        loader = self._loader(self._train_items, sampler, batch_size, drop_last=False, persistent=False)
+        loader = self._loader(self._train_items, _WorkerRows(sampler, batch_size), persistent=False)
         return self._to_device(loader)
 
     def test_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -308,19 +348,18 @@ class LoaderPipeline(_Pipeline):
         self._require_val()
         return ((x, y) for x, y, _ in self._to_device(self._val_loader))
 
-    def _loader(
-        self, items: Dataset, sampler: Sampler | None, batch_size: int, drop_last: bool, persistent: bool
-    ) -> DataLoader:
+    def _loader(self, items: Dataset, batches: Sampler[list], persistent: bool) -> DataLoader:
         return DataLoader(
             items,
-            batch_size=batch_size,
-            sampler=sampler,
-            shuffle=False,
-            drop_last=drop_last,
+            batch_sampler=batches,
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=persistent and self.num_workers > 0,
         )
+
+    def _eval_loader(self, items: Dataset) -> DataLoader:
+        """The split in order, ``eval_batch_size`` at a time: this worker's batches when there are several."""
+        return self._loader(items, _WorkerBatches(len(items), self.eval_batch_size, self.workers), persistent=True)
 
     def _to_device(self, loader: DataLoader) -> Iterator[Batch]:
         for x, y, idx in loader:
@@ -365,6 +404,7 @@ def build_pipeline(
     eval_batch_size: int | None = None,
     num_workers: int | None = None,
     drop_last: bool = False,
+    workers: Workers = SINGLE,
 ) -> InMemoryPipeline | LoaderPipeline:
     """The pipeline for `data` configured by the dataset node's `augment` and `normalize`.
 
@@ -382,6 +422,7 @@ def build_pipeline(
         channels_last=channels_last,
         eval_batch_size=eval_batch_size,
         drop_last=drop_last,
+        workers=workers,
     )
     if isinstance(data, ArrayData):
         return InMemoryPipeline(data, **common)

@@ -107,6 +107,10 @@ class DistillMethod(nn.Module):
     needs_strong_view: ClassVar[bool] = False
     #: Whether the teacher's BatchNorms use each batch's statistics (OFD's reference runs its teacher in train mode).
     teacher_batch_statistics: ClassVar[bool] = False
+    #: Whether the loss relates the samples of a batch (similarities, correlations, class statistics over the
+    #: batch): with several workers it is computed on each worker's share of the batch, as the references compute
+    #: it on each GPU's, unless ``trainer.gather_batch`` concatenates the workers' batches first.
+    relates_samples: ClassVar[bool] = False
     #: The setting that weighs a part in :meth:`weighted_loss`, where it is not ``<part>_weight``.
     weight_keys: ClassVar[Mapping[str, str]] = {}
 

@@ -27,6 +27,7 @@ class CC(PooledFeatureMethod):
     """Correlation congruence; parts ``ce`` and ``cc`` (unweighted). Trainable: ``embed_student``, ``embed_teacher``."""
 
     parts = ("ce", "cc")
+    relates_samples = True
 
     def __init__(
         self,

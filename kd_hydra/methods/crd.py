@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -22,6 +23,37 @@ from kd_hydra.models.features import PRE_LOGIT
 from .base import FeatureShapes, LossOutput, MethodBatch
 from .checks import require_finite, require_positive_int
 from .points import PooledFeatureMethod
+
+
+def _workers() -> int:
+    """The number of data-parallel workers of this job (1 without a process group)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _mean_over_workers(values: Tensor) -> Tensor:
+    if _workers() > 1:
+        values = values.clone()
+        dist.all_reduce(values)
+        values /= _workers()
+    return values
+
+
+def _rows_of_all_workers(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """Each tensor's rows from every worker, concatenated in rank order (the tensors themselves in one process)."""
+    world = _workers()
+    if world == 1:
+        return tensors
+    count = torch.tensor([tensors[0].shape[0]], device=tensors[0].device)
+    counts = [torch.zeros_like(count) for _ in range(world)]
+    dist.all_gather(counts, count)
+    sizes = [int(c.item()) for c in counts]
+    gathered = []
+    for tensor in tensors:
+        padded = torch.cat((tensor, tensor.new_zeros((max(sizes) - tensor.shape[0], *tensor.shape[1:]))))
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded)
+        gathered.append(torch.cat([part[:size] for part, size in zip(parts, sizes)]))
+    return tuple(gathered)
 
 
 class CRDEmbed(nn.Module):
@@ -109,17 +141,19 @@ class ContrastMemory(nn.Module):
             teacher_scores = self._scores(teacher_embed, self.memory_student, contrast_indices)
             with torch.no_grad():
                 # Estimated once (first batch); torch.where keeps it free of host syncs.
-                self.z_student.copy_(
-                    torch.where(self.z_student < 0, student_scores.mean() * self.num_data, self.z_student)
+                student_mean, teacher_mean = _mean_over_workers(
+                    torch.stack((student_scores.mean(), teacher_scores.mean()))
                 )
-                self.z_teacher.copy_(
-                    torch.where(self.z_teacher < 0, teacher_scores.mean() * self.num_data, self.z_teacher)
-                )
+                self.z_student.copy_(torch.where(self.z_student < 0, student_mean * self.num_data, self.z_student))
+                self.z_teacher.copy_(torch.where(self.z_teacher < 0, teacher_mean * self.num_data, self.z_teacher))
             student_scores = student_scores / self.z_student.detach().clone()
             teacher_scores = teacher_scores / self.z_teacher.detach().clone()
-            with torch.no_grad():
-                self._update(self.memory_student, student_embed.detach(), indices)
-                self._update(self.memory_teacher, teacher_embed.detach(), indices)
+            with torch.no_grad():  # every worker's rows: the bank stays the same on every worker
+                indices, student_rows, teacher_rows = _rows_of_all_workers(
+                    indices, student_embed.detach(), teacher_embed.detach()
+                )
+                self._update(self.memory_student, student_rows, indices)
+                self._update(self.memory_teacher, teacher_rows, indices)
         return student_scores, teacher_scores
 
     def _update(self, memory: Tensor, embed: Tensor, indices: Tensor) -> None:

@@ -19,6 +19,7 @@ class DIST(DistillMethod):
     """DIST's relational matching of predictions; parts ``ce`` and ``dist`` (unweighted by ``dist_weight``)."""
 
     parts = ("ce", "dist")
+    relates_samples = True
 
     def __init__(
         self,

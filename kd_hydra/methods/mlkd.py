@@ -22,6 +22,7 @@ class MLKD(DistillMethod):
     """MLKD; parts ``ce`` (both views' CE), ``kd``, ``cc``, ``bc`` (unweighted)."""
 
     parts = ("ce", "kd", "cc", "bc")
+    relates_samples = True
     needs_strong_view = True
 
     def __init__(self, *, ce_weight: float, kd_weight: float, temperature: float, standardize: bool) -> None:

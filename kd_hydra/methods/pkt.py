@@ -16,6 +16,7 @@ class PKT(PooledFeatureMethod):
     """Probabilistic knowledge transfer; parts ``ce`` and ``pkt`` (unweighted)."""
 
     parts = ("ce", "pkt")
+    relates_samples = True
 
     def __init__(self, *, ce_weight: float, pkt_weight: float) -> None:
         super().__init__()

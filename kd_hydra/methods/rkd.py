@@ -16,6 +16,7 @@ class RKD(PooledFeatureMethod):
     """Distance- and angle-wise relations; parts ``ce`` and ``rkd`` (``w_d * distance + w_a * angle``)."""
 
     parts = ("ce", "rkd")
+    relates_samples = True
 
     def __init__(self, *, ce_weight: float, rkd_weight: float, distance_weight: float, angle_weight: float) -> None:
         super().__init__()

@@ -21,6 +21,7 @@ class SP(DistillMethod):
     """Similarity preserving; parts ``ce`` and ``sp`` (unweighted)."""
 
     parts = ("ce", "sp")
+    relates_samples = True
 
     def __init__(self, *, ce_weight: float, sp_weight: float) -> None:
         super().__init__()

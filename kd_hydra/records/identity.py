@@ -28,6 +28,7 @@ NON_TRAINING_KEYS = (
     "hydra",
     "optimized_metric",
     "trainer.resume",
+    "trainer.max_restarts",
     "trainer.checkpoint_every",
     "trainer.progress",
     "trainer.num_workers",
@@ -44,6 +45,12 @@ NON_TRAINING_KEYS = (
 DEVICE_KEYS = ("trainer.device",)
 #: Keys that never tell two settings of an experiment apart: :data:`NON_TRAINING_KEYS` and :data:`DEVICE_KEYS`.
 SAME_SETTING_KEYS = NON_TRAINING_KEYS + DEVICE_KEYS
+
+#: Keys of data-parallel training: with one device (the default) they change nothing and stay out of a run's settings
+#: (its identity equals a run's from before they existed); with several, the samples per BatchNorm batch
+#: (:data:`BATCHNORM_BATCH_KEY`) join them: they change what a run computes.
+DISTRIBUTED_KEYS = ("trainer.devices", "trainer.sync_batchnorm", "trainer.gather_batch")
+BATCHNORM_BATCH_KEY = "trainer.batchnorm_batch"
 
 #: The top-level config groups that hold training settings (the others are :data:`NON_TRAINING_KEYS`).
 TRAINING_GROUPS = (
@@ -110,7 +117,19 @@ def under(dotted: str, prefixes: Iterable[str]) -> bool:
 def training_settings(cfg: DictConfig) -> dict[str, Any]:
     """Every resolved setting as dotted keys, without :data:`NON_TRAINING_KEYS` (the record in metrics.json)."""
     top = {key: cfg[key] for key in cfg if not under(str(key), NON_TRAINING_KEYS)}  # never resolve hydra.*
-    return {k: v for k, v in flatten(top).items() if not under(k, NON_TRAINING_KEYS)}
+    settings = {k: v for k, v in flatten(top).items() if not under(k, NON_TRAINING_KEYS)}
+    devices = int(settings.get("trainer.devices") or 1)
+    if devices == 1:
+        return {k: v for k, v in settings.items() if k not in DISTRIBUTED_KEYS}
+    settings[BATCHNORM_BATCH_KEY] = batchnorm_batch(
+        settings["trainer.batch_size"], devices, bool(settings.get("trainer.sync_batchnorm"))
+    )
+    return settings
+
+
+def batchnorm_batch(batch_size: int, devices: int, synchronized: bool) -> int:
+    """The samples a BatchNorm layer normalises over in a step of ``devices`` workers (the largest share)."""
+    return batch_size if synchronized else -(-batch_size // devices)
 
 
 def evaluated_role(student_checkpoint: Any) -> str:
@@ -152,15 +171,24 @@ def teacher_identity(cfg: DictConfig, content_digest: str) -> dict[str, Any]:
     It is the teacher store's key, the sweep's grouping of distill jobs into teacher jobs (with
     :func:`dataset_config_digest` standing in for the content digest) and part of a distill run's identity.
     Not in it: the student's settings (``trainer``, ``optimizer``, ``scheduler``), which never train a teacher,
-    and the device, since a teacher trained on one device serves runs on any other.
+    and the device, since a teacher trained on one device serves runs on any other; but with several workers
+    (``trainer.devices``), their number and the samples per BatchNorm batch, which change the teacher trained.
     """
     arch = {k: v for k, v in plain(cfg.teacher).items() if k not in ("checkpoint", "_target_")}
-    return {
+    identity = {
         "format": IDENTITY_FORMAT,
         "arch": arch,
         "data": data_identity(cfg.dataset, content_digest),
         "training": plain(cfg.teacher_training),
     }
+    devices = int(OmegaConf.select(cfg, "trainer.devices", default=1) or 1)
+    if devices > 1:  # the job's workers train the teacher too
+        synchronized = bool(OmegaConf.select(cfg, "trainer.sync_batchnorm", default=False))
+        identity["workers"] = {
+            "devices": devices,
+            "batchnorm_batch": batchnorm_batch(int(cfg.teacher_training.batch_size), devices, synchronized),
+        }
+    return identity
 
 
 def teacher_id(cfg: DictConfig, content_digest: str, checkpoint_sha256: str | None = None) -> str:

@@ -65,6 +65,8 @@ METRICS_KEYS = (
     "epochs",  # epochs trained
     "resumed_from_epoch",  # last epoch of the checkpoint this run resumed from, or None
     "wall_seconds",  # wall time of the whole run, data loading and teacher included
+    "topology",  # where it computed: {"workers": data-parallel processes, "nodes", "backend": "gloo" | "nccl" | None,
+    #              "device": "cpu" | "cuda" | "mps", "batchnorm_batch": samples per BatchNorm batch in training}
     "train_images_per_second",  # training images / training-loop seconds (teacher logits included, evaluation excluded)
     "soft_label_cache",  # "off" | "cold" | "warm" | None (not distill)
     "checkpoint",  # path of the trained weights (run dir model.pt, or the teacher store; mode=eval: the evaluated file)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,13 +18,13 @@ from typing import Any
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from kd_hydra.config.checks import validate
 from kd_hydra.data.config import check_fits_data
 from kd_hydra.enums import Mode, Resume
-from kd_hydra.errors import DataError, KDHydraError
+from kd_hydra.errors import ConfigError, DataError, KDHydraError
 from kd_hydra.methods import DistillMethod, FeatureRequest, build_method
 from kd_hydra.methods.ce import CrossEntropy
 from kd_hydra.methods.contract import probe_method
@@ -32,6 +33,7 @@ from kd_hydra.models.checkpoints import save_checkpoint
 from kd_hydra.records import schema
 from kd_hydra.records.files import HistoryLog, headline
 from kd_hydra.records.identity import (
+    batchnorm_batch,
     dataset_config_digest,
     digest,
     evaluated_role,
@@ -47,6 +49,7 @@ from kd_hydra.records.run_directory import (
     RunDirectory,
     checkpoint_problems,
     failure_reason,
+    read_metrics,
     write_completed,
     write_failed,
 )
@@ -54,11 +57,13 @@ from kd_hydra.run.context import RunContext, open_context
 from kd_hydra.run.evaluation import evaluate_classes, write_evaluation
 from kd_hydra.run.fit_warnings import announce, run_warnings
 from kd_hydra.run.measures import student_measures, teacher_measures
+from kd_hydra.run.workers import WorkerJob, launch, lead
 from kd_hydra.stores.teacher_outputs import TeacherNeeds, teacher_outputs
 from kd_hydra.stores.teachers import Teacher, TeacherStore, checkpoint_teacher, load_external
 from kd_hydra.trackers.base import tracker_run_name
 from kd_hydra.trackers.fanout import build_loggers
 from kd_hydra.train.batches import BatchAssembler
+from kd_hydra.train.distributed import SINGLE, Workers, launched_world
 from kd_hydra.train.runtime import Runtime, with_precision
 from kd_hydra.train.stages import Stage, initialization_stage, training_stage
 from kd_hydra.train.trainer import WALL_SECONDS, Checkpointing, DivergedError, FitResult, Snapshots, Trainer
@@ -118,6 +123,7 @@ def run_claimed(cfg: DictConfig, directory: RunDirectory, started: float) -> dic
     """:func:`run` once the directory is claimed."""
     never = Resume(cfg.trainer.resume) is Resume.never
     try:
+        adopt_launched_world(cfg)
         validate(cfg)
         ctx = open_context(cfg, directory.path, started)
         check_fits_data(cfg.dataset, ctx.spec)
@@ -145,16 +151,77 @@ def run_claimed(cfg: DictConfig, directory: RunDirectory, started: float) -> dic
     announce(plan.warnings)
     claim(directory, cfg, fresh=never)
     announce_job(directory.path)
-    ctx = dataclasses.replace(ctx, trackers=start_trackers(cfg, directory.path))
+    if cfg.trainer.devices > 1:
+        return run_on_workers(ctx, plan)
+    tracker_names = tracker_run_name(HydraConfig.get(), cfg.paths.output_dir)
+    return run_recipe(cfg, directory.path, ctx.started, SINGLE, tracker_names, ctx=ctx, plan=plan)
+
+
+def adopt_launched_world(cfg: DictConfig) -> None:
+    """Under torchrun, ``trainer.devices`` is the launcher's world size (1 is read as "as many as launched")."""
+    world = launched_world()
+    if world == 1 or cfg.trainer.devices == world:
+        return
+    if cfg.trainer.devices != 1:
+        raise ConfigError(
+            "trainer.devices",
+            f"is {cfg.trainer.devices} but torchrun started {world} workers; leave it at 1 or set {world}",
+        )
+    with open_dict(cfg):
+        cfg.trainer.devices = world
+
+
+def run_on_workers(ctx: RunContext, plan: Plan) -> dict[str, Any]:
+    """Run the claimed job on ``trainer.devices`` data-parallel workers: started here by torch.distributed's
+    launcher, or (under torchrun) this process as rank 0 with the others; a failure the leader did not record is
+    recorded here."""
+    cfg, out_dir = ctx.cfg, ctx.out_dir
+    job = WorkerJob.of(cfg, out_dir, ctx.started, tracker_run_name(HydraConfig.get(), cfg.paths.output_dir))
+    try:
+        if launched_world() > 1:
+            record = lead(job)
+        else:
+            record = launch(job, cfg.trainer.devices, cfg.trainer.max_restarts)
+            print(headline(record, out_dir), flush=True)
+        return record
+    except Exception as error:
+        if not failure_recorded(out_dir):
+            record_failure(RunDirectory(out_dir), cfg, ctx.started, failure_reason(error), plan.identity)
+            record_outcome(out_dir, schema.STATUS_FAILED, failure_reason(error))
+        raise
+
+
+def failure_recorded(out_dir: Path) -> bool:
+    record, _ = read_metrics(out_dir)
+    return record is not None and record.get("status") == schema.STATUS_FAILED
+
+
+def run_recipe(
+    cfg: DictConfig,
+    out_dir: Path,
+    started: float,
+    workers: Workers,
+    tracker_names: tuple[str, str | None],
+    ctx: RunContext | None = None,
+    plan: Plan | None = None,
+) -> dict[str, Any] | None:
+    """Run the mode's recipe of a claimed job as one of ``workers`` (its context and plan built here unless given);
+    the leader starts the trackers and, on a failure, records it. Returns the leader's record (None elsewhere)."""
+    if ctx is None or plan is None:
+        ctx = open_context(cfg, out_dir, started, workers)
+        plan = plan_run(ctx)
+    if workers.leader:
+        ctx = dataclasses.replace(ctx, trackers=start_trackers(cfg, out_dir, tracker_names))
     try:
         return RECIPES[plan.mode](ctx, plan)
     except Exception as error:  # interrupts (Ctrl-C, a scheduler's preemption) are not failures: no metrics.json
-        if isinstance(error, DivergedError):  # nothing a diverged run trained is kept
-            for name in (schema.TRAIN_STATE_FILE, MODEL_FILE):
-                (directory.path / name).unlink(missing_ok=True)
-        record_failure(directory, cfg, ctx.started, failure_reason(error), plan.identity)
-        record_outcome(directory.path, schema.STATUS_FAILED, failure_reason(error))
-        ctx.trackers.close(schema.STATUS_FAILED)
+        if workers.leader:
+            if isinstance(error, DivergedError):  # nothing a diverged run trained is kept
+                for name in (schema.TRAIN_STATE_FILE, MODEL_FILE):
+                    (out_dir / name).unlink(missing_ok=True)
+            record_failure(RunDirectory(out_dir), cfg, ctx.started, failure_reason(error), plan.identity)
+            record_outcome(out_dir, schema.STATUS_FAILED, failure_reason(error))
+            ctx.trackers.close(schema.STATUS_FAILED)
         raise
 
 
@@ -276,6 +343,8 @@ def setup_method(
 def train_teacher(ctx: RunContext, plan: Plan) -> dict[str, Any]:
     """mode=teacher: find the teacher in the store or train and store it; the run dir gets its history."""
     teacher = obtain_teacher(ctx, plan)
+    if not ctx.workers.leader:
+        return None
     if teacher.history_path is not None:
         (ctx.out_dir / schema.HISTORY_FILE).write_bytes(teacher.history_path.read_bytes())
     summary = {key: teacher.summary.get(key) for key in SUMMARY_KEYS if key != "resumed_from_epoch"}
@@ -341,7 +410,7 @@ def obtain_teacher(ctx: RunContext, plan: Plan) -> Teacher:
         runtime = with_precision(ctx.runtime, plain(recipe.precision))
         model, method = runtime.prepare(model), CrossEntropy()
         stage = recipe_stage("teacher", recipe, recipe.epochs, model, method, "teacher_training.optimizer.lr")
-        history = HistoryLog(entry_dir / schema.HISTORY_FILE, schema.history_columns(method.parts))
+        history = history_log(ctx, entry_dir, method)
         state = checkpointing(ctx, entry_dir / schema.TRAIN_STATE_FILE, identity)
         trainer = make_trainer(ctx, recipe.seed, state, runtime=runtime)
         batches = BatchAssembler(step_model(runtime, model), runtime)
@@ -352,15 +421,20 @@ def obtain_teacher(ctx: RunContext, plan: Plan) -> Teacher:
     def test_accuracy(model: nn.Module) -> float:
         from kd_hydra.train.trainer import evaluate
 
-        pipeline = ctx.pipeline(ctx.cfg.trainer.batch_size, ctx.cfg.trainer.seed)
+        pipeline = ctx.pipeline(ctx.cfg.trainer.batch_size, ctx.cfg.trainer.seed, shared=False)
         return evaluate(ctx.runtime.prepare(model), pipeline.test_batches(), ctx.runtime).acc
 
     if plan.teacher_sha256 is None:
         store = TeacherStore(ctx.cache_path("teachers"))
-        teacher = store.get_or_train(identity, ctx.teacher_label(), plan.teacher, ctx.arch("teacher"), train)
+        label, arch = ctx.teacher_label(), ctx.arch("teacher")
+        if ctx.workers.parallel:
+            teacher = store.get_or_train_together(ctx.workers, identity, label, plan.teacher, arch, train)
+        else:
+            teacher = store.get_or_train(identity, label, plan.teacher, arch, train)
     else:
         checkpoint = ctx.teacher_checkpoint(plan.teacher_sha256)
-        teacher = checkpoint_teacher(plan.teacher, checkpoint, ctx.cache_path("teacher_evals"), test_accuracy)
+        evaluations = ctx.cache_path("teacher_evals") if ctx.workers.leader else None  # the leader records it
+        teacher = checkpoint_teacher(plan.teacher, checkpoint, evaluations, test_accuracy)
     teacher = dataclasses.replace(teacher, model=ctx.runtime.prepare(teacher.model))
     teacher.model.eval().requires_grad_(False)
     return teacher
@@ -390,6 +464,7 @@ def train_student(ctx: RunContext, plan: Plan, teacher: Teacher | None) -> dict[
             ctx.spec.num_classes,
             ctx.soft_label_cache(),
             ctx.runtime,
+            ctx.workers,
         )
     strong = strong_views(pipeline) if method.needs_strong_view else None
     source = outputs.source if outputs is not None else None
@@ -398,11 +473,13 @@ def train_student(ctx: RunContext, plan: Plan, teacher: Teacher | None) -> dict[
         initialization_stage(method, student, instantiate(cfg.optimizer, _convert_="all")),
         recipe_stage("student", cfg, cfg.trainer.epochs, student, method, "optimizer.lr"),
     ]
-    history = HistoryLog(ctx.out_dir / schema.HISTORY_FILE, schema.history_columns(method.parts))
+    history = history_log(ctx, ctx.out_dir, method)
     state = checkpointing(ctx, ctx.out_dir / schema.TRAIN_STATE_FILE, plan.identity)
     keep = snapshots(ctx, student, method)
     trainer = make_trainer(ctx, cfg.trainer.seed, state, snapshots=keep, on_epoch=ctx.trackers.log_epoch)
     result = trainer.fit(method, pipeline, batches, [stage for stage in stages if stage is not None], history)
+    if not ctx.workers.leader:
+        return None
     model_file = None
     if cfg.trainer.save_checkpoint:
         model_file = ctx.out_dir / MODEL_FILE
@@ -467,11 +544,19 @@ def make_trainer(ctx: RunContext, seed: int, state: Checkpointing, **options: An
     return Trainer(
         seed=seed,
         eval_every=trainer.eval_every,
-        progress=trainer.progress,
+        progress=trainer.progress and ctx.workers.leader,
         top5=ctx.top5,
         checkpointing=state,
+        workers=ctx.workers,
+        gather_batch=bool(trainer.gather_batch),
         **options,
     )
+
+
+def history_log(ctx: RunContext, directory: Path, method: DistillMethod) -> HistoryLog:
+    """The history of a fit: ``directory``'s history.csv on the leader, kept in memory by the other workers."""
+    path = directory / schema.HISTORY_FILE if ctx.workers.leader else None
+    return HistoryLog(path, schema.history_columns(method.parts))
 
 
 def recipe_stage(
@@ -510,11 +595,27 @@ def claim(directory: RunDirectory, cfg: DictConfig, fresh: bool) -> None:
     directory.claim(cfg, hydra_node, overrides, fresh=fresh)
 
 
-def start_trackers(cfg: DictConfig, out_dir: Path) -> Any:
-    run_name, group = tracker_run_name(HydraConfig.get(), cfg.paths.output_dir)
+def start_trackers(cfg: DictConfig, out_dir: Path, names: tuple[str, str | None]) -> Any:
+    run_name, group = names
     trackers = build_loggers(cfg.get("logger"), run_name, group, out_dir)
     trackers.log_hparams(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     return trackers
+
+
+def topology(ctx: RunContext) -> dict[str, Any]:
+    """Where the run computed: workers (data-parallel processes), nodes, backend, device type, and the samples
+    per BatchNorm batch of its training (metrics.json's ``topology``)."""
+    trainer, workers = ctx.cfg.trainer, ctx.workers
+    backend = torch.distributed.get_backend() if workers.parallel else None
+    nodes = int(os.environ.get("GROUP_WORLD_SIZE", "1")) if workers.parallel else 1
+    synchronized = bool(trainer.sync_batchnorm) and workers.parallel
+    return {
+        "workers": workers.world,
+        "nodes": nodes,
+        "backend": backend,
+        "device": ctx.runtime.device.type,
+        "batchnorm_batch": batchnorm_batch(trainer.batch_size, workers.world, synchronized),
+    }
 
 
 def finish(ctx: RunContext, plan: Plan, **values: Any) -> dict[str, Any]:
@@ -522,7 +623,14 @@ def finish(ctx: RunContext, plan: Plan, **values: Any) -> dict[str, Any]:
     wall = time.perf_counter() - ctx.started
     warnings = list(plan.warnings)
     record = write_completed(
-        ctx.out_dir, ctx.cfg, plan.identity, dataset=ctx.spec.name, wall_seconds=wall, warnings=warnings, **values
+        ctx.out_dir,
+        ctx.cfg,
+        plan.identity,
+        dataset=ctx.spec.name,
+        wall_seconds=wall,
+        warnings=warnings,
+        topology=topology(ctx),
+        **values,
     )
     record_outcome(ctx.out_dir, schema.STATUS_COMPLETED, None, seconds=wall)
     ctx.trackers.log_summary(record)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from kd_hydra.records.identity import plain, teacher_id, teacher_identity
 from kd_hydra.stores.teacher_outputs import BYTES_PER_GB, CACHE_DTYPES, SoftLabelCacheSettings, TrainingBatchesKey
 from kd_hydra.stores.teachers import TeacherCheckpoint
 from kd_hydra.trackers.fanout import RunLoggers
+from kd_hydra.train.distributed import SINGLE, Workers
 from kd_hydra.train.runtime import Runtime, configure_threads, resolve_runtime
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,8 @@ class RunContext:
     data_digest: str
     started: float
     trackers: RunLoggers
+    #: This process's place among the job's data-parallel workers (one process: :data:`SINGLE`).
+    workers: Workers = SINGLE
 
     @property
     def spec(self) -> DatasetSpec:
@@ -86,6 +90,8 @@ class RunContext:
         shape = f"{spec.channels}x{spec.image_size}x{spec.image_size}, {spec.num_classes} classes"
         probe = torch.zeros(PROBE_BATCH, spec.channels, spec.image_size, spec.image_size)
         model.eval()
+        if self.workers.parallel and self.cfg.trainer.sync_batchnorm:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         try:
             with torch.no_grad():
                 logits = model(probe)
@@ -99,8 +105,9 @@ class RunContext:
             )
         return model
 
-    def pipeline(self, batch_size: int, seed: int) -> InMemoryPipeline | LoaderPipeline:
-        """Training and evaluation batches of this run's data on its device."""
+    def pipeline(self, batch_size: int, seed: int, shared: bool = True) -> InMemoryPipeline | LoaderPipeline:
+        """Training and evaluation batches of this run's data on its device: this worker's share of each
+        (``shared``), or all of them."""
         trainer = self.cfg.trainer
         return build_pipeline(
             self.data,
@@ -111,6 +118,7 @@ class RunContext:
             channels_last=self.runtime.channels_last,
             eval_batch_size=trainer.eval_batch_size,
             num_workers=trainer.num_workers,
+            workers=self.workers if shared else SINGLE,
         )
 
     # -- the stores' arguments, from the config ---------------------------------------------------------
@@ -162,11 +170,16 @@ def launcher_parallel_jobs() -> int:
     return (os.cpu_count() or 1) if n_jobs < 0 else max(1, n_jobs)
 
 
-def open_context(cfg: DictConfig, out_dir: Path, started: float | None = None) -> RunContext:
-    """Resolve the runtime, use the CPU threads, and load the data (with its content digest)."""
+def open_context(cfg: DictConfig, out_dir: Path, started: float | None = None, workers: Workers = SINGLE) -> RunContext:
+    """Resolve the runtime (a worker's own CUDA device), use the CPU threads, and load the data (with its content
+    digest)."""
     threads = configure_threads(cfg.trainer.num_threads, launcher_parallel_jobs())
     trainer = cfg.trainer
     runtime = resolve_runtime(trainer.device, plain(trainer.precision), trainer.channels_last, trainer.compile)
+    if workers.parallel and runtime.device.type == "cuda":
+        runtime = dataclasses.replace(runtime, device=torch.device("cuda", workers.local_rank))
+    if workers.parallel and trainer.sync_batchnorm and runtime.device.type != "cuda":
+        raise ConfigError("trainer.sync_batchnorm", f"needs CUDA devices (this job runs on {runtime.device})")
     log.info(
         "mode=%s device=%s precision=%s threads=%d output=%s",
         plain(cfg.mode),
@@ -196,4 +209,5 @@ def open_context(cfg: DictConfig, out_dir: Path, started: float | None = None) -
         data_digest=data.fingerprint(),
         started=time.perf_counter() if started is None else started,
         trackers=RunLoggers(),
+        workers=workers,
     )

@@ -35,8 +35,10 @@ import torch
 from filelock import FileLock
 from torch import Tensor, nn
 
+from kd_hydra.errors import CheckpointError
 from kd_hydra.stores.cache_entry import CacheEntry, entry_name
 from kd_hydra.train.batches import TeacherOutput
+from kd_hydra.train.distributed import SINGLE, Workers
 from kd_hydra.train.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -170,6 +172,7 @@ class CachedTeacher:
         top_k: int | None,
         batch_size: int,
         max_bytes: int,
+        workers: Workers = SINGLE,
     ) -> None:
         self.root = Path(root)
         self.description = dict(description)
@@ -183,6 +186,7 @@ class CachedTeacher:
         self.top_k = top_k
         self.batch_size = batch_size
         self.max_bytes = max_bytes
+        self.workers = workers
         self.epochs_computed = 0
         self.epochs_read = 0
         self.fill_seconds = 0.0  # computing and storing this run's missing epochs
@@ -195,6 +199,10 @@ class CachedTeacher:
 
     def begin_epoch(self, epoch: int) -> None:
         name = f"epoch_{epoch:04d}.pt"
+        if self.workers.parallel:
+            stored = self._epoch_together(epoch, name)
+            self._current = decode_logits(stored, self.num_classes).to(self.runtime.device)
+            return
         with self.entry.locked("computing these soft labels"):
             if not self._checked:
                 self._drop_foreign_entry()
@@ -211,15 +219,48 @@ class CachedTeacher:
         os.utime(self.entry.path)  # recency for eviction
         self._current = decode_logits(stored, self.num_classes).to(self.runtime.device)
 
+    def _epoch_together(self, epoch: int, name: str) -> dict[str, Tensor]:
+        """An epoch's stored logits for data-parallel workers: the leader reads the entry; when the epoch is missing,
+        each worker computes its share of the fill's batches, the shares are summed, and the leader stores them
+        (the same bytes as one process computes: the same batches through the same teacher)."""
+        stored = None
+        if self.workers.leader:
+            with self.entry.locked("computing these soft labels"):
+                if not self._checked:
+                    self._drop_foreign_entry()
+                    self._checked = True
+                stored = self._read(name)
+        if self.workers.broadcast(stored is not None):
+            stored = stored if stored is not None else self._read(name)
+            if stored is not None:
+                self.epochs_read += 1
+                return stored
+            raise CheckpointError(f"{self.entry.file(name)}: the leader's soft labels cannot be read")
+        started = time.perf_counter()
+        logits = self.workers.sum_(self._compute(epoch))
+        stored = encode_logits(logits, self.dtype, self.top_k)
+        if self.workers.leader:
+            with self.entry.locked("storing these soft labels"):
+                self._write(name, stored)
+        self.fill_seconds += time.perf_counter() - started
+        self.epochs_computed += 1
+        return stored
+
     def __call__(self, images: Tensor, sample_indices: Tensor) -> TeacherOutput:
         assert self._current is not None, "begin_epoch() must be called first"
         return TeacherOutput(self._current[sample_indices])
 
     def _compute(self, epoch: int) -> Tensor:
-        logits = torch.empty(self.pipeline.num_train, self.num_classes, device=self.runtime.device)
+        """The teacher's logits of every training sample in ``epoch`` (of several workers': each one's share of the
+        fill's batches, zeros elsewhere)."""
+        workers = self.workers
+        allocate = torch.zeros if workers.parallel else torch.empty
+        logits = allocate(self.pipeline.num_train, self.num_classes, device=self.runtime.device)
         with torch.no_grad(), self.runtime.autocast():
-            for images, _, sample_indices in self.pipeline.augmented_train_batches(epoch, self.batch_size):
-                logits[sample_indices] = self.teacher(images).float()
+            batches = self.pipeline.augmented_train_batches(epoch, self.batch_size)
+            for number, (images, _, sample_indices) in enumerate(batches):
+                if number % workers.world == workers.rank:
+                    logits[sample_indices] = self.teacher(images).float()
         return logits
 
     def _drop_foreign_entry(self) -> None:
@@ -349,6 +390,7 @@ def teacher_outputs(
     num_classes: int,
     cache: SoftLabelCacheSettings,
     runtime: Runtime,
+    workers: Workers = SINGLE,
 ) -> TeacherOutputs:
     """The soft-label cache for logit methods on in-memory data (when enabled), else the live teacher.
 
@@ -387,6 +429,7 @@ def teacher_outputs(
             top_k=cache.top_k,
             batch_size=fill_batch_size(cache.fill_batch_size, runtime.device),
             max_bytes=cache.max_bytes,
+            workers=workers,
         )
     if runtime.compile:
         source.teacher = torch.compile(source.teacher)

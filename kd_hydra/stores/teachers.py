@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import shutil
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -29,6 +30,7 @@ from kd_hydra.records.identity import digest
 from kd_hydra.records.run_directory import MODEL_FILE
 from kd_hydra.records.schema import HISTORY_FILE, TRAIN_STATE_FILE
 from kd_hydra.stores.cache_entry import DEFAULT_LOCK_TIMEOUT_S, CacheEntry, entry_name, file_sha256
+from kd_hydra.train.distributed import Workers
 from kd_hydra.train.trainer import DivergedError
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,8 @@ class Teacher:
 
 #: ``train(model, entry_dir) -> summary``: trains ``model`` in place (resuming from ``entry_dir/checkpoint.pt``).
 TrainTeacher = Callable[[nn.Module, Path], Mapping[str, Any]]
+#: What the leader tells the other workers while it obtains the teacher.
+_TRAIN, _STORED = "train", "stored"
 
 
 class TeacherStore:
@@ -111,6 +115,38 @@ class TeacherStore:
             log.info("teacher stored: %s (test acc %.2f%%)", entry.path, summary["final_test_acc"])
             accuracy = float(summary["final_test_acc"])
             return Teacher(model, teacher_id, sha256, accuracy, "trained", entry.file(MODEL_FILE), summary)
+
+    def get_or_train_together(
+        self,
+        workers: Workers,
+        identity: Mapping[str, Any],
+        label: str,
+        model: nn.Module,
+        arch: ArchSignature,
+        train: TrainTeacher,
+    ) -> Teacher:
+        """:meth:`get_or_train` for the data-parallel ``workers`` of one job: the leader looks in the store (and
+        trains under the entry's lock); when it trains, every worker trains with it (the others keep nothing), then
+        every worker loads the stored teacher."""
+        if workers.leader:
+
+            def train_together(model: nn.Module, entry_dir: Path) -> Mapping[str, Any]:
+                workers.broadcast(_TRAIN)
+                return train(model, entry_dir)
+
+            teacher = self.get_or_train(identity, label, model, arch, train_together)
+            workers.broadcast(_STORED)
+            return teacher
+        message = workers.broadcast(None)
+        if message == _TRAIN:
+            with tempfile.TemporaryDirectory(prefix="kd-hydra-worker-") as scratch:
+                train(model, Path(scratch))
+            message = workers.broadcast(None)
+        entry = self.entry(identity, label)
+        stored = self._load(entry, model, arch, digest(identity), quiet=True, identity=identity)
+        if message != _STORED or stored is None:
+            raise CheckpointError(f"{entry.path}: the leader's stored teacher cannot be read by worker {workers.rank}")
+        return stored
 
     @staticmethod
     def _prepare(entry: CacheEntry) -> None:
@@ -207,12 +243,19 @@ class TeacherCheckpoint:
 
 
 def checkpoint_teacher(
-    model: nn.Module, checkpoint: TeacherCheckpoint, evaluations: Path, test_accuracy: Callable[[nn.Module], float]
+    model: nn.Module,
+    checkpoint: TeacherCheckpoint,
+    evaluations: Path | None,
+    test_accuracy: Callable[[nn.Module], float],
 ) -> Teacher:
     """The teacher of ``checkpoint`` (already in ``model``), its test accuracy evaluated once per checkpoint and
-    data by ``test_accuracy`` and kept under ``evaluations`` (``<cache_dir>/teacher_evals``)."""
+    data by ``test_accuracy`` and kept under ``evaluations`` (``<cache_dir>/teacher_evals``; None: not evaluated,
+    NaN: a data-parallel worker that records nothing)."""
     description = {"teacher_sha256": checkpoint.sha256, **checkpoint.data}
-    accuracy = evaluated_once(evaluations, description, lambda: test_accuracy(model))
+    if evaluations is None:
+        accuracy = float("nan")
+    else:
+        accuracy = evaluated_once(evaluations, description, lambda: test_accuracy(model))
     log.info("teacher loaded from %s (test acc %.2f%%)", checkpoint.path, accuracy)
     summary = {"final_test_acc": accuracy}
     return Teacher(model, checkpoint.teacher_id, checkpoint.sha256, accuracy, "checkpoint", checkpoint.path, summary)

@@ -24,6 +24,9 @@ class BatchSource(Protocol):
     """The batches of a dataset split by use (see :mod:`kd_hydra.data.pipeline`); epochs count from 0."""
 
     num_train: int
+    #: The global batch (over all workers) and whether a short last one is dropped.
+    batch_size: int
+    drop_last: bool
     #: Whether the teacher's logits of an epoch can be cached (the same augmented batches in every run).
     supports_logit_cache: bool
 
@@ -38,6 +41,13 @@ class BatchSource(Protocol):
     def val_batches(self) -> Iterator[tuple[Tensor, Tensor]]: ...
 
     def test_batches(self) -> Iterator[tuple[Tensor, Tensor]]: ...
+
+
+def global_batch_sizes(num_train: int, batch_size: int, drop_last: bool) -> Iterator[int]:
+    """The size of each training batch of an epoch, over all workers."""
+    stop = num_train - num_train % batch_size if drop_last else num_train
+    for start in range(0, stop, batch_size):
+        yield min(batch_size, stop - start)
 
 
 @dataclass

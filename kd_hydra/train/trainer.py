@@ -8,6 +8,7 @@ the device and read once.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import math
@@ -25,13 +26,14 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from kd_hydra.errors import CheckpointError, ConfigError, KDHydraError
-from kd_hydra.methods.base import DistillMethod
+from kd_hydra.methods.base import DistillMethod, LossOutput, MethodBatch
 from kd_hydra.methods.contract import check_output, target_of
 from kd_hydra.models.features import unwrap
 from kd_hydra.records.files import HistoryLog, atomic_write_bytes
 from kd_hydra.records.identity import identity_differences
 from kd_hydra.records.schema import TOP5
-from kd_hydra.train.batches import Batch, BatchAssembler, BatchSource
+from kd_hydra.train.batches import Batch, BatchAssembler, BatchSource, global_batch_sizes
+from kd_hydra.train.distributed import SINGLE, Workers
 from kd_hydra.train.runtime import Runtime
 from kd_hydra.train.stages import Stage
 
@@ -56,8 +58,11 @@ class EvalResult:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, batches: Iterator[tuple[Tensor, Tensor]], runtime: Runtime) -> EvalResult:
-    """Top-1 / top-5 accuracy (%) and mean cross-entropy of ``model`` over ``batches``."""
+def evaluate(
+    model: nn.Module, batches: Iterator[tuple[Tensor, Tensor]], runtime: Runtime, workers: Workers = SINGLE
+) -> EvalResult:
+    """Top-1 / top-5 accuracy (%) and mean cross-entropy of ``model`` over ``batches`` (each worker's share of a
+    split: hits and sample counts are summed over workers, so the accuracy is exact)."""
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=runtime.device)  # loss, top-1, top-5
     count = 0
@@ -75,6 +80,9 @@ def evaluate(model: nn.Module, batches: Iterator[tuple[Tensor, Tensor]], runtime
             )
         )
         count += targets.shape[0]
+    if workers.parallel:
+        totals = workers.sum_(torch.cat((sums, sums.new_tensor([count]))))
+        sums, count = totals[:3], int(totals[3].item())
     if count == 0:
         raise ValueError("evaluation split is empty")
     loss, top1, top5 = (sums / count).tolist()
@@ -93,24 +101,62 @@ def _progress(iterable: Iterator, enabled: bool, total: int | None, description:
     return tqdm(iterable, total=total, desc=description, leave=False, disable=not enabled, dynamic_ncols=True)
 
 
+class StepForward(nn.Module):
+    """The forward of one training step of ``stage``: the batch assembled, then the stage's loss; returns the
+    :class:`~kd_hydra.methods.base.LossOutput` and the student's logits. Its parameters are those of the stage's
+    modules, so it is what DistributedDataParallel wraps (gradients averaged over workers during backward). With
+    ``gather`` the workers' batches are concatenated first (full-batch semantics for batch-relational losses)."""
+
+    def __init__(self, stage: Stage, assemble: BatchAssembler, workers: Workers = SINGLE, gather: bool = False):
+        super().__init__()
+        self.modules_trained = nn.ModuleList(dict.fromkeys((*stage.train_modules, *stage.eval_modules)))
+        self.stage, self.assemble, self.workers, self.gather = stage, assemble, workers, gather
+
+    def forward(self, images: Tensor, targets: Tensor, sample_indices: Tensor) -> tuple[LossOutput, Tensor]:
+        batch = self.assemble(images, targets, sample_indices)
+        logits = batch.student_logits
+        if self.gather:
+            batch = gathered_batch(batch, self.workers)
+        return self.stage.loss(batch), logits
+
+
+def gathered_batch(batch: MethodBatch, workers: Workers) -> MethodBatch:
+    """``batch`` with every tensor's rows concatenated over workers (gradients flow back to each worker's rows)."""
+
+    def rows(value: Any) -> Any:
+        if isinstance(value, Tensor):
+            return workers.gather_rows(value)
+        if isinstance(value, Mapping):
+            return {name: rows(tensor) for name, tensor in value.items()}
+        return value
+
+    return MethodBatch(**{item.name: rows(getattr(batch, item.name)) for item in dataclasses.fields(batch)})
+
+
 def train_epoch(
     stage: Stage,
     batches: Iterable[Batch],
-    assemble: BatchAssembler,
+    step: nn.Module,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     runtime: Runtime,
+    global_sizes: Iterable[int] | None = None,
+    workers: Workers = SINGLE,
+    gathered: bool = False,
 ) -> dict[str, float]:
-    """One pass of ``stage`` over ``batches``; returns the mean loss and parts (``train_<part>``), accuracy (%),
-    image count. The stage's modules are put in their modes first."""
+    """One pass of ``stage`` over ``batches`` through ``step`` (a :class:`StepForward`, maybe data-parallel);
+    returns the mean loss and parts (``train_<part>``), accuracy (%), image count over all workers. The stage's
+    modules are put in their modes first. ``global_sizes``: each step's batch size over all workers (a worker's
+    loss is weighted by its share of it, unless the batch is ``gathered``: then every worker's loss is the whole
+    batch's)."""
     stage.set_modes()
     # running sums of [loss, *parts, correct] weighted by batch size: one host sync per epoch (and the check)
     sums = torch.zeros(len(stage.parts) + 2, dtype=torch.float64, device=runtime.device)
     seen = 0
+    sizes = iter(global_sizes) if global_sizes is not None else None
     for images, targets, sample_indices in batches:
-        batch = assemble(images, targets, sample_indices)
         with runtime.autocast():
-            output = stage.loss(batch)
+            output, logits = step(images, targets, sample_indices)
         if not seen:  # the method's contract at the first step of every epoch; a NaN is divergence (below), not a fault
             check_output(
                 output,
@@ -118,16 +164,22 @@ def train_epoch(
                 target_of(stage.loss) if isinstance(stage.loss, DistillMethod) else stage.name,
                 finite=False,
             )
+        size = targets.shape[0]
+        total = output.total
+        if workers.parallel and not gathered:
+            total = total * workers.loss_weight(size, next(sizes))
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(output.total).backward()
+        scaler.scale(total).backward()
         scaler.step(optimizer)
         scaler.update()
-        size = targets.shape[0]
         seen += size
         with torch.no_grad():
-            correct = (batch.student_logits.argmax(dim=1) == targets).sum()
+            correct = (logits.argmax(dim=1) == targets).sum()
             values = [output.total.detach(), *(output.parts[name].detach() for name in stage.parts)]
             sums += torch.stack([v.double() * size for v in values] + [correct.double()])
+    if workers.parallel:
+        totals = workers.sum_(torch.cat((sums, sums.new_tensor([seen]))))
+        sums, seen = totals[:-1], int(totals[-1].item())
     means = (sums / max(seen, 1)).tolist()
     stats = {"train_loss": means[0]}
     stats.update({f"train_{name}": value for name, value in zip(stage.parts, means[1:-1])})
@@ -278,8 +330,13 @@ class Fit:
     scaler: torch.amp.GradScaler
     history: HistoryLog
     track: Progress
+    step: nn.Module | None = None  # the stage's StepForward, data-parallel over several workers
+    gathered: bool = False  # whether the step concatenates the workers' batches
 
-    def state(self, epoch: int) -> dict[str, Any]:
+    def state(self, epoch: int, workers: Workers = SINGLE) -> dict[str, Any]:
+        """The resumable state after ``epoch`` (on every worker: each one's RNG state is gathered)."""
+        rng = _rng_state()
+        worker_rng = {"worker_rng": workers.gather(rng)} if workers.parallel else {}
         return {
             "stage": self.stage,
             "epoch": epoch,
@@ -290,10 +347,11 @@ class Fit:
             "scaler": self.scaler.state_dict(),
             "track": dict(self.track.__dict__),
             "history": list(self.history.rows),
-            "rng": _rng_state(),
+            "rng": rng,
+            **worker_rng,
         }
 
-    def restore(self, saved: Mapping[str, Any]) -> int:
+    def restore(self, saved: Mapping[str, Any], workers: Workers = SINGLE) -> int:
         """Load a saved state; returns its epoch. Raises KeyError/RuntimeError/ValueError when it does not fit."""
         if saved["stage"] != self.stage:
             raise ValueError(f"saved in stage {saved['stage']}, restoring stage {self.stage}")
@@ -304,7 +362,7 @@ class Fit:
         self.scaler.load_state_dict(saved["scaler"])
         self.track.__dict__.update(Progress(**saved["track"]).__dict__)
         self.history.restore(saved["history"])
-        _restore_rng(saved["rng"])
+        _restore_rng(saved["worker_rng"][workers.rank] if workers.parallel else saved["rng"])
         return int(saved["epoch"])
 
 
@@ -343,6 +401,10 @@ class Trainer:
     checkpointing: Checkpointing | None = None
     snapshots: Snapshots | None = None
     on_epoch: Callable[[Mapping[str, Any]], None] | None = None
+    #: The data-parallel workers of this job; the leader alone writes the history, checkpoints and snapshots.
+    workers: Workers = SINGLE
+    #: Whether batch-relational methods see the workers' batches concatenated (else each worker's own batch).
+    gather_batch: bool = False
 
     def fit(
         self,
@@ -355,7 +417,8 @@ class Trainer:
         """Run ``stages`` in order on ``batches.model`` (resuming a saved state of the same identity in its
         stage; the stages before it are done); a NaN loss raises :class:`DivergedError`. The result describes
         the recorded stages."""
-        saved = self.checkpointing.load() if self.checkpointing is not None else None
+        saved = self.checkpointing.load() if self.checkpointing is not None and self.workers.leader else None
+        saved = self.workers.broadcast(saved)  # every worker resumes from the leader's state
         first = 0
         if saved is not None:
             first = saved.get("stage")
@@ -375,6 +438,9 @@ class Trainer:
                     self.runtime.device.type, enabled=self.runtime.autocast_dtype == torch.float16
                 )
                 run = Fit(batches.model, method, index, optimizer, scheduler, scaler, history, track)
+                gather = self.gather_batch and self.workers.parallel and getattr(stage.loss, "relates_samples", False)
+                run.step = self.workers.data_parallel(StepForward(stage, batches, self.workers, gather))
+                run.gathered = gather
                 if index == first and saved is not None:
                     resumed_from = self._resume(run, stage, saved)
                 self._run_stage(run, stage, data, batches, resumed_from if index == first else None)
@@ -405,7 +471,7 @@ class Trainer:
 
     def _resume(self, run: Fit, stage: Stage, saved: Mapping[str, Any]) -> int:
         try:
-            epoch = run.restore(saved)
+            epoch = run.restore(saved, self.workers)
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
             raise self.checkpointing.unusable(error) from None
         self.checkpointing.forget()
@@ -424,7 +490,10 @@ class Trainer:
         batches.begin_epoch(epoch - 1)
         description = f"{stage.name} {epoch}/{stage.epochs}"
         stream = _progress(data.train_batches(epoch - 1), show, data.num_train_batches, description)
-        stats = train_epoch(stage, stream, batches, run.optimizer, run.scaler, self.runtime)
+        sizes = global_batch_sizes(data.num_train, data.batch_size, data.drop_last)
+        stats = train_epoch(
+            stage, stream, run.step, run.optimizer, run.scaler, self.runtime, sizes, self.workers, run.gathered
+        )
         self.runtime.synchronize()
         images = int(stats.pop("images"))
         if stage.records:
@@ -447,18 +516,23 @@ class Trainer:
         )
         if stage.records and self.checkpointing is not None:
             if epoch % self.checkpointing.every == 0 or epoch == stage.epochs:
-                self.checkpointing.save(run.state(epoch))
+                state = run.state(epoch, self.workers)
+                if self.workers.leader:
+                    self.checkpointing.save(state)
         return row
 
     def _record(self, run: Fit, epoch: int, row: dict[str, Any]) -> None:
         run.history.append(row)
+        if not self.workers.leader:
+            return
         if self.on_epoch is not None:
             self.on_epoch(run.history.rows[-1])
         if self.snapshots is not None and "test_acc" in row:
             self.snapshots.after_epoch(epoch, run.track)
 
     def _evaluate(self, run: Fit, epoch: int, data: BatchSource) -> dict[str, Any]:
-        test = evaluate(run.model, data.test_batches(), self.runtime)
+        self.workers.share_buffers(unwrap(run.model))  # the leader's BatchNorm statistics, as recorded
+        test = evaluate(run.model, data.test_batches(), self.runtime, self.workers)
         values: dict[str, Any] = {
             "test_acc": test.acc,
             "test_loss": test.loss,
@@ -466,7 +540,7 @@ class Trainer:
         }
         val = None
         if data.has_val:
-            val = evaluate(run.model, data.val_batches(), self.runtime)
+            val = evaluate(run.model, data.val_batches(), self.runtime, self.workers)
             values.update(val_acc=val.acc, val_loss=val.loss)
         run.track.record(epoch, test, values["test_acc_top5"], val)
         return values
