@@ -181,8 +181,7 @@ def run_on_workers(ctx: RunContext, plan: Plan) -> dict[str, Any]:
         if launched_world() > 1:
             record = lead(job)
         else:
-            record = launch(job, cfg.trainer.devices, cfg.trainer.max_restarts)
-            print(headline(record, out_dir), flush=True)
+            record = launch(job, cfg.trainer.devices, cfg.trainer.max_restarts)  # the leader printed its headline
         return record
     except Exception as error:
         if not failure_recorded(out_dir):
@@ -215,7 +214,8 @@ def run_recipe(
     try:
         return RECIPES[plan.mode](ctx, plan)
     except Exception as error:  # interrupts (Ctrl-C, a scheduler's preemption) are not failures: no metrics.json
-        if workers.leader:
+        # A worker's failure that is not kd-hydra's (a peer died: the launcher restarts the workers) is not recorded
+        if workers.leader and (isinstance(error, KDHydraError) or not workers.parallel):
             if isinstance(error, DivergedError):  # nothing a diverged run trained is kept
                 for name in (schema.TRAIN_STATE_FILE, MODEL_FILE):
                     (out_dir / name).unlink(missing_ok=True)

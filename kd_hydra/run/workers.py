@@ -41,11 +41,20 @@ class WorkerJob:
     out_dir: str
     elapsed: float
     tracker_names: tuple[str, str | None]
+    sent_at: float  # time.time() when the job was sent: a failure recorded since then is this job's
 
     @classmethod
     def of(cls, cfg: DictConfig, out_dir: Path, started: float, tracker_names: tuple[str, str | None]) -> WorkerJob:
         resolved = OmegaConf.to_yaml(cfg, resolve=True)
-        return cls(resolved, str(out_dir), time.perf_counter() - started, tracker_names)
+        return cls(resolved, str(out_dir), time.perf_counter() - started, tracker_names, time.time())
+
+    def recorded_failure(self) -> str | None:
+        """The reason of a failure the leader recorded for this job (its restarts would fail the same way)."""
+        path = Path(self.out_dir) / schema.METRICS_FILE
+        record, _ = read_metrics(Path(self.out_dir))
+        if record is None or record.get("status") != schema.STATUS_FAILED or path.stat().st_mtime < self.sent_at:
+            return None
+        return str(record.get("reason"))
 
     def resolved_config(self) -> DictConfig:
         return OmegaConf.create(self.config)
@@ -95,7 +104,11 @@ class WorkersFailed(KDHydraError):
 
 
 def work(job: WorkerJob) -> None:
-    """A worker started by the launcher: join the process group, run the job, leave."""
+    """A worker started by the launcher: join the process group, run the job, leave. A restart after a failure
+    the leader recorded (a diverged loss, a bad value) ends at once with it."""
+    failure = job.recorded_failure()
+    if failure is not None:
+        raise KDHydraError(failure)
     workers = join(_device_type(job))
     _configure_logging(workers, Path(job.out_dir))
     try:

@@ -157,8 +157,26 @@ def join(device_type: str) -> Workers:
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend, init_method="env://", timeout=COLLECTIVE_TIMEOUT)
+        store = _attempt_store(rank, world)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=COLLECTIVE_TIMEOUT)
     return Workers(rank=rank, world=world, local_rank=local_rank)
+
+
+def _attempt_store(rank: int, world: int) -> dist.Store:
+    """The launcher's store (``MASTER_ADDR:MASTER_PORT``; the agent's, or rank 0's) under a prefix of this attempt:
+    workers restarted after a failure never read the addresses their predecessors published there."""
+    agent_serves = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True)
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world,
+        is_master=rank == 0 and not agent_serves,
+        timeout=COLLECTIVE_TIMEOUT,
+        multi_tenant=not agent_serves,
+    )
+    run = os.environ.get("TORCHELASTIC_RUN_ID", "run")
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"kd-hydra/{run}/attempt-{attempt}/", store)
 
 
 def leave(workers: Workers) -> None:
