@@ -5,6 +5,7 @@ they are few and small."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -132,7 +133,7 @@ def test_another_world_size_does_not_resume_a_checkpoint(two_workers, tmp_path: 
     """A state saved by two workers is refused by one (the samples per BatchNorm batch differ), in one line."""
     workspace, run_dir = two_workers
     target = tmp_path / "run"
-    target.mkdir()
+    shutil.copytree(run_dir / ".hydra", target / ".hydra")  # a 2-worker run killed before its record
     record = read_metrics(run_dir)
     identity = {key: record[key] for key in ("settings", "data_digest", "teacher_id")}
     torch.save({"format": TRAIN_STATE_FORMAT, "identity": identity, "stage": 0, "epoch": 1},
