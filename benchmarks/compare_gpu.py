@@ -64,6 +64,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2, help="reference DataLoader workers (tutorial: 2)")
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--device", default="cuda", help="cuda or cuda:N; cpu only for a plumbing check")
+    parser.add_argument(
+        "--devices", type=int, default=1, help="kd-hydra's data-parallel workers (trainer.devices; default: 1)"
+    )
     add_workdir_arguments(parser)
     return parser.parse_args(argv)
 
@@ -125,6 +128,7 @@ def suite_overrides(args: argparse.Namespace, checkpoint: Path) -> list[str]:
         f"trainer.epochs={args.epochs}",
         f"trainer.batch_size={args.batch_size}",
         f"trainer.device={args.device}",
+        f"trainer.devices={args.devices}",
         f"trainer.precision={'bf16' if on_cuda else 'fp32'}",
         f"trainer.channels_last={str(on_cuda).lower()}",
         "trainer.progress=false",

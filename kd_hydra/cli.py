@@ -15,7 +15,7 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 import hydra
@@ -55,8 +55,23 @@ def worst_value() -> float:
 
 def task(cfg: DictConfig) -> float:
     """One job through :func:`kd_hydra.run.app.run`; returns the ``optimized_metric`` value of its metrics."""
+    from kd_hydra.run import workers
     from kd_hydra.run.app import run  # imported here so `--help` and composition errors stay fast
 
+    workers.join_cluster_tasks()  # hydra/launcher=slurm_ddp: each Slurm task is a worker of this job
+    distributed = workers.launched_world() > 1
+    if distributed and int(os.environ["RANK"]) != 0:
+        workers.follow()  # task 0 runs the job with this one, and records it
+        return math.nan
+    try:
+        return _run_and_report(cfg, run)
+    finally:
+        if distributed:
+            workers.release_followers()  # when task 0 sent them no job (refused, or already completed)
+
+
+def _run_and_report(cfg: DictConfig, run: Callable[[DictConfig], dict]) -> float:
+    """:func:`task`'s job: its ``optimized_metric``, or a failure reported as the sweeper and the command expect."""
     try:
         metrics = run(cfg)
     except Exception as error:
@@ -171,8 +186,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         compose_and_run(argv)
     finally:
-        if not workers.led():
-            workers.release_followers()
+        workers.release_followers()  # when rank 0 sent them no job (bad input, --help, already completed)
 
 
 def compose_and_run(argv: list[str]) -> None:

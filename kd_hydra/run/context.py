@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ from kd_hydra.stores.teacher_outputs import BYTES_PER_GB, CACHE_DTYPES, SoftLabe
 from kd_hydra.stores.teachers import TeacherCheckpoint
 from kd_hydra.trackers.fanout import RunLoggers
 from kd_hydra.train.distributed import SINGLE, Workers
-from kd_hydra.train.runtime import Runtime, configure_threads, resolve_runtime
+from kd_hydra.train.runtime import Runtime, configure_threads, resolve_runtime, spread_over_gpus
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,6 @@ def launcher_parallel_jobs() -> int:
     n_jobs = OmegaConf.select(HydraConfig.get(), "launcher.n_jobs", default=None)
     if not isinstance(n_jobs, int):
         return 1
-    import os
 
     return (os.cpu_count() or 1) if n_jobs < 0 else max(1, n_jobs)
 
@@ -178,6 +178,10 @@ def open_context(cfg: DictConfig, out_dir: Path, started: float | None = None, w
     runtime = resolve_runtime(trainer.device, plain(trainer.precision), trainer.channels_last, trainer.compile)
     if workers.parallel and runtime.device.type == "cuda":
         runtime = dataclasses.replace(runtime, device=torch.device("cuda", workers.local_rank))
+    elif os.environ.get("SUBMITIT_EXECUTOR") == "local" and runtime.device.type == "cuda":  # hydra/launcher=local_gpu
+        job = int(OmegaConf.select(HydraConfig.get(), "job.num", default=0) or 0) if HydraConfig.initialized() else 0
+        device = spread_over_gpus(runtime.device, job, torch.cuda.device_count())
+        runtime = dataclasses.replace(runtime, device=device)
     if workers.parallel and trainer.sync_batchnorm and runtime.device.type != "cuda":
         raise ConfigError("trainer.sync_batchnorm", f"needs CUDA devices (this job runs on {runtime.device})")
     log.info(

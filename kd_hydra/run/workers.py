@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import sys
 import time
 import uuid
@@ -125,12 +126,7 @@ def run_worker(job: WorkerJob, workers: Workers) -> dict[str, Any] | None:
     return run_recipe(job.resolved_config(), Path(job.out_dir), started, workers, job.tracker_names)
 
 
-_led: list[bool] = []  # whether this process (rank 0 of a torchrun job) sent a job to the others
-
-
-def led() -> bool:
-    """Whether this process, rank 0 of a torchrun job, has sent the other workers a job."""
-    return bool(_led)
+_told: list[bool] = []  # whether this process (rank 0 of a torchrun or Slurm job) sent the others a message
 
 
 def lead(job: WorkerJob) -> dict[str, Any] | None:
@@ -138,7 +134,7 @@ def lead(job: WorkerJob) -> dict[str, Any] | None:
     workers = join(_torchrun_device_type())
     if _device_type(job) != _torchrun_device_type():
         workers.broadcast(NOTHING_TO_RUN)
-        _led.append(True)
+        _told.append(True)
         leave(workers)
         raise ConfigError(
             "trainer.device",
@@ -146,7 +142,7 @@ def lead(job: WorkerJob) -> dict[str, Any] | None:
             "use the device the workers have (or trainer.devices=N without torchrun)",
         )
     workers.broadcast(job)
-    _led.append(True)
+    _told.append(True)
     try:
         return run_worker(job, workers)
     finally:
@@ -154,10 +150,11 @@ def lead(job: WorkerJob) -> dict[str, Any] | None:
 
 
 def release_followers() -> None:
-    """Rank 0 of a torchrun job with nothing to run: let the other workers exit."""
-    if launched_world() > 1:
+    """Rank 0 of a torchrun or Slurm job that sent the other workers nothing yet: let them exit."""
+    if launched_world() > 1 and not _told:
         workers = join(_torchrun_device_type())
         workers.broadcast(NOTHING_TO_RUN)
+        _told.append(True)
         leave(workers)
 
 
@@ -173,6 +170,17 @@ def follow() -> int:
         return 0
     finally:
         leave(workers)
+
+
+def join_cluster_tasks() -> None:
+    """In a Slurm job of several tasks (``hydra/launcher=slurm_ddp``), give torch.distributed its environment
+    (``MASTER_ADDR``, ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``...) from submitit's job environment: the tasks are
+    then the job's workers, as torchrun's processes are."""
+    if launched_world() > 1 or int(os.environ.get("SLURM_NTASKS", "1")) <= 1 or "SUBMITIT_EXECUTOR" not in os.environ:
+        return
+    from submitit.helpers import TorchDistributedEnvironment
+
+    TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
 def _torchrun_device_type() -> str:

@@ -76,6 +76,14 @@ def resolve_runtime(device: str, precision: str, channels_last: bool | None, com
     )
 
 
+def spread_over_gpus(device: torch.device, job: int, visible: int) -> torch.device:
+    """The GPU of job number ``job`` when jobs started at once share ``visible`` GPUs (submitit's local executor):
+    ``cuda:(job mod visible)`` for an unindexed CUDA device, else ``device`` itself."""
+    if device.type != "cuda" or device.index is not None or visible <= 1:
+        return device
+    return torch.device("cuda", job % visible)
+
+
 def with_precision(runtime: Runtime, precision: str) -> Runtime:
     """The same runtime with another precision (a teacher's own recipe may ask for one)."""
     resolved = resolve_runtime(str(runtime.device), precision, runtime.channels_last, runtime.compile)
