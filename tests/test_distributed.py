@@ -290,3 +290,37 @@ def test_gathered_batch_is_the_batch_itself_in_one_process():
 
     batch = MethodBatch(torch.ones(2, 3), torch.zeros(2, dtype=torch.long), torch.arange(2))
     assert torch.equal(gathered_batch(batch, SINGLE).student_logits, batch.student_logits)
+
+
+def test_jobs_started_at_once_spread_over_the_visible_gpus():
+    from kd_hydra.train.runtime import spread_over_gpus
+
+    cuda = torch.device("cuda")
+    assert [spread_over_gpus(cuda, job, 4).index for job in range(6)] == [0, 1, 2, 3, 0, 1]
+    assert spread_over_gpus(torch.device("cuda", 2), 5, 4) == torch.device("cuda", 2)  # an explicit GPU stays
+    assert spread_over_gpus(torch.device("cpu"), 5, 4) == torch.device("cpu")
+    assert spread_over_gpus(cuda, 5, 1) == cuda
+
+
+def test_slurm_tasks_of_one_job_become_its_workers(monkeypatch: pytest.MonkeyPatch):
+    """Under submitit with several tasks, submitit's own helper exports torch.distributed's environment."""
+    import submitit.helpers
+
+    from kd_hydra.run import workers
+
+    exported = []
+
+    class Environment:
+        def export(self, set_cuda_visible_devices: bool = True) -> None:
+            exported.append(set_cuda_visible_devices)
+
+    monkeypatch.setattr(submitit.helpers, "TorchDistributedEnvironment", Environment)
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    workers.join_cluster_tasks()
+    assert exported == []  # one task: one process
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    workers.join_cluster_tasks()
+    assert exported == [False]  # every task keeps its GPUs visible: a worker picks cuda:LOCAL_RANK
