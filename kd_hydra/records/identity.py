@@ -27,6 +27,7 @@ NON_TRAINING_KEYS = (
     "logger",
     "hydra",
     "optimized_metric",
+    "table",
     "trainer.resume",
     "trainer.checkpoint_every",
     "trainer.progress",
