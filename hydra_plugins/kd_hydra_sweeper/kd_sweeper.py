@@ -21,7 +21,7 @@ from typing import Any
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from kd_hydra.config.checks import validate
 from kd_hydra.enums import Mode
@@ -307,13 +307,15 @@ class KDSweeper(BasicSweeper):
         """Print the plan and its estimated device-hours before any job; refuse it in one line when it exceeds
         ``budget_hours``; after a dry run, exit 0 without running anything."""
         existing = existing_jobs(sweep_dir)
+        derived = self._derived_configs(second)
         to_run = []
         for planned in first + second:
             name = existing.get(settings_hash(planned.overrides), planned.dir_name)
             state = job_state(sweep_dir / name) if (sweep_dir / name).is_dir() else JobState.new
             done = state is JobState.completed and self.rerun is not Rerun.all
             if not done and not (state is JobState.failed and self.rerun is Rerun.none):
-                to_run.append((name, self.configs.get(planned.overrides) or self._compose(planned.overrides)))
+                cfg = self.configs.get(planned.overrides) or derived.get(planned.overrides)
+                to_run.append((name, cfg if cfg is not None else self._compose(planned.overrides)))
         calibrator = Calibrator()
         costs = estimate_or_reason(to_run, calibrator)
         skipped = len(first) + len(second) - len(to_run)
@@ -333,6 +335,26 @@ class KDSweeper(BasicSweeper):
         if self.dry_run:
             print("dry run (hydra.sweeper.dry_run=true): nothing was run", flush=True)
             sys.exit(0)
+
+    def _derived_configs(self, second: list[Planned]) -> dict[Overrides, DictConfig]:
+        """The configs of the added baseline and teacher jobs as far as the cost reads them, without composing each:
+        a distill job's config in the other mode (a baseline reads its data, student and trainer; a teacher job its
+        data, teacher and teacher_training, equal for every distill job it serves)."""
+        derived: dict[Overrides, DictConfig] = {}
+
+        def in_mode(cfg: DictConfig, mode: Mode) -> DictConfig:
+            copy = cfg.copy()
+            with open_dict(copy):
+                copy.mode = mode.value
+            return copy
+
+        for job, cfg in self.configs.items():
+            if Mode(cfg.mode) is Mode.distill:
+                derived.setdefault(baseline_overrides(job), in_mode(cfg, Mode.student))
+        for planned in second:
+            if planned.teacher is not None and planned.overrides in self.configs:
+                derived.setdefault(planned.teacher, in_mode(self.configs[planned.overrides], Mode.teacher))
+        return derived
 
     def _to_run(
         self, sweep_dir: Path, planned: list[Planned], first: list[Planned]
