@@ -290,10 +290,14 @@ def cell_text(cell: Mapping[str, Any]) -> str:
         reproduced = f"{cell['mean']:.2f}"
     published = "—" if cell["published"] is None or pd.isna(cell["published"]) else f"{cell['published']:.2f}"
     difference = "" if pd.isna(cell["difference"]) else f", {cell['difference']:+.2f}".replace("-", "−")
-    marks = (MARK_UNLIKE if cell["like_for_like"] is False else "") + (
-        MARK_TEACHER if cell["teacher_off"] and cell["row"] != TEACHER_ROW else ""
-    )
-    return f"{reproduced} ({published}{difference}){marks}"
+    return f"{reproduced} ({published}{difference}){cell_marks(cell)}"
+
+
+def cell_marks(cell: Mapping[str, Any]) -> str:
+    """† when a cell is not like for like, ‡ when its teacher is off by more than the tolerance."""
+    unlike = cell["like_for_like"] is not None and not pd.isna(cell["like_for_like"]) and not cell["like_for_like"]
+    teacher = bool(cell["teacher_off"]) and not pd.isna(cell["teacher_off"]) and cell["row"] != TEACHER_ROW
+    return (MARK_UNLIKE if unlike else "") + (MARK_TEACHER if teacher else "")
 
 
 def layout(table: PublishedTable, table_cells: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
@@ -375,8 +379,7 @@ def figure(table: PublishedTable, table_cells: pd.DataFrame) -> Any:
     for i, row in enumerate(rows):
         for j, pair in enumerate(pairs):
             cell = by_cell[(pair, row)]
-            marks = cell_text(cell)[-1] if cell_text(cell)[-1] in (MARK_UNLIKE, MARK_TEACHER) else ""
-            text = "—" if math.isnan(grid[i, j]) else f"{grid[i, j]:+.2f}{marks}"
+            text = "—" if math.isnan(grid[i, j]) else f"{grid[i, j]:+.2f}{cell_marks(cell)}"
             axes.text(j, i, text, ha="center", va="center", fontsize=8)
     axes.set_xticks(range(len(pairs)), [pair_label(p) for p in pairs], rotation=30, ha="right", fontsize=8)
     axes.set_yticks(range(len(rows)), [table.column(r) for r in rows], fontsize=8)
