@@ -200,6 +200,13 @@ def _job_dirs(sweep_dir: Path) -> list[Path]:
     return [p for p in sweep_dir.glob("*") if p.is_dir() and not p.name.startswith(".")] if sweep_dir.is_dir() else []
 
 
+def test_a_table_without_multirun_is_refused_in_one_line(workspace: Workspace):
+    done = workspace.run("table=dkd_cifar100_same", expect=2)
+    assert one_line_error(done) == (
+        "error: table: a published table is a sweep of many jobs: add -m (python run.py -m table=<name>)"
+    )
+
+
 def test_a_dry_run_prints_the_plan_and_its_cost_and_runs_nothing(tiny_table):
     workspace, conf = tiny_table
     sweep_dir, done = workspace.sweep("dry", "--config-dir", str(conf), "table=tiny", "table.seeds=[0]",
