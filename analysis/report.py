@@ -112,8 +112,9 @@ def write_report(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]
                  out_dir: str | os.PathLike[str] | None = None) -> dict[str, Path]:  # fmt: skip
     """Analyse the runs under ``paths`` into ``out_dir`` (default: the first path).
 
-    Returns what was written, key -> path ("results", "report", "table_md", "table_tex", figure stems). Raises
-    NoRunsError when no run is found; a figure that cannot be drawn is skipped and explained.
+    Returns what was written, key -> path ("results", "report", "table_md", "table_tex", figure stems, and after a
+    table sweep "reproduction_csv", "_md", "_tex", "_png": :mod:`analysis.reproduction`). Raises NoRunsError when
+    no run is found; a figure that cannot be drawn is skipped and explained.
     """
     sources = [Path(paths)] if isinstance(paths, (str, os.PathLike)) else [Path(p) for p in paths]
     runs = load_runs(*sources)
@@ -132,7 +133,8 @@ def write_report(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]
     atomic_write_text(written["table_tex"], latex_document(tables))
     figures = draw_figures(runs, out)
     written.update({key: path for key, (path, _) in figures.written.items()})
-    section = cost_lines(next((c for c in map(cost_check, sources) if c is not None), None))
+    check = next((c for c in map(cost_check, sources) if c is not None), None)
+    section = ["## Cost", "", *cost_lines(check)] if check is not None else []
     if table is not None:
         files, section = write_reproduction(table, table_cells, out, sources)
         written.update(files)
@@ -219,7 +221,7 @@ def render_report(runs: pd.DataFrame, figures: FigureOutcome, sources: Iterable[
     lines += warnings_section(runs)
     lines += _evaluations_section(runs)
     lines += _comparison_section(runs, tables)
-    lines += [*extra, ""] if extra and extra[0].startswith("#") else ["## Cost", "", *extra] if extra else []
+    lines += list(extra)
     lines += _figures_section(figures, out_dir)
     lines += [f"The full table (one row per run, with each setting's statistics) is in [{RESULTS_FILE}]"
               f"({RESULTS_FILE}); the paper tables in [{TABLE_MARKDOWN_FILE}]({TABLE_MARKDOWN_FILE}) and "

@@ -232,8 +232,8 @@ def test_a_sweep_over_its_budget_is_refused_in_one_line(tiny_table):
     assert "plan: 3 jobs to run" in done.stdout and not _job_dirs(sweep_dir)
 
 
-def test_a_small_table_runs_end_to_end_beside_its_published_numbers(tiny_table):
-    from analysis import reproduction
+def test_a_small_table_runs_end_to_end_beside_its_published_numbers(tiny_table, monkeypatch: pytest.MonkeyPatch):
+    from analysis import report, reproduction
 
     workspace, conf = tiny_table
     sweep_dir, done = workspace.sweep("table", "--config-dir", str(conf), "table=tiny",
@@ -259,7 +259,13 @@ def test_a_small_table_runs_end_to_end_beside_its_published_numbers(tiny_table):
     assert kd_b["metric"] == "best_test_acc" and not kd_b["like_for_like"]
     assert kd_b["not_like_for_like"] == "dataset synthetic, the source cifar100"  # 1 epoch = the source's 1
     assert not kd_b["teacher_off"]  # within the test table's 100-point tolerance
-    written = reproduction.write_reproduction(table, cells, sweep_dir, [sweep_dir])[0]
+    monkeypatch.setattr(report, "draw_figures", lambda runs, out: report.FigureOutcome())  # the figures: elsewhere
+    written = report.write_report([sweep_dir])  # what the end-of-sweep callback writes
+    results = pd.read_csv(written["results"])
+    kd_runs = results[results["table_row"] == "kd"]
+    assert len(kd_runs) == 4 and set(kd_runs["published_acc"]) == {45.0, 44.0}
+    assert set(reproduction.RESULT_COLUMNS) <= set(results.columns) and results["table_pair"].notna().all()
+    assert "## Reproduction of a published table" in written["report"].read_text()
     markdown = written["reproduction_md"].read_text()
     assert "| Teacher | " in markdown and "| dist | " in markdown and "A et al." in markdown
     assert "Cost: estimated " in markdown and "estimate / measured = " in markdown
@@ -267,3 +273,5 @@ def test_a_small_table_runs_end_to_end_beside_its_published_numbers(tiny_table):
     assert written["reproduction_png"].stat().st_size > 0
     saved = pd.read_csv(written["reproduction_csv"])
     assert list(saved.columns) == list(reproduction.CELL_COLUMNS) and len(saved) == 10
+    _, again = workspace.sweep("table", "--config-dir", str(conf), "table=tiny", "hydra.sweeper.dry_run=true")
+    assert "plan: 0 jobs to run (18 already completed, skipped), 0 epochs" in again.stdout  # the sweep resumes

@@ -16,7 +16,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -30,7 +30,6 @@ from kd_hydra.records.claims import exclusive
 from kd_hydra.records.files import write_error
 from kd_hydra.records.ledger import ledger_dir, write_estimate, write_plan
 from kd_hydra.records.run_directory import directory_problem, run_status
-from kd_hydra.sweeps.cost import Calibrator, JobCost, cost_record, estimate_or_reason, over_budget, plan_lines
 from kd_hydra.sweeps.jobs import (
     JobState,
     Overrides,
@@ -47,6 +46,9 @@ from kd_hydra.sweeps.jobs import (
     varying_keys,
 )
 from kd_hydra.sweeps.table import TABLE_KEY, expand_table
+
+if TYPE_CHECKING:
+    from kd_hydra.sweeps.cost import JobCost
 
 log = logging.getLogger(__name__)
 
@@ -285,6 +287,8 @@ class KDSweeper(BasicSweeper):
         teachers = [p.dir_name for p in first_run if p.is_teacher]
         write_plan(sweep_dir, planned, [p.dir_name for p in first_run + second_run], teachers)
         if self.costs:
+            from kd_hydra.sweeps.cost import cost_record
+
             write_estimate(sweep_dir, cost_record(self.costs, self.device))
         returns: list[Any] = []
         next_idx = self._launch(first_run, returns, 0)
@@ -306,6 +310,8 @@ class KDSweeper(BasicSweeper):
     def _estimate_cost(self, sweep_dir: Path, first: list[Planned], second: list[Planned]) -> None:
         """Print the plan and its estimated device-hours before any job; refuse it in one line when it exceeds
         ``budget_hours``; after a dry run, exit 0 without running anything."""
+        from kd_hydra.sweeps.cost import Calibrator, estimate_or_reason, over_budget, plan_lines  # torch: only here
+
         existing = existing_jobs(sweep_dir)
         derived = self._derived_configs(second)
         to_run = []
