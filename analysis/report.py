@@ -113,7 +113,8 @@ def write_report(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]
     """Analyse the runs under ``paths`` into ``out_dir`` (default: the first path).
 
     Returns what was written, key -> path ("results", "report", "table_md", "table_tex", figure stems, and after a
-    table sweep "reproduction_csv", "_md", "_tex", "_png": :mod:`analysis.reproduction`). Raises NoRunsError when
+    table sweep "reproduction_csv", "reproduction_md", "reproduction_tex", "reproduction_png": its comparison with
+    the published numbers, :mod:`analysis.reproduction`). Raises NoRunsError when
     no run is found; a figure that cannot be drawn is skipped and explained.
     """
     sources = [Path(paths)] if isinstance(paths, (str, os.PathLike)) else [Path(p) for p in paths]
