@@ -79,7 +79,8 @@ class KDSweeper(BasicSweeper):
         self.configs: dict[Overrides, DictConfig] = {}  # the composed config of each planned grid job
         self.costs: list[JobCost] = []  # the estimate of the jobs this multirun runs
         self.device = ""
-        if budget_hours is not None and (isinstance(budget_hours, bool) or not float(budget_hours) > 0):
+        if budget_hours is not None and (not isinstance(budget_hours, (int, float)) or isinstance(budget_hours, bool)
+                                         or not budget_hours > 0):  # fmt: skip
             print(f"error: hydra.sweeper.budget_hours: must be a number > 0 or null (got {budget_hours})",
                   file=sys.stderr)  # fmt: skip
             sys.exit(EXIT_BAD_CONFIG)
