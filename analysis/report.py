@@ -60,6 +60,7 @@ from .plots import (
     plot_search_samples,
     save_figure,
 )
+from .reproduction import annotate_results, cells, cost_check, cost_lines, read_table, write_reproduction
 from .stats import RULE_TEXT, Interval, compare_to_top, distinguishable, format_interval
 from .tables import (
     PaperTable,
@@ -111,23 +112,35 @@ def write_report(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]
                  out_dir: str | os.PathLike[str] | None = None) -> dict[str, Path]:  # fmt: skip
     """Analyse the runs under ``paths`` into ``out_dir`` (default: the first path).
 
-    Returns what was written, key -> path ("results", "report", "table_md", "table_tex", figure stems). Raises
-    NoRunsError when no run is found; a figure that cannot be drawn is skipped and explained.
+    Returns what was written, key -> path ("results", "report", "table_md", "table_tex", figure stems, and after a
+    table sweep "reproduction_csv", "reproduction_md", "reproduction_tex", "reproduction_png": its comparison with
+    the published numbers, :mod:`analysis.reproduction`). Raises NoRunsError when
+    no run is found; a figure that cannot be drawn is skipped and explained.
     """
     sources = [Path(paths)] if isinstance(paths, (str, os.PathLike)) else [Path(p) for p in paths]
     runs = load_runs(*sources)
     out = Path(out_dir) if out_dir is not None else sources[0]
     out.mkdir(parents=True, exist_ok=True)
     written = {"results": out / RESULTS_FILE}
-    atomic_write_text(written["results"], csv_safe(results_table(runs)).to_csv(index=False))
+    results = results_table(runs)
+    table = read_table(sources)
+    table_cells = cells(runs, table) if table is not None else None
+    if table is not None:
+        results = annotate_results(results, runs, table, table_cells)
+    atomic_write_text(written["results"], csv_safe(results).to_csv(index=False))
     tables = paper_tables(runs)
     written["table_md"], written["table_tex"] = out / TABLE_MARKDOWN_FILE, out / TABLE_LATEX_FILE
     atomic_write_text(written["table_md"], tables_markdown(tables))
     atomic_write_text(written["table_tex"], latex_document(tables))
     figures = draw_figures(runs, out)
     written.update({key: path for key, (path, _) in figures.written.items()})
+    check = next((c for c in map(cost_check, sources) if c is not None), None)
+    section = ["## Cost", "", *cost_lines(check)] if check is not None else []
+    if table is not None:
+        files, section = write_reproduction(table, table_cells, out, sources)
+        written.update(files)
     written["report"] = out / REPORT_FILE
-    atomic_write_text(written["report"], render_report(runs, figures, sources, out, tables))
+    atomic_write_text(written["report"], render_report(runs, figures, sources, out, tables, section))
     return written
 
 
@@ -199,8 +212,9 @@ def _draw(outcome: FigureOutcome, key: str, caption: str, out_dir: Path, make: C
 
 
 def render_report(runs: pd.DataFrame, figures: FigureOutcome, sources: Iterable[Path], out_dir: Path,
-                  tables: Sequence[PaperTable] | None = None) -> str:  # fmt: skip
-    """The markdown text of report.md (``tables``: :func:`analysis.tables.paper_tables` of ``runs``)."""
+                  tables: Sequence[PaperTable] | None = None, extra: Sequence[str] = ()) -> str:  # fmt: skip
+    """The markdown text of report.md (``tables``: :func:`analysis.tables.paper_tables` of ``runs``; ``extra``:
+    the lines of the reproduction and cost section, after the comparisons)."""
     tables = paper_tables(runs) if tables is None else tables
     lines = ["# Knowledge-distillation sweep report", ""]
     lines += ["Runs loaded from: " + ", ".join(code(source) for source in sources), ""]
@@ -208,6 +222,7 @@ def render_report(runs: pd.DataFrame, figures: FigureOutcome, sources: Iterable[
     lines += warnings_section(runs)
     lines += _evaluations_section(runs)
     lines += _comparison_section(runs, tables)
+    lines += list(extra)
     lines += _figures_section(figures, out_dir)
     lines += [f"The full table (one row per run, with each setting's statistics) is in [{RESULTS_FILE}]"
               f"({RESULTS_FILE}); the paper tables in [{TABLE_MARKDOWN_FILE}]({TABLE_MARKDOWN_FILE}) and "

@@ -309,9 +309,9 @@ def root_keys(comp: Composer, groups: Sequence[Group]) -> list[KeyInfo]:
     from_code = field_notes(base)
     found = []
     for key in base.keys():
-        if key in packages:
-            continue
         child = base._get_node(key)
+        if key in packages and not child._is_none():  # a group that is off by default (table) is a key of its own
+            continue
         if isinstance(child, DictConfig) and not child._is_none() and len(child):
             leaves = leaf_keys(child, str(key), notes, str(key))
             found.extend(info for info in leaves if not info.key.startswith(nested))

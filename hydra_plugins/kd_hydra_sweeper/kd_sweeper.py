@@ -16,19 +16,19 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from kd_hydra.config.checks import validate
 from kd_hydra.enums import Mode
 from kd_hydra.errors import KDHydraError
 from kd_hydra.records.claims import exclusive
 from kd_hydra.records.files import write_error
-from kd_hydra.records.ledger import ledger_dir, write_plan
+from kd_hydra.records.ledger import ledger_dir, write_estimate, write_plan
 from kd_hydra.records.run_directory import directory_problem, run_status
 from kd_hydra.sweeps.jobs import (
     JobState,
@@ -45,6 +45,10 @@ from kd_hydra.sweeps.jobs import (
     teacher_key,
     varying_keys,
 )
+from kd_hydra.sweeps.table import TABLE_KEY, expand_table
+
+if TYPE_CHECKING:
+    from kd_hydra.sweeps.cost import JobCost
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +65,25 @@ class KDSweeper(BasicSweeper):
         add_baselines: bool = True,
         teacher_stage: bool = True,
         rerun: str = Rerun.none.value,
+        estimate: bool | None = None,
+        dry_run: bool = False,
+        budget_hours: float | None = None,
     ) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
         self.add_baselines = add_baselines
         self.teacher_stage = teacher_stage
+        self.estimate = estimate
+        self.dry_run = bool(dry_run)
+        self.budget_hours = budget_hours
         self.refused: list[str] = []  # directory names of jobs refused before any work
+        self.configs: dict[Overrides, DictConfig] = {}  # the composed config of each planned grid job
+        self.costs: list[JobCost] = []  # the estimate of the jobs this multirun runs
+        self.device = ""
+        if budget_hours is not None and (not isinstance(budget_hours, (int, float)) or isinstance(budget_hours, bool)
+                                         or not budget_hours > 0):  # fmt: skip
+            print(f"error: hydra.sweeper.budget_hours: must be a number > 0 or null (got {budget_hours})",
+                  file=sys.stderr)  # fmt: skip
+            sys.exit(EXIT_BAD_CONFIG)
         try:
             self.rerun = Rerun(str(rerun))
         except ValueError:
@@ -81,14 +99,17 @@ class KDSweeper(BasicSweeper):
         assert self.hydra_context is not None and self.config is not None
         return self.hydra_context.config_loader.load_sweep_config(self.config, list(job))
 
-    def plan(self, overrides: list[Override]) -> tuple[list[Planned], list[Planned]]:
-        """The two stages of the sweep: (teachers and baselines, the other jobs); validated, named, deduplicated."""
+    def plan(self, overrides: list[Override], check_data: bool = True) -> tuple[list[Planned], list[Planned]]:
+        """The two stages of the sweep: (teachers and baselines, the other jobs); validated, named, deduplicated.
+        ``check_data=False`` (a dry run) plans without reading the data."""
         (grid,) = BasicSweeper.split_arguments(overrides, None)
         jobs = [tuple(job) for job in grid]
         configs = [self._compose(job) for job in jobs]
         self._validate_all(jobs, configs)
         shown = varying_keys(jobs)
-        jobs, configs = self._plannable(jobs, configs, shown)
+        if check_data:
+            jobs, configs = self._plannable(jobs, configs, shown)
+        self.configs = dict(zip(jobs, configs))
         modes = [Mode(cfg.mode) for cfg in configs]
         baselines = self._baselines(jobs, modes) if self.add_baselines else []
         first = [Planned(job, is_teacher=True) for job, mode in zip(jobs, modes) if mode is Mode.teacher]
@@ -230,9 +251,20 @@ class KDSweeper(BasicSweeper):
         """Plan, skip what already ran, then launch the teacher/baseline stage and the distill stage."""
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        overrides = parser.parse_overrides(self._parse_config() + list(arguments))
-        first, second = self.plan(overrides)
+        table = OmegaConf.select(self.config, TABLE_KEY, default=None)
+        try:
+            arguments = expand_table(arguments, table) if table is not None else list(arguments)
+        except KDHydraError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(EXIT_BAD_CONFIG)
+        overrides = parser.parse_overrides(self._parse_config() + arguments)
+        first, second = self.plan(overrides, check_data=not self.dry_run)
         sweep_dir = Path(self.config.hydra.sweep.dir)
+        estimating = self.estimate if self.estimate is not None else (
+            table is not None or self.dry_run or self.budget_hours is not None
+        )  # fmt: skip
+        if estimating or self.dry_run:
+            self._estimate_cost(sweep_dir, first, second)
         try:
             with exclusive(ledger_dir(sweep_dir), "sweep", f"sweep {sweep_dir}"):
                 return self._run_stages(sweep_dir, first, second)
@@ -255,6 +287,10 @@ class KDSweeper(BasicSweeper):
         planned = [p.dir_name for p in first + second] + self.refused
         teachers = [p.dir_name for p in first_run if p.is_teacher]
         write_plan(sweep_dir, planned, [p.dir_name for p in first_run + second_run], teachers)
+        if self.costs:
+            from kd_hydra.sweeps.cost import cost_record
+
+            write_estimate(sweep_dir, cost_record(self.costs, self.device))
         returns: list[Any] = []
         next_idx = self._launch(first_run, returns, 0)
         failed_teachers = self._failed_teachers(sweep_dir, first)
@@ -269,6 +305,63 @@ class KDSweeper(BasicSweeper):
                 )
         self._launch([p for p in second_run if p not in blocked], returns, next_idx)
         return returns
+
+    # -- cost ------------------------------------------------------------------------------------
+
+    def _estimate_cost(self, sweep_dir: Path, first: list[Planned], second: list[Planned]) -> None:
+        """Print the plan and its estimated device-hours before any job; refuse it in one line when it exceeds
+        ``budget_hours``; after a dry run, exit 0 without running anything."""
+        from kd_hydra.sweeps.cost import Calibrator, estimate_or_reason, over_budget, plan_lines  # torch: only here
+
+        existing = existing_jobs(sweep_dir)
+        derived = self._derived_configs(second)
+        to_run = []
+        for planned in first + second:
+            name = existing.get(settings_hash(planned.overrides), planned.dir_name)
+            state = job_state(sweep_dir / name) if (sweep_dir / name).is_dir() else JobState.new
+            done = state is JobState.completed and self.rerun is not Rerun.all
+            if not done and not (state is JobState.failed and self.rerun is Rerun.none):
+                cfg = self.configs.get(planned.overrides) or derived.get(planned.overrides)
+                to_run.append((name, cfg if cfg is not None else self._compose(planned.overrides)))
+        calibrator = Calibrator()
+        costs = estimate_or_reason(to_run, calibrator)
+        skipped = len(first) + len(second) - len(to_run)
+        if isinstance(costs, str):
+            print(f"plan: {len(to_run)} jobs to run; no estimate: {costs}")
+            if self.budget_hours is not None:
+                print(f"error: hydra.sweeper.budget_hours: cannot estimate the sweep ({costs}); no job was started",
+                      file=sys.stderr)  # fmt: skip
+                sys.exit(EXIT_BAD_CONFIG)
+        else:
+            self.costs, self.device = costs, calibrator.device
+            print("\n".join(plan_lines(costs, calibrator.device, skipped)), flush=True)
+            refusal = over_budget(costs, self.budget_hours)
+            if refusal is not None:
+                print(f"error: {refusal}", file=sys.stderr)
+                sys.exit(EXIT_BAD_CONFIG)
+        if self.dry_run:
+            print("dry run (hydra.sweeper.dry_run=true): nothing was run", flush=True)
+            sys.exit(0)
+
+    def _derived_configs(self, second: list[Planned]) -> dict[Overrides, DictConfig]:
+        """The configs of the added baseline and teacher jobs as far as the cost reads them, without composing each:
+        a distill job's config in the other mode (a baseline reads its data, student and trainer; a teacher job its
+        data, teacher and teacher_training, equal for every distill job it serves)."""
+        derived: dict[Overrides, DictConfig] = {}
+
+        def in_mode(cfg: DictConfig, mode: Mode) -> DictConfig:
+            copy = cfg.copy()
+            with open_dict(copy):
+                copy.mode = mode.value
+            return copy
+
+        for job, cfg in self.configs.items():
+            if Mode(cfg.mode) is Mode.distill:
+                derived.setdefault(baseline_overrides(job), in_mode(cfg, Mode.student))
+        for planned in second:
+            if planned.teacher is not None and planned.overrides in self.configs:
+                derived.setdefault(planned.teacher, in_mode(self.configs[planned.overrides], Mode.teacher))
+        return derived
 
     def _to_run(
         self, sweep_dir: Path, planned: list[Planned], first: list[Planned]

@@ -226,6 +226,8 @@ def check_command_line(
                     override.key_or_group,
                     f"'{value}' is a sweep: add -m (--multirun), or write a list as {override.key_or_group}=[{value}]",
                 )
+    if not multirun and base.get("table") is not None:
+        raise ConfigError("table", "a published table is a sweep of many jobs: add -m (python run.py -m table=<name>)")
     check_optimized_metric(str(base.optimized_metric))
     check_optuna_sweep(base.hydra, overrides)
     check_directories(base, overrides, multirun)

@@ -68,6 +68,7 @@ class RootConfig:
     soft_label_cache: SoftLabelCacheConfig = field(default_factory=SoftLabelCacheConfig)
     logger: Any = None  # {tracker name: its node} from conf/logger (kd_hydra.trackers)
     optimized_metric: str = MISSING  # what a sweep that optimises (Optuna) maximises; see kd_hydra.config.objective
+    table: Any = None  # a published table the sweep reproduces (conf/table/; kd_hydra.sweeps.table): no job reads it
 
 
 def register_configs(config_dir: str | os.PathLike | None = None) -> None:

@@ -24,9 +24,10 @@ USER_GROUPS = {
     "logger": "trackers besides history.csv and metrics.json: logger=[csv,tensorboard]",
     "debug": "a smoke test of any preset on a CPU in under a minute",
     "hparams_search": "an Optuna search (pip install '.[optuna]')",
+    "table": "a published table as one sweep, beside the authors' numbers (with -m)",
 }
 #: Folders of ``conf/`` that are not picked on the command line (or hold a single option).
-INTERNAL_GROUPS = ("model", "dataset/loader", "preset_method", "hydra", "trainer", "paths")
+INTERNAL_GROUPS = ("model", "dataset/loader", "preset_method", "published", "hydra", "trainer", "paths")
 #: The groups built from ``conf/model`` (kd_hydra.models.model_configs).
 MODEL_ROLES = ("teacher", "student")
 WIDTH = 100

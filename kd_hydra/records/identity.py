@@ -27,6 +27,7 @@ NON_TRAINING_KEYS = (
     "logger",
     "hydra",
     "optimized_metric",
+    "table",
     "trainer.resume",
     "trainer.max_restarts",
     "trainer.checkpoint_every",

@@ -33,6 +33,10 @@ PLAN_FILE = "plan.json"
 OUTCOMES_FILE = "outcomes.jsonl"
 
 
+#: The cost the sweeper estimated before any job of this multirun (``kd_hydra.sweeps.cost.cost_record``).
+ESTIMATE_FILE = "estimate.json"
+
+
 def ledger_dir(sweep_dir: Path) -> Path:
     return Path(sweep_dir) / LEDGER_DIR
 
@@ -44,6 +48,22 @@ def write_plan(sweep_dir: Path, dir_names: Sequence[str], to_run: Sequence[str],
 
     plan = {"jobs": list(dir_names), "to_run": list(to_run), "teachers": list(teachers), "started": time.time()}
     write_json(ledger_dir(sweep_dir) / PLAN_FILE, plan)
+
+
+def write_estimate(sweep_dir: Path, record: dict[str, Any]) -> None:
+    """Record the estimated cost of the jobs this multirun runs (device, total and per-job seconds)."""
+    from kd_hydra.records.files import write_json
+
+    write_json(ledger_dir(sweep_dir) / ESTIMATE_FILE, record)
+
+
+def read_estimate(sweep_dir: Path) -> dict[str, Any] | None:
+    """The sweep's recorded estimate, or None when there is none (or it cannot be read)."""
+    try:
+        record = json.loads((ledger_dir(sweep_dir) / ESTIMATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("jobs"), dict) else None
 
 
 def _duration(seconds: float) -> str:

@@ -11,7 +11,14 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from kd_hydra.records import schema
-from kd_hydra.records.ledger import OUTCOMES_FILE, PLAN_FILE, ledger_dir, planned_jobs, read_outcomes
+from kd_hydra.records.ledger import (
+    ESTIMATE_FILE,
+    OUTCOMES_FILE,
+    PLAN_FILE,
+    ledger_dir,
+    planned_jobs,
+    read_outcomes,
+)
 from kd_hydra.records.run_directory import run_status
 from kd_hydra.sweeps.jobs import run_dirs_of
 
@@ -34,7 +41,7 @@ class JobStatusCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         ledger = ledger_dir(Path(config.hydra.sweep.dir))
-        for name in (OUTCOMES_FILE, PLAN_FILE):
+        for name in (OUTCOMES_FILE, PLAN_FILE, ESTIMATE_FILE):
             (ledger / name).unlink(missing_ok=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
