@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from kd_hydra.data.augment import normalize
 from kd_hydra.data.image_header import declared_size
@@ -96,6 +96,7 @@ class ResizedCropPipeline(LoaderPipeline):
     the files (Resize + CenterCrop). Its batches are a function of (seed, epoch): the soft-label cache serves them."""
 
     supports_logit_cache = True
+    in_memory = False  # the soft-label cache keeps its records on disk (kd_hydra.stores.sharded_logits)
 
     def _attach(self, data: FolderData) -> None:
         size, eval_resize = data.spec.image_size, int(data.test.eval_resize or data.spec.image_size)
@@ -114,6 +115,23 @@ class ResizedCropPipeline(LoaderPipeline):
             val = data.val.subset(range(len(data.val)))
             val.eval_resize = eval_resize
             self._val_loader = self._loader(_PlannedItems(val, size, 0), None, self.eval_batch_size, False, True)
+
+    def _loader(
+        self, items: Dataset, sampler: Sampler | None, batch_size: int, drop_last: bool, persistent: bool
+    ) -> DataLoader:
+        """A DataLoader drawing its workers' seeds from a generator of its own: filling the soft-label cache (a
+        loader more) leaves the global RNG, hence the student's training, as it is (the plan needs no RNG)."""
+        return DataLoader(
+            items,
+            batch_size=batch_size,
+            sampler=sampler,
+            shuffle=False,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=persistent and self.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.seed),
+        )
 
     def epoch_plan(self, epoch: int) -> CropPlan:  # type: ignore[override]
         """The sample order and per-sample crop seeds and flips of `epoch` (a function of seed and epoch only)."""

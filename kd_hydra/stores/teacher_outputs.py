@@ -254,12 +254,14 @@ class CachedTeacher:
             return
         self._evict()
 
-    def _evict(self) -> None:
-        """Delete least recently used entries (never this one) until the cache fits ``max_bytes``."""
+    def _evict(self, reserve: int = 0) -> None:
+        """Delete least recently used entries (never this one) until the cache fits ``max_bytes``, with room for
+        ``reserve`` more bytes (an epoch about to be written)."""
+        self.root.mkdir(parents=True, exist_ok=True)
         with FileLock(str(self.root / EVICTION_LOCK)):
             entries = [p for p in self.root.iterdir() if p.is_dir()]
             sizes = {p: _directory_bytes(p) for p in entries}
-            total = sum(sizes.values())
+            total = sum(sizes.values()) + reserve
             for entry in sorted(entries, key=lambda p: p.stat().st_mtime):
                 if total <= self.max_bytes:
                     break
@@ -356,6 +358,7 @@ def teacher_outputs(
     statistics for OFD). A pipeline without ``supports_logit_cache`` (the DataLoader path) gets it too.
     """
     source: LiveTeacher | CachedTeacher
+    sharded = cache.top_k is not None or not getattr(pipeline, "in_memory", True)
     if needs.live_only or needs.feature_names:
         log.info("the method reads features or a strong view: the teacher runs on every batch")
         source = LiveTeacher(teacher, runtime, list(needs.feature_names), needs.batch_statistics)
@@ -376,7 +379,13 @@ def teacher_outputs(
             runtime.autocast_dtype,
             runtime.channels_last,
         )
-        source = CachedTeacher(
+        if sharded:  # top-k, or image files: fixed-size records in shards, never an (N, C) tensor
+            from kd_hydra.stores.sharded_logits import ShardedTeacher
+
+            cached_class: type[CachedTeacher] = ShardedTeacher
+        else:
+            cached_class = CachedTeacher
+        source = cached_class(
             cache.root,
             description,
             teacher,
