@@ -18,7 +18,16 @@ def write_meta(path: Path, wnids: tuple[str, ...]) -> None:
     """meta.mat with the leaf synsets (ILSVRC2012_ID 1..n, in wnid order) and one parent synset (num_children 2)."""
     from scipy import io as scipy_io
 
-    fields = ["ILSVRC2012_ID", "WNID", "words", "gloss", "num_children", "children", "wordnet_height", "num_train_images"]
+    fields = [
+        "ILSVRC2012_ID",
+        "WNID",
+        "words",
+        "gloss",
+        "num_children",
+        "children",
+        "wordnet_height",
+        "num_train_images",
+    ]
     synsets = np.zeros((len(wnids) + 1,), dtype=[(name, object) for name in fields])
     for row, wnid in enumerate(wnids):
         synsets[row] = (row + 1, wnid, f"class {row}", "", 0, np.zeros(0), 0, TRAIN_PER_CLASS)

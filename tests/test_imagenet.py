@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from imagenet_tree import WNIDS, write_imagenet_tree
 
 from conftest import Workspace, one_line_error, read_metrics
-from imagenet_tree import WNIDS, write_imagenet_tree
 from kd_hydra.data import build_pipeline, load_imagenet
 from kd_hydra.data.crop_pipeline import make_crop_plan
 from kd_hydra.data.resized_crop import DEFAULT_RATIO, DEFAULT_SCALE, box_from_uniforms, crop_box
@@ -142,7 +142,9 @@ def test_teacher_baseline_and_kd_train_end_to_end_cached_equals_live_and_resume_
     live_dir, _ = workspace.single("live", *run, "soft_label_cache.enabled=false")
     for run_dir in (teacher_dir, baseline_dir, cached_dir):
         assert read_metrics(run_dir)["status"] == "completed"
-    assert read_metrics(cached_dir)["teacher_outputs"] == "cache" and read_metrics(live_dir)["teacher_outputs"] == "live"
+    assert (
+        read_metrics(cached_dir)["teacher_outputs"] == "cache" and read_metrics(live_dir)["teacher_outputs"] == "live"
+    )
     assert _history(cached_dir) == _history(live_dir)
     cached, live = _weights(cached_dir), _weights(live_dir)
     assert all(torch.equal(cached[key], live[key]) for key in live)

@@ -54,7 +54,9 @@ def _reference_block(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return out + identity
 
 
-@pytest.mark.parametrize(("arch", "params"), [("resnet18", 11_689_512), ("resnet34", 21_797_672), ("resnet50", 25_557_032)])
+@pytest.mark.parametrize(
+    ("arch", "params"), [("resnet18", 11_689_512), ("resnet34", 21_797_672), ("resnet50", 25_557_032)]
+)
 def test_imagenet_resnet_points_are_mdistillers(arch: str, params: int) -> None:
     torch.manual_seed(0)
     model = build_model(f"{arch}_imagenet", 10, 3, SIZE).eval()

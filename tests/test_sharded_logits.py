@@ -80,9 +80,14 @@ class _LargestFloat(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         out = func(*args, **(kwargs or {}))
         for tensor in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and tuple(tensor.shape) == (
-                NUM_TRAIN,
-                CLASSES,
+            if (
+                isinstance(tensor, torch.Tensor)
+                and tensor.is_floating_point()
+                and tuple(tensor.shape)
+                == (
+                    NUM_TRAIN,
+                    CLASSES,
+                )
             ):
                 self.dense = True
         return out

@@ -14,6 +14,7 @@ Training images keep their sizes (each sample's random-resized crop is drawn fro
 from __future__ import annotations
 
 import os
+
 from kd_hydra.data.decoded import check_memory_budget, decoded_eval_images
 from kd_hydra.data.folder import TRAIN_FOLDER, list_image_folder
 from kd_hydra.data.images import DEFAULT_MAX_IMAGE_PIXELS, RGB_CHANNELS, is_image_name, shown
@@ -147,4 +148,3 @@ def load_imagenet(
         check_memory_budget(name, len(test), int(image_size), max_memory_gb)
         test_images = decoded_eval_images(test, name, cache_dir, decode_workers)
     return FolderData(train, test, spec, test_images=test_images, variable_size=True)
-

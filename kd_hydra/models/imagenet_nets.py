@@ -124,7 +124,9 @@ def _weights_file(arch: str, pretrained: str) -> Path:
         weights = enum.verify(pretrained)
     except (KeyError, ValueError, TypeError):
         choices = ", ".join(["DEFAULT", *(member.name for member in enum)])
-        raise ConfigError("pretrained", f"unknown weights '{pretrained}' for {arch}; choose one of: {choices}") from None
+        raise ConfigError(
+            "pretrained", f"unknown weights '{pretrained}' for {arch}; choose one of: {choices}"
+        ) from None
     path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
     if not path.is_file():
         raise ConfigError(
@@ -164,6 +166,4 @@ def imagenet_resnet(
     return model
 
 
-register_variants(
-    imagenet_resnet, {f"{arch}_imagenet": (arch,) for arch in ("resnet18", "resnet34", "resnet50")}
-)
+register_variants(imagenet_resnet, {f"{arch}_imagenet": (arch,) for arch in ("resnet18", "resnet34", "resnet50")})
