@@ -99,3 +99,30 @@ def test_torchvision_weights_load_from_a_file_or_name_one_line_when_offline(
     torch.save(reference.state_dict(), tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth")
     named = build_model("resnet18_imagenet", 1000, 3, SIZE, pretrained="IMAGENET1K_V1")
     assert torch.equal(named.fc.weight, reference.fc.weight)
+
+
+def test_a_teacher_off_its_published_imagenet_accuracy_is_named_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from kd_hydra.models import published
+    from kd_hydra.stores.cache_entry import file_sha256
+    from kd_hydra.stores.teachers import TeacherCheckpoint, checkpoint_teacher
+
+    assert published.published_top1("b627a593" + "0" * 56)[1] == 73.314  # resnet34-b627a593.pth
+    model = torch.nn.Linear(2, 2)
+    path = tmp_path / "teacher.pth"
+    torch.save(model.state_dict(), path)
+    sha = file_sha256(path)
+    monkeypatch.setitem(published.TORCHVISION_IMAGENET_TOP1, sha[:8], ("resnet34 IMAGENET1K_V1", 73.314, "docs"))
+    for accuracy, size, warned in [
+        (60.0, (50_000, 1000), True),
+        (73.0, (50_000, 1000), False),
+        (60.0, (10, 10), False),
+    ]:
+        caplog.clear()
+        checkpoint = TeacherCheckpoint(path, sha, "id", {"accuracy": accuracy, "size": size}, test_size=size)
+        checkpoint_teacher(model, checkpoint, tmp_path / f"evals{accuracy}{size}", lambda _: accuracy)
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert bool(warnings) is warned
+        if warned:
+            assert "scores 60.00%" in warnings[0] and "published 73.31%" in warnings[0] and "\n" not in warnings[0]
