@@ -121,7 +121,7 @@ def test_a_teacher_off_its_published_imagenet_accuracy_is_named_in_one_line(
     ]:
         caplog.clear()
         checkpoint = TeacherCheckpoint(path, sha, "id", {"accuracy": accuracy, "size": size}, test_size=size)
-        checkpoint_teacher(model, checkpoint, tmp_path / f"evals{accuracy}{size}", lambda _: accuracy)
+        checkpoint_teacher(model, checkpoint, tmp_path / f"evals{accuracy}{size}", lambda _, scored=accuracy: scored)
         warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
         assert bool(warnings) is warned
         if warned:
