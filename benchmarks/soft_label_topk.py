@@ -1,8 +1,8 @@
 """The soft-label cache's top-k trade-off on a trained teacher: bytes per sample against what KD reads.
 
 Trains a teacher with kd-hydra (``mode=teacher``, the overrides below; default: a CIFAR ResNet8 on the Tiny
-ImageNet subset at 32 x 32, 200 classes, three CPU epochs; kept in ``--workdir``), computes its logits on the test split and, for each k, prints the record
-size, the teacher's probability mass inside the top-k at T=1 and T=4, and KL(p || p_topk) of the reconstructed
+ImageNet subset at 32 x 32, 200 classes, three CPU epochs; kept in ``--workdir``), computes its logits on the
+test split and, for each k, prints the record size, the teacher's probability mass inside the top-k at T=1 and T=4, and KL(p || p_topk) of the reconstructed
 targets (the rest at their mean, as the cache decodes them), which is what a KD term sees change.
 
     python benchmarks/soft_label_topk.py --data-dir /work/shared/data/tiny-imagenet-subset
@@ -20,7 +20,8 @@ import torch
 
 TEACHER = ["mode=teacher", "dataset=tiny_imagenet", "dataset.image_size=32", "teacher=resnet8",
            "teacher_training.epochs=3", "teacher_training.batch_size=128", "trainer.device=cpu",
-           "optimizer@teacher_training.optimizer=sgd", "teacher_training.optimizer.lr=0.1", "trainer.num_threads=2"]  # fmt: skip
+           "optimizer@teacher_training.optimizer=sgd", "teacher_training.optimizer.lr=0.1",
+           "trainer.num_threads=2"]  # fmt: skip
 KS = (1, 2, 5, 10, 20, 50)
 
 
@@ -49,7 +50,9 @@ def main() -> None:
         OmegaConf.update(cfg, "dataset.loader.cache_dir", f"{work}/cache")
         data = load_dataset(cfg.dataset)
         spec = data.spec
-        teacher = build(cfg.teacher, num_classes=spec.num_classes, in_channels=spec.channels, image_size=spec.image_size)
+        teacher = build(
+            cfg.teacher, num_classes=spec.num_classes, in_channels=spec.channels, image_size=spec.image_size
+        )
         (model_file,) = sorted((work / "cache" / "teachers").glob("*/model.pt"))
         payload = torch.load(model_file, map_location="cpu", weights_only=True)
         teacher.load_state_dict(payload.get("state_dict", payload))
@@ -57,8 +60,10 @@ def main() -> None:
         with torch.no_grad():
             logits = torch.cat([teacher.eval()(x) for x, _ in pipeline.test_batches()])
     classes = logits.shape[1]
-    print(f"{len(logits)} test images, {classes} classes; per k: record bytes (float16), mass in the top-k, "
-          "KL(p || p_topk) in nats")
+    print(
+        f"{len(logits)} test images, {classes} classes; per k: record bytes (float16), mass in the top-k, "
+        "KL(p || p_topk) in nats"
+    )
     for k in (*[k for k in KS if k < classes], None):
         layout = RecordLayout(classes, k, torch.float16)
         decoded = layout.decode(layout.encode(logits))
