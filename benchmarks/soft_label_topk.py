@@ -2,8 +2,9 @@
 
 Trains a teacher with kd-hydra (``mode=teacher``, the overrides below; default: a CIFAR ResNet8 on the Tiny
 ImageNet subset at 32 x 32, 200 classes, three CPU epochs; kept in ``--workdir``), computes its logits on the
-test split and, for each k, prints the record size, the teacher's probability mass inside the top-k at T=1 and T=4, and KL(p || p_topk) of the reconstructed
-targets (the rest at their mean, as the cache decodes them), which is what a KD term sees change.
+test split and, for each k, prints the record size, the teacher's probability mass inside the top-k at T=1 and
+T=4, and KL(p || p_topk) of the reconstructed targets (the rest at their mean, as the cache decodes them), which
+is what a KD term sees change.
 
     python benchmarks/soft_label_topk.py --data-dir /work/shared/data/tiny-imagenet-subset
 """
