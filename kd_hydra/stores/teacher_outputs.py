@@ -17,6 +17,10 @@ dtype, top-k and the teacher's precision.
 
 A run that computes the logits uses exactly what it stores (rounded to the storage dtype), so a
 run that reads the cache trains the identical student.
+
+With ``top_k`` set, or on a pipeline of image files (``in_memory`` false: ImageNet), the entry holds fixed-size
+records in a few shard files per epoch instead, memory-mapped and decoded per batch, never an (N, C) tensor
+(:class:`~kd_hydra.stores.sharded_logits.ShardedTeacher`).
 """
 
 from __future__ import annotations
@@ -355,7 +359,8 @@ def teacher_outputs(
     """The soft-label cache for logit methods on in-memory data (when enabled), else the live teacher.
 
     Methods that read features or a strongly augmented view (MLKD) always get the live teacher (with batch
-    statistics for OFD). A pipeline without ``supports_logit_cache`` (the DataLoader path) gets it too.
+    statistics for OFD). A pipeline without ``supports_logit_cache`` (the DataLoader path) gets it too. With
+    ``top_k``, or a pipeline whose ``in_memory`` is false, the cache is the sharded one (:mod:`.sharded_logits`).
     """
     source: LiveTeacher | CachedTeacher
     sharded = cache.top_k is not None or not getattr(pipeline, "in_memory", True)
