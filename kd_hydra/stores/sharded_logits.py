@@ -15,10 +15,10 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 
 #: Shard files per epoch (fewer when an epoch has fewer samples than this).
 NUM_SHARDS = 4
-SHARD_FORMAT = "kd-hydra/soft-label-shards-v1"
 BYTES_PER_MB = 1e6
 
 
@@ -87,10 +86,6 @@ class RecordLayout:
             stored["indices"] = raw[:, values_end:indices_end].contiguous().view(self.index_dtype)
             stored["rest_mean"] = raw[:, indices_end:].contiguous().view(self.dtype)[:, 0]
         return decode_logits(stored, self.num_classes)
-
-    def describe(self) -> dict[str, Any]:
-        return {"num_classes": self.num_classes, "k": self.k, "full": self.full, "record_bytes": self.record_bytes,
-                "dtype": str(self.dtype).removeprefix("torch."), "index_dtype": str(self.index_dtype)}  # fmt: skip
 
 
 class ShardedEpoch:
@@ -216,8 +211,6 @@ class ShardedTeacher(CachedTeacher):
         return ShardedEpoch(self.entry, epoch, self.pipeline.num_train, self.layout)
 
     def begin_epoch(self, epoch: int) -> None:
-        import time
-
         store = self.epoch_store(epoch)
         with self.entry.locked("computing these soft labels"):
             if not self._checked:
@@ -249,8 +242,3 @@ class ShardedTeacher(CachedTeacher):
         assert self._epoch is not None, "begin_epoch() must be called first"
         logits = self.layout.decode(self._epoch.read(sample_indices))
         return TeacherOutput(logits.to(self.runtime.device, non_blocking=True))
-
-
-def shard_paths(entry_path: Path, epoch: int) -> Sequence[Path]:
-    """The shard files of ``epoch`` present in an entry directory, sorted."""
-    return sorted(Path(entry_path).glob(f"epoch_{epoch:04d}.shard_*.bin"))
