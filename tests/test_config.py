@@ -124,6 +124,11 @@ def test_every_dataset_option_builds_its_data(name, tmp_path):
         overrides += ["dataset.loader.download=false", "dataset.loader.verify_checksums=false"]  # fake files
     elif name == "tiny_imagenet":
         write_fake_tiny_imagenet(tmp_path)
+    elif name == "imagenet":
+        from imagenet_tree import write_imagenet_tree
+
+        write_imagenet_tree(tmp_path / "imagenet")
+        overrides += ["dataset.image_size=32", "dataset.eval_resize=36"]
     elif name == "folder":
         write_fake_folder(tmp_path / "images")
         overrides.append(f"dataset.path={tmp_path / 'images'}")

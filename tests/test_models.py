@@ -42,6 +42,9 @@ ZOO = (
     "resnet32", "resnet32x4", "resnet44", "resnet50_cifar", "resnet56", "resnet8", "resnet8x4", "shufflev1",
     "shufflev2", "vgg11", "vgg13", "vgg16", "vgg19", "vgg8", "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2",
 )  # fmt: skip
+#: The ImageNet archs (tests/test_imagenet_models.py checks them against mdistiller's ImageNet definitions).
+IMAGENET_ZOO = ("mobilenetv1", "resnet18_imagenet", "resnet34_imagenet", "resnet50_imagenet")
+ALL_ARCHS = tuple(sorted(ZOO + IMAGENET_ZOO))
 OWN_ARCHS = ("deep_cnn", "light_cnn", "mobilenetv2")  # kd-hydra's; every other arch re-implements a reference
 
 BATCH = 2
@@ -117,7 +120,7 @@ def _logits(model: nn.Module, channels: int, size: int) -> torch.Tensor:
 
 
 def test_list_models_is_the_sorted_zoo() -> None:
-    assert list_models() == sorted(ZOO)
+    assert list_models() == sorted(ALL_ARCHS)
 
 
 @pytest.mark.parametrize("name, expected", sorted(EXACT_PARAMS_10.items()))
@@ -193,7 +196,7 @@ def test_unknown_name_lists_the_zoo() -> None:
     with pytest.raises(ConfigError, match="unknown architecture 'resnet9000'") as caught:
         build_model("resnet9000", 10, 3, CIFAR_SIZE)
     assert caught.value.key == "name"
-    assert ", ".join(sorted(ZOO)) in str(caught.value)
+    assert ", ".join(sorted(ALL_ARCHS)) in str(caught.value)
 
 
 def test_unknown_option_and_source_and_zoo_weights_are_config_errors() -> None:
@@ -277,7 +280,7 @@ def test_the_zoo_is_found_by_walking_the_package_in_a_fresh_process() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().split(",") == sorted(ZOO)
+    assert done.stdout.strip().split(",") == sorted(ALL_ARCHS)
 
 
 def test_torchvision_resnet50_on_tiny_imagenet_shape() -> None:
@@ -315,7 +318,8 @@ def test_replace_classifier_finds_the_final_layer(name: str) -> None:
 
 
 def test_one_model_config_per_arch() -> None:
-    assert {path.name for path in MODEL_DIR.glob("*.yaml")} == {f"{name}.yaml" for name in ZOO} | TORCHVISION_PRESETS
+    configs = {path.name for path in MODEL_DIR.glob("*.yaml")}
+    assert configs == {f"{name}.yaml" for name in ALL_ARCHS} | TORCHVISION_PRESETS
 
 
 def test_model_files_instantiate() -> None:

@@ -289,7 +289,7 @@ def test_preset_composes_to_the_published_values(preset, method):
 
 def test_the_table_covers_every_pair_and_preset_with_a_source_per_row():
     presets = {p.stem for p in (CONF / "experiment").glob("cifar100_*.yaml")}
-    assert presets == {row.preset for row in TABLE}
+    assert presets == {row.preset for row in TABLE if row.preset.startswith("cifar100_")}
     assert len(PAIRS) == 13 and len({p.preset for p in PAIRS}) == 13
     for row in TABLE:
         assert row.source.split()[0].count("/") == 1 or row.source == DIST_PAPER, row
@@ -335,3 +335,81 @@ def test_the_command_line_shows_the_pairs_dkd_beta():
     out = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, check=True).stdout
     loss = OmegaConf.create(out).loss
     assert loss.name == "dkd" and loss.beta == 6.0 and loss.alpha == 1.0 and loss.warmup == 20
+
+
+# -- ImageNet (issue 23) ------------------------------------------------------------------------------------------
+
+IMAGENET_PAIRS = {"imagenet_resnet34_resnet18": "r34_r18", "imagenet_resnet50_mobilenetv1": "r50_mv1"}
+IMAGENET_ARCHS = {"imagenet_resnet34_resnet18": ("resnet34_imagenet", "resnet18_imagenet"),
+                  "imagenet_resnet50_mobilenetv1": ("resnet50_imagenet", "mobilenetv1")}  # fmt: skip
+IMAGENET_DKD_BETA = {"r34_r18": 0.5, "r50_mv1": 2.0}
+
+
+def _imagenet_rows(preset: str, short: str) -> list[Published]:
+    kd, dkd = f"{MDISTILLER} configs/imagenet/{short}/kd.yaml", f"{MDISTILLER} configs/imagenet/{short}/dkd.yaml"
+    teacher, student = IMAGENET_ARCHS[preset]
+    solver = [
+        ("teacher.name", teacher, "DISTILLER.TEACHER"),
+        ("student.name", student, "DISTILLER.STUDENT"),
+        ("dataset.name", "imagenet", "DATASET.TYPE"),
+        ("trainer.epochs", 100, "SOLVER.EPOCHS"),
+        ("trainer.batch_size", 512, "SOLVER.BATCH_SIZE"),
+        ("trainer.eval_batch_size", 128, "DATASET.TEST.BATCH_SIZE"),
+        ("optimizer.lr", 0.2, "SOLVER.LR"),
+        ("optimizer.momentum", 0.9, "SOLVER.MOMENTUM"),
+        ("optimizer.weight_decay", 1.0e-4, "SOLVER.WEIGHT_DECAY"),
+        ("scheduler.milestones", [0.3, 0.6, 0.9], "SOLVER.LR_DECAY_STAGES [30, 60, 90] of 100"),
+        ("scheduler.gamma", 0.1, "SOLVER.LR_DECAY_RATE"),
+    ]
+    rows = [Published(preset, None, key, value, name, kd) for key, value, name in solver]
+    rows += [
+        Published(preset, "kd", "temperature", 1.0, "KD.TEMPERATURE", kd),
+        Published(preset, "kd", "alpha", 0.5, "KD.LOSS.CE_WEIGHT 0.5, KD.LOSS.KD_WEIGHT 0.5", kd),
+        Published(preset, "dkd", "temperature", 1.0, "DKD.T", dkd),
+        Published(preset, "dkd", "beta", IMAGENET_DKD_BETA[short], "DKD.BETA", dkd),
+        Published(preset, "dkd", "warmup", 1, "DKD.WARMUP", dkd),
+        Published(preset, "dkd", "ce_weight", 1.0, "DKD.CE_WEIGHT", dkd),
+        Published(preset, "dkd", "alpha", 1.0, "DKD.ALPHA (default)", MDISTILLER_CFG),
+    ]
+    return rows
+
+
+IMAGENET_TABLE = [row for preset, short in IMAGENET_PAIRS.items() for row in _imagenet_rows(preset, short)]
+TABLE.extend(IMAGENET_TABLE)
+
+#: Published top-1 (%) on the ILSVRC2012 validation set, with the source of each number.
+IMAGENET_ACCURACY = [
+    ("imagenet_resnet34_resnet18", "teacher", 73.31, "pytorch/vision docs: resnet34 IMAGENET1K_V1 acc@1 73.314"),
+    ("imagenet_resnet34_resnet18", "ce", 69.76, "pytorch/vision docs: resnet18 IMAGENET1K_V1 acc@1 69.758"),
+    ("imagenet_resnet34_resnet18", "kd", 71.03, f"{MDISTILLER} README.md (ImageNet table)"),
+    ("imagenet_resnet34_resnet18", "dkd", 71.70, f"{MDISTILLER} README.md (ImageNet table)"),
+    ("imagenet_resnet34_resnet18", "kd", 71.37, "yoshitomo-matsubara/torchdistill README.md (ImageNet, KD)"),
+    ("imagenet_resnet50_mobilenetv1", "teacher", 76.13, "pytorch/vision docs: resnet50 IMAGENET1K_V1 acc@1 76.130"),
+    ("imagenet_resnet50_mobilenetv1", "ce", 68.87, f"{MDISTILLER} README.md (ImageNet table, student baseline)"),
+    ("imagenet_resnet50_mobilenetv1", "kd", 70.50, f"{MDISTILLER} README.md (ImageNet table)"),
+    ("imagenet_resnet50_mobilenetv1", "dkd", 72.05, f"{MDISTILLER} README.md (ImageNet table)"),
+]
+
+
+@pytest.mark.parametrize("preset", sorted(IMAGENET_PAIRS))
+@pytest.mark.parametrize("method", [None, "kd", "dkd"])
+def test_every_imagenet_preset_composes_to_the_published_values(preset: str, method: str | None) -> None:
+    cfg = composed(f"experiment={preset}", *([f"loss={method}"] if method else []))
+    validate(cfg)
+    for row in IMAGENET_TABLE:
+        if (row.preset, row.method) == (preset, method):
+            path = row.key if method is None else f"loss.{row.key}"
+            node = OmegaConf.select(cfg, path)
+            got = OmegaConf.to_container(node) if OmegaConf.is_config(node) else node
+            assert got == row.value, f"{path} = {got!r}, published {row.value!r} ({row.authors_key}: {row.source})"
+
+
+def test_the_imagenet_table_has_a_source_per_row_and_the_headline_accuracies() -> None:
+    presets = {p.stem for p in (CONF / "experiment").glob("imagenet_*.yaml")}
+    assert presets == set(IMAGENET_PAIRS) == {row.preset for row in IMAGENET_TABLE}
+    assert {preset for preset, *_ in IMAGENET_ACCURACY} == presets
+    for *_, accuracy, source in IMAGENET_ACCURACY:
+        assert 60 < accuracy < 80 and source.split()[0].count("/") == 1
+    docs = (REPO / "docs" / "imagenet.md").read_text()
+    for _, _, accuracy, _ in IMAGENET_ACCURACY:
+        assert f"{accuracy:.2f}" in docs  # the docs' table shows every published number

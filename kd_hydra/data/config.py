@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 #: Default most pixels an image file may declare (PIL's decompression-bomb threshold); kd_hydra.data.images.
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 #: Keys only some loaders read: each is used when the loader node has that argument (``key: ${..key}``).
-LOADER_KEYS = ("path", "num_classes", "image_size", "in_memory", "max_memory_gb", "max_image_pixels")
+LOADER_KEYS = ("path", "num_classes", "image_size", "eval_resize", "in_memory", "max_memory_gb", "max_image_pixels")
 #: Loader keys that must be set when the loader reads them (a YAML's ``???`` does not survive the merge
 #: into the schema's default, so the requirement is checked here).
 REQUIRED_WHEN_READ = ("path",)
@@ -53,6 +53,7 @@ class DatasetSchema:
     path: str | None = None  # arrays: the .npz; folder: the image folder
     num_classes: int | None = None  # arrays: null is max label + 1
     image_size: int | None = None  # side every image has (resized to it when decoded)
+    eval_resize: int | None = None  # imagenet: evaluation's shorter side before the central image_size crop
     in_memory: bool = True  # image files: decode once into the store (true) or stream them (false)
     max_memory_gb: float | None = None  # budget of the decoded store; null: half the RAM
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # most pixels one image file may declare
@@ -88,7 +89,7 @@ def _check_unused_and_required(dataset: DictConfig) -> None:
 
 
 def _check_ranges(dataset: DictConfig) -> None:
-    for key in ("image_size", "num_classes"):
+    for key in ("image_size", "num_classes", "eval_resize"):
         value = dataset.get(key)
         if value is not None and value < 1:
             _fail(key, f"is {value}; expected a positive integer or null")

@@ -105,7 +105,7 @@ def decode_split(
     """Decode every item of `dataset` into `out` (N, 3, S, S) uint8, in parallel; `out=None` only checks."""
 
     def one(index: int) -> None:
-        image = read_image(dataset.path(index), image_size, dataset.max_pixels)
+        image = read_image(dataset.path(index), image_size, dataset.max_pixels, dataset.eval_resize)
         if out is not None:
             out[index] = image.numpy()
 
@@ -270,3 +270,64 @@ def check_decodable(files: FolderData, cache_dir: str | os.PathLike | None, work
             },
         )
     return key
+
+
+EVAL_FILE = "x_eval.npy"
+
+
+def decoded_eval_images(
+    dataset: ImageFileDataset, name: str, cache_dir: str | os.PathLike | None, workers: int | None = None
+) -> torch.Tensor:
+    """One split decoded once for evaluation (``dataset.eval_resize`` then the central ``image_size``, ImageNet's
+    Resize + CenterCrop) as uint8 (N, 3, S, S), memory-mapped from ``<cache_dir>/decoded/<name>-eval-<key>/``.
+
+    The key digests the decode settings and every (relative path, label, file bytes); the entry is sealed and
+    verified like the whole-dataset entries. Without a cache_dir the images are decoded in memory.
+    """
+    size = int(dataset.image_size)
+    shape = (len(dataset), RGB_CHANNELS, size, size)
+    if cache_dir is None:
+        x = np.empty(shape, dtype=np.uint8)
+        decode_split(dataset, x, size, workers, f"decoding {name} eval")
+        return torch.from_numpy(x)
+    hasher = hashlib.blake2b(digest_size=KEY_BYTES)
+    hasher.update(f"kd-hydra/decoded-eval/v{FORMAT_VERSION}/rgb/{dataset.eval_resize}/{size}\n".encode())
+    dataset.content_digests(workers)
+    dataset.fingerprint_into(hasher)
+    key = hasher.hexdigest()
+    entry = CacheEntry(entry_path(cache_dir, f"{name}-eval", key))
+    description = {"content_key": key, "name": name, "eval_resize": dataset.eval_resize, "image_size": size,
+                   "num_images": len(dataset)}  # fmt: skip
+
+    def read() -> torch.Tensor | None:
+        seal, _ = entry.verified() if entry.path.is_dir() else (None, "")
+        if seal is None or seal.get("version") != FORMAT_VERSION or not entry.describes(seal, description, quiet=True):
+            return None
+        x = np.load(entry.file(EVAL_FILE), mmap_mode="c")
+        return torch.from_numpy(x) if x.shape == shape and x.dtype == np.uint8 else None
+
+    images = read()
+    if images is not None:
+        return images
+    with entry.locked("decoding these images"):
+        images = read()
+        if images is None:
+            shutil.rmtree(entry.path, ignore_errors=True)
+            entry.path.mkdir(parents=True)
+            started = time.perf_counter()
+            try:
+                x = np.lib.format.open_memmap(entry.file(EVAL_FILE), mode="w+", dtype=np.uint8, shape=shape)
+                decode_split(dataset, x, size, workers, f"decoding {name} eval")
+                x.flush()
+                del x
+            except BaseException:
+                shutil.rmtree(entry.path, ignore_errors=True)
+                raise
+            seconds = time.perf_counter() - started
+            entry.seal({EVAL_FILE: file_sha256(entry.file(EVAL_FILE))}, version=FORMAT_VERSION,
+                       description=description, decode_seconds=round(seconds, 3))  # fmt: skip
+            log.info("decoded %s eval once: %d images in %.1f s into %s", name, len(dataset), seconds, entry.path)
+            images = read()
+    if images is None:
+        raise OSError(f"{entry.path}: decoded store unusable right after writing it")
+    return images

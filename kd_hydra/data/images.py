@@ -103,16 +103,36 @@ def check_pixel_budget(path: str, data: bytes, max_pixels: int | None) -> None:
 
 
 def read_image(
-    path: str, image_size: int | None = None, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
+    path: str,
+    image_size: int | None = None,
+    max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+    eval_resize: int | None = None,
 ) -> torch.Tensor:
     """The file as uint8 RGB (3, H, W); resized (antialiased) to image_size x image_size unless None.
 
-    Only regular files are read, and a header declaring more than ``max_pixels`` pixels is refused undecoded.
+    With ``eval_resize`` R (and an image_size S) the shorter side is resized to R and the central S x S kept
+    instead (torchvision's ``Resize(R)`` + ``CenterCrop(S)``, ImageNet's evaluation). Only regular files are read,
+    and a header declaring more than ``max_pixels`` pixels is refused undecoded.
     """
-    from torchvision.io import ImageReadMode, decode_image  # on use: slow to import
-
     data = read_bytes(path)
     check_pixel_budget(path, data, max_pixels)
+    image = decode_bytes(path, data)
+    if eval_resize is not None and image_size is not None:
+        from kd_hydra.data.resized_crop import resize_center_crop
+
+        return resize_center_crop(image, eval_resize, image_size)
+    if image_size is not None and tuple(image.shape[-2:]) != (image_size, image_size):
+        from torchvision.transforms.v2 import functional as TF
+
+        image = TF.resize(image, [image_size, image_size], antialias=True)
+    return image
+
+
+def decode_bytes(path: str, data: bytes) -> torch.Tensor:
+    """uint8 RGB (3, H, W) of an image file's bytes (libjpeg-turbo through torchvision.io); a DataError naming
+    ``path`` when they do not decode."""
+    from torchvision.io import ImageReadMode, decode_image  # on use: slow to import
+
     try:
         image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
     except (OSError, RuntimeError, ValueError) as error:
@@ -120,10 +140,6 @@ def read_image(
         raise DataError(
             f"{shown(path)}: cannot decode image ({reason}); expected a readable JPEG/PNG/WebP/GIF file"
         ) from error
-    if image_size is not None and tuple(image.shape[-2:]) != (image_size, image_size):
-        from torchvision.transforms.v2 import functional as TF
-
-        image = TF.resize(image, [image_size, image_size], antialias=True)
     return image
 
 

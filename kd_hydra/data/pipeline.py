@@ -426,6 +426,10 @@ def build_pipeline(
     )
     if isinstance(data, ArrayData):
         return InMemoryPipeline(data, **common)
+    if isinstance(data, FolderData) and data.variable_size:
+        from kd_hydra.data.crop_pipeline import ResizedCropPipeline  # imports this module
+
+        return ResizedCropPipeline(data, num_workers=num_workers, **common)
     if isinstance(data, FolderData):
         return LoaderPipeline(data, num_workers=num_workers, **common)
     raise DataError(f"dataset loader returned a {type(data).__name__}; expected ArrayData or FolderData")

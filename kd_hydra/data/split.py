@@ -84,7 +84,7 @@ def with_validation(data: ArrayData | FolderData, fraction: float, seed: int) ->
             x_val=data.x_train[val_t],
             y_val=data.y_train[val_t],
         )
-    return FolderData(train=data.train.subset(train_idx), test=data.test, spec=spec, val=data.train.subset(val_idx))
+    return dataclasses.replace(data, train=data.train.subset(train_idx), spec=spec, val=data.train.subset(val_idx))
 
 
 def class_round_robin(labels: np.ndarray, count: int) -> np.ndarray:
@@ -117,4 +117,7 @@ def with_subset(data: ArrayData | FolderData, subset: int | None) -> ArrayData |
     spec = dataclasses.replace(
         data.spec, num_train=len(kept["train"]), num_test=len(kept["test"]), num_val=len(kept.get("val", ()))
     )
-    return FolderData(train=kept["train"], test=kept["test"], spec=spec, val=kept.get("val"))
+    test_images = None if data.test_images is None else data.test_images[class_round_robin(data.test.labels, subset)]
+    return dataclasses.replace(
+        data, train=kept["train"], test=kept["test"], spec=spec, val=kept.get("val"), test_images=test_images
+    )

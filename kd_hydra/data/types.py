@@ -119,6 +119,7 @@ class ImageFileDataset(Dataset):
     """Image files under `root` with integer labels; item i is (uint8 RGB (3, S, S) tensor, label).
 
     Images of another size are resized (antialiased) to S = `image_size` on read; None keeps them as they are.
+    With `eval_resize` R the shorter side is resized to R and the central S x S kept instead (ImageNet evaluation).
     A file declaring more than `max_pixels` pixels is refused before it is decoded.
     """
 
@@ -129,12 +130,14 @@ class ImageFileDataset(Dataset):
         labels: list[int],
         image_size: int | None = None,
         max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        eval_resize: int | None = None,
     ) -> None:
         if len(files) != len(labels):
             raise DataError(f"{root}: {len(files)} image files but {len(labels)} labels; expected one label per file")
         self.root = root
         self.image_size = image_size
         self.max_pixels = max_pixels
+        self.eval_resize = eval_resize
         # numpy arrays instead of lists of objects: forked DataLoader workers share them copy-free.
         self.files = np.asarray(files, dtype=np.str_)
         self.labels = np.asarray(labels, dtype=np.int64)
@@ -152,7 +155,8 @@ class ImageFileDataset(Dataset):
         return [self.path(i) for i in range(len(self))]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return read_image(self.path(index), self.image_size, self.max_pixels), int(self.labels[index])
+        image = read_image(self.path(index), self.image_size, self.max_pixels, self.eval_resize)
+        return image, int(self.labels[index])
 
     def content_digests(self, workers: int | None = None) -> np.ndarray:
         """(N, FILE_DIGEST_BYTES) uint8: row i digests file i's bytes (computed once, in parallel, then kept)."""
@@ -170,6 +174,7 @@ class ImageFileDataset(Dataset):
             [int(self.labels[i]) for i in indices],
             self.image_size,
             self.max_pixels,
+            self.eval_resize,
         )
         if self._digests is not None:
             part._digests = self._digests[indices]
@@ -185,13 +190,18 @@ class ImageFileDataset(Dataset):
 class FolderData:
     """A dataset of image files read through a DataLoader; items are (uint8 (C, H, W) tensor, int label).
 
-    `val` is the validation part held out of the training split (None when there is none).
+    `val` is the validation part held out of the training split (None when there is none). `test_images`, when
+    set, is the test split decoded once (uint8 (N, C, S, S), memory-mapped from the decoded store, in item order):
+    evaluation reads it instead of the files. `variable_size`: the training images keep their own sizes (the
+    pipeline crops each one to S x S, ImageNet's random-resized crops).
     """
 
     train: ImageFileDataset
     test: ImageFileDataset
     spec: DatasetSpec
     val: ImageFileDataset | None = None
+    test_images: torch.Tensor | None = None
+    variable_size: bool = False
 
     @property
     def has_val(self) -> bool:

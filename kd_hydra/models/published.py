@@ -163,3 +163,37 @@ def to_zoo_layout(arch: str, state: Mapping[str, Tensor]) -> dict[str, Tensor] |
     if layout is None or not layout.rules or not layout.matches(state):
         return None
     return {layout.rename(key): tensor for key, tensor in state.items()}
+
+
+#: torchvision's ImageNet weight files, by the first 8 hex digits of their SHA-256 (the suffix of their file names):
+#: (weights, published top-1 % on the ILSVRC2012 validation set, source).
+TORCHVISION_IMAGENET_TOP1 = {
+    "f37072fd": ("resnet18 IMAGENET1K_V1", 69.758, "torchvision ResNet18_Weights.IMAGENET1K_V1 acc@1"),
+    "b627a593": ("resnet34 IMAGENET1K_V1", 73.314, "torchvision ResNet34_Weights.IMAGENET1K_V1 acc@1"),
+    "0676ba61": ("resnet50 IMAGENET1K_V1", 76.130, "torchvision ResNet50_Weights.IMAGENET1K_V1 acc@1"),
+    "11ad3fa6": ("resnet50 IMAGENET1K_V2", 80.858, "torchvision ResNet50_Weights.IMAGENET1K_V2 acc@1"),
+}
+#: ILSVRC2012's validation set: a teacher's accuracy is compared with the published one only on all of it.
+IMAGENET_VAL_IMAGES, IMAGENET_CLASSES = 50_000, 1000
+#: Percentage points a loaded teacher may fall short of (or exceed) its published top-1 before a warning.
+PUBLISHED_TOLERANCE = 1.0
+
+
+def published_top1(sha256: str) -> tuple[str, float, str] | None:
+    """(weights, published top-1, source) of a torchvision ImageNet weight file by its SHA-256; None if unknown."""
+    return TORCHVISION_IMAGENET_TOP1.get(sha256[:8])
+
+
+def published_accuracy_problem(sha256: str, accuracy: float, num_test: int, num_classes: int) -> str | None:
+    """A one-line warning when a known teacher's accuracy on the full ILSVRC2012 validation set is off its
+    published top-1 by more than PUBLISHED_TOLERANCE points; None when it agrees or is not comparable."""
+    published = published_top1(sha256)
+    if published is None or (num_test, num_classes) != (IMAGENET_VAL_IMAGES, IMAGENET_CLASSES):
+        return None
+    weights, top1, source = published
+    if abs(accuracy - top1) <= PUBLISHED_TOLERANCE:
+        return None
+    return (
+        f"teacher.checkpoint: {weights} scores {accuracy:.2f}% on the validation set, published {top1:.2f}% "
+        f"({source}); check the validation files and labels (devkit), dataset.normalize and dataset.eval_resize"
+    )

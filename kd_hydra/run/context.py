@@ -139,6 +139,7 @@ class RunContext:
             sha256=sha256,
             teacher_id=teacher_id(self.cfg, self.data_digest, sha256),
             data={"dataset_content": self.data_digest, "normalize": plain(self.cfg.dataset.normalize)},
+            test_size=(self.spec.num_test, self.spec.num_classes),
         )
 
     def soft_label_cache(self) -> SoftLabelCacheSettings:

@@ -170,6 +170,18 @@ class CacheEntry:
         seal["files"][name] = sha
         write_json(self.file(SEAL_FILE), seal)
 
+    def add_files_to_seal(self, files: Mapping[str, str], description: Mapping[str, Any] | None = None) -> None:
+        """Add files already written (``name -> sha256``) to the seal (hold :meth:`locked` around it); a new seal
+        records ``description``. For files too large to pass through :meth:`add_sealed` as bytes."""
+        seal = self._read_seal() or {"files": {}, DESCRIPTION_KEY: _plain_json(description)}
+        seal["files"].update(files)
+        write_json(self.file(SEAL_FILE), seal)
+
+    def sealed_files(self) -> dict[str, str]:
+        """``name -> sha256`` of the files the seal lists (empty when unsealed or unreadable)."""
+        seal = self._read_seal()
+        return dict(seal["files"]) if seal is not None else {}
+
     def read_sealed(self, name: str) -> bytes | None:
         """The bytes of file ``name`` if the seal lists it with this content; None (logged when damaged) if not."""
         seal = self._read_seal()

@@ -17,6 +17,10 @@ dtype, top-k and the teacher's precision.
 
 A run that computes the logits uses exactly what it stores (rounded to the storage dtype), so a
 run that reads the cache trains the identical student.
+
+With ``top_k`` set, or on a pipeline of image files (``in_memory`` false: ImageNet), the entry holds fixed-size
+records in a few shard files per epoch instead, memory-mapped and decoded per batch, never an (N, C) tensor
+(:class:`~kd_hydra.stores.sharded_logits.ShardedTeacher`).
 """
 
 from __future__ import annotations
@@ -295,12 +299,14 @@ class CachedTeacher:
             return
         self._evict()
 
-    def _evict(self) -> None:
-        """Delete least recently used entries (never this one) until the cache fits ``max_bytes``."""
+    def _evict(self, reserve: int = 0) -> None:
+        """Delete least recently used entries (never this one) until the cache fits ``max_bytes``, with room for
+        ``reserve`` more bytes (an epoch about to be written)."""
+        self.root.mkdir(parents=True, exist_ok=True)
         with FileLock(str(self.root / EVICTION_LOCK)):
             entries = [p for p in self.root.iterdir() if p.is_dir()]
             sizes = {p: _directory_bytes(p) for p in entries}
-            total = sum(sizes.values())
+            total = sum(sizes.values()) + reserve
             for entry in sorted(entries, key=lambda p: p.stat().st_mtime):
                 if total <= self.max_bytes:
                     break
@@ -395,9 +401,11 @@ def teacher_outputs(
     """The soft-label cache for logit methods on in-memory data (when enabled), else the live teacher.
 
     Methods that read features or a strongly augmented view (MLKD) always get the live teacher (with batch
-    statistics for OFD). A pipeline without ``supports_logit_cache`` (the DataLoader path) gets it too.
+    statistics for OFD). A pipeline without ``supports_logit_cache`` (the DataLoader path) gets it too. With
+    ``top_k``, or a pipeline whose ``in_memory`` is false, the cache is the sharded one (:mod:`.sharded_logits`).
     """
     source: LiveTeacher | CachedTeacher
+    sharded = cache.top_k is not None or not getattr(pipeline, "in_memory", True)
     if needs.live_only or needs.feature_names:
         log.info("the method reads features or a strong view: the teacher runs on every batch")
         source = LiveTeacher(teacher, runtime, list(needs.feature_names), needs.batch_statistics)
@@ -418,7 +426,13 @@ def teacher_outputs(
             runtime.autocast_dtype,
             runtime.channels_last,
         )
-        source = CachedTeacher(
+        if sharded:  # top-k, or image files: fixed-size records in shards, never an (N, C) tensor
+            from kd_hydra.stores.sharded_logits import ShardedTeacher
+
+            cached_class: type[CachedTeacher] = ShardedTeacher
+        else:
+            cached_class = CachedTeacher
+        source = cached_class(
             cache.root,
             description,
             teacher,

@@ -26,6 +26,7 @@ from torch import nn
 from kd_hydra.errors import CheckpointError, ConfigError
 from kd_hydra.models.checkpoints import ArchSignature, load_checkpoint, save_checkpoint
 from kd_hydra.models.features import unwrap
+from kd_hydra.models.published import published_accuracy_problem
 from kd_hydra.records.identity import digest
 from kd_hydra.records.run_directory import MODEL_FILE
 from kd_hydra.records.schema import HISTORY_FILE, TRAIN_STATE_FILE
@@ -240,6 +241,7 @@ class TeacherCheckpoint:
     sha256: str
     teacher_id: str
     data: Mapping[str, Any]
+    test_size: tuple[int, int] = (0, 0)  # (test images, classes): a published accuracy is checked on ImageNet's
 
 
 def checkpoint_teacher(
@@ -257,5 +259,8 @@ def checkpoint_teacher(
     else:
         accuracy = evaluated_once(evaluations, description, lambda: test_accuracy(model))
     log.info("teacher loaded from %s (test acc %.2f%%)", checkpoint.path, accuracy)
+    problem = published_accuracy_problem(checkpoint.sha256, accuracy, *checkpoint.test_size)
+    if problem is not None:
+        log.warning(problem)
     summary = {"final_test_acc": accuracy}
     return Teacher(model, checkpoint.teacher_id, checkpoint.sha256, accuracy, "checkpoint", checkpoint.path, summary)

@@ -1,0 +1,244 @@
+"""The soft-label cache at ImageNet scale: fixed-size records in a handful of shard files per epoch, memory-mapped
+and decoded one batch at a time; never an (N, C) tensor.
+
+Sample i's record holds its top-k logits (the storage dtype), their class indices (int16 up to 32,767 classes) and
+the mean of the other logits, as :func:`~kd_hydra.stores.teacher_outputs.encode_logits` computes them (every
+logit when top-k is off or >= the class count): 4k + 2 bytes at float16, 42 bytes at k = 10. Epoch e's records
+are ``epoch_EEEE.shard_SS.bin``: shard s holds samples [s * rows, (s + 1) * rows) at fixed offsets, so a fill
+split into ranges of plan positions (:func:`fill_range`, :func:`split_ranges`) by several workers writes the same
+bytes as one worker: each range's batches are the same batches, each record lands at its sample's offset. The
+shards are sealed (SHA-256 of each) once every range is written; a reader verifies them before mapping them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from kd_hydra.stores.cache_entry import CacheEntry, file_sha256
+from kd_hydra.stores.teacher_outputs import CachedTeacher, decode_logits, encode_logits
+from kd_hydra.train.batches import TeacherOutput
+from kd_hydra.train.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+#: Shard files per epoch (fewer when an epoch has fewer samples than this).
+NUM_SHARDS = 4
+BYTES_PER_MB = 1e6
+
+
+@dataclass(frozen=True)
+class RecordLayout:
+    """The bytes of one sample's record: top-k values, their indices, the rest's mean (or all C values)."""
+
+    num_classes: int
+    top_k: int | None
+    dtype: torch.dtype
+
+    @property
+    def full(self) -> bool:
+        """Whether every logit is stored (top-k off or >= the class count)."""
+        return self.top_k is None or self.top_k >= self.num_classes
+
+    @property
+    def k(self) -> int:
+        return self.num_classes if self.full else int(self.top_k)
+
+    @property
+    def index_dtype(self) -> torch.dtype:
+        return torch.int16 if self.num_classes <= torch.iinfo(torch.int16).max else torch.int32
+
+    @property
+    def value_bytes(self) -> int:
+        return torch.empty(0, dtype=self.dtype).element_size()
+
+    @property
+    def record_bytes(self) -> int:
+        """Bytes per sample: 42 at k = 10 in float16."""
+        if self.full:
+            return self.k * self.value_bytes
+        index_bytes = torch.empty(0, dtype=self.index_dtype).element_size()
+        return self.k * (self.value_bytes + index_bytes) + self.value_bytes
+
+    def encode(self, logits: Tensor) -> np.ndarray:
+        """uint8 (B, record_bytes) records of float (B, C) logits."""
+        stored = encode_logits(logits, self.dtype, None if self.full else self.top_k)
+        parts = [stored["values"]] if self.full else [stored["values"], stored["indices"], stored["rest_mean"][:, None]]
+        return torch.cat([part.contiguous().view(torch.uint8) for part in parts], dim=1).numpy()
+
+    def decode(self, records: np.ndarray) -> Tensor:
+        """Float32 (B, C) logits of uint8 (B, record_bytes) records (the rest get their mean)."""
+        raw = torch.from_numpy(np.ascontiguousarray(records))
+        values_end = self.k * self.value_bytes
+        stored = {"values": raw[:, :values_end].contiguous().view(self.dtype)}
+        if not self.full:
+            indices_end = values_end + self.k * torch.empty(0, dtype=self.index_dtype).element_size()
+            stored["indices"] = raw[:, values_end:indices_end].contiguous().view(self.index_dtype)
+            stored["rest_mean"] = raw[:, indices_end:].contiguous().view(self.dtype)[:, 0]
+        return decode_logits(stored, self.num_classes)
+
+
+class ShardedEpoch:
+    """Epoch ``epoch``'s records of ``num`` samples in ``entry``: shard files at fixed offsets."""
+
+    def __init__(self, entry: CacheEntry, epoch: int, num: int, layout: RecordLayout, shards: int = NUM_SHARDS):
+        self.entry, self.epoch, self.num, self.layout = entry, epoch, num, layout
+        self.rows = max(1, math.ceil(num / max(1, shards)))
+        self.num_shards = math.ceil(num / self.rows)
+        self._maps: list[np.memmap] | None = None
+
+    @property
+    def names(self) -> list[str]:
+        return [f"epoch_{self.epoch:04d}.shard_{shard:02d}.bin" for shard in range(self.num_shards)]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the epoch's shards together: samples x record bytes."""
+        return self.num * self.layout.record_bytes
+
+    def _shard_rows(self, shard: int) -> int:
+        return min(self.rows, self.num - shard * self.rows)
+
+    def allocate(self) -> None:
+        """Create every shard file at its full size (zeros) if absent: writers of any range then fill their records."""
+        self.entry.path.mkdir(parents=True, exist_ok=True)
+        for shard, name in enumerate(self.names):
+            path, size = self.entry.file(name), self._shard_rows(shard) * self.layout.record_bytes
+            if not path.is_file() or path.stat().st_size != size:
+                with open(path, "wb") as handle:
+                    handle.truncate(size)
+
+    def _mapped(self, mode: str) -> list[np.memmap]:
+        width = self.layout.record_bytes
+        return [
+            np.memmap(self.entry.file(name), dtype=np.uint8, mode=mode, shape=(self._shard_rows(shard), width))
+            for shard, name in enumerate(self.names)
+        ]
+
+    def write(self, sample_indices: Tensor, records: np.ndarray) -> None:
+        """Write ``records`` (uint8 (B, record_bytes)) at the offsets of ``sample_indices``."""
+        maps = self._mapped("r+")
+        indices = sample_indices.cpu().numpy()
+        shard, row = np.divmod(indices, self.rows)
+        for number in np.unique(shard):
+            chosen = shard == number
+            maps[number][row[chosen]] = records[chosen]
+        for mapped in maps:
+            mapped.flush()
+
+    def seal(self, description: dict[str, Any]) -> None:
+        """Add every shard (its SHA-256) to the entry's seal; hold the entry's lock."""
+        for name in self.names:
+            with open(self.entry.file(name), "rb") as handle:
+                os.fsync(handle.fileno())
+        self.entry.add_files_to_seal({name: file_sha256(self.entry.file(name)) for name in self.names}, description)
+
+    def open(self) -> bool:
+        """Map the shards read-only when the seal lists every one with its content; False when they must be filled."""
+        files = self.entry.sealed_files()
+        for name in self.names:
+            path = self.entry.file(name)
+            if name not in files or not path.is_file() or path.stat().st_size % self.layout.record_bytes:
+                return False
+            if file_sha256(path) != files[name]:
+                log.warning("soft-label shard %s changed since it was sealed; recomputing the epoch", path)
+                return False
+        self._maps = self._mapped("r")
+        return True
+
+    def read(self, sample_indices: Tensor) -> np.ndarray:
+        """uint8 (B, record_bytes) records of ``sample_indices`` (a copy out of the mapped shards)."""
+        assert self._maps is not None, "open() first"
+        indices = sample_indices.cpu().numpy()
+        shard, row = np.divmod(indices, self.rows)
+        out = np.empty((len(indices), self.layout.record_bytes), dtype=np.uint8)
+        for number in np.unique(shard):
+            chosen = shard == number
+            out[chosen] = self._maps[number][row[chosen]]
+        return out
+
+
+def split_ranges(num: int, parts: int, batch_size: int) -> list[tuple[int, int]]:
+    """``parts`` consecutive ranges of plan positions covering [0, num), each starting at a multiple of
+    ``batch_size``: filled by separate workers, they compute the same batches as one worker (the same bytes)."""
+    batches = math.ceil(num / batch_size)
+    bounds = [min(num, round(batches * part / parts) * batch_size) for part in range(parts + 1)]
+    return [(bounds[p], bounds[p + 1]) for p in range(parts) if bounds[p] < bounds[p + 1]]
+
+
+def range_batches(pipeline: Any, epoch: int, batch_size: int, start: int, stop: int) -> Iterator[tuple[Tensor, ...]]:
+    """The augmented batches at plan positions [start, stop) of ``epoch`` (the pipeline's own range method when it
+    has one, else the whole epoch's batches skipped to the range)."""
+    if start % batch_size:
+        raise ValueError(f"range start {start} is not a multiple of the fill batch size {batch_size}")
+    ranged = getattr(pipeline, "augmented_train_range", None)
+    if ranged is not None:
+        return ranged(epoch, batch_size, start, stop)
+    first, last = start // batch_size, math.ceil(stop / batch_size)
+    return islice(pipeline.augmented_train_batches(epoch, batch_size), first, last)
+
+
+def fill_range(
+    store: ShardedEpoch, teacher: nn.Module, pipeline: Any, runtime: Runtime, batch_size: int, start: int, stop: int
+) -> None:
+    """Compute the teacher's logits for plan positions [start, stop) of the store's epoch and write their records
+    (the shards allocated beforehand; seal them once every range is written)."""
+    with torch.no_grad(), runtime.autocast():
+        for images, _, sample_indices in range_batches(pipeline, store.epoch, batch_size, start, stop):
+            store.write(sample_indices, store.layout.encode(teacher(images).float()))
+
+
+class ShardedTeacher(CachedTeacher):
+    """The soft-label cache in shards (:class:`ShardedEpoch`): each batch's logits decoded from the mapped records."""
+
+    def __init__(self, *arguments: Any, **options: Any) -> None:
+        super().__init__(*arguments, **options)
+        self.layout = RecordLayout(self.num_classes, self.top_k, self.dtype)
+        self._epoch: ShardedEpoch | None = None
+
+    def epoch_store(self, epoch: int) -> ShardedEpoch:
+        """The shards of ``epoch`` in this entry."""
+        return ShardedEpoch(self.entry, epoch, self.pipeline.num_train, self.layout)
+
+    def begin_epoch(self, epoch: int) -> None:
+        store = self.epoch_store(epoch)
+        with self.entry.locked("computing these soft labels"):
+            if not self._checked:
+                self._drop_foreign_entry()
+                self._checked = True
+            if store.open():
+                self.epochs_read += 1
+            else:
+                log.info(
+                    "soft-label cache: epoch %d takes %.1f MB (%d samples x %d bytes, %s) in %d shards at %s; "
+                    "counted against soft_label_cache.max_gb=%.3g",
+                    epoch, store.nbytes / BYTES_PER_MB, store.num, self.layout.record_bytes,
+                    f"top-{self.layout.k}" if not self.layout.full else "all logits", store.num_shards,
+                    self.entry.path, self.max_bytes / 1024**3,
+                )  # fmt: skip
+                self._evict(reserve=store.nbytes)
+                started = time.perf_counter()
+                store.allocate()
+                fill_range(store, self.teacher, self.pipeline, self.runtime, self.batch_size, 0, store.num)
+                store.seal(self.description)
+                self.fill_seconds += time.perf_counter() - started
+                self.epochs_computed += 1
+                if not store.open():
+                    raise OSError(f"{self.entry.path}: soft-label shards unusable right after writing them")
+        os.utime(self.entry.path)
+        self._epoch = store
+
+    def __call__(self, images: Tensor, sample_indices: Tensor) -> TeacherOutput:
+        assert self._epoch is not None, "begin_epoch() must be called first"
+        logits = self.layout.decode(self._epoch.read(sample_indices))
+        return TeacherOutput(logits.to(self.runtime.device, non_blocking=True))
