@@ -191,15 +191,17 @@ def evaluation(workers: Workers) -> tuple[float, float]:
     return result.acc, result.top5
 
 
-def cache_entry(root: Path, workers: Workers) -> bytes:
-    """The seal of a soft-label cache entry whose first epoch ``workers`` filled."""
+def cache_entry(root: Path, workers: Workers, top_k: int | None = None) -> bytes:
+    """The seal of a soft-label cache entry whose first epoch ``workers`` filled: dense, or in top-k shards."""
+    from kd_hydra.stores.sharded_logits import ShardedTeacher
     from kd_hydra.stores.teacher_outputs import CachedTeacher
 
     torch.manual_seed(5)
     teacher = build_model("resnet14", CLASSES, 3, 16)
-    description = cache_description("sha", "content", {}, {}, 0, torch.float16, None, None, False)
-    cached = CachedTeacher(root, description, teacher, pipeline(SINGLE), RUNTIME, CLASSES, torch.float16, None,
-                           batch_size=8, max_bytes=1 << 30, workers=workers)  # fmt: skip
+    description = cache_description("sha", "content", {}, {}, 0, torch.float16, top_k, None, False)
+    kind = CachedTeacher if top_k is None else ShardedTeacher
+    cached = kind(root, description, teacher, pipeline(SINGLE), RUNTIME, CLASSES, torch.float16, top_k,
+                  batch_size=8, max_bytes=1 << 30, workers=workers)  # fmt: skip
     cached.begin_epoch(0)
     workers.barrier()  # the leader has stored it
     return (cached.entry.path / SEAL_FILE).read_bytes()
@@ -215,6 +217,7 @@ def worker(rank: int, port: int, out: str) -> None:
         results.update({f"gathered/{name}": distributed_steps(name, workers, gather=True) for name in GATHERED})
         results["evaluation"] = evaluation(workers)
         results["seal"] = cache_entry(Path(out) / "cache", workers)
+        results["sharded_seal"] = cache_entry(Path(out) / "sharded", workers, top_k=3)
         torch.save(results, Path(out) / f"rank{rank}.pt")
     finally:
         leave(workers)
@@ -276,6 +279,7 @@ def test_an_uneven_sharded_evaluation_counts_exactly(two_workers: list[dict]):
 
 def test_a_cache_entry_filled_by_two_workers_is_sealed_like_one_process(two_workers: list[dict], tmp_path: Path):
     assert two_workers[0]["seal"] == cache_entry(tmp_path / "cache", SINGLE)
+    assert two_workers[0]["sharded_seal"] == cache_entry(tmp_path / "sharded", SINGLE, top_k=3)  # top-k shards
 
 
 def test_rows_split_a_batch_in_order_and_cover_it():

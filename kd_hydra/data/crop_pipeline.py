@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from kd_hydra.data.augment import normalize
 from kd_hydra.data.image_header import declared_size
 from kd_hydra.data.images import check_pixel_budget, decode_bytes, read_bytes
-from kd_hydra.data.pipeline import Batch, LoaderPipeline, _PlannedItems, epoch_seed
+from kd_hydra.data.pipeline import Batch, LoaderPipeline, PlannedItems, WorkerRows, epoch_seed
 from kd_hydra.data.resized_crop import DEFAULT_RATIO, DEFAULT_SCALE, crop_box, crop_resize, draw_crop_plan
 from kd_hydra.data.types import FolderData, ImageFileDataset
 
@@ -103,30 +103,24 @@ class ResizedCropPipeline(LoaderPipeline):
         self._flip = self.augment.flip
         self._train_items = CroppedItems(data.train, size, eval_resize, crop=self.augment.enabled)
         self._sampler = _CropSampler(self.num_train, self._flip, self.seed)
-        self._train_loader = self._loader(
-            self._train_items, self._sampler, self.batch_size, self.drop_last, persistent=True
-        )
+        train_batches = WorkerRows(self._sampler, self.batch_size, self.drop_last, self.workers)
+        self._train_loader = self._loader(self._train_items, train_batches, persistent=True)
         self._test_images, self._test_labels = data.test_images, torch.from_numpy(data.test.labels)
         self._test_loader = None
         if data.test_images is None:
-            self._test_loader = self._loader(_PlannedItems(data.test, size, 0), None, self.eval_batch_size, False, True)
+            self._test_loader = self._eval_loader(PlannedItems(data.test, size, 0))
         self._val_loader = None
         if data.val is not None:
             val = data.val.subset(range(len(data.val)))
             val.eval_resize = eval_resize
-            self._val_loader = self._loader(_PlannedItems(val, size, 0), None, self.eval_batch_size, False, True)
+            self._val_loader = self._eval_loader(PlannedItems(val, size, 0))
 
-    def _loader(
-        self, items: Dataset, sampler: Sampler | None, batch_size: int, drop_last: bool, persistent: bool
-    ) -> DataLoader:
+    def _loader(self, items: Dataset, batches: Sampler[list], persistent: bool) -> DataLoader:
         """A DataLoader drawing its workers' seeds from a generator of its own: filling the soft-label cache (a
         loader more) leaves the global RNG, hence the student's training, as it is (the plan needs no RNG)."""
         return DataLoader(
             items,
-            batch_size=batch_size,
-            sampler=sampler,
-            shuffle=False,
-            drop_last=drop_last,
+            batch_sampler=batches,
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=persistent and self.num_workers > 0,
@@ -144,7 +138,7 @@ class ResizedCropPipeline(LoaderPipeline):
     def augmented_train_range(self, epoch: int, batch_size: int, start: int, stop: int) -> Iterator[Batch]:
         """The samples at plan positions [start, stop) of `epoch`, `batch_size` at a time (a fill split by range)."""
         sampler = _CropSampler(self.num_train, self._flip, self.seed, epoch, start, stop)
-        loader = self._loader(self._train_items, sampler, batch_size, drop_last=False, persistent=False)
+        loader = self._loader(self._train_items, WorkerRows(sampler, batch_size), persistent=False)
         return self._to_device(loader)
 
     def test_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -152,7 +146,8 @@ class ResizedCropPipeline(LoaderPipeline):
         if self._test_images is None:
             yield from super().test_batches()
             return
-        for start in range(0, len(self._test_images), self.eval_batch_size):
+        size, workers = self.eval_batch_size, self.workers
+        for start in range(workers.rank * size, len(self._test_images), workers.world * size):  # this worker's
             x = self._test_images[start : start + self.eval_batch_size].to(self.device, non_blocking=True)
             y = self._test_labels[start : start + self.eval_batch_size].to(self.device, non_blocking=True)
             yield normalize(x, self._scale, self._shift, torch.float32, self.channels_last), y

@@ -243,7 +243,7 @@ class _PlanSampler(Sampler[tuple[int, int, int, bool]]):
         return zip(order.tolist(), plan.dy[order].tolist(), plan.dx[order].tolist(), plan.flip[order].tolist())
 
 
-class _WorkerRows(Sampler[list]):
+class WorkerRows(Sampler[list]):
     """Batches of ``batch_size`` items of ``items`` in its order; of each, the rows of ``workers``' rank."""
 
     def __init__(self, items: Sampler, batch_size: int, drop_last: bool = False, workers: Workers = SINGLE) -> None:
@@ -260,7 +260,7 @@ class _WorkerRows(Sampler[list]):
             yield batch[self.workers.rows(len(batch))]
 
 
-class _WorkerBatches(Sampler[list]):
+class WorkerBatches(Sampler[list]):
     """Items 0..num-1 in order, ``batch_size`` at a time; of the batches, every ``world``-th from the rank's."""
 
     def __init__(self, num: int, batch_size: int, workers: Workers) -> None:
@@ -275,7 +275,7 @@ class _WorkerBatches(Sampler[list]):
             yield list(range(start, min(start + self.batch_size, self.num)))
 
 
-class _PlannedItems(Dataset):
+class PlannedItems(Dataset):
     """Item (index, dy, dx, flip) -> (image cropped/flipped with torchvision's v2 ops, label, index)."""
 
     def __init__(self, base: Dataset, image_size: int, padding: int) -> None:
@@ -317,15 +317,15 @@ class LoaderPipeline(_Pipeline):
 
     def _attach(self, data: FolderData) -> None:
         augment, workers = self.augment, self.workers
-        self._train_items = _PlannedItems(data.train, data.spec.image_size, augment.padding)
-        self._test_items = _PlannedItems(data.test, data.spec.image_size, 0)
+        self._train_items = PlannedItems(data.train, data.spec.image_size, augment.padding)
+        self._test_items = PlannedItems(data.test, data.spec.image_size, 0)
         self._sampler = _PlanSampler(self.num_train, augment, self.seed)
-        train_batches = _WorkerRows(self._sampler, self.batch_size, self.drop_last, workers)
+        train_batches = WorkerRows(self._sampler, self.batch_size, self.drop_last, workers)
         self._train_loader = self._loader(self._train_items, train_batches, persistent=True)
         self._test_loader = self._eval_loader(self._test_items)
         self._val_loader = None
         if data.val is not None:
-            self._val_loader = self._eval_loader(_PlannedItems(data.val, data.spec.image_size, 0))
+            self._val_loader = self._eval_loader(PlannedItems(data.val, data.spec.image_size, 0))
 
     def train_batches(self, epoch: int) -> Iterator[Batch]:
         """(x normalised, y, sample idx) on the device, in plan order, `batch_size` at a time."""
@@ -335,7 +335,7 @@ class LoaderPipeline(_Pipeline):
     def augmented_train_batches(self, epoch: int, batch_size: int) -> Iterator[Batch]:
         """Like `train_batches` (same per-sample inputs) with another batch size, through a one-off loader."""
         sampler = _PlanSampler(self.num_train, self.augment, self.seed, epoch)
-        loader = self._loader(self._train_items, _WorkerRows(sampler, batch_size), persistent=False)
+        loader = self._loader(self._train_items, WorkerRows(sampler, batch_size), persistent=False)
         return self._to_device(loader)
 
     def test_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -359,7 +359,7 @@ class LoaderPipeline(_Pipeline):
 
     def _eval_loader(self, items: Dataset) -> DataLoader:
         """The split in order, ``eval_batch_size`` at a time: this worker's batches when there are several."""
-        return self._loader(items, _WorkerBatches(len(items), self.eval_batch_size, self.workers), persistent=True)
+        return self._loader(items, WorkerBatches(len(items), self.eval_batch_size, self.workers), persistent=True)
 
     def _to_device(self, loader: DataLoader) -> Iterator[Batch]:
         for x, y, idx in loader:

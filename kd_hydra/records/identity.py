@@ -51,6 +51,8 @@ SAME_SETTING_KEYS = NON_TRAINING_KEYS + DEVICE_KEYS
 #: (its identity equals a run's from before they existed); with several, the samples per BatchNorm batch
 #: (:data:`BATCHNORM_BATCH_KEY`) join them: they change what a run computes.
 DISTRIBUTED_KEYS = ("trainer.devices", "trainer.sync_batchnorm", "trainer.gather_batch")
+#: Keys that count only when set: null changes nothing (the identity of a run without them stays what it was).
+ONLY_WHEN_SET_KEYS = ("dataset.eval_resize",)
 BATCHNORM_BATCH_KEY = "trainer.batchnorm_batch"
 
 #: The top-level config groups that hold training settings (the others are :data:`NON_TRAINING_KEYS`).
@@ -118,7 +120,11 @@ def under(dotted: str, prefixes: Iterable[str]) -> bool:
 def training_settings(cfg: DictConfig) -> dict[str, Any]:
     """Every resolved setting as dotted keys, without :data:`NON_TRAINING_KEYS` (the record in metrics.json)."""
     top = {key: cfg[key] for key in cfg if not under(str(key), NON_TRAINING_KEYS)}  # never resolve hydra.*
-    settings = {k: v for k, v in flatten(top).items() if not under(k, NON_TRAINING_KEYS)}
+    settings = {
+        k: v
+        for k, v in flatten(top).items()
+        if not under(k, NON_TRAINING_KEYS) and not (k in ONLY_WHEN_SET_KEYS and v is None)
+    }
     devices = int(settings.get("trainer.devices") or 1)
     if devices == 1:
         return {k: v for k, v in settings.items() if k not in DISTRIBUTED_KEYS}
@@ -158,7 +164,10 @@ def recorded_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
 def data_identity(dataset: DictConfig | Mapping[str, Any], content_digest: str) -> dict[str, Any]:
     """What determines the images a model trains on: the content digest plus the dataset's other settings."""
     settings = {k: v for k, v in plain(dataset).items() if k not in DATA_LOCATION_KEYS}
-    return {"content": content_digest, **settings}
+    unset = {
+        key.removeprefix("dataset.") for key in ONLY_WHEN_SET_KEYS if settings.get(key.removeprefix("dataset.")) is None
+    }
+    return {"content": content_digest, **{k: v for k, v in settings.items() if k not in unset}}
 
 
 def dataset_config_digest(dataset: DictConfig) -> str:

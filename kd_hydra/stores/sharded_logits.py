@@ -211,6 +211,9 @@ class ShardedTeacher(CachedTeacher):
         return ShardedEpoch(self.entry, epoch, self.pipeline.num_train, self.layout)
 
     def begin_epoch(self, epoch: int) -> None:
+        if self.workers.parallel:
+            self._epoch = self._shards_together(epoch)
+            return
         store = self.epoch_store(epoch)
         with self.entry.locked("computing these soft labels"):
             if not self._checked:
@@ -219,14 +222,7 @@ class ShardedTeacher(CachedTeacher):
             if store.open():
                 self.epochs_read += 1
             else:
-                log.info(
-                    "soft-label cache: epoch %d takes %.1f MB (%d samples x %d bytes, %s) in %d shards at %s; "
-                    "counted against soft_label_cache.max_gb=%.3g",
-                    epoch, store.nbytes / BYTES_PER_MB, store.num, self.layout.record_bytes,
-                    f"top-{self.layout.k}" if not self.layout.full else "all logits", store.num_shards,
-                    self.entry.path, self.max_bytes / 1024**3,
-                )  # fmt: skip
-                self._evict(reserve=store.nbytes)
+                self._make_room(store)
                 started = time.perf_counter()
                 store.allocate()
                 fill_range(store, self.teacher, self.pipeline, self.runtime, self.batch_size, 0, store.num)
@@ -237,6 +233,49 @@ class ShardedTeacher(CachedTeacher):
                     raise OSError(f"{self.entry.path}: soft-label shards unusable right after writing them")
         os.utime(self.entry.path)
         self._epoch = store
+
+    def _make_room(self, store: ShardedEpoch) -> None:
+        """Say what the epoch's shards take, then evict older entries to fit them under ``max_gb``."""
+        log.info(
+            "soft-label cache: epoch %d takes %.1f MB (%d samples x %d bytes, %s) in %d shards at %s; "
+            "counted against soft_label_cache.max_gb=%.3g",
+            store.epoch, store.nbytes / BYTES_PER_MB, store.num, self.layout.record_bytes,
+            f"top-{self.layout.k}" if not self.layout.full else "all logits", store.num_shards,
+            self.entry.path, self.max_bytes / 1024**3,
+        )  # fmt: skip
+        self._evict(reserve=store.nbytes)
+
+    def _shards_together(self, epoch: int) -> ShardedEpoch:
+        """An epoch's shards for data-parallel workers: the leader opens them, or allocates them; then each worker
+        fills its range of the fill's batches (:func:`split_ranges`: the bytes of one process) and the leader seals."""
+        store, workers = self.epoch_store(epoch), self.workers
+        found = False
+        if workers.leader:
+            with self.entry.locked("computing these soft labels"):
+                if not self._checked:
+                    self._drop_foreign_entry()
+                    self._checked = True
+                found = store.open()
+                if not found:
+                    self._make_room(store)
+                    store.allocate()
+        if workers.broadcast(found):
+            self.epochs_read += 1
+        else:
+            started = time.perf_counter()
+            ranges = split_ranges(store.num, workers.world, self.batch_size)
+            if workers.rank < len(ranges):
+                fill_range(store, self.teacher, self.pipeline, self.runtime, self.batch_size, *ranges[workers.rank])
+            workers.barrier()
+            if workers.leader:
+                with self.entry.locked("sealing these soft labels"):
+                    store.seal(self.description)
+            workers.barrier()
+            self.fill_seconds += time.perf_counter() - started
+            self.epochs_computed += 1
+        if not store.open():
+            raise OSError(f"{self.entry.path}: the soft-label shards of epoch {epoch} cannot be read")
+        return store
 
     def __call__(self, images: Tensor, sample_indices: Tensor) -> TeacherOutput:
         assert self._epoch is not None, "begin_epoch() must be called first"
