@@ -343,10 +343,13 @@ IMAGENET_PAIRS = {"imagenet_resnet34_resnet18": "r34_r18", "imagenet_resnet50_mo
 IMAGENET_ARCHS = {"imagenet_resnet34_resnet18": ("resnet34_imagenet", "resnet18_imagenet"),
                   "imagenet_resnet50_mobilenetv1": ("resnet50_imagenet", "mobilenetv1")}  # fmt: skip
 IMAGENET_DKD_BETA = {"r34_r18": 0.5, "r50_mv1": 2.0}
+IMAGENET_REVIEWKD_WEIGHT = {"r34_r18": 1.0, "r50_mv1": 8.0}
 
 
 def _imagenet_rows(preset: str, short: str) -> list[Published]:
     kd, dkd = f"{MDISTILLER} configs/imagenet/{short}/kd.yaml", f"{MDISTILLER} configs/imagenet/{short}/dkd.yaml"
+    at, crd = f"{MDISTILLER} configs/imagenet/{short}/at.yaml", f"{MDISTILLER} configs/imagenet/{short}/crd.yaml"
+    review = f"{MDISTILLER} configs/imagenet/{short}/reviewkd.yaml"
     teacher, student = IMAGENET_ARCHS[preset]
     solver = [
         ("teacher.name", teacher, "DISTILLER.TEACHER"),
@@ -370,7 +373,25 @@ def _imagenet_rows(preset: str, short: str) -> list[Published]:
         Published(preset, "dkd", "warmup", 1, "DKD.WARMUP", dkd),
         Published(preset, "dkd", "ce_weight", 1.0, "DKD.CE_WEIGHT", dkd),
         Published(preset, "dkd", "alpha", 1.0, "DKD.ALPHA (default)", MDISTILLER_CFG),
+        Published(preset, "at", "at_weight", 1000.0, "AT.LOSS.FEAT_WEIGHT (default)", MDISTILLER_CFG),
+        Published(preset, "at", "trainer.batch_size", 512, "SOLVER.BATCH_SIZE", at),
+        Published(preset, "at", "optimizer.lr", 0.2, "SOLVER.LR", at),
+        Published(preset, "crd", "trainer.batch_size", 256, "SOLVER.BATCH_SIZE", crd),
+        Published(preset, "crd", "optimizer.lr", 0.1, "SOLVER.LR", crd),
+        Published(preset, "reviewkd", "trainer.batch_size", 256, "SOLVER.BATCH_SIZE", review),
+        Published(preset, "reviewkd", "optimizer.lr", 0.1, "SOLVER.LR", review),
+        Published(preset, "reviewkd", "reviewkd_weight", IMAGENET_REVIEWKD_WEIGHT[short], "REVIEWKD_WEIGHT", review),
+        Published(preset, "reviewkd", "warmup", 1, "REVIEWKD.WARMUP_EPOCHS", review),
+        Published(preset, "reviewkd", "student_preact", True, "REVIEWKD.STU_PREACT", review),
     ]
+    if short == "r50_mv1":
+        ofd = f"{MDISTILLER} configs/imagenet/r50_mv1/ofd.yaml"
+        rows += [
+            Published(preset, "reviewkd", "max_mid_channels", 256, "REVIEWKD.MAX_MID_CHANNEL", review),
+            Published(preset, "ofd", "feat_weight", 1.0e-4, "OFD.LOSS.FEAT_WEIGHT", ofd),
+            Published(preset, "ofd", "trainer.batch_size", 128, "SOLVER.BATCH_SIZE", ofd),
+            Published(preset, "ofd", "optimizer.lr", 0.05, "SOLVER.LR", ofd),
+        ]
     return rows
 
 
@@ -392,13 +413,14 @@ IMAGENET_ACCURACY = [
 
 
 @pytest.mark.parametrize("preset", sorted(IMAGENET_PAIRS))
-@pytest.mark.parametrize("method", [None, "kd", "dkd"])
+@pytest.mark.parametrize("method", [None, "kd", "dkd", "at", "crd", "reviewkd", "ofd"])
 def test_every_imagenet_preset_composes_to_the_published_values(preset: str, method: str | None) -> None:
     cfg = composed(f"experiment={preset}", *([f"loss={method}"] if method else []))
     validate(cfg)
     for row in IMAGENET_TABLE:
         if (row.preset, row.method) == (preset, method):
-            path = row.key if method is None else f"loss.{row.key}"
+            absolute = method is None or row.key.startswith(("trainer.", "optimizer."))
+            path = row.key if absolute else f"loss.{row.key}"
             node = OmegaConf.select(cfg, path)
             got = OmegaConf.to_container(node) if OmegaConf.is_config(node) else node
             assert got == row.value, f"{path} = {got!r}, published {row.value!r} ({row.authors_key}: {row.source})"
