@@ -27,7 +27,7 @@ def test_unknown_group_option_names_the_group_and_its_options():
     line = error_of("dataset=nope")
     assert (
         line == "error: dataset: unknown option 'nope'; choose one of: arrays, cifar10, cifar100, digits, folder, "
-        "synthetic, tiny_imagenet"
+        "imagenet, synthetic, tiny_imagenet"
     )
 
 

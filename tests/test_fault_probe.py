@@ -360,7 +360,7 @@ def test_every_dataset_has_the_same_keys():
     from kd_hydra.config.compose import compose, hydra_session
 
     names = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "dataset").glob("*.yaml"))
-    assert len(names) == 7
+    assert len(names) == 8
     with hydra_session() as hydra:
         keys = {name: set(compose(hydra, [f"dataset={name}"]).dataset) for name in names}
     assert all(found == keys["cifar10"] for found in keys.values()), keys

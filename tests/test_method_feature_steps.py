@@ -18,7 +18,7 @@ from kd_hydra.train.batches import BatchAssembler
 from kd_hydra.train.runtime import Runtime
 from kd_hydra.train.schedules import constant_schedule
 from kd_hydra.train.stages import initialization_stage, training_stage
-from kd_hydra.train.trainer import Trainer, train_epoch
+from kd_hydra.train.trainer import StepForward, Trainer, train_epoch
 from tests.feature_nets import CLASSES, IMAGE_SHAPE, TinyResNet, batches
 from tests.method_helpers import set_up_like_the_trainer
 
@@ -59,7 +59,7 @@ def kd_hydra_training(method, request, student, teacher, data, epochs=1):
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     for epoch in range(1, epochs + 1):
         method.begin_epoch(epoch, epochs)
-        train_epoch(stage, iter(data), assemble, optimizer, scaler, RUNTIME)
+        train_epoch(stage, iter(data), StepForward(stage, assemble), optimizer, scaler, RUNTIME)
     assemble.close()
     source.recorder.remove()
 
@@ -477,7 +477,7 @@ def test_mlkd_steps_with_the_strong_view_equal_the_reference():
         return strong_view(images, mean, std, generator)
 
     assemble = BatchAssembler(student, RUNTIME, LiveTeacher(teacher, RUNTIME), strong_view=strong)
-    train_epoch(stage, iter(data), assemble, optimizer, scaler, RUNTIME)
+    train_epoch(stage, iter(data), StepForward(stage, assemble), optimizer, scaler, RUNTIME)
 
     generator = torch.Generator().manual_seed(7)
     optimizer = sgd(reference_student.parameters())

@@ -19,7 +19,7 @@ from kd_hydra.train.batches import BatchAssembler
 from kd_hydra.train.runtime import resolve_runtime
 from kd_hydra.train.schedules import constant_schedule
 from kd_hydra.train.stages import training_stage
-from kd_hydra.train.trainer import train_epoch
+from kd_hydra.train.trainer import StepForward, train_epoch
 
 RUNTIME = resolve_runtime("cpu", "fp32", False, False)
 SIZE, CLASSES, BATCH, STEPS, LR = 16, 10, 8, 3, 0.05
@@ -206,7 +206,7 @@ def test_training_steps_equal_the_reference_loop(setting, name):
     optimizer, _ = stage.build_optimizer()
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     torch.manual_seed(7)  # the student's dropout draws the same masks in both loops
-    stats = train_epoch(stage, iter(batches), assemble, optimizer, scaler, RUNTIME)
+    stats = train_epoch(stage, iter(batches), StepForward(stage, assemble), optimizer, scaler, RUNTIME)
 
     # the reference: hooks written here, the equations above, one optimizer over student and parts
     reference = copy.deepcopy(student0).train()

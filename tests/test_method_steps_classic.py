@@ -21,7 +21,7 @@ from kd_hydra.train.batches import BatchAssembler
 from kd_hydra.train.runtime import Runtime
 from kd_hydra.train.schedules import constant_schedule
 from kd_hydra.train.stages import training_stage
-from kd_hydra.train.trainer import train_epoch
+from kd_hydra.train.trainer import StepForward, train_epoch
 from tests.feature_nets import CLASSES, IMAGE_SHAPE, TinyResNet, batches
 from tests.method_helpers import set_up_like_the_trainer
 
@@ -72,7 +72,8 @@ class KdHydra:
 
     def epoch(self, data, epoch=1, epochs=1) -> dict[str, float]:
         self.method.begin_epoch(epoch, epochs)
-        return train_epoch(self.stage, iter(data), self.assemble, self.optimizer, self.scaler, RUNTIME)
+        step = StepForward(self.stage, self.assemble)
+        return train_epoch(self.stage, iter(data), step, self.optimizer, self.scaler, RUNTIME)
 
 
 def reference_training(student, teacher, parts, data, term, ce_weight, epochs=1) -> list[list[float]]:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset, Sampler
 
 from kd_hydra.data.augment import normalize
 from kd_hydra.data.image_header import declared_size
@@ -115,17 +115,10 @@ class ResizedCropPipeline(LoaderPipeline):
             val.eval_resize = eval_resize
             self._val_loader = self._eval_loader(PlannedItems(val, size, 0))
 
-    def _loader(self, items: Dataset, batches: Sampler[list], persistent: bool) -> DataLoader:
-        """A DataLoader drawing its workers' seeds from a generator of its own: filling the soft-label cache (a
-        loader more) leaves the global RNG, hence the student's training, as it is (the plan needs no RNG)."""
-        return DataLoader(
-            items,
-            batch_sampler=batches,
-            num_workers=self.num_workers,
-            pin_memory=self.device.type == "cuda",
-            persistent_workers=persistent and self.num_workers > 0,
-            generator=torch.Generator().manual_seed(self.seed),
-        )
+    def _loader_generator(self) -> torch.Generator:
+        """A generator of the loader's own for its workers' seeds: filling the soft-label cache (a loader more) leaves
+        the global RNG, hence the student's training, as it is (the plan needs no RNG)."""
+        return torch.Generator().manual_seed(self.seed)
 
     def epoch_plan(self, epoch: int) -> CropPlan:  # type: ignore[override]
         """The sample order and per-sample crop seeds and flips of `epoch` (a function of seed and epoch only)."""

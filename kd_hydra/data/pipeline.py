@@ -355,7 +355,12 @@ class LoaderPipeline(_Pipeline):
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=persistent and self.num_workers > 0,
+            generator=self._loader_generator(),
         )
+
+    def _loader_generator(self) -> torch.Generator | None:
+        """Where the DataLoader draws its workers' seeds: the global RNG (None) here."""
+        return None
 
     def _eval_loader(self, items: Dataset) -> DataLoader:
         """The split in order, ``eval_batch_size`` at a time: this worker's batches when there are several."""

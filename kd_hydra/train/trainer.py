@@ -490,7 +490,7 @@ class Trainer:
         batches.begin_epoch(epoch - 1)
         description = f"{stage.name} {epoch}/{stage.epochs}"
         stream = _progress(data.train_batches(epoch - 1), show, data.num_train_batches, description)
-        sizes = global_batch_sizes(data.num_train, data.batch_size, data.drop_last)
+        sizes = global_batch_sizes(data.num_train, data.batch_size, data.drop_last) if self.workers.parallel else None
         stats = train_epoch(
             stage, stream, run.step, run.optimizer, run.scaler, self.runtime, sizes, self.workers, run.gathered
         )
