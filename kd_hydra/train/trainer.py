@@ -113,11 +113,12 @@ class StepForward(nn.Module):
         self.stage, self.assemble, self.workers, self.gather = stage, assemble, workers, gather
 
     def forward(self, images: Tensor, targets: Tensor, sample_indices: Tensor) -> tuple[LossOutput, Tensor]:
-        batch = self.assemble(images, targets, sample_indices)
+        batch = self.assemble(images, targets, sample_indices)  # the student's forward under the runtime's autocast
         logits = batch.student_logits
         if self.gather:
             batch = gathered_batch(batch, self.workers)
-        return self.stage.loss(batch), logits
+        with self.assemble.runtime.autocast():
+            return self.stage.loss(batch), logits
 
 
 def gathered_batch(batch: MethodBatch, workers: Workers) -> MethodBatch:
@@ -155,8 +156,7 @@ def train_epoch(
     seen = 0
     sizes = iter(global_sizes) if global_sizes is not None else None
     for images, targets, sample_indices in batches:
-        with runtime.autocast():
-            output, logits = step(images, targets, sample_indices)
+        output, logits = step(images, targets, sample_indices)
         if not seen:  # the method's contract at the first step of every epoch; a NaN is divergence (below), not a fault
             check_output(
                 output,
