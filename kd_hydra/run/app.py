@@ -49,7 +49,6 @@ from kd_hydra.records.run_directory import (
     RunDirectory,
     checkpoint_problems,
     failure_reason,
-    read_metrics,
     write_completed,
     write_failed,
 )
@@ -184,15 +183,10 @@ def run_on_workers(ctx: RunContext, plan: Plan) -> dict[str, Any]:
             record = launch(job, cfg.trainer.devices, cfg.trainer.max_restarts)  # the leader printed its headline
         return record
     except Exception as error:
-        if not failure_recorded(out_dir):
+        if job.recorded_failure() is None:  # the leader recorded none since the job started
             record_failure(RunDirectory(out_dir), cfg, ctx.started, failure_reason(error), plan.identity)
             record_outcome(out_dir, schema.STATUS_FAILED, failure_reason(error))
         raise
-
-
-def failure_recorded(out_dir: Path) -> bool:
-    record, _ = read_metrics(out_dir)
-    return record is not None and record.get("status") == schema.STATUS_FAILED
 
 
 def run_recipe(
@@ -605,16 +599,17 @@ def start_trackers(cfg: DictConfig, out_dir: Path, names: tuple[str, str | None]
 def topology(ctx: RunContext) -> dict[str, Any]:
     """Where the run computed: workers (data-parallel processes), nodes, backend, device type, and the samples
     per BatchNorm batch of its training (metrics.json's ``topology``)."""
-    trainer, workers = ctx.cfg.trainer, ctx.workers
+    cfg, workers = ctx.cfg, ctx.workers
     backend = torch.distributed.get_backend() if workers.parallel else None
-    nodes = int(os.environ.get("GROUP_WORLD_SIZE", "1")) if workers.parallel else 1
-    synchronized = bool(trainer.sync_batchnorm) and workers.parallel
+    nodes = os.environ.get("GROUP_WORLD_SIZE") or os.environ.get("SLURM_JOB_NUM_NODES") if workers.parallel else None
+    synchronized = bool(cfg.trainer.sync_batchnorm) and workers.parallel
+    batch = cfg.teacher_training.batch_size if Mode(cfg.mode) is Mode.teacher else cfg.trainer.batch_size
     return {
         "workers": workers.world,
-        "nodes": nodes,
+        "nodes": int(nodes or 1),
         "backend": backend,
         "device": ctx.runtime.device.type,
-        "batchnorm_batch": batchnorm_batch(trainer.batch_size, workers.world, synchronized),
+        "batchnorm_batch": batchnorm_batch(batch, workers.world, synchronized),
     }
 
 
