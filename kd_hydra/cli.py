@@ -58,16 +58,15 @@ def task(cfg: DictConfig) -> float:
     from kd_hydra.run import workers
     from kd_hydra.run.app import run  # imported here so `--help` and composition errors stay fast
 
-    workers.join_cluster_tasks()  # hydra/launcher=slurm_ddp: each Slurm task is a worker of this job
-    distributed = workers.launched_world() > 1
-    if distributed and int(os.environ["RANK"]) != 0:
+    slurm_tasks = workers.join_cluster_tasks()  # hydra/launcher=slurm_ddp: each Slurm task is a worker of this job
+    if slurm_tasks and int(os.environ["RANK"]) != 0:
         workers.follow()  # task 0 runs the job with this one, and records it
         return math.nan
     try:
         return _run_and_report(cfg, run)
     finally:
-        if distributed:
-            workers.release_followers()  # when task 0 sent them no job (refused, or already completed)
+        if slurm_tasks:  # one job per Slurm job: the other tasks may exit
+            workers.release_followers()
 
 
 def _run_and_report(cfg: DictConfig, run: Callable[[DictConfig], dict]) -> float:
@@ -178,15 +177,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     from kd_hydra.run import workers
 
-    if "-m" in argv or "--multirun" in argv:
-        print("error: -m under torchrun: run the sweep without torchrun and set trainer.devices=N", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
     if int(os.environ["RANK"]) != 0:
         sys.exit(workers.follow())
     try:
         compose_and_run(argv)
     finally:
-        workers.release_followers()  # when rank 0 sent them no job (bad input, --help, already completed)
+        workers.release_followers()  # after the last job of a sweep, or none (bad input, --help, completed)
 
 
 def compose_and_run(argv: list[str]) -> None:

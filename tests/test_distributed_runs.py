@@ -57,22 +57,25 @@ def test_a_two_worker_job_records_its_topology_and_the_leader_alone_writes(two_w
     assert "already completed" in rerun.stdout
 
 
-def test_torchrun_runs_the_same_job(two_workers, tmp_path: Path):
+def test_torchrun_runs_the_same_job_and_a_sweep_on_the_same_workers(two_workers, tmp_path: Path):
     workspace, run_dir = two_workers
     other = Workspace(tmp_path)
     other.copy_from(workspace, "cache")
     args = [a for a in TWO if not a.startswith("trainer.devices")]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
-    command = [*torchrun, str(REPO / "run.py")]
-    target = tmp_path / "torchrun"
-    process = subprocess.run([*command, *args, f"hydra.run.dir={target}"], cwd=tmp_path, env=other.env,
-                             capture_output=True, text=True, timeout=300)  # fmt: skip
+    sweep = tmp_path / "torchrun"
+    command = [*torchrun, str(REPO / "run.py"), "-m", *args, "trainer.seed=0,1", f"hydra.sweep.dir={sweep}"]
+    process = subprocess.run(command, cwd=tmp_path, env=other.env, capture_output=True, text=True, timeout=300)
     assert process.returncode == 0, process.stderr[-3000:]
-    ours, theirs = read_metrics(run_dir), read_metrics(target)
+    records = {p.parent: read_metrics(p.parent) for p in sweep.glob("*/metrics.json")}
+    jobs = {r["settings"]["trainer.seed"]: path for path, r in records.items() if r["mode"] == "distill"}
+    assert sorted(jobs) == [0, 1]  # the workers ran every job of the sweep (teacher, baselines), one after the other
+    assert all(r["status"] == schema.STATUS_COMPLETED for r in records.values())
+    ours, theirs = read_metrics(run_dir), read_metrics(jobs[0])
     assert theirs["topology"] == ours["topology"] and theirs["settings"] == ours["settings"]
     assert theirs["config_digest"] == ours["config_digest"] and theirs["soft_label_cache"] == "warm"
-    assert history(target) == history(run_dir)
-    assert same_weights(target / "model.pt", run_dir / "model.pt")
+    assert history(jobs[0]) == history(run_dir)
+    assert same_weights(jobs[0] / "model.pt", run_dir / "model.pt")
 
 
 def worker_pids(pid: int) -> list[int]:

@@ -126,61 +126,58 @@ def run_worker(job: WorkerJob, workers: Workers) -> dict[str, Any] | None:
     return run_recipe(job.resolved_config(), Path(job.out_dir), started, workers, job.tracker_names)
 
 
-_told: list[bool] = []  # whether this process (rank 0 of a torchrun or Slurm job) sent the others a message
+_released: list[bool] = []  # whether this process (rank 0 of a torchrun or Slurm job) let the others exit
 
 
 def lead(job: WorkerJob) -> dict[str, Any] | None:
-    """Rank 0 of a torchrun job: send ``job`` to the other workers and run it with them."""
+    """Rank 0 of a torchrun (or Slurm) job: send ``job`` to the other workers and run it with them. The process
+    group stays for the next job of a sweep; :func:`release_followers` ends it."""
     workers = join(_torchrun_device_type())
     if _device_type(job) != _torchrun_device_type():
-        workers.broadcast(NOTHING_TO_RUN)
-        _told.append(True)
-        leave(workers)
         raise ConfigError(
             "trainer.device",
             f"is {job.resolved_config().trainer.device}, but torchrun's workers joined on {_torchrun_device_type()}; "
             "use the device the workers have (or trainer.devices=N without torchrun)",
         )
     workers.broadcast(job)
-    _told.append(True)
-    try:
-        return run_worker(job, workers)
-    finally:
-        leave(workers)
+    return run_worker(job, workers)
 
 
 def release_followers() -> None:
-    """Rank 0 of a torchrun or Slurm job that sent the other workers nothing yet: let them exit."""
-    if launched_world() > 1 and not _told:
+    """Rank 0 of a torchrun or Slurm job, after its last job (or none): let the other workers exit."""
+    if launched_world() > 1 and not _released:
         workers = join(_torchrun_device_type())
         workers.broadcast(NOTHING_TO_RUN)
-        _told.append(True)
+        _released.append(True)
         leave(workers)
 
 
 def follow() -> int:
-    """A torchrun worker of rank > 0: wait for rank 0's job and run it with the others; the exit status."""
+    """A torchrun (or Slurm) worker of rank > 0: run rank 0's jobs with the others until it sends no more; a job
+    that fails as kd-hydra's error (rank 0 records it) does not end the others. The exit status."""
     logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT, stream=sys.stderr)
     workers = join(_torchrun_device_type())
     try:
-        job = workers.broadcast(None)
-        if job == NOTHING_TO_RUN:
-            return 0
-        run_worker(job, workers)
+        while (job := workers.broadcast(None)) != NOTHING_TO_RUN:
+            try:
+                run_worker(job, workers)
+            except KDHydraError as error:
+                log.warning("worker %d: the job failed: %s", workers.rank, error)
         return 0
     finally:
         leave(workers)
 
 
-def join_cluster_tasks() -> None:
+def join_cluster_tasks() -> bool:
     """In a Slurm job of several tasks (``hydra/launcher=slurm_ddp``), give torch.distributed its environment
     (``MASTER_ADDR``, ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``...) from submitit's job environment: the tasks are
-    then the job's workers, as torchrun's processes are."""
+    then the job's workers, as torchrun's processes are. Whether it did."""
     if launched_world() > 1 or int(os.environ.get("SLURM_NTASKS", "1")) <= 1 or "SUBMITIT_EXECUTOR" not in os.environ:
-        return
+        return False
     from submitit.helpers import TorchDistributedEnvironment
 
     TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    return True
 
 
 def _torchrun_device_type() -> str:
