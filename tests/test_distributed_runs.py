@@ -1,6 +1,6 @@
 """Jobs on two CPU workers (``trainer.devices=2``, gloo), end to end: the record, what is written and by whom,
-torchrun, a worker killed by SIGKILL, a sweep and its rerun. Each test starts worker processes (seconds each):
-they are few and small."""
+torchrun and a sweep on its workers and its rerun, a worker killed by SIGKILL, another world size. Each test
+starts worker processes (seconds each): they are few and small."""
 
 from __future__ import annotations
 
@@ -58,6 +58,8 @@ def test_a_two_worker_job_records_its_topology_and_the_leader_alone_writes(two_w
 
 
 def test_torchrun_runs_the_same_job_and_a_sweep_on_the_same_workers(two_workers, tmp_path: Path):
+    """A sweep under torchrun: its jobs (the teacher's, the baselines, two distill jobs) each on the 2 workers; the
+    seed-0 job equals the trainer.devices=2 job; its rerun skips every job."""
     workspace, run_dir = two_workers
     other = Workspace(tmp_path)
     other.copy_from(workspace, "cache")
@@ -76,6 +78,8 @@ def test_torchrun_runs_the_same_job_and_a_sweep_on_the_same_workers(two_workers,
     assert theirs["config_digest"] == ours["config_digest"] and theirs["soft_label_cache"] == "warm"
     assert history(jobs[0]) == history(run_dir)
     assert same_weights(jobs[0] / "model.pt", run_dir / "model.pt")
+    rerun = subprocess.run(command, cwd=tmp_path, env=other.env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0 and f"skipping {len(records)} completed jobs" in rerun.stdout + rerun.stderr
 
 
 def worker_pids(pid: int) -> list[int]:
@@ -119,17 +123,6 @@ def test_a_worker_killed_mid_run_is_restarted_and_the_run_ends_bit_identical(two
     assert "resuming from" in (killed / "run.log").read_text()
     assert history(killed) == history(run_dir)
     assert same_weights(killed / "model.pt", run_dir / "model.pt")
-
-
-def test_a_sweep_of_two_worker_jobs_completes_and_its_rerun_skips_both(workspace: Workspace):
-    args = [*TWO, "mode=student", "trainer.epochs=1", "trainer.seed=0,1"]
-    sweep_dir, _ = workspace.sweep("two", *args)
-    records = [read_metrics(p.parent) for p in sorted(sweep_dir.glob(f"*/{schema.METRICS_FILE}"))]
-    assert len(records) == 2
-    assert [r["status"] for r in records] == [schema.STATUS_COMPLETED] * 2
-    assert all(r["topology"]["workers"] == 2 for r in records)
-    rerun = workspace.run("-m", *args, f"hydra.sweep.dir={sweep_dir}")
-    assert "skipping 2 completed jobs" in rerun.stdout + rerun.stderr
 
 
 def test_another_world_size_does_not_resume_a_checkpoint(two_workers, tmp_path: Path):
