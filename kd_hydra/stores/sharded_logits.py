@@ -216,9 +216,7 @@ class ShardedTeacher(CachedTeacher):
             return
         store = self.epoch_store(epoch)
         with self.entry.locked("computing these soft labels"):
-            if not self._checked:
-                self._drop_foreign_entry()
-                self._checked = True
+            self._check_entry_once()
             if store.open():
                 self.epochs_read += 1
             else:
@@ -252,9 +250,7 @@ class ShardedTeacher(CachedTeacher):
         found = False
         if workers.leader:
             with self.entry.locked("computing these soft labels"):
-                if not self._checked:
-                    self._drop_foreign_entry()
-                    self._checked = True
+                self._check_entry_once()
                 found = store.open()
                 if not found:
                     self._make_room(store)

@@ -208,9 +208,7 @@ class CachedTeacher:
             self._current = decode_logits(stored, self.num_classes).to(self.runtime.device)
             return
         with self.entry.locked("computing these soft labels"):
-            if not self._checked:
-                self._drop_foreign_entry()
-                self._checked = True
+            self._check_entry_once()
             stored = self._read(name)
             if stored is None:
                 started = time.perf_counter()
@@ -230,9 +228,7 @@ class CachedTeacher:
         stored = None
         if self.workers.leader:
             with self.entry.locked("computing these soft labels"):
-                if not self._checked:
-                    self._drop_foreign_entry()
-                    self._checked = True
+                self._check_entry_once()
                 stored = self._read(name)
         if self.workers.broadcast(stored is not None):
             stored = stored if stored is not None else self._read(name)
@@ -266,6 +262,12 @@ class CachedTeacher:
                 if number % workers.world == workers.rank:
                     logits[sample_indices] = self.teacher(images).float()
         return logits
+
+    def _check_entry_once(self) -> None:
+        """:meth:`_drop_foreign_entry` at this run's first epoch (call under the entry's lock)."""
+        if not self._checked:
+            self._drop_foreign_entry()
+            self._checked = True
 
     def _drop_foreign_entry(self) -> None:
         """Remove the entry when its seal records another description (it was placed under this key): its logits

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -62,6 +61,13 @@ class Workers:
         """The factor on a worker's mean loss over ``local`` of ``total`` samples that makes the gradient averaged
         over workers equal the gradient of the mean loss over all ``total`` (exact for per-sample losses)."""
         return local * self.world / total if self.parallel else 1.0
+
+    def sum_with_count(self, sums: Tensor, count: int) -> tuple[Tensor, int]:
+        """``sums`` and a sample ``count`` summed over workers (one collective)."""
+        if not self.parallel:
+            return sums, count
+        totals = self.sum_(torch.cat((sums, sums.new_tensor([count]))))
+        return totals[:-1], int(totals[-1].item())
 
     def sum_(self, tensor: Tensor) -> Tensor:
         """Sum ``tensor`` over workers, in place; returns it."""
@@ -183,13 +189,3 @@ def leave(workers: Workers) -> None:
     """Destroy the process group ``workers`` joined (nothing for one process)."""
     if workers.parallel and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def gather_rng(workers: Workers, state: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    """Every worker's RNG ``state`` by rank (what a checkpoint keeps so that each worker resumes its own stream)."""
-    return workers.gather(dict(state))
-
-
-def own_rng(workers: Workers, states: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
-    """This worker's RNG state out of a checkpoint's per-rank list."""
-    return states[workers.rank]

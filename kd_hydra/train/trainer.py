@@ -80,9 +80,7 @@ def evaluate(
             )
         )
         count += targets.shape[0]
-    if workers.parallel:
-        totals = workers.sum_(torch.cat((sums, sums.new_tensor([count]))))
-        sums, count = totals[:3], int(totals[3].item())
+    sums, count = workers.sum_with_count(sums, count)
     if count == 0:
         raise ValueError("evaluation split is empty")
     loss, top1, top5 = (sums / count).tolist()
@@ -177,9 +175,7 @@ def train_epoch(
             correct = (logits.argmax(dim=1) == targets).sum()
             values = [output.total.detach(), *(output.parts[name].detach() for name in stage.parts)]
             sums += torch.stack([v.double() * size for v in values] + [correct.double()])
-    if workers.parallel:
-        totals = workers.sum_(torch.cat((sums, sums.new_tensor([seen]))))
-        sums, seen = totals[:-1], int(totals[-1].item())
+    sums, seen = workers.sum_with_count(sums, seen)
     means = (sums / max(seen, 1)).tolist()
     stats = {"train_loss": means[0]}
     stats.update({f"train_{name}": value for name, value in zip(stage.parts, means[1:-1])})
