@@ -207,6 +207,9 @@ def test_teacher_training_is_its_own_recipe():
         (["optimizer.lr=0"], "optimizer.lr"),
         (["loss=ce"], "loss"),
         (["soft_label_cache.top_k=0"], "soft_label_cache.top_k"),
+        (["soft_label_cache.crops_per_image=0"], "soft_label_cache.crops_per_image"),
+        (["soft_label_cache.crops_per_image=-3"], "soft_label_cache.crops_per_image"),
+        (["soft_label_cache.crops_per_image=4", "soft_label_cache.pool_seed=-1"], "soft_label_cache.pool_seed"),
         (["teacher.checkpoint=/no/such/file.pt"], "teacher.checkpoint"),
     ],
 )
@@ -221,6 +224,8 @@ def test_wrong_types_fail_at_composition():
         composed("trainer.epochs=many")
     with pytest.raises(Exception, match="mode"):
         composed("mode=everything")
+    with pytest.raises(Exception, match="soft_label_cache.crops_per_image"):
+        composed("soft_label_cache.crops_per_image=many")
 
 
 def test_no_dataset_or_checkpoint_files_are_tracked():
@@ -248,3 +253,18 @@ def test_non_finite_and_non_numeric_values_are_refused_before_training(override,
         cfg = compose("config", overrides=[override])
     with pytest.raises(ConfigError, match=rf"^{key}: must be a finite number"):
         validate(cfg)
+
+
+def test_the_crop_pool_joins_a_run_identity_only_when_set():
+    from kd_hydra.records.identity import training_settings
+
+    unset, seeded, pooled = (
+        training_settings(composed(*overrides))
+        for overrides in ([], ["soft_label_cache.pool_seed=5"], ["soft_label_cache.crops_per_image=4"])
+    )
+    assert not {"soft_label_cache.crops_per_image", "soft_label_cache.pool_seed"} & set(unset)
+    assert seeded == unset  # the pool's seed means nothing without a pool: earlier runs keep their identities
+    assert pooled["soft_label_cache.crops_per_image"] == 4 and pooled["soft_label_cache.pool_seed"] == 0
+    assert {k: v for k, v in pooled.items() if not k.startswith("soft_label_cache.")} == {
+        k: v for k, v in unset.items() if not k.startswith("soft_label_cache.")
+    }

@@ -140,3 +140,9 @@ def validate(cfg: DictConfig) -> None:
         "soft_label_cache.batch_size",
         f"must be >= 1 or null (got {cache.batch_size})",
     )
+    _require(
+        cache.crops_per_image is None or cache.crops_per_image >= 1,
+        "soft_label_cache.crops_per_image",
+        f"must be a positive integer (K crops per image) or null (got {cache.crops_per_image})",
+    )
+    _require(cache.pool_seed >= 0, "soft_label_cache.pool_seed", f"must be >= 0 (got {cache.pool_seed})")

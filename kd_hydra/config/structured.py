@@ -38,6 +38,7 @@ PathsConfig = required_fields("PathsConfig", "``paths``: every location (conf/pa
 })  # fmt: skip
 SoftLabelCacheConfig = required_fields("SoftLabelCacheConfig", "``soft_label_cache`` (conf/config.yaml).", {
     "enabled": bool, "dtype": CacheDtype, "top_k": int | None, "max_gb": float, "batch_size": int | None,
+    "crops_per_image": int | None, "pool_seed": int,
 })  # fmt: skip
 TeacherTrainingConfig = required_fields(
     "TeacherTrainingConfig",

@@ -52,7 +52,9 @@ SAME_SETTING_KEYS = NON_TRAINING_KEYS + DEVICE_KEYS
 #: (:data:`BATCHNORM_BATCH_KEY`) join them: they change what a run computes.
 DISTRIBUTED_KEYS = ("trainer.devices", "trainer.sync_batchnorm", "trainer.gather_batch")
 #: Keys that count only when set: null changes nothing (the identity of a run without them stays what it was).
-ONLY_WHEN_SET_KEYS = ("dataset.eval_resize",)
+ONLY_WHEN_SET_KEYS = ("dataset.eval_resize", "soft_label_cache.crops_per_image")
+#: Keys that count only when another key is set (key -> that key): the crop pool's seed means nothing without a pool.
+COUNTED_WITH = {"soft_label_cache.pool_seed": "soft_label_cache.crops_per_image"}
 BATCHNORM_BATCH_KEY = "trainer.batchnorm_batch"
 
 #: The top-level config groups that hold training settings (the others are :data:`NON_TRAINING_KEYS`).
@@ -120,10 +122,13 @@ def under(dotted: str, prefixes: Iterable[str]) -> bool:
 def training_settings(cfg: DictConfig) -> dict[str, Any]:
     """Every resolved setting as dotted keys, without :data:`NON_TRAINING_KEYS` (the record in metrics.json)."""
     top = {key: cfg[key] for key in cfg if not under(str(key), NON_TRAINING_KEYS)}  # never resolve hydra.*
+    flat = flatten(top)
     settings = {
         k: v
-        for k, v in flatten(top).items()
-        if not under(k, NON_TRAINING_KEYS) and not (k in ONLY_WHEN_SET_KEYS and v is None)
+        for k, v in flat.items()
+        if not under(k, NON_TRAINING_KEYS)
+        and not (k in ONLY_WHEN_SET_KEYS and v is None)
+        and not (k in COUNTED_WITH and flat.get(COUNTED_WITH[k]) is None)
     }
     devices = int(settings.get("trainer.devices") or 1)
     if devices == 1:
@@ -164,9 +169,8 @@ def recorded_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
 def data_identity(dataset: DictConfig | Mapping[str, Any], content_digest: str) -> dict[str, Any]:
     """What determines the images a model trains on: the content digest plus the dataset's other settings."""
     settings = {k: v for k, v in plain(dataset).items() if k not in DATA_LOCATION_KEYS}
-    unset = {
-        key.removeprefix("dataset.") for key in ONLY_WHEN_SET_KEYS if settings.get(key.removeprefix("dataset.")) is None
-    }
+    dataset_keys = [key.removeprefix("dataset.") for key in ONLY_WHEN_SET_KEYS if key.startswith("dataset.")]
+    unset = {key for key in dataset_keys if settings.get(key) is None}
     return {"content": content_digest, **{k: v for k, v in settings.items() if k not in unset}}
 
 
