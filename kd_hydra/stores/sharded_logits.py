@@ -8,6 +8,10 @@ are ``epoch_EEEE.shard_SS.bin``: shard s holds samples [s * rows, (s + 1) * rows
 split into ranges of plan positions (:func:`fill_range`, :func:`split_ranges`) by several workers writes the same
 bytes as one worker: each range's batches are the same batches, each record lands at its sample's offset. The
 shards are sealed (SHA-256 of each) once every range is written; a reader verifies them before mapping them.
+
+With a crop pool (``soft_label_cache.crops_per_image=K``, :mod:`kd_hydra.data.crop_pool`) the entry holds instead
+the records of the pool's N x K crops in ``pool.shard_SS.bin`` (record ``i * K + j``: crop j of image i), filled
+once and read by every epoch, seed and logit method (:class:`PooledTeacher`).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
@@ -89,17 +93,27 @@ class RecordLayout:
 
 
 class ShardedEpoch:
-    """Epoch ``epoch``'s records of ``num`` samples in ``entry``: shard files at fixed offsets."""
+    """Epoch ``epoch``'s records of ``num`` samples in ``entry``: shard files at fixed offsets, named
+    ``<stem>.shard_SS.bin`` (``stem``: ``epoch_EEEE`` unless given)."""
 
-    def __init__(self, entry: CacheEntry, epoch: int, num: int, layout: RecordLayout, shards: int = NUM_SHARDS):
+    def __init__(
+        self,
+        entry: CacheEntry,
+        epoch: int,
+        num: int,
+        layout: RecordLayout,
+        shards: int = NUM_SHARDS,
+        stem: str | None = None,
+    ) -> None:
         self.entry, self.epoch, self.num, self.layout = entry, epoch, num, layout
+        self.stem = stem or f"epoch_{epoch:04d}"
         self.rows = max(1, math.ceil(num / max(1, shards)))
         self.num_shards = math.ceil(num / self.rows)
         self._maps: list[np.memmap] | None = None
 
     @property
     def names(self) -> list[str]:
-        return [f"epoch_{self.epoch:04d}.shard_{shard:02d}.bin" for shard in range(self.num_shards)]
+        return [f"{self.stem}.shard_{shard:02d}.bin" for shard in range(self.num_shards)]
 
     @property
     def nbytes(self) -> int:
@@ -193,9 +207,16 @@ def fill_range(
 ) -> None:
     """Compute the teacher's logits for plan positions [start, stop) of the store's epoch and write their records
     (the shards allocated beforehand; seal them once every range is written)."""
+    fill_records(store, teacher, range_batches(pipeline, store.epoch, batch_size, start, stop), runtime)
+
+
+def fill_records(
+    store: ShardedEpoch, teacher: nn.Module, batches: Iterator[tuple[Tensor, ...]], runtime: Runtime
+) -> None:
+    """Write the records of the teacher's logits of each batch ``(images, labels, record indices)`` of ``batches``."""
     with torch.no_grad(), runtime.autocast():
-        for images, _, sample_indices in range_batches(pipeline, store.epoch, batch_size, start, stop):
-            store.write(sample_indices, store.layout.encode(teacher(images).float()))
+        for images, _, records in batches:
+            store.write(records, store.layout.encode(teacher(images).float()))
 
 
 class ShardedTeacher(CachedTeacher):
@@ -211,10 +232,17 @@ class ShardedTeacher(CachedTeacher):
         return ShardedEpoch(self.entry, epoch, self.pipeline.num_train, self.layout)
 
     def begin_epoch(self, epoch: int) -> None:
+        self._epoch = self._ready(self.epoch_store(epoch))
+
+    def _fill(self, store: ShardedEpoch, start: int, stop: int) -> None:
+        """Write the records [start, stop) of ``store`` (plan positions of its epoch)."""
+        fill_range(store, self.teacher, self.pipeline, self.runtime, self.batch_size, start, stop)
+
+    def _ready(self, store: ShardedEpoch) -> ShardedEpoch:
+        """``store`` mapped for reading: read as sealed, or filled (by this process, or each data-parallel worker its
+        range) and sealed first."""
         if self.workers.parallel:
-            self._epoch = self._shards_together(epoch)
-            return
-        store = self.epoch_store(epoch)
+            return self._shards_together(store)
         with self.entry.locked("computing these soft labels"):
             self._check_entry_once()
             if store.open():
@@ -223,30 +251,35 @@ class ShardedTeacher(CachedTeacher):
                 self._make_room(store)
                 started = time.perf_counter()
                 store.allocate()
-                fill_range(store, self.teacher, self.pipeline, self.runtime, self.batch_size, 0, store.num)
+                self._fill(store, 0, store.num)
                 store.seal(self.description)
                 self.fill_seconds += time.perf_counter() - started
                 self.epochs_computed += 1
                 if not store.open():
                     raise OSError(f"{self.entry.path}: soft-label shards unusable right after writing them")
         os.utime(self.entry.path)
-        self._epoch = store
+        return store
+
+    def _what(self, store: ShardedEpoch) -> tuple[str, str]:
+        """What ``store``'s records are and their count, for the line logged before they are written."""
+        return f"epoch {store.epoch}", f"{store.num} samples"
 
     def _make_room(self, store: ShardedEpoch) -> None:
-        """Say what the epoch's shards take, then evict older entries to fit them under ``max_gb``."""
+        """Say what the shards take, then evict older entries to fit them under ``max_gb``."""
+        what, count = self._what(store)
         log.info(
-            "soft-label cache: epoch %d takes %.1f MB (%d samples x %d bytes, %s) in %d shards at %s; "
+            "soft-label cache: %s takes %.1f MB (%s x %d bytes, %s) in %d shards at %s; "
             "counted against soft_label_cache.max_gb=%.3g",
-            store.epoch, store.nbytes / BYTES_PER_MB, store.num, self.layout.record_bytes,
+            what, store.nbytes / BYTES_PER_MB, count, self.layout.record_bytes,
             f"top-{self.layout.k}" if not self.layout.full else "all logits", store.num_shards,
             self.entry.path, self.max_bytes / 1024**3,
         )  # fmt: skip
         self._evict(reserve=store.nbytes)
 
-    def _shards_together(self, epoch: int) -> ShardedEpoch:
-        """An epoch's shards for data-parallel workers: the leader opens them, or allocates them; then each worker
-        fills its range of the fill's batches (:func:`split_ranges`: the bytes of one process) and the leader seals."""
-        store, workers = self.epoch_store(epoch), self.workers
+    def _shards_together(self, store: ShardedEpoch) -> ShardedEpoch:
+        """Shards for data-parallel workers: the leader opens them, or allocates them; then each worker fills its
+        range of the fill's batches (:func:`split_ranges`: the bytes of one process) and the leader seals."""
+        workers = self.workers
         found = False
         if workers.leader:
             with self.entry.locked("computing these soft labels"):
@@ -261,7 +294,7 @@ class ShardedTeacher(CachedTeacher):
             started = time.perf_counter()
             ranges = split_ranges(store.num, workers.world, self.batch_size)
             if workers.rank < len(ranges):
-                fill_range(store, self.teacher, self.pipeline, self.runtime, self.batch_size, *ranges[workers.rank])
+                self._fill(store, *ranges[workers.rank])
             workers.barrier()
             if workers.leader:
                 with self.entry.locked("sealing these soft labels"):
@@ -270,10 +303,72 @@ class ShardedTeacher(CachedTeacher):
             self.fill_seconds += time.perf_counter() - started
             self.epochs_computed += 1
         if not store.open():
-            raise OSError(f"{self.entry.path}: the soft-label shards of epoch {epoch} cannot be read")
+            raise OSError(f"{self.entry.path}: the soft-label shards {store.stem}.* cannot be read")
         return store
 
     def __call__(self, images: Tensor, sample_indices: Tensor) -> TeacherOutput:
         assert self._epoch is not None, "begin_epoch() must be called first"
         logits = self.layout.decode(self._epoch.read(sample_indices))
+        return TeacherOutput(logits.to(self.runtime.device, non_blocking=True))
+
+
+def crop_pool_description(
+    teacher_sha256: str,
+    dataset_content: str,
+    crops: Mapping[str, Any],
+    normalize: Any,
+    dtype: torch.dtype,
+    top_k: int | None,
+    teacher_precision: torch.dtype | None,
+    channels_last: bool,
+) -> dict[str, Any]:
+    """Everything that determines a crop pool's records (its entry's key): the teacher, the images, the pool's crops
+    (``crops``: size, scale, ratio, flip, K, pool seed) and how logits are computed and stored; never the run's seed,
+    epochs or method."""
+    return {
+        "format": 1,
+        "kind": "crop-pool",
+        "teacher_sha256": teacher_sha256,
+        "dataset_content": dataset_content,
+        "crops": dict(crops),
+        "normalize": normalize,
+        "dtype": str(dtype).removeprefix("torch."),
+        "top_k": top_k,
+        "teacher_precision": str(teacher_precision),
+        "channels_last": channels_last,
+    }
+
+
+class PooledTeacher(ShardedTeacher):
+    """The teacher's logits of the crop pool's N x K crops (``pipeline.crop_pool``), stored once in one entry
+    (record ``i * K + j``: crop j of image i; its key :func:`crop_pool_description`) and read at every epoch's choice
+    of each sample's crop (``pipeline.epoch_plan(epoch).choice``)."""
+
+    def __init__(self, *arguments: Any, **options: Any) -> None:
+        super().__init__(*arguments, **options)
+        self.crops_per_image = int(self.pipeline.crop_pool.crops_per_image)
+        self._records: Tensor | None = None  # each sample's record in this epoch
+
+    def pool_store(self) -> ShardedEpoch:
+        """The pool's shards in this entry: N x K records."""
+        return ShardedEpoch(self.entry, 0, self.pipeline.num_train * self.crops_per_image, self.layout, stem="pool")
+
+    def begin_epoch(self, epoch: int) -> None:
+        if self._epoch is None:
+            self._epoch = self._ready(self.pool_store())
+        else:
+            os.utime(self.entry.path)  # recency for eviction
+        samples = torch.arange(self.pipeline.num_train, dtype=torch.int64)
+        self._records = samples * self.crops_per_image + self.pipeline.epoch_plan(epoch).choice
+
+    def _fill(self, store: ShardedEpoch, start: int, stop: int) -> None:
+        """Write the records of pool positions [start, stop)."""
+        fill_records(store, self.teacher, self.pipeline.pool_range(self.batch_size, start, stop), self.runtime)
+
+    def _what(self, store: ShardedEpoch) -> tuple[str, str]:
+        return "the crop pool", f"{self.pipeline.num_train} images x {self.crops_per_image} crops"
+
+    def __call__(self, images: Tensor, sample_indices: Tensor) -> TeacherOutput:
+        assert self._epoch is not None and self._records is not None, "begin_epoch() must be called first"
+        logits = self.layout.decode(self._epoch.read(self._records[sample_indices.cpu()]))
         return TeacherOutput(logits.to(self.runtime.device, non_blocking=True))
