@@ -5,22 +5,29 @@ The plan of an epoch is the sample order, one crop seed and one flip per sample,
 ``epoch_seed(seed, epoch)`` (:mod:`kd_hydra.data.pipeline`); a worker turns the crop seed and the image's size
 into torchvision's RandomResizedCrop box (:mod:`kd_hydra.data.resized_crop`), decodes, crops and resizes to
 S x S. The batches are therefore a function of (seed, epoch) only: the soft-label cache serves them.
+
+With a crop pool (:class:`~kd_hydra.data.crop_pool.CropPool`, ``soft_label_cache.crops_per_image``) each sample's
+crop is instead the one of its K pool crops that the epoch's plan picks: the teacher's logits of the pool are
+computed once (:class:`~kd_hydra.stores.sharded_logits.PooledTeacher`) and read every epoch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset, Sampler
 
 from kd_hydra.data.augment import normalize
+from kd_hydra.data.crop_pool import CropPool, PoolBatches, PoolPlan, make_pool_plan
 from kd_hydra.data.image_header import declared_size
 from kd_hydra.data.images import check_pixel_budget, decode_bytes, read_bytes
 from kd_hydra.data.pipeline import Batch, LoaderPipeline, PlannedItems, WorkerRows, epoch_seed
 from kd_hydra.data.resized_crop import DEFAULT_RATIO, DEFAULT_SCALE, crop_box, crop_resize, draw_crop_plan
 from kd_hydra.data.types import FolderData, ImageFileDataset
+from kd_hydra.errors import ConfigError
 
 CropKey = tuple[int, int, bool]
 
@@ -45,10 +52,20 @@ def make_crop_plan(num: int, flip: bool, seed: int, epoch: int) -> CropPlan:
 
 
 class _CropSampler(Sampler[CropKey]):
-    """Yields (sample index, crop seed, flip) at plan positions [start, stop) of the epoch set by `set_epoch`."""
+    """Yields (sample index, crop seed, flip) at plan positions [start, stop) of the epoch set by `set_epoch` (each
+    sample's crop from `pool` when given)."""
 
-    def __init__(self, num: int, flip: bool, seed: int, epoch: int = 0, start: int = 0, stop: int | None = None):
-        self.num, self.flip, self.seed, self.epoch = num, flip, seed, epoch
+    def __init__(
+        self,
+        num: int,
+        flip: bool,
+        seed: int,
+        epoch: int = 0,
+        start: int = 0,
+        stop: int | None = None,
+        pool: CropPool | None = None,
+    ) -> None:
+        self.num, self.flip, self.seed, self.epoch, self.pool = num, flip, seed, epoch, pool
         self.start, self.stop = start, num if stop is None else stop
 
     def set_epoch(self, epoch: int) -> None:
@@ -58,13 +75,17 @@ class _CropSampler(Sampler[CropKey]):
         return self.stop - self.start
 
     def __iter__(self) -> Iterator[CropKey]:
-        plan = make_crop_plan(self.num, self.flip, self.seed, self.epoch)
+        if self.pool is None:
+            plan: CropPlan | PoolPlan = make_crop_plan(self.num, self.flip, self.seed, self.epoch)
+        else:
+            plan = make_pool_plan(self.num, self.pool, self.flip, self.seed, self.epoch)
         order = plan.order[self.start : self.stop]
         return zip(order.tolist(), plan.crop_seed[order].tolist(), plan.flip[order].tolist())
 
 
 class CroppedItems(Dataset):
-    """Item (index, crop seed, flip) -> (the image's planned random-resized crop, S x S uint8, label, index).
+    """Item (index, crop seed, flip) -> (the image's planned random-resized crop, S x S uint8, label, index); item
+    (index, crop seed, flip, position) of a crop pool's fill gives its pool position in place of the index.
 
     With `crop` false the crop is the evaluation's Resize(`eval_resize`) + CenterCrop(S) (augmentation off).
     """
@@ -75,34 +96,48 @@ class CroppedItems(Dataset):
     def __len__(self) -> int:
         return len(self.base)
 
-    def __getitem__(self, key: CropKey) -> tuple[torch.Tensor, int, int]:
+    def __getitem__(self, key: CropKey | tuple[int, int, bool, int]) -> tuple[torch.Tensor, int, int]:
         from kd_hydra.data.resized_crop import resize_center_crop
 
-        index, crop_seed, flip = key
+        index, crop_seed, flip = key[:3]
+        returned = key[3] if len(key) > 3 else index
         path = self.base.path(index)
         data = read_bytes(path)
         check_pixel_budget(path, data, self.base.max_pixels)
         image = decode_bytes(path, data)
         if not self.crop:
-            return resize_center_crop(image, self.eval_resize, self.size), int(self.base.labels[index]), index
+            return resize_center_crop(image, self.eval_resize, self.size), int(self.base.labels[index]), returned
         size = declared_size(data) or (int(image.shape[-1]), int(image.shape[-2]))
         box = crop_box(size[0], size[1], crop_seed, DEFAULT_SCALE, DEFAULT_RATIO)
-        return crop_resize(image, box, self.size, flip), int(self.base.labels[index]), index
+        return crop_resize(image, box, self.size, flip), int(self.base.labels[index]), returned
 
 
 class ResizedCropPipeline(LoaderPipeline):
     """Variable-size image files (:class:`FolderData` with ``variable_size``): training batches are the plan's
     random-resized crops decoded in DataLoader workers; evaluation reads the decoded store (``test_images``) or
-    the files (Resize + CenterCrop). Its batches are a function of (seed, epoch): the soft-label cache serves them."""
+    the files (Resize + CenterCrop). Its batches are a function of (seed, epoch): the soft-label cache serves them.
+    With ``crop_pool``, each sample's crop is one of its image's K pool crops (:mod:`kd_hydra.data.crop_pool`)."""
 
     supports_logit_cache = True
     in_memory = False  # the soft-label cache keeps its records on disk (kd_hydra.stores.sharded_logits)
 
+    def __init__(self, data: FolderData, *settings: Any, crop_pool: CropPool | None = None, **options: Any) -> None:
+        """A loader pipeline's settings (:class:`LoaderPipeline`) and the crop pool (None: a fresh crop per epoch)."""
+        self.crop_pool = crop_pool
+        super().__init__(data, *settings, **options)
+
     def _attach(self, data: FolderData) -> None:
         size, eval_resize = data.spec.image_size, int(data.test.eval_resize or data.spec.image_size)
+        if self.crop_pool is not None and not self.augment.enabled:
+            raise ConfigError(
+                "soft_label_cache.crops_per_image",
+                f"is {self.crop_pool.crops_per_image}, but dataset.augment.enabled is false (no random-resized crops "
+                "to pool); set it null or enable augmentation",
+            )
         self._flip = self.augment.flip
+        self._size = size
         self._train_items = CroppedItems(data.train, size, eval_resize, crop=self.augment.enabled)
-        self._sampler = _CropSampler(self.num_train, self._flip, self.seed)
+        self._sampler = _CropSampler(self.num_train, self._flip, self.seed, pool=self.crop_pool)
         train_batches = WorkerRows(self._sampler, self.batch_size, self.drop_last, self.workers)
         self._train_loader = self._loader(self._train_items, train_batches, persistent=True)
         self._test_images, self._test_labels = data.test_images, torch.from_numpy(data.test.labels)
@@ -120,9 +155,27 @@ class ResizedCropPipeline(LoaderPipeline):
         the global RNG, hence the student's training, as it is (the plan needs no RNG)."""
         return torch.Generator().manual_seed(self.seed)
 
-    def epoch_plan(self, epoch: int) -> CropPlan:  # type: ignore[override]
-        """The sample order and per-sample crop seeds and flips of `epoch` (a function of seed and epoch only)."""
+    def epoch_plan(self, epoch: int) -> CropPlan | PoolPlan:  # type: ignore[override]
+        """The sample order and per-sample crop seeds and flips of `epoch` (a function of seed and epoch only; with
+        a crop pool, each sample's pool crop too)."""
+        if self.crop_pool is not None:
+            return make_pool_plan(self.num_train, self.crop_pool, self._flip, self.seed, epoch)
         return make_crop_plan(self.num_train, self._flip, self.seed, epoch)
+
+    def pool_description(self) -> dict[str, Any]:
+        """What determines the crop pool's crops besides the images: the crop settings and the pool's own."""
+        assert self.crop_pool is not None, "a pipeline with a crop pool"
+        return {
+            "size": self._size, "scale": list(DEFAULT_SCALE), "ratio": list(DEFAULT_RATIO), "flip": self._flip,
+            **self.crop_pool.description(),
+        }  # fmt: skip
+
+    def pool_range(self, batch_size: int, start: int, stop: int) -> Iterator[Batch]:
+        """The crop pool's crops at pool positions [start, stop) (``i * K + j``: crop j of image i) in order,
+        `batch_size` at a time, through a one-off loader; each batch's third part is the positions."""
+        assert self.crop_pool is not None, "a pipeline with a crop pool"
+        batches = PoolBatches(self.crop_pool, self._flip, batch_size, start, stop)
+        return self._to_device(self._loader(self._train_items, batches, persistent=False))
 
     def augmented_train_batches(self, epoch: int, batch_size: int) -> Iterator[Batch]:
         """Like `train_batches` (same per-sample inputs) with another batch size, through a one-off loader."""
@@ -130,7 +183,7 @@ class ResizedCropPipeline(LoaderPipeline):
 
     def augmented_train_range(self, epoch: int, batch_size: int, start: int, stop: int) -> Iterator[Batch]:
         """The samples at plan positions [start, stop) of `epoch`, `batch_size` at a time (a fill split by range)."""
-        sampler = _CropSampler(self.num_train, self._flip, self.seed, epoch, start, stop)
+        sampler = _CropSampler(self.num_train, self._flip, self.seed, epoch, start, stop, self.crop_pool)
         loader = self._loader(self._train_items, WorkerRows(sampler, batch_size), persistent=False)
         return self._to_device(loader)
 
