@@ -30,9 +30,11 @@ def data(tmp_path_factory: pytest.TempPathFactory):
 
 
 def pooled(data, seed: int, crops: int = K, pool_seed: int = 0, batch_size: int = 8):
-    return build_pipeline(
-        data, NODE, batch_size, "cpu", seed, num_workers=0, crop_pool=CropPool(crops, pool_seed)
-    )
+    from kd_hydra.data import AugmentConfig, ResizedCropPipeline
+
+    augment = AugmentConfig(crop_padding=0)
+    return ResizedCropPipeline(data, augment, STATS["mean"], STATS["std"], batch_size, "cpu", seed, num_workers=0,
+                               crop_pool=CropPool(crops, pool_seed))  # fmt: skip
 
 
 def test_pool_crops_lie_in_the_image_and_follow_torchvision_random_resized_crop() -> None:

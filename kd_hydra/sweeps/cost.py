@@ -220,10 +220,11 @@ def runs_teacher_live(loss: DictConfig) -> bool:
 
 def cache_key(cfg: DictConfig) -> str:
     """Jobs with equal keys share one soft-label cache entry (as ``kd_hydra.stores.teacher_outputs.cache_description``
-    says: the teacher, the data, the seed and the cache's format)."""
+    says: the teacher, the data, the seed and the cache's format; a crop pool's entry, every seed)."""
     teacher = OmegaConf.to_container(cfg.teacher, resolve=True)
+    pooled = OmegaConf.select(cfg, "soft_label_cache.crops_per_image", default=None) is not None
     return digest([teacher, OmegaConf.to_container(cfg.teacher_training, resolve=True),
-                   dataset_config_digest(cfg.dataset), int(cfg.trainer.seed),
+                   dataset_config_digest(cfg.dataset), None if pooled else int(cfg.trainer.seed),
                    OmegaConf.to_container(cfg.soft_label_cache, resolve=True)])  # fmt: skip
 
 
@@ -251,6 +252,8 @@ def job_cost(name: str, cfg: DictConfig, calibrator: Calibrator, filled: set[str
     init = int(OmegaConf.select(cfg, "loss.init_epochs", default=0) or 0)
     seconds += init * data.train * (student.step + teacher.forward) + data.test * teacher.forward
     teacher_epochs = epochs * data.train * teacher.forward
+    crops = OmegaConf.select(cfg, "soft_label_cache.crops_per_image", default=None)
+    fill = teacher_epochs if crops is None else int(crops) * data.train * teacher.forward  # a pool: K crops an image
     cost = JobCost(name, str(cfg.loss.name), epochs + init, seconds)
     if runs_teacher_live(cfg.loss) or not cfg.soft_label_cache.enabled:
         cost.seconds += teacher_epochs
@@ -259,7 +262,7 @@ def job_cost(name: str, cfg: DictConfig, calibrator: Calibrator, filled: set[str
         cost.cache, cost.saved = "warm", teacher_epochs
     else:
         filled.add(key)
-        cost.seconds += teacher_epochs
+        cost.seconds += fill
         cost.cache = "fill"
     return cost
 
