@@ -42,6 +42,11 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _is_module(name: str) -> bool:
+    relative = Path(*name.split("."))
+    return (PACKAGE.parent / relative.with_suffix(".py")).is_file() or (PACKAGE.parent / relative).is_dir()
+
+
 def imports_of(path: Path) -> set[str]:
     """Every ``kd_hydra`` module ``path`` imports, relative imports resolved."""
     name = module_name(path)
@@ -58,6 +63,7 @@ def imports_of(path: Path) -> set[str]:
                 found |= {f"kd_hydra.{alias.name}" for alias in node.names}
             elif target.startswith("kd_hydra."):
                 found.add(target)
+                found |= {f"{target}.{alias.name}" for alias in node.names if _is_module(f"{target}.{alias.name}")}
         elif isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names if alias.name.startswith("kd_hydra.")}
     return found
@@ -81,6 +87,48 @@ def test_no_two_folders_import_each_other() -> None:
     arrows = {(room(module), room(target)) for module, targets in MODULES.items() for target in targets}
     circles = sorted((a, b) for a, b in arrows if a < b and (b, a) in arrows and a != b)
     assert not circles, f"folders that import each other: {circles}"
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The cycles of ``graph`` (module -> modules it imports), one per strongly connected group of several modules."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for target in sorted(graph.get(node, ())):
+            if target not in graph:
+                continue
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            group = []
+            while (member := stack.pop()) != node:
+                group.append(member)
+            if group:
+                found.append(sorted([node, *group]))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_two_modules_import_each_other() -> None:
+    """No circle of modules, even through an import inside a function (a lazy import hides a circle, not removes it)."""
+    graph = {module: {t for t in targets if t != module} for module, targets in MODULES.items()}
+    assert not circles(graph), f"modules that import each other, directly or around a circle: {circles(graph)}"
+
+
+def test_the_circle_finder_finds_circles() -> None:
+    assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert circles({"a": {"b"}, "b": set()}) == []
 
 
 def test_no_method_imports_the_training_loop() -> None:

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from kd_hydra.config.checks import validate
-from kd_hydra.data.config import check_fits_data
+from kd_hydra.data.load import check_fits_data
 from kd_hydra.enums import Mode, Resume
 from kd_hydra.errors import ConfigError, DataError, KDHydraError
 from kd_hydra.methods import DistillMethod, FeatureRequest, build_method
@@ -178,9 +178,11 @@ def run_on_workers(ctx: RunContext, plan: Plan) -> dict[str, Any]:
     job = WorkerJob.of(cfg, out_dir, ctx.started, tracker_run_name(HydraConfig.get(), cfg.paths.output_dir))
     try:
         if launched_world() > 1:
-            record = lead(job)
+            record = lead(job, run_recipe)
         else:
-            record = launch(job, cfg.trainer.devices, cfg.trainer.max_restarts)  # the leader printed its headline
+            record = launch(
+                job, run_recipe, cfg.trainer.devices, cfg.trainer.max_restarts
+            )  # the leader printed its headline
         return record
     except Exception as error:
         if job.recorded_failure() is None:  # the leader recorded none since the job started

@@ -2,7 +2,7 @@
 and decoded one batch at a time; never an (N, C) tensor.
 
 Sample i's record holds its top-k logits (the storage dtype), their class indices (int16 up to 32,767 classes) and
-the mean of the other logits, as :func:`~kd_hydra.stores.teacher_outputs.encode_logits` computes them (every
+the mean of the other logits, as :func:`~kd_hydra.stores.logit_cache.encode_logits` computes them (every
 logit when top-k is off or >= the class count): 4k + 2 bytes at float16, 42 bytes at k = 10. Epoch e's records
 are ``epoch_EEEE.shard_SS.bin``: shard s holds samples [s * rows, (s + 1) * rows) at fixed offsets, so a fill
 split into ranges of plan positions (:func:`fill_range`, :func:`split_ranges`) by several workers writes the same
@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from kd_hydra.stores.cache_entry import CacheEntry, file_sha256
-from kd_hydra.stores.teacher_outputs import CachedTeacher, decode_logits, encode_logits
+from kd_hydra.stores.logit_cache import CachedTeacher, decode_logits, encode_logits
 from kd_hydra.train.batches import TeacherOutput
 from kd_hydra.train.runtime import Runtime
 

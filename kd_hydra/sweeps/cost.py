@@ -219,7 +219,7 @@ def runs_teacher_live(loss: DictConfig) -> bool:
 
 
 def cache_key(cfg: DictConfig) -> str:
-    """Jobs with equal keys share one soft-label cache entry (as ``kd_hydra.stores.teacher_outputs.cache_description``
+    """Jobs with equal keys share one soft-label cache entry (as ``kd_hydra.stores.logit_cache.cache_description``
     says: the teacher, the data, the seed and the cache's format)."""
     teacher = OmegaConf.to_container(cfg.teacher, resolve=True)
     return digest([teacher, OmegaConf.to_container(cfg.teacher_training, resolve=True),
