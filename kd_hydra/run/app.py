@@ -30,6 +30,7 @@ from kd_hydra.methods.ce import CrossEntropy
 from kd_hydra.methods.contract import probe_method
 from kd_hydra.models import count_parameters
 from kd_hydra.models.checkpoints import save_checkpoint
+from kd_hydra.models.published import published_problem
 from kd_hydra.records import schema
 from kd_hydra.records.files import HistoryLog, headline
 from kd_hydra.records.identity import (
@@ -491,7 +492,10 @@ def train_student(ctx: RunContext, plan: Plan, teacher: Teacher | None) -> dict[
             teacher_params=count_parameters(teacher.model),
             soft_label_cache=outputs.cache_status,
             teacher_outputs=outputs.kind,
+            teacher_published=teacher.published,
         )
+        if teacher.published is not None and not teacher.published["agrees"]:
+            plan = dataclasses.replace(plan, warnings=(*plan.warnings, published_problem(teacher.published)))
     record = finish(
         ctx,
         plan,
