@@ -34,7 +34,8 @@ from kd_hydra.records.claims import exclusive
 from kd_hydra.records.files import WriteError, write_json
 from kd_hydra.records.ledger import ledger_dir
 from kd_hydra.records.run_directory import CLAIM_NAME, RunDirectory
-from kd_hydra.stores.teacher_outputs import LiveTeacher, teacher_outputs
+from kd_hydra.stores.sharded_logits import ShardedTeacher
+from kd_hydra.stores.teacher_outputs import LiveTeacher, decode_logits, encode_logits, teacher_outputs
 from kd_hydra.stores.teachers import TeacherStore
 from kd_hydra.sweeps.jobs import run_dirs_of
 
@@ -70,27 +71,79 @@ def test_a_teacher_entry_placed_under_another_recipes_key_is_never_served(tmp_pa
     assert again.source == "store" and trained == ["a", "b"]
 
 
-def outputs_for(root: Path, teacher: nn.Module, teacher_sha256: str):
+def outputs_for(root: Path, teacher: nn.Module, teacher_sha256: str, top_k: int | None = None):
     pipeline = generated_pipeline()
-    settings = cache_settings(root)
+    settings = cache_settings(root, top_k=top_k)
     return teacher_outputs(teacher, teacher_sha256, LOGIT_METHOD, pipeline, BATCHES, CLASSES, settings, RUNTIME)
 
 
-def test_a_soft_label_entry_of_teacher_a_under_teacher_bs_key_is_recomputed(tmp_path: Path) -> None:
+def stored_as(logits: torch.Tensor, top_k: int | None) -> torch.Tensor:
+    """``logits`` as the soft-label cache keeps them (float16, top-k)."""
+    return decode_logits(encode_logits(logits, torch.float16, top_k), CLASSES)
+
+
+def second_epoch_file(entry: Path) -> Path:
+    """One file of epoch 1 in a soft-label entry (the dense ``.pt`` or the sharded format's first shard)."""
+    return next(path for path in sorted(entry.iterdir()) if path.name.startswith("epoch_0001"))
+
+
+@pytest.mark.parametrize(
+    ("top_k", "damaged"),
+    [(None, False), (None, True), (2, True)],
+    ids=["dense", "dense-one-file-damaged", "sharded-one-file-damaged"],
+)
+def test_a_soft_label_entry_of_teacher_a_under_teacher_bs_key_is_recomputed(
+    tmp_path: Path, caplog, top_k: int | None, damaged: bool
+) -> None:
     pipeline = generated_pipeline()
-    cold_a = outputs_for(tmp_path, tiny_teacher(1), "sha-a")
+    cold_a = outputs_for(tmp_path, tiny_teacher(1), "sha-a", top_k)
+    assert isinstance(cold_a.source, ShardedTeacher) is (top_k is not None)
     logits_a = epoch_logits(cold_a.source, pipeline, epoch=0)
+    epoch_logits(cold_a.source, pipeline, epoch=1)
     entry_a = cold_a.source.entry.path
-    entry_b = outputs_for(tmp_path, tiny_teacher(2), "sha-b").source.entry.path
+    entry_b = outputs_for(tmp_path, tiny_teacher(2), "sha-b", top_k).source.entry.path
     shutil.copytree(entry_a, entry_b)  # a's logits under b's key, sealed
-    served_b = outputs_for(tmp_path, tiny_teacher(2), "sha-b")
-    logits_b = epoch_logits(served_b.source, pipeline, epoch=0)
+    if damaged:  # a file of another epoch no longer matches the seal: the entry is still not b's
+        second_epoch_file(entry_b).write_bytes(b"damaged")
+    served_b = outputs_for(tmp_path, tiny_teacher(2), "sha-b", top_k)
+    with caplog.at_level("WARNING"):
+        logits_b = epoch_logits(served_b.source, pipeline, epoch=0)
     assert served_b.cache_status == "cold" and served_b.source.epochs_computed == 1
+    assert f"cache entry {entry_b} does not hold what its key names" in caplog.text
     live_b = epoch_logits(LiveTeacher(tiny_teacher(2), RUNTIME), pipeline, epoch=0)
-    torch.testing.assert_close(logits_b, live_b.to(torch.float16).float(), rtol=0, atol=0)
+    torch.testing.assert_close(logits_b, stored_as(live_b, top_k), rtol=0, atol=0)
     assert not torch.equal(logits_a, logits_b)
-    warm_b = outputs_for(tmp_path, tiny_teacher(2), "sha-b")
+    warm_b = outputs_for(tmp_path, tiny_teacher(2), "sha-b", top_k)
     assert torch.equal(epoch_logits(warm_b.source, pipeline, epoch=0), logits_b) and warm_b.cache_status == "warm"
+
+
+def test_a_soft_label_entry_replaced_during_a_run_is_not_served_at_the_next_epoch(tmp_path: Path) -> None:
+    pipeline = generated_pipeline()
+    cold_a = outputs_for(tmp_path, tiny_teacher(1), "sha-a", top_k=2)
+    for epoch in (0, 1):
+        epoch_logits(cold_a.source, pipeline, epoch)
+    running_b = outputs_for(tmp_path, tiny_teacher(2), "sha-b", top_k=2).source
+    epoch_logits(running_b, pipeline, epoch=0)
+    shutil.rmtree(running_b.entry.path)
+    shutil.copytree(cold_a.source.entry.path, running_b.entry.path)  # a's epochs 0 and 1, sealed, under b's key
+    logits = epoch_logits(running_b, pipeline, epoch=1)
+    live_b = epoch_logits(LiveTeacher(tiny_teacher(2), RUNTIME), pipeline, epoch=1)
+    torch.testing.assert_close(logits, stored_as(live_b, 2), rtol=0, atol=0)
+    assert running_b.epochs_computed == 2 and running_b.epochs_read == 0
+
+
+def test_a_tampered_soft_label_shard_is_recomputed_never_served(tmp_path: Path, caplog) -> None:
+    pipeline = generated_pipeline()
+    cold = outputs_for(tmp_path, tiny_teacher(1), "sha-a", top_k=2)
+    logits = epoch_logits(cold.source, pipeline, epoch=0)
+    shard = cold.source.entry.file(cold.source.epoch_store(0).names[0])
+    tampered = bytearray(shard.read_bytes())
+    tampered[:4] = bytes(4)  # the first sample's largest logit, its sealed size kept
+    shard.write_bytes(bytes(tampered))
+    again = outputs_for(tmp_path, tiny_teacher(1), "sha-a", top_k=2)
+    with caplog.at_level("WARNING"):
+        assert torch.equal(epoch_logits(again.source, pipeline, epoch=0), logits)
+    assert again.cache_status == "cold" and f"soft-label shard {shard} changed since it was sealed" in caplog.text
 
 
 # ------------------------------------------------------------------ 2. one writer per run directory and per sweep

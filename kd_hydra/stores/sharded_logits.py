@@ -216,7 +216,7 @@ class ShardedTeacher(CachedTeacher):
             return
         store = self.epoch_store(epoch)
         with self.entry.locked("computing these soft labels"):
-            self._check_entry_once()
+            self._check_entry()
             if store.open():
                 self.epochs_read += 1
             else:
@@ -250,7 +250,7 @@ class ShardedTeacher(CachedTeacher):
         found = False
         if workers.leader:
             with self.entry.locked("computing these soft labels"):
-                self._check_entry_once()
+                self._check_entry()
                 found = store.open()
                 if not found:
                     self._make_room(store)
