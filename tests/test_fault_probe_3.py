@@ -297,6 +297,23 @@ def test_a_full_disk_during_a_run_is_one_line(workspace, monkeypatch) -> None:
     assert read_metrics(run_dir)["status"] == "failed" and not (run_dir / "model.pt").exists()
 
 
+def test_a_full_disk_while_the_sharded_cache_is_filled_is_one_line_naming_the_shard(
+    tmp_path: Path, monkeypatch
+) -> None:
+    def full_disk(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full_disk, raising=False)  # else a mapped write faults (SIGBUS)
+    source = outputs_for(tmp_path, tiny_teacher(1), "sha-a", top_k=2).source
+    shard = source.entry.file(source.epoch_store(0).names[0])
+    with pytest.raises(WriteError) as raised:
+        source.begin_epoch(0)
+    assert (
+        str(raised.value) == f"{shard}: cannot be written (No space left on device); nothing recorded there was changed"
+    )
+    assert not shard.exists() and source.entry.sealed_files() == {}
+
+
 @pytest.mark.parametrize("odd", ["ledger-is-a-file", "plan-is-a-directory"])
 def test_odd_typed_ledger_paths_are_one_line(workspace, odd: str) -> None:
     sweep_dir = workspace.root / "sweeps" / odd

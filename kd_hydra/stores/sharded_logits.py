@@ -12,6 +12,7 @@ shards are sealed (SHA-256 of each) once every range is written; a reader verifi
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from kd_hydra.records.files import write_error
 from kd_hydra.stores.cache_entry import CacheEntry, file_sha256
 from kd_hydra.stores.teacher_outputs import CachedTeacher, decode_logits, encode_logits
 from kd_hydra.train.batches import TeacherOutput
@@ -110,13 +112,21 @@ class ShardedEpoch:
         return min(self.rows, self.num - shard * self.rows)
 
     def allocate(self) -> None:
-        """Create every shard file at its full size (zeros) if absent: writers of any range then fill their records."""
+        """Create every shard file at its full size (zeros) if absent: writers of any range then fill their records.
+        Its blocks are reserved here, so that a full disk is a one-line :class:`WriteError` naming the shard (the file
+        removed), never a fault while the mapped records are written."""
         self.entry.path.mkdir(parents=True, exist_ok=True)
         for shard, name in enumerate(self.names):
             path, size = self.entry.file(name), self._shard_rows(shard) * self.layout.record_bytes
             if not path.is_file() or path.stat().st_size != size:
-                with open(path, "wb") as handle:
-                    handle.truncate(size)
+                try:
+                    with open(path, "wb") as handle:
+                        handle.truncate(size)
+                        _reserve(handle.fileno(), size)
+                except OSError as error:
+                    if path.is_file():
+                        path.unlink()
+                    raise write_error(path, error) from None
 
     def _mapped(self, mode: str) -> list[np.memmap]:
         width = self.layout.record_bytes
@@ -166,6 +176,18 @@ class ShardedEpoch:
             chosen = shard == number
             out[chosen] = self._maps[number][row[chosen]]
         return out
+
+
+def _reserve(fd: int, size: int) -> None:
+    """Allocate ``size`` bytes of the open file ``fd`` on disk (ENOSPC now, not at a mapped write); a file system
+    that cannot reserve leaves the file sparse."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as error:
+        if error.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):
+            raise
 
 
 def split_ranges(num: int, parts: int, batch_size: int) -> list[tuple[int, int]]:
