@@ -314,6 +314,21 @@ def test_a_full_disk_while_the_sharded_cache_is_filled_is_one_line_naming_the_sh
     assert not shard.exists() and source.entry.sealed_files() == {}
 
 
+def test_a_full_disk_while_images_are_decoded_is_one_line_naming_the_file(tmp_path: Path, monkeypatch) -> None:
+    from test_folder_store import entries, write_folder
+
+    from kd_hydra.data import load_folder
+
+    def full_disk(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    write_folder(tmp_path / "images")
+    monkeypatch.setattr(os, "posix_fallocate", full_disk, raising=False)
+    with pytest.raises(WriteError, match=r"x_train\.npy: cannot be written \(No space left on device\); nothing"):
+        load_folder(path=str(tmp_path / "images"), cache_dir=str(tmp_path / "cache"), image_size=8)
+    assert entries(tmp_path / "cache") == []  # no partial entry stays behind
+
+
 @pytest.mark.parametrize("odd", ["ledger-is-a-file", "plan-is-a-directory"])
 def test_odd_typed_ledger_paths_are_one_line(workspace, odd: str) -> None:
     sweep_dir = workspace.root / "sweeps" / odd

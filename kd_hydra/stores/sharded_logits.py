@@ -12,7 +12,6 @@ shards are sealed (SHA-256 of each) once every range is written; a reader verifi
 
 from __future__ import annotations
 
-import errno
 import logging
 import math
 import os
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from kd_hydra.records.files import write_error
+from kd_hydra.records.files import reserve_blocks, write_error
 from kd_hydra.stores.cache_entry import CacheEntry, file_sha256
 from kd_hydra.stores.teacher_outputs import CachedTeacher, decode_logits, encode_logits
 from kd_hydra.train.batches import TeacherOutput
@@ -122,7 +121,7 @@ class ShardedEpoch:
                 try:
                     with open(path, "wb") as handle:
                         handle.truncate(size)
-                        _reserve(handle.fileno(), size)
+                    reserve_blocks(path)
                 except OSError as error:
                     if path.is_file():
                         path.unlink()
@@ -176,18 +175,6 @@ class ShardedEpoch:
             chosen = shard == number
             out[chosen] = self._maps[number][row[chosen]]
         return out
-
-
-def _reserve(fd: int, size: int) -> None:
-    """Allocate ``size`` bytes of the open file ``fd`` on disk (ENOSPC now, not at a mapped write); a file system
-    that cannot reserve leaves the file sparse."""
-    if not hasattr(os, "posix_fallocate"):
-        return
-    try:
-        os.posix_fallocate(fd, 0, size)
-    except OSError as error:
-        if error.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):
-            raise
 
 
 def split_ranges(num: int, parts: int, batch_size: int) -> list[tuple[int, int]]:
