@@ -414,3 +414,65 @@ def test_a_resume_after_the_external_teachers_weights_changed_is_refused(workspa
     assert line.startswith("error: trainer.resume: ") and "the teacher's weights changed" in line, line
     assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name != "run.log"} == before
     assert not (run_dir / schema.METRICS_FILE).exists()
+
+
+# ------------------------------------------------------------------ the "Checks and errors" page shows these lines
+
+ERRORS_PAGE = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
+
+
+def test_the_errors_page_shows_the_lines_these_checks_print(tmp_path: Path, monkeypatch, caplog) -> None:
+    """Each documented line, printed by the code that prints it (with the page's example values)."""
+    from kd_hydra.methods import DistillMethod, LossOutput
+    from kd_hydra.methods.contract import check_output, check_parts
+    from kd_hydra.records.claims import ClaimError, describe_holder
+    from kd_hydra.records.files import write_error
+    from kd_hydra.records.identity import identity_differences
+    from kd_hydra.records.run_directory import checkpoint_problems
+
+    page = ERRORS_PAGE.read_text(encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    run_dir = Path("outputs/my-run")
+    shown = [f"error: {write_error(run_dir / schema.HISTORY_FILE, OSError(errno.ENOSPC, 'No space left on device'))}"]
+    best = run_dir / "checkpoints" / "best.pt"
+    shown.append(
+        f"{run_dir}: metrics.json names a checkpoint that is not usable ("
+        + (f"{checkpoint_problems({'best_checkpoint': str(best)})[0]})")
+    )
+    assert identity_differences({"teacher_id": "sha256:a"}, {"teacher_id": "sha256:b"}) in page
+    holder = {"user": "alice", "host": "node-3", "pid": 4242, "since": "2025-05-01T10:00:00+00:00"}
+    with exclusive(run_dir, CLAIM_NAME, f"run directory {run_dir}"):
+        (run_dir / f"{CLAIM_NAME}.json").write_text(json.dumps(holder))
+        with caplog.at_level("WARNING"), pytest.raises(ClaimError) as held:
+            with exclusive(run_dir, CLAIM_NAME, f"run directory {run_dir}", timeout_s=0):
+                pass
+    (waiting,) = [record.getMessage() for record in caplog.records if "waiting for" in record.getMessage()]
+    shown.append(f"WARNING {waiting}".replace("=0 s)", "=86400 s)"))
+    shown.append(f"error: {held.value}".replace("after 0 s", "after 86400 s"))
+    assert describe_holder(holder) in page
+
+    def line_of(check, *arguments) -> None:
+        with pytest.raises(KDHydraError) as raised:
+            check(*arguments)
+        shown.append(f"`error: {raised.value}`")
+
+    scalar = torch.tensor(1.0)
+    line_of(check_output, LossOutput(torch.zeros(64), {"ce": scalar}), ("ce",), "my_methods.M")
+    line_of(check_output, LossOutput(torch.tensor(float("inf")), {"ce": scalar}), ("ce",), "my_methods.M")
+    parts = {"ce": scalar, "x": scalar}
+    line_of(check_output, LossOutput(scalar, parts), ("ce", "mse"), "my_methods.M")
+    line_of(check_parts, type("M", (DistillMethod,), {"__module__": "my_methods", "parts": ("ce", "acc")}))
+    from omegaconf import OmegaConf
+
+    import kd_hydra
+    from kd_hydra.data.config import check_fits_data
+    from kd_hydra.data.types import DatasetSpec
+
+    digits = DatasetSpec("digits", 10, 1, 8, tuple(map(str, range(10))), num_train=32, num_test=16)
+    preset = OmegaConf.create({"normalize": {"mean": [0.5, 0.5, 0.5], "std": [0.2, 0.2, 0.2]}})
+    line_of(check_fits_data, preset, digits)
+    with pytest.raises(KDHydraError) as multirun:
+        kd_hydra.run_experiment(["-m"], output_dir=tmp_path / "never")
+    shown.append(f"`{multirun.value}`")
+    missing = [line for line in shown if line not in page]
+    assert not missing, f"docs/errors.md does not show: {missing}"
