@@ -126,7 +126,6 @@ class CachedTeacher:
         self.root = Path(root)
         self.description = dict(description)
         self.entry = CacheEntry(self.root / entry_name(description, digits=24))
-        self._checked = False  # whether the entry's seal was compared with ``description`` (once, under the lock)
         self.teacher = teacher.eval().requires_grad_(False)
         self.pipeline = pipeline
         self.runtime = runtime
@@ -153,7 +152,7 @@ class CachedTeacher:
             self._current = decode_logits(stored, self.num_classes).to(self.runtime.device)
             return
         with self.entry.locked("computing these soft labels"):
-            self._check_entry_once()
+            self._check_entry()
             stored = self._read(name)
             if stored is None:
                 started = time.perf_counter()
@@ -173,7 +172,7 @@ class CachedTeacher:
         stored = None
         if self.workers.leader:
             with self.entry.locked("computing these soft labels"):
-                self._check_entry_once()
+                self._check_entry()
                 stored = self._read(name)
         if self.workers.broadcast(stored is not None):
             stored = stored if stored is not None else self._read(name)
@@ -208,16 +207,11 @@ class CachedTeacher:
                     logits[sample_indices] = self.teacher(images).float()
         return logits
 
-    def _check_entry_once(self) -> None:
-        """:meth:`_drop_foreign_entry` at this run's first epoch (call under the entry's lock)."""
-        if not self._checked:
-            self._drop_foreign_entry()
-            self._checked = True
-
-    def _drop_foreign_entry(self) -> None:
-        """Remove the entry when its seal records another description (it was placed under this key): its logits
-        belong to another teacher or plan and are never served. Call under the entry's lock."""
-        seal = self.entry.open(quiet=True)
+    def _check_entry(self) -> None:
+        """Remove the entry when its seal records another description (it was placed under this key, even with a
+        file damaged): its logits belong to another teacher or plan and are never served. Call under the entry's lock
+        before every epoch's read: the seal alone is read, each file is hashed when it is read."""
+        seal = self.entry.read_seal()
         if seal is not None and not self.entry.describes(seal, self.description):
             shutil.rmtree(self.entry.path, ignore_errors=True)
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from kd_hydra.records.files import reserve_blocks, write_error
 from kd_hydra.stores.cache_entry import CacheEntry, file_sha256
 from kd_hydra.stores.logit_cache import CachedTeacher, decode_logits, encode_logits
 from kd_hydra.train.batches import TeacherOutput
@@ -110,13 +111,21 @@ class ShardedEpoch:
         return min(self.rows, self.num - shard * self.rows)
 
     def allocate(self) -> None:
-        """Create every shard file at its full size (zeros) if absent: writers of any range then fill their records."""
+        """Create every shard file at its full size (zeros) if absent: writers of any range then fill their records.
+        Its blocks are reserved here, so that a full disk is a one-line :class:`WriteError` naming the shard (the file
+        removed), never a fault while the mapped records are written."""
         self.entry.path.mkdir(parents=True, exist_ok=True)
         for shard, name in enumerate(self.names):
             path, size = self.entry.file(name), self._shard_rows(shard) * self.layout.record_bytes
             if not path.is_file() or path.stat().st_size != size:
-                with open(path, "wb") as handle:
-                    handle.truncate(size)
+                try:
+                    with open(path, "wb") as handle:
+                        handle.truncate(size)
+                    reserve_blocks(path)
+                except OSError as error:
+                    if path.is_file():
+                        path.unlink()
+                    raise write_error(path, error) from None
 
     def _mapped(self, mode: str) -> list[np.memmap]:
         width = self.layout.record_bytes
@@ -216,7 +225,7 @@ class ShardedTeacher(CachedTeacher):
             return
         store = self.epoch_store(epoch)
         with self.entry.locked("computing these soft labels"):
-            self._check_entry_once()
+            self._check_entry()
             if store.open():
                 self.epochs_read += 1
             else:
@@ -250,7 +259,7 @@ class ShardedTeacher(CachedTeacher):
         found = False
         if workers.leader:
             with self.entry.locked("computing these soft labels"):
-                self._check_entry_once()
+                self._check_entry()
                 found = store.open()
                 if not found:
                     self._make_room(store)
