@@ -34,8 +34,9 @@ from kd_hydra.records.claims import exclusive
 from kd_hydra.records.files import WriteError, write_json
 from kd_hydra.records.ledger import ledger_dir
 from kd_hydra.records.run_directory import CLAIM_NAME, RunDirectory
+from kd_hydra.stores.logit_cache import decode_logits, encode_logits
 from kd_hydra.stores.sharded_logits import ShardedTeacher
-from kd_hydra.stores.teacher_outputs import LiveTeacher, decode_logits, encode_logits, teacher_outputs
+from kd_hydra.stores.teacher_outputs import LiveTeacher, teacher_outputs
 from kd_hydra.stores.teachers import TeacherStore
 from kd_hydra.sweeps.jobs import run_dirs_of
 
@@ -465,7 +466,7 @@ def test_the_errors_page_shows_the_lines_these_checks_print(tmp_path: Path, monk
     from omegaconf import OmegaConf
 
     import kd_hydra
-    from kd_hydra.data.config import check_fits_data
+    from kd_hydra.data.load import check_fits_data
     from kd_hydra.data.types import DatasetSpec
 
     digits = DatasetSpec("digits", 10, 1, 8, tuple(map(str, range(10))), num_train=32, num_test=16)
