@@ -350,6 +350,15 @@ def test_plot_learning_curves(sweep: FakeSweep, runs: pd.DataFrame) -> None:
         plot_learning_curves(history, ["/not/a/run"])
 
 
+def test_only_terms_that_mean_the_same_in_every_method_get_a_unit() -> None:
+    # issue 24: AT's and CRD's terms were drawn under a "nats" axis; each method's own term has its own units
+    from analysis.plots import axis_label_of
+
+    assert axis_label_of("train_ce") == "cross-entropy (nats)"
+    assert axis_label_of("train_at") == "at term (its own units)"
+    assert axis_label_of("train_crd") == "crd term (its own units)"
+
+
 # --- report, CLI, callback, notebook ---------------------------------------------------------
 
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from analysis_fixtures import PAPER_DKD_WARNING
 from conftest import TINY, Workspace, one_line_error, read_metrics
 from kd_hydra.config.compose import check_command_line, compose, hydra_session
 from kd_hydra.config.sources import CLONE_CONFIGS
@@ -42,6 +43,7 @@ def test_a_dkd_warm_up_longer_than_the_run_is_one_line_with_the_weights_it_gets(
         "loss.warmup: 20 warm-up epochs in a 3-epoch run: the dkd term is weighted 0.05 to 0.15 of "
         "loss.dkd_weight and never reaches it"
     )
+    assert line == PAPER_DKD_WARNING, "the paper sweep's dkd runs record what a run writes"
     assert DKD(**DKD_SETTINGS, warmup=3).fit_warnings(3) == [], "a warm-up the run completes is fine"
 
 
