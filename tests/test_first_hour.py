@@ -268,3 +268,13 @@ def test_the_benchmark_file_is_the_prefix_of_each_cifar_file(tmp_path: Path):
     first = written["test_batch"][0][0].reshape(3, 32, 32).transpose(1, 2, 0)
     assert np.array_equal(arrays["x_test"][0], first) and len(arrays["y_test"]) == 2 < PER_BATCH
     assert json.dumps(arrays["classes"].tolist()).startswith('["c0"')
+
+
+def test_a_missing_benchmark_file_says_how_to_build_it(tmp_path: Path):
+    from argparse import Namespace
+
+    from benchmarks._common import prepare_npz
+
+    error = prepare_npz(Namespace(npz=tmp_path / "none.npz", train_limit=None, test_limit=None), tmp_path)
+    assert error is not None and error.startswith(f"--npz: {tmp_path / 'none.npz'}: no such file")
+    assert "python benchmarks/make_cifar10_prefix.py --archive cifar-10-python.tar.gz" in error
