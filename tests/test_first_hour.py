@@ -227,6 +227,9 @@ def test_mode_eval_evaluates_a_student_checkpoint(workspace: Workspace):
     evaluated = read_metrics(eval_dir)
     assert evaluated["model"] == "light_cnn" and evaluated["teacher_source"] is None
     assert evaluated["final_test_acc"] == trained["final_test_acc"] and evaluated["checkpoint"] == str(model)
+    other = [*(o for o in common if not o.startswith("student=")), "student=deep_cnn"]
+    misfit = workspace.run(*other, f"hydra.run.dir={workspace.root}/w", expect=2)
+    assert one_line_error(misfit).startswith(f"error: student.checkpoint={model}: checkpoint is light_cnn")
     both = workspace.run(*common, f"teacher.checkpoint={model}", f"hydra.run.dir={workspace.root}/x", expect=2)
     assert one_line_error(both).startswith("error: student.checkpoint: mode=eval evaluates one checkpoint")
     distill = workspace.run(*TINY, f"student.checkpoint={model}", f"hydra.run.dir={workspace.root}/y", expect=2)
