@@ -234,7 +234,7 @@ def plan_networks(ctx: RunContext) -> Plan:
     settings = training_settings(cfg)
     if mode is Mode.eval and evaluated_role(cfg.student.get("checkpoint")) == "student":
         student = ctx.network("student")
-        sha256 = load_external(student, Path(cfg.student.checkpoint), ctx.arch("student"))
+        sha256 = load_external(student, Path(cfg.student.checkpoint), ctx.arch("student"), "student.checkpoint")
         identity = run_identity(settings, ctx.data_digest, teacher_id(cfg, ctx.data_digest, sha256))
         return Plan(mode, identity, student=student)
     if mode is Mode.student:

@@ -208,9 +208,10 @@ class TeacherStore:
         return Teacher(model, teacher_id, sha256, accuracy, "store", entry.file(MODEL_FILE), summary)
 
 
-def load_external(model: nn.Module, path: Path, arch: ArchSignature) -> str:
-    """Load ``teacher.checkpoint`` into ``model``; returns the file's SHA-256 (the teacher's identity)."""
-    load_checkpoint(model, path, arch)
+def load_external(model: nn.Module, path: Path, arch: ArchSignature, key: str = "teacher.checkpoint") -> str:
+    """Load ``teacher.checkpoint`` (or the config ``key`` that names ``path``) into ``model``; returns the file's
+    SHA-256 (the teacher's identity)."""
+    load_checkpoint(model, path, arch, key)
     return file_sha256(path)
 
 
