@@ -276,7 +276,7 @@ def check_plans(configs: list[DictConfig]) -> PlanChecks:
         data_key = dataset_config_digest(cfg.dataset)
         if data_key not in contexts:
             try:
-                contexts[data_key] = open_context(cfg, Path.cwd())
+                contexts[data_key] = open_context(cfg, Path.cwd(), planning="the sweep's jobs")
             except KDHydraError:
                 raise
             except Exception as error:  # an unexpected failure of the loader: one line naming the dataset
