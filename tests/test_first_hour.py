@@ -219,10 +219,10 @@ def test_mode_eval_evaluates_a_student_checkpoint(workspace: Workspace):
     smoke = [*(o for o in TINY if "epochs" not in o), "mode=student", "debug=smoke", "trainer.save_checkpoint=true"]
     run_dir, _ = workspace.single("student", *smoke)
     trained = read_metrics(run_dir)
-    assert trained["epochs"] == 1 and "dataset.subset: at most 128 images" in trained["warnings"][0]
-    assert trained["settings"]["dataset.subset"] == 128, "a smoke run is recorded as one"
+    assert trained["epochs"] == 1 and "dataset.subset: at most 64 images" in trained["warnings"][0]
+    assert trained["settings"]["dataset.subset"] == 64, "a smoke run is recorded as one"
     model = run_dir / "model.pt"
-    common = [*TINY, "mode=eval", "dataset.subset=128", f"student.checkpoint={model}"]
+    common = [*TINY, "mode=eval", "dataset.subset=64", f"student.checkpoint={model}"]
     eval_dir, _ = workspace.single("eval", *common)
     evaluated = read_metrics(eval_dir)
     assert evaluated["model"] == "light_cnn" and evaluated["teacher_source"] is None
@@ -239,7 +239,7 @@ def test_mode_eval_evaluates_a_student_checkpoint(workspace: Workspace):
 def test_debug_smoke_makes_any_preset_one_epoch_on_a_subset():
     with hydra_session() as hydra:
         cfg = compose(hydra, ["experiment=cifar100_resnet32x4_resnet8x4", "debug=smoke"])
-    assert (cfg.trainer.epochs, cfg.teacher_training.epochs, cfg.dataset.subset) == (1, 1, 128)
+    assert (cfg.trainer.epochs, cfg.teacher_training.epochs, cfg.dataset.subset) == (1, 1, 64)
     assert cfg.teacher.name == "resnet32x4" and not cfg.trainer.save_checkpoint
 
 
