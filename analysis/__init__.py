@@ -61,7 +61,7 @@ _EXPORTS = {
     "plot_learning_curves": "plots",
     "plot_method_comparison": "plots",
     "save_figure": "plots",
-    "csv_safe": "report",
+    "csv_safe": "text",
     "tables_markdown": "report",
     "write_report": "report",
 }
@@ -101,9 +101,10 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load lazily
         plot_search_samples,
         save_figure,
     )
-    from .report import csv_safe, tables_markdown, write_report
+    from .report import tables_markdown, write_report
     from .stats import ci95_half_width, compare_to_top, distinguishable, interval, seeds_needed
     from .tables import PaperTable, latex_document, paper_tables, results_table, setting_claim
+    from .text import csv_safe
 
 
 def __getattr__(name: str) -> Any:

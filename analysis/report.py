@@ -8,7 +8,6 @@ HTML-escaped (table cells also pipe-escaped) and table.tex text LaTeX-escaped.
 
 from __future__ import annotations
 
-import html
 import json
 import math
 import os
@@ -71,6 +70,7 @@ from .tables import (
     results_table,
     row_interval,
 )
+from .text import code, csv_safe, escape_text, markdown_table
 
 RESULTS_FILE = "results.csv"
 REPORT_FILE = "report.md"
@@ -81,9 +81,6 @@ MAX_LISTED_RUNS = 20
 WARNINGS = "warnings"
 #: At most this many settings in a ranking table (the rest are in results.csv).
 MAX_RANKED_SETTINGS = 30
-#: First characters that make a spreadsheet evaluate a cell (OWASP CSV injection).
-CSV_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
-CSV_ESCAPE = "'"
 
 SELECTED_ON_VALIDATION = "selected on the validation split"
 SELECTED_ON_TEST = "selected on the test split (no validation split: optimistic)"
@@ -142,23 +139,6 @@ def write_report(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]
     written["report"] = out / REPORT_FILE
     atomic_write_text(written["report"], render_report(runs, figures, sources, out, tables, section))
     return written
-
-
-def csv_safe(df: pd.DataFrame) -> pd.DataFrame:
-    """``df`` with every text cell (and column name) that starts with ``= + - @``, tab or CR prefixed
-    by a single quote, so that spreadsheets show it instead of evaluating it; numbers are kept."""
-
-    def escape(value: object) -> object:
-        if isinstance(value, str) and value.startswith(CSV_FORMULA_PREFIXES):
-            return CSV_ESCAPE + value
-        return value
-
-    safe = df.copy()
-    for column in safe.columns:
-        if safe[column].dtype == object or pd.api.types.is_string_dtype(safe[column].dtype):
-            safe[column] = safe[column].astype(object).map(escape)
-    safe.columns = [escape(str(column)) for column in safe.columns]
-    return safe
 
 
 def draw_figures(runs: pd.DataFrame, out_dir: Path) -> FigureOutcome:
@@ -228,25 +208,6 @@ def render_report(runs: pd.DataFrame, figures: FigureOutcome, sources: Iterable[
               f"({RESULTS_FILE}); the paper tables in [{TABLE_MARKDOWN_FILE}]({TABLE_MARKDOWN_FILE}) and "
               f"[{TABLE_LATEX_FILE}]({TABLE_LATEX_FILE}) (a plain LaTeX tabular).", ""]  # fmt: skip
     return "\n".join(lines)
-
-
-def escape_text(value: object) -> str:
-    """``value`` as one line of report.md text: HTML-escaped, line breaks as spaces."""
-    return html.escape(str(value), quote=True).replace("\r", " ").replace("\n", " ")
-
-
-def code(value: object) -> str:
-    """``value`` as inline code (an HTML ``<code>`` element, so that backticks in it are harmless)."""
-    return f"<code>{escape_text(value)}</code>"
-
-
-def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]:
-    """Lines of a GitHub markdown table (cells converted with str, HTML-escaped, pipes escaped)."""
-
-    def cells(values: Sequence[object]) -> str:
-        return "| " + " | ".join(escape_text(v).replace("|", "\\|") for v in values) + " |"
-
-    return [cells(header), cells(["---"] * len(header)), *(cells(row) for row in rows), ""]
 
 
 def _status_section(runs: pd.DataFrame) -> list[str]:

@@ -26,6 +26,7 @@ from kd_hydra.records.ledger import outcome_entries, read_estimate
 
 from .load import BEST_TEST_ACC, DATASET, FINAL_TEST_ACC, LOSS, MODE, OVERRIDES, RUN_DIR, STATUS, TEACHER_TEST_ACC
 from .stats import interval
+from .text import csv_safe, escape_text, markdown_table
 
 #: The sweep's composed primary config, which Hydra's sweeper saves (with ``table`` when the sweep is a table).
 MULTIRUN_FILE = "multirun.yaml"
@@ -324,7 +325,6 @@ def legend(table: PublishedTable) -> str:
 def markdown(table: PublishedTable, table_cells: pd.DataFrame, check: CostCheck | None,
              table_lines: Sequence[str]) -> str:  # fmt: skip
     """reproduction.md: the table in the papers' layout, every cell's comparison, the cost."""
-    from .report import escape_text, markdown_table
 
     lines = [f"# Reproduction: {escape_text(table.title)}", "", escape_text(legend(table)), "", *table_lines]
     lines += cost_lines(check)
@@ -401,7 +401,6 @@ def write_reproduction(table: PublishedTable, table_cells: pd.DataFrame, out: Pa
     from kd_hydra.records.files import atomic_write_text
 
     from .plots import save_figure
-    from .report import csv_safe, markdown_table
 
     header, rows = layout(table, table_cells)
     table_lines = markdown_table(header, rows)

@@ -337,7 +337,10 @@ def prepare_npz(args: argparse.Namespace, workdir: Path) -> str | None:
     """
     args.npz = Path(args.npz).resolve()
     if not args.npz.is_file():
-        return f"--npz: {args.npz}: no such file; pass a .npz with x_train, y_train, x_test, y_test"
+        return (
+            f"--npz: {args.npz}: no such file; pass a .npz with x_train, y_train, x_test, y_test (the benchmarks' "
+            "file: python benchmarks/make_cifar10_prefix.py --archive cifar-10-python.tar.gz --out cifar10-prefix.npz)"
+        )
     for key, value in (("--train-limit", args.train_limit), ("--test-limit", args.test_limit)):
         if value is not None and value < 1:
             return f"{key}: must be a positive number of images"

@@ -56,11 +56,11 @@ def worst_value() -> float:
 def task(cfg: DictConfig) -> float:
     """One job through :func:`kd_hydra.run.app.run`; returns the ``optimized_metric`` value of its metrics."""
     from kd_hydra.run import workers
-    from kd_hydra.run.app import run  # imported here so `--help` and composition errors stay fast
+    from kd_hydra.run.app import run, run_recipe  # imported here so `--help` and composition errors stay fast
 
     slurm_tasks = workers.join_cluster_tasks()  # hydra/launcher=slurm_ddp: each Slurm task is a worker of this job
     if slurm_tasks and int(os.environ["RANK"]) != 0:
-        workers.follow()  # task 0 runs the job with this one, and records it
+        workers.follow(run_recipe)  # task 0 runs the job with this one, and records it
         return math.nan
     try:
         return _run_and_report(cfg, run)
@@ -178,7 +178,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     from kd_hydra.run import workers
 
     if int(os.environ["RANK"]) != 0:
-        sys.exit(workers.follow())
+        from kd_hydra.run.app import run_recipe
+
+        sys.exit(workers.follow(run_recipe))
     try:
         compose_and_run(argv)
     finally:

@@ -302,6 +302,12 @@ def test_plot_accuracy_vs_temperature(runs: pd.DataFrame) -> None:
 def test_plot_kd_gain(runs: pd.DataFrame, sweep: FakeSweep) -> None:
     fig = plot_kd_gain(runs)
     assert "KD gain over baseline (percentage points)" in texts_of(fig)
+    # the band at T=4 of α=0.9 is the paired gains' t-interval: seeds 85 - 79 and 86.5 - 80
+    gains = [DISTILL_ACC[(4.0, 0.9, seed)] - BASELINE_ACC[seed] for seed in (0, 1)]
+    half = T_975_DF1 * abs(gains[0] - gains[1]) / 2
+    bands = [sorted({round(y, 6) for x, y in band.get_paths()[0].vertices if x == 4.0})
+             for band in fig.axes[0].collections]  # fmt: skip
+    assert [round(sum(gains) / 2 - half, 6), round(sum(gains) / 2 + half, 6)] in bands
     no_baselines = runs[runs["mode"] != "student"]
     with pytest.raises(ValueError, match="no distill run has a matched baseline"):
         plot_kd_gain(no_baselines)
@@ -348,6 +354,15 @@ def test_plot_learning_curves(sweep: FakeSweep, runs: pd.DataFrame) -> None:
     assert texts_of(plot_learning_curves(history)) == legend  # runs read from the history's run dirs
     with pytest.raises(ValueError, match="no history"):
         plot_learning_curves(history, ["/not/a/run"])
+
+
+def test_only_terms_that_mean_the_same_in_every_method_get_a_unit() -> None:
+    # issue 24: AT's and CRD's terms were drawn under a "nats" axis; each method's own term has its own units
+    from analysis.plots import axis_label_of
+
+    assert axis_label_of("train_ce") == "cross-entropy (nats)"
+    assert axis_label_of("train_at") == "at term (its own units)"
+    assert axis_label_of("train_crd") == "crd term (its own units)"
 
 
 # --- report, CLI, callback, notebook ---------------------------------------------------------

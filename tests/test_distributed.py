@@ -26,7 +26,8 @@ from kd_hydra.data.pipeline import InMemoryPipeline
 from kd_hydra.data.types import ArrayData, DatasetSpec
 from kd_hydra.models import build_model
 from kd_hydra.stores.cache_entry import SEAL_FILE
-from kd_hydra.stores.teacher_outputs import LiveTeacher, cache_description
+from kd_hydra.stores.logit_cache import cache_description
+from kd_hydra.stores.teacher_outputs import LiveTeacher
 from kd_hydra.train.batches import BatchAssembler
 from kd_hydra.train.distributed import SINGLE, Workers, join, leave
 from kd_hydra.train.runtime import Runtime
@@ -193,8 +194,8 @@ def evaluation(workers: Workers) -> tuple[float, float]:
 
 def cache_entry(root: Path, workers: Workers, top_k: int | None = None) -> bytes:
     """The seal of a soft-label cache entry whose first epoch ``workers`` filled: dense, or in top-k shards."""
+    from kd_hydra.stores.logit_cache import CachedTeacher
     from kd_hydra.stores.sharded_logits import ShardedTeacher
-    from kd_hydra.stores.teacher_outputs import CachedTeacher
 
     torch.manual_seed(5)
     teacher = build_model("resnet14", CLASSES, 3, 16)

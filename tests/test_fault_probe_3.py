@@ -34,6 +34,8 @@ from kd_hydra.records.claims import exclusive
 from kd_hydra.records.files import WriteError, write_json
 from kd_hydra.records.ledger import ledger_dir
 from kd_hydra.records.run_directory import CLAIM_NAME, RunDirectory
+from kd_hydra.stores.logit_cache import decode_logits, encode_logits
+from kd_hydra.stores.sharded_logits import ShardedTeacher
 from kd_hydra.stores.teacher_outputs import LiveTeacher, teacher_outputs
 from kd_hydra.stores.teachers import TeacherStore
 from kd_hydra.sweeps.jobs import run_dirs_of
@@ -70,27 +72,79 @@ def test_a_teacher_entry_placed_under_another_recipes_key_is_never_served(tmp_pa
     assert again.source == "store" and trained == ["a", "b"]
 
 
-def outputs_for(root: Path, teacher: nn.Module, teacher_sha256: str):
+def outputs_for(root: Path, teacher: nn.Module, teacher_sha256: str, top_k: int | None = None):
     pipeline = generated_pipeline()
-    settings = cache_settings(root)
+    settings = cache_settings(root, top_k=top_k)
     return teacher_outputs(teacher, teacher_sha256, LOGIT_METHOD, pipeline, BATCHES, CLASSES, settings, RUNTIME)
 
 
-def test_a_soft_label_entry_of_teacher_a_under_teacher_bs_key_is_recomputed(tmp_path: Path) -> None:
+def stored_as(logits: torch.Tensor, top_k: int | None) -> torch.Tensor:
+    """``logits`` as the soft-label cache keeps them (float16, top-k)."""
+    return decode_logits(encode_logits(logits, torch.float16, top_k), CLASSES)
+
+
+def second_epoch_file(entry: Path) -> Path:
+    """One file of epoch 1 in a soft-label entry (the dense ``.pt`` or the sharded format's first shard)."""
+    return next(path for path in sorted(entry.iterdir()) if path.name.startswith("epoch_0001"))
+
+
+@pytest.mark.parametrize(
+    ("top_k", "damaged"),
+    [(None, False), (None, True), (2, True)],
+    ids=["dense", "dense-one-file-damaged", "sharded-one-file-damaged"],
+)
+def test_a_soft_label_entry_of_teacher_a_under_teacher_bs_key_is_recomputed(
+    tmp_path: Path, caplog, top_k: int | None, damaged: bool
+) -> None:
     pipeline = generated_pipeline()
-    cold_a = outputs_for(tmp_path, tiny_teacher(1), "sha-a")
+    cold_a = outputs_for(tmp_path, tiny_teacher(1), "sha-a", top_k)
+    assert isinstance(cold_a.source, ShardedTeacher) is (top_k is not None)
     logits_a = epoch_logits(cold_a.source, pipeline, epoch=0)
+    epoch_logits(cold_a.source, pipeline, epoch=1)
     entry_a = cold_a.source.entry.path
-    entry_b = outputs_for(tmp_path, tiny_teacher(2), "sha-b").source.entry.path
+    entry_b = outputs_for(tmp_path, tiny_teacher(2), "sha-b", top_k).source.entry.path
     shutil.copytree(entry_a, entry_b)  # a's logits under b's key, sealed
-    served_b = outputs_for(tmp_path, tiny_teacher(2), "sha-b")
-    logits_b = epoch_logits(served_b.source, pipeline, epoch=0)
+    if damaged:  # a file of another epoch no longer matches the seal: the entry is still not b's
+        second_epoch_file(entry_b).write_bytes(b"damaged")
+    served_b = outputs_for(tmp_path, tiny_teacher(2), "sha-b", top_k)
+    with caplog.at_level("WARNING"):
+        logits_b = epoch_logits(served_b.source, pipeline, epoch=0)
     assert served_b.cache_status == "cold" and served_b.source.epochs_computed == 1
+    assert f"cache entry {entry_b} does not hold what its key names" in caplog.text
     live_b = epoch_logits(LiveTeacher(tiny_teacher(2), RUNTIME), pipeline, epoch=0)
-    torch.testing.assert_close(logits_b, live_b.to(torch.float16).float(), rtol=0, atol=0)
+    torch.testing.assert_close(logits_b, stored_as(live_b, top_k), rtol=0, atol=0)
     assert not torch.equal(logits_a, logits_b)
-    warm_b = outputs_for(tmp_path, tiny_teacher(2), "sha-b")
+    warm_b = outputs_for(tmp_path, tiny_teacher(2), "sha-b", top_k)
     assert torch.equal(epoch_logits(warm_b.source, pipeline, epoch=0), logits_b) and warm_b.cache_status == "warm"
+
+
+def test_a_soft_label_entry_replaced_during_a_run_is_not_served_at_the_next_epoch(tmp_path: Path) -> None:
+    pipeline = generated_pipeline()
+    cold_a = outputs_for(tmp_path, tiny_teacher(1), "sha-a", top_k=2)
+    for epoch in (0, 1):
+        epoch_logits(cold_a.source, pipeline, epoch)
+    running_b = outputs_for(tmp_path, tiny_teacher(2), "sha-b", top_k=2).source
+    epoch_logits(running_b, pipeline, epoch=0)
+    shutil.rmtree(running_b.entry.path)
+    shutil.copytree(cold_a.source.entry.path, running_b.entry.path)  # a's epochs 0 and 1, sealed, under b's key
+    logits = epoch_logits(running_b, pipeline, epoch=1)
+    live_b = epoch_logits(LiveTeacher(tiny_teacher(2), RUNTIME), pipeline, epoch=1)
+    torch.testing.assert_close(logits, stored_as(live_b, 2), rtol=0, atol=0)
+    assert running_b.epochs_computed == 2 and running_b.epochs_read == 0
+
+
+def test_a_tampered_soft_label_shard_is_recomputed_never_served(tmp_path: Path, caplog) -> None:
+    pipeline = generated_pipeline()
+    cold = outputs_for(tmp_path, tiny_teacher(1), "sha-a", top_k=2)
+    logits = epoch_logits(cold.source, pipeline, epoch=0)
+    shard = cold.source.entry.file(cold.source.epoch_store(0).names[0])
+    tampered = bytearray(shard.read_bytes())
+    tampered[:4] = bytes(4)  # the first sample's largest logit, its sealed size kept
+    shard.write_bytes(bytes(tampered))
+    again = outputs_for(tmp_path, tiny_teacher(1), "sha-a", top_k=2)
+    with caplog.at_level("WARNING"):
+        assert torch.equal(epoch_logits(again.source, pipeline, epoch=0), logits)
+    assert again.cache_status == "cold" and f"soft-label shard {shard} changed since it was sealed" in caplog.text
 
 
 # ------------------------------------------------------------------ 2. one writer per run directory and per sweep
@@ -244,6 +298,38 @@ def test_a_full_disk_during_a_run_is_one_line(workspace, monkeypatch) -> None:
     assert read_metrics(run_dir)["status"] == "failed" and not (run_dir / "model.pt").exists()
 
 
+def test_a_full_disk_while_the_sharded_cache_is_filled_is_one_line_naming_the_shard(
+    tmp_path: Path, monkeypatch
+) -> None:
+    def full_disk(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full_disk, raising=False)  # else a mapped write faults (SIGBUS)
+    source = outputs_for(tmp_path, tiny_teacher(1), "sha-a", top_k=2).source
+    shard = source.entry.file(source.epoch_store(0).names[0])
+    with pytest.raises(WriteError) as raised:
+        source.begin_epoch(0)
+    assert (
+        str(raised.value) == f"{shard}: cannot be written (No space left on device); nothing recorded there was changed"
+    )
+    assert not shard.exists() and source.entry.sealed_files() == {}
+
+
+def test_a_full_disk_while_images_are_decoded_is_one_line_naming_the_file(tmp_path: Path, monkeypatch) -> None:
+    from test_folder_store import entries, write_folder
+
+    from kd_hydra.data import load_folder
+
+    def full_disk(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    write_folder(tmp_path / "images")
+    monkeypatch.setattr(os, "posix_fallocate", full_disk, raising=False)
+    with pytest.raises(WriteError, match=r"x_train\.npy: cannot be written \(No space left on device\); nothing"):
+        load_folder(path=str(tmp_path / "images"), cache_dir=str(tmp_path / "cache"), image_size=8)
+    assert entries(tmp_path / "cache") == []  # no partial entry stays behind
+
+
 @pytest.mark.parametrize("odd", ["ledger-is-a-file", "plan-is-a-directory"])
 def test_odd_typed_ledger_paths_are_one_line(workspace, odd: str) -> None:
     sweep_dir = workspace.root / "sweeps" / odd
@@ -329,3 +415,65 @@ def test_a_resume_after_the_external_teachers_weights_changed_is_refused(workspa
     assert line.startswith("error: trainer.resume: ") and "the teacher's weights changed" in line, line
     assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name != "run.log"} == before
     assert not (run_dir / schema.METRICS_FILE).exists()
+
+
+# ------------------------------------------------------------------ the "Checks and errors" page shows these lines
+
+ERRORS_PAGE = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
+
+
+def test_the_errors_page_shows_the_lines_these_checks_print(tmp_path: Path, monkeypatch, caplog) -> None:
+    """Each documented line, printed by the code that prints it (with the page's example values)."""
+    from kd_hydra.methods import DistillMethod, LossOutput
+    from kd_hydra.methods.contract import check_output, check_parts
+    from kd_hydra.records.claims import ClaimError, describe_holder
+    from kd_hydra.records.files import write_error
+    from kd_hydra.records.identity import identity_differences
+    from kd_hydra.records.run_directory import checkpoint_problems
+
+    page = ERRORS_PAGE.read_text(encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    run_dir = Path("outputs/my-run")
+    shown = [f"error: {write_error(run_dir / schema.HISTORY_FILE, OSError(errno.ENOSPC, 'No space left on device'))}"]
+    best = run_dir / "checkpoints" / "best.pt"
+    shown.append(
+        f"{run_dir}: metrics.json names a checkpoint that is not usable ("
+        + (f"{checkpoint_problems({'best_checkpoint': str(best)})[0]})")
+    )
+    assert identity_differences({"teacher_id": "sha256:a"}, {"teacher_id": "sha256:b"}) in page
+    holder = {"user": "alice", "host": "node-3", "pid": 4242, "since": "2025-05-01T10:00:00+00:00"}
+    with exclusive(run_dir, CLAIM_NAME, f"run directory {run_dir}"):
+        (run_dir / f"{CLAIM_NAME}.json").write_text(json.dumps(holder))
+        with caplog.at_level("WARNING"), pytest.raises(ClaimError) as held:
+            with exclusive(run_dir, CLAIM_NAME, f"run directory {run_dir}", timeout_s=0):
+                pass
+    (waiting,) = [record.getMessage() for record in caplog.records if "waiting for" in record.getMessage()]
+    shown.append(f"WARNING {waiting}".replace("=0 s)", "=86400 s)"))
+    shown.append(f"error: {held.value}".replace("after 0 s", "after 86400 s"))
+    assert describe_holder(holder) in page
+
+    def line_of(check, *arguments) -> None:
+        with pytest.raises(KDHydraError) as raised:
+            check(*arguments)
+        shown.append(f"`error: {raised.value}`")
+
+    scalar = torch.tensor(1.0)
+    line_of(check_output, LossOutput(torch.zeros(64), {"ce": scalar}), ("ce",), "my_methods.M")
+    line_of(check_output, LossOutput(torch.tensor(float("inf")), {"ce": scalar}), ("ce",), "my_methods.M")
+    parts = {"ce": scalar, "x": scalar}
+    line_of(check_output, LossOutput(scalar, parts), ("ce", "mse"), "my_methods.M")
+    line_of(check_parts, type("M", (DistillMethod,), {"__module__": "my_methods", "parts": ("ce", "acc")}))
+    from omegaconf import OmegaConf
+
+    import kd_hydra
+    from kd_hydra.data.load import check_fits_data
+    from kd_hydra.data.types import DatasetSpec
+
+    digits = DatasetSpec("digits", 10, 1, 8, tuple(map(str, range(10))), num_train=32, num_test=16)
+    preset = OmegaConf.create({"normalize": {"mean": [0.5, 0.5, 0.5], "std": [0.2, 0.2, 0.2]}})
+    line_of(check_fits_data, preset, digits)
+    with pytest.raises(KDHydraError) as multirun:
+        kd_hydra.run_experiment(["-m"], output_dir=tmp_path / "never")
+    shown.append(f"`{multirun.value}`")
+    missing = [line for line in shown if line not in page]
+    assert not missing, f"docs/errors.md does not show: {missing}"

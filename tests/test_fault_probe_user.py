@@ -297,7 +297,7 @@ def test_a_sweep_refuses_each_job_whose_preset_does_not_fit_its_data_before_any_
 def test_every_value_a_dataset_and_a_preset_share_is_checked_against_the_data(values: dict, line: str):
     from omegaconf import OmegaConf
 
-    from kd_hydra.data.config import check_fits_data
+    from kd_hydra.data.load import check_fits_data
     from kd_hydra.data.types import DatasetSpec
     from kd_hydra.errors import ConfigError
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from analysis_fixtures import PAPER_DKD_WARNING
 from conftest import TINY, Workspace, one_line_error, read_metrics
 from kd_hydra.config.compose import check_command_line, compose, hydra_session
 from kd_hydra.config.sources import CLONE_CONFIGS
@@ -42,6 +43,7 @@ def test_a_dkd_warm_up_longer_than_the_run_is_one_line_with_the_weights_it_gets(
         "loss.warmup: 20 warm-up epochs in a 3-epoch run: the dkd term is weighted 0.05 to 0.15 of "
         "loss.dkd_weight and never reaches it"
     )
+    assert line == PAPER_DKD_WARNING, "the paper sweep's dkd runs record what a run writes"
     assert DKD(**DKD_SETTINGS, warmup=3).fit_warnings(3) == [], "a warm-up the run completes is fine"
 
 
@@ -217,14 +219,17 @@ def test_mode_eval_evaluates_a_student_checkpoint(workspace: Workspace):
     smoke = [*(o for o in TINY if "epochs" not in o), "mode=student", "debug=smoke", "trainer.save_checkpoint=true"]
     run_dir, _ = workspace.single("student", *smoke)
     trained = read_metrics(run_dir)
-    assert trained["epochs"] == 1 and "dataset.subset: at most 128 images" in trained["warnings"][0]
-    assert trained["settings"]["dataset.subset"] == 128, "a smoke run is recorded as one"
+    assert trained["epochs"] == 1 and "dataset.subset: at most 64 images" in trained["warnings"][0]
+    assert trained["settings"]["dataset.subset"] == 64, "a smoke run is recorded as one"
     model = run_dir / "model.pt"
-    common = [*TINY, "mode=eval", "dataset.subset=128", f"student.checkpoint={model}"]
+    common = [*TINY, "mode=eval", "dataset.subset=64", f"student.checkpoint={model}"]
     eval_dir, _ = workspace.single("eval", *common)
     evaluated = read_metrics(eval_dir)
     assert evaluated["model"] == "light_cnn" and evaluated["teacher_source"] is None
     assert evaluated["final_test_acc"] == trained["final_test_acc"] and evaluated["checkpoint"] == str(model)
+    other = [*(o for o in common if not o.startswith("student=")), "student=deep_cnn"]
+    misfit = workspace.run(*other, f"hydra.run.dir={workspace.root}/w", expect=2)
+    assert one_line_error(misfit).startswith(f"error: student.checkpoint={model}: checkpoint is light_cnn")
     both = workspace.run(*common, f"teacher.checkpoint={model}", f"hydra.run.dir={workspace.root}/x", expect=2)
     assert one_line_error(both).startswith("error: student.checkpoint: mode=eval evaluates one checkpoint")
     distill = workspace.run(*TINY, f"student.checkpoint={model}", f"hydra.run.dir={workspace.root}/y", expect=2)
@@ -234,7 +239,7 @@ def test_mode_eval_evaluates_a_student_checkpoint(workspace: Workspace):
 def test_debug_smoke_makes_any_preset_one_epoch_on_a_subset():
     with hydra_session() as hydra:
         cfg = compose(hydra, ["experiment=cifar100_resnet32x4_resnet8x4", "debug=smoke"])
-    assert (cfg.trainer.epochs, cfg.teacher_training.epochs, cfg.dataset.subset) == (1, 1, 128)
+    assert (cfg.trainer.epochs, cfg.teacher_training.epochs, cfg.dataset.subset) == (1, 1, 64)
     assert cfg.teacher.name == "resnet32x4" and not cfg.trainer.save_checkpoint
 
 
@@ -266,3 +271,13 @@ def test_the_benchmark_file_is_the_prefix_of_each_cifar_file(tmp_path: Path):
     first = written["test_batch"][0][0].reshape(3, 32, 32).transpose(1, 2, 0)
     assert np.array_equal(arrays["x_test"][0], first) and len(arrays["y_test"]) == 2 < PER_BATCH
     assert json.dumps(arrays["classes"].tolist()).startswith('["c0"')
+
+
+def test_a_missing_benchmark_file_says_how_to_build_it(tmp_path: Path):
+    from argparse import Namespace
+
+    from benchmarks._common import prepare_npz
+
+    error = prepare_npz(Namespace(npz=tmp_path / "none.npz", train_limit=None, test_limit=None), tmp_path)
+    assert error is not None and error.startswith(f"--npz: {tmp_path / 'none.npz'}: no such file")
+    assert "python benchmarks/make_cifar10_prefix.py --archive cifar-10-python.tar.gz" in error

@@ -354,3 +354,23 @@ def test_folder_config_needs_a_path(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^dataset\.path: is required"):
         check_required(node, "dataset")
         check_dataset(node)
+
+
+def test_a_subset_of_image_files_is_taken_before_anything_is_decoded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """debug=smoke on image files: only the kept files are decoded (a Tiny ImageNet smoke test decodes 2 x 128
+    images, not 110,000), each class in turn, and the validation part is held out of the kept files."""
+    write_folder(tmp_path / "images")
+    counter = CountingDecoder(monkeypatch)
+    node = {
+        "name": "folder",
+        "loader": {"_target_": "kd_hydra.data.load_folder", "path": str(tmp_path / "images"), "image_size": SIZE,
+                   "cache_dir": str(tmp_path / "cache"), "subset": 6},
+        "subset": 6,
+        "val_fraction": 0.5,
+    }  # fmt: skip
+    data = load_dataset(OmegaConf.create(node))
+    assert counter.calls == 6 + 3  # the kept training files (6 of 9) and the 3 test files, nothing else
+    assert (data.spec.num_train, data.spec.num_val, data.spec.num_test) == (3, 3, 3)
+    assert sorted(data.y_train.tolist()) == sorted(data.y_val.tolist()) == [0, 1, 2]  # every class in turn

@@ -121,8 +121,15 @@ def test_a_teacher_off_its_published_imagenet_accuracy_is_named_in_one_line(
     ]:
         caplog.clear()
         checkpoint = TeacherCheckpoint(path, sha, "id", {"accuracy": accuracy, "size": size}, test_size=size)
-        checkpoint_teacher(model, checkpoint, tmp_path / f"evals{accuracy}{size}", lambda _, scored=accuracy: scored)
+        teacher = checkpoint_teacher(
+            model, checkpoint, tmp_path / f"evals{accuracy}{size}", lambda _, scored=accuracy: scored
+        )
         warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
         assert bool(warnings) is warned
+        if size == (10, 10):  # not the full validation set: nothing to compare, nothing recorded
+            assert teacher.published is None
+        else:  # metrics.json's teacher_published
+            assert teacher.published["agrees"] is not warned and teacher.published["published_top1"] == 73.314
+            assert teacher.published["difference"] == pytest.approx(accuracy - 73.314)
         if warned:
             assert "scores 60.00%" in warnings[0] and "published 73.31%" in warnings[0] and "\n" not in warnings[0]

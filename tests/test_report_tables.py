@@ -37,6 +37,7 @@ from analysis_fixtures import (  # noqa: E402
     PAPER_APART,
     PAPER_BASELINE,
     PAPER_BASELINE_LOGITS,
+    PAPER_DKD_WARNING,
     PAPER_FILL_SECONDS,
     PAPER_METHODS,
     PAPER_TEACHER,
@@ -117,6 +118,9 @@ def test_overlapping_intervals_name_no_best_method_and_show_paired_gain_interval
     assert f"| +{sum(gains) / 2:.2f} ± {half:.2f} |" in report
     seeds = re.search(r"telling it from dkd would take about (\d+) seeds", report)
     assert seeds is not None and int(seeds.group(1)) > 2
+    # the same report carries the warning of the dkd runs shorter than their warm-up (teacher, 2 baselines, 6 distill)
+    warnings = report.split("## Warnings", 1)[1].split("\n## ", 1)[0]
+    assert f"- {PAPER_DKD_WARNING} (2 of 9 runs)" in warnings
 
 
 def test_the_report_holds_what_a_paper_table_needs(paper_out: dict[str, Path]) -> None:

@@ -12,16 +12,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from kd_hydra.data import ArrayData, AugmentConfig, DatasetSpec, InMemoryPipeline
 from kd_hydra.stores.cache_entry import CacheEntry
+from kd_hydra.stores.logit_cache import CachedTeacher, decode_logits, encode_logits
 from kd_hydra.stores.sharded_logits import RecordLayout, ShardedEpoch, ShardedTeacher, fill_range, split_ranges
-from kd_hydra.stores.teacher_outputs import (
-    CachedTeacher,
-    SoftLabelCacheSettings,
-    TeacherNeeds,
-    TrainingBatchesKey,
-    decode_logits,
-    encode_logits,
-    teacher_outputs,
-)
+from kd_hydra.stores.teacher_outputs import SoftLabelCacheSettings, TeacherNeeds, TrainingBatchesKey, teacher_outputs
 from kd_hydra.train.runtime import Runtime
 
 CLASSES, SIZE, NUM_TRAIN, BATCH = 40, 4, 90, 8

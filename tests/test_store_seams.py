@@ -14,8 +14,8 @@ from kd_hydra.data import ArrayData, AugmentConfig, DatasetSpec, InMemoryPipelin
 from kd_hydra.models.checkpoints import ArchSignature, save_checkpoint
 from kd_hydra.stores import teacher_outputs as outputs_module
 from kd_hydra.stores.cache_entry import file_sha256
+from kd_hydra.stores.logit_cache import CachedTeacher
 from kd_hydra.stores.teacher_outputs import (
-    CachedTeacher,
     LiveTeacher,
     SoftLabelCacheSettings,
     TeacherNeeds,

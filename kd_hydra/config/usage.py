@@ -22,7 +22,7 @@ USER_GROUPS = {
     "optimizer": "the student's optimizer (the teacher's: optimizer@teacher_training.optimizer=...)",
     "scheduler": "the student's learning-rate schedule",
     "logger": "trackers besides history.csv and metrics.json: logger=[csv,tensorboard]",
-    "debug": "a smoke test of any preset on a CPU in under a minute",
+    "debug": "a smoke test of any preset on a CPU (one epoch on 64 images per split)",
     "hparams_search": "an Optuna search (pip install '.[optuna]')",
     "table": "a published table as one sweep, beside the authors' numbers (with -m)",
 }

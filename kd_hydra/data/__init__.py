@@ -23,7 +23,7 @@ _EXPORTS = {
     "InMemoryPipeline": "pipeline",
     "LoaderPipeline": "pipeline",
     "ResizedCropPipeline": "crop_pipeline",
-    "build_pipeline": "pipeline",
+    "build_pipeline": "build",
     "channel_mean_std": "augment",
     "check_required": "load",
     "crop_flip": "augment",

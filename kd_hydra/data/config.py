@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from kd_hydra.errors import ConfigError
-
-if TYPE_CHECKING:
-    from kd_hydra.data.types import DatasetSpec
 
 #: Default most pixels an image file may declare (PIL's decompression-bomb threshold); kd_hydra.data.images.
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
@@ -139,26 +136,3 @@ def check_dataset(dataset: Any) -> None:
     _check_unused_and_required(dataset)
     _check_ranges(dataset)
     _check_normalize(dataset)
-
-
-def channel_count_error(key: str, count: int, spec: DatasetSpec) -> ConfigError:
-    """``dataset.normalize.<key>`` holds ``count`` values where the data has ``spec.channels`` channels."""
-    return ConfigError(
-        f"dataset.normalize.{key}",
-        f"{count} values for a {spec.channels}-channel dataset ({spec.name}); expected one per channel",
-    )
-
-
-def check_fits_data(dataset: DictConfig, spec: DatasetSpec) -> None:
-    """The values of ``dataset`` that its data must agree with (normalisation per channel, image size, class
-    count), against the loaded data's description; a :class:`ConfigError` naming the key and both values."""
-    normalize = dataset.get("normalize")
-    for key in ("mean", "std"):
-        values = normalize.get(key) if isinstance(normalize, DictConfig) else None
-        if values is not None and len(values) != spec.channels:
-            raise channel_count_error(key, len(values), spec)
-    size, classes = dataset.get("image_size"), dataset.get("num_classes")
-    if size is not None and size != spec.image_size:
-        _fail("image_size", f"is {size} for a dataset of {spec.image_size}x{spec.image_size} images ({spec.name})")
-    if classes is not None and classes != spec.num_classes:
-        _fail("num_classes", f"is {classes} for a dataset of {spec.num_classes} classes ({spec.name})")

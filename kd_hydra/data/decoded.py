@@ -23,8 +23,8 @@ import torch
 
 from kd_hydra.data.images import RGB_CHANNELS, parallel_map, read_image
 from kd_hydra.data.types import ArrayData, DatasetSpec, FolderData, ImageFileDataset
-from kd_hydra.errors import ConfigError
-from kd_hydra.records.files import write_json
+from kd_hydra.errors import ConfigError, KDHydraError
+from kd_hydra.records.files import reserve_blocks, write_error, write_json
 from kd_hydra.stores.cache_entry import CacheEntry, file_sha256
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,7 @@ def _decode_into(
         x = np.lib.format.open_memmap(
             entry.file(f"x_{split}.npy"), mode="w+", dtype=np.uint8, shape=(len(dataset), RGB_CHANNELS, size, size)
         )
+        reserve_blocks(entry.file(f"x_{split}.npy"))
         decode_split(dataset, x, size, workers, f"decoding {spec.name} {split}")
         x.flush()
         del x
@@ -158,8 +159,10 @@ def _write_entry(
     entry.path.mkdir(parents=True)
     try:
         seconds = _decode_into(entry, train, test, spec, workers)
-    except BaseException:  # a bad image or an interrupt: no partial entry stays behind
+    except BaseException as error:  # a bad image, an interrupt or a full disk: no partial entry stays behind
         shutil.rmtree(entry.path, ignore_errors=True)
+        if isinstance(error, OSError) and not isinstance(error, KDHydraError):
+            raise write_error(Path(error.filename or entry.path), error) from None
         raise
     files = {name: file_sha256(entry.file(name)) for name in ARRAY_FILES}
     entry.seal(files, version=FORMAT_VERSION, description=description, decode_seconds=round(seconds, 3))
@@ -317,11 +320,14 @@ def decoded_eval_images(
             started = time.perf_counter()
             try:
                 x = np.lib.format.open_memmap(entry.file(EVAL_FILE), mode="w+", dtype=np.uint8, shape=shape)
+                reserve_blocks(entry.file(EVAL_FILE))
                 decode_split(dataset, x, size, workers, f"decoding {name} eval")
                 x.flush()
                 del x
-            except BaseException:
+            except BaseException as error:
                 shutil.rmtree(entry.path, ignore_errors=True)
+                if isinstance(error, OSError) and not isinstance(error, KDHydraError):
+                    raise write_error(Path(error.filename or entry.file(EVAL_FILE)), error) from None
                 raise
             seconds = time.perf_counter() - started
             entry.seal({EVAL_FILE: file_sha256(entry.file(EVAL_FILE))}, version=FORMAT_VERSION,

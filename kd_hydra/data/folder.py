@@ -18,6 +18,7 @@ from kd_hydra.data.images import (
     read_image,
     shown,
 )
+from kd_hydra.data.split import files_subset
 from kd_hydra.data.types import ArrayData, DatasetSpec, FolderData, ImageFileDataset
 from kd_hydra.errors import ConfigError, DataError
 
@@ -51,11 +52,13 @@ def folder_dataset(
     max_memory_gb: float | None = None,
     decode_workers: int | None = None,
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    subset: int | None = None,
 ) -> ArrayData | FolderData:
     """Listed image files as ArrayData (decoded once into the cache) or, with in_memory false, checked FolderData.
 
     Images of another size are resized to `image_size` (None: the first training image's size); a file
-    declaring more than `max_image_pixels` pixels is refused before it is decoded. Its keyword parameters
+    declaring more than `max_image_pixels` pixels is refused before it is decoded. `subset` (``dataset.subset``)
+    keeps at most that many files of each split before anything is decoded. Its keyword parameters
     are the options of every image-file dataset (``load_folder``, ``load_tiny_imagenet`` pass them on); the
     dataset node's values among them are checked by ``validate`` (kd_hydra.data.config.check_dataset).
     """
@@ -66,6 +69,7 @@ def folder_dataset(
             "dataset.loader.decode_workers",
             f"is {decode_workers!r}; expected a positive integer or null (one per core)",
         )
+    train, test = files_subset(train, subset), files_subset(test, subset)
     train.max_pixels = test.max_pixels = max_image_pixels
     size = _first_image_size(train) if image_size is None else int(image_size)
     train.image_size = test.image_size = size

@@ -18,6 +18,7 @@ import os
 from kd_hydra.data.decoded import check_memory_budget, decoded_eval_images
 from kd_hydra.data.folder import TRAIN_FOLDER, list_image_folder
 from kd_hydra.data.images import DEFAULT_MAX_IMAGE_PIXELS, RGB_CHANNELS, is_image_name, shown
+from kd_hydra.data.split import files_subset
 from kd_hydra.data.types import DatasetSpec, FolderData, ImageFileDataset
 from kd_hydra.errors import ConfigError, DataError
 
@@ -126,10 +127,12 @@ def load_imagenet(
     max_memory_gb: float | None = None,
     decode_workers: int | None = None,
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    subset: int | None = None,
 ) -> FolderData:
     """ILSVRC2012 at ``path`` (see the module): variable-size training images for the plan's random-resized crops
     to ``image_size``, and the validation split (the test split) resized to ``eval_resize`` and center-cropped,
-    decoded once into ``<cache_dir>/decoded/`` and memory-mapped (``in_memory``; else read from the files)."""
+    decoded once into ``<cache_dir>/decoded/`` and memory-mapped (``in_memory``; else read from the files).
+    ``subset`` (``dataset.subset``) keeps at most that many files of each split before any is decoded."""
     if path is None or not str(path).strip():
         raise ConfigError("dataset.path", "is not set; expected the ILSVRC2012 folder holding train/ and val/")
     if eval_resize < image_size:
@@ -138,6 +141,7 @@ def load_imagenet(
         )
     root = os.path.expanduser(str(path))
     train, test, classes = imagenet_files(root)
+    train, test = files_subset(train, subset), files_subset(test, subset)
     for split in (train, test):
         split.image_size, split.max_pixels = int(image_size), max_image_pixels
     test.eval_resize = int(eval_resize)

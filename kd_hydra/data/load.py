@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from kd_hydra.data.split import with_subset, with_validation
-from kd_hydra.data.types import ArrayData, FolderData
+from kd_hydra.data.types import ArrayData, DatasetSpec, FolderData
 from kd_hydra.errors import ConfigError, DataError
 from kd_hydra.instantiate import build
 
@@ -64,3 +64,30 @@ def load_dataset(dataset_cfg: Mapping[str, Any] | DictConfig) -> ArrayData | Fol
         data, DEFAULT_VAL_FRACTION if fraction is None else fraction, DEFAULT_VAL_SEED if seed is None else seed
     )
     return with_subset(data, dataset_cfg.get("subset"))
+
+
+def channel_count_error(key: str, count: int, spec: DatasetSpec) -> ConfigError:
+    """``dataset.normalize.<key>`` holds ``count`` values where the data has ``spec.channels`` channels."""
+    return ConfigError(
+        f"dataset.normalize.{key}",
+        f"{count} values for a {spec.channels}-channel dataset ({spec.name}); expected one per channel",
+    )
+
+
+def check_fits_data(dataset: DictConfig, spec: DatasetSpec) -> None:
+    """The values of ``dataset`` that its data must agree with (normalisation per channel, image size, class
+    count), against the loaded data's description; a :class:`ConfigError` naming the key and both values."""
+    normalize = dataset.get("normalize")
+    for key in ("mean", "std"):
+        values = normalize.get(key) if isinstance(normalize, DictConfig) else None
+        if values is not None and len(values) != spec.channels:
+            raise channel_count_error(key, len(values), spec)
+    size, classes = dataset.get("image_size"), dataset.get("num_classes")
+    if size is not None and size != spec.image_size:
+        raise ConfigError(
+            "dataset.image_size", f"is {size} for a dataset of {spec.image_size}x{spec.image_size} images ({spec.name})"
+        )
+    if classes is not None and classes != spec.num_classes:
+        raise ConfigError(
+            "dataset.num_classes", f"is {classes} for a dataset of {spec.num_classes} classes ({spec.name})"
+        )

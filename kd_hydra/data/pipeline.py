@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,13 +19,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from kd_hydra.data.augment import (
-    channel_mean_std,
     crop_flip,
     normalization_constants,
     normalize,
     sample_crop_flip,
 )
-from kd_hydra.data.config import channel_count_error
+from kd_hydra.data.load import channel_count_error
 from kd_hydra.data.types import ArrayData, DatasetSpec, FolderData
 from kd_hydra.errors import ConfigError, DataError
 from kd_hydra.train.distributed import SINGLE, Workers
@@ -371,70 +370,3 @@ class LoaderPipeline(_Pipeline):
             x = x.to(self.device, non_blocking=True)
             x = normalize(x, self._scale, self._shift, torch.float32, self.channels_last)
             yield x, y.to(self.device, non_blocking=True), idx.to(self.device, non_blocking=True)
-
-
-def _augment_config(node: Mapping[str, Any] | None) -> AugmentConfig:
-    """The validated ``dataset.augment`` node (:func:`kd_hydra.data.config.check_dataset`) as an AugmentConfig."""
-    node = {} if node is None else node
-    defaults = AugmentConfig()
-    return AugmentConfig(
-        enabled=node.get("enabled", defaults.enabled),
-        crop_padding=node.get("crop_padding", defaults.crop_padding),
-        horizontal_flip=node.get("horizontal_flip", defaults.horizontal_flip),
-    )
-
-
-def _normalize_stats(
-    node: Mapping[str, Any] | None, data: ArrayData | FolderData
-) -> tuple[Sequence[float], Sequence[float]]:
-    node = {} if node is None else node
-    mean, std = node.get("mean"), node.get("std")  # both set or both null (check_dataset)
-    if mean is not None:
-        return list(mean), list(std)
-    if isinstance(data, FolderData):
-        raise ConfigError(
-            "dataset.normalize.mean",
-            f"is null; {data.spec.name} is read from image files, so give per-channel mean and std lists",
-        )
-    return channel_mean_std(data.x_train)
-
-
-def build_pipeline(
-    data: ArrayData | FolderData,
-    dataset_cfg: Mapping[str, Any],
-    batch_size: int,
-    device: torch.device | str,
-    seed: int,
-    channels_last: bool = False,
-    eval_batch_size: int | None = None,
-    num_workers: int | None = None,
-    drop_last: bool = False,
-    workers: Workers = SINGLE,
-) -> InMemoryPipeline | LoaderPipeline:
-    """The pipeline for `data` configured by the dataset node's `augment` and `normalize`.
-
-    Null statistics are computed from the training split (without any validation part).
-    """
-    augment = _augment_config(dataset_cfg.get("augment"))
-    mean, std = _normalize_stats(dataset_cfg.get("normalize"), data)
-    common = dict(
-        augment=augment,
-        mean=mean,
-        std=std,
-        batch_size=batch_size,
-        device=device,
-        seed=seed,
-        channels_last=channels_last,
-        eval_batch_size=eval_batch_size,
-        drop_last=drop_last,
-        workers=workers,
-    )
-    if isinstance(data, ArrayData):
-        return InMemoryPipeline(data, **common)
-    if isinstance(data, FolderData) and data.variable_size:
-        from kd_hydra.data.crop_pipeline import ResizedCropPipeline  # imports this module
-
-        return ResizedCropPipeline(data, num_workers=num_workers, **common)
-    if isinstance(data, FolderData):
-        return LoaderPipeline(data, num_workers=num_workers, **common)
-    raise DataError(f"dataset loader returned a {type(data).__name__}; expected ArrayData or FolderData")

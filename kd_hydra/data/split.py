@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from kd_hydra.data.types import ArrayData, FolderData
+from kd_hydra.data.types import ArrayData, FolderData, ImageFileDataset
 from kd_hydra.errors import ConfigError
 
 
@@ -97,6 +97,12 @@ def class_round_robin(labels: np.ndarray, count: int) -> np.ndarray:
     rank[order] = np.arange(len(labels)) - starts  # position of each sample within its class
     chosen = np.lexsort((labels, rank))[:count]
     return np.sort(chosen)
+
+
+def files_subset(files: ImageFileDataset, subset: int | None) -> ImageFileDataset:
+    """At most ``subset`` of a split's image files, every class in turn (:func:`with_subset`'s pick), before any of
+    them is decoded; None: all."""
+    return files if subset is None else files.subset(class_round_robin(files.labels, subset))
 
 
 def with_subset(data: ArrayData | FolderData, subset: int | None) -> ArrayData | FolderData:

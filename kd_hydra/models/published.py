@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor
 
@@ -184,16 +185,32 @@ def published_top1(sha256: str) -> tuple[str, float, str] | None:
     return TORCHVISION_IMAGENET_TOP1.get(sha256[:8])
 
 
-def published_accuracy_problem(sha256: str, accuracy: float, num_test: int, num_classes: int) -> str | None:
-    """A one-line warning when a known teacher's accuracy on the full ILSVRC2012 validation set is off its
-    published top-1 by more than PUBLISHED_TOLERANCE points; None when it agrees or is not comparable."""
+def published_comparison(sha256: str, accuracy: float, num_test: int, num_classes: int) -> dict[str, Any] | None:
+    """A known teacher's accuracy on the full ILSVRC2012 validation set beside its published top-1 (metrics.json's
+    ``teacher_published``): weights, published and measured top-1, difference, tolerance, whether they agree, source.
+    None when the weights are not known or the test split is not the full validation set."""
     published = published_top1(sha256)
     if published is None or (num_test, num_classes) != (IMAGENET_VAL_IMAGES, IMAGENET_CLASSES):
         return None
     weights, top1, source = published
-    if abs(accuracy - top1) <= PUBLISHED_TOLERANCE:
+    difference = accuracy - top1
+    return {
+        "weights": weights,
+        "published_top1": top1,
+        "test_acc": accuracy,
+        "difference": difference,
+        "tolerance": PUBLISHED_TOLERANCE,
+        "agrees": abs(difference) <= PUBLISHED_TOLERANCE,
+        "source": source,
+    }
+
+
+def published_problem(comparison: Mapping[str, Any]) -> str | None:
+    """The one-line warning for a :func:`published_comparison` that does not agree; None when it does."""
+    if comparison["agrees"]:
         return None
     return (
-        f"teacher.checkpoint: {weights} scores {accuracy:.2f}% on the validation set, published {top1:.2f}% "
-        f"({source}); check the validation files and labels (devkit), dataset.normalize and dataset.eval_resize"
+        f"teacher.checkpoint: {comparison['weights']} scores {comparison['test_acc']:.2f}% on the validation set, "
+        f"published {comparison['published_top1']:.2f}% ({comparison['source']}); check the validation files and "
+        "labels (devkit), dataset.normalize and dataset.eval_resize"
     )

@@ -55,6 +55,22 @@ def write_error(path: Path, error: OSError) -> WriteError:
     return WriteError(error.errno, f"{path}: cannot be written ({reason}); nothing recorded there was changed")
 
 
+def reserve_blocks(path: Path) -> None:
+    """Allocate every block of the (sparse) file ``path`` on disk, so that a full disk is an ``OSError`` (ENOSPC)
+    naming ``path`` here rather than a fault (SIGBUS) at a write through a memory map; a file system that cannot
+    reserve blocks leaves the file sparse."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    with open(path, "r+b") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        try:
+            if size:
+                os.posix_fallocate(handle.fileno(), 0, size)
+        except OSError as error:
+            if error.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise OSError(error.errno, error.strerror, str(path)) from None
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part.
 

@@ -93,6 +93,9 @@ METRICS_KEYS = (
     #              (distill; the analysis computes a baseline's from TEST_LOGITS_FILE) or None
     "teacher_kl",  # mean KL(teacher || student) over the test images at temperature 1, in nats (distill) or None
     "teacher_val_acc",  # validation accuracy of the teacher used (distill; a stored teacher trained with one) or None
+    "teacher_published",  # a teacher.checkpoint of known published weights (torchvision's ImageNet files), tested on
+    #              the full ILSVRC2012 validation set: {weights, published_top1, test_acc, difference, tolerance,
+    #              agrees, source}; a disagreement is also one of the warnings; None otherwise
     "warnings",  # list of one-line texts "<key>: <what happens>": settings that do not fit the run (a warm-up
     #              longer than the run, a clamped loss.nce_k, lr decays that never happen, a small validation
     #              split, a data subset); empty when all fit

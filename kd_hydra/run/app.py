@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from kd_hydra.config.checks import validate
-from kd_hydra.data.config import check_fits_data
+from kd_hydra.data.load import check_fits_data
 from kd_hydra.enums import Mode, Resume
 from kd_hydra.errors import ConfigError, DataError, KDHydraError
 from kd_hydra.methods import DistillMethod, FeatureRequest, build_method
@@ -30,6 +30,7 @@ from kd_hydra.methods.ce import CrossEntropy
 from kd_hydra.methods.contract import probe_method
 from kd_hydra.models import count_parameters
 from kd_hydra.models.checkpoints import save_checkpoint
+from kd_hydra.models.published import published_problem
 from kd_hydra.records import schema
 from kd_hydra.records.files import HistoryLog, headline
 from kd_hydra.records.identity import (
@@ -178,9 +179,11 @@ def run_on_workers(ctx: RunContext, plan: Plan) -> dict[str, Any]:
     job = WorkerJob.of(cfg, out_dir, ctx.started, tracker_run_name(HydraConfig.get(), cfg.paths.output_dir))
     try:
         if launched_world() > 1:
-            record = lead(job)
+            record = lead(job, run_recipe)
         else:
-            record = launch(job, cfg.trainer.devices, cfg.trainer.max_restarts)  # the leader printed its headline
+            record = launch(
+                job, run_recipe, cfg.trainer.devices, cfg.trainer.max_restarts
+            )  # the leader printed its headline
         return record
     except Exception as error:
         if job.recorded_failure() is None:  # the leader recorded none since the job started
@@ -231,7 +234,7 @@ def plan_networks(ctx: RunContext) -> Plan:
     settings = training_settings(cfg)
     if mode is Mode.eval and evaluated_role(cfg.student.get("checkpoint")) == "student":
         student = ctx.network("student")
-        sha256 = load_external(student, Path(cfg.student.checkpoint), ctx.arch("student"))
+        sha256 = load_external(student, Path(cfg.student.checkpoint), ctx.arch("student"), "student.checkpoint")
         identity = run_identity(settings, ctx.data_digest, teacher_id(cfg, ctx.data_digest, sha256))
         return Plan(mode, identity, student=student)
     if mode is Mode.student:
@@ -273,7 +276,7 @@ def check_plans(configs: list[DictConfig]) -> PlanChecks:
         data_key = dataset_config_digest(cfg.dataset)
         if data_key not in contexts:
             try:
-                contexts[data_key] = open_context(cfg, Path.cwd())
+                contexts[data_key] = open_context(cfg, Path.cwd(), planning="the sweep's jobs")
             except KDHydraError:
                 raise
             except Exception as error:  # an unexpected failure of the loader: one line naming the dataset
@@ -489,7 +492,10 @@ def train_student(ctx: RunContext, plan: Plan, teacher: Teacher | None) -> dict[
             teacher_params=count_parameters(teacher.model),
             soft_label_cache=outputs.cache_status,
             teacher_outputs=outputs.kind,
+            teacher_published=teacher.published,
         )
+        if teacher.published is not None and not teacher.published["agrees"]:
+            plan = dataclasses.replace(plan, warnings=(*plan.warnings, published_problem(teacher.published)))
     record = finish(
         ctx,
         plan,

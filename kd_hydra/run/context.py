@@ -171,9 +171,15 @@ def launcher_parallel_jobs() -> int:
     return (os.cpu_count() or 1) if n_jobs < 0 else max(1, n_jobs)
 
 
-def open_context(cfg: DictConfig, out_dir: Path, started: float | None = None, workers: Workers = SINGLE) -> RunContext:
+def open_context(
+    cfg: DictConfig,
+    out_dir: Path,
+    started: float | None = None,
+    workers: Workers = SINGLE,
+    planning: str | None = None,
+) -> RunContext:
     """Resolve the runtime (a worker's own CUDA device), use the CPU threads, and load the data (with its content
-    digest)."""
+    digest). ``planning`` names what a context that writes nothing is for (a sweep's plan), instead of its output."""
     threads = configure_threads(cfg.trainer.num_threads, launcher_parallel_jobs())
     trainer = cfg.trainer
     runtime = resolve_runtime(trainer.device, plain(trainer.precision), trainer.channels_last, trainer.compile)
@@ -186,12 +192,12 @@ def open_context(cfg: DictConfig, out_dir: Path, started: float | None = None, w
     if workers.parallel and trainer.sync_batchnorm and runtime.device.type != "cuda":
         raise ConfigError("trainer.sync_batchnorm", f"needs CUDA devices (this job runs on {runtime.device})")
     log.info(
-        "mode=%s device=%s precision=%s threads=%d output=%s",
+        "mode=%s device=%s precision=%s threads=%d %s",
         plain(cfg.mode),
         runtime.device,
         runtime.autocast_dtype or "fp32",
         threads,
-        out_dir,
+        f"output={out_dir}" if planning is None else f"(planning {planning})",
     )
     data = load_dataset(cfg.dataset)
     spec = data.spec

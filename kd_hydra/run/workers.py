@@ -15,6 +15,7 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,10 @@ log = logging.getLogger(__name__)
 #: a completed record left alone).
 NOTHING_TO_RUN = "nothing to run"
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
+
+#: What a worker runs: (resolved config, run directory, start time, workers, trackers' run name and group) -> the
+#: leader's record (None on the others); :func:`kd_hydra.run.app.run_recipe`, passed in by the layer above.
+Recipe = Callable[[DictConfig, Path, float, Workers, tuple[str, str | None]], "dict[str, Any] | None"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,9 +66,10 @@ class WorkerJob:
         return OmegaConf.create(self.config)
 
 
-def launch(job: WorkerJob, devices: int, max_restarts: int) -> dict[str, Any]:
-    """Run ``job`` on ``devices`` workers of this machine (restarted up to ``max_restarts`` times after a worker
-    dies; each restart resumes from the run's checkpoint); returns the leader's metrics.json record."""
+def launch(job: WorkerJob, recipe: Recipe, devices: int, max_restarts: int) -> dict[str, Any]:
+    """Run ``job``'s ``recipe`` (a module-level function: it travels to spawned processes by name) on ``devices``
+    workers of this machine (restarted up to ``max_restarts`` times after a worker dies; each restart resumes from
+    the run's checkpoint); returns the leader's metrics.json record."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -80,7 +86,7 @@ def launch(job: WorkerJob, devices: int, max_restarts: int) -> dict[str, Any]:
     )
     log.info("starting %d workers (torch.distributed, up to %d restarts)", devices, max_restarts)
     try:
-        elastic_launch(config, work)(job)
+        elastic_launch(config, work)(job, recipe)
     except ChildFailedError as error:
         raise WorkersFailed(Path(job.out_dir), error) from None
     record, problem = read_metrics(Path(job.out_dir))
@@ -104,7 +110,7 @@ class WorkersFailed(KDHydraError):
         super().__init__(message)
 
 
-def work(job: WorkerJob) -> None:
+def work(job: WorkerJob, recipe: Recipe) -> None:
     """A worker started by the launcher: join the process group, run the job, leave. A restart after a failure
     the leader recorded (a diverged loss, a bad value) ends at once with it."""
     failure = job.recorded_failure()
@@ -113,23 +119,21 @@ def work(job: WorkerJob) -> None:
     workers = join(_device_type(job))
     _configure_logging(workers, Path(job.out_dir))
     try:
-        run_worker(job, workers)
+        run_worker(job, recipe, workers)
     finally:
         leave(workers)
 
 
-def run_worker(job: WorkerJob, workers: Workers) -> dict[str, Any] | None:
-    """Run the job's recipe as one of ``workers`` (the leader's record; None on the others)."""
-    from kd_hydra.run.app import run_recipe
-
+def run_worker(job: WorkerJob, recipe: Recipe, workers: Workers) -> dict[str, Any] | None:
+    """Run the job's ``recipe`` as one of ``workers`` (the leader's record; None on the others)."""
     started = time.perf_counter() - job.elapsed
-    return run_recipe(job.resolved_config(), Path(job.out_dir), started, workers, job.tracker_names)
+    return recipe(job.resolved_config(), Path(job.out_dir), started, workers, job.tracker_names)
 
 
 _released: list[bool] = []  # whether this process (rank 0 of a torchrun or Slurm job) let the others exit
 
 
-def lead(job: WorkerJob) -> dict[str, Any] | None:
+def lead(job: WorkerJob, recipe: Recipe) -> dict[str, Any] | None:
     """Rank 0 of a torchrun (or Slurm) job: send ``job`` to the other workers and run it with them. The process
     group stays for the next job of a sweep; :func:`release_followers` ends it."""
     workers = join(_torchrun_device_type())
@@ -140,7 +144,7 @@ def lead(job: WorkerJob) -> dict[str, Any] | None:
             "use the device the workers have (or trainer.devices=N without torchrun)",
         )
     workers.broadcast(job)
-    return run_worker(job, workers)
+    return run_worker(job, recipe, workers)
 
 
 def release_followers() -> None:
@@ -152,7 +156,7 @@ def release_followers() -> None:
         leave(workers)
 
 
-def follow() -> int:
+def follow(recipe: Recipe) -> int:
     """A torchrun (or Slurm) worker of rank > 0: run rank 0's jobs with the others until it sends no more; a job
     that fails as kd-hydra's error (rank 0 records it) does not end the others. The exit status."""
     logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT, stream=sys.stderr)
@@ -160,7 +164,7 @@ def follow() -> int:
     try:
         while (job := workers.broadcast(None)) != NOTHING_TO_RUN:
             try:
-                run_worker(job, workers)
+                run_worker(job, recipe, workers)
             except KDHydraError as error:
                 log.warning("worker %d: the job failed: %s", workers.rank, error)
         return 0

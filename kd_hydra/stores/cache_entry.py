@@ -177,6 +177,11 @@ class CacheEntry:
         seal["files"].update(files)
         write_json(self.file(SEAL_FILE), seal)
 
+    def read_seal(self) -> dict[str, Any] | None:
+        """The seal's content, its files not hashed (None when unsealed or unreadable): what the entry says it holds,
+        cheap enough to compare with the key at every read."""
+        return self._read_seal()
+
     def sealed_files(self) -> dict[str, str]:
         """``name -> sha256`` of the files the seal lists (empty when unsealed or unreadable)."""
         seal = self._read_seal()

@@ -2,7 +2,7 @@
 and decoded one batch at a time; never an (N, C) tensor.
 
 Sample i's record holds its top-k logits (the storage dtype), their class indices (int16 up to 32,767 classes) and
-the mean of the other logits, as :func:`~kd_hydra.stores.teacher_outputs.encode_logits` computes them (every
+the mean of the other logits, as :func:`~kd_hydra.stores.logit_cache.encode_logits` computes them (every
 logit when top-k is off or >= the class count): 4k + 2 bytes at float16, 42 bytes at k = 10. Epoch e's records
 are ``epoch_EEEE.shard_SS.bin``: shard s holds samples [s * rows, (s + 1) * rows) at fixed offsets, so a fill
 split into ranges of plan positions (:func:`fill_range`, :func:`split_ranges`) by several workers writes the same
@@ -29,8 +29,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from kd_hydra.records.files import reserve_blocks, write_error
 from kd_hydra.stores.cache_entry import CacheEntry, file_sha256
-from kd_hydra.stores.teacher_outputs import CachedTeacher, decode_logits, encode_logits
+from kd_hydra.stores.logit_cache import CachedTeacher, decode_logits, encode_logits
 from kd_hydra.train.batches import TeacherOutput
 from kd_hydra.train.runtime import Runtime
 
@@ -124,13 +125,21 @@ class ShardedEpoch:
         return min(self.rows, self.num - shard * self.rows)
 
     def allocate(self) -> None:
-        """Create every shard file at its full size (zeros) if absent: writers of any range then fill their records."""
+        """Create every shard file at its full size (zeros) if absent: writers of any range then fill their records.
+        Its blocks are reserved here, so that a full disk is a one-line :class:`WriteError` naming the shard (the file
+        removed), never a fault while the mapped records are written."""
         self.entry.path.mkdir(parents=True, exist_ok=True)
         for shard, name in enumerate(self.names):
             path, size = self.entry.file(name), self._shard_rows(shard) * self.layout.record_bytes
             if not path.is_file() or path.stat().st_size != size:
-                with open(path, "wb") as handle:
-                    handle.truncate(size)
+                try:
+                    with open(path, "wb") as handle:
+                        handle.truncate(size)
+                    reserve_blocks(path)
+                except OSError as error:
+                    if path.is_file():
+                        path.unlink()
+                    raise write_error(path, error) from None
 
     def _mapped(self, mode: str) -> list[np.memmap]:
         width = self.layout.record_bytes
@@ -244,7 +253,7 @@ class ShardedTeacher(CachedTeacher):
         if self.workers.parallel:
             return self._shards_together(store)
         with self.entry.locked("computing these soft labels"):
-            self._check_entry_once()
+            self._check_entry()
             if store.open():
                 self.epochs_read += 1
             else:
@@ -283,7 +292,7 @@ class ShardedTeacher(CachedTeacher):
         found = False
         if workers.leader:
             with self.entry.locked("computing these soft labels"):
-                self._check_entry_once()
+                self._check_entry()
                 found = store.open()
                 if not found:
                     self._make_room(store)

@@ -26,7 +26,7 @@ from torch import nn
 from kd_hydra.errors import CheckpointError, ConfigError
 from kd_hydra.models.checkpoints import ArchSignature, load_checkpoint, save_checkpoint
 from kd_hydra.models.features import unwrap
-from kd_hydra.models.published import published_accuracy_problem
+from kd_hydra.models.published import published_comparison, published_problem
 from kd_hydra.records.identity import digest
 from kd_hydra.records.run_directory import MODEL_FILE
 from kd_hydra.records.schema import HISTORY_FILE, TRAIN_STATE_FILE
@@ -52,6 +52,7 @@ class Teacher:
     source: str
     weights_path: Path
     summary: Mapping[str, Any]  # the training summary of a stored teacher; {"final_test_acc"} for a checkpoint
+    published: Mapping[str, Any] | None = None  # a known checkpoint's published top-1 beside its measured one
 
     @property
     def history_path(self) -> Path | None:
@@ -207,9 +208,10 @@ class TeacherStore:
         return Teacher(model, teacher_id, sha256, accuracy, "store", entry.file(MODEL_FILE), summary)
 
 
-def load_external(model: nn.Module, path: Path, arch: ArchSignature) -> str:
-    """Load ``teacher.checkpoint`` into ``model``; returns the file's SHA-256 (the teacher's identity)."""
-    load_checkpoint(model, path, arch)
+def load_external(model: nn.Module, path: Path, arch: ArchSignature, key: str = "teacher.checkpoint") -> str:
+    """Load ``teacher.checkpoint`` (or the config ``key`` that names ``path``) into ``model``; returns the file's
+    SHA-256 (the teacher's identity)."""
+    load_checkpoint(model, path, arch, key)
     return file_sha256(path)
 
 
@@ -259,8 +261,11 @@ def checkpoint_teacher(
     else:
         accuracy = evaluated_once(evaluations, description, lambda: test_accuracy(model))
     log.info("teacher loaded from %s (test acc %.2f%%)", checkpoint.path, accuracy)
-    problem = published_accuracy_problem(checkpoint.sha256, accuracy, *checkpoint.test_size)
+    published = published_comparison(checkpoint.sha256, accuracy, *checkpoint.test_size)
+    problem = published_problem(published) if published is not None else None
     if problem is not None:
         log.warning(problem)
     summary = {"final_test_acc": accuracy}
-    return Teacher(model, checkpoint.teacher_id, checkpoint.sha256, accuracy, "checkpoint", checkpoint.path, summary)
+    return Teacher(
+        model, checkpoint.teacher_id, checkpoint.sha256, accuracy, "checkpoint", checkpoint.path, summary, published
+    )

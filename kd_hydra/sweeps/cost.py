@@ -219,7 +219,7 @@ def runs_teacher_live(loss: DictConfig) -> bool:
 
 
 def cache_key(cfg: DictConfig) -> str:
-    """Jobs with equal keys share one soft-label cache entry (as ``kd_hydra.stores.teacher_outputs.cache_description``
+    """Jobs with equal keys share one soft-label cache entry (as ``kd_hydra.stores.logit_cache.cache_description``
     says: the teacher, the data, the seed and the cache's format; a crop pool's entry, every seed)."""
     teacher = OmegaConf.to_container(cfg.teacher, resolve=True)
     pooled = OmegaConf.select(cfg, "soft_label_cache.crops_per_image", default=None) is not None
