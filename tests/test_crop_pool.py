@@ -16,7 +16,7 @@ from imagenet_tree import write_imagenet_tree
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from conftest import Workspace, one_line_error, read_metrics
+from conftest import Workspace, read_metrics
 from kd_hydra.data import build_pipeline, load_imagenet
 from kd_hydra.data.crop_pool import CropPool, make_pool_plan, pool_keys
 from kd_hydra.data.resized_crop import DEFAULT_RATIO, DEFAULT_SCALE, crop_box
@@ -30,7 +30,7 @@ K = 3
 CLASSES = 10
 RUN = [
     "dataset=imagenet", "dataset.image_size=32", "dataset.eval_resize=36", "teacher=deep_cnn", "student=light_cnn",
-    "trainer.epochs=2", "teacher_training.epochs=1", "trainer.batch_size=8", "teacher_training.batch_size=8",
+    "trainer.epochs=1", "teacher_training.epochs=1", "trainer.batch_size=8", "teacher_training.batch_size=8",
     "trainer.num_workers=0", "trainer.num_threads=1", "trainer.device=cpu", "optimizer=adamw",
     "soft_label_cache.dtype=float32", "soft_label_cache.batch_size=8", f"soft_label_cache.crops_per_image={K}",
 ]  # fmt: skip
@@ -50,11 +50,7 @@ def data(tree: Path):
 
 
 def pooled(data, seed: int, crops: int = K, pool_seed: int = 0, batch_size: int = 8):
-    from kd_hydra.data import AugmentConfig, ResizedCropPipeline
-
-    augment = AugmentConfig(crop_padding=0)
-    return ResizedCropPipeline(data, augment, STATS["mean"], STATS["std"], batch_size, "cpu", seed, num_workers=0,
-                               crop_pool=CropPool(crops, pool_seed))  # fmt: skip
+    return build_pipeline(data, NODE, batch_size, "cpu", seed, num_workers=0, crop_pool=CropPool(crops, pool_seed))
 
 
 def test_pool_crops_lie_in_the_image_and_follow_torchvision_random_resized_crop() -> None:
@@ -223,16 +219,19 @@ def test_a_pool_cached_student_equals_a_live_one_and_another_seed_and_method_rea
     assert other["settings"]["soft_label_cache.crops_per_image"] == K
 
 
-@pytest.mark.parametrize(
-    ("overrides", "allowed"),
-    [
-        (["dataset=digits", "soft_label_cache.crops_per_image=2"], "dataset=imagenet"),
-        (["soft_label_cache.crops_per_image=0"], "positive integer"),
-    ],
-)
-def test_a_pool_without_random_resized_crops_or_a_bad_k_is_one_line(
-    workspace: Workspace, overrides: list[str], allowed: str
-) -> None:
-    process = workspace.run("mode=student", "trainer.epochs=1", *overrides, expect=None)
-    line = one_line_error(process)
-    assert process.returncode != 0 and "soft_label_cache.crops_per_image" in line and allowed in line
+def test_a_pool_without_random_resized_crops_is_one_line(data) -> None:
+    from kd_hydra.data import ArrayData, DatasetSpec
+    from kd_hydra.data.build import check_crop_pool
+    from kd_hydra.errors import ConfigError
+
+    spec = DatasetSpec("digits", 10, 3, 8, tuple(map(str, range(10))), 4, 4)
+    images = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
+    fixed_size = ArrayData(images, torch.zeros(4, dtype=torch.int64), images, torch.zeros(4, dtype=torch.int64), spec)
+    for where, augment in ((fixed_size, True), (data, False)):  # a bad K (0, -3, text): tests/test_config.py
+        with pytest.raises(ConfigError) as error:
+            check_crop_pool(2, where, augment)
+        line = str(error.value)
+        assert line.startswith("soft_label_cache.crops_per_image: is 2, but ") and "\n" not in line
+        assert ("dataset=imagenet" if where is fixed_size else "dataset.augment.enabled is false") in line
+    check_crop_pool(2, data, True)
+    check_crop_pool(None, fixed_size, True)

@@ -27,7 +27,6 @@ from kd_hydra.data.images import check_pixel_budget, decode_bytes, read_bytes
 from kd_hydra.data.pipeline import Batch, LoaderPipeline, PlannedItems, WorkerRows, epoch_seed
 from kd_hydra.data.resized_crop import DEFAULT_RATIO, DEFAULT_SCALE, crop_box, crop_resize, draw_crop_plan
 from kd_hydra.data.types import FolderData, ImageFileDataset
-from kd_hydra.errors import ConfigError
 
 CropKey = tuple[int, int, bool]
 
@@ -128,12 +127,6 @@ class ResizedCropPipeline(LoaderPipeline):
 
     def _attach(self, data: FolderData) -> None:
         size, eval_resize = data.spec.image_size, int(data.test.eval_resize or data.spec.image_size)
-        if self.crop_pool is not None and not self.augment.enabled:
-            raise ConfigError(
-                "soft_label_cache.crops_per_image",
-                f"is {self.crop_pool.crops_per_image}, but dataset.augment.enabled is false (no random-resized crops "
-                "to pool); set it null or enable augmentation",
-            )
         self._flip = self.augment.flip
         self._size = size
         self._train_items = CroppedItems(data.train, size, eval_resize, crop=self.augment.enabled)

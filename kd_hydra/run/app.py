@@ -443,7 +443,7 @@ def train_student(ctx: RunContext, plan: Plan, teacher: Teacher | None) -> dict[
     cfg, method = ctx.cfg, plan.method
     student = ctx.runtime.prepare(plan.student)
     method.to(ctx.runtime.device)
-    pipeline = ctx.pipeline(cfg.trainer.batch_size, cfg.trainer.seed)
+    pipeline = ctx.pipeline(cfg.trainer.batch_size, cfg.trainer.seed, crop_pool=ctx.crop_pool())
     outputs = None
     if teacher is not None:
         method.setup_teacher(teacher.model)  # with the teacher's trained weights (OFD's margins)

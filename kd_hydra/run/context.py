@@ -24,6 +24,8 @@ from kd_hydra.data import (
     build_pipeline,
     load_dataset,
 )
+from kd_hydra.data.build import check_crop_pool
+from kd_hydra.data.crop_pool import CropPool
 from kd_hydra.errors import ConfigError
 from kd_hydra.instantiate import build
 from kd_hydra.models.checkpoints import ArchSignature
@@ -106,9 +108,11 @@ class RunContext:
             )
         return model
 
-    def pipeline(self, batch_size: int, seed: int, shared: bool = True) -> InMemoryPipeline | LoaderPipeline:
+    def pipeline(
+        self, batch_size: int, seed: int, shared: bool = True, crop_pool: CropPool | None = None
+    ) -> InMemoryPipeline | LoaderPipeline:
         """Training and evaluation batches of this run's data on its device: this worker's share of each
-        (``shared``), or all of them."""
+        (``shared``), or all of them; with ``crop_pool``, training crops drawn from the pool."""
         trainer = self.cfg.trainer
         return build_pipeline(
             self.data,
@@ -120,7 +124,13 @@ class RunContext:
             eval_batch_size=trainer.eval_batch_size,
             num_workers=trainer.num_workers,
             workers=self.workers if shared else SINGLE,
+            crop_pool=crop_pool,
         )
+
+    def crop_pool(self) -> CropPool | None:
+        """``soft_label_cache.crops_per_image`` and ``.pool_seed`` as the pipeline takes them (None: no pool)."""
+        cache = self.cfg.soft_label_cache
+        return None if cache.crops_per_image is None else CropPool(int(cache.crops_per_image), int(cache.pool_seed))
 
     # -- the stores' arguments, from the config ---------------------------------------------------------
 
@@ -200,6 +210,8 @@ def open_context(
         f"output={out_dir}" if planning is None else f"(planning {planning})",
     )
     data = load_dataset(cfg.dataset)
+    augment_enabled = bool(OmegaConf.select(cfg, "dataset.augment.enabled", default=True))
+    check_crop_pool(cfg.soft_label_cache.crops_per_image, data, augment_enabled)
     spec = data.spec
     log.info(
         "dataset %s: %d train / %d validation / %d test images, %dx%dx%d, %d classes",

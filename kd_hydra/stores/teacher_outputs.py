@@ -4,7 +4,9 @@ two :class:`~kd_hydra.train.batches.TeacherSource` implementations.
 :func:`teacher_outputs` chooses: methods that read features, folder data on the DataLoader path and a
 disabled cache run the teacher live; logit methods read the soft-label cache: dense per epoch on in-memory data
 (:class:`~kd_hydra.stores.logit_cache.CachedTeacher`), fixed-size records in shards with ``top_k`` or on image
-files (:class:`~kd_hydra.stores.sharded_logits.ShardedTeacher`). It takes plain typed arguments
+files (:class:`~kd_hydra.stores.sharded_logits.ShardedTeacher`), the logits of the crop pool's N x K crops once for
+every epoch, seed and logit method when the pipeline has a crop pool
+(:class:`~kd_hydra.stores.sharded_logits.PooledTeacher`). It takes plain typed arguments
 (:class:`TeacherNeeds`, :class:`SoftLabelCacheSettings`, :class:`TrainingBatchesKey`, a
 :class:`~kd_hydra.train.runtime.Runtime`), built from the config by the run (:mod:`kd_hydra.run.context`).
 """
@@ -21,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from kd_hydra.stores.logit_cache import AugmentedBatches, CachedTeacher, cache_description
-from kd_hydra.stores.sharded_logits import ShardedTeacher
+from kd_hydra.stores.sharded_logits import PooledTeacher, ShardedTeacher, crop_pool_description
 from kd_hydra.train.batches import TeacherOutput
 from kd_hydra.train.distributed import SINGLE, Workers
 from kd_hydra.train.runtime import Runtime
@@ -149,18 +151,36 @@ def teacher_outputs(
 
     Methods that read features or a strongly augmented view (MLKD) always get the live teacher (with batch
     statistics for OFD). A pipeline without ``supports_logit_cache`` (the DataLoader path) gets it too. With
-    ``top_k``, or a pipeline whose ``in_memory`` is false, the cache is the sharded one (:mod:`.sharded_logits`).
+    ``top_k``, or a pipeline whose ``in_memory`` is false, the cache is the sharded one (:mod:`.sharded_logits`); with
+    the pipeline's ``crop_pool``, the pool's (keyed by :func:`~.sharded_logits.crop_pool_description`, never the seed).
+    The live teacher sees the pipeline's batches: with a crop pool, the pool's crops.
     """
     source: LiveTeacher | CachedTeacher
     sharded = cache.top_k is not None or not getattr(pipeline, "in_memory", True)
+    pool = getattr(pipeline, "crop_pool", None)
     if needs.live_only or needs.feature_names:
-        log.info("the method reads features or a strong view: the teacher runs on every batch")
+        log.info(
+            "the method reads features or a strong view: the teacher runs on every batch%s",
+            "" if pool is None else f" (on the crop pool's crops, {pool.crops_per_image} per image)",
+        )
         source = LiveTeacher(teacher, runtime, list(needs.feature_names), needs.batch_statistics)
     elif not cache.enabled:
         source = LiveTeacher(teacher, runtime)
     elif not pipeline.supports_logit_cache:
         log.info("soft-label cache does not apply to this dataset pipeline: the teacher runs on every batch")
         source = LiveTeacher(teacher, runtime)
+    elif pool is not None:  # the crop pool's logits: N x K records in one entry, for every epoch and seed
+        description = crop_pool_description(
+            teacher_sha256,
+            batches.content,
+            pipeline.pool_description(),
+            batches.normalize,
+            cache.dtype,
+            cache.top_k,
+            runtime.autocast_dtype,
+            runtime.channels_last,
+        )
+        source = _cached(PooledTeacher, description, teacher, pipeline, num_classes, cache, runtime, workers)
     else:
         description = cache_description(
             teacher_sha256,
@@ -177,19 +197,33 @@ def teacher_outputs(
             cached_class: type[CachedTeacher] = ShardedTeacher
         else:
             cached_class = CachedTeacher
-        source = cached_class(
-            cache.root,
-            description,
-            teacher,
-            pipeline,
-            runtime,
-            num_classes=num_classes,
-            dtype=cache.dtype,
-            top_k=cache.top_k,
-            batch_size=fill_batch_size(cache.fill_batch_size, runtime.device),
-            max_bytes=cache.max_bytes,
-            workers=workers,
-        )
+        source = _cached(cached_class, description, teacher, pipeline, num_classes, cache, runtime, workers)
     if runtime.compile:
         source.teacher = torch.compile(source.teacher)
     return TeacherOutputs(source)
+
+
+def _cached(
+    cached_class: type[CachedTeacher],
+    description: dict[str, Any],
+    teacher: nn.Module,
+    pipeline: AugmentedBatches,
+    num_classes: int,
+    cache: SoftLabelCacheSettings,
+    runtime: Runtime,
+    workers: Workers,
+) -> CachedTeacher:
+    """A ``cached_class`` source of the entry ``description`` names, with the cache's settings."""
+    return cached_class(
+        cache.root,
+        description,
+        teacher,
+        pipeline,
+        runtime,
+        num_classes=num_classes,
+        dtype=cache.dtype,
+        top_k=cache.top_k,
+        batch_size=fill_batch_size(cache.fill_batch_size, runtime.device),
+        max_bytes=cache.max_bytes,
+        workers=workers,
+    )
