@@ -126,6 +126,14 @@ def test_a_jobs_cost_is_its_epochs_of_steps_and_forwards_and_the_cache_is_filled
     assert lines[-1] == f"  total: {cost.hours(total)}"
     assert cost.over_budget([t], 1.0) is None
     assert cost.over_budget([t], 0.1).startswith("hydra.sweeper.budget_hours: the sweep's estimate, 0.56 device-hours")
+    pool = ["soft_label_cache.crops_per_image=4"]  # a crop pool: K teacher passes once, for every seed and method
+    kd0, kd1, dkd1 = cost.estimate(
+        [("kd0", composed(*base, *pool)), ("kd1", composed(*base, *pool, "trainer.seed=1")),
+         ("dkd1", composed(*base, *pool, "trainer.seed=1", "loss=dkd"))],
+        FixedTimes(),
+    )  # fmt: skip
+    assert (kd0.cache, kd0.seconds) == ("fill", student + teacher_end + 4 * 100 * 1.0)
+    assert (kd1.cache, kd1.seconds, dkd1.cache) == ("warm", student + teacher_end, "warm")
 
 
 def test_data_sizes_come_from_the_config_without_loading(tmp_path: Path):
