@@ -129,8 +129,9 @@ class RunContext:
 
     def crop_pool(self) -> CropPool | None:
         """``soft_label_cache.crops_per_image`` and ``.pool_seed`` as the pipeline takes them (None: no pool)."""
-        cache = self.cfg.soft_label_cache
-        return None if cache.crops_per_image is None else CropPool(int(cache.crops_per_image), int(cache.pool_seed))
+        crops = OmegaConf.select(self.cfg, "soft_label_cache.crops_per_image", default=None)
+        seed = OmegaConf.select(self.cfg, "soft_label_cache.pool_seed", default=0)
+        return None if crops is None else CropPool(int(crops), int(seed))
 
     # -- the stores' arguments, from the config ---------------------------------------------------------
 
@@ -211,7 +212,7 @@ def open_context(
     )
     data = load_dataset(cfg.dataset)
     augment_enabled = bool(OmegaConf.select(cfg, "dataset.augment.enabled", default=True))
-    check_crop_pool(cfg.soft_label_cache.crops_per_image, data, augment_enabled)
+    check_crop_pool(OmegaConf.select(cfg, "soft_label_cache.crops_per_image", default=None), data, augment_enabled)
     spec = data.spec
     log.info(
         "dataset %s: %d train / %d validation / %d test images, %dx%dx%d, %d classes",
