@@ -235,3 +235,20 @@ def test_a_pool_without_random_resized_crops_is_one_line(data) -> None:
         assert ("dataset=imagenet" if where is fixed_size else "dataset.augment.enabled is false") in line
     check_crop_pool(2, data, True)
     check_crop_pool(None, fixed_size, True)
+
+
+def test_a_pool_filled_in_ranges_by_several_workers_writes_the_bytes_of_one_fill(data, tmp_path) -> None:
+    from kd_hydra.stores.cache_entry import CacheEntry
+    from kd_hydra.stores.sharded_logits import RecordLayout, ShardedEpoch, fill_records, split_ranges
+
+    pipeline, teacher, layout = pooled(data, seed=0), CountingTeacher(), RecordLayout(CLASSES, 4, torch.float16)
+    num = data.spec.num_train * K
+    digests = []
+    for workers in (1, 3):
+        store = ShardedEpoch(CacheEntry(tmp_path / f"w{workers}"), 0, num, layout, stem="pool")
+        store.allocate()
+        for start, stop in reversed(split_ranges(num, workers, 16)):  # each "worker" its range, in any order
+            fill_records(store, teacher, pipeline.pool_range(16, start, stop), RUNTIME)
+        store.seal({"pool": 1})
+        digests.append(CacheEntry(tmp_path / f"w{workers}").sealed_files())
+    assert sorted(digests[0]) == [f"pool.shard_{s:02d}.bin" for s in range(4)] and digests[0] == digests[1]

@@ -16,6 +16,7 @@ from typing import Any
 _EXPORTS = {
     "ArrayData": "types",
     "AugmentConfig": "pipeline",
+    "CropPool": "crop_pool",
     "DatasetSpec": "types",
     "EpochPlan": "pipeline",
     "FolderData": "types",
