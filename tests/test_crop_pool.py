@@ -205,6 +205,9 @@ def test_a_pool_cached_student_equals_a_live_one_and_another_seed_and_method_rea
     cached, live = read_metrics(cached_dir), read_metrics(live_dir)
     assert (cached["teacher_outputs"], cached["soft_label_cache"], live["teacher_outputs"]) == ("cache", "cold", "live")
     assert _losses(cached_dir) == _losses(live_dir)  # the same pool crops, the same losses step by step
+    weights = [torch.load(d / "model.pt", weights_only=True) for d in (cached_dir, live_dir)]
+    weights = [payload.get("state_dict", payload) for payload in weights]
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[1])  # every step's update equal
     (entry,) = [p for p in (tmp_path / "cache" / "soft_labels").iterdir() if p.is_dir()]
     shards = sorted(entry.glob("pool.shard_*.bin"))
     assert sum(p.stat().st_size for p in shards) == 30 * K * 10 * 4 and not list(entry.glob("epoch_*"))
