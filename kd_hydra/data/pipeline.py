@@ -13,6 +13,7 @@ import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 import torch
@@ -108,6 +109,11 @@ class _Pipeline:
     """What both pipelines share: statistics, batch sizes, device, seed, and the per-epoch plan; each pipeline
     takes its data in :meth:`_attach`."""
 
+    #: Whether an epoch's soft labels fit the dense cache (false: image files, records in shards on disk).
+    in_memory = True
+    #: The crop pool whose crops the training batches take (random-resized crops only; None: fresh crops).
+    crop_pool: Any = None
+
     def __init__(
         self,
         data: ArrayData | FolderData,
@@ -185,6 +191,10 @@ class InMemoryPipeline(_Pipeline):
     def augmented_train_batches(self, epoch: int, batch_size: int) -> Iterator[Batch]:
         """Like `train_batches` (same per-sample inputs) with another batch size; never drops a sample."""
         return self._planned_batches(epoch, batch_size, drop_last=False)
+
+    def augmented_train_range(self, epoch: int, batch_size: int, start: int, stop: int) -> Iterator[Batch]:
+        """The `augmented_train_batches` at plan positions [start, stop) (``start`` a multiple of ``batch_size``)."""
+        return islice(self.augmented_train_batches(epoch, batch_size), start // batch_size, -(-stop // batch_size))
 
     def test_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(x normalised, y) of the test split in order, `eval_batch_size` at a time, no augmentation."""

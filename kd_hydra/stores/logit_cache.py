@@ -102,8 +102,16 @@ class AugmentedBatches(Protocol):
     """A training pipeline whose augmented batches are a function of ``(seed, epoch)`` (the cache's premise)."""
 
     num_train: int
+    #: Whether an epoch's logits fit the dense cache (false: the sharded one).
+    in_memory: bool
+    #: The crop pool whose crops training takes (``crops_per_image``), or None.
+    crop_pool: Any
 
     def augmented_train_batches(self, epoch: int, batch_size: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]: ...
+
+    def augmented_train_range(
+        self, epoch: int, batch_size: int, start: int, stop: int
+    ) -> Iterator[tuple[Tensor, Tensor, Tensor]]: ...
 
 
 class CachedTeacher:

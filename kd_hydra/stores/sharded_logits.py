@@ -16,13 +16,13 @@ once and read by every epoch, seed and logit method (:class:`PooledTeacher`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from kd_hydra.records.files import reserve_blocks, write_error
 from kd_hydra.stores.cache_entry import CacheEntry, file_sha256
-from kd_hydra.stores.logit_cache import CachedTeacher, decode_logits, encode_logits
+from kd_hydra.stores.logit_cache import AugmentedBatches, CachedTeacher, decode_logits, encode_logits
 from kd_hydra.train.batches import TeacherOutput
 from kd_hydra.train.runtime import Runtime
 
@@ -199,20 +199,23 @@ def split_ranges(num: int, parts: int, batch_size: int) -> list[tuple[int, int]]
     return [(bounds[p], bounds[p + 1]) for p in range(parts) if bounds[p] < bounds[p + 1]]
 
 
-def range_batches(pipeline: Any, epoch: int, batch_size: int, start: int, stop: int) -> Iterator[tuple[Tensor, ...]]:
-    """The augmented batches at plan positions [start, stop) of ``epoch`` (the pipeline's own range method when it
-    has one, else the whole epoch's batches skipped to the range)."""
+def range_batches(
+    pipeline: AugmentedBatches, epoch: int, batch_size: int, start: int, stop: int
+) -> Iterator[tuple[Tensor, ...]]:
+    """The augmented batches at plan positions [start, stop) of ``epoch``."""
     if start % batch_size:
         raise ValueError(f"range start {start} is not a multiple of the fill batch size {batch_size}")
-    ranged = getattr(pipeline, "augmented_train_range", None)
-    if ranged is not None:
-        return ranged(epoch, batch_size, start, stop)
-    first, last = start // batch_size, math.ceil(stop / batch_size)
-    return islice(pipeline.augmented_train_batches(epoch, batch_size), first, last)
+    return pipeline.augmented_train_range(epoch, batch_size, start, stop)
 
 
 def fill_range(
-    store: ShardedEpoch, teacher: nn.Module, pipeline: Any, runtime: Runtime, batch_size: int, start: int, stop: int
+    store: ShardedEpoch,
+    teacher: nn.Module,
+    pipeline: AugmentedBatches,
+    runtime: Runtime,
+    batch_size: int,
+    start: int,
+    stop: int,
 ) -> None:
     """Compute the teacher's logits for plan positions [start, stop) of the store's epoch and write their records
     (the shards allocated beforehand; seal them once every range is written)."""
@@ -231,10 +234,12 @@ def fill_records(
 class ShardedTeacher(CachedTeacher):
     """The soft-label cache in shards (:class:`ShardedEpoch`): each batch's logits decoded from the mapped records."""
 
-    def __init__(self, *arguments: Any, **options: Any) -> None:
-        super().__init__(*arguments, **options)
-        self.layout = RecordLayout(self.num_classes, self.top_k, self.dtype)
-        self._epoch: ShardedEpoch | None = None
+    _epoch: ShardedEpoch | None = None  # the shards that begin_epoch mapped
+
+    @functools.cached_property
+    def layout(self) -> RecordLayout:
+        """One sample's fixed-size record: the top-k logits in the storage dtype, their indices, the rest's mean."""
+        return RecordLayout(self.num_classes, self.top_k, self.dtype)
 
     def epoch_store(self, epoch: int) -> ShardedEpoch:
         """The shards of ``epoch`` in this entry."""
@@ -353,10 +358,12 @@ class PooledTeacher(ShardedTeacher):
     (record ``i * K + j``: crop j of image i; its key :func:`crop_pool_description`) and read at every epoch's choice
     of each sample's crop (``pipeline.epoch_plan(epoch).choice``)."""
 
-    def __init__(self, *arguments: Any, **options: Any) -> None:
-        super().__init__(*arguments, **options)
-        self.crops_per_image = int(self.pipeline.crop_pool.crops_per_image)
-        self._records: Tensor | None = None  # each sample's record in this epoch
+    _records: Tensor | None = None  # each sample's record in this epoch
+
+    @property
+    def crops_per_image(self) -> int:
+        """K: the pool's crops per image."""
+        return int(self.pipeline.crop_pool.crops_per_image)
 
     def pool_store(self) -> ShardedEpoch:
         """The pool's shards in this entry: N x K records."""

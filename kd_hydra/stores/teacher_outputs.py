@@ -156,8 +156,8 @@ def teacher_outputs(
     The live teacher sees the pipeline's batches: with a crop pool, the pool's crops.
     """
     source: LiveTeacher | CachedTeacher
-    sharded = cache.top_k is not None or not getattr(pipeline, "in_memory", True)
-    pool = getattr(pipeline, "crop_pool", None)
+    sharded = cache.top_k is not None or not pipeline.in_memory
+    pool = pipeline.crop_pool
     if needs.live_only or needs.feature_names:
         log.info(
             "the method reads features or a strong view: the teacher runs on every batch%s",

@@ -213,8 +213,8 @@ def runs_teacher_live(loss: DictConfig) -> bool:
     method = get_class(str(loss._target_))
     return (
         method.feature_request is not DistillMethod.feature_request
-        or bool(getattr(method, "needs_strong_view", False))
-        or bool(getattr(method, "teacher_batch_statistics", False))
+        or method.needs_strong_view
+        or method.teacher_batch_statistics
     )
 
 
