@@ -7,6 +7,9 @@ T=4, and KL(p || p_topk) of the reconstructed targets (the rest at their mean, a
 is what a KD term sees change.
 
     python benchmarks/soft_label_topk.py --data-dir /work/shared/data/tiny-imagenet-subset
+
+``--logits FILE`` reads an (N, C) tensor of a teacher's logits instead (torch.save), e.g. an ImageNet model's
+1,000-class logits from ``benchmarks/imagenet_logits.py``.
 """
 
 from __future__ import annotations
@@ -23,21 +26,27 @@ TEACHER = ["mode=teacher", "dataset=tiny_imagenet", "dataset.image_size=32", "te
            "teacher_training.epochs=3", "teacher_training.batch_size=128", "trainer.device=cpu",
            "optimizer@teacher_training.optimizer=sgd", "teacher_training.optimizer.lr=0.1",
            "trainer.num_threads=2"]  # fmt: skip
-KS = (1, 2, 5, 10, 20, 50)
+KS = (1, 2, 5, 10, 20, 50, 100)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--workdir", type=Path, default=None, help="keeps the teacher's run and cache (reused)")
+    parser.add_argument("--logits", type=Path, default=None, help="a saved (N, C) logits tensor to measure instead")
     parser.add_argument("overrides", nargs="*", help="more overrides of the teacher's run")
     args = parser.parse_args()
+    logits = torch.load(args.logits, weights_only=True) if args.logits else trained_teacher_logits(args)
+    print_trade_off(logits.float())
+
+
+def trained_teacher_logits(args: argparse.Namespace) -> torch.Tensor:
+    """Train (or reuse) the teacher of ``TEACHER`` and return its logits on the test split."""
     from omegaconf import OmegaConf
 
     from kd_hydra.api import run_experiment
     from kd_hydra.data import build_pipeline, load_dataset
     from kd_hydra.instantiate import build
-    from kd_hydra.stores.sharded_logits import RecordLayout
 
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)
@@ -59,7 +68,13 @@ def main() -> None:
         teacher.load_state_dict(payload.get("state_dict", payload))
         pipeline = build_pipeline(data, cfg.dataset, 256, "cpu", 0)
         with torch.no_grad():
-            logits = torch.cat([teacher.eval()(x) for x, _ in pipeline.test_batches()])
+            return torch.cat([teacher.eval()(x) for x, _ in pipeline.test_batches()])
+
+
+def print_trade_off(logits: torch.Tensor) -> None:
+    """Per k: the record's bytes, the probability mass inside the top-k and KL(p || p_topk) at T=1 and T=4."""
+    from kd_hydra.stores.sharded_logits import RecordLayout
+
     classes = logits.shape[1]
     print(
         f"{len(logits)} test images, {classes} classes; per k: record bytes (float16), mass in the top-k, "
