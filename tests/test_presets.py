@@ -7,6 +7,7 @@ and student configs exist. Rows whose value kd-hydra has no key for (``key=None`
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -253,6 +254,7 @@ def _options(group: str) -> set[str]:
     return {path.stem for path in (CONF / folder).glob("*.yaml")}
 
 
+@functools.cache
 def _takes_ce_and_kd_weights() -> bool:
     """``loss=kd`` has ``ce_weight``/``kd_weight`` (issue 15 item 7), which Sun et al.'s recipe needs."""
     return "ce_weight" in composed("loss=kd").loss
