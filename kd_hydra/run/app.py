@@ -181,9 +181,8 @@ def run_on_workers(ctx: RunContext, plan: Plan) -> dict[str, Any]:
         if launched_world() > 1:
             record = lead(job, run_recipe)
         else:
-            record = launch(
-                job, run_recipe, cfg.trainer.devices, cfg.trainer.max_restarts
-            )  # the leader printed its headline
+            # the workers' leader prints the job's headline
+            record = launch(job, run_recipe, cfg.trainer.devices, cfg.trainer.max_restarts)
         return record
     except Exception as error:
         if job.recorded_failure() is None:  # the leader recorded none since the job started
