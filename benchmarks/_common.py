@@ -350,6 +350,18 @@ def prepare_npz(args: argparse.Namespace, workdir: Path) -> str | None:
     return None
 
 
+def npz_workspace(args: argparse.Namespace, prefix: str) -> Workspace | None:
+    """The benchmark's :class:`Workspace` once ``--workdir``/``--out`` are filled and ``--npz`` is checked (see
+    :func:`prepare_npz`); None after printing the one-line error (the caller exits 2)."""
+    default_workdir_and_out(args, prefix)
+    space = Workspace(args.workdir)
+    problem = prepare_npz(args, space.workdir)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return None
+    return space
+
+
 def npz_sizes(npz: Path) -> tuple[int, int]:
     """Number of training and test images of an ``.npz``."""
     import numpy as np  # here: keeps `--help` fast

@@ -21,14 +21,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from _common import (
-    Workspace,
     add_npz_arguments,
     add_workdir_arguments,
-    default_workdir_and_out,
     finish,
     machine_record,
     mean,
-    prepare_npz,
+    npz_workspace,
     ratio,
 )
 
@@ -56,11 +54,8 @@ def report(results: Mapping[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     args = parse_args(argv)
-    default_workdir_and_out(args, "kd_hydra_workers_")
-    space = Workspace(args.workdir)
-    problem = prepare_npz(args, space.workdir)
-    if problem is not None:
-        print(f"error: {problem}", file=sys.stderr)
+    space = npz_workspace(args, "kd_hydra_workers_")
+    if space is None:
         return 2
     common = [
         "dataset=arrays",

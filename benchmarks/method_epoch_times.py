@@ -28,12 +28,10 @@ from typing import Any
 from _common import (
     REPO_ROOT,
     CommandFailed,
-    Workspace,
     add_npz_arguments,
     add_workdir_arguments,
-    default_workdir_and_out,
     load_average,
-    prepare_npz,
+    npz_workspace,
     ratio,
     read_metrics,
     suite_result,
@@ -107,11 +105,8 @@ def format_table(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    default_workdir_and_out(args, "kd_hydra_methods_")
-    space = Workspace(args.workdir)
-    problem = prepare_npz(args, space.workdir)
-    if problem is not None:
-        print(f"error: {problem}", file=sys.stderr)
+    space = npz_workspace(args, "kd_hydra_methods_")
+    if space is None:
         return 2
     common = [
         "dataset=arrays",
